@@ -1,0 +1,95 @@
+"""Config schemas: the YAML in ``conf/`` is the source of truth, these dataclasses validate it.
+
+Hydra merges ``conf/config.yaml`` with the chosen ``model/`` and ``sampler/`` files onto these
+schemas, so a misspelt key or a wrong type fails before any work starts.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Optional
+
+from hydra.core.config_store import ConfigStore
+from omegaconf import MISSING
+
+
+@dataclass
+class ModelConfig:
+    """A model preset (``conf/model/*.yaml``)."""
+
+    name: str = MISSING
+    repo_id: Optional[str] = None
+    text_file: str = MISSING
+    mmproj_file: str = MISSING
+    dir: str = "artifacts"
+    download: bool = True
+    generated: bool = False
+    quantized: bool = False
+    chat_format: str = MISSING
+    system_prompt: Optional[str] = None
+    stop: list[str] = field(default_factory=list)
+    n_ctx: int = 4096
+    n_gpu_layers: int = -1
+
+
+@dataclass
+class GenerationConfig:
+    """How answers are generated."""
+
+    max_tokens: int = 256
+    temperature: float = 0.0
+    top_k: int = 40
+    top_p: float = 0.95
+    seed: int = 0
+
+
+@dataclass
+class EngineConfig:
+    """Runtime knobs of the llama-cpp-python engine."""
+
+    parallel: int = 4
+    n_batch: int = 2048
+    n_ubatch: int = 2048
+    flash_attn: str = "auto"
+    n_threads: Optional[int] = None
+    prefetch_frames: int = 8
+
+
+@dataclass
+class IntervalSamplerConfig:
+    """``sampler=interval``: one frame every ``interval_s`` seconds."""
+
+    _target_: str = "pipeline.sampling.IntervalSampler"
+    interval_s: float = 1.0
+
+
+@dataclass
+class AllSamplerConfig:
+    """``sampler=all``: every frame."""
+
+    _target_: str = "pipeline.sampling.AllSampler"
+
+
+@dataclass
+class Config:
+    """The whole run."""
+
+    video: str = MISSING
+    output_dir: str = "data/output"
+    prompt: Optional[str] = None
+    prompts: list[str] = field(default_factory=lambda: ["Describe this frame in one sentence."])
+    system_prompt: Optional[str] = None
+    max_frames: Optional[int] = None
+    model: ModelConfig = MISSING
+    sampler: Any = MISSING
+    generation: GenerationConfig = field(default_factory=GenerationConfig)
+    engine: EngineConfig = field(default_factory=EngineConfig)
+
+
+def register_configs() -> None:
+    """Register the schemas with Hydra's ConfigStore (the YAML files extend them)."""
+    cs = ConfigStore.instance()
+    cs.store(name="config_schema", node=Config)
+    cs.store(group="model", name="model_schema", node=ModelConfig)
+    cs.store(group="sampler", name="interval_schema", node=IntervalSamplerConfig)
+    cs.store(group="sampler", name="all_schema", node=AllSamplerConfig)

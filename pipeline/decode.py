@@ -1,0 +1,148 @@
+"""Decode stage: read a video sequentially with OpenCV and hand on frames with exact times.
+
+Every frame gets its index in decode order and its presentation time in seconds, read from
+the container (``CAP_PROP_POS_MSEC``). Where a container reports no time (some AVI files
+report 0 for every frame) the time falls back to ``index / fps`` with the real, fractional
+frame rate.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Iterator
+
+import cv2
+import numpy as np
+
+
+class VideoError(Exception):
+    """A video that cannot be opened or decoded; the message names the reason."""
+
+
+@dataclass(frozen=True)
+class VideoInfo:
+    """What the container says about a video."""
+
+    path: str
+    fps: float
+    frame_count: int
+    duration_s: float
+    width: int
+    height: int
+
+
+@dataclass(frozen=True)
+class FrameTime:
+    """Where a frame sits in the stream: decode-order index and presentation time."""
+
+    index: int
+    timestamp_s: float
+
+
+@dataclass(frozen=True)
+class Frame:
+    """A decoded frame: its place in the stream and its pixels as an RGB ``HxWx3`` uint8 array."""
+
+    index: int
+    timestamp_s: float
+    rgb: np.ndarray
+
+
+class VideoReader:
+    """Sequential reader that grabs every frame but decodes pixels only on request.
+
+    Iterating yields a :class:`FrameTime` per frame after a cheap ``grab()``; a sampler that
+    wants the pixels of the current frame calls :meth:`retrieve`. This keeps frames that no
+    sampler looks at out of the colour conversion and copying.
+
+    Args:
+        path: The video file.
+
+    Raises:
+        VideoError: The file is missing, is not a video, or has no video stream.
+    """
+
+    def __init__(self, path: str | Path) -> None:
+        self.path = Path(path)
+        if not self.path.is_file():
+            raise VideoError(f"not a file: {self.path}")
+        self._capture = cv2.VideoCapture(str(self.path))
+        if not self._capture.isOpened():
+            raise VideoError(f"not a readable video: {self.path}")
+        fps = float(self._capture.get(cv2.CAP_PROP_FPS) or 0.0)
+        frame_count = max(int(self._capture.get(cv2.CAP_PROP_FRAME_COUNT) or 0), 0)
+        width = int(self._capture.get(cv2.CAP_PROP_FRAME_WIDTH) or 0)
+        height = int(self._capture.get(cv2.CAP_PROP_FRAME_HEIGHT) or 0)
+        if width <= 0 or height <= 0:
+            self.close()
+            raise VideoError(f"no video stream: {self.path}")
+        fps = fps if math.isfinite(fps) and fps > 0 else 0.0
+        self.info = VideoInfo(
+            path=str(self.path),
+            fps=fps,
+            frame_count=frame_count,
+            duration_s=frame_count / fps if fps else 0.0,
+            width=width,
+            height=height,
+        )
+        self._current: FrameTime | None = None
+
+    def __enter__(self) -> VideoReader:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def close(self) -> None:
+        """Release the decoder."""
+        self._capture.release()
+
+    def __iter__(self) -> Iterator[FrameTime]:
+        index = 0
+        last_s = -1.0
+        while self._capture.grab():
+            timestamp_s = self._presentation_time_s(index, last_s)
+            self._current = FrameTime(index, timestamp_s)
+            yield self._current
+            last_s = timestamp_s
+            index += 1
+        self._current = None
+
+    def retrieve(self) -> Frame:
+        """Decode the pixels of the frame the iterator stands on.
+
+        Raises:
+            VideoError: The frame's pixels cannot be decoded, or no frame is current.
+        """
+        if self._current is None:
+            raise VideoError(f"no current frame to retrieve: {self.path}")
+        ok, bgr = self._capture.retrieve()
+        if not ok or bgr is None:
+            raise VideoError(f"frame {self._current.index} failed to decode: {self.path}")
+        rgb = cv2.cvtColor(bgr, cv2.COLOR_BGR2RGB)
+        return Frame(self._current.index, self._current.timestamp_s, rgb)
+
+    def frames(self) -> Iterator[Frame]:
+        """Every frame with its pixels, in decode order."""
+        for _ in self:
+            yield self.retrieve()
+
+    def _presentation_time_s(self, index: int, last_s: float) -> float:
+        position_ms = self._capture.get(cv2.CAP_PROP_POS_MSEC)
+        reported = math.isfinite(position_ms) and (position_ms > 0 or index == 0)
+        if reported and position_ms / 1000.0 > last_s:
+            return position_ms / 1000.0
+        if self.info.fps:
+            return max(index / self.info.fps, last_s + 1e-6) if index else 0.0
+        raise VideoError(f"frame {index} has no timestamp and the video no frame rate: {self.path}")
+
+
+def format_timecode(timestamp_s: float) -> str:
+    """Format seconds as ``HH:MM:SS.mmm``."""
+    total_ms = int(round(timestamp_s * 1000))
+    hours, rest = divmod(total_ms, 3_600_000)
+    minutes, rest = divmod(rest, 60_000)
+    seconds, millis = divmod(rest, 1000)
+    return f"{hours:02d}:{minutes:02d}:{seconds:02d}.{millis:03d}"
