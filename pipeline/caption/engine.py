@@ -35,11 +35,6 @@ log = logging.getLogger(__name__)
 
 Tag = TypeVar("Tag")
 
-_FLASH_ATTN = {
-    "auto": llama_cpp.LLAMA_FLASH_ATTN_TYPE_AUTO,
-    "on": llama_cpp.LLAMA_FLASH_ATTN_TYPE_ENABLED,
-    "off": llama_cpp.LLAMA_FLASH_ATTN_TYPE_DISABLED,
-}
 
 
 class EngineError(RuntimeError):
@@ -60,7 +55,10 @@ class EngineSettings:
         n_gpu_layers: Layers offloaded to the GPU (-1: all).
         n_batch: Most tokens per ``llama_decode`` call.
         n_ubatch: Most tokens per compute step inside a decode.
-        flash_attn: ``auto``, ``on`` or ``off``.
+        flash_attn: ``on``, ``off``, or ``auto``: on when layers run on a GPU (where it pays),
+            off on CPU. llama.cpp's CPU flash-attention kernel sums in an order that depends on
+            the KV-cache layout, so near-tie tokens can differ between batched and unbatched
+            runs; without it, greedy answers do not depend on batching.
         n_threads: CPU threads (``None``: all cores).
         parallel: Frames in flight at once.
         max_questions: Most questions asked about one frame (sets the sequence slots).
@@ -206,7 +204,8 @@ class Engine:
         ctx_params.kv_unified = True
         ctx_params.n_threads = n_threads
         ctx_params.n_threads_batch = n_threads
-        ctx_params.flash_attn_type = _FLASH_ATTN[s.flash_attn]
+        flash_attn = _flash_attn_type(s.flash_attn, s.n_gpu_layers)
+        ctx_params.flash_attn_type = flash_attn
         ctx_params.no_perf = True
         self._ctx = llama_cpp.llama_init_from_model(self._model, ctx_params)
         if not self._ctx:
@@ -222,7 +221,7 @@ class Engine:
         mtmd_params.use_gpu = s.n_gpu_layers != 0
         mtmd_params.print_timings = False
         mtmd_params.n_threads = n_threads
-        mtmd_params.flash_attn_type = _FLASH_ATTN[s.flash_attn]
+        mtmd_params.flash_attn_type = flash_attn
         mtmd_params.warmup = False
         self._mtmd = mtmd.mtmd_init_from_file(s.mmproj.encode(), self._model, mtmd_params)
         if not self._mtmd:
@@ -583,6 +582,13 @@ class Engine:
 
     def _error_answers(self, reason: str) -> list[Answer]:
         return [Answer(question=q, text="", error=reason) for q in self.questions]
+
+
+def _flash_attn_type(setting: str, n_gpu_layers: int) -> int:
+    on = setting == "on" or (
+        setting == "auto" and n_gpu_layers != 0 and llama_cpp.llama_supports_gpu_offload()
+    )
+    return llama_cpp.LLAMA_FLASH_ATTN_TYPE_ENABLED if on else llama_cpp.LLAMA_FLASH_ATTN_TYPE_DISABLED
 
 
 _NATIVE_LOG = logging.getLogger("pipeline.llama_cpp")

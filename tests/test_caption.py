@@ -1,0 +1,108 @@
+"""Caption stage on the generated tiny model: the real llama-cpp-python path, no mocks."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import gguf
+import numpy as np
+import pytest
+
+from pipeline.caption import Captioner, WeightsError, make_questions
+from pipeline.caption.tiny import ensure_tiny_model
+from pipeline.caption.weights import ModelFiles, check_pair, resolve_model_files
+from pipeline.cli import compose_config
+
+PROMPTS = ["What is shown?", "What colors dominate?", "Is there text?"]
+
+
+def frames(n: int, seed: int = 0) -> list[np.ndarray]:
+    rng = np.random.default_rng(seed)
+    return [rng.integers(0, 256, (90 + 10 * i, 160, 3), dtype=np.uint8) for i in range(n)]
+
+
+def captioner(tiny_model_dir: Path, *overrides: str, max_questions: int = 3) -> Captioner:
+    cfg = compose_config(
+        ["model=tiny", f"model.dir={tiny_model_dir}", "video=x", "generation.max_tokens=12", *overrides]
+    )
+    return Captioner.from_config(cfg, max_questions=max_questions)
+
+
+def test_answer_takes_a_numpy_frame_and_returns_text(tiny_model_dir: Path) -> None:
+    with captioner(tiny_model_dir) as model:
+        text = model.answer(frames(1)[0], "What is shown?")
+        again = model.answer(frames(1)[0], "What is shown?")
+    assert isinstance(text, str) and text
+    assert text == again
+
+
+def test_batched_answers_equal_sequential_answers(tiny_model_dir: Path) -> None:
+    images = frames(6)
+    questions = make_questions(PROMPTS)
+    with captioner(tiny_model_dir, "engine.parallel=4") as model:
+        batched = dict(model.caption(enumerate(images), questions))
+        stats = model.engine.stats
+        assert stats.frames == 6
+    with captioner(tiny_model_dir, "engine.parallel=1", max_questions=1) as model:
+        for index, image in enumerate(images):
+            for k, question in enumerate(questions):
+                ((_, (alone,)),) = list(model.caption([(index, image)], [question]))
+                assert batched[index][k].text == alone.text
+                assert batched[index][k].completion_tokens == alone.completion_tokens
+                assert batched[index][k].prompt_tokens == alone.prompt_tokens
+    assert len({a.text for answers in batched.values() for a in answers}) > 3
+
+
+def test_bad_frames_become_error_answers(tiny_model_dir: Path) -> None:
+    bad = [np.zeros((10, 10), np.uint8), np.zeros((10, 10, 3), np.float32), "x"]
+    with captioner(tiny_model_dir) as model:
+        results = dict(model.caption(enumerate([*bad, frames(1)[0]]), make_questions(PROMPTS)))
+        with pytest.raises(ValueError, match="HxWx3 uint8"):
+            model.answer(bad[0], "?")
+    for index in range(3):
+        assert all(a.error and "HxWx3 uint8" in a.error for a in results[index])
+    assert all(a.error is None and a.text for a in results[3])
+
+
+def test_quantized_tiny_model_runs(tiny_model_dir: Path) -> None:
+    with captioner(tiny_model_dir, "model.quantized=true") as model:
+        assert model.files.text_model.name.endswith("Q8_0.gguf")
+        assert model.answer(frames(1)[0], "What is shown?")
+
+
+def write_projector(path: Path, out_dims: int) -> Path:
+    """A GGUF holding only LLaVA MLP projector tensors that project to ``out_dims``."""
+    writer = gguf.GGUFWriter(str(path), "clip")
+    writer.add_tensor("mm.0.weight", np.zeros((out_dims, 32), np.float32))
+    writer.add_tensor("mm.2.weight", np.zeros((out_dims, out_dims), np.float32))
+    writer.write_header_to_file()
+    writer.write_kv_data_to_file()
+    writer.write_tensors_to_file()
+    writer.close()
+    return path
+
+
+def test_mmproj_that_does_not_fit_is_refused(tiny_model_dir: Path, tmp_path: Path) -> None:
+    text, mmproj = ensure_tiny_model(tiny_model_dir)
+    check_pair(ModelFiles(text, mmproj))
+    wide = write_projector(tmp_path / "wide.gguf", out_dims=96)
+    with pytest.raises(WeightsError, match="projects to 96 dims but text model .* embeds 64"):
+        check_pair(ModelFiles(text, wide))
+    with pytest.raises(WeightsError, match="not a readable GGUF"):
+        check_pair(ModelFiles(text, tmp_path / "missing.gguf"))
+
+
+def test_missing_weights_offline_names_files_and_place(tmp_path: Path) -> None:
+    with pytest.raises(WeightsError) as error:
+        resolve_model_files(
+            name="llava16_34b",
+            model_dir=tmp_path,
+            text_file="llava-v1.6-34b.Q5_K_M.gguf",
+            mmproj_file="mmproj-model-f16.gguf",
+            repo_id="cjpais/llava-v1.6-34B-gguf",
+            download=False,
+        )
+    message = str(error.value)
+    assert "llava-v1.6-34b.Q5_K_M.gguf" in message and "mmproj-model-f16.gguf" in message
+    assert str(tmp_path) in message and "cjpais/llava-v1.6-34B-gguf" in message
+    assert "\n" not in message

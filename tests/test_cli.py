@@ -1,0 +1,140 @@
+"""End to end through ``python -m pipeline`` on the tiny model: no mocks, real files."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pandas as pd
+import pytest
+
+from pipeline.decode import VideoReader
+from pipeline.store import read_metadata
+from tests.conftest import SAMPLE_VIDEO, run_cli, write_video
+
+
+def container_times(path: Path) -> dict[int, float]:
+    with VideoReader(path) as reader:
+        return {t.index: t.timestamp_s for t in reader}
+
+
+def assert_one_line_error(result, code: int, *needles: str) -> None:  # noqa: ANN001
+    assert result.returncode == code, result.stderr
+    assert "Traceback" not in result.stderr
+    lines = [line for line in result.stderr.splitlines() if all(n in line for n in needles)]
+    assert len(lines) == 1, result.stderr
+
+
+def test_two_prompts_at_half_second_interval(cli_base: list[str], tmp_path: Path) -> None:
+    result = run_cli(
+        f"video={SAMPLE_VIDEO}",
+        *cli_base,
+        "prompts=[What is shown?,What colors dominate?]",
+        "sampler.interval_s=0.5",
+    )
+    assert result.returncode == 0, result.stderr
+    df = pd.read_parquet(tmp_path / "out")
+    times = container_times(SAMPLE_VIDEO)
+    frames = sorted(df.frame_index.unique())
+    assert len(frames) == 12  # 6 s at one frame every 0.5 s
+    assert len(df) == 2 * len(frames)
+    assert set(df.prompt) == {"What is shown?", "What colors dominate?"}
+    assert df.groupby("frame_index").prompt_id.nunique().eq(2).all()
+    for row in df.itertuples():
+        assert abs(row.timestamp_s - times[row.frame_index]) < 1e-3
+        assert abs(row.timestamp_s - 0.5 * frames.index(row.frame_index)) < 0.021
+    assert (df.status == "ok").all() and df.answer.str.len().gt(0).all()
+    assert df.completion_tokens.between(1, 8).all() and (df.prompt_tokens > 2880).all()
+    assert set(df.columns) >= {
+        "video_path", "video_id", "frame_index", "timestamp_s", "timecode", "prompt_id",
+        "prompt", "answer", "model", "status", "error", "prompt_tokens", "completion_tokens",
+        "latency_ms",
+    }
+    (part,) = (tmp_path / "out").glob("*/*.parquet")
+    meta = read_metadata(part)
+    assert meta["config"]["model"]["name"] == "tiny"
+    assert meta["model_files"]["mmproj"].endswith(".gguf")
+    assert "llama-cpp-python" in meta["versions"]
+
+
+def test_single_prompt_and_default_interval(cli_base: list[str], tmp_path: Path) -> None:
+    result = run_cli(f"video={SAMPLE_VIDEO}", *cli_base, "prompt=Is it day or night?")
+    assert result.returncode == 0, result.stderr
+    df = pd.read_parquet(tmp_path / "out")
+    assert list(df.frame_index) == [0, 25, 50, 75, 100, 125]
+    assert set(df.prompt) == {"Is it day or night?"}
+
+
+def test_help_and_cfg_job_work(tmp_path: Path) -> None:
+    shown = run_cli("--cfg", "job", "model=tiny", "video=x.mp4")
+    assert shown.returncode == 0 and "chat_format: chatml" in shown.stdout
+    helped = run_cli("--help")
+    assert helped.returncode == 0 and "model: llava16_34b, llava16_mistral_7b" in helped.stdout
+
+
+@pytest.mark.parametrize(
+    ("args", "needle"),
+    [
+        (["model=llava99"], "unknown model=llava99; choose one of"),
+        (["sampler=sometimes"], "unknown sampler=sometimes"),
+        (["sampler.interval_s=-1"], "sampler.interval_s must be > 0"),
+        (["video=/nonexistent/clip.mp4"], "does not exist"),
+        (["engine.parallel=0"], "engine.parallel must be >= 1"),
+    ],
+)
+def test_bad_config_is_one_line(cli_base: list[str], args: list[str], needle: str) -> None:
+    result = run_cli(f"video={SAMPLE_VIDEO}", *cli_base, *args)
+    assert_one_line_error(result, 1, needle)
+
+
+def test_not_a_video_is_an_error_record(cli_base: list[str], tmp_path: Path) -> None:
+    bogus = tmp_path / "notes.mp4"
+    bogus.write_text("this is not a video")
+    result = run_cli(f"video={bogus}", *cli_base)
+    assert_one_line_error(result, 2, "not a readable video", str(bogus))
+    df = pd.read_parquet(tmp_path / "out")
+    assert list(df.status) == ["error"] and "not a readable video" in df.error[0]
+
+
+def test_missing_weights_offline(tmp_path: Path) -> None:
+    result = run_cli(
+        f"video={SAMPLE_VIDEO}", "model=llava16_mistral_7b", f"model.dir={tmp_path}",
+        f"output_dir={tmp_path / 'out'}", f"hydra.run.dir={tmp_path / 'hydra'}",
+    )
+    assert_one_line_error(result, 1, "llava-v1.6-mistral-7b.Q5_K_M.gguf", str(tmp_path), "huggingface.co")
+
+
+def test_mismatched_mmproj_fails_before_any_frame(tiny_model_dir: Path, tmp_path: Path) -> None:
+    from tests.test_caption import write_projector
+
+    models = tmp_path / "models"
+    models.mkdir()
+    (models / "llava-v1.6-mistral-7b.Q5_K_M.gguf").symlink_to(tiny_model_dir / "tiny-llava-text-v1.gguf")
+    write_projector(models / "mmproj-model-f16.gguf", out_dims=4096)
+    out = tmp_path / "out"
+    first = run_cli(f"video={SAMPLE_VIDEO}", "model=tiny", f"model.dir={tiny_model_dir}",
+                    f"output_dir={out}", "max_frames=1", "generation.max_tokens=4",
+                    f"hydra.run.dir={tmp_path / 'h1'}")
+    assert first.returncode == 0, first.stderr
+    before = {p: p.read_bytes() for p in out.rglob("*.parquet")}
+    result = run_cli(
+        f"video={SAMPLE_VIDEO}", "model=llava16_mistral_7b", f"model.dir={models}",
+        f"output_dir={out}", f"hydra.run.dir={tmp_path / 'h2'}",
+    )
+    assert_one_line_error(result, 1, "projects to 4096 dims but text model")
+    assert {p: p.read_bytes() for p in out.rglob("*.parquet")} == before
+
+
+def test_unwritable_output_dir(cli_base: list[str], tmp_path: Path) -> None:
+    blocker = tmp_path / "file"
+    blocker.write_text("")
+    result = run_cli(f"video={SAMPLE_VIDEO}", *cli_base, f"output_dir={blocker / 'out'}")
+    assert_one_line_error(result, 1, "not writable", str(blocker / "out"))
+
+
+def test_generated_clip_with_odd_frame_rate(cli_base: list[str], tmp_path: Path) -> None:
+    clip = write_video(tmp_path / "clip.mp4", n_frames=15, fps=7.5)
+    result = run_cli(f"video={clip}", *cli_base, "sampler=all")
+    assert result.returncode == 0, result.stderr
+    df = pd.read_parquet(tmp_path / "out")
+    assert list(df.frame_index) == list(range(15))
+    assert df.timestamp_s.tolist() == pytest.approx([i / 7.5 for i in range(15)], abs=1e-3)
