@@ -138,3 +138,11 @@ def test_generated_clip_with_odd_frame_rate(cli_base: list[str], tmp_path: Path)
     df = pd.read_parquet(tmp_path / "out")
     assert list(df.frame_index) == list(range(15))
     assert df.timestamp_s.tolist() == pytest.approx([i / 7.5 for i in range(15)], abs=1e-3)
+
+
+def test_configs_found_outside_the_checkout(tmp_path: Path) -> None:
+    # From another folder, `pipeline` is the installed package (a non-editable install
+    # carries conf/ inside it); the composed config must still be there.
+    result = run_cli("--cfg", "job", "model=llava16_mistral_7b", "video=x.mp4", cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    assert "chat_format: mistral" in result.stdout
