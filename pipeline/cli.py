@@ -1,6 +1,7 @@
 """Command line: ``python -m pipeline video=PATH [key=value ...]`` (Hydra).
 
-Exit codes: 0 all videos done, 2 finished but some videos failed, 1 bad input or crash.
+Exit codes: 0 all videos done (or nothing to do), 2 finished but some videos failed, 1 bad
+input, full disk or crash, 75 another run holds the lock on ``output_dir``.
 Every expected failure prints one line naming the problem and the fix, never a traceback.
 """
 
@@ -8,7 +9,10 @@ from __future__ import annotations
 
 import logging
 import sys
+import time
+from datetime import datetime, timezone
 from pathlib import Path
+from typing import Any
 
 import hydra
 from hydra import compose, initialize_config_dir
@@ -18,14 +22,16 @@ from omegaconf.errors import OmegaConfBaseException
 
 from pipeline.caption import Captioner, EngineError, WeightsError
 from pipeline.config import register_configs
-from pipeline.run import InputError, Pipeline, find_videos
-from pipeline.store import StoreError, prepare_output_dir
+from pipeline.lock import LockHeld, RunLock
+from pipeline.run import InputError, Pipeline, RunSummary, find_videos, settings_id
+from pipeline.store import StoreError, prepare_output_dir, write_json_atomic
 
 log = logging.getLogger("pipeline")
 
 EXIT_OK = 0
 EXIT_CRASH = 1
 EXIT_SOME_FAILED = 2
+EXIT_LOCKED = 75  # EX_TEMPFAIL: try again later
 
 
 def config_dir() -> Path:
@@ -49,35 +55,77 @@ def run_from_config(cfg: DictConfig) -> int:
     try:
         prompts = [cfg.prompt] if cfg.prompt is not None else list(cfg.prompts)
         sampler = _build_sampler(cfg)
-        videos = find_videos(cfg.video)
+        videos = find_videos(cfg.video, list(cfg.video_extensions))
         output_dir = prepare_output_dir(cfg.output_dir)
-        captioner = Captioner.from_config(cfg, max_questions=len(prompts))
-        with captioner:
-            pipeline = Pipeline(
-                captioner,
-                sampler,
-                prompts,
-                output_dir,
-                max_frames=cfg.max_frames,
-                prefetch_frames=cfg.engine.prefetch_frames,
-                metadata={"config": OmegaConf.to_container(cfg, resolve=True)},
-            )
-            summary = pipeline.run(videos)
+        with RunLock(output_dir):
+            return _run_locked(cfg, prompts, sampler, videos, output_dir)
+    except LockHeld as error:
+        log.error("%s", error)
+        return EXIT_LOCKED
     except (InputError, WeightsError, StoreError, EngineError, ValueError) as error:
         log.error("%s", error)
         return EXIT_CRASH
     except OmegaConfBaseException as error:
         log.error("bad config: %s", str(error).splitlines()[0])
         return EXIT_CRASH
-    log.info(
-        "finished: %d videos, %d failed, %d frames in %.1f s -> %s",
-        len(summary.videos),
-        len(summary.failed),
-        summary.frames,
-        summary.wall_s,
+
+
+def _run_locked(cfg: DictConfig, prompts: list[str], sampler: Any, videos: list[Path], output_dir: Path) -> int:
+    started = time.time()
+    config = OmegaConf.to_container(cfg, resolve=True)
+    pipeline = Pipeline(
+        sampler,
+        prompts,
         output_dir,
+        config_id=settings_id(
+            {k: config[k] for k in ("model", "generation", "sampler", "system_prompt")}
+        ),
+        max_frames=cfg.max_frames,
+        checkpoint_frames=cfg.checkpoint_frames,
+        retry_failed=cfg.retry_failed,
+        prefetch_frames=cfg.engine.prefetch_frames,
+        metadata={"config": config},
     )
-    return EXIT_SOME_FAILED if summary.failed else EXIT_OK
+    tasks = pipeline.plan(videos)
+    summary = None
+    code = EXIT_CRASH
+    try:
+        if any(t.outcome.status == "todo" for t in tasks):
+            with Captioner.from_config(cfg, max_questions=len(prompts)) as captioner:
+                summary = pipeline.run(tasks, captioner)
+        else:
+            summary = pipeline.run(tasks, None)
+        code = EXIT_SOME_FAILED if summary.count("error") else EXIT_OK
+    finally:
+        _write_summary(output_dir, started, code, summary or RunSummary(videos=[t.outcome for t in tasks]))
+    failed_before = sum(1 for t in tasks if t.outcome.status == "skipped" and t.outcome.error)
+    if not summary.count("done") and not summary.count("error"):
+        log.info("nothing to do: %d videos already done in %s", len(tasks), output_dir)
+    else:
+        log.info(
+            "finished: %d done, %d skipped, %d failed; %d frames in %.1f s -> %s",
+            summary.count("done"), summary.count("skipped"), summary.count("error"),
+            summary.frames, summary.wall_s, output_dir,
+        )
+    if failed_before:
+        log.info("%d videos failed in earlier runs; retry_failed=true tries them again", failed_before)
+    return code
+
+
+def _write_summary(output_dir: Path, started: float, code: int, summary: RunSummary) -> None:
+    """``_runs/<start time>.json`` and ``_last_run.json``: what the run did, for machines."""
+    record = {
+        "started": datetime.fromtimestamp(started, timezone.utc).isoformat(),
+        "finished": datetime.now(timezone.utc).isoformat(),
+        "exit_code": code,
+        **summary.as_dict(),
+    }
+    stamp = datetime.fromtimestamp(started, timezone.utc).strftime("%Y%m%dT%H%M%S.%fZ")
+    try:
+        write_json_atomic(output_dir / "_runs" / f"{stamp}.json", record)
+        write_json_atomic(output_dir / "_last_run.json", record)
+    except StoreError as error:
+        log.warning("run summary not written: %s", error)
 
 
 def _build_sampler(cfg: DictConfig):  # noqa: ANN202  (any Sampler)

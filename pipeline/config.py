@@ -75,7 +75,12 @@ class Config:
     """The whole run."""
 
     video: str = MISSING
+    video_extensions: list[str] = field(
+        default_factory=lambda: [".mp4", ".mov", ".mkv", ".avi", ".webm", ".m4v", ".mpg", ".mpeg", ".ts"]
+    )
     output_dir: str = "data/output"
+    checkpoint_frames: int = 32
+    retry_failed: bool = False
     prompt: Optional[str] = None
     prompts: list[str] = field(default_factory=lambda: ["Describe this frame in one sentence."])
     system_prompt: Optional[str] = None

@@ -66,8 +66,12 @@ class VideoReader:
 
     def __init__(self, path: str | Path) -> None:
         self.path = Path(path)
+        if self.path.is_dir():
+            raise VideoError(f"is a directory, not a video: {self.path}")
         if not self.path.is_file():
             raise VideoError(f"not a file: {self.path}")
+        if self.path.stat().st_size == 0:
+            raise VideoError(f"empty file (0 bytes): {self.path}")
         self._capture = cv2.VideoCapture(str(self.path))
         if not self._capture.isOpened():
             raise VideoError(f"not a readable video: {self.path}")
@@ -88,6 +92,7 @@ class VideoReader:
             height=height,
         )
         self._current: FrameTime | None = None
+        self.frames_read = 0
 
     def __enter__(self) -> VideoReader:
         return self
@@ -108,6 +113,7 @@ class VideoReader:
             yield self._current
             last_s = timestamp_s
             index += 1
+            self.frames_read = index
         self._current = None
 
     def retrieve(self) -> Frame:
@@ -123,6 +129,21 @@ class VideoReader:
             raise VideoError(f"frame {self._current.index} failed to decode: {self.path}")
         rgb = cv2.cvtColor(bgr, cv2.COLOR_BGR2RGB)
         return Frame(self._current.index, self._current.timestamp_s, rgb)
+
+    def check_complete(self) -> None:
+        """After reading to the end: fail if the stream stopped well short of its frame count.
+
+        Containers estimate the count for some streams, so a few frames of slack are allowed.
+
+        Raises:
+            VideoError: Decoding stopped early (a truncated or corrupt file).
+        """
+        expected = self.info.frame_count
+        if expected and self.frames_read < expected - max(2, expected // 50):
+            raise VideoError(
+                f"decoding stopped at frame {self.frames_read} of {expected} "
+                f"(truncated or corrupt): {self.path}"
+            )
 
     def frames(self) -> Iterator[Frame]:
         """Every frame with its pixels, in decode order."""

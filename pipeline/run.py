@@ -1,32 +1,49 @@
-"""The one loop over videos: decode → sample → caption → store.
+"""The one loop over videos: decode → sample → caption → store, resumably.
 
-A background thread decodes and samples the videos one after another and queues the chosen
-frames (a bounded prefetch, so decoding overlaps model work); the engine pulls frames from
-that queue across video boundaries, so the model never waits for the next video to open; a
-writer thread writes each video's rows as soon as its last frame is answered.
+A run first *plans*: each video gets its content id, and a video whose work is already
+complete (a ``_done`` marker) or failed before (an error record; ``retry_failed=true`` retries
+it) is skipped without being opened, so re-running a finished night does nothing, quickly,
+and loads no model. Then a background thread decodes and samples the remaining videos one
+after another and queues the frames that still miss an answer (a bounded prefetch, so
+decoding overlaps model work); the engine pulls frames from that queue across video
+boundaries; a writer thread commits answers in chunks of ``checkpoint_frames`` frames, so a
+killed run loses at most one chunk per video in flight.
 """
 
 from __future__ import annotations
 
+import glob
 import hashlib
 import logging
 import queue
+import sys
 import threading
 import time
 from collections.abc import Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from importlib import metadata
-from itertools import islice
 from pathlib import Path
 from typing import Any
+
+from tqdm import tqdm
 
 from pipeline.caption import Answer, Captioner, Question, make_questions
 from pipeline.decode import VideoError, VideoReader, format_timecode
 from pipeline.sampling import Sample, Sampler
-from pipeline.store import ResultRow, write_rows
+from pipeline.store import (
+    Committed,
+    ResultRow,
+    done_marker,
+    mark_done,
+    read_committed,
+    remove_error_records,
+    write_chunk,
+)
 
 log = logging.getLogger(__name__)
+
+MANIFEST_SUFFIXES = (".txt", ".lst", ".list")
 
 
 class InputError(Exception):
@@ -35,52 +52,89 @@ class InputError(Exception):
 
 @dataclass
 class VideoOutcome:
-    """What happened to one video in a run."""
+    """What happened to one video in a run (``status``: todo, then done, skipped or error)."""
 
     path: str
     video_id: str
-    status: str = "done"
+    status: str = "todo"
     error: str | None = None
     frames: int = 0
+    frames_already_done: int = 0
     rows: int = 0
+    wall_s: float = 0.0
 
 
 @dataclass
 class RunSummary:
-    """What a run did."""
+    """What a run did; written as JSON next to the data."""
 
     videos: list[VideoOutcome] = field(default_factory=list)
     wall_s: float = 0.0
 
-    @property
-    def failed(self) -> list[VideoOutcome]:
-        """Videos that ended in an error."""
-        return [v for v in self.videos if v.status == "error"]
+    def count(self, status: str) -> int:
+        """Videos with this status."""
+        return sum(v.status == status for v in self.videos)
 
     @property
     def frames(self) -> int:
-        """Frames captioned, over all videos."""
+        """Frames captioned in this run."""
         return sum(v.frames for v in self.videos)
 
+    def as_dict(self) -> dict[str, Any]:
+        """JSON-able figures plus one entry per video."""
+        return {
+            "videos_done": self.count("done"),
+            "videos_skipped": self.count("skipped"),
+            "videos_failed": self.count("error"),
+            "frames": self.frames,
+            "rows": sum(v.rows for v in self.videos),
+            "wall_s": round(self.wall_s, 3),
+            "frames_per_s": round(self.frames / self.wall_s, 3) if self.wall_s else 0.0,
+            "videos": [asdict(v) for v in self.videos],
+        }
 
-def find_videos(spec: str) -> list[Path]:
-    """The videos named by ``video=``.
+
+def find_videos(spec: str, extensions: list[str]) -> list[Path]:
+    """The videos named by ``video=``: a file, a folder (searched recursively for
+    ``extensions``), a glob pattern, or a manifest (``.txt``/``.lst``/``.list``, one path per
+    line, relative to the manifest; ``#`` starts a comment).
+
+    Entries that turn out unusable (missing, a folder) are returned all the same: they become
+    error records, and the rest of the night goes on.
 
     Raises:
-        InputError: Nothing is there.
+        InputError: ``spec`` names nothing at all.
     """
     path = Path(spec).expanduser()
+    wanted = {e.lower() if e.startswith(".") else f".{e.lower()}" for e in extensions}
+    if path.is_file() and path.suffix.lower() in MANIFEST_SUFFIXES:
+        lines = [line.split("#", 1)[0].strip() for line in path.read_text().splitlines()]
+        return [(path.parent / Path(line).expanduser()) for line in lines if line]
     if path.is_file():
         return [path]
-    if path.exists():
-        raise InputError(f"video={spec} is not a file; pass a video file")
-    raise InputError(f"video={spec} does not exist; pass the path of a video file")
+    if path.is_dir():
+        # A folder named like a video (x.mp4/) is kept: it becomes an error record.
+        found = sorted(p for p in path.rglob("*") if p.suffix.lower() in wanted)
+        if not found:
+            raise InputError(f"video={spec} holds no files ending in {', '.join(sorted(wanted))}")
+        return found
+    if glob.has_magic(spec):
+        matches = sorted(Path(p) for p in glob.glob(str(path), recursive=True))
+        if not matches:
+            raise InputError(f"video={spec} matches no files")
+        return matches
+    raise InputError(
+        f"video={spec} does not exist; pass a video file, a folder, a glob or a manifest"
+    )
 
 
 def video_id_of(path: Path) -> str:
     """A stable id from the file's content: its size plus its first, middle and last MiB.
 
     Renaming a file keeps its id; changing its content changes it.
+
+    Raises:
+        OSError: The file cannot be read.
     """
     block = 1 << 20
     size = path.stat().st_size
@@ -92,30 +146,271 @@ def video_id_of(path: Path) -> str:
     return digest.hexdigest()[:16]
 
 
+def settings_id(settings: dict[str, Any]) -> str:
+    """A short hash of JSON-able settings (the ``config_id`` of rows made with them)."""
+    import json
+
+    return hashlib.sha256(json.dumps(settings, sort_keys=True, default=str).encode()).hexdigest()[:12]
+
+
 @dataclass
 class _VideoTask:
     outcome: VideoOutcome
     path: Path
-    rows: list[ResultRow] = field(default_factory=list)
+    committed: Committed = field(default_factory=Committed)
+    pending_rows: list[ResultRow] = field(default_factory=list)
+    pending_frames: int = 0
     sent: int = 0
     answered: int = 0
     decoded_all: bool = False
+    started_s: float = 0.0
 
 
 _DONE = object()
 
 
-class _Producer(threading.Thread):
-    """Decodes and samples every video in turn, queueing ``(task, sample)`` pairs."""
+class Pipeline:
+    """Captions videos with one model and commits the answers to ``output_dir``.
+
+    Args:
+        sampler: Chooses the frames.
+        prompts: Asked about every frame.
+        output_dir: Where Parquet goes (created, checked writable and locked by the caller).
+        config_id: Id of the settings that shape answers (model, generation, sampler).
+        max_frames: Cap on samples per video.
+        checkpoint_frames: Frames per committed chunk.
+        retry_failed: Retry videos and frames that failed before.
+        prefetch_frames: Decoded frames queued ahead of the model.
+        metadata: Stored in every Parquet file's schema metadata.
+    """
 
     def __init__(
-        self, tasks: list[_VideoTask], sampler: Sampler, max_frames: int | None, depth: int
+        self,
+        sampler: Sampler,
+        prompts: list[str],
+        output_dir: Path,
+        config_id: str,
+        max_frames: int | None = None,
+        checkpoint_frames: int = 32,
+        retry_failed: bool = False,
+        prefetch_frames: int = 8,
+        metadata: dict[str, Any] | None = None,
     ) -> None:
-        super().__init__(name="decode", daemon=True)
-        self.tasks = tasks
         self.sampler = sampler
+        self.questions: list[Question] = make_questions(prompts)
+        self.output_dir = output_dir
+        self.config_id = config_id
+        self.work_id = settings_id(
+            {"config": config_id, "prompts": sorted(q.prompt_id for q in self.questions), "max_frames": max_frames}
+        )
         self.max_frames = max_frames
-        self.queue: queue.Queue[Any] = queue.Queue(maxsize=max(depth, 1))
+        self.checkpoint_frames = max(checkpoint_frames, 1)
+        self.retry_failed = retry_failed
+        self.prefetch_frames = prefetch_frames
+        self.metadata = {**(metadata or {}), "versions": package_versions()}
+        self.model_name = ""
+
+    # -- planning (no model needed) ---------------------------------------------------------
+
+    def plan(self, videos: list[Path]) -> list[_VideoTask]:
+        """Look at every video's committed work; skipped and unreadable ones are settled here."""
+        tasks = []
+        for path in videos:
+            outcome = VideoOutcome(path=str(path), video_id="")
+            task = _VideoTask(outcome=outcome, path=path)
+            tasks.append(task)
+            try:
+                outcome.video_id = video_id_of(path)
+            except OSError as error:
+                outcome.video_id = hashlib.sha256(str(path).resolve().encode()).hexdigest()[:16]
+                self._fail(task, _os_reason(path, error))
+                if self.retry_failed:
+                    remove_error_records(self.output_dir, outcome.video_id, self.config_id)
+                continue
+            if done_marker(self.output_dir, outcome.video_id, self.work_id).exists():
+                outcome.status = "skipped"
+                continue
+            if self.retry_failed:
+                remove_error_records(self.output_dir, outcome.video_id, self.config_id)
+            task.committed = read_committed(self.output_dir, outcome.video_id, self.config_id)
+            if task.committed.video_error is not None:
+                outcome.status = "skipped"
+                outcome.error = f"failed before: {task.committed.video_error}"
+        return tasks
+
+    def _fail(self, task: _VideoTask, reason: str) -> None:
+        task.outcome.status = "error"
+        task.outcome.error = reason
+
+    # -- the run ----------------------------------------------------------------------------
+
+    def run(self, tasks: list[_VideoTask], captioner: Captioner | None) -> RunSummary:
+        """Do the planned work; ``captioner`` (set up) may be ``None`` when no video needs it.
+
+        Raises:
+            StoreError: Results cannot be written (the run stops; committed chunks stay).
+            EngineError: The model failed.
+        """
+        started = time.perf_counter()
+        summary = RunSummary(videos=[t.outcome for t in tasks])
+        todo = [t for t in tasks if t.outcome.status == "todo"]
+        failed_at_plan = [t for t in tasks if t.outcome.status == "error"]
+        self.model_name = captioner.model_name if captioner else ""
+        if captioner is not None:
+            self.metadata["model_files"] = {
+                "text_model": str(captioner.files.text_model),
+                "mmproj": str(captioner.files.mmproj),
+            }
+        show = sys.stderr.isatty()
+        with ThreadPoolExecutor(max_workers=1, thread_name_prefix="write") as writer, tqdm(
+            total=len(todo), desc="videos", unit="video", disable=not show
+        ) as video_bar, tqdm(desc="frames", unit="frame", disable=not show) as frame_bar:
+            self._writer, self._writes = writer, []
+            self._video_bar = video_bar
+            for task in failed_at_plan:
+                self._submit_error_record(task)
+            if todo:
+                if captioner is None:
+                    raise RuntimeError("videos to caption but no captioner")
+                producer = _Producer(self, todo)
+                producer.start()
+                try:
+                    jobs = self._jobs(producer)
+                    for (task, sample), answers in captioner.caption(jobs, self.questions):
+                        self._take_answers(task, sample, answers)
+                        frame_bar.update()
+                        _raise_first_error(self._writes)
+                finally:
+                    producer.stop.set()
+                    producer.join()
+                if producer.error is not None:
+                    raise producer.error
+            for future in self._writes:
+                future.result()
+        summary.wall_s = time.perf_counter() - started
+        return summary
+
+    def _jobs(self, producer: _Producer) -> Iterator[tuple[tuple[_VideoTask, Sample], Any]]:
+        while True:
+            item = producer.queue.get()
+            if item is _DONE:
+                return
+            task, sample = item
+            if sample is None:
+                task.decoded_all = True
+                self._finish_if_complete(task)
+                continue
+            yield (task, sample), sample.frame.rgb
+
+    def _take_answers(self, task: _VideoTask, sample: Sample, answers: list[Answer]) -> None:
+        already = task.committed.answered.get(sample.frame.index, set())
+        task.pending_rows.extend(
+            self._row(task, sample, a) for a in answers if a.question.prompt_id not in already
+        )
+        task.pending_frames += 1
+        task.answered += 1
+        task.outcome.frames += 1
+        if task.pending_frames >= self.checkpoint_frames:
+            self._submit_chunk(task)
+        self._finish_if_complete(task)
+
+    def _finish_if_complete(self, task: _VideoTask) -> None:
+        if not (task.decoded_all and task.answered == task.sent):
+            return
+        self._submit_chunk(task)
+        if task.outcome.status == "error":
+            self._submit_error_record(task)
+        else:
+            self._writes.append(self._writer.submit(self._mark_done, task))
+        self._video_bar.update()
+
+    def _submit_chunk(self, task: _VideoTask) -> None:
+        rows, task.pending_rows, task.pending_frames = task.pending_rows, [], 0
+        ok = [r for r in rows if r.status == "ok"]
+        errors = [r for r in rows if r.status != "ok"]
+        task.outcome.rows += len(rows)
+        for kind, chunk in (("part", ok), ("errors", errors)):
+            if chunk:
+                self._writes.append(
+                    self._writer.submit(
+                        write_chunk, self.output_dir, task.outcome.video_id, kind,
+                        self.config_id, chunk, self.metadata,
+                    )
+                )
+
+    def _submit_error_record(self, task: _VideoTask) -> None:
+        row = self._error_row(task, task.outcome.error or "unknown error")
+        task.outcome.rows += 1
+        self._writes.append(
+            self._writer.submit(
+                write_chunk, self.output_dir, task.outcome.video_id, "errors",
+                self.config_id, [row], self.metadata,
+            )
+        )
+        log.warning("failed %s: %s", task.outcome.path, task.outcome.error)
+
+    def _mark_done(self, task: _VideoTask) -> None:
+        outcome = task.outcome
+        outcome.status = "done"
+        outcome.wall_s = time.perf_counter() - task.started_s
+        mark_done(self.output_dir, outcome.video_id, self.work_id, asdict(outcome))
+        log.info(
+            "done %s: %d frames captioned, %d already done, %d rows, %.1f s",
+            outcome.path, outcome.frames, outcome.frames_already_done, outcome.rows, outcome.wall_s,
+        )
+
+    def _row(self, task: _VideoTask, sample: Sample, answer: Answer) -> ResultRow:
+        frame = sample.frame
+        return ResultRow(
+            video_path=task.outcome.path,
+            video_id=task.outcome.video_id,
+            frame_index=frame.index,
+            timestamp_s=frame.timestamp_s,
+            timecode=format_timecode(frame.timestamp_s),
+            prompt_id=answer.question.prompt_id,
+            prompt=answer.question.text,
+            answer=answer.text,
+            model=self.model_name,
+            status="error" if answer.error else "ok",
+            error=answer.error,
+            prompt_tokens=answer.prompt_tokens,
+            completion_tokens=answer.completion_tokens,
+            latency_ms=answer.latency_ms,
+            sample_reason=sample.reason,
+            shot_index=sample.shot_index,
+            config_id=self.config_id,
+        )
+
+    def _error_row(self, task: _VideoTask, reason: str) -> ResultRow:
+        return ResultRow(
+            video_path=task.outcome.path,
+            video_id=task.outcome.video_id,
+            frame_index=None,
+            timestamp_s=None,
+            timecode=None,
+            prompt_id=None,
+            prompt=None,
+            answer=None,
+            model=self.model_name,
+            status="error",
+            error=reason,
+            prompt_tokens=0,
+            completion_tokens=0,
+            latency_ms=0.0,
+            sample_reason=None,
+            shot_index=None,
+            config_id=self.config_id,
+        )
+
+
+class _Producer(threading.Thread):
+    """Decodes and samples the videos in turn, queueing the frames that still need answers."""
+
+    def __init__(self, pipeline: Pipeline, tasks: list[_VideoTask]) -> None:
+        super().__init__(name="decode", daemon=True)
+        self.pipeline = pipeline
+        self.tasks = tasks
+        self.queue: queue.Queue[Any] = queue.Queue(maxsize=max(pipeline.prefetch_frames, 1))
         self.stop = threading.Event()
         self.error: BaseException | None = None
 
@@ -131,15 +426,26 @@ class _Producer(threading.Thread):
             self._put(_DONE)
 
     def _sample_video(self, task: _VideoTask) -> None:
+        task.started_s = time.perf_counter()
+        wanted = {q.prompt_id for q in self.pipeline.questions}
+        cap = self.pipeline.max_frames
         try:
             with VideoReader(task.path) as reader:
-                for sample in islice(self.sampler.sample(reader), self.max_frames):
+                taken = 0
+                for sample in self.pipeline.sampler.sample(reader):
+                    if cap is not None and taken >= cap:
+                        break
+                    taken += 1
+                    if wanted <= task.committed.answered.get(sample.frame.index, set()):
+                        task.outcome.frames_already_done += 1
+                        continue
                     task.sent += 1
                     if not self._put((task, sample)):
                         return
+                else:
+                    reader.check_complete()
         except (VideoError, OSError) as error:
-            task.outcome.status = "error"
-            task.outcome.error = str(error)
+            self.pipeline._fail(task, str(error) if isinstance(error, VideoError) else _os_reason(task.path, error))
         self._put((task, None))
 
     def _put(self, item: Any) -> bool:
@@ -152,170 +458,14 @@ class _Producer(threading.Thread):
         return False
 
 
-class Pipeline:
-    """Captions videos with one loaded model and writes the answers to ``output_dir``.
-
-    Args:
-        captioner: A set-up captioner (model loaded).
-        sampler: Chooses the frames.
-        prompts: Asked about every frame.
-        output_dir: Where Parquet goes (created and checked writable by the caller).
-        max_frames: Cap on samples per video.
-        prefetch_frames: Decoded frames queued ahead of the model.
-        metadata: Stored in every Parquet file's schema metadata.
-    """
-
-    def __init__(
-        self,
-        captioner: Captioner,
-        sampler: Sampler,
-        prompts: list[str],
-        output_dir: Path,
-        max_frames: int | None = None,
-        prefetch_frames: int = 8,
-        metadata: dict[str, Any] | None = None,
-    ) -> None:
-        self.captioner = captioner
-        self.sampler = sampler
-        self.questions: list[Question] = make_questions(prompts)
-        self.output_dir = output_dir
-        self.max_frames = max_frames
-        self.prefetch_frames = prefetch_frames
-        self.metadata = {
-            **(metadata or {}),
-            "model_files": {
-                "text_model": str(captioner.files.text_model),
-                "mmproj": str(captioner.files.mmproj),
-            },
-            "versions": package_versions(),
-        }
-
-    def run(self, videos: list[Path]) -> RunSummary:
-        """Caption every video; a bad video becomes an error record and the run goes on.
-
-        Raises:
-            StoreError: Results cannot be written (the run stops; written files stay).
-            EngineError: The model failed.
-        """
-        started = time.perf_counter()
-        tasks = [self._task(path) for path in videos]
-        summary = RunSummary(videos=[t.outcome for t in tasks])
-        producer = _Producer(
-            [t for t in tasks if t.outcome.status != "error"],
-            self.sampler,
-            self.max_frames,
-            self.prefetch_frames,
-        )
-        writes: list[Future[Any]] = []
-        with ThreadPoolExecutor(max_workers=1, thread_name_prefix="write") as writer:
-            for task in tasks:
-                if task.outcome.status == "error":
-                    writes.append(writer.submit(self._write, task))
-            producer.start()
-            try:
-                jobs = self._jobs(producer, writer, writes)
-                for (task, sample), answers in self.captioner.caption(jobs, self.questions):
-                    task.rows.extend(self._rows(task, sample, answers))
-                    task.answered += 1
-                    self._finish_if_complete(task, writer, writes)
-                    _raise_first_error(writes)
-            finally:
-                producer.stop.set()
-                producer.join()
-            for future in writes:
-                future.result()
-        if producer.error is not None:
-            raise producer.error
-        summary.wall_s = time.perf_counter() - started
-        return summary
-
-    def _task(self, path: Path) -> _VideoTask:
-        outcome = VideoOutcome(path=str(path), video_id="")
-        try:
-            outcome.video_id = video_id_of(path)
-        except OSError as error:
-            outcome.video_id = hashlib.sha256(str(path).encode()).hexdigest()[:16]
-            outcome.status = "error"
-            outcome.error = f"cannot read {path}: {error.strerror or error}"
-        return _VideoTask(outcome=outcome, path=path)
-
-    def _jobs(
-        self, producer: _Producer, writer: ThreadPoolExecutor, writes: list[Future[Any]]
-    ) -> Iterator[tuple[tuple[_VideoTask, Sample], Any]]:
-        while True:
-            item = producer.queue.get()
-            if item is _DONE:
-                return
-            task, sample = item
-            if sample is None:
-                task.decoded_all = True
-                self._finish_if_complete(task, writer, writes)
-                continue
-            yield (task, sample), sample.frame.rgb
-
-    def _finish_if_complete(
-        self, task: _VideoTask, writer: ThreadPoolExecutor, writes: list[Future[Any]]
-    ) -> None:
-        if task.decoded_all and task.answered == task.sent:
-            task.outcome.frames = task.answered
-            writes.append(writer.submit(self._write, task))
-
-    def _write(self, task: _VideoTask) -> None:
-        outcome = task.outcome
-        rows = sorted(task.rows, key=lambda r: (r.frame_index or 0, r.prompt_id or ""))
-        if outcome.status == "error":
-            rows.append(self._error_row(task, outcome.error or "unknown error"))
-        if rows:
-            write_rows(self.output_dir, outcome.video_id, "part-00000", rows, self.metadata)
-        outcome.rows = len(rows)
-        if outcome.status == "error":
-            log.warning("failed %s: %s", outcome.path, outcome.error)
-        else:
-            log.info("done %s: %d frames, %d rows", outcome.path, outcome.frames, outcome.rows)
-
-    def _rows(self, task: _VideoTask, sample: Sample, answers: list[Answer]) -> list[ResultRow]:
-        frame = sample.frame
-        return [
-            ResultRow(
-                video_path=task.outcome.path,
-                video_id=task.outcome.video_id,
-                frame_index=frame.index,
-                timestamp_s=frame.timestamp_s,
-                timecode=format_timecode(frame.timestamp_s),
-                prompt_id=answer.question.prompt_id,
-                prompt=answer.question.text,
-                answer=answer.text,
-                model=self.captioner.model_name,
-                status="error" if answer.error else "ok",
-                error=answer.error,
-                prompt_tokens=answer.prompt_tokens,
-                completion_tokens=answer.completion_tokens,
-                latency_ms=answer.latency_ms,
-                sample_reason=sample.reason,
-                shot_index=sample.shot_index,
-            )
-            for answer in answers
-        ]
-
-    def _error_row(self, task: _VideoTask, reason: str) -> ResultRow:
-        return ResultRow(
-            video_path=task.outcome.path,
-            video_id=task.outcome.video_id,
-            frame_index=None,
-            timestamp_s=None,
-            timecode=None,
-            prompt_id=None,
-            prompt=None,
-            answer=None,
-            model=self.captioner.model_name,
-            status="error",
-            error=reason,
-            prompt_tokens=0,
-            completion_tokens=0,
-            latency_ms=0.0,
-            sample_reason=None,
-            shot_index=None,
-        )
+def _os_reason(path: Path, error: OSError) -> str:
+    if isinstance(error, FileNotFoundError):
+        return f"vanished or missing: {path}"
+    if isinstance(error, IsADirectoryError) or path.is_dir():
+        return f"is a directory, not a video: {path}"
+    if isinstance(error, PermissionError):
+        return f"permission denied: {path}"
+    return f"cannot read {path}: {error.strerror or error}"
 
 
 def _raise_first_error(writes: list[Future[Any]]) -> None:

@@ -1,17 +1,26 @@
 """Store stage: the one place that knows the Parquet schema, writes it and reads it back.
 
-Results live in ``output_dir`` as Parquet files under one folder per video. Each file is
-written under a hidden temporary name and renamed into place, so a reader
-(``pd.read_parquet(output_dir)``) never sees a half-written file. Bookkeeping files start
-with ``_`` or ``.``, which Parquet readers skip.
+Results live in ``output_dir`` as Parquet chunk files under one folder per video::
+
+    output_dir/<video_id>/part-<config_id>-<time>-<random>.parquet     answers (status ok)
+    output_dir/<video_id>/errors-<config_id>-<time>-<random>.parquet   error records
+    output_dir/<video_id>/_done-<work_id>                              the video is complete
+
+Each file is written under a hidden temporary name, flushed to disk and renamed into place,
+so a reader (``pd.read_parquet(output_dir)``) never sees a half-written file, even mid-run,
+and a killed run loses at most the chunk it was writing. The unit of work is the key
+``(video_id, frame_index, prompt_id, config_id)``; a re-run reads the committed keys back and
+does only what is missing. Bookkeeping files start with ``_`` or ``.``, which Parquet readers
+skip.
 """
 
 from __future__ import annotations
 
 import json
 import os
+import time
 import uuid
-from dataclasses import asdict, dataclass, fields
+from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any, Optional
 
@@ -40,6 +49,7 @@ class ResultRow:
     latency_ms: float
     sample_reason: Optional[str]
     shot_index: Optional[int]
+    config_id: str
 
 
 SCHEMA = pa.schema(
@@ -60,6 +70,7 @@ SCHEMA = pa.schema(
         ("latency_ms", pa.float64()),
         ("sample_reason", pa.string()),
         ("shot_index", pa.int64()),
+        ("config_id", pa.string()),
     ]
 )
 assert SCHEMA.names == [f.name for f in fields(ResultRow)]
@@ -89,15 +100,17 @@ def prepare_output_dir(output_dir: str | Path) -> Path:
     return path
 
 
-def write_rows(
-    output_dir: Path, video_id: str, part: str, rows: list[ResultRow], metadata: dict[str, Any]
+def write_chunk(
+    output_dir: Path, video_id: str, kind: str, config_id: str, rows: list[ResultRow],
+    metadata: dict[str, Any],
 ) -> Path:
-    """Write rows as ``output_dir/<video_id>/<part>.parquet``, atomically.
+    """Commit rows as a new chunk file ``output_dir/<video_id>/<kind>-<config_id>-....parquet``.
 
     Args:
         output_dir: The dataset folder.
         video_id: The video's id (its folder).
-        part: File stem, unique within the video.
+        kind: ``part`` for answers, ``errors`` for error records.
+        config_id: The settings the rows were made with.
         rows: The rows.
         metadata: JSON-able values stored in the file's schema metadata (``pipeline.<key>``).
 
@@ -109,23 +122,108 @@ def write_rows(
         {f"pipeline.{key}": json.dumps(value, default=str) for key, value in metadata.items()}
     )
     folder = output_dir / video_id
-    final = folder / f"{part}.parquet"
-    temporary = folder / f".{part}.{uuid.uuid4().hex}.tmp"
+    name = f"{kind}-{config_id}-{time.time_ns()}-{uuid.uuid4().hex[:8]}"
+    final = folder / f"{name}.parquet"
+    temporary = folder / f".{name}.tmp"
     try:
         folder.mkdir(parents=True, exist_ok=True)
         pq.write_table(table, temporary)
         with open(temporary, "rb") as handle:
             os.fsync(handle.fileno())
         os.replace(temporary, final)
+        _fsync_dir(folder)
     except OSError as error:
         temporary.unlink(missing_ok=True)
-        raise StoreError(f"cannot write {final}: {error.strerror or error}") from error
+        raise StoreError(
+            f"cannot write {final}: {error.strerror or error}; committed results are intact, "
+            "free space or fix the folder and run again to finish"
+        ) from error
     return final
+
+
+@dataclass
+class Committed:
+    """What a video already has for one ``config_id``.
+
+    Attributes:
+        answered: frame_index → prompt_ids with a committed answer or frame error.
+        video_error: The reason of a committed video-level error record, if any.
+    """
+
+    answered: dict[int, set[str]] = field(default_factory=dict)
+    video_error: Optional[str] = None
+
+
+def read_committed(output_dir: Path, video_id: str, config_id: str) -> Committed:
+    """The keys already committed for a video under ``config_id``."""
+    committed = Committed()
+    folder = output_dir / video_id
+    files = sorted(folder.glob(f"part-{config_id}-*.parquet")) + sorted(
+        folder.glob(f"errors-{config_id}-*.parquet")
+    )
+    for path in files:
+        table = pq.read_table(path, columns=["frame_index", "prompt_id", "error"])
+        for frame_index, prompt_id, error in zip(*(c.to_pylist() for c in table.columns)):
+            if frame_index is None:
+                committed.video_error = error
+            else:
+                committed.answered.setdefault(frame_index, set()).add(prompt_id)
+    return committed
+
+
+def remove_error_records(output_dir: Path, video_id: str, config_id: str) -> int:
+    """Delete a video's error files for ``config_id`` (before retrying it); returns how many.
+
+    Deleting first is safe: if the retry is killed, the work is simply missing and the next
+    run does it.
+    """
+    files = list((output_dir / video_id).glob(f"errors-{config_id}-*.parquet"))
+    for path in files:
+        path.unlink()
+    return len(files)
+
+
+def done_marker(output_dir: Path, video_id: str, work_id: str) -> Path:
+    """The file whose presence says a video's work ``work_id`` is complete."""
+    return output_dir / video_id / f"_done-{work_id}"
+
+
+def mark_done(output_dir: Path, video_id: str, work_id: str, summary: dict[str, Any]) -> None:
+    """Write the completion marker (atomically), after every chunk of the video is committed.
+
+    Raises:
+        StoreError: It cannot be written.
+    """
+    write_json_atomic(done_marker(output_dir, video_id, work_id), summary)
+
+
+def write_json_atomic(path: Path, value: Any) -> None:
+    """Write JSON to ``path`` through a temporary file and a rename.
+
+    Raises:
+        StoreError: It cannot be written.
+    """
+    temporary = path.with_name(f".{path.name}.{uuid.uuid4().hex[:8]}.tmp")
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        temporary.write_text(json.dumps(value, indent=2, default=str))
+        os.replace(temporary, path)
+    except OSError as error:
+        temporary.unlink(missing_ok=True)
+        raise StoreError(f"cannot write {path}: {error.strerror or error}") from error
+
+
+def _fsync_dir(folder: Path) -> None:
+    descriptor = os.open(folder, os.O_RDONLY)
+    try:
+        os.fsync(descriptor)
+    finally:
+        os.close(descriptor)
 
 
 def read_results(output_dir: str | Path) -> pd.DataFrame:
     """All result rows in ``output_dir`` as a DataFrame (empty, with the columns, if none)."""
-    files = sorted(Path(output_dir).glob("*/*.parquet"))
+    files = sorted(p for p in Path(output_dir).glob("*/*.parquet") if not p.name.startswith((".", "_")))
     if not files:
         return SCHEMA.empty_table().to_pandas()
     return pq.ParquetDataset(files).read().to_pandas()
