@@ -68,6 +68,10 @@ def run_from_config(cfg: DictConfig) -> int:
     except OmegaConfBaseException as error:
         log.error("bad config: %s", str(error).splitlines()[0])
         return EXIT_CRASH
+    except Exception as error:  # a bug: one line here, the traceback in the run's log file
+        log.error("crashed: %s: %s (traceback in the run's log file)", type(error).__name__, error)
+        logging.getLogger("pipeline.crash").debug("traceback", exc_info=True)
+        return EXIT_CRASH
 
 
 def _run_locked(cfg: DictConfig, prompts: list[str], sampler: Any, videos: list[Path], output_dir: Path) -> int:

@@ -68,6 +68,8 @@ class VideoReader:
         self.path = Path(path)
         if self.path.is_dir():
             raise VideoError(f"is a directory, not a video: {self.path}")
+        if not self.path.exists():
+            raise VideoError(f"vanished or missing: {self.path}")
         if not self.path.is_file():
             raise VideoError(f"not a file: {self.path}")
         if self.path.stat().st_size == 0:

@@ -222,7 +222,7 @@ class Pipeline:
             try:
                 outcome.video_id = video_id_of(path)
             except OSError as error:
-                outcome.video_id = hashlib.sha256(str(path).resolve().encode()).hexdigest()[:16]
+                outcome.video_id = hashlib.sha256(str(path.resolve()).encode()).hexdigest()[:16]
                 self._fail(task, _os_reason(path, error))
                 if self.retry_failed:
                     remove_error_records(self.output_dir, outcome.video_id, self.config_id)

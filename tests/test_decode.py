@@ -41,8 +41,13 @@ def test_frames_are_rgb(tmp_path: Path) -> None:
 
 
 def test_missing_and_non_video_files(tmp_path: Path) -> None:
-    with pytest.raises(VideoError, match="not a file"):
+    with pytest.raises(VideoError, match="vanished or missing"):
         VideoReader(tmp_path / "missing.mp4")
+    with pytest.raises(VideoError, match="is a directory"):
+        VideoReader(tmp_path)
+    (tmp_path / "empty.mp4").write_bytes(b"")
+    with pytest.raises(VideoError, match="empty file"):
+        VideoReader(tmp_path / "empty.mp4")
     text = tmp_path / "notes.mp4"
     text.write_text("not a video")
     with pytest.raises(VideoError, match="not a readable video"):

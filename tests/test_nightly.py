@@ -1,0 +1,267 @@
+"""Nightly runs never lose work: kills, bad files, the lock, a full disk, no-op re-runs."""
+
+from __future__ import annotations
+
+import json
+import os
+import random
+import shutil
+import signal
+import subprocess
+import sys
+import time
+import wave
+from pathlib import Path
+
+import pandas as pd
+import pytest
+
+from pipeline.run import Pipeline, find_videos
+from pipeline.sampling import AllSampler
+from tests.conftest import ROOT, SAMPLE_VIDEO, run_cli, write_video
+
+KEY = ["video_id", "frame_index", "prompt_id"]
+PROMPTS = "prompts=[What is shown?,Which colours?]"
+
+
+def night_args(videos: Path, out: Path, tiny_model_dir: Path, tmp: Path) -> list[str]:
+    return [
+        f"video={videos}", "model=tiny", f"model.dir={tiny_model_dir}", f"output_dir={out}",
+        "generation.max_tokens=12", "sampler=all", "checkpoint_frames=3", "engine.parallel=2",
+        PROMPTS, f"hydra.run.dir={tmp / 'hydra'}",
+    ]
+
+
+def make_night(folder: Path, n_videos: int = 4, n_frames: int = 18) -> Path:
+    folder.mkdir(parents=True, exist_ok=True)
+    for v in range(n_videos):
+        write_video(folder / f"v{v}.mp4", n_frames=n_frames + v, colour_of=lambda i, v=v: (40 * v, 9 * i % 255, 90))
+    return folder
+
+
+def answers(out: Path) -> pd.DataFrame:
+    df = pd.read_parquet(out)
+    return df[df.status == "ok"].sort_values(KEY).reset_index(drop=True)
+
+
+@pytest.fixture(scope="module")
+def night(tiny_model_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> dict:
+    """An uninterrupted reference run over a small night, and how long it took."""
+    tmp = tmp_path_factory.mktemp("night")
+    videos = make_night(tmp / "videos")
+    out = tmp / "out"
+    started = time.perf_counter()
+    result = run_cli(*night_args(videos, out, tiny_model_dir, tmp))
+    elapsed = time.perf_counter() - started
+    assert result.returncode == 0, result.stderr
+    return {"videos": videos, "out": out, "seconds": elapsed, "answers": answers(out), "tmp": tmp}
+
+
+def chunk_count(out: Path) -> int:
+    return len(list(out.glob("*/part-*.parquet"))) if out.exists() else 0
+
+
+def test_sigkill_at_random_moments_then_resume(night: dict, tiny_model_dir: Path, tmp_path: Path) -> None:
+    # Kill moments are tied to progress, not to the clock, so a busy machine does not turn
+    # them into "before start" or "after the end": each kill comes after 0, 1 or 2 new
+    # chunks (0: somewhere in start-up or model load) plus a random fraction of a second.
+    out = tmp_path / "out"
+    args = night_args(night["videos"], out, tiny_model_dir, tmp_path)
+    rng = random.Random(7)
+    env = {**os.environ, "HF_HUB_OFFLINE": "1"}
+    kills = 0
+    while kills < 10:
+        before = chunk_count(out)
+        wait_chunks = rng.choice([0, 1, 2])
+        process = subprocess.Popen([sys.executable, "-m", "pipeline", *args], cwd=ROOT, env=env,
+                                   stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        deadline = time.time() + 120
+        while chunk_count(out) < before + wait_chunks and process.poll() is None and time.time() < deadline:
+            time.sleep(0.01)
+        time.sleep(rng.uniform(0.1, 1.0) if wait_chunks == 0 else rng.uniform(0.0, 0.2))
+        assert process.poll() is None, "the run finished before 10 kills: make the night longer"
+        process.send_signal(signal.SIGKILL)
+        process.wait()
+        kills += 1
+        partial = pd.read_parquet(out) if chunk_count(out) else None
+        assert partial is None or not partial.duplicated(KEY).any()
+    assert 0 < chunk_count(out)
+    result = run_cli(*args)
+    assert result.returncode == 0, result.stderr
+    resumed = answers(out)
+    reference = night["answers"]
+    assert not resumed.duplicated(KEY).any()
+    assert resumed[KEY].equals(reference[KEY])
+    assert resumed.answer.tolist() == reference.answer.tolist()
+
+
+def test_rerun_of_a_finished_night_is_a_quick_no_op(night: dict, tiny_model_dir: Path) -> None:
+    before = sorted(p.name for p in night["out"].rglob("*.parquet"))
+    started = time.perf_counter()
+    result = run_cli(*night_args(night["videos"], night["out"], tiny_model_dir, night["tmp"]))
+    elapsed = time.perf_counter() - started
+    assert result.returncode == 0, result.stderr
+    assert "nothing to do" in result.stderr
+    assert sorted(p.name for p in night["out"].rglob("*.parquet")) == before
+    summary = json.loads((night["out"] / "_last_run.json").read_text())
+    assert summary["videos_skipped"] == 4 and summary["frames"] == 0
+    print(f"first run {night['seconds']:.1f} s, no-op re-run {elapsed:.2f} s")
+    assert elapsed < 0.05 * night["seconds"]
+
+
+def test_renamed_file_is_not_redone_and_changed_prompt_redoes_only_it(
+    night: dict, tiny_model_dir: Path, tmp_path: Path
+) -> None:
+    out = tmp_path / "out"
+    shutil.copytree(night["out"], out)
+    renamed = tmp_path / "videos"
+    shutil.copytree(night["videos"], renamed)
+    (renamed / "v0.mp4").rename(renamed / "renamed.mp4")
+    args = night_args(renamed, out, tiny_model_dir, tmp_path)
+    assert "nothing to do" in run_cli(*args).stderr
+    result = run_cli(*[a if a != PROMPTS else "prompts=[What is shown?,Anyone there?]" for a in args])
+    assert result.returncode == 0, result.stderr
+    df = pd.read_parquet(out)
+    assert not df.duplicated(KEY).any()
+    old = night["answers"]
+    assert set(df.prompt) == {"What is shown?", "Which colours?", "Anyone there?"}
+    assert (df.prompt == "Anyone there?").sum() == (old.prompt == "What is shown?").sum()
+
+
+def write_audio(path: Path) -> Path:
+    with wave.open(str(path), "wb") as audio:
+        audio.setnchannels(1)
+        audio.setsampwidth(2)
+        audio.setframerate(8000)
+        audio.writeframes(b"\x00\x01" * 8000)
+    return path
+
+
+@pytest.mark.allow_error_logs
+def test_folder_with_every_kind_of_bad_file(tiny_model_dir: Path, tmp_path: Path) -> None:
+    folder = make_night(tmp_path / "videos", n_videos=2, n_frames=6)
+    (folder / "empty.mp4").write_bytes(b"")
+    good = write_video(tmp_path / "whole.mp4", n_frames=30)
+    (folder / "no_index.mp4").write_bytes(good.read_bytes()[: good.stat().st_size // 2])
+    (folder / "notes.mp4").write_text("not a video at all")
+    write_audio(folder / "audio_only.wav")
+    (folder / "folder.mp4").mkdir()
+    avi = write_video(tmp_path / "whole.avi", n_frames=60, fourcc="MJPG")
+    (folder / "cut_mid_stream.avi").write_bytes(avi.read_bytes()[: int(avi.stat().st_size * 0.6)])
+    out = tmp_path / "out"
+    result = run_cli(
+        f"video={folder}", "model=tiny", f"model.dir={tiny_model_dir}", f"output_dir={out}",
+        "generation.max_tokens=4", "sampler=all", "video_extensions=[.mp4,.avi,.wav]",
+        f"hydra.run.dir={tmp_path / 'hydra'}",
+    )
+    assert result.returncode == 2, result.stderr
+    assert "Traceback" not in result.stderr
+    df = pd.read_parquet(out)
+    errors = df[df.frame_index.isna()].set_index(df[df.frame_index.isna()].video_path.map(lambda p: Path(p).name))
+    assert set(errors.index) == {"empty.mp4", "no_index.mp4", "notes.mp4", "audio_only.wav", "folder.mp4", "cut_mid_stream.avi"}
+    assert "empty file" in errors.error["empty.mp4"]
+    assert "is a directory" in errors.error["folder.mp4"]
+    assert "decoding stopped at frame" in errors.error["cut_mid_stream.avi"]
+    for name in ("no_index.mp4", "notes.mp4", "audio_only.wav"):
+        assert "not a readable video" in errors.error[name] or "no video stream" in errors.error[name]
+    ok = df[df.status == "ok"]
+    assert ok.groupby(ok.video_path.map(lambda p: Path(p).name)).frame_index.nunique().to_dict() == {
+        "v0.mp4": 6, "v1.mp4": 7, "cut_mid_stream.avi": pytest.approx(30, abs=10)
+    } or set(ok.video_path.map(lambda p: Path(p).name)) >= {"v0.mp4", "v1.mp4"}
+    summary = json.loads((out / "_last_run.json").read_text())
+    assert summary["videos_failed"] == 6 and summary["exit_code"] == 2
+
+
+@pytest.mark.allow_error_logs
+def test_vanished_file_and_retry_failed(tiny_model_dir: Path, tmp_path: Path) -> None:
+    from pipeline.cli import compose_config
+    from pipeline.caption import Captioner
+
+    folder = make_night(tmp_path / "videos", n_videos=2, n_frames=4)
+    out = tmp_path / "out"
+    out.mkdir()
+    cfg = compose_config(["model=tiny", f"model.dir={tiny_model_dir}", "video=x", "generation.max_tokens=4"])
+    pipeline = Pipeline(AllSampler(), ["What?"], out, config_id="c1")
+    tasks = pipeline.plan(find_videos(str(folder), [".mp4"]))
+    moved = (folder / "v1.mp4").rename(tmp_path / "v1.mp4")
+    with Captioner.from_config(cfg) as captioner:
+        summary = pipeline.run(tasks, captioner)
+    assert [v.status for v in summary.videos] == ["done", "error"]
+    assert "vanished or missing" in summary.videos[1].error
+    moved.rename(folder / "v1.mp4")
+    again = Pipeline(AllSampler(), ["What?"], out, config_id="c1")
+    assert [t.outcome.status for t in again.plan(find_videos(str(folder), [".mp4"]))] == ["skipped", "skipped"]
+    retry = Pipeline(AllSampler(), ["What?"], out, config_id="c1", retry_failed=True)
+    tasks = retry.plan(find_videos(str(folder), [".mp4"]))
+    assert [t.outcome.status for t in tasks] == ["skipped", "todo"]
+    with Captioner.from_config(cfg) as captioner:
+        retry.run(tasks, captioner)
+    df = pd.read_parquet(out)
+    assert (df.status == "ok").sum() == 4 + 5 and not (df.status == "error").any()
+
+
+def test_second_run_exits_75_and_killed_run_leaves_no_lock(tiny_model_dir: Path, tmp_path: Path) -> None:
+    videos = make_night(tmp_path / "videos", n_videos=2, n_frames=40)
+    out = tmp_path / "out"
+    args = night_args(videos, out, tiny_model_dir, tmp_path)
+    env = {**os.environ, "HF_HUB_OFFLINE": "1"}
+    first = subprocess.Popen([sys.executable, "-m", "pipeline", *args], cwd=ROOT, env=env,
+                             stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    deadline = time.time() + 30
+    while not (out / "_lock").exists() or not (out / "_lock").read_text():
+        assert time.time() < deadline and first.poll() is None
+        time.sleep(0.05)
+    started = time.perf_counter()
+    second = run_cli(*args)
+    assert time.perf_counter() - started < 10
+    assert second.returncode == 75
+    (line,) = [l for l in second.stderr.splitlines() if "another run holds" in l]
+    assert f'"pid": {first.pid}' in line
+    first.send_signal(signal.SIGKILL)
+    first.wait()
+    third = run_cli(*args)
+    assert third.returncode == 0, third.stderr
+
+
+def _mount_tmpfs(path: Path, size: str) -> bool:
+    path.mkdir(parents=True, exist_ok=True)
+    return subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={size}", "tmpfs", str(path)],
+                          capture_output=True).returncode == 0
+
+
+@pytest.mark.allow_error_logs
+def test_disk_full_keeps_committed_chunks_and_rerun_completes(
+    tiny_model_dir: Path, tmp_path: Path
+) -> None:
+    disk = tmp_path / "disk"
+    if not _mount_tmpfs(disk, "64k"):
+        pytest.skip("mounting a tmpfs needs root (CI runs as root)")
+    try:
+        videos = make_night(tmp_path / "videos", n_videos=3, n_frames=20)
+        out = disk / "out"
+        args = night_args(videos, out, tiny_model_dir, tmp_path)
+        full = run_cli(*args)
+        assert full.returncode == 1, full.stderr
+        (line,) = [l for l in full.stderr.splitlines() if "committed results are intact" in l]
+        assert "No space left on device" in line and "Traceback" not in full.stderr
+        committed = pd.read_parquet(out)
+        assert len(committed) > 0 and not committed.duplicated(KEY).any()
+        subprocess.run(["mount", "-o", "remount,size=16m", str(disk)], check=True)
+        done = run_cli(*args)
+        assert done.returncode == 0, done.stderr
+        final = pd.read_parquet(out)
+        assert not final.duplicated(KEY).any()
+        assert len(final) == 2 * (20 + 21 + 22)
+        assert final.merge(committed, on=KEY).answer_x.tolist() == final.merge(committed, on=KEY).answer_y.tolist()
+    finally:
+        subprocess.run(["umount", "-l", str(disk)], capture_output=True)
+
+
+def test_manifest_and_glob_inputs(tmp_path: Path) -> None:
+    folder = make_night(tmp_path / "videos", n_videos=3, n_frames=2)
+    manifest = tmp_path / "tonight.txt"
+    manifest.write_text("# tonight\nvideos/v2.mp4\n\nvideos/v0.mp4  # first\n")
+    assert find_videos(str(manifest), [".mp4"]) == [tmp_path / "videos/v2.mp4", tmp_path / "videos/v0.mp4"]
+    assert [p.name for p in find_videos(str(folder / "v[01].mp4"), [".mp4"])] == ["v0.mp4", "v1.mp4"]
+    assert len(find_videos(str(tmp_path), ["mp4"])) == 3
+    assert SAMPLE_VIDEO.exists()
