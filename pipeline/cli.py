@@ -10,11 +10,14 @@ from __future__ import annotations
 import logging
 import sys
 import time
+from collections.abc import Callable
 from datetime import datetime, timezone
+from functools import partial
 from pathlib import Path
 from typing import Any
 
 import hydra
+import numpy as np
 from hydra import compose, initialize_config_dir
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
@@ -23,8 +26,10 @@ from omegaconf.errors import OmegaConfBaseException
 from pipeline.caption import Captioner, EngineError, WeightsError
 from pipeline.config import register_configs
 from pipeline.lock import LockHeld, RunLock
+from pipeline.report import write_report
 from pipeline.run import InputError, Pipeline, RunSummary, find_videos, settings_id
 from pipeline.store import StoreError, prepare_output_dir, write_json_atomic
+from pipeline.thumbnails import make_thumbnail
 
 log = logging.getLogger("pipeline")
 
@@ -89,6 +94,7 @@ def _run_locked(cfg: DictConfig, prompts: list[str], sampler: Any, videos: list[
         retry_failed=cfg.retry_failed,
         prefetch_frames=cfg.engine.prefetch_frames,
         metadata={"config": config},
+        thumbnail=_thumbnailer(cfg),
     )
     tasks = pipeline.plan(videos)
     summary = None
@@ -113,7 +119,22 @@ def _run_locked(cfg: DictConfig, prompts: list[str], sampler: Any, videos: list[
         )
     if failed_before:
         log.info("%d videos failed in earlier runs; retry_failed=true tries them again", failed_before)
+    if cfg.report and summary.count("done"):
+        try:
+            log.info("report: %s", write_report(output_dir))
+        except OSError as error:
+            log.warning("report not written: %s", error)
     return code
+
+
+def _thumbnailer(cfg: DictConfig) -> Callable[[np.ndarray], bytes] | None:
+    """``make_thumbnail`` with the configured settings, checked now; ``None`` when off."""
+    settings = cfg.thumbnails
+    if not settings.enabled:
+        return None
+    make = partial(make_thumbnail, long_side_px=settings.long_side_px, quality=settings.quality)
+    make(np.zeros((2, 2, 3), np.uint8))  # a bad setting fails before the model loads
+    return make
 
 
 def _write_summary(output_dir: Path, started: float, code: int, summary: RunSummary) -> None:

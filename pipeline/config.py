@@ -56,11 +56,22 @@ class EngineConfig:
 
 
 @dataclass
+class DedupConfig:
+    """``sampler.dedup``: drop samples that repeat an earlier one anywhere in the video."""
+
+    _target_: str = "pipeline.sampling.Dedup"
+    enabled: bool = False
+    threshold: int = 10
+    keep_duplicates: bool = False
+
+
+@dataclass
 class IntervalSamplerConfig:
     """``sampler=interval``: one frame every ``interval_s`` seconds."""
 
     _target_: str = "pipeline.sampling.IntervalSampler"
     interval_s: float = 1.0
+    dedup: DedupConfig = field(default_factory=DedupConfig)
 
 
 @dataclass
@@ -68,6 +79,29 @@ class AllSamplerConfig:
     """``sampler=all``: every frame."""
 
     _target_: str = "pipeline.sampling.AllSampler"
+
+
+@dataclass
+class SceneSamplerConfig:
+    """``sampler=scene``: one frame per shot (and per ``fallback_interval_s`` of a long shot)."""
+
+    _target_: str = "pipeline.sampling.SceneSampler"
+    pick: str = "first_settled"
+    threshold: float = 8.0
+    min_shot_s: float = 0.5
+    fallback_interval_s: Optional[float] = 10.0
+    analysis_width: int = 64
+    analysis_stride: int = 3
+    dedup: DedupConfig = field(default_factory=lambda: DedupConfig(enabled=True))
+
+
+@dataclass
+class ThumbnailsConfig:
+    """A small JPEG of each sampled frame in every row (``thumbnail`` column)."""
+
+    enabled: bool = True
+    long_side_px: int = 256
+    quality: int = 80
 
 
 @dataclass
@@ -89,6 +123,8 @@ class Config:
     sampler: Any = MISSING
     generation: GenerationConfig = field(default_factory=GenerationConfig)
     engine: EngineConfig = field(default_factory=EngineConfig)
+    thumbnails: ThumbnailsConfig = field(default_factory=ThumbnailsConfig)
+    report: bool = True
 
 
 def register_configs() -> None:
@@ -98,3 +134,4 @@ def register_configs() -> None:
     cs.store(group="model", name="model_schema", node=ModelConfig)
     cs.store(group="sampler", name="interval_schema", node=IntervalSamplerConfig)
     cs.store(group="sampler", name="all_schema", node=AllSamplerConfig)
+    cs.store(group="sampler", name="scene_schema", node=SceneSamplerConfig)

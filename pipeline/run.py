@@ -19,13 +19,14 @@ import queue
 import sys
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field
 from importlib import metadata
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 from tqdm import tqdm
 
 from pipeline.caption import Answer, Captioner, Question, make_questions
@@ -182,6 +183,7 @@ class Pipeline:
         retry_failed: Retry videos and frames that failed before.
         prefetch_frames: Decoded frames queued ahead of the model.
         metadata: Stored in every Parquet file's schema metadata.
+        thumbnail: Makes a frame's ``thumbnail`` bytes (``None``: rows have none).
     """
 
     def __init__(
@@ -195,6 +197,7 @@ class Pipeline:
         retry_failed: bool = False,
         prefetch_frames: int = 8,
         metadata: dict[str, Any] | None = None,
+        thumbnail: Callable[[np.ndarray], bytes] | None = None,
     ) -> None:
         self.sampler = sampler
         self.questions: list[Question] = make_questions(prompts)
@@ -207,6 +210,7 @@ class Pipeline:
         self.checkpoint_frames = max(checkpoint_frames, 1)
         self.retry_failed = retry_failed
         self.prefetch_frames = prefetch_frames
+        self.thumbnail = thumbnail
         self.metadata = {**(metadata or {}), "versions": package_versions()}
         self.model_name = ""
 
@@ -276,8 +280,8 @@ class Pipeline:
                 producer.start()
                 try:
                     jobs = self._jobs(producer)
-                    for (task, sample), answers in captioner.caption(jobs, self.questions):
-                        self._take_answers(task, sample, answers)
+                    for (task, sample, thumbnail), answers in captioner.caption(jobs, self.questions):
+                        self._take_answers(task, sample, thumbnail, answers)
                         frame_bar.update()
                         _raise_first_error(self._writes)
                 finally:
@@ -290,23 +294,26 @@ class Pipeline:
         summary.wall_s = time.perf_counter() - started
         return summary
 
-    def _jobs(self, producer: _Producer) -> Iterator[tuple[tuple[_VideoTask, Sample], Any]]:
+    def _jobs(
+        self, producer: _Producer
+    ) -> Iterator[tuple[tuple[_VideoTask, Sample, bytes | None], Any]]:
         while True:
             item = producer.queue.get()
             if item is _DONE:
                 return
-            task, sample = item
+            task, sample, thumbnail = item
             if sample is None:
                 task.decoded_all = True
                 self._finish_if_complete(task)
                 continue
-            yield (task, sample), sample.frame.rgb
+            yield (task, sample, thumbnail), sample.frame.rgb
 
-    def _take_answers(self, task: _VideoTask, sample: Sample, answers: list[Answer]) -> None:
+    def _take_answers(
+        self, task: _VideoTask, sample: Sample, thumbnail: bytes | None, answers: list[Answer]
+    ) -> None:
         already = task.committed.answered.get(sample.frame.index, set())
-        task.pending_rows.extend(
-            self._row(task, sample, a) for a in answers if a.question.prompt_id not in already
-        )
+        new = [a for a in answers if a.question.prompt_id not in already]
+        task.pending_rows.extend(self._row(task, sample, a, thumbnail) for a in new)
         task.pending_frames += 1
         task.answered += 1
         task.outcome.frames += 1
@@ -359,7 +366,9 @@ class Pipeline:
             outcome.path, outcome.frames, outcome.frames_already_done, outcome.rows, outcome.wall_s,
         )
 
-    def _row(self, task: _VideoTask, sample: Sample, answer: Answer) -> ResultRow:
+    def _row(
+        self, task: _VideoTask, sample: Sample, answer: Answer, thumbnail: bytes | None
+    ) -> ResultRow:
         frame = sample.frame
         return ResultRow(
             video_path=task.outcome.path,
@@ -379,6 +388,7 @@ class Pipeline:
             sample_reason=sample.reason,
             shot_index=sample.shot_index,
             config_id=self.config_id,
+            thumbnail=thumbnail,
         )
 
     def _error_row(self, task: _VideoTask, reason: str) -> ResultRow:
@@ -440,13 +450,15 @@ class _Producer(threading.Thread):
                         task.outcome.frames_already_done += 1
                         continue
                     task.sent += 1
-                    if not self._put((task, sample)):
+                    # One JPEG per frame, shared by its rows, made here, off the model's thread.
+                    thumbnail = self.pipeline.thumbnail(sample.frame.rgb) if self.pipeline.thumbnail else None
+                    if not self._put((task, sample, thumbnail)):
                         return
                 else:
                     reader.check_complete()
         except (VideoError, OSError) as error:
             self.pipeline._fail(task, str(error) if isinstance(error, VideoError) else _os_reason(task.path, error))
-        self._put((task, None))
+        self._put((task, None, None))
 
     def _put(self, item: Any) -> bool:
         while not self.stop.is_set():

@@ -50,6 +50,7 @@ class ResultRow:
     sample_reason: Optional[str]
     shot_index: Optional[int]
     config_id: str
+    thumbnail: Optional[bytes] = None
 
 
 SCHEMA = pa.schema(
@@ -71,6 +72,7 @@ SCHEMA = pa.schema(
         ("sample_reason", pa.string()),
         ("shot_index", pa.int64()),
         ("config_id", pa.string()),
+        ("thumbnail", pa.binary()),
     ]
 )
 assert SCHEMA.names == [f.name for f in fields(ResultRow)]
@@ -226,7 +228,8 @@ def read_results(output_dir: str | Path) -> pd.DataFrame:
     files = sorted(p for p in Path(output_dir).glob("*/*.parquet") if not p.name.startswith((".", "_")))
     if not files:
         return SCHEMA.empty_table().to_pandas()
-    return pq.ParquetDataset(files).read().to_pandas()
+    # schema=: files written before a column existed read it as null instead of dropping it.
+    return pq.ParquetDataset(files, schema=SCHEMA).read().to_pandas()
 
 
 def read_metadata(parquet_file: str | Path) -> dict[str, Any]:

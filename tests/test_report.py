@@ -1,0 +1,269 @@
+"""Tests of the HTML report (``pipeline.report``), in the end as headless Chromium renders it.
+
+Chromium runs without Selenium: the test opens a copy of the page with a small probe script
+that, after ``onload``, writes what the browser saw (did every image load, which answer text
+is on the page) into a ``<pre id="result">``, and reads it back with ``--dump-dom``.
+"""
+
+from __future__ import annotations
+
+import os
+
+import html
+import json
+import re
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from pipeline.report import main, printable, render_report, write_report
+from pipeline.results import load_results
+from pipeline.thumbnails import make_thumbnail
+from tests.conftest import SAMPLE_VIDEO, run_cli
+from tests.test_results import result_row, write_results
+
+CHROMIUM = shutil.which("chromium")
+# CI installs Chromium (.ci/run), so there a missing browser fails the test instead.
+needs_chromium = pytest.mark.skipif(
+    CHROMIUM is None and not os.environ.get("CI"),
+    reason="chromium is not installed (apt-get install -y chromium)",
+)
+
+TRICKY = '<script>alert(1)</script> & \x18<|im_start|>\ufffd "quoted"\r\nline two'
+
+PROBE = """<script>
+window.addEventListener("load", () => {
+  const texts = (selector) => Array.from(document.querySelectorAll(selector), (e) => e.textContent);
+  const pre = document.createElement("pre");
+  pre.id = "result";
+  pre.textContent = JSON.stringify({
+    images: Array.from(document.images, (i) => ({ok: i.complete && i.naturalWidth > 0})),
+    answers: texts(".answer"),
+    errors: texts(".error-text, .video-error"),
+    frames: Array.from(document.querySelectorAll(".frame"), (e) => e.id),
+  });
+  document.body.append(pre);
+});
+</script>"""
+
+
+@pytest.fixture
+def output_dir(tmp_path: Path) -> Path:
+    """Two videos: ``b`` with 2 frames x 2 prompts (tricky answer text, one failed answer)
+    and thumbnails; ``a`` with a video-level error only."""
+    red, green = (
+        make_thumbnail(np.full((360, 640, 3), c, np.uint8)) for c in ((200, 0, 0), (0, 200, 0))
+    )
+    rows = [
+        result_row("b", 0, prompt_id="p1", answer=TRICKY, thumbnail=red),
+        result_row(
+            "b", 0, prompt_id="p2", prompt="Colour?", answer="red & <b>bold</b>", thumbnail=red
+        ),
+        result_row("b", 50, prompt_id="p1", answer="grass", thumbnail=green),
+        result_row(
+            "b",
+            50,
+            prompt_id="p2",
+            prompt="Colour?",
+            status="error",
+            answer=None,
+            error="sequence <failed>",
+            thumbnail=green,
+        ),
+        result_row("a", None, error="not a readable video: /videos/a.mp4"),
+    ]
+    write_results(tmp_path / "out", rows)
+    return tmp_path / "out"
+
+
+def chromium(tmp_path: Path, *args: str) -> str:
+    """Run headless Chromium, offline (every host name fails to resolve); its stdout."""
+    assert CHROMIUM is not None
+    command = [
+        CHROMIUM,
+        "--headless",
+        "--no-sandbox",
+        "--disable-gpu",
+        "--disable-quic",
+        "--no-first-run",
+        "--disable-background-networking",
+        "--disable-component-update",
+        "--disable-sync",
+        f"--user-data-dir={tmp_path / 'chromium-profile'}",
+        "--host-resolver-rules=MAP * ~NOTFOUND",
+        "--virtual-time-budget=5000",
+        *args,
+    ]
+    done = subprocess.run(command, capture_output=True, text=True, timeout=120, check=False)
+    assert done.returncode == 0, done.stderr[-2000:]
+    return done.stdout
+
+
+def browse(page: Path, tmp_path: Path) -> dict[str, Any]:
+    """What Chromium saw of ``page`` after onload (see ``PROBE``)."""
+    probe = tmp_path / "probe.html"
+    probe.write_text(
+        page.read_text(encoding="utf-8").replace("</body>", f"{PROBE}</body>"), encoding="utf-8"
+    )
+    dom = chromium(tmp_path, "--dump-dom", probe.as_uri())
+    found = re.search(r'<pre id="result">(.*?)</pre>', dom, re.DOTALL)
+    assert found, f"the probe did not run; the DOM ends: {dom[-500:]}"
+    return json.loads(html.unescape(found.group(1)))
+
+
+def screenshot(page: Path, tmp_path: Path) -> Path:
+    """A PNG of the page, kept as a test artifact (its path is printed)."""
+    shot = tmp_path / f"{page.stem}.png"
+    chromium(
+        tmp_path,
+        f"--screenshot={shot}",
+        "--window-size=1280,1600",
+        "--hide-scrollbars",
+        page.as_uri(),
+    )
+    print(f"report screenshot: {shot}")
+    assert shot.stat().st_size > 0
+    return shot
+
+
+def shown_answers(df: pd.DataFrame) -> list[str]:
+    """The ok answers of ``df`` as the page shows them."""
+    return sorted(printable(answer) for answer in df.loc[df["status"] == "ok", "answer"])
+
+
+def test_answers_are_escaped(output_dir: Path) -> None:
+    page = render_report(load_results(output_dir), "t")
+
+    assert "<script>alert(1)</script>" not in page and "<b>bold</b>" not in page
+    escaped = "&lt;script&gt;alert(1)&lt;/script&gt; &amp; \u2418&lt;|im_start|&gt;\ufffd"
+    assert f"{escaped} &quot;quoted&quot;\u240d\nline two" in page
+    assert "sequence &lt;failed&gt;" in page
+    assert "\x18" not in page and "\r" not in page
+
+
+def test_page_is_self_contained(output_dir: Path) -> None:
+    page = render_report(load_results(output_dir), "t")
+
+    sources = re.findall(r'src="([^"]*)"', page)
+    assert len(sources) == 2  # one thumbnail per frame, shared by its prompts
+    assert all(source.startswith("data:image/jpeg;base64,") for source in sources)
+    assert not re.search(r"https?://|<script|<link|<iframe|@import", page)
+
+
+def test_frames_have_anchors_and_links_to_their_time(output_dir: Path) -> None:
+    page = render_report(load_results(output_dir), "t")
+
+    assert 'id="vb-f50"' in page and 'href="#vb-f50"' in page
+    assert 'href="file:///videos/b.mp4#t=2.000"' in page
+    assert page.index("00:00:00.000") < page.index("00:00:02.000")
+    assert "config cfg1" not in page  # one config_id: no need to name it
+
+
+def test_answers_name_their_settings_when_a_video_has_several(tmp_path: Path) -> None:
+    write_results(
+        tmp_path,
+        [result_row(config_id="cfgA"), result_row(config_id="cfgB", model="llava16_34b")],
+    )
+
+    page = render_report(load_results(tmp_path), "t")
+
+    assert "tiny config cfgA · " in page and "llava16_34b config cfgB · " in page
+
+
+def test_errors_are_highlighted(output_dir: Path) -> None:
+    page = render_report(load_results(output_dir), "t")
+
+    assert page.count('class="frame has-error"') == 1
+    assert '<div class="video-error">video error: not a readable video: /videos/a.mp4</div>' in page
+    assert '<span class="bad">1 error</span>' in page
+
+
+def test_write_report_writes_beside_the_results_where_parquet_readers_skip_it(
+    output_dir: Path,
+) -> None:
+    before = load_results(output_dir)
+
+    page = write_report(output_dir)
+
+    assert page == output_dir / "_report.html"
+    assert page.read_text(encoding="utf-8").startswith("<!DOCTYPE html>")
+    pd.testing.assert_frame_equal(load_results(output_dir), before)
+
+
+def test_write_report_for_one_video(output_dir: Path) -> None:
+    page = write_report(output_dir, video_id="a")
+
+    assert page.name == "_report-a.html"
+    text = page.read_text(encoding="utf-8")
+    assert "/videos/a.mp4" in text and "/videos/b.mp4" not in text
+    with pytest.raises(ValueError, match=r"video_id=zz is not in .* \(it has: a, b\)"):
+        write_report(output_dir, video_id="zz")
+
+
+def test_report_of_an_empty_output_dir_says_so(tmp_path: Path) -> None:
+    assert "No results yet." in write_report(tmp_path).read_text(encoding="utf-8")
+
+
+def test_command_line(output_dir: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    out = tmp_path / "pages" / "report.html"
+
+    assert main([f"output_dir={output_dir}", f"out={out}", "video_id=b"]) == 0
+    assert capsys.readouterr().out == f"wrote {out}\n"
+    assert out.is_file()
+    assert main(["output_dir"]) == 1
+    assert "bad argument 'output_dir'" in capsys.readouterr().err
+    assert main(["out=x.html"]) == 1
+    assert "output_dir=DIR is required" in capsys.readouterr().err
+    assert main([f"output_dir={tmp_path / 'missing'}"]) == 1
+    assert "is not a folder" in capsys.readouterr().err
+
+
+def test_python_dash_m(output_dir: Path) -> None:
+    done = subprocess.run(
+        [sys.executable, "-m", "pipeline.report", f"output_dir={output_dir}"],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+
+    assert done.returncode == 0, done.stderr
+    assert (output_dir / "_report.html").is_file()
+
+
+@needs_chromium
+def test_chromium_shows_thumbnails_and_answers(output_dir: Path, tmp_path: Path) -> None:
+    page = write_report(output_dir)
+    df = load_results(output_dir)
+
+    seen = browse(page, tmp_path)
+    screenshot(page, tmp_path)
+
+    assert len(seen["images"]) == 2 and all(image["ok"] for image in seen["images"]), seen["images"]
+    assert sorted(seen["answers"]) == shown_answers(df)
+    assert seen["errors"] == [
+        "video error: not a readable video: /videos/a.mp4",
+        "error: sequence <failed>",
+    ]
+    assert sorted(seen["frames"]) == ["vb-f0", "vb-f50"]
+
+
+@needs_chromium
+def test_report_of_a_tiny_run_in_chromium(cli_base: list[str], tmp_path: Path) -> None:
+    done = run_cli(*cli_base, f"video={SAMPLE_VIDEO}", "max_frames=3")
+    assert done.returncode == 0, done.stderr
+    df = load_results(tmp_path / "out")
+    page = write_report(tmp_path / "out", tmp_path / "report.html")
+
+    seen = browse(page, tmp_path)
+    screenshot(page, tmp_path)
+
+    assert sorted(seen["answers"]) == shown_answers(df)
+    assert len(seen["images"]) == df["frame_index"].nunique() == 3
+    assert all(image["ok"] for image in seen["images"]), seen["images"]

@@ -1,0 +1,213 @@
+"""Tests of the pandas helpers in ``pipeline.results`` against Parquet written here with pyarrow.
+
+``result_row`` and ``write_results`` are also used by ``test_report.py`` and
+``test_thumbnails.py``.
+"""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+
+from pipeline.decode import format_timecode
+from pipeline.results import (
+    THUMBNAIL,
+    load_results,
+    search_answers,
+    slowest,
+    thumbnail_bytes,
+    thumbnail_image,
+    video_summary,
+)
+from pipeline.store import SCHEMA
+from pipeline.thumbnails import make_thumbnail
+
+# The store's schema with the nullable thumbnail column, whether or not the store has it yet.
+RESULT_SCHEMA = (
+    SCHEMA if THUMBNAIL in SCHEMA.names else SCHEMA.append(pa.field(THUMBNAIL, pa.binary()))
+)
+
+
+def result_row(video_id: str = "v1", frame_index: int | None = 0, **fields: Any) -> dict[str, Any]:
+    """A result row as the pipeline writes it: an ok answer at 25 fps unless ``fields`` say
+    otherwise; ``frame_index=None`` makes a video-level error record."""
+    timestamp_s = None if frame_index is None else frame_index / 25
+    answer_row = frame_index is not None
+    row = {
+        "video_path": f"/videos/{video_id}.mp4",
+        "video_id": video_id,
+        "frame_index": frame_index,
+        "timestamp_s": timestamp_s,
+        "timecode": None if timestamp_s is None else format_timecode(timestamp_s),
+        "prompt_id": "p1" if answer_row else None,
+        "prompt": "Describe this frame." if answer_row else None,
+        "answer": "A red car on a road." if answer_row else None,
+        "model": "tiny",
+        "status": "ok" if answer_row else "error",
+        "error": None if answer_row else "not a readable video",
+        "prompt_tokens": 100 if answer_row else 0,
+        "completion_tokens": 10 if answer_row else 0,
+        "latency_ms": 100.0 if answer_row else 0.0,
+        "sample_reason": "interval" if answer_row else None,
+        "shot_index": None,
+        "config_id": "cfg1",
+        THUMBNAIL: None,
+    }
+    row.update(fields)
+    return row
+
+
+def write_results(
+    output_dir: Path, rows: list[dict[str, Any]], schema: pa.Schema = RESULT_SCHEMA
+) -> None:
+    """Write rows as the store lays them out: ``output_dir/<video_id>/part-00000.parquet``."""
+    for video_id in dict.fromkeys(row["video_id"] for row in rows):
+        folder = output_dir / video_id
+        folder.mkdir(parents=True, exist_ok=True)
+        video_rows = [row for row in rows if row["video_id"] == video_id]
+        pq.write_table(
+            pa.Table.from_pylist(video_rows, schema=schema), folder / "part-00000.parquet"
+        )
+
+
+@pytest.fixture
+def thumbnail() -> bytes:
+    """A 256x144 JPEG of a flat red frame."""
+    return make_thumbnail(np.full((360, 640, 3), (200, 30, 30), np.uint8))
+
+
+@pytest.fixture
+def two_videos(tmp_path: Path, thumbnail: bytes) -> Path:
+    """``b``: 2 frames x 2 prompts, one answer failed; ``a``: a video-level error only."""
+    rows = [
+        result_row(
+            "b", 50, prompt_id="p1", latency_ms=300.0, answer="Zebra crossing", thumbnail=thumbnail
+        ),
+        result_row(
+            "b",
+            50,
+            prompt_id="p2",
+            prompt="Colour?",
+            latency_ms=0.0,
+            status="error",
+            answer=None,
+            error="decode failed",
+            completion_tokens=0,
+            thumbnail=thumbnail,
+        ),
+        result_row(
+            "b", 0, prompt_id="p1", latency_ms=100.0, answer="A ZEBRA.", thumbnail=thumbnail
+        ),
+        result_row(
+            "b",
+            0,
+            prompt_id="p2",
+            prompt="Colour?",
+            latency_ms=200.0,
+            answer="red (mostly)",
+            thumbnail=thumbnail,
+        ),
+        result_row("a", None),
+    ]
+    write_results(tmp_path / "out", rows)
+    return tmp_path / "out"
+
+
+def test_load_results_reads_every_video_in_time_order(two_videos: Path, thumbnail: bytes) -> None:
+    df = load_results(two_videos)
+
+    assert df["video_id"].tolist() == ["a", "b", "b", "b", "b"]
+    assert df["frame_index"].iloc[1:].tolist() == [0, 0, 50, 50]
+    assert df[THUMBNAIL].iloc[1:].tolist() == [thumbnail] * 4
+    assert df[THUMBNAIL].iloc[0] is None
+
+
+def test_load_results_adds_a_null_thumbnail_column_to_runs_without_one(tmp_path: Path) -> None:
+    without = pa.schema([field for field in RESULT_SCHEMA if field.name != THUMBNAIL])
+    row = result_row()
+    del row[THUMBNAIL]
+    write_results(tmp_path, [row], schema=without)
+
+    df = load_results(tmp_path)
+
+    assert df[THUMBNAIL].tolist() == [None]
+    assert thumbnail_image(df.iloc[0]) is None
+
+
+def test_load_results_of_an_empty_folder_has_the_columns(tmp_path: Path) -> None:
+    df = load_results(tmp_path)
+
+    assert df.empty
+    assert set(RESULT_SCHEMA.names) <= set(df.columns)
+
+
+def test_load_results_names_a_missing_folder(tmp_path: Path) -> None:
+    with pytest.raises(FileNotFoundError, match="run the pipeline first"):
+        load_results(tmp_path / "missing")
+
+
+def test_video_summary_counts_tokens_and_latency(two_videos: Path) -> None:
+    summary = video_summary(load_results(two_videos))
+
+    assert summary.index.tolist() == ["a", "b"]
+    b = summary.loc["b"]
+    assert (b["frames"], b["prompts"], b["ok_rows"], b["error_rows"]) == (2, 2, 3, 1)
+    assert (b["prompt_tokens"], b["completion_tokens"]) == (400, 30)
+    # Latency over the three ok answers (100, 200, 300 ms); the failed one does not count.
+    assert b["latency_mean_ms"] == pytest.approx(200.0)
+    assert b["latency_p95_ms"] == pytest.approx(290.0)
+    a = summary.loc["a"]
+    assert (a["video_path"], a["frames"], a["ok_rows"], a["error_rows"]) == (
+        "/videos/a.mp4",
+        0,
+        0,
+        1,
+    )
+    assert math.isnan(a["latency_mean_ms"])
+
+
+def test_video_summary_of_no_rows_has_the_columns(tmp_path: Path) -> None:
+    summary = video_summary(load_results(tmp_path))
+
+    assert summary.empty
+    assert "latency_p95_ms" in summary.columns
+
+
+def test_search_answers_ignores_case_and_takes_the_keyword_literally(two_videos: Path) -> None:
+    df = load_results(two_videos)
+
+    assert search_answers(df, "zebra")["answer"].tolist() == ["A ZEBRA.", "Zebra crossing"]
+    assert search_answers(df, "(MOSTLY)")["answer"].tolist() == ["red (mostly)"]
+    assert search_answers(df, "a.c").empty
+    with pytest.raises(ValueError, match="keyword"):
+        search_answers(df, "")
+
+
+def test_slowest_lists_answers_slowest_first(two_videos: Path) -> None:
+    df = load_results(two_videos)
+
+    assert slowest(df, 2)["latency_ms"].tolist() == [300.0, 200.0]
+    assert slowest(df, 10)["frame_index"].notna().all()
+
+
+def test_thumbnail_image_decodes_the_row_thumbnail(two_videos: Path) -> None:
+    row = load_results(two_videos).iloc[1]
+
+    image = thumbnail_image(row)
+
+    assert image is not None and image.shape == (144, 256, 3)
+    assert image[..., 0].mean() > 150 and image[..., 2].mean() < 80  # still red: RGB, not BGR
+
+
+@pytest.mark.parametrize("value", [None, float("nan"), b""])
+def test_a_row_without_thumbnail_has_no_image(value: object) -> None:
+    assert thumbnail_bytes({THUMBNAIL: value}) is None
+    assert thumbnail_image({THUMBNAIL: value}) is None
+    assert thumbnail_image(pd.Series({"answer": "x"})) is None
