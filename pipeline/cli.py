@@ -3,6 +3,8 @@
 Exit codes: 0 all videos done (or nothing to do), 2 finished but some videos failed, 1 bad
 input, full disk or crash, 75 another run holds the lock on ``output_dir``.
 Every expected failure prints one line naming the problem and the fix, never a traceback.
+Under ``-m`` (a sweep, e.g. shards through a launcher) each job's code is in its run summary,
+and a job that exits 1 or 75 fails the sweep.
 """
 
 from __future__ import annotations
@@ -19,15 +21,26 @@ from typing import Any
 import hydra
 import numpy as np
 from hydra import compose, initialize_config_dir
+from hydra.core.hydra_config import HydraConfig
+from hydra.types import RunMode
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
-from pipeline.caption import Captioner, EngineError, WeightsError
+from pipeline.caption import EngineError, WeightsError
 from pipeline.config import register_configs
 from pipeline.lock import LockHeld, RunLock
 from pipeline.report import write_report
-from pipeline.run import InputError, Pipeline, RunSummary, find_videos, settings_id
+from pipeline.run import (
+    Executor,
+    ExecutorError,
+    InputError,
+    Pipeline,
+    RunSummary,
+    find_videos,
+    settings_id,
+    shard_videos,
+)
 from pipeline.store import StoreError, prepare_output_dir, write_json_atomic
 from pipeline.thumbnails import make_thumbnail
 
@@ -59,15 +72,16 @@ def run_from_config(cfg: DictConfig) -> int:
     """Run the pipeline for a composed config; returns the exit code."""
     try:
         prompts = [cfg.prompt] if cfg.prompt is not None else list(cfg.prompts)
-        sampler = _build_sampler(cfg)
-        videos = find_videos(cfg.video, list(cfg.video_extensions))
+        sampler = _instantiate(cfg.sampler)
+        executor = _instantiate(cfg.executor)
+        videos = shard_videos(find_videos(cfg.video, list(cfg.video_extensions)), cfg.shard, cfg.num_shards)
         output_dir = prepare_output_dir(cfg.output_dir)
-        with RunLock(output_dir):
-            return _run_locked(cfg, prompts, sampler, videos, output_dir)
+        with RunLock(output_dir, name=f"_lock{_shard_suffix(cfg)}"):
+            return _run_locked(cfg, prompts, sampler, executor, videos, output_dir)
     except LockHeld as error:
         log.error("%s", error)
         return EXIT_LOCKED
-    except (InputError, WeightsError, StoreError, EngineError, ValueError) as error:
+    except (InputError, WeightsError, StoreError, EngineError, ExecutorError, ValueError) as error:
         log.error("%s", error)
         return EXIT_CRASH
     except OmegaConfBaseException as error:
@@ -79,7 +93,14 @@ def run_from_config(cfg: DictConfig) -> int:
         return EXIT_CRASH
 
 
-def _run_locked(cfg: DictConfig, prompts: list[str], sampler: Any, videos: list[Path], output_dir: Path) -> int:
+def _run_locked(
+    cfg: DictConfig,
+    prompts: list[str],
+    sampler: Any,
+    executor: Executor,
+    videos: list[Path],
+    output_dir: Path,
+) -> int:
     started = time.time()
     config = OmegaConf.to_container(cfg, resolve=True)
     pipeline = Pipeline(
@@ -101,13 +122,17 @@ def _run_locked(cfg: DictConfig, prompts: list[str], sampler: Any, videos: list[
     code = EXIT_CRASH
     try:
         if any(t.outcome.status == "todo" for t in tasks):
-            with Captioner.from_config(cfg, max_questions=len(prompts)) as captioner:
-                summary = pipeline.run(tasks, captioner)
+            try:
+                executor.start(cfg, max_questions=len(prompts))
+                summary = pipeline.run(tasks, executor)
+            finally:
+                executor.close()
         else:
             summary = pipeline.run(tasks, None)
         code = EXIT_SOME_FAILED if summary.count("error") else EXIT_OK
     finally:
-        _write_summary(output_dir, started, code, summary or RunSummary(videos=[t.outcome for t in tasks]))
+        summary_record = summary or RunSummary(videos=[t.outcome for t in tasks])
+        _write_summary(output_dir, started, code, summary_record, _shard_suffix(cfg))
     failed_before = sum(1 for t in tasks if t.outcome.status == "skipped" and t.outcome.error)
     if not summary.count("done") and not summary.count("error"):
         log.info("nothing to do: %d videos already done in %s", len(tasks), output_dir)
@@ -137,8 +162,16 @@ def _thumbnailer(cfg: DictConfig) -> Callable[[np.ndarray], bytes] | None:
     return make
 
 
-def _write_summary(output_dir: Path, started: float, code: int, summary: RunSummary) -> None:
-    """``_runs/<start time>.json`` and ``_last_run.json``: what the run did, for machines."""
+def _shard_suffix(cfg: DictConfig) -> str:
+    """``-shard<i>of<n>`` when the videos are sharded (for the lock and summary names), else ""."""
+    return f"-shard{cfg.shard}of{cfg.num_shards}" if cfg.num_shards > 1 else ""
+
+
+def _write_summary(
+    output_dir: Path, started: float, code: int, summary: RunSummary, suffix: str = ""
+) -> None:
+    """``_runs/<start time><suffix>.json`` and ``_last_run<suffix>.json``: what the run did, for
+    machines (``suffix`` names the shard)."""
     record = {
         "started": datetime.fromtimestamp(started, timezone.utc).isoformat(),
         "finished": datetime.now(timezone.utc).isoformat(),
@@ -147,29 +180,31 @@ def _write_summary(output_dir: Path, started: float, code: int, summary: RunSumm
     }
     stamp = datetime.fromtimestamp(started, timezone.utc).strftime("%Y%m%dT%H%M%S.%fZ")
     try:
-        write_json_atomic(output_dir / "_runs" / f"{stamp}.json", record)
-        write_json_atomic(output_dir / "_last_run.json", record)
+        write_json_atomic(output_dir / "_runs" / f"{stamp}{suffix}.json", record)
+        write_json_atomic(output_dir / f"_last_run{suffix}.json", record)
     except StoreError as error:
         log.warning("run summary not written: %s", error)
 
 
-def _build_sampler(cfg: DictConfig):  # noqa: ANN202  (any Sampler)
+def _instantiate(node: DictConfig) -> Any:
+    """A sampler or executor from its config node; its own error becomes one line."""
     try:
-        return instantiate(cfg.sampler)
-    except Exception as error:  # Hydra wraps the sampler's own ValueError
+        return instantiate(node)
+    except Exception as error:  # Hydra wraps the object's own ValueError or ExecutorError
         cause = error.__cause__ or error
-        raise ValueError(str(cause).splitlines()[0]) from error
+        kind = ExecutorError if isinstance(cause, ExecutorError) else ValueError
+        raise kind(str(cause).splitlines()[0]) from error
 
 
 def _check_group_choices(argv: list[str]) -> None:
-    """Fail in one line on ``model=``/``sampler=`` choices that do not exist.
+    """Fail in one line on ``model=``/``sampler=``/``executor=`` choices that do not exist.
 
     Hydra's own message for these spans a dozen lines with its search path.
     """
     for arg in argv:
         key, _, value = arg.partition("=")
         group = key.lstrip("+~")
-        if group in ("model", "sampler") and value:
+        if group in ("model", "sampler", "executor") and value:
             choices = sorted(p.stem for p in (config_dir() / group).glob("*.yaml"))
             if value not in choices:
                 print(
@@ -182,9 +217,19 @@ def _check_group_choices(argv: list[str]) -> None:
 register_configs()
 
 
+class JobFailed(Exception):
+    """A job of a sweep (``-m``) exited 1 or 75; raised so that the sweep reports it."""
+
+
 @hydra.main(config_path=str(config_dir()), config_name="config", version_base="1.3")
-def _hydra_main(cfg: DictConfig) -> None:
-    sys.exit(run_from_config(cfg))
+def _hydra_main(cfg: DictConfig) -> int:
+    code = run_from_config(cfg)
+    if HydraConfig.get().mode != RunMode.MULTIRUN:
+        sys.exit(code)
+    # sys.exit would end the whole sweep (or, under a launcher, the job without its result).
+    if code in (EXIT_CRASH, EXIT_LOCKED):
+        raise JobFailed(f"job {HydraConfig.get().job.num} exited {code}; see its log")
+    return code
 
 
 def main() -> None:

@@ -1,7 +1,7 @@
 """Config schemas: the YAML in ``conf/`` is the source of truth, these dataclasses validate it.
 
-Hydra merges ``conf/config.yaml`` with the chosen ``model/`` and ``sampler/`` files onto these
-schemas, so a misspelt key or a wrong type fails before any work starts.
+Hydra merges ``conf/config.yaml`` with the chosen ``model/``, ``sampler/`` and ``executor/``
+files onto these schemas, so a misspelt key or a wrong type fails before any work starts.
 """
 
 from __future__ import annotations
@@ -105,6 +105,28 @@ class ThumbnailsConfig:
 
 
 @dataclass
+class LocalExecutorConfig:
+    """``executor=local``: decode on a thread, caption in this process."""
+
+    _target_: str = "pipeline.run.LocalExecutor"
+
+
+@dataclass
+class RayExecutorConfig:
+    """``executor=ray``: decode tasks and long-lived captioner actors on a Ray cluster."""
+
+    _target_: str = "pipeline.ray_executor.RayExecutor"
+    address: str = "auto"
+    num_actors: Optional[int] = None
+    gpus_per_actor: Optional[float] = None
+    cpus_per_actor: float = 1.0
+    frames_per_actor: Optional[int] = None
+    decode_tasks: Optional[int] = None
+    cpus_per_decode: float = 1.0
+    retries: int = 3
+
+
+@dataclass
 class Config:
     """The whole run."""
 
@@ -125,6 +147,9 @@ class Config:
     engine: EngineConfig = field(default_factory=EngineConfig)
     thumbnails: ThumbnailsConfig = field(default_factory=ThumbnailsConfig)
     report: bool = True
+    executor: Any = MISSING
+    shard: int = 0
+    num_shards: int = 1
 
 
 def register_configs() -> None:
@@ -135,3 +160,5 @@ def register_configs() -> None:
     cs.store(group="sampler", name="interval_schema", node=IntervalSamplerConfig)
     cs.store(group="sampler", name="all_schema", node=AllSamplerConfig)
     cs.store(group="sampler", name="scene_schema", node=SceneSamplerConfig)
+    cs.store(group="executor", name="local_schema", node=LocalExecutorConfig)
+    cs.store(group="executor", name="ray_schema", node=RayExecutorConfig)

@@ -26,13 +26,15 @@ class RunLock:
 
     Args:
         output_dir: The dataset folder (must exist).
+        name: The lock file's name: shards of one night, whose videos are disjoint, each
+            lock their own (``_lock-shard0of4``).
 
     Raises:
         LockHeld: On entry, when another process holds it.
     """
 
-    def __init__(self, output_dir: Path) -> None:
-        self.path = output_dir / "_lock"
+    def __init__(self, output_dir: Path, name: str = "_lock") -> None:
+        self.path = output_dir / name
         self._handle: IO[str] | None = None
 
     def __enter__(self) -> RunLock:

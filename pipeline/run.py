@@ -1,13 +1,18 @@
-"""The one loop over videos: decode → sample → caption → store, resumably.
+"""The one loop over videos: plan → decode and caption (an executor) → commit, resumably.
 
 A run first *plans*: each video gets its content id, and a video whose work is already
 complete (a ``_done`` marker) or failed before (an error record; ``retry_failed=true`` retries
 it) is skipped without being opened, so re-running a finished night does nothing, quickly,
-and loads no model. Then a background thread decodes and samples the remaining videos one
-after another and queues the frames that still miss an answer (a bounded prefetch, so
-decoding overlaps model work); the engine pulls frames from that queue across video
-boundaries; a writer thread commits answers in chunks of ``checkpoint_frames`` frames, so a
-killed run loses at most one chunk per video in flight.
+and loads no model. Then an *executor* decodes and samples the remaining videos
+(:class:`VideoDecoder`, leaving out frames that already have every answer) and captions the
+frames, and hands back a stream of events: :class:`Captioned` per frame and :class:`Decoded`
+per video. :class:`Pipeline` turns that stream into rows, commits them in chunks of
+``checkpoint_frames`` frames on a writer thread (a killed run loses at most one chunk per
+video in flight), writes the done markers and error records, and counts.
+
+Executors: :class:`LocalExecutor` (a decode thread feeding one in-process
+:class:`~pipeline.caption.Captioner`) and :class:`pipeline.ray_executor.RayExecutor` (decode
+tasks and one captioner actor per GPU on a Ray cluster). Both share all the bookkeeping here.
 """
 
 from __future__ import annotations
@@ -15,16 +20,19 @@ from __future__ import annotations
 import glob
 import hashlib
 import logging
+import os
 import queue
+import socket
 import sys
 import threading
 import time
+from collections import deque
 from collections.abc import Callable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from importlib import metadata
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 import numpy as np
 from tqdm import tqdm
@@ -51,6 +59,10 @@ class InputError(Exception):
     """The ``video=`` input names nothing usable; the message says what to pass."""
 
 
+class ExecutorError(Exception):
+    """The executor cannot start (no cluster, a bad setting); the message says what to do."""
+
+
 @dataclass
 class VideoOutcome:
     """What happened to one video in a run (``status``: todo, then done, skipped or error)."""
@@ -66,11 +78,34 @@ class VideoOutcome:
 
 
 @dataclass
+class WorkerStats:
+    """Frames one captioning worker (the local engine, or one Ray actor) answered in a run.
+
+    Attributes:
+        worker: ``local`` or ``actor-<i>``.
+        processes: ``host:pid`` of each process that served it (a restarted actor has two).
+        frames: Frames it answered.
+        busy_s: From the run's start to its last answer.
+    """
+
+    worker: str
+    processes: list[str] = field(default_factory=list)
+    frames: int = 0
+    busy_s: float = 0.0
+
+    def as_dict(self) -> dict[str, Any]:
+        """JSON-able figures, with frames/s."""
+        rate = self.frames / self.busy_s if self.busy_s else 0.0
+        return {**asdict(self), "busy_s": round(self.busy_s, 3), "frames_per_s": round(rate, 3)}
+
+
+@dataclass
 class RunSummary:
     """What a run did; written as JSON next to the data."""
 
     videos: list[VideoOutcome] = field(default_factory=list)
     wall_s: float = 0.0
+    workers: dict[str, WorkerStats] = field(default_factory=dict)
 
     def count(self, status: str) -> int:
         """Videos with this status."""
@@ -91,6 +126,7 @@ class RunSummary:
             "rows": sum(v.rows for v in self.videos),
             "wall_s": round(self.wall_s, 3),
             "frames_per_s": round(self.frames / self.wall_s, 3) if self.wall_s else 0.0,
+            "workers": [w.as_dict() for w in self.workers.values()],
             "videos": [asdict(v) for v in self.videos],
         }
 
@@ -129,6 +165,38 @@ def find_videos(spec: str, extensions: list[str]) -> list[Path]:
     )
 
 
+def shard_videos(videos: list[Path], shard: int, num_shards: int) -> list[Path]:
+    """The videos of shard ``shard`` out of ``num_shards`` (the others are left to other jobs).
+
+    A video's shard is a SHA-256 of its size and first 64 KiB, modulo ``num_shards``: it
+    depends on the file alone, so it is the same on every machine, whatever the order of the
+    list or the path the file is mounted at, and does not move when videos are added; copies
+    of one file fall in one shard, which captions it once. A file that cannot be read is
+    placed by its path as listed (it becomes an error record in that shard).
+
+    Raises:
+        ValueError: ``shard`` is not in ``0..num_shards-1``.
+    """
+    if num_shards < 1 or not 0 <= shard < num_shards:
+        raise ValueError(
+            f"shard must be in 0..num_shards-1 and num_shards >= 1, got shard={shard} num_shards={num_shards}"
+        )
+    if num_shards == 1:
+        return videos
+    return [p for p in videos if _shard_key(p) % num_shards == shard]
+
+
+def _shard_key(path: Path) -> int:
+    digest = hashlib.sha256()
+    try:
+        with open(path, "rb") as handle:
+            digest.update(f"{os.fstat(handle.fileno()).st_size}:".encode())
+            digest.update(handle.read(1 << 16))
+    except OSError:
+        digest = hashlib.sha256(f"path:{path}".encode())
+    return int(digest.hexdigest(), 16)
+
+
 def video_id_of(path: Path) -> str:
     """A stable id from the file's content: its size plus its first, middle and last MiB.
 
@@ -154,6 +222,156 @@ def settings_id(settings: dict[str, Any]) -> str:
     return hashlib.sha256(json.dumps(settings, sort_keys=True, default=str).encode()).hexdigest()[:12]
 
 
+# -- what executors are given and give back ---------------------------------------------------
+
+
+@dataclass(frozen=True)
+class DecodeJob:
+    """One video to decode, as an executor gets it (picklable: it travels to Ray tasks).
+
+    Attributes:
+        index: The video's position in the run (events name videos by it).
+        path: The video file.
+        done_frames: Frames that already have every answer: decoded, but not captioned.
+    """
+
+    index: int
+    path: Path
+    done_frames: frozenset[int] = frozenset()
+
+
+@dataclass(frozen=True)
+class Decoded:
+    """Decoding of one video ended: how many frames were sent for captioning.
+
+    Attributes:
+        index: The video's :attr:`DecodeJob.index`.
+        sent: Frames sent to the model.
+        already_done: Sampled frames left out because they had every answer.
+        started_at: When decoding started (epoch seconds).
+        error: Why the video could not be read to its end, or ``None``.
+    """
+
+    index: int
+    sent: int
+    already_done: int
+    started_at: float
+    error: str | None = None
+
+
+@dataclass(frozen=True)
+class Captioned:
+    """The answers about one frame.
+
+    Attributes:
+        index: The video's :attr:`DecodeJob.index`.
+        sample: The sample, its pixels dropped.
+        thumbnail: The frame's JPEG, or ``None``.
+        answers: One per question, in question order.
+        worker: Which worker answered (``local``, ``actor-<i>``).
+        process: ``host:pid`` of the process that answered.
+    """
+
+    index: int
+    sample: Sample
+    thumbnail: bytes | None
+    answers: list[Answer]
+    worker: str
+    process: str
+
+
+_NO_PIXELS = np.zeros((0, 0, 3), np.uint8)
+
+
+def without_pixels(sample: Sample) -> Sample:
+    """``sample`` with an empty pixel array (the rows need only its place and reason)."""
+    return replace(sample, frame=replace(sample.frame, rgb=_NO_PIXELS))
+
+
+@dataclass(frozen=True)
+class VideoDecoder:
+    """Decodes and samples one video: the same code in the local decode thread and in Ray's
+    decode tasks (picklable).
+
+    Args:
+        sampler: Chooses the frames.
+        max_frames: Cap on samples per video.
+        thumbnail: Makes a frame's JPEG (``None``: no thumbnails).
+    """
+
+    sampler: Sampler
+    max_frames: int | None = None
+    thumbnail: Callable[[np.ndarray], bytes] | None = None
+
+    def frames(self, job: DecodeJob) -> Iterator[tuple[Sample, bytes | None] | Decoded]:
+        """Yield ``(sample, thumbnail)`` for each frame to caption, then one :class:`Decoded`.
+
+        A video that cannot be read (or stops decoding) ends with ``Decoded.error`` set;
+        anything else raised is a bug and propagates.
+        """
+        started_at = time.time()
+        sent = already_done = 0
+        error = None
+        try:
+            with VideoReader(job.path) as reader:
+                taken = 0
+                for sample in self.sampler.sample(reader):
+                    if self.max_frames is not None and taken >= self.max_frames:
+                        break
+                    taken += 1
+                    if sample.frame.index in job.done_frames:
+                        already_done += 1
+                        continue
+                    sent += 1
+                    # One JPEG per frame, shared by its rows, made here, off the model's thread.
+                    yield sample, self.thumbnail(sample.frame.rgb) if self.thumbnail else None
+                else:
+                    reader.check_complete()
+        except (VideoError, OSError) as failure:
+            error = str(failure) if isinstance(failure, VideoError) else _os_reason(job.path, failure)
+        yield Decoded(job.index, sent, already_done, started_at, error)
+
+
+@dataclass(frozen=True)
+class Work:
+    """Everything an executor needs for one run's videos.
+
+    Attributes:
+        jobs: The videos to decode, in order.
+        decoder: How to decode and sample one.
+        questions: Asked about every frame.
+        prefetch_frames: Decoded frames an executor may hold ahead of the model, per stream.
+    """
+
+    jobs: list[DecodeJob]
+    decoder: VideoDecoder
+    questions: list[Question]
+    prefetch_frames: int = 8
+
+
+class Executor(Protocol):
+    """Where frames are decoded and captioned: ``executor=local`` or ``executor=ray``.
+
+    ``start`` loads the model (once per worker), ``run`` streams events until every job is
+    decoded and every frame it sent is answered, ``close`` frees everything.
+    """
+
+    model_name: str
+    model_files: dict[str, str]
+
+    def start(self, cfg: Any, max_questions: int) -> None:
+        """Load the model(s) for the composed config ``cfg``."""
+        ...
+
+    def run(self, work: Work) -> Iterator[Captioned | Decoded]:
+        """Decode and caption ``work``, yielding events in any order."""
+        ...
+
+    def close(self) -> None:
+        """Free the model(s) and workers."""
+        ...
+
+
 @dataclass
 class _VideoTask:
     outcome: VideoOutcome
@@ -164,10 +382,7 @@ class _VideoTask:
     sent: int = 0
     answered: int = 0
     decoded_all: bool = False
-    started_s: float = 0.0
-
-
-_DONE = object()
+    started_at: float = 0.0
 
 
 class Pipeline:
@@ -199,26 +414,29 @@ class Pipeline:
         metadata: dict[str, Any] | None = None,
         thumbnail: Callable[[np.ndarray], bytes] | None = None,
     ) -> None:
-        self.sampler = sampler
+        self.decoder = VideoDecoder(sampler, max_frames, thumbnail)
         self.questions: list[Question] = make_questions(prompts)
         self.output_dir = output_dir
         self.config_id = config_id
         self.work_id = settings_id(
             {"config": config_id, "prompts": sorted(q.prompt_id for q in self.questions), "max_frames": max_frames}
         )
-        self.max_frames = max_frames
         self.checkpoint_frames = max(checkpoint_frames, 1)
         self.retry_failed = retry_failed
         self.prefetch_frames = prefetch_frames
-        self.thumbnail = thumbnail
         self.metadata = {**(metadata or {}), "versions": package_versions()}
         self.model_name = ""
 
     # -- planning (no model needed) ---------------------------------------------------------
 
     def plan(self, videos: list[Path]) -> list[_VideoTask]:
-        """Look at every video's committed work; skipped and unreadable ones are settled here."""
+        """Look at every video's committed work; skipped and unreadable ones are settled here.
+
+        A second path with the content of an earlier one is skipped: both would write the
+        same keys.
+        """
         tasks = []
+        first_path_of: dict[str, Path] = {}
         for path in videos:
             outcome = VideoOutcome(path=str(path), video_id="")
             task = _VideoTask(outcome=outcome, path=path)
@@ -231,6 +449,11 @@ class Pipeline:
                 if self.retry_failed:
                     remove_error_records(self.output_dir, outcome.video_id, self.config_id)
                 continue
+            if outcome.video_id in first_path_of:
+                outcome.status = "skipped"
+                log.info("skipped %s: same content as %s", path, first_path_of[outcome.video_id])
+                continue
+            first_path_of[outcome.video_id] = path
             if done_marker(self.output_dir, outcome.video_id, self.work_id).exists():
                 outcome.status = "skipped"
                 continue
@@ -248,8 +471,13 @@ class Pipeline:
 
     # -- the run ----------------------------------------------------------------------------
 
-    def run(self, tasks: list[_VideoTask], captioner: Captioner | None) -> RunSummary:
-        """Do the planned work; ``captioner`` (set up) may be ``None`` when no video needs it.
+    def run(self, tasks: list[_VideoTask], executor: Executor | Captioner | None) -> RunSummary:
+        """Do the planned work.
+
+        Args:
+            tasks: From :meth:`plan`.
+            executor: A started executor, or a set-up :class:`Captioner` (run locally); may be
+                ``None`` when no video needs the model.
 
         Raises:
             StoreError: Results cannot be written (the run stops; committed chunks stay).
@@ -259,12 +487,11 @@ class Pipeline:
         summary = RunSummary(videos=[t.outcome for t in tasks])
         todo = [t for t in tasks if t.outcome.status == "todo"]
         failed_at_plan = [t for t in tasks if t.outcome.status == "error"]
-        self.model_name = captioner.model_name if captioner else ""
-        if captioner is not None:
-            self.metadata["model_files"] = {
-                "text_model": str(captioner.files.text_model),
-                "mmproj": str(captioner.files.mmproj),
-            }
+        if isinstance(executor, Captioner):
+            executor = LocalExecutor(executor)
+        if executor is not None:
+            self.model_name = executor.model_name
+            self.metadata["model_files"] = executor.model_files
         show = sys.stderr.isatty()
         with ThreadPoolExecutor(max_workers=1, thread_name_prefix="write") as writer, tqdm(
             total=len(todo), desc="videos", unit="video", disable=not show
@@ -274,52 +501,60 @@ class Pipeline:
             for task in failed_at_plan:
                 self._submit_error_record(task)
             if todo:
-                if captioner is None:
-                    raise RuntimeError("videos to caption but no captioner")
-                producer = _Producer(self, todo)
-                producer.start()
-                try:
-                    jobs = self._jobs(producer)
-                    for (task, sample, thumbnail), answers in captioner.caption(jobs, self.questions):
-                        self._take_answers(task, sample, thumbnail, answers)
+                if executor is None:
+                    raise RuntimeError("videos to caption but no executor")
+                work = Work(
+                    jobs=[self._job(i, t) for i, t in enumerate(todo)],
+                    decoder=self.decoder,
+                    questions=self.questions,
+                    prefetch_frames=self.prefetch_frames,
+                )
+                for event in executor.run(work):
+                    task = todo[event.index]
+                    if isinstance(event, Decoded):
+                        self._take_decoded(task, event)
+                    else:
+                        self._take_answers(task, event)
+                        self._count_worker(summary, event, time.perf_counter() - started)
                         frame_bar.update()
-                        _raise_first_error(self._writes)
-                finally:
-                    producer.stop.set()
-                    producer.join()
-                if producer.error is not None:
-                    raise producer.error
+                    _raise_first_error(self._writes)
             for future in self._writes:
                 future.result()
         summary.wall_s = time.perf_counter() - started
         return summary
 
-    def _jobs(
-        self, producer: _Producer
-    ) -> Iterator[tuple[tuple[_VideoTask, Sample, bytes | None], Any]]:
-        while True:
-            item = producer.queue.get()
-            if item is _DONE:
-                return
-            task, sample, thumbnail = item
-            if sample is None:
-                task.decoded_all = True
-                self._finish_if_complete(task)
-                continue
-            yield (task, sample, thumbnail), sample.frame.rgb
+    def _job(self, index: int, task: _VideoTask) -> DecodeJob:
+        wanted = {q.prompt_id for q in self.questions}
+        done = frozenset(f for f, prompts in task.committed.answered.items() if wanted <= prompts)
+        return DecodeJob(index, task.path, done)
 
-    def _take_answers(
-        self, task: _VideoTask, sample: Sample, thumbnail: bytes | None, answers: list[Answer]
-    ) -> None:
-        already = task.committed.answered.get(sample.frame.index, set())
-        new = [a for a in answers if a.question.prompt_id not in already]
-        task.pending_rows.extend(self._row(task, sample, a, thumbnail) for a in new)
+    def _take_decoded(self, task: _VideoTask, event: Decoded) -> None:
+        task.decoded_all = True
+        task.sent = event.sent
+        task.started_at = event.started_at
+        task.outcome.frames_already_done = event.already_done
+        if event.error is not None:
+            self._fail(task, event.error)
+        self._finish_if_complete(task)
+
+    def _take_answers(self, task: _VideoTask, event: Captioned) -> None:
+        already = task.committed.answered.get(event.sample.frame.index, set())
+        new = [a for a in event.answers if a.question.prompt_id not in already]
+        task.pending_rows.extend(self._row(task, event.sample, a, event.thumbnail) for a in new)
         task.pending_frames += 1
         task.answered += 1
         task.outcome.frames += 1
         if task.pending_frames >= self.checkpoint_frames:
             self._submit_chunk(task)
         self._finish_if_complete(task)
+
+    @staticmethod
+    def _count_worker(summary: RunSummary, event: Captioned, elapsed_s: float) -> None:
+        stats = summary.workers.setdefault(event.worker, WorkerStats(event.worker))
+        if event.process not in stats.processes:
+            stats.processes.append(event.process)
+        stats.frames += 1
+        stats.busy_s = elapsed_s
 
     def _finish_if_complete(self, task: _VideoTask) -> None:
         if not (task.decoded_all and task.answered == task.sent):
@@ -359,7 +594,7 @@ class Pipeline:
     def _mark_done(self, task: _VideoTask) -> None:
         outcome = task.outcome
         outcome.status = "done"
-        outcome.wall_s = time.perf_counter() - task.started_s
+        outcome.wall_s = time.time() - task.started_at
         mark_done(self.output_dir, outcome.video_id, self.work_id, asdict(outcome))
         log.info(
             "done %s: %d frames captioned, %d already done, %d rows, %.1f s",
@@ -413,52 +648,104 @@ class Pipeline:
         )
 
 
+_DONE = object()
+
+
+class LocalExecutor:
+    """``executor=local``: a decode thread feeding one in-process captioner.
+
+    The thread decodes and samples the videos one after another into a bounded queue
+    (``prefetch_frames``), so decoding overlaps model work; the engine takes frames from that
+    queue across video boundaries.
+
+    Args:
+        captioner: A set-up captioner to use (not closed here); ``None``: :meth:`start` loads
+            one from the config.
+    """
+
+    def __init__(self, captioner: Captioner | None = None) -> None:
+        self.captioner = captioner
+        self._owned = False
+        self._process = f"{socket.gethostname()}:{os.getpid()}"
+
+    @property
+    def model_name(self) -> str:
+        """The preset's name."""
+        return self.captioner.model_name if self.captioner else ""
+
+    @property
+    def model_files(self) -> dict[str, str]:
+        """The model files in use."""
+        return model_files_of(self.captioner)
+
+    def start(self, cfg: Any, max_questions: int) -> None:
+        """Resolve (and if needed fetch) the weights and load the model.
+
+        Raises:
+            WeightsError: Files missing or not matching.
+            EngineError: The model does not load.
+        """
+        captioner = Captioner.from_config(cfg, max_questions=max_questions)
+        captioner.setup()
+        self.captioner, self._owned = captioner, True
+
+    def close(self) -> None:
+        """Free the model if :meth:`start` loaded it."""
+        if self._owned and self.captioner is not None:
+            self.captioner.close()
+            self.captioner, self._owned = None, False
+
+    def run(self, work: Work) -> Iterator[Captioned | Decoded]:
+        """Decode on a thread, caption here; yields each video's :class:`Decoded` no later than
+        the answers that follow it."""
+        if self.captioner is None:
+            raise RuntimeError("LocalExecutor.start() was not called")
+        producer = _Producer(work)
+        producer.start()
+        decoded: deque[Decoded] = deque()
+
+        def frames() -> Iterator[tuple[tuple[int, Sample, bytes | None], np.ndarray]]:
+            while (item := producer.queue.get()) is not _DONE:
+                if isinstance(item, Decoded):
+                    decoded.append(item)
+                else:
+                    index, sample, thumbnail = item
+                    yield (index, sample, thumbnail), sample.frame.rgb
+
+        try:
+            for (index, sample, thumbnail), answers in self.captioner.caption(frames(), work.questions):
+                while decoded:
+                    yield decoded.popleft()
+                yield Captioned(index, without_pixels(sample), thumbnail, answers, "local", self._process)
+            while decoded:
+                yield decoded.popleft()
+        finally:
+            producer.stop.set()
+            producer.join()
+        if producer.error is not None:
+            raise producer.error
+
+
 class _Producer(threading.Thread):
     """Decodes and samples the videos in turn, queueing the frames that still need answers."""
 
-    def __init__(self, pipeline: Pipeline, tasks: list[_VideoTask]) -> None:
+    def __init__(self, work: Work) -> None:
         super().__init__(name="decode", daemon=True)
-        self.pipeline = pipeline
-        self.tasks = tasks
-        self.queue: queue.Queue[Any] = queue.Queue(maxsize=max(pipeline.prefetch_frames, 1))
+        self.work = work
+        self.queue: queue.Queue[Any] = queue.Queue(maxsize=max(work.prefetch_frames, 1))
         self.stop = threading.Event()
         self.error: BaseException | None = None
 
     def run(self) -> None:
         try:
-            for task in self.tasks:
-                if self.stop.is_set():
-                    return
-                self._sample_video(task)
-        except BaseException as error:  # handed to the main thread, which re-raises it
+            for job in self.work.jobs:
+                for item in self.work.decoder.frames(job):
+                    if not self._put(item if isinstance(item, Decoded) else (job.index, *item)):
+                        return
+        except BaseException as error:  # noqa: BLE001  (handed to the main thread, which re-raises it)
             self.error = error
         finally:
             self._put(_DONE)
-
-    def _sample_video(self, task: _VideoTask) -> None:
-        task.started_s = time.perf_counter()
-        wanted = {q.prompt_id for q in self.pipeline.questions}
-        cap = self.pipeline.max_frames
-        try:
-            with VideoReader(task.path) as reader:
-                taken = 0
-                for sample in self.pipeline.sampler.sample(reader):
-                    if cap is not None and taken >= cap:
-                        break
-                    taken += 1
-                    if wanted <= task.committed.answered.get(sample.frame.index, set()):
-                        task.outcome.frames_already_done += 1
-                        continue
-                    task.sent += 1
-                    # One JPEG per frame, shared by its rows, made here, off the model's thread.
-                    thumbnail = self.pipeline.thumbnail(sample.frame.rgb) if self.pipeline.thumbnail else None
-                    if not self._put((task, sample, thumbnail)):
-                        return
-                else:
-                    reader.check_complete()
-        except (VideoError, OSError) as error:
-            self.pipeline._fail(task, str(error) if isinstance(error, VideoError) else _os_reason(task.path, error))
-        self._put((task, None, None))
 
     def _put(self, item: Any) -> bool:
         while not self.stop.is_set():
@@ -468,6 +755,13 @@ class _Producer(threading.Thread):
             except queue.Full:
                 continue
         return False
+
+
+def model_files_of(captioner: Captioner | None) -> dict[str, str]:
+    """The model files a captioner uses, for the Parquet metadata (empty without one)."""
+    if captioner is None:
+        return {}
+    return {"text_model": str(captioner.files.text_model), "mmproj": str(captioner.files.mmproj)}
 
 
 def _os_reason(path: Path, error: OSError) -> str:
