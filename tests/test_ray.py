@@ -1,0 +1,220 @@
+"""executor=ray on a real two-node Ray cluster on loopback: the same rows as a local run, and a
+captioner actor killed mid-run loses nothing."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pandas as pd
+import pytest
+
+from tests.conftest import ROOT, run_cli, write_video
+
+KEY = ["video_id", "frame_index", "prompt_id"]
+
+# Ray turns a loopback --node-ip-address into the machine's outward address; these tests
+# keep every connection on 127.0.0.1: `ray start` runs with that rewrite switched off, and
+# the drivers see loopback as their node address (RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER=0).
+RAY_START = (
+    "import sys, ray._private.services as services; "
+    "services.resolve_ip_for_localhost = lambda host: host; "
+    "from ray.scripts.scripts import main; sys.argv[0] = 'ray'; main()"
+)
+RAY_ENV = {"RAY_USAGE_STATS_ENABLED": "0", "RAY_DEDUP_LOGS": "0"}
+DRIVER_ENV = {**RAY_ENV, "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "0"}
+
+# Run in a separate driver: the captioner actors' pids, once every actor answers.
+ACTOR_PIDS = """
+import sys, time, ray
+ray.init(address=sys.argv[1], namespace="video-caption", logging_level="ERROR")
+deadline = time.time() + 60
+while time.time() < deadline:
+    names = [a["name"] for a in ray.util.list_named_actors(all_namespaces=True)
+             if a["name"].startswith("captioner-")]
+    if len(names) >= int(sys.argv[2]):
+        actors = {name: ray.get_actor(name, namespace="video-caption") for name in sorted(names)}
+        print(" ".join(str(ray.get(actor.pid.remote())) for actor in actors.values()))
+        break
+    time.sleep(0.2)
+"""
+
+
+def free_port() -> int:
+    """A free TCP port above Ray's worker port range (10002-19999)."""
+    while True:
+        with socket.socket() as probe:
+            probe.bind(("127.0.0.1", 0))
+            port = probe.getsockname()[1]
+        if port > 20000:
+            return port
+
+
+def _ray_start(*args: str) -> subprocess.Popen[bytes]:
+    return subprocess.Popen(
+        [sys.executable, "-c", RAY_START, "start", "--block", "--node-ip-address=127.0.0.1",
+         "--disable-usage-stats", *args],
+        env={**os.environ, **RAY_ENV}, start_new_session=True,
+        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+    )
+
+
+def _stop(process: subprocess.Popen[bytes]) -> None:
+    """Kill the process group `ray start` made (raylet, GCS, agents, workers) and nothing else."""
+    try:
+        os.killpg(process.pid, signal.SIGKILL)
+    except ProcessLookupError:
+        return
+    process.wait()
+    deadline = time.time() + 15
+    while time.time() < deadline:
+        try:
+            os.killpg(process.pid, 0)
+        except ProcessLookupError:
+            return
+        time.sleep(0.1)
+
+
+def _listening(port: int) -> bool:
+    with socket.socket() as probe:
+        return probe.connect_ex(("127.0.0.1", port)) == 0
+
+
+def _driver(address: str, script: str, *args: str) -> str:
+    done = subprocess.run(
+        [sys.executable, "-c", script, address, *args], env={**os.environ, **DRIVER_ENV},
+        capture_output=True, text=True, timeout=120, check=False,
+    )
+    assert done.returncode == 0, done.stderr
+    return done.stdout.strip()
+
+
+@pytest.fixture(scope="module")
+def ray_cluster() -> Iterator[str]:
+    """A head node and one worker node, 2 logical CPUs each, on 127.0.0.1; yields the address."""
+    port = free_port()
+    address = f"127.0.0.1:{port}"
+    temp_dir = tempfile.mkdtemp(prefix="ray", dir="/tmp")  # short: it holds Unix sockets
+    nodes = [_ray_start("--head", f"--port={port}", "--num-cpus=2", f"--temp-dir={temp_dir}",
+                        "--include-dashboard=false")]
+    try:
+        deadline = time.time() + 60
+        while not _listening(port):
+            assert time.time() < deadline and nodes[0].poll() is None, "the Ray head did not start"
+            time.sleep(0.2)
+        nodes.append(_ray_start(f"--address={address}", "--num-cpus=2"))
+        _driver(address, "import sys, time, ray\nray.init(address=sys.argv[1], logging_level='ERROR')\n"
+                "while ray.cluster_resources().get('CPU', 0) < 4: time.sleep(0.2)")
+        yield address
+    finally:
+        for node in reversed(nodes):
+            _stop(node)
+        shutil.rmtree(temp_dir, ignore_errors=True)
+
+
+def night_args(videos: Path, out: Path, tiny_model_dir: Path, tmp: Path) -> list[str]:
+    return [
+        f"video={videos}", "model=tiny", f"model.dir={tiny_model_dir}", f"output_dir={out}",
+        "generation.max_tokens=24", "sampler=all", "checkpoint_frames=3", "engine.parallel=2",
+        "engine.n_threads=1", "prompts=[What is shown?,Which colours?]", "report=false",
+        f"hydra.run.dir={tmp / 'hydra'}",
+    ]
+
+
+def ray_cli(*args: str) -> subprocess.CompletedProcess[str]:
+    env = {**os.environ, **DRIVER_ENV, "PYTHONUNBUFFERED": "1", "HF_HUB_OFFLINE": "1"}
+    return subprocess.run([sys.executable, "-m", "pipeline", *args], cwd=ROOT, env=env,
+                          capture_output=True, text=True, timeout=300, check=False)
+
+
+def answers(out: Path) -> pd.DataFrame:
+    df = pd.read_parquet(out)
+    return df[df.status == "ok"].sort_values(KEY).reset_index(drop=True)
+
+
+@pytest.fixture(scope="module")
+def night(tiny_model_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> dict:
+    """Six small videos and the answers of a local run over them."""
+    tmp = tmp_path_factory.mktemp("ray-night")
+    videos = tmp / "videos"
+    videos.mkdir()
+    for v in range(6):
+        write_video(videos / f"v{v}.mp4", n_frames=6 + v, colour_of=lambda i, v=v: (40 * v, 9 * i % 255, 90))
+    out = tmp / "local"
+    result = run_cli(*night_args(videos, out, tiny_model_dir, tmp))
+    assert result.returncode == 0, result.stderr
+    return {"videos": videos, "answers": answers(out)}
+
+
+def test_ray_run_equals_local_run_and_mixes_with_one(
+    ray_cluster: str, night: dict, tiny_model_dir: Path, tmp_path: Path
+) -> None:
+    out = tmp_path / "out"
+    args = night_args(night["videos"], out, tiny_model_dir, tmp_path)
+    # Half the night done locally first: the Ray run skips those videos and does the rest.
+    half = tmp_path / "half.txt"
+    half.write_text("".join(f"{night['videos']}/v{v}.mp4\n" for v in range(3)))
+    local = run_cli(*[f"video={half}" if a.startswith("video=") else a for a in args])
+    assert local.returncode == 0, local.stderr
+    result = ray_cli(*args, "executor=ray", f"executor.address={ray_cluster}", "executor.num_actors=2")
+    assert result.returncode == 0, result.stderr
+    ray_answers = answers(out)
+    assert not ray_answers.duplicated(KEY).any()
+    assert ray_answers[KEY].equals(night["answers"][KEY])
+    assert ray_answers.answer.tolist() == night["answers"].answer.tolist()
+    summary = json.loads((out / "_last_run.json").read_text())
+    assert (summary["videos_skipped"], summary["videos_done"], summary["exit_code"]) == (3, 3, 0)
+    workers = {w["worker"]: w for w in summary["workers"]}
+    assert set(workers) == {"actor-0", "actor-1"}
+    assert sum(w["frames"] for w in workers.values()) == summary["frames"] == 9 + 10 + 11
+    assert all(w["frames_per_s"] > 0 for w in workers.values())
+
+
+@pytest.mark.allow_error_logs
+def test_killed_actor_loses_nothing(ray_cluster: str, night: dict, tiny_model_dir: Path, tmp_path: Path) -> None:
+    out = tmp_path / "out"
+    args = [*night_args(night["videos"], out, tiny_model_dir, tmp_path), "executor=ray",
+            f"executor.address={ray_cluster}", "executor.num_actors=2"]
+    env = {**os.environ, **DRIVER_ENV, "HF_HUB_OFFLINE": "1"}
+    run = subprocess.Popen([sys.executable, "-m", "pipeline", *args], cwd=ROOT, env=env,
+                           stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    try:
+        pids = [int(p) for p in _driver(ray_cluster, ACTOR_PIDS, "2").split()]
+        deadline = time.time() + 60
+        while not list(out.glob("*/part-*.parquet")):  # mid-run: a chunk is committed
+            assert time.time() < deadline and run.poll() is None
+            time.sleep(0.02)
+        assert len(list(out.glob("*/_done-*"))) < 6, "the run ended before the kill: make it longer"
+        os.kill(pids[0], signal.SIGKILL)
+        _, stderr = run.communicate(timeout=240)
+    finally:
+        if run.poll() is None:
+            run.kill()
+    assert run.returncode == 0, stderr
+    resumed = answers(out)
+    assert not resumed.duplicated(KEY).any()
+    assert resumed[KEY].equals(night["answers"][KEY])
+    assert resumed.answer.tolist() == night["answers"].answer.tolist()
+    workers = {w["worker"]: w for w in json.loads((out / "_last_run.json").read_text())["workers"]}
+    assert len(workers["actor-0"]["processes"]) == 2  # restarted once, in a new process
+
+
+@pytest.mark.allow_error_logs
+def test_missing_ray_is_one_line(monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture, tmp_path: Path) -> None:
+    from pipeline.cli import compose_config, run_from_config
+
+    monkeypatch.setitem(sys.modules, "ray", None)
+    cfg = compose_config([f"video={tmp_path}", "model=tiny", "executor=ray", f"output_dir={tmp_path / 'out'}"])
+    with caplog.at_level("ERROR", logger="pipeline"):
+        code = run_from_config(cfg)
+    assert code == 1
+    assert [r.getMessage() for r in caplog.records] == ['executor=ray needs Ray: pip install ".[ray]"']
