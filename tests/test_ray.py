@@ -25,12 +25,14 @@ KEY = ["video_id", "frame_index", "prompt_id"]
 # Ray turns a loopback --node-ip-address into the machine's outward address; these tests
 # keep every connection on 127.0.0.1: `ray start` runs with that rewrite switched off, and
 # the drivers see loopback as their node address (RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER=0).
+# Token authentication is off for nodes and drivers alike: otherwise a ~/.ray/auth_token
+# left by any local ray.init() turns it on for `ray start` only.
 RAY_START = (
     "import sys, ray._private.services as services; "
     "services.resolve_ip_for_localhost = lambda host: host; "
     "from ray.scripts.scripts import main; sys.argv[0] = 'ray'; main()"
 )
-RAY_ENV = {"RAY_USAGE_STATS_ENABLED": "0", "RAY_DEDUP_LOGS": "0"}
+RAY_ENV = {"RAY_USAGE_STATS_ENABLED": "0", "RAY_DEDUP_LOGS": "0", "RAY_AUTH_MODE": "disabled"}
 DRIVER_ENV = {**RAY_ENV, "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "0"}
 
 # Run in a separate driver: the captioner actors' pids, once every actor answers.
