@@ -91,7 +91,7 @@ class SceneSamplerConfig:
     min_shot_s: float = 0.5
     fallback_interval_s: Optional[float] = 10.0
     analysis_width: int = 64
-    analysis_stride: int = 3
+    analysis_stride: int = 4
     dedup: DedupConfig = field(default_factory=lambda: DedupConfig(enabled=True))
 
 

@@ -50,6 +50,21 @@ class Frame:
     rgb: np.ndarray
 
 
+@dataclass(frozen=True)
+class BgrFrame:
+    """A decoded frame still in OpenCV's BGR channel order, as :meth:`VideoReader.retrieve_bgr`
+    returns it: for analysis that shrinks frames and keeps few, so only kept ones pay the
+    RGB conversion (:meth:`to_frame`)."""
+
+    index: int
+    timestamp_s: float
+    bgr: np.ndarray
+
+    def to_frame(self) -> Frame:
+        """The same frame with RGB pixels."""
+        return Frame(self.index, self.timestamp_s, cv2.cvtColor(self.bgr, cv2.COLOR_BGR2RGB))
+
+
 class VideoReader:
     """Sequential reader that grabs every frame but decodes pixels only on request.
 
@@ -124,13 +139,20 @@ class VideoReader:
         Raises:
             VideoError: The frame's pixels cannot be decoded, or no frame is current.
         """
+        return self.retrieve_bgr().to_frame()
+
+    def retrieve_bgr(self) -> BgrFrame:
+        """Decode the pixels of the frame the iterator stands on, without the RGB conversion.
+
+        Raises:
+            VideoError: The frame's pixels cannot be decoded, or no frame is current.
+        """
         if self._current is None:
             raise VideoError(f"no current frame to retrieve: {self.path}")
         ok, bgr = self._capture.retrieve()
         if not ok or bgr is None:
             raise VideoError(f"frame {self._current.index} failed to decode: {self.path}")
-        rgb = cv2.cvtColor(bgr, cv2.COLOR_BGR2RGB)
-        return Frame(self._current.index, self._current.timestamp_s, rgb)
+        return BgrFrame(self._current.index, self._current.timestamp_s, bgr)
 
     def check_complete(self) -> None:
         """After reading to the end: fail if the stream stopped well short of its frame count.

@@ -1,0 +1,249 @@
+"""Sampling stage: interval and all samplers, shot detection, picks, fallback, dedup, config."""
+
+from __future__ import annotations
+
+import tracemalloc
+from collections.abc import Callable, Iterable
+from pathlib import Path
+
+import cv2
+import numpy as np
+import pandas as pd
+import pytest
+from hydra.utils import instantiate
+
+from pipeline.cli import compose_config
+from pipeline.decode import VideoReader
+from pipeline.sampling import AllSampler, Dedup, IntervalSampler, Sample, SceneSampler
+from tests.conftest import run_cli, write_video
+
+SIZE = (160, 90)
+FPS = 25.0
+
+
+def picture(seed: int, index: int) -> np.ndarray:
+    """Frame ``index`` of scene ``seed``: a smooth random texture with a small drifting disc."""
+    rng = np.random.default_rng(seed)
+    texture = cv2.resize(rng.integers(0, 256, (4, 6, 3), dtype=np.uint8), SIZE, interpolation=cv2.INTER_CUBIC)
+    cv2.circle(texture, (20 + index % 120, 45), 5, (255, 255, 255), -1)
+    return texture
+
+
+def shot(seed: int, count: int) -> list[np.ndarray]:
+    return [picture(seed, i) for i in range(count)]
+
+
+def mix(a: np.ndarray, b: np.ndarray, alpha: float) -> np.ndarray:
+    return cv2.addWeighted(a, 1 - alpha, b, alpha, 0)
+
+
+def dissolve(a: list[np.ndarray], b: list[np.ndarray], length: int) -> list[np.ndarray]:
+    """``a`` then ``b``, their last and first ``length`` frames cross-faded."""
+    middle = [mix(x, y, (k + 1) / (length + 1)) for k, (x, y) in enumerate(zip(a[-length:], b[:length]))]
+    return a[:-length] + middle + b[length:]
+
+
+def write_clip(path: Path, frames: Iterable[np.ndarray], fps: float = FPS) -> Path:
+    writer = cv2.VideoWriter(str(path), cv2.VideoWriter_fourcc(*"mp4v"), fps, SIZE)
+    for frame in frames:
+        writer.write(frame)
+    writer.release()
+    return path
+
+
+def run(sampler: object, path: Path) -> list[Sample]:
+    with VideoReader(path) as reader:
+        return list(sampler.sample(reader))  # type: ignore[attr-defined]
+
+
+def start_frames(samples: list[Sample], fps: float = FPS) -> list[int]:
+    """Frame index of each shot's start, one per shot."""
+    return sorted({round(s.shot_start_s * fps) for s in samples if s.shot_start_s is not None})
+
+
+def scene(**options: object) -> SceneSampler:
+    """The scene sampler with dedup and fallback off unless asked for."""
+    return SceneSampler(**{"dedup": None, "fallback_interval_s": None, **options})  # type: ignore[arg-type]
+
+
+# --- interval and all ------------------------------------------------------------------------
+
+
+def test_interval_first_frame_and_exact_grid(tmp_path: Path) -> None:
+    path = write_video(tmp_path / "clip.mp4", n_frames=30, fps=10.0)
+    samples = run(IntervalSampler(interval_s=1.0), path)
+    assert [s.frame.index for s in samples] == [0, 10, 20]
+    assert [s.frame.timestamp_s for s in samples] == pytest.approx([0.0, 1.0, 2.0], abs=1e-3)
+    assert {s.reason for s in samples} == {"interval"}
+    assert run(IntervalSampler(interval_s=60.0), path)[0].frame.index == 0
+
+
+def test_all_sampler_takes_every_frame(tmp_path: Path) -> None:
+    path = write_video(tmp_path / "clip.mp4", n_frames=7)
+    samples = run(AllSampler(), path)
+    assert [s.frame.index for s in samples] == list(range(7))
+    assert {s.reason for s in samples} == {"all"}
+
+
+@pytest.mark.parametrize(
+    ("build", "key"),
+    [
+        (lambda: IntervalSampler(interval_s=0), "sampler.interval_s"),
+        (lambda: IntervalSampler(interval_s=-1), "sampler.interval_s"),
+        (lambda: SceneSampler(threshold=-1), "sampler.threshold"),
+        (lambda: SceneSampler(threshold=300), "sampler.threshold"),
+        (lambda: SceneSampler(pick="last"), "sampler.pick"),
+        (lambda: SceneSampler(min_shot_s=-0.5), "sampler.min_shot_s"),
+        (lambda: SceneSampler(fallback_interval_s=0), "sampler.fallback_interval_s"),
+        (lambda: SceneSampler(analysis_width=8), "sampler.analysis_width"),
+        (lambda: SceneSampler(analysis_stride=0), "sampler.analysis_stride"),
+        (lambda: Dedup(threshold=65), "sampler.dedup.threshold"),
+        (lambda: Dedup(threshold=-1), "sampler.dedup.threshold"),
+    ],
+)
+def test_bad_values_name_the_key_and_range(build: Callable[[], object], key: str) -> None:
+    with pytest.raises(ValueError, match=key.replace(".", r"\.") + " must be"):
+        build()
+
+
+# --- shot detection --------------------------------------------------------------------------
+
+
+def test_hard_cuts_one_sample_per_shot(tmp_path: Path) -> None:
+    path = write_clip(tmp_path / "cuts.mp4", shot(1, 40) + shot(2, 40) + shot(3, 40))
+    samples = run(scene(), path)
+    assert [s.shot_index for s in samples] == [0, 1, 2]
+    assert {s.reason for s in samples} == {"scene_cut"}
+    assert samples[0].frame.index == 0 and samples[0].shot_start_s == 0.0
+    for found, cut in zip(start_frames(samples)[1:], [40, 80]):
+        assert abs(found - cut) <= 2
+    exact = run(scene(analysis_stride=1, pick="first"), path)
+    assert [s.frame.index for s in exact] == [0, 40, 80]
+
+
+def test_dissolve_is_one_boundary_inside_it(tmp_path: Path) -> None:
+    path = write_clip(tmp_path / "dissolve.mp4", dissolve(shot(1, 50), shot(2, 50), 12))
+    samples = run(scene(), path)
+    assert len(samples) == 2
+    assert 38 - 2 <= start_frames(samples)[1] <= 49 + 2  # the mixed frames are 38..49
+    assert samples[1].frame.index > 49  # the new shot's frame is past the mix
+
+
+def test_fade_through_black_is_one_boundary(tmp_path: Path) -> None:
+    a, b = shot(1, 48), shot(2, 48)
+    black = np.zeros_like(a[0])
+    fade = [mix(x, black, (k + 1) / 9) for k, x in enumerate(a[-8:])] + [black] * 6
+    fade += [mix(black, y, (k + 1) / 9) for k, y in enumerate(b[:8])]
+    path = write_clip(tmp_path / "fade.mp4", a[:-8] + fade + b[8:])  # fade frames 40..61
+    samples = run(scene(), path)
+    assert len(samples) == 2
+    assert 38 <= start_frames(samples)[1] <= 63
+    assert samples[1].frame.index > 61  # the picture is back, not black or dim
+
+
+def test_a_flash_is_not_a_cut(tmp_path: Path) -> None:
+    frames = shot(1, 60)
+    frames[32] = mix(frames[32], np.full_like(frames[32], 255), 0.7)
+    path = write_clip(tmp_path / "flash.mp4", frames)
+    assert len(run(scene(), path)) == 1
+
+
+def test_a_pan_is_not_a_cut(tmp_path: Path) -> None:
+    rng = np.random.default_rng(7)
+    canvas = cv2.resize(rng.integers(0, 256, (4, 16, 3), dtype=np.uint8), (SIZE[0] * 3, SIZE[1]))
+    frames = [np.ascontiguousarray(canvas[:, 2 * i : 2 * i + SIZE[0]]) for i in range(150)]
+    path = write_clip(tmp_path / "pan.mp4", frames)  # the view slides 300 px, 2 px a frame
+    assert len(run(scene(), path)) == 1
+
+
+def test_picks(tmp_path: Path) -> None:
+    path = write_clip(tmp_path / "two.mp4", shot(1, 60) + shot(2, 60))
+    first = [s.frame.index for s in run(scene(pick="first"), path)]
+    settled = [s.frame.index for s in run(scene(pick="first_settled"), path)]
+    middle = [s.frame.index for s in run(scene(pick="middle"), path)]
+    assert first[0] == 0 and 60 <= first[1] <= 62
+    assert settled[0] == 0 and first[1] < settled[1] <= first[1] + 6
+    assert abs(middle[0] - 30) <= 0.15 * 60 and abs(middle[1] - 90) <= 0.15 * 60
+
+
+def test_every_shot_of_a_repeating_video_once_with_dedup(tmp_path: Path) -> None:
+    # Shots A B A C A, 30 frames each: three distinct pictures.
+    path = write_clip(tmp_path / "repeats.mp4", [f for seed in (1, 2, 1, 3, 1) for f in shot(seed, 30)])
+    every = run(scene(), path)
+    assert [s.shot_index for s in every] == [0, 1, 2, 3, 4]
+    once = run(scene(dedup=Dedup()), path)
+    assert [s.shot_index for s in once] == [0, 1, 3]
+    marked = run(scene(dedup=Dedup(keep_duplicates=True)), path)
+    assert [s.frame.index for s in marked] == [s.frame.index for s in every]
+    first_a = every[0].frame.index
+    assert [s.duplicate_of for s in marked] == [None, None, first_a, None, first_a]
+    assert [s.shot_index for s in run(scene(dedup=Dedup(enabled=False)), path)] == [0, 1, 2, 3, 4]
+
+
+def test_interval_sampler_takes_dedup(tmp_path: Path) -> None:
+    path = write_clip(tmp_path / "still.mp4", [picture(1, 0)] * 50, fps=10.0)
+    assert len(run(IntervalSampler(interval_s=1.0), path)) == 5
+    assert [s.frame.index for s in run(IntervalSampler(interval_s=1.0, dedup=Dedup()), path)] == [0]
+
+
+def test_static_shot_yields_frames_at_the_fallback_interval(tmp_path: Path) -> None:
+    path = write_clip(tmp_path / "static.mp4", shot(1, 112), fps=16.0)  # 7 s, one shot
+    samples = run(scene(fallback_interval_s=2.0), path)
+    assert [s.frame.timestamp_s for s in samples] == pytest.approx([0.0, 2.0, 4.0, 6.0], abs=1e-3)
+    assert [s.reason for s in samples] == ["scene_cut", "fallback", "fallback", "fallback"]
+    assert {s.shot_index for s in samples} == {0} and {s.shot_start_s for s in samples} == {0.0}
+    assert len(run(SceneSampler(), path)) == 1  # defaults: the repeats are near-duplicates
+
+
+def test_blank_video_still_yields_its_first_frame(tmp_path: Path) -> None:
+    path = write_clip(tmp_path / "black.mp4", [np.zeros((SIZE[1], SIZE[0], 3), np.uint8)] * 40)
+    samples = run(SceneSampler(), path)
+    assert [(s.frame.index, s.reason, s.shot_index) for s in samples] == [(0, "scene_cut", 0)]
+
+
+def test_memory_stays_flat_over_a_long_video(tmp_path: Path) -> None:
+    black = np.zeros((SIZE[1], SIZE[0], 3), np.uint8)
+    path = write_clip(tmp_path / "long.mp4", shot(1, 300) + [black] * 600 + shot(2, 300))
+    for pick in ("first_settled", "middle"):
+        tracemalloc.start()
+        samples = run(SceneSampler(pick=pick, dedup=None), path)
+        peak = tracemalloc.get_traced_memory()[1]
+        tracemalloc.stop()
+        assert {s.shot_index for s in samples} == {0, 1}
+        assert peak < 30 * black.nbytes  # a few frames held, not a shot's worth
+
+
+def test_deterministic(tmp_path: Path) -> None:
+    frames = dissolve(shot(1, 50), shot(2, 50), 10) + shot(3, 40) + shot(1, 40)
+    path = write_clip(tmp_path / "mixed.mp4", frames)
+
+    def digest() -> list[tuple]:
+        return [
+            (s.frame.index, s.reason, s.shot_index, s.shot_start_s, s.duplicate_of, s.frame.rgb.tobytes())
+            for s in run(SceneSampler(dedup=Dedup(keep_duplicates=True), pick="middle"), path)
+        ]
+
+    assert digest() == digest()
+
+
+# --- config and end to end -------------------------------------------------------------------
+
+
+def test_yaml_builds_the_samplers() -> None:
+    scene_sampler = instantiate(compose_config(["video=x.mp4", "sampler=scene"]).sampler)
+    assert scene_sampler == SceneSampler()
+    assert scene_sampler.dedup == Dedup(enabled=True, threshold=10, keep_duplicates=False)
+    interval = instantiate(compose_config(["video=x.mp4", "sampler=interval"]).sampler)
+    assert interval == IntervalSampler(interval_s=1.0, dedup=Dedup(enabled=False))
+
+
+def test_cli_scene_sampler_end_to_end(cli_base: list[str], tmp_path: Path) -> None:
+    colours = [(200, 40, 40), (40, 200, 40), (40, 40, 200)]
+    clip = write_video(tmp_path / "three.mp4", n_frames=30, fps=10.0, colour_of=lambda i: colours[i // 10])
+    result = run_cli(f"video={clip}", *cli_base, "sampler=scene")
+    assert result.returncode == 0, result.stderr
+    df = pd.read_parquet(tmp_path / "out")
+    assert set(df.sample_reason) == {"scene_cut"}
+    assert sorted(df.shot_index.unique()) == [0, 1, 2]
+    for shot_index, frame_index in df.groupby("shot_index").frame_index.min().items():
+        assert 10 * shot_index <= frame_index < 10 * shot_index + 10
