@@ -30,7 +30,6 @@ from omegaconf.errors import OmegaConfBaseException
 from pipeline.caption import EngineError, WeightsError
 from pipeline.config import register_configs
 from pipeline.lock import LockHeld, RunLock
-from pipeline.report import write_report
 from pipeline.run import (
     Executor,
     ExecutorError,
@@ -146,6 +145,8 @@ def _run_locked(
         log.info("%d videos failed in earlier runs; retry_failed=true tries them again", failed_before)
     if cfg.report and summary.count("done"):
         try:
+            from pipeline.report import write_report  # pandas: loaded only when a report is due
+
             log.info("report: %s", write_report(output_dir))
         except OSError as error:
             log.warning("report not written: %s", error)

@@ -22,11 +22,13 @@ import time
 import uuid
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
-from typing import Any, Optional
+from typing import TYPE_CHECKING, Any, Optional
 
-import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
+
+if TYPE_CHECKING:  # pandas loads only where results are read back, not on a run's start
+    import pandas as pd
 
 
 @dataclass(frozen=True)
@@ -223,7 +225,7 @@ def _fsync_dir(folder: Path) -> None:
         os.close(descriptor)
 
 
-def read_results(output_dir: str | Path) -> pd.DataFrame:
+def read_results(output_dir: str | Path) -> "pd.DataFrame":
     """All result rows in ``output_dir`` as a DataFrame (empty, with the columns, if none)."""
     files = sorted(p for p in Path(output_dir).glob("*/*.parquet") if not p.name.startswith((".", "_")))
     if not files:
