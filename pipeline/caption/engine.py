@@ -2,14 +2,20 @@
 
 How a frame is answered:
 
-1. The frame's prefix (system text + the image, handed to ``mtmd`` as raw RGB) is tokenized
-   once and evaluated once into one KV-cache sequence (CLIP encode, then prefill).
-2. That sequence is copied (``llama_memory_seq_cp``; with a unified KV cache the cells are
-   shared, not copied) to one sequence per question, and each question evaluates only its own
-   tokens on top.
-3. All active sequences of all frames in flight are decoded together, one token each per
-   ``llama_decode``; a finished sequence frees its cells and slot, and a waiting frame fills
-   them (continuous batching).
+1. A background thread tokenizes the frame's prefix (system text + the image, handed to
+   ``mtmd`` as raw RGB; ``mtmd_tokenize`` does the CPU image preprocessing: anyres tiling,
+   resizing, normalisation) while the GPU works on other frames (``prepare_ahead``).
+2. On admission the image tiles are CLIP-encoded and their embeddings evaluated into one
+   KV-cache sequence, all tiles of a frame together in batches of ``n_batch`` tokens (not one
+   576-token tile per ``llama_decode``).
+3. That sequence is copied (``llama_memory_seq_cp``) to one sequence per question; each
+   question evaluates only its own tokens on top. With a unified KV cache the cells are
+   shared; with one stream per sequence (``kv_unified=False``) the copy is a device-side copy
+   of the stream, and each sequence's attention and mask cover only its own cells.
+4. All active sequences of all frames in flight are decoded together, one token each per
+   ``llama_decode``; greedy tokens are picked for all of them with one ``argmax`` over the
+   logits. A finished sequence frees its cells and slot, and a waiting frame fills them
+   (continuous batching).
 
 ``parallel=1`` with one question per frame is the plain one-at-a-time path; greedy answers do
 not depend on how sequences are batched (a test holds this).
@@ -18,10 +24,13 @@ not depend on how sequences are batched (a test holds this).
 from __future__ import annotations
 
 import ctypes
+import heapq
 import logging
 import os
 import time
+from collections import deque
 from collections.abc import Iterable, Iterator
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Generic, TypeVar
 
@@ -34,7 +43,6 @@ from pipeline.caption.formats import ChatFormat
 log = logging.getLogger(__name__)
 
 Tag = TypeVar("Tag")
-
 
 
 class EngineError(RuntimeError):
@@ -53,7 +61,8 @@ class EngineSettings:
         stop: Strings that end an answer (not included in it).
         n_ctx: KV cells for one frame's conversation (all its questions).
         n_gpu_layers: Layers offloaded to the GPU (-1: all).
-        n_batch: Most tokens per ``llama_decode`` call.
+        n_batch: Most tokens per ``llama_decode`` call (a frame's image tokens go in pieces of
+            this size: 2048 or more keeps the GPU's matrix units busy).
         n_ubatch: Most tokens per compute step inside a decode.
         flash_attn: ``on``, ``off``, or ``auto``: on when layers run on a GPU (where it pays),
             off on CPU. llama.cpp's CPU flash-attention kernel sums in an order that depends on
@@ -67,6 +76,27 @@ class EngineSettings:
         top_k: Top-k cut-off when sampling.
         top_p: Nucleus cut-off when sampling.
         seed: Sampling seed (each answer restarts from it, so answers do not depend on batching).
+        prepare_ahead: Frames tokenized (CPU image preprocessing) ahead on a background
+            thread while the GPU decodes; 0 tokenizes on the calling thread. The thread is used
+            only when the model runs on a GPU or ``n_threads`` leaves a core free (a busy
+            extra thread next to llama.cpp's CPU threads on every core slows them many-fold).
+        overlap_clip: Also run the CLIP encode of frames ahead on that thread, overlapping it
+            with the decoding of frames in flight (GPU only; ignored on CPU).
+        kv_unified: One KV stream shared by all sequences (cells of a frame's image shared by
+            its questions) instead of one stream per sequence (the default: each sequence's
+            attention and KQ mask cover only its own cells; a frame's image is copied on the
+            device to its other questions' streams). With one stream, every prefill and every
+            step attends over, and builds on the CPU a mask for, the cells of all frames in
+            flight (measured 0.49 instead of 0.30 s of prefill per frame at 16 frames). Streams
+            take ``n_ctx`` cells for every sequence slot (``parallel × max_questions``).
+        max_decode_seqs: Most sequences per ``llama_decode`` in a decode step (0: all at once;
+            ``None``: auto, groups of 8 up to 16 active sequences when llama.cpp's CUDA backend
+            was built with ``GGML_CUDA_FORCE_CUBLAS`` and layers run on the GPU, else all at
+            once). With that build (fast cuBLAS prefill) a group of at most 8 stays on the
+            quantized matrix-vector kernel instead of dequantizing all weights to F16 for the
+            step; past two groups the per-call overhead costs more than the dequantizing.
+        ignore_eos: Benchmark only: end-of-generation tokens are biased to minus infinity so
+            that every answer runs to ``max_tokens`` (stop strings still apply).
     """
 
     text_model: str
@@ -77,7 +107,7 @@ class EngineSettings:
     n_ctx: int = 4096
     n_gpu_layers: int = -1
     n_batch: int = 2048
-    n_ubatch: int = 2048
+    n_ubatch: int = 1024
     flash_attn: str = "auto"
     n_threads: int | None = None
     parallel: int = 4
@@ -87,6 +117,11 @@ class EngineSettings:
     top_k: int = 40
     top_p: float = 0.95
     seed: int = 0
+    prepare_ahead: int = 2
+    overlap_clip: bool = True
+    kv_unified: bool = False
+    max_decode_seqs: int | None = None
+    ignore_eos: bool = False
 
 
 @dataclass(frozen=True)
@@ -120,23 +155,41 @@ class Answer:
 
 @dataclass
 class EngineStats:
-    """Where the engine's time went, in seconds, and how much it did."""
+    """Where the engine's time went, in seconds, and how much it did.
+
+    ``tokenize_s`` (and ``clip_s`` with ``overlap_clip``) is spent on the background thread,
+    overlapped with the rest; ``prefill_s`` and ``decode_s`` include waiting for the GPU;
+    ``wait_s`` is the calling thread waiting for input frames or their tokenization.
+    """
 
     tokenize_s: float = 0.0
     clip_s: float = 0.0
     prefill_s: float = 0.0
     decode_s: float = 0.0
+    wait_s: float = 0.0
     frames: int = 0
     prompt_tokens: int = 0
     completion_tokens: int = 0
+    decode_calls: int = 0
+
+
+@dataclass
+class _Segment:
+    """A run of a frame's prefix: text tokens, consecutive image chunks, or another chunk."""
+
+    kind: str  # "text", "image" (LLaVA-style tiles, evaluated as embeddings) or "chunk"
+    n_tokens: int
+    tokens: list[int] = field(default_factory=list)
+    chunks: list[object] = field(default_factory=list)
+    embd: np.ndarray | None = None  # filled on the background thread with overlap_clip
 
 
 @dataclass
 class _Frame(Generic[Tag]):
     tag: Tag
-    chunks: object
+    chunks: object  # mtmd_input_chunks owning the segments' chunks; freed after prefill
+    segments: list[_Segment]
     prefix_tokens: int
-    suffixes: list[list[int]]
     kv_need: int
     started_s: float = 0.0
     answers: list[Answer | None] = field(default_factory=list)
@@ -150,9 +203,43 @@ class _Sequence:
     index: int
     position: int
     pending: list[int]
-    sampler: object
+    sampler: object  # None: greedy
     generated: list[int] = field(default_factory=list)
     text: bytes = b""
+
+
+class _Batch:
+    """A ``llama_batch`` whose arrays are numpy arrays, filled without per-field ctypes calls."""
+
+    def __init__(self, capacity: int) -> None:
+        self.capacity = capacity
+        self.token = np.zeros(capacity, np.int32)
+        self.pos = np.zeros(capacity, np.int32)
+        self.n_seq_id = np.ones(capacity, np.int32)
+        self.seq = np.zeros(capacity, np.int32)
+        self.logits = np.zeros(capacity, np.int8)
+        seq_p = ctypes.POINTER(llama_cpp.llama_seq_id)
+        base = self.seq.ctypes.data
+        size = self.seq.itemsize
+        self.seq_ptrs = (seq_p * capacity)(*(ctypes.cast(base + i * size, seq_p) for i in range(capacity)))
+        self.struct = llama_cpp.llama_batch()
+        self.struct.pos = self.pos.ctypes.data_as(ctypes.POINTER(llama_cpp.llama_pos))
+        self.struct.n_seq_id = self.n_seq_id.ctypes.data_as(ctypes.POINTER(ctypes.c_int32))
+        self.struct.seq_id = self.seq_ptrs
+        self.struct.logits = self.logits.ctypes.data_as(ctypes.POINTER(ctypes.c_int8))
+        self._token_p = self.token.ctypes.data_as(ctypes.POINTER(llama_cpp.llama_token))
+
+    def as_tokens(self, n: int) -> llama_cpp.llama_batch:
+        self.struct.n_tokens = n
+        self.struct.token = self._token_p
+        self.struct.embd = None
+        return self.struct
+
+    def as_embeddings(self, embd: np.ndarray, n: int) -> llama_cpp.llama_batch:
+        self.struct.n_tokens = n
+        self.struct.token = None
+        self.struct.embd = embd.ctypes.data_as(ctypes.POINTER(ctypes.c_float))
+        return self.struct
 
 
 class Engine:
@@ -169,8 +256,9 @@ class Engine:
         self._model = None
         self._ctx = None
         self._mtmd = None
-        self._batch: llama_cpp.llama_batch | None = None
-        self._greedy = None
+        self._batch: _Batch | None = None
+        self._worker: ThreadPoolExecutor | None = None
+        self._embd_buffer = np.zeros((0, 0), np.float32)
 
     # -- life cycle -------------------------------------------------------------------------
 
@@ -189,6 +277,8 @@ class Engine:
         if not self._model:
             raise EngineError(f"text model failed to load: {s.text_model}")
         self._vocab = llama_cpp.llama_model_get_vocab(self._model)
+        self._n_vocab = llama_cpp.llama_vocab_n_tokens(self._vocab)
+        self._n_embd = llama_cpp.llama_model_n_embd_inp(self._model)
 
         n_seq = s.parallel * s.max_questions
         if n_seq > llama_cpp.llama_max_parallel_sequences():
@@ -197,11 +287,11 @@ class Engine:
                 f"{llama_cpp.llama_max_parallel_sequences()}; lower engine.parallel"
             )
         ctx_params = llama_cpp.llama_context_default_params()
-        ctx_params.n_ctx = s.n_ctx * s.parallel
+        ctx_params.n_ctx = s.n_ctx * (s.parallel if s.kv_unified else n_seq)
         ctx_params.n_batch = s.n_batch
         ctx_params.n_ubatch = min(s.n_ubatch, s.n_batch)
         ctx_params.n_seq_max = n_seq
-        ctx_params.kv_unified = True
+        ctx_params.kv_unified = s.kv_unified
         ctx_params.n_threads = n_threads
         ctx_params.n_threads_batch = n_threads
         flash_attn = _flash_attn_type(s.flash_attn, s.n_gpu_layers)
@@ -215,7 +305,10 @@ class Engine:
                 "lower engine.parallel or model.n_ctx"
             )
         self._memory = llama_cpp.llama_get_memory(self._ctx)
-        self._kv_capacity = llama_cpp.llama_n_ctx(self._ctx)
+        # Unified: cells for all frames in flight; per-sequence streams: cells of one stream.
+        self._kv_capacity = (
+            llama_cpp.llama_n_ctx(self._ctx) if s.kv_unified else llama_cpp.llama_n_ctx_seq(self._ctx)
+        )
 
         mtmd_params = mtmd.mtmd_context_params_default()
         mtmd_params.use_gpu = s.n_gpu_layers != 0
@@ -230,20 +323,40 @@ class Engine:
         if not mtmd.mtmd_support_vision(self._mtmd):
             self.close()
             raise EngineError(f"mmproj has no vision encoder: {s.mmproj}")
+        # LLaVA-style images (plain positions, causal attention) are evaluated as embeddings
+        # by the engine itself; other models go through mtmd's helper chunk by chunk.
+        self._embd_images = not mtmd.mtmd_decode_use_mrope(self._mtmd)
 
-        self._batch = llama_cpp.llama_batch_init(s.n_batch, 0, 1)
-        self._free_seq_ids = list(range(n_seq - 1, -1, -1))
+        self._batch = _Batch(s.n_batch)
+        self._free_seq_ids = list(range(n_seq))  # a heap: lowest ids first (see _step)
         self._kv_reserved = 0
         self._prefix_text, _ = s.chat_format.split("", s.system_prompt)
+        self._eog = np.array(
+            [t for t in range(self._n_vocab) if llama_cpp.llama_vocab_is_eog(self._vocab, t)]
+            if s.ignore_eos
+            else [],
+            dtype=np.int64,
+        )
+        on_gpu = s.n_gpu_layers != 0 and llama_cpp.llama_supports_gpu_offload()
+        # None: auto (see _decode_group); 0: all active sequences in one llama_decode.
+        self._max_decode_seqs = s.max_decode_seqs
+        if self._max_decode_seqs is None:
+            cublas = b"FORCE_CUBLAS = 1" in (llama_cpp.llama_print_system_info() or b"")
+            self._max_decode_seqs = -8 if on_gpu and cublas else 0
+        self._overlap_clip = False
+        if s.prepare_ahead > 0 and (on_gpu or n_threads < (os.cpu_count() or 1)):
+            # Not when llama.cpp's CPU threads take every core: a second busy thread then
+            # stalls their OpenMP barriers and decoding gets many times slower.
+            self._worker = ThreadPoolExecutor(max_workers=1, thread_name_prefix="engine-prep")
+            self._overlap_clip = s.overlap_clip and on_gpu
 
     def close(self) -> None:
         """Free everything native the engine holds (safe to call twice)."""
-        if self._batch is not None:
-            llama_cpp.llama_batch_free(self._batch)
-            self._batch = None
-        if self._greedy is not None:
-            llama_cpp.llama_sampler_free(self._greedy)
-            self._greedy = None
+        if self._worker is not None:
+            self._worker.shutdown(wait=True)
+            self._worker = None
+        self._batch = None
+        self._embd_buffer = np.zeros((0, 0), np.float32)
         if self._mtmd:
             mtmd.mtmd_free(self._mtmd)
             self._mtmd = None
@@ -275,7 +388,7 @@ class Engine:
 
         Args:
             jobs: ``(tag, rgb)`` pairs; ``rgb`` is an ``HxWx3`` uint8 array. The tag comes
-                back with the frame's answers.
+                back with the frame's answers. The iterable is consumed on the calling thread.
             questions: Asked about every frame; at most ``settings.max_questions``.
 
         Yields:
@@ -299,84 +412,194 @@ class Engine:
             self._tokenize(self.settings.chat_format.split(q.text, system)[1]) for q in questions
         ]
         job_iter = iter(jobs)
+        ahead = max(self.settings.prepare_ahead, 1)
         active: list[_Sequence] = []
-        waiting: _Frame | None = None
+        pending: deque[Future] = deque()
         exhausted = False
-        while True:
-            while waiting is None and not exhausted and self._free_seq_ids:
+
+        def top_up() -> None:
+            """Pull frames from ``jobs`` until ``ahead`` are being prepared."""
+            nonlocal exhausted
+            while not exhausted and len(pending) < ahead:
+                t0 = time.perf_counter()
                 job = next(job_iter, None)
+                self.stats.wait_s += time.perf_counter() - t0
                 if job is None:
                     exhausted = True
-                    break
-                frame, failed = self._prepare(*job)
-                if failed is not None:
-                    yield failed
-                    continue
-                waiting = frame
-                if self._fits(frame):
-                    active.extend(self._admit(frame))
-                    waiting = None
-            if not active:
-                return
-            finished = self._step(active)
-            for frame in finished:
-                self._kv_reserved -= frame.kv_need
-                yield frame.tag, [a for a in frame.answers if a is not None]
-            if waiting is not None and self._fits(waiting):
-                active.extend(self._admit(waiting))
-                waiting = None
+                else:
+                    pending.append(self._submit(*job))
+
+        try:
+            while True:
+                top_up()
+                # Admit prepared frames while slots are free; wait for one only when nothing
+                # else could use the GPU meanwhile.
+                while pending and self._has_room():
+                    if active and not pending[0].done():
+                        break
+                    t0 = time.perf_counter()
+                    frame, failed = pending[0].result()
+                    self.stats.wait_s += time.perf_counter() - t0
+                    if failed is None and not self._fits(frame):
+                        break
+                    pending.popleft()
+                    top_up()
+                    if failed is not None:
+                        yield failed
+                        continue
+                    started, finished = self._admit(frame)
+                    active.extend(started)
+                    for done in finished:
+                        self._kv_reserved -= done.kv_need
+                        yield done.tag, [a for a in done.answers if a is not None]
+                if not active:
+                    if pending or not exhausted:
+                        continue
+                    return
+                for frame in self._step(active):
+                    self._kv_reserved -= frame.kv_need
+                    yield frame.tag, [a for a in frame.answers if a is not None]
+        finally:
+            self._abandon(active, pending)
+
+    def _abandon(self, active: list[_Sequence], pending: deque[Future]) -> None:
+        """Free what an interrupted run still holds (sequences, prepared frames)."""
+        for seq in active:
+            llama_cpp.llama_memory_seq_rm(self._memory, seq.seq_id, -1, -1)
+            self._free_sampler(seq)
+            heapq.heappush(self._free_seq_ids, seq.seq_id)
+        active.clear()
+        while pending:
+            future = pending.popleft()
+            try:
+                frame, _ = future.result()
+            except Exception:  # noqa: BLE001  (already reported, or the run is being torn down)
+                continue
+            if frame is not None:
+                self._free_chunks(frame)
+        self._kv_reserved = 0
 
     # -- one frame in -------------------------------------------------------------------------
 
+    def _submit(self, tag: Tag, rgb: np.ndarray) -> Future:
+        if self._worker is None:
+            return _done(self._prepare(tag, rgb, encode=False))
+        return self._worker.submit(self._prepare, tag, rgb)
+
     def _prepare(
-        self, tag: Tag, rgb: np.ndarray
+        self, tag: Tag, rgb: np.ndarray, encode: bool = True
     ) -> tuple[_Frame | None, tuple[Tag, list[Answer]] | None]:
-        """Tokenize the frame's prefix with its image; a bad frame becomes error answers."""
+        """Tokenize the frame's prefix with its image (and with ``overlap_clip`` encode it);
+        a bad frame becomes error answers. Runs on the background thread."""
         t0 = time.perf_counter()
         try:
             chunks = self._tokenize_prefix(rgb)
         except ValueError as error:
             return None, (tag, self._error_answers(str(error)))
         n_prefix = mtmd.mtmd_helper_get_n_pos(chunks)
+        segments = self._segments(chunks)
         self.stats.tokenize_s += time.perf_counter() - t0
-        kv_need = n_prefix + sum(len(t) + self.settings.max_tokens for t in self._suffix_tokens)
+        suffixes = self._suffix_tokens
+        if self.settings.kv_unified:
+            kv_need = n_prefix + sum(len(t) + self.settings.max_tokens for t in suffixes)
+        else:
+            kv_need = n_prefix + max(len(t) for t in suffixes) + self.settings.max_tokens
         if kv_need > self._kv_capacity:
             mtmd.mtmd_input_chunks_free(chunks)
+            where = "model.n_ctx × engine.parallel" if self.settings.kv_unified else "model.n_ctx"
             return None, (
                 tag,
                 self._error_answers(
                     f"frame needs {kv_need} KV cells (image {n_prefix} + prompts + max_tokens), "
-                    f"more than the {self._kv_capacity} of model.n_ctx × engine.parallel"
+                    f"more than the {self._kv_capacity} of {where}"
                 ),
             )
-        frame = _Frame(tag, chunks, n_prefix, self._suffix_tokens, kv_need)
+        frame = _Frame(tag, chunks, segments, n_prefix, kv_need if self.settings.kv_unified else 0)
         frame.answers = [None] * len(self.questions)
+        if encode and self._overlap_clip:
+            try:
+                for segment in segments:
+                    if segment.kind == "image":
+                        segment.embd = self._encode(segment, np.empty((segment.n_tokens, self._n_embd), np.float32))
+            except BaseException:
+                self._free_chunks(frame)
+                raise
         return frame, None
 
-    def _fits(self, frame: _Frame) -> bool:
-        return (
-            len(self._free_seq_ids) >= len(self.questions)
-            and self._kv_reserved + frame.kv_need <= self._kv_capacity
-        )
+    def _segments(self, chunks: object) -> list[_Segment]:
+        segments: list[_Segment] = []
+        for i in range(mtmd.mtmd_input_chunks_size(chunks)):
+            chunk = mtmd.mtmd_input_chunks_get(chunks, i)
+            kind = mtmd.mtmd_input_chunk_get_type(chunk)
+            if kind == mtmd.MTMD_INPUT_CHUNK_TYPE_TEXT:
+                n = ctypes.c_size_t()
+                tokens = mtmd.mtmd_input_chunk_get_tokens_text(chunk, ctypes.byref(n))
+                segments.append(_Segment("text", n.value, tokens=list(tokens[: n.value])))
+                continue
+            n_tokens = mtmd.mtmd_input_chunk_get_n_tokens(chunk)
+            plain = (
+                kind == mtmd.MTMD_INPUT_CHUNK_TYPE_IMAGE
+                and self._embd_images
+                and not mtmd.mtmd_decode_use_non_causal(self._mtmd, chunk)
+                and mtmd.mtmd_input_chunk_get_n_pos(chunk) == n_tokens
+            )
+            if plain and segments and segments[-1].kind == "image":
+                segments[-1].chunks.append(chunk)
+                segments[-1].n_tokens += n_tokens
+            else:
+                segments.append(_Segment("image" if plain else "chunk", n_tokens, chunks=[chunk]))
+        return segments
 
-    def _admit(self, frame: _Frame) -> list[_Sequence]:
-        """Evaluate the frame's prefix once and start one sequence per question on it."""
+    def _has_room(self) -> bool:
+        return len(self._free_seq_ids) >= len(self.questions)
+
+    def _fits(self, frame: _Frame) -> bool:
+        return self._kv_reserved + frame.kv_need <= self._kv_capacity
+
+    def _admit(self, frame: _Frame) -> tuple[list[_Sequence], list[_Frame]]:
+        """Evaluate the frame's prefix once and start one sequence per question on it.
+
+        Returns the new sequences and, rarely, frames already complete (an answer can end at
+        its first token).
+        """
         frame.started_s = time.perf_counter()
         self._kv_reserved += frame.kv_need
-        seq_ids = [self._free_seq_ids.pop() for _ in self.questions]
+        seq_ids = [heapq.heappop(self._free_seq_ids) for _ in self.questions]
         try:
-            n_past = self._eval_prefix(frame.chunks, seq_ids[0])
+            n_past = self._eval_prefix(frame, seq_ids[0])
+        except BaseException:
+            self._kv_reserved -= frame.kv_need
+            llama_cpp.llama_memory_seq_rm(self._memory, seq_ids[0], -1, -1)
+            for seq_id in seq_ids:
+                heapq.heappush(self._free_seq_ids, seq_id)
+            raise
         finally:
-            mtmd.mtmd_input_chunks_free(frame.chunks)
-            frame.chunks = None
+            self._free_chunks(frame)
         for seq_id in seq_ids[1:]:
-            llama_cpp.llama_memory_seq_cp(self._memory, seq_ids[0], seq_id, 0, n_past)
+            llama_cpp.llama_memory_seq_cp(self._memory, seq_ids[0], seq_id, -1, -1)
         frame.open_sequences = len(seq_ids)
         self.stats.frames += 1
-        return [
-            _Sequence(seq_id, frame, i, n_past, list(frame.suffixes[i]), self._new_sampler())
+        sequences = [
+            _Sequence(seq_id, frame, i, n_past, list(self._suffix_tokens[i]), self._new_sampler())
             for i, seq_id in enumerate(seq_ids)
         ]
+        if self.settings.kv_unified:
+            return sequences, []  # the questions' tokens go into the next step's batch
+        # One stream per sequence: llama.cpp splits a batch into ubatches with equally many
+        # tokens per stream, so the questions' tokens next to other sequences' single tokens
+        # would cost a forward pass per token; evaluate each question alone, now.
+        started, finished = [], []
+        for seq in sequences:
+            alone = [seq]
+            finished += self._step(alone)
+            started += alone
+        return started, finished
+
+    def _free_chunks(self, frame: _Frame) -> None:
+        if frame.chunks is not None:
+            mtmd.mtmd_input_chunks_free(frame.chunks)
+            frame.chunks = None
+        frame.segments = []
 
     def _tokenize_prefix(self, rgb: np.ndarray) -> object:
         if not (
@@ -414,48 +637,83 @@ class Engine:
             raise ValueError(f"mtmd could not tokenize the image (status {status})")
         return chunks
 
-    def _eval_prefix(self, chunks: object, seq_id: int) -> int:
+    def _encode(self, segment: _Segment, out: np.ndarray) -> np.ndarray:
+        """CLIP-encode a run of image chunks into ``out`` (``n_tokens × n_embd`` float32)."""
+        t0 = time.perf_counter()
+        row = 0
+        for chunk in segment.chunks:
+            if mtmd.mtmd_encode_chunk(self._mtmd, chunk) != 0:
+                raise EngineError("CLIP image encode failed")
+            n = mtmd.mtmd_input_chunk_get_n_tokens(chunk)
+            ctypes.memmove(
+                out[row:].ctypes.data, mtmd.mtmd_get_output_embd(self._mtmd), n * self._n_embd * 4
+            )
+            row += n
+        self.stats.clip_s += time.perf_counter() - t0
+        return out
+
+    def _eval_prefix(self, frame: _Frame, seq_id: int) -> int:
         n_past = 0
-        for i in range(mtmd.mtmd_input_chunks_size(chunks)):
-            chunk = mtmd.mtmd_input_chunks_get(chunks, i)
-            is_image = mtmd.mtmd_input_chunk_get_type(chunk) != mtmd.MTMD_INPUT_CHUNK_TYPE_TEXT
-            t0 = time.perf_counter()
-            if is_image:
-                if mtmd.mtmd_encode_chunk(self._mtmd, chunk) != 0:
-                    raise EngineError("CLIP image encode failed")
-                t1 = time.perf_counter()
-                self.stats.clip_s += t1 - t0
-                t0 = t1
-                new_n_past = llama_cpp.llama_pos(n_past)
-                status = mtmd.mtmd_helper_decode_image_chunk(
-                    self._mtmd,
-                    self._ctx,
-                    chunk,
-                    mtmd.mtmd_get_output_embd(self._mtmd),
-                    n_past,
-                    seq_id,
-                    self.settings.n_batch,
-                    ctypes.byref(new_n_past),
-                    mtmd.mtmd_helper_post_decode_callback(),
-                    None,
-                )
+        for segment in frame.segments:
+            if segment.kind == "text":
+                t0 = time.perf_counter()
+                self._decode_plain(segment.tokens, None, n_past, seq_id)
+                self.stats.prefill_s += time.perf_counter() - t0
+            elif segment.kind == "image":
+                embd = segment.embd
+                if embd is None:
+                    if self._embd_buffer.shape[0] < segment.n_tokens or self._embd_buffer.shape[1] != self._n_embd:
+                        self._embd_buffer = np.empty((segment.n_tokens, self._n_embd), np.float32)
+                    embd = self._encode(segment, self._embd_buffer)
+                t0 = time.perf_counter()
+                self._decode_plain(None, embd[: segment.n_tokens], n_past, seq_id)
+                self.stats.prefill_s += time.perf_counter() - t0
+                segment.embd = None
             else:
-                new_n_past = llama_cpp.llama_pos(n_past)
-                status = mtmd.mtmd_helper_eval_chunk_single(
-                    self._mtmd,
-                    self._ctx,
-                    chunk,
-                    n_past,
-                    seq_id,
-                    self.settings.n_batch,
-                    False,
-                    ctypes.byref(new_n_past),
-                )
+                self._eval_chunk(segment.chunks[0], n_past, seq_id)
+            n_past += segment.n_tokens
+        t0 = time.perf_counter()
+        llama_cpp.llama_synchronize(self._ctx)  # so that prefill_s holds the GPU's prefill time
+        self.stats.prefill_s += time.perf_counter() - t0
+        return n_past
+
+    def _decode_plain(
+        self, tokens: list[int] | None, embd: np.ndarray | None, n_past: int, seq_id: int
+    ) -> None:
+        """Evaluate tokens or embeddings into one sequence, no outputs, ``n_batch`` at a time."""
+        batch = self._batch
+        total = len(tokens) if tokens is not None else embd.shape[0]
+        for start in range(0, total, batch.capacity):
+            n = min(batch.capacity, total - start)
+            batch.pos[:n] = np.arange(n_past + start, n_past + start + n, dtype=np.int32)
+            batch.seq[:n] = seq_id
+            batch.logits[:n] = 0
+            if tokens is not None:
+                batch.token[:n] = tokens[start : start + n]
+                struct = batch.as_tokens(n)
+            else:
+                struct = batch.as_embeddings(embd[start:], n)
+            status = llama_cpp.llama_decode(self._ctx, struct)
             if status != 0:
                 raise EngineError(f"prefill decode failed (status {status})")
-            self.stats.prefill_s += time.perf_counter() - t0
-            n_past = new_n_past.value
-        return n_past
+
+    def _eval_chunk(self, chunk: object, n_past: int, seq_id: int) -> None:
+        """A chunk mtmd must place itself (M-RoPE positions, non-causal attention, audio)."""
+        t0 = time.perf_counter()
+        new_n_past = llama_cpp.llama_pos(n_past)
+        status = mtmd.mtmd_helper_eval_chunk_single(
+            self._mtmd,
+            self._ctx,
+            chunk,
+            n_past,
+            seq_id,
+            self.settings.n_batch,
+            False,
+            ctypes.byref(new_n_past),
+        )
+        if status != 0:
+            raise EngineError(f"prefill decode failed (status {status})")
+        self.stats.prefill_s += time.perf_counter() - t0
 
     # -- all sequences one step ---------------------------------------------------------------
 
@@ -463,45 +721,82 @@ class Engine:
         """Feed every active sequence its pending tokens, sample one token each."""
         t0 = time.perf_counter()
         batch = self._batch
-        capacity = self.settings.n_batch
+        capacity = batch.capacity
         finished: list[_Frame] = []
         outputs: list[tuple[_Sequence, int]] = []
-        batch.n_tokens = 0
-        queue = list(active)
-        for seq in queue:
+        n = 0
+        # In seq-id order: with one KV stream per sequence llama.cpp puts only runs of
+        # consecutive seq ids into one ubatch (ids are handed out lowest first).
+        most = self._decode_group(len(active))
+        for seq in sorted(active, key=_seq_id):
+            if len(outputs) == most:
+                self._decode_and_sample(n, outputs, active, finished)
+                outputs, n = [], 0
             tokens = seq.pending
-            for j, token in enumerate(tokens):
-                if batch.n_tokens == capacity:
-                    self._decode_and_sample(outputs, active, finished)
-                    outputs = []
-                i = batch.n_tokens
-                batch.token[i] = token
-                batch.pos[i] = seq.position + j
-                batch.n_seq_id[i] = 1
-                batch.seq_id[i][0] = seq.seq_id
-                last = j == len(tokens) - 1
-                batch.logits[i] = last
-                if last:
-                    outputs.append((seq, i))
-                batch.n_tokens += 1
+            start = 0
+            while start < len(tokens):
+                if n == capacity:
+                    self._decode_and_sample(n, outputs, active, finished)
+                    outputs, n = [], 0
+                take = min(capacity - n, len(tokens) - start)
+                batch.token[n : n + take] = tokens[start : start + take]
+                batch.pos[n : n + take] = np.arange(
+                    seq.position + start, seq.position + start + take, dtype=np.int32
+                )
+                batch.seq[n : n + take] = seq.seq_id
+                batch.logits[n : n + take] = 0
+                start += take
+                n += take
+                if start == len(tokens):
+                    batch.logits[n - 1] = 1
+                    outputs.append((seq, n - 1))
             seq.position += len(tokens)
             seq.pending = []
-        self._decode_and_sample(outputs, active, finished)
+        self._decode_and_sample(n, outputs, active, finished)
         self.stats.decode_s += time.perf_counter() - t0
         return finished
 
+    def _decode_group(self, n_active: int) -> int:
+        """Most sequences per ``llama_decode`` this step.
+
+        Auto (cuBLAS build, -8): groups of 8 while that means at most two calls; measured on
+        an H100, 2 x 8 sequences took 2 x 13 ms against 24 ms in one dequantizing call, but
+        6 x 8 took 78 ms against 33 ms.
+        """
+        most = self._max_decode_seqs
+        if most < 0:
+            return -most if n_active <= -2 * most else n_active
+        return most or n_active
+
     def _decode_and_sample(
-        self, outputs: list[tuple[_Sequence, int]], active: list[_Sequence], finished: list[_Frame]
+        self,
+        n: int,
+        outputs: list[tuple[_Sequence, int]],
+        active: list[_Sequence],
+        finished: list[_Frame],
     ) -> None:
-        batch = self._batch
-        if batch.n_tokens == 0:
+        if n == 0:
             return
-        status = llama_cpp.llama_decode(self._ctx, batch)
-        batch.n_tokens = 0
+        status = llama_cpp.llama_decode(self._ctx, self._batch.as_tokens(n))
+        self.stats.decode_calls += 1
         if status != 0:
             raise EngineError(f"llama_decode failed (status {status})")
-        for seq, index in outputs:
-            token = llama_cpp.llama_sampler_sample(seq.sampler, self._ctx, index)
+        if not outputs:
+            return
+        if self.settings.temperature <= 0:
+            # Greedy for all outputs at once: the logits of the outputs lie in batch order.
+            logits = np.ctypeslib.as_array(
+                llama_cpp.llama_get_logits(self._ctx), shape=(len(outputs), self._n_vocab)
+            )
+            if self._eog.size:
+                logits[:, self._eog] = -np.inf
+            tokens = logits.argmax(axis=1).tolist()
+        else:
+            tokens = [
+                llama_cpp.llama_sampler_sample(seq.sampler, self._ctx, index)
+                for seq, index in outputs
+            ]
+        for (seq, _), token in zip(outputs, tokens):
             if self._accept(seq, token):
                 active.remove(seq)
                 if self._finish(seq):
@@ -513,7 +808,7 @@ class Engine:
             return True
         seq.generated.append(token)
         seq.text += self._piece(token)
-        if self._cut_at_stop(seq):
+        if self.settings.stop and self._cut_at_stop(seq):
             return True
         if len(seq.generated) >= self.settings.max_tokens:
             return True
@@ -531,11 +826,10 @@ class Engine:
     def _finish(self, seq: _Sequence) -> bool:
         """Free the sequence; True when its frame has all its answers."""
         llama_cpp.llama_memory_seq_rm(self._memory, seq.seq_id, -1, -1)
-        self._free_seq_ids.append(seq.seq_id)
-        if seq.sampler is not self._greedy:
-            llama_cpp.llama_sampler_free(seq.sampler)
+        heapq.heappush(self._free_seq_ids, seq.seq_id)
+        self._free_sampler(seq)
         frame = seq.frame
-        n_prompt = frame.prefix_tokens + len(frame.suffixes[seq.index])
+        n_prompt = frame.prefix_tokens + len(self._suffix_tokens[seq.index])
         frame.answers[seq.index] = Answer(
             question=self.questions[seq.index],
             text=seq.text.decode("utf-8", errors="replace").strip(),
@@ -551,17 +845,29 @@ class Engine:
     # -- small helpers ------------------------------------------------------------------------
 
     def _new_sampler(self) -> object:
+        """A sampler chain for temperature > 0 (greedy needs none: one argmax per step)."""
         s = self.settings
         if s.temperature <= 0:
-            if self._greedy is None:
-                self._greedy = llama_cpp.llama_sampler_init_greedy()
-            return self._greedy
+            return None
         chain = llama_cpp.llama_sampler_chain_init(llama_cpp.llama_sampler_chain_default_params())
+        if self._eog.size:
+            biases = (llama_cpp.llama_logit_bias * self._eog.size)(
+                *(llama_cpp.llama_logit_bias(int(t), -float("inf")) for t in self._eog)
+            )
+            llama_cpp.llama_sampler_chain_add(
+                chain, llama_cpp.llama_sampler_init_logit_bias(self._n_vocab, self._eog.size, biases)
+            )
         llama_cpp.llama_sampler_chain_add(chain, llama_cpp.llama_sampler_init_top_k(s.top_k))
         llama_cpp.llama_sampler_chain_add(chain, llama_cpp.llama_sampler_init_top_p(s.top_p, 1))
         llama_cpp.llama_sampler_chain_add(chain, llama_cpp.llama_sampler_init_temp(s.temperature))
         llama_cpp.llama_sampler_chain_add(chain, llama_cpp.llama_sampler_init_dist(s.seed))
         return chain
+
+    @staticmethod
+    def _free_sampler(seq: _Sequence) -> None:
+        if seq.sampler is not None:
+            llama_cpp.llama_sampler_free(seq.sampler)
+            seq.sampler = None
 
     def _tokenize(self, text: str) -> list[int]:
         data = text.encode()
@@ -584,11 +890,21 @@ class Engine:
         return [Answer(question=q, text="", error=reason) for q in self.questions]
 
 
+def _seq_id(seq: _Sequence) -> int:
+    return seq.seq_id
+
+
 def _flash_attn_type(setting: str, n_gpu_layers: int) -> int:
     on = setting == "on" or (
         setting == "auto" and n_gpu_layers != 0 and llama_cpp.llama_supports_gpu_offload()
     )
     return llama_cpp.LLAMA_FLASH_ATTN_TYPE_ENABLED if on else llama_cpp.LLAMA_FLASH_ATTN_TYPE_DISABLED
+
+
+def _done(value: object) -> Future:
+    future: Future = Future()
+    future.set_result(value)
+    return future
 
 
 _NATIVE_LOG = logging.getLogger("pipeline.llama_cpp")
@@ -602,6 +918,8 @@ def _log_callback(level: int, text: bytes, user_data: ctypes.c_void_p) -> None:
     global _last_level
     if level != 5:
         _last_level = _LEVELS.get(level, logging.DEBUG)
+    if not _NATIVE_LOG.isEnabledFor(_last_level):
+        return
     message = text.decode("utf-8", errors="replace").rstrip()
     if message:
         _NATIVE_LOG.log(_last_level, message)

@@ -1,0 +1,631 @@
+"""GPU throughput: the batched engine against the seed's one-call-per-frame loop, side by side.
+
+One process, one model pair, the same frames and the same forced answer length for both:
+
+* **seed style**: ``llama_cpp.Llama(model_path, n_ctx=4096, n_gpu_layers=-1,
+  chat_handler=NanoLlavaChatHandler(clip_model_path))`` and, per (frame, prompt), the frame
+  encoded to PNG, a base64 data URI, ``create_chat_completion(messages=[system, user with
+  image_url + text], max_tokens, temperature=0, logit_bias={every end-of-generation token:
+  -inf})``, a fresh KV cache each call. ``seed`` keeps llama-cpp-python's defaults
+  (``n_batch=512``, flash attention off), ``seed-tuned`` uses ``n_batch=n_ubatch=2048`` and
+  flash attention.
+* **engine**: :class:`pipeline.run.Pipeline` itself on a generated 640x360 video
+  (``sampler=all``: decode thread, bounded prefetch queue, engine, writer thread, thumbnails),
+  with ``EngineSettings.ignore_eos`` so that every answer is ``max_tokens`` long.
+
+Both print the tokens they generated; frames/s, tokens/s and ratios come out as a table, GPU
+busy share from NVML (``nvmlDeviceGetUtilizationRates`` every 50 ms during the measured
+window), host RSS and GPU memory at the start and end of each engine run.
+
+Models are random-weight LLaVA 1.6 pairs of the real shapes written by
+:func:`pipeline.caption.tiny.write_random_llava` (text model directly as Q5_K_M blocks, CLIP
+ViT-L/336 mmproj in F16); they run at the real models' speed. ``--shape tiny`` runs the whole
+thing on a CPU in seconds (for checking the script).
+
+Examples::
+
+    python benchmarks/gpu_throughput.py --shape tiny --frames 8 --seed-frames 2
+    python benchmarks/gpu_throughput.py --shape mistral7b --model-dir /tmp/models \\
+        --frames 96 --seed-frames 12 --out /tmp/bench
+"""
+
+from __future__ import annotations
+
+# llama_cpp before numpy/cv2: see BENCHMARKS.md (## GPU throughput, import order).
+import llama_cpp  # noqa: I001
+
+import argparse
+import base64
+import contextlib
+import json
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from dataclasses import asdict, dataclass, field, replace
+from pathlib import Path
+from typing import Any
+
+import cv2
+import numpy as np
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+from pipeline.caption import Captioner, EngineStats, make_questions  # noqa: E402
+from pipeline.caption.engine import EngineSettings  # noqa: E402
+from pipeline.caption.formats import get_chat_format  # noqa: E402
+from pipeline.caption.tiny import (  # noqa: E402
+    CLIP_VIT_L_336,
+    MISTRAL_7B_TEXT,
+    TINY_TEXT,
+    TINY_VISION,
+    YI_34B_TEXT,
+    TextShape,
+    VisionShape,
+    write_random_llava,
+)
+from pipeline.caption.weights import ModelFiles  # noqa: E402
+
+PROMPTS = [
+    "Describe this frame in one sentence.",
+    "What objects are visible?",
+    "What is the setting of this scene?",
+]
+SYSTEM = "Answer the question"  # NanoLlavaChatHandler's default system message
+WIDTH, HEIGHT = 640, 360
+
+SHAPES: dict[str, tuple[TextShape, VisionShape, str, str, int]] = {
+    # name: text shape, vision shape, text type, vision type, n_gpu_layers
+    "tiny": (TINY_TEXT, TINY_VISION, "F32", "F32", 0),
+    "mini": (TextShape(256, 4, 4, 2, 512, 4096, 1e6, 2000), VisionShape(64, 128, 2, 4), "Q5_K_M", "F16", 0),
+    "mistral7b": (MISTRAL_7B_TEXT, CLIP_VIT_L_336, "Q5_K_M", "F16", -1),
+    "yi34b": (YI_34B_TEXT, CLIP_VIT_L_336, "Q5_K_M", "F16", -1),
+}
+
+
+def log(message: str) -> None:
+    print(f"[{time.strftime('%H:%M:%S')}] {message}", flush=True)
+
+
+# -- inputs -----------------------------------------------------------------------------------
+
+
+def make_model(shape: str, model_dir: Path) -> tuple[Path, Path]:
+    text_shape, vision_shape, text_type, vision_type, _ = SHAPES[shape]
+    name = f"random-llava-{shape}"
+    text = model_dir / f"{name}-text-{text_type}.gguf"
+    mmproj = model_dir / f"{name}-mmproj-{vision_type}.gguf"
+    if text.exists() and mmproj.exists():
+        return text, mmproj
+    t0 = time.perf_counter()
+    paths = write_random_llava(
+        model_dir, text_shape, vision_shape, text_type=text_type, vision_type=vision_type, name=name
+    )
+    log(
+        f"wrote {shape} model in {time.perf_counter() - t0:.1f} s: "
+        + ", ".join(f"{p.name} {p.stat().st_size / 1e9:.2f} GB" for p in paths)
+    )
+    return paths
+
+
+def make_video(path: Path, n_frames: int, fps: float = 25.0) -> Path:
+    """A 640x360 clip whose frames all differ (moving shapes on a drifting background)."""
+    if path.exists():
+        return path
+    writer = cv2.VideoWriter(str(path), cv2.VideoWriter_fourcc(*"mp4v"), fps, (WIDTH, HEIGHT))
+    if not writer.isOpened():
+        raise RuntimeError(f"OpenCV cannot write {path}")
+    rng = np.random.default_rng(7)
+    noise = rng.integers(0, 40, (HEIGHT, WIDTH, 3), dtype=np.uint8)
+    for i in range(n_frames):
+        frame = np.full((HEIGHT, WIDTH, 3), ((i * 3) % 200, 90, (255 - i * 2) % 255), np.uint8)
+        frame += noise
+        cv2.circle(frame, ((i * 11) % WIDTH, HEIGHT // 2), 50, (255, 255, 255), -1)
+        cv2.rectangle(frame, (40, (i * 7) % HEIGHT), (140, (i * 7) % HEIGHT + 60), (0, 0, 0), -1)
+        writer.write(frame)
+    writer.release()
+    return path
+
+
+def read_frames(video: Path, n: int) -> list[np.ndarray]:
+    from pipeline.decode import VideoReader
+
+    frames = []
+    with VideoReader(video) as reader:
+        for frame in reader.frames():
+            frames.append(frame.rgb)
+            if len(frames) == n:
+                break
+    return frames
+
+
+# -- measuring --------------------------------------------------------------------------------
+
+
+def rss_mb() -> float:
+    with open("/proc/self/status") as handle:
+        for line in handle:
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1]) / 1024
+    return float("nan")
+
+
+class Monitor(threading.Thread):
+    """Samples GPU utilisation and memory (NVML) and host RSS every ``interval`` seconds."""
+
+    def __init__(self, interval: float = 0.05) -> None:
+        super().__init__(name="monitor", daemon=True)
+        self.interval = interval
+        self.samples: list[tuple[float, float, float, float]] = []  # t, util %, gpu MB, rss MB
+        self._halt = threading.Event()
+        self.nvml = None
+        try:
+            import pynvml
+
+            pynvml.nvmlInit()
+            self.nvml = pynvml
+            self.handle = pynvml.nvmlDeviceGetHandleByIndex(0)
+            self.device = pynvml.nvmlDeviceGetName(self.handle)
+        except Exception as error:  # noqa: BLE001  (no GPU: RSS only)
+            self.device = f"no NVML ({type(error).__name__})"
+
+    def run(self) -> None:
+        while not self._halt.is_set():
+            util, mem = float("nan"), float("nan")
+            if self.nvml is not None:
+                util = float(self.nvml.nvmlDeviceGetUtilizationRates(self.handle).gpu)
+                mem = self.nvml.nvmlDeviceGetMemoryInfo(self.handle).used / 2**20
+            self.samples.append((time.perf_counter(), util, mem, rss_mb()))
+            self._halt.wait(self.interval)
+
+    def stop(self) -> None:
+        self._halt.set()
+        self.join()
+
+    def summary(self) -> dict[str, float]:
+        s = np.array(self.samples, dtype=np.float64)
+        if len(s) < 2:
+            return {}
+        t = s[:, 0] - s[0, 0]
+        out = {
+            "gpu_busy_pct": float(np.nanmean(s[:, 1])) if self.nvml else float("nan"),
+            "gpu_busy_p10_pct": float(np.nanpercentile(s[:, 1], 10)) if self.nvml else float("nan"),
+            "gpu_mem_start_mb": float(s[0, 2]),
+            "gpu_mem_end_mb": float(s[-1, 2]),
+            "gpu_mem_max_mb": float(np.nanmax(s[:, 2])) if self.nvml else float("nan"),
+            "rss_start_mb": float(s[0, 3]),
+            "rss_end_mb": float(s[-1, 3]),
+            "rss_max_mb": float(s[:, 3].max()),
+            "samples": int(len(s)),
+        }
+        half = t >= t[-1] / 2  # slope over the second half: after warm-up growth
+        if half.sum() > 2 and t[-1] > 0:
+            out["rss_slope_mb_per_min"] = float(np.polyfit(t[half], s[half, 3], 1)[0] * 60)
+            if self.nvml:
+                out["gpu_mem_slope_mb_per_min"] = float(np.polyfit(t[half], s[half, 2], 1)[0] * 60)
+        return out
+
+
+# -- seed style --------------------------------------------------------------------------------
+
+
+def run_seed(
+    text: Path, mmproj: Path, frames: list[np.ndarray], n_prompts: int, max_tokens: int,
+    n_gpu_layers: int, tuned: bool,
+) -> dict[str, Any]:
+    """The seed's loop: one ``create_chat_completion`` per (frame, prompt), PNG data URIs."""
+    from llama_cpp.llama_chat_format import NanoLlavaChatHandler
+
+    kwargs: dict[str, Any] = {}
+    if tuned:
+        kwargs = {"n_batch": 2048, "n_ubatch": 2048, "flash_attn": True}
+    handler = NanoLlavaChatHandler(clip_model_path=str(mmproj), verbose=False)
+    llm = llama_cpp.Llama(
+        model_path=str(text), n_ctx=4096, n_gpu_layers=n_gpu_layers, chat_handler=handler,
+        verbose=False, **kwargs,
+    )
+    vocab = llm._model.vocab
+    bias = {
+        str(t): float("-inf") for t in range(llm.n_vocab()) if llama_cpp.llama_vocab_is_eog(vocab, t)
+    }
+    prompts = PROMPTS[:n_prompts]
+
+    def ask(rgb: np.ndarray, prompt: str) -> dict[str, Any]:
+        ok, png = cv2.imencode(".png", cv2.cvtColor(rgb, cv2.COLOR_RGB2BGR))
+        assert ok
+        uri = "data:image/png;base64," + base64.b64encode(png.tobytes()).decode()
+        return llm.create_chat_completion(
+            messages=[
+                {"role": "system", "content": SYSTEM},
+                {"role": "user", "content": [
+                    {"type": "image_url", "image_url": {"url": uri}},
+                    {"type": "text", "text": prompt},
+                ]},
+            ],
+            max_tokens=max_tokens, temperature=0.0, logit_bias=bias,
+        )
+
+    ask(frames[0], prompts[0])  # warm-up (allocations, CUDA graphs)
+    completion, prompt_tokens = [], []
+    t0 = time.perf_counter()
+    for rgb in frames:
+        for prompt in prompts:
+            usage = ask(rgb, prompt)["usage"]
+            completion.append(usage["completion_tokens"])
+            prompt_tokens.append(usage["prompt_tokens"])
+    wall = time.perf_counter() - t0
+    llm.close()
+    return {
+        "kind": "seed-tuned" if tuned else "seed",
+        "prompts": n_prompts,
+        "frames": len(frames),
+        "wall_s": wall,
+        "frames_per_s": len(frames) / wall,
+        "completion_tokens_per_s": sum(completion) / wall,
+        "completion_tokens": sorted(set(completion)),
+        "prompt_tokens": sorted(set(prompt_tokens)),
+        "settings": kwargs or {"n_batch": 512, "flash_attn": False},
+    }
+
+
+# -- the engine through the real pipeline ------------------------------------------------------
+
+
+@dataclass
+class EngineCase:
+    """One engine configuration to measure."""
+
+    prompts: int = 1
+    parallel: int = 8
+    n_batch: int = 2048
+    n_ubatch: int = 2048
+    flash_attn: str = "auto"
+    kv_unified: bool = True
+    prepare_ahead: int = 2
+    overlap_clip: bool = False
+    max_decode_seqs: int = 0
+    frames: int = 48
+    label: str = ""
+
+    def name(self) -> str:
+        return self.label or (
+            f"p{self.prompts} par{self.parallel} nb{self.n_batch}/{self.n_ubatch} fa-{self.flash_attn} "
+            f"{'unified' if self.kv_unified else 'streams'} ahead{self.prepare_ahead}"
+            + (" clip-overlap" if self.overlap_clip else "")
+            + (f" chunk{self.max_decode_seqs}" if self.max_decode_seqs else "")
+        )
+
+
+class _TimedSampler:
+    """Wraps a sampler to time video decoding (grab + retrieve + colour conversion)."""
+
+    def __init__(self, inner: Any) -> None:
+        self.inner = inner
+        self.decode_s = 0.0
+
+    def sample(self, reader: Any):  # noqa: ANN201
+        it = iter(self.inner.sample(reader))
+        while True:
+            t0 = time.perf_counter()
+            item = next(it, None)
+            self.decode_s += time.perf_counter() - t0
+            if item is None:
+                return
+            yield item
+
+
+def run_engine(
+    case: EngineCase, text: Path, mmproj: Path, video: Path, max_tokens: int, n_gpu_layers: int,
+    workdir: Path,
+) -> dict[str, Any]:
+    import pipeline.run as run_module
+    from pipeline.run import Pipeline
+    from pipeline.sampling import AllSampler
+
+    settings = EngineSettings(
+        text_model=str(text), mmproj=str(mmproj), chat_format=get_chat_format("chatml"),
+        system_prompt=SYSTEM, stop=(), n_ctx=4096, n_gpu_layers=n_gpu_layers,
+        n_batch=case.n_batch, n_ubatch=case.n_ubatch, flash_attn=case.flash_attn,
+        parallel=case.parallel, max_questions=case.prompts, max_tokens=max_tokens,
+        temperature=0.0, prepare_ahead=case.prepare_ahead, overlap_clip=case.overlap_clip,
+        kv_unified=case.kv_unified, max_decode_seqs=case.max_decode_seqs, ignore_eos=True,
+    )
+    captioner = Captioner(settings, "bench", ModelFiles(text, mmproj))
+    t0 = time.perf_counter()
+    captioner.setup()
+    load_s = time.perf_counter() - t0
+    try:
+        # Warm-up: one round of frames in flight (allocations, CUDA graphs, CLIP buffers).
+        warm = read_frames(video, min(case.parallel, 8))
+        list(captioner.caption(enumerate(warm), make_questions(PROMPTS[: case.prompts])))
+        captioner.engine.stats = EngineStats()
+
+        thumbnail = None
+        with contextlib.suppress(ImportError):
+            from pipeline.thumbnails import make_thumbnail
+
+            thumb_s = [0.0]
+
+            def thumbnail(rgb: np.ndarray) -> bytes:
+                t = time.perf_counter()
+                data = make_thumbnail(rgb)
+                thumb_s[0] += time.perf_counter() - t
+                return data
+
+        write_s = [0.0]
+        original_write = run_module.write_chunk
+
+        def timed_write(*args: Any, **kwargs: Any) -> Any:
+            t = time.perf_counter()
+            try:
+                return original_write(*args, **kwargs)
+            finally:
+                write_s[0] += time.perf_counter() - t
+
+        run_module.write_chunk = timed_write
+        sampler = _TimedSampler(AllSampler())
+        out_dir = Path(tempfile.mkdtemp(prefix="out-", dir=workdir))
+        pipe = Pipeline(
+            sampler, PROMPTS[: case.prompts], out_dir, config_id="bench", max_frames=case.frames,
+            prefetch_frames=max(16, 2 * case.parallel), thumbnail=thumbnail,
+        )
+        tasks = pipe.plan([video])
+        monitor = Monitor()
+        monitor.start()
+        time.sleep(0.06)
+        t0 = time.perf_counter()
+        summary = pipe.run(tasks, captioner)
+        wall = time.perf_counter() - t0
+        monitor.stop()
+        run_module.write_chunk = original_write
+        stats = captioner.engine.stats
+        completion = read_completion_tokens(out_dir)
+        shutil.rmtree(out_dir, ignore_errors=True)
+    finally:
+        captioner.close()
+    frames = summary.frames
+    return {
+        "kind": "engine",
+        "case": case.name(),
+        "config": asdict(case),
+        "prompts": case.prompts,
+        "frames": frames,
+        "wall_s": wall,
+        "load_s": load_s,
+        "frames_per_s": frames / wall,
+        "completion_tokens_per_s": stats.completion_tokens / wall,
+        "prompt_tokens_per_s": stats.prompt_tokens / wall,
+        "completion_tokens": sorted(set(completion)),
+        "rows": len(completion),
+        "prompt_tokens_per_answer": stats.prompt_tokens / max(frames * case.prompts, 1),
+        "split_s": {
+            "video_decode": sampler.decode_s,
+            "thumbnails": thumb_s[0] if thumbnail else 0.0,
+            "tokenize_bg": stats.tokenize_s,
+            "clip": stats.clip_s,
+            "prefill": stats.prefill_s,
+            "decode": stats.decode_s,
+            "engine_wait": stats.wait_s,
+            "write": write_s[0],
+        },
+        "decode_calls": stats.decode_calls,
+        "ms_per_decode_step": 1000 * stats.decode_s / max(stats.decode_calls, 1),
+        **monitor.summary(),
+    }
+
+
+def read_completion_tokens(out_dir: Path) -> list[int]:
+    import pyarrow.parquet as pq
+
+    tokens: list[int] = []
+    for path in sorted(out_dir.rglob("part-*.parquet")):
+        table = pq.read_table(path, columns=["completion_tokens", "status"])
+        for n, status in zip(table["completion_tokens"].to_pylist(), table["status"].to_pylist()):
+            if status == "ok":
+                tokens.append(int(n))
+    return tokens
+
+
+# -- micro-benchmark of the prefill ------------------------------------------------------------
+
+
+def run_probe(text: Path, mmproj: Path, video: Path, n_gpu_layers: int) -> list[dict[str, Any]]:
+    """Time the pieces of one frame's prefill: tokenize (CPU), CLIP per tile, LLM prefill of
+    the 2,880 image embeddings by batch size, with flash attention on and off."""
+    import ctypes
+
+    import llama_cpp.mtmd_cpp as mtmd
+    from pipeline.caption.engine import Engine, _Frame
+
+    rgb = read_frames(video, 1)[0]
+    results = []
+    for fa, ubatch in (("on", 4096), ("off", 2048)):
+        settings = EngineSettings(
+            text_model=str(text), mmproj=str(mmproj), chat_format=get_chat_format("chatml"),
+            system_prompt=SYSTEM, n_gpu_layers=n_gpu_layers, n_batch=ubatch, n_ubatch=ubatch,
+            flash_attn=fa, parallel=1, max_questions=1, max_tokens=8, prepare_ahead=0,
+        )
+        engine = Engine(settings)
+        engine.setup()
+        try:
+            engine.questions = make_questions(PROMPTS[:1])
+            engine._suffix_tokens = [[1]]
+            times: dict[str, list[float]] = {}
+
+            def timed(key: str, fn: Any) -> Any:
+                t = time.perf_counter()
+                value = fn()
+                llama_cpp.llama_synchronize(engine._ctx)
+                times.setdefault(key, []).append(time.perf_counter() - t)
+                return value
+
+            for rep in range(4):
+                frame, _ = timed("tokenize", lambda: engine._prepare(0, rgb))
+                image = [s for s in frame.segments if s.kind == "image"][0]
+                embd = np.empty((image.n_tokens, engine._n_embd), np.float32)
+                tiles = len(image.chunks)
+                timed("clip_all_tiles", lambda: engine._encode(image, embd))
+                for piece in (576, 1024, 2048, image.n_tokens):
+                    if piece > ubatch:
+                        continue
+                    llama_cpp.llama_memory_clear(engine._memory, True)
+
+                    def prefill(piece: int = piece) -> None:
+                        for start in range(0, image.n_tokens, piece):
+                            engine._decode_plain(None, embd[start : start + piece], start, 0)
+
+                    timed(f"llm_prefill_{image.n_tokens}_in_{piece}", prefill)
+                engine._free_chunks(frame)
+            summary = {k: 1000 * float(np.median(v[1:])) for k, v in times.items()}
+            summary.update({"kind": "probe", "flash_attn": fa, "n_ubatch": ubatch, "tiles": tiles})
+            results.append(summary)
+            log("probe " + json.dumps({k: (round(v, 1) if isinstance(v, float) else v) for k, v in summary.items()}))
+        finally:
+            engine.close()
+    _ = ctypes, mtmd, _Frame
+    return results
+
+
+# -- driver --------------------------------------------------------------------------------------
+
+
+def parse_cases(spec: str, frames: int) -> list[EngineCase]:
+    """``p=1,par=16,nb=2048,ub=2048,fa=on,kv=unified,ahead=2,clip=0;p=3,...``"""
+    keys = {"p": "prompts", "par": "parallel", "nb": "n_batch", "ub": "n_ubatch", "fa": "flash_attn",
+            "kv": "kv_unified", "ahead": "prepare_ahead", "clip": "overlap_clip", "n": "frames",
+            "chunk": "max_decode_seqs"}
+    cases = []
+    for part in filter(None, (p.strip() for p in spec.split(";"))):
+        case = EngineCase(frames=frames)
+        for item in part.split(","):
+            key, _, value = item.partition("=")
+            attr = keys[key.strip()]
+            if attr == "flash_attn":
+                setattr(case, attr, value)
+            elif attr == "kv_unified":
+                setattr(case, attr, value == "unified")
+            elif attr == "overlap_clip":
+                setattr(case, attr, value in ("1", "true", "on"))
+            else:
+                setattr(case, attr, int(value))
+        if case.n_ubatch > case.n_batch:
+            case.n_ubatch = case.n_batch
+        cases.append(case)
+    return cases
+
+
+def print_table(results: list[dict[str, Any]]) -> None:
+    seeds = {(r["kind"], r["prompts"]): r for r in results if r["kind"].startswith("seed")}
+    print("\n| run | prompts | frames | frames/s | gen tok/s | × seed | × seed-tuned | GPU busy | answer tokens |")
+    print("|---|---|---|---|---|---|---|---|---|")
+    for r in results:
+        if r["kind"] == "probe":
+            continue
+        base = seeds.get(("seed", r["prompts"]))
+        tuned = seeds.get(("seed-tuned", r["prompts"]))
+        ratio = f"{r['frames_per_s'] / base['frames_per_s']:.2f}" if base else "-"
+        ratio_t = f"{r['frames_per_s'] / tuned['frames_per_s']:.2f}" if tuned else "-"
+        busy = r.get("gpu_busy_pct", float("nan"))
+        print(
+            f"| {r.get('case', r['kind'])} | {r['prompts']} | {r['frames']} | {r['frames_per_s']:.3f} | "
+            f"{r['completion_tokens_per_s']:.0f} | {ratio} | {ratio_t} | "
+            f"{'-' if busy != busy else f'{busy:.0f}%'} | {r['completion_tokens']} |"
+        )
+    for r in results:
+        if r["kind"] == "engine":
+            split = " ".join(f"{k}={v:.1f}" for k, v in r["split_s"].items())
+            print(
+                f"  {r['case']}: wall {r['wall_s']:.1f}s split(s) {split}; "
+                f"{r['ms_per_decode_step']:.1f} ms/step; RSS {r.get('rss_start_mb', 0):.0f}->"
+                f"{r.get('rss_end_mb', 0):.0f} MB; GPU mem {r.get('gpu_mem_start_mb', 0):.0f}->"
+                f"{r.get('gpu_mem_end_mb', 0):.0f} MB"
+            )
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--shape", choices=sorted(SHAPES), default="tiny")
+    parser.add_argument("--model-dir", type=Path, default=Path(tempfile.gettempdir()) / "bench-models")
+    parser.add_argument("--out", type=Path, default=None, help="folder for results.jsonl")
+    parser.add_argument("--frames", type=int, default=48, help="frames per engine run")
+    parser.add_argument("--seed-frames", type=int, default=8, help="frames for the 1-prompt seed run")
+    parser.add_argument("--seed3-frames", type=int, default=None, help="frames for the 3-prompt seed run")
+    parser.add_argument("--max-tokens", type=int, default=60)
+    parser.add_argument("--seed", default="seed,seed-tuned", help="seed variants to run (comma list)")
+    parser.add_argument("--seed-prompts", default="1,3")
+    parser.add_argument(
+        "--cases", default="p=1,par=16;p=3,par=8",
+        help="engine cases: p=PROMPTS,par=PARALLEL,nb=N_BATCH,ub=N_UBATCH,fa=on|off|auto,"
+        "kv=unified|streams,ahead=N,clip=0|1,n=FRAMES; separated by ';'",
+    )
+    parser.add_argument("--probe", action="store_true", help="time the prefill's pieces first")
+    parser.add_argument("--budget-s", type=float, default=1e9, help="skip what would start after this")
+    args = parser.parse_args(argv)
+
+    started = time.perf_counter()
+    n_gpu_layers = SHAPES[args.shape][4]
+    args.model_dir.mkdir(parents=True, exist_ok=True)
+    workdir = Path(tempfile.mkdtemp(prefix="gpu-bench-"))
+    out = args.out or workdir
+    out.mkdir(parents=True, exist_ok=True)
+    results_path = out / "results.jsonl"
+    monitor = Monitor()
+    log(f"device: {monitor.device}; llama-cpp-python {llama_cpp.__version__}; "
+        f"GPU offload {llama_cpp.llama_supports_gpu_offload()}")
+    text, mmproj = make_model(args.shape, args.model_dir)
+    cases = parse_cases(args.cases, args.frames)
+    n_video = max([c.frames for c in cases] + [args.seed_frames, args.seed3_frames or 0, 16]) + 64
+    video = make_video(workdir / f"clip-{n_video}.mp4", n_video)
+    results: list[dict[str, Any]] = []
+
+    def record(result: dict[str, Any]) -> None:
+        results.append(result)
+        with open(results_path, "a") as handle:
+            handle.write(json.dumps(result) + "\n")
+
+    def time_left() -> bool:
+        left = args.budget_s - (time.perf_counter() - started)
+        if left <= 0:
+            log("time budget spent: skipping the rest")
+        return left > 0
+
+    if args.probe and time_left():
+        for r in run_probe(text, mmproj, video, n_gpu_layers):
+            record(r)
+    seed_prompts = [int(p) for p in args.seed_prompts.split(",") if p]
+    for variant in [v for v in args.seed.split(",") if v]:
+        for n_prompts in seed_prompts:
+            if not time_left():
+                break
+            n = args.seed_frames if n_prompts == 1 else (args.seed3_frames or max(args.seed_frames // 2, 2))
+            frames = read_frames(video, n)
+            log(f"{variant}: {n_prompts} prompt(s) x {n} frames")
+            r = run_seed(text, mmproj, frames, n_prompts, args.max_tokens, n_gpu_layers, variant == "seed-tuned")
+            log(f"  {r['frames_per_s']:.3f} frames/s, answers of {r['completion_tokens']} tokens, "
+                f"prompts of {r['prompt_tokens']} tokens")
+            record(r)
+    for case in cases:
+        if not time_left():
+            break
+        log(f"engine: {case.name()} x {case.frames} frames")
+        try:
+            r = run_engine(case, text, mmproj, video, args.max_tokens, n_gpu_layers, workdir)
+        except Exception as error:  # noqa: BLE001  (report and go on with the next case)
+            log(f"  FAILED: {type(error).__name__}: {error}")
+            record({"kind": "engine-failed", "case": case.name(), "error": str(error)})
+            continue
+        log(f"  {r['frames_per_s']:.3f} frames/s, {r['completion_tokens_per_s']:.0f} tok/s, "
+            f"GPU busy {r.get('gpu_busy_pct', float('nan')):.0f}%, answers {r['completion_tokens']}")
+        record(r)
+    print_table([r for r in results if r["kind"] != "engine-failed"])
+    log(f"results: {results_path}; total {time.perf_counter() - started:.0f} s")
+    shutil.rmtree(workdir, ignore_errors=True) if args.out else None
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,111 @@
+"""The batched engine's own knobs on the tiny model (CPU): KV layouts, decode chunking, the
+background tokenizer, forced answer length, interrupted runs, and the real-shape generator."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import gguf
+import numpy as np
+import pytest
+
+from pipeline.caption import make_questions
+from pipeline.caption.engine import Engine, EngineSettings
+from pipeline.caption.formats import get_chat_format
+from pipeline.caption.tiny import TextShape, VisionShape, ensure_tiny_model, write_random_llava
+
+PROMPTS = ["What is shown?", "What colors dominate?", "Is there text?"]
+
+
+def frames(n: int, seed: int = 3) -> list[np.ndarray]:
+    rng = np.random.default_rng(seed)
+    return [rng.integers(0, 256, (90 + 10 * i, 160, 3), dtype=np.uint8) for i in range(n)]
+
+
+def settings(model_dir: Path, **overrides: object) -> EngineSettings:
+    text, mmproj = ensure_tiny_model(model_dir)
+    base = dict(
+        text_model=str(text), mmproj=str(mmproj), chat_format=get_chat_format("chatml"),
+        stop=("<|im_end|>",), n_gpu_layers=0, parallel=3, max_questions=3, max_tokens=10,
+    )
+    return EngineSettings(**{**base, **overrides})  # type: ignore[arg-type]
+
+
+def answer_texts(engine_settings: EngineSettings, images: list[np.ndarray]) -> dict[int, list[str]]:
+    with Engine(engine_settings) as engine:
+        results = dict(engine.run(enumerate(images), make_questions(PROMPTS)))
+    return {tag: [a.text for a in answers] for tag, answers in results.items()}
+
+
+def test_kv_layouts_chunking_and_background_tokenizer_give_the_same_answers(tiny_model_dir: Path) -> None:
+    images = frames(5)
+    reference = answer_texts(settings(tiny_model_dir, kv_unified=True, prepare_ahead=0), images)
+    variants = [
+        dict(kv_unified=False),
+        dict(kv_unified=False, max_decode_seqs=2),
+        dict(kv_unified=True, max_decode_seqs=1, n_batch=512, n_ubatch=256),
+        dict(kv_unified=False, n_threads=1, prepare_ahead=3),  # a free core: background thread
+    ]
+    for variant in variants:
+        assert answer_texts(settings(tiny_model_dir, **variant), images) == reference, variant
+    assert len({t for texts in reference.values() for t in texts}) > 3
+
+
+def test_background_thread_is_used_only_with_a_free_core(tiny_model_dir: Path) -> None:
+    with Engine(settings(tiny_model_dir)) as engine:
+        assert engine._worker is None  # llama.cpp's threads take every core
+    with Engine(settings(tiny_model_dir, n_threads=1)) as engine:
+        assert (engine._worker is not None) == ((os.cpu_count() or 1) > 1)
+
+
+def test_ignore_eos_makes_every_answer_max_tokens_long(tiny_model_dir: Path) -> None:
+    with Engine(settings(tiny_model_dir, stop=(), max_tokens=40, ignore_eos=True)) as engine:
+        results = list(engine.run(enumerate(frames(4)), make_questions(PROMPTS)))
+    counts = {a.completion_tokens for _, answers in results for a in answers}
+    assert counts == {40}
+
+
+def test_an_interrupted_run_frees_its_slots_and_cells(tiny_model_dir: Path) -> None:
+    questions = make_questions(PROMPTS)
+    with Engine(settings(tiny_model_dir, kv_unified=True)) as engine:
+        free = sorted(engine._free_seq_ids)
+        run = engine.run(enumerate(frames(6)), questions)
+        next(run)  # frames are in flight now
+        run.close()
+        assert sorted(engine._free_seq_ids) == free
+        assert engine._kv_reserved == 0
+        again = dict(engine.run(enumerate(frames(4, seed=9)), questions))
+    assert sorted(again) == [0, 1, 2, 3]
+    assert all(a.error is None and a.text for answers in again.values() for a in answers)
+
+
+def test_real_shape_generator_writes_q5_k_m_layout_that_runs(tmp_path: Path) -> None:
+    text, mmproj = write_random_llava(
+        tmp_path, TextShape(256, 2, 4, 2, 512, 4096, 1e6, 2000), VisionShape(64, 128, 2, 4),
+        text_type="Q5_K_M", vision_type="F16", name="mini",
+    )
+    types = {t.name: t.tensor_type.name for t in gguf.GGUFReader(text).tensors}
+    assert types["output.weight"] == "Q6_K"
+    assert types["blk.1.attn_v.weight"] == "Q6_K"  # a "more bits" layer (last eighth)
+    assert types["blk.0.attn_v.weight"] == "Q5_K"
+    assert types["blk.0.attn_q.weight"] == "Q5_K"
+    assert types["blk.0.attn_norm.weight"] == "F32"
+    assert len(gguf.GGUFReader(text).fields["tokenizer.ggml.tokens"].data) == 2000
+    engine_settings = EngineSettings(
+        text_model=str(text), mmproj=str(mmproj), chat_format=get_chat_format("chatml"),
+        n_gpu_layers=0, parallel=1, max_tokens=4, stop=(), ignore_eos=True,
+    )
+    with Engine(engine_settings) as engine:
+        ((_, (answer,)),) = list(engine.run([(0, frames(1)[0])], make_questions(PROMPTS[:1])))
+    assert answer.error is None and answer.completion_tokens == 4
+
+
+def test_decode_grouping_rule() -> None:
+    engine = Engine.__new__(Engine)
+    engine._max_decode_seqs = 0  # all at once
+    assert [engine._decode_group(n) for n in (1, 16, 48)] == [1, 16, 48]
+    engine._max_decode_seqs = 8  # set explicitly
+    assert [engine._decode_group(n) for n in (1, 16, 48)] == [8, 8, 8]
+    engine._max_decode_seqs = -8  # auto with a FORCE_CUBLAS build: groups of 8 up to 16
+    assert [engine._decode_group(n) for n in (8, 16, 17, 48)] == [8, 8, 17, 48]
