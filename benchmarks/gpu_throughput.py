@@ -280,14 +280,14 @@ class EngineCase:
     """One engine configuration to measure."""
 
     prompts: int = 1
-    parallel: int = 8
+    parallel: int = 16
     n_batch: int = 2048
-    n_ubatch: int = 2048
+    n_ubatch: int = 1024
     flash_attn: str = "auto"
-    kv_unified: bool = True
+    kv_unified: bool = False
     prepare_ahead: int = 2
-    overlap_clip: bool = False
-    max_decode_seqs: int = 0
+    overlap_clip: bool = True
+    max_decode_seqs: int | None = None  # None: the engine's automatic grouping
     frames: int = 48
     label: str = ""
 
@@ -296,7 +296,7 @@ class EngineCase:
             f"p{self.prompts} par{self.parallel} nb{self.n_batch}/{self.n_ubatch} fa-{self.flash_attn} "
             f"{'unified' if self.kv_unified else 'streams'} ahead{self.prepare_ahead}"
             + (" clip-overlap" if self.overlap_clip else "")
-            + (f" chunk{self.max_decode_seqs}" if self.max_decode_seqs else "")
+            + (f" chunk{self.max_decode_seqs}" if self.max_decode_seqs is not None else "")
         )
 
 
@@ -558,9 +558,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--seed", default="seed,seed-tuned", help="seed variants to run (comma list)")
     parser.add_argument("--seed-prompts", default="1,3")
     parser.add_argument(
-        "--cases", default="p=1,par=16;p=3,par=8",
+        "--cases", default="p=1;p=3",
         help="engine cases: p=PROMPTS,par=PARALLEL,nb=N_BATCH,ub=N_UBATCH,fa=on|off|auto,"
-        "kv=unified|streams,ahead=N,clip=0|1,n=FRAMES; separated by ';'",
+        "kv=unified|streams,ahead=N,clip=0|1,chunk=N,n=FRAMES; separated by ';' (unset fields: "
+        "par=16 ub=1024 kv=streams clip=1, the engine's defaults otherwise)",
     )
     parser.add_argument("--probe", action="store_true", help="time the prefill's pieces first")
     parser.add_argument("--budget-s", type=float, default=1e9, help="skip what would start after this")

@@ -4,16 +4,17 @@ How a frame is answered:
 
 1. A background thread tokenizes the frame's prefix (system text + the image, handed to
    ``mtmd`` as raw RGB; ``mtmd_tokenize`` does the CPU image preprocessing: anyres tiling,
-   resizing, normalisation) while the GPU works on other frames (``prepare_ahead``).
-2. On admission the image tiles are CLIP-encoded and their embeddings evaluated into one
-   KV-cache sequence, all tiles of a frame together in batches of ``n_batch`` tokens (not one
-   576-token tile per ``llama_decode``).
+   resizing, normalisation) and, on a GPU, CLIP-encodes its tiles (``overlap_clip``), while
+   the calling thread keeps the GPU busy with other frames (``prepare_ahead``).
+2. On admission the tiles' embeddings are evaluated into one KV-cache sequence, all tiles of a
+   frame together in batches of ``n_batch`` tokens (not one 576-token tile per decode).
 3. That sequence is copied (``llama_memory_seq_cp``) to one sequence per question; each
-   question evaluates only its own tokens on top. With a unified KV cache the cells are
-   shared; with one stream per sequence (``kv_unified=False``) the copy is a device-side copy
-   of the stream, and each sequence's attention and mask cover only its own cells.
+   question evaluates only its own tokens on top. By default every sequence has its own KV
+   stream (``kv_unified=False``): the copy is a device-side copy of the stream, and each
+   sequence's attention and KQ mask cover only its own cells.
 4. All active sequences of all frames in flight are decoded together, one token each per
-   ``llama_decode``; greedy tokens are picked for all of them with one ``argmax`` over the
+   step (in groups of ``max_decode_seqs``), ordered by sequence id so that llama.cpp puts
+   them into one ubatch; greedy tokens are picked for all of them with one ``argmax`` over the
    logits. A finished sequence frees its cells and slot, and a waiting frame fills them
    (continuous batching).
 
@@ -221,7 +222,9 @@ class _Batch:
         seq_p = ctypes.POINTER(llama_cpp.llama_seq_id)
         base = self.seq.ctypes.data
         size = self.seq.itemsize
-        self.seq_ptrs = (seq_p * capacity)(*(ctypes.cast(base + i * size, seq_p) for i in range(capacity)))
+        self.seq_ptrs = (seq_p * capacity)(
+            *(ctypes.cast(base + i * size, seq_p) for i in range(capacity))
+        )
         self.struct = llama_cpp.llama_batch()
         self.struct.pos = self.pos.ctypes.data_as(ctypes.POINTER(llama_cpp.llama_pos))
         self.struct.n_seq_id = self.n_seq_id.ctypes.data_as(ctypes.POINTER(ctypes.c_int32))
@@ -307,7 +310,9 @@ class Engine:
         self._memory = llama_cpp.llama_get_memory(self._ctx)
         # Unified: cells for all frames in flight; per-sequence streams: cells of one stream.
         self._kv_capacity = (
-            llama_cpp.llama_n_ctx(self._ctx) if s.kv_unified else llama_cpp.llama_n_ctx_seq(self._ctx)
+            llama_cpp.llama_n_ctx(self._ctx)
+            if s.kv_unified
+            else llama_cpp.llama_n_ctx_seq(self._ctx)
         )
 
         mtmd_params = mtmd.mtmd_context_params_default()
@@ -520,7 +525,8 @@ class Engine:
             try:
                 for segment in segments:
                     if segment.kind == "image":
-                        segment.embd = self._encode(segment, np.empty((segment.n_tokens, self._n_embd), np.float32))
+                        out = np.empty((segment.n_tokens, self._n_embd), np.float32)
+                        segment.embd = self._encode(segment, out)
             except BaseException:
                 self._free_chunks(frame)
                 raise
@@ -662,7 +668,8 @@ class Engine:
             elif segment.kind == "image":
                 embd = segment.embd
                 if embd is None:
-                    if self._embd_buffer.shape[0] < segment.n_tokens or self._embd_buffer.shape[1] != self._n_embd:
+                    buffer = self._embd_buffer
+                    if buffer.shape[0] < segment.n_tokens or buffer.shape[1] != self._n_embd:
                         self._embd_buffer = np.empty((segment.n_tokens, self._n_embd), np.float32)
                     embd = self._encode(segment, self._embd_buffer)
                 t0 = time.perf_counter()
@@ -855,7 +862,8 @@ class Engine:
                 *(llama_cpp.llama_logit_bias(int(t), -float("inf")) for t in self._eog)
             )
             llama_cpp.llama_sampler_chain_add(
-                chain, llama_cpp.llama_sampler_init_logit_bias(self._n_vocab, self._eog.size, biases)
+                chain,
+                llama_cpp.llama_sampler_init_logit_bias(self._n_vocab, self._eog.size, biases),
             )
         llama_cpp.llama_sampler_chain_add(chain, llama_cpp.llama_sampler_init_top_k(s.top_k))
         llama_cpp.llama_sampler_chain_add(chain, llama_cpp.llama_sampler_init_top_p(s.top_p, 1))
