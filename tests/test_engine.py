@@ -1,9 +1,11 @@
 """The batched engine's own knobs on the tiny model (CPU): KV layouts, decode chunking, the
-background tokenizer, forced answer length, interrupted runs, and the real-shape generator."""
+background tokenizer, lanes, forced answer length, interrupted runs, and the real-shape
+generator."""
 
 from __future__ import annotations
 
 import os
+from collections.abc import Iterator
 from pathlib import Path
 
 import gguf
@@ -38,7 +40,7 @@ def answer_texts(engine_settings: EngineSettings, images: list[np.ndarray]) -> d
     return {tag: [a.text for a in answers] for tag, answers in results.items()}
 
 
-def test_kv_layouts_chunking_and_background_tokenizer_give_the_same_answers(tiny_model_dir: Path) -> None:
+def test_kv_layouts_chunking_background_tokenizer_and_lanes_give_the_same_answers(tiny_model_dir: Path) -> None:
     images = frames(5)
     reference = answer_texts(settings(tiny_model_dir, kv_unified=True, prepare_ahead=0), images)
     variants = [
@@ -46,6 +48,8 @@ def test_kv_layouts_chunking_and_background_tokenizer_give_the_same_answers(tiny
         dict(kv_unified=False, max_decode_seqs=2),
         dict(kv_unified=True, max_decode_seqs=1, n_batch=512, n_ubatch=256),
         dict(kv_unified=False, n_threads=1, prepare_ahead=3),  # a free core: background thread
+        dict(kv_unified=False, n_threads=1, lanes=2),  # two contexts, each on its own thread
+        dict(kv_unified=True, n_threads=1, lanes=3, prepare_ahead=1),
     ]
     for variant in variants:
         assert answer_texts(settings(tiny_model_dir, **variant), images) == reference, variant
@@ -66,18 +70,33 @@ def test_ignore_eos_makes_every_answer_max_tokens_long(tiny_model_dir: Path) -> 
     assert counts == {40}
 
 
-def test_an_interrupted_run_frees_its_slots_and_cells(tiny_model_dir: Path) -> None:
+@pytest.mark.parametrize("lanes", [1, 2])
+def test_an_interrupted_run_frees_its_slots_and_cells(tiny_model_dir: Path, lanes: int) -> None:
     questions = make_questions(PROMPTS)
-    with Engine(settings(tiny_model_dir, kv_unified=True)) as engine:
-        free = sorted(engine._free_seq_ids)
+    engine_settings = settings(tiny_model_dir, kv_unified=True, lanes=lanes, n_threads=1)
+    with Engine(engine_settings) as engine:
+        assert len(engine._lanes) == lanes
+        free = [sorted(lane.free_seq_ids) for lane in engine._lanes]
         run = engine.run(enumerate(frames(6)), questions)
         next(run)  # frames are in flight now
         run.close()
-        assert sorted(engine._free_seq_ids) == free
-        assert engine._kv_reserved == 0
+        assert [sorted(lane.free_seq_ids) for lane in engine._lanes] == free
+        assert all(lane.kv_reserved == 0 for lane in engine._lanes)
         again = dict(engine.run(enumerate(frames(4, seed=9)), questions))
     assert sorted(again) == [0, 1, 2, 3]
     assert all(a.error is None and a.text for answers in again.values() for a in answers)
+
+
+def test_a_failing_lane_raises_on_the_callers_thread(tiny_model_dir: Path) -> None:
+    def jobs() -> Iterator[tuple[int, np.ndarray]]:
+        yield 0, frames(1)[0]
+        raise OSError("disk gone")
+
+    with Engine(settings(tiny_model_dir, lanes=2, n_threads=1)) as engine:
+        with pytest.raises(OSError, match="disk gone"):
+            list(engine.run(jobs(), make_questions(PROMPTS)))
+        again = dict(engine.run(enumerate(frames(2)), make_questions(PROMPTS)))
+    assert sorted(again) == [0, 1]
 
 
 def test_real_shape_generator_writes_q5_k_m_layout_that_runs(tmp_path: Path) -> None:

@@ -18,20 +18,28 @@ How a frame is answered:
    logits. A finished sequence frees its cells and slot, and a waiting frame fills them
    (continuous batching).
 
+On a GPU the frames in flight are split over ``lanes``: llama.cpp contexts on the one loaded
+model, each driven by its own thread, so that one lane's kernels run while another's host side
+prepares its next call (graph building, input copies) and the GPU is never left waiting.
+
 ``parallel=1`` with one question per frame is the plain one-at-a-time path; greedy answers do
-not depend on how sequences are batched (a test holds this).
+not depend on how sequences are batched or on the lanes (tests hold this).
 """
 
 from __future__ import annotations
 
 import ctypes
+import dataclasses
 import heapq
 import logging
 import os
+import queue
+import threading
 import time
 from collections import deque
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
+from concurrent.futures import wait as futures_wait
 from dataclasses import dataclass, field
 from typing import Generic, TypeVar
 
@@ -96,6 +104,9 @@ class EngineSettings:
             once). With that build (fast cuBLAS prefill) a group of at most 8 stays on the
             quantized matrix-vector kernel instead of dequantizing all weights to F16 for the
             step; past two groups the per-call overhead costs more than the dequantizing.
+        lanes: llama.cpp contexts (on the one model) that share the frames in flight, each
+            driven by its own thread (``None``: 2 when layers run on a GPU, else 1). On an H100
+            two lanes keep the GPU busy while each one's host side prepares its next call.
         ignore_eos: Benchmark only: end-of-generation tokens are biased to minus infinity so
             that every answer runs to ``max_tokens`` (stop strings still apply).
     """
@@ -122,6 +133,7 @@ class EngineSettings:
     overlap_clip: bool = True
     kv_unified: bool = False
     max_decode_seqs: int | None = None
+    lanes: int | None = None
     ignore_eos: bool = False
 
 
@@ -172,6 +184,11 @@ class EngineStats:
     prompt_tokens: int = 0
     completion_tokens: int = 0
     decode_calls: int = 0
+
+    def __add__(self, other: EngineStats) -> EngineStats:
+        return EngineStats(
+            *(getattr(self, f.name) + getattr(other, f.name) for f in dataclasses.fields(self))
+        )
 
 
 @dataclass
@@ -245,6 +262,20 @@ class _Batch:
         return self.struct
 
 
+@dataclass(eq=False)
+class _Lane:
+    """One llama.cpp context on the shared model, with its sequence slots and counters."""
+
+    ctx: object
+    memory: object
+    batch: _Batch
+    free_seq_ids: list[int]  # a heap: lowest ids first (see _step)
+    kv_capacity: int
+    stats: EngineStats = field(default_factory=EngineStats)
+    kv_reserved: int = 0
+    embd_buffer: np.ndarray = field(default_factory=lambda: np.zeros((0, 0), np.float32))
+
+
 class Engine:
     """Loads one model pair once and answers many questions about many frames.
 
@@ -255,13 +286,26 @@ class Engine:
     def __init__(self, settings: EngineSettings) -> None:
         self.settings = settings
         self.questions: list[Question] = []
-        self.stats = EngineStats()
+        self._stats = EngineStats()  # the preparing thread's and the caller's share
         self._model = None
-        self._ctx = None
+        self._lanes: list[_Lane] = []
         self._mtmd = None
-        self._batch: _Batch | None = None
         self._worker: ThreadPoolExecutor | None = None
-        self._embd_buffer = np.zeros((0, 0), np.float32)
+        self._clip_lock = threading.Lock()  # mtmd's context encodes one image at a time
+
+    @property
+    def stats(self) -> EngineStats:
+        """Where the time went, summed over the lanes; assign ``EngineStats()`` to reset."""
+        total = self._stats
+        for lane in self._lanes:
+            total = total + lane.stats
+        return total
+
+    @stats.setter
+    def stats(self, value: EngineStats) -> None:
+        self._stats = value
+        for lane in self._lanes:
+            lane.stats = EngineStats()
 
     # -- life cycle -------------------------------------------------------------------------
 
@@ -283,37 +327,21 @@ class Engine:
         self._n_vocab = llama_cpp.llama_vocab_n_tokens(self._vocab)
         self._n_embd = llama_cpp.llama_model_n_embd_inp(self._model)
 
-        n_seq = s.parallel * s.max_questions
-        if n_seq > llama_cpp.llama_max_parallel_sequences():
+        on_gpu = s.n_gpu_layers != 0 and llama_cpp.llama_supports_gpu_offload()
+        n_lanes = max(1, min(s.lanes or (2 if on_gpu else 1), s.parallel))
+        # Frames in flight per lane: parallel split as evenly as it goes.
+        lane_parallel = [s.parallel // n_lanes + (i < s.parallel % n_lanes) for i in range(n_lanes)]
+        n_seq_most = lane_parallel[0] * s.max_questions
+        if n_seq_most > llama_cpp.llama_max_parallel_sequences():
             raise EngineError(
-                f"engine.parallel × prompts = {n_seq} sequences, more than llama.cpp's "
-                f"{llama_cpp.llama_max_parallel_sequences()}; lower engine.parallel"
+                f"engine.parallel × prompts = {n_seq_most} sequences per lane, more than "
+                f"llama.cpp's {llama_cpp.llama_max_parallel_sequences()}; lower engine.parallel"
             )
-        ctx_params = llama_cpp.llama_context_default_params()
-        ctx_params.n_ctx = s.n_ctx * (s.parallel if s.kv_unified else n_seq)
-        ctx_params.n_batch = s.n_batch
-        ctx_params.n_ubatch = min(s.n_ubatch, s.n_batch)
-        ctx_params.n_seq_max = n_seq
-        ctx_params.kv_unified = s.kv_unified
-        ctx_params.n_threads = n_threads
-        ctx_params.n_threads_batch = n_threads
         flash_attn = _flash_attn_type(s.flash_attn, s.n_gpu_layers)
-        ctx_params.flash_attn_type = flash_attn
-        ctx_params.no_perf = True
-        self._ctx = llama_cpp.llama_init_from_model(self._model, ctx_params)
-        if not self._ctx:
-            self.close()
-            raise EngineError(
-                f"llama context failed to start (n_ctx={ctx_params.n_ctx}); "
-                "lower engine.parallel or model.n_ctx"
-            )
-        self._memory = llama_cpp.llama_get_memory(self._ctx)
-        # Unified: cells for all frames in flight; per-sequence streams: cells of one stream.
-        self._kv_capacity = (
-            llama_cpp.llama_n_ctx(self._ctx)
-            if s.kv_unified
-            else llama_cpp.llama_n_ctx_seq(self._ctx)
-        )
+        for parallel in lane_parallel:
+            self._lanes.append(self._new_lane(parallel, n_threads, flash_attn))
+        # A frame must fit into any lane.
+        self._kv_capacity = min(lane.kv_capacity for lane in self._lanes)
 
         mtmd_params = mtmd.mtmd_context_params_default()
         mtmd_params.use_gpu = s.n_gpu_layers != 0
@@ -332,9 +360,6 @@ class Engine:
         # by the engine itself; other models go through mtmd's helper chunk by chunk.
         self._embd_images = not mtmd.mtmd_decode_use_mrope(self._mtmd)
 
-        self._batch = _Batch(s.n_batch)
-        self._free_seq_ids = list(range(n_seq))  # a heap: lowest ids first (see _step)
-        self._kv_reserved = 0
         self._prefix_text, _ = s.chat_format.split("", s.system_prompt)
         self._eog = np.array(
             [t for t in range(self._n_vocab) if llama_cpp.llama_vocab_is_eog(self._vocab, t)]
@@ -342,7 +367,6 @@ class Engine:
             else [],
             dtype=np.int64,
         )
-        on_gpu = s.n_gpu_layers != 0 and llama_cpp.llama_supports_gpu_offload()
         # None: auto (see _decode_group); 0: all active sequences in one llama_decode.
         self._max_decode_seqs = s.max_decode_seqs
         if self._max_decode_seqs is None:
@@ -355,19 +379,44 @@ class Engine:
             self._worker = ThreadPoolExecutor(max_workers=1, thread_name_prefix="engine-prep")
             self._overlap_clip = s.overlap_clip and on_gpu
 
+    def _new_lane(self, parallel: int, n_threads: int, flash_attn: int) -> _Lane:
+        """A llama.cpp context for ``parallel`` frames in flight on the loaded model."""
+        s = self.settings
+        n_seq = parallel * s.max_questions
+        ctx_params = llama_cpp.llama_context_default_params()
+        ctx_params.n_ctx = s.n_ctx * (parallel if s.kv_unified else n_seq)
+        ctx_params.n_batch = s.n_batch
+        ctx_params.n_ubatch = min(s.n_ubatch, s.n_batch)
+        ctx_params.n_seq_max = n_seq
+        ctx_params.kv_unified = s.kv_unified
+        ctx_params.n_threads = n_threads
+        ctx_params.n_threads_batch = n_threads
+        ctx_params.flash_attn_type = flash_attn
+        ctx_params.no_perf = True
+        ctx = llama_cpp.llama_init_from_model(self._model, ctx_params)
+        if not ctx:
+            self.close()
+            raise EngineError(
+                f"llama context failed to start (n_ctx={ctx_params.n_ctx}); "
+                "lower engine.parallel or model.n_ctx"
+            )
+        # Unified: cells for all frames in flight; per-sequence streams: cells of one stream.
+        capacity = llama_cpp.llama_n_ctx(ctx) if s.kv_unified else llama_cpp.llama_n_ctx_seq(ctx)
+        return _Lane(
+            ctx, llama_cpp.llama_get_memory(ctx), _Batch(s.n_batch), list(range(n_seq)), capacity
+        )
+
     def close(self) -> None:
         """Free everything native the engine holds (safe to call twice)."""
         if self._worker is not None:
             self._worker.shutdown(wait=True)
             self._worker = None
-        self._batch = None
-        self._embd_buffer = np.zeros((0, 0), np.float32)
         if self._mtmd:
             mtmd.mtmd_free(self._mtmd)
             self._mtmd = None
-        if self._ctx:
-            llama_cpp.llama_free(self._ctx)
-            self._ctx = None
+        for lane in self._lanes:
+            llama_cpp.llama_free(lane.ctx)
+        self._lanes = []
         if self._model:
             llama_cpp.llama_model_free(self._model)
             self._model = None
@@ -393,7 +442,8 @@ class Engine:
 
         Args:
             jobs: ``(tag, rgb)`` pairs; ``rgb`` is an ``HxWx3`` uint8 array. The tag comes
-                back with the frame's answers. The iterable is consumed on the calling thread.
+                back with the frame's answers. The iterable is consumed on the calling thread
+                (with several lanes, on theirs, one at a time).
             questions: Asked about every frame; at most ``settings.max_questions``.
 
         Yields:
@@ -404,7 +454,7 @@ class Engine:
         Raises:
             EngineError: The native decode failed; the engine cannot go on.
         """
-        if self._ctx is None:
+        if not self._lanes:
             raise EngineError("Engine.setup() was not called")
         if not 0 < len(questions) <= self.settings.max_questions:
             raise ValueError(
@@ -416,73 +466,93 @@ class Engine:
         self._suffix_tokens = [
             self._tokenize(self.settings.chat_format.split(q.text, system)[1]) for q in questions
         ]
-        job_iter = iter(jobs)
-        ahead = max(self.settings.prepare_ahead, 1)
-        active: list[_Sequence] = []
-        pending: deque[Future] = deque()
-        exhausted = False
+        source = _Source(self, iter(jobs), max(self.settings.prepare_ahead, 1) * len(self._lanes))
+        try:
+            if len(self._lanes) == 1:
+                yield from self._drive(self._lanes[0], source)
+            else:
+                yield from self._run_lanes(source)
+        finally:
+            source.close()
 
-        def top_up() -> None:
-            """Pull frames from ``jobs`` until ``ahead`` are being prepared."""
-            nonlocal exhausted
-            while not exhausted and len(pending) < ahead:
-                t0 = time.perf_counter()
-                job = next(job_iter, None)
-                self.stats.wait_s += time.perf_counter() - t0
-                if job is None:
-                    exhausted = True
+    def _run_lanes(self, source: _Source) -> Iterator[tuple[Tag, list[Answer]]]:
+        """Drive every lane on its own thread; hand their finished frames to the caller."""
+        results: queue.Queue = queue.Queue()
+        stop = threading.Event()
+
+        def work(lane: _Lane) -> None:
+            try:
+                for finished in self._drive(lane, source):
+                    results.put(finished)
+                    if stop.is_set():
+                        break
+            except BaseException as error:  # noqa: BLE001  (re-raised on the caller's thread)
+                results.put(_Failure(error))
+            finally:
+                results.put(_LANE_DONE)
+
+        threads = [
+            threading.Thread(target=work, args=(lane,), name=f"engine-lane{i}", daemon=True)
+            for i, lane in enumerate(self._lanes)
+        ]
+        for thread in threads:
+            thread.start()
+        try:
+            running = len(threads)
+            while running:
+                item = results.get()
+                if item is _LANE_DONE:
+                    running -= 1
+                elif isinstance(item, _Failure):
+                    raise item.error
                 else:
-                    pending.append(self._submit(*job))
+                    yield item
+        finally:
+            stop.set()
+            source.stop()
+            for thread in threads:
+                thread.join()
 
+    def _drive(self, lane: _Lane, source: _Source) -> Iterator[tuple[Tag, list[Answer]]]:
+        """One lane's loop: admit prepared frames while it has room, step its sequences."""
+        active: list[_Sequence] = []
         try:
             while True:
-                top_up()
                 # Admit prepared frames while slots are free; wait for one only when nothing
                 # else could use the GPU meanwhile.
-                while pending and self._has_room():
-                    if active and not pending[0].done():
+                while self._has_room(lane):
+                    item = source.take(block=not active, fits=lambda f: self._fits(lane, f))
+                    if item is None:
                         break
-                    t0 = time.perf_counter()
-                    frame, failed = pending[0].result()
-                    self.stats.wait_s += time.perf_counter() - t0
-                    if failed is None and not self._fits(frame):
+                    if item is _END:
+                        if not active:
+                            return
                         break
-                    pending.popleft()
-                    top_up()
+                    frame, failed = item
                     if failed is not None:
                         yield failed
                         continue
-                    started, finished = self._admit(frame)
+                    started, finished = self._admit(lane, frame)
                     active.extend(started)
                     for done in finished:
-                        self._kv_reserved -= done.kv_need
+                        lane.kv_reserved -= done.kv_need
                         yield done.tag, [a for a in done.answers if a is not None]
                 if not active:
-                    if pending or not exhausted:
-                        continue
-                    return
-                for frame in self._step(active):
-                    self._kv_reserved -= frame.kv_need
+                    continue
+                for frame in self._step(lane, active):
+                    lane.kv_reserved -= frame.kv_need
                     yield frame.tag, [a for a in frame.answers if a is not None]
         finally:
-            self._abandon(active, pending)
+            self._abandon(lane, active)
 
-    def _abandon(self, active: list[_Sequence], pending: deque[Future]) -> None:
-        """Free what an interrupted run still holds (sequences, prepared frames)."""
+    def _abandon(self, lane: _Lane, active: list[_Sequence]) -> None:
+        """Free what an interrupted lane still holds."""
         for seq in active:
-            llama_cpp.llama_memory_seq_rm(self._memory, seq.seq_id, -1, -1)
+            llama_cpp.llama_memory_seq_rm(lane.memory, seq.seq_id, -1, -1)
             self._free_sampler(seq)
-            heapq.heappush(self._free_seq_ids, seq.seq_id)
+            heapq.heappush(lane.free_seq_ids, seq.seq_id)
         active.clear()
-        while pending:
-            future = pending.popleft()
-            try:
-                frame, _ = future.result()
-            except Exception:  # noqa: BLE001  (already reported, or the run is being torn down)
-                continue
-            if frame is not None:
-                self._free_chunks(frame)
-        self._kv_reserved = 0
+        lane.kv_reserved = 0
 
     # -- one frame in -------------------------------------------------------------------------
 
@@ -503,7 +573,7 @@ class Engine:
             return None, (tag, self._error_answers(str(error)))
         n_prefix = mtmd.mtmd_helper_get_n_pos(chunks)
         segments = self._segments(chunks)
-        self.stats.tokenize_s += time.perf_counter() - t0
+        self._stats.tokenize_s += time.perf_counter() - t0
         suffixes = self._suffix_tokens
         if self.settings.kv_unified:
             kv_need = n_prefix + sum(len(t) + self.settings.max_tokens for t in suffixes)
@@ -526,7 +596,7 @@ class Engine:
                 for segment in segments:
                     if segment.kind == "image":
                         out = np.empty((segment.n_tokens, self._n_embd), np.float32)
-                        segment.embd = self._encode(segment, out)
+                        segment.embd = self._encode(segment, out, self._stats)
             except BaseException:
                 self._free_chunks(frame)
                 raise
@@ -556,35 +626,35 @@ class Engine:
                 segments.append(_Segment("image" if plain else "chunk", n_tokens, chunks=[chunk]))
         return segments
 
-    def _has_room(self) -> bool:
-        return len(self._free_seq_ids) >= len(self.questions)
+    def _has_room(self, lane: _Lane) -> bool:
+        return len(lane.free_seq_ids) >= len(self.questions)
 
-    def _fits(self, frame: _Frame) -> bool:
-        return self._kv_reserved + frame.kv_need <= self._kv_capacity
+    def _fits(self, lane: _Lane, frame: _Frame) -> bool:
+        return lane.kv_reserved + frame.kv_need <= lane.kv_capacity
 
-    def _admit(self, frame: _Frame) -> tuple[list[_Sequence], list[_Frame]]:
+    def _admit(self, lane: _Lane, frame: _Frame) -> tuple[list[_Sequence], list[_Frame]]:
         """Evaluate the frame's prefix once and start one sequence per question on it.
 
         Returns the new sequences and, rarely, frames already complete (an answer can end at
         its first token).
         """
         frame.started_s = time.perf_counter()
-        self._kv_reserved += frame.kv_need
-        seq_ids = [heapq.heappop(self._free_seq_ids) for _ in self.questions]
+        lane.kv_reserved += frame.kv_need
+        seq_ids = [heapq.heappop(lane.free_seq_ids) for _ in self.questions]
         try:
-            n_past = self._eval_prefix(frame, seq_ids[0])
+            n_past = self._eval_prefix(lane, frame, seq_ids[0])
         except BaseException:
-            self._kv_reserved -= frame.kv_need
-            llama_cpp.llama_memory_seq_rm(self._memory, seq_ids[0], -1, -1)
+            lane.kv_reserved -= frame.kv_need
+            llama_cpp.llama_memory_seq_rm(lane.memory, seq_ids[0], -1, -1)
             for seq_id in seq_ids:
-                heapq.heappush(self._free_seq_ids, seq_id)
+                heapq.heappush(lane.free_seq_ids, seq_id)
             raise
         finally:
             self._free_chunks(frame)
         for seq_id in seq_ids[1:]:
-            llama_cpp.llama_memory_seq_cp(self._memory, seq_ids[0], seq_id, -1, -1)
+            llama_cpp.llama_memory_seq_cp(lane.memory, seq_ids[0], seq_id, -1, -1)
         frame.open_sequences = len(seq_ids)
-        self.stats.frames += 1
+        lane.stats.frames += 1
         sequences = [
             _Sequence(seq_id, frame, i, n_past, list(self._suffix_tokens[i]), self._new_sampler())
             for i, seq_id in enumerate(seq_ids)
@@ -597,7 +667,7 @@ class Engine:
         started, finished = [], []
         for seq in sequences:
             alone = [seq]
-            finished += self._step(alone)
+            finished += self._step(lane, alone)
             started += alone
         return started, finished
 
@@ -643,52 +713,58 @@ class Engine:
             raise ValueError(f"mtmd could not tokenize the image (status {status})")
         return chunks
 
-    def _encode(self, segment: _Segment, out: np.ndarray) -> np.ndarray:
+    def _encode(self, segment: _Segment, out: np.ndarray, stats: EngineStats) -> np.ndarray:
         """CLIP-encode a run of image chunks into ``out`` (``n_tokens × n_embd`` float32)."""
         t0 = time.perf_counter()
         row = 0
-        for chunk in segment.chunks:
-            if mtmd.mtmd_encode_chunk(self._mtmd, chunk) != 0:
-                raise EngineError("CLIP image encode failed")
-            n = mtmd.mtmd_input_chunk_get_n_tokens(chunk)
-            ctypes.memmove(
-                out[row:].ctypes.data, mtmd.mtmd_get_output_embd(self._mtmd), n * self._n_embd * 4
-            )
-            row += n
-        self.stats.clip_s += time.perf_counter() - t0
+        with self._clip_lock:
+            for chunk in segment.chunks:
+                if mtmd.mtmd_encode_chunk(self._mtmd, chunk) != 0:
+                    raise EngineError("CLIP image encode failed")
+                n = mtmd.mtmd_input_chunk_get_n_tokens(chunk)
+                embd = mtmd.mtmd_get_output_embd(self._mtmd)
+                ctypes.memmove(out[row:].ctypes.data, embd, n * self._n_embd * 4)
+                row += n
+        stats.clip_s += time.perf_counter() - t0
         return out
 
-    def _eval_prefix(self, frame: _Frame, seq_id: int) -> int:
+    def _eval_prefix(self, lane: _Lane, frame: _Frame, seq_id: int) -> int:
         n_past = 0
+        stats = lane.stats
         for segment in frame.segments:
             if segment.kind == "text":
                 t0 = time.perf_counter()
-                self._decode_plain(segment.tokens, None, n_past, seq_id)
-                self.stats.prefill_s += time.perf_counter() - t0
+                self._decode_plain(lane, segment.tokens, None, n_past, seq_id)
+                stats.prefill_s += time.perf_counter() - t0
             elif segment.kind == "image":
                 embd = segment.embd
                 if embd is None:
-                    buffer = self._embd_buffer
+                    buffer = lane.embd_buffer
                     if buffer.shape[0] < segment.n_tokens or buffer.shape[1] != self._n_embd:
-                        self._embd_buffer = np.empty((segment.n_tokens, self._n_embd), np.float32)
-                    embd = self._encode(segment, self._embd_buffer)
+                        lane.embd_buffer = np.empty((segment.n_tokens, self._n_embd), np.float32)
+                    embd = self._encode(segment, lane.embd_buffer, stats)
                 t0 = time.perf_counter()
-                self._decode_plain(None, embd[: segment.n_tokens], n_past, seq_id)
-                self.stats.prefill_s += time.perf_counter() - t0
+                self._decode_plain(lane, None, embd[: segment.n_tokens], n_past, seq_id)
+                stats.prefill_s += time.perf_counter() - t0
                 segment.embd = None
             else:
-                self._eval_chunk(segment.chunks[0], n_past, seq_id)
+                self._eval_chunk(lane, segment.chunks[0], n_past, seq_id)
             n_past += segment.n_tokens
         t0 = time.perf_counter()
-        llama_cpp.llama_synchronize(self._ctx)  # so that prefill_s holds the GPU's prefill time
-        self.stats.prefill_s += time.perf_counter() - t0
+        llama_cpp.llama_synchronize(lane.ctx)  # so that prefill_s holds the GPU's prefill time
+        stats.prefill_s += time.perf_counter() - t0
         return n_past
 
     def _decode_plain(
-        self, tokens: list[int] | None, embd: np.ndarray | None, n_past: int, seq_id: int
+        self,
+        lane: _Lane,
+        tokens: list[int] | None,
+        embd: np.ndarray | None,
+        n_past: int,
+        seq_id: int,
     ) -> None:
         """Evaluate tokens or embeddings into one sequence, no outputs, ``n_batch`` at a time."""
-        batch = self._batch
+        batch = lane.batch
         total = len(tokens) if tokens is not None else embd.shape[0]
         for start in range(0, total, batch.capacity):
             n = min(batch.capacity, total - start)
@@ -700,34 +776,35 @@ class Engine:
                 struct = batch.as_tokens(n)
             else:
                 struct = batch.as_embeddings(embd[start:], n)
-            status = llama_cpp.llama_decode(self._ctx, struct)
+            status = llama_cpp.llama_decode(lane.ctx, struct)
             if status != 0:
                 raise EngineError(f"prefill decode failed (status {status})")
 
-    def _eval_chunk(self, chunk: object, n_past: int, seq_id: int) -> None:
+    def _eval_chunk(self, lane: _Lane, chunk: object, n_past: int, seq_id: int) -> None:
         """A chunk mtmd must place itself (M-RoPE positions, non-causal attention, audio)."""
         t0 = time.perf_counter()
         new_n_past = llama_cpp.llama_pos(n_past)
-        status = mtmd.mtmd_helper_eval_chunk_single(
-            self._mtmd,
-            self._ctx,
-            chunk,
-            n_past,
-            seq_id,
-            self.settings.n_batch,
-            False,
-            ctypes.byref(new_n_past),
-        )
+        with self._clip_lock:
+            status = mtmd.mtmd_helper_eval_chunk_single(
+                self._mtmd,
+                lane.ctx,
+                chunk,
+                n_past,
+                seq_id,
+                self.settings.n_batch,
+                False,
+                ctypes.byref(new_n_past),
+            )
         if status != 0:
             raise EngineError(f"prefill decode failed (status {status})")
-        self.stats.prefill_s += time.perf_counter() - t0
+        lane.stats.prefill_s += time.perf_counter() - t0
 
     # -- all sequences one step ---------------------------------------------------------------
 
-    def _step(self, active: list[_Sequence]) -> list[_Frame]:
+    def _step(self, lane: _Lane, active: list[_Sequence]) -> list[_Frame]:
         """Feed every active sequence its pending tokens, sample one token each."""
         t0 = time.perf_counter()
-        batch = self._batch
+        batch = lane.batch
         capacity = batch.capacity
         finished: list[_Frame] = []
         outputs: list[tuple[_Sequence, int]] = []
@@ -737,13 +814,13 @@ class Engine:
         most = self._decode_group(len(active))
         for seq in sorted(active, key=_seq_id):
             if len(outputs) == most:
-                self._decode_and_sample(n, outputs, active, finished)
+                self._decode_and_sample(lane, n, outputs, active, finished)
                 outputs, n = [], 0
             tokens = seq.pending
             start = 0
             while start < len(tokens):
                 if n == capacity:
-                    self._decode_and_sample(n, outputs, active, finished)
+                    self._decode_and_sample(lane, n, outputs, active, finished)
                     outputs, n = [], 0
                 take = min(capacity - n, len(tokens) - start)
                 batch.token[n : n + take] = tokens[start : start + take]
@@ -759,8 +836,8 @@ class Engine:
                     outputs.append((seq, n - 1))
             seq.position += len(tokens)
             seq.pending = []
-        self._decode_and_sample(n, outputs, active, finished)
-        self.stats.decode_s += time.perf_counter() - t0
+        self._decode_and_sample(lane, n, outputs, active, finished)
+        lane.stats.decode_s += time.perf_counter() - t0
         return finished
 
     def _decode_group(self, n_active: int) -> int:
@@ -777,6 +854,7 @@ class Engine:
 
     def _decode_and_sample(
         self,
+        lane: _Lane,
         n: int,
         outputs: list[tuple[_Sequence, int]],
         active: list[_Sequence],
@@ -784,8 +862,8 @@ class Engine:
     ) -> None:
         if n == 0:
             return
-        status = llama_cpp.llama_decode(self._ctx, self._batch.as_tokens(n))
-        self.stats.decode_calls += 1
+        status = llama_cpp.llama_decode(lane.ctx, lane.batch.as_tokens(n))
+        lane.stats.decode_calls += 1
         if status != 0:
             raise EngineError(f"llama_decode failed (status {status})")
         if not outputs:
@@ -793,20 +871,20 @@ class Engine:
         if self.settings.temperature <= 0:
             # Greedy for all outputs at once: the logits of the outputs lie in batch order.
             logits = np.ctypeslib.as_array(
-                llama_cpp.llama_get_logits(self._ctx), shape=(len(outputs), self._n_vocab)
+                llama_cpp.llama_get_logits(lane.ctx), shape=(len(outputs), self._n_vocab)
             )
             if self._eog.size:
                 logits[:, self._eog] = -np.inf
             tokens = logits.argmax(axis=1).tolist()
         else:
             tokens = [
-                llama_cpp.llama_sampler_sample(seq.sampler, self._ctx, index)
+                llama_cpp.llama_sampler_sample(seq.sampler, lane.ctx, index)
                 for seq, index in outputs
             ]
         for (seq, _), token in zip(outputs, tokens):
             if self._accept(seq, token):
                 active.remove(seq)
-                if self._finish(seq):
+                if self._finish(lane, seq):
                     finished.append(seq.frame)
 
     def _accept(self, seq: _Sequence, token: int) -> bool:
@@ -830,10 +908,10 @@ class Engine:
             return True
         return False
 
-    def _finish(self, seq: _Sequence) -> bool:
+    def _finish(self, lane: _Lane, seq: _Sequence) -> bool:
         """Free the sequence; True when its frame has all its answers."""
-        llama_cpp.llama_memory_seq_rm(self._memory, seq.seq_id, -1, -1)
-        heapq.heappush(self._free_seq_ids, seq.seq_id)
+        llama_cpp.llama_memory_seq_rm(lane.memory, seq.seq_id, -1, -1)
+        heapq.heappush(lane.free_seq_ids, seq.seq_id)
         self._free_sampler(seq)
         frame = seq.frame
         n_prompt = frame.prefix_tokens + len(self._suffix_tokens[seq.index])
@@ -844,8 +922,8 @@ class Engine:
             completion_tokens=len(seq.generated),
             latency_ms=(time.perf_counter() - frame.started_s) * 1000.0,
         )
-        self.stats.prompt_tokens += n_prompt
-        self.stats.completion_tokens += len(seq.generated)
+        lane.stats.prompt_tokens += n_prompt
+        lane.stats.completion_tokens += len(seq.generated)
         frame.open_sequences -= 1
         return frame.open_sequences == 0
 
@@ -896,6 +974,92 @@ class Engine:
 
     def _error_answers(self, reason: str) -> list[Answer]:
         return [Answer(question=q, text="", error=reason) for q in self.questions]
+
+
+class _Source(Generic[Tag]):
+    """Prepared frames for the lanes: pulls jobs and keeps ``ahead`` of them being prepared.
+
+    Shared by the lanes' threads; one of them at a time pulls from ``jobs``.
+    """
+
+    def __init__(self, engine: Engine, jobs: Iterator[tuple[Tag, np.ndarray]], ahead: int) -> None:
+        self._engine = engine
+        self._jobs = jobs
+        self._ahead = ahead
+        self._pending: deque[Future] = deque()
+        self._exhausted = False
+        self._stopped = False
+        self._lock = threading.Lock()
+
+    def take(self, block: bool, fits: Callable[[_Frame], bool]) -> object:
+        """The next prepared ``(frame, failed)`` pair, if ``fits`` takes its frame.
+
+        Returns ``None`` when none is ready (without ``block``) or the next does not fit,
+        and ``_END`` when there are no more (or the source was stopped).
+        """
+        while True:
+            if not self._lock.acquire(blocking=block):
+                return None  # another lane is pulling jobs: do not stall this one's steps
+            try:
+                if self._stopped:
+                    return _END
+                self._top_up()
+                if not self._pending:
+                    return _END
+                head = self._pending[0]
+                if head.done():
+                    frame, failed = item = head.result()
+                    if failed is None and not fits(frame):
+                        return None
+                    self._pending.popleft()
+                    self._top_up()
+                    return item
+            finally:
+                self._lock.release()
+            if not block:
+                return None
+            t0 = time.perf_counter()
+            futures_wait([head])
+            with self._lock:
+                self._engine._stats.wait_s += time.perf_counter() - t0
+
+    def _top_up(self) -> None:
+        """Pull jobs until ``ahead`` frames are being prepared (the lock is held)."""
+        while not self._exhausted and len(self._pending) < self._ahead:
+            t0 = time.perf_counter()
+            job = next(self._jobs, None)
+            self._engine._stats.wait_s += time.perf_counter() - t0
+            if job is None:
+                self._exhausted = True
+            else:
+                self._pending.append(self._engine._submit(*job))
+
+    def stop(self) -> None:
+        """Make every ``take`` answer ``_END`` from now on."""
+        with self._lock:
+            self._stopped = True
+
+    def close(self) -> None:
+        """Free the frames prepared but never taken."""
+        while self._pending:
+            future = self._pending.popleft()
+            try:
+                frame, _ = future.result()
+            except Exception:  # noqa: BLE001, S112  (already raised on a lane, or tearing down)
+                continue
+            if frame is not None:
+                self._engine._free_chunks(frame)
+
+
+@dataclass(frozen=True)
+class _Failure:
+    """An exception raised on a lane's thread, to re-raise on the caller's."""
+
+    error: BaseException
+
+
+_END = object()  # no more frames
+_LANE_DONE = object()  # a lane's thread has ended
 
 
 def _seq_id(seq: _Sequence) -> int:
