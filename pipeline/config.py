@@ -47,12 +47,16 @@ class GenerationConfig:
 class EngineConfig:
     """Runtime knobs of the llama-cpp-python engine."""
 
-    parallel: int = 4
+    parallel: Optional[int] = None
+    lanes: Optional[int] = None
     n_batch: int = 2048
-    n_ubatch: int = 2048
+    n_ubatch: int = 1024
     flash_attn: str = "auto"
     n_threads: Optional[int] = None
     prefetch_frames: int = 8
+    prepare_ahead: int = 2
+    kv_unified: bool = False
+    max_decode_seqs: Optional[int] = None
 
 
 @dataclass

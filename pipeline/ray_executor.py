@@ -72,8 +72,9 @@ class RayExecutor:
         gpus_per_actor: GPUs per actor; ``None``: 1 when the cluster has GPUs, else 0.
         cpus_per_actor: CPUs reserved per actor; also its llama.cpp threads when
             ``engine.n_threads`` is null.
-        frames_per_actor: Frames queued at each actor; ``None``: ``2 * engine.parallel + 2``,
-            enough to keep its engine full between calls.
+        frames_per_actor: Frames queued at each actor; ``None``: ``2 * engine.parallel + 2``
+            (a null ``engine.parallel`` counting as 16), enough to keep its engine full between
+            calls.
         decode_tasks: Videos decoded at once; ``None``: ``num_actors + 1``.
         cpus_per_decode: CPUs reserved per decode task.
         retries: Restarts of a dead actor, retries of its calls and of decode tasks.
@@ -148,7 +149,8 @@ class RayExecutor:
                 f"{cluster_gpus:g} GPUs and {cluster_cpus:g} CPUs; lower executor.num_actors or the "
                 "per-actor resources"
             )
-        self._frames_per_actor = self.frames_per_actor or 2 * cfg.engine.parallel + 2
+        parallel = 16 if cfg.engine.parallel is None else cfg.engine.parallel
+        self._frames_per_actor = self.frames_per_actor or 2 * parallel + 2
         self._decode_tasks = self.decode_tasks or n_actors + 1
 
         settings = OmegaConf.to_container(cfg, resolve=True)

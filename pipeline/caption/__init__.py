@@ -13,6 +13,7 @@ import hashlib
 from collections.abc import Iterable, Iterator
 from typing import Any, TypeVar
 
+import llama_cpp
 import numpy as np
 
 from pipeline.caption.engine import (
@@ -99,7 +100,13 @@ class Captioner:
             n_ubatch=eng.n_ubatch,
             flash_attn=eng.flash_attn,
             n_threads=eng.n_threads,
-            parallel=eng.parallel,
+            parallel=(
+                default_parallel(model.n_gpu_layers) if eng.parallel is None else eng.parallel
+            ),
+            lanes=eng.lanes,
+            prepare_ahead=eng.prepare_ahead,
+            kv_unified=eng.kv_unified,
+            max_decode_seqs=eng.max_decode_seqs,
             max_questions=max_questions or max(len(cfg.get("prompts") or []), 1),
             max_tokens=gen.max_tokens,
             temperature=gen.temperature,
@@ -162,9 +169,30 @@ class Captioner:
         return self.engine.run(jobs, questions)
 
 
+def default_parallel(n_gpu_layers: int) -> int:
+    """Frames in flight when ``engine.parallel`` is null: 16 with layers on a GPU, else 4.
+
+    16 kept an H100 busy with a 7B model (BENCHMARKS.md); on a CPU more frames in flight only
+    make each answer wait longer.
+    """
+    return 16 if n_gpu_layers != 0 and llama_cpp.llama_supports_gpu_offload() else 4
+
+
 def _validate(settings: EngineSettings) -> None:
     checks = [
         (settings.parallel >= 1, f"engine.parallel must be >= 1, got {settings.parallel}"),
+        (
+            settings.lanes is None or settings.lanes >= 1,
+            f"engine.lanes must be >= 1 or null, got {settings.lanes}",
+        ),
+        (
+            settings.prepare_ahead >= 0,
+            f"engine.prepare_ahead must be >= 0, got {settings.prepare_ahead}",
+        ),
+        (
+            settings.max_decode_seqs is None or settings.max_decode_seqs >= 0,
+            f"engine.max_decode_seqs must be >= 0 or null, got {settings.max_decode_seqs}",
+        ),
         (settings.n_batch >= 1, f"engine.n_batch must be >= 1, got {settings.n_batch}"),
         (settings.n_ubatch >= 1, f"engine.n_ubatch must be >= 1, got {settings.n_ubatch}"),
         (settings.n_ctx >= 512, f"model.n_ctx must be >= 512, got {settings.n_ctx}"),
