@@ -288,6 +288,7 @@ class EngineCase:
     prepare_ahead: int = 2
     overlap_clip: bool = True
     max_decode_seqs: int | None = None  # None: the engine's automatic grouping
+    lanes: int | None = None  # None: the engine's default (2 on a GPU)
     frames: int = 48
     label: str = ""
 
@@ -297,6 +298,7 @@ class EngineCase:
             f"{'unified' if self.kv_unified else 'streams'} ahead{self.prepare_ahead}"
             + (" clip-overlap" if self.overlap_clip else "")
             + (f" chunk{self.max_decode_seqs}" if self.max_decode_seqs is not None else "")
+            + (f" lanes{self.lanes}" if self.lanes is not None else "")
         )
 
 
@@ -332,7 +334,8 @@ def run_engine(
         n_batch=case.n_batch, n_ubatch=case.n_ubatch, flash_attn=case.flash_attn,
         parallel=case.parallel, max_questions=case.prompts, max_tokens=max_tokens,
         temperature=0.0, prepare_ahead=case.prepare_ahead, overlap_clip=case.overlap_clip,
-        kv_unified=case.kv_unified, max_decode_seqs=case.max_decode_seqs, ignore_eos=True,
+        kv_unified=case.kv_unified, max_decode_seqs=case.max_decode_seqs, lanes=case.lanes,
+        ignore_eos=True,
     )
     captioner = Captioner(settings, "bench", ModelFiles(text, mmproj))
     t0 = time.perf_counter()
@@ -451,6 +454,7 @@ def run_probe(text: Path, mmproj: Path, video: Path, n_gpu_layers: int) -> list[
         )
         engine = Engine(settings)
         engine.setup()
+        lane = engine._lanes[0]
         try:
             engine.questions = make_questions(PROMPTS[:1])
             engine._suffix_tokens = [[1]]
@@ -459,7 +463,7 @@ def run_probe(text: Path, mmproj: Path, video: Path, n_gpu_layers: int) -> list[
             def timed(key: str, fn: Any) -> Any:
                 t = time.perf_counter()
                 value = fn()
-                llama_cpp.llama_synchronize(engine._ctx)
+                llama_cpp.llama_synchronize(lane.ctx)
                 times.setdefault(key, []).append(time.perf_counter() - t)
                 return value
 
@@ -468,15 +472,15 @@ def run_probe(text: Path, mmproj: Path, video: Path, n_gpu_layers: int) -> list[
                 image = [s for s in frame.segments if s.kind == "image"][0]
                 embd = np.empty((image.n_tokens, engine._n_embd), np.float32)
                 tiles = len(image.chunks)
-                timed("clip_all_tiles", lambda: engine._encode(image, embd))
+                timed("clip_all_tiles", lambda: engine._encode(image, embd, engine._stats))
                 for piece in (576, 1024, 2048, image.n_tokens):
                     if piece > ubatch:
                         continue
-                    llama_cpp.llama_memory_clear(engine._memory, True)
+                    llama_cpp.llama_memory_clear(lane.memory, True)
 
-                    def prefill(piece: int = piece) -> None:
+                    def prefill(piece: int = piece, lane: object = lane) -> None:
                         for start in range(0, image.n_tokens, piece):
-                            engine._decode_plain(None, embd[start : start + piece], start, 0)
+                            engine._decode_plain(lane, None, embd[start : start + piece], start, 0)
 
                     timed(f"llm_prefill_{image.n_tokens}_in_{piece}", prefill)
                 engine._free_chunks(frame)
@@ -497,7 +501,7 @@ def parse_cases(spec: str, frames: int) -> list[EngineCase]:
     """``p=1,par=16,nb=2048,ub=2048,fa=on,kv=unified,ahead=2,clip=0;p=3,...``"""
     keys = {"p": "prompts", "par": "parallel", "nb": "n_batch", "ub": "n_ubatch", "fa": "flash_attn",
             "kv": "kv_unified", "ahead": "prepare_ahead", "clip": "overlap_clip", "n": "frames",
-            "chunk": "max_decode_seqs"}
+            "chunk": "max_decode_seqs", "lanes": "lanes"}
     cases = []
     for part in filter(None, (p.strip() for p in spec.split(";"))):
         case = EngineCase(frames=frames)
@@ -560,8 +564,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--cases", default="p=1;p=3",
         help="engine cases: p=PROMPTS,par=PARALLEL,nb=N_BATCH,ub=N_UBATCH,fa=on|off|auto,"
-        "kv=unified|streams,ahead=N,clip=0|1,chunk=N,n=FRAMES; separated by ';' (unset fields: "
-        "par=16 ub=1024 kv=streams clip=1, the engine's defaults otherwise)",
+        "kv=unified|streams,ahead=N,clip=0|1,chunk=N,lanes=N,n=FRAMES; separated by ';' (unset "
+        "fields: par=16 ub=1024 kv=streams clip=1, the engine's defaults otherwise)",
     )
     parser.add_argument("--probe", action="store_true", help="time the prefill's pieces first")
     parser.add_argument("--budget-s", type=float, default=1e9, help="skip what would start after this")
