@@ -8,10 +8,12 @@ set -u
 sdist=$1
 linker=""; [ "${EXCLUDE:-1}" = 1 ] && linker="-DCMAKE_SHARED_LINKER_FLAGS=-Wl,--exclude-libs,ALL"
 echo "cpu:$(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2); AMX flags: $(grep -o 'amx[a-z_0-9]*' /proc/cpuinfo | sort -u | tr '\n' ' ')"
+# Offline machines (like the GPU image) build without isolation when scikit-build-core is there.
+isolation=""; python3 -c "import scikit_build_core" 2>/dev/null && isolation=--no-build-isolation
 for mode in ON OFF; do
   work=$(mktemp -d)
   CMAKE_ARGS="-DGGML_NATIVE=$mode $linker" CMAKE_BUILD_PARALLEL_LEVEL=$(nproc) \
-    python3 -m pip wheel -q --no-deps --no-build-isolation -w "$work/whl" "$sdist" > "$work/build.log" 2>&1 \
+    python3 -m pip wheel -q --no-deps $isolation -w "$work/whl" "$sdist" > "$work/build.log" 2>&1 \
     || { echo "GGML_NATIVE=$mode: build failed"; tail -5 "$work/build.log"; continue; }
   python3 -m pip install -q --no-deps --no-index --target "$work/site" "$work"/whl/*.whl
   for quantized in true false; do
