@@ -468,7 +468,7 @@ def run_probe(text: Path, mmproj: Path, video: Path, n_gpu_layers: int) -> list[
                 return value
 
             for rep in range(4):
-                frame, _ = timed("tokenize", lambda: engine._prepare(0, rgb))
+                frame, _ = timed("tokenize", lambda: engine._prepare(0, rgb, (0,)))
                 image = [s for s in frame.segments if s.kind == "image"][0]
                 embd = np.empty((image.n_tokens, engine._n_embd), np.float32)
                 tiles = len(image.chunks)

@@ -231,6 +231,7 @@ class RayExecutor:
         )
         decoder = ray.put(work.decoder)
         questions = ray.put(work.questions)
+        partial = {job.index: job.partial for job in work.jobs}
         waiting = [replace(job, path=Path(os.path.abspath(job.path))) for job in reversed(work.jobs)]
         streams: dict[Any, int] = {}  # decode task → video index
         calls: dict[Any, tuple[int, Any, bytes | None, int]] = {}  # call → video, sample, thumbnail, actor
@@ -260,7 +261,8 @@ class RayExecutor:
             sample, thumbnail = described
             actor = load.index(min(load))
             load[actor] += 1
-            calls[self._actors[actor].caption.remote(next(item), questions)] = (
+            asked = partial[streams[item]].get(sample.frame.index)
+            calls[self._actors[actor].caption.remote(next(item), questions, asked)] = (
                 streams[item], sample, thumbnail, actor,
             )
 
@@ -289,6 +291,10 @@ def _decode_stream(decoder: VideoDecoder, job: DecodeJob) -> Iterator[Any]:
             sample, thumbnail = item
             yield without_pixels(sample), thumbnail
             yield sample.frame.rgb
+
+
+# A queued call: its future, the frame, the run's questions, the indices to ask (None: all).
+_Call = tuple[Future, np.ndarray, list[Question], "tuple[int, ...] | None"]
 
 
 class _CaptionActor:
@@ -336,14 +342,17 @@ class _CaptionActor:
         """This actor's process id (tests kill it)."""
         return os.getpid()
 
-    def caption(self, rgb: np.ndarray, questions: list[Question]) -> tuple[list[Answer], str]:
-        """Answers to ``questions`` about one frame, and ``host:pid`` of this process.
+    def caption(
+        self, rgb: np.ndarray, questions: list[Question], asked: tuple[int, ...] | None = None
+    ) -> tuple[list[Answer], str]:
+        """Answers to ``questions`` (only those at the indices ``asked``, if given) about one
+        frame, and ``host:pid`` of this process. Calls of one run share ``questions``.
 
         Raises:
             EngineError: The engine failed.
         """
         future: Future[list[Answer]] = Future()
-        self._queue.put((future, rgb, questions))
+        self._queue.put((future, rgb, questions, asked))
         return future.result(), self.process
 
     def _serve(self) -> None:
@@ -359,14 +368,13 @@ class _CaptionActor:
                     if not future.done():
                         future.set_exception(error)
 
-    def _queued(
-        self, first: tuple[Future, np.ndarray, list[Question]], taken: list[Future]
-    ) -> Iterator[tuple[Future, np.ndarray]]:
+    def _queued(self, first: _Call, taken: list[Future]) -> Iterator[tuple[Any, ...]]:
         """``first``, then the frames of the calls queued meanwhile, until none is waiting."""
-        item: tuple[Future, np.ndarray, list[Question]] | None = first
+        item: _Call | None = first
         while item is not None:
-            taken.append(item[0])
-            yield item[0], item[1]
+            future, rgb, _, asked = item
+            taken.append(future)
+            yield (future, rgb) if asked is None else (future, rgb, asked)
             try:
                 item = self._queue.get_nowait()
             except queue.Empty:

@@ -233,11 +233,14 @@ class DecodeJob:
         index: The video's position in the run (events name videos by it).
         path: The video file.
         done_frames: Frames that already have every answer: decoded, but not captioned.
+        partial: Frames that have some of the answers: the indices (into the run's questions)
+            of those still to ask. Frames in neither get every question.
     """
 
     index: int
     path: Path
     done_frames: frozenset[int] = frozenset()
+    partial: dict[int, tuple[int, ...]] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)
@@ -525,8 +528,16 @@ class Pipeline:
 
     def _job(self, index: int, task: _VideoTask) -> DecodeJob:
         wanted = {q.prompt_id for q in self.questions}
-        done = frozenset(f for f, prompts in task.committed.answered.items() if wanted <= prompts)
-        return DecodeJob(index, task.path, done)
+        done: set[int] = set()
+        partial: dict[int, tuple[int, ...]] = {}
+        for frame, prompts in task.committed.answered.items():
+            if wanted <= prompts:
+                done.add(frame)
+            elif wanted & prompts:
+                partial[frame] = tuple(
+                    i for i, q in enumerate(self.questions) if q.prompt_id not in prompts
+                )
+        return DecodeJob(index, task.path, frozenset(done), partial)
 
     def _take_decoded(self, task: _VideoTask, event: Decoded) -> None:
         task.decoded_all = True
@@ -703,14 +714,17 @@ class LocalExecutor:
         producer = _Producer(work)
         producer.start()
         decoded: deque[Decoded] = deque()
+        partial = {job.index: job.partial for job in work.jobs}
 
-        def frames() -> Iterator[tuple[tuple[int, Sample, bytes | None], np.ndarray]]:
+        def frames() -> Iterator[tuple[Any, ...]]:
             while (item := producer.queue.get()) is not _DONE:
                 if isinstance(item, Decoded):
                     decoded.append(item)
-                else:
-                    index, sample, thumbnail = item
-                    yield (index, sample, thumbnail), sample.frame.rgb
+                    continue
+                index, sample, thumbnail = item
+                asked = partial[index].get(sample.frame.index)
+                tag = (index, sample, thumbnail)
+                yield (tag, sample.frame.rgb) if asked is None else (tag, sample.frame.rgb, asked)
 
         try:
             for (index, sample, thumbnail), answers in self.captioner.caption(frames(), work.questions):

@@ -128,3 +128,22 @@ def test_decode_grouping_rule() -> None:
     assert [engine._decode_group(n) for n in (1, 16, 48)] == [8, 8, 8]
     engine._max_decode_seqs = -8  # auto with a FORCE_CUBLAS build: groups of 8 up to 16
     assert [engine._decode_group(n) for n in (8, 16, 17, 48)] == [8, 8, 17, 48]
+
+
+def test_asked_subsets_get_the_same_answers_as_asking_everything(tiny_model_dir: Path) -> None:
+    images = frames(4)
+    questions = make_questions(PROMPTS)
+    subsets = [(2,), (0, 2), None, (1,)]
+    with Engine(settings(tiny_model_dir, lanes=2, n_threads=1)) as engine:
+        full = dict(engine.run(enumerate(images), questions))
+        jobs = [
+            (i, image) if asked is None else (i, image, asked)
+            for i, (image, asked) in enumerate(zip(images, subsets))
+        ]
+        some = dict(engine.run(jobs, questions))
+        with pytest.raises(ValueError, match="do not name the questions"):
+            list(engine.run([(0, images[0], (5,))], questions))
+    for i, asked in enumerate(subsets):
+        expected = full[i] if asked is None else [full[i][k] for k in asked]
+        assert [a.question for a in some[i]] == [a.question for a in expected]
+        assert [a.text for a in some[i]] == [a.text for a in expected]

@@ -16,6 +16,8 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
+from pipeline.caption import Captioner
+from pipeline.cli import compose_config
 from pipeline.run import Pipeline, find_videos
 from pipeline.sampling import AllSampler
 from tests.conftest import ROOT, SAMPLE_VIDEO, run_cli, write_video
@@ -135,6 +137,32 @@ def test_renamed_file_is_not_redone_and_changed_prompt_redoes_only_it(
     old = night["answers"]
     assert set(df.prompt) == {"What is shown?", "Which colours?", "Anyone there?"}
     assert (df.prompt == "Anyone there?").sum() == (old.prompt == "What is shown?").sum()
+
+
+def test_adding_a_prompt_asks_the_model_only_that_prompt(tiny_model_dir: Path, tmp_path: Path) -> None:
+    cfg = compose_config(["model=tiny", f"model.dir={tiny_model_dir}", "video=x", "generation.max_tokens=8"])
+    out = tmp_path / "out"
+    asked: list[object] = []
+    with Captioner.from_config(cfg, max_questions=3) as captioner:
+        first = Pipeline(AllSampler(), ["What is shown?", "Which colours?"], out, "c", max_frames=4)
+        first.run(first.plan([SAMPLE_VIDEO]), captioner)
+        run = captioner.engine.run
+
+        def spy(jobs, questions):  # noqa: ANN001, ANN202
+            def seen():  # noqa: ANN202
+                for job in jobs:
+                    asked.append(job[2] if len(job) == 3 else None)
+                    yield job
+
+            return run(seen(), questions)
+
+        captioner.engine.run = spy  # type: ignore[method-assign]
+        second = Pipeline(AllSampler(), ["What is shown?", "Which colours?", "Anyone there?"], out, "c", max_frames=4)
+        second.run(second.plan([SAMPLE_VIDEO]), captioner)
+    assert asked == [(2,)] * 4
+    df = pd.read_parquet(out)
+    assert not df.duplicated(KEY).any()
+    assert df.groupby("frame_index").prompt.nunique().tolist() == [3] * 4
 
 
 def write_audio(path: Path) -> Path:

@@ -154,7 +154,7 @@ def night(tiny_model_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> dic
     out = tmp / "local"
     result = run_cli(*night_args(videos, out, tiny_model_dir, tmp))
     assert result.returncode == 0, result.stderr
-    return {"videos": videos, "answers": answers(out)}
+    return {"videos": videos, "answers": answers(out), "out": out}
 
 
 def test_ray_run_equals_local_run_and_mixes_with_one(
@@ -181,11 +181,31 @@ def test_ray_run_equals_local_run_and_mixes_with_one(
     assert all(w["frames_per_s"] > 0 for w in workers.values())
 
 
+def test_ray_run_adding_a_prompt_keeps_the_old_rows(
+    ray_cluster: str, night: dict, tiny_model_dir: Path, tmp_path: Path
+) -> None:
+    out = tmp_path / "out"
+    shutil.copytree(night["out"], out)
+    three = "prompts=[What is shown?,Which colours?,Anyone there?]"
+    args = [three if a.startswith("prompts=") else a for a in night_args(night["videos"], out, tiny_model_dir, tmp_path)]
+    result = ray_cli(*args, "executor=ray", f"executor.address={ray_cluster}", "executor.num_actors=2")
+    assert result.returncode == 0, result.stderr
+    df = answers(out)
+    assert not df.duplicated(KEY).any()
+    assert (df.groupby(["video_id", "frame_index"]).prompt.nunique() == 3).all()
+    old = df[df.prompt != "Anyone there?"].reset_index(drop=True)
+    assert old[KEY].equals(night["answers"][KEY])
+    assert old.answer.tolist() == night["answers"].answer.tolist()
+
+
 @pytest.mark.allow_error_logs
 def test_killed_actor_loses_nothing(ray_cluster: str, night: dict, tiny_model_dir: Path, tmp_path: Path) -> None:
     out = tmp_path / "out"
-    args = [*night_args(night["videos"], out, tiny_model_dir, tmp_path), "executor=ray",
-            f"executor.address={ray_cluster}", "executor.num_actors=2"]
+    # One frame in flight per actor (answers do not depend on it): a longer run, so that the
+    # kill lands mid-night even on a loaded machine.
+    night_run = night_args(night["videos"], out, tiny_model_dir, tmp_path)
+    args = [*(a if not a.startswith("engine.parallel=") else "engine.parallel=1" for a in night_run),
+            "executor=ray", f"executor.address={ray_cluster}", "executor.num_actors=2"]
     env = {**os.environ, **DRIVER_ENV, "HF_HUB_OFFLINE": "1"}
     run = subprocess.Popen([sys.executable, "-m", "pipeline", *args], cwd=ROOT, env=env,
                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)

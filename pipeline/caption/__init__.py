@@ -10,7 +10,7 @@
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable, Iterator, Sequence
 from typing import Any, TypeVar
 
 import llama_cpp
@@ -163,7 +163,9 @@ class Captioner:
         return answers
 
     def caption(
-        self, jobs: Iterable[tuple[Tag, np.ndarray]], questions: list[Question]
+        self,
+        jobs: Iterable[tuple[Tag, np.ndarray] | tuple[Tag, np.ndarray, Sequence[int]]],
+        questions: list[Question],
     ) -> Iterator[tuple[Tag, list[Answer]]]:
         """Stream many frames through the batched engine (see :meth:`Engine.run`)."""
         return self.engine.run(jobs, questions)

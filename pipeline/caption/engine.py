@@ -37,7 +37,7 @@ import queue
 import threading
 import time
 from collections import deque
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from concurrent.futures import wait as futures_wait
 from dataclasses import dataclass, field
@@ -209,6 +209,7 @@ class _Frame(Generic[Tag]):
     segments: list[_Segment]
     prefix_tokens: int
     kv_need: int
+    asked: tuple[int, ...]  # indices of the questions asked about this frame
     started_s: float = 0.0
     answers: list[Answer | None] = field(default_factory=list)
     open_sequences: int = 0
@@ -436,18 +437,21 @@ class Engine:
     # -- the loop ---------------------------------------------------------------------------
 
     def run(
-        self, jobs: Iterable[tuple[Tag, np.ndarray]], questions: list[Question]
+        self,
+        jobs: Iterable[tuple[Tag, np.ndarray] | tuple[Tag, np.ndarray, Sequence[int]]],
+        questions: list[Question],
     ) -> Iterator[tuple[Tag, list[Answer]]]:
         """Answer every question about every frame.
 
         Args:
-            jobs: ``(tag, rgb)`` pairs; ``rgb`` is an ``HxWx3`` uint8 array. The tag comes
-                back with the frame's answers. The iterable is consumed on the calling thread
+            jobs: ``(tag, rgb)`` pairs, or ``(tag, rgb, asked)`` with the indices into
+                ``questions`` to ask about that frame (all when left out); ``rgb`` is an
+                ``HxWx3`` uint8 array. The tag comes back with the frame's answers. The iterable is consumed on the calling thread
                 (with several lanes, on theirs, one at a time).
             questions: Asked about every frame; at most ``settings.max_questions``.
 
         Yields:
-            ``(tag, answers)`` per frame, one answer per question in question order, as frames
+            ``(tag, answers)`` per frame, one answer per asked question in question order, as frames
             finish (not necessarily in input order when ``parallel > 1``). A frame that cannot
             be processed (a bad array, too long a prompt) yields answers with ``error`` set.
 
@@ -556,13 +560,16 @@ class Engine:
 
     # -- one frame in -------------------------------------------------------------------------
 
-    def _submit(self, tag: Tag, rgb: np.ndarray) -> Future:
+    def _submit(self, tag: Tag, rgb: np.ndarray, asked: Sequence[int] | None = None) -> Future:
+        asked = tuple(range(len(self.questions))) if asked is None else tuple(asked)
+        if not asked or not set(asked) <= set(range(len(self.questions))):
+            raise ValueError(f"asked question indices {list(asked)} do not name the questions")
         if self._worker is None:
-            return _done(self._prepare(tag, rgb, encode=False))
-        return self._worker.submit(self._prepare, tag, rgb)
+            return _done(self._prepare(tag, rgb, asked, encode=False))
+        return self._worker.submit(self._prepare, tag, rgb, asked)
 
     def _prepare(
-        self, tag: Tag, rgb: np.ndarray, encode: bool = True
+        self, tag: Tag, rgb: np.ndarray, asked: tuple[int, ...], encode: bool = True
     ) -> tuple[_Frame | None, tuple[Tag, list[Answer]] | None]:
         """Tokenize the frame's prefix with its image (and with ``overlap_clip`` encode it);
         a bad frame becomes error answers. Runs on the background thread."""
@@ -570,11 +577,11 @@ class Engine:
         try:
             chunks = self._tokenize_prefix(rgb)
         except ValueError as error:
-            return None, (tag, self._error_answers(str(error)))
+            return None, (tag, self._error_answers(str(error), asked))
         n_prefix = mtmd.mtmd_helper_get_n_pos(chunks)
         segments = self._segments(chunks)
         self._stats.tokenize_s += time.perf_counter() - t0
-        suffixes = self._suffix_tokens
+        suffixes = [self._suffix_tokens[i] for i in asked]
         if self.settings.kv_unified:
             kv_need = n_prefix + sum(len(t) + self.settings.max_tokens for t in suffixes)
         else:
@@ -586,10 +593,13 @@ class Engine:
                 tag,
                 self._error_answers(
                     f"frame needs {kv_need} KV cells (image {n_prefix} + prompts + max_tokens), "
-                    f"more than the {self._kv_capacity} of {where}"
+                    f"more than the {self._kv_capacity} of {where}",
+                    asked,
                 ),
             )
-        frame = _Frame(tag, chunks, segments, n_prefix, kv_need if self.settings.kv_unified else 0)
+        frame = _Frame(
+            tag, chunks, segments, n_prefix, kv_need if self.settings.kv_unified else 0, asked
+        )
         frame.answers = [None] * len(self.questions)
         if encode and self._overlap_clip:
             try:
@@ -640,7 +650,7 @@ class Engine:
         """
         frame.started_s = time.perf_counter()
         lane.kv_reserved += frame.kv_need
-        seq_ids = [heapq.heappop(lane.free_seq_ids) for _ in self.questions]
+        seq_ids = [heapq.heappop(lane.free_seq_ids) for _ in frame.asked]
         try:
             n_past = self._eval_prefix(lane, frame, seq_ids[0])
         except BaseException:
@@ -657,7 +667,7 @@ class Engine:
         lane.stats.frames += 1
         sequences = [
             _Sequence(seq_id, frame, i, n_past, list(self._suffix_tokens[i]), self._new_sampler())
-            for i, seq_id in enumerate(seq_ids)
+            for i, seq_id in zip(frame.asked, seq_ids)
         ]
         if self.settings.kv_unified:
             return sequences, []  # the questions' tokens go into the next step's batch
@@ -972,8 +982,8 @@ class Engine:
             n = llama_cpp.llama_token_to_piece(self._vocab, token, buffer, -n, 0, True)
         return buffer.raw[:n]
 
-    def _error_answers(self, reason: str) -> list[Answer]:
-        return [Answer(question=q, text="", error=reason) for q in self.questions]
+    def _error_answers(self, reason: str, asked: Sequence[int]) -> list[Answer]:
+        return [Answer(question=self.questions[i], text="", error=reason) for i in asked]
 
 
 class _Source(Generic[Tag]):
