@@ -635,6 +635,8 @@ class Pipeline:
             shot_index=sample.shot_index,
             config_id=self.config_id,
             thumbnail=thumbnail,
+            shot_start_s=sample.shot_start_s,
+            duplicate_of=sample.duplicate_of,
         )
 
     def _error_row(self, task: _VideoTask, reason: str) -> ResultRow:

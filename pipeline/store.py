@@ -53,6 +53,8 @@ class ResultRow:
     shot_index: Optional[int]
     config_id: str
     thumbnail: Optional[bytes] = None
+    shot_start_s: Optional[float] = None
+    duplicate_of: Optional[int] = None
 
 
 SCHEMA = pa.schema(
@@ -75,6 +77,8 @@ SCHEMA = pa.schema(
         ("shot_index", pa.int64()),
         ("config_id", pa.string()),
         ("thumbnail", pa.binary()),
+        ("shot_start_s", pa.float64()),
+        ("duplicate_of", pa.int64()),
     ]
 )
 assert SCHEMA.names == [f.name for f in fields(ResultRow)]

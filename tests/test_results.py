@@ -141,6 +141,15 @@ def test_load_results_adds_a_null_thumbnail_column_to_runs_without_one(tmp_path:
     assert thumbnail_image(df.iloc[0]) is None
 
 
+def test_load_results_reads_runs_from_before_the_shot_start_and_duplicate_columns(tmp_path: Path) -> None:
+    older = pa.schema([f for f in RESULT_SCHEMA if f.name not in ("shot_start_s", "duplicate_of")])
+    write_results(tmp_path, [result_row()], schema=older)
+
+    df = load_results(tmp_path)
+
+    assert df.shot_start_s.isna().all() and df.duplicate_of.isna().all()
+
+
 def test_load_results_of_an_empty_folder_has_the_columns(tmp_path: Path) -> None:
     df = load_results(tmp_path)
 

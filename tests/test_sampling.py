@@ -238,12 +238,19 @@ def test_yaml_builds_the_samplers() -> None:
 
 
 def test_cli_scene_sampler_end_to_end(cli_base: list[str], tmp_path: Path) -> None:
-    colours = [(200, 40, 40), (40, 200, 40), (40, 40, 200)]
-    clip = write_video(tmp_path / "three.mp4", n_frames=30, fps=10.0, colour_of=lambda i: colours[i // 10])
-    result = run_cli(f"video={clip}", *cli_base, "sampler=scene")
+    # Shots A B A, 10 frames each at 10 fps: the third repeats the first.
+    clip = write_clip(tmp_path / "three.mp4", [*shot(1, 10), *shot(2, 10), *shot(1, 10)], fps=10.0)
+    result = run_cli(f"video={clip}", *cli_base, "sampler=scene", "sampler.dedup.keep_duplicates=true")
     assert result.returncode == 0, result.stderr
     df = pd.read_parquet(tmp_path / "out")
     assert set(df.sample_reason) == {"scene_cut"}
     assert sorted(df.shot_index.unique()) == [0, 1, 2]
-    for shot_index, frame_index in df.groupby("shot_index").frame_index.min().items():
-        assert 10 * shot_index <= frame_index < 10 * shot_index + 10
+    shots = df.groupby("shot_index").agg(
+        frame_index=("frame_index", "min"), shot_start_s=("shot_start_s", "min"),
+        duplicate_of=("duplicate_of", "min"),
+    )
+    for shot_index, row in shots.iterrows():
+        assert 10 * shot_index <= row.frame_index < 10 * shot_index + 10
+        assert abs(row.shot_start_s - shot_index) <= 0.15  # 10 frames a shot at 10 fps
+    assert shots.duplicate_of.isna().tolist() == [True, True, False]
+    assert shots.duplicate_of[2] == shots.frame_index[0]
