@@ -231,7 +231,6 @@ class RayExecutor:
         )
         decoder = ray.put(work.decoder)
         questions = ray.put(work.questions)
-        partial = {job.index: job.partial for job in work.jobs}
         waiting = [replace(job, path=Path(os.path.abspath(job.path))) for job in reversed(work.jobs)]
         streams: dict[Any, int] = {}  # decode task → video index
         calls: dict[Any, tuple[int, Any, bytes | None, int]] = {}  # call → video, sample, thumbnail, actor
@@ -261,7 +260,7 @@ class RayExecutor:
             sample, thumbnail = described
             actor = load.index(min(load))
             load[actor] += 1
-            asked = partial[streams[item]].get(sample.frame.index)
+            asked = work.asked(streams[item], sample.frame.index)
             calls[self._actors[actor].caption.remote(next(item), questions, asked)] = (
                 streams[item], sample, thumbnail, actor,
             )
@@ -374,7 +373,7 @@ class _CaptionActor:
         while item is not None:
             future, rgb, _, asked = item
             taken.append(future)
-            yield (future, rgb) if asked is None else (future, rgb, asked)
+            yield future, rgb, asked
             try:
                 item = self._queue.get_nowait()
             except queue.Empty:

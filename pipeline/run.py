@@ -340,9 +340,9 @@ class Work:
     """Everything an executor needs for one run's videos.
 
     Attributes:
-        jobs: The videos to decode, in order.
+        jobs: The videos to decode, in order; ``jobs[i].index == i``.
         decoder: How to decode and sample one.
-        questions: Asked about every frame.
+        questions: Asked about every frame (but see :meth:`asked`).
         prefetch_frames: Decoded frames an executor may hold ahead of the model, per stream.
     """
 
@@ -350,6 +350,14 @@ class Work:
     decoder: VideoDecoder
     questions: list[Question]
     prefetch_frames: int = 8
+
+    def __post_init__(self) -> None:
+        if any(job.index != i for i, job in enumerate(self.jobs)):
+            raise ValueError("Work.jobs must be numbered by position (jobs[i].index == i)")
+
+    def asked(self, video_index: int, frame_index: int) -> tuple[int, ...] | None:
+        """Indices of the questions to ask about a frame; ``None``: all of them."""
+        return self.jobs[video_index].partial.get(frame_index)
 
 
 class Executor(Protocol):
@@ -643,20 +651,9 @@ class Pipeline:
         return ResultRow(
             video_path=task.outcome.path,
             video_id=task.outcome.video_id,
-            frame_index=None,
-            timestamp_s=None,
-            timecode=None,
-            prompt_id=None,
-            prompt=None,
-            answer=None,
             model=self.model_name,
             status="error",
             error=reason,
-            prompt_tokens=0,
-            completion_tokens=0,
-            latency_ms=0.0,
-            sample_reason=None,
-            shot_index=None,
             config_id=self.config_id,
         )
 
@@ -716,7 +713,6 @@ class LocalExecutor:
         producer = _Producer(work)
         producer.start()
         decoded: deque[Decoded] = deque()
-        partial = {job.index: job.partial for job in work.jobs}
 
         def frames() -> Iterator[tuple[Any, ...]]:
             while (item := producer.queue.get()) is not _DONE:
@@ -724,9 +720,7 @@ class LocalExecutor:
                     decoded.append(item)
                     continue
                 index, sample, thumbnail = item
-                asked = partial[index].get(sample.frame.index)
-                tag = (index, sample, thumbnail)
-                yield (tag, sample.frame.rgb) if asked is None else (tag, sample.frame.rgb, asked)
+                yield (index, sample, thumbnail), sample.frame.rgb, work.asked(index, sample.frame.index)
 
         try:
             for (index, sample, thumbnail), answers in self.captioner.caption(frames(), work.questions):

@@ -31,26 +31,27 @@ if TYPE_CHECKING:  # pandas loads only where results are read back, not on a run
     import pandas as pd
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, kw_only=True)
 class ResultRow:
-    """One answer to one prompt about one frame (or one error record)."""
+    """One answer to one prompt about one frame, or one error record (a video that failed:
+    the frame and answer fields keep their empty defaults)."""
 
     video_path: str
     video_id: str
-    frame_index: Optional[int]
-    timestamp_s: Optional[float]
-    timecode: Optional[str]
-    prompt_id: Optional[str]
-    prompt: Optional[str]
-    answer: Optional[str]
+    frame_index: Optional[int] = None
+    timestamp_s: Optional[float] = None
+    timecode: Optional[str] = None
+    prompt_id: Optional[str] = None
+    prompt: Optional[str] = None
+    answer: Optional[str] = None
     model: str
     status: str
-    error: Optional[str]
-    prompt_tokens: int
-    completion_tokens: int
-    latency_ms: float
-    sample_reason: Optional[str]
-    shot_index: Optional[int]
+    error: Optional[str] = None
+    prompt_tokens: int = 0
+    completion_tokens: int = 0
+    latency_ms: float = 0.0
+    sample_reason: Optional[str] = None
+    shot_index: Optional[int] = None
     config_id: str
     thumbnail: Optional[bytes] = None
     shot_start_s: Optional[float] = None

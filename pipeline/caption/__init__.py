@@ -164,7 +164,7 @@ class Captioner:
 
     def caption(
         self,
-        jobs: Iterable[tuple[Tag, np.ndarray] | tuple[Tag, np.ndarray, Sequence[int]]],
+        jobs: Iterable[tuple[Tag, np.ndarray] | tuple[Tag, np.ndarray, Sequence[int] | None]],
         questions: list[Question],
     ) -> Iterator[tuple[Tag, list[Answer]]]:
         """Stream many frames through the batched engine (see :meth:`Engine.run`)."""

@@ -438,16 +438,17 @@ class Engine:
 
     def run(
         self,
-        jobs: Iterable[tuple[Tag, np.ndarray] | tuple[Tag, np.ndarray, Sequence[int]]],
+        jobs: Iterable[tuple[Tag, np.ndarray] | tuple[Tag, np.ndarray, Sequence[int] | None]],
         questions: list[Question],
     ) -> Iterator[tuple[Tag, list[Answer]]]:
         """Answer every question about every frame.
 
         Args:
             jobs: ``(tag, rgb)`` pairs, or ``(tag, rgb, asked)`` with the indices into
-                ``questions`` to ask about that frame (all when left out); ``rgb`` is an
-                ``HxWx3`` uint8 array. The tag comes back with the frame's answers. The iterable is consumed on the calling thread
-                (with several lanes, on theirs, one at a time).
+                ``questions`` to ask about that frame (all when left out or ``None``); ``rgb``
+                is an ``HxWx3`` uint8 array. The tag comes back with the frame's answers. The
+                iterable is consumed on the calling thread (with several lanes, on theirs, one
+                at a time).
             questions: Asked about every frame; at most ``settings.max_questions``.
 
         Yields:
