@@ -13,6 +13,7 @@ from pathlib import Path
 
 import cv2
 import numpy as np
+import pandas as pd
 import pytest
 
 from pipeline.caption.tiny import ensure_tiny_model
@@ -103,3 +104,22 @@ def cli_base(tiny_model_dir: Path, tmp_path: Path) -> list[str]:
         "generation.max_tokens=8",
         f"hydra.run.dir={tmp_path / 'hydra'}",
     ]
+
+
+# -- nights of small videos (test_nightly, test_ray) ----------------------------------------
+
+KEY = ["video_id", "frame_index", "prompt_id"]  # one answer
+
+
+def make_night(folder: Path, n_videos: int = 4, n_frames: int = 18) -> Path:
+    """``n_videos`` small clips ``v<i>.mp4`` of ``n_frames + i`` frames, each its own colour."""
+    folder.mkdir(parents=True, exist_ok=True)
+    for v in range(n_videos):
+        write_video(folder / f"v{v}.mp4", n_frames=n_frames + v, colour_of=lambda i, v=v: (40 * v, 9 * i % 255, 90))
+    return folder
+
+
+def answers(out: Path) -> pd.DataFrame:
+    """The answer rows of an output folder, in key order."""
+    df = pd.read_parquet(out)
+    return df[df.status == "ok"].sort_values(KEY).reset_index(drop=True)

@@ -20,9 +20,8 @@ from pipeline.caption import Captioner
 from pipeline.cli import compose_config
 from pipeline.run import Pipeline, find_videos
 from pipeline.sampling import AllSampler
-from tests.conftest import ROOT, SAMPLE_VIDEO, run_cli, write_video
+from tests.conftest import KEY, ROOT, SAMPLE_VIDEO, answers, make_night, run_cli, write_video
 
-KEY = ["video_id", "frame_index", "prompt_id"]
 PROMPTS = "prompts=[What is shown?,Which colours?]"
 
 
@@ -32,18 +31,6 @@ def night_args(videos: Path, out: Path, tiny_model_dir: Path, tmp: Path) -> list
         "generation.max_tokens=12", "sampler=all", "checkpoint_frames=3", "engine.parallel=2",
         PROMPTS, f"hydra.run.dir={tmp / 'hydra'}",
     ]
-
-
-def make_night(folder: Path, n_videos: int = 4, n_frames: int = 18) -> Path:
-    folder.mkdir(parents=True, exist_ok=True)
-    for v in range(n_videos):
-        write_video(folder / f"v{v}.mp4", n_frames=n_frames + v, colour_of=lambda i, v=v: (40 * v, 9 * i % 255, 90))
-    return folder
-
-
-def answers(out: Path) -> pd.DataFrame:
-    df = pd.read_parquet(out)
-    return df[df.status == "ok"].sort_values(KEY).reset_index(drop=True)
 
 
 @pytest.fixture(scope="module")

@@ -15,12 +15,9 @@ import time
 from collections.abc import Iterator
 from pathlib import Path
 
-import pandas as pd
 import pytest
 
-from tests.conftest import ROOT, run_cli, write_video
-
-KEY = ["video_id", "frame_index", "prompt_id"]
+from tests.conftest import KEY, ROOT, answers, make_night, run_cli
 
 # Ray turns a loopback --node-ip-address into the machine's outward address; these tests
 # keep every connection on 127.0.0.1: `ray start` runs with that rewrite switched off, and
@@ -138,19 +135,11 @@ def ray_cli(*args: str) -> subprocess.CompletedProcess[str]:
                           capture_output=True, text=True, timeout=300, check=False)
 
 
-def answers(out: Path) -> pd.DataFrame:
-    df = pd.read_parquet(out)
-    return df[df.status == "ok"].sort_values(KEY).reset_index(drop=True)
-
-
 @pytest.fixture(scope="module")
 def night(tiny_model_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> dict:
     """Six small videos and the answers of a local run over them."""
     tmp = tmp_path_factory.mktemp("ray-night")
-    videos = tmp / "videos"
-    videos.mkdir()
-    for v in range(6):
-        write_video(videos / f"v{v}.mp4", n_frames=6 + v, colour_of=lambda i, v=v: (40 * v, 9 * i % 255, 90))
+    videos = make_night(tmp / "videos", n_videos=6, n_frames=6)
     out = tmp / "local"
     result = run_cli(*night_args(videos, out, tiny_model_dir, tmp))
     assert result.returncode == 0, result.stderr
