@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import subprocess
 from pathlib import Path
 
 import pandas as pd
@@ -17,7 +18,7 @@ def container_times(path: Path) -> dict[int, float]:
         return {t.index: t.timestamp_s for t in reader}
 
 
-def assert_one_line_error(result, code: int, *needles: str) -> None:  # noqa: ANN001
+def assert_one_line_error(result: subprocess.CompletedProcess[str], code: int, *needles: str) -> None:
     assert result.returncode == code, result.stderr
     assert "Traceback" not in result.stderr
     lines = [line for line in result.stderr.splitlines() if all(n in line for n in needles)]
