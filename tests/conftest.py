@@ -28,6 +28,7 @@ SAMPLE_VIDEO = ROOT / "data" / "sample.mp4"
 
 
 def pytest_configure(config: pytest.Config) -> None:
+    """Declare the suite's own marker."""
     config.addinivalue_line("markers", "allow_error_logs: the test expects ERROR log records")
 
 
