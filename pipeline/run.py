@@ -127,7 +127,6 @@ class RunSummary:
         }
 
 
-
 def settings_id(settings: dict[str, Any]) -> str:
     """A short hash of JSON-able settings (the ``config_id`` of rows made with them)."""
     return hashlib.sha256(json.dumps(settings, sort_keys=True, default=str).encode()).hexdigest()[:12]
