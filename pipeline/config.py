@@ -26,6 +26,7 @@ class ModelConfig:
     generated: bool = False
     quantized: bool = False
     chat_format: str = MISSING
+    image_layout: str = MISSING
     system_prompt: Optional[str] = None
     stop: list[str] = field(default_factory=list)
     n_ctx: int = 4096
@@ -55,6 +56,7 @@ class EngineConfig:
     n_threads: Optional[int] = None
     prefetch_frames: int = 8
     prepare_ahead: int = 2
+    overlap_clip: bool = True
     kv_unified: bool = False
     max_decode_seqs: Optional[int] = None
 

@@ -17,6 +17,7 @@ import llama_cpp
 import numpy as np
 
 from pipeline.caption.engine import (
+    IMAGE_LAYOUTS,
     Answer,
     Engine,
     EngineError,
@@ -94,6 +95,7 @@ class Captioner:
             chat_format=get_chat_format(model.chat_format),
             system_prompt=model.system_prompt if system is None else system,
             stop=tuple(model.stop),
+            image_layout=model.image_layout,
             n_ctx=model.n_ctx,
             n_gpu_layers=model.n_gpu_layers,
             n_batch=eng.n_batch,
@@ -105,6 +107,7 @@ class Captioner:
             ),
             lanes=eng.lanes,
             prepare_ahead=eng.prepare_ahead,
+            overlap_clip=eng.overlap_clip,
             kv_unified=eng.kv_unified,
             max_decode_seqs=eng.max_decode_seqs,
             max_questions=max_questions or max(len(cfg.get("prompts") or []), 1),
@@ -200,6 +203,10 @@ def _validate(settings: EngineSettings) -> None:
         (settings.n_ctx >= 512, f"model.n_ctx must be >= 512, got {settings.n_ctx}"),
         (settings.max_tokens >= 1, f"generation.max_tokens must be >= 1, got {settings.max_tokens}"),
         (settings.temperature >= 0, f"generation.temperature must be >= 0, got {settings.temperature}"),
+        (
+            settings.image_layout in IMAGE_LAYOUTS,
+            f"model.image_layout must be one of {', '.join(IMAGE_LAYOUTS)}, got {settings.image_layout!r}",
+        ),
         (
             settings.flash_attn in ("auto", "on", "off"),
             f"engine.flash_attn must be auto, on or off, got {settings.flash_attn!r}",
