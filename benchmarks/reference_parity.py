@@ -58,6 +58,7 @@ def main() -> None:
     parser.add_argument("--max-tokens", type=int, default=24)
     parser.add_argument("--write-fixture", type=Path, default=None, help="write transformers' side here")
     parser.add_argument("--device", default="cpu", help="torch device for transformers")
+    parser.add_argument("--n-gpu-layers", type=int, default=0, help="our engine's model.n_gpu_layers (-1: all on the GPU)")
     args = parser.parse_args()
 
     model_dir = args.model_dir or Path(tempfile.mkdtemp(prefix="parity-"))
@@ -66,7 +67,9 @@ def main() -> None:
     hf_model = load_reference(text_path, mmproj_path, checkpoint, args.device)
     processors = image_processors(mmproj_path)
 
-    cfg = compose_config(["model=tiny", f"model.dir={model_dir}", "video=unused", "engine.parallel=1"])
+    cfg = compose_config(
+        ["model=tiny", f"model.dir={model_dir}", "video=unused", "engine.parallel=1", f"model.n_gpu_layers={args.n_gpu_layers}"]
+    )
     ours = {
         layout: _engine_answers(cfg, layout, args.max_tokens)
         for layout in ("reference", "llamacpp")
