@@ -1,6 +1,7 @@
-"""GPU throughput: the batched engine against the seed's one-call-per-frame loop, side by side.
+"""GPU throughput: the batched engine against the seed's one-call-per-frame loop and against
+transformers (the reference implementation), side by side.
 
-One process, one model pair, the same frames and the same forced answer length for both:
+One process, one model shape, the same frames and the same forced answer length for all:
 
 * **seed style**: ``llama_cpp.Llama(model_path, n_ctx=4096, n_gpu_layers=-1,
   chat_handler=NanoLlavaChatHandler(clip_model_path))`` and, per (frame, prompt), the frame
@@ -11,14 +12,22 @@ One process, one model pair, the same frames and the same forced answer length f
   flash attention.
 * **engine**: :class:`pipeline.run.Pipeline` itself on a generated 640x360 video
   (``sampler=all``: decode thread, bounded prefetch queue, engine, writer thread, thumbnails),
-  with ``EngineSettings.ignore_eos`` so that every answer is ``max_tokens`` long.
+  with ``EngineSettings.ignore_eos`` so that every answer is ``max_tokens`` long, in the
+  ``reference`` image layout (LLaVA 1.6 as trained: 1,948 image tokens for 640x360) or
+  llama.cpp's (``layout=llamacpp``: 2,880).
+* **peer**: transformers' ``LlavaNextForConditionalGeneration`` with random bf16 weights of the
+  same shape (SDPA attention), batched ``generate`` with ``min_new_tokens=max_new_tokens``, over
+  a sweep of batch sizes (``--peer-batches``), its image preprocessing
+  (``LlavaNextImageProcessor``) included; each question is its own sequence, so 3 prompts are
+  3 sequences per frame. The table adds a memory-matched row: the peer's best batch within the
+  GPU memory the engine used.
 
-Both print the tokens they generated; frames/s, tokens/s and ratios come out as a table, GPU
+All print the tokens they generated; frames/s, tokens/s and ratios come out as a table, GPU
 busy share from NVML (``nvmlDeviceGetUtilizationRates`` every 50 ms during the measured
 window), host RSS and GPU memory at the start and end of each engine run.
 
 Models are random-weight LLaVA 1.6 pairs of the real shapes written by
-:func:`pipeline.caption.tiny.write_random_llava` (text model directly as Q5_K_M blocks, CLIP
+:func:`benchmarks.random_llava.write_random_llava` (text model directly as Q5_K_M blocks, CLIP
 ViT-L/336 mmproj in F16); they run at the real models' speed. ``--shape tiny`` runs the whole
 thing on a CPU in seconds (for checking the script).
 
@@ -55,19 +64,11 @@ import numpy as np
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
+from benchmarks.random_llava import CLIP_VIT_L_336, MISTRAL_7B_TEXT, YI_34B_TEXT, write_random_llava  # noqa: E402
 from pipeline.caption import Captioner, EngineStats, make_questions  # noqa: E402
-from pipeline.caption.engine import EngineSettings  # noqa: E402
+from pipeline.caption.engine import Engine, EngineSettings  # noqa: E402
 from pipeline.caption.formats import get_chat_format  # noqa: E402
-from pipeline.caption.tiny import (  # noqa: E402
-    CLIP_VIT_L_336,
-    MISTRAL_7B_TEXT,
-    TINY_TEXT,
-    TINY_VISION,
-    YI_34B_TEXT,
-    TextShape,
-    VisionShape,
-    write_random_llava,
-)
+from pipeline.caption.tiny import TINY_TEXT, TINY_VISION, TextShape, VisionShape  # noqa: E402
 from pipeline.caption.weights import ModelFiles  # noqa: E402
 
 PROMPTS = [
@@ -289,12 +290,13 @@ class EngineCase:
     overlap_clip: bool = True
     max_decode_seqs: int | None = None  # None: the engine's automatic grouping
     lanes: int | None = None  # None: the engine's default (2 on a GPU)
+    layout: str = "reference"
     frames: int = 48
     label: str = ""
 
     def name(self) -> str:
         return self.label or (
-            f"p{self.prompts} par{self.parallel} nb{self.n_batch}/{self.n_ubatch} fa-{self.flash_attn} "
+            f"p{self.prompts} {self.layout} par{self.parallel} nb{self.n_batch}/{self.n_ubatch} fa-{self.flash_attn} "
             f"{'unified' if self.kv_unified else 'streams'} ahead{self.prepare_ahead}"
             + (" clip-overlap" if self.overlap_clip else "")
             + (f" chunk{self.max_decode_seqs}" if self.max_decode_seqs is not None else "")
@@ -320,6 +322,18 @@ class _TimedSampler:
             yield item
 
 
+def engine_settings(text: Path, mmproj: Path, n_gpu_layers: int, max_tokens: int, **knobs: Any) -> EngineSettings:
+    """The benchmark's engine settings: ChatML with the seed's system text, forced answer length."""
+    base: dict[str, Any] = dict(
+        text_model=str(text), mmproj=str(mmproj), chat_format=get_chat_format("chatml"), system_prompt=SYSTEM,
+        stop=(), image_layout="reference", n_ctx=4096, n_gpu_layers=n_gpu_layers, n_batch=2048, n_ubatch=1024,
+        flash_attn="auto", n_threads=None, parallel=16, max_questions=1, max_tokens=max_tokens, temperature=0.0,
+        top_k=40, top_p=0.95, seed=0, prepare_ahead=2, overlap_clip=True, kv_unified=False, max_decode_seqs=None,
+        lanes=None, ignore_eos=True,
+    )
+    return EngineSettings(**{**base, **knobs})
+
+
 def run_engine(
     case: EngineCase, text: Path, mmproj: Path, video: Path, max_tokens: int, n_gpu_layers: int,
     workdir: Path,
@@ -328,14 +342,12 @@ def run_engine(
     from pipeline.run import Pipeline
     from pipeline.sampling import AllSampler
 
-    settings = EngineSettings(
-        text_model=str(text), mmproj=str(mmproj), chat_format=get_chat_format("chatml"),
-        system_prompt=SYSTEM, stop=(), n_ctx=4096, n_gpu_layers=n_gpu_layers,
-        n_batch=case.n_batch, n_ubatch=case.n_ubatch, flash_attn=case.flash_attn,
-        parallel=case.parallel, max_questions=case.prompts, max_tokens=max_tokens,
-        temperature=0.0, prepare_ahead=case.prepare_ahead, overlap_clip=case.overlap_clip,
-        kv_unified=case.kv_unified, max_decode_seqs=case.max_decode_seqs, lanes=case.lanes,
-        ignore_eos=True,
+    settings = engine_settings(
+        text, mmproj, n_gpu_layers, max_tokens,
+        image_layout=case.layout, n_batch=case.n_batch, n_ubatch=case.n_ubatch, flash_attn=case.flash_attn,
+        parallel=case.parallel, max_questions=case.prompts, prepare_ahead=case.prepare_ahead,
+        overlap_clip=case.overlap_clip, kv_unified=case.kv_unified, max_decode_seqs=case.max_decode_seqs,
+        lanes=case.lanes,
     )
     captioner = Captioner(settings, "bench", ModelFiles(text, mmproj))
     t0 = time.perf_counter()
@@ -405,10 +417,11 @@ def run_engine(
         "completion_tokens": sorted(set(completion)),
         "rows": len(completion),
         "prompt_tokens_per_answer": stats.prompt_tokens / max(frames * case.prompts, 1),
+        "image_tokens_per_frame": stats.image_tokens / max(frames * case.prompts, 1),
         "split_s": {
             "video_decode": sampler.decode_s,
             "thumbnails": thumb_s[0] if thumbnail else 0.0,
-            "tokenize_bg": stats.tokenize_s,
+            "prepare_bg": stats.tokenize_s,
             "clip": stats.clip_s,
             "prefill": stats.prefill_s,
             "decode": stats.decode_s,
@@ -437,27 +450,19 @@ def read_completion_tokens(out_dir: Path) -> list[int]:
 
 
 def run_probe(text: Path, mmproj: Path, video: Path, n_gpu_layers: int) -> list[dict[str, Any]]:
-    """Time the pieces of one frame's prefill: tokenize (CPU), CLIP per tile, LLM prefill of
-    the 2,880 image embeddings by batch size, with flash attention on and off."""
-    import ctypes
-
-    import llama_cpp.mtmd_cpp as mtmd
-    from pipeline.caption.engine import Engine, _Frame
-
+    """Time the pieces of one frame's prefill, in each image layout: preparation (CPU), CLIP,
+    and the LLM prefill of the image embeddings by piece size."""
     rgb = read_frames(video, 1)[0]
     results = []
-    for fa, ubatch in (("on", 4096), ("off", 2048)):
-        settings = EngineSettings(
-            text_model=str(text), mmproj=str(mmproj), chat_format=get_chat_format("chatml"),
-            system_prompt=SYSTEM, n_gpu_layers=n_gpu_layers, n_batch=ubatch, n_ubatch=ubatch,
-            flash_attn=fa, parallel=1, max_questions=1, max_tokens=8, prepare_ahead=0,
+    for layout in ("reference", "llamacpp"):
+        settings = engine_settings(
+            text, mmproj, n_gpu_layers, 8, image_layout=layout, n_batch=4096, n_ubatch=4096, parallel=1, prepare_ahead=0
         )
         engine = Engine(settings)
         engine.setup()
-        lane = engine._lanes[0]
+        vision, lane = engine._vision, engine._lanes[0]
+        assert vision is not None
         try:
-            engine.questions = make_questions(PROMPTS[:1])
-            engine._suffix_tokens = [[1]]
             times: dict[str, list[float]] = {}
 
             def timed(key: str, fn: Any) -> Any:
@@ -467,31 +472,161 @@ def run_probe(text: Path, mmproj: Path, video: Path, n_gpu_layers: int) -> list[
                 times.setdefault(key, []).append(time.perf_counter() - t)
                 return value
 
-            for rep in range(4):
-                frame, _ = timed("tokenize", lambda: engine._prepare(0, rgb, (0,)))
-                image = [s for s in frame.segments if s.kind == "image"][0]
-                embd = np.empty((image.n_tokens, engine._n_embd), np.float32)
-                tiles = len(image.chunks)
-                timed("clip_all_tiles", lambda: engine._encode(image, embd, engine._stats))
-                for piece in (576, 1024, 2048, image.n_tokens):
-                    if piece > ubatch:
-                        continue
+            for _ in range(4):
+                image = timed("prepare", lambda: vision.tokenize(rgb, EngineStats()))
+                n_tokens, pieces = image.n_tokens, len(image.pieces)
+                out = np.empty((n_tokens, settings_n_embd(engine)), np.float32)
+                embd = timed("clip", lambda: vision.encode(image, out, EngineStats()))  # noqa: B023
+                for piece in (1024, 2048, n_tokens):
                     llama_cpp.llama_memory_clear(lane.memory, True)
 
-                    def prefill(piece: int = piece, lane: object = lane) -> None:
-                        for start in range(0, image.n_tokens, piece):
-                            engine._decode_plain(lane, None, embd[start : start + piece], start, 0)
+                    def prefill(piece: int = piece) -> None:
+                        for start in range(0, n_tokens, piece):
+                            engine._decode_plain(lane, None, embd[start : start + piece], start, 0)  # noqa: B023
 
-                    timed(f"llm_prefill_{image.n_tokens}_in_{piece}", prefill)
-                engine._free_chunks(frame)
-            summary = {k: 1000 * float(np.median(v[1:])) for k, v in times.items()}
-            summary.update({"kind": "probe", "flash_attn": fa, "n_ubatch": ubatch, "tiles": tiles})
+                    timed(f"llm_prefill_in_{piece}", prefill)
+            summary: dict[str, Any] = {k: 1000 * float(np.median(v[1:])) for k, v in times.items()}
+            summary.update({"kind": "probe", "layout": layout, "image_tokens": n_tokens, "clip_runs": pieces})
             results.append(summary)
             log("probe " + json.dumps({k: (round(v, 1) if isinstance(v, float) else v) for k, v in summary.items()}))
         finally:
             engine.close()
-    _ = ctypes, mtmd, _Frame
     return results
+
+
+def settings_n_embd(engine: Engine) -> int:
+    assert engine._model is not None
+    return int(engine._model.n_embd)
+
+
+# -- the reference implementation -----------------------------------------------------------------
+
+
+def peer_config(shape: str) -> Any:
+    """transformers' config of the random model's shape (LLaVA 1.6 with that text model)."""
+    from transformers import CLIPVisionConfig, LlamaConfig, LlavaNextConfig
+
+    text_shape, vision_shape, *_ = SHAPES[shape]
+    vocab = text_shape.vocab_size or 2000
+    return LlavaNextConfig(
+        vision_config=CLIPVisionConfig(
+            hidden_size=vision_shape.n_embd, intermediate_size=vision_shape.n_ff,
+            num_hidden_layers=vision_shape.n_layer + 1, num_attention_heads=vision_shape.n_head,
+            image_size=336, patch_size=14, hidden_act="quick_gelu",
+        ),
+        text_config=LlamaConfig(
+            vocab_size=vocab + 1, hidden_size=text_shape.n_embd, intermediate_size=text_shape.n_ff,
+            num_hidden_layers=text_shape.n_layer, num_attention_heads=text_shape.n_head,
+            num_key_value_heads=text_shape.n_head_kv, rope_theta=text_shape.rope_freq_base,
+            max_position_embeddings=max(text_shape.n_ctx_train, 4096), tie_word_embeddings=False,
+        ),
+        image_grid_pinpoints=[[336, 672], [672, 336], [672, 672], [1008, 336], [336, 1008]],
+        vision_feature_layer=-2, vision_feature_select_strategy="default", image_token_index=vocab,
+        tie_word_embeddings=False,
+    )
+
+
+def run_peer(
+    shape: str, video: Path, n_prompts: int, max_tokens: int, batches: list[int], frames_at_least: int,
+    prompt_tokens: tuple[int, int], time_left: Any,
+) -> list[dict[str, Any]]:
+    """transformers' LlavaNext on the same frames: one ``generate`` per batch of frames (each
+    frame's questions as separate sequences), image preprocessing included."""
+    import torch
+    from PIL import Image
+    from transformers import LlavaNextForConditionalGeneration
+
+    try:
+        from transformers import LlavaNextImageProcessor as Processor
+    except ImportError:  # pragma: no cover
+        from transformers.models.llava_next.image_processing_pil_llava_next import LlavaNextImageProcessorPil as Processor
+
+    device = "cuda" if torch.cuda.is_available() else "cpu"
+    config = peer_config(shape)
+    t0 = time.perf_counter()
+    torch.set_default_dtype(torch.bfloat16 if device == "cuda" else torch.float32)
+    with torch.device(device):
+        model = LlavaNextForConditionalGeneration(config).eval()
+    torch.set_default_dtype(torch.float32)
+    log(f"peer: random {shape} in {time.perf_counter() - t0:.1f} s on {device}")
+    processor = Processor(
+        size={"shortest_edge": 336}, crop_size={"height": 336, "width": 336},
+        image_grid_pinpoints=config.image_grid_pinpoints,
+    )
+    vocab = config.image_token_index
+    rng = np.random.default_rng(5)
+    prefix, suffix = prompt_tokens
+    texts = [(rng.integers(3, vocab, prefix).tolist(), rng.integers(3, vocab, suffix).tolist()) for _ in range(n_prompts)]
+    n_image = None
+    results = []
+    for batch in batches:
+        n_frames = max(frames_at_least, batch)
+        rounds = -(-n_frames // batch)
+        frames = read_frames(video, batch * (rounds + 1))
+        if not time_left():
+            break
+        try:
+            if device == "cuda":
+                torch.cuda.empty_cache()
+                torch.cuda.reset_peak_memory_stats()
+
+            def one_round(chunk: list[np.ndarray]) -> None:
+                nonlocal n_image
+                pixels = processor(images=[Image.fromarray(f) for f in chunk], return_tensors="pt")
+                if n_image is None:
+                    with torch.no_grad():
+                        feats = model.model.get_image_features(
+                            pixels["pixel_values"][:1].to(device, model.dtype), pixels["image_sizes"][:1].to(device),
+                            vision_feature_layer=-2, vision_feature_select_strategy="default",
+                        )
+                    n_image = int(feats.pooler_output[0].shape[0])
+                ids = torch.tensor(
+                    [p + [vocab] * n_image + s for p, s in texts for _ in chunk], device=device
+                )
+                pixel_values = pixels["pixel_values"].to(device, model.dtype).repeat(n_prompts, 1, 1, 1, 1)
+                image_sizes = pixels["image_sizes"].to(device).repeat(n_prompts, 1)
+                with torch.no_grad():
+                    out = model.generate(
+                        input_ids=ids, attention_mask=torch.ones_like(ids), pixel_values=pixel_values,
+                        image_sizes=image_sizes, max_new_tokens=max_tokens, min_new_tokens=max_tokens,
+                        do_sample=False, pad_token_id=0,
+                    )
+                assert out.shape[1] - ids.shape[1] == max_tokens
+                if device == "cuda":
+                    torch.cuda.synchronize()
+
+            one_round(frames[:batch])  # warm-up
+            t0 = time.perf_counter()
+            for r in range(rounds):
+                one_round(frames[batch * (r + 1) : batch * (r + 2)])
+            wall = time.perf_counter() - t0
+            peak = torch.cuda.max_memory_reserved() / 2**20 if device == "cuda" else float("nan")
+            r = {
+                "kind": "peer", "case": f"transformers bf16 batch {batch}", "prompts": n_prompts, "batch": batch,
+                "frames": batch * rounds, "wall_s": wall, "frames_per_s": batch * rounds / wall,
+                "completion_tokens_per_s": batch * rounds * n_prompts * max_tokens / wall,
+                "completion_tokens": [max_tokens], "image_tokens_per_frame": n_image, "gpu_mem_peak_mb": peak,
+                "transformers": _version("transformers"), "torch": torch.__version__,
+            }
+            log(f"  peer batch {batch}: {r['frames_per_s']:.3f} frames/s, peak {peak:.0f} MiB")
+            results.append(r)
+        except torch.cuda.OutOfMemoryError:
+            log(f"  peer batch {batch}: out of GPU memory")
+            results.append({"kind": "peer-oom", "prompts": n_prompts, "batch": batch})
+            break
+    del model
+    if device == "cuda":
+        torch.cuda.empty_cache()
+    return results
+
+
+def _version(name: str) -> str:
+    from importlib import metadata
+
+    try:
+        return metadata.version(name)
+    except metadata.PackageNotFoundError:
+        return "not installed"
 
 
 # -- driver --------------------------------------------------------------------------------------
@@ -501,14 +636,14 @@ def parse_cases(spec: str, frames: int) -> list[EngineCase]:
     """``p=1,par=16,nb=2048,ub=2048,fa=on,kv=unified,ahead=2,clip=0;p=3,...``"""
     keys = {"p": "prompts", "par": "parallel", "nb": "n_batch", "ub": "n_ubatch", "fa": "flash_attn",
             "kv": "kv_unified", "ahead": "prepare_ahead", "clip": "overlap_clip", "n": "frames",
-            "chunk": "max_decode_seqs", "lanes": "lanes"}
+            "chunk": "max_decode_seqs", "lanes": "lanes", "layout": "layout"}
     cases = []
     for part in filter(None, (p.strip() for p in spec.split(";"))):
         case = EngineCase(frames=frames)
         for item in part.split(","):
             key, _, value = item.partition("=")
             attr = keys[key.strip()]
-            if attr == "flash_attn":
+            if attr in ("flash_attn", "layout"):
                 setattr(case, attr, value)
             elif attr == "kv_unified":
                 setattr(case, attr, value == "unified")
@@ -523,21 +658,28 @@ def parse_cases(spec: str, frames: int) -> list[EngineCase]:
 
 
 def print_table(results: list[dict[str, Any]]) -> None:
+    """The side-by-side table, with the peer's memory-matched and best rows per prompt count."""
     seeds = {(r["kind"], r["prompts"]): r for r in results if r["kind"].startswith("seed")}
-    print("\n| run | prompts | frames | frames/s | gen tok/s | × seed | × seed-tuned | GPU busy | answer tokens |")
-    print("|---|---|---|---|---|---|---|---|---|")
-    for r in results:
-        if r["kind"] == "probe":
-            continue
+    rows = [r for r in results if r["kind"] in ("seed", "seed-tuned", "engine", "peer")]
+    print("\n| run | prompts | frames | image tokens | frames/s | gen tok/s | x seed | x peer best | x peer (memory-matched) | GPU memory | GPU busy |")
+    print("|---|---|---|---|---|---|---|---|---|---|---|")
+    for r in rows:
         base = seeds.get(("seed", r["prompts"]))
-        tuned = seeds.get(("seed-tuned", r["prompts"]))
-        ratio = f"{r['frames_per_s'] / base['frames_per_s']:.2f}" if base else "-"
-        ratio_t = f"{r['frames_per_s'] / tuned['frames_per_s']:.2f}" if tuned else "-"
+        peers = [p for p in results if p["kind"] == "peer" and p["prompts"] == r["prompts"]]
+        best = max(peers, key=lambda p: p["frames_per_s"], default=None)
+        memory = r.get("gpu_mem_max_mb") if r["kind"] == "engine" else r.get("gpu_mem_peak_mb")
+        matched = None
+        if r["kind"] == "engine" and memory == memory and memory is not None:
+            within = [p for p in peers if p["gpu_mem_peak_mb"] <= memory]
+            matched = max(within, key=lambda p: p["frames_per_s"], default=None)
         busy = r.get("gpu_busy_pct", float("nan"))
         print(
-            f"| {r.get('case', r['kind'])} | {r['prompts']} | {r['frames']} | {r['frames_per_s']:.3f} | "
-            f"{r['completion_tokens_per_s']:.0f} | {ratio} | {ratio_t} | "
-            f"{'-' if busy != busy else f'{busy:.0f}%'} | {r['completion_tokens']} |"
+            f"| {r.get('case', r['kind'])} | {r['prompts']} | {r['frames']} | {r.get('image_tokens_per_frame', '-')} | "
+            f"{r['frames_per_s']:.3f} | {r['completion_tokens_per_s']:.0f} | "
+            f"{_ratio(r, base)} | {_ratio(r, best)} | "
+            f"{_ratio(r, matched) + (' (batch ' + str(matched['batch']) + ')' if matched else '')} | "
+            f"{'-' if memory is None or memory != memory else f'{memory / 1024:.1f} GiB'} | "
+            f"{'-' if busy != busy else f'{busy:.0f}%'} |"
         )
     for r in results:
         if r["kind"] == "engine":
@@ -548,6 +690,10 @@ def print_table(results: list[dict[str, Any]]) -> None:
                 f"{r.get('rss_end_mb', 0):.0f} MB; GPU mem {r.get('gpu_mem_start_mb', 0):.0f}->"
                 f"{r.get('gpu_mem_end_mb', 0):.0f} MB"
             )
+
+
+def _ratio(r: dict[str, Any], other: dict[str, Any] | None) -> str:
+    return f"{r['frames_per_s'] / other['frames_per_s']:.2f}" if other else "-"
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -568,6 +714,9 @@ def main(argv: list[str] | None = None) -> int:
         "fields: par=16 ub=1024 kv=streams clip=1, the engine's defaults otherwise)",
     )
     parser.add_argument("--probe", action="store_true", help="time the prefill's pieces first")
+    parser.add_argument("--peer-batches", default="", help="transformers batch sizes to sweep, e.g. 8,16,32,64,128")
+    parser.add_argument("--peer-prompts", default="1,3")
+    parser.add_argument("--peer-frames", type=int, default=64, help="frames per peer batch size (at least one batch)")
     parser.add_argument("--budget-s", type=float, default=1e9, help="skip what would start after this")
     args = parser.parse_args(argv)
 
@@ -583,7 +732,9 @@ def main(argv: list[str] | None = None) -> int:
         f"GPU offload {llama_cpp.llama_supports_gpu_offload()}")
     text, mmproj = make_model(args.shape, args.model_dir)
     cases = parse_cases(args.cases, args.frames)
-    n_video = max([c.frames for c in cases] + [args.seed_frames, args.seed3_frames or 0, 16]) + 64
+    peer_batches = [int(b) for b in args.peer_batches.split(",") if b]
+    peer_need = max([max(args.peer_frames, b) + b for b in peer_batches] + [0])
+    n_video = max([c.frames for c in cases] + [args.seed_frames, args.seed3_frames or 0, 16, peer_need]) + 64
     video = make_video(workdir / f"clip-{n_video}.mp4", n_video)
     results: list[dict[str, Any]] = []
 
@@ -626,6 +777,16 @@ def main(argv: list[str] | None = None) -> int:
         log(f"  {r['frames_per_s']:.3f} frames/s, {r['completion_tokens_per_s']:.0f} tok/s, "
             f"GPU busy {r.get('gpu_busy_pct', float('nan')):.0f}%, answers {r['completion_tokens']}")
         record(r)
+    prompt_tokens = (17, 13)  # ChatML with the seed's system text: before and after the image
+    for n_prompts in [int(p) for p in args.peer_prompts.split(",") if p] if peer_batches else []:
+        if not time_left():
+            break
+        log(f"peer: {n_prompts} prompt(s), batches {args.peer_batches}")
+        for r in run_peer(
+            args.shape, video, n_prompts, args.max_tokens, peer_batches,
+            args.peer_frames, prompt_tokens, time_left,
+        ):
+            record(r)
     print_table([r for r in results if r["kind"] != "engine-failed"])
     log(f"results: {results_path}; total {time.perf_counter() - started:.0f} s")
     shutil.rmtree(workdir, ignore_errors=True) if args.out else None

@@ -33,10 +33,8 @@ sys.path.insert(0, str(ROOT))
 
 from benchmarks.gpu_throughput import make_video, rss_mb  # noqa: E402
 from pipeline.caption import Captioner, make_questions  # noqa: E402
-from pipeline.caption.engine import EngineSettings  # noqa: E402
-from pipeline.caption.formats import get_chat_format  # noqa: E402
 from pipeline.caption.tiny import ensure_tiny_model  # noqa: E402
-from pipeline.caption.weights import ModelFiles  # noqa: E402
+from pipeline.config import compose_config  # noqa: E402
 
 PROMPTS = ["Describe this frame in one sentence.", "What objects are visible?"]
 T = TypeVar("T")
@@ -57,14 +55,14 @@ def main(argv: list[str] | None = None) -> int:
 
     workdir = args.workdir or Path(tempfile.mkdtemp(prefix="soak-"))
     workdir.mkdir(parents=True, exist_ok=True)
-    text, mmproj = ensure_tiny_model(workdir / "model")
+    ensure_tiny_model(workdir / "model")
     video = make_video(workdir / f"soak-{args.frames}.mp4", args.frames)
-    settings = EngineSettings(
-        text_model=str(text), mmproj=str(mmproj), chat_format=get_chat_format("chatml"),
-        stop=("<|im_end|>",), n_gpu_layers=0, parallel=args.parallel,
-        max_questions=len(PROMPTS), max_tokens=args.max_tokens, n_threads=args.threads,
-    )
-    captioner = Captioner(settings, "tiny", ModelFiles(text, mmproj))
+    threads = [] if args.threads is None else [f"engine.n_threads={args.threads}"]
+    cfg = compose_config([
+        "model=tiny", f"model.dir={workdir / 'model'}", "video=unused", f"engine.parallel={args.parallel}",
+        f"generation.max_tokens={args.max_tokens}", *threads,
+    ])
+    captioner = Captioner.from_config(cfg, max_questions=len(PROMPTS))
     captioner.setup()
     samples: list[tuple[int, float]] = []
     started = time.perf_counter()

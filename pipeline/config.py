@@ -34,6 +34,7 @@ class ModelConfig:
     generated: bool = MISSING
     quantized: bool = MISSING
     chat_format: str = MISSING
+    image_layout: str = MISSING
     system_prompt: str | None = MISSING
     stop: list[str] = MISSING
     n_ctx: int = MISSING
@@ -63,6 +64,7 @@ class EngineConfig:
     n_threads: int | None = MISSING
     prefetch_frames: int = MISSING
     prepare_ahead: int = MISSING
+    overlap_clip: bool = MISSING
     kv_unified: bool = MISSING
     max_decode_seqs: int | None = MISSING
 

@@ -125,7 +125,7 @@ def write_report(
     page = render_report(df, f"Captions in {output_dir}")
     # Written aside and renamed, so a browser reloading the page never sees half of it.
     data = page.encode("utf-8")
-    write_atomic(out, lambda handle: handle.write(data))
+    write_atomic(out, lambda temporary: temporary.write_bytes(data))
     return out
 
 

@@ -24,7 +24,7 @@ import uuid
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
-from typing import IO, TYPE_CHECKING, Any, Optional
+from typing import TYPE_CHECKING, Any, Optional
 
 import pyarrow as pa
 import pyarrow.parquet as pq
@@ -133,7 +133,7 @@ def write_chunk(
     name = f"{kind}-{config_id}-{time.time_ns()}-{uuid.uuid4().hex[:8]}"
     final = output_dir / video_id / f"{name}.parquet"
     try:
-        write_atomic(final, lambda handle: pq.write_table(table, handle))
+        write_atomic(final, lambda temporary: pq.write_table(table, temporary))
     except OSError as error:
         raise StoreError(
             f"cannot write {final}: {error.strerror or error}; committed results are intact, "
@@ -206,17 +206,18 @@ def write_json_atomic(path: Path, value: Any) -> None:
     """
     data = json.dumps(value, indent=2, default=str).encode()
     try:
-        write_atomic(path, lambda handle: handle.write(data))
+        write_atomic(path, lambda temporary: temporary.write_bytes(data))
     except OSError as error:
         raise StoreError(f"cannot write {path}: {error.strerror or error}") from error
 
 
-def write_atomic(path: Path, write: Callable[[IO[bytes]], object]) -> None:
+def write_atomic(path: Path, write: Callable[[Path], object]) -> None:
     """Make ``path`` appear whole or not at all, and survive a power cut once this returns.
 
-    ``write`` fills a hidden temporary file in ``path``'s folder (created if missing), which
-    is flushed and fsynced, renamed over ``path``, and the folder fsynced so that the rename
-    itself is on disk. Every file the pipeline writes goes through here.
+    ``write`` writes the content to the file path it is given: a hidden temporary name in
+    ``path``'s folder (created if missing). That file is fsynced, renamed over ``path``, and
+    the folder fsynced so that the rename itself is on disk. Every file the pipeline writes
+    goes through here.
 
     Raises:
         OSError: It cannot be written; the temporary file is removed.
@@ -224,14 +225,17 @@ def write_atomic(path: Path, write: Callable[[IO[bytes]], object]) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     temporary = path.with_name(f".{path.name}.{uuid.uuid4().hex[:8]}.tmp")
     try:
-        with open(temporary, "wb") as handle:
-            write(handle)
-            handle.flush()
-            os.fsync(handle.fileno())
+        write(temporary)
+        _fsync(temporary)
         os.replace(temporary, path)
     finally:
         temporary.unlink(missing_ok=True)
-    descriptor = os.open(path.parent, os.O_RDONLY)
+    _fsync(path.parent)
+
+
+def _fsync(path: Path) -> None:
+    """Flush a file's or folder's data and metadata to disk."""
+    descriptor = os.open(path, os.O_RDONLY)
     try:
         os.fsync(descriptor)
     finally:

@@ -14,14 +14,19 @@ import subprocess
 import sys
 import time
 from collections.abc import Callable, Iterator
+from dataclasses import replace
 from pathlib import Path
+from typing import Any
 
 import cv2
 import numpy as np
 import pandas as pd
 import pytest
 
+from pipeline.caption import Captioner
+from pipeline.caption.engine import EngineSettings
 from pipeline.caption.tiny import ensure_tiny_model
+from pipeline.config import compose_config
 
 ROOT = Path(__file__).resolve().parent.parent
 SAMPLE_VIDEO = ROOT / "data" / "sample.mp4"
@@ -54,6 +59,29 @@ def fail_on_error_logs(request: pytest.FixtureRequest) -> Iterator[None]:
     if recorder.records and not request.node.get_closest_marker("allow_error_logs"):
         messages = "; ".join(r.getMessage() for r in recorder.records)
         pytest.fail(f"unexpected ERROR log: {messages}")
+
+
+@pytest.fixture(scope="session", autouse=True)
+def user_cache(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
+    """The user cache (derived projector files) in a folder of the session, also for the
+    ``python -m pipeline`` runs it starts."""
+    path = tmp_path_factory.mktemp("user-cache")
+    before = os.environ.get("VIDEO_CAPTION_CACHE")
+    os.environ["VIDEO_CAPTION_CACHE"] = str(path)
+    yield path
+    if before is None:
+        os.environ.pop("VIDEO_CAPTION_CACHE", None)
+    else:
+        os.environ["VIDEO_CAPTION_CACHE"] = before
+
+
+def tiny_engine_settings(model_dir: Path, *overrides: str, **fields: Any) -> EngineSettings:
+    """Engine settings of the tiny preset as the config gives them (Hydra ``overrides``),
+    with some fields replaced."""
+    cfg = compose_config(["model=tiny", f"model.dir={model_dir}", "video=unused", *overrides])
+    max_questions = int(fields.pop("max_questions", 1))
+    settings = Captioner.from_config(cfg, max_questions=max_questions).engine.settings
+    return replace(settings, **fields)
 
 
 @pytest.fixture(scope="session")

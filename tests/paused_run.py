@@ -20,7 +20,6 @@ import os
 import time
 from collections.abc import Callable
 from pathlib import Path
-from typing import IO
 
 import pipeline.store
 from pipeline.executors.base import Captioned
@@ -40,7 +39,7 @@ def pause_at_commit(committed: int, during: bool) -> None:
     write_atomic = pipeline.store.write_atomic
     seen = 0
 
-    def paused_write(path: Path, write: Callable[[IO[bytes]], object]) -> None:
+    def paused_write(path: Path, write: Callable[[Path], object]) -> None:
         nonlocal seen
         if path.suffix == ".parquet":
             seen += 1
@@ -48,9 +47,8 @@ def pause_at_commit(committed: int, during: bool) -> None:
                 pause()
             elif seen == committed + 1:
 
-                def write_then_pause(handle: IO[bytes]) -> None:
-                    write(handle)
-                    handle.flush()
+                def write_then_pause(temporary: Path) -> None:
+                    write(temporary)
                     pause()
 
                 write_atomic(path, write_then_pause)

@@ -13,22 +13,18 @@ import gguf
 import numpy as np
 import pytest
 
+from benchmarks.random_llava import write_random_llava
 from pipeline.caption import make_questions
 from pipeline.caption.engine import Engine, EngineSettings
-from pipeline.caption.formats import get_chat_format
-from pipeline.caption.tiny import TextShape, VisionShape, ensure_tiny_model, write_random_llava
-from tests.conftest import frames
+from pipeline.caption.tiny import TextShape, VisionShape
+from tests.conftest import frames, tiny_engine_settings
 
 PROMPTS = ["What is shown?", "What colors dominate?", "Is there text?"]
 
 
 def settings(model_dir: Path, **overrides: Any) -> EngineSettings:
-    text, mmproj = ensure_tiny_model(model_dir)
-    base: dict[str, Any] = dict(
-        text_model=str(text), mmproj=str(mmproj), chat_format=get_chat_format("chatml"),
-        stop=("<|im_end|>",), n_gpu_layers=0, parallel=3, max_questions=3, max_tokens=10,
-    )
-    return EngineSettings(**{**base, **overrides})
+    base: dict[str, Any] = dict(parallel=3, max_questions=3, max_tokens=10)
+    return tiny_engine_settings(model_dir, **{**base, **overrides})
 
 
 def answer_texts(engine_settings: EngineSettings, images: list[np.ndarray]) -> dict[int, list[str]]:
@@ -109,9 +105,9 @@ def test_real_shape_generator_writes_q5_k_m_layout_that_runs(tmp_path: Path) -> 
     assert types["blk.0.attn_q.weight"] == "Q5_K"
     assert types["blk.0.attn_norm.weight"] == "F32"
     assert len(gguf.GGUFReader(text).fields["tokenizer.ggml.tokens"].data) == 2000
-    engine_settings = EngineSettings(
-        text_model=str(text), mmproj=str(mmproj), chat_format=get_chat_format("chatml"),
-        n_gpu_layers=0, parallel=1, max_tokens=4, stop=(), ignore_eos=True,
+    engine_settings = settings(
+        tmp_path, text_model=str(text), mmproj=str(mmproj), parallel=1, max_questions=1, max_tokens=4, stop=(),
+        ignore_eos=True,
     )
     with Engine(engine_settings) as engine:
         ((_, (answer,)),) = list(engine.run([(0, frames(1, seed=3)[0])], make_questions(PROMPTS[:1])))

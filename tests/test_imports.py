@@ -23,7 +23,7 @@ LAYERS = [
         "pipeline.results",
     ),
     ("pipeline.store",),
-    ("pipeline.config", "pipeline.errors", "pipeline"),
+    ("pipeline.config", "pipeline.errors", "pipeline.paths", "pipeline"),
 ]
 
 

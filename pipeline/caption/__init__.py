@@ -23,6 +23,7 @@ import numpy as np
 from omegaconf import DictConfig, OmegaConf
 
 from pipeline.caption.engine import (
+    IMAGE_LAYOUTS,
     Answer,
     Engine,
     EngineError,
@@ -156,6 +157,7 @@ class CaptionSpec:
             chat_format=get_chat_format(model.chat_format),
             system_prompt=self.system_prompt,
             stop=tuple(model.stop),
+            image_layout=model.image_layout,
             n_ctx=model.n_ctx,
             n_gpu_layers=model.n_gpu_layers,
             n_batch=eng.n_batch,
@@ -165,6 +167,7 @@ class CaptionSpec:
             parallel=parallel,
             lanes=eng.lanes,
             prepare_ahead=eng.prepare_ahead,
+            overlap_clip=eng.overlap_clip,
             kv_unified=eng.kv_unified,
             max_decode_seqs=eng.max_decode_seqs,
             max_questions=self.max_questions,
@@ -292,6 +295,10 @@ def _check(spec: CaptionSpec) -> None:
             f"engine.flash_attn must be auto, on or off, got {eng.flash_attn!r}",
         ),
         (spec.model.n_ctx >= 512, f"model.n_ctx must be >= 512, got {spec.model.n_ctx}"),
+        (
+            spec.model.image_layout in IMAGE_LAYOUTS,
+            f"model.image_layout must be one of {', '.join(IMAGE_LAYOUTS)}, got {spec.model.image_layout!r}",
+        ),
         (gen.max_tokens >= 1, f"generation.max_tokens must be >= 1, got {gen.max_tokens}"),
         (gen.temperature >= 0, f"generation.temperature must be >= 0, got {gen.temperature}"),
         (spec.max_questions >= 1, f"at least one prompt is needed, got {spec.max_questions}"),

@@ -1,18 +1,16 @@
-"""A tiny random-weight LLaVA 1.6 model pair, generated locally.
+"""A tiny random-weight LLaVA 1.6 model pair, generated locally, and the GGUF layout it shares
+with the benchmarks' real-shaped random models.
 
 The pair is a llama-architecture text model with a SentencePiece (SPM) tokenizer and a CLIP
 vision encoder with LLaVA's two-layer MLP projector, laid out exactly like the GGUF files of
-the real LLaVA 1.6 models (same tensor names, metadata keys, 336-pixel tiles of 24x24 patches
-and the LLaVA 1.6 grid pinpoints), only with a few thousand times fewer weights, all drawn
-from a fixed-seed random generator. Its answers are gibberish, but loading it and captioning
-a frame runs the same llama-cpp-python multimodal code path (``mtmd``: image tiling, CLIP
-encoding, projection, decoding) as the real model, in well under a second on a CPU and with
-nothing to download. Tests use it, and so does ``model=tiny``.
-
-The same generator, :func:`write_random_llava`, writes such pairs in any shape: the GPU
-benchmark (``benchmarks/gpu_throughput.py``) uses it for random-weight models of the real
-LLaVA 1.6 geometries (``MISTRAL_7B_TEXT``, ``YI_34B_TEXT`` with ``CLIP_VIT_L_336``), written
-directly as Q5_K_M (random quant blocks), so they run at the real models' speed.
+the real LLaVA 1.6 models as llama.cpp's legacy converter wrote them (same tensor names and
+metadata keys, 336-pixel tiles of 24x24 patches, the LLaVA 1.6 grid pinpoints, ``spatial_unpad``,
+the ``image_newline`` vector, quick-GELU, CLIP's last layer dropped), only with a few thousand
+times fewer weights, all drawn from a fixed-seed random generator. Its answers are gibberish,
+but captioning a frame runs the same llama-cpp-python code path (``mtmd`` preprocessing, CLIP,
+projection, decoding) as the real model, in a fraction of a second on a CPU and with nothing
+to download. Tests use it, and so do ``model=tiny`` and the reference-parity fixture
+(``benchmarks/reference_parity.py`` loads the same weights into transformers).
 
 Generation is deterministic: the same code writes the same bytes. The file names carry a
 version suffix (``_VERSION``); bump it whenever the generator changes so that caches made by
@@ -24,14 +22,14 @@ from __future__ import annotations
 import ctypes
 import os
 import tempfile
-from dataclasses import dataclass, replace
+from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable
 
 import gguf
 import numpy as np
 
-_VERSION = "v1"
+_VERSION = "v2"
 TINY_TEXT_FILE = f"tiny-llava-text-{_VERSION}.gguf"
 TINY_MMPROJ_FILE = f"tiny-llava-mmproj-{_VERSION}.gguf"
 TINY_TEXT_Q8_FILE = f"tiny-llava-text-{_VERSION}.Q8_0.gguf"
@@ -59,7 +57,11 @@ class TextShape:
 
 @dataclass(frozen=True)
 class VisionShape:
-    """Geometry of a CLIP ViT encoder with 336-pixel tiles of 14-pixel patches."""
+    """Geometry of a CLIP ViT encoder with 336-pixel tiles of 14-pixel patches.
+
+    ``n_layer`` counts the layers stored in the mmproj: the model's layers minus the last one,
+    which LLaVA does not use (its features are the second-to-last layer's output).
+    """
 
     n_embd: int
     n_ff: int
@@ -67,23 +69,29 @@ class VisionShape:
     n_head: int
 
 
-# The tiny pair (tests, model=tiny).
 TINY_TEXT = TextShape(n_embd=64, n_layer=2, n_head=4, n_head_kv=4, n_ff=128)
 TINY_VISION = VisionShape(n_embd=32, n_ff=48, n_layer=2, n_head=4)
-# The real LLaVA 1.6 geometries (for benchmarks with random weights).
-MISTRAL_7B_TEXT = TextShape(4096, 32, 32, 8, 14336, 32768, 1000000.0, 32000)
-VICUNA_7B_TEXT = TextShape(4096, 32, 32, 32, 11008, 4096, 10000.0, 32000)
-YI_34B_TEXT = TextShape(7168, 60, 56, 8, 20480, 4096, 5000000.0, 64000)
-CLIP_VIT_L_336 = VisionShape(n_embd=1024, n_ff=4096, n_layer=23, n_head=16)  # LLaVA keeps 23 of 24
-_RMS_EPS = 1e-5
+RMS_EPS = 1e-5
 
 # Vision encoder input (the geometry of ViT-L/14-336) and projector.
-_IMAGE_SIZE = 336
-_PATCH_SIZE = 14
-_LAYER_NORM_EPS = 1e-5
-_CLIP_MEAN = [0.48145466, 0.4578275, 0.40821073]
-_CLIP_STD = [0.26862954, 0.26130258, 0.27577711]
-_GRID_PINPOINTS = [336, 672, 672, 336, 672, 672, 1008, 336, 336, 1008]
+IMAGE_SIZE = 336
+PATCH_SIZE = 14
+LAYER_NORM_EPS = 1e-5
+CLIP_MEAN = [0.48145466, 0.4578275, 0.40821073]
+CLIP_STD = [0.26862954, 0.26130258, 0.27577711]
+GRID_PINPOINTS = [336, 672, 672, 336, 672, 672, 1008, 336, 336, 1008]
+
+FILE_TYPES = {
+    "F32": gguf.LlamaFileType.ALL_F32,
+    "F16": gguf.LlamaFileType.MOSTLY_F16,
+    "Q8_0": gguf.LlamaFileType.MOSTLY_Q8_0,
+    "Q5_K_M": gguf.LlamaFileType.MOSTLY_Q5_K_M,
+}
+
+# Adds one text-model weight: (writer, name, numpy shape, layer, n_layer); layer -1: not in a block.
+AddWeight = Callable[[gguf.GGUFWriter, str, tuple[int, ...], int, int], None]
+# Draws a float32 weight of a numpy shape.
+Draw = Callable[..., np.ndarray]
 
 # Tokenizer.
 _SPACE = "\u2581"  # SentencePiece's word-start marker
@@ -111,6 +119,8 @@ _LETTERS = [chr(c) for c in range(ord("a"), ord("z") + 1)] + [
 ]
 
 
+
+
 def ensure_tiny_model(cache_dir: Path, quantized: bool = False) -> tuple[Path, Path]:
     """Create the tiny model files in ``cache_dir`` if missing and return their paths.
 
@@ -124,105 +134,153 @@ def ensure_tiny_model(cache_dir: Path, quantized: bool = False) -> tuple[Path, P
     """
     cache_dir = Path(cache_dir)
     cache_dir.mkdir(parents=True, exist_ok=True)
+    rng = np.random.default_rng(_SEED)
+
+    def add_weight(writer: gguf.GGUFWriter, name: str, shape: tuple[int, ...], layer: int, n_layer: int) -> None:
+        writer.add_tensor(name, _ones(shape[0]) if len(shape) == 1 else _random(rng, *shape))
+
     text_path = _ensure_file(
         cache_dir / TINY_TEXT_FILE,
-        lambda out: _write_text_model(out, TINY_TEXT, "F32", "tiny-llava-text"),
+        lambda out: write_text_model(out, TINY_TEXT, "F32", "tiny-llava-text", add_weight),
     )
+    vision_rng = np.random.default_rng(_SEED + 1)
     mmproj_path = _ensure_file(
         cache_dir / TINY_MMPROJ_FILE,
-        lambda out: _write_mmproj(out, TINY_VISION, TINY_TEXT.n_embd, "F32", "tiny-llava-mmproj"),
+        lambda out: write_mmproj(
+            out, TINY_VISION, TINY_TEXT.n_embd, "F32", "tiny-llava-mmproj", lambda *dims: _random(vision_rng, *dims)
+        ),
     )
     if quantized:
-        text_path = _ensure_file(
-            cache_dir / TINY_TEXT_Q8_FILE, lambda out: _quantize_q8_0(text_path, out)
-        )
+        text_path = _ensure_file(cache_dir / TINY_TEXT_Q8_FILE, lambda out: _quantize_q8_0(text_path, out))
     return text_path, mmproj_path
 
 
-def _ensure_file(path: Path, write: Callable[[Path], None]) -> Path:
-    """Make ``path`` with ``write`` unless it exists, atomically.
-
-    ``write`` writes into a temporary file in the same folder, which is then renamed into
-    place, so a concurrent reader sees either no file or the whole file.
-    """
-    if path.exists():
-        return path
-    return _write_atomic(path, write)
-
-
-def write_random_llava(
-    folder: str | Path,
-    text_shape: TextShape = TINY_TEXT,
-    vision_shape: VisionShape = TINY_VISION,
-    vocab_size: int | None = None,
-    *,
-    text_embd: int | None = None,
-    text_type: str = "F32",
-    vision_type: str = "F32",
-    name: str = "random-llava",
-) -> tuple[Path, Path]:
-    """Write a random-weight LLaVA 1.6 pair of any shape into ``folder``.
-
-    The tiny test model and the GPU benchmark's real-shaped models (``MISTRAL_7B_TEXT`` +
-    ``CLIP_VIT_L_336``, ``YI_34B_TEXT``) both come from here. Files are written atomically
-    and overwritten if present.
-
-    Args:
-        folder: Where to write; created if needed.
-        text_shape: The text model's geometry.
-        vision_shape: The CLIP encoder's geometry.
-        vocab_size: Pad the vocabulary to this many tokens (the real models' 32000 or 64000
-            makes the output layer the real size); ``None`` keeps ``text_shape.vocab_size``
-            (or the generator's own few hundred pieces).
-        text_embd: Override ``text_shape.n_embd`` (the projector follows it).
-        text_type: ``F32`` or ``F16`` (normal draws), ``Q8_0`` or ``Q5_K_M`` (random quant
-            blocks written directly, laid out as ``llama-quantize`` would: Q5_K_M puts
-            ``output``, and ``attn_v``/``ffn_down`` of the "more bits" layers, in Q6_K).
-        vision_type: ``F32`` or ``F16`` (2-D weights in that type; norms, biases, F32).
-        name: File name stem: ``{name}-text-{text_type}.gguf``, ``{name}-mmproj-{vision_type}.gguf``.
-
-    Returns:
-        ``(text_model_path, mmproj_path)``.
-    """
-    if text_embd is not None:
-        text_shape = replace(text_shape, n_embd=text_embd)
-    if vocab_size is not None:
-        text_shape = replace(text_shape, vocab_size=vocab_size)
-    folder = Path(folder)
-    folder.mkdir(parents=True, exist_ok=True)
-    text_path = _write_atomic(
-        folder / f"{name}-text-{text_type}.gguf",
-        lambda out: _write_text_model(out, text_shape, text_type, f"{name}-text"),
+def pattern_frame(height: int, width: int, seed: int = 0) -> np.ndarray:
+    """A deterministic test picture (``height x width x 3`` uint8): gradients, a grid of
+    discs and seeded noise, so that every tile of every layout differs."""
+    y, x = np.mgrid[0:height, 0:width].astype(np.float32)
+    cell = max(min(height, width) / 6.0, 4.0)
+    discs = (((x % cell) - cell / 2) ** 2 + ((y % cell) - cell / 2) ** 2) < (cell / 3) ** 2
+    picture = np.stack(
+        [255 * x / max(width - 1, 1), 255 * y / max(height - 1, 1), 128 + 100 * discs - 50 * (x > y)], axis=-1
     )
-    mmproj_path = _write_atomic(
-        folder / f"{name}-mmproj-{vision_type}.gguf",
-        lambda out: _write_mmproj(out, vision_shape, text_shape.n_embd, vision_type, f"{name}-mmproj"),
-    )
-    return text_path, mmproj_path
+    noise = np.random.default_rng(seed).normal(0.0, 12.0, picture.shape)
+    return np.clip(picture + noise, 0, 255).astype(np.uint8)
 
 
-def _write_atomic(path: Path, write: Callable[[Path], None]) -> Path:
-    """Write ``path`` with ``write`` through a temporary file in the same folder."""
-    fd, tmp_name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    os.close(fd)
-    tmp_path = Path(tmp_name)
-    try:
-        write(tmp_path)
-        os.replace(tmp_path, path)
-    finally:
-        tmp_path.unlink(missing_ok=True)
-    return path
+def write_text_model(path: Path, shape: TextShape, weight_type: str, name: str, add_weight: AddWeight) -> None:
+    """Write a llama-architecture text model with its SPM tokenizer; ``add_weight`` makes
+    each tensor (in the order llama.cpp's LLM_ARCH_LLAMA loads them)."""
+    if weight_type not in FILE_TYPES:
+        raise ValueError(f"text_type must be one of {sorted(FILE_TYPES)}, got {weight_type!r}")
+    tokens, scores, token_types = vocab(shape.vocab_size)
+    writer = gguf.GGUFWriter(None, "llama")
+    writer.add_name(name)
+    writer.add_description("Random-weight LLaVA 1.6 text model for tests")
+    writer.add_file_type(FILE_TYPES[weight_type])
+    writer.add_context_length(shape.n_ctx_train)
+    writer.add_embedding_length(shape.n_embd)
+    writer.add_block_count(shape.n_layer)
+    writer.add_feed_forward_length(shape.n_ff)
+    writer.add_head_count(shape.n_head)
+    writer.add_head_count_kv(shape.n_head_kv)
+    writer.add_rope_dimension_count(shape.n_embd // shape.n_head)
+    writer.add_rope_freq_base(shape.rope_freq_base)
+    writer.add_layer_norm_rms_eps(RMS_EPS)
+    writer.add_vocab_size(len(tokens))
+
+    writer.add_tokenizer_model("llama")
+    writer.add_token_list(tokens)
+    writer.add_token_scores(scores)
+    writer.add_token_types(token_types)
+    writer.add_bos_token_id(1)
+    writer.add_eos_token_id(2)
+    writer.add_unk_token_id(0)
+    writer.add_add_bos_token(True)
+    writer.add_add_eos_token(False)
+
+    for tensor_name, tensor_shape, layer in text_layout(shape, len(tokens)):
+        add_weight(writer, tensor_name, tensor_shape, layer, shape.n_layer)
+    _write_gguf(path, writer)
 
 
-def _write_gguf(path: Path, writer: gguf.GGUFWriter) -> None:
-    """Write a filled-in writer's header, metadata and tensors to ``path`` and close it."""
-    writer.write_header_to_file(path)
-    writer.write_kv_data_to_file()
-    writer.write_tensors_to_file()
-    writer.close()
+def write_mmproj(path: Path, shape: VisionShape, text_embd: int, weight_type: str, name: str, draw: Draw) -> None:
+    """Write the CLIP vision encoder + MLP projector in LLaVA 1.6's mmproj layout, as
+    llama.cpp's legacy converter (``convert_image_encoder_to_gguf.py``) wrote the presets'
+    files: the stored layers counted in ``block_count``, no ``feature_layer`` key."""
+    if weight_type not in ("F32", "F16"):
+        raise ValueError(f"vision_type must be F32 or F16, got {weight_type!r}")
+    writer = gguf.GGUFWriter(None, "clip")
+    writer.add_name(name)
+    writer.add_description("image encoder for LLaVA")
+    writer.add_file_type(FILE_TYPES[weight_type])
+    writer.add_bool("clip.has_text_encoder", False)
+    writer.add_bool("clip.has_vision_encoder", True)
+    writer.add_bool("clip.has_llava_projector", True)
+    writer.add_string("clip.projector_type", "mlp")
+    writer.add_bool("clip.use_gelu", False)  # CLIP ViT-L/14-336's quick-GELU
+    writer.add_uint32("clip.vision.image_size", IMAGE_SIZE)
+    writer.add_uint32("clip.vision.patch_size", PATCH_SIZE)
+    writer.add_uint32("clip.vision.embedding_length", shape.n_embd)
+    writer.add_uint32("clip.vision.feed_forward_length", shape.n_ff)
+    writer.add_uint32("clip.vision.projection_dim", text_embd)
+    writer.add_uint32("clip.vision.attention.head_count", shape.n_head)
+    writer.add_float32("clip.vision.attention.layer_norm_epsilon", LAYER_NORM_EPS)
+    writer.add_uint32("clip.vision.block_count", shape.n_layer)
+    writer.add_array("clip.vision.image_mean", CLIP_MEAN)
+    writer.add_array("clip.vision.image_std", CLIP_STD)
+    writer.add_string("clip.vision.mm_patch_merge_type", "spatial_unpad")
+    writer.add_array("clip.vision.image_grid_pinpoints", GRID_PINPOINTS)
+    for tensor_name, tensor in mmproj_tensors(shape, text_embd, draw):
+        if weight_type == "F16" and tensor.ndim >= 2 and tensor_name != "v.position_embd.weight":
+            tensor = tensor.astype(np.float16)
+        writer.add_tensor(tensor_name, tensor)
+    _write_gguf(path, writer)
 
 
-def _vocab(vocab_size: int | None = None) -> tuple[list[str], list[float], list[int]]:
+def mmproj_tensors(shape: VisionShape, text_embd: int, draw: Draw) -> list[tuple[str, np.ndarray]]:
+    """The mmproj's tensors, named as tools/mtmd/clip.cpp loads them for projector "mlp",
+    drawn in a fixed order.
+
+    llama.cpp treats most of them as optional but then dereferences them in the graph, so a
+    missing one crashes instead of raising: every tensor of a real LLaVA 1.6 mmproj is here.
+    """
+    embd, ff = shape.n_embd, shape.n_ff
+    n_positions = (IMAGE_SIZE // PATCH_SIZE) ** 2 + 1  # patches + class token
+    tensors = [
+        ("v.class_embd", draw(embd)),
+        ("v.patch_embd.weight", draw(embd, 3, PATCH_SIZE, PATCH_SIZE)),
+        ("v.position_embd.weight", draw(n_positions, embd)),
+        ("v.pre_ln.weight", _ones(embd)),
+        ("v.pre_ln.bias", _zeros(embd)),
+    ]
+    for i in range(shape.n_layer):
+        for proj in ("attn_q", "attn_k", "attn_v", "attn_out"):
+            tensors += [
+                (f"v.blk.{i}.{proj}.weight", draw(embd, embd)),
+                (f"v.blk.{i}.{proj}.bias", draw(embd)),
+            ]
+        tensors += [
+            (f"v.blk.{i}.ln1.weight", _ones(embd)),
+            (f"v.blk.{i}.ln1.bias", _zeros(embd)),
+            (f"v.blk.{i}.ffn_up.weight", draw(ff, embd)),
+            (f"v.blk.{i}.ffn_up.bias", draw(ff)),
+            (f"v.blk.{i}.ffn_down.weight", draw(embd, ff)),
+            (f"v.blk.{i}.ffn_down.bias", draw(embd)),
+            (f"v.blk.{i}.ln2.weight", _ones(embd)),
+            (f"v.blk.{i}.ln2.bias", _zeros(embd)),
+        ]
+    tensors += [
+        ("mm.0.weight", draw(text_embd, embd)),
+        ("mm.0.bias", draw(text_embd)),
+        ("mm.2.weight", draw(text_embd, text_embd)),
+        ("mm.2.bias", draw(text_embd)),
+        ("v.image_newline", draw(text_embd)),
+    ]
+    return tensors
+
+
+def vocab(vocab_size: int | None = None) -> tuple[list[str], list[float], list[int]]:
     """The SPM vocabulary: tokens, scores and token types, in id order.
 
     Ids 0-2 are ``<unk>``, ``<s>``, ``</s>``; then the 256 byte-fallback tokens (so any
@@ -257,51 +315,7 @@ def _vocab(vocab_size: int | None = None) -> tuple[list[str], list[float], list[
     return tokens, scores, [int(t) for t in types]
 
 
-_FILE_TYPES = {
-    "F32": gguf.LlamaFileType.ALL_F32,
-    "F16": gguf.LlamaFileType.MOSTLY_F16,
-    "Q8_0": gguf.LlamaFileType.MOSTLY_Q8_0,
-    "Q5_K_M": gguf.LlamaFileType.MOSTLY_Q5_K_M,
-}
-
-
-def _write_text_model(path: Path, shape: TextShape, weight_type: str, name: str) -> None:
-    """Write the llama-architecture text model with its SPM tokenizer."""
-    if weight_type not in _FILE_TYPES:
-        raise ValueError(f"text_type must be one of {sorted(_FILE_TYPES)}, got {weight_type!r}")
-    tokens, scores, token_types = _vocab(shape.vocab_size)
-    writer = gguf.GGUFWriter(None, "llama")
-    writer.add_name(name)
-    writer.add_description("Random-weight LLaVA 1.6 text model for tests")
-    writer.add_file_type(_FILE_TYPES[weight_type])
-    writer.add_context_length(shape.n_ctx_train)
-    writer.add_embedding_length(shape.n_embd)
-    writer.add_block_count(shape.n_layer)
-    writer.add_feed_forward_length(shape.n_ff)
-    writer.add_head_count(shape.n_head)
-    writer.add_head_count_kv(shape.n_head_kv)
-    writer.add_rope_dimension_count(shape.n_embd // shape.n_head)
-    writer.add_rope_freq_base(shape.rope_freq_base)
-    writer.add_layer_norm_rms_eps(_RMS_EPS)
-    writer.add_vocab_size(len(tokens))
-
-    writer.add_tokenizer_model("llama")
-    writer.add_token_list(tokens)
-    writer.add_token_scores(scores)
-    writer.add_token_types(token_types)
-    writer.add_bos_token_id(1)
-    writer.add_eos_token_id(2)
-    writer.add_unk_token_id(0)
-    writer.add_add_bos_token(True)
-    writer.add_add_eos_token(False)
-
-    weights = _Weights(np.random.default_rng(_SEED), weight_type, _text_layout(shape, len(tokens)))
-    for tensor_name, tensor_shape, layer in _text_layout(shape, len(tokens)):
-        weights.add(writer, tensor_name, tensor_shape, layer, shape.n_layer)
-    _write_gguf(path, writer)
-
-
-def _text_layout(shape: TextShape, n_vocab: int) -> list[tuple[str, tuple[int, ...], int]]:
+def text_layout(shape: TextShape, n_vocab: int) -> list[tuple[str, tuple[int, ...], int]]:
     """The text model's tensors as ``(name, numpy shape, layer)``, named and ordered as
     llama.cpp's LLM_ARCH_LLAMA loads them (layer -1: not in a block). 1-D tensors are norms."""
     head_dim = shape.n_embd // shape.n_head
@@ -324,89 +338,35 @@ def _text_layout(shape: TextShape, n_vocab: int) -> list[tuple[str, tuple[int, .
     return tensors
 
 
-def _write_mmproj(path: Path, shape: VisionShape, text_embd: int, weight_type: str, name: str) -> None:
-    """Write the CLIP vision encoder + MLP projector in LLaVA 1.6's mmproj layout."""
-    if weight_type not in ("F32", "F16"):
-        raise ValueError(f"vision_type must be F32 or F16, got {weight_type!r}")
-    writer = gguf.GGUFWriter(None, "clip")
-    writer.add_name(name)
-    writer.add_description("image encoder for LLaVA")
-    writer.add_file_type(_FILE_TYPES[weight_type])
-    writer.add_bool("clip.has_text_encoder", False)
-    writer.add_bool("clip.has_vision_encoder", True)
-    writer.add_bool("clip.has_llava_projector", True)
-    writer.add_string("clip.projector_type", "mlp")
-    writer.add_bool("clip.use_gelu", True)
-    writer.add_uint32("clip.vision.image_size", _IMAGE_SIZE)
-    writer.add_uint32("clip.vision.patch_size", _PATCH_SIZE)
-    writer.add_uint32("clip.vision.embedding_length", shape.n_embd)
-    writer.add_uint32("clip.vision.feed_forward_length", shape.n_ff)
-    writer.add_uint32("clip.vision.projection_dim", text_embd)
-    writer.add_uint32("clip.vision.attention.head_count", shape.n_head)
-    writer.add_float32("clip.vision.attention.layer_norm_epsilon", _LAYER_NORM_EPS)
-    writer.add_uint32("clip.vision.block_count", shape.n_layer)
-    writer.add_array("clip.vision.image_mean", _CLIP_MEAN)
-    writer.add_array("clip.vision.image_std", _CLIP_STD)
-    writer.add_string("clip.vision.mm_patch_merge_type", "spatial_unpad")
-    writer.add_array("clip.vision.image_grid_pinpoints", _GRID_PINPOINTS)
-
-    rng = np.random.default_rng(_SEED + 1)
-    pool = _normal_pool(rng) if weight_type == "F16" else None
-    for tensor_name, tensor in _mmproj_tensors(shape, text_embd, rng, pool):
-        if weight_type == "F16" and tensor.ndim >= 2 and tensor_name != "v.position_embd.weight":
-            tensor = tensor.astype(np.float16)
-        writer.add_tensor(tensor_name, tensor)
-    _write_gguf(path, writer)
 
 
-def _mmproj_tensors(
-    shape: VisionShape, text_embd: int, rng: np.random.Generator, pool: np.ndarray | None
-) -> list[tuple[str, np.ndarray]]:
-    """The mmproj's tensors, named as tools/mtmd/clip.cpp loads them for projector "mlp".
+def write_atomic(path: Path, write: Callable[[Path], None]) -> Path:
+    """Write ``path`` with ``write`` through a temporary file in the same folder."""
+    fd, tmp_name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    os.close(fd)
+    tmp_path = Path(tmp_name)
+    try:
+        write(tmp_path)
+        os.replace(tmp_path, path)
+    finally:
+        tmp_path.unlink(missing_ok=True)
+    return path
 
-    llama.cpp treats most of them as optional but then dereferences them in the graph, so a
-    missing one crashes instead of raising: every tensor of a real LLaVA 1.6 mmproj is here.
-    Weights are drawn in a fixed order (``pool``: cut from a pool of draws, for big shapes).
-    """
 
-    def draw(*dims: int) -> np.ndarray:
-        return _random(rng, *dims) if pool is None else _from_pool(pool, rng, dims)
+def _ensure_file(path: Path, write: Callable[[Path], None]) -> Path:
+    """Make ``path`` with ``write`` unless it exists, atomically (a concurrent reader sees
+    either no file or the whole file)."""
+    if path.exists():
+        return path
+    return write_atomic(path, write)
 
-    embd, ff = shape.n_embd, shape.n_ff
-    n_positions = (_IMAGE_SIZE // _PATCH_SIZE) ** 2 + 1  # patches + class token
-    tensors = [
-        ("v.class_embd", draw(embd)),
-        ("v.patch_embd.weight", draw(embd, 3, _PATCH_SIZE, _PATCH_SIZE)),
-        ("v.position_embd.weight", draw(n_positions, embd)),
-        ("v.pre_ln.weight", _ones(embd)),
-        ("v.pre_ln.bias", _zeros(embd)),
-    ]
-    for i in range(shape.n_layer):
-        for proj in ("attn_q", "attn_k", "attn_v", "attn_out"):
-            tensors += [
-                (f"v.blk.{i}.{proj}.weight", draw(embd, embd)),
-                (f"v.blk.{i}.{proj}.bias", draw(embd)),
-            ]
-        tensors += [
-            (f"v.blk.{i}.ln1.weight", _ones(embd)),
-            (f"v.blk.{i}.ln1.bias", _zeros(embd)),
-            (f"v.blk.{i}.ffn_up.weight", draw(ff, embd)),
-            (f"v.blk.{i}.ffn_up.bias", draw(ff)),
-            (f"v.blk.{i}.ffn_down.weight", draw(embd, ff)),
-            (f"v.blk.{i}.ffn_down.bias", draw(embd)),
-            (f"v.blk.{i}.ln2.weight", _ones(embd)),
-            (f"v.blk.{i}.ln2.bias", _zeros(embd)),
-        ]
-    tensors += [
-        ("mm.0.weight", draw(text_embd, embd)),
-        ("mm.0.bias", draw(text_embd)),
-        ("mm.2.weight", draw(text_embd, text_embd)),
-        ("mm.2.bias", draw(text_embd)),
-        # Real LLaVA 1.6 mmproj files carry it; this llama.cpp does not read it (its anyres
-        # puts the tiles' embeddings one after another, with no row separators).
-        ("model.image_newline", draw(text_embd)),
-    ]
-    return tensors
+
+def _write_gguf(path: Path, writer: gguf.GGUFWriter) -> None:
+    """Write a filled-in writer's header, metadata and tensors to ``path`` and close it."""
+    writer.write_header_to_file(path)
+    writer.write_kv_data_to_file()
+    writer.write_tensors_to_file()
+    writer.close()
 
 
 def _random(rng: np.random.Generator, *shape: int) -> np.ndarray:
@@ -424,106 +384,6 @@ def _zeros(n: int) -> np.ndarray:
     return np.zeros(n, dtype=np.float32)
 
 
-# Big shapes: drawing billions of normals would take minutes, and random weights only have
-# to be the right size and finite, so big tensors are cut from a pool of draws at random
-# offsets, and quantized tensors are random bytes with sane block scales.
-_POOL_SIZE = 1 << 24
-_REAL_SCALE = 0.02  # weight spread of the big random models (keeps 30-60 layers finite)
-
-
-def _normal_pool(rng: np.random.Generator) -> np.ndarray:
-    return rng.normal(0.0, _REAL_SCALE, size=_POOL_SIZE).astype(np.float32)
-
-
-def _from_pool(pool: np.ndarray, rng: np.random.Generator, dims: tuple[int, ...]) -> np.ndarray:
-    n = int(np.prod(dims))
-    if n <= pool.size:
-        offset = int(rng.integers(0, pool.size - n + 1))
-        return pool[offset : offset + n].reshape(dims)
-    return np.resize(np.roll(pool, int(rng.integers(0, pool.size))), n).reshape(dims)
-
-
-# (block bytes, offsets of the f16 scale fields, their values): a quantized weight is
-# random bits with these super-block scales, giving weights of spread about _REAL_SCALE.
-_Q = gguf.GGMLQuantizationType
-_BLOCKS = {
-    _Q.Q8_0: (34, {0: 2.7e-4}),  # d; w = d*q, q int8
-    _Q.Q5_K: (176, {0: 6.1e-5, 2: 9.5e-4}),  # d, dmin; w = d*sc*q - dmin*m, 6-bit sc/m, q 0..31
-    _Q.Q6_K: (210, {208: 1.5e-5}),  # d; w = d*sc*(q-32), sc int8, q 0..63
-}
-
-
-class _Weights:
-    """Makes the text model's weights in one storage type."""
-
-    def __init__(
-        self,
-        rng: np.random.Generator,
-        weight_type: str,
-        layout: list[tuple[str, tuple[int, ...], int]],
-    ) -> None:
-        self.rng = rng
-        self.weight_type = weight_type
-        self.pools: dict[object, np.ndarray] = {}
-        if weight_type == "F16":
-            self.pools["F16"] = _normal_pool(rng)
-        self.need = {}
-        for name, shape, layer in layout:
-            qtype = self.quant_type(name, shape, layer, max(l for _, _, l in layout) + 1)
-            if qtype is not None:
-                n_blocks = int(np.prod(shape)) // gguf.GGML_QUANT_SIZES[qtype][0]
-                self.need[qtype] = max(self.need.get(qtype, 0), n_blocks)
-
-    def quant_type(self, name: str, shape: tuple[int, ...], layer: int, n_layer: int):
-        """The llama-quantize type of a tensor, or None for a float tensor."""
-        if len(shape) < 2 or self.weight_type in ("F32", "F16"):
-            return None
-        if self.weight_type == "Q8_0":
-            return _Q.Q8_0 if shape[-1] % 32 == 0 else None
-        # Q5_K_M
-        if shape[-1] % 256 != 0:
-            return _Q.Q8_0 if shape[-1] % 32 == 0 else None
-        more_bits = layer >= 0 and (
-            layer < n_layer // 8 or layer >= 7 * n_layer // 8 or (layer - n_layer // 8) % 3 == 2
-        )
-        if name == "output.weight":
-            return _Q.Q6_K
-        if (name.endswith("attn_v.weight") or name.endswith("ffn_down.weight")) and more_bits:
-            return _Q.Q6_K
-        return _Q.Q5_K
-
-    def add(
-        self, writer: gguf.GGUFWriter, name: str, shape: tuple[int, ...], layer: int, n_layer: int
-    ) -> None:
-        if len(shape) == 1:
-            writer.add_tensor(name, _ones(shape[0]))
-            return
-        qtype = self.quant_type(name, shape, layer, n_layer)
-        if qtype is None:
-            if self.weight_type == "F16":
-                writer.add_tensor(name, _from_pool(self.pools["F16"], self.rng, shape).astype(np.float16))
-            else:
-                writer.add_tensor(name, _random(self.rng, *shape))
-            return
-        block_values, block_bytes = gguf.GGML_QUANT_SIZES[qtype]
-        pool = self._block_pool(qtype)
-        n_blocks = int(np.prod(shape)) // block_values
-        offset = int(self.rng.integers(0, pool.shape[0] - n_blocks + 1))
-        rows = pool[offset : offset + n_blocks].reshape(shape[0], -1)
-        writer.add_tensor(name, rows, raw_dtype=qtype)
-
-    def _block_pool(self, qtype) -> np.ndarray:
-        pool = self.pools.get(qtype)
-        if pool is None:
-            size, scales = _BLOCKS[qtype]
-            n = self.need[qtype] + 4096
-            pool = self.rng.integers(0, 256, size=(n, size), dtype=np.uint8)
-            for offset, value in scales.items():
-                pool[:, offset : offset + 2] = np.frombuffer(np.float16(value).tobytes(), np.uint8)
-            self.pools[qtype] = pool
-        return pool
-
-
 def _quantize_q8_0(source: Path, out: Path) -> None:
     """Quantize the text model ``source`` to Q8_0 into ``out`` with llama.cpp.
 
@@ -534,8 +394,6 @@ def _quantize_q8_0(source: Path, out: Path) -> None:
 
     params = llama_cpp.llama_model_quantize_default_params()
     params.ftype = llama_cpp.LLAMA_FTYPE_MOSTLY_Q8_0
-    status = llama_cpp.llama_model_quantize(
-        str(source).encode(), str(out).encode(), ctypes.byref(params)
-    )
+    status = llama_cpp.llama_model_quantize(str(source).encode(), str(out).encode(), ctypes.byref(params))
     if status != 0:
         raise RuntimeError(f"llama_model_quantize failed with status {status} for {source}")

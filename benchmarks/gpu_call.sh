@@ -1,0 +1,25 @@
+#!/usr/bin/env bash
+# One device call: build llama-cpp-python with CUDA, then run the measurement plan PLAN
+# (call1 | call2) within the call's time, writing raw records under $OUT.
+# Usage (device tool, carry [".gpu"]): bash benchmarks/gpu_call.sh call1
+set -uo pipefail
+plan=${1:?plan}
+started=$(date +%s)
+left() { echo $(( ${CALL_SECONDS:-570} - ($(date +%s) - started) )); }
+source .gpu/gpu_build.sh || exit 1
+export PYTHONUNBUFFERED=1 VIDEO_CAPTION_CACHE=/tmp/vcache HF_HUB_OFFLINE=1
+mkdir -p "$OUT"
+nvidia-smi --query-gpu=name,memory.total,driver_version,clocks.max.sm --format=csv | tee "$OUT/gpu.txt"
+python3 -c 'import torch, transformers; print("torch", torch.__version__, "transformers", transformers.__version__)' | tee -a "$OUT/gpu.txt"
+echo "build done after $(( $(date +%s) - started )) s" | tee -a "$OUT/gpu.txt"
+bench() { python3 benchmarks/gpu_throughput.py --shape "$1" --model-dir /tmp/models --out "$OUT" --budget-s "$(left)" "${@:2}" 2>&1 | tee -a "$OUT/bench.log"; }
+case "$plan" in
+  call1)
+    python3 benchmarks/reference_parity.py --device cuda --n-gpu-layers -1 2>&1 | grep -v "Warning\|Writing\|Loading" | tee "$OUT/parity-gpu.txt"
+    bench mistral7b --probe --seed seed --seed-frames 6 --seed3-frames 3 --frames 64 \
+      --cases "p=1;p=1,layout=llamacpp;p=3,n=48;p=3,layout=llamacpp,n=48" \
+      --peer-batches 16,64,128 --peer-prompts 1 --peer-frames 64
+    ;;
+  *) echo "unknown plan $plan"; exit 2 ;;
+esac
+echo "call done after $(( $(date +%s) - started )) s"

@@ -1,0 +1,30 @@
+"""The llama-cpp-python engine: frames in, answers out, many sequences decoded together.
+
+- :mod:`.records`: settings, questions, answers (with a finish reason) and figures;
+- :mod:`.native`: the text model, its lanes (contexts) and llama.cpp's log;
+- :mod:`.vision`: frame preparation and CLIP, in the reference or llama.cpp's image layout;
+- :mod:`.source`: frames prepared ahead on a background thread;
+- :mod:`.scheduler`: :class:`Engine`, admission and the batched decode step.
+"""
+
+from pipeline.caption.engine.records import (
+    IMAGE_LAYOUTS,
+    Answer,
+    AnswerTrace,
+    EngineError,
+    EngineSettings,
+    EngineStats,
+    Question,
+)
+from pipeline.caption.engine.scheduler import Engine
+
+__all__ = [
+    "IMAGE_LAYOUTS",
+    "Answer",
+    "AnswerTrace",
+    "Engine",
+    "EngineError",
+    "EngineSettings",
+    "EngineStats",
+    "Question",
+]

@@ -1,0 +1,232 @@
+"""Native llama.cpp handles and their life cycle: the text model, its vocabulary, the lanes
+(contexts on the one model, each with its own KV cache and batch), and the log callback.
+
+llama_cpp is imported before numpy-using modules of this package on purpose: on images where
+the compiler links libstdc++ statically, the import order mattered (BENCHMARKS.md, "Import
+order"); the README's build flags make it safe either way.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import logging
+import os
+from dataclasses import dataclass, field
+
+import llama_cpp  # noqa: I001  (import order: see the module docstring)
+import llama_cpp.mtmd_cpp as mtmd
+import numpy as np
+
+from pipeline.caption.engine.records import EngineError, EngineStats
+
+_NATIVE_LOG = logging.getLogger("pipeline.llama_cpp")
+# ggml's levels: 1 debug, 2 info, 3 warn, 4 error, 5 continues the previous line's level.
+_LEVELS = {1: logging.DEBUG, 2: logging.DEBUG, 3: logging.WARNING, 4: logging.ERROR}
+_last_level = logging.DEBUG
+
+
+class Batch:
+    """A ``llama_batch`` whose arrays are numpy arrays, filled without per-field ctypes calls."""
+
+    def __init__(self, capacity: int) -> None:
+        self.capacity = capacity
+        self.token = np.zeros(capacity, np.int32)
+        self.pos = np.zeros(capacity, np.int32)
+        self.n_seq_id = np.ones(capacity, np.int32)
+        self.seq = np.zeros(capacity, np.int32)
+        self.logits = np.zeros(capacity, np.int8)
+        seq_p = ctypes.POINTER(llama_cpp.llama_seq_id)
+        base = self.seq.ctypes.data
+        size = self.seq.itemsize
+        self.seq_ptrs = (seq_p * capacity)(*(ctypes.cast(base + i * size, seq_p) for i in range(capacity)))
+        self.struct = llama_cpp.llama_batch()
+        self.struct.pos = self.pos.ctypes.data_as(ctypes.POINTER(llama_cpp.llama_pos))
+        self.struct.n_seq_id = self.n_seq_id.ctypes.data_as(ctypes.POINTER(ctypes.c_int32))
+        self.struct.seq_id = self.seq_ptrs
+        self.struct.logits = self.logits.ctypes.data_as(ctypes.POINTER(ctypes.c_int8))
+        self._token_p = self.token.ctypes.data_as(ctypes.POINTER(llama_cpp.llama_token))
+
+    def as_tokens(self, n: int) -> llama_cpp.llama_batch:
+        """The first ``n`` entries as a token batch."""
+        self.struct.n_tokens = n
+        self.struct.token = self._token_p
+        self.struct.embd = None
+        return self.struct
+
+    def as_embeddings(self, embd: np.ndarray, n: int) -> llama_cpp.llama_batch:
+        """``n`` rows of ``embd`` (float32, C order) as an embedding batch."""
+        self.struct.n_tokens = n
+        self.struct.token = None
+        self.struct.embd = embd.ctypes.data_as(ctypes.POINTER(ctypes.c_float))
+        return self.struct
+
+
+@dataclass(eq=False)
+class Lane:
+    """One llama.cpp context on the shared model, with its sequence slots and counters.
+
+    Attributes:
+        ctx: The ``llama_context``.
+        memory: Its KV memory handle.
+        batch: Its reusable batch.
+        free_seq_ids: A heap of free sequence ids (lowest first: see the decode step).
+        kv_capacity: KV cells one frame may use (a stream, or the unified cache).
+        stats: This lane's figures.
+        kv_reserved: Cells reserved by frames in flight (unified cache only).
+        embd_buffer: Scratch rows for an image's embeddings when CLIP runs at admission.
+    """
+
+    ctx: object
+    memory: object
+    batch: Batch
+    free_seq_ids: list[int]
+    kv_capacity: int
+    stats: EngineStats = field(default_factory=EngineStats)
+    kv_reserved: int = 0
+    embd_buffer: np.ndarray = field(default_factory=lambda: np.zeros((0, 0), np.float32))
+
+    def decode(self, n: int, what: str) -> None:
+        """``llama_decode`` of the batch's first ``n`` token entries.
+
+        Raises:
+            EngineError: The decode failed.
+        """
+        status = llama_cpp.llama_decode(self.ctx, self.batch.as_tokens(n))
+        if status != 0:
+            raise EngineError(f"{what} decode failed (status {status})")
+
+    def forget(self, seq_id: int) -> None:
+        """Drop a sequence's cells."""
+        llama_cpp.llama_memory_seq_rm(self.memory, seq_id, -1, -1)
+
+
+class TextModel:
+    """The loaded text model: vocabulary, tokenization, and contexts on it.
+
+    Args:
+        path: The text GGUF.
+        n_gpu_layers: Layers to offload (-1: all).
+
+    Raises:
+        EngineError: The file does not load.
+    """
+
+    def __init__(self, path: str, n_gpu_layers: int) -> None:
+        params = llama_cpp.llama_model_default_params()
+        params.n_gpu_layers = n_gpu_layers
+        self.handle = llama_cpp.llama_model_load_from_file(path.encode(), params)
+        if not self.handle:
+            raise EngineError(f"text model failed to load: {path}")
+        self.vocab = llama_cpp.llama_model_get_vocab(self.handle)
+        self.n_vocab = llama_cpp.llama_vocab_n_tokens(self.vocab)
+        self.n_embd = llama_cpp.llama_model_n_embd_inp(self.handle)
+        self.on_gpu = n_gpu_layers != 0 and bool(llama_cpp.llama_supports_gpu_offload())
+
+    def close(self) -> None:
+        """Free the model (safe to call twice)."""
+        if self.handle:
+            llama_cpp.llama_model_free(self.handle)
+            self.handle = None
+
+    def end_of_generation_ids(self) -> np.ndarray:
+        """Every end-of-generation token id."""
+        return np.array([t for t in range(self.n_vocab) if self.is_eog(t)], dtype=np.int64)
+
+    def is_eog(self, token: int) -> bool:
+        """Whether ``token`` ends generation."""
+        return bool(llama_cpp.llama_vocab_is_eog(self.vocab, token))
+
+    def tokenize(self, text: str, add_special: bool) -> list[int]:
+        """Token ids of ``text``, control tokens parsed (``add_special``: with BOS).
+
+        Raises:
+            EngineError: The text does not tokenize.
+        """
+        data = text.encode()
+        size = len(data) + 16
+        buffer = (llama_cpp.llama_token * size)()
+        n = llama_cpp.llama_tokenize(self.vocab, data, len(data), buffer, size, add_special, True)
+        if n < 0:
+            raise EngineError(f"prompt does not tokenize: {text[:60]!r}")
+        return list(buffer[:n])
+
+    def piece(self, token: int) -> bytes:
+        """The bytes of one token."""
+        buffer = ctypes.create_string_buffer(64)
+        n = llama_cpp.llama_token_to_piece(self.vocab, token, buffer, 64, 0, True)
+        if n < 0:
+            buffer = ctypes.create_string_buffer(-n)
+            n = llama_cpp.llama_token_to_piece(self.vocab, token, buffer, -n, 0, True)
+        return buffer.raw[:n]
+
+    def new_lane(
+        self, n_seq: int, n_ctx_seq: int, kv_unified: bool, n_batch: int, n_ubatch: int, n_threads: int, flash_attn: int
+    ) -> Lane:
+        """A context for ``n_seq`` sequences of ``n_ctx_seq`` cells each.
+
+        Raises:
+            EngineError: The context does not start (usually: not enough memory).
+        """
+        params = llama_cpp.llama_context_default_params()
+        params.n_ctx = n_ctx_seq * (1 if kv_unified else n_seq)
+        params.n_batch = n_batch
+        params.n_ubatch = min(n_ubatch, n_batch)
+        params.n_seq_max = n_seq
+        params.kv_unified = kv_unified
+        params.n_threads = n_threads
+        params.n_threads_batch = n_threads
+        params.flash_attn_type = flash_attn
+        params.no_perf = True
+        ctx = llama_cpp.llama_init_from_model(self.handle, params)
+        if not ctx:
+            raise EngineError(
+                f"llama context failed to start (n_ctx={params.n_ctx}); lower engine.parallel or model.n_ctx"
+            )
+        # Unified: cells for all frames in flight; per-sequence streams: cells of one stream.
+        capacity = llama_cpp.llama_n_ctx(ctx) if kv_unified else llama_cpp.llama_n_ctx_seq(ctx)
+        return Lane(ctx, llama_cpp.llama_get_memory(ctx), Batch(n_batch), list(range(n_seq)), capacity)
+
+
+def free_lane(lane: Lane) -> None:
+    """Free a lane's context."""
+    llama_cpp.llama_free(lane.ctx)
+
+
+def max_parallel_sequences() -> int:
+    """llama.cpp's limit on sequences per context."""
+    return int(llama_cpp.llama_max_parallel_sequences())
+
+
+def cublas_build() -> bool:
+    """Whether llama.cpp's CUDA backend was built with ``GGML_CUDA_FORCE_CUBLAS``."""
+    return b"FORCE_CUBLAS = 1" in (llama_cpp.llama_print_system_info() or b"")
+
+
+def default_threads(n_threads: int | None) -> int:
+    """CPU threads for llama.cpp: the setting, or every core."""
+    return n_threads or os.cpu_count() or 1
+
+
+def flash_attn_type(setting: str, on_gpu: bool) -> int:
+    """llama.cpp's flash-attention switch for ``engine.flash_attn`` (auto: GPU only)."""
+    on = setting == "on" or (setting == "auto" and on_gpu)
+    return llama_cpp.LLAMA_FLASH_ATTN_TYPE_ENABLED if on else llama_cpp.LLAMA_FLASH_ATTN_TYPE_DISABLED
+
+
+@llama_cpp.llama_log_callback
+def _log_callback(level: int, text: bytes, user_data: ctypes.c_void_p) -> None:
+    global _last_level
+    if level != 5:
+        _last_level = _LEVELS.get(level, logging.DEBUG)
+    if not _NATIVE_LOG.isEnabledFor(_last_level):
+        return
+    message = text.decode("utf-8", errors="replace").rstrip()
+    if message:
+        _NATIVE_LOG.log(_last_level, message)
+
+
+def route_native_logs() -> None:
+    """Send llama.cpp's and mtmd's console chatter to Python logging (DEBUG unless a problem)."""
+    llama_cpp.llama_log_set(_log_callback, ctypes.c_void_p(0))
+    mtmd.mtmd_log_set(_log_callback, ctypes.c_void_p(0))
+    mtmd.mtmd_helper_log_set(_log_callback, ctypes.c_void_p(0))

@@ -1,0 +1,174 @@
+"""The engine's public records: its settings, what it is asked, what it answers, its figures."""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass
+
+import numpy as np
+
+from pipeline.caption.formats import ChatFormat
+
+IMAGE_LAYOUTS = ("reference", "llamacpp")
+
+
+class EngineError(RuntimeError):
+    """The model could not be loaded or a decode failed; the message names the cause."""
+
+
+@dataclass(frozen=True)
+class EngineSettings:
+    """Everything the engine needs, resolved from the config (``conf/`` holds the defaults).
+
+    Attributes:
+        text_model: Path of the text GGUF.
+        mmproj: Path of the CLIP projector GGUF.
+        chat_format: The variant's prompt template.
+        system_prompt: System text; ``None`` uses the format's default.
+        stop: Strings that end an answer (not included in it).
+        image_layout: ``reference``: the image tokens LLaVA 1.6 was trained on (base tile,
+            unpadded grid, a newline after every row; see :mod:`pipeline.caption.layout`);
+            ``llamacpp``: llama.cpp's own (every tile's 576 tokens in a row).
+        n_ctx: KV cells for one frame's conversation (all its questions).
+        n_gpu_layers: Layers offloaded to the GPU (-1: all).
+        n_batch: Most tokens per ``llama_decode`` call (a frame's image tokens go in pieces of
+            this size: 2048 or more keeps the GPU's matrix units busy).
+        n_ubatch: Most tokens per compute step inside a decode.
+        flash_attn: ``on``, ``off``, or ``auto``: on when layers run on a GPU (where it pays),
+            off on CPU. llama.cpp's CPU flash-attention kernel is far less exact (its logits
+            were 4 % off a float32 reference after 2,000 tokens, 0.02 % without it) and sums
+            in an order that depends on the KV-cache layout, so answers would depend on
+            batching.
+        n_threads: CPU threads (``None``: all cores).
+        parallel: Frames in flight at once.
+        max_questions: Most questions asked about one frame (sets the sequence slots).
+        max_tokens: Most tokens generated per answer.
+        temperature: 0 for greedy decoding.
+        top_k: Top-k cut-off when sampling.
+        top_p: Nucleus cut-off when sampling.
+        seed: Sampling seed (each answer restarts from it, so answers do not depend on batching).
+        prepare_ahead: Frames prepared (tiling, CPU image preprocessing) ahead on a background
+            thread while the GPU decodes; 0 prepares on the calling thread. The thread is used
+            only when the model runs on a GPU or ``n_threads`` leaves a core free (a busy
+            extra thread next to llama.cpp's CPU threads on every core slows them many-fold).
+        overlap_clip: Also run the CLIP encode of frames ahead on that thread, overlapping it
+            with the decoding of frames in flight (GPU only; ignored on CPU).
+        kv_unified: One KV stream shared by all sequences instead of one stream per sequence
+            (each sequence's attention and KQ mask then cover only its own cells; a frame's
+            image is copied on the device to its other questions' streams). With one stream,
+            every prefill and every step attends over, and builds on the CPU a mask for, the
+            cells of all frames in flight. Streams take ``n_ctx`` cells for every sequence
+            slot (``parallel x max_questions``).
+        max_decode_seqs: Most sequences per ``llama_decode`` in a decode step (0: all at once;
+            ``None``: auto, groups of 8 up to 16 active sequences when llama.cpp's CUDA backend
+            was built with ``GGML_CUDA_FORCE_CUBLAS`` and layers run on the GPU, else all at
+            once). With that build a group of at most 8 stays on the quantized matrix-vector
+            kernel instead of dequantizing all weights to F16 for the step.
+        lanes: llama.cpp contexts (on the one model) that share the frames in flight, each
+            driven by its own thread (``None``: 2 when layers run on a GPU, else 1).
+        ignore_eos: Benchmarks only: end-of-generation tokens are biased to minus infinity so
+            that every answer runs to ``max_tokens`` (stop strings still apply).
+        trace: Parity checks only: each answer carries its token ids and the logits that
+            chose its first token (:class:`AnswerTrace`).
+    """
+
+    text_model: str
+    mmproj: str
+    chat_format: ChatFormat
+    system_prompt: str | None
+    stop: tuple[str, ...]
+    image_layout: str
+    n_ctx: int
+    n_gpu_layers: int
+    n_batch: int
+    n_ubatch: int
+    flash_attn: str
+    n_threads: int | None
+    parallel: int
+    max_questions: int
+    max_tokens: int
+    temperature: float
+    top_k: int
+    top_p: float
+    seed: int
+    prepare_ahead: int
+    overlap_clip: bool
+    kv_unified: bool
+    max_decode_seqs: int | None
+    lanes: int | None
+    ignore_eos: bool = False
+    trace: bool = False
+
+
+@dataclass(frozen=True)
+class Question:
+    """A prompt to ask about every frame, with a stable id."""
+
+    prompt_id: str
+    text: str
+
+
+@dataclass(frozen=True, eq=False)
+class AnswerTrace:
+    """What a parity check needs beyond an answer's text (``EngineSettings.trace``).
+
+    Attributes:
+        token_ids: The generated tokens, in order (a stop string's tokens included).
+        first_logits: The logits (all of the vocabulary) that chose the first token.
+    """
+
+    token_ids: tuple[int, ...]
+    first_logits: np.ndarray
+
+
+@dataclass(frozen=True)
+class Answer:
+    """The model's answer to one question about one frame.
+
+    Attributes:
+        question: What was asked.
+        text: The answer ("" when ``error`` is set).
+        prompt_tokens: Tokens evaluated for the prompt (shared image prefix + question).
+        completion_tokens: Tokens generated.
+        latency_ms: From the frame's admission to this answer's last token.
+        finish_reason: ``stop`` (end of generation or a stop string), ``length``
+            (``max_tokens`` reached), or "" with an error.
+        error: Why there is no answer, or ``None``.
+        trace: Token ids and first logits, with ``EngineSettings.trace`` only.
+    """
+
+    question: Question
+    text: str
+    prompt_tokens: int = 0
+    completion_tokens: int = 0
+    latency_ms: float = 0.0
+    finish_reason: str = ""
+    error: str | None = None
+    trace: AnswerTrace | None = None
+
+
+@dataclass
+class EngineStats:
+    """Where the engine's time went, in seconds, and how much it did.
+
+    ``tokenize_s`` (image tiling and preprocessing; and ``clip_s`` with ``overlap_clip``) is
+    spent on the background thread, overlapped with the rest; ``prefill_s`` and ``decode_s``
+    include waiting for the GPU; ``wait_s`` is the calling thread waiting for input frames or
+    their preparation. ``image_tokens`` counts the image's share of ``prompt_tokens``.
+    """
+
+    tokenize_s: float = 0.0
+    clip_s: float = 0.0
+    prefill_s: float = 0.0
+    decode_s: float = 0.0
+    wait_s: float = 0.0
+    frames: int = 0
+    prompt_tokens: int = 0
+    image_tokens: int = 0
+    completion_tokens: int = 0
+    decode_calls: int = 0
+
+    def __add__(self, other: EngineStats) -> EngineStats:
+        return EngineStats(
+            *(getattr(self, f.name) + getattr(other, f.name) for f in dataclasses.fields(self))
+        )

@@ -1,0 +1,290 @@
+"""Frame preparation and CLIP: an RGB frame in, the image's input embeddings for the text
+model out, in the reference layout of LLaVA 1.6 or in llama.cpp's own.
+
+Preparation (CPU) cuts the frame into tiles and has ``mtmd`` turn each into a normalised
+image chunk; encoding runs CLIP on the chunks and, for the reference layout, arranges the
+features (base tile, unpadded grid, newlines: :mod:`pipeline.caption.layout`). The reference
+layout encodes through the derived projector copies of :mod:`pipeline.caption.projector`,
+which make llama.cpp's CLIP graph compute the reference's per-patch features.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import threading
+import time
+from dataclasses import dataclass, field
+
+import llama_cpp.mtmd_cpp as mtmd
+import numpy as np
+
+from pipeline.caption.engine.native import TextModel
+from pipeline.caption.engine.records import EngineError, EngineStats
+from pipeline.caption.layout import FrameLayout, FramePlan
+from pipeline.caption.projector import (
+    NATURAL,
+    REVERSED,
+    Projector,
+    arrange,
+    missing_patch,
+    read_projector,
+    reference_copies,
+    returned_patches,
+)
+from pipeline.paths import user_cache_dir
+
+# Natural and reversed copies of one tile agree to this (relative) if the graph is the one
+# the copies were made for; a different graph gives disagreement near 1.
+_SELF_CHECK_TOLERANCE = 0.02
+
+
+@dataclass
+class _Piece:
+    """One tile (in one arrangement) that mtmd has preprocessed, waiting for CLIP."""
+
+    chunks: object  # the mtmd_input_chunks that own the chunk
+    chunk: object
+    context: str  # which mtmd context encodes it: an arrangement, or "" for llama.cpp's layout
+    tile: int = 0
+
+
+@dataclass
+class FrameImage:
+    """One frame's image, preprocessed; ``embd`` once encoded ahead of admission.
+
+    Attributes:
+        n_tokens: Image tokens it takes in the prompt.
+        pieces: The chunks to encode.
+        plan: The reference layout's plan (``None`` for llama.cpp's layout).
+        embd: The image embeddings, when encoded ahead.
+    """
+
+    n_tokens: int
+    pieces: list[_Piece] = field(default_factory=list)
+    plan: FramePlan | None = None
+    embd: np.ndarray | None = None
+
+
+class Vision:
+    """The projector side of the model: mtmd context(s), tiling, CLIP, the token layout.
+
+    Args:
+        mmproj: The projector file.
+        image_layout: ``reference`` or ``llamacpp``.
+        model: The loaded text model (mtmd checks the projector fits it).
+        n_threads: CPU threads for CLIP.
+        flash_attn: llama.cpp's flash-attention switch.
+
+    Raises:
+        WeightsError: ``reference`` with a projector that is not LLaVA 1.6.
+        EngineError: A projector file does not load, or the graph is not the one the
+            reference copies were made for.
+    """
+
+    def __init__(self, mmproj: str, image_layout: str, model: TextModel, n_threads: int, flash_attn: int) -> None:
+        self._n_embd = model.n_embd
+        self._lock = threading.Lock()  # an mtmd context encodes one image at a time
+        self._contexts: dict[str, object] = {}
+        self._projector: Projector | None = None
+        self._layout: FrameLayout | None = None
+        try:
+            if image_layout == "reference":
+                self._projector = read_projector(mmproj)
+                self._layout = FrameLayout(self._projector.geometry)
+                if self._projector.newline.shape[0] != self._n_embd:
+                    raise EngineError(f"{mmproj}: image_newline has {self._projector.newline.shape[0]} values, the text model embeds {self._n_embd}")
+                for arrangement, path in reference_copies(self._projector, user_cache_dir()).items():
+                    self._contexts[arrangement] = _load(str(path), model, n_threads, flash_attn)
+                self._self_check()
+            else:
+                self._contexts[""] = _load(mmproj, model, n_threads, flash_attn)
+        except BaseException:
+            self.close()
+            raise
+
+    def close(self) -> None:
+        """Free the mtmd contexts (safe to call twice)."""
+        for context in self._contexts.values():
+            mtmd.mtmd_free(context)
+        self._contexts = {}
+
+    def tokenize(self, rgb: np.ndarray, stats: EngineStats) -> FrameImage:
+        """Tile and preprocess a frame (CPU work, no CLIP).
+
+        Raises:
+            ValueError: ``rgb`` is not an ``HxWx3`` uint8 array, or mtmd rejects it.
+        """
+        t0 = time.perf_counter()
+        _check_frame(rgb)
+        if self._layout is None:
+            image = FrameImage(0, pieces=self._pieces(np.ascontiguousarray(rgb), ""))
+            image.n_tokens = sum(mtmd.mtmd_input_chunk_get_n_tokens(p.chunk) for p in image.pieces)
+        else:
+            layout = self._layout
+            plan = layout.plan(rgb.shape[0], rgb.shape[1])
+            image = FrameImage(layout.n_tokens(plan), plan=plan)
+            try:
+                for index, tile in enumerate(layout.tiles(rgb, plan)):
+                    for arrangement in self._arrangements(layout.needed_patches(plan, index)):
+                        tile_in = arrange(tile, layout.geometry.patch_px, arrangement)
+                        image.pieces += self._pieces(tile_in, arrangement, index)
+            except BaseException:
+                self.free(image)
+                raise
+        stats.tokenize_s += time.perf_counter() - t0
+        return image
+
+    def encode(self, image: FrameImage, out: np.ndarray, stats: EngineStats) -> np.ndarray:
+        """CLIP-encode the image into ``out`` (at least ``n_tokens x n_embd`` float32) and
+        return its filled rows; the pieces are freed.
+
+        Raises:
+            EngineError: An encode failed.
+        """
+        t0 = time.perf_counter()
+        try:
+            if image.plan is None:
+                row = 0
+                for piece in image.pieces:
+                    n = self._encode_piece(piece)
+                    ctypes.memmove(out[row:].ctypes.data, mtmd.mtmd_get_output_embd(self._contexts[""]), n * self._n_embd * 4)
+                    row += n
+                result = out[:row]
+            else:
+                result = self._encode_reference(image, image.plan, out)
+        finally:
+            self.free(image)
+        stats.clip_s += time.perf_counter() - t0
+        return result
+
+    def free(self, image: FrameImage) -> None:
+        """Free the image's chunks (safe to call twice)."""
+        for piece in {id(p.chunks): p for p in image.pieces}.values():
+            mtmd.mtmd_input_chunks_free(piece.chunks)
+        image.pieces = []
+
+    # -- the reference layout ------------------------------------------------------------
+
+    def _encode_reference(self, image: FrameImage, plan: FramePlan, out: np.ndarray) -> np.ndarray:
+        assert self._layout is not None and self._projector is not None
+        geometry = self._layout.geometry
+        features = [np.zeros((geometry.tile_tokens, self._n_embd), np.float32) for _ in range(plan.n_grid_tiles + 1)]
+        for piece in image.pieces:
+            self._encode_piece(piece)
+            rows = self._output_rows(piece.context, geometry.tile_tokens)
+            features[piece.tile][returned_patches(piece.context, geometry.tile_tokens)] = rows
+        return self._layout.pack(plan, features, self._projector.newline, out)
+
+    @staticmethod
+    def _arrangements(needed: np.ndarray) -> list[str]:
+        """The arrangements whose outputs cover every needed patch of a tile, fewest first."""
+        flat = needed.reshape(-1)
+        if not flat.any():
+            return []
+        if not flat[missing_patch(NATURAL, flat.size)]:
+            return [NATURAL]
+        if not flat[missing_patch(REVERSED, flat.size)]:
+            return [REVERSED]
+        return [NATURAL, REVERSED]
+
+    def _self_check(self) -> None:
+        """Encode one test tile in both arrangements; their shared patches must agree."""
+        assert self._layout is not None
+        geometry = self._layout.geometry
+        n = geometry.tile_tokens
+        tile_px = geometry.tile_px
+        y, x = np.mgrid[0:tile_px, 0:tile_px]
+        tile = np.stack([x * 255 // tile_px, y * 255 // tile_px, (x * y) % 256], axis=-1).astype(np.uint8)
+        seen = {}
+        for arrangement in (NATURAL, REVERSED):
+            (piece,) = self._pieces(arrange(tile, geometry.patch_px, arrangement), arrangement)
+            try:
+                self._encode_piece(piece)
+                full = np.zeros((n, self._n_embd), np.float32)
+                full[returned_patches(arrangement, n)] = self._output_rows(arrangement, n)
+                seen[arrangement] = full[1 : n - 1]
+            finally:
+                mtmd.mtmd_input_chunks_free(piece.chunks)
+        a, b = seen[NATURAL], seen[REVERSED]
+        difference = float(np.linalg.norm(a - b) / max(np.linalg.norm(a), 1e-30))
+        if not difference < _SELF_CHECK_TOLERANCE:
+            raise EngineError(
+                "llama.cpp's CLIP graph is not the one the reference image layout was built for "
+                f"(a tile's features differ by {difference:.2f} between arrangements); "
+                "use model.image_layout=llamacpp or the pinned llama-cpp-python"
+            )
+
+    # -- mtmd -----------------------------------------------------------------------------
+
+    def _pieces(self, rgb: np.ndarray, context: str, tile: int = 0) -> list[_Piece]:
+        """mtmd's image chunks of one picture (the whole frame, or one tile)."""
+        height, width = rgb.shape[:2]
+        bitmap = mtmd.mtmd_bitmap_init(width, height, rgb.ctypes.data_as(ctypes.POINTER(ctypes.c_uint8)))
+        if not bitmap:
+            raise ValueError(f"mtmd could not take a {width}x{height} image")
+        chunks = mtmd.mtmd_input_chunks_init()
+        try:
+            text = mtmd.mtmd_default_marker()
+            input_text = mtmd.mtmd_input_text()
+            input_text.text = text
+            input_text.text_len = len(text)
+            input_text.add_special = False
+            input_text.parse_special = True
+            bitmaps = (mtmd.mtmd_bitmap_p_ctypes * 1)(bitmap)
+            status = mtmd.mtmd_tokenize(self._contexts[context], chunks, ctypes.byref(input_text), bitmaps, 1)
+        finally:
+            mtmd.mtmd_bitmap_free(bitmap)
+        if status != 0:
+            mtmd.mtmd_input_chunks_free(chunks)
+            raise ValueError(f"mtmd could not tokenize the image (status {status})")
+        found = [mtmd.mtmd_input_chunks_get(chunks, i) for i in range(mtmd.mtmd_input_chunks_size(chunks))]
+        images = [c for c in found if mtmd.mtmd_input_chunk_get_type(c) == mtmd.MTMD_INPUT_CHUNK_TYPE_IMAGE]
+        return [_Piece(chunks, chunk, context, tile) for chunk in images]
+
+    def _encode_piece(self, piece: _Piece) -> int:
+        """Run CLIP on one chunk; its output waits in the context's buffer. Returns its rows."""
+        with self._lock:
+            if mtmd.mtmd_encode_chunk(self._contexts[piece.context], piece.chunk) != 0:
+                raise EngineError("CLIP image encode failed")
+        return int(mtmd.mtmd_input_chunk_get_n_tokens(piece.chunk))
+
+    def _output_rows(self, context: str, n_patches: int) -> np.ndarray:
+        """The last encode's patch rows of a reference context (its [CLS] row dropped)."""
+        embd = mtmd.mtmd_get_output_embd(self._contexts[context])
+        return np.ctypeslib.as_array(embd, shape=(n_patches, self._n_embd))[: n_patches - 1]
+
+
+def _load(path: str, model: TextModel, n_threads: int, flash_attn: int) -> object:
+    """An mtmd context for a projector file (LLaVA-style images only).
+
+    Raises:
+        EngineError: It does not load, has no vision encoder, or needs a decoding this engine
+            does not do (M-RoPE positions, non-causal attention).
+    """
+    params = mtmd.mtmd_context_params_default()
+    params.use_gpu = model.on_gpu
+    params.print_timings = False
+    params.n_threads = n_threads
+    params.flash_attn_type = flash_attn
+    params.warmup = False
+    context = mtmd.mtmd_init_from_file(path.encode(), model.handle, params)
+    if not context:
+        raise EngineError(f"mmproj failed to load: {path}")
+    if not mtmd.mtmd_support_vision(context) or mtmd.mtmd_decode_use_mrope(context):
+        mtmd.mtmd_free(context)
+        raise EngineError(f"mmproj is not a LLaVA-style vision projector: {path}")
+    return context
+
+
+def _check_frame(rgb: object) -> None:
+    if not (
+        isinstance(rgb, np.ndarray)
+        and rgb.dtype == np.uint8
+        and rgb.ndim == 3
+        and rgb.shape[2] == 3
+        and rgb.shape[0] > 0
+        and rgb.shape[1] > 0
+    ):
+        shape = getattr(rgb, "shape", None)
+        dtype = getattr(rgb, "dtype", type(rgb).__name__)
+        raise ValueError(f"frame must be an HxWx3 uint8 RGB array, got {shape} {dtype}")
