@@ -20,6 +20,13 @@ case "$plan" in
       --cases "p=1;p=1,layout=llamacpp;p=3,n=48;p=3,layout=llamacpp,n=48" \
       --peer-batches 16,64,128 --peer-prompts 1 --peer-frames 64
     ;;
+  call2)
+    bench mistral7b --seed seed --seed-frames 6 --seed3-frames 3 --frames 64 \
+      --cases "p=1;p=1,layout=llamacpp;p=3,n=48;p=3,layout=llamacpp,n=48" \
+      --peer-batches 16,64,128 --peer-prompts 1 --peer-frames 64
+    bench mistral7b --seed "" --cases "" --peer-batches 8,32 --peer-prompts 3 --peer-frames 32
+    bench mistral7b-f16 --seed "" --probe --cases "p=1"
+    ;;
   *) echo "unknown plan $plan"; exit 2 ;;
 esac
 echo "call done after $(( $(date +%s) - started )) s"

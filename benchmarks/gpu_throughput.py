@@ -84,6 +84,8 @@ SHAPES: dict[str, tuple[TextShape, VisionShape, str, str, int]] = {
     "tiny": (TINY_TEXT, TINY_VISION, "F32", "F32", 0),
     "mini": (TextShape(256, 4, 4, 2, 512, 4096, 1e6, 2000), VisionShape(64, 128, 2, 4), "Q5_K_M", "F16", 0),
     "mistral7b": (MISTRAL_7B_TEXT, CLIP_VIT_L_336, "Q5_K_M", "F16", -1),
+    "mistral7b-q8": (MISTRAL_7B_TEXT, CLIP_VIT_L_336, "Q8_0", "F16", -1),
+    "mistral7b-f16": (MISTRAL_7B_TEXT, CLIP_VIT_L_336, "F16", "F16", -1),
     "yi34b": (YI_34B_TEXT, CLIP_VIT_L_336, "Q5_K_M", "F16", -1),
 }
 

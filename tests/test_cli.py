@@ -45,8 +45,8 @@ def test_two_prompts_at_half_second_interval(cli_base: list[str], tmp_path: Path
         assert abs(row.timestamp_s - times[row.frame_index]) < 1e-3
         assert abs(row.timestamp_s - 0.5 * frames.index(row.frame_index)) < 0.021
     assert (df.status == "ok").all() and df.answer.str.len().gt(0).all()
-    # 640x360 frames: 1,948 image tokens in the reference layout (tests/test_layout.py).
-    assert df.completion_tokens.between(1, 8).all() and (df.prompt_tokens > 1948).all()
+    # 640x360 frames: 1,948 image tokens in the reference layout (tests/test_layout.py), plus the text.
+    assert df.completion_tokens.between(1, 8).all() and df.prompt_tokens.between(1948 + 20, 1948 + 40).all()
     assert set(df.columns) >= {
         "video_path", "video_id", "frame_index", "timestamp_s", "timecode", "prompt_id",
         "prompt", "answer", "model", "status", "error", "prompt_tokens", "completion_tokens",

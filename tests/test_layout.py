@@ -16,7 +16,7 @@ from pipeline.caption.projector import (
     missing_patch,
     read_projector,
     reference_copies,
-    returned_patches,
+    output_rows,
 )
 from pipeline.caption.tiny import ensure_tiny_model
 from pipeline.caption.weights import WeightsError
@@ -50,18 +50,22 @@ def test_best_resolution_follows_the_reference_rule() -> None:
     assert select_best_resolution(336, 336, LLAVA16.pinpoints) == (336, 672)  # first of equals
 
 
-def test_pack_puts_base_first_and_a_newline_after_every_kept_row() -> None:
+def test_placement_puts_base_first_and_a_newline_after_every_kept_row() -> None:
     layout = FrameLayout(LLAVA16)
     plan = layout.plan(360, 640)
-    features = [np.full((576, 2), float(i), np.float32) for i in range(5)]
-    newline = np.array([-1.0, -1.0], np.float32)
-    packed = layout.pack(plan, features, newline, np.empty((layout.n_tokens(plan), 2), np.float32))
-    assert packed.shape == (1948, 2)
-    assert (packed[:576] == 0).all()
-    rows = packed[576:].reshape(28, 49, 2)
-    assert (rows[:, 48] == -1).all()
-    assert (rows[:14, :24] == 1).all() and (rows[:14, 24:48] == 2).all()  # kept rows 10..37: 14 from the top tiles
-    assert (rows[14:, :24] == 3).all() and (rows[14:, 24:48] == 4).all()
+    placement = layout.placement(plan)
+    tokens = np.full(layout.n_tokens(plan), -9)
+    for tile, rows in enumerate(placement.tiles):
+        tokens[rows[rows >= 0]] = tile
+    tokens[placement.newlines] = -1
+    assert tokens.shape == (1948,) and (tokens != -9).all()
+    assert (tokens[:576] == 0).all()
+    grid = tokens[576:].reshape(28, 49)
+    assert (grid[:, 48] == -1).all()
+    assert (grid[:14, :24] == 1).all() and (grid[:14, 24:48] == 2).all()  # kept rows 10..37: 14 from the top tiles
+    assert (grid[14:, :24] == 3).all() and (grid[14:, 24:48] == 4).all()
+    top_left = placement.tiles[1].reshape(24, 24)
+    assert (top_left[:10] == -1).all() and top_left[10, 0] == 576  # the first kept row starts the grid
 
 
 def test_arrangements_cover_every_patch_between_them() -> None:
@@ -69,10 +73,10 @@ def test_arrangements_cover_every_patch_between_them() -> None:
     reversed_tile = arrange(tile, 14, REVERSED)
     assert (arrange(reversed_tile, 14, REVERSED) == tile).all()
     assert (reversed_tile[:14, :14] == tile[-14:, -14:]).all()  # patch 575 first
-    covered = set(returned_patches(NATURAL, 576)) | set(returned_patches(REVERSED, 576))
-    assert covered == set(range(576))
-    assert missing_patch(NATURAL, 576) not in set(returned_patches(NATURAL, 576))
-    assert missing_patch(REVERSED, 576) not in set(returned_patches(REVERSED, 576))
+    for arrangement in (NATURAL, REVERSED):
+        patches = np.array([p for p in range(576) if p != missing_patch(arrangement, 576)])
+        assert sorted(output_rows(arrangement, patches, 576)) == list(range(575))  # the last row is [CLS]'s
+    assert {missing_patch(NATURAL, 576), missing_patch(REVERSED, 576)} == {0, 575}
 
 
 def test_reference_copies_are_written_once(tiny_model_dir: Path, tmp_path: Path) -> None:

@@ -6,7 +6,7 @@ and padded with black. Each tile yields a 24x24 map of features. The reference
 implementation (the LLaVA authors' code, transformers' ``LlavaNextModel.pack_image_features``)
 places the grid's maps side by side as one spatial map, cuts away the rows or columns that
 only hold padding, appends the learned ``image_newline`` vector after every row, and puts the
-base tile's 576 features first. A 640x360 frame is 576 + 28 x (48 + 1) = 1,948 tokens.
+base tile's 576 features first (:meth:`FrameLayout.placement` says where each feature goes). A 640x360 frame is 576 + 28 x (48 + 1) = 1,948 tokens.
 
 llama.cpp's ``mtmd`` instead feeds every tile's 576 features one after another (2,880 tokens
 for the same frame, no unpad, no newline): ``FrameLayout`` below knows both, and the engine
@@ -131,48 +131,37 @@ class FrameLayout:
         ]
         return [base, *grid]
 
-    def needed_patches(self, plan: FramePlan, tile_index: int) -> np.ndarray:
-        """Which of a tile's ``side x side`` features the reference layout uses (a boolean
-        map); all of them for the base tile (index 0)."""
+    def placement(self, plan: FramePlan) -> Placement:
+        """Where each tile's features and the newlines go in the frame's image tokens."""
         side = self.geometry.side
-        needed = np.ones((side, side), bool)
-        if tile_index == 0:
-            return needed
-        r, c = divmod(tile_index - 1, plan.grid_cols)
-        rows = np.arange(r * side, (r + 1) * side)
-        cols = np.arange(c * side, (c + 1) * side)
-        in_rows = (rows >= plan.kept_rows[0]) & (rows < plan.kept_rows[1])
-        in_cols = (cols >= plan.kept_cols[0]) & (cols < plan.kept_cols[1])
-        return needed & in_rows[:, None] & in_cols[None, :]
-
-    def pack(self, plan: FramePlan, features: list[np.ndarray], newline: np.ndarray, out: np.ndarray) -> np.ndarray:
-        """Arrange per-tile features as the reference does, into ``out`` (``n_tokens x n_embd``).
-
-        Args:
-            plan: The frame's plan.
-            features: Per tile (base first), ``tile_tokens x n_embd`` in row-major patch order.
-            newline: The projector's ``image_newline`` vector.
-            out: Receives the result; at least ``n_tokens(plan)`` rows.
-
-        Returns:
-            The filled rows of ``out``.
-        """
-        side = self.geometry.side
-        n_embd = newline.shape[0]
         n_base = self.geometry.tile_tokens
-        out[:n_base] = features[0]
-        grid = (
-            np.stack(features[1:])
-            .reshape(plan.grid_rows, plan.grid_cols, side, side, n_embd)
-            .transpose(0, 2, 1, 3, 4)
-            .reshape(plan.grid_rows * side, plan.grid_cols * side, n_embd)
-        )
-        kept = grid[plan.kept_rows[0] : plan.kept_rows[1], plan.kept_cols[0] : plan.kept_cols[1]]
-        rows, cols = kept.shape[:2]
-        body = out[n_base : n_base + rows * (cols + 1)].reshape(rows, cols + 1, n_embd)
-        body[:, :cols] = kept
-        body[:, cols] = newline
-        return out[: n_base + rows * (cols + 1)]
+        (row0, row1), (col0, col1) = plan.kept_rows, plan.kept_cols
+        width = col1 - col0 + 1  # kept columns and the newline
+        rows = np.arange(plan.grid_rows * side)[:, None]
+        cols = np.arange(plan.grid_cols * side)[None, :]
+        kept = (rows >= row0) & (rows < row1) & (cols >= col0) & (cols < col1)
+        grid = np.where(kept, n_base + (rows - row0) * width + (cols - col0), -1)
+        tiles = [np.arange(n_base)] + [
+            grid[r * side : (r + 1) * side, c * side : (c + 1) * side].reshape(-1)
+            for r in range(plan.grid_rows)
+            for c in range(plan.grid_cols)
+        ]
+        newlines = n_base + np.arange(row1 - row0) * width + (col1 - col0)
+        return Placement(tuple(tiles), newlines)
+
+
+@dataclass(frozen=True, eq=False)
+class Placement:
+    """Rows of a frame's image tokens, as the reference layout fills them.
+
+    Attributes:
+        tiles: Per tile (base first), the token row of each of its ``side x side`` features in
+            row-major order, or -1 where the unpad crops it.
+        newlines: The rows that hold ``image_newline``.
+    """
+
+    tiles: tuple[np.ndarray, ...]
+    newlines: np.ndarray
 
 
 def select_best_resolution(height: int, width: int, pinpoints: tuple[tuple[int, int], ...]) -> tuple[int, int]:

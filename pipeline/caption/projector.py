@@ -132,11 +132,10 @@ def arrange(tile: np.ndarray, patch_px: int, arrangement: str) -> np.ndarray:
     )
 
 
-def returned_patches(arrangement: str, n_patches: int) -> np.ndarray:
-    """For each output row of the graph (all but the last, which is [CLS]'s), the patch it
-    belongs to (row-major index within the tile)."""
-    natural = np.arange(1, n_patches)
-    return natural if arrangement == NATURAL else n_patches - 1 - natural
+def output_rows(arrangement: str, patches: np.ndarray, n_patches: int) -> np.ndarray:
+    """The graph's output rows that hold ``patches`` (row-major indices within the tile, none
+    of them the arrangement's :func:`missing_patch`); its last row is [CLS]'s."""
+    return patches - 1 if arrangement == NATURAL else n_patches - 2 - patches
 
 
 def missing_patch(arrangement: str, n_patches: int) -> int:

@@ -20,16 +20,17 @@ import numpy as np
 
 from pipeline.caption.engine.native import TextModel
 from pipeline.caption.engine.records import EngineError, EngineStats
-from pipeline.caption.layout import FrameLayout, FramePlan
+from pipeline.caption.layout import FrameLayout, FramePlan, Placement
 from pipeline.caption.projector import (
+    ARRANGEMENTS,
     NATURAL,
     REVERSED,
     Projector,
     arrange,
     missing_patch,
+    output_rows,
     read_projector,
     reference_copies,
-    returned_patches,
 )
 from pipeline.paths import user_cache_dir
 
@@ -45,7 +46,17 @@ class _Piece:
     chunks: object  # the mtmd_input_chunks that own the chunk
     chunk: object
     context: str  # which mtmd context encodes it: an arrangement, or "" for llama.cpp's layout
-    tile: int = 0
+    take: _Take | None = None  # reference layout: which output rows go where
+
+
+@dataclass(frozen=True, eq=False)
+class _Take:
+    """Which rows of one CLIP run the reference layout keeps, and where they go."""
+
+    tile: int
+    arrangement: str
+    source: np.ndarray  # rows of the graph's output
+    target: np.ndarray  # rows of the frame's image tokens
 
 
 @dataclass
@@ -87,6 +98,7 @@ class Vision:
         self._contexts: dict[str, object] = {}
         self._projector: Projector | None = None
         self._layout: FrameLayout | None = None
+        self._recipes: dict[FramePlan, tuple[Placement, list[_Take]]] = {}
         try:
             if image_layout == "reference":
                 self._projector = read_projector(mmproj)
@@ -124,10 +136,10 @@ class Vision:
             plan = layout.plan(rgb.shape[0], rgb.shape[1])
             image = FrameImage(layout.n_tokens(plan), plan=plan)
             try:
-                for index, tile in enumerate(layout.tiles(rgb, plan)):
-                    for arrangement in self._arrangements(layout.needed_patches(plan, index)):
-                        tile_in = arrange(tile, layout.geometry.patch_px, arrangement)
-                        image.pieces += self._pieces(tile_in, arrangement, index)
+                tiles = layout.tiles(rgb, plan)
+                for take in self._recipe(plan)[1]:
+                    tile_in = arrange(tiles[take.tile], layout.geometry.patch_px, take.arrangement)
+                    image.pieces += self._pieces(tile_in, take.arrangement, take)
             except BaseException:
                 self.free(image)
                 raise
@@ -166,26 +178,42 @@ class Vision:
     # -- the reference layout ------------------------------------------------------------
 
     def _encode_reference(self, image: FrameImage, plan: FramePlan, out: np.ndarray) -> np.ndarray:
-        assert self._layout is not None and self._projector is not None
-        geometry = self._layout.geometry
-        features = [np.zeros((geometry.tile_tokens, self._n_embd), np.float32) for _ in range(plan.n_grid_tiles + 1)]
+        assert self._projector is not None
+        n_patches = self._projector.geometry.tile_tokens
         for piece in image.pieces:
+            assert piece.take is not None
             self._encode_piece(piece)
-            rows = self._output_rows(piece.context, geometry.tile_tokens)
-            features[piece.tile][returned_patches(piece.context, geometry.tile_tokens)] = rows
-        return self._layout.pack(plan, features, self._projector.newline, out)
+            out[piece.take.target] = self._output_rows(piece.context, n_patches)[piece.take.source]
+        out[self._recipe(plan)[0].newlines] = self._projector.newline
+        return out[: image.n_tokens]
 
-    @staticmethod
-    def _arrangements(needed: np.ndarray) -> list[str]:
-        """The arrangements whose outputs cover every needed patch of a tile, fewest first."""
-        flat = needed.reshape(-1)
-        if not flat.any():
-            return []
-        if not flat[missing_patch(NATURAL, flat.size)]:
-            return [NATURAL]
-        if not flat[missing_patch(REVERSED, flat.size)]:
-            return [REVERSED]
-        return [NATURAL, REVERSED]
+    def _recipe(self, plan: FramePlan) -> tuple[Placement, list[_Take]]:
+        """The frame size's placement and CLIP runs: per tile, the arrangement(s) whose
+        outputs cover its features the layout keeps (the base tile needs both)."""
+        recipe = self._recipes.get(plan)
+        if recipe is None:
+            assert self._layout is not None
+            placement = self._layout.placement(plan)
+            n_patches = self._layout.geometry.tile_tokens
+            takes = []
+            for index, targets in enumerate(placement.tiles):
+                needed = targets >= 0
+                if not needed[missing_patch(NATURAL, n_patches)]:
+                    order: tuple[str, ...] = (NATURAL,)
+                elif not needed[missing_patch(REVERSED, n_patches)]:
+                    order = (REVERSED,)
+                else:
+                    order = ARRANGEMENTS
+                for arrangement in order:
+                    patches = np.flatnonzero(needed)
+                    patches = patches[patches != missing_patch(arrangement, n_patches)]
+                    if patches.size:
+                        takes.append(_Take(index, arrangement, output_rows(arrangement, patches, n_patches), targets[patches]))
+                        needed[patches] = False
+            if len(self._recipes) > 32:
+                self._recipes.clear()
+            recipe = self._recipes[plan] = (placement, takes)
+        return recipe
 
     def _self_check(self) -> None:
         """Encode one test tile in both arrangements; their shared patches must agree."""
@@ -196,13 +224,12 @@ class Vision:
         y, x = np.mgrid[0:tile_px, 0:tile_px]
         tile = np.stack([x * 255 // tile_px, y * 255 // tile_px, (x * y) % 256], axis=-1).astype(np.uint8)
         seen = {}
-        for arrangement in (NATURAL, REVERSED):
+        shared = np.arange(1, n - 1)  # patches both arrangements return
+        for arrangement in ARRANGEMENTS:
             (piece,) = self._pieces(arrange(tile, geometry.patch_px, arrangement), arrangement)
             try:
                 self._encode_piece(piece)
-                full = np.zeros((n, self._n_embd), np.float32)
-                full[returned_patches(arrangement, n)] = self._output_rows(arrangement, n)
-                seen[arrangement] = full[1 : n - 1]
+                seen[arrangement] = self._output_rows(arrangement, n)[output_rows(arrangement, shared, n)]
             finally:
                 mtmd.mtmd_input_chunks_free(piece.chunks)
         a, b = seen[NATURAL], seen[REVERSED]
@@ -216,7 +243,7 @@ class Vision:
 
     # -- mtmd -----------------------------------------------------------------------------
 
-    def _pieces(self, rgb: np.ndarray, context: str, tile: int = 0) -> list[_Piece]:
+    def _pieces(self, rgb: np.ndarray, context: str, take: _Take | None = None) -> list[_Piece]:
         """mtmd's image chunks of one picture (the whole frame, or one tile)."""
         height, width = rgb.shape[:2]
         bitmap = mtmd.mtmd_bitmap_init(width, height, rgb.ctypes.data_as(ctypes.POINTER(ctypes.c_uint8)))
@@ -239,7 +266,7 @@ class Vision:
             raise ValueError(f"mtmd could not tokenize the image (status {status})")
         found = [mtmd.mtmd_input_chunks_get(chunks, i) for i in range(mtmd.mtmd_input_chunks_size(chunks))]
         images = [c for c in found if mtmd.mtmd_input_chunk_get_type(c) == mtmd.MTMD_INPUT_CHUNK_TYPE_IMAGE]
-        return [_Piece(chunks, chunk, context, tile) for chunk in images]
+        return [_Piece(chunks, chunk, context, take) for chunk in images]
 
     def _encode_piece(self, piece: _Piece) -> int:
         """Run CLIP on one chunk; its output waits in the context's buffer. Returns its rows."""
