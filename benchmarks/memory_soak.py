@@ -14,14 +14,17 @@ slope of a least-squares line through the samples, in MB per 1000 frames. The ex
 from __future__ import annotations
 
 # llama_cpp before numpy/cv2: see BENCHMARKS.md (## GPU throughput, import order).
-import llama_cpp  # noqa: I001,F401
+import llama_cpp  # noqa: F401
 
+# isort: split
 import argparse
 import gc
 import sys
 import tempfile
 import time
+from collections.abc import Iterable, Iterator
 from pathlib import Path
+from typing import TypeVar
 
 import numpy as np
 
@@ -31,9 +34,10 @@ sys.path.insert(0, str(ROOT))
 from benchmarks.gpu_throughput import make_video, rss_mb  # noqa: E402
 from pipeline.caption import Captioner, make_questions  # noqa: E402
 from pipeline.caption.tiny import ensure_tiny_model  # noqa: E402
-from pipeline.cli import compose_config  # noqa: E402
+from pipeline.config import compose_config  # noqa: E402
 
 PROMPTS = ["Describe this frame in one sentence.", "What objects are visible?"]
+T = TypeVar("T")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -63,7 +67,7 @@ def main(argv: list[str] | None = None) -> int:
     samples: list[tuple[int, float]] = []
     started = time.perf_counter()
 
-    def watch(results):  # noqa: ANN001, ANN202
+    def watch(results: Iterable[T]) -> Iterator[T]:
         for n, item in enumerate(results, 1):
             yield item
             if n % args.every == 0 or n == args.warmup:
@@ -81,7 +85,7 @@ def main(argv: list[str] | None = None) -> int:
         if args.engine_only:
             from pipeline.decode import VideoReader
 
-            def jobs():  # noqa: ANN202
+            def jobs() -> Iterator[tuple[int, np.ndarray]]:
                 with VideoReader(video) as reader:
                     for frame in reader.frames():
                         yield frame.index, frame.rgb
@@ -91,15 +95,13 @@ def main(argv: list[str] | None = None) -> int:
         else:
             from pipeline.run import Pipeline
             from pipeline.sampling import AllSampler
+            from pipeline.thumbnails import make_thumbnail
 
-            try:
-                from pipeline.thumbnails import make_thumbnail
-            except ImportError:
-                make_thumbnail = None
             original = captioner.caption
             captioner.caption = lambda jobs, questions: watch(original(jobs, questions))  # type: ignore[method-assign]
             pipe = Pipeline(
-                AllSampler(), PROMPTS, workdir / "out", config_id="soak", thumbnail=make_thumbnail
+                AllSampler(), PROMPTS, workdir / "out", config_id="soak",
+                prefetch_frames=2 * args.parallel, thumbnail=make_thumbnail,
             )
             pipe.run(pipe.plan([video]), captioner)
     finally:

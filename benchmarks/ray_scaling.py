@@ -24,8 +24,8 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from pipeline.caption.tiny import ensure_tiny_model
-from tests.conftest import write_video
+from pipeline.caption.tiny import ensure_tiny_model  # noqa: E402
+from tests.conftest import tinted, write_video  # noqa: E402
 
 # Loopback only (Ray otherwise binds the machine's outward address), no usage reports, and no
 # token authentication (a new local cluster would write ~/.ray/auth_token, which later
@@ -62,7 +62,7 @@ def main() -> None:
         videos.mkdir()
         for v in range(args.videos):
             write_video(videos / f"v{v}.mp4", n_frames=args.frames, size=(320, 180),
-                        colour_of=lambda i, v=v: (25 * v % 255, 9 * i % 255, 90))
+                        colour_of=tinted(25 * v % 255))
         ensure_tiny_model(work / "tiny")
         common = [
             f"video={videos}", "model=tiny", f"model.dir={work / 'tiny'}", "sampler=all",

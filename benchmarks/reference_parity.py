@@ -44,7 +44,7 @@ from pipeline.caption.engine import Engine  # noqa: E402
 from pipeline.caption.layout import FrameLayout  # noqa: E402
 from pipeline.caption.projector import read_projector  # noqa: E402
 from pipeline.caption.tiny import CLIP_MEAN, CLIP_STD, ensure_tiny_model, pattern_frame  # noqa: E402
-from pipeline.cli import compose_config  # noqa: E402
+from pipeline.config import compose_config  # noqa: E402
 
 # (height, width): landscape 16:9 small and large, portrait, 4:3, a square tile, a strip.
 FRAME_SIZES = [(360, 640), (1080, 1920), (640, 360), (528, 720), (336, 336), (100, 1000)]

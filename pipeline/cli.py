@@ -2,9 +2,13 @@
 
 Exit codes: 0 all videos done (or nothing to do), 2 finished but some videos failed, 1 bad
 input, full disk or crash, 75 another run holds the lock on ``output_dir``.
-Every expected failure prints one line naming the problem and the fix, never a traceback.
-Under ``-m`` (a sweep, e.g. shards through a launcher) each job's code is in its run summary,
-and a job that exits 1 or 75 fails the sweep.
+Every expected failure (a :class:`~pipeline.errors.UserError`) prints one line naming the
+problem and the fix, never a traceback; anything else is a crash, printed as one line with its
+traceback in the run's log file. Under ``-m`` (a sweep, e.g. shards through a launcher) each
+job's code is in its run summary, and a job that exits 1 or 75 fails the sweep.
+
+The command line builds the typed pieces once from the config (the sampler, the executor, the
+:class:`~pipeline.caption.CaptionSpec`) and hands them to :class:`pipeline.run.Pipeline`.
 """
 
 from __future__ import annotations
@@ -13,35 +17,28 @@ import logging
 import sys
 import time
 from collections.abc import Callable
-from datetime import datetime, timezone
 from functools import partial
 from pathlib import Path
 from typing import Any
 
 import hydra
 import numpy as np
-from hydra import compose, initialize_config_dir
 from hydra.core.hydra_config import HydraConfig
 from hydra.types import RunMode
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
-from pipeline.caption import EngineError, WeightsError
-from pipeline.config import register_configs
-from pipeline.lock import LockHeld, RunLock
-from pipeline.run import (
-    Executor,
-    ExecutorError,
-    InputError,
-    Pipeline,
-    RunSummary,
-    find_videos,
-    settings_id,
-    shard_videos,
-)
-from pipeline.store import StoreError, prepare_output_dir, write_json_atomic
-from pipeline.thumbnails import make_thumbnail
+from pipeline.caption import CaptionSpec, EngineError
+from pipeline.config import config_dir
+from pipeline.errors import LockHeld, UserError
+from pipeline.executors.base import Executor
+from pipeline.inputs import find_videos, shard_videos
+from pipeline.lock import RunLock
+from pipeline.run import Pipeline, RunSummary, settings_id, write_summary
+from pipeline.sampling import Sampler
+from pipeline.store import prepare_output_dir
+from pipeline.thumbnails import check_thumbnail_settings, make_thumbnail
 
 log = logging.getLogger("pipeline")
 
@@ -51,36 +48,21 @@ EXIT_SOME_FAILED = 2
 EXIT_LOCKED = 75  # EX_TEMPFAIL: try again later
 
 
-def config_dir() -> Path:
-    """The ``conf/`` folder: the checkout's top-level one, or the copy installed in the package."""
-    package = Path(__file__).resolve().parent
-    checkout = package.parent / "conf"
-    if checkout.is_dir() and (package.parent / "pyproject.toml").is_file():
-        return checkout
-    return package / "conf"
-
-
-def compose_config(overrides: list[str]) -> DictConfig:
-    """Compose the config as the command line would (for notebooks and tests)."""
-    register_configs()
-    with initialize_config_dir(config_dir=str(config_dir()), version_base="1.3"):
-        return compose(config_name="config", overrides=overrides)
-
-
 def run_from_config(cfg: DictConfig) -> int:
     """Run the pipeline for a composed config; returns the exit code."""
     try:
         prompts = [cfg.prompt] if cfg.prompt is not None else list(cfg.prompts)
-        sampler = _instantiate(cfg.sampler)
-        executor = _instantiate(cfg.executor)
+        spec = CaptionSpec.from_config(cfg, max_questions=len(prompts))
+        sampler: Sampler = _instantiate(cfg.sampler)
+        executor: Executor = _instantiate(cfg.executor)
         videos = shard_videos(find_videos(cfg.video, list(cfg.video_extensions)), cfg.shard, cfg.num_shards)
         output_dir = prepare_output_dir(cfg.output_dir)
         with RunLock(output_dir, name=f"_lock{_shard_suffix(cfg)}"):
-            return _run_locked(cfg, prompts, sampler, executor, videos, output_dir)
+            return _run_locked(cfg, prompts, spec, sampler, executor, videos, output_dir)
     except LockHeld as error:
         log.error("%s", error)
         return EXIT_LOCKED
-    except (InputError, WeightsError, StoreError, EngineError, ExecutorError, ValueError) as error:
+    except (UserError, EngineError) as error:
         log.error("%s", error)
         return EXIT_CRASH
     except OmegaConfBaseException as error:
@@ -95,34 +77,34 @@ def run_from_config(cfg: DictConfig) -> int:
 def _run_locked(
     cfg: DictConfig,
     prompts: list[str],
-    sampler: Any,
+    spec: CaptionSpec,
+    sampler: Sampler,
     executor: Executor,
     videos: list[Path],
     output_dir: Path,
 ) -> int:
     started = time.time()
     config = OmegaConf.to_container(cfg, resolve=True)
+    assert isinstance(config, dict)
     pipeline = Pipeline(
         sampler,
         prompts,
         output_dir,
-        config_id=settings_id(
-            {k: config[k] for k in ("model", "generation", "sampler", "system_prompt")}
-        ),
+        config_id=settings_id({k: config[k] for k in ("model", "generation", "sampler", "system_prompt")}),
+        prefetch_frames=cfg.engine.prefetch_frames,
         max_frames=cfg.max_frames,
         checkpoint_frames=cfg.checkpoint_frames,
         retry_failed=cfg.retry_failed,
-        prefetch_frames=cfg.engine.prefetch_frames,
         metadata={"config": config},
         thumbnail=_thumbnailer(cfg),
     )
     tasks = pipeline.plan(videos)
-    summary = None
+    summary = RunSummary(videos=[t.outcome for t in tasks])
     code = EXIT_CRASH
     try:
         if any(t.outcome.status == "todo" for t in tasks):
             try:
-                executor.start(cfg, max_questions=len(prompts))
+                executor.start(spec)
                 summary = pipeline.run(tasks, executor)
             finally:
                 executor.close()
@@ -130,8 +112,7 @@ def _run_locked(
             summary = pipeline.run(tasks, None)
         code = EXIT_SOME_FAILED if summary.count("error") else EXIT_OK
     finally:
-        summary_record = summary or RunSummary(videos=[t.outcome for t in tasks])
-        _write_summary(output_dir, started, code, summary_record, _shard_suffix(cfg))
+        write_summary(output_dir, summary, started, code, _shard_suffix(cfg))
     failed_before = sum(1 for t in tasks if t.outcome.status == "skipped" and t.outcome.error)
     if not summary.count("done") and not summary.count("error"):
         log.info("nothing to do: %d videos already done in %s", len(tasks), output_dir)
@@ -158,9 +139,8 @@ def _thumbnailer(cfg: DictConfig) -> Callable[[np.ndarray], bytes] | None:
     settings = cfg.thumbnails
     if not settings.enabled:
         return None
-    make = partial(make_thumbnail, long_side_px=settings.long_side_px, quality=settings.quality)
-    make(np.zeros((2, 2, 3), np.uint8))  # a bad setting fails before the model loads
-    return make
+    check_thumbnail_settings(settings.long_side_px, settings.quality)
+    return partial(make_thumbnail, long_side_px=settings.long_side_px, quality=settings.quality)
 
 
 def _shard_suffix(cfg: DictConfig) -> str:
@@ -168,33 +148,16 @@ def _shard_suffix(cfg: DictConfig) -> str:
     return f"-shard{cfg.shard}of{cfg.num_shards}" if cfg.num_shards > 1 else ""
 
 
-def _write_summary(
-    output_dir: Path, started: float, code: int, summary: RunSummary, suffix: str = ""
-) -> None:
-    """``_runs/<start time><suffix>.json`` and ``_last_run<suffix>.json``: what the run did, for
-    machines (``suffix`` names the shard)."""
-    record = {
-        "started": datetime.fromtimestamp(started, timezone.utc).isoformat(),
-        "finished": datetime.now(timezone.utc).isoformat(),
-        "exit_code": code,
-        **summary.as_dict(),
-    }
-    stamp = datetime.fromtimestamp(started, timezone.utc).strftime("%Y%m%dT%H%M%S.%fZ")
-    try:
-        write_json_atomic(output_dir / "_runs" / f"{stamp}{suffix}.json", record)
-        write_json_atomic(output_dir / f"_last_run{suffix}.json", record)
-    except StoreError as error:
-        log.warning("run summary not written: %s", error)
-
-
 def _instantiate(node: DictConfig) -> Any:
-    """A sampler or executor from its config node; its own error becomes one line."""
+    """A sampler or executor from its config node, with the object's own error unwrapped
+    (Hydra wraps it in an ``InstantiationException``)."""
     try:
         return instantiate(node)
-    except Exception as error:  # Hydra wraps the object's own ValueError or ExecutorError
-        cause = error.__cause__ or error
-        kind = ExecutorError if isinstance(cause, ExecutorError) else ValueError
-        raise kind(str(cause).splitlines()[0]) from error
+    except Exception as error:
+        cause = error.__cause__
+        if isinstance(cause, UserError):
+            raise cause from None
+        raise
 
 
 def _check_group_choices(argv: list[str]) -> None:
@@ -213,9 +176,6 @@ def _check_group_choices(argv: list[str]) -> None:
                     file=sys.stderr,
                 )
                 sys.exit(EXIT_CRASH)
-
-
-register_configs()
 
 
 class JobFailed(Exception):

@@ -1,64 +1,72 @@
-"""Config schemas: the YAML in ``conf/`` is the source of truth, these dataclasses validate it.
+"""Config schemas, their registration with Hydra, and composing a config without the CLI.
 
-Hydra merges ``conf/config.yaml`` with the chosen ``model/``, ``sampler/`` and ``executor/``
-files onto these schemas, so a misspelt key or a wrong type fails before any work starts.
+The YAML in ``conf/`` is the source of truth for every value; these dataclasses only say which
+keys exist and of what type (``MISSING``: the YAML gives the value). Hydra merges
+``conf/config.yaml`` with the chosen ``model/``, ``sampler/`` and ``executor/`` files onto
+them, so a misspelt key or a wrong type fails before any work starts.
+
+:func:`compose_config` composes the config as the command line would, for library use
+(:meth:`pipeline.caption.Captioner.from_preset`), notebooks and tests.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any, Optional
+from pathlib import Path
+from typing import Any
 
+from hydra import compose, initialize_config_dir
 from hydra.core.config_store import ConfigStore
-from omegaconf import MISSING
+from omegaconf import MISSING, DictConfig
 
 
 @dataclass
 class ModelConfig:
-    """A model preset (``conf/model/*.yaml``)."""
+    """A model preset (``conf/model/*.yaml``; the keys every preset shares are in
+    ``conf/config.yaml``)."""
 
     name: str = MISSING
-    repo_id: Optional[str] = None
+    repo_id: str | None = MISSING
     text_file: str = MISSING
     mmproj_file: str = MISSING
-    dir: str = "artifacts"
-    download: bool = True
-    generated: bool = False
-    quantized: bool = False
+    dir: str = MISSING
+    download: bool = MISSING
+    generated: bool = MISSING
+    quantized: bool = MISSING
     chat_format: str = MISSING
     image_layout: str = MISSING
-    system_prompt: Optional[str] = None
-    stop: list[str] = field(default_factory=list)
-    n_ctx: int = 4096
-    n_gpu_layers: int = -1
+    system_prompt: str | None = MISSING
+    stop: list[str] = MISSING
+    n_ctx: int = MISSING
+    n_gpu_layers: int = MISSING
 
 
 @dataclass
 class GenerationConfig:
     """How answers are generated."""
 
-    max_tokens: int = 256
-    temperature: float = 0.0
-    top_k: int = 40
-    top_p: float = 0.95
-    seed: int = 0
+    max_tokens: int = MISSING
+    temperature: float = MISSING
+    top_k: int = MISSING
+    top_p: float = MISSING
+    seed: int = MISSING
 
 
 @dataclass
 class EngineConfig:
     """Runtime knobs of the llama-cpp-python engine."""
 
-    parallel: Optional[int] = None
-    lanes: Optional[int] = None
-    n_batch: int = 2048
-    n_ubatch: int = 1024
-    flash_attn: str = "auto"
-    n_threads: Optional[int] = None
-    prefetch_frames: int = 8
-    prepare_ahead: int = 2
-    overlap_clip: bool = True
-    kv_unified: bool = False
-    max_decode_seqs: Optional[int] = None
+    parallel: int | None = MISSING
+    lanes: int | None = MISSING
+    n_batch: int = MISSING
+    n_ubatch: int = MISSING
+    flash_attn: str = MISSING
+    n_threads: int | None = MISSING
+    prefetch_frames: int = MISSING
+    prepare_ahead: int = MISSING
+    overlap_clip: bool = MISSING
+    kv_unified: bool = MISSING
+    max_decode_seqs: int | None = MISSING
 
 
 @dataclass
@@ -66,9 +74,9 @@ class DedupConfig:
     """``sampler.dedup``: drop samples that repeat an earlier one anywhere in the video."""
 
     _target_: str = "pipeline.sampling.Dedup"
-    enabled: bool = False
-    threshold: int = 10
-    keep_duplicates: bool = False
+    enabled: bool = MISSING
+    threshold: int = MISSING
+    keep_duplicates: bool = MISSING
 
 
 @dataclass
@@ -76,7 +84,7 @@ class IntervalSamplerConfig:
     """``sampler=interval``: one frame every ``interval_s`` seconds."""
 
     _target_: str = "pipeline.sampling.IntervalSampler"
-    interval_s: float = 1.0
+    interval_s: float = MISSING
     dedup: DedupConfig = field(default_factory=DedupConfig)
 
 
@@ -92,44 +100,44 @@ class SceneSamplerConfig:
     """``sampler=scene``: one frame per shot (and per ``fallback_interval_s`` of a long shot)."""
 
     _target_: str = "pipeline.sampling.SceneSampler"
-    pick: str = "first_settled"
-    threshold: float = 8.0
-    min_shot_s: float = 0.5
-    fallback_interval_s: Optional[float] = 10.0
-    analysis_width: int = 64
-    analysis_stride: int = 4
-    dedup: DedupConfig = field(default_factory=lambda: DedupConfig(enabled=True))
+    pick: str = MISSING
+    threshold: float = MISSING
+    min_shot_s: float = MISSING
+    fallback_interval_s: float | None = MISSING
+    analysis_width: int = MISSING
+    analysis_stride: int = MISSING
+    dedup: DedupConfig = field(default_factory=DedupConfig)
 
 
 @dataclass
 class ThumbnailsConfig:
     """A small JPEG of each sampled frame in every row (``thumbnail`` column)."""
 
-    enabled: bool = True
-    long_side_px: int = 256
-    quality: int = 80
+    enabled: bool = MISSING
+    long_side_px: int = MISSING
+    quality: int = MISSING
 
 
 @dataclass
 class LocalExecutorConfig:
     """``executor=local``: decode on a thread, caption in this process."""
 
-    _target_: str = "pipeline.run.LocalExecutor"
+    _target_: str = "pipeline.executors.local.LocalExecutor"
 
 
 @dataclass
 class RayExecutorConfig:
     """``executor=ray``: decode tasks and long-lived captioner actors on a Ray cluster."""
 
-    _target_: str = "pipeline.ray_executor.RayExecutor"
-    address: str = "auto"
-    num_actors: Optional[int] = None
-    gpus_per_actor: Optional[float] = None
-    cpus_per_actor: float = 1.0
-    frames_per_actor: Optional[int] = None
-    decode_tasks: Optional[int] = None
-    cpus_per_decode: float = 1.0
-    retries: int = 3
+    _target_: str = "pipeline.executors.ray.RayExecutor"
+    address: str = MISSING
+    num_actors: int | None = MISSING
+    gpus_per_actor: float | None = MISSING
+    cpus_per_actor: float = MISSING
+    frames_per_actor: int | None = MISSING
+    decode_tasks: int | None = MISSING
+    cpus_per_decode: float = MISSING
+    retries: int = MISSING
 
 
 @dataclass
@@ -137,29 +145,31 @@ class Config:
     """The whole run."""
 
     video: str = MISSING
-    video_extensions: list[str] = field(
-        default_factory=lambda: [".mp4", ".mov", ".mkv", ".avi", ".webm", ".m4v", ".mpg", ".mpeg", ".ts"]
-    )
-    output_dir: str = "data/output"
-    checkpoint_frames: int = 32
-    retry_failed: bool = False
-    prompt: Optional[str] = None
-    prompts: list[str] = field(default_factory=lambda: ["Describe this frame in one sentence."])
-    system_prompt: Optional[str] = None
-    max_frames: Optional[int] = None
+    video_extensions: list[str] = MISSING
+    output_dir: str = MISSING
+    checkpoint_frames: int = MISSING
+    retry_failed: bool = MISSING
+    prompt: str | None = MISSING
+    prompts: list[str] = MISSING
+    system_prompt: str | None = MISSING
+    max_frames: int | None = MISSING
     model: ModelConfig = MISSING
     sampler: Any = MISSING
     generation: GenerationConfig = field(default_factory=GenerationConfig)
     engine: EngineConfig = field(default_factory=EngineConfig)
     thumbnails: ThumbnailsConfig = field(default_factory=ThumbnailsConfig)
-    report: bool = True
+    report: bool = MISSING
     executor: Any = MISSING
-    shard: int = 0
-    num_shards: int = 1
+    shard: int = MISSING
+    num_shards: int = MISSING
 
 
 def register_configs() -> None:
-    """Register the schemas with Hydra's ConfigStore (the YAML files extend them)."""
+    """Register the schemas with Hydra's ConfigStore (the YAML files extend them).
+
+    Done when this module is imported: a process that only unpickles a Hydra job (a submitit
+    launcher's) composes its config too, and must find them. Doing it again is harmless.
+    """
     cs = ConfigStore.instance()
     cs.store(name="config_schema", node=Config)
     cs.store(group="model", name="model_schema", node=ModelConfig)
@@ -168,3 +178,27 @@ def register_configs() -> None:
     cs.store(group="sampler", name="scene_schema", node=SceneSamplerConfig)
     cs.store(group="executor", name="local_schema", node=LocalExecutorConfig)
     cs.store(group="executor", name="ray_schema", node=RayExecutorConfig)
+
+
+def config_dir() -> Path:
+    """The ``conf/`` folder: the checkout's top-level one, or the copy installed in the package."""
+    package = Path(__file__).resolve().parent
+    checkout = package.parent / "conf"
+    if checkout.is_dir() and (package.parent / "pyproject.toml").is_file():
+        return checkout
+    return package / "conf"
+
+
+def compose_config(overrides: list[str]) -> DictConfig:
+    """Compose the config as ``python -m pipeline OVERRIDES`` would (for library use, notebooks
+    and tests).
+
+    Raises:
+        omegaconf.errors.OmegaConfBaseException: A key or value does not fit the schemas.
+        hydra.errors.HydraException: An override names no config group option.
+    """
+    with initialize_config_dir(config_dir=str(config_dir()), version_base="1.3"):
+        return compose(config_name="config", overrides=overrides)
+
+
+register_configs()

@@ -16,9 +16,7 @@ import time
 from pathlib import Path
 from typing import IO
 
-
-class LockHeld(Exception):
-    """Another run holds the lock; the message names it."""
+from pipeline.errors import LockHeld
 
 
 class RunLock:

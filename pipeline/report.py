@@ -15,15 +15,15 @@ from __future__ import annotations
 
 import base64
 import html
-import os
 import sys
-import uuid
 from pathlib import Path
 from typing import Any
 
 import pandas as pd
 
+from pipeline.errors import UserError
 from pipeline.results import load_results, thumbnail_bytes, video_summary
+from pipeline.store import write_atomic
 
 USAGE = "usage: python -m pipeline.report output_dir=DIR [video_id=ID] [out=PATH]"
 _KEYS = ("output_dir", "video_id", "out")
@@ -110,7 +110,7 @@ def write_report(
 
     Raises:
         FileNotFoundError: ``output_dir`` is not a folder.
-        ValueError: ``video_id`` is not in ``output_dir``.
+        UserError: ``video_id`` is not in ``output_dir``.
         OSError: The page cannot be written.
     """
     output_dir = Path(output_dir).expanduser().resolve()
@@ -118,19 +118,14 @@ def write_report(
     if video_id is not None:
         if not df["video_id"].eq(video_id).any():
             known = ", ".join(sorted(df["video_id"].unique())) or "none"
-            raise ValueError(f"video_id={video_id} is not in {output_dir} (it has: {known})")
+            raise UserError(f"video_id={video_id} is not in {output_dir} (it has: {known})")
         df = df[df["video_id"] == video_id]
     default_name = "_report.html" if video_id is None else f"_report-{video_id}.html"
     out = Path(out_path).expanduser() if out_path else output_dir / default_name
     page = render_report(df, f"Captions in {output_dir}")
-    out.parent.mkdir(parents=True, exist_ok=True)
     # Written aside and renamed, so a browser reloading the page never sees half of it.
-    temporary = out.with_name(f".{out.name}.{uuid.uuid4().hex}.tmp")
-    try:
-        temporary.write_text(page, encoding="utf-8")
-        os.replace(temporary, out)
-    finally:
-        temporary.unlink(missing_ok=True)
+    data = page.encode("utf-8")
+    write_atomic(out, lambda temporary: temporary.write_bytes(data))
     return out
 
 
@@ -146,12 +141,12 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     try:
         options = _parse(args)
-    except ValueError as error:
+    except UserError as error:
         print(f"error: {error}\n{USAGE}", file=sys.stderr)
         return 1
     try:
         path = write_report(options["output_dir"], options.get("out"), options.get("video_id"))
-    except (ValueError, OSError) as error:
+    except (UserError, OSError) as error:
         print(f"error: {error}", file=sys.stderr)
         return 1
     print(f"wrote {path}")
@@ -164,10 +159,10 @@ def _parse(args: list[str]) -> dict[str, str]:
         key, sep, value = arg.partition("=")
         if not sep or key not in _KEYS or not value:
             expected = ", ".join(f"{k}=..." for k in _KEYS)
-            raise ValueError(f"bad argument {arg!r}; expected one of {expected}")
+            raise UserError(f"bad argument {arg!r}; expected one of {expected}")
         options[key] = value
     if "output_dir" not in options:
-        raise ValueError("output_dir=DIR is required")
+        raise UserError("output_dir=DIR is required")
     return options
 
 

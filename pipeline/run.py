@@ -1,45 +1,50 @@
-"""The one loop over videos: plan → decode and caption (an executor) → commit, resumably.
+"""The one bookkeeping loop over videos: plan → an executor decodes and captions → commit.
 
 A run first *plans*: each video gets its content id, and a video whose work is already
 complete (a ``_done`` marker) or failed before (an error record; ``retry_failed=true`` retries
 it) is skipped without being opened, so re-running a finished night does nothing, quickly,
-and loads no model. Then an *executor* decodes and samples the remaining videos
-(:class:`VideoDecoder`, leaving out frames that already have every answer) and captions the
-frames, and hands back a stream of events: :class:`Captioned` per frame and :class:`Decoded`
-per video. :class:`Pipeline` turns that stream into rows, commits them in chunks of
-``checkpoint_frames`` frames on a writer thread (a killed run loses at most one chunk per
-video in flight), writes the done markers and error records, and counts.
-
-Executors: :class:`LocalExecutor` (a decode thread feeding one in-process
-:class:`~pipeline.caption.Captioner`) and :class:`pipeline.ray_executor.RayExecutor` (decode
-tasks and one captioner actor per GPU on a Ray cluster). Both share all the bookkeeping here.
+and loads no model. Then an executor (:mod:`pipeline.executors`) decodes and samples the
+remaining videos, leaving out frames that already have every answer, captions the frames, and
+hands back a stream of events: a :class:`~pipeline.executors.base.Captioned` per frame and a
+:class:`~pipeline.executors.base.Decoded` per video. :class:`Pipeline` turns that stream into
+rows, commits them in chunks of ``checkpoint_frames`` frames on a writer thread (a killed run
+loses at most one chunk per video in flight), writes the done markers and error records, and
+counts; :func:`write_summary` records what the run did.
 """
 
 from __future__ import annotations
 
-import glob
 import hashlib
+import json
 import logging
-import os
-import queue
-import socket
 import sys
-import threading
 import time
-from collections import deque
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
-from dataclasses import asdict, dataclass, field, replace
+from dataclasses import asdict, dataclass, field
+from datetime import datetime, timezone
 from importlib import metadata
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any
 
 import numpy as np
 from tqdm import tqdm
 
 from pipeline.caption import Answer, Captioner, Question, make_questions
-from pipeline.decode import VideoError, VideoReader, format_timecode
-from pipeline.sampling import Sample, Sampler
+from pipeline.decode import format_timecode
+from pipeline.errors import StoreError
+from pipeline.executors.base import (
+    Captioned,
+    Decoded,
+    DecodeJob,
+    Executor,
+    FrameJob,
+    VideoDecoder,
+    Work,
+)
+from pipeline.executors.local import LocalExecutor
+from pipeline.inputs import os_reason, path_id, video_id_of
+from pipeline.sampling import Sampler
 from pipeline.store import (
     Committed,
     ResultRow,
@@ -48,19 +53,10 @@ from pipeline.store import (
     read_committed,
     remove_error_records,
     write_chunk,
+    write_json_atomic,
 )
 
 log = logging.getLogger(__name__)
-
-MANIFEST_SUFFIXES = (".txt", ".lst", ".list")
-
-
-class InputError(Exception):
-    """The ``video=`` input names nothing usable; the message says what to pass."""
-
-
-class ExecutorError(Exception):
-    """The executor cannot start (no cluster, a bad setting); the message says what to do."""
 
 
 @dataclass
@@ -131,256 +127,9 @@ class RunSummary:
         }
 
 
-def find_videos(spec: str, extensions: list[str]) -> list[Path]:
-    """The videos named by ``video=``: a file, a folder (searched recursively for
-    ``extensions``), a glob pattern, or a manifest (``.txt``/``.lst``/``.list``, one path per
-    line, relative to the manifest; ``#`` starts a comment).
-
-    Entries that turn out unusable (missing, a folder) are returned all the same: they become
-    error records, and the rest of the night goes on.
-
-    Raises:
-        InputError: ``spec`` names nothing at all.
-    """
-    path = Path(spec).expanduser()
-    wanted = {e.lower() if e.startswith(".") else f".{e.lower()}" for e in extensions}
-    if path.is_file() and path.suffix.lower() in MANIFEST_SUFFIXES:
-        lines = [line.split("#", 1)[0].strip() for line in path.read_text().splitlines()]
-        return [(path.parent / Path(line).expanduser()) for line in lines if line]
-    if path.is_file():
-        return [path]
-    if path.is_dir():
-        # A folder named like a video (x.mp4/) is kept: it becomes an error record.
-        found = sorted(p for p in path.rglob("*") if p.suffix.lower() in wanted)
-        if not found:
-            raise InputError(f"video={spec} holds no files ending in {', '.join(sorted(wanted))}")
-        return found
-    if glob.has_magic(spec):
-        matches = sorted(Path(p) for p in glob.glob(str(path), recursive=True))
-        if not matches:
-            raise InputError(f"video={spec} matches no files")
-        return matches
-    raise InputError(
-        f"video={spec} does not exist; pass a video file, a folder, a glob or a manifest"
-    )
-
-
-def shard_videos(videos: list[Path], shard: int, num_shards: int) -> list[Path]:
-    """The videos of shard ``shard`` out of ``num_shards`` (the others are left to other jobs).
-
-    A video's shard is a SHA-256 of its size and first 64 KiB, modulo ``num_shards``: it
-    depends on the file alone, so it is the same on every machine, whatever the order of the
-    list or the path the file is mounted at, and does not move when videos are added; copies
-    of one file fall in one shard, which captions it once. A file that cannot be read is
-    placed by its path as listed (it becomes an error record in that shard).
-
-    Raises:
-        ValueError: ``shard`` is not in ``0..num_shards-1``.
-    """
-    if num_shards < 1 or not 0 <= shard < num_shards:
-        raise ValueError(
-            f"shard must be in 0..num_shards-1 and num_shards >= 1, got shard={shard} num_shards={num_shards}"
-        )
-    if num_shards == 1:
-        return videos
-    return [p for p in videos if _shard_key(p) % num_shards == shard]
-
-
-def _shard_key(path: Path) -> int:
-    digest = hashlib.sha256()
-    try:
-        with open(path, "rb") as handle:
-            digest.update(f"{os.fstat(handle.fileno()).st_size}:".encode())
-            digest.update(handle.read(1 << 16))
-    except OSError:
-        digest = hashlib.sha256(f"path:{path}".encode())
-    return int(digest.hexdigest(), 16)
-
-
-def video_id_of(path: Path) -> str:
-    """A stable id from the file's content: its size plus its first, middle and last MiB.
-
-    Renaming a file keeps its id; changing its content changes it.
-
-    Raises:
-        OSError: The file cannot be read.
-    """
-    block = 1 << 20
-    size = path.stat().st_size
-    digest = hashlib.sha256(str(size).encode())
-    with open(path, "rb") as handle:
-        for offset in sorted({0, max(size // 2 - block // 2, 0), max(size - block, 0)}):
-            handle.seek(offset)
-            digest.update(handle.read(block))
-    return digest.hexdigest()[:16]
-
-
 def settings_id(settings: dict[str, Any]) -> str:
     """A short hash of JSON-able settings (the ``config_id`` of rows made with them)."""
-    import json
-
     return hashlib.sha256(json.dumps(settings, sort_keys=True, default=str).encode()).hexdigest()[:12]
-
-
-# -- what executors are given and give back ---------------------------------------------------
-
-
-@dataclass(frozen=True)
-class DecodeJob:
-    """One video to decode, as an executor gets it (picklable: it travels to Ray tasks).
-
-    Attributes:
-        index: The video's position in the run (events name videos by it).
-        path: The video file.
-        done_frames: Frames that already have every answer: decoded, but not captioned.
-        partial: Frames that have some of the answers: the indices (into the run's questions)
-            of those still to ask. Frames in neither get every question.
-    """
-
-    index: int
-    path: Path
-    done_frames: frozenset[int] = frozenset()
-    partial: dict[int, tuple[int, ...]] = field(default_factory=dict)
-
-
-@dataclass(frozen=True)
-class Decoded:
-    """Decoding of one video ended: how many frames were sent for captioning.
-
-    Attributes:
-        index: The video's :attr:`DecodeJob.index`.
-        sent: Frames sent to the model.
-        already_done: Sampled frames left out because they had every answer.
-        started_at: When decoding started (epoch seconds).
-        error: Why the video could not be read to its end, or ``None``.
-    """
-
-    index: int
-    sent: int
-    already_done: int
-    started_at: float
-    error: str | None = None
-
-
-@dataclass(frozen=True)
-class Captioned:
-    """The answers about one frame.
-
-    Attributes:
-        index: The video's :attr:`DecodeJob.index`.
-        sample: The sample, its pixels dropped.
-        thumbnail: The frame's JPEG, or ``None``.
-        answers: One per question, in question order.
-        worker: Which worker answered (``local``, ``actor-<i>``).
-        process: ``host:pid`` of the process that answered.
-    """
-
-    index: int
-    sample: Sample
-    thumbnail: bytes | None
-    answers: list[Answer]
-    worker: str
-    process: str
-
-
-_NO_PIXELS = np.zeros((0, 0, 3), np.uint8)
-
-
-def without_pixels(sample: Sample) -> Sample:
-    """``sample`` with an empty pixel array (the rows need only its place and reason)."""
-    return replace(sample, frame=replace(sample.frame, rgb=_NO_PIXELS))
-
-
-@dataclass(frozen=True)
-class VideoDecoder:
-    """Decodes and samples one video: the same code in the local decode thread and in Ray's
-    decode tasks (picklable).
-
-    Args:
-        sampler: Chooses the frames.
-        max_frames: Cap on samples per video.
-        thumbnail: Makes a frame's JPEG (``None``: no thumbnails).
-    """
-
-    sampler: Sampler
-    max_frames: int | None = None
-    thumbnail: Callable[[np.ndarray], bytes] | None = None
-
-    def frames(self, job: DecodeJob) -> Iterator[tuple[Sample, bytes | None] | Decoded]:
-        """Yield ``(sample, thumbnail)`` for each frame to caption, then one :class:`Decoded`.
-
-        A video that cannot be read (or stops decoding) ends with ``Decoded.error`` set;
-        anything else raised is a bug and propagates.
-        """
-        started_at = time.time()
-        sent = already_done = 0
-        error = None
-        try:
-            with VideoReader(job.path) as reader:
-                taken = 0
-                for sample in self.sampler.sample(reader):
-                    if self.max_frames is not None and taken >= self.max_frames:
-                        break
-                    taken += 1
-                    if sample.frame.index in job.done_frames:
-                        already_done += 1
-                        continue
-                    sent += 1
-                    # One JPEG per frame, shared by its rows, made here, off the model's thread.
-                    yield sample, self.thumbnail(sample.frame.rgb) if self.thumbnail else None
-                else:
-                    reader.check_complete()
-        except (VideoError, OSError) as failure:
-            error = str(failure) if isinstance(failure, VideoError) else _os_reason(job.path, failure)
-        yield Decoded(job.index, sent, already_done, started_at, error)
-
-
-@dataclass(frozen=True)
-class Work:
-    """Everything an executor needs for one run's videos.
-
-    Attributes:
-        jobs: The videos to decode, in order; ``jobs[i].index == i``.
-        decoder: How to decode and sample one.
-        questions: Asked about every frame (but see :meth:`asked`).
-        prefetch_frames: Decoded frames an executor may hold ahead of the model, per stream.
-    """
-
-    jobs: list[DecodeJob]
-    decoder: VideoDecoder
-    questions: list[Question]
-    prefetch_frames: int = 8
-
-    def __post_init__(self) -> None:
-        if any(job.index != i for i, job in enumerate(self.jobs)):
-            raise ValueError("Work.jobs must be numbered by position (jobs[i].index == i)")
-
-    def asked(self, video_index: int, frame_index: int) -> tuple[int, ...] | None:
-        """Indices of the questions to ask about a frame; ``None``: all of them."""
-        return self.jobs[video_index].partial.get(frame_index)
-
-
-class Executor(Protocol):
-    """Where frames are decoded and captioned: ``executor=local`` or ``executor=ray``.
-
-    ``start`` loads the model (once per worker), ``run`` streams events until every job is
-    decoded and every frame it sent is answered, ``close`` frees everything.
-    """
-
-    model_name: str
-    model_files: dict[str, str]
-
-    def start(self, cfg: Any, max_questions: int) -> None:
-        """Load the model(s) for the composed config ``cfg``."""
-        ...
-
-    def run(self, work: Work) -> Iterator[Captioned | Decoded]:
-        """Decode and caption ``work``, yielding events in any order."""
-        ...
-
-    def close(self) -> None:
-        """Free the model(s) and workers."""
-        ...
 
 
 @dataclass
@@ -404,10 +153,12 @@ class Pipeline:
         prompts: Asked about every frame.
         output_dir: Where Parquet goes (created, checked writable and locked by the caller).
         config_id: Id of the settings that shape answers (model, generation, sampler).
+        prefetch_frames: Decoded frames queued ahead of the model (``engine.prefetch_frames``).
         max_frames: Cap on samples per video.
-        checkpoint_frames: Frames per committed chunk.
+        checkpoint_frames: Frames per committed chunk (the command line passes
+            ``checkpoint_frames``; the default here, the YAML's value, serves library callers
+            such as ``benchmarks/gpu_throughput.py``).
         retry_failed: Retry videos and frames that failed before.
-        prefetch_frames: Decoded frames queued ahead of the model.
         metadata: Stored in every Parquet file's schema metadata.
         thumbnail: Makes a frame's ``thumbnail`` bytes (``None``: rows have none).
     """
@@ -418,10 +169,11 @@ class Pipeline:
         prompts: list[str],
         output_dir: Path,
         config_id: str,
+        *,
+        prefetch_frames: int,
         max_frames: int | None = None,
         checkpoint_frames: int = 32,
         retry_failed: bool = False,
-        prefetch_frames: int = 8,
         metadata: dict[str, Any] | None = None,
         thumbnail: Callable[[np.ndarray], bytes] | None = None,
     ) -> None:
@@ -455,8 +207,8 @@ class Pipeline:
             try:
                 outcome.video_id = video_id_of(path)
             except OSError as error:
-                outcome.video_id = hashlib.sha256(str(path.resolve()).encode()).hexdigest()[:16]
-                self._fail(task, _os_reason(path, error))
+                outcome.video_id = path_id(path)
+                self._fail(task, os_reason(path, error))
                 if self.retry_failed:
                     remove_error_records(self.output_dir, outcome.video_id, self.config_id)
                 continue
@@ -507,7 +259,8 @@ class Pipeline:
         with ThreadPoolExecutor(max_workers=1, thread_name_prefix="write") as writer, tqdm(
             total=len(todo), desc="videos", unit="video", disable=not show
         ) as video_bar, tqdm(desc="frames", unit="frame", disable=not show) as frame_bar:
-            self._writer, self._writes = writer, []
+            self._writer = writer
+            self._writes: list[Future[Any]] = []
             self._video_bar = video_bar
             for task in failed_at_plan:
                 self._submit_error_record(task)
@@ -521,11 +274,10 @@ class Pipeline:
                     prefetch_frames=self.prefetch_frames,
                 )
                 for event in executor.run(work):
-                    task = todo[event.index]
                     if isinstance(event, Decoded):
-                        self._take_decoded(task, event)
+                        self._take_decoded(todo[event.video_index], event)
                     else:
-                        self._take_answers(task, event)
+                        self._take_answers(todo[event.job.video_index], event)
                         self._count_worker(summary, event, time.perf_counter() - started)
                         frame_bar.update()
                     _raise_first_error(self._writes)
@@ -557,9 +309,9 @@ class Pipeline:
         self._finish_if_complete(task)
 
     def _take_answers(self, task: _VideoTask, event: Captioned) -> None:
-        already = task.committed.answered.get(event.sample.frame.index, set())
+        already = task.committed.answered.get(event.job.sample.frame.index, set())
         new = [a for a in event.answers if a.question.prompt_id not in already]
-        task.pending_rows.extend(self._row(task, event.sample, a, event.thumbnail) for a in new)
+        task.pending_rows.extend(self._row(task, event.job, a) for a in new)
         task.pending_frames += 1
         task.answered += 1
         task.outcome.frames += 1
@@ -620,10 +372,8 @@ class Pipeline:
             outcome.path, outcome.frames, outcome.frames_already_done, outcome.rows, outcome.wall_s,
         )
 
-    def _row(
-        self, task: _VideoTask, sample: Sample, answer: Answer, thumbnail: bytes | None
-    ) -> ResultRow:
-        frame = sample.frame
+    def _row(self, task: _VideoTask, job: FrameJob, answer: Answer) -> ResultRow:
+        sample, frame = job.sample, job.sample.frame
         return ResultRow(
             video_path=task.outcome.path,
             video_id=task.outcome.video_id,
@@ -642,7 +392,7 @@ class Pipeline:
             sample_reason=sample.reason,
             shot_index=sample.shot_index,
             config_id=self.config_id,
-            thumbnail=thumbnail,
+            thumbnail=job.thumbnail,
             shot_start_s=sample.shot_start_s,
             duplicate_of=sample.duplicate_of,
         )
@@ -658,136 +408,29 @@ class Pipeline:
         )
 
 
-_DONE = object()
-
-
-class LocalExecutor:
-    """``executor=local``: a decode thread feeding one in-process captioner.
-
-    The thread decodes and samples the videos one after another into a bounded queue
-    (``prefetch_frames``), so decoding overlaps model work; the engine takes frames from that
-    queue across video boundaries.
-
-    Args:
-        captioner: A set-up captioner to use (not closed here); ``None``: :meth:`start` loads
-            one from the config.
+def write_summary(output_dir: Path, summary: RunSummary, started: float, exit_code: int, suffix: str) -> None:
+    """``_runs/<start time><suffix>.json`` and ``_last_run<suffix>.json``: what the run did, for
+    machines (``suffix`` names the shard). A summary that cannot be written is a warning.
     """
-
-    def __init__(self, captioner: Captioner | None = None) -> None:
-        self.captioner = captioner
-        self._owned = False
-        self._process = f"{socket.gethostname()}:{os.getpid()}"
-
-    @property
-    def model_name(self) -> str:
-        """The preset's name."""
-        return self.captioner.model_name if self.captioner else ""
-
-    @property
-    def model_files(self) -> dict[str, str]:
-        """The model files in use."""
-        return model_files_of(self.captioner)
-
-    def start(self, cfg: Any, max_questions: int) -> None:
-        """Resolve (and if needed fetch) the weights and load the model.
-
-        Raises:
-            WeightsError: Files missing or not matching.
-            EngineError: The model does not load.
-        """
-        captioner = Captioner.from_config(cfg, max_questions=max_questions)
-        captioner.setup()
-        self.captioner, self._owned = captioner, True
-
-    def close(self) -> None:
-        """Free the model if :meth:`start` loaded it."""
-        if self._owned and self.captioner is not None:
-            self.captioner.close()
-            self.captioner, self._owned = None, False
-
-    def run(self, work: Work) -> Iterator[Captioned | Decoded]:
-        """Decode on a thread, caption here; yields each video's :class:`Decoded` no later than
-        the answers that follow it."""
-        if self.captioner is None:
-            raise RuntimeError("LocalExecutor.start() was not called")
-        producer = _Producer(work)
-        producer.start()
-        decoded: deque[Decoded] = deque()
-
-        def frames() -> Iterator[tuple[Any, ...]]:
-            while (item := producer.queue.get()) is not _DONE:
-                if isinstance(item, Decoded):
-                    decoded.append(item)
-                    continue
-                index, sample, thumbnail = item
-                yield (index, sample, thumbnail), sample.frame.rgb, work.asked(index, sample.frame.index)
-
-        try:
-            for (index, sample, thumbnail), answers in self.captioner.caption(frames(), work.questions):
-                while decoded:
-                    yield decoded.popleft()
-                yield Captioned(index, without_pixels(sample), thumbnail, answers, "local", self._process)
-            while decoded:
-                yield decoded.popleft()
-        finally:
-            producer.stop.set()
-            producer.join()
-        if producer.error is not None:
-            raise producer.error
-
-
-class _Producer(threading.Thread):
-    """Decodes and samples the videos in turn, queueing the frames that still need answers."""
-
-    def __init__(self, work: Work) -> None:
-        super().__init__(name="decode", daemon=True)
-        self.work = work
-        self.queue: queue.Queue[Any] = queue.Queue(maxsize=max(work.prefetch_frames, 1))
-        self.stop = threading.Event()
-        self.error: BaseException | None = None
-
-    def run(self) -> None:
-        try:
-            for job in self.work.jobs:
-                for item in self.work.decoder.frames(job):
-                    if not self._put(item if isinstance(item, Decoded) else (job.index, *item)):
-                        return
-        except BaseException as error:  # noqa: BLE001  (handed to the main thread, which re-raises it)
-            self.error = error
-        finally:
-            self._put(_DONE)
-
-    def _put(self, item: Any) -> bool:
-        while not self.stop.is_set():
-            try:
-                self.queue.put(item, timeout=0.1)
-                return True
-            except queue.Full:
-                continue
-        return False
-
-
-def model_files_of(captioner: Captioner | None) -> dict[str, str]:
-    """The model files a captioner uses, for the Parquet metadata (empty without one)."""
-    if captioner is None:
-        return {}
-    return {"text_model": str(captioner.files.text_model), "mmproj": str(captioner.files.mmproj)}
-
-
-def _os_reason(path: Path, error: OSError) -> str:
-    if isinstance(error, FileNotFoundError):
-        return f"vanished or missing: {path}"
-    if isinstance(error, IsADirectoryError) or path.is_dir():
-        return f"is a directory, not a video: {path}"
-    if isinstance(error, PermissionError):
-        return f"permission denied: {path}"
-    return f"cannot read {path}: {error.strerror or error}"
+    record = {
+        "started": datetime.fromtimestamp(started, timezone.utc).isoformat(),
+        "finished": datetime.now(timezone.utc).isoformat(),
+        "exit_code": exit_code,
+        **summary.as_dict(),
+    }
+    stamp = datetime.fromtimestamp(started, timezone.utc).strftime("%Y%m%dT%H%M%S.%fZ")
+    try:
+        write_json_atomic(output_dir / "_runs" / f"{stamp}{suffix}.json", record)
+        write_json_atomic(output_dir / f"_last_run{suffix}.json", record)
+    except StoreError as error:
+        log.warning("run summary not written: %s", error)
 
 
 def _raise_first_error(writes: list[Future[Any]]) -> None:
     for future in writes:
-        if future.done() and future.exception() is not None:
-            raise future.exception()  # type: ignore[misc]
+        error = future.exception() if future.done() else None
+        if error is not None:
+            raise error
 
 
 def package_versions() -> dict[str, str]:

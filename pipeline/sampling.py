@@ -22,6 +22,7 @@ import cv2
 import numpy as np
 
 from pipeline.decode import BgrFrame, Frame, FrameTime, VideoReader
+from pipeline.errors import ConfigError
 from pipeline.scenes import AnalysedFrame, Features, ShotDetector, shrink
 
 # Container times are rounded to the time base; half a millisecond absorbs that.
@@ -102,15 +103,18 @@ class Dedup:
         threshold: Largest Hamming distance (0-64) between the 64-bit hashes of duplicates.
         keep_duplicates: Emit duplicates anyway, with ``duplicate_of`` set to the frame index
             of the sample they repeat, instead of dropping them.
+
+    Raises:
+        ConfigError: ``threshold`` is out of range.
     """
 
-    enabled: bool = True
-    threshold: int = 10
-    keep_duplicates: bool = False
+    enabled: bool
+    threshold: int
+    keep_duplicates: bool
 
     def __post_init__(self) -> None:
         if not 0 <= self.threshold <= 64:
-            raise ValueError(f"sampler.dedup.threshold must be in 0..64, got {self.threshold}")
+            raise ConfigError(f"sampler.dedup.threshold must be in 0..64, got {self.threshold}")
 
     def apply(self, samples: Iterator[Sample]) -> Iterator[Sample]:
         """Filter ``samples`` of one video, in order."""
@@ -163,14 +167,17 @@ class IntervalSampler:
     Args:
         interval_s: Seconds between samples; must be positive.
         dedup: Optional near-duplicate suppression of the sampled frames.
+
+    Raises:
+        ConfigError: ``interval_s`` is not positive.
     """
 
-    interval_s: float = 1.0
-    dedup: Dedup | None = None
+    interval_s: float
+    dedup: Dedup | None
 
     def __post_init__(self) -> None:
         if not self.interval_s > 0:
-            raise ValueError(f"sampler.interval_s must be > 0, got {self.interval_s}")
+            raise ConfigError(f"sampler.interval_s must be > 0, got {self.interval_s}")
 
     def sample(self, reader: VideoReader) -> Iterator[Sample]:
         """Yield the first frame at or after each multiple of ``interval_s``."""
@@ -383,31 +390,34 @@ class SceneSampler:
         analysis_width: Width in pixels of the frames the detector compares.
         analysis_stride: Analyse every this many frames.
         dedup: Near-duplicate suppression across the whole video; ``None`` for none.
+
+    Raises:
+        ConfigError: A value is out of range.
     """
 
-    pick: str = "first_settled"
-    threshold: float = 8.0
-    min_shot_s: float = 0.5
-    fallback_interval_s: float | None = 10.0
-    analysis_width: int = 64
-    analysis_stride: int = 4
-    dedup: Dedup | None = Dedup()
+    pick: str
+    threshold: float
+    min_shot_s: float
+    fallback_interval_s: float | None
+    analysis_width: int
+    analysis_stride: int
+    dedup: Dedup | None
 
     def __post_init__(self) -> None:
         if self.pick not in PICKS:
-            raise ValueError(f"sampler.pick must be one of {', '.join(PICKS)}, got {self.pick!r}")
+            raise ConfigError(f"sampler.pick must be one of {', '.join(PICKS)}, got {self.pick!r}")
         if not 0 < self.threshold <= 255:
-            raise ValueError(f"sampler.threshold must be in (0, 255], got {self.threshold}")
+            raise ConfigError(f"sampler.threshold must be in (0, 255], got {self.threshold}")
         if not self.min_shot_s >= 0:
-            raise ValueError(f"sampler.min_shot_s must be >= 0, got {self.min_shot_s}")
+            raise ConfigError(f"sampler.min_shot_s must be >= 0, got {self.min_shot_s}")
         if self.fallback_interval_s is not None and not self.fallback_interval_s > 0:
-            raise ValueError(
+            raise ConfigError(
                 f"sampler.fallback_interval_s must be > 0 or null, got {self.fallback_interval_s}"
             )
         if not 16 <= self.analysis_width <= 1024:
-            raise ValueError(f"sampler.analysis_width must be in 16..1024, got {self.analysis_width}")
+            raise ConfigError(f"sampler.analysis_width must be in 16..1024, got {self.analysis_width}")
         if not 1 <= self.analysis_stride <= 100:
-            raise ValueError(f"sampler.analysis_stride must be in 1..100, got {self.analysis_stride}")
+            raise ConfigError(f"sampler.analysis_stride must be in 1..100, got {self.analysis_stride}")
 
     def sample(self, reader: VideoReader) -> Iterator[Sample]:
         """Yield one sample per shot and fallback interval, in stream order."""

@@ -6,9 +6,10 @@ Results live in ``output_dir`` as Parquet chunk files under one folder per video
     output_dir/<video_id>/errors-<config_id>-<time>-<random>.parquet   error records
     output_dir/<video_id>/_done-<work_id>                              the video is complete
 
-Each file is written under a hidden temporary name, flushed to disk and renamed into place,
-so a reader (``pd.read_parquet(output_dir)``) never sees a half-written file, even mid-run,
-and a killed run loses at most the chunk it was writing. The unit of work is the key
+Every file is written by :func:`write_atomic`: under a hidden temporary name in its folder,
+flushed to disk and renamed into place, so a reader (``pd.read_parquet(output_dir)``) never
+sees a half-written file, even mid-run, and a killed run loses at most the chunk it was
+writing. The unit of work is the key
 ``(video_id, frame_index, prompt_id, config_id)``; a re-run reads the committed keys back and
 does only what is missing. Bookkeeping files start with ``_`` or ``.``, which Parquet readers
 skip.
@@ -20,12 +21,15 @@ import json
 import os
 import time
 import uuid
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Optional
 
 import pyarrow as pa
 import pyarrow.parquet as pq
+
+from pipeline.errors import StoreError
 
 if TYPE_CHECKING:  # pandas loads only where results are read back, not on a run's start
     import pandas as pd
@@ -85,10 +89,6 @@ SCHEMA = pa.schema(
 assert SCHEMA.names == [f.name for f in fields(ResultRow)]
 
 
-class StoreError(Exception):
-    """The output folder cannot be written; the message names it and the fix."""
-
-
 def prepare_output_dir(output_dir: str | Path) -> Path:
     """Create ``output_dir`` and check that it can be written.
 
@@ -130,19 +130,11 @@ def write_chunk(
     table = table.replace_schema_metadata(
         {f"pipeline.{key}": json.dumps(value, default=str) for key, value in metadata.items()}
     )
-    folder = output_dir / video_id
     name = f"{kind}-{config_id}-{time.time_ns()}-{uuid.uuid4().hex[:8]}"
-    final = folder / f"{name}.parquet"
-    temporary = folder / f".{name}.tmp"
+    final = output_dir / video_id / f"{name}.parquet"
     try:
-        folder.mkdir(parents=True, exist_ok=True)
-        pq.write_table(table, temporary)
-        with open(temporary, "rb") as handle:
-            os.fsync(handle.fileno())
-        os.replace(temporary, final)
-        _fsync_dir(folder)
+        write_atomic(final, lambda temporary: pq.write_table(table, temporary))
     except OSError as error:
-        temporary.unlink(missing_ok=True)
         raise StoreError(
             f"cannot write {final}: {error.strerror or error}; committed results are intact, "
             "free space or fix the folder and run again to finish"
@@ -207,23 +199,43 @@ def mark_done(output_dir: Path, video_id: str, work_id: str, summary: dict[str, 
 
 
 def write_json_atomic(path: Path, value: Any) -> None:
-    """Write JSON to ``path`` through a temporary file and a rename.
+    """Write ``value`` as JSON to ``path`` with :func:`write_atomic`.
 
     Raises:
         StoreError: It cannot be written.
     """
-    temporary = path.with_name(f".{path.name}.{uuid.uuid4().hex[:8]}.tmp")
+    data = json.dumps(value, indent=2, default=str).encode()
     try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        temporary.write_text(json.dumps(value, indent=2, default=str))
-        os.replace(temporary, path)
+        write_atomic(path, lambda temporary: temporary.write_bytes(data))
     except OSError as error:
-        temporary.unlink(missing_ok=True)
         raise StoreError(f"cannot write {path}: {error.strerror or error}") from error
 
 
-def _fsync_dir(folder: Path) -> None:
-    descriptor = os.open(folder, os.O_RDONLY)
+def write_atomic(path: Path, write: Callable[[Path], object]) -> None:
+    """Make ``path`` appear whole or not at all, and survive a power cut once this returns.
+
+    ``write`` writes the content to the file path it is given: a hidden temporary name in
+    ``path``'s folder (created if missing). That file is fsynced, renamed over ``path``, and
+    the folder fsynced so that the rename itself is on disk. Every file the pipeline writes
+    goes through here.
+
+    Raises:
+        OSError: It cannot be written; the temporary file is removed.
+    """
+    path.parent.mkdir(parents=True, exist_ok=True)
+    temporary = path.with_name(f".{path.name}.{uuid.uuid4().hex[:8]}.tmp")
+    try:
+        write(temporary)
+        _fsync(temporary)
+        os.replace(temporary, path)
+    finally:
+        temporary.unlink(missing_ok=True)
+    _fsync(path.parent)
+
+
+def _fsync(path: Path) -> None:
+    """Flush a file's or folder's data and metadata to disk."""
+    descriptor = os.open(path, os.O_RDONLY)
     try:
         os.fsync(descriptor)
     finally:

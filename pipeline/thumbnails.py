@@ -9,6 +9,8 @@ from __future__ import annotations
 import cv2
 import numpy as np
 
+from pipeline.errors import ConfigError
+
 
 def make_thumbnail(rgb: np.ndarray, long_side_px: int = 256, quality: int = 80) -> bytes:
     """Shrink a frame so its longer side is at most ``long_side_px`` and encode it as JPEG.
@@ -24,15 +26,13 @@ def make_thumbnail(rgb: np.ndarray, long_side_px: int = 256, quality: int = 80) 
         The JPEG file's bytes.
 
     Raises:
-        ValueError: The frame is not ``HxWx3`` uint8, or a setting is out of range.
+        ValueError: The frame is not ``HxWx3`` uint8.
+        ConfigError: A setting is out of range.
     """
     is_rgb = isinstance(rgb, np.ndarray) and rgb.ndim == 3 and rgb.shape[2] == 3 and rgb.size > 0
     if not is_rgb or rgb.dtype != np.uint8:
         raise ValueError(f"a thumbnail needs an HxWx3 uint8 RGB array, got {_describe(rgb)}")
-    if long_side_px < 1:
-        raise ValueError(f"thumbnails.long_side_px must be >= 1, got {long_side_px}")
-    if not 1 <= quality <= 100:
-        raise ValueError(f"thumbnails.quality must be 1-100, got {quality}")
+    check_thumbnail_settings(long_side_px, quality)
     height, width = rgb.shape[:2]
     scale = long_side_px / max(height, width)
     if scale < 1:
@@ -43,6 +43,18 @@ def make_thumbnail(rgb: np.ndarray, long_side_px: int = 256, quality: int = 80) 
     if not ok:
         raise ValueError(f"OpenCV could not encode a {width}x{height} frame as JPEG")
     return encoded.tobytes()
+
+
+def check_thumbnail_settings(long_side_px: int, quality: int) -> None:
+    """Check the ``thumbnails.*`` settings before any frame is decoded.
+
+    Raises:
+        ConfigError: A setting is out of range.
+    """
+    if long_side_px < 1:
+        raise ConfigError(f"thumbnails.long_side_px must be >= 1, got {long_side_px}")
+    if not 1 <= quality <= 100:
+        raise ConfigError(f"thumbnails.quality must be 1-100, got {quality}")
 
 
 def decode_thumbnail(data: bytes) -> np.ndarray:

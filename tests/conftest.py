@@ -1,5 +1,9 @@
-"""Shared fixtures: the generated tiny model, small generated videos, the CLI runner, and a
-guard that fails any test that logs an ERROR it did not expect (as PySceneDetect's tests do).
+"""Shared fixtures and helpers: the generated tiny model (made once per session), small
+generated videos and frames, the CLI runners, nights of small videos, and a guard that fails
+any test that logs an ERROR it did not expect (as PySceneDetect's tests do).
+
+No test asserts on elapsed seconds: where a run must be stopped at a known moment, it runs
+under :mod:`tests.paused_run`, which waits at a point the test names.
 """
 
 from __future__ import annotations
@@ -8,9 +12,11 @@ import logging
 import os
 import subprocess
 import sys
-from collections.abc import Iterator
+import time
+from collections.abc import Callable, Iterator
 from dataclasses import replace
 from pathlib import Path
+from typing import Any
 
 import cv2
 import numpy as np
@@ -20,13 +26,14 @@ import pytest
 from pipeline.caption import Captioner
 from pipeline.caption.engine import EngineSettings
 from pipeline.caption.tiny import ensure_tiny_model
-from pipeline.cli import compose_config
+from pipeline.config import compose_config
 
 ROOT = Path(__file__).resolve().parent.parent
 SAMPLE_VIDEO = ROOT / "data" / "sample.mp4"
 
 
 def pytest_configure(config: pytest.Config) -> None:
+    """Declare the suite's own marker."""
     config.addinivalue_line("markers", "allow_error_logs: the test expects ERROR log records")
 
 
@@ -68,12 +75,13 @@ def user_cache(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
         os.environ["VIDEO_CAPTION_CACHE"] = before
 
 
-def tiny_engine_settings(model_dir: Path, *overrides: str, **fields: object) -> EngineSettings:
+def tiny_engine_settings(model_dir: Path, *overrides: str, **fields: Any) -> EngineSettings:
     """Engine settings of the tiny preset as the config gives them (Hydra ``overrides``),
     with some fields replaced."""
     cfg = compose_config(["model=tiny", f"model.dir={model_dir}", "video=unused", *overrides])
-    settings = Captioner.from_config(cfg, max_questions=int(fields.pop("max_questions", 1))).engine.settings  # type: ignore[arg-type]
-    return replace(settings, **fields)  # type: ignore[arg-type]
+    max_questions = int(fields.pop("max_questions", 1))
+    settings = Captioner.from_config(cfg, max_questions=max_questions).engine.settings
+    return replace(settings, **fields)
 
 
 @pytest.fixture(scope="session")
@@ -84,21 +92,26 @@ def tiny_model_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return path
 
 
+def tinted(red: int) -> Callable[[int], tuple[int, int, int]]:
+    """A ``colour_of`` for :func:`write_video`: this much red, green changing frame by frame."""
+    return lambda index: (red, 9 * index % 255, 90)
+
+
 def write_video(
     path: Path,
     n_frames: int = 20,
     fps: float = 10.0,
     size: tuple[int, int] = (160, 90),
     fourcc: str = "mp4v",
-    colour_of: object = None,
+    colour_of: Callable[[int], tuple[int, int, int]] | None = None,
 ) -> Path:
     """Write a small test clip: each frame a flat colour (``colour_of(index)``) with a bar
     that moves, so consecutive frames differ."""
     width, height = size
-    writer = cv2.VideoWriter(str(path), cv2.VideoWriter_fourcc(*fourcc), fps, (width, height))
+    writer = cv2.VideoWriter(str(path), cv2.VideoWriter.fourcc(*fourcc), fps, (width, height))
     assert writer.isOpened(), f"OpenCV cannot write {fourcc} to {path}"
     for index in range(n_frames):
-        colour = colour_of(index) if callable(colour_of) else (index * 7 % 255, 80, 160)
+        colour = colour_of(index) if colour_of is not None else (index * 7 % 255, 80, 160)
         frame = np.full((height, width, 3), colour, np.uint8)
         x = (index * 5) % max(width - 10, 1)
         frame[:, x : x + 10] = 255
@@ -107,17 +120,51 @@ def write_video(
     return path
 
 
-def run_cli(*args: str, cwd: Path = ROOT, timeout: float = 300) -> subprocess.CompletedProcess[str]:
+# Subprocess limits are there to end a hung run, not to judge speed: generous enough for a
+# loaded 2-core machine.
+RUN_TIMEOUT_S = 1200
+
+
+def cli_env(**extra: str) -> dict[str, str]:
+    """The environment of a ``python -m pipeline`` subprocess: offline, unbuffered."""
+    return {**os.environ, "PYTHONUNBUFFERED": "1", "HF_HUB_OFFLINE": "1", **extra}
+
+
+def run_cli(*args: str, cwd: Path = ROOT) -> subprocess.CompletedProcess[str]:
     """Run ``python -m pipeline ARGS`` and capture its output."""
-    env = {**os.environ, "PYTHONUNBUFFERED": "1", "HF_HUB_OFFLINE": "1"}
     return subprocess.run(
         [sys.executable, "-m", "pipeline", *args],
         cwd=cwd,
-        env=env,
+        env=cli_env(),
         capture_output=True,
         text=True,
-        timeout=timeout,
+        timeout=RUN_TIMEOUT_S,
     )
+
+
+def start_paused_run(
+    args: list[str], pause_at: str, marker: Path, release: Path | None = None, **env: str
+) -> subprocess.Popen[str]:
+    """Start ``python -m pipeline ARGS`` under :mod:`tests.paused_run`: it waits at
+    ``pause_at`` (after touching ``marker``) until ``release`` exists, or for good."""
+    pause = {"PAUSE_AT": pause_at, "PAUSE_MARKER": str(marker)}
+    if release is not None:
+        pause["PAUSE_RELEASE"] = str(release)
+    return subprocess.Popen(
+        [sys.executable, "-m", "tests.paused_run", *args], cwd=ROOT, env=cli_env(**pause, **env),
+        stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
+    )
+
+
+def wait_for_pause(process: subprocess.Popen[str], marker: Path) -> None:
+    """Wait until ``process`` reaches its pause point (it must not end first)."""
+    deadline = time.monotonic() + RUN_TIMEOUT_S
+    while not marker.exists():
+        if process.poll() is not None:
+            stderr = process.stderr.read() if process.stderr else ""
+            pytest.fail(f"the run ended (exit {process.returncode}) before its pause point: {stderr}")
+        assert time.monotonic() < deadline, "the run never reached its pause point"
+        time.sleep(0.02)
 
 
 @pytest.fixture
@@ -132,16 +179,33 @@ def cli_base(tiny_model_dir: Path, tmp_path: Path) -> list[str]:
     ]
 
 
+def frames(n: int, seed: int) -> list[np.ndarray]:
+    """``n`` RGB frames of noise, each 10 rows taller than the one before."""
+    rng = np.random.default_rng(seed)
+    return [rng.integers(0, 256, (90 + 10 * i, 160, 3), dtype=np.uint8) for i in range(n)]
+
+
 # -- nights of small videos (test_nightly, test_ray) ----------------------------------------
 
 KEY = ["video_id", "frame_index", "prompt_id"]  # one answer
+PROMPTS = "prompts=[What is shown?,Which colours?]"
+
+
+def night_args(videos: Path, out: Path, tiny_model_dir: Path, tmp: Path, max_tokens: int = 12) -> list[str]:
+    """CLI arguments for a night: every frame, two prompts, chunks of 3 frames, 2 in flight."""
+    return [
+        f"video={videos}", "model=tiny", f"model.dir={tiny_model_dir}", f"output_dir={out}",
+        f"generation.max_tokens={max_tokens}", "sampler=all", "checkpoint_frames=3",
+        "engine.parallel=2", "engine.n_threads=1", PROMPTS, "report=false",
+        f"hydra.run.dir={tmp / 'hydra'}",
+    ]
 
 
 def make_night(folder: Path, n_videos: int = 4, n_frames: int = 18) -> Path:
     """``n_videos`` small clips ``v<i>.mp4`` of ``n_frames + i`` frames, each its own colour."""
     folder.mkdir(parents=True, exist_ok=True)
     for v in range(n_videos):
-        write_video(folder / f"v{v}.mp4", n_frames=n_frames + v, colour_of=lambda i, v=v: (40 * v, 9 * i % 255, 90))
+        write_video(folder / f"v{v}.mp4", n_frames=n_frames + v, colour_of=tinted(40 * v))
     return folder
 
 

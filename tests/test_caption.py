@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import gguf
 import numpy as np
@@ -10,15 +11,12 @@ import pytest
 
 from pipeline.caption import Captioner, WeightsError, make_questions
 from pipeline.caption.tiny import ensure_tiny_model
-from pipeline.caption.weights import ModelFiles, check_pair, resolve_model_files
-from pipeline.cli import compose_config
+from pipeline.caption.weights import ModelFiles, ModelSource, check_pair
+from pipeline.config import compose_config
+from pipeline.errors import ConfigError
+from tests.conftest import frames
 
 PROMPTS = ["What is shown?", "What colors dominate?", "Is there text?"]
-
-
-def frames(n: int, seed: int = 0) -> list[np.ndarray]:
-    rng = np.random.default_rng(seed)
-    return [rng.integers(0, 256, (90 + 10 * i, 160, 3), dtype=np.uint8) for i in range(n)]
 
 
 def captioner(tiny_model_dir: Path, *overrides: str, max_questions: int = 3) -> Captioner:
@@ -30,14 +28,14 @@ def captioner(tiny_model_dir: Path, *overrides: str, max_questions: int = 3) -> 
 
 def test_answer_takes_a_numpy_frame_and_returns_text(tiny_model_dir: Path) -> None:
     with captioner(tiny_model_dir) as model:
-        text = model.answer(frames(1)[0], "What is shown?")
-        again = model.answer(frames(1)[0], "What is shown?")
+        text = model.answer(frames(1, seed=0)[0], "What is shown?")
+        again = model.answer(frames(1, seed=0)[0], "What is shown?")
     assert isinstance(text, str) and text
     assert text == again
 
 
 def test_batched_answers_equal_sequential_answers(tiny_model_dir: Path) -> None:
-    images = frames(6)
+    images = frames(6, seed=0)
     questions = make_questions(PROMPTS)
     with captioner(tiny_model_dir, "engine.parallel=4") as model:
         batched = dict(model.caption(enumerate(images), questions))
@@ -63,14 +61,14 @@ def test_engine_knobs_reach_the_engine_and_parallel_defaults_to_4_on_cpu(tiny_mo
     assert (knobs.lanes, knobs.prepare_ahead, knobs.kv_unified, knobs.max_decode_seqs, knobs.parallel) == (
         2, 0, True, 0, 3,
     )
-    with pytest.raises(ValueError, match="engine.lanes must be >= 1"):
+    with pytest.raises(ConfigError, match="engine.lanes must be >= 1"):
         captioner(tiny_model_dir, "engine.lanes=0")
 
 
 def test_bad_frames_become_error_answers(tiny_model_dir: Path) -> None:
-    bad = [np.zeros((10, 10), np.uint8), np.zeros((10, 10, 3), np.float32), "x"]
+    bad: list[Any] = [np.zeros((10, 10), np.uint8), np.zeros((10, 10, 3), np.float32), "x"]
     with captioner(tiny_model_dir) as model:
-        results = dict(model.caption(enumerate([*bad, frames(1)[0]]), make_questions(PROMPTS)))
+        results = dict(model.caption(enumerate([*bad, frames(1, seed=0)[0]]), make_questions(PROMPTS)))
         with pytest.raises(ValueError, match="HxWx3 uint8"):
             model.answer(bad[0], "?")
     for index in range(3):
@@ -81,7 +79,7 @@ def test_bad_frames_become_error_answers(tiny_model_dir: Path) -> None:
 def test_quantized_tiny_model_runs(tiny_model_dir: Path) -> None:
     with captioner(tiny_model_dir, "model.quantized=true") as model:
         assert model.files.text_model.name.endswith("Q8_0.gguf")
-        assert model.answer(frames(1)[0], "What is shown?")
+        assert model.answer(frames(1, seed=0)[0], "What is shown?")
 
 
 def write_projector(path: Path, out_dims: int) -> Path:
@@ -107,16 +105,15 @@ def test_mmproj_that_does_not_fit_is_refused(tiny_model_dir: Path, tmp_path: Pat
 
 
 def test_missing_weights_offline_names_files_and_place(tmp_path: Path) -> None:
+    source = ModelSource(
+        name="llava16_34b", model_dir=tmp_path, text_file="llava-v1.6-34b.Q5_K_M.gguf",
+        mmproj_file="mmproj-model-f16.gguf", repo_id="cjpais/llava-v1.6-34B-gguf", download=False,
+        generated=False, quantized=False,
+    )
     with pytest.raises(WeightsError) as error:
-        resolve_model_files(
-            name="llava16_34b",
-            model_dir=tmp_path,
-            text_file="llava-v1.6-34b.Q5_K_M.gguf",
-            mmproj_file="mmproj-model-f16.gguf",
-            repo_id="cjpais/llava-v1.6-34B-gguf",
-            download=False,
-        )
+        source.resolve()
     message = str(error.value)
     assert "llava-v1.6-34b.Q5_K_M.gguf" in message and "mmproj-model-f16.gguf" in message
     assert str(tmp_path) in message and "cjpais/llava-v1.6-34B-gguf" in message
     assert "\n" not in message
+

@@ -2,14 +2,15 @@
 
 from __future__ import annotations
 
+import subprocess
 from pathlib import Path
 
 import pandas as pd
 import pytest
 
+from pipeline.caption.tiny import ensure_tiny_model
 from pipeline.decode import VideoReader
 from pipeline.store import read_metadata
-from pipeline.caption.tiny import ensure_tiny_model
 from tests.conftest import SAMPLE_VIDEO, run_cli, write_video
 
 
@@ -18,7 +19,7 @@ def container_times(path: Path) -> dict[int, float]:
         return {t.index: t.timestamp_s for t in reader}
 
 
-def assert_one_line_error(result, code: int, *needles: str) -> None:  # noqa: ANN001
+def assert_one_line_error(result: subprocess.CompletedProcess[str], code: int, *needles: str) -> None:
     assert result.returncode == code, result.stderr
     assert "Traceback" not in result.stderr
     lines = [line for line in result.stderr.splitlines() if all(n in line for n in needles)]

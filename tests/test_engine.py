@@ -5,8 +5,9 @@ generator."""
 from __future__ import annotations
 
 import os
-from collections.abc import Iterator
+from collections.abc import Generator, Iterator
 from pathlib import Path
+from typing import Any
 
 import gguf
 import numpy as np
@@ -16,18 +17,13 @@ from benchmarks.random_llava import write_random_llava
 from pipeline.caption import make_questions
 from pipeline.caption.engine import Engine, EngineSettings
 from pipeline.caption.tiny import TextShape, VisionShape
-from tests.conftest import tiny_engine_settings
+from tests.conftest import frames, tiny_engine_settings
 
 PROMPTS = ["What is shown?", "What colors dominate?", "Is there text?"]
 
 
-def frames(n: int, seed: int = 3) -> list[np.ndarray]:
-    rng = np.random.default_rng(seed)
-    return [rng.integers(0, 256, (90 + 10 * i, 160, 3), dtype=np.uint8) for i in range(n)]
-
-
-def settings(model_dir: Path, **overrides: object) -> EngineSettings:
-    base: dict[str, object] = dict(parallel=3, max_questions=3, max_tokens=10)
+def settings(model_dir: Path, **overrides: Any) -> EngineSettings:
+    base: dict[str, Any] = dict(parallel=3, max_questions=3, max_tokens=10)
     return tiny_engine_settings(model_dir, **{**base, **overrides})
 
 
@@ -38,9 +34,9 @@ def answer_texts(engine_settings: EngineSettings, images: list[np.ndarray]) -> d
 
 
 def test_kv_layouts_chunking_background_tokenizer_and_lanes_give_the_same_answers(tiny_model_dir: Path) -> None:
-    images = frames(5)
+    images = frames(5, seed=3)
     reference = answer_texts(settings(tiny_model_dir, kv_unified=True, prepare_ahead=0), images)
-    variants = [
+    variants: list[dict[str, Any]] = [
         dict(kv_unified=False),
         dict(kv_unified=False, max_decode_seqs=2),
         dict(kv_unified=True, max_decode_seqs=1, n_batch=512, n_ubatch=256),
@@ -62,7 +58,7 @@ def test_background_thread_is_used_only_with_a_free_core(tiny_model_dir: Path) -
 
 def test_ignore_eos_makes_every_answer_max_tokens_long(tiny_model_dir: Path) -> None:
     with Engine(settings(tiny_model_dir, stop=(), max_tokens=40, ignore_eos=True)) as engine:
-        results = list(engine.run(enumerate(frames(4)), make_questions(PROMPTS)))
+        results = list(engine.run(enumerate(frames(4, seed=3)), make_questions(PROMPTS)))
     counts = {a.completion_tokens for _, answers in results for a in answers}
     assert counts == {40}
 
@@ -74,7 +70,8 @@ def test_an_interrupted_run_frees_its_slots_and_cells(tiny_model_dir: Path, lane
     with Engine(engine_settings) as engine:
         assert len(engine._lanes) == lanes
         free = [sorted(lane.free_seq_ids) for lane in engine._lanes]
-        run = engine.run(enumerate(frames(6)), questions)
+        run = engine.run(enumerate(frames(6, seed=3)), questions)
+        assert isinstance(run, Generator)
         next(run)  # frames are in flight now
         run.close()
         assert [sorted(lane.free_seq_ids) for lane in engine._lanes] == free
@@ -86,13 +83,13 @@ def test_an_interrupted_run_frees_its_slots_and_cells(tiny_model_dir: Path, lane
 
 def test_a_failing_lane_raises_on_the_callers_thread(tiny_model_dir: Path) -> None:
     def jobs() -> Iterator[tuple[int, np.ndarray]]:
-        yield 0, frames(1)[0]
+        yield 0, frames(1, seed=3)[0]
         raise OSError("disk gone")
 
     with Engine(settings(tiny_model_dir, lanes=2, n_threads=1)) as engine:
         with pytest.raises(OSError, match="disk gone"):
             list(engine.run(jobs(), make_questions(PROMPTS)))
-        again = dict(engine.run(enumerate(frames(2)), make_questions(PROMPTS)))
+        again = dict(engine.run(enumerate(frames(2, seed=3)), make_questions(PROMPTS)))
     assert sorted(again) == [0, 1]
 
 
@@ -109,25 +106,26 @@ def test_real_shape_generator_writes_q5_k_m_layout_that_runs(tmp_path: Path) -> 
     assert types["blk.0.attn_norm.weight"] == "F32"
     assert len(gguf.GGUFReader(text).fields["tokenizer.ggml.tokens"].data) == 2000
     engine_settings = settings(
-        tmp_path, text_model=str(text), mmproj=str(mmproj), parallel=1, max_questions=1, max_tokens=4, stop=(), ignore_eos=True,
+        tmp_path, text_model=str(text), mmproj=str(mmproj), parallel=1, max_questions=1, max_tokens=4, stop=(),
+        ignore_eos=True,
     )
     with Engine(engine_settings) as engine:
-        ((_, (answer,)),) = list(engine.run([(0, frames(1)[0])], make_questions(PROMPTS[:1])))
+        ((_, (answer,)),) = list(engine.run([(0, frames(1, seed=3)[0])], make_questions(PROMPTS[:1])))
     assert answer.error is None and answer.completion_tokens == 4
 
 
 def test_decode_grouping_rule() -> None:
     engine = Engine.__new__(Engine)
-    engine._max_decode_seqs = 0  # all at once
+    setattr(engine, "_max_decode_seqs", 0)  # all at once
     assert [engine._decode_group(n) for n in (1, 16, 48)] == [1, 16, 48]
-    engine._max_decode_seqs = 8  # set explicitly
+    setattr(engine, "_max_decode_seqs", 8)  # set explicitly
     assert [engine._decode_group(n) for n in (1, 16, 48)] == [8, 8, 8]
-    engine._max_decode_seqs = -8  # auto with a FORCE_CUBLAS build: groups of 8 up to 16
+    setattr(engine, "_max_decode_seqs", -8)  # auto with a FORCE_CUBLAS build: groups of 8 up to 16
     assert [engine._decode_group(n) for n in (8, 16, 17, 48)] == [8, 8, 17, 48]
 
 
 def test_asked_subsets_get_the_same_answers_as_asking_everything(tiny_model_dir: Path) -> None:
-    images = frames(4)
+    images = frames(4, seed=3)
     questions = make_questions(PROMPTS)
     subsets = [(2,), (0, 2), None, (1,)]
     with Engine(settings(tiny_model_dir, lanes=2, n_threads=1)) as engine:

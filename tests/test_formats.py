@@ -5,7 +5,8 @@ from __future__ import annotations
 import pytest
 
 from pipeline.caption.formats import get_chat_format
-from pipeline.cli import compose_config
+from pipeline.config import compose_config
+from pipeline.errors import ConfigError
 
 
 @pytest.mark.parametrize(
@@ -46,5 +47,5 @@ def test_prefix_is_shared_by_all_questions() -> None:
 
 
 def test_unknown_format_names_choices() -> None:
-    with pytest.raises(ValueError, match="chatml"):
+    with pytest.raises(ConfigError, match="chatml"):
         get_chat_format("llama3")

@@ -3,75 +3,74 @@
 from __future__ import annotations
 
 import json
-import os
 import random
 import shutil
 import signal
 import subprocess
-import sys
-import time
 import wave
+from collections.abc import Iterable, Iterator
 from pathlib import Path
+from typing import Any
 
 import pandas as pd
 import pytest
 
-from pipeline.caption import Captioner
-from pipeline.cli import compose_config
-from pipeline.run import Pipeline, find_videos
+from pipeline.caption import Captioner, Question
+from pipeline.caption.tiny import TINY_MMPROJ_FILE, TINY_TEXT_FILE
+from pipeline.config import compose_config
+from pipeline.inputs import find_videos
+from pipeline.run import Pipeline
 from pipeline.sampling import AllSampler
-from tests.conftest import KEY, ROOT, SAMPLE_VIDEO, answers, make_night, run_cli, write_video
-
-PROMPTS = "prompts=[What is shown?,Which colours?]"
-
-
-def night_args(videos: Path, out: Path, tiny_model_dir: Path, tmp: Path) -> list[str]:
-    return [
-        f"video={videos}", "model=tiny", f"model.dir={tiny_model_dir}", f"output_dir={out}",
-        "generation.max_tokens=12", "sampler=all", "checkpoint_frames=3", "engine.parallel=2",
-        PROMPTS, f"hydra.run.dir={tmp / 'hydra'}",
-    ]
+from tests.conftest import (
+    KEY,
+    PROMPTS,
+    SAMPLE_VIDEO,
+    answers,
+    make_night,
+    night_args,
+    run_cli,
+    start_paused_run,
+    wait_for_pause,
+    write_video,
+)
 
 
 @pytest.fixture(scope="module")
-def night(tiny_model_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> dict:
-    """An uninterrupted reference run over a small night, and how long it took."""
+def night(tiny_model_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
+    """An uninterrupted reference run over a small night."""
     tmp = tmp_path_factory.mktemp("night")
     videos = make_night(tmp / "videos")
     out = tmp / "out"
-    started = time.perf_counter()
     result = run_cli(*night_args(videos, out, tiny_model_dir, tmp))
-    elapsed = time.perf_counter() - started
     assert result.returncode == 0, result.stderr
-    return {"videos": videos, "out": out, "seconds": elapsed, "answers": answers(out), "tmp": tmp}
+    return {"videos": videos, "out": out, "answers": answers(out), "tmp": tmp}
 
 
 def chunk_count(out: Path) -> int:
     return len(list(out.glob("*/part-*.parquet"))) if out.exists() else 0
 
 
-def test_sigkill_at_random_moments_then_resume(night: dict, tiny_model_dir: Path, tmp_path: Path) -> None:
-    # Kill moments are tied to progress, not to the clock, so a busy machine does not turn
-    # them into "before start" or "after the end": each kill comes after 0, 1 or 2 new
-    # chunks (0: somewhere in start-up or model load) plus a random fraction of a second.
+def kill(process: subprocess.Popen[str]) -> None:
+    process.send_signal(signal.SIGKILL)
+    process.wait()
+
+
+def test_sigkill_at_random_moments_then_resume(night: dict[str, Any], tiny_model_dir: Path, tmp_path: Path) -> None:
+    # Each run is killed while it waits at a point chosen at random: before or in the middle
+    # of writing the chunk that follows 0, 1 or 2 new ones, while the engine goes on with the
+    # next frames. A night needs 27 chunks; 10 kills commit at most 20, so every run is
+    # killed mid-night, however fast or slow the machine.
     out = tmp_path / "out"
     args = night_args(night["videos"], out, tiny_model_dir, tmp_path)
     rng = random.Random(7)
-    env = {**os.environ, "HF_HUB_OFFLINE": "1"}
-    kills = 0
-    while kills < 10:
+    for kills in range(10):
         before = chunk_count(out)
-        wait_chunks = rng.choice([0, 1, 2])
-        process = subprocess.Popen([sys.executable, "-m", "pipeline", *args], cwd=ROOT, env=env,
-                                   stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-        deadline = time.time() + 120
-        while chunk_count(out) < before + wait_chunks and process.poll() is None and time.time() < deadline:
-            time.sleep(0.01)
-        time.sleep(rng.uniform(0.1, 1.0) if wait_chunks == 0 else rng.uniform(0.0, 0.2))
-        assert process.poll() is None, "the run finished before 10 kills: make the night longer"
-        process.send_signal(signal.SIGKILL)
-        process.wait()
-        kills += 1
+        new_chunks, moment = rng.choice([0, 1, 2]), rng.choice(["before", "during"])
+        marker = tmp_path / f"paused-{kills}"
+        process = start_paused_run(args, f"commit:{new_chunks}:{moment}", marker)
+        wait_for_pause(process, marker)
+        kill(process)
+        assert chunk_count(out) == before + new_chunks
         partial = pd.read_parquet(out) if chunk_count(out) else None
         assert partial is None or not partial.duplicated(KEY).any()
     assert 0 < chunk_count(out)
@@ -84,31 +83,30 @@ def test_sigkill_at_random_moments_then_resume(night: dict, tiny_model_dir: Path
     assert resumed.answer.tolist() == reference.answer.tolist()
 
 
-def test_rerun_of_a_finished_night_is_a_quick_no_op(tiny_model_dir: Path, tmp_path: Path) -> None:
-    # A night with the default answer length (the tiny model's gibberish runs to
-    # max_tokens=256), so the first run does real work next to the re-run's start-up.
-    videos = make_night(tmp_path / "videos", n_videos=6, n_frames=32)
+def test_rerun_of_a_finished_night_is_a_no_op_that_loads_no_model(tiny_model_dir: Path, tmp_path: Path) -> None:
+    videos = make_night(tmp_path / "videos", n_videos=3, n_frames=4)
+    models = tmp_path / "models"
+    models.mkdir()
+    for name in (TINY_TEXT_FILE, TINY_MMPROJ_FILE):
+        shutil.copy(tiny_model_dir / name, models / name)
     out = tmp_path / "out"
-    args = [a for a in night_args(videos, out, tiny_model_dir, tmp_path) if "max_tokens" not in a]
-    started = time.perf_counter()
+    args = night_args(videos, out, models, tmp_path)
     first = run_cli(*args)
-    first_s = time.perf_counter() - started
     assert first.returncode == 0, first.stderr
     before = sorted(p.name for p in out.rglob("*.parquet"))
-    started = time.perf_counter()
+    # Same settings, but weights that no model load would accept: the re-run must not look.
+    for name in (TINY_TEXT_FILE, TINY_MMPROJ_FILE):
+        (models / name).write_bytes(b"not a model")
     result = run_cli(*args)
-    elapsed = time.perf_counter() - started
     assert result.returncode == 0, result.stderr
     assert "nothing to do" in result.stderr
     assert sorted(p.name for p in out.rglob("*.parquet")) == before
     summary = json.loads((out / "_last_run.json").read_text())
-    assert summary["videos_skipped"] == 6 and summary["frames"] == 0
-    print(f"first run {first_s:.1f} s, no-op re-run {elapsed:.2f} s")
-    assert elapsed < 0.05 * first_s
+    assert summary["videos_skipped"] == 3 and summary["frames"] == 0 and summary["workers"] == []
 
 
 def test_renamed_file_is_not_redone_and_changed_prompt_redoes_only_it(
-    night: dict, tiny_model_dir: Path, tmp_path: Path
+    night: dict[str, Any], tiny_model_dir: Path, tmp_path: Path
 ) -> None:
     out = tmp_path / "out"
     shutil.copytree(night["out"], out)
@@ -131,12 +129,13 @@ def test_adding_a_prompt_asks_the_model_only_that_prompt(tiny_model_dir: Path, t
     out = tmp_path / "out"
     asked: list[object] = []
     with Captioner.from_config(cfg, max_questions=3) as captioner:
-        first = Pipeline(AllSampler(), ["What is shown?", "Which colours?"], out, "c", max_frames=4)
+        prompts = ["What is shown?", "Which colours?"]
+        first = Pipeline(AllSampler(), prompts, out, "c", prefetch_frames=8, max_frames=4)
         first.run(first.plan([SAMPLE_VIDEO]), captioner)
         run = captioner.engine.run
 
-        def spy(jobs, questions):  # noqa: ANN001, ANN202
-            def seen():  # noqa: ANN202
+        def spy(jobs: Iterable[tuple[Any, ...]], questions: list[Question]) -> Iterator[Any]:
+            def seen() -> Iterator[tuple[Any, ...]]:
                 for job in jobs:
                     asked.append(job[2] if len(job) == 3 else None)
                     yield job
@@ -144,7 +143,7 @@ def test_adding_a_prompt_asks_the_model_only_that_prompt(tiny_model_dir: Path, t
             return run(seen(), questions)
 
         captioner.engine.run = spy  # type: ignore[method-assign]
-        second = Pipeline(AllSampler(), ["What is shown?", "Which colours?", "Anyone there?"], out, "c", max_frames=4)
+        second = Pipeline(AllSampler(), [*prompts, "Anyone there?"], out, "c", prefetch_frames=8, max_frames=4)
         second.run(second.plan([SAMPLE_VIDEO]), captioner)
     assert asked == [(2,)] * 4
     df = pd.read_parquet(out)
@@ -182,40 +181,40 @@ def test_folder_with_every_kind_of_bad_file(tiny_model_dir: Path, tmp_path: Path
     assert "Traceback" not in result.stderr
     df = pd.read_parquet(out)
     errors = df[df.frame_index.isna()].set_index(df[df.frame_index.isna()].video_path.map(lambda p: Path(p).name))
-    assert set(errors.index) == {"empty.mp4", "no_index.mp4", "notes.mp4", "audio_only.wav", "folder.mp4", "cut_mid_stream.avi"}
+    assert set(errors.index) == {
+        "empty.mp4", "no_index.mp4", "notes.mp4", "audio_only.wav", "folder.mp4", "cut_mid_stream.avi"
+    }
     assert "empty file" in errors.error["empty.mp4"]
     assert "is a directory" in errors.error["folder.mp4"]
     assert "decoding stopped at frame" in errors.error["cut_mid_stream.avi"]
     for name in ("no_index.mp4", "notes.mp4", "audio_only.wav"):
         assert "not a readable video" in errors.error[name] or "no video stream" in errors.error[name]
     ok = df[df.status == "ok"]
-    assert ok.groupby(ok.video_path.map(lambda p: Path(p).name)).frame_index.nunique().to_dict() == {
-        "v0.mp4": 6, "v1.mp4": 7, "cut_mid_stream.avi": pytest.approx(30, abs=10)
-    } or set(ok.video_path.map(lambda p: Path(p).name)) >= {"v0.mp4", "v1.mp4"}
+    frames_answered = ok.groupby(ok.video_path.map(lambda p: Path(p).name)).frame_index.nunique().to_dict()
+    # The cut file's frames before the cut may have answers too; no other bad file has any.
+    assert frames_answered.pop("cut_mid_stream.avi", 0) < 60
+    assert frames_answered == {"v0.mp4": 6, "v1.mp4": 7}
     summary = json.loads((out / "_last_run.json").read_text())
     assert summary["videos_failed"] == 6 and summary["exit_code"] == 2
 
 
 @pytest.mark.allow_error_logs
 def test_vanished_file_and_retry_failed(tiny_model_dir: Path, tmp_path: Path) -> None:
-    from pipeline.cli import compose_config
-    from pipeline.caption import Captioner
-
     folder = make_night(tmp_path / "videos", n_videos=2, n_frames=4)
     out = tmp_path / "out"
     out.mkdir()
     cfg = compose_config(["model=tiny", f"model.dir={tiny_model_dir}", "video=x", "generation.max_tokens=4"])
-    pipeline = Pipeline(AllSampler(), ["What?"], out, config_id="c1")
+    pipeline = Pipeline(AllSampler(), ["What?"], out, config_id="c1", prefetch_frames=8)
     tasks = pipeline.plan(find_videos(str(folder), [".mp4"]))
     moved = (folder / "v1.mp4").rename(tmp_path / "v1.mp4")
     with Captioner.from_config(cfg) as captioner:
         summary = pipeline.run(tasks, captioner)
     assert [v.status for v in summary.videos] == ["done", "error"]
-    assert "vanished or missing" in summary.videos[1].error
+    assert "vanished or missing" in (summary.videos[1].error or "")
     moved.rename(folder / "v1.mp4")
-    again = Pipeline(AllSampler(), ["What?"], out, config_id="c1")
+    again = Pipeline(AllSampler(), ["What?"], out, config_id="c1", prefetch_frames=8)
     assert [t.outcome.status for t in again.plan(find_videos(str(folder), [".mp4"]))] == ["skipped", "skipped"]
-    retry = Pipeline(AllSampler(), ["What?"], out, config_id="c1", retry_failed=True)
+    retry = Pipeline(AllSampler(), ["What?"], out, config_id="c1", prefetch_frames=8, retry_failed=True)
     tasks = retry.plan(find_videos(str(folder), [".mp4"]))
     assert [t.outcome.status for t in tasks] == ["skipped", "todo"]
     with Captioner.from_config(cfg) as captioner:
@@ -225,24 +224,21 @@ def test_vanished_file_and_retry_failed(tiny_model_dir: Path, tmp_path: Path) ->
 
 
 def test_second_run_exits_75_and_killed_run_leaves_no_lock(tiny_model_dir: Path, tmp_path: Path) -> None:
-    videos = make_night(tmp_path / "videos", n_videos=2, n_frames=40)
+    videos = make_night(tmp_path / "videos", n_videos=2, n_frames=4)
     out = tmp_path / "out"
     args = night_args(videos, out, tiny_model_dir, tmp_path)
-    env = {**os.environ, "HF_HUB_OFFLINE": "1"}
-    first = subprocess.Popen([sys.executable, "-m", "pipeline", *args], cwd=ROOT, env=env,
-                             stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
-    deadline = time.time() + 30
-    while not (out / "_lock").exists() or not (out / "_lock").read_text():
-        assert time.time() < deadline and first.poll() is None
-        time.sleep(0.05)
-    started = time.perf_counter()
-    second = run_cli(*args)
-    assert time.perf_counter() - started < 10
-    assert second.returncode == 75
-    (line,) = [l for l in second.stderr.splitlines() if "another run holds" in l]
-    assert f'"pid": {first.pid}' in line
-    first.send_signal(signal.SIGKILL)
-    first.wait()
+    # The first run holds the lock and waits before its first commit until it is killed.
+    marker = tmp_path / "paused"
+    first = start_paused_run(args, "commit:0:before", marker)
+    try:
+        wait_for_pause(first, marker)
+        second = run_cli(*args)
+        assert second.returncode == 75
+        (line,) = [line for line in second.stderr.splitlines() if "another run holds" in line]
+        assert f'"pid": {first.pid}' in line
+        assert first.poll() is None  # the second run did not wait for the first
+    finally:
+        kill(first)
     third = run_cli(*args)
     assert third.returncode == 0, third.stderr
 
@@ -266,7 +262,7 @@ def test_disk_full_keeps_committed_chunks_and_rerun_completes(
         args = night_args(videos, out, tiny_model_dir, tmp_path)
         full = run_cli(*args)
         assert full.returncode == 1, full.stderr
-        (line,) = [l for l in full.stderr.splitlines() if "committed results are intact" in l]
+        (line,) = [line for line in full.stderr.splitlines() if "committed results are intact" in line]
         assert "No space left on device" in line and "Traceback" not in full.stderr
         committed = pd.read_parquet(out)
         assert len(committed) > 0 and not committed.duplicated(KEY).any()

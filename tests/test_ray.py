@@ -1,5 +1,6 @@
 """executor=ray on a real two-node Ray cluster on loopback: the same rows as a local run, and a
-captioner actor killed mid-run loses nothing."""
+captioner actor killed mid-run loses nothing. The nodes run this checkout's code (a test checks
+that), not whatever copy of the package is installed."""
 
 from __future__ import annotations
 
@@ -14,10 +15,22 @@ import tempfile
 import time
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
-from tests.conftest import KEY, ROOT, answers, make_night, run_cli
+from tests.conftest import (
+    KEY,
+    ROOT,
+    RUN_TIMEOUT_S,
+    answers,
+    cli_env,
+    make_night,
+    night_args,
+    run_cli,
+    start_paused_run,
+    wait_for_pause,
+)
 
 # Ray turns a loopback --node-ip-address into the machine's outward address; these tests
 # keep every connection on 127.0.0.1: `ray start` runs with that rewrite switched off, and
@@ -36,7 +49,7 @@ DRIVER_ENV = {**RAY_ENV, "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "0"}
 ACTOR_PIDS = """
 import sys, time, ray
 ray.init(address=sys.argv[1], namespace="video-caption", logging_level="ERROR")
-deadline = time.time() + 60
+deadline = time.time() + 600
 while time.time() < deadline:
     names = [a["name"] for a in ray.util.list_named_actors(all_namespaces=True)
              if a["name"].startswith("captioner-")]
@@ -59,10 +72,12 @@ def free_port() -> int:
 
 
 def _ray_start(*args: str) -> subprocess.Popen[bytes]:
+    # PYTHONPATH: the workers import this checkout's pipeline, as the drivers (run from ROOT) do.
+    python_path = os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")]))
     return subprocess.Popen(
         [sys.executable, "-c", RAY_START, "start", "--block", "--node-ip-address=127.0.0.1",
          "--disable-usage-stats", *args],
-        env={**os.environ, **RAY_ENV}, start_new_session=True,
+        env={**os.environ, **RAY_ENV, "PYTHONPATH": python_path}, start_new_session=True,
         stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
     )
 
@@ -91,7 +106,7 @@ def _listening(port: int) -> bool:
 def _driver(address: str, script: str, *args: str) -> str:
     done = subprocess.run(
         [sys.executable, "-c", script, address, *args], env={**os.environ, **DRIVER_ENV},
-        capture_output=True, text=True, timeout=120, check=False,
+        capture_output=True, text=True, timeout=RUN_TIMEOUT_S, check=False,
     )
     assert done.returncode == 0, done.stderr
     return done.stdout.strip()
@@ -106,7 +121,7 @@ def ray_cluster() -> Iterator[str]:
     nodes = [_ray_start("--head", f"--port={port}", "--num-cpus=2", f"--temp-dir={temp_dir}",
                         "--include-dashboard=false")]
     try:
-        deadline = time.time() + 60
+        deadline = time.time() + 600
         while not _listening(port):
             assert time.time() < deadline and nodes[0].poll() is None, "the Ray head did not start"
             time.sleep(0.2)
@@ -120,37 +135,36 @@ def ray_cluster() -> Iterator[str]:
         shutil.rmtree(temp_dir, ignore_errors=True)
 
 
-def night_args(videos: Path, out: Path, tiny_model_dir: Path, tmp: Path) -> list[str]:
-    return [
-        f"video={videos}", "model=tiny", f"model.dir={tiny_model_dir}", f"output_dir={out}",
-        "generation.max_tokens=24", "sampler=all", "checkpoint_frames=3", "engine.parallel=2",
-        "engine.n_threads=1", "prompts=[What is shown?,Which colours?]", "report=false",
-        f"hydra.run.dir={tmp / 'hydra'}",
-    ]
+MAX_TOKENS = 24
 
 
 def ray_cli(*args: str) -> subprocess.CompletedProcess[str]:
-    env = {**os.environ, **DRIVER_ENV, "PYTHONUNBUFFERED": "1", "HF_HUB_OFFLINE": "1"}
-    return subprocess.run([sys.executable, "-m", "pipeline", *args], cwd=ROOT, env=env,
-                          capture_output=True, text=True, timeout=300, check=False)
+    return subprocess.run([sys.executable, "-m", "pipeline", *args], cwd=ROOT, env=cli_env(**DRIVER_ENV),
+                          capture_output=True, text=True, timeout=RUN_TIMEOUT_S, check=False)
+
+
+def test_workers_run_this_checkout(ray_cluster: str) -> None:
+    where = _driver(ray_cluster, "import sys, ray\nray.init(address=sys.argv[1], logging_level='ERROR')\n"
+                    "print(ray.get(ray.remote(lambda: __import__('pipeline').__file__).remote()))")
+    assert Path(where).resolve() == ROOT / "pipeline" / "__init__.py"
 
 
 @pytest.fixture(scope="module")
-def night(tiny_model_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> dict:
+def night(tiny_model_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
     """Six small videos and the answers of a local run over them."""
     tmp = tmp_path_factory.mktemp("ray-night")
     videos = make_night(tmp / "videos", n_videos=6, n_frames=6)
     out = tmp / "local"
-    result = run_cli(*night_args(videos, out, tiny_model_dir, tmp))
+    result = run_cli(*night_args(videos, out, tiny_model_dir, tmp, MAX_TOKENS))
     assert result.returncode == 0, result.stderr
     return {"videos": videos, "answers": answers(out), "out": out}
 
 
 def test_ray_run_equals_local_run_and_mixes_with_one(
-    ray_cluster: str, night: dict, tiny_model_dir: Path, tmp_path: Path
+    ray_cluster: str, night: dict[str, Any], tiny_model_dir: Path, tmp_path: Path
 ) -> None:
     out = tmp_path / "out"
-    args = night_args(night["videos"], out, tiny_model_dir, tmp_path)
+    args = night_args(night["videos"], out, tiny_model_dir, tmp_path, MAX_TOKENS)
     # Half the night done locally first: the Ray run skips those videos and does the rest.
     half = tmp_path / "half.txt"
     half.write_text("".join(f"{night['videos']}/v{v}.mp4\n" for v in range(3)))
@@ -171,12 +185,13 @@ def test_ray_run_equals_local_run_and_mixes_with_one(
 
 
 def test_ray_run_adding_a_prompt_keeps_the_old_rows(
-    ray_cluster: str, night: dict, tiny_model_dir: Path, tmp_path: Path
+    ray_cluster: str, night: dict[str, Any], tiny_model_dir: Path, tmp_path: Path
 ) -> None:
     out = tmp_path / "out"
     shutil.copytree(night["out"], out)
     three = "prompts=[What is shown?,Which colours?,Anyone there?]"
-    args = [three if a.startswith("prompts=") else a for a in night_args(night["videos"], out, tiny_model_dir, tmp_path)]
+    night_run = night_args(night["videos"], out, tiny_model_dir, tmp_path, MAX_TOKENS)
+    args = [three if a.startswith("prompts=") else a for a in night_run]
     result = ray_cli(*args, "executor=ray", f"executor.address={ray_cluster}", "executor.num_actors=2")
     assert result.returncode == 0, result.stderr
     df = answers(out)
@@ -188,25 +203,22 @@ def test_ray_run_adding_a_prompt_keeps_the_old_rows(
 
 
 @pytest.mark.allow_error_logs
-def test_killed_actor_loses_nothing(ray_cluster: str, night: dict, tiny_model_dir: Path, tmp_path: Path) -> None:
+def test_killed_actor_loses_nothing(
+    ray_cluster: str, night: dict[str, Any], tiny_model_dir: Path, tmp_path: Path
+) -> None:
     out = tmp_path / "out"
-    # One frame in flight per actor (answers do not depend on it): a longer run, so that the
-    # kill lands mid-night even on a loaded machine.
-    night_run = night_args(night["videos"], out, tiny_model_dir, tmp_path)
-    args = [*(a if not a.startswith("engine.parallel=") else "engine.parallel=1" for a in night_run),
+    args = [*night_args(night["videos"], out, tiny_model_dir, tmp_path, MAX_TOKENS),
             "executor=ray", f"executor.address={ray_cluster}", "executor.num_actors=2"]
-    env = {**os.environ, **DRIVER_ENV, "HF_HUB_OFFLINE": "1"}
-    run = subprocess.Popen([sys.executable, "-m", "pipeline", *args], cwd=ROOT, env=env,
-                           stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    # The driver stops dispatching once actor-0 has answered a frame, and waits there while
+    # the test kills that actor; most of the night's 51 frames are still to do when it goes on.
+    marker, release = tmp_path / "paused", tmp_path / "release"
+    run = start_paused_run(args, "answer:actor-0:1", marker, release, **DRIVER_ENV)
     try:
+        wait_for_pause(run, marker)
         pids = [int(p) for p in _driver(ray_cluster, ACTOR_PIDS, "2").split()]
-        deadline = time.time() + 60
-        while not list(out.glob("*/part-*.parquet")):  # mid-run: a chunk is committed
-            assert time.time() < deadline and run.poll() is None
-            time.sleep(0.02)
-        assert len(list(out.glob("*/_done-*"))) < 6, "the run ended before the kill: make it longer"
         os.kill(pids[0], signal.SIGKILL)
-        _, stderr = run.communicate(timeout=240)
+        release.touch()
+        _, stderr = run.communicate(timeout=RUN_TIMEOUT_S)
     finally:
         if run.poll() is None:
             run.kill()
@@ -220,8 +232,11 @@ def test_killed_actor_loses_nothing(ray_cluster: str, night: dict, tiny_model_di
 
 
 @pytest.mark.allow_error_logs
-def test_missing_ray_is_one_line(monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture, tmp_path: Path) -> None:
-    from pipeline.cli import compose_config, run_from_config
+def test_missing_ray_is_one_line(
+    monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture, tmp_path: Path
+) -> None:
+    from pipeline.cli import run_from_config
+    from pipeline.config import compose_config
 
     monkeypatch.setitem(sys.modules, "ray", None)
     cfg = compose_config([f"video={tmp_path}", "model=tiny", "executor=ray", f"output_dir={tmp_path / 'out'}"])

@@ -7,10 +7,9 @@ is on the page) into a ``<pre id="result">``, and reads it back with ``--dump-do
 
 from __future__ import annotations
 
-import os
-
 import html
 import json
+import os
 import re
 import shutil
 import subprocess
@@ -22,6 +21,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
+from pipeline.errors import UserError
 from pipeline.report import main, printable, render_report, write_report
 from pipeline.results import load_results
 from pipeline.thumbnails import make_thumbnail
@@ -202,7 +202,7 @@ def test_write_report_for_one_video(output_dir: Path) -> None:
     assert page.name == "_report-a.html"
     text = page.read_text(encoding="utf-8")
     assert "/videos/a.mp4" in text and "/videos/b.mp4" not in text
-    with pytest.raises(ValueError, match=r"video_id=zz is not in .* \(it has: a, b\)"):
+    with pytest.raises(UserError, match=r"video_id=zz is not in .* \(it has: a, b\)"):
         write_report(output_dir, video_id="zz")
 
 

@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import tracemalloc
 from collections.abc import Callable, Iterable
+from dataclasses import replace
 from pathlib import Path
+from typing import Any
 
 import cv2
 import numpy as np
@@ -12,9 +14,10 @@ import pandas as pd
 import pytest
 from hydra.utils import instantiate
 
-from pipeline.cli import compose_config
+from pipeline.config import compose_config
 from pipeline.decode import VideoReader
-from pipeline.sampling import AllSampler, Dedup, IntervalSampler, Sample, SceneSampler
+from pipeline.errors import ConfigError
+from pipeline.sampling import AllSampler, Dedup, IntervalSampler, Sample, Sampler, SceneSampler
 from tests.conftest import run_cli, write_video
 
 SIZE = (160, 90)
@@ -44,16 +47,16 @@ def dissolve(a: list[np.ndarray], b: list[np.ndarray], length: int) -> list[np.n
 
 
 def write_clip(path: Path, frames: Iterable[np.ndarray], fps: float = FPS) -> Path:
-    writer = cv2.VideoWriter(str(path), cv2.VideoWriter_fourcc(*"mp4v"), fps, SIZE)
+    writer = cv2.VideoWriter(str(path), cv2.VideoWriter.fourcc(*"mp4v"), fps, SIZE)
     for frame in frames:
         writer.write(frame)
     writer.release()
     return path
 
 
-def run(sampler: object, path: Path) -> list[Sample]:
+def run(sampler: Sampler, path: Path) -> list[Sample]:
     with VideoReader(path) as reader:
-        return list(sampler.sample(reader))  # type: ignore[attr-defined]
+        return list(sampler.sample(reader))
 
 
 def start_frames(samples: list[Sample], fps: float = FPS) -> list[int]:
@@ -61,9 +64,29 @@ def start_frames(samples: list[Sample], fps: float = FPS) -> list[int]:
     return sorted({round(s.shot_start_s * fps) for s in samples if s.shot_start_s is not None})
 
 
-def scene(**options: object) -> SceneSampler:
-    """The scene sampler with dedup and fallback off unless asked for."""
-    return SceneSampler(**{"dedup": None, "fallback_interval_s": None, **options})  # type: ignore[arg-type]
+def from_yaml(name: str) -> Any:
+    """The sampler exactly as ``sampler=<name>`` configures it (``conf/sampler/<name>.yaml``)."""
+    return instantiate(compose_config(["video=x.mp4", f"sampler={name}"]).sampler)
+
+
+SCENE: SceneSampler = from_yaml("scene")
+INTERVAL: IntervalSampler = from_yaml("interval")
+
+
+def scene(**options: Any) -> SceneSampler:
+    """The configured scene sampler with dedup and fallback off unless asked for."""
+    return replace(SCENE, **{"dedup": None, "fallback_interval_s": None, **options})
+
+
+def interval(**options: Any) -> IntervalSampler:
+    """The configured interval sampler (dedup off), with ``options``."""
+    return replace(INTERVAL, **options)
+
+
+def dedup(**options: Any) -> Dedup:
+    """The scene sampler's configured dedup (on), with ``options``."""
+    assert SCENE.dedup is not None
+    return replace(SCENE.dedup, **options)
 
 
 # --- interval and all ------------------------------------------------------------------------
@@ -71,11 +94,11 @@ def scene(**options: object) -> SceneSampler:
 
 def test_interval_first_frame_and_exact_grid(tmp_path: Path) -> None:
     path = write_video(tmp_path / "clip.mp4", n_frames=30, fps=10.0)
-    samples = run(IntervalSampler(interval_s=1.0), path)
+    samples = run(interval(interval_s=1.0), path)
     assert [s.frame.index for s in samples] == [0, 10, 20]
     assert [s.frame.timestamp_s for s in samples] == pytest.approx([0.0, 1.0, 2.0], abs=1e-3)
     assert {s.reason for s in samples} == {"interval"}
-    assert run(IntervalSampler(interval_s=60.0), path)[0].frame.index == 0
+    assert run(interval(interval_s=60.0), path)[0].frame.index == 0
 
 
 def test_all_sampler_takes_every_frame(tmp_path: Path) -> None:
@@ -88,21 +111,21 @@ def test_all_sampler_takes_every_frame(tmp_path: Path) -> None:
 @pytest.mark.parametrize(
     ("build", "key"),
     [
-        (lambda: IntervalSampler(interval_s=0), "sampler.interval_s"),
-        (lambda: IntervalSampler(interval_s=-1), "sampler.interval_s"),
-        (lambda: SceneSampler(threshold=-1), "sampler.threshold"),
-        (lambda: SceneSampler(threshold=300), "sampler.threshold"),
-        (lambda: SceneSampler(pick="last"), "sampler.pick"),
-        (lambda: SceneSampler(min_shot_s=-0.5), "sampler.min_shot_s"),
-        (lambda: SceneSampler(fallback_interval_s=0), "sampler.fallback_interval_s"),
-        (lambda: SceneSampler(analysis_width=8), "sampler.analysis_width"),
-        (lambda: SceneSampler(analysis_stride=0), "sampler.analysis_stride"),
-        (lambda: Dedup(threshold=65), "sampler.dedup.threshold"),
-        (lambda: Dedup(threshold=-1), "sampler.dedup.threshold"),
+        (lambda: interval(interval_s=0), "sampler.interval_s"),
+        (lambda: interval(interval_s=-1), "sampler.interval_s"),
+        (lambda: replace(SCENE, threshold=-1), "sampler.threshold"),
+        (lambda: replace(SCENE, threshold=300), "sampler.threshold"),
+        (lambda: replace(SCENE, pick="last"), "sampler.pick"),
+        (lambda: replace(SCENE, min_shot_s=-0.5), "sampler.min_shot_s"),
+        (lambda: replace(SCENE, fallback_interval_s=0), "sampler.fallback_interval_s"),
+        (lambda: replace(SCENE, analysis_width=8), "sampler.analysis_width"),
+        (lambda: replace(SCENE, analysis_stride=0), "sampler.analysis_stride"),
+        (lambda: dedup(threshold=65), "sampler.dedup.threshold"),
+        (lambda: dedup(threshold=-1), "sampler.dedup.threshold"),
     ],
 )
 def test_bad_values_name_the_key_and_range(build: Callable[[], object], key: str) -> None:
-    with pytest.raises(ValueError, match=key.replace(".", r"\.") + " must be"):
+    with pytest.raises(ConfigError, match=key.replace(".", r"\.") + " must be"):
         build()
 
 
@@ -171,19 +194,19 @@ def test_every_shot_of_a_repeating_video_once_with_dedup(tmp_path: Path) -> None
     path = write_clip(tmp_path / "repeats.mp4", [f for seed in (1, 2, 1, 3, 1) for f in shot(seed, 30)])
     every = run(scene(), path)
     assert [s.shot_index for s in every] == [0, 1, 2, 3, 4]
-    once = run(scene(dedup=Dedup()), path)
+    once = run(scene(dedup=dedup()), path)
     assert [s.shot_index for s in once] == [0, 1, 3]
-    marked = run(scene(dedup=Dedup(keep_duplicates=True)), path)
+    marked = run(scene(dedup=dedup(keep_duplicates=True)), path)
     assert [s.frame.index for s in marked] == [s.frame.index for s in every]
     first_a = every[0].frame.index
     assert [s.duplicate_of for s in marked] == [None, None, first_a, None, first_a]
-    assert [s.shot_index for s in run(scene(dedup=Dedup(enabled=False)), path)] == [0, 1, 2, 3, 4]
+    assert [s.shot_index for s in run(scene(dedup=dedup(enabled=False)), path)] == [0, 1, 2, 3, 4]
 
 
 def test_interval_sampler_takes_dedup(tmp_path: Path) -> None:
     path = write_clip(tmp_path / "still.mp4", [picture(1, 0)] * 50, fps=10.0)
-    assert len(run(IntervalSampler(interval_s=1.0), path)) == 5
-    assert [s.frame.index for s in run(IntervalSampler(interval_s=1.0, dedup=Dedup()), path)] == [0]
+    assert len(run(interval(interval_s=1.0), path)) == 5
+    assert [s.frame.index for s in run(interval(interval_s=1.0, dedup=dedup()), path)] == [0]
 
 
 def test_static_shot_yields_frames_at_the_fallback_interval(tmp_path: Path) -> None:
@@ -192,12 +215,12 @@ def test_static_shot_yields_frames_at_the_fallback_interval(tmp_path: Path) -> N
     assert [s.frame.timestamp_s for s in samples] == pytest.approx([0.0, 2.0, 4.0, 6.0], abs=1e-3)
     assert [s.reason for s in samples] == ["scene_cut", "fallback", "fallback", "fallback"]
     assert {s.shot_index for s in samples} == {0} and {s.shot_start_s for s in samples} == {0.0}
-    assert len(run(SceneSampler(), path)) == 1  # defaults: the repeats are near-duplicates
+    assert len(run(SCENE, path)) == 1  # defaults: the repeats are near-duplicates
 
 
 def test_blank_video_still_yields_its_first_frame(tmp_path: Path) -> None:
     path = write_clip(tmp_path / "black.mp4", [np.zeros((SIZE[1], SIZE[0], 3), np.uint8)] * 40)
-    samples = run(SceneSampler(), path)
+    samples = run(SCENE, path)
     assert [(s.frame.index, s.reason, s.shot_index) for s in samples] == [(0, "scene_cut", 0)]
 
 
@@ -206,7 +229,7 @@ def test_memory_stays_flat_over_a_long_video(tmp_path: Path) -> None:
     path = write_clip(tmp_path / "long.mp4", shot(1, 300) + [black] * 600 + shot(2, 300))
     for pick in ("first_settled", "middle"):
         tracemalloc.start()
-        samples = run(SceneSampler(pick=pick, dedup=None), path)
+        samples = run(replace(SCENE, pick=pick, dedup=None), path)
         peak = tracemalloc.get_traced_memory()[1]
         tracemalloc.stop()
         assert {s.shot_index for s in samples} == {0, 1}
@@ -220,7 +243,7 @@ def test_deterministic(tmp_path: Path) -> None:
     def digest() -> list[tuple]:
         return [
             (s.frame.index, s.reason, s.shot_index, s.shot_start_s, s.duplicate_of, s.frame.rgb.tobytes())
-            for s in run(SceneSampler(dedup=Dedup(keep_duplicates=True), pick="middle"), path)
+            for s in run(replace(SCENE, dedup=dedup(keep_duplicates=True), pick="middle"), path)
         ]
 
     assert digest() == digest()
@@ -229,12 +252,15 @@ def test_deterministic(tmp_path: Path) -> None:
 # --- config and end to end -------------------------------------------------------------------
 
 
-def test_yaml_builds_the_samplers() -> None:
-    scene_sampler = instantiate(compose_config(["video=x.mp4", "sampler=scene"]).sampler)
-    assert scene_sampler == SceneSampler()
-    assert scene_sampler.dedup == Dedup(enabled=True, threshold=10, keep_duplicates=False)
-    interval = instantiate(compose_config(["video=x.mp4", "sampler=interval"]).sampler)
-    assert interval == IntervalSampler(interval_s=1.0, dedup=Dedup(enabled=False))
+def test_yaml_builds_the_samplers_the_readme_documents() -> None:
+    assert SCENE == SceneSampler(
+        pick="first_settled", threshold=8.0, min_shot_s=0.5, fallback_interval_s=10.0,
+        analysis_width=64, analysis_stride=4,
+        dedup=Dedup(enabled=True, threshold=10, keep_duplicates=False),
+    )
+    assert INTERVAL == IntervalSampler(
+        interval_s=1.0, dedup=Dedup(enabled=False, threshold=10, keep_duplicates=False)
+    )
 
 
 def test_cli_scene_sampler_end_to_end(cli_base: list[str], tmp_path: Path) -> None:

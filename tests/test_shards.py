@@ -7,10 +7,8 @@ from pathlib import Path
 
 import pandas as pd
 
-from pipeline.run import shard_videos
-from tests.conftest import run_cli, write_video
-
-KEY = ["video_id", "frame_index", "prompt_id"]
+from pipeline.inputs import shard_videos
+from tests.conftest import KEY, run_cli, tinted, write_video
 
 
 def test_shards_split_by_content_disjoint_complete_and_stable(tmp_path: Path) -> None:
@@ -49,7 +47,7 @@ def test_submitit_shards_cover_every_video_once(tiny_model_dir: Path, tmp_path: 
     videos.mkdir()
     frames = {f"v{v}.mp4": 2 + v % 3 for v in range(7)}
     for v, (name, n) in enumerate(frames.items()):
-        write_video(videos / name, n_frames=n, colour_of=lambda i, v=v: (30 * v, 9 * i % 255, 90))
+        write_video(videos / name, n_frames=n, colour_of=tinted(30 * v))
     # A copy under another name: same content, so same shard, which captions it once.
     (videos / "z copy of v0.mp4").write_bytes((videos / "v0.mp4").read_bytes())
     out = tmp_path / "out"

@@ -7,6 +7,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from pipeline.errors import ConfigError
 from pipeline.thumbnails import decode_thumbnail, make_thumbnail
 from tests.test_results import result_row, write_results
 
@@ -58,22 +59,23 @@ def test_thumbnail_is_a_jpeg_whose_size_follows_quality() -> None:
 
 
 @pytest.mark.parametrize(
-    ("frame", "settings", "message"),
+    ("frame", "settings", "error", "message"),
     [
-        (np.zeros((10, 10), np.uint8), {}, "HxWx3 uint8"),
-        (np.zeros((10, 10, 4), np.uint8), {}, "HxWx3 uint8"),
-        (np.zeros((10, 10, 3), np.float32), {}, "HxWx3 uint8"),
-        ([[0, 0, 0]], {}, "HxWx3 uint8"),
-        (np.zeros((0, 10, 3), np.uint8), {}, "HxWx3 uint8"),
-        (np.zeros((10, 10, 3), np.uint8), {"long_side_px": 0}, "long_side_px"),
-        (np.zeros((10, 10, 3), np.uint8), {"quality": 0}, "quality"),
-        (np.zeros((10, 10, 3), np.uint8), {"quality": 101}, "quality"),
+        (np.zeros((10, 10), np.uint8), {}, ValueError, "HxWx3 uint8"),
+        (np.zeros((10, 10, 4), np.uint8), {}, ValueError, "HxWx3 uint8"),
+        (np.zeros((10, 10, 3), np.float32), {}, ValueError, "HxWx3 uint8"),
+        ([[0, 0, 0]], {}, ValueError, "HxWx3 uint8"),
+        (np.zeros((0, 10, 3), np.uint8), {}, ValueError, "HxWx3 uint8"),
+        (np.zeros((10, 10, 3), np.uint8), {"long_side_px": 0}, ConfigError, "long_side_px"),
+        (np.zeros((10, 10, 3), np.uint8), {"quality": 0}, ConfigError, "quality"),
+        (np.zeros((10, 10, 3), np.uint8), {"quality": 101}, ConfigError, "quality"),
     ],
 )
 def test_make_thumbnail_rejects_bad_input(
-    frame: object, settings: dict[str, int], message: str
+    frame: object, settings: dict[str, int], error: type[Exception], message: str
 ) -> None:
-    with pytest.raises(ValueError, match=message):
+    # A bad frame is the caller's bug (ValueError); a bad setting is the user's (ConfigError).
+    with pytest.raises(error, match=message):
         make_thumbnail(frame, **settings)  # type: ignore[arg-type]
 
 

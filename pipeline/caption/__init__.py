@@ -1,20 +1,26 @@
 """Caption stage: LLaVA 1.6 through llama-cpp-python.
 
-:class:`Captioner` is the library entry point, usable without Hydra::
+:class:`Captioner` is the library entry point, usable without Hydra's command line::
 
     from pipeline.caption import Captioner
     with Captioner.from_preset("tiny") as captioner:
         print(captioner.answer(rgb_frame, "What is shown?"))
+
+:class:`CaptionSpec` is what a worker needs to build one (where the weights are, the engine
+settings): built once from the config, picklable, so that it travels to Ray actors.
 """
 
 from __future__ import annotations
 
 import hashlib
 from collections.abc import Iterable, Iterator, Sequence
+from dataclasses import dataclass, replace
+from pathlib import Path
 from typing import Any, TypeVar
 
 import llama_cpp
 import numpy as np
+from omegaconf import DictConfig, OmegaConf
 
 from pipeline.caption.engine import (
     IMAGE_LAYOUTS,
@@ -26,37 +32,158 @@ from pipeline.caption.engine import (
     Question,
 )
 from pipeline.caption.formats import get_chat_format
-from pipeline.caption.weights import ModelFiles, WeightsError, check_pair, resolve_model_files
+from pipeline.caption.weights import ModelFiles, ModelSource, check_pair
+from pipeline.config import EngineConfig, GenerationConfig, ModelConfig, compose_config
+from pipeline.errors import ConfigError, WeightsError
 
 __all__ = [
     "Answer",
+    "CaptionSpec",
     "Captioner",
+    "Engine",
     "EngineError",
+    "EngineSettings",
     "EngineStats",
     "Question",
     "WeightsError",
+    "default_parallel",
     "make_questions",
 ]
 
 Tag = TypeVar("Tag")
+Node = TypeVar("Node")
 
 
 def make_questions(prompts: Iterable[str]) -> list[Question]:
-    """Questions with stable ids: the id is a hash of the text, so it survives reordering."""
+    """Questions with stable ids: the id is a hash of the text, so it survives reordering.
+
+    Raises:
+        ConfigError: A prompt is empty.
+    """
     questions = []
     for text in prompts:
         if not text or not text.strip():
-            raise ValueError("a prompt is empty; give every prompt some text")
+            raise ConfigError("a prompt is empty; give every prompt some text")
         digest = hashlib.sha256(text.encode()).hexdigest()[:12]
         questions.append(Question(prompt_id=digest, text=text))
     return questions
+
+
+def default_parallel(on_gpu: bool) -> int:
+    """Frames in flight when ``engine.parallel`` is null: 16 with layers on a GPU, else 4.
+
+    16 kept an H100 busy with a 7B model (BENCHMARKS.md); on a CPU more frames in flight only
+    make each answer wait longer.
+    """
+    return 16 if on_gpu else 4
+
+
+def runs_on_gpu(n_gpu_layers: int) -> bool:
+    """Whether this process's llama.cpp puts layers on a GPU with ``model.n_gpu_layers``."""
+    return n_gpu_layers != 0 and bool(llama_cpp.llama_supports_gpu_offload())
+
+
+@dataclass(frozen=True)
+class CaptionSpec:
+    """What it takes to build a :class:`Captioner`, checked: the typed ``model``,
+    ``generation`` and ``engine`` config nodes, the system text and the number of questions.
+
+    Built once from the config (:meth:`from_config`); picklable, so an executor can hand it to
+    workers on other machines. Null settings (``engine.parallel``, ``engine.lanes``) are
+    resolved where the model loads, for that machine's device.
+
+    Attributes:
+        model: The preset, with ``dir`` made absolute (workers may run in another folder).
+        generation: How answers are generated.
+        engine: The engine's knobs.
+        system_prompt: The system text (the config's, else the preset's); ``None``: the chat
+            format's default.
+        max_questions: Most questions asked about one frame.
+
+    Raises:
+        ConfigError: A value is out of range or names no chat format.
+    """
+
+    model: ModelConfig
+    generation: GenerationConfig
+    engine: EngineConfig
+    system_prompt: str | None
+    max_questions: int
+
+    def __post_init__(self) -> None:
+        _check(self)
+
+    @classmethod
+    def from_config(cls, cfg: DictConfig, max_questions: int | None = None) -> CaptionSpec:
+        """From a composed config (the ``Config`` schema).
+
+        Args:
+            cfg: The config.
+            max_questions: Most questions per frame; ``None``: the config's prompts.
+
+        Raises:
+            ConfigError: A value is out of range.
+        """
+        model = _typed(ModelConfig, cfg.model)
+        model = replace(model, dir=str(Path(model.dir).expanduser().absolute()))
+        system = cfg.system_prompt if cfg.system_prompt is not None else model.system_prompt
+        prompts = [cfg.prompt] if cfg.prompt is not None else list(cfg.prompts)
+        return cls(
+            model=model,
+            generation=_typed(GenerationConfig, cfg.generation),
+            engine=_typed(EngineConfig, cfg.engine),
+            system_prompt=system,
+            max_questions=max_questions or max(len(prompts), 1),
+        )
+
+    @property
+    def source(self) -> ModelSource:
+        """Where the preset's files are."""
+        m = self.model
+        return ModelSource(
+            name=m.name, model_dir=Path(m.dir), text_file=m.text_file, mmproj_file=m.mmproj_file,
+            repo_id=m.repo_id, download=m.download, generated=m.generated, quantized=m.quantized,
+        )
+
+    def engine_settings(self, files: ModelFiles) -> EngineSettings:
+        """The engine's settings for ``files``, null knobs resolved for this process's device."""
+        model, gen, eng = self.model, self.generation, self.engine
+        parallel = eng.parallel
+        if parallel is None:
+            parallel = default_parallel(runs_on_gpu(model.n_gpu_layers))
+        return EngineSettings(
+            text_model=str(files.text_model),
+            mmproj=str(files.mmproj),
+            chat_format=get_chat_format(model.chat_format),
+            system_prompt=self.system_prompt,
+            stop=tuple(model.stop),
+            image_layout=model.image_layout,
+            n_ctx=model.n_ctx,
+            n_gpu_layers=model.n_gpu_layers,
+            n_batch=eng.n_batch,
+            n_ubatch=eng.n_ubatch,
+            flash_attn=eng.flash_attn,
+            n_threads=eng.n_threads,
+            parallel=parallel,
+            lanes=eng.lanes,
+            prepare_ahead=eng.prepare_ahead,
+            overlap_clip=eng.overlap_clip,
+            kv_unified=eng.kv_unified,
+            max_decode_seqs=eng.max_decode_seqs,
+            max_questions=self.max_questions,
+            max_tokens=gen.max_tokens,
+            temperature=gen.temperature,
+            top_k=gen.top_k,
+            top_p=gen.top_p,
+            seed=gen.seed,
+        )
 
 
 class Captioner:
     """A loaded LLaVA 1.6 model pair that answers questions about RGB frames.
 
     Args:
-        settings: Resolved engine settings (see :meth:`from_config` for the usual way in).
+        settings: Resolved engine settings (see :meth:`from_spec` for the usual way in).
         model_name: The preset's name, recorded with every answer.
         files: The model files in use.
     """
@@ -67,66 +194,36 @@ class Captioner:
         self.engine = Engine(settings)
 
     @classmethod
-    def from_config(cls, cfg: Any, max_questions: int | None = None) -> Captioner:
-        """Build from a composed config (the ``Config`` schema: ``model``, ``generation``,
-        ``engine``, ``system_prompt``); resolves (and if needed fetches) the weights and checks
-        that the pair fits. The model is loaded by :meth:`setup` or ``with``.
+    def from_spec(cls, spec: CaptionSpec) -> Captioner:
+        """Resolve (and if needed fetch) the weights and check that the pair fits. The model
+        is loaded by :meth:`setup` or ``with``.
 
         Raises:
             WeightsError: Files missing or not matching.
-            ValueError: A bad setting.
         """
-        model, gen, eng = cfg.model, cfg.generation, cfg.engine
-        files = resolve_model_files(
-            name=model.name,
-            model_dir=model.dir,
-            text_file=model.text_file,
-            mmproj_file=model.mmproj_file,
-            repo_id=model.repo_id,
-            download=model.download,
-            generated=model.generated,
-            quantized=model.quantized,
-        )
+        files = spec.source.resolve()
         check_pair(files)
-        system = cfg.get("system_prompt")
-        settings = EngineSettings(
-            text_model=str(files.text_model),
-            mmproj=str(files.mmproj),
-            chat_format=get_chat_format(model.chat_format),
-            system_prompt=model.system_prompt if system is None else system,
-            stop=tuple(model.stop),
-            image_layout=model.image_layout,
-            n_ctx=model.n_ctx,
-            n_gpu_layers=model.n_gpu_layers,
-            n_batch=eng.n_batch,
-            n_ubatch=eng.n_ubatch,
-            flash_attn=eng.flash_attn,
-            n_threads=eng.n_threads,
-            parallel=(
-                default_parallel(model.n_gpu_layers) if eng.parallel is None else eng.parallel
-            ),
-            lanes=eng.lanes,
-            prepare_ahead=eng.prepare_ahead,
-            overlap_clip=eng.overlap_clip,
-            kv_unified=eng.kv_unified,
-            max_decode_seqs=eng.max_decode_seqs,
-            max_questions=max_questions or max(len(cfg.get("prompts") or []), 1),
-            max_tokens=gen.max_tokens,
-            temperature=gen.temperature,
-            top_k=gen.top_k,
-            top_p=gen.top_p,
-            seed=gen.seed,
-        )
-        _validate(settings)
-        return cls(settings, model.name, files)
+        return cls(spec.engine_settings(files), spec.model.name, files)
+
+    @classmethod
+    def from_config(cls, cfg: DictConfig, max_questions: int | None = None) -> Captioner:
+        """Build from a composed config (see :meth:`CaptionSpec.from_config`).
+
+        Raises:
+            ConfigError: A bad setting.
+            WeightsError: Files missing or not matching.
+        """
+        return cls.from_spec(CaptionSpec.from_config(cfg, max_questions))
 
     @classmethod
     def from_preset(cls, preset: str = "tiny", *overrides: str, max_questions: int = 8) -> Captioner:
         """Build from a preset in ``conf/model`` plus Hydra-style overrides, e.g.
         ``Captioner.from_preset("llava16_mistral_7b", "model.dir=/models", "engine.parallel=2")``.
-        """
-        from pipeline.cli import compose_config
 
+        Raises:
+            ConfigError: A bad setting.
+            WeightsError: Files missing or not matching.
+        """
         cfg = compose_config([f"model={preset}", "video=unused", *overrides])
         return cls.from_config(cfg, max_questions=max_questions)
 
@@ -174,44 +271,39 @@ class Captioner:
         return self.engine.run(jobs, questions)
 
 
-def default_parallel(n_gpu_layers: int) -> int:
-    """Frames in flight when ``engine.parallel`` is null: 16 with layers on a GPU, else 4.
-
-    16 kept an H100 busy with a 7B model (BENCHMARKS.md); on a CPU more frames in flight only
-    make each answer wait longer.
-    """
-    return 16 if n_gpu_layers != 0 and llama_cpp.llama_supports_gpu_offload() else 4
+def _typed(schema: type[Node], node: Any) -> Node:
+    """A config node as its schema's dataclass (a plain value, picklable)."""
+    return schema(**OmegaConf.to_container(node, resolve=True))  # type: ignore[arg-type]
 
 
-def _validate(settings: EngineSettings) -> None:
+def _check(spec: CaptionSpec) -> None:
+    """Raise :class:`ConfigError` for the first value out of range."""
+    eng, gen = spec.engine, spec.generation
     checks = [
-        (settings.parallel >= 1, f"engine.parallel must be >= 1, got {settings.parallel}"),
+        (eng.parallel is None or eng.parallel >= 1, f"engine.parallel must be >= 1 or null, got {eng.parallel}"),
+        (eng.lanes is None or eng.lanes >= 1, f"engine.lanes must be >= 1 or null, got {eng.lanes}"),
+        (eng.prepare_ahead >= 0, f"engine.prepare_ahead must be >= 0, got {eng.prepare_ahead}"),
         (
-            settings.lanes is None or settings.lanes >= 1,
-            f"engine.lanes must be >= 1 or null, got {settings.lanes}",
+            eng.max_decode_seqs is None or eng.max_decode_seqs >= 0,
+            f"engine.max_decode_seqs must be >= 0 or null, got {eng.max_decode_seqs}",
         ),
+        (eng.n_batch >= 1, f"engine.n_batch must be >= 1, got {eng.n_batch}"),
+        (eng.n_ubatch >= 1, f"engine.n_ubatch must be >= 1, got {eng.n_ubatch}"),
+        (eng.prefetch_frames >= 1, f"engine.prefetch_frames must be >= 1, got {eng.prefetch_frames}"),
         (
-            settings.prepare_ahead >= 0,
-            f"engine.prepare_ahead must be >= 0, got {settings.prepare_ahead}",
+            eng.flash_attn in ("auto", "on", "off"),
+            f"engine.flash_attn must be auto, on or off, got {eng.flash_attn!r}",
         ),
+        (spec.model.n_ctx >= 512, f"model.n_ctx must be >= 512, got {spec.model.n_ctx}"),
         (
-            settings.max_decode_seqs is None or settings.max_decode_seqs >= 0,
-            f"engine.max_decode_seqs must be >= 0 or null, got {settings.max_decode_seqs}",
+            spec.model.image_layout in IMAGE_LAYOUTS,
+            f"model.image_layout must be one of {', '.join(IMAGE_LAYOUTS)}, got {spec.model.image_layout!r}",
         ),
-        (settings.n_batch >= 1, f"engine.n_batch must be >= 1, got {settings.n_batch}"),
-        (settings.n_ubatch >= 1, f"engine.n_ubatch must be >= 1, got {settings.n_ubatch}"),
-        (settings.n_ctx >= 512, f"model.n_ctx must be >= 512, got {settings.n_ctx}"),
-        (settings.max_tokens >= 1, f"generation.max_tokens must be >= 1, got {settings.max_tokens}"),
-        (settings.temperature >= 0, f"generation.temperature must be >= 0, got {settings.temperature}"),
-        (
-            settings.image_layout in IMAGE_LAYOUTS,
-            f"model.image_layout must be one of {', '.join(IMAGE_LAYOUTS)}, got {settings.image_layout!r}",
-        ),
-        (
-            settings.flash_attn in ("auto", "on", "off"),
-            f"engine.flash_attn must be auto, on or off, got {settings.flash_attn!r}",
-        ),
+        (gen.max_tokens >= 1, f"generation.max_tokens must be >= 1, got {gen.max_tokens}"),
+        (gen.temperature >= 0, f"generation.temperature must be >= 0, got {gen.temperature}"),
+        (spec.max_questions >= 1, f"at least one prompt is needed, got {spec.max_questions}"),
     ]
     for ok, message in checks:
         if not ok:
-            raise ValueError(message)
+            raise ConfigError(message)
+    get_chat_format(spec.model.chat_format)

@@ -14,6 +14,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from pipeline.errors import ConfigError
+
 IMAGE_MARKER = "<image>"
 
 
@@ -83,11 +85,11 @@ def get_chat_format(name: str) -> ChatFormat:
     """Look up a format by name.
 
     Raises:
-        ValueError: No such format.
+        ConfigError: No such format.
     """
     try:
         return CHAT_FORMATS[name]
     except KeyError:
-        raise ValueError(
+        raise ConfigError(
             f"unknown model.chat_format {name!r}; choose one of {sorted(CHAT_FORMATS)}"
         ) from None

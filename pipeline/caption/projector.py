@@ -26,8 +26,6 @@ from __future__ import annotations
 
 import hashlib
 import logging
-import os
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -36,6 +34,7 @@ import numpy as np
 
 from pipeline.caption.layout import AnyresGeometry
 from pipeline.caption.weights import WeightsError
+from pipeline.store import write_atomic
 
 log = logging.getLogger(__name__)
 
@@ -146,13 +145,11 @@ def missing_patch(arrangement: str, n_patches: int) -> int:
 
 def _write_copy(reader: gguf.GGUFReader, path: Path, arrangement: str, n_patches: int) -> None:
     """Write ``reader``'s file with the position table of ``arrangement`` and every stored
-    CLIP layer run, atomically."""
+    CLIP layer run, atomically (:func:`pipeline.store.write_atomic`)."""
     arch = str(_field(reader, "general.architecture", "clip"))
-    fd, tmp_name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    os.close(fd)
-    tmp = Path(tmp_name)
-    try:
-        writer = gguf.GGUFWriter(tmp, arch)
+
+    def write(temporary: Path) -> None:
+        writer = gguf.GGUFWriter(temporary, arch)
         for name, field in reader.fields.items():
             if name.startswith("GGUF.") or name in ("general.architecture", "clip.vision.feature_layer"):
                 continue
@@ -172,9 +169,8 @@ def _write_copy(reader: gguf.GGUFReader, path: Path, arrangement: str, n_patches
         writer.write_kv_data_to_file()
         writer.write_tensors_to_file()
         writer.close()
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
+
+    write_atomic(path, write)
 
 
 def _graph_positions(table: np.ndarray, arrangement: str, n_patches: int) -> np.ndarray:

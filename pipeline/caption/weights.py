@@ -14,12 +14,9 @@ from pathlib import Path
 import gguf
 
 from pipeline.caption.tiny import ensure_tiny_model
+from pipeline.errors import WeightsError
 
 log = logging.getLogger(__name__)
-
-
-class WeightsError(Exception):
-    """Model files are missing, unreadable or do not fit together; the message says the fix."""
 
 
 @dataclass(frozen=True)
@@ -29,54 +26,62 @@ class ModelFiles:
     text_model: Path
     mmproj: Path
 
+    def as_dict(self) -> dict[str, str]:
+        """The paths as text, for the Parquet metadata and run summaries."""
+        return {"text_model": str(self.text_model), "mmproj": str(self.mmproj)}
 
-def resolve_model_files(
-    name: str,
-    model_dir: str | Path,
-    text_file: str,
-    mmproj_file: str,
-    repo_id: str | None,
-    download: bool,
-    generated: bool = False,
-    quantized: bool = False,
-) -> ModelFiles:
-    """Return the preset's files, generating or downloading them when missing.
 
-    Args:
+@dataclass(frozen=True)
+class ModelSource:
+    """Where a preset's files are, or come from (the ``model`` config node, resolved).
+
+    Attributes:
         name: Preset name, for messages.
-        model_dir: Where the files live (``model.dir``).
+        model_dir: Where the files live (``model.dir``), absolute.
         text_file: File name of the text model.
         mmproj_file: File name of the projector.
         repo_id: Hugging Face repository to fetch missing files from.
         download: Whether fetching is allowed.
         generated: The preset is the project's own generated tiny model.
         quantized: For the generated model, use its Q8_0 text model.
-
-    Raises:
-        WeightsError: A file is missing and cannot be fetched.
     """
-    directory = Path(model_dir).expanduser()
-    if generated:
-        text, mmproj = ensure_tiny_model(directory, quantized=quantized)
-        return ModelFiles(text, mmproj)
-    files = ModelFiles(directory / text_file, directory / mmproj_file)
-    missing = [p.name for p in (files.text_model, files.mmproj) if not p.is_file()]
-    if not missing:
-        return files
-    if not (download and repo_id):
-        raise WeightsError(_missing_message(name, missing, directory, repo_id))
-    try:
-        from huggingface_hub import hf_hub_download
 
-        for filename in missing:
-            log.info("downloading %s from %s into %s", filename, repo_id, directory)
-            hf_hub_download(repo_id=repo_id, filename=filename, local_dir=directory)
-    except Exception as error:  # offline, unknown repo, disk full: all end the same way
-        raise WeightsError(
-            f"{_missing_message(name, missing, directory, repo_id)} "
-            f"(download failed: {type(error).__name__})"
-        ) from error
-    return files
+    name: str
+    model_dir: Path
+    text_file: str
+    mmproj_file: str
+    repo_id: str | None
+    download: bool
+    generated: bool
+    quantized: bool
+
+    def resolve(self) -> ModelFiles:
+        """The preset's files, generated or downloaded when missing.
+
+        Raises:
+            WeightsError: A file is missing and cannot be fetched.
+        """
+        if self.generated:
+            text, mmproj = ensure_tiny_model(self.model_dir, quantized=self.quantized)
+            return ModelFiles(text, mmproj)
+        files = ModelFiles(self.model_dir / self.text_file, self.model_dir / self.mmproj_file)
+        missing = [p.name for p in (files.text_model, files.mmproj) if not p.is_file()]
+        if not missing:
+            return files
+        if not (self.download and self.repo_id):
+            raise WeightsError(_missing_message(self.name, missing, self.model_dir, self.repo_id))
+        try:
+            from huggingface_hub import hf_hub_download
+
+            for filename in missing:
+                log.info("downloading %s from %s into %s", filename, self.repo_id, self.model_dir)
+                hf_hub_download(repo_id=self.repo_id, filename=filename, local_dir=self.model_dir)
+        except Exception as error:  # offline, unknown repo, disk full: all end the same way
+            raise WeightsError(
+                f"{_missing_message(self.name, missing, self.model_dir, self.repo_id)} "
+                f"(download failed: {type(error).__name__})"
+            ) from error
+        return files
 
 
 def _missing_message(name: str, missing: list[str], directory: Path, repo_id: str | None) -> str:

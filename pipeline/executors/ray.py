@@ -4,14 +4,18 @@ The driver (``python -m pipeline ... executor=ray``) keeps all the bookkeeping o
 (:class:`pipeline.run.Pipeline`: plan, per-frame skips, chunked commits, done markers, error
 records, summary, lock). This module only moves the work:
 
-- **Decoding** runs as Ray CPU tasks, one streaming task per video. Each yields, per frame to
-  caption, a small object (the sample without pixels, and its thumbnail) and then the RGB
-  array, which goes from the object store straight to an actor, never through the driver.
-  A task runs at most ``prefetch_frames`` frames ahead of the driver.
+- **Decoding** runs as Ray CPU tasks, one streaming task per video, yielding the same records
+  as a local decode (:meth:`VideoDecoder.frames`): a :class:`FrameJob` per frame to caption,
+  with its pixels, then the video's :class:`Decoded`. The driver passes each frame's object
+  reference to an actor unopened, so pixels go from the object store straight to the actor,
+  never through the driver. It holds back the latest item of each stream until the next one
+  arrives: the one left when the stream ends is its :class:`Decoded`, the only item the driver
+  reads. A task runs at most ``prefetch_frames`` frames ahead of the driver.
 - **Captioning** runs in long-lived actors, one per GPU (``num_gpus=1``: Ray gives each its own
-  ``CUDA_VISIBLE_DEVICES``), each loading the model once. An actor takes one frame per call
-  and feeds every call it holds to one continuously batched engine loop, so the engine sees
-  ``engine.parallel`` frames at once across calls and videos.
+  ``CUDA_VISIBLE_DEVICES``), each loading the model once. An actor takes one frame per call,
+  feeds every call it holds to one continuously batched engine loop (so the engine sees
+  ``engine.parallel`` frames at once across calls and videos), and answers with the frame's
+  :class:`Captioned`.
 - **Faults.** A dead actor is restarted (``max_restarts``) and its calls retried
   (``max_task_retries``); a dead decode task is retried (``max_retries``). Answers are
   committed only by the driver, so a worker's death loses nothing; the driver's death loses
@@ -29,23 +33,21 @@ import socket
 import threading
 from collections.abc import Iterator
 from concurrent.futures import Future
-from dataclasses import replace
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
-import numpy as np
-from omegaconf import OmegaConf
-
-from pipeline.caption import Answer, Captioner, EngineError, Question, WeightsError
-from pipeline.run import (
+from pipeline.caption import Answer, Captioner, CaptionSpec, EngineError, Question, default_parallel
+from pipeline.errors import ConfigError, ExecutorError, UserError
+from pipeline.executors.base import (
     Captioned,
     Decoded,
     DecodeJob,
-    ExecutorError,
+    FrameJob,
     VideoDecoder,
     Work,
-    model_files_of,
-    without_pixels,
+    answer_frames,
+    this_process,
 )
 
 log = logging.getLogger(__name__)
@@ -72,28 +74,28 @@ class RayExecutor:
         gpus_per_actor: GPUs per actor; ``None``: 1 when the cluster has GPUs, else 0.
         cpus_per_actor: CPUs reserved per actor; also its llama.cpp threads when
             ``engine.n_threads`` is null.
-        frames_per_actor: Frames queued at each actor; ``None``: ``2 * engine.parallel + 2``
-            (a null ``engine.parallel`` counting as 16), enough to keep its engine full between
-            calls.
+        frames_per_actor: Frames queued at each actor; ``None``: ``2 * engine.parallel + 2``,
+            enough to keep its engine full between calls (a null ``engine.parallel`` is
+            resolved for the actors' device first: :func:`~pipeline.caption.default_parallel`).
         decode_tasks: Videos decoded at once; ``None``: ``num_actors + 1``.
         cpus_per_decode: CPUs reserved per decode task.
         retries: Restarts of a dead actor, retries of its calls and of decode tasks.
 
     Raises:
         ExecutorError: Ray is not installed.
-        ValueError: A bad setting.
+        ConfigError: A bad setting.
     """
 
     def __init__(
         self,
-        address: str = "auto",
-        num_actors: int | None = None,
-        gpus_per_actor: float | None = None,
-        cpus_per_actor: float = 1.0,
-        frames_per_actor: int | None = None,
-        decode_tasks: int | None = None,
-        cpus_per_decode: float = 1.0,
-        retries: int = 3,
+        address: str,
+        num_actors: int | None,
+        gpus_per_actor: float | None,
+        cpus_per_actor: float,
+        frames_per_actor: int | None,
+        decode_tasks: int | None,
+        cpus_per_decode: float,
+        retries: int,
     ) -> None:
         at_least = {
             "num_actors": (num_actors, 1), "gpus_per_actor": (gpus_per_actor, 0),
@@ -102,10 +104,10 @@ class RayExecutor:
         }
         for key, (value, low) in at_least.items():
             if value is not None and value < low:
-                raise ValueError(f"executor.{key} must be >= {low}, got {value}")
-        for key, value in (("cpus_per_actor", cpus_per_actor), ("cpus_per_decode", cpus_per_decode)):
-            if not value > 0:
-                raise ValueError(f"executor.{key} must be > 0, got {value}")
+                raise ConfigError(f"executor.{key} must be >= {low}, got {value}")
+        for key, cpus in (("cpus_per_actor", cpus_per_actor), ("cpus_per_decode", cpus_per_decode)):
+            if not cpus > 0:
+                raise ConfigError(f"executor.{key} must be > 0, got {cpus}")
         self._ray = _import_ray()
         self.address = address
         self.num_actors = num_actors
@@ -119,10 +121,12 @@ class RayExecutor:
         self.model_files: dict[str, str] = {}
         self._actors: list[Any] = []
         self._connected = False
+        self._frames_per_actor = 0
+        self._decode_tasks = 0
 
     # -- life cycle -------------------------------------------------------------------------
 
-    def start(self, cfg: Any, max_questions: int) -> None:
+    def start(self, spec: CaptionSpec) -> None:
         """Connect to (or start) the cluster, start the actors and wait until each has loaded
         the model.
 
@@ -149,16 +153,15 @@ class RayExecutor:
                 f"{cluster_gpus:g} GPUs and {cluster_cpus:g} CPUs; lower executor.num_actors or the "
                 "per-actor resources"
             )
-        parallel = 16 if cfg.engine.parallel is None else cfg.engine.parallel
+        # Null knobs are settled here, for the actors' device, so that every actor and the
+        # queue depth below agree.
+        engine = spec.engine
+        parallel = engine.parallel if engine.parallel is not None else default_parallel(on_gpu=gpus > 0)
+        n_threads = engine.n_threads if engine.n_threads is not None else max(1, int(self.cpus_per_actor))
+        spec = replace(spec, engine=replace(engine, parallel=parallel, n_threads=n_threads))
         self._frames_per_actor = self.frames_per_actor or 2 * parallel + 2
         self._decode_tasks = self.decode_tasks or n_actors + 1
 
-        settings = OmegaConf.to_container(cfg, resolve=True)
-        # Actors and decode tasks run elsewhere (another cwd, maybe another machine sharing the
-        # file system): relative paths are made absolute here.
-        settings["model"]["dir"] = os.path.abspath(settings["model"]["dir"])
-        if settings["engine"]["n_threads"] is None:
-            settings["engine"]["n_threads"] = max(1, int(self.cpus_per_actor))
         actor_class = self._ray.remote(_CaptionActor)
         tag = f"{socket.gethostname()}-{os.getpid()}"
         self._actors = [
@@ -170,18 +173,17 @@ class RayExecutor:
                 max_task_retries=self.retries,
                 # Calls wait on the engine thread; two more leave room for ready()/pid().
                 max_concurrency=self._frames_per_actor + 2,
-            ).remote(settings, max_questions)
+            ).remote(spec, f"actor-{i}")
             for i in range(n_actors)
         ]
         log.info(
             "Ray: %d captioner actors (%g GPU, %g CPU each), up to %d videos decoding at once",
             n_actors, gpus, self.cpus_per_actor, self._decode_tasks,
         )
-        for state in self._get([actor.ready.remote() for actor in self._actors]):
-            if state["error"] is not None:
-                kind = {"weights": WeightsError, "engine": EngineError}.get(state["kind"], ValueError)
-                raise kind(state["error"])
-            self.model_name, self.model_files = state["model_name"], state["model_files"]
+        for ready in self._get([actor.ready.remote() for actor in self._actors]):
+            if isinstance(ready, Exception):
+                raise ready
+            self.model_name, self.model_files = ready
 
     def _connect(self) -> None:
         ray = self._ray
@@ -226,44 +228,34 @@ class RayExecutor:
             num_cpus=self.cpus_per_decode,
             num_returns="streaming",
             max_retries=self.retries,
-            # Two objects per frame: its description, then its pixels.
-            _generator_backpressure_num_objects=2 * max(work.prefetch_frames, 1),
+            _generator_backpressure_num_objects=work.prefetch_frames,
         )
         decoder = ray.put(work.decoder)
         questions = ray.put(work.questions)
         waiting = [replace(job, path=Path(os.path.abspath(job.path))) for job in reversed(work.jobs)]
-        streams: dict[Any, int] = {}  # decode task → video index
-        calls: dict[Any, tuple[int, Any, bytes | None, int]] = {}  # call → video, sample, thumbnail, actor
+        held: dict[Any, Any] = {}  # decode stream → its latest item, not yet known to be a frame
+        calls: dict[Any, int] = {}  # caption call → the actor it went to
         load = [0] * len(self._actors)
-        while waiting or streams or calls:
-            while waiting and len(streams) < self._decode_tasks:
-                job = waiting.pop()
-                streams[decode.remote(decoder, job)] = job.index
+        while waiting or held or calls:
+            while waiting and len(held) < self._decode_tasks:
+                held[decode.remote(decoder, waiting.pop())] = None
             has_room = min(load) < self._frames_per_actor
-            ready, _ = ray.wait([*calls, *(streams if has_room else ())], num_returns=1, fetch_local=False)
+            ready, _ = ray.wait([*calls, *(held if has_room else ())], num_returns=1, fetch_local=False)
             (item,) = ready
             if item in calls:
-                index, sample, thumbnail, actor = calls.pop(item)
-                load[actor] -= 1
-                answers, process = self._get(item)
-                yield Captioned(index, sample, thumbnail, answers, f"actor-{actor}", process)
+                load[calls.pop(item)] -= 1
+                yield self._get(item)
                 continue
             try:
-                described = self._get(next(item))
-            except StopIteration:
-                del streams[item]
+                latest = next(item)
+            except StopIteration:  # the item held back is the video's Decoded
+                yield self._get(held.pop(item))
                 continue
-            if isinstance(described, Decoded):
-                del streams[item]
-                yield described
-                continue
-            sample, thumbnail = described
-            actor = load.index(min(load))
-            load[actor] += 1
-            asked = work.asked(streams[item], sample.frame.index)
-            calls[self._actors[actor].caption.remote(next(item), questions, asked)] = (
-                streams[item], sample, thumbnail, actor,
-            )
+            frame, held[item] = held[item], latest
+            if frame is not None:  # the stream went on: what it held was a FrameJob
+                actor = load.index(min(load))
+                load[actor] += 1
+                calls[self._actors[actor].caption.remote(frame, questions)] = actor
 
     def _get(self, refs: Any) -> Any:
         """``ray.get``, with a worker's own exception re-raised as itself and Ray's failures
@@ -280,20 +272,18 @@ class RayExecutor:
             ) from error
 
 
-def _decode_stream(decoder: VideoDecoder, job: DecodeJob) -> Iterator[Any]:
-    """Ray decode task: per frame, ``(sample without pixels, thumbnail)`` then the RGB array;
-    finally the video's :class:`Decoded`."""
-    for item in decoder.frames(job):
-        if isinstance(item, Decoded):
-            yield item
-        else:
-            sample, thumbnail = item
-            yield without_pixels(sample), thumbnail
-            yield sample.frame.rgb
+def _decode_stream(decoder: VideoDecoder, job: DecodeJob) -> Iterator[FrameJob | Decoded]:
+    """Ray decode task: the video's frame jobs, pixels included, then its :class:`Decoded`."""
+    yield from decoder.frames(job)
 
 
-# A queued call: its future, the frame, the run's questions, the indices to ask (None: all).
-_Call = tuple[Future, np.ndarray, list[Question], "tuple[int, ...] | None"]
+@dataclass(frozen=True)
+class _Call:
+    """A frame waiting at an actor for its turn in the engine."""
+
+    answers: Future[list[Answer]]
+    job: FrameJob
+    questions: list[Question]
 
 
 class _CaptionActor:
@@ -305,76 +295,68 @@ class _CaptionActor:
     and a new loop starts with the next call.
 
     Args:
-        settings: The resolved config, as a plain dict.
-        max_questions: Prompts per frame.
+        spec: The captioner to load.
+        worker: This actor's name in the run summary (``actor-<i>``; a restart keeps it).
     """
 
-    def __init__(self, settings: dict[str, Any], max_questions: int) -> None:
+    def __init__(self, spec: CaptionSpec, worker: str) -> None:
         # As in conf/hydra/job_logging: llama.cpp's warnings are expected noise.
         logging.getLogger("pipeline.llama_cpp").setLevel(logging.ERROR)
-        self.process = f"{socket.gethostname()}:{os.getpid()}"
+        self.worker = worker
+        self.process = this_process()
         self.captioner: Captioner | None = None
-        self.error: str | None = None
-        self.error_kind = ""
-        self._queue: queue.Queue[tuple[Future, np.ndarray, list[Question]]] = queue.Queue()
+        self.error: Exception | None = None
+        self._queue: queue.Queue[_Call] = queue.Queue()
         try:
-            captioner = Captioner.from_config(OmegaConf.create(settings), max_questions=max_questions)
+            captioner = Captioner.from_spec(spec)
             captioner.setup()
-        except (WeightsError, EngineError, ValueError) as error:
+        except (UserError, EngineError) as error:
             # Reported by ready(): raising here would only make Ray restart the actor in vain.
-            self.error = str(error)
-            self.error_kind = {WeightsError: "weights", EngineError: "engine"}.get(type(error), "value")
+            self.error = error
             return
         self.captioner = captioner
         threading.Thread(target=self._serve, name="engine", daemon=True).start()
 
-    def ready(self) -> dict[str, Any]:
-        """The model this actor loaded, or why it could not."""
-        return {
-            "error": self.error,
-            "kind": self.error_kind,
-            "model_name": self.captioner.model_name if self.captioner else "",
-            "model_files": model_files_of(self.captioner),
-        }
+    def ready(self) -> tuple[str, dict[str, str]] | Exception:
+        """The model this actor loaded (name and files), or why it could not."""
+        if self.captioner is None:
+            return self.error or EngineError("the captioner did not load")
+        return self.captioner.model_name, self.captioner.files.as_dict()
 
     def pid(self) -> int:
         """This actor's process id (tests kill it)."""
         return os.getpid()
 
-    def caption(
-        self, rgb: np.ndarray, questions: list[Question], asked: tuple[int, ...] | None = None
-    ) -> tuple[list[Answer], str]:
-        """Answers to ``questions`` (only those at the indices ``asked``, if given) about one
-        frame, and ``host:pid`` of this process. Calls of one run share ``questions``.
+    def caption(self, job: FrameJob, questions: list[Question]) -> Captioned:
+        """The answers about one frame. Calls of one run share ``questions``.
 
         Raises:
             EngineError: The engine failed.
         """
-        future: Future[list[Answer]] = Future()
-        self._queue.put((future, rgb, questions, asked))
-        return future.result(), self.process
+        call = _Call(Future(), job, questions)
+        self._queue.put(call)
+        return Captioned(job.without_pixels(), call.answers.result(), self.worker, self.process)
 
     def _serve(self) -> None:
         assert self.captioner is not None
         while True:
             first = self._queue.get()
-            taken: list[Future] = []
+            taken: dict[int, _Call] = {}
             try:
-                for future, answers in self.captioner.caption(self._queued(first, taken), first[2]):
-                    future.set_result(answers)
+                for job, answers in answer_frames(self.captioner, self._queued(first, taken), first.questions):
+                    taken[id(job)].answers.set_result(answers)
             except Exception as error:  # noqa: BLE001  (handed to the calls waiting on it)
-                for future in taken:
-                    if not future.done():
-                        future.set_exception(error)
+                for call in taken.values():
+                    if not call.answers.done():
+                        call.answers.set_exception(error)
 
-    def _queued(self, first: _Call, taken: list[Future]) -> Iterator[tuple[Any, ...]]:
-        """``first``, then the frames of the calls queued meanwhile, until none is waiting."""
-        item: _Call | None = first
-        while item is not None:
-            future, rgb, _, asked = item
-            taken.append(future)
-            yield future, rgb, asked
+    def _queued(self, first: _Call, taken: dict[int, _Call]) -> Iterator[FrameJob]:
+        """``first``'s frame, then those of the calls queued meanwhile, until none is waiting."""
+        call: _Call | None = first
+        while call is not None:
+            taken[id(call.job)] = call
+            yield call.job
             try:
-                item = self._queue.get_nowait()
+                call = self._queue.get_nowait()
             except queue.Empty:
-                item = None
+                call = None

@@ -1,0 +1,6 @@
+"""Where frames are decoded and captioned: the contract (:mod:`.base`) and its executors,
+``executor=local`` (:mod:`.local`) and ``executor=ray`` (:mod:`.ray`).
+
+A new backend is a sibling module with a class that meets :class:`.base.Executor`, a schema in
+:mod:`pipeline.config` and a file in ``conf/executor/``; the run loop does not change.
+"""

@@ -1,0 +1,90 @@
+"""``python -m tests.paused_run ARGS``: ``python -m pipeline ARGS`` that stops at a point the
+test names and waits there, so that a test acts (kills the run, kills a worker) at a known
+moment of the run instead of after a guessed number of seconds.
+
+Environment:
+    PAUSE_AT: where to stop:
+        ``commit:<n>:before``: before the Parquet chunk after ``n`` committed ones is written
+            (its frames are answered and waiting on the writer thread);
+        ``commit:<n>:during``: with that chunk written to its temporary file, not yet renamed;
+        ``answer:<worker>:<n>``: when the run has taken the ``n``-th answer of ``worker``
+            (e.g. ``actor-0``), on the thread that dispatches the work.
+    PAUSE_MARKER: a file touched when the run stops there.
+    PAUSE_RELEASE: a file whose appearance lets the run go on; without it, it waits until it
+        is killed.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import pipeline.store
+from pipeline.executors.base import Captioned
+from pipeline.run import Pipeline, _VideoTask
+
+
+def pause() -> None:
+    """Touch the marker, then wait for the release file (or forever)."""
+    Path(os.environ["PAUSE_MARKER"]).touch()
+    release = os.environ.get("PAUSE_RELEASE")
+    while not (release and Path(release).exists()):
+        time.sleep(0.05)
+
+
+def pause_at_commit(committed: int, during: bool) -> None:
+    """Stop at the Parquet write that follows ``committed`` ones (see the module's docstring)."""
+    write_atomic = pipeline.store.write_atomic
+    seen = 0
+
+    def paused_write(path: Path, write: Callable[[Path], object]) -> None:
+        nonlocal seen
+        if path.suffix == ".parquet":
+            seen += 1
+            if seen == committed + 1 and not during:
+                pause()
+            elif seen == committed + 1:
+
+                def write_then_pause(temporary: Path) -> None:
+                    write(temporary)
+                    pause()
+
+                write_atomic(path, write_then_pause)
+                return
+        write_atomic(path, write)
+
+    pipeline.store.write_atomic = paused_write
+
+
+def pause_at_answer(worker: str, n: int) -> None:
+    """Stop when the run has taken the ``n``-th answer of ``worker``."""
+    take_answers = Pipeline._take_answers
+    seen = 0
+
+    def paused_take(self: Pipeline, task: _VideoTask, event: Captioned) -> None:
+        nonlocal seen
+        take_answers(self, task, event)
+        if event.worker == worker:
+            seen += 1
+            if seen == n:
+                pause()
+
+    Pipeline._take_answers = paused_take  # type: ignore[method-assign]
+
+
+def main() -> None:
+    """Set the pause point from ``PAUSE_AT`` and run the command line."""
+    kind, first, second = os.environ["PAUSE_AT"].split(":")
+    if kind == "commit":
+        pause_at_commit(int(first), during=second == "during")
+    else:
+        pause_at_answer(first, int(second))
+    from pipeline.cli import main as cli_main
+
+    cli_main()
+
+
+if __name__ == "__main__":
+    main()
