@@ -282,6 +282,7 @@ def _check(spec: CaptionSpec) -> None:
     checks = [
         (eng.parallel is None or eng.parallel >= 1, f"engine.parallel must be >= 1 or null, got {eng.parallel}"),
         (eng.lanes is None or eng.lanes >= 1, f"engine.lanes must be >= 1 or null, got {eng.lanes}"),
+        (eng.n_threads is None or eng.n_threads >= 1, f"engine.n_threads must be >= 1 or null, got {eng.n_threads}"),
         (eng.prepare_ahead >= 0, f"engine.prepare_ahead must be >= 0, got {eng.prepare_ahead}"),
         (
             eng.max_decode_seqs is None or eng.max_decode_seqs >= 0,

@@ -28,7 +28,6 @@ not depend on how sequences are batched or on the lanes (tests hold this).
 from __future__ import annotations
 
 import heapq
-import os
 import queue
 import threading
 import time
@@ -49,6 +48,7 @@ from pipeline.caption.engine.native import (
     free_lane,
     max_parallel_sequences,
     route_native_logs,
+    usable_cores,
 )
 from pipeline.caption.engine.records import (
     Answer,
@@ -181,7 +181,7 @@ class Engine:
         self._max_decode_seqs = s.max_decode_seqs
         if self._max_decode_seqs is None:
             self._max_decode_seqs = -8 if model.on_gpu and cublas_build() else 0
-        if s.prepare_ahead > 0 and (model.on_gpu or n_threads < (os.cpu_count() or 1)):
+        if s.prepare_ahead > 0 and (model.on_gpu or n_threads < usable_cores()):
             # Not when llama.cpp's CPU threads take every core: a second busy thread then
             # stalls their OpenMP barriers and decoding gets many times slower.
             self._worker = ThreadPoolExecutor(max_workers=1, thread_name_prefix="engine-prep")
