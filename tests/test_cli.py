@@ -8,10 +8,11 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
+from pipeline.caption import GPU_INSTALL_COMMAND
 from pipeline.caption.tiny import ensure_tiny_model
 from pipeline.decode import VideoReader
 from pipeline.store import read_metadata
-from tests.conftest import SAMPLE_VIDEO, run_cli, write_video
+from tests.conftest import ROOT, SAMPLE_VIDEO, run_cli, write_video
 
 
 def container_times(path: Path) -> dict[int, float]:
@@ -100,7 +101,7 @@ def test_not_a_video_is_an_error_record(cli_base: list[str], tmp_path: Path) -> 
 
 def test_missing_weights_offline(tmp_path: Path) -> None:
     result = run_cli(
-        f"video={SAMPLE_VIDEO}", "model=llava16_mistral_7b", f"model.dir={tmp_path}",
+        f"video={SAMPLE_VIDEO}", "model=llava16_mistral_7b", f"model.dir={tmp_path}", "model.n_gpu_layers=0",
         f"output_dir={tmp_path / 'out'}", f"hydra.run.dir={tmp_path / 'hydra'}",
     )
     assert_one_line_error(result, 1, "llava-v1.6-mistral-7b.Q5_K_M.gguf", str(tmp_path), "huggingface.co")
@@ -120,7 +121,7 @@ def test_mismatched_mmproj_fails_before_any_frame(tiny_model_dir: Path, tmp_path
     assert first.returncode == 0, first.stderr
     before = {p: p.read_bytes() for p in out.rglob("*.parquet")}
     result = run_cli(
-        f"video={SAMPLE_VIDEO}", "model=llava16_mistral_7b", f"model.dir={models}",
+        f"video={SAMPLE_VIDEO}", "model=llava16_mistral_7b", f"model.dir={models}", "model.n_gpu_layers=0",
         f"output_dir={out}", f"hydra.run.dir={tmp_path / 'h2'}",
     )
     assert_one_line_error(result, 1, "projects to 4096 dims but text model")
@@ -149,3 +150,14 @@ def test_configs_found_outside_the_checkout(tmp_path: Path) -> None:
     result = run_cli("--cfg", "job", "model=llava16_mistral_7b", "video=x.mp4", cwd=tmp_path)
     assert result.returncode == 0, result.stderr
     assert "chat_format: mistral" in result.stdout
+
+
+def test_layers_on_a_gpu_with_a_cpu_build_name_the_reinstall(cli_base: list[str], tmp_path: Path) -> None:
+    # This machine's llama-cpp-python is a CPU build (llama_supports_gpu_offload() is False).
+    result = run_cli(f"video={SAMPLE_VIDEO}", *cli_base, "model.n_gpu_layers=-1")
+    assert_one_line_error(result, 1, "model.n_gpu_layers=-1", GPU_INSTALL_COMMAND, "model.n_gpu_layers=0")
+    assert not list(tmp_path.rglob("*.parquet"))
+    # The command named is the README's GPU install line, as written there.
+    assert GPU_INSTALL_COMMAND in (ROOT / "README.md").read_text()
+    # model.n_gpu_layers=0 (the tiny preset's own setting) runs on the CPU.
+    assert run_cli(f"video={SAMPLE_VIDEO}", *cli_base, "model.n_gpu_layers=0", "max_frames=1").returncode == 0

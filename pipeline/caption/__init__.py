@@ -34,7 +34,7 @@ from pipeline.caption.engine import (
 from pipeline.caption.formats import get_chat_format
 from pipeline.caption.weights import ModelFiles, ModelSource, check_pair
 from pipeline.config import EngineConfig, GenerationConfig, ModelConfig, compose_config
-from pipeline.errors import ConfigError, WeightsError
+from pipeline.errors import BuildError, ConfigError, WeightsError
 
 __all__ = [
     "Answer",
@@ -81,6 +81,30 @@ def default_parallel(on_gpu: bool) -> int:
 def runs_on_gpu(n_gpu_layers: int) -> bool:
     """Whether this process's llama.cpp puts layers on a GPU with ``model.n_gpu_layers``."""
     return n_gpu_layers != 0 and bool(llama_cpp.llama_supports_gpu_offload())
+
+
+# The README's GPU install command (tests/test_cli.py checks that the README shows it as is).
+GPU_INSTALL_COMMAND = (
+    'CMAKE_ARGS="-DGGML_CUDA=on -DGGML_NATIVE=OFF -DGGML_CUDA_FORCE_CUBLAS=ON '
+    '-DCMAKE_SHARED_LINKER_FLAGS=-Wl,--exclude-libs,ALL" '
+    f'pip install --no-cache-dir --force-reinstall "llama-cpp-python=={llama_cpp.__version__}"'
+)
+
+
+def check_gpu_build(n_gpu_layers: int) -> None:
+    """Refuse layers on a GPU with a llama.cpp built without GPU offload, which would run
+    them on the CPU without a word (a CPU build is what ``pip install .`` makes unless
+    ``CMAKE_ARGS`` asks for CUDA).
+
+    Raises:
+        BuildError: ``n_gpu_layers`` is not 0 and the build has no GPU offload.
+    """
+    if n_gpu_layers != 0 and not llama_cpp.llama_supports_gpu_offload():
+        raise BuildError(
+            f"model.n_gpu_layers={n_gpu_layers} asks for layers on a GPU, but this llama-cpp-python "
+            f"was built without GPU support; reinstall it for CUDA with: {GPU_INSTALL_COMMAND} "
+            "(README, GPU install), or run on the CPU with model.n_gpu_layers=0"
+        )
 
 
 @dataclass(frozen=True)
@@ -199,8 +223,10 @@ class Captioner:
         is loaded by :meth:`setup` or ``with``.
 
         Raises:
+            BuildError: Layers asked on a GPU of a llama.cpp built without GPU support.
             WeightsError: Files missing or not matching.
         """
+        check_gpu_build(spec.model.n_gpu_layers)
         files = spec.source.resolve()
         check_pair(files)
         return cls(spec.engine_settings(files), spec.model.name, files)
