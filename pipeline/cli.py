@@ -17,6 +17,7 @@ import logging
 import sys
 import time
 from collections.abc import Callable
+from contextlib import ExitStack
 from functools import partial
 from pathlib import Path
 from typing import Any
@@ -35,7 +36,8 @@ from pipeline.errors import LockHeld, UserError
 from pipeline.executors.base import Executor
 from pipeline.inputs import find_videos, shard_videos
 from pipeline.lock import RunLock
-from pipeline.run import Pipeline, RunSummary, settings_id, write_summary
+from pipeline.run import Pipeline, RunSummary, run_stamp, settings_id, write_summary
+from pipeline.runlog import log_folder, record_crash, run_log
 from pipeline.sampling import Sampler
 from pipeline.store import prepare_output_dir
 from pipeline.thumbnails import check_thumbnail_settings, make_thumbnail
@@ -49,29 +51,37 @@ EXIT_LOCKED = 75  # EX_TEMPFAIL: try again later
 
 
 def run_from_config(cfg: DictConfig) -> int:
-    """Run the pipeline for a composed config; returns the exit code."""
-    try:
-        prompts = [cfg.prompt] if cfg.prompt is not None else list(cfg.prompts)
-        spec = CaptionSpec.from_config(cfg, max_questions=len(prompts))
-        sampler: Sampler = _instantiate(cfg.sampler)
-        executor: Executor = _instantiate(cfg.executor)
-        videos = shard_videos(find_videos(cfg.video, list(cfg.video_extensions)), cfg.shard, cfg.num_shards)
-        output_dir = prepare_output_dir(cfg.output_dir)
-        with RunLock(output_dir, name=f"_lock{_shard_suffix(cfg)}"):
-            return _run_locked(cfg, prompts, spec, sampler, executor, videos, output_dir)
-    except LockHeld as error:
-        log.error("%s", error)
-        return EXIT_LOCKED
-    except (UserError, EngineError) as error:
-        log.error("%s", error)
-        return EXIT_CRASH
-    except OmegaConfBaseException as error:
-        log.error("bad config: %s", str(error).splitlines()[0])
-        return EXIT_CRASH
-    except Exception as error:  # a bug: one line here, the traceback in the run's log file
-        log.error("crashed: %s: %s (traceback in the run's log file)", type(error).__name__, error)
-        logging.getLogger("pipeline.crash").debug("traceback", exc_info=True)
-        return EXIT_CRASH
+    """Run the pipeline for a composed config; returns the exit code.
+
+    Once ``output_dir`` is ready and locked, everything logged also goes to the run's log file
+    (:mod:`pipeline.runlog`), errors included.
+    """
+    started = time.time()
+    log_file: Path | None = None
+    with ExitStack() as stack:
+        try:
+            prompts = [cfg.prompt] if cfg.prompt is not None else list(cfg.prompts)
+            spec = CaptionSpec.from_config(cfg, max_questions=len(prompts))
+            sampler: Sampler = _instantiate(cfg.sampler)
+            executor: Executor = _instantiate(cfg.executor)
+            videos = shard_videos(find_videos(cfg.video, list(cfg.video_extensions)), cfg.shard, cfg.num_shards)
+            output_dir = prepare_output_dir(cfg.output_dir)
+            suffix = _shard_suffix(cfg)
+            stack.enter_context(RunLock(output_dir, name=f"_lock{suffix}"))
+            log_file = stack.enter_context(run_log(log_folder(output_dir) / f"{run_stamp(started)}{suffix}.log"))
+            return _run_locked(cfg, prompts, spec, sampler, executor, videos, output_dir, started)
+        except LockHeld as error:
+            log.error("%s", error)
+            return EXIT_LOCKED
+        except (UserError, EngineError) as error:
+            log.error("%s", error)
+            return EXIT_CRASH
+        except OmegaConfBaseException as error:
+            log.error("bad config: %s", str(error).splitlines()[0])
+            return EXIT_CRASH
+        except Exception as error:  # noqa: BLE001  (a bug: one line here, the traceback in the run's log file)
+            log.error("crashed: %s: %s (%s)", type(error).__name__, error, record_crash(error, log_file))
+            return EXIT_CRASH
 
 
 def _run_locked(
@@ -82,8 +92,8 @@ def _run_locked(
     executor: Executor,
     videos: list[Path],
     output_dir: Path,
+    started: float,
 ) -> int:
-    started = time.time()
     config = OmegaConf.to_container(cfg, resolve=True)
     assert isinstance(config, dict)
     pipeline = Pipeline(

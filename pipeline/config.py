@@ -29,7 +29,9 @@ class ModelConfig:
     repo_id: str | None = MISSING
     text_file: str = MISSING
     mmproj_file: str = MISSING
-    dir: str = MISSING
+    text: str | None = MISSING
+    mmproj: str | None = MISSING
+    dir: str | None = MISSING
     download: bool = MISSING
     generated: bool = MISSING
     quantized: bool = MISSING

@@ -418,12 +418,16 @@ def write_summary(output_dir: Path, summary: RunSummary, started: float, exit_co
         "exit_code": exit_code,
         **summary.as_dict(),
     }
-    stamp = datetime.fromtimestamp(started, timezone.utc).strftime("%Y%m%dT%H%M%S.%fZ")
     try:
-        write_json_atomic(output_dir / "_runs" / f"{stamp}{suffix}.json", record)
+        write_json_atomic(output_dir / "_runs" / f"{run_stamp(started)}{suffix}.json", record)
         write_json_atomic(output_dir / f"_last_run{suffix}.json", record)
     except StoreError as error:
         log.warning("run summary not written: %s", error)
+
+
+def run_stamp(started: float) -> str:
+    """The name a run's files carry (its summary, its log): its start time, UTC."""
+    return datetime.fromtimestamp(started, timezone.utc).strftime("%Y%m%dT%H%M%S.%fZ")
 
 
 def _raise_first_error(writes: list[Future[Any]]) -> None:

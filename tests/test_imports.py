@@ -14,7 +14,7 @@ PACKAGE = ROOT / "pipeline"
 
 # Higher imports lower or equal, never the other way.
 LAYERS = [
-    ("pipeline.__main__", "pipeline.cli"),
+    ("pipeline.__main__", "pipeline.cli", "pipeline.download"),
     ("pipeline.run",),
     ("pipeline.executors",),
     (
@@ -23,7 +23,7 @@ LAYERS = [
         "pipeline.results",
     ),
     ("pipeline.store",),
-    ("pipeline.config", "pipeline.errors", "pipeline.paths", "pipeline"),
+    ("pipeline.config", "pipeline.errors", "pipeline.paths", "pipeline.runlog", "pipeline"),
 ]
 
 

@@ -117,7 +117,8 @@ class CaptionSpec:
     resolved where the model loads, for that machine's device.
 
     Attributes:
-        model: The preset, with ``dir`` made absolute (workers may run in another folder).
+        model: The preset, with ``dir``, ``text`` and ``mmproj`` made absolute (workers may run
+            in another folder).
         generation: How answers are generated.
         engine: The engine's knobs.
         system_prompt: The system text (the config's, else the preset's); ``None``: the chat
@@ -149,7 +150,7 @@ class CaptionSpec:
             ConfigError: A value is out of range.
         """
         model = _typed(ModelConfig, cfg.model)
-        model = replace(model, dir=str(Path(model.dir).expanduser().absolute()))
+        model = replace(model, dir=_absolute(model.dir), text=_absolute(model.text), mmproj=_absolute(model.mmproj))
         system = cfg.system_prompt if cfg.system_prompt is not None else model.system_prompt
         prompts = [cfg.prompt] if cfg.prompt is not None else list(cfg.prompts)
         return cls(
@@ -165,8 +166,9 @@ class CaptionSpec:
         """Where the preset's files are."""
         m = self.model
         return ModelSource(
-            name=m.name, model_dir=Path(m.dir), text_file=m.text_file, mmproj_file=m.mmproj_file,
+            name=m.name, model_dir=_path(m.dir), text_file=m.text_file, mmproj_file=m.mmproj_file,
             repo_id=m.repo_id, download=m.download, generated=m.generated, quantized=m.quantized,
+            text_path=_path(m.text), mmproj_path=_path(m.mmproj),
         )
 
     def engine_settings(self, files: ModelFiles) -> EngineSettings:
@@ -295,6 +297,15 @@ class Captioner:
     ) -> Iterator[tuple[Tag, list[Answer]]]:
         """Stream many frames through the batched engine (see :meth:`Engine.run`)."""
         return self.engine.run(jobs, questions)
+
+
+def _absolute(path: str | None) -> str | None:
+    """A configured path made absolute (workers may run in another folder); ``None`` stays."""
+    return None if path is None else str(Path(path).expanduser().absolute())
+
+
+def _path(path: str | None) -> Path | None:
+    return None if path is None else Path(path)
 
 
 def _typed(schema: type[Node], node: Any) -> Node:
