@@ -27,12 +27,12 @@ import numpy as np
 from hydra.core.hydra_config import HydraConfig
 from hydra.types import RunMode
 from hydra.utils import instantiate
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig, ListConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
 from pipeline.caption import CaptionSpec, EngineError
 from pipeline.config import config_dir
-from pipeline.errors import LockHeld, UserError
+from pipeline.errors import InputError, LockHeld, UserError
 from pipeline.executors.base import Executor
 from pipeline.inputs import find_videos, shard_videos
 from pipeline.lock import RunLock
@@ -64,7 +64,8 @@ def run_from_config(cfg: DictConfig) -> int:
             spec = CaptionSpec.from_config(cfg, max_questions=len(prompts))
             sampler: Sampler = _instantiate(cfg.sampler)
             executor: Executor = _instantiate(cfg.executor)
-            videos = shard_videos(find_videos(cfg.video, list(cfg.video_extensions)), cfg.shard, cfg.num_shards)
+            found = [v for spec in video_specs(cfg.video) for v in find_videos(spec, list(cfg.video_extensions))]
+            videos = shard_videos(found, cfg.shard, cfg.num_shards)
             output_dir = prepare_output_dir(cfg.output_dir)
             suffix = _shard_suffix(cfg)
             stack.enter_context(RunLock(output_dir, name=f"_lock{suffix}"))
@@ -124,7 +125,10 @@ def _run_locked(
     finally:
         write_summary(output_dir, summary, started, code, _shard_suffix(cfg))
     failed_before = sum(1 for t in tasks if t.outcome.status == "skipped" and t.outcome.error)
-    if not summary.count("done") and not summary.count("error"):
+    if not tasks:
+        where = f"shard {cfg.shard} of {cfg.num_shards} of video=" if cfg.num_shards > 1 else "video="
+        log.info("nothing to do: no videos in %s%s", where, config["video"])
+    elif not summary.count("done") and not summary.count("error"):
         log.info("nothing to do: %d videos already done in %s", len(tasks), output_dir)
     else:
         log.info(
@@ -142,6 +146,19 @@ def _run_locked(
         except OSError as error:
             log.warning("report not written: %s", error)
     return code
+
+
+def video_specs(value: Any) -> list[str]:
+    """``video=`` as a list: one file, folder, glob or manifest, or a list of them
+    (``video=[a.mp4,b.mp4]``).
+
+    Raises:
+        InputError: It is an empty list or holds something other than paths.
+    """
+    specs = list(value) if isinstance(value, ListConfig) else [value]
+    if not specs or not all(isinstance(spec, (str, int)) for spec in specs):
+        raise InputError(f"video={value} names no videos; give a file, a folder, a glob, a manifest or a list of them")
+    return [str(spec) for spec in specs]
 
 
 def _thumbnailer(cfg: DictConfig) -> Callable[[np.ndarray], bytes] | None:

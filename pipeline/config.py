@@ -146,7 +146,7 @@ class RayExecutorConfig:
 class Config:
     """The whole run."""
 
-    video: str = MISSING
+    video: Any = MISSING  # a path, folder, glob or manifest, or a list of them
     video_extensions: list[str] = MISSING
     output_dir: str = MISSING
     checkpoint_frames: int = MISSING

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import subprocess
 from pathlib import Path
 
@@ -161,3 +162,22 @@ def test_layers_on_a_gpu_with_a_cpu_build_name_the_reinstall(cli_base: list[str]
     assert GPU_INSTALL_COMMAND in (ROOT / "README.md").read_text()
     # model.n_gpu_layers=0 (the tiny preset's own setting) runs on the CPU.
     assert run_cli(f"video={SAMPLE_VIDEO}", *cli_base, "model.n_gpu_layers=0", "max_frames=1").returncode == 0
+
+
+@pytest.mark.parametrize("pattern", ["{inbox}", "{inbox}/*.mp4", "{inbox}/**/*.mov"])
+def test_an_empty_inbox_is_nothing_to_do(cli_base: list[str], tmp_path: Path, pattern: str) -> None:
+    inbox = tmp_path / "inbox"
+    (inbox / "sub").mkdir(parents=True)
+    (inbox / "notes.txt").write_text("not a video")
+    result = run_cli(f"video={pattern.format(inbox=inbox)}", *cli_base)
+    assert result.returncode == 0, result.stderr
+    assert "nothing to do: no videos in video=" in result.stderr
+    summary = json.loads((tmp_path / "out" / "_last_run.json").read_text())
+    assert summary["exit_code"] == 0 and summary["videos"] == []
+
+
+def test_a_list_of_videos(cli_base: list[str], tmp_path: Path) -> None:
+    clips = [write_video(tmp_path / f"clip{i}.mp4", n_frames=5 + i) for i in range(2)]
+    result = run_cli(f"video=[{clips[0]},{clips[1]}]", *cli_base, "max_frames=1")
+    assert result.returncode == 0, result.stderr
+    assert sorted(pd.read_parquet(tmp_path / "out").video_path) == [str(c) for c in clips]
