@@ -30,8 +30,9 @@ from hydra.utils import instantiate
 from omegaconf import DictConfig, ListConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
+from pipeline.arguments import argument_error, help_text, version
 from pipeline.caption import CaptionSpec, EngineError
-from pipeline.config import config_dir
+from pipeline.config import config_dir, prompts_of
 from pipeline.errors import InputError, LockHeld, UserError
 from pipeline.executors.base import Executor
 from pipeline.inputs import find_videos, shard_videos
@@ -60,7 +61,7 @@ def run_from_config(cfg: DictConfig) -> int:
     log_file: Path | None = None
     with ExitStack() as stack:
         try:
-            prompts = [cfg.prompt] if cfg.prompt is not None else list(cfg.prompts)
+            prompts = prompts_of(cfg)
             spec = CaptionSpec.from_config(cfg, max_questions=len(prompts))
             sampler: Sampler = _instantiate(cfg.sampler)
             executor: Executor = _instantiate(cfg.executor)
@@ -187,24 +188,6 @@ def _instantiate(node: DictConfig) -> Any:
         raise
 
 
-def _check_group_choices(argv: list[str]) -> None:
-    """Fail in one line on ``model=``/``sampler=``/``executor=`` choices that do not exist.
-
-    Hydra's own message for these spans a dozen lines with its search path.
-    """
-    for arg in argv:
-        key, _, value = arg.partition("=")
-        group = key.lstrip("+~")
-        if group in ("model", "sampler", "executor") and value:
-            choices = sorted(p.stem for p in (config_dir() / group).glob("*.yaml"))
-            if value not in choices:
-                print(
-                    f"error: unknown {group}={value}; choose one of: {', '.join(choices)}",
-                    file=sys.stderr,
-                )
-                sys.exit(EXIT_CRASH)
-
-
 class JobFailed(Exception):
     """A job of a sweep (``-m``) exited 1 or 75; raised so that the sweep reports it."""
 
@@ -221,6 +204,18 @@ def _hydra_main(cfg: DictConfig) -> int:
 
 
 def main() -> None:
-    """Entry point of ``python -m pipeline`` and the ``video-caption`` script."""
-    _check_group_choices(sys.argv[1:])
+    """Entry point of ``python -m pipeline`` and the ``video-caption`` script: ``--help`` and
+    ``--version`` here, arguments checked (:func:`pipeline.arguments.argument_error`), then
+    Hydra."""
+    args = sys.argv[1:]
+    if "-h" in args or "--help" in args:
+        print(help_text())
+        sys.exit(EXIT_OK)
+    if "--version" in args:
+        print(version())
+        sys.exit(EXIT_OK)
+    problem = argument_error(args)
+    if problem is not None:
+        print(f"error: {problem}", file=sys.stderr)
+        sys.exit(EXIT_CRASH)
     _hydra_main()

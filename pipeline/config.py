@@ -19,6 +19,8 @@ from hydra import compose, initialize_config_dir
 from hydra.core.config_store import ConfigStore
 from omegaconf import MISSING, DictConfig
 
+from pipeline.errors import ConfigError
+
 
 @dataclass
 class ModelConfig:
@@ -153,6 +155,7 @@ class Config:
     retry_failed: bool = MISSING
     prompt: str | None = MISSING
     prompts: list[str] = MISSING
+    prompts_file: str | None = MISSING
     system_prompt: str | None = MISSING
     max_frames: int | None = MISSING
     model: ModelConfig = MISSING
@@ -164,6 +167,45 @@ class Config:
     executor: Any = MISSING
     shard: int = MISSING
     num_shards: int = MISSING
+
+
+def prompts_of(cfg: DictConfig) -> list[str]:
+    """The run's prompts: ``prompt``, else the lines of ``prompts_file``, else ``prompts``.
+
+    A prompts file is UTF-8 text with one prompt per line, taken as written (only the spaces
+    around it are dropped): commas, quotes, brackets and any letters need no escaping. Blank
+    lines and lines starting with ``#`` are skipped.
+
+    Raises:
+        ConfigError: ``prompt`` and ``prompts_file`` are both set, the file cannot be read or
+            holds no prompt, or a prompt is given twice (its answers would share one key).
+    """
+    if cfg.prompt is not None and cfg.prompts_file is not None:
+        raise ConfigError("prompt and prompts_file are both set; keep one of them")
+    if cfg.prompt is not None:
+        prompts = [cfg.prompt]
+    elif cfg.prompts_file is not None:
+        prompts = _read_prompts_file(Path(cfg.prompts_file).expanduser())
+    else:
+        prompts = list(cfg.prompts)
+    twice = sorted({text for text in prompts if prompts.count(text) > 1})
+    if twice:
+        raise ConfigError(f"the prompt {twice[0]!r} is given twice; keep one")
+    return prompts
+
+
+def _read_prompts_file(path: Path) -> list[str]:
+    try:
+        lines = path.read_text(encoding="utf-8-sig").splitlines()
+    except (OSError, UnicodeDecodeError) as error:
+        reason = error.strerror if isinstance(error, OSError) and error.strerror else str(error)
+        raise ConfigError(
+            f"prompts_file={path} cannot be read ({reason}); give a UTF-8 text file, one prompt per line"
+        ) from error
+    prompts = [line.strip() for line in lines if line.strip() and not line.strip().startswith("#")]
+    if not prompts:
+        raise ConfigError(f"prompts_file={path} holds no prompt; write one prompt per line (# starts a comment line)")
+    return prompts
 
 
 def register_configs() -> None:

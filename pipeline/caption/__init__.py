@@ -33,7 +33,7 @@ from pipeline.caption.engine import (
 )
 from pipeline.caption.formats import get_chat_format
 from pipeline.caption.weights import ModelFiles, ModelSource, check_pair
-from pipeline.config import EngineConfig, GenerationConfig, ModelConfig, compose_config
+from pipeline.config import EngineConfig, GenerationConfig, ModelConfig, compose_config, prompts_of
 from pipeline.errors import BuildError, ConfigError, WeightsError
 
 __all__ = [
@@ -152,13 +152,12 @@ class CaptionSpec:
         model = _typed(ModelConfig, cfg.model)
         model = replace(model, dir=_absolute(model.dir), text=_absolute(model.text), mmproj=_absolute(model.mmproj))
         system = cfg.system_prompt if cfg.system_prompt is not None else model.system_prompt
-        prompts = [cfg.prompt] if cfg.prompt is not None else list(cfg.prompts)
         return cls(
             model=model,
             generation=_typed(GenerationConfig, cfg.generation),
             engine=_typed(EngineConfig, cfg.engine),
             system_prompt=system,
-            max_questions=max_questions or max(len(prompts), 1),
+            max_questions=max_questions or len(prompts_of(cfg)),
         )
 
     @property
