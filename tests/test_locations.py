@@ -5,6 +5,7 @@ fails at once, in one line."""
 
 from __future__ import annotations
 
+import logging
 import subprocess
 import sys
 from pathlib import Path
@@ -101,3 +102,16 @@ def test_download_ahead_generates_or_names_the_files(user_cache: Path, tmp_path:
         cwd=ROOT, env=cli_env(), capture_output=True, text=True, timeout=RUN_TIMEOUT_S,
     )
     assert_one_line_error(missing, 1, "llava-v1.6-vicuna-7b.Q5_K_M.gguf", str(tmp_path), "HF_HUB_OFFLINE is set")
+
+
+def test_hub_warnings_reach_the_console_once(caplog: pytest.LogCaptureFixture) -> None:
+    import huggingface_hub  # noqa: F401  (gives its logger a console handler of its own)
+
+    from pipeline.caption.weights import _print_hub_warnings_once
+
+    _print_hub_warnings_once()
+    hub_logger = logging.getLogger("huggingface_hub.utils._http")
+    with caplog.at_level(logging.WARNING):
+        hub_logger.warning("Retrying in 1s [Retry 1/5].")
+    assert [r.getMessage() for r in caplog.records] == ["Retrying in 1s [Retry 1/5]."]
+    assert not logging.getLogger("huggingface_hub").handlers  # only the root's handlers print it
