@@ -113,10 +113,16 @@ def _run_locked(
     tasks = pipeline.plan(videos)
     summary = RunSummary(videos=[t.outcome for t in tasks])
     code = EXIT_CRASH
+    todo = sum(t.outcome.status == "todo" for t in tasks)
     try:
-        if any(t.outcome.status == "todo" for t in tasks):
+        if todo:
+            log.info(
+                "%d of %d videos to caption; loading model %s (model.n_gpu_layers=%d)",
+                todo, len(tasks), spec.model.name, spec.model.n_gpu_layers,
+            )
             try:
                 executor.start(spec)
+                log.info("started: %s -> %s", executor.describe(), output_dir)
                 summary = pipeline.run(tasks, executor)
             finally:
                 executor.close()

@@ -28,7 +28,6 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from tqdm import tqdm
 
 from pipeline.caption import Answer, Captioner, Question, make_questions
 from pipeline.decode import format_timecode
@@ -44,6 +43,7 @@ from pipeline.executors.base import (
 )
 from pipeline.executors.local import LocalExecutor
 from pipeline.inputs import os_reason, path_id, video_id_of
+from pipeline.progress import Progress
 from pipeline.sampling import Sampler
 from pipeline.store import (
     Committed,
@@ -142,7 +142,7 @@ class _VideoTask:
     sent: int = 0
     answered: int = 0
     decoded_all: bool = False
-    started_at: float = 0.0
+    in_model_since: float | None = None  # when its first frame entered the model (epoch s)
 
 
 class Pipeline:
@@ -256,12 +256,13 @@ class Pipeline:
             self.model_name = executor.model_name
             self.metadata["model_files"] = executor.model_files
         show = sys.stderr.isatty()
-        with ThreadPoolExecutor(max_workers=1, thread_name_prefix="write") as writer, tqdm(
-            total=len(todo), desc="videos", unit="video", disable=not show
-        ) as video_bar, tqdm(desc="frames", unit="frame", disable=not show) as frame_bar:
+        expected: list[int | None] = [self._expected_frames(t) if show else None for t in todo]
+        with ThreadPoolExecutor(max_workers=1, thread_name_prefix="write") as writer, Progress(
+            expected, enabled=show
+        ) as progress:
             self._writer = writer
             self._writes: list[Future[Any]] = []
-            self._video_bar = video_bar
+            self._progress = progress
             for task in failed_at_plan:
                 self._submit_error_record(task)
             if todo:
@@ -275,11 +276,12 @@ class Pipeline:
                 )
                 for event in executor.run(work):
                     if isinstance(event, Decoded):
+                        progress.video_decoded(event.video_index, event.sent)
                         self._take_decoded(todo[event.video_index], event)
                     else:
                         self._take_answers(todo[event.job.video_index], event)
                         self._count_worker(summary, event, time.perf_counter() - started)
-                        frame_bar.update()
+                        progress.frame_answered()
                     _raise_first_error(self._writes)
             for future in self._writes:
                 future.result()
@@ -302,16 +304,27 @@ class Pipeline:
     def _take_decoded(self, task: _VideoTask, event: Decoded) -> None:
         task.decoded_all = True
         task.sent = event.sent
-        task.started_at = event.started_at
         task.outcome.frames_already_done = event.already_done
         if event.error is not None:
             self._fail(task, event.error)
         self._finish_if_complete(task)
 
+    def _expected_frames(self, task: _VideoTask) -> int | None:
+        """About how many of a video's frames will go to the model (for the progress bar)."""
+        expected = self.decoder.expected_samples(task.path)
+        if expected is None:
+            return None
+        wanted = {q.prompt_id for q in self.questions}
+        return max(0, expected - sum(1 for prompts in task.committed.answered.values() if wanted <= prompts))
+
     def _take_answers(self, task: _VideoTask, event: Captioned) -> None:
         already = task.committed.answered.get(event.job.sample.frame.index, set())
         new = [a for a in event.answers if a.question.prompt_id not in already]
         task.pending_rows.extend(self._row(task, event.job, a) for a in new)
+        # A video's own time runs from its first frame entering the model (answers carry how
+        # long ago that was) to its last answer, whatever ran before or beside it.
+        entered = time.time() - max((a.latency_ms for a in event.answers), default=0.0) / 1000
+        task.in_model_since = min(entered, task.in_model_since or entered)
         task.pending_frames += 1
         task.answered += 1
         task.outcome.frames += 1
@@ -331,11 +344,13 @@ class Pipeline:
         if not (task.decoded_all and task.answered == task.sent):
             return
         self._submit_chunk(task)
+        if task.in_model_since is not None:
+            task.outcome.wall_s = time.time() - task.in_model_since
         if task.outcome.status == "error":
             self._submit_error_record(task)
         else:
             self._writes.append(self._writer.submit(self._mark_done, task))
-        self._video_bar.update()
+        self._progress.video_finished()
 
     def _submit_chunk(self, task: _VideoTask) -> None:
         rows, task.pending_rows, task.pending_frames = task.pending_rows, [], 0
@@ -365,7 +380,6 @@ class Pipeline:
     def _mark_done(self, task: _VideoTask) -> None:
         outcome = task.outcome
         outcome.status = "done"
-        outcome.wall_s = time.time() - task.started_at
         mark_done(self.output_dir, outcome.video_id, self.work_id, asdict(outcome))
         log.info(
             "done %s: %d frames captioned, %d already done, %d rows, %.1f s",

@@ -21,7 +21,7 @@ from typing import Protocol
 import cv2
 import numpy as np
 
-from pipeline.decode import BgrFrame, Frame, FrameTime, VideoReader
+from pipeline.decode import BgrFrame, Frame, FrameTime, VideoInfo, VideoReader
 from pipeline.errors import ConfigError
 from pipeline.scenes import AnalysedFrame, Features, ShotDetector, shrink
 
@@ -195,6 +195,22 @@ class IntervalSampler:
             yield Sample(reader.retrieve(), "interval")
             while next_due_s <= elapsed_s + _SLACK_S:
                 next_due_s += self.interval_s
+
+
+def expected_samples(sampler: Sampler, info: VideoInfo) -> int | None:
+    """How many frames ``sampler`` takes from a video, from its container's frame count and
+    rate alone: exact for ``all`` and ``interval`` on a constant frame rate (an upper bound
+    with dedup on); ``None`` for a sampler that decides by the content (``scene``) or a
+    container that gives no duration.
+    """
+    if not (info.frame_count and info.fps):
+        return None
+    if isinstance(sampler, AllSampler):
+        return info.frame_count
+    if isinstance(sampler, IntervalSampler):
+        # Grid points 0, interval_s, ... before the end (the first frame sits at 0).
+        return math.ceil(info.duration_s / sampler.interval_s - _SLACK_S)
+    return None
 
 
 PICKS = ("first", "first_settled", "middle")

@@ -254,6 +254,14 @@ class Captioner:
         cfg = compose_config([f"model={preset}", "video=unused", *overrides])
         return cls.from_config(cfg, max_questions=max_questions)
 
+    def describe(self) -> str:
+        """The model's files and where it runs, in words (a run's start line)."""
+        text, mmproj = self.files.text_model, self.files.mmproj
+        files = (
+            f"{text.name} + {mmproj.name} in {text.parent}" if text.parent == mmproj.parent else f"{text} + {mmproj}"
+        )
+        return f"model {self.model_name} ({files}) on {self.engine.describe()}"
+
     def setup(self) -> None:
         """Load the model (once per process; frames and videos reuse it)."""
         self.engine.setup()

@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import os
 import socket
-import time
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -26,7 +25,7 @@ import numpy as np
 from pipeline.caption import Answer, Captioner, CaptionSpec, Question
 from pipeline.decode import VideoError, VideoReader
 from pipeline.inputs import os_reason
-from pipeline.sampling import Sample, Sampler
+from pipeline.sampling import Sample, Sampler, expected_samples
 
 __all__ = [
     "CaptionSpec",
@@ -97,14 +96,12 @@ class Decoded:
         video_index: The video's :attr:`DecodeJob.video_index`.
         sent: Frames sent to the model.
         already_done: Sampled frames left out because they had every answer.
-        started_at: When decoding started (epoch seconds).
         error: Why the video could not be read to its end, or ``None``.
     """
 
     video_index: int
     sent: int
     already_done: int
-    started_at: float
     error: str | None = None
 
 
@@ -140,13 +137,23 @@ class VideoDecoder:
     max_frames: int | None
     thumbnail: Callable[[np.ndarray], bytes] | None
 
+    def expected_samples(self, path: Path) -> int | None:
+        """About how many frames :meth:`frames` samples from ``path``, from the container's
+        duration without decoding (see :func:`pipeline.sampling.expected_samples`); 0 for a
+        file that does not open as a video, ``None`` where the sampler decides by content."""
+        try:
+            with VideoReader(path) as reader:
+                expected = expected_samples(self.sampler, reader.info)
+        except (VideoError, OSError):
+            return 0
+        return expected if expected is None or self.max_frames is None else min(expected, self.max_frames)
+
     def frames(self, job: DecodeJob) -> Iterator[FrameJob | Decoded]:
         """Yield a :class:`FrameJob` for each frame to caption, then one :class:`Decoded`.
 
         A video that cannot be read (or stops decoding) ends with ``Decoded.error`` set;
         anything else raised is a bug and propagates.
         """
-        started_at = time.time()
         sent = already_done = 0
         error = None
         try:
@@ -169,7 +176,7 @@ class VideoDecoder:
             error = str(failure)
         except OSError as failure:
             error = os_reason(job.path, failure)
-        yield Decoded(job.video_index, sent, already_done, started_at, error)
+        yield Decoded(job.video_index, sent, already_done, error)
 
 
 @dataclass(frozen=True)
@@ -208,6 +215,10 @@ class Executor(Protocol):
     @property
     def model_files(self) -> dict[str, str]:
         """The model files in use, for the Parquet metadata (empty before :meth:`start`)."""
+        ...
+
+    def describe(self) -> str:
+        """The loaded model's files and where it runs, in words (the run's start line)."""
         ...
 
     def start(self, spec: CaptionSpec) -> None:

@@ -18,6 +18,7 @@ from pathlib import Path
 import llama_cpp  # noqa: I001  (import order: see the module docstring)
 import llama_cpp.mtmd_cpp as mtmd
 import numpy as np
+from llama_cpp._ctypes_extensions import load_shared_library
 
 from pipeline.caption.engine.records import EngineError, EngineStats
 
@@ -122,7 +123,9 @@ class TextModel:
         self.vocab = llama_cpp.llama_model_get_vocab(self.handle)
         self.n_vocab = llama_cpp.llama_vocab_n_tokens(self.vocab)
         self.n_embd = llama_cpp.llama_model_n_embd_inp(self.handle)
+        self.n_layer = llama_cpp.llama_model_n_layer(self.handle)
         self.on_gpu = n_gpu_layers != 0 and bool(llama_cpp.llama_supports_gpu_offload())
+        self.gpu_layers = (self.n_layer if n_gpu_layers < 0 else min(n_gpu_layers, self.n_layer)) if self.on_gpu else 0
 
     def close(self) -> None:
         """Free the model (safe to call twice)."""
@@ -260,6 +263,38 @@ def _cgroup_cpu_quota(cgroup: Path) -> int | None:
         if int(quota) <= 0:
             return None
     return max(1, -(-int(quota) // int(period)))
+
+
+# ggml_backend_dev_type: CPU, GPU, IGPU (integrated), ACCEL, META.
+_GPU_DEVICE_TYPES = (1, 2)
+
+
+def devices() -> tuple[list[str], str]:
+    """The GPUs llama.cpp sees (``CUDA0 (NVIDIA H200)``, ...) and the CPU's name, from ggml's
+    device registry; empty and ``""`` where this build's library does not expose it."""
+    try:
+        ggml = load_shared_library("ggml", Path(llama_cpp.__file__).parent / "lib")
+        ggml.ggml_backend_dev_count.restype = ctypes.c_size_t
+        ggml.ggml_backend_dev_get.restype = ctypes.c_void_p
+        ggml.ggml_backend_dev_get.argtypes = [ctypes.c_size_t]
+        for name in ("ggml_backend_dev_name", "ggml_backend_dev_description"):
+            getattr(ggml, name).restype = ctypes.c_char_p
+            getattr(ggml, name).argtypes = [ctypes.c_void_p]
+        ggml.ggml_backend_dev_type.restype = ctypes.c_int
+        ggml.ggml_backend_dev_type.argtypes = [ctypes.c_void_p]
+    except (OSError, AttributeError, RuntimeError):
+        return [], ""
+    gpus, cpu = [], ""
+    for index in range(ggml.ggml_backend_dev_count()):
+        device = ggml.ggml_backend_dev_get(index)
+        name = ggml.ggml_backend_dev_name(device).decode(errors="replace")
+        description = ggml.ggml_backend_dev_description(device).decode(errors="replace")
+        kind = ggml.ggml_backend_dev_type(device)
+        if kind in _GPU_DEVICE_TYPES:
+            gpus.append(f"{name} ({description})")
+        elif kind == 0 and not cpu:
+            cpu = description
+    return gpus, cpu
 
 
 def flash_attn_type(setting: str, on_gpu: bool) -> int:
