@@ -33,6 +33,7 @@ from omegaconf.errors import OmegaConfBaseException
 from pipeline.arguments import argument_error, help_text, version
 from pipeline.caption import CaptionSpec, EngineError
 from pipeline.config import config_dir, prompts_of
+from pipeline.dry_run import plan_lines
 from pipeline.errors import InputError, LockHeld, UserError
 from pipeline.executors.base import Executor
 from pipeline.inputs import find_videos, shard_videos
@@ -67,6 +68,8 @@ def run_from_config(cfg: DictConfig) -> int:
             executor: Executor = _instantiate(cfg.executor)
             found = [v for spec in video_specs(cfg.video) for v in find_videos(spec, list(cfg.video_extensions))]
             videos = shard_videos(found, cfg.shard, cfg.num_shards)
+            if cfg.dry_run:
+                return _dry_run(cfg, prompts, sampler, videos)
             output_dir = prepare_output_dir(cfg.output_dir)
             suffix = _shard_suffix(cfg)
             stack.enter_context(RunLock(output_dir, name=f"_lock{suffix}"))
@@ -98,18 +101,7 @@ def _run_locked(
 ) -> int:
     config = OmegaConf.to_container(cfg, resolve=True)
     assert isinstance(config, dict)
-    pipeline = Pipeline(
-        sampler,
-        prompts,
-        output_dir,
-        config_id=settings_id({k: config[k] for k in ("model", "generation", "sampler", "system_prompt")}),
-        prefetch_frames=cfg.engine.prefetch_frames,
-        max_frames=cfg.max_frames,
-        checkpoint_frames=cfg.checkpoint_frames,
-        retry_failed=cfg.retry_failed,
-        metadata={"config": config},
-        thumbnail=_thumbnailer(cfg),
-    )
+    pipeline = _pipeline(cfg, prompts, sampler, output_dir, retry_failed=cfg.retry_failed, thumbnail=_thumbnailer(cfg))
     tasks = pipeline.plan(videos)
     summary = RunSummary(videos=[t.outcome for t in tasks])
     code = EXIT_CRASH
@@ -153,6 +145,53 @@ def _run_locked(
         except OSError as error:
             log.warning("report not written: %s", error)
     return code
+
+
+def _pipeline(
+    cfg: DictConfig,
+    prompts: list[str],
+    sampler: Sampler,
+    output_dir: Path,
+    retry_failed: bool,
+    thumbnail: Callable[[np.ndarray], bytes] | None,
+) -> Pipeline:
+    """The run loop for this config."""
+    config: dict[str, Any] = OmegaConf.to_container(cfg, resolve=True)  # type: ignore[assignment]
+    return Pipeline(
+        sampler,
+        prompts,
+        output_dir,
+        config_id=settings_id(answer_settings(config)),
+        prefetch_frames=cfg.engine.prefetch_frames,
+        max_frames=cfg.max_frames,
+        start_s=cfg.start_s,
+        end_s=cfg.end_s,
+        checkpoint_frames=cfg.checkpoint_frames,
+        retry_failed=retry_failed,
+        metadata={"config": config},
+        thumbnail=thumbnail,
+    )
+
+
+def answer_settings(config: dict[str, Any]) -> dict[str, Any]:
+    """The settings that shape answers, hashed into ``config_id``: the model (which files, by
+    name, and how they run), generation, sampler and system prompt. Where the weights are
+    (``model.dir``, ``model.download``, the folders of ``model.text``/``model.mmproj``) does
+    not shape answers: moving them does not redo a night."""
+    model = {k: v for k, v in config["model"].items() if k not in ("dir", "download", "text", "mmproj")}
+    for key, file_key in (("text", "text_file"), ("mmproj", "mmproj_file")):
+        if config["model"][key] is not None:
+            model[file_key] = Path(config["model"][key]).name
+    return {"model": model, **{k: config[k] for k in ("generation", "sampler", "system_prompt")}}
+
+
+def _dry_run(cfg: DictConfig, prompts: list[str], sampler: Sampler, videos: list[Path]) -> int:
+    """``dry_run=true``: print what a run would do; no model, no lock, nothing written."""
+    output_dir = Path(cfg.output_dir).expanduser().resolve()
+    pipeline = _pipeline(cfg, prompts, sampler, output_dir, retry_failed=False, thumbnail=None)
+    for line in plan_lines(pipeline, pipeline.plan(videos), cfg.retry_failed, cfg.model.name):
+        print(line)
+    return EXIT_OK
 
 
 def video_specs(value: Any) -> list[str]:

@@ -158,6 +158,9 @@ class Config:
     prompts_file: str | None = MISSING
     system_prompt: str | None = MISSING
     max_frames: int | None = MISSING
+    start_s: float = MISSING
+    end_s: float | None = MISSING
+    dry_run: bool = MISSING
     model: ModelConfig = MISSING
     sampler: Any = MISSING
     generation: GenerationConfig = field(default_factory=GenerationConfig)

@@ -155,6 +155,8 @@ class Pipeline:
         config_id: Id of the settings that shape answers (model, generation, sampler).
         prefetch_frames: Decoded frames queued ahead of the model (``engine.prefetch_frames``).
         max_frames: Cap on samples per video.
+        start_s: Only samples at or after this time of each video.
+        end_s: Only samples before this time of each video (``None``: to the end).
         checkpoint_frames: Frames per committed chunk (the command line passes
             ``checkpoint_frames``; the default here, the YAML's value, serves library callers
             such as ``benchmarks/gpu_throughput.py``).
@@ -172,18 +174,23 @@ class Pipeline:
         *,
         prefetch_frames: int,
         max_frames: int | None = None,
+        start_s: float = 0.0,
+        end_s: float | None = None,
         checkpoint_frames: int = 32,
         retry_failed: bool = False,
         metadata: dict[str, Any] | None = None,
         thumbnail: Callable[[np.ndarray], bytes] | None = None,
     ) -> None:
-        self.decoder = VideoDecoder(sampler, max_frames, thumbnail)
+        self.decoder = VideoDecoder(sampler, max_frames, thumbnail, start_s, end_s)
         self.questions: list[Question] = make_questions(prompts)
         self.output_dir = output_dir
         self.config_id = config_id
-        self.work_id = settings_id(
-            {"config": config_id, "prompts": sorted(q.prompt_id for q in self.questions), "max_frames": max_frames}
-        )
+        # What a video's done marker vouches for: the window and the cap limit which of the
+        # config's samples are asked about, so a wider run later adds the missing ones.
+        self.work_id = settings_id({
+            "config": config_id, "prompts": sorted(q.prompt_id for q in self.questions),
+            "max_frames": max_frames, "start_s": start_s, "end_s": end_s,
+        })
         self.checkpoint_frames = max(checkpoint_frames, 1)
         self.retry_failed = retry_failed
         self.prefetch_frames = prefetch_frames
@@ -256,7 +263,7 @@ class Pipeline:
             self.model_name = executor.model_name
             self.metadata["model_files"] = executor.model_files
         show = sys.stderr.isatty()
-        expected: list[int | None] = [self._expected_frames(t) if show else None for t in todo]
+        expected: list[int | None] = [self.expected_frames(t) if show else None for t in todo]
         with ThreadPoolExecutor(max_workers=1, thread_name_prefix="write") as writer, Progress(
             expected, enabled=show
         ) as progress:
@@ -309,8 +316,9 @@ class Pipeline:
             self._fail(task, event.error)
         self._finish_if_complete(task)
 
-    def _expected_frames(self, task: _VideoTask) -> int | None:
-        """About how many of a video's frames will go to the model (for the progress bar)."""
+    def expected_frames(self, task: _VideoTask) -> int | None:
+        """About how many of a planned video's frames will go to the model (``None``: known once
+        it is decoded): the progress bar's total, and a dry run's count."""
         expected = self.decoder.expected_samples(task.path)
         if expected is None:
             return None

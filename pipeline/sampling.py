@@ -197,20 +197,25 @@ class IntervalSampler:
                 next_due_s += self.interval_s
 
 
-def expected_samples(sampler: Sampler, info: VideoInfo) -> int | None:
-    """How many frames ``sampler`` takes from a video, from its container's frame count and
-    rate alone: exact for ``all`` and ``interval`` on a constant frame rate (an upper bound
-    with dedup on); ``None`` for a sampler that decides by the content (``scene``) or a
-    container that gives no duration.
+def expected_samples(sampler: Sampler, info: VideoInfo, start_s: float = 0.0, end_s: float | None = None) -> int | None:
+    """How many frames ``sampler`` takes from a video between ``start_s`` and ``end_s``, from
+    its container's frame count and rate alone: exact for ``all`` and ``interval`` on a
+    constant frame rate (an upper bound with dedup on); ``None`` for a sampler that decides by
+    the content (``scene``) or a container that gives no duration.
     """
     if not (info.frame_count and info.fps):
         return None
+    end = info.duration_s if end_s is None else min(end_s, info.duration_s)
+    if end <= start_s:
+        return 0
     if isinstance(sampler, AllSampler):
-        return info.frame_count
-    if isinstance(sampler, IntervalSampler):
-        # Grid points 0, interval_s, ... before the end (the first frame sits at 0).
-        return math.ceil(info.duration_s / sampler.interval_s - _SLACK_S)
-    return None
+        step_s = 1 / info.fps
+    elif isinstance(sampler, IntervalSampler):
+        step_s = sampler.interval_s
+    else:
+        return None
+    # Points 0, step, 2 step, ... (the first frame sits at 0) in [start_s, end).
+    return math.ceil(end / step_s - _SLACK_S) - math.ceil(start_s / step_s - _SLACK_S)
 
 
 PICKS = ("first", "first_settled", "middle")

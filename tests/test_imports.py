@@ -14,7 +14,7 @@ PACKAGE = ROOT / "pipeline"
 
 # Higher imports lower or equal, never the other way.
 LAYERS = [
-    ("pipeline.__main__", "pipeline.cli", "pipeline.download", "pipeline.arguments"),
+    ("pipeline.__main__", "pipeline.cli", "pipeline.download", "pipeline.arguments", "pipeline.dry_run"),
     ("pipeline.run",),
     ("pipeline.executors",),
     (

@@ -24,6 +24,7 @@ import numpy as np
 
 from pipeline.caption import Answer, Captioner, CaptionSpec, Question
 from pipeline.decode import VideoError, VideoReader
+from pipeline.errors import ConfigError
 from pipeline.inputs import os_reason
 from pipeline.sampling import Sample, Sampler, expected_samples
 
@@ -131,11 +132,24 @@ class VideoDecoder:
         sampler: Chooses the frames.
         max_frames: Cap on samples per video.
         thumbnail: Makes a frame's JPEG (``None``: no thumbnails).
+        start_s: Only samples at or after this time. The frames before it are decoded and
+            shown to the sampler all the same, so a window takes exactly the samples a whole
+            run takes there (and the frames keep their true indices).
+        end_s: Only samples before this time (``None``: to the end); decoding stops there.
+
+    Raises:
+        ConfigError: The window is empty or negative.
     """
 
     sampler: Sampler
     max_frames: int | None
     thumbnail: Callable[[np.ndarray], bytes] | None
+    start_s: float = 0.0
+    end_s: float | None = None
+
+    def __post_init__(self) -> None:
+        if self.start_s < 0 or (self.end_s is not None and self.end_s <= self.start_s):
+            raise ConfigError(f"need 0 <= start_s < end_s, got start_s={self.start_s} end_s={self.end_s}")
 
     def expected_samples(self, path: Path) -> int | None:
         """About how many frames :meth:`frames` samples from ``path``, from the container's
@@ -143,7 +157,7 @@ class VideoDecoder:
         file that does not open as a video, ``None`` where the sampler decides by content."""
         try:
             with VideoReader(path) as reader:
-                expected = expected_samples(self.sampler, reader.info)
+                expected = expected_samples(self.sampler, reader.info, self.start_s, self.end_s)
         except (VideoError, OSError):
             return 0
         return expected if expected is None or self.max_frames is None else min(expected, self.max_frames)
@@ -160,6 +174,10 @@ class VideoDecoder:
             with VideoReader(job.path) as reader:
                 taken = 0
                 for sample in self.sampler.sample(reader):
+                    if self.end_s is not None and sample.frame.timestamp_s >= self.end_s:
+                        break
+                    if sample.frame.timestamp_s < self.start_s:
+                        continue
                     if self.max_frames is not None and taken >= self.max_frames:
                         break
                     taken += 1
