@@ -645,6 +645,7 @@ class Pipeline:
             thumbnail=thumbnail,
             shot_start_s=sample.shot_start_s,
             duplicate_of=sample.duplicate_of,
+            finish_reason=answer.finish_reason or None,
         )
 
     def _error_row(self, task: _VideoTask, reason: str) -> ResultRow:

@@ -56,6 +56,7 @@ class ResultRow:
     thumbnail: Optional[bytes] = None
     shot_start_s: Optional[float] = None
     duplicate_of: Optional[int] = None
+    finish_reason: Optional[str] = None
 
 
 SCHEMA = pa.schema(
@@ -80,6 +81,7 @@ SCHEMA = pa.schema(
         ("thumbnail", pa.binary()),
         ("shot_start_s", pa.float64()),
         ("duplicate_of", pa.int64()),
+        ("finish_reason", pa.string()),
     ]
 )
 assert SCHEMA.names == [f.name for f in fields(ResultRow)]
@@ -230,13 +232,35 @@ def _fsync_dir(folder: Path) -> None:
         os.close(descriptor)
 
 
-def read_results(output_dir: str | Path) -> "pd.DataFrame":
-    """All result rows in ``output_dir`` as a DataFrame (empty, with the columns, if none)."""
+def read_results(output_dir: str | Path, columns: Optional[list[str]] = None) -> "pd.DataFrame":
+    """All result rows in ``output_dir`` as a DataFrame (empty, with the columns, if none).
+
+    Integer columns load as pandas' nullable ``Int64``, so ``frame_index``, ``shot_index`` and
+    ``duplicate_of`` stay integers where some rows are null (a plain ``pd.read_parquet`` turns
+    them into floats).
+
+    Args:
+        output_dir: A run's ``output_dir``.
+        columns: Read only these columns (e.g. leave out ``thumbnail``); default all.
+    """
     files = sorted(p for p in Path(output_dir).glob("*/*.parquet") if not p.name.startswith((".", "_")))
     if not files:
-        return SCHEMA.empty_table().to_pandas()
-    # schema=: files written before a column existed read it as null instead of dropping it.
-    return pq.ParquetDataset(files, schema=SCHEMA).read().to_pandas()
+        table = SCHEMA.empty_table()
+        table = table.select(columns) if columns is not None else table
+    else:
+        # schema=: files written before a column existed read it as null instead of dropping it.
+        table = pq.ParquetDataset(files, schema=SCHEMA).read(columns=columns)
+    return table_to_pandas(table)
+
+
+def table_to_pandas(table: pa.Table) -> "pd.DataFrame":
+    """``table`` as a DataFrame whose integer columns are nullable ``Int64`` (not float)."""
+    import pandas as pd
+
+    def nullable_integers(arrow_type: pa.DataType) -> Optional[pd.api.extensions.ExtensionDtype]:
+        return pd.Int64Dtype() if pa.types.is_integer(arrow_type) else None
+
+    return table.to_pandas(types_mapper=nullable_integers)
 
 
 def read_metadata(parquet_file: str | Path) -> dict[str, Any]:

@@ -59,6 +59,7 @@ def result_row(video_id: str = "v1", frame_index: int | None = 0, **fields: Any)
         "shot_index": None,
         "config_id": "cfg1",
         THUMBNAIL: None,
+        "finish_reason": "stop" if answer_row else None,
     }
     row.update(fields)
     return row
@@ -142,12 +143,37 @@ def test_load_results_adds_a_null_thumbnail_column_to_runs_without_one(tmp_path:
 
 
 def test_load_results_reads_runs_from_before_the_shot_start_and_duplicate_columns(tmp_path: Path) -> None:
-    older = pa.schema([f for f in RESULT_SCHEMA if f.name not in ("shot_start_s", "duplicate_of")])
-    write_results(tmp_path, [result_row()], schema=older)
+    newer = ("shot_start_s", "duplicate_of", "finish_reason")
+    older = pa.schema([f for f in RESULT_SCHEMA if f.name not in newer])
+    row = result_row()
+    for name in newer:
+        row.pop(name, None)
+    write_results(tmp_path, [row], schema=older)
 
     df = load_results(tmp_path)
 
     assert df.shot_start_s.isna().all() and df.duplicate_of.isna().all()
+    assert df.finish_reason.isna().all()
+
+
+def test_load_results_keeps_integer_columns_integer_where_some_rows_are_null(tmp_path: Path) -> None:
+    write_results(
+        tmp_path,
+        [
+            result_row("v", 7, shot_index=2, duplicate_of=None),
+            result_row("v", 9_007_199_254_740_993, shot_index=None, duplicate_of=7),
+            result_row("w", None),  # a video-level error: no frame
+        ],
+    )
+
+    df = load_results(tmp_path)
+
+    for column in ("frame_index", "shot_index", "duplicate_of", "prompt_tokens", "completion_tokens"):
+        assert df[column].dtype == "Int64", (column, df[column].dtype)
+    assert df["frame_index"].tolist()[:2] == [7, 9_007_199_254_740_993]  # exact: not via float
+    assert df["frame_index"].isna().tolist() == [False, False, True]
+    assert df["shot_index"].isna().tolist() == [False, True, True] and df["shot_index"].iloc[0] == 2
+    assert df["duplicate_of"].iloc[1] == 7
 
 
 def test_load_results_of_an_empty_folder_has_the_columns(tmp_path: Path) -> None:
