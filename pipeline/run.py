@@ -38,7 +38,7 @@ import numpy as np
 from tqdm import tqdm
 
 from pipeline.caption import Answer, Captioner, Question, make_questions
-from pipeline.decode import VideoError, VideoReader, format_timecode
+from pipeline.decode import VideoError, VideoFacts, VideoReader, format_timecode
 from pipeline.sampling import Sample, Sampler
 from pipeline.store import (
     Committed,
@@ -48,6 +48,8 @@ from pipeline.store import (
     read_committed,
     remove_error_records,
     write_chunk,
+    write_video_facts,
+    write_videos_table,
 )
 
 log = logging.getLogger(__name__)
@@ -253,6 +255,7 @@ class Decoded:
         already_done: Sampled frames left out because they had every answer.
         started_at: When decoding started (epoch seconds).
         error: Why the video could not be read to its end, or ``None``.
+        facts: What the decode learnt of the video (``None``: it could not be opened).
     """
 
     index: int
@@ -260,6 +263,7 @@ class Decoded:
     already_done: int
     started_at: float
     error: str | None = None
+    facts: VideoFacts | None = None
 
 
 @dataclass(frozen=True)
@@ -315,6 +319,7 @@ class VideoDecoder:
         started_at = time.time()
         sent = already_done = 0
         error = None
+        reader: VideoReader | None = None
         try:
             with VideoReader(job.path) as reader:
                 taken = 0
@@ -332,7 +337,8 @@ class VideoDecoder:
                     reader.check_complete()
         except (VideoError, OSError) as failure:
             error = str(failure) if isinstance(failure, VideoError) else _os_reason(job.path, failure)
-        yield Decoded(job.index, sent, already_done, started_at, error)
+        facts = reader.facts() if reader is not None else None
+        yield Decoded(job.index, sent, already_done, started_at, error, facts)
 
 
 @dataclass(frozen=True)
@@ -531,6 +537,8 @@ class Pipeline:
                     _raise_first_error(self._writes)
             for future in self._writes:
                 future.result()
+        if todo:
+            write_videos_table(self.output_dir)
         summary.wall_s = time.perf_counter() - started
         return summary
 
@@ -552,6 +560,10 @@ class Pipeline:
         task.sent = event.sent
         task.started_at = event.started_at
         task.outcome.frames_already_done = event.already_done
+        if event.facts is not None:
+            self._writes.append(self._writer.submit(
+                write_video_facts, self.output_dir, task.outcome.video_id, task.outcome.path, event.facts
+            ))
         if event.error is not None:
             self._fail(task, event.error)
         self._finish_if_complete(task)

@@ -6,6 +6,10 @@ Results live in ``output_dir`` as Parquet chunk files under one folder per video
     output_dir/<video_id>/errors-<config_id>-<time>-<random>.parquet   error records
     output_dir/<video_id>/_done-<work_id>                              the video is complete
 
+Per-video facts (duration, frame rate, size, codec, frames decoded) go to
+``output_dir/<video_id>/_video.json`` when a video is decoded, and every run that decoded
+something gathers them into ``output_dir/_videos.parquet`` (one row per video).
+
 Each file is written under a hidden temporary name, flushed to disk and renamed into place,
 so a reader (``pd.read_parquet(output_dir)``) never sees a half-written file, even mid-run,
 and a killed run loses at most the chunk it was writing. The unit of work is the key
@@ -16,19 +20,26 @@ skip.
 
 from __future__ import annotations
 
+import fcntl
 import json
+import logging
 import os
 import time
 import uuid
 from dataclasses import asdict, dataclass, field, fields
+from datetime import datetime, timezone
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Optional
+from typing import TYPE_CHECKING, Any
 
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from pipeline.decode import VideoFacts
+
 if TYPE_CHECKING:  # pandas loads only where results are read back, not on a run's start
     import pandas as pd
+
+log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -38,25 +49,25 @@ class ResultRow:
 
     video_path: str
     video_id: str
-    frame_index: Optional[int] = None
-    timestamp_s: Optional[float] = None
-    timecode: Optional[str] = None
-    prompt_id: Optional[str] = None
-    prompt: Optional[str] = None
-    answer: Optional[str] = None
+    frame_index: int | None = None
+    timestamp_s: float | None = None
+    timecode: str | None = None
+    prompt_id: str | None = None
+    prompt: str | None = None
+    answer: str | None = None
     model: str
     status: str
-    error: Optional[str] = None
+    error: str | None = None
     prompt_tokens: int = 0
     completion_tokens: int = 0
     latency_ms: float = 0.0
-    sample_reason: Optional[str] = None
-    shot_index: Optional[int] = None
+    sample_reason: str | None = None
+    shot_index: int | None = None
     config_id: str
-    thumbnail: Optional[bytes] = None
-    shot_start_s: Optional[float] = None
-    duplicate_of: Optional[int] = None
-    finish_reason: Optional[str] = None
+    thumbnail: bytes | None = None
+    shot_start_s: float | None = None
+    duplicate_of: int | None = None
+    finish_reason: str | None = None
 
 
 SCHEMA = pa.schema(
@@ -85,6 +96,29 @@ SCHEMA = pa.schema(
     ]
 )
 assert SCHEMA.names == [f.name for f in fields(ResultRow)]
+
+
+VIDEOS_SCHEMA = pa.schema(
+    [
+        ("video_id", pa.string()),
+        ("video_path", pa.string()),
+        ("size_bytes", pa.int64()),
+        ("duration_s", pa.float64()),
+        ("fps", pa.float64()),
+        ("width", pa.int64()),
+        ("height", pa.int64()),
+        ("codec", pa.string()),
+        ("fourcc", pa.string()),
+        ("frame_count", pa.int64()),
+        ("frames_decoded", pa.int64()),
+        ("last_frame_s", pa.float64()),
+        ("decoded_at", pa.string()),
+    ]
+)
+assert VIDEOS_SCHEMA.names[2:-1] == [f.name for f in fields(VideoFacts)]
+
+VIDEO_FACTS_FILE = "_video.json"
+VIDEOS_TABLE = "_videos.parquet"
 
 
 class StoreError(Exception):
@@ -162,7 +196,7 @@ class Committed:
     """
 
     answered: dict[int, set[str]] = field(default_factory=dict)
-    video_error: Optional[str] = None
+    video_error: str | None = None
 
 
 def read_committed(output_dir: Path, video_id: str, config_id: str) -> Committed:
@@ -224,6 +258,84 @@ def write_json_atomic(path: Path, value: Any) -> None:
         raise StoreError(f"cannot write {path}: {error.strerror or error}") from error
 
 
+def write_video_facts(output_dir: Path, video_id: str, video_path: str, facts: VideoFacts) -> None:
+    """Record what a decode learnt about a video in ``output_dir/<video_id>/_video.json``.
+
+    A record from a decode that read the video to its end is not replaced by one from a decode
+    that stopped early (``max_frames``), which knows less.
+
+    Raises:
+        StoreError: It cannot be written.
+    """
+    path = output_dir / video_id / VIDEO_FACTS_FILE
+    record = {
+        "video_id": video_id,
+        "video_path": video_path,
+        **asdict(facts),
+        "decoded_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+    }
+    if facts.frames_decoded is None:
+        old = _read_json(path)
+        if old is not None and old.get("frames_decoded") is not None:
+            return
+    write_json_atomic(path, record)
+
+
+def read_videos(output_dir: str | Path) -> pd.DataFrame:
+    """One row per video of ``output_dir`` with its facts (see :data:`VIDEOS_SCHEMA`), read from
+    the per-video records, so it is current even mid-run; ordered by ``video_path``.
+
+    Videos captioned before this table existed have no row; their results are unaffected.
+    """
+    table = _videos_table(Path(output_dir))
+    return table_to_pandas(table).sort_values("video_path", kind="stable").reset_index(drop=True)
+
+
+def write_videos_table(output_dir: Path) -> Path | None:
+    """Gather every video's facts into ``output_dir/_videos.parquet`` (atomically); best effort.
+
+    Concurrent runs on one ``output_dir`` (shards) take turns through an ``flock`` on the folder,
+    and each gathers after writing its own records, so the last one leaves a complete table.
+
+    Returns:
+        The path written, or ``None`` when it could not be written (a warning says why).
+    """
+    path = output_dir / VIDEOS_TABLE
+    temporary = output_dir / f".{VIDEOS_TABLE}.{uuid.uuid4().hex[:8]}.tmp"
+    try:
+        descriptor = os.open(output_dir, os.O_RDONLY)
+        try:
+            fcntl.flock(descriptor, fcntl.LOCK_EX)
+            pq.write_table(_videos_table(output_dir), temporary)
+            os.replace(temporary, path)
+        finally:
+            os.close(descriptor)  # closing drops the flock
+    except OSError as error:
+        temporary.unlink(missing_ok=True)
+        log.warning("%s not written: %s", path, error.strerror or error)
+        return None
+    return path
+
+
+def _videos_table(output_dir: Path) -> pa.Table:
+    records = [
+        record
+        for path in sorted(output_dir.glob(f"*/{VIDEO_FACTS_FILE}"))
+        if (record := _read_json(path)) is not None
+    ]
+    rows = [{name: record.get(name) for name in VIDEOS_SCHEMA.names} for record in records]
+    return pa.Table.from_pylist(rows, schema=VIDEOS_SCHEMA)
+
+
+def _read_json(path: Path) -> dict[str, Any] | None:
+    """A JSON object from ``path``, or ``None`` when it is missing or unreadable."""
+    try:
+        value = json.loads(path.read_text())
+    except (OSError, ValueError):
+        return None
+    return value if isinstance(value, dict) else None
+
+
 def _fsync_dir(folder: Path) -> None:
     descriptor = os.open(folder, os.O_RDONLY)
     try:
@@ -232,7 +344,7 @@ def _fsync_dir(folder: Path) -> None:
         os.close(descriptor)
 
 
-def read_results(output_dir: str | Path, columns: Optional[list[str]] = None) -> "pd.DataFrame":
+def read_results(output_dir: str | Path, columns: list[str] | None = None) -> pd.DataFrame:
     """All result rows in ``output_dir`` as a DataFrame (empty, with the columns, if none).
 
     Integer columns load as pandas' nullable ``Int64``, so ``frame_index``, ``shot_index`` and
@@ -253,11 +365,11 @@ def read_results(output_dir: str | Path, columns: Optional[list[str]] = None) ->
     return table_to_pandas(table)
 
 
-def table_to_pandas(table: pa.Table) -> "pd.DataFrame":
+def table_to_pandas(table: pa.Table) -> pd.DataFrame:
     """``table`` as a DataFrame whose integer columns are nullable ``Int64`` (not float)."""
     import pandas as pd
 
-    def nullable_integers(arrow_type: pa.DataType) -> Optional[pd.api.extensions.ExtensionDtype]:
+    def nullable_integers(arrow_type: pa.DataType) -> pd.api.extensions.ExtensionDtype | None:
         return pd.Int64Dtype() if pa.types.is_integer(arrow_type) else None
 
     return table.to_pandas(types_mapper=nullable_integers)
