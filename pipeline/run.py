@@ -38,6 +38,7 @@ import numpy as np
 from tqdm import tqdm
 
 from pipeline.caption import Answer, Captioner, Question, make_questions
+from pipeline.checksums import model_sha256
 from pipeline.decode import VideoError, VideoFacts, VideoReader, format_timecode
 from pipeline.sampling import Sample, Sampler
 from pipeline.store import (
@@ -509,6 +510,7 @@ class Pipeline:
         if executor is not None:
             self.model_name = executor.model_name
             self.metadata["model_files"] = executor.model_files
+            self.metadata["model_sha256"] = model_sha256(executor.model_files)
         show = sys.stderr.isatty()
         with ThreadPoolExecutor(max_workers=1, thread_name_prefix="write") as writer, tqdm(
             total=len(todo), desc="videos", unit="video", disable=not show
