@@ -153,6 +153,7 @@ class Config:
     engine: EngineConfig = field(default_factory=EngineConfig)
     thumbnails: ThumbnailsConfig = field(default_factory=ThumbnailsConfig)
     report: bool = True
+    export: Any = field(default_factory=list)  # formats: vtt, srt, jsonl, csv (a name or a list)
     executor: Any = MISSING
     shard: int = 0
     num_shards: int = 1

@@ -23,14 +23,11 @@ from typing import Any
 
 import pandas as pd
 
-from pipeline.results import load_results, thumbnail_bytes, video_summary
+from pipeline.results import load_results, printable, thumbnail_bytes, video_summary
 
 USAGE = "usage: python -m pipeline.report output_dir=DIR [video_id=ID] [out=PATH]"
 _KEYS = ("output_dir", "video_id", "out")
 
-# C0 controls (but tab and newline) and DEL become their visible Control Pictures (U+2400...):
-# random-weight models emit them, and HTML would drop or mangle them (a CR turns into LF).
-_CONTROL_PICTURES = {c: 0x2400 + c for c in range(0x20) if c not in (0x09, 0x0A)} | {0x7F: 0x2421}
 
 _STYLE = """
 body { font: 14px/1.4 system-ui, sans-serif; margin: 0 1.5rem 3rem; color: #222; }
@@ -58,14 +55,6 @@ table.videos { border-collapse: collapse; } table.videos td, table.videos th {
 .qa.error .error-text { color: #b00020; font-weight: 600; }
 .stats { color: #777; font-size: .8em; }
 """
-
-
-def printable(text: str) -> str:
-    """``text`` with control characters (but tab and newline) replaced by visible symbols.
-
-    This is the answer text exactly as the report page shows it.
-    """
-    return text.translate(_CONTROL_PICTURES)
 
 
 def render_report(df: pd.DataFrame, title: str) -> str:

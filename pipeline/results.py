@@ -25,6 +25,11 @@ from pipeline.thumbnails import decode_thumbnail
 
 THUMBNAIL = "thumbnail"
 
+# C0 controls (but tab and newline) and DEL become their visible Control Pictures (U+2400...):
+# random-weight models emit them, and HTML or subtitle players would drop or mangle them (a CR
+# turns into LF).
+_CONTROL_PICTURES = {c: 0x2400 + c for c in range(0x20) if c not in (0x09, 0x0A)} | {0x7F: 0x2421}
+
 SUMMARY_COLUMNS = [
     "video_path",
     "frames",
@@ -94,6 +99,14 @@ def video_summary(df: pd.DataFrame) -> pd.DataFrame:
         latency_p95_ms=("ok_latency_ms", lambda s: s.quantile(0.95)),
     )
     return summary.sort_values("video_path", kind="stable")[SUMMARY_COLUMNS]
+
+
+def printable(text: str) -> str:
+    """``text`` with control characters (but tab and newline) replaced by visible symbols.
+
+    This is the answer text exactly as the report page and the subtitle tracks show it.
+    """
+    return text.translate(_CONTROL_PICTURES)
 
 
 def search_answers(df: pd.DataFrame, keyword: str) -> pd.DataFrame:

@@ -248,13 +248,27 @@ def write_json_atomic(path: Path, value: Any) -> None:
     Raises:
         StoreError: It cannot be written.
     """
+    write_bytes_atomic(path, json.dumps(value, indent=2, default=str).encode())
+
+
+def write_bytes_atomic(path: Path, data: bytes) -> None:
+    """Write ``data`` to ``path`` through a hidden temporary file and a rename, so a reader (a
+    browser reloading a page, a player loading a track) sees the old file or the new one, never
+    half of one. Creates the parent folders.
+
+    Raises:
+        StoreError: It cannot be written.
+    """
     temporary = path.with_name(f".{path.name}.{uuid.uuid4().hex[:8]}.tmp")
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
-        temporary.write_text(json.dumps(value, indent=2, default=str))
+        temporary.write_bytes(data)
         os.replace(temporary, path)
     except OSError as error:
-        temporary.unlink(missing_ok=True)
+        try:
+            temporary.unlink(missing_ok=True)
+        except OSError:
+            pass
         raise StoreError(f"cannot write {path}: {error.strerror or error}") from error
 
 
