@@ -397,3 +397,24 @@ def read_metadata(parquet_file: str | Path) -> dict[str, Any]:
         for key, value in raw.items()
         if key.startswith(b"pipeline.")
     }
+
+
+def read_configs(output_dir: str | Path) -> dict[str, dict[str, Any]]:
+    """The metadata (see :func:`read_metadata`) of each ``config_id`` in ``output_dir``, from its
+    newest result file: the composed ``config``, ``model_files``, ``model_sha256`` and the
+    package ``versions``."""
+    newest: dict[str, tuple[int, Path]] = {}
+    for path in Path(output_dir).glob("*/*.parquet"):
+        parts = path.stem.split("-")
+        if path.name.startswith((".", "_")) or len(parts) < 3 or not parts[2].isdigit():
+            continue
+        config_id, written_ns = parts[1], int(parts[2])
+        if config_id not in newest or written_ns > newest[config_id][0]:
+            newest[config_id] = (written_ns, path)
+    configs = {}
+    for config_id, (_, path) in sorted(newest.items()):
+        try:
+            configs[config_id] = read_metadata(path)
+        except (OSError, ValueError, pa.ArrowException):
+            continue
+    return configs

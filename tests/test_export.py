@@ -41,6 +41,7 @@ from pipeline.export import (
     render_srt,
     render_vtt,
 )
+from pipeline.report import write_report
 from pipeline.results import printable
 from pipeline.store import read_results, read_videos
 from tests.conftest import ROOT, SAMPLE_VIDEO, run_cli, write_video
@@ -423,3 +424,59 @@ def test_cue_end_of_a_row_without_frame_is_null(output_dir: Path) -> None:
 
     assert [r["end_s"] for r in records if r["frame_index"] is None] == [None]
     assert all(isinstance(r["end_s"], float) and not math.isnan(r["end_s"]) for r in records if r["frame_index"] is not None)
+
+
+REPORT_PROBE = """<script>
+window.addEventListener("load", () => {
+  const video = document.querySelector("video"), element = video.querySelector("track");
+  const seen = {tracks: Array.from(video.querySelectorAll("track"), (t) => t.label)};
+  const done = (extra) => {
+    Object.assign(seen, extra, {
+      currentTime: video.currentTime, error: video.error && video.error.code,
+      frames: video.getVideoPlaybackQuality().totalVideoFrames, trackState: element.readyState,
+      cues: element.track.cues ? element.track.cues.length : null,
+      active: Array.from(element.track.activeCues || [], (c) => c.getCueAsHTML().textContent),
+    });
+    const pre = document.createElement("pre");
+    pre.id = "result";
+    pre.textContent = JSON.stringify(seen);
+    document.body.append(pre);
+  };
+  element.track.mode = "hidden";
+  video.muted = true;
+  video.addEventListener("error", () => done({failed: "video"}));
+  element.addEventListener("error", () => done({failed: "track"}));
+  video.addEventListener("playing", () => { video.currentTime = %s; }, {once: true});
+  video.addEventListener("seeked", () => { video.pause(); setTimeout(() => done({}), 300); }, {once: true});
+  video.play();
+});
+</script>"""
+
+
+@needs_chromium
+def test_the_report_plays_a_video_with_its_answers_as_subtitles(tiny_run: Path, tmp_path: Path) -> None:
+    report = tmp_path / "report.html"
+    write_report(tiny_run, report)
+    text = report.read_text(encoding="utf-8")
+    rows = read_results(tiny_run)
+    sample = rows[rows.video_path.str.endswith("sample.webm") & (rows.prompt == "What is shown?")]
+
+    # The VP8 copy gets a player with a track per prompt; the MPEG-4 clip plays in no browser.
+    assert text.count("<video controls") == 1
+    assert text.count('<track kind="subtitles"') == 2 and 'label="What is shown?"' in text
+    assert "The video (mpeg4) does not play in browsers" in text
+    probe = tmp_path / "probe.html"
+    probe.write_text(text.replace("</body>", REPORT_PROBE % SEEK_S + "</body>"), encoding="utf-8")
+
+    # No --allow-file-access-from-files: the page, opened from disk, embeds its tracks.
+    dom = chromium(tmp_path, "--autoplay-policy=no-user-gesture-required", "--dump-dom", probe.as_uri())
+
+    found = re.search(r'<pre id="result">(.*?)</pre>', dom, re.DOTALL)
+    assert found, dom[-1000:]
+    seen = json.loads(html.unescape(found.group(1)))
+    print(f"chromium saw: {seen}")
+    assert seen.get("failed") is None and seen["error"] is None and seen["frames"] > 0, seen
+    assert seen["tracks"] == ["What is shown?", "Any text?"]
+    assert seen["cues"] == len(sample) == 6
+    answer_at_2s = sample[sample.timestamp_s == 2.0].iloc[0]
+    assert seen["active"] == [expected_text(answer_at_2s)]
