@@ -290,7 +290,8 @@ class _Pages:
         nav = self._nav(video_id, number, base, back)
         path = str(self.stats_of[video_id]["video_path"])
         body = f'<p><a href="{back}">← all videos</a></p>{nav}{self._section(video_id, base, number)}{nav}'
-        return _document(f"{path} ({number}/{self._page_count(video_id)})", body)
+        count = self._page_count(video_id)
+        return _document(path if count == 1 else f"{path} ({number}/{count})", body)
 
     # -- parts ---------------------------------------------------------------------------------
 
@@ -327,7 +328,7 @@ class _Pages:
         for video_id, stats in self.stats_of.items():
             facts = cover.loc[video_id] if video_id in cover.index else None
             duration = _duration(facts["duration_s"]) if facts is not None else "–"
-            gap = f"{facts['max_gap_s']:.1f} s" if facts is not None and facts["frames_sampled"] else "–"
+            gap = _duration(facts["max_gap_s"]) if facts is not None and facts["frames_sampled"] else "–"
             pages = ""
             if self.paged:
                 count = self._page_count(str(video_id))
@@ -376,11 +377,14 @@ class _Pages:
         )
         # With rows of several settings (config_id) for one video, each answer names its own.
         several_configs = rows["config_id"].nunique() > 1
-        frame_groups = list(answers.groupby("frame_index", sort=False))
+        # Plain dicts: pandas' per-row access costs far more than the page itself.
+        frame_groups: dict[Any, list[dict[str, Any]]] = {}
+        for record in answers.to_dict("records"):
+            frame_groups.setdefault(record["frame_index"], []).append({str(k): v for k, v in record.items()})
         first = (number - 1) * self.page_frames
         cards = "".join(
             self._frame_card(video_id, frame_rows, several_configs, base)
-            for _, frame_rows in frame_groups[first : first + self.page_frames]
+            for frame_rows in list(frame_groups.values())[first : first + self.page_frames]
         )
         player = self._player(video_id, rows, base) if number == 1 else ""
         tracks = self._track_links(video_id, base)
@@ -403,7 +407,7 @@ class _Pages:
         parts += [
             _count(stats["frames"], "frame"),
             _count(stats["prompts"], "prompt"),
-            f"{stats['ok_rows']} ok",
+            f"{stats['ok_rows']:,} ok",
             _cut(stats["cut_answers"]),
             _errors(stats["error_rows"]),
             f"{stats['prompt_tokens']:,} prompt + {stats['completion_tokens']:,} completion tokens",
@@ -444,8 +448,10 @@ class _Pages:
             f"{''.join(sources)}</video></div>\n"
         )
 
-    def _frame_card(self, video_id: str, rows: pd.DataFrame, several_configs: bool, base: Path) -> str:
-        first = rows.iloc[0]
+    def _frame_card(
+        self, video_id: str, rows: list[dict[str, Any]], several_configs: bool, base: Path
+    ) -> str:
+        first = rows[0]
         frame_index = int(first["frame_index"])
         timestamp_s = float(first["timestamp_s"])
         anchor = f"{_video_anchor(video_id)}-f{frame_index}"
@@ -453,7 +459,7 @@ class _Pages:
         video_uri = Path(first["video_path"]).expanduser().resolve().as_uri()
         video_link = _esc(f"{video_uri}#t={timestamp_s:.3f}")
         # Rows of one frame share one thumbnail; any row's will do.
-        thumbnail = next(filter(None, (thumbnail_bytes(row) for _, row in rows.iterrows())), None)
+        thumbnail = next(filter(None, (thumbnail_bytes(row) for row in rows)), None)
         if thumbnail:
             picture = (
                 f'<a href="{video_link}"><img src="{self._thumbnail_src(thumbnail, base)}" '
@@ -461,8 +467,8 @@ class _Pages:
             )
         else:
             picture = '<div class="no-thumb">no thumbnail</div>'
-        answers = "".join(_answer(row, several_configs) for _, row in rows.iterrows())
-        has_error = " has-error" if rows["status"].eq("error").any() else ""
+        answers = "".join(_answer(row, several_configs) for row in rows)
+        has_error = " has-error" if any(row["status"] == "error" for row in rows) else ""
         end_s = self.ends.get((video_id, first["config_id"], first["frame_index"]))
         until = f" until {_seconds(end_s)}" if end_s is not None and not pd.isna(end_s) else ""
         return (
@@ -637,7 +643,7 @@ def _flag(value: str) -> bool:
     raise ValueError(f"inline must be true or false, got {value!r}")
 
 
-def _answer(row: pd.Series, several_configs: bool) -> str:
+def _answer(row: dict[str, Any], several_configs: bool) -> str:
     if row["status"] == "error":
         text = f'<div class="error-text">error: {_esc(row["error"])}</div>'
     else:
@@ -683,6 +689,8 @@ def _duration(seconds: Any) -> str:
     if seconds is None or pd.isna(seconds):
         return "–"
     seconds = float(seconds)
+    if seconds < 1:
+        return f"{seconds:.2f} s"
     if seconds < 60:
         return f"{seconds:.1f} s"
     minutes, secs = divmod(round(seconds), 60)
