@@ -102,6 +102,8 @@ def make_synthetic(workdir: Path, videos: int, frames: int) -> Path:
     out = workdir / "synthetic"
     if out.exists():
         return out
+    building = workdir / ".synthetic-partial"  # renamed when complete: a killed build is not reused
+    shutil.rmtree(building, ignore_errors=True)
     rng = np.random.default_rng(0)
     words = ["a", "person", "walks", "past", "the", "red", "car", "near", "the", "door", "while", "light", "falls", "on", "the", "street"]
     for v in range(videos):
@@ -123,8 +125,9 @@ def make_synthetic(workdir: Path, videos: int, frames: int) -> Path:
                     thumbnail=thumbnail, finish_reason="stop",
                 ))
             if len(chunk) >= 64 or i == frames - 1:
-                write_chunk(out, video_id, "part", "synthetic", chunk, {})
+                write_chunk(building, video_id, "part", "synthetic", chunk, {})
                 chunk = []
+    building.rename(out)
     return out
 
 

@@ -160,7 +160,7 @@ def _run_locked(
             from pipeline.report import write_report  # pandas: loaded only when a report is due
 
             log.info("report: %s", write_report(output_dir))
-        except OSError as error:
+        except (OSError, StoreError) as error:
             log.warning("report not written: %s", error)
     return code
 

@@ -91,8 +91,8 @@ class Track:
     cues: list[Cue]
 
     def file_name(self, fmt: str) -> str:
-        """``<video stem>.<prompt_id>.<config_id>.<fmt>``: starts with the video's name, so a
-        player that looks for subtitles named like the video finds it when copied beside it."""
+        """``<video stem>.<prompt_id>.<config_id>.<fmt>``: the video's name first, so the file
+        says which video it belongs to when copied elsewhere."""
         return f"{_safe_stem(self.video_path)}.{self.prompt_id}.{self.config_id}.{fmt}"
 
     def relative_path(self, fmt: str) -> str:
