@@ -28,6 +28,7 @@ import base64
 import hashlib
 import html
 import json
+import logging
 import math
 import os
 import sys
@@ -43,6 +44,7 @@ from pipeline.export import (
     Track,
     export,
     render_vtt,
+    tracks_of,
     with_cue_ends,
 )
 from pipeline.results import (
@@ -56,6 +58,8 @@ from pipeline.results import (
 from pipeline.store import StoreError, read_configs, read_videos, write_bytes_atomic
 
 __all__ = ["PAGE_FRAMES", "main", "printable", "render_report", "write_report"]
+
+log = logging.getLogger(__name__)
 
 USAGE = (
     "usage: python -m pipeline.report output_dir=DIR [video_id=ID] [out=PATH] [page_frames=N] "
@@ -181,14 +185,19 @@ def write_report(
     out = Path(out_path).expanduser().resolve() if out_path else output_dir / default_name
     assets = out.with_name(f"{out.stem}_files")
     videos = read_videos(output_dir)
-    exported = export(output_dir, ["vtt"], video_id=video_id) if df["frame_index"].notna().any() else None
+    tracks = tracks_of(with_cue_ends(df, videos))
+    if tracks:
+        try:  # the track files the report links; a read-only output_dir still gets a report
+            export(output_dir, ["vtt"], video_id=video_id)
+        except (OSError, StoreError) as error:
+            log.warning("subtitle tracks not written, so not linked: %s", error)
     context = _Context(
         output_dir=output_dir,
         assets=None if inline else assets,
         configs=read_configs(output_dir),
         runs=_runs(output_dir),
         videos=videos,
-        tracks=_by_video(exported.tracks if exported else []),
+        tracks=_by_video(tracks),
     )
     pages = _Pages(df, f"Captions in {output_dir}", context, page_frames=None if inline else page_frames)
     written: set[Path] = set()
@@ -359,9 +368,10 @@ class _Pages:
             return ""
         links = []
         for number, track in enumerate(context.tracks.get(video_id, []), start=1):
-            vtt = _href(context.output_dir / track.relative_path("vtt"), base)
-            label = f"VTT {number}" if len(context.tracks[video_id]) > 1 else "VTT"
-            links.append(f'<a href="{vtt}" title="{_esc(track.prompt)}">{label}</a>')
+            vtt_path = context.output_dir / track.relative_path("vtt")
+            if vtt_path.is_file():
+                label = f"VTT {number}" if len(context.tracks[video_id]) > 1 else "VTT"
+                links.append(f'<a href="{_href(vtt_path, base)}" title="{_esc(track.prompt)}">{label}</a>')
             srt_path = context.output_dir / track.relative_path("srt")
             if srt_path.is_file():
                 links.append(f'<a href="{_href(srt_path, base)}">SRT</a>')

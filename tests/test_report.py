@@ -24,7 +24,7 @@ import pytest
 
 from pipeline.report import main, printable, render_report, write_report
 from pipeline.results import load_results
-from pipeline.store import read_metadata
+from pipeline.store import StoreError, read_metadata
 from pipeline.thumbnails import make_thumbnail
 from tests.conftest import SAMPLE_VIDEO, run_cli
 from tests.test_results import result_row, write_results
@@ -253,6 +253,22 @@ def test_report_links_each_videos_subtitle_tracks(output_dir: Path) -> None:
     assert (output_dir / "_export" / "b" / "b.p1.cfg1.vtt").read_text(encoding="utf-8").startswith("WEBVTT")
     # The videos are not on this machine: no player, only the links.
     assert "<video" not in text
+
+
+def test_a_report_is_written_even_where_the_tracks_cannot_be(
+    output_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    def cannot_write(*args: object, **kwargs: object) -> None:
+        raise StoreError(f"cannot write {output_dir}/_export: Read-only file system")
+
+    monkeypatch.setattr("pipeline.report.export", cannot_write)
+
+    page = write_report(output_dir, tmp_path / "elsewhere" / "report.html")
+
+    text = page.read_text(encoding="utf-8")
+    assert "<article" in text and "_export/" not in text  # no links to files that are not there
+    assert "subtitle tracks not written, so not linked: cannot write" in caplog.text
+    assert_links_resolve(page)
 
 
 def test_a_large_report_gets_pages_per_video(tmp_path: Path) -> None:
