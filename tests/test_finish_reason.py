@@ -51,7 +51,9 @@ def test_an_answer_ended_by_a_stop_string_says_stop(cli_base: list[str], tmp_pat
     assert hit.any()
     for (_, before), (_, after), was_hit in zip(free.iterrows(), cut.iterrows(), hit):
         if was_hit:
-            expected = before["answer"][: before["answer"].find(stop)].strip()
+            # The engine decodes a cut answer dropping invalid UTF-8 bytes (errors="ignore"),
+            # a whole one replacing them with U+FFFD: compare without those.
+            expected = before["answer"][: before["answer"].find(stop)].replace("\ufffd", "").strip()
             assert (after["answer"], after["finish_reason"]) == (expected, "stop"), (stop, before["answer"])
         else:
             assert (after["answer"], after["finish_reason"]) == (before["answer"], before["finish_reason"])
