@@ -382,7 +382,8 @@ def test_report_of_a_tiny_run_in_chromium(cli_base: list[str], tmp_path: Path) -
     (part,) = (tmp_path / "out").glob("*/part-*.parquet")
     metadata = read_metadata(part)
     header = seen["header"]
-    assert header.startswith("model\ntiny · tiny-llava-text-v1.gguf sha256 ")
+    text_model = Path(metadata["model_files"]["text_model"]).name
+    assert header.startswith(f"model\ntiny · {text_model} sha256 ")
     assert f"sha256 {metadata['model_sha256']['text_model'][:12]}…" in header
     assert "sampler\ninterval (interval_s=1.0)" in header
     assert "generation\nmax_tokens 8, temperature 0.0, max_frames 3" in header
