@@ -92,7 +92,12 @@ def write_random_llava(
     mmproj_path = write_atomic(
         folder / f"{name}-mmproj-{vision_type}.gguf",
         lambda out: write_mmproj(
-            out, vision_shape, text_shape.n_embd, vision_type, f"{name}-mmproj", lambda *dims: _from_pool(pool, rng, dims)
+            out,
+            vision_shape,
+            text_shape.n_embd,
+            vision_type,
+            f"{name}-mmproj",
+            lambda *dims: _from_pool(pool, rng, dims),
         ),
     )
     return text_path, mmproj_path
@@ -113,7 +118,9 @@ def _from_pool(pool: np.ndarray, rng: np.random.Generator, dims: tuple[int, ...]
 class _Weights:
     """Makes the text model's weights in one storage type."""
 
-    def __init__(self, rng: np.random.Generator, weight_type: str, layout: list[tuple[str, tuple[int, ...], int]]) -> None:
+    def __init__(
+        self, rng: np.random.Generator, weight_type: str, layout: list[tuple[str, tuple[int, ...], int]]
+    ) -> None:
         self.rng = rng
         self.weight_type = weight_type
         self.pools: dict[object, np.ndarray] = {"float": _normal_pool(rng)}
@@ -125,7 +132,9 @@ class _Weights:
                 n_blocks = int(np.prod(shape)) // gguf.GGML_QUANT_SIZES[qtype][0]
                 self.need[qtype] = max(self.need.get(qtype, 0), n_blocks)
 
-    def quant_type(self, name: str, shape: tuple[int, ...], layer: int, n_layer: int) -> gguf.GGMLQuantizationType | None:
+    def quant_type(
+        self, name: str, shape: tuple[int, ...], layer: int, n_layer: int
+    ) -> gguf.GGMLQuantizationType | None:
         """The llama-quantize type of a tensor, or None for a float tensor."""
         if len(shape) < 2 or self.weight_type in ("F32", "F16"):
             return None

@@ -31,7 +31,7 @@ from omegaconf.errors import OmegaConfBaseException
 
 from pipeline.caption import CaptionSpec, EngineError
 from pipeline.config import config_dir
-from pipeline.errors import LockHeld, UserError
+from pipeline.errors import LockHeld, StoreError, UserError
 from pipeline.executors.base import Executor
 from pipeline.inputs import find_videos, shard_videos
 from pipeline.lock import RunLock
@@ -84,6 +84,11 @@ def _run_locked(
     output_dir: Path,
 ) -> int:
     started = time.time()
+    export_formats: list[str] = []
+    if cfg.export:  # pandas loads only when an export is due; a bad format fails before the model
+        from pipeline.export import parse_formats
+
+        export_formats = parse_formats(cfg.export)
     config = OmegaConf.to_container(cfg, resolve=True)
     assert isinstance(config, dict)
     pipeline = Pipeline(
@@ -124,12 +129,19 @@ def _run_locked(
         )
     if failed_before:
         log.info("%d videos failed in earlier runs; retry_failed=true tries them again", failed_before)
+    if export_formats and summary.count("done"):
+        try:
+            from pipeline.export import export
+
+            log.info("export: %s", export(output_dir, export_formats).folder)
+        except (OSError, StoreError) as error:
+            log.warning("export not written: %s", error)
     if cfg.report and summary.count("done"):
         try:
             from pipeline.report import write_report  # pandas: loaded only when a report is due
 
             log.info("report: %s", write_report(output_dir))
-        except OSError as error:
+        except (OSError, StoreError) as error:
             log.warning("report not written: %s", error)
     return code
 
