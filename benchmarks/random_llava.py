@@ -21,10 +21,10 @@ from pipeline.caption.tiny import (
     VisionShape,
     text_layout,
     vocab,
-    write_atomic,
     write_mmproj,
     write_text_model,
 )
+from pipeline.store import write_atomic
 
 MISTRAL_7B_TEXT = TextShape(4096, 32, 32, 8, 14336, 32768, 1000000.0, 32000)
 YI_34B_TEXT = TextShape(7168, 60, 56, 8, 20480, 4096, 5000000.0, 64000)
@@ -84,13 +84,15 @@ def write_random_llava(
     folder.mkdir(parents=True, exist_ok=True)
     rng = np.random.default_rng(_SEED)
     weights = _Weights(rng, text_type, text_layout(text_shape, len(vocab(text_shape.vocab_size)[0])))
-    text_path = write_atomic(
-        folder / f"{name}-text-{text_type}.gguf",
+    text_path = folder / f"{name}-text-{text_type}.gguf"
+    write_atomic(
+        text_path,
         lambda out: write_text_model(out, text_shape, text_type, f"{name}-text", weights.add),
     )
     pool = _normal_pool(rng)
-    mmproj_path = write_atomic(
-        folder / f"{name}-mmproj-{vision_type}.gguf",
+    mmproj_path = folder / f"{name}-mmproj-{vision_type}.gguf"
+    write_atomic(
+        mmproj_path,
         lambda out: write_mmproj(
             out,
             vision_shape,
