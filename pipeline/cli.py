@@ -34,7 +34,7 @@ from pipeline.arguments import argument_error, help_text, version
 from pipeline.caption import CaptionSpec, EngineError
 from pipeline.config import config_dir, prompts_of
 from pipeline.dry_run import plan_lines
-from pipeline.errors import InputError, LockHeld, UserError
+from pipeline.errors import InputError, LockHeld, StoreError, UserError
 from pipeline.executors.base import Executor
 from pipeline.inputs import find_videos, shard_videos
 from pipeline.lock import RunLock
@@ -99,6 +99,11 @@ def _run_locked(
     output_dir: Path,
     started: float,
 ) -> int:
+    export_formats: list[str] = []
+    if cfg.export:  # pandas loads only when an export is due; a bad format fails before the model
+        from pipeline.export import parse_formats
+
+        export_formats = parse_formats(cfg.export)
     config = OmegaConf.to_container(cfg, resolve=True)
     assert isinstance(config, dict)
     pipeline = _pipeline(cfg, prompts, sampler, output_dir, retry_failed=cfg.retry_failed, thumbnail=_thumbnailer(cfg))
@@ -137,12 +142,19 @@ def _run_locked(
         )
     if failed_before:
         log.info("%d videos failed in earlier runs; retry_failed=true tries them again", failed_before)
+    if export_formats and summary.count("done"):
+        try:
+            from pipeline.export import export
+
+            log.info("export: %s", export(output_dir, export_formats).folder)
+        except (OSError, StoreError) as error:
+            log.warning("export not written: %s", error)
     if cfg.report and summary.count("done"):
         try:
             from pipeline.report import write_report  # pandas: loaded only when a report is due
 
             log.info("report: %s", write_report(output_dir))
-        except OSError as error:
+        except (OSError, StoreError) as error:
             log.warning("report not written: %s", error)
     return code
 

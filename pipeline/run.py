@@ -30,6 +30,7 @@ from typing import Any
 import numpy as np
 
 from pipeline.caption import Answer, Captioner, Question, make_questions
+from pipeline.checksums import model_sha256
 from pipeline.decode import format_timecode
 from pipeline.errors import StoreError
 from pipeline.executors.base import (
@@ -54,6 +55,8 @@ from pipeline.store import (
     remove_error_records,
     write_chunk,
     write_json_atomic,
+    write_video_facts,
+    write_videos_table,
 )
 
 log = logging.getLogger(__name__)
@@ -262,6 +265,7 @@ class Pipeline:
         if executor is not None:
             self.model_name = executor.model_name
             self.metadata["model_files"] = executor.model_files
+            self.metadata["model_sha256"] = model_sha256(executor.model_files)
         show = sys.stderr.isatty()
         expected: list[int | None] = [self.expected_frames(t) if show else None for t in todo]
         with ThreadPoolExecutor(max_workers=1, thread_name_prefix="write") as writer, Progress(
@@ -292,6 +296,8 @@ class Pipeline:
                     _raise_first_error(self._writes)
             for future in self._writes:
                 future.result()
+        if todo:
+            write_videos_table(self.output_dir)
         summary.wall_s = time.perf_counter() - started
         return summary
 
@@ -312,6 +318,10 @@ class Pipeline:
         task.decoded_all = True
         task.sent = event.sent
         task.outcome.frames_already_done = event.already_done
+        if event.facts is not None:
+            self._writes.append(self._writer.submit(
+                write_video_facts, self.output_dir, task.outcome.video_id, task.outcome.path, asdict(event.facts)
+            ))
         if event.error is not None:
             self._fail(task, event.error)
         self._finish_if_complete(task)
@@ -417,6 +427,7 @@ class Pipeline:
             thumbnail=job.thumbnail,
             shot_start_s=sample.shot_start_s,
             duplicate_of=sample.duplicate_of,
+            finish_reason=answer.finish_reason or None,
         )
 
     def _error_row(self, task: _VideoTask, reason: str) -> ResultRow:

@@ -23,7 +23,7 @@ from typing import Protocol
 import numpy as np
 
 from pipeline.caption import Answer, Captioner, CaptionSpec, Question
-from pipeline.decode import VideoError, VideoReader
+from pipeline.decode import VideoError, VideoFacts, VideoReader
 from pipeline.errors import ConfigError
 from pipeline.inputs import os_reason
 from pipeline.sampling import Sample, Sampler, expected_samples
@@ -98,12 +98,14 @@ class Decoded:
         sent: Frames sent to the model.
         already_done: Sampled frames left out because they had every answer.
         error: Why the video could not be read to its end, or ``None``.
+        facts: What the decode learnt of the video (``None``: it could not be opened).
     """
 
     video_index: int
     sent: int
     already_done: int
     error: str | None = None
+    facts: VideoFacts | None = None
 
 
 @dataclass(frozen=True)
@@ -170,6 +172,7 @@ class VideoDecoder:
         """
         sent = already_done = 0
         error = None
+        reader: VideoReader | None = None
         try:
             with VideoReader(job.path) as reader:
                 taken = 0
@@ -194,7 +197,8 @@ class VideoDecoder:
             error = str(failure)
         except OSError as failure:
             error = os_reason(job.path, failure)
-        yield Decoded(job.video_index, sent, already_done, error)
+        facts = reader.facts() if reader is not None else None
+        yield Decoded(job.video_index, sent, already_done, error, facts)
 
 
 @dataclass(frozen=True)
