@@ -103,7 +103,7 @@ def help_text() -> str:
     lines += ["", *QUOTING, "", "Examples:", *(f"  {example}" for example in EXAMPLES), ""]
     lines += [
         "Exit codes: 0 done or nothing to do, 1 bad input or config (one line says which) or a crash,",
-        "2 some videos failed, 75 another run holds output_dir.",
+        "2 some videos failed, 3 every video tried failed, 75 another run holds output_dir.",
         "Every key and its meaning: README.md, Configuration; the whole config: --cfg job video=PATH.",
     ]
     return "\n".join(lines)

@@ -1,11 +1,12 @@
 """Command line: ``python -m pipeline video=PATH [key=value ...]`` (Hydra).
 
-Exit codes: 0 all videos done (or nothing to do), 2 finished but some videos failed, 1 bad
-input, full disk or crash, 75 another run holds the lock on ``output_dir``.
+Exit codes: 0 all videos done (or nothing to do), 2 finished but some videos failed, 3 every
+video it tried failed (none done), 1 bad input, full disk or crash, 75 another run holds the
+lock on ``output_dir``.
 Every expected failure (a :class:`~pipeline.errors.UserError`) prints one line naming the
 problem and the fix, never a traceback; anything else is a crash, printed as one line with its
 traceback in the run's log file. Under ``-m`` (a sweep, e.g. shards through a launcher) each
-job's code is in its run summary, and a job that exits 1 or 75 fails the sweep.
+job's code is in its run summary, and a job that exits 1, 3 or 75 fails the sweep.
 
 The command line builds the typed pieces once from the config (the sampler, the executor, the
 :class:`~pipeline.caption.CaptionSpec`) and hands them to :class:`pipeline.run.Pipeline`.
@@ -49,6 +50,7 @@ log = logging.getLogger("pipeline")
 EXIT_OK = 0
 EXIT_CRASH = 1
 EXIT_SOME_FAILED = 2
+EXIT_ALL_FAILED = 3  # a night where nothing could be done: a service manager sees a failure
 EXIT_LOCKED = 75  # EX_TEMPFAIL: try again later
 
 
@@ -125,7 +127,8 @@ def _run_locked(
                 executor.close()
         else:
             summary = pipeline.run(tasks, None)
-        code = EXIT_SOME_FAILED if summary.count("error") else EXIT_OK
+        failed = summary.count("error")
+        code = (EXIT_ALL_FAILED if not summary.count("done") else EXIT_SOME_FAILED) if failed else EXIT_OK
     finally:
         write_summary(output_dir, summary, started, code, _shard_suffix(cfg))
     failed_before = sum(1 for t in tasks if t.outcome.status == "skipped" and t.outcome.error)
@@ -246,7 +249,7 @@ def _instantiate(node: DictConfig) -> Any:
 
 
 class JobFailed(Exception):
-    """A job of a sweep (``-m``) exited 1 or 75; raised so that the sweep reports it."""
+    """A job of a sweep (``-m``) exited 1, 3 or 75; raised so that the sweep reports it."""
 
 
 @hydra.main(config_path=str(config_dir()), config_name="config", version_base="1.3")
@@ -255,7 +258,7 @@ def _hydra_main(cfg: DictConfig) -> int:
     if HydraConfig.get().mode != RunMode.MULTIRUN:
         sys.exit(code)
     # sys.exit would end the whole sweep (or, under a launcher, the job without its result).
-    if code in (EXIT_CRASH, EXIT_LOCKED):
+    if code in (EXIT_CRASH, EXIT_ALL_FAILED, EXIT_LOCKED):
         raise JobFailed(f"job {HydraConfig.get().job.num} exited {code}; see its log")
     return code
 

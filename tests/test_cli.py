@@ -93,7 +93,7 @@ def test_not_a_video_is_an_error_record(cli_base: list[str], tmp_path: Path) -> 
     bogus = tmp_path / "notes.mp4"
     bogus.write_text("this is not a video")
     result = run_cli(f"video={bogus}", *cli_base)
-    assert_one_line_error(result, 2, "not a readable video", str(bogus))
+    assert_one_line_error(result, 3, "not a readable video", str(bogus))  # the only video failed
     df = pd.read_parquet(tmp_path / "out")
     assert list(df.status) == ["error"] and "not a readable video" in df.error[0]
 
