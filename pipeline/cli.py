@@ -21,7 +21,7 @@ from collections.abc import Callable
 from contextlib import ExitStack
 from functools import partial
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import hydra
 import numpy as np
@@ -68,7 +68,7 @@ def run_from_config(cfg: DictConfig) -> int:
             spec = CaptionSpec.from_config(cfg, max_questions=len(prompts))
             sampler: Sampler = _instantiate(cfg.sampler)
             executor: Executor = _instantiate(cfg.executor)
-            found = [v for spec in video_specs(cfg.video) for v in find_videos(spec, list(cfg.video_extensions))]
+            found = [v for entry in video_specs(cfg.video) for v in find_videos(entry, list(cfg.video_extensions))]
             videos = shard_videos(found, cfg.shard, cfg.num_shards)
             if cfg.dry_run:
                 return _dry_run(cfg, prompts, sampler, videos)
@@ -106,8 +106,6 @@ def _run_locked(
         from pipeline.export import parse_formats
 
         export_formats = parse_formats(cfg.export)
-    config = OmegaConf.to_container(cfg, resolve=True)
-    assert isinstance(config, dict)
     pipeline = _pipeline(cfg, prompts, sampler, output_dir, retry_failed=cfg.retry_failed, thumbnail=_thumbnailer(cfg))
     tasks = pipeline.plan(videos)
     summary = RunSummary(videos=[t.outcome for t in tasks])
@@ -134,7 +132,7 @@ def _run_locked(
     failed_before = sum(1 for t in tasks if t.outcome.status == "skipped" and t.outcome.error)
     if not tasks:
         where = f"shard {cfg.shard} of {cfg.num_shards} of video=" if cfg.num_shards > 1 else "video="
-        log.info("nothing to do: no videos in %s%s", where, config["video"])
+        log.info("nothing to do: no videos in %s%s", where, ", ".join(video_specs(cfg.video)))
     elif not summary.count("done") and not summary.count("error"):
         log.info("nothing to do: %d videos already done in %s", len(tasks), output_dir)
     else:
@@ -171,7 +169,7 @@ def _pipeline(
     thumbnail: Callable[[np.ndarray], bytes] | None,
 ) -> Pipeline:
     """The run loop for this config."""
-    config: dict[str, Any] = OmegaConf.to_container(cfg, resolve=True)  # type: ignore[assignment]
+    config = cast(dict[str, Any], OmegaConf.to_container(cfg, resolve=True))
     return Pipeline(
         sampler,
         prompts,

@@ -342,7 +342,7 @@ class Pipeline:
         # A video's own time runs from its first frame entering the model (answers carry how
         # long ago that was) to its last answer, whatever ran before or beside it.
         entered = time.time() - max((a.latency_ms for a in event.answers), default=0.0) / 1000
-        task.in_model_since = min(entered, task.in_model_since or entered)
+        task.in_model_since = entered if task.in_model_since is None else min(entered, task.in_model_since)
         task.pending_frames += 1
         task.answered += 1
         task.outcome.frames += 1
