@@ -40,25 +40,23 @@ Examples::
 
 from __future__ import annotations
 
-# llama_cpp before numpy/cv2: see BENCHMARKS.md (## GPU throughput, import order).
-import llama_cpp  # noqa: I001
-
 import argparse
 import base64
-import contextlib
 import json
-import os
 import shutil
-import subprocess
 import sys
 import tempfile
 import threading
 import time
-from dataclasses import asdict, dataclass, field, replace
+from collections.abc import Iterator
+from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import cv2
+
+# llama_cpp before numpy/cv2: see BENCHMARKS.md (## GPU throughput, import order).
+import llama_cpp
 import numpy as np
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -119,7 +117,7 @@ def make_video(path: Path, n_frames: int, fps: float = 25.0) -> Path:
     """A 640x360 clip whose frames all differ (moving shapes on a drifting background)."""
     if path.exists():
         return path
-    writer = cv2.VideoWriter(str(path), cv2.VideoWriter_fourcc(*"mp4v"), fps, (WIDTH, HEIGHT))
+    writer = cv2.VideoWriter(str(path), cv2.VideoWriter.fourcc(*"mp4v"), fps, (WIDTH, HEIGHT))
     if not writer.isOpened():
         raise RuntimeError(f"OpenCV cannot write {path}")
     rng = np.random.default_rng(7)
@@ -232,16 +230,14 @@ def run_seed(
         verbose=False, **kwargs,
     )
     vocab = llm._model.vocab
-    bias = {
-        str(t): float("-inf") for t in range(llm.n_vocab()) if llama_cpp.llama_vocab_is_eog(vocab, t)
-    }
+    bias = {t: float("-inf") for t in range(llm.n_vocab()) if llama_cpp.llama_vocab_is_eog(vocab, t)}
     prompts = PROMPTS[:n_prompts]
 
     def ask(rgb: np.ndarray, prompt: str) -> dict[str, Any]:
         ok, png = cv2.imencode(".png", cv2.cvtColor(rgb, cv2.COLOR_RGB2BGR))
         assert ok
         uri = "data:image/png;base64," + base64.b64encode(png.tobytes()).decode()
-        return llm.create_chat_completion(
+        return cast(dict[str, Any], llm.create_chat_completion(
             messages=[
                 {"role": "system", "content": SYSTEM},
                 {"role": "user", "content": [
@@ -250,7 +246,7 @@ def run_seed(
                 ]},
             ],
             max_tokens=max_tokens, temperature=0.0, logit_bias=bias,
-        )
+        ))
 
     ask(frames[0], prompts[0])  # warm-up (allocations, CUDA graphs)
     completion, prompt_tokens = [], []
@@ -313,7 +309,7 @@ class _TimedSampler:
         self.inner = inner
         self.decode_s = 0.0
 
-    def sample(self, reader: Any):  # noqa: ANN201
+    def sample(self, reader: Any) -> Iterator[Any]:
         it = iter(self.inner.sample(reader))
         while True:
             t0 = time.perf_counter()
@@ -361,17 +357,15 @@ def run_engine(
         list(captioner.caption(enumerate(warm), make_questions(PROMPTS[: case.prompts])))
         captioner.engine.stats = EngineStats()
 
-        thumbnail = None
-        with contextlib.suppress(ImportError):
-            from pipeline.thumbnails import make_thumbnail
+        from pipeline.thumbnails import make_thumbnail
 
-            thumb_s = [0.0]
+        thumb_s = [0.0]
 
-            def thumbnail(rgb: np.ndarray) -> bytes:
-                t = time.perf_counter()
-                data = make_thumbnail(rgb)
-                thumb_s[0] += time.perf_counter() - t
-                return data
+        def thumbnail(rgb: np.ndarray) -> bytes:
+            t = time.perf_counter()
+            data = make_thumbnail(rgb)
+            thumb_s[0] += time.perf_counter() - t
+            return data
 
         write_s = [0.0]
         original_write = run_module.write_chunk
@@ -422,7 +416,7 @@ def run_engine(
         "image_tokens_per_frame": stats.image_tokens / max(frames * case.prompts, 1),
         "split_s": {
             "video_decode": sampler.decode_s,
-            "thumbnails": thumb_s[0] if thumbnail else 0.0,
+            "thumbnails": thumb_s[0],
             "prepare_bg": stats.tokenize_s,
             "clip": stats.clip_s,
             "prefill": stats.prefill_s,
@@ -478,13 +472,13 @@ def run_probe(text: Path, mmproj: Path, video: Path, n_gpu_layers: int) -> list[
                 image = timed("prepare", lambda: vision.tokenize(rgb, EngineStats()))
                 n_tokens, pieces = image.n_tokens, len(image.pieces)
                 out = np.empty((n_tokens, settings_n_embd(engine)), np.float32)
-                embd = timed("clip", lambda: vision.encode(image, out, EngineStats()))  # noqa: B023
+                embd = timed("clip", lambda: vision.encode(image, out, EngineStats()))
                 for piece in (1024, 2048, n_tokens):
                     llama_cpp.llama_memory_clear(lane.memory, True)
 
                     def prefill(piece: int = piece) -> None:
                         for start in range(0, n_tokens, piece):
-                            engine._decode_plain(lane, None, embd[start : start + piece], start, 0)  # noqa: B023
+                            engine._decode_plain(lane, None, embd[start : start + piece], start, 0)
 
                     timed(f"llm_prefill_in_{piece}", prefill)
             summary: dict[str, Any] = {k: 1000 * float(np.median(v[1:])) for k, v in times.items()}
@@ -541,7 +535,9 @@ def run_peer(
     try:
         from transformers import LlavaNextImageProcessor as Processor
     except ImportError:  # pragma: no cover
-        from transformers.models.llava_next.image_processing_pil_llava_next import LlavaNextImageProcessorPil as Processor
+        from transformers.models.llava_next.image_processing_pil_llava_next import (
+            LlavaNextImageProcessorPil as Processor,
+        )
 
     device = "cuda" if torch.cuda.is_available() else "cpu"
     config = peer_config(shape)
@@ -558,7 +554,9 @@ def run_peer(
     vocab = config.image_token_index
     rng = np.random.default_rng(5)
     prefix, suffix = prompt_tokens
-    texts = [(rng.integers(3, vocab, prefix).tolist(), rng.integers(3, vocab, suffix).tolist()) for _ in range(n_prompts)]
+    texts = [
+        (rng.integers(3, vocab, prefix).tolist(), rng.integers(3, vocab, suffix).tolist()) for _ in range(n_prompts)
+    ]
     n_image = None
     results = []
     for batch in batches:
@@ -599,26 +597,23 @@ def run_peer(
 
             one_round(frames[:batch])  # warm-up
             t0 = time.perf_counter()
-            for r in range(rounds):
-                one_round(frames[batch * (r + 1) : batch * (r + 2)])
+            for done in range(rounds):
+                one_round(frames[batch * (done + 1) : batch * (done + 2)])
             wall = time.perf_counter() - t0
             peak = torch.cuda.max_memory_reserved() / 2**20 if device == "cuda" else float("nan")
-            r = {
+            record: dict[str, Any] = {
                 "kind": "peer", "case": f"transformers bf16 batch {batch}", "prompts": n_prompts, "batch": batch,
                 "frames": batch * rounds, "wall_s": wall, "frames_per_s": batch * rounds / wall,
                 "completion_tokens_per_s": batch * rounds * n_prompts * max_tokens / wall,
                 "completion_tokens": [max_tokens], "image_tokens_per_frame": n_image, "gpu_mem_peak_mb": peak,
                 "transformers": _version("transformers"), "torch": torch.__version__,
             }
-            log(f"  peer batch {batch}: {r['frames_per_s']:.3f} frames/s, peak {peak:.0f} MiB")
-            results.append(r)
+            log(f"  peer batch {batch}: {record['frames_per_s']:.3f} frames/s, peak {peak:.0f} MiB")
+            results.append(record)
         except torch.cuda.OutOfMemoryError:
             log(f"  peer batch {batch}: out of GPU memory")
             results.append({"kind": "peer-oom", "prompts": n_prompts, "batch": batch})
             break
-    del model
-    if device == "cuda":
-        torch.cuda.empty_cache()
     return results
 
 
@@ -663,7 +658,10 @@ def print_table(results: list[dict[str, Any]]) -> None:
     """The side-by-side table, with the peer's memory-matched and best rows per prompt count."""
     seeds = {(r["kind"], r["prompts"]): r for r in results if r["kind"].startswith("seed")}
     rows = [r for r in results if r["kind"] in ("seed", "seed-tuned", "engine", "peer")]
-    print("\n| run | prompts | frames | image tokens | frames/s | gen tok/s | x seed | x peer best | x peer (memory-matched) | GPU memory | GPU busy |")
+    print(
+        "\n| run | prompts | frames | image tokens | frames/s | gen tok/s | x seed | x peer best "
+        "| x peer (memory-matched) | GPU memory | GPU busy |"
+    )
     print("|---|---|---|---|---|---|---|---|---|---|---|")
     for r in rows:
         base = seeds.get(("seed", r["prompts"]))

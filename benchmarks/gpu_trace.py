@@ -18,16 +18,17 @@ where idle time is. Needs ``torch`` (on the GPU image).
 
 from __future__ import annotations
 
-import llama_cpp  # noqa: I001  (before numpy/cv2: see BENCHMARKS.md, import order)
-
 import argparse
 import bisect
 import json
 import sys
 import tempfile
 from collections import defaultdict
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
+
+import llama_cpp
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
@@ -50,7 +51,7 @@ def traced_run(case: bench.EngineCase, args: argparse.Namespace, trace_path: Pat
 
     original = llama_cpp.llama_decode
 
-    def decode(ctx, batch):  # noqa: ANN001, ANN202
+    def decode(ctx: Any, batch: Any) -> int:
         with record_function(f"llama_decode {_kind(batch)}"):
             return original(ctx, batch)
 
@@ -59,8 +60,8 @@ def traced_run(case: bench.EngineCase, args: argparse.Namespace, trace_path: Pat
     video = bench.make_video(workdir / "clip.mp4", case.frames + 64)
     holder: dict[str, Any] = {}
 
-    def run_hook(pipe_run):  # noqa: ANN001, ANN202
-        def wrapped(*a, **k):  # noqa: ANN002, ANN003, ANN202
+    def run_hook(pipe_run: Callable[..., Any]) -> Callable[..., Any]:
+        def wrapped(*a: Any, **k: Any) -> Any:
             llama_cpp.llama_decode = decode
             try:
                 with profile(activities=[ProfilerActivity.CPU, ProfilerActivity.CUDA]) as prof:
@@ -76,13 +77,13 @@ def traced_run(case: bench.EngineCase, args: argparse.Namespace, trace_path: Pat
     import pipeline.run as run_module
 
     original_run = run_module.Pipeline.run
-    run_module.Pipeline.run = lambda self, *a, **k: run_hook(original_run.__get__(self))(*a, **k)
+    setattr(run_module.Pipeline, "run", lambda self, *a, **k: run_hook(original_run.__get__(self))(*a, **k))
     try:
         result = bench.run_engine(
             case, text, mmproj, video, args.max_tokens, bench.SHAPES[args.shape][4], workdir
         )
     finally:
-        run_module.Pipeline.run = original_run
+        setattr(run_module.Pipeline, "run", original_run)
     holder["prof"].export_chrome_trace(str(trace_path))
     return result
 

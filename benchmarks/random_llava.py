@@ -21,10 +21,10 @@ from pipeline.caption.tiny import (
     VisionShape,
     text_layout,
     vocab,
-    write_atomic,
     write_mmproj,
     write_text_model,
 )
+from pipeline.store import write_atomic
 
 MISTRAL_7B_TEXT = TextShape(4096, 32, 32, 8, 14336, 32768, 1000000.0, 32000)
 YI_34B_TEXT = TextShape(7168, 60, 56, 8, 20480, 4096, 5000000.0, 64000)
@@ -84,15 +84,22 @@ def write_random_llava(
     folder.mkdir(parents=True, exist_ok=True)
     rng = np.random.default_rng(_SEED)
     weights = _Weights(rng, text_type, text_layout(text_shape, len(vocab(text_shape.vocab_size)[0])))
-    text_path = write_atomic(
-        folder / f"{name}-text-{text_type}.gguf",
+    text_path = folder / f"{name}-text-{text_type}.gguf"
+    write_atomic(
+        text_path,
         lambda out: write_text_model(out, text_shape, text_type, f"{name}-text", weights.add),
     )
     pool = _normal_pool(rng)
-    mmproj_path = write_atomic(
-        folder / f"{name}-mmproj-{vision_type}.gguf",
+    mmproj_path = folder / f"{name}-mmproj-{vision_type}.gguf"
+    write_atomic(
+        mmproj_path,
         lambda out: write_mmproj(
-            out, vision_shape, text_shape.n_embd, vision_type, f"{name}-mmproj", lambda *dims: _from_pool(pool, rng, dims)
+            out,
+            vision_shape,
+            text_shape.n_embd,
+            vision_type,
+            f"{name}-mmproj",
+            lambda *dims: _from_pool(pool, rng, dims),
         ),
     )
     return text_path, mmproj_path
@@ -113,7 +120,9 @@ def _from_pool(pool: np.ndarray, rng: np.random.Generator, dims: tuple[int, ...]
 class _Weights:
     """Makes the text model's weights in one storage type."""
 
-    def __init__(self, rng: np.random.Generator, weight_type: str, layout: list[tuple[str, tuple[int, ...], int]]) -> None:
+    def __init__(
+        self, rng: np.random.Generator, weight_type: str, layout: list[tuple[str, tuple[int, ...], int]]
+    ) -> None:
         self.rng = rng
         self.weight_type = weight_type
         self.pools: dict[object, np.ndarray] = {"float": _normal_pool(rng)}
@@ -125,7 +134,9 @@ class _Weights:
                 n_blocks = int(np.prod(shape)) // gguf.GGML_QUANT_SIZES[qtype][0]
                 self.need[qtype] = max(self.need.get(qtype, 0), n_blocks)
 
-    def quant_type(self, name: str, shape: tuple[int, ...], layer: int, n_layer: int) -> gguf.GGMLQuantizationType | None:
+    def quant_type(
+        self, name: str, shape: tuple[int, ...], layer: int, n_layer: int
+    ) -> gguf.GGMLQuantizationType | None:
         """The llama-quantize type of a tensor, or None for a float tensor."""
         if len(shape) < 2 or self.weight_type in ("F32", "F16"):
             return None

@@ -39,12 +39,12 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from pipeline.caption import Captioner, make_questions  # noqa: E402
-from pipeline.caption.engine import Engine  # noqa: E402
-from pipeline.caption.layout import FrameLayout  # noqa: E402
-from pipeline.caption.projector import read_projector  # noqa: E402
-from pipeline.caption.tiny import CLIP_MEAN, CLIP_STD, ensure_tiny_model, pattern_frame  # noqa: E402
-from pipeline.config import compose_config  # noqa: E402
+from pipeline.caption import Captioner, make_questions
+from pipeline.caption.engine import Engine
+from pipeline.caption.layout import FrameLayout
+from pipeline.caption.projector import read_projector
+from pipeline.caption.tiny import CLIP_MEAN, CLIP_STD, ensure_tiny_model, pattern_frame
+from pipeline.config import compose_config
 
 # (height, width): landscape 16:9 small and large, portrait, 4:3, a square tile, a strip.
 FRAME_SIZES = [(360, 640), (1080, 1920), (640, 360), (528, 720), (336, 336), (100, 1000)]
@@ -58,7 +58,9 @@ def main() -> None:
     parser.add_argument("--max-tokens", type=int, default=24)
     parser.add_argument("--write-fixture", type=Path, default=None, help="write transformers' side here")
     parser.add_argument("--device", default="cpu", help="torch device for transformers")
-    parser.add_argument("--n-gpu-layers", type=int, default=0, help="our engine's model.n_gpu_layers (-1: all on the GPU)")
+    parser.add_argument(
+        "--n-gpu-layers", type=int, default=0, help="our engine's model.n_gpu_layers (-1: all on the GPU)"
+    )
     args = parser.parse_args()
 
     model_dir = args.model_dir or Path(tempfile.mkdtemp(prefix="parity-"))
@@ -68,12 +70,15 @@ def main() -> None:
     processors = image_processors(mmproj_path)
 
     cfg = compose_config(
-        ["model=tiny", f"model.dir={model_dir}", "video=unused", "engine.parallel=1", f"model.n_gpu_layers={args.n_gpu_layers}"]
+        [
+            "model=tiny",
+            f"model.dir={model_dir}",
+            "video=unused",
+            "engine.parallel=1",
+            f"model.n_gpu_layers={args.n_gpu_layers}",
+        ]
     )
-    ours = {
-        layout: _engine_answers(cfg, layout, args.max_tokens)
-        for layout in ("reference", "llamacpp")
-    }
+    ours = {layout: _engine_answers(cfg, layout, args.max_tokens) for layout in ("reference", "llamacpp")}
     cases = []
     for index, (height, width) in enumerate(FRAME_SIZES):
         frame = pattern_frame(height, width, seed=index)
@@ -81,7 +86,13 @@ def main() -> None:
         for prompt in PROMPTS:
             reference = ours["reference"]
             ref = reference_answer(
-                hf_model, processors["pil"], frame, reference.prompt_tokens[prompt], reference.eog, args.max_tokens, args.device
+                hf_model,
+                processors["pil"],
+                frame,
+                reference.prompt_tokens[prompt],
+                reference.eog,
+                args.max_tokens,
+                args.device,
             )
             cases.append({"height": height, "width": width, "seed": index, "prompt": prompt, **ref, "pixels": pixels})
     report(cases, ours, args.max_tokens)
@@ -89,7 +100,10 @@ def main() -> None:
         fixture = {
             "made": datetime.now(timezone.utc).isoformat(timespec="seconds"),
             "command": "python benchmarks/reference_parity.py --write-fixture " + str(args.write_fixture),
-            "versions": {name: _version(name) for name in ("transformers", "torch", "llama-cpp-python", "gguf", "pillow", "numpy")},
+            "versions": {
+                name: _version(name)
+                for name in ("transformers", "torch", "llama-cpp-python", "gguf", "pillow", "numpy")
+            },
             "image_processor": type(processors["pil"]).__name__,
             "model_sha256": {p.name: _sha256(p) for p in (text_path, mmproj_path)},
             "max_tokens": args.max_tokens,
@@ -173,12 +187,17 @@ def _state_dict(
         "model.multi_modal_projector.linear_1.bias": vision["mm.0.bias"],
         "model.multi_modal_projector.linear_2.weight": vision["mm.2.weight"],
         "model.multi_modal_projector.linear_2.bias": vision["mm.2.bias"],
-        "model.image_newline": vision.get("v.image_newline", vision.get("model.image_newline")),
+        "model.image_newline": vision["v.image_newline" if "v.image_newline" in vision else "model.image_newline"],
     }
     clip_names = {
-        "attn_q": "self_attn.q_proj", "attn_k": "self_attn.k_proj", "attn_v": "self_attn.v_proj",
-        "attn_out": "self_attn.out_proj", "ln1": "layer_norm1", "ln2": "layer_norm2",
-        "ffn_up": "mlp.fc1", "ffn_down": "mlp.fc2",
+        "attn_q": "self_attn.q_proj",
+        "attn_k": "self_attn.k_proj",
+        "attn_v": "self_attn.v_proj",
+        "attn_out": "self_attn.out_proj",
+        "ln1": "layer_norm1",
+        "ln2": "layer_norm2",
+        "ffn_up": "mlp.fc1",
+        "ffn_down": "mlp.fc2",
     }
     for i in range(v_layers):
         for ours, theirs in clip_names.items():
@@ -204,12 +223,19 @@ def _state_dict(
 
 def _unpermute(weights: np.ndarray, n_head: int) -> np.ndarray:
     """Undo ``LlamaModel.permute`` of llama.cpp's ``convert_hf_to_gguf.py``."""
-    return weights.reshape(n_head, weights.shape[0] // n_head // 2, 2, *weights.shape[1:]).swapaxes(1, 2).reshape(weights.shape)
+    return (
+        weights.reshape(n_head, weights.shape[0] // n_head // 2, 2, *weights.shape[1:])
+        .swapaxes(1, 2)
+        .reshape(weights.shape)
+    )
 
 
 def _tensors(path: Path) -> tuple[dict[str, np.ndarray], dict[str, Any]]:
     reader = gguf.GGUFReader(path)
-    tensors = {t.name: np.array(t.data, dtype=np.float32).reshape([int(n) for n in reversed(t.shape.tolist())]) for t in reader.tensors}
+    tensors = {
+        t.name: np.array(t.data, dtype=np.float32).reshape([int(n) for n in reversed(t.shape.tolist())])
+        for t in reader.tensors
+    }
     fields = {name: field.contents() for name, field in reader.fields.items() if not name.startswith("GGUF.")}
     return tensors, fields
 
@@ -271,13 +297,23 @@ def reference_answer(
     batch = processor(images=[Image.fromarray(frame)], return_tensors="pt")
     pixel_values, image_sizes = batch["pixel_values"].to(device), batch["image_sizes"].to(device)
     with torch.no_grad():
-        features = model.model.get_image_features(pixel_values, image_sizes, vision_feature_layer=-2, vision_feature_select_strategy="default")
+        features = model.model.get_image_features(
+            pixel_values, image_sizes, vision_feature_layer=-2, vision_feature_select_strategy="default"
+        )
         n_image = int(features.pooler_output[0].shape[0])
         ids = torch.tensor([prefix + [IMAGE_TOKEN_ID] * n_image + suffix], device=device)
         out = model.generate(
-            input_ids=ids, attention_mask=torch.ones_like(ids), pixel_values=pixel_values, image_sizes=image_sizes,
-            max_new_tokens=max_tokens, min_new_tokens=max_tokens, do_sample=False, suppress_tokens=eog,
-            output_logits=True, return_dict_in_generate=True, pad_token_id=0,
+            input_ids=ids,
+            attention_mask=torch.ones_like(ids),
+            pixel_values=pixel_values,
+            image_sizes=image_sizes,
+            max_new_tokens=max_tokens,
+            min_new_tokens=max_tokens,
+            do_sample=False,
+            suppress_tokens=eog,
+            output_logits=True,
+            return_dict_in_generate=True,
+            pad_token_id=0,
         )
     logits = out.logits[0][0].float().cpu().numpy()
     return {
@@ -304,7 +340,9 @@ class _Ours:
 
 def _engine_answers(cfg: Any, layout: str, max_tokens: int) -> _Ours:
     captioner = Captioner.from_config(cfg, max_questions=len(PROMPTS))
-    settings = dataclasses.replace(captioner.engine.settings, image_layout=layout, trace=True, ignore_eos=True, max_tokens=max_tokens, stop=())
+    settings = dataclasses.replace(
+        captioner.engine.settings, image_layout=layout, trace=True, ignore_eos=True, max_tokens=max_tokens, stop=()
+    )
     questions = make_questions(PROMPTS)
     with Engine(settings) as engine:
         frames = [(i, pattern_frame(h, w, seed=i)) for i, (h, w) in enumerate(FRAME_SIZES)]
@@ -313,7 +351,10 @@ def _engine_answers(cfg: Any, layout: str, max_tokens: int) -> _Ours:
         assert model is not None
         chat = settings.chat_format
         tokens = {
-            p: (model.tokenize(chat.split("", settings.system_prompt)[0], True), model.tokenize(chat.split(p, settings.system_prompt)[1], False))
+            p: (
+                model.tokenize(chat.split("", settings.system_prompt)[0], True),
+                model.tokenize(chat.split(p, settings.system_prompt)[1], False),
+            )
             for p in PROMPTS
         }
         eog = [int(t) for t in model.end_of_generation_ids()]
@@ -322,7 +363,10 @@ def _engine_answers(cfg: Any, layout: str, max_tokens: int) -> _Ours:
 
 def report(cases: list[dict[str, Any]], ours: dict[str, _Ours], max_tokens: int) -> None:
     """Print our engine against transformers, case by case."""
-    print(f"{'frame':>10} {'prompt':<12} {'layout':<9} {'img tok':>7} {'ref':>5} {'tokens =':>8} {'1st diff':>8} {'cos':>10} {'max|dlogit|':>11} {'top5':>5}  pixels")
+    print(
+        f"{'frame':>10} {'prompt':<12} {'layout':<9} {'img tok':>7} {'ref':>5} {'tokens =':>8} {'1st diff':>8} "
+        f"{'cos':>10} {'max|dlogit|':>11} {'top5':>5}  pixels"
+    )
     for index, case in enumerate(cases):
         frame_index = index // len(PROMPTS)
         for layout, found in ours.items():
@@ -332,12 +376,17 @@ def report(cases: list[dict[str, Any]], ours: dict[str, _Ours], max_tokens: int)
             n_image = answer.prompt_tokens - len(case["prefix_ids"]) - len(case["suffix_ids"])
             same = list(trace.token_ids) == ref_ids
             first_diff = next((i for i, (a, b) in enumerate(zip(trace.token_ids, ref_ids)) if a != b), "-")
-            cos = float(trace.first_logits @ ref_logits / np.linalg.norm(trace.first_logits) / np.linalg.norm(ref_logits))
+            cos = float(
+                trace.first_logits @ ref_logits / np.linalg.norm(trace.first_logits) / np.linalg.norm(ref_logits)
+            )
             top5 = list(np.argsort(-trace.first_logits)[:5]) == list(np.argsort(-ref_logits)[:5])
             worst = float(np.abs(trace.first_logits - ref_logits).max())
             size = f"{case['width']}x{case['height']}"
             pixels = ", ".join(f"{k} {v:.1e}" for k, v in case["pixels"].items())
-            print(f"{size:>10} {case['prompt'][:12]:<12} {layout:<9} {n_image:>7} {case['image_tokens']:>5} {str(same):>8} {first_diff!s:>8} {cos:>10.7f} {worst:>11.2e} {str(top5):>5}  {pixels}")
+            print(
+                f"{size:>10} {case['prompt'][:12]:<12} {layout:<9} {n_image:>7} {case['image_tokens']:>5} "
+                f"{str(same):>8} {first_diff!s:>8} {cos:>10.7f} {worst:>11.2e} {str(top5):>5}  {pixels}"
+            )
     print(f"({max_tokens} answer tokens per case, greedy, end of generation suppressed on both sides)")
     distinct = {tuple(case["answer_ids"]) for case in cases}
     print(f"transformers' answers: {len(distinct)} distinct of {len(cases)}; e.g. {cases[0]['answer_ids'][:12]}")

@@ -32,7 +32,7 @@ from omegaconf.errors import OmegaConfBaseException
 
 from pipeline.caption import CaptionSpec, EngineError
 from pipeline.config import config_dir
-from pipeline.errors import LockHeld, UserError
+from pipeline.errors import LockHeld, StoreError, UserError
 from pipeline.executors.base import Executor
 from pipeline.inputs import find_videos, names_one_file, shard_videos
 from pipeline.lock import RunLock
@@ -93,6 +93,11 @@ def _run_locked(
     output_dir: Path,
 ) -> int:
     started = time.time()
+    export_formats: list[str] = []
+    if cfg.export:  # pandas loads only when an export is due; a bad format fails before the model
+        from pipeline.export import parse_formats
+
+        export_formats = parse_formats(cfg.export)
     config = OmegaConf.to_container(cfg, resolve=True)
     assert isinstance(config, dict)
     pipeline = Pipeline(
@@ -125,6 +130,8 @@ def _run_locked(
         else:
             pipeline.run(tasks, None, summary)
         _log_outcome(summary, output_dir)
+        if export_formats and summary.count("done"):
+            _export(output_dir, export_formats)
         if cfg.report and report_due.exists():
             _write_report(output_dir, report_due)
         code = EXIT_SOME_FAILED if summary.count("error") else EXIT_OK
@@ -161,8 +168,18 @@ def _write_report(output_dir: Path, report_due: Path) -> None:
     try:
         log.info("report: %s", write_report(output_dir))
         report_due.unlink(missing_ok=True)
-    except OSError as error:
+    except (OSError, StoreError) as error:
         log.warning("report not written: %s", error)
+
+
+def _export(output_dir: Path, export_formats: list[str]) -> None:
+    """Write the subtitle tracks and exports of ``output_dir``; a failure is a warning."""
+    from pipeline.export import export
+
+    try:
+        log.info("export: %s", export(output_dir, export_formats).folder)
+    except (OSError, StoreError) as error:
+        log.warning("export not written: %s", error)
 
 
 def _log_file() -> str | None:

@@ -162,6 +162,7 @@ class Config:
     engine: EngineConfig = field(default_factory=EngineConfig)
     thumbnails: ThumbnailsConfig = field(default_factory=ThumbnailsConfig)
     report: bool = MISSING
+    export: Any = MISSING  # formats: vtt, srt, jsonl, csv (a name or a list)
     executor: Any = MISSING
     shard: int = MISSING
     num_shards: int = MISSING

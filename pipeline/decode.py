@@ -9,9 +9,9 @@ frame rate.
 from __future__ import annotations
 
 import math
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterator
 
 import cv2
 import numpy as np
@@ -23,8 +23,9 @@ class VideoError(Exception):
 
 @dataclass(frozen=True)
 class VideoInfo:
-    """What the container says about a video (``frame_count`` and ``duration_s`` are its
-    announcement, not a promise: see :meth:`VideoReader.check_complete`)."""
+    """What the container says about a video (``fourcc``: the codec's FourCC as OpenCV reports
+    it, e.g. ``avc1``, ``FMP4``, ``VP80``; "" when unknown). ``frame_count`` and ``duration_s``
+    are its announcement, not a promise: see :meth:`VideoReader.check_complete`."""
 
     path: str
     fps: float
@@ -32,6 +33,38 @@ class VideoInfo:
     duration_s: float
     width: int
     height: int
+    fourcc: str = ""
+
+
+@dataclass(frozen=True)
+class VideoFacts:
+    """A video as seen by one decode, for the ``_videos.parquet`` table.
+
+    Attributes:
+        size_bytes: The file's size.
+        duration_s: As decoded (the last frame's time plus one frame) when the video was read to
+            its end, else the container's estimate (``frame_count / fps``).
+        fps: The container's frame rate (0.0 when it reports none).
+        width, height: Frame size in pixels.
+        codec: The codec's common name (``h264``, ``mpeg4``, ``vp8``, ...; see
+            :func:`codec_name`), or "" when unknown.
+        fourcc: Its FourCC as OpenCV reports it ("" when unknown).
+        frame_count: The container's frame count (an estimate for some formats).
+        frames_decoded: Frames decoded, counted when the video was read to its end; ``None``
+            when decoding stopped early (``max_frames``, an error).
+        last_frame_s: Presentation time of the last frame decoded (``None``: no frame).
+    """
+
+    size_bytes: int
+    duration_s: float
+    fps: float
+    width: int
+    height: int
+    codec: str
+    fourcc: str
+    frame_count: int
+    frames_decoded: int | None
+    last_frame_s: float | None
 
 
 @dataclass(frozen=True)
@@ -108,9 +141,12 @@ class VideoReader:
             duration_s=frame_count / fps if fps else 0.0,
             width=width,
             height=height,
+            fourcc=_fourcc(self._capture.get(cv2.CAP_PROP_FOURCC)),
         )
         self._current: FrameTime | None = None
         self.frames_read = 0
+        self.last_frame_s: float | None = None
+        self.reached_end = False
 
     def __enter__(self) -> VideoReader:
         return self
@@ -128,11 +164,13 @@ class VideoReader:
         while self._capture.grab():
             timestamp_s = self._presentation_time_s(index, last_s)
             self._current = FrameTime(index, timestamp_s)
+            self.last_frame_s = timestamp_s
             yield self._current
             last_s = timestamp_s
             index += 1
             self.frames_read = index
         self._current = None
+        self.reached_end = True
 
     def retrieve(self) -> Frame:
         """Decode the pixels of the frame the iterator stands on.
@@ -169,6 +207,30 @@ class VideoReader:
         if self.frames_read == 0:
             raise VideoError(f"no frame decodes (truncated or corrupt): {self.path}")
 
+    def facts(self) -> VideoFacts:
+        """What is known of the video after this reader's decode (see :class:`VideoFacts`)."""
+        info = self.info
+        complete = self.reached_end and self.frames_read > 0
+        duration_s = info.duration_s
+        if complete and self.last_frame_s is not None:
+            duration_s = self.last_frame_s + (1.0 / info.fps if info.fps else 0.0)
+        try:
+            size_bytes = self.path.stat().st_size
+        except OSError:
+            size_bytes = 0
+        return VideoFacts(
+            size_bytes=size_bytes,
+            duration_s=duration_s,
+            fps=info.fps,
+            width=info.width,
+            height=info.height,
+            codec=codec_name(info.fourcc),
+            fourcc=info.fourcc,
+            frame_count=info.frame_count,
+            frames_decoded=self.frames_read if complete else None,
+            last_frame_s=self.last_frame_s,
+        )
+
     def frames(self) -> Iterator[Frame]:
         """Every frame with its pixels, in decode order."""
         for _ in self:
@@ -182,6 +244,41 @@ class VideoReader:
         if self.info.fps:
             return max(index / self.info.fps, last_s + 1e-6) if index else 0.0
         raise VideoError(f"frame {index} has no timestamp and the video no frame rate: {self.path}")
+
+
+_CODEC_NAMES = {
+    "h264": ("avc1", "avc3", "h264", "x264", "davc"),
+    "hevc": ("hvc1", "hev1", "hevc", "h265", "x265"),
+    "mpeg4": ("fmp4", "mp4v", "xvid", "divx", "dx50", "mp42", "mp43", "3iv2"),
+    "mpeg2video": ("mpg2", "mp2v"),
+    "mpeg1video": ("mpg1",),
+    "vp8": ("vp80",),
+    "vp9": ("vp90", "vp09"),
+    "av1": ("av01",),
+    "mjpeg": ("mjpg", "jpeg", "avrn"),
+    "theora": ("theo",),
+    "prores": ("apcn", "apch", "apcs", "apco", "ap4h"),
+}
+_CODEC_OF_FOURCC = {fourcc: name for name, codes in _CODEC_NAMES.items() for fourcc in codes}
+
+
+def codec_name(fourcc: str) -> str:
+    """The common name of the codec with this FourCC (``FMP4`` → ``mpeg4``, ``avc1`` →
+    ``h264``); an unknown FourCC is returned lower-cased, "" stays ""."""
+    key = fourcc.strip().lower()
+    return _CODEC_OF_FOURCC.get(key, key)
+
+
+def _fourcc(value: float | None) -> str:
+    """OpenCV's ``CAP_PROP_FOURCC`` number as its four characters ("" when unknown)."""
+    try:
+        code = int(value or 0)
+    except (TypeError, ValueError, OverflowError):
+        return ""
+    if code <= 0:
+        return ""
+    text = code.to_bytes(4, "little", signed=False).decode("latin-1") if code < 1 << 32 else ""
+    return "".join(c for c in text if c.isprintable()).strip()
 
 
 def format_timecode(timestamp_s: float) -> str:

@@ -13,6 +13,7 @@ record (the video could not be opened or decoded), not an answer.
 
 from __future__ import annotations
 
+import itertools
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -20,10 +21,15 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from pipeline.store import read_results
+from pipeline.store import read_results, read_videos
 from pipeline.thumbnails import decode_thumbnail
 
 THUMBNAIL = "thumbnail"
+
+# C0 controls (but tab and newline) and DEL become their visible Control Pictures (U+2400...):
+# random-weight models emit them, and HTML or subtitle players would drop or mangle them (a CR
+# turns into LF).
+_CONTROL_PICTURES = {c: 0x2400 + c for c in range(0x20) if c not in (0x09, 0x0A)} | {0x7F: 0x2421}
 
 SUMMARY_COLUMNS = [
     "video_path",
@@ -31,10 +37,35 @@ SUMMARY_COLUMNS = [
     "prompts",
     "ok_rows",
     "error_rows",
+    "cut_answers",
     "prompt_tokens",
     "completion_tokens",
     "latency_mean_ms",
     "latency_p95_ms",
+]
+
+COVERAGE_COLUMNS = [
+    "video_path",
+    "duration_s",
+    "frames_decoded",
+    "frames_sampled",
+    "sampled_share",
+    "mean_gap_s",
+    "max_gap_s",
+]
+
+FRAME_COLUMNS = [
+    "video_path",
+    "video_id",
+    "config_id",
+    "frame_index",
+    "timecode",
+    "timestamp_s",
+    "latency_ms",
+    "answers",
+    "completion_tokens",
+    "ms_per_token",
+    THUMBNAIL,
 ]
 
 
@@ -61,6 +92,35 @@ def load_results(output_dir: str | Path) -> pd.DataFrame:
     return df.sort_values(order, kind="stable").reset_index(drop=True)
 
 
+def counts(df: pd.DataFrame) -> dict[str, int]:
+    """The headline counts of result rows.
+
+    Args:
+        df: Rows from :func:`load_results` (or a plain ``pd.read_parquet`` of an ``output_dir``).
+
+    Returns:
+        ``rows``; ``videos`` (distinct ``video_id``); ``frames``: distinct sampled frames, a
+        frame being a ``(video_id, frame_index)`` pair, so frame 0 of two videos is two frames;
+        ``prompts``; ``answers`` (ok rows); ``cut_answers`` (ok rows that ended at
+        ``generation.max_tokens``, ``finish_reason == "length"``); ``failed_answers`` (error
+        rows about a frame); ``failed_videos`` (videos with a video-level error record).
+    """
+    framed = df[df["frame_index"].notna()]
+    ok = df["status"].eq("ok")
+    return {
+        "rows": len(df),
+        "videos": int(df["video_id"].nunique()),
+        "frames": len(framed[["video_id", "frame_index"]].drop_duplicates()),
+        "prompts": int(framed["prompt_id"].nunique()),
+        "answers": int(ok.sum()),
+        "cut_answers": int((ok & df["finish_reason"].eq("length")).sum())
+        if "finish_reason" in df.columns
+        else 0,
+        "failed_answers": int((df["status"].eq("error") & df["frame_index"].notna()).sum()),
+        "failed_videos": int(df.loc[df["frame_index"].isna(), "video_id"].nunique()),
+    }
+
+
 def video_summary(df: pd.DataFrame) -> pd.DataFrame:
     """Per-video counts, tokens and latency.
 
@@ -72,15 +132,19 @@ def video_summary(df: pd.DataFrame) -> pd.DataFrame:
 
     Returns:
         One row per ``video_id`` (the index), ordered by ``video_path``, with the columns
-        ``video_path``, ``frames``, ``prompts``, ``ok_rows``, ``error_rows``,
-        ``prompt_tokens``, ``completion_tokens``, ``latency_mean_ms`` and ``latency_p95_ms``.
+        ``video_path``, ``frames``, ``prompts``, ``ok_rows``, ``error_rows``, ``cut_answers``
+        (ok answers cut by ``max_tokens``), ``prompt_tokens``, ``completion_tokens``,
+        ``latency_mean_ms`` and ``latency_p95_ms``.
     """
     if df.empty:
         return pd.DataFrame(columns=SUMMARY_COLUMNS, index=pd.Index([], name="video_id"))
+    ok = df["status"].eq("ok")
+    finish = df["finish_reason"] if "finish_reason" in df.columns else pd.Series(None, index=df.index)
     rows = df.assign(
-        ok=df["status"].eq("ok"),
+        ok=ok,
         failed=df["status"].eq("error"),
-        ok_latency_ms=df["latency_ms"].where(df["status"].eq("ok")),
+        cut=ok & finish.eq("length").fillna(False).astype(bool),
+        ok_latency_ms=df["latency_ms"].where(ok),
     )
     summary = rows.groupby("video_id", sort=False).agg(
         video_path=("video_path", "first"),
@@ -88,12 +152,21 @@ def video_summary(df: pd.DataFrame) -> pd.DataFrame:
         prompts=("prompt_id", "nunique"),
         ok_rows=("ok", "sum"),
         error_rows=("failed", "sum"),
+        cut_answers=("cut", "sum"),
         prompt_tokens=("prompt_tokens", "sum"),
         completion_tokens=("completion_tokens", "sum"),
         latency_mean_ms=("ok_latency_ms", "mean"),
         latency_p95_ms=("ok_latency_ms", lambda s: s.quantile(0.95)),
     )
     return summary.sort_values("video_path", kind="stable")[SUMMARY_COLUMNS]
+
+
+def printable(text: str) -> str:
+    """``text`` with control characters (but tab and newline) replaced by visible symbols.
+
+    This is the answer text exactly as the report page and the subtitle tracks show it.
+    """
+    return text.translate(_CONTROL_PICTURES)
 
 
 def search_answers(df: pd.DataFrame, keyword: str) -> pd.DataFrame:
@@ -110,6 +183,87 @@ def search_answers(df: pd.DataFrame, keyword: str) -> pd.DataFrame:
 def slowest(df: pd.DataFrame, n: int = 10) -> pd.DataFrame:
     """The ``n`` answers that took longest (by ``latency_ms``), slowest first."""
     return df[df["frame_index"].notna()].nlargest(n, "latency_ms")
+
+
+def slowest_frames(df: pd.DataFrame, n: int = 10) -> pd.DataFrame:
+    """The ``n`` frames the model took longest over, slowest first.
+
+    A frame's time is the ``latency_ms`` of its last answer: the engine counts it from the
+    frame's admission into the model (after any wait in the queue of decoded frames) to that
+    answer; its questions are answered together, so the times of its answers are not added.
+    Frames in flight together share the model, so it includes steps spent on their tokens too.
+
+    Returns:
+        One row per ``(video_id, config_id, frame_index)`` with :data:`FRAME_COLUMNS`:
+        ``answers`` (ok answers), ``completion_tokens`` (over its answers) and
+        ``ms_per_token`` (frame time over the longest answer's tokens), and the thumbnail.
+    """
+    framed = df[df["frame_index"].notna()]
+    if framed.empty:
+        return pd.DataFrame(columns=FRAME_COLUMNS)
+    thumbnails = framed[THUMBNAIL] if THUMBNAIL in framed.columns else pd.Series(None, index=framed.index)
+    framed = framed.assign(ok=framed["status"].eq("ok"), **{THUMBNAIL: thumbnails})
+    frames = framed.groupby(["video_id", "config_id", "frame_index"], sort=False).agg(
+        video_path=("video_path", "first"),
+        timecode=("timecode", "first"),
+        timestamp_s=("timestamp_s", "first"),
+        latency_ms=("latency_ms", "max"),
+        answers=("ok", "sum"),
+        completion_tokens=("completion_tokens", "sum"),
+        longest_answer_tokens=("completion_tokens", "max"),
+        **{THUMBNAIL: (THUMBNAIL, "first")},
+    )
+    longest = frames["longest_answer_tokens"].astype("Float64").replace(0, np.nan)
+    frames["ms_per_token"] = (frames["latency_ms"] / longest).astype(float)
+    frames = frames.reset_index().nlargest(n, "latency_ms")
+    return frames[FRAME_COLUMNS].reset_index(drop=True)
+
+
+def coverage(df: pd.DataFrame, videos: pd.DataFrame) -> pd.DataFrame:
+    """How much of each video the answers cover, from the rows and the per-video facts alone
+    (no video is opened).
+
+    Args:
+        df: Rows from :func:`load_results`.
+        videos: Facts from :func:`load_videos` (``output_dir/_videos.parquet``).
+
+    Returns:
+        One row per video with facts (the index: ``video_id``), with :data:`COVERAGE_COLUMNS`:
+        ``frames_sampled`` (distinct frames with a row), ``sampled_share`` (of the frames
+        decoded), ``mean_gap_s`` (duration over sampled frames) and ``max_gap_s`` (the longest
+        stretch without a sampled frame, from the start to the first, between two, or from the
+        last to the end). Videos captioned before facts were kept have no row.
+    """
+    framed = df[df["frame_index"].notna()]
+    rows = []
+    for video in videos.to_dict("records"):
+        times = sorted(framed.loc[framed["video_id"] == video["video_id"], "timestamp_s"].unique())
+        duration_s = float(video["duration_s"])
+        edges = [0.0, *times, duration_s]
+        sampled = len(times)
+        decoded = None if pd.isna(video["frames_decoded"]) else int(video["frames_decoded"])
+        rows.append(
+            {
+                "video_id": video["video_id"],
+                "video_path": video["video_path"],
+                "duration_s": duration_s,
+                "frames_decoded": decoded,
+                "frames_sampled": sampled,
+                "sampled_share": sampled / decoded if decoded else np.nan,
+                "mean_gap_s": duration_s / sampled if sampled else np.nan,
+                "max_gap_s": max(b - a for a, b in itertools.pairwise(edges)) if sampled else duration_s,
+            }
+        )
+    table = pd.DataFrame(rows, columns=["video_id", *COVERAGE_COLUMNS]).set_index("video_id")
+    table["frames_decoded"] = table["frames_decoded"].astype("Int64")
+    table["frames_sampled"] = table["frames_sampled"].astype("Int64")
+    return table
+
+
+def load_videos(output_dir: str | Path) -> pd.DataFrame:
+    """Per-video facts of ``output_dir`` (one row per video decoded by a run that kept them):
+    duration, fps, size, codec, frames decoded; see :func:`pipeline.store.read_videos`."""
+    return read_videos(Path(output_dir).expanduser())
 
 
 def thumbnail_bytes(row: Mapping[str, Any] | pd.Series) -> bytes | None:

@@ -35,6 +35,7 @@ import numpy as np
 from tqdm import tqdm
 
 from pipeline.caption import Answer, Captioner, Question, make_questions
+from pipeline.checksums import model_sha256
 from pipeline.decode import format_timecode
 from pipeline.errors import StoreError
 from pipeline.executors.base import (
@@ -60,6 +61,8 @@ from pipeline.store import (
     remove_error_records,
     write_chunk,
     write_json_atomic,
+    write_video_facts,
+    write_videos_table,
 )
 
 log = logging.getLogger(__name__)
@@ -320,6 +323,7 @@ class Pipeline:
         if executor is not None:
             self.model_name = executor.model_name
             self.metadata["model_files"] = executor.model_files
+            self.metadata["model_sha256"] = model_sha256(executor.model_files)
         show = sys.stderr.isatty()
         with ThreadPoolExecutor(max_workers=1, thread_name_prefix="write") as writer, tqdm(
             total=len(todo), desc="videos", unit="video", disable=not show
@@ -354,6 +358,8 @@ class Pipeline:
                     raise
             for future in self._writes:
                 future.result()
+        if todo:
+            write_videos_table(self.output_dir)
 
     def _job(self, index: int, task: _VideoTask) -> DecodeJob:
         wanted = {q.prompt_id for q in self.questions}
@@ -373,6 +379,10 @@ class Pipeline:
         task.sent = event.sent
         task.started_at = event.started_at
         task.outcome.frames_already_done = event.already_done
+        if event.facts is not None:
+            self._writes.append(self._writer.submit(
+                write_video_facts, self.output_dir, task.outcome.video_id, task.outcome.path, asdict(event.facts)
+            ))
         if event.error is not None:
             self._fail(task, event.error)
         self._finish_if_complete(task)
@@ -479,6 +489,7 @@ class Pipeline:
             thumbnail=job.thumbnail,
             shot_start_s=sample.shot_start_s,
             duplicate_of=sample.duplicate_of,
+            finish_reason=answer.finish_reason or None,
         )
 
     def _error_row(self, task: _VideoTask, reason: str) -> ResultRow:

@@ -7,6 +7,10 @@ Results live in ``output_dir`` as Parquet chunk files under one folder per video
     output_dir/<video_id>/_done-<work_id>                              the video is complete
     output_dir/_quarantine/<video_id>/...                               damaged chunks, moved aside
 
+Per-video facts (duration, frame rate, size, codec, frames decoded) go to
+``output_dir/<video_id>/_video.json`` when a video is decoded, and every run that decoded
+something gathers them into ``output_dir/_videos.parquet`` (one row per video).
+
 Every file is written by :func:`write_atomic`: under a hidden temporary name in its folder,
 flushed to disk and renamed into place, so a reader (``pd.read_parquet(output_dir)``) never
 sees a half-written file, even mid-run, and a killed run loses at most the chunk it was
@@ -18,6 +22,7 @@ skip.
 
 from __future__ import annotations
 
+import fcntl
 import json
 import logging
 import os
@@ -25,8 +30,9 @@ import time
 import uuid
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field, fields
+from datetime import datetime, timezone
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Optional
+from typing import TYPE_CHECKING, Any
 
 import pyarrow as pa
 import pyarrow.parquet as pq
@@ -48,24 +54,25 @@ class ResultRow:
 
     video_path: str
     video_id: str
-    frame_index: Optional[int] = None
-    timestamp_s: Optional[float] = None
-    timecode: Optional[str] = None
-    prompt_id: Optional[str] = None
-    prompt: Optional[str] = None
-    answer: Optional[str] = None
+    frame_index: int | None = None
+    timestamp_s: float | None = None
+    timecode: str | None = None
+    prompt_id: str | None = None
+    prompt: str | None = None
+    answer: str | None = None
     model: str
     status: str
-    error: Optional[str] = None
+    error: str | None = None
     prompt_tokens: int = 0
     completion_tokens: int = 0
     latency_ms: float = 0.0
-    sample_reason: Optional[str] = None
-    shot_index: Optional[int] = None
+    sample_reason: str | None = None
+    shot_index: int | None = None
     config_id: str
-    thumbnail: Optional[bytes] = None
-    shot_start_s: Optional[float] = None
-    duplicate_of: Optional[int] = None
+    thumbnail: bytes | None = None
+    shot_start_s: float | None = None
+    duplicate_of: int | None = None
+    finish_reason: str | None = None
 
 
 SCHEMA = pa.schema(
@@ -90,9 +97,32 @@ SCHEMA = pa.schema(
         ("thumbnail", pa.binary()),
         ("shot_start_s", pa.float64()),
         ("duplicate_of", pa.int64()),
+        ("finish_reason", pa.string()),
     ]
 )
 assert SCHEMA.names == [f.name for f in fields(ResultRow)]
+
+
+VIDEOS_SCHEMA = pa.schema(
+    [
+        ("video_id", pa.string()),
+        ("video_path", pa.string()),
+        ("size_bytes", pa.int64()),
+        ("duration_s", pa.float64()),
+        ("fps", pa.float64()),
+        ("width", pa.int64()),
+        ("height", pa.int64()),
+        ("codec", pa.string()),
+        ("fourcc", pa.string()),
+        ("frame_count", pa.int64()),
+        ("frames_decoded", pa.int64()),
+        ("last_frame_s", pa.float64()),
+        ("decoded_at", pa.string()),
+    ]
+)
+
+VIDEO_FACTS_FILE = "_video.json"
+VIDEOS_TABLE = "_videos.parquet"
 
 
 def prepare_output_dir(output_dir: str | Path) -> Path:
@@ -160,7 +190,7 @@ class Committed:
 
     answered: dict[int, set[str]] = field(default_factory=dict)
     failed: dict[tuple[int, str], str] = field(default_factory=dict)
-    video_error: Optional[str] = None
+    video_error: str | None = None
 
 
 def chunk_files(output_dir: Path, video_id: str, config_id: str) -> list[Path]:
@@ -304,6 +334,99 @@ def write_atomic(path: Path, write: Callable[[Path], object]) -> None:
     _fsync(path.parent)
 
 
+def write_bytes_atomic(path: Path, data: bytes) -> None:
+    """:func:`write_atomic` of ``data``, for readers such as a browser reloading a page or a
+    player loading a track: they see the old file or the new one, never half of one.
+
+    Raises:
+        StoreError: It cannot be written.
+    """
+    try:
+        write_atomic(path, lambda temporary: temporary.write_bytes(data))
+    except OSError as error:
+        raise StoreError(f"cannot write {path}: {error.strerror or error}") from error
+
+
+def write_video_facts(output_dir: Path, video_id: str, video_path: str, facts: dict[str, Any]) -> None:
+    """Record what a decode learnt about a video in ``output_dir/<video_id>/_video.json``.
+
+    A record from a decode that read the video to its end is not replaced by one from a decode
+    that stopped early (``max_frames``), which knows less.
+
+    Args:
+        facts: :class:`pipeline.decode.VideoFacts` as a dict (the columns of
+            :data:`VIDEOS_SCHEMA` between ``video_path`` and ``decoded_at``).
+
+    Raises:
+        StoreError: It cannot be written.
+    """
+    path = output_dir / video_id / VIDEO_FACTS_FILE
+    record = {
+        "video_id": video_id,
+        "video_path": video_path,
+        **facts,
+        "decoded_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+    }
+    if facts.get("frames_decoded") is None:
+        old = _read_json(path)
+        if old is not None and old.get("frames_decoded") is not None:
+            return
+    write_json_atomic(path, record)
+
+
+def read_videos(output_dir: str | Path) -> pd.DataFrame:
+    """One row per video of ``output_dir`` with its facts (see :data:`VIDEOS_SCHEMA`), read from
+    the per-video records, so it is current even mid-run; ordered by ``video_path``.
+
+    Videos captioned before this table existed have no row; their results are unaffected.
+    """
+    table = _videos_table(Path(output_dir))
+    return table_to_pandas(table).sort_values("video_path", kind="stable").reset_index(drop=True)
+
+
+def write_videos_table(output_dir: Path) -> Path | None:
+    """Gather every video's facts into ``output_dir/_videos.parquet`` (atomically); best effort.
+
+    Concurrent runs on one ``output_dir`` (shards) take turns through an ``flock`` on the folder,
+    and each gathers after writing its own records, so the last one leaves a complete table.
+
+    Returns:
+        The path written, or ``None`` when it could not be written (a warning says why).
+    """
+    path = output_dir / VIDEOS_TABLE
+    try:
+        descriptor = os.open(output_dir, os.O_RDONLY)
+        try:
+            fcntl.flock(descriptor, fcntl.LOCK_EX)
+            table = _videos_table(output_dir)
+            write_atomic(path, lambda temporary: pq.write_table(table, temporary))
+        finally:
+            os.close(descriptor)  # closing drops the flock
+    except OSError as error:
+        log.warning("%s not written: %s", path, error.strerror or error)
+        return None
+    return path
+
+
+def _videos_table(output_dir: Path) -> pa.Table:
+    records = [
+        record
+        for path in sorted(output_dir.glob(f"*/{VIDEO_FACTS_FILE}"))
+        if (record := _read_json(path)) is not None
+    ]
+    rows = [{name: record.get(name) for name in VIDEOS_SCHEMA.names} for record in records]
+    return pa.Table.from_pylist(rows, schema=VIDEOS_SCHEMA)
+
+
+def _read_json(path: Path) -> dict[str, Any] | None:
+    """A JSON object from ``path``, or ``None`` when it is missing or unreadable."""
+    try:
+        value = json.loads(path.read_text())
+    except (OSError, ValueError):
+        return None
+    return value if isinstance(value, dict) else None
+
+
 def _fsync(path: Path) -> None:
     """Flush a file's or folder's data and metadata to disk."""
     descriptor = os.open(path, os.O_RDONLY)
@@ -313,13 +436,35 @@ def _fsync(path: Path) -> None:
         os.close(descriptor)
 
 
-def read_results(output_dir: str | Path) -> "pd.DataFrame":
-    """All result rows in ``output_dir`` as a DataFrame (empty, with the columns, if none)."""
+def read_results(output_dir: str | Path, columns: list[str] | None = None) -> pd.DataFrame:
+    """All result rows in ``output_dir`` as a DataFrame (empty, with the columns, if none).
+
+    Integer columns load as pandas' nullable ``Int64``, so ``frame_index``, ``shot_index`` and
+    ``duplicate_of`` stay integers where some rows are null (a plain ``pd.read_parquet`` turns
+    them into floats).
+
+    Args:
+        output_dir: A run's ``output_dir``.
+        columns: Read only these columns (e.g. leave out ``thumbnail``); default all.
+    """
     files = sorted(p for p in Path(output_dir).glob("*/*.parquet") if not p.name.startswith((".", "_")))
     if not files:
-        return SCHEMA.empty_table().to_pandas()
-    # schema=: files written before a column existed read it as null instead of dropping it.
-    return pq.ParquetDataset(files, schema=SCHEMA).read().to_pandas()
+        table = SCHEMA.empty_table()
+        table = table.select(columns) if columns is not None else table
+    else:
+        # schema=: files written before a column existed read it as null instead of dropping it.
+        table = pq.ParquetDataset(files, schema=SCHEMA).read(columns=columns)
+    return table_to_pandas(table)
+
+
+def table_to_pandas(table: pa.Table) -> pd.DataFrame:
+    """``table`` as a DataFrame whose integer columns are nullable ``Int64`` (not float)."""
+    import pandas as pd
+
+    def nullable_integers(arrow_type: pa.DataType) -> pd.api.extensions.ExtensionDtype | None:
+        return pd.Int64Dtype() if pa.types.is_integer(arrow_type) else None
+
+    return table.to_pandas(types_mapper=nullable_integers)
 
 
 def read_metadata(parquet_file: str | Path) -> dict[str, Any]:
@@ -330,3 +475,24 @@ def read_metadata(parquet_file: str | Path) -> dict[str, Any]:
         for key, value in raw.items()
         if key.startswith(b"pipeline.")
     }
+
+
+def read_configs(output_dir: str | Path) -> dict[str, dict[str, Any]]:
+    """The metadata (see :func:`read_metadata`) of each ``config_id`` in ``output_dir``, from its
+    newest result file: the composed ``config``, ``model_files``, ``model_sha256`` and the
+    package ``versions``."""
+    newest: dict[str, tuple[int, Path]] = {}
+    for path in Path(output_dir).glob("*/*.parquet"):
+        parts = path.stem.split("-")
+        if path.name.startswith((".", "_")) or len(parts) < 3 or not parts[2].isdigit():
+            continue
+        config_id, written_ns = parts[1], int(parts[2])
+        if config_id not in newest or written_ns > newest[config_id][0]:
+            newest[config_id] = (written_ns, path)
+    configs = {}
+    for config_id, (_, path) in sorted(newest.items()):
+        try:
+            configs[config_id] = read_metadata(path)
+        except (OSError, ValueError, pa.ArrowException):
+            continue
+    return configs

@@ -14,9 +14,9 @@ from pipeline.caption.projector import (
     REVERSED,
     arrange,
     missing_patch,
+    output_rows,
     read_projector,
     reference_copies,
-    output_rows,
 )
 from pipeline.caption.tiny import ensure_tiny_model
 from pipeline.caption.weights import WeightsError
@@ -85,8 +85,8 @@ def test_reference_copies_are_written_once(tiny_model_dir: Path, tmp_path: Path)
     stamps = {a: p.stat().st_mtime_ns for a, p in copies.items()}
     assert reference_copies(projector, tmp_path) == copies
     assert {a: p.stat().st_mtime_ns for a, p in copies.items()} == stamps
-    reader = gguf.GGUFReader(copies[NATURAL])
-    assert list(reader.get_field("clip.vision.feature_layer").contents()) == [2]  # all stored layers run
+    feature_layer = gguf.GGUFReader(copies[NATURAL]).get_field("clip.vision.feature_layer")
+    assert feature_layer is not None and list(feature_layer.contents()) == [2]  # all stored layers run
 
 
 def _copy_without(source: Path, out: Path, rename: dict[str, str | None]) -> Path:
@@ -99,9 +99,9 @@ def _copy_without(source: Path, out: Path, rename: dict[str, str | None]) -> Pat
         sub = field.types[-1] if kind == gguf.GGUFValueType.ARRAY else None
         writer.add_key_value(name, field.contents(), kind, sub_type=sub)
     for tensor in reader.tensors:
-        name = rename.get(tensor.name, tensor.name)
-        if name is not None:
-            writer.add_tensor(name, np.array(tensor.data))
+        new_name = rename.get(tensor.name, tensor.name)
+        if new_name is not None:
+            writer.add_tensor(new_name, np.array(tensor.data))
     writer.write_header_to_file()
     writer.write_kv_data_to_file()
     writer.write_tensors_to_file()

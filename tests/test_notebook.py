@@ -1,21 +1,23 @@
-"""``notebooks/analyze_captions.ipynb``: stored clean, and runs top to bottom on a tiny-model run.
-
-The run's ``output_dir`` is injected as papermill does: a cell tagged ``injected-parameters``
-right after the cell tagged ``parameters``.
-"""
+"""``notebooks/analyze_captions.ipynb``: stored clean, and runs top to bottom with papermill (as
+the README says) on a tiny-model run of two videos; its headline counts are checked against the
+Parquet, read here with plain pandas, and its one-prompt timeline against the answers."""
 
 from __future__ import annotations
 
+import json
 import os
+import textwrap
 from pathlib import Path
 
 import nbformat
+import pandas as pd
+import papermill
 import pytest
-from nbclient import NotebookClient
 
-from tests.conftest import ROOT, SAMPLE_VIDEO, run_cli
+from tests.conftest import ROOT, SAMPLE_VIDEO, run_cli, write_video
 
 NOTEBOOK = ROOT / "notebooks" / "analyze_captions.ipynb"
+PROBE = 'print("PROBE " + json.dumps({"headline": headline, "timeline_text": timeline_text}))'
 
 
 def parameters_index(notebook: nbformat.NotebookNode) -> int:
@@ -38,38 +40,62 @@ def test_notebook_is_stored_without_outputs() -> None:
     )
 
 
-def test_notebook_runs_on_a_tiny_run(
+def test_notebook_runs_on_a_tiny_run_and_counts_right(
     cli_base: list[str], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    done = run_cli(*cli_base, f"video={SAMPLE_VIDEO}", "max_frames=3")
+    videos = tmp_path / "videos"
+    videos.mkdir()
+    (videos / "sample.mp4").symlink_to(SAMPLE_VIDEO)
+    write_video(videos / "bars.mp4", n_frames=20, fps=10.0)
+    # Frames 0, 25, 50 of the sample and 0, 10 of bars: 5 frames, 4 distinct frame indices.
+    done = run_cli(*cli_base, f"video={videos}", "max_frames=3")
     assert done.returncode == 0, done.stderr
+    out = tmp_path / "out"
     notebook = nbformat.read(NOTEBOOK, as_version=4)
-    # Relative to notebooks/, the kernel's folder, as the default output_dir is.
-    output_dir = os.path.relpath(tmp_path / "out", NOTEBOOK.parent)
-    notebook.cells.insert(
-        parameters_index(notebook) + 1,
-        nbformat.v4.new_code_cell(
-            f"output_dir = {output_dir!r}", metadata={"tags": ["injected-parameters"]}
-        ),
-    )
+    notebook.cells.append(nbformat.v4.new_code_cell(PROBE))
+    probed = tmp_path / "probed.ipynb"
+    nbformat.write(notebook, probed)
 
     # The kernel imports this checkout's pipeline, as the tests do, not an installed copy.
     monkeypatch.setenv(
         "PYTHONPATH", os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")]))
     )
-    # Raises CellExecutionError, with the cell and its traceback, if any cell fails.
-    NotebookClient(
-        notebook,
-        timeout=120,
+    # Raises PapermillExecutionError, with the cell and its traceback, if any cell fails.
+    papermill.execute_notebook(
+        str(probed),
+        str(tmp_path / "executed.ipynb"),
+        parameters={"output_dir": os.path.relpath(out, NOTEBOOK.parent)},
+        cwd=str(NOTEBOOK.parent),
         kernel_name="python3",
-        resources={"metadata": {"path": str(NOTEBOOK.parent)}},
-    ).execute()
-
-    outputs = [
-        output for cell in notebook.cells if cell.cell_type == "code" for output in cell.outputs
-    ]
-    printed = "".join(
-        output.get("text", "") for output in outputs if output.output_type == "stream"
+        progress_bar=False,
     )
-    assert f"3 frames in {tmp_path / 'out'}" in printed
-    assert any("image/png" in output.get("data", {}) for output in outputs), "no figure was drawn"
+
+    executed = nbformat.read(tmp_path / "executed.ipynb", as_version=4)
+    outputs = [o for cell in executed.cells if cell.cell_type == "code" for o in cell.outputs]
+    printed = "".join(o.get("text", "") for o in outputs if o.output_type == "stream")
+    probe = json.loads(printed.split("PROBE ", 1)[1].splitlines()[0])
+    df = pd.read_parquet(out)
+    frames = len(df[["video_id", "frame_index"]].dropna().drop_duplicates())
+    ok = df[df.status == "ok"]
+    assert (len(df), df.video_id.nunique(), frames) == (5, 2, 5)
+    assert probe["headline"] == {
+        "rows": len(df),
+        "videos": df.video_id.nunique(),
+        "frames": frames,
+        "prompts": df.prompt_id.nunique(),
+        "answers": len(ok),
+        "cut_answers": int(ok.finish_reason.eq("length").sum()),
+        "failed_answers": int((df.status == "error").sum()),
+        "failed_videos": 0,
+    }
+    headline = (
+        f"{len(df)} rows, 2 videos, 5 frames, {len(ok)} answers "
+        f"({probe['headline']['cut_answers']} cut at max_tokens), 0 failed answers, 0 failed videos in {out}"
+    )
+    assert headline in printed
+    assert "2 videos done, 0 skipped, 0 failed; 5 frames in" in printed
+    # One prompt: each video's timeline carries its answers' text, in time order.
+    for video_id, rows in ok.sort_values("timestamp_s").groupby("video_id"):
+        expected = [textwrap.shorten(" ".join(a.split()), 70, placeholder=" …") for a in rows.answer]
+        assert probe["timeline_text"][video_id] == expected
+    assert any("image/png" in o.get("data", {}) for o in outputs), "no figure was drawn"

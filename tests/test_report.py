@@ -16,6 +16,7 @@ import subprocess
 import sys
 from pathlib import Path
 from typing import Any
+from urllib.parse import unquote
 
 import numpy as np
 import pandas as pd
@@ -24,6 +25,7 @@ import pytest
 from pipeline.errors import UserError
 from pipeline.report import main, printable, render_report, write_report
 from pipeline.results import load_results
+from pipeline.store import StoreError, read_metadata
 from pipeline.thumbnails import make_thumbnail
 from tests.conftest import SAMPLE_VIDEO, run_cli
 from tests.test_results import result_row, write_results
@@ -38,6 +40,8 @@ needs_chromium = pytest.mark.skipif(
 TRICKY = '<script>alert(1)</script> & \x18<|im_start|>\ufffd "quoted"\r\nline two'
 
 PROBE = """<script>
+// Thumbnails load lazily; make every one load now, so that onload waits for them all.
+document.querySelectorAll("img").forEach((image) => { image.loading = "eager"; });
 window.addEventListener("load", () => {
   const texts = (selector) => Array.from(document.querySelectorAll(selector), (e) => e.textContent);
   const pre = document.createElement("pre");
@@ -45,6 +49,7 @@ window.addEventListener("load", () => {
   pre.textContent = JSON.stringify({
     images: Array.from(document.images, (i) => ({ok: i.complete && i.naturalWidth > 0})),
     answers: texts(".answer"),
+    header: document.querySelector("header.run") ? document.querySelector("header.run").innerText : "",
     errors: texts(".error-text, .video-error"),
     frames: Array.from(document.querySelectorAll(".frame"), (e) => e.id),
   });
@@ -106,8 +111,9 @@ def chromium(tmp_path: Path, *args: str) -> str:
 
 
 def browse(page: Path, tmp_path: Path) -> dict[str, Any]:
-    """What Chromium saw of ``page`` after onload (see ``PROBE``)."""
-    probe = tmp_path / "probe.html"
+    """What Chromium saw of ``page`` after onload (see ``PROBE``); the probe copy sits beside
+    the page, so its relative links resolve."""
+    probe = page.with_name(f".probe-{page.name}")
     probe.write_text(
         page.read_text(encoding="utf-8").replace("</body>", f"{PROBE}</body>"), encoding="utf-8"
     )
@@ -145,6 +151,18 @@ def test_answers_are_escaped(output_dir: Path) -> None:
     assert f"{escaped} &quot;quoted&quot;\u240d\nline two" in page
     assert "sequence &lt;failed&gt;" in page
     assert "\x18" not in page and "\r" not in page
+
+
+def relative_links(page: Path) -> list[str]:
+    """The page's href/src values that point at files beside it (not anchors, data, file://)."""
+    values = re.findall(r'(?:href|src)="([^"]*)"', page.read_text(encoding="utf-8"))
+    return [html.unescape(v) for v in values if not v.startswith(("#", "data:", "file:", "http"))]
+
+
+def assert_links_resolve(page: Path) -> None:
+    for link in relative_links(page):
+        target = (page.parent / unquote(link.split("#", 1)[0])).resolve()
+        assert target.is_file(), f"{page.name} links {link}, which is not there"
 
 
 def test_page_is_self_contained(output_dir: Path) -> None:
@@ -206,6 +224,96 @@ def test_write_report_for_one_video(output_dir: Path) -> None:
         write_report(output_dir, video_id="zz")
 
 
+def test_thumbnails_are_stored_once_and_referenced(output_dir: Path) -> None:
+    page = write_report(output_dir)
+
+    text = page.read_text(encoding="utf-8")
+    thumbs = sorted((output_dir / "_report_files" / "thumbs").iterdir())
+    sources = re.findall(r'<img src="([^"]+)" loading="lazy"', text)
+    assert len(thumbs) == 2  # two frames, four rows: a file per distinct JPEG
+    assert sorted((page.parent / s).resolve() for s in sources) == thumbs
+    assert "data:image" not in text
+    assert_links_resolve(page)
+
+
+def test_one_jpeg_shared_by_two_frames_is_one_file(tmp_path: Path) -> None:
+    same = make_thumbnail(np.full((90, 160, 3), 128, np.uint8))
+    write_results(tmp_path, [result_row("v", 0, thumbnail=same), result_row("v", 25, thumbnail=same)])
+
+    write_report(tmp_path)
+
+    assert len(list((tmp_path / "_report_files" / "thumbs").iterdir())) == 1
+
+
+def test_report_links_each_videos_subtitle_tracks(output_dir: Path) -> None:
+    page = write_report(output_dir)
+
+    text = page.read_text(encoding="utf-8")
+    assert 'href="_export/b/b.p1.cfg1.vtt" title="Describe this frame."' in text
+    assert 'href="_export/b/b.p2.cfg1.vtt" title="Colour?"' in text
+    assert (output_dir / "_export" / "b" / "b.p1.cfg1.vtt").read_text(encoding="utf-8").startswith("WEBVTT")
+    # The videos are not on this machine: no player, only the links.
+    assert "<video" not in text
+
+
+def test_a_report_is_written_even_where_the_tracks_cannot_be(
+    output_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    def cannot_write(*args: object, **kwargs: object) -> None:
+        raise StoreError(f"cannot write {output_dir}/_export: Read-only file system")
+
+    monkeypatch.setattr("pipeline.report.export", cannot_write)
+
+    page = write_report(output_dir, tmp_path / "elsewhere" / "report.html")
+
+    text = page.read_text(encoding="utf-8")
+    assert "<article" in text and "_export/" not in text  # no links to files that are not there
+    assert "subtitle tracks not written, so not linked: cannot write" in caplog.text
+    assert_links_resolve(page)
+
+
+def test_a_large_report_gets_pages_per_video(tmp_path: Path) -> None:
+    thumbs = [make_thumbnail(np.full((90, 160, 3), (i * 40, 90, 200), np.uint8)) for i in range(5)]
+    rows = [result_row("b", 25 * i, thumbnail=thumbs[i]) for i in range(5)]
+    rows += [result_row("c", 25 * i, thumbnail=thumbs[i]) for i in range(3)]
+    write_results(tmp_path, rows)
+
+    page = write_report(tmp_path, page_frames=2)
+
+    files = tmp_path / "_report_files"
+    pages = sorted(p.name for p in files.glob("*.html"))
+    assert pages == ["b-2.html", "b-3.html", "b.html", "c-2.html", "c.html"]
+    index = page.read_text(encoding="utf-8")
+    assert "<article" not in index
+    assert 'href="_report_files/b.html">1</a> <a href="_report_files/b-2.html">2</a>' in index
+    frames = []
+    for name in pages:
+        text = (files / name).read_text(encoding="utf-8")
+        cards = re.findall(r'<article class="frame[^"]*" id="([^"]+)"', text)
+        assert 1 <= len(cards) <= 2
+        frames += cards
+        assert '<a href="../_report.html">← all videos</a>' in text
+        assert_links_resolve(files / name)
+    assert sorted(frames) == sorted([f"vb-f{25 * i}" for i in range(5)] + [f"vc-f{25 * i}" for i in range(3)])
+    assert len(list((files / "thumbs").iterdir())) == 5
+    assert_links_resolve(page)
+
+    # Written again on one page, the video pages of the paged report go.
+    write_report(tmp_path)
+    assert not list(files.glob("*.html"))
+    assert len(list((files / "thumbs").iterdir())) == 5
+    assert index != page.read_text(encoding="utf-8")
+
+
+def test_inline_report_is_one_self_contained_file(output_dir: Path) -> None:
+    page = write_report(output_dir, page_frames=1, inline=True)
+
+    text = page.read_text(encoding="utf-8")
+    assert text.count('src="data:image/jpeg;base64,') == 2
+    assert not (output_dir / "_report_files").exists()
+    assert text.count("<article") == 2
+
+
 def test_report_of_an_empty_output_dir_says_so(tmp_path: Path) -> None:
     assert "No results yet." in write_report(tmp_path).read_text(encoding="utf-8")
 
@@ -220,6 +328,10 @@ def test_command_line(output_dir: Path, tmp_path: Path, capsys: pytest.CaptureFi
     assert "bad argument 'output_dir'" in capsys.readouterr().err
     assert main(["out=x.html"]) == 1
     assert "output_dir=DIR is required" in capsys.readouterr().err
+    assert main([f"output_dir={output_dir}", "page_frames=0"]) == 1
+    assert "page_frames must be >= 1" in capsys.readouterr().err
+    assert main([f"output_dir={output_dir}", "inline=maybe"]) == 1
+    assert "inline must be true or false" in capsys.readouterr().err
     assert main([f"output_dir={tmp_path / 'missing'}"]) == 1
     assert "is not a folder" in capsys.readouterr().err
 
@@ -267,3 +379,45 @@ def test_report_of_a_tiny_run_in_chromium(cli_base: list[str], tmp_path: Path) -
     assert sorted(seen["answers"]) == shown_answers(df)
     assert len(seen["images"]) == df["frame_index"].nunique() == 3
     assert all(image["ok"] for image in seen["images"]), seen["images"]
+    # The header: the run's model (and its files' SHA-256), settings, prompt, counts and speed.
+    (part,) = (tmp_path / "out").glob("*/part-*.parquet")
+    metadata = read_metadata(part)
+    header = seen["header"]
+    text_model = Path(metadata["model_files"]["text_model"]).name
+    assert header.startswith(f"model\ntiny · {text_model} sha256 ")
+    assert f"sha256 {metadata['model_sha256']['text_model'][:12]}…" in header
+    assert "sampler\ninterval (interval_s=1.0)" in header
+    assert "generation\nmax_tokens 8, temperature 0.0, max_frames 3" in header
+    assert "prompts\nDescribe this frame in one sentence. (3 answers, id " in header
+    assert f"results\n1 video · 3 frames · 3 answers ({int(df.finish_reason.eq('length').sum())} cut" in header
+    run = json.loads((tmp_path / "out" / "_last_run.json").read_text())
+    assert f"3 frames in {run['wall_s']:.1f} s wall · {run['frames_per_s']:.2f} frames/s · exit 0" in header
+
+
+@needs_chromium
+def test_a_report_of_2000_frames_opens_in_chromium(tmp_path: Path) -> None:
+    """4 videos x 500 frames x 2 prompts, written directly (a real run of this size is the
+    benchmark in BENCHMARKS.md): the report pages per video, and a video's page of 500 cards
+    opens with every thumbnail and answer."""
+    rows = []
+    for v in range(4):
+        for i in range(500):
+            thumbnail = make_thumbnail(np.full((144, 256, 3), ((v * 60 + i) % 256, i % 200, 90), np.uint8))
+            for p, prompt in (("p1", "Describe this frame."), ("p2", "What colours dominate?")):
+                rows.append(result_row(f"cam{v}", i, prompt_id=p, prompt=prompt,
+                                       answer=f"cam {v} frame {i}: {prompt.lower()} " * 3, thumbnail=thumbnail))
+    write_results(tmp_path / "out", rows)
+
+    page = write_report(tmp_path / "out")
+
+    files = tmp_path / "out" / "_report_files"
+    assert sorted(p.name for p in files.glob("*.html")) == [f"cam{v}.html" for v in range(4)]
+    sizes = {p.name: p.stat().st_size for p in [page, *files.glob("*.html")]}
+    thumbs = list((files / "thumbs").iterdir())
+    print(f"2,000 frames: pages {sizes}, {len(thumbs)} thumbnails, {sum(t.stat().st_size for t in thumbs):,} bytes")
+    assert len(thumbs) == len({row["thumbnail"] for row in rows})  # a file per distinct JPEG
+    index = browse(page, tmp_path)
+    assert index["frames"] == [] and index["images"] == []
+    seen = browse(files / "cam1.html", tmp_path)
+    assert len(seen["frames"]) == 500 and len(seen["answers"]) == 1000
+    assert len(seen["images"]) == 500 and all(image["ok"] for image in seen["images"])

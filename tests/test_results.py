@@ -18,10 +18,14 @@ import pytest
 
 from pipeline.decode import format_timecode
 from pipeline.results import (
+    COVERAGE_COLUMNS,
     THUMBNAIL,
+    counts,
+    coverage,
     load_results,
     search_answers,
     slowest,
+    slowest_frames,
     thumbnail_bytes,
     thumbnail_image,
     video_summary,
@@ -59,6 +63,7 @@ def result_row(video_id: str = "v1", frame_index: int | None = 0, **fields: Any)
         "shot_index": None,
         "config_id": "cfg1",
         THUMBNAIL: None,
+        "finish_reason": "stop" if answer_row else None,
     }
     row.update(fields)
     return row
@@ -142,12 +147,37 @@ def test_load_results_adds_a_null_thumbnail_column_to_runs_without_one(tmp_path:
 
 
 def test_load_results_reads_runs_from_before_the_shot_start_and_duplicate_columns(tmp_path: Path) -> None:
-    older = pa.schema([f for f in RESULT_SCHEMA if f.name not in ("shot_start_s", "duplicate_of")])
-    write_results(tmp_path, [result_row()], schema=older)
+    newer = ("shot_start_s", "duplicate_of", "finish_reason")
+    older = pa.schema([f for f in RESULT_SCHEMA if f.name not in newer])
+    row = result_row()
+    for name in newer:
+        row.pop(name, None)
+    write_results(tmp_path, [row], schema=older)
 
     df = load_results(tmp_path)
 
     assert df.shot_start_s.isna().all() and df.duplicate_of.isna().all()
+    assert df.finish_reason.isna().all()
+
+
+def test_load_results_keeps_integer_columns_integer_where_some_rows_are_null(tmp_path: Path) -> None:
+    write_results(
+        tmp_path,
+        [
+            result_row("v", 7, shot_index=2, duplicate_of=None),
+            result_row("v", 9_007_199_254_740_993, shot_index=None, duplicate_of=7),
+            result_row("w", None),  # a video-level error: no frame
+        ],
+    )
+
+    df = load_results(tmp_path)
+
+    for column in ("frame_index", "shot_index", "duplicate_of", "prompt_tokens", "completion_tokens"):
+        assert df[column].dtype == "Int64", (column, df[column].dtype)
+    assert df["frame_index"].tolist()[:2] == [7, 9_007_199_254_740_993]  # exact: not via float
+    assert df["frame_index"].isna().tolist() == [False, False, True]
+    assert df["shot_index"].isna().tolist() == [False, True, True] and df["shot_index"].iloc[0] == 2
+    assert df["duplicate_of"].iloc[1] == 7
 
 
 def test_load_results_of_an_empty_folder_has_the_columns(tmp_path: Path) -> None:
@@ -220,3 +250,56 @@ def test_a_row_without_thumbnail_has_no_image(value: object) -> None:
     assert thumbnail_bytes({THUMBNAIL: value}) is None
     assert thumbnail_image({THUMBNAIL: value}) is None
     assert thumbnail_image(pd.Series({"answer": "x"})) is None
+
+
+def test_counts_count_a_frame_per_video_and_index(tmp_path: Path) -> None:
+    # Frame 0 and 25 of two videos, two prompts each, one answer cut, one failed; a broken video.
+    rows = [
+        result_row(v, f, prompt_id=p, **extra)
+        for v in ("x", "y")
+        for f in (0, 25)
+        for p, extra in (("p1", {}), ("p2", {"prompt": "Colour?"}))
+    ]
+    rows[1]["finish_reason"] = "length"
+    rows[2].update(status="error", answer=None, error="decode failed", finish_reason=None)
+    rows.append(result_row("z", None))
+    write_results(tmp_path, rows)
+
+    found = counts(load_results(tmp_path))
+
+    assert found == {
+        "rows": 9, "videos": 3, "frames": 4, "prompts": 2, "answers": 7, "cut_answers": 1,
+        "failed_answers": 1, "failed_videos": 1,
+    }
+    assert video_summary(load_results(tmp_path)).loc["x", "cut_answers"] == 1
+
+
+def test_slowest_frames_time_a_frame_by_its_last_answer(two_videos: Path, thumbnail: bytes) -> None:
+    frames = slowest_frames(load_results(two_videos), 10)
+
+    # Frame 50: answers of 300 ms and a failed one; frame 0: 100 and 200 ms (asked together).
+    assert frames["frame_index"].tolist() == [50, 0]
+    assert frames["latency_ms"].tolist() == [300.0, 200.0]
+    assert frames["answers"].tolist() == [1, 2]
+    assert frames["completion_tokens"].tolist() == [10, 20]
+    assert frames["ms_per_token"].tolist() == [30.0, 20.0]
+    assert frames[THUMBNAIL].tolist() == [thumbnail, thumbnail]
+    assert slowest_frames(load_results(two_videos), 1)["frame_index"].tolist() == [50]
+
+
+def test_coverage_from_rows_and_video_facts(two_videos: Path) -> None:
+    videos = pd.DataFrame(
+        [
+            {"video_id": "b", "video_path": "/videos/b.mp4", "duration_s": 10.0, "frames_decoded": 250},
+            {"video_id": "a", "video_path": "/videos/a.mp4", "duration_s": 5.0, "frames_decoded": None},
+        ]
+    )
+
+    table = coverage(load_results(two_videos), videos)
+
+    assert list(table.columns) == COVERAGE_COLUMNS
+    b = table.loc["b"]
+    # b: frames at 0 s and 2 s of 10 s.
+    assert (b["frames_sampled"], b["sampled_share"], b["mean_gap_s"], b["max_gap_s"]) == (2, 2 / 250, 5.0, 8.0)
+    a = table.loc["a"]  # a video that failed: nothing sampled, its whole length uncovered
+    assert a["frames_sampled"] == 0 and a["max_gap_s"] == 5.0 and pd.isna(a["sampled_share"])

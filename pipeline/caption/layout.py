@@ -6,7 +6,8 @@ and padded with black. Each tile yields a 24x24 map of features. The reference
 implementation (the LLaVA authors' code, transformers' ``LlavaNextModel.pack_image_features``)
 places the grid's maps side by side as one spatial map, cuts away the rows or columns that
 only hold padding, appends the learned ``image_newline`` vector after every row, and puts the
-base tile's 576 features first (:meth:`FrameLayout.placement` says where each feature goes). A 640x360 frame is 576 + 28 x (48 + 1) = 1,948 tokens.
+base tile's 576 features first (:meth:`FrameLayout.placement` says where each feature goes).
+A 640x360 frame is 576 + 28 x (48 + 1) = 1,948 tokens.
 
 llama.cpp's ``mtmd`` instead feeds every tile's 576 features one after another (2,880 tokens
 for the same frame, no unpad, no newline): ``FrameLayout`` below knows both, and the engine
@@ -102,8 +103,14 @@ class FrameLayout:
         rows, cols = target_h // tile, target_w // tile
         kept_rows, kept_cols = _unpadded(height, width, rows * self.geometry.side, cols * self.geometry.side)
         return FramePlan(
-            height, width, rows, cols, (new_h, new_w),
-            ((target_h - new_h) // 2, (target_w - new_w) // 2), kept_rows, kept_cols,
+            height,
+            width,
+            rows,
+            cols,
+            (new_h, new_w),
+            ((target_h - new_h) // 2, (target_w - new_w) // 2),
+            kept_rows,
+            kept_cols,
         )
 
     def n_tokens(self, plan: FramePlan) -> int:

@@ -28,6 +28,7 @@ import hashlib
 import logging
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TypeVar, cast
 
 import gguf
 import numpy as np
@@ -43,6 +44,7 @@ REVERSED = "reversed"
 ARRANGEMENTS = (NATURAL, REVERSED)
 # A later llama.cpp that fixes either defect changes what the copies must hold.
 _COPY_VERSION = "1"
+Value = TypeVar("Value")
 _NEWLINE_NAMES = ("v.image_newline", "model.image_newline")
 
 
@@ -74,7 +76,7 @@ def read_projector(path: str | Path) -> Projector:
     fix = "use a LLaVA 1.6 mmproj, or model.image_layout=llamacpp"
     if _field(reader, "clip.projector_type", "mlp") != "mlp" or not _field(reader, "clip.has_llava_projector", True):
         raise WeightsError(f"{path.name} is not a LLaVA (MLP) projector; the reference image layout needs one; {fix}")
-    pinpoints = _field(reader, "clip.vision.image_grid_pinpoints", [])
+    pinpoints: list[int] = _field(reader, "clip.vision.image_grid_pinpoints", [])
     if not pinpoints or len(pinpoints) % 2:
         raise WeightsError(f"{path.name} has no anyres grid pinpoints (LLaVA 1.5?); {fix}")
     merge = _field(reader, "clip.vision.mm_patch_merge_type", "flat")
@@ -94,7 +96,9 @@ def read_projector(path: str | Path) -> Projector:
     )
     position = tensors.get("v.position_embd.weight")
     if "v.class_embd" not in tensors or position is None or int(position.shape[-1]) != geometry.tile_tokens + 1:
-        raise WeightsError(f"{path.name}: expected a CLIP encoder with a class token and {geometry.tile_tokens + 1} positions; {fix}")
+        raise WeightsError(
+            f"{path.name}: expected a CLIP encoder with a class token and {geometry.tile_tokens + 1} positions; {fix}"
+        )
     newline = np.array(newline_tensor.data, dtype=np.float32).reshape(-1)
     return Projector(path, geometry, newline)
 
@@ -134,7 +138,11 @@ def arrange(tile: np.ndarray, patch_px: int, arrangement: str) -> np.ndarray:
     if arrangement == NATURAL:
         return np.ascontiguousarray(tile)
     side = tile.shape[0] // patch_px
-    blocks = tile.reshape(side, patch_px, side, patch_px, 3).transpose(0, 2, 1, 3, 4).reshape(side * side, patch_px, patch_px, 3)
+    blocks = (
+        tile.reshape(side, patch_px, side, patch_px, 3)
+        .transpose(0, 2, 1, 3, 4)
+        .reshape(side * side, patch_px, patch_px, 3)
+    )
     return np.ascontiguousarray(
         blocks[::-1].reshape(side, side, patch_px, patch_px, 3).transpose(0, 2, 1, 3, 4).reshape(tile.shape)
     )
@@ -197,6 +205,7 @@ def _reader(path: Path) -> gguf.GGUFReader:
         raise WeightsError(f"not a readable GGUF file: {path} ({error})") from error
 
 
-def _field(reader: gguf.GGUFReader, key: str, default: object) -> object:
+def _field(reader: gguf.GGUFReader, key: str, default: Value) -> Value:
+    """A metadata value (of the default's type), or ``default`` when the key is absent."""
     field = reader.get_field(key)
-    return default if field is None else field.contents()
+    return default if field is None else cast(Value, field.contents())

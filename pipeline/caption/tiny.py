@@ -20,14 +20,14 @@ an older generator are not reused.
 from __future__ import annotations
 
 import ctypes
-import os
-import tempfile
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
 import gguf
 import numpy as np
+
+from pipeline.store import write_atomic
 
 _VERSION = "v2"
 TINY_TEXT_FILE = f"tiny-llava-text-{_VERSION}.gguf"
@@ -340,25 +340,12 @@ def text_layout(shape: TextShape, n_vocab: int) -> list[tuple[str, tuple[int, ..
 
 
 
-def write_atomic(path: Path, write: Callable[[Path], None]) -> Path:
-    """Write ``path`` with ``write`` through a temporary file in the same folder."""
-    fd, tmp_name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    os.close(fd)
-    tmp_path = Path(tmp_name)
-    try:
-        write(tmp_path)
-        os.replace(tmp_path, path)
-    finally:
-        tmp_path.unlink(missing_ok=True)
-    return path
-
-
 def _ensure_file(path: Path, write: Callable[[Path], None]) -> Path:
     """Make ``path`` with ``write`` unless it exists, atomically (a concurrent reader sees
     either no file or the whole file)."""
-    if path.exists():
-        return path
-    return write_atomic(path, write)
+    if not path.exists():
+        write_atomic(path, write)
+    return path
 
 
 def _write_gguf(path: Path, writer: gguf.GGUFWriter) -> None:

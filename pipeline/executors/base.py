@@ -24,7 +24,7 @@ from typing import Protocol
 import numpy as np
 
 from pipeline.caption import Answer, Captioner, CaptionSpec, Question
-from pipeline.decode import VideoError, VideoReader
+from pipeline.decode import VideoError, VideoFacts, VideoReader
 from pipeline.inputs import os_reason
 from pipeline.sampling import Sample, Sampler
 
@@ -99,6 +99,7 @@ class Decoded:
         already_done: Sampled frames left out because they had every answer.
         started_at: When decoding started (epoch seconds).
         error: Why the video could not be read to its end, or ``None``.
+        facts: What the decode learnt of the video (``None``: it could not be opened).
     """
 
     video_index: int
@@ -106,6 +107,7 @@ class Decoded:
     already_done: int
     started_at: float
     error: str | None = None
+    facts: VideoFacts | None = None
 
 
 @dataclass(frozen=True)
@@ -149,6 +151,7 @@ class VideoDecoder:
         started_at = time.time()
         sent = already_done = 0
         error = None
+        reader: VideoReader | None = None
         try:
             with VideoReader(job.path) as reader:
                 taken = 0
@@ -169,7 +172,8 @@ class VideoDecoder:
             error = str(failure)
         except OSError as failure:
             error = os_reason(job.path, failure)
-        yield Decoded(job.video_index, sent, already_done, started_at, error)
+        facts = reader.facts() if reader is not None else None
+        yield Decoded(job.video_index, sent, already_done, started_at, error, facts)
 
 
 @dataclass(frozen=True)

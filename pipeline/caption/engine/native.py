@@ -13,7 +13,7 @@ import logging
 import os
 from dataclasses import dataclass, field
 
-import llama_cpp  # noqa: I001  (import order: see the module docstring)
+import llama_cpp
 import llama_cpp.mtmd_cpp as mtmd
 import numpy as np
 
@@ -40,25 +40,31 @@ class Batch:
         size = self.seq.itemsize
         self.seq_ptrs = (seq_p * capacity)(*(ctypes.cast(base + i * size, seq_p) for i in range(capacity)))
         self.struct = llama_cpp.llama_batch()
-        self.struct.pos = self.pos.ctypes.data_as(ctypes.POINTER(llama_cpp.llama_pos))
-        self.struct.n_seq_id = self.n_seq_id.ctypes.data_as(ctypes.POINTER(ctypes.c_int32))
-        self.struct.seq_id = self.seq_ptrs
-        self.struct.logits = self.logits.ctypes.data_as(ctypes.POINTER(ctypes.c_int8))
         self._token_p = self.token.ctypes.data_as(ctypes.POINTER(llama_cpp.llama_token))
+        self._point(
+            pos=self.pos.ctypes.data_as(ctypes.POINTER(llama_cpp.llama_pos)),
+            n_seq_id=self.n_seq_id.ctypes.data_as(ctypes.POINTER(ctypes.c_int32)),
+            seq_id=self.seq_ptrs,
+            logits=self.logits.ctypes.data_as(ctypes.POINTER(ctypes.c_int8)),
+        )
 
     def as_tokens(self, n: int) -> llama_cpp.llama_batch:
         """The first ``n`` entries as a token batch."""
         self.struct.n_tokens = n
-        self.struct.token = self._token_p
-        self.struct.embd = None
+        self._point(token=self._token_p, embd=None)
         return self.struct
 
     def as_embeddings(self, embd: np.ndarray, n: int) -> llama_cpp.llama_batch:
         """``n`` rows of ``embd`` (float32, C order) as an embedding batch."""
         self.struct.n_tokens = n
-        self.struct.token = None
-        self.struct.embd = embd.ctypes.data_as(ctypes.POINTER(ctypes.c_float))
+        self._point(token=None, embd=embd.ctypes.data_as(ctypes.POINTER(ctypes.c_float)))
         return self.struct
+
+    def _point(self, **pointers: object) -> None:
+        # The struct's pointer fields take pointers into the numpy arrays; llama_cpp's ctypes
+        # declarations type them as arrays, which a plain assignment would contradict.
+        for name, pointer in pointers.items():
+            setattr(self.struct, name, pointer)
 
 
 @dataclass(eq=False)

@@ -169,6 +169,4 @@ class EngineStats:
     decode_calls: int = 0
 
     def __add__(self, other: EngineStats) -> EngineStats:
-        return EngineStats(
-            *(getattr(self, f.name) + getattr(other, f.name) for f in dataclasses.fields(self))
-        )
+        return EngineStats(*(getattr(self, f.name) + getattr(other, f.name) for f in dataclasses.fields(self)))

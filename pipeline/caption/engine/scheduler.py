@@ -35,7 +35,7 @@ import time
 from collections.abc import Iterable, Iterator, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
-from typing import Any, Generic, TypeVar
+from typing import Any, Generic, TypeVar, cast
 
 import llama_cpp
 import numpy as np
@@ -169,7 +169,15 @@ class Engine:
             for parallel in lane_parallel:
                 n_ctx_seq = s.n_ctx * (parallel if s.kv_unified else 1)
                 self._lanes.append(
-                    model.new_lane(parallel * s.max_questions, n_ctx_seq, s.kv_unified, s.n_batch, s.n_ubatch, n_threads, flash_attn)
+                    model.new_lane(
+                        parallel * s.max_questions,
+                        n_ctx_seq,
+                        s.kv_unified,
+                        s.n_batch,
+                        s.n_ubatch,
+                        n_threads,
+                        flash_attn,
+                    )
                 )
             self._vision = Vision(s.mmproj, s.image_layout, model, n_threads, flash_attn)
         except BaseException:
@@ -179,9 +187,10 @@ class Engine:
         self._kv_capacity = min(lane.kv_capacity for lane in self._lanes)
         self._eog = model.end_of_generation_ids() if s.ignore_eos else np.zeros(0, np.int64)
         # None: auto (see _decode_group); 0: all active sequences in one llama_decode.
-        self._max_decode_seqs = s.max_decode_seqs
-        if self._max_decode_seqs is None:
+        if s.max_decode_seqs is None:
             self._max_decode_seqs = -8 if model.on_gpu and cublas_build() else 0
+        else:
+            self._max_decode_seqs = s.max_decode_seqs
         if s.prepare_ahead > 0 and (model.on_gpu or n_threads < (os.cpu_count() or 1)):
             # Not when llama.cpp's CPU threads take every core: a second busy thread then
             # stalls their OpenMP barriers and decoding gets many times slower.
@@ -280,7 +289,9 @@ class Engine:
         self.questions = list(questions)
         system, chat = self.settings.system_prompt, self.settings.chat_format
         self._prefix_tokens = self._model.tokenize(chat.split("", system)[0], add_special=True)
-        self._suffix_tokens = [self._model.tokenize(chat.split(q.text, system)[1], add_special=False) for q in questions]
+        self._suffix_tokens = [
+            self._model.tokenize(chat.split(q.text, system)[1], add_special=False) for q in questions
+        ]
 
     def _kv_need(self, n_image_tokens: int, asked: Iterable[int]) -> int:
         """KV cells a frame of ``n_image_tokens`` with the ``asked`` questions takes: with
@@ -346,10 +357,11 @@ class Engine:
                         if not active:
                             return
                         break
-                    frame, failed = item  # type: ignore[misc]
+                    frame, failed = cast(_Prepared, item)
                     if failed is not None:
                         yield failed
                         continue
+                    assert frame is not None  # a prepared job is a frame or its failure
                     started, finished = self._admit(lane, frame)
                     active.extend(started)
                     for done in finished:

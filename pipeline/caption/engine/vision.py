@@ -105,7 +105,10 @@ class Vision:
                 self._projector = read_projector(mmproj)
                 self._layout = FrameLayout(self._projector.geometry)
                 if self._projector.newline.shape[0] != self._n_embd:
-                    raise EngineError(f"{mmproj}: image_newline has {self._projector.newline.shape[0]} values, the text model embeds {self._n_embd}")
+                    raise EngineError(
+                        f"{mmproj}: image_newline has {self._projector.newline.shape[0]} values, "
+                        f"the text model embeds {self._n_embd}"
+                    )
                 for arrangement, path in reference_copies(self._projector, user_cache_dir()).items():
                     self._contexts[arrangement] = _load(str(path), model, n_threads, flash_attn)
                 self._self_check()
@@ -163,7 +166,9 @@ class Vision:
                 row = 0
                 for piece in image.pieces:
                     n = self._encode_piece(piece)
-                    ctypes.memmove(out[row:].ctypes.data, mtmd.mtmd_get_output_embd(self._contexts[""]), n * self._n_embd * 4)
+                    ctypes.memmove(
+                        out[row:].ctypes.data, mtmd.mtmd_get_output_embd(self._contexts[""]), n * self._n_embd * 4
+                    )
                     row += n
                 result = out[:row]
             else:
@@ -212,7 +217,9 @@ class Vision:
                     patches = np.flatnonzero(needed)
                     patches = patches[patches != missing_patch(arrangement, n_patches)]
                     if patches.size:
-                        takes.append(_Take(index, arrangement, output_rows(arrangement, patches, n_patches), targets[patches]))
+                        takes.append(
+                            _Take(index, arrangement, output_rows(arrangement, patches, n_patches), targets[patches])
+                        )
                         needed[patches] = False
             if len(self._recipes) > 32:
                 self._recipes.clear()

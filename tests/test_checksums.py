@@ -1,0 +1,85 @@
+"""Model files' SHA-256: computed once per file, cached by size and mtime, and recorded in every
+Parquet file's metadata next to the files' names."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+from pathlib import Path
+
+import pytest
+
+from pipeline import checksums
+from pipeline.checksums import cache_path, file_sha256, model_sha256
+from pipeline.store import read_metadata
+from tests.conftest import SAMPLE_VIDEO, run_cli
+
+
+@pytest.fixture(autouse=True)
+def cache_dir(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    monkeypatch.setenv("VIDEO_CAPTION_CACHE_DIR", str(tmp_path / "cache"))
+    return tmp_path / "cache"
+
+
+def sha256(path: Path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+def test_digest_is_cached_by_size_and_mtime(tmp_path: Path, cache_dir: Path) -> None:
+    model = tmp_path / "model.gguf"
+    model.write_bytes(b"weights " * 1000)
+    stat = model.stat()
+
+    assert file_sha256(model) == sha256(model)
+    assert cache_path() == cache_dir / "sha256.json"
+    entry = json.loads(cache_path().read_text())[str(model.resolve())]
+    assert entry == {"size": stat.st_size, "mtime_ns": stat.st_mtime_ns, "sha256": sha256(model)}
+
+    # Same size and mtime: the cached digest, without reading the file again.
+    original = sha256(model)
+    model.write_bytes(b"WEIGHTS " * 1000)
+    os.utime(model, ns=(stat.st_atime_ns, stat.st_mtime_ns))
+    assert file_sha256(model) == original
+
+    # A new mtime (or size) hashes the file again.
+    os.utime(model, ns=(stat.st_atime_ns, stat.st_mtime_ns + 1_000_000_000))
+    assert file_sha256(model) == sha256(model) != original
+
+
+def test_an_unwritable_cache_only_costs_the_rehash(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    blocker = tmp_path / "not-a-folder"
+    blocker.write_text("")
+    monkeypatch.setenv("VIDEO_CAPTION_CACHE_DIR", str(blocker))
+    model = tmp_path / "m.gguf"
+    model.write_bytes(b"x")
+
+    assert file_sha256(model) == file_sha256(model) == sha256(model)
+
+
+def test_an_unreadable_model_file_has_no_digest(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    present = tmp_path / "a.gguf"
+    present.write_bytes(b"a")
+
+    with caplog.at_level(logging.WARNING, logger=checksums.__name__):
+        digests = model_sha256({"text_model": str(present), "mmproj": str(tmp_path / "gone.gguf")})
+
+    assert digests == {"text_model": sha256(present), "mmproj": None}
+    assert "no SHA-256 for mmproj" in caplog.text
+
+
+def test_parquet_metadata_has_the_model_files_sha256(
+    cli_base: list[str], tmp_path: Path, tiny_model_dir: Path, cache_dir: Path
+) -> None:
+    done = run_cli(*cli_base, f"video={SAMPLE_VIDEO}", "max_frames=1")  # inherits the cache dir
+    assert done.returncode == 0, done.stderr
+
+    (part,) = (tmp_path / "out").glob("*/part-*.parquet")
+    metadata = read_metadata(part)
+    files = metadata["model_files"]
+    assert set(files) == {"text_model", "mmproj"}
+    assert metadata["model_sha256"] == {name: sha256(Path(path)) for name, path in files.items()}
+    assert Path(files["text_model"]).parent == tiny_model_dir
+    cached = json.loads((cache_dir / "sha256.json").read_text())
+    assert {entry["sha256"] for entry in cached.values()} == set(metadata["model_sha256"].values())
