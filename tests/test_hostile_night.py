@@ -338,13 +338,26 @@ def _closed_port() -> int:
 def test_an_unreachable_ray_cluster_is_one_line(cli_base: list[str], tmp_path: Path, via: str) -> None:
     address = f"127.0.0.1:{_closed_port()}"
     setting = [f"executor.address={address}"] if via == "executor.address" else []
-    result = subprocess.run(
-        [sys.executable, "-m", "pipeline", f"video={SAMPLE_VIDEO}", *cli_base, "executor=ray", *setting,
-         "executor.connect_timeout_s=5"],
-        cwd=ROOT, env=cli_env(RAY_ADDRESS=address if via == "RAY_ADDRESS" else ""),
-        capture_output=True, text=True, timeout=RUN_TIMEOUT_S,
-    )
+    env = {"RAY_ADDRESS": address if via == "RAY_ADDRESS" else ""}
+    result = ray_run(cli_base, [*setting, "executor.connect_timeout_s=5"], **env)
     assert_one_line_error(result, 1, f"cannot reach a Ray cluster at {address} (from {via}")
+
+
+def test_a_ray_address_that_does_not_answer_is_one_line(cli_base: list[str], tmp_path: Path) -> None:
+    # Something listens there but never speaks: ray.init alone keeps retrying for many minutes.
+    with socket.socket() as silent:
+        silent.bind(("127.0.0.1", 0))
+        silent.listen(8)
+        address = f"127.0.0.1:{silent.getsockname()[1]}"
+        result = ray_run(cli_base, [f"executor.address={address}", "executor.connect_timeout_s=2"])
+    assert_one_line_error(result, 1, f"no answer from a Ray cluster at {address} (from executor.address)")
+
+
+def ray_run(cli_base: list[str], settings: list[str], **env: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "pipeline", f"video={SAMPLE_VIDEO}", *cli_base, "executor=ray", *settings],
+        cwd=ROOT, env=cli_env(**env), capture_output=True, text=True, timeout=RUN_TIMEOUT_S,
+    )
 
 
 # -- 13. smaller ones ------------------------------------------------------------------------------

@@ -36,6 +36,7 @@ from collections.abc import Iterator
 from concurrent.futures import Future
 from dataclasses import dataclass, replace
 from pathlib import Path
+from types import FrameType
 from typing import Any
 
 from pipeline.caption import Answer, Captioner, CaptionSpec, EngineError, Question, default_parallel
@@ -203,18 +204,33 @@ class RayExecutor:
         else:
             self._reach(address, found_by)
         # ray.init sets a SIGTERM handler that exits at once; the command line's own
-        # (pipeline.signals: the run summary, exit 143) comes back after it.
+        # (pipeline.signals: the run summary, exit 143) comes back after it. Something that
+        # accepts connections but does not answer keeps ray.init retrying for many minutes:
+        # an alarm ends that wait (when ray.init next runs Python, within about 40 s more).
+        on_main = threading.current_thread() is threading.main_thread()
         sigterm = signal.getsignal(signal.SIGTERM)
+        alarm = signal.getsignal(signal.SIGALRM)
+        if on_main and address is not None:
+            signal.signal(signal.SIGALRM, _connect_timed_out)
+            signal.setitimer(signal.ITIMER_REAL, self.connect_timeout_s)
         try:
             ray.init(address=address or "local", namespace=NAMESPACE, logging_level=logging.WARNING)
             self._connected = True
+        except _ConnectTimeout:
+            raise ExecutorError(
+                f"no answer from a Ray cluster at {address} (from {found_by}) within "
+                f"executor.connect_timeout_s={self.connect_timeout_s:g}; check that a Ray head runs there, "
+                "fix the address, or use executor.address=local"
+            ) from None
         except (ConnectionError, RuntimeError, ValueError) as error:
             raise ExecutorError(
                 f"cannot connect to a Ray cluster at {address} ({found_by}): "
                 f"{str(error).splitlines()[0]}; start one with `ray start --head` or fix the address"
             ) from error
         finally:
-            if threading.current_thread() is threading.main_thread():
+            if on_main:
+                signal.setitimer(signal.ITIMER_REAL, 0)
+                signal.signal(signal.SIGALRM, alarm)
                 signal.signal(signal.SIGTERM, sigterm)
 
     def _cluster_address(self) -> tuple[str | None, str]:
@@ -315,6 +331,15 @@ class RayExecutor:
                 f"a Ray worker failed past executor.retries={self.retries}: "
                 f"{str(error).splitlines()[0]}; committed results are intact, run again to finish"
             ) from error
+
+
+class _ConnectTimeout(BaseException):
+    """``executor.connect_timeout_s`` passed while ``ray.init`` was connecting (a
+    ``BaseException``: Ray's own ``except Exception`` must not take it)."""
+
+
+def _connect_timed_out(signum: int, frame: FrameType | None) -> None:
+    raise _ConnectTimeout
 
 
 def _decode_stream(decoder: VideoDecoder, job: DecodeJob) -> Iterator[FrameJob | Decoded]:
