@@ -198,7 +198,7 @@ def _thumbnailer(cfg: DictConfig) -> Callable[[np.ndarray], bytes] | None:
 
 
 def _shard_suffix(cfg: DictConfig) -> str:
-    """``-shard<i>of<n>`` when the videos are sharded (for the lock and summary names), else ""."""
+    """``-shard<i>of<n>`` when the videos are sharded (for the run summary's name), else ""."""
     return f"-shard{cfg.shard}of{cfg.num_shards}" if cfg.num_shards > 1 else ""
 
 
