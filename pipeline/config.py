@@ -11,13 +11,14 @@ them, so a misspelt key or a wrong type fails before any work starts.
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from hydra import compose, initialize_config_dir
 from hydra.core.config_store import ConfigStore
-from omegaconf import MISSING, DictConfig
+from omegaconf import MISSING, DictConfig, OmegaConf
 
 
 @dataclass
@@ -138,6 +139,7 @@ class RayExecutorConfig:
     decode_tasks: int | None = MISSING
     cpus_per_decode: float = MISSING
     retries: int = MISSING
+    connect_timeout_s: float = MISSING
 
 
 @dataclass
@@ -153,6 +155,7 @@ class Config:
     prompts: list[str] = MISSING
     system_prompt: str | None = MISSING
     max_frames: int | None = MISSING
+    min_age_s: float = MISSING
     model: ModelConfig = MISSING
     sampler: Any = MISSING
     generation: GenerationConfig = field(default_factory=GenerationConfig)
@@ -169,8 +172,11 @@ def register_configs() -> None:
     """Register the schemas with Hydra's ConfigStore (the YAML files extend them).
 
     Done when this module is imported: a process that only unpickles a Hydra job (a submitit
-    launcher's) composes its config too, and must find them. Doing it again is harmless.
+    launcher's) composes its config too, and must find them. Doing it again is harmless. Also
+    registers ``${pid:}`` (this process's id), which keeps the log folders of runs started
+    together apart.
     """
+    OmegaConf.register_new_resolver("pid", os.getpid, replace=True)
     cs = ConfigStore.instance()
     cs.store(name="config_schema", node=Config)
     cs.store(group="model", name="model_schema", node=ModelConfig)

@@ -214,11 +214,12 @@ class Executor(Protocol):
         """The model files in use, for the Parquet metadata (empty before :meth:`start`)."""
         ...
 
-    def start(self, spec: CaptionSpec) -> None:
-        """Load the model(s) that ``spec`` describes.
+    def start(self, spec: CaptionSpec, questions: list[Question]) -> None:
+        """Load the model(s) that ``spec`` describes and check that a frame with ``questions``
+        can fit their context (:meth:`Captioner.check_fits`), before any frame is decoded.
 
         Raises:
-            UserError: Weights missing, no cluster, and the like.
+            UserError: Weights missing, no cluster, no frame fits, and the like.
         """
         ...
 
