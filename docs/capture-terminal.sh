@@ -11,6 +11,7 @@ mkdir "$work/night"
 for i in 1 2 3; do  # three copies of the sample clip, each with its own content id
   cp data/sample.mp4 "$work/night/clip$i.mp4"; printf '%s' "$i" >> "$work/night/clip$i.mp4"
 done
+touch -d '10 minutes ago' "$work"/night/*.mp4  # settled: older than min_age_s
 tmux new-session -d -s capture -x 120 -y 32 "bash --norc --noprofile"
 tmux send-keys -t capture "cd $PWD && . .venv/bin/activate && export PYTHONPATH=$PWD && cd $work && PS1='$ ' && clear" Enter
 sleep 1

@@ -2,7 +2,8 @@
 
 Exit codes: 0 all videos done (or nothing to do), 2 finished but some videos failed, 3 every
 video it tried failed (none done), 1 bad input, full disk or crash, 75 another run holds the
-lock on ``output_dir``.
+lock on ``output_dir``, 130 / 143 stopped by Ctrl-C / SIGTERM (what was committed stays; the
+run summary records the code).
 Every expected failure (a :class:`~pipeline.errors.UserError`) prints one line naming the
 problem and the fix, never a traceback; anything else is a crash, printed as one line with its
 traceback in the run's log file. Under ``-m`` (a sweep, e.g. shards through a launcher) each
@@ -37,12 +38,13 @@ from pipeline.config import config_dir, prompts_of
 from pipeline.dry_run import plan_lines
 from pipeline.errors import InputError, LockHeld, StoreError, UserError
 from pipeline.executors.base import Executor
-from pipeline.inputs import find_videos, shard_videos
+from pipeline.inputs import find_videos, names_one_file, shard_videos
 from pipeline.lock import RunLock
-from pipeline.run import Pipeline, RunSummary, run_stamp, settings_id, write_summary
+from pipeline.run import Pipeline, RunSummary, run_stamp, settings_id, unique_prompts, write_summary
 from pipeline.runlog import log_folder, record_crash, run_log
 from pipeline.sampling import Sampler
-from pipeline.store import prepare_output_dir
+from pipeline.signals import Stopped, stop_on_signals
+from pipeline.store import prepare_output_dir, remove_temporaries, write_json_atomic
 from pipeline.thumbnails import check_thumbnail_settings, make_thumbnail
 
 log = logging.getLogger("pipeline")
@@ -52,6 +54,9 @@ EXIT_CRASH = 1
 EXIT_SOME_FAILED = 2
 EXIT_ALL_FAILED = 3  # a night where nothing could be done: a service manager sees a failure
 EXIT_LOCKED = 75  # EX_TEMPFAIL: try again later
+# Made when a run with a report due starts captioning, removed once the report is written: a
+# run killed before its report leaves it, and the next run writes the report.
+REPORT_DUE = "_report-due"
 
 
 def run_from_config(cfg: DictConfig) -> int:
@@ -64,7 +69,7 @@ def run_from_config(cfg: DictConfig) -> int:
     log_file: Path | None = None
     with ExitStack() as stack:
         try:
-            prompts = prompts_of(cfg)
+            prompts = unique_prompts(prompts_of(cfg))
             spec = CaptionSpec.from_config(cfg, max_questions=len(prompts))
             sampler: Sampler = _instantiate(cfg.sampler)
             executor: Executor = _instantiate(cfg.executor)
@@ -73,13 +78,19 @@ def run_from_config(cfg: DictConfig) -> int:
             if cfg.dry_run:
                 return _dry_run(cfg, prompts, sampler, videos)
             output_dir = prepare_output_dir(cfg.output_dir)
-            suffix = _shard_suffix(cfg)
-            stack.enter_context(RunLock(output_dir, name=f"_lock{suffix}"))
-            log_file = stack.enter_context(run_log(log_folder(output_dir) / f"{run_stamp(started)}{suffix}.log"))
-            return _run_locked(cfg, prompts, spec, sampler, executor, videos, output_dir, started)
+            # Temporary files of killed runs go while no other run can be writing.
+            stack.enter_context(
+                RunLock(output_dir, cfg.shard, cfg.num_shards, when_alone=partial(remove_temporaries, output_dir))
+            )
+            log_name = f"{run_stamp(started)}{_shard_suffix(cfg)}.log"
+            log_file = stack.enter_context(run_log(log_folder(output_dir) / log_name))
+            return _run_locked(cfg, prompts, spec, sampler, executor, videos, output_dir, started, log_file)
         except LockHeld as error:
             log.error("%s", error)
             return EXIT_LOCKED
+        except Stopped as stop:
+            log.warning("%s; what was committed is kept, the next run does the rest", stop)
+            return stop.exit_code
         except (UserError, EngineError) as error:
             log.error("%s", error)
             return EXIT_CRASH
@@ -100,6 +111,7 @@ def _run_locked(
     videos: list[Path],
     output_dir: Path,
     started: float,
+    log_file: Path,
 ) -> int:
     export_formats: list[str] = []
     if cfg.export:  # pandas loads only when an export is due; a bad format fails before the model
@@ -107,57 +119,83 @@ def _run_locked(
 
         export_formats = parse_formats(cfg.export)
     pipeline = _pipeline(cfg, prompts, sampler, output_dir, retry_failed=cfg.retry_failed, thumbnail=_thumbnailer(cfg))
-    tasks = pipeline.plan(videos)
-    summary = RunSummary(videos=[t.outcome for t in tasks])
+    summary = RunSummary(log_file=str(log_file))
     code = EXIT_CRASH
-    todo = sum(t.outcome.status == "todo" for t in tasks)
     try:
+        tasks = pipeline.plan(videos)
+        summary.videos = [t.outcome for t in tasks]
+        report_due = output_dir / REPORT_DUE
+        todo = sum(t.outcome.status == "todo" for t in tasks)
         if todo:
             log.info(
                 "%d of %d videos to caption; loading model %s (model.n_gpu_layers=%d)",
                 todo, len(tasks), spec.model.name, spec.model.n_gpu_layers,
             )
             try:
-                executor.start(spec)
+                executor.start(spec, pipeline.questions)
                 log.info("started: %s -> %s", executor.describe(), output_dir)
-                summary = pipeline.run(tasks, executor)
+                if cfg.report:
+                    write_json_atomic(report_due, {"since": started})
+                pipeline.run(tasks, executor, summary)
             finally:
                 executor.close()
         else:
-            summary = pipeline.run(tasks, None)
+            pipeline.run(tasks, None, summary)
+        _log_outcome(summary, output_dir, cfg)
+        if export_formats and summary.count("done"):
+            _export(output_dir, export_formats)
+        if cfg.report and report_due.exists():
+            _write_report(output_dir, report_due)
         failed = summary.count("error")
         code = (EXIT_ALL_FAILED if not summary.count("done") else EXIT_SOME_FAILED) if failed else EXIT_OK
+    except Stopped as stop:
+        code = stop.exit_code
+        raise
     finally:
         write_summary(output_dir, summary, started, code, _shard_suffix(cfg))
-    failed_before = sum(1 for t in tasks if t.outcome.status == "skipped" and t.outcome.error)
-    if not tasks:
+    return code
+
+
+def _log_outcome(summary: RunSummary, output_dir: Path, cfg: DictConfig) -> None:
+    """One line for the run, and one for what earlier runs left failed."""
+    waiting = summary.count("waiting")
+    if not summary.videos:
         where = f"shard {cfg.shard} of {cfg.num_shards} of video=" if cfg.num_shards > 1 else "video="
         log.info("nothing to do: no videos in %s%s", where, ", ".join(video_specs(cfg.video)))
     elif not summary.count("done") and not summary.count("error"):
-        log.info("nothing to do: %d videos already done in %s", len(tasks), output_dir)
+        log.info("nothing to do: %d videos already done in %s", summary.count("skipped"), output_dir)
     else:
         log.info(
             "finished: %d done, %d skipped, %d failed; %d frames in %.1f s -> %s",
             summary.count("done"), summary.count("skipped"), summary.count("error"),
             summary.frames, summary.wall_s, output_dir,
         )
+    if waiting:
+        log.info("%d videos modified in the last min_age_s seconds are left for the next run", waiting)
+    failed_before = sum(1 for v in summary.videos if v.status == "skipped" and v.error)
     if failed_before:
         log.info("%d videos failed in earlier runs; retry_failed=true tries them again", failed_before)
-    if export_formats and summary.count("done"):
-        try:
-            from pipeline.export import export
 
-            log.info("export: %s", export(output_dir, export_formats).folder)
-        except (OSError, StoreError) as error:
-            log.warning("export not written: %s", error)
-    if cfg.report and summary.count("done"):
-        try:
-            from pipeline.report import write_report  # pandas: loaded only when a report is due
 
-            log.info("report: %s", write_report(output_dir))
-        except (OSError, StoreError) as error:
-            log.warning("report not written: %s", error)
-    return code
+def _write_report(output_dir: Path, report_due: Path) -> None:
+    """Write the HTML report, then drop the marker that said it was due."""
+    from pipeline.report import write_report  # pandas: loaded only when a report is due
+
+    try:
+        log.info("report: %s", write_report(output_dir))
+        report_due.unlink(missing_ok=True)
+    except (OSError, StoreError) as error:
+        log.warning("report not written: %s", error)
+
+
+def _export(output_dir: Path, export_formats: list[str]) -> None:
+    """Write the subtitle tracks and exports of ``output_dir``; a failure is a warning."""
+    from pipeline.export import export
+
+    try:
+        log.info("export: %s", export(output_dir, export_formats).folder)
+    except (OSError, StoreError) as error:
+        log.warning("export not written: %s", error)
 
 
 def _pipeline(
@@ -183,6 +221,8 @@ def _pipeline(
         retry_failed=retry_failed,
         metadata={"config": config},
         thumbnail=thumbnail,
+        # A file named on its own is taken however new; found ones must have settled.
+        min_age_s=0.0 if all(names_one_file(entry) for entry in video_specs(cfg.video)) else cfg.min_age_s,
     )
 
 
@@ -230,7 +270,7 @@ def _thumbnailer(cfg: DictConfig) -> Callable[[np.ndarray], bytes] | None:
 
 
 def _shard_suffix(cfg: DictConfig) -> str:
-    """``-shard<i>of<n>`` when the videos are sharded (for the lock and summary names), else ""."""
+    """``-shard<i>of<n>`` when the videos are sharded (for the run summary's name), else ""."""
     return f"-shard{cfg.shard}of{cfg.num_shards}" if cfg.num_shards > 1 else ""
 
 
@@ -252,7 +292,8 @@ class JobFailed(Exception):
 
 @hydra.main(config_path=str(config_dir()), config_name="config", version_base="1.3")
 def _hydra_main(cfg: DictConfig) -> int:
-    code = run_from_config(cfg)
+    with stop_on_signals():
+        code = run_from_config(cfg)
     if HydraConfig.get().mode != RunMode.MULTIRUN:
         sys.exit(code)
     # sys.exit would end the whole sweep (or, under a launcher, the job without its result).

@@ -142,6 +142,7 @@ class RayExecutorConfig:
     decode_tasks: int | None = MISSING
     cpus_per_decode: float = MISSING
     retries: int = MISSING
+    connect_timeout_s: float = MISSING
 
 
 @dataclass
@@ -158,6 +159,7 @@ class Config:
     prompts_file: str | None = MISSING
     system_prompt: str | None = MISSING
     max_frames: int | None = MISSING
+    min_age_s: float = MISSING
     start_s: float = MISSING
     end_s: float | None = MISSING
     dry_run: bool = MISSING
@@ -181,21 +183,16 @@ def prompts_of(cfg: DictConfig) -> list[str]:
     lines and lines starting with ``#`` are skipped.
 
     Raises:
-        ConfigError: ``prompt`` and ``prompts_file`` are both set, the file cannot be read or
-            holds no prompt, or a prompt is given twice (its answers would share one key).
+        ConfigError: ``prompt`` and ``prompts_file`` are both set, or the file cannot be read
+            or holds no prompt.
     """
     if cfg.prompt is not None and cfg.prompts_file is not None:
         raise ConfigError("prompt and prompts_file are both set; keep one of them")
     if cfg.prompt is not None:
-        prompts = [cfg.prompt]
-    elif cfg.prompts_file is not None:
-        prompts = _read_prompts_file(Path(cfg.prompts_file).expanduser())
-    else:
-        prompts = list(cfg.prompts)
-    twice = sorted({text for text in prompts if prompts.count(text) > 1})
-    if twice:
-        raise ConfigError(f"the prompt {twice[0]!r} is given twice; keep one")
-    return prompts
+        return [cfg.prompt]
+    if cfg.prompts_file is not None:
+        return _read_prompts_file(Path(cfg.prompts_file).expanduser())
+    return list(cfg.prompts)
 
 
 def _read_prompts_file(path: Path) -> list[str]:

@@ -8,9 +8,11 @@ moved file is not done twice.
 
 from __future__ import annotations
 
+import errno
 import glob
 import hashlib
 import os
+import time
 from pathlib import Path
 
 from pipeline.errors import ConfigError, InputError
@@ -20,21 +22,27 @@ MANIFEST_SUFFIXES = (".txt", ".lst", ".list")
 
 def find_videos(spec: str, extensions: list[str]) -> list[Path]:
     """The videos named by ``video=``: a file, a folder (searched recursively for
-    ``extensions``), a glob pattern, or a manifest (``.txt``/``.lst``/``.list``, one path per
-    line, relative to the manifest; ``#`` starts a comment).
+    ``extensions``), a glob pattern, or a manifest (``.txt``/``.lst``/``.list``, UTF-8, a
+    byte-order mark allowed: one path per line, relative to the manifest; a line that starts
+    with ``#`` is a comment, and a ``#`` elsewhere is part of the name).
 
-    Entries that turn out unusable (missing, a folder) are returned all the same: they become
-    error records, and the rest of the night goes on. A folder without videos or a glob that
-    matches nothing gives an empty list: an empty inbox is a normal night.
+    Entries that turn out unusable (missing, a folder, a symlink loop) are returned all the
+    same: they become error records, and the rest of the night goes on. A folder without
+    videos or a glob that matches nothing gives an empty list: an empty inbox is a normal night.
 
     Raises:
-        InputError: ``spec`` names nothing at all.
+        InputError: ``spec`` is empty or blank (an unset variable in a cron line), or names
+            nothing at all.
     """
+    if not spec.strip():
+        raise InputError(
+            "video= is empty (an unset variable?); pass a video file, a folder, a glob or a manifest"
+        )
     path = Path(spec).expanduser()
     wanted = {e.lower() if e.startswith(".") else f".{e.lower()}" for e in extensions}
-    if path.is_file() and path.suffix.lower() in MANIFEST_SUFFIXES:
-        lines = [line.split("#", 1)[0].strip() for line in path.read_text().splitlines()]
-        return [(path.parent / Path(line).expanduser()) for line in lines if line]
+    if is_manifest(path):
+        lines = [line.strip() for line in path.read_text(encoding="utf-8-sig").splitlines()]
+        return [(path.parent / Path(line).expanduser()) for line in lines if line and not line.startswith("#")]
     if path.is_file():
         return [path]
     if path.is_dir():
@@ -45,6 +53,35 @@ def find_videos(spec: str, extensions: list[str]) -> list[Path]:
     raise InputError(
         f"video={spec} does not exist; pass a video file, a folder, a glob or a manifest"
     )
+
+
+def is_manifest(path: Path) -> bool:
+    """Whether ``video=`` names a manifest (a list of videos) rather than a video."""
+    return path.is_file() and path.suffix.lower() in MANIFEST_SUFFIXES
+
+
+def names_one_file(spec: str) -> bool:
+    """Whether ``video=`` names one video file itself, not a folder, glob or manifest: such a
+    file is taken as it is, however new (see :func:`unsettled`)."""
+    path = Path(spec).expanduser()
+    return path.is_file() and not is_manifest(path)
+
+
+def unsettled(path: Path, min_age_s: float, now: float | None = None) -> str | None:
+    """Why a found video is left for the next run, or ``None`` when it can be read now.
+
+    A file modified in the last ``min_age_s`` seconds (a copy into the folder still under way,
+    or just finished) may still grow: captioning it now would caption a part of it under a
+    content id that the finished file no longer has. An entry that cannot be looked at is not
+    left: it becomes an error record.
+    """
+    try:
+        age_s = (time.time() if now is None else now) - path.stat().st_mtime
+    except OSError:
+        return None
+    if age_s >= min_age_s:
+        return None
+    return f"modified {max(age_s, 0.0):.0f} s ago, less than min_age_s={min_age_s:g}; left for the next run"
 
 
 def shard_videos(videos: list[Path], shard: int, num_shards: int) -> list[Path]:
@@ -99,8 +136,15 @@ def video_id_of(path: Path) -> str:
 
 
 def path_id(path: Path) -> str:
-    """An id for an entry whose content cannot be read (its error record is filed under it)."""
-    return hashlib.sha256(str(path.resolve()).encode()).hexdigest()[:16]
+    """An id for an entry whose content cannot be read (its error record is filed under it).
+
+    The entry's resolved path; where it cannot be resolved (a symlink loop), its absolute one.
+    """
+    try:
+        where = path.resolve()
+    except (OSError, RuntimeError):  # RuntimeError: "Symlink loop" (Python < 3.13)
+        where = Path(os.path.abspath(path))
+    return hashlib.sha256(str(where).encode()).hexdigest()[:16]
 
 
 def os_reason(path: Path, error: OSError) -> str:
@@ -111,4 +155,6 @@ def os_reason(path: Path, error: OSError) -> str:
         return f"is a directory, not a video: {path}"
     if isinstance(error, PermissionError):
         return f"permission denied: {path}"
+    if error.errno == errno.ELOOP:
+        return f"symlink loop (a link that leads back to itself): {path}"
     return f"cannot read {path}: {error.strerror or error}"

@@ -1,8 +1,23 @@
-"""One run at a time per ``output_dir``.
+"""One lock per ``output_dir``, for sharded and unsharded runs alike.
 
-The lock is an ``flock`` on ``output_dir/_lock``: the kernel drops it when the holding process
-ends in any way, ``kill -9`` and power loss included, so a killed run never leaves a lock that
-blocks the next one. The file also says who holds it, for the message a second run prints.
+A run is shard ``i`` of ``n`` (a run without shards is shard 0 of 1). Runs may share an
+``output_dir`` only when they are shards of one ``n`` with different ``i``: their videos are
+disjoint. Any other pair (a run with shards and one without, shards of different ``n``, one
+shard twice) would write keys twice, so the later run is refused (:class:`LockHeld`, exit 75).
+
+Every run locks ``output_dir/_lock`` with POSIX byte-range locks (``fcntl``), which the kernel
+drops when the holding process ends in any way, ``kill -9`` and power loss included (and which
+NFS carries between machines), so a killed run never blocks the next one. The bytes locked
+(the file need not have them):
+
+- byte 0, the entry: held exclusively for the moment a run checks the others and takes its
+  own locks, so that two runs never decide at once;
+- byte ``n``, the sharding: held shared by every run with ``n`` shards; a run with another
+  ``n`` finds it taken;
+- one byte per (``i``, ``n``) above ``_SHARD_BASE``, the shard: held exclusively.
+
+The file's text says who holds it (each run's pid, host, start, command and shard), for the
+message a refused run prints.
 """
 
 from __future__ import annotations
@@ -13,59 +28,160 @@ import os
 import socket
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
-from typing import IO
+from typing import Any
 
-from pipeline.errors import LockHeld
+from pipeline.errors import LockHeld, StoreError
+
+_ENTRY = 0
+_SHARD_BASE = 1 << 40  # sharding bytes lie below, shard bytes above
 
 
 class RunLock:
-    """Hold ``output_dir/_lock`` for the life of a ``with`` block.
+    """Hold ``output_dir/_lock`` as shard ``shard`` of ``num_shards`` for a ``with`` block.
 
     Args:
         output_dir: The dataset folder (must exist).
-        name: The lock file's name: shards of one night, whose videos are disjoint, each
-            lock their own (``_lock-shard0of4``).
+        shard: This run's shard (0 without shards).
+        num_shards: The number of shards (1 without shards).
+        when_alone: Called on entry, while no other run can start, when no other run holds
+            the lock (e.g. to clean up what killed runs left).
 
     Raises:
-        LockHeld: On entry, when another process holds it.
+        LockHeld: On entry, when a run that must not run beside this one holds it.
+        StoreError: On entry, when the lock file cannot be written (full disk, permissions).
     """
 
-    def __init__(self, output_dir: Path, name: str = "_lock") -> None:
-        self.path = output_dir / name
-        self._handle: IO[str] | None = None
+    def __init__(
+        self, output_dir: Path, shard: int = 0, num_shards: int = 1, when_alone: Callable[[], object] | None = None
+    ) -> None:
+        self.path = output_dir / "_lock"
+        self.shard = shard
+        self.num_shards = num_shards
+        self.when_alone = when_alone
+        self._fd: int | None = None
+
+    @property
+    def _name(self) -> str:
+        return f"{self.shard}of{self.num_shards}"
 
     def __enter__(self) -> RunLock:
-        handle = open(self.path, "a+")
         try:
-            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            handle.seek(0)
-            holder = handle.read().strip() or "unknown process"
-            handle.close()
-            raise LockHeld(
-                f"another run holds {self.path} ({holder}); wait for it to finish, "
-                "or use another output_dir"
-            ) from None
-        handle.seek(0)
-        handle.truncate()
-        handle.write(
-            json.dumps(
-                {
+            fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
+        except OSError as error:
+            raise self._store_error(error) from error
+        try:
+            fcntl.lockf(fd, fcntl.LOCK_EX, 1, _ENTRY)
+            try:
+                holders = self._live_holders(fd)
+                self._check(fd, holders)
+                fcntl.lockf(fd, fcntl.LOCK_SH | fcntl.LOCK_NB, 1, self.num_shards)
+                fcntl.lockf(fd, fcntl.LOCK_EX | fcntl.LOCK_NB, 1, _shard_byte(self.shard, self.num_shards))
+                if not holders and self.when_alone is not None:
+                    self.when_alone()
+                holders[self._name] = {
                     "pid": os.getpid(),
                     "host": socket.gethostname(),
                     "started": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
                     "command": " ".join(sys.argv),
+                    "shard": self.shard,
+                    "num_shards": self.num_shards,
                 }
-            )
-        )
-        handle.flush()
-        self._handle = handle
+                _write_holders(fd, holders)
+            finally:
+                fcntl.lockf(fd, fcntl.LOCK_UN, 1, _ENTRY)
+        except OSError as error:
+            os.close(fd)  # drops every lock this process took on the file
+            raise self._store_error(error) from error
+        except BaseException:
+            os.close(fd)
+            raise
+        self._fd = fd
         return self
 
     def __exit__(self, *exc: object) -> None:
-        if self._handle is not None:
-            self._handle.truncate(0)
-            fcntl.flock(self._handle, fcntl.LOCK_UN)
-            self._handle.close()
-            self._handle = None
+        fd, self._fd = self._fd, None
+        if fd is None:
+            return
+        try:
+            fcntl.lockf(fd, fcntl.LOCK_EX, 1, _ENTRY)
+            holders = _read_holders(fd)
+            holders.pop(self._name, None)
+            _write_holders(fd, holders)
+        except OSError:
+            pass  # the text is only for messages; the locks go with the file below
+        finally:
+            os.close(fd)
+
+    def _live_holders(self, fd: int) -> dict[str, dict[str, Any]]:
+        """The holders the file names whose shard lock is still held (killed runs dropped)."""
+        live = {}
+        for name, holder in _read_holders(fd).items():
+            shard_byte = _shard_byte(int(holder.get("shard", 0)), int(holder.get("num_shards", 1)))
+            if not _free(fd, shard_byte, 1):
+                live[name] = holder
+        return live
+
+    def _check(self, fd: int, holders: dict[str, dict[str, Any]]) -> None:
+        """Raise :class:`LockHeld` when a run that must not run beside this one holds the lock."""
+        n = self.num_shards
+        same_shard = not _free(fd, _shard_byte(self.shard, n), 1)
+        other_sharding = not (_free(fd, 1, n - 1) and _free(fd, n + 1, _SHARD_BASE - n - 1))
+        if not (same_shard or other_sharding):
+            return
+        if same_shard:
+            others = {k: v for k, v in holders.items() if k == self._name}
+            why = ""
+        else:
+            others = {k: v for k, v in holders.items() if int(v.get("num_shards", 1)) != n}
+            why = f"; a run {_sharding(self.shard, n)} beside it would write the same keys twice"
+        holder = "; ".join(f"{_sharding(int(h.get('shard', 0)), int(h.get('num_shards', 1)))}: {json.dumps(h)}"
+                           for h in others.values()) or "unknown process"
+        raise LockHeld(
+            f"another run holds {self.path} ({holder}){why}; wait for it to finish, or use another output_dir"
+        )
+
+    def _store_error(self, error: OSError) -> StoreError:
+        return StoreError(
+            f"cannot write the lock file {self.path}: {error.strerror or error}; "
+            "free space on the disk or fix the folder's permissions, then run again"
+        )
+
+
+def _shard_byte(shard: int, num_shards: int) -> int:
+    """The byte that stands for shard ``shard`` of ``num_shards`` (one per pair)."""
+    return _SHARD_BASE + num_shards * (num_shards - 1) // 2 + shard
+
+
+def _free(fd: int, start: int, length: int) -> bool:
+    """Whether no other process holds any lock on ``length`` bytes from ``start`` (tested by
+    taking and dropping an exclusive lock on them; this process holds none there)."""
+    if length <= 0:
+        return True
+    try:
+        fcntl.lockf(fd, fcntl.LOCK_EX | fcntl.LOCK_NB, length, start)
+    except OSError:
+        return False
+    fcntl.lockf(fd, fcntl.LOCK_UN, length, start)
+    return True
+
+
+def _sharding(shard: int, num_shards: int) -> str:
+    return "without shards" if num_shards == 1 else f"as shard {shard} of {num_shards}"
+
+
+def _read_holders(fd: int) -> dict[str, dict[str, Any]]:
+    """The holders the file's text names (none if it is empty or not ours)."""
+    size = os.fstat(fd).st_size
+    try:
+        holders = json.loads(os.pread(fd, size, 0) or b"{}").get("holders", {})
+    except (ValueError, AttributeError):
+        return {}
+    return holders if isinstance(holders, dict) else {}
+
+
+def _write_holders(fd: int, holders: dict[str, dict[str, Any]]) -> None:
+    data = json.dumps({"holders": holders}).encode()
+    os.ftruncate(fd, 0)
+    os.pwrite(fd, data, 0)

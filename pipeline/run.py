@@ -3,13 +3,17 @@
 A run first *plans*: each video gets its content id, and a video whose work is already
 complete (a ``_done`` marker) or failed before (an error record; ``retry_failed=true`` retries
 it) is skipped without being opened, so re-running a finished night does nothing, quickly,
-and loads no model. Then an executor (:mod:`pipeline.executors`) decodes and samples the
-remaining videos, leaving out frames that already have every answer, captions the frames, and
-hands back a stream of events: a :class:`~pipeline.executors.base.Captioned` per frame and a
+and loads no model. A file modified in the last ``min_age_s`` seconds (still being copied in)
+is left for the next run; an entry that cannot be read gets one error record, once. Then an
+executor (:mod:`pipeline.executors`) decodes and samples the remaining videos, leaving out
+frames that already have every answer, captions the frames, and hands back a stream of
+events: a :class:`~pipeline.executors.base.Captioned` per frame and a
 :class:`~pipeline.executors.base.Decoded` per video. :class:`Pipeline` turns that stream into
 rows, commits them in chunks of ``checkpoint_frames`` frames on a writer thread (a killed run
 loses at most one chunk per video in flight), writes the done markers and error records, and
-counts; :func:`write_summary` records what the run did.
+counts; :func:`write_summary` records what the run did. A video is done only when every
+answer it needs is in: one whose frames failed (an error answer) is a failed video, retried
+by ``retry_failed=true``.
 """
 
 from __future__ import annotations
@@ -43,12 +47,14 @@ from pipeline.executors.base import (
     Work,
 )
 from pipeline.executors.local import LocalExecutor
-from pipeline.inputs import os_reason, path_id, video_id_of
+from pipeline.inputs import os_reason, path_id, unsettled, video_id_of
 from pipeline.progress import Progress
 from pipeline.sampling import Sampler
+from pipeline.signals import Stopped, check_stopped
 from pipeline.store import (
     Committed,
     ResultRow,
+    damaged_chunks,
     done_marker,
     mark_done,
     read_committed,
@@ -64,12 +70,14 @@ log = logging.getLogger(__name__)
 
 @dataclass
 class VideoOutcome:
-    """What happened to one video in a run (``status``: todo, then done, skipped or error)."""
+    """What happened to one video in a run (``status``: todo, then done, skipped or error;
+    or ``waiting``: left for the next run, ``note`` says why)."""
 
     path: str
     video_id: str
     status: str = "todo"
     error: str | None = None
+    note: str | None = None
     frames: int = 0
     frames_already_done: int = 0
     rows: int = 0
@@ -105,6 +113,7 @@ class RunSummary:
     videos: list[VideoOutcome] = field(default_factory=list)
     wall_s: float = 0.0
     workers: dict[str, WorkerStats] = field(default_factory=dict)
+    log_file: str | None = None
 
     def count(self, status: str) -> int:
         """Videos with this status."""
@@ -121,13 +130,25 @@ class RunSummary:
             "videos_done": self.count("done"),
             "videos_skipped": self.count("skipped"),
             "videos_failed": self.count("error"),
+            "videos_waiting": self.count("waiting"),
             "frames": self.frames,
             "rows": sum(v.rows for v in self.videos),
             "wall_s": round(self.wall_s, 3),
             "frames_per_s": round(self.frames / self.wall_s, 3) if self.wall_s else 0.0,
             "workers": [w.as_dict() for w in self.workers.values()],
+            "log_file": self.log_file,
             "videos": [asdict(v) for v in self.videos],
         }
+
+
+def unique_prompts(prompts: list[str]) -> list[str]:
+    """The prompts with repeats left out (a repeat would write every key twice), in order;
+    each repeat is logged."""
+    unique = list(dict.fromkeys(prompts))
+    for text in unique:
+        if prompts.count(text) > 1:
+            log.info("prompt %r is given %d times; it is asked once", text, prompts.count(text))
+    return unique
 
 
 def settings_id(settings: dict[str, Any]) -> str:
@@ -146,6 +167,7 @@ class _VideoTask:
     answered: int = 0
     decoded_all: bool = False
     in_model_since: float | None = None  # when its first frame entered the model (epoch s)
+    failed: dict[int, str] = field(default_factory=dict)  # frame → why, for this run's frame errors
 
 
 class Pipeline:
@@ -153,7 +175,7 @@ class Pipeline:
 
     Args:
         sampler: Chooses the frames.
-        prompts: Asked about every frame.
+        prompts: Asked about every frame (a repeat is asked once: :func:`unique_prompts`).
         output_dir: Where Parquet goes (created, checked writable and locked by the caller).
         config_id: Id of the settings that shape answers (model, generation, sampler).
         prefetch_frames: Decoded frames queued ahead of the model (``engine.prefetch_frames``).
@@ -166,6 +188,7 @@ class Pipeline:
         retry_failed: Retry videos and frames that failed before.
         metadata: Stored in every Parquet file's schema metadata.
         thumbnail: Makes a frame's ``thumbnail`` bytes (``None``: rows have none).
+        min_age_s: A video modified less than this many seconds ago is left for the next run.
     """
 
     def __init__(
@@ -183,9 +206,10 @@ class Pipeline:
         retry_failed: bool = False,
         metadata: dict[str, Any] | None = None,
         thumbnail: Callable[[np.ndarray], bytes] | None = None,
+        min_age_s: float = 0.0,
     ) -> None:
         self.decoder = VideoDecoder(sampler, max_frames, thumbnail, start_s, end_s)
-        self.questions: list[Question] = make_questions(prompts)
+        self.questions: list[Question] = make_questions(unique_prompts(prompts))
         self.output_dir = output_dir
         self.config_id = config_id
         # What a video's done marker vouches for: the window and the cap limit which of the
@@ -197,6 +221,7 @@ class Pipeline:
         self.checkpoint_frames = max(checkpoint_frames, 1)
         self.retry_failed = retry_failed
         self.prefetch_frames = prefetch_frames
+        self.min_age_s = min_age_s
         self.metadata = {**(metadata or {}), "versions": package_versions()}
         self.model_name = ""
 
@@ -205,8 +230,9 @@ class Pipeline:
     def plan(self, videos: list[Path]) -> list[_VideoTask]:
         """Look at every video's committed work; skipped and unreadable ones are settled here.
 
-        A second path with the content of an earlier one is skipped: both would write the
-        same keys.
+        A second path with the content (or, unreadable, the path) of an earlier one is
+        skipped: both would write the same keys. A damaged chunk is moved aside and its keys
+        are done again, also for a video that was done.
         """
         tasks = []
         first_path_of: dict[str, Path] = {}
@@ -214,29 +240,53 @@ class Pipeline:
             outcome = VideoOutcome(path=str(path), video_id="")
             task = _VideoTask(outcome=outcome, path=path)
             tasks.append(task)
+            outcome.note = unsettled(path, self.min_age_s) if self.min_age_s > 0 else None
+            if outcome.note is not None:
+                outcome.status = "waiting"
+                log.info("waiting %s: %s", path, outcome.note)
+                continue
+            failure = None
             try:
                 outcome.video_id = video_id_of(path)
             except OSError as error:
                 outcome.video_id = path_id(path)
-                self._fail(task, os_reason(path, error))
-                if self.retry_failed:
-                    remove_error_records(self.output_dir, outcome.video_id, self.config_id)
-                continue
+                failure = os_reason(path, error)
             if outcome.video_id in first_path_of:
                 outcome.status = "skipped"
                 log.info("skipped %s: same content as %s", path, first_path_of[outcome.video_id])
                 continue
             first_path_of[outcome.video_id] = path
-            if done_marker(self.output_dir, outcome.video_id, self.work_id).exists():
-                outcome.status = "skipped"
+            if failure is not None:
+                self._plan_failure(task, failure)
                 continue
-            if self.retry_failed:
-                remove_error_records(self.output_dir, outcome.video_id, self.config_id)
+            marker = done_marker(self.output_dir, outcome.video_id, self.work_id)
+            if self.retry_failed and remove_error_records(self.output_dir, outcome.video_id, self.config_id):
+                marker.unlink(missing_ok=True)  # done by an older version despite failed frames
+            if marker.exists():
+                if not damaged_chunks(self.output_dir, outcome.video_id, self.config_id):
+                    outcome.status = "skipped"
+                    continue
+                marker.unlink()
             task.committed = read_committed(self.output_dir, outcome.video_id, self.config_id)
             if task.committed.video_error is not None:
                 outcome.status = "skipped"
                 outcome.error = f"failed before: {task.committed.video_error}"
         return tasks
+
+    def _plan_failure(self, task: _VideoTask, reason: str) -> None:
+        """An entry that cannot be read: one error record per entry and reason, not one a night
+        (a new reason replaces the old record; ``retry_failed=true`` looks again)."""
+        video_id = task.outcome.video_id
+        if self.retry_failed:
+            remove_error_records(self.output_dir, video_id, self.config_id)
+        before = read_committed(self.output_dir, video_id, self.config_id).video_error
+        if before == reason:
+            task.outcome.status = "skipped"
+            task.outcome.error = f"failed before: {reason}"
+            return
+        if before is not None:
+            remove_error_records(self.output_dir, video_id, self.config_id)
+        self._fail(task, reason)
 
     def _fail(self, task: _VideoTask, reason: str) -> None:
         task.outcome.status = "error"
@@ -244,20 +294,35 @@ class Pipeline:
 
     # -- the run ----------------------------------------------------------------------------
 
-    def run(self, tasks: list[_VideoTask], executor: Executor | Captioner | None) -> RunSummary:
+    def run(
+        self, tasks: list[_VideoTask], executor: Executor | Captioner | None, summary: RunSummary | None = None
+    ) -> RunSummary:
         """Do the planned work.
 
         Args:
             tasks: From :meth:`plan`.
             executor: A started executor, or a set-up :class:`Captioner` (run locally); may be
                 ``None`` when no video needs the model.
+            summary: Filled in as the run goes, so that a run that stops early still says
+                what it did; ``None``: a new one (of ``tasks``).
 
         Raises:
             StoreError: Results cannot be written (the run stops; committed chunks stay).
             EngineError: The model failed.
+            Stopped: A signal stopped the run; the frames answered so far are committed first.
         """
         started = time.perf_counter()
-        summary = RunSummary(videos=[t.outcome for t in tasks])
+        if summary is None:
+            summary = RunSummary(videos=[t.outcome for t in tasks])
+        try:
+            self._run(tasks, executor, summary, started)
+        finally:
+            summary.wall_s = time.perf_counter() - started
+        return summary
+
+    def _run(
+        self, tasks: list[_VideoTask], executor: Executor | Captioner | None, summary: RunSummary, started: float
+    ) -> None:
         todo = [t for t in tasks if t.outcome.status == "todo"]
         failed_at_plan = [t for t in tasks if t.outcome.status == "error"]
         if isinstance(executor, Captioner):
@@ -285,21 +350,25 @@ class Pipeline:
                     questions=self.questions,
                     prefetch_frames=self.prefetch_frames,
                 )
-                for event in executor.run(work):
-                    if isinstance(event, Decoded):
-                        progress.video_decoded(event.video_index, event.sent)
-                        self._take_decoded(todo[event.video_index], event)
-                    else:
-                        self._take_answers(todo[event.job.video_index], event)
-                        self._count_worker(summary, event, time.perf_counter() - started)
-                        progress.frame_answered()
-                    _raise_first_error(self._writes)
+                try:
+                    for event in executor.run(work):
+                        if isinstance(event, Decoded):
+                            progress.video_decoded(event.video_index, event.sent)
+                            self._take_decoded(todo[event.video_index], event)
+                        else:
+                            self._take_answers(todo[event.job.video_index], event)
+                            self._count_worker(summary, event, time.perf_counter() - started)
+                            progress.frame_answered()
+                        _raise_first_error(self._writes)
+                        check_stopped()
+                except Stopped:
+                    for task in todo:  # what is answered is kept: the writer commits it on the way out
+                        self._submit_chunk(task)
+                    raise
             for future in self._writes:
                 future.result()
         if todo:
             write_videos_table(self.output_dir)
-        summary.wall_s = time.perf_counter() - started
-        return summary
 
     def _job(self, index: int, task: _VideoTask) -> DecodeJob:
         wanted = {q.prompt_id for q in self.questions}
@@ -336,8 +405,12 @@ class Pipeline:
         return max(0, expected - sum(1 for prompts in task.committed.answered.values() if wanted <= prompts))
 
     def _take_answers(self, task: _VideoTask, event: Captioned) -> None:
-        already = task.committed.answered.get(event.job.sample.frame.index, set())
+        frame_index = event.job.sample.frame.index
+        already = task.committed.answered.get(frame_index, set())
         new = [a for a in event.answers if a.question.prompt_id not in already]
+        failure = next((a.error for a in new if a.error), None)
+        if failure is not None:
+            task.failed.setdefault(frame_index, failure)
         task.pending_rows.extend(self._row(task, event.job, a) for a in new)
         # A video's own time runs from its first frame entering the model (answers carry how
         # long ago that was) to its last answer, whatever ran before or beside it.
@@ -349,6 +422,13 @@ class Pipeline:
         if task.pending_frames >= self.checkpoint_frames:
             self._submit_chunk(task)
         self._finish_if_complete(task)
+
+    def _failed_frames(self, task: _VideoTask) -> dict[int, str]:
+        """The video's frames with an error answer to a question of this run: from this run
+        and committed by earlier ones."""
+        wanted = {q.prompt_id for q in self.questions}
+        failed = {frame: why for (frame, prompt_id), why in task.committed.failed.items() if prompt_id in wanted}
+        return {**failed, **task.failed}
 
     @staticmethod
     def _count_worker(summary: RunSummary, event: Captioned, elapsed_s: float) -> None:
@@ -364,6 +444,10 @@ class Pipeline:
         self._submit_chunk(task)
         if task.in_model_since is not None:
             task.outcome.wall_s = time.time() - task.in_model_since
+        failed_frames = self._failed_frames(task)
+        if task.outcome.status != "error" and failed_frames:
+            frame_index, reason = min(failed_frames.items())
+            self._fail(task, f"{len(failed_frames)} frames failed, the first (frame {frame_index}): {reason}")
         if task.outcome.status == "error":
             self._submit_error_record(task)
         else:

@@ -5,6 +5,7 @@ Results live in ``output_dir`` as Parquet chunk files under one folder per video
     output_dir/<video_id>/part-<config_id>-<time>-<random>.parquet     answers (status ok)
     output_dir/<video_id>/errors-<config_id>-<time>-<random>.parquet   error records
     output_dir/<video_id>/_done-<work_id>                              the video is complete
+    output_dir/_quarantine/<video_id>/...                               damaged chunks, moved aside
 
 Per-video facts (duration, frame rate, size, codec, frames decoded) go to
 ``output_dir/<video_id>/_video.json`` when a video is decoded, and every run that decoded
@@ -42,6 +43,8 @@ if TYPE_CHECKING:  # pandas loads only where results are read back, not on a run
     import pandas as pd
 
 log = logging.getLogger(__name__)
+
+QUARANTINE = "_quarantine"
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -181,28 +184,93 @@ class Committed:
 
     Attributes:
         answered: frame_index → prompt_ids with a committed answer or frame error.
+        failed: ``(frame_index, prompt_id)`` → the reason, for each committed frame error.
         video_error: The reason of a committed video-level error record, if any.
     """
 
     answered: dict[int, set[str]] = field(default_factory=dict)
+    failed: dict[tuple[int, str], str] = field(default_factory=dict)
     video_error: str | None = None
 
 
-def read_committed(output_dir: Path, video_id: str, config_id: str) -> Committed:
-    """The keys already committed for a video under ``config_id``."""
-    committed = Committed()
+def chunk_files(output_dir: Path, video_id: str, config_id: str) -> list[Path]:
+    """A video's committed chunk files (answers, then error records) for ``config_id``."""
     folder = output_dir / video_id
-    files = sorted(folder.glob(f"part-{config_id}-*.parquet")) + sorted(
-        folder.glob(f"errors-{config_id}-*.parquet")
-    )
-    for path in files:
-        table = pq.read_table(path, columns=["frame_index", "prompt_id", "error"])
-        for frame_index, prompt_id, error in zip(*(c.to_pylist() for c in table.columns)):
+    return sorted(folder.glob(f"part-{config_id}-*.parquet")) + sorted(folder.glob(f"errors-{config_id}-*.parquet"))
+
+
+def read_committed(output_dir: Path, video_id: str, config_id: str) -> Committed:
+    """The keys already committed for a video under ``config_id``.
+
+    A chunk file that does not read (damaged on disk) is moved aside (:func:`quarantine`):
+    its keys count as missing, so the run does them again.
+    """
+    committed = Committed()
+    for path in chunk_files(output_dir, video_id, config_id):
+        try:
+            table = pq.read_table(path, columns=["frame_index", "prompt_id", "error"])
+        except (pa.ArrowException, OSError) as damage:
+            quarantine(output_dir, path, damage)
+            continue
+        for frame_index, prompt_id, reason in zip(*(c.to_pylist() for c in table.columns)):
             if frame_index is None:
-                committed.video_error = error
+                committed.video_error = reason
             else:
                 committed.answered.setdefault(frame_index, set()).add(prompt_id)
+                if reason is not None:
+                    committed.failed[(frame_index, prompt_id)] = reason
     return committed
+
+
+def damaged_chunks(output_dir: Path, video_id: str, config_id: str) -> list[Path]:
+    """Move aside the video's chunk files for ``config_id`` whose Parquet footer does not read
+    (the check for a finished video, which is not read back); returns those moved."""
+    damaged = []
+    for path in chunk_files(output_dir, video_id, config_id):
+        try:
+            pq.read_metadata(path)
+        except (pa.ArrowException, OSError) as error:
+            quarantine(output_dir, path, error)
+            damaged.append(path)
+    return damaged
+
+
+def quarantine(output_dir: Path, path: Path, error: Exception) -> Path:
+    """Move a damaged chunk file to ``output_dir/_quarantine/<video_id>/`` (out of the data:
+    readers skip folders that start with ``_``), with a log line naming it.
+
+    Raises:
+        StoreError: It cannot be moved.
+    """
+    target = output_dir / QUARANTINE / path.parent.name / path.name
+    try:
+        target.parent.mkdir(parents=True, exist_ok=True)
+        os.replace(path, target)
+    except OSError as move_error:
+        raise StoreError(
+            f"cannot move the damaged chunk {path} to {target}: {move_error.strerror or move_error}; "
+            "move or delete it by hand and run again"
+        ) from move_error
+    reason = str(error).splitlines()[0] if str(error) else type(error).__name__
+    log.warning("damaged chunk %s (%s) moved to %s; its rows will be made again", path, reason, target)
+    return target
+
+
+def remove_temporaries(output_dir: Path) -> int:
+    """Delete the temporary files that :func:`write_atomic` left when its run was killed mid-write
+    (call only while no other run writes to ``output_dir``); returns how many."""
+    removed = 0
+    for pattern in (".*.tmp", "*/.*.tmp"):
+        for path in output_dir.glob(pattern):
+            try:
+                path.unlink()
+            except OSError as error:
+                log.warning("cannot remove %s: %s", path, error.strerror or error)
+            else:
+                removed += 1
+    if removed:
+        log.info("removed %d temporary files left by a killed run in %s", removed, output_dir)
+    return removed
 
 
 def remove_error_records(output_dir: Path, video_id: str, config_id: str) -> int:

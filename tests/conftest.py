@@ -1,6 +1,7 @@
 """Shared fixtures and helpers: the generated tiny model (made once per session), small
-generated videos and frames, the CLI runners, nights of small videos, and a guard that fails
-any test that logs an ERROR it did not expect (as PySceneDetect's tests do).
+generated videos and frames, the CLI runners, nights of small videos, a guard that fails
+any test that logs an ERROR it did not expect (as PySceneDetect's tests do), and a guard that
+fails any test after which an output folder holds a key twice (:func:`assert_no_key_twice`).
 
 No test asserts on elapsed seconds: where a run must be stopped at a known moment, it runs
 under :mod:`tests.paused_run`, which waits at a point the test names.
@@ -27,6 +28,7 @@ from pipeline.caption import Captioner
 from pipeline.caption.engine import EngineSettings
 from pipeline.caption.tiny import ensure_tiny_model
 from pipeline.config import compose_config
+from pipeline.store import read_results
 
 ROOT = Path(__file__).resolve().parent.parent
 SAMPLE_VIDEO = ROOT / "data" / "sample.mp4"
@@ -59,6 +61,48 @@ def fail_on_error_logs(request: pytest.FixtureRequest) -> Iterator[None]:
     if recorder.records and not request.node.get_closest_marker("allow_error_logs"):
         messages = "; ".join(r.getMessage() for r in recorder.records)
         pytest.fail(f"unexpected ERROR log: {messages}")
+
+
+# The key of a row: no (video_id, frame_index, prompt_id, config_id) may be written twice. An
+# error record (a video that failed) has no frame and no prompt: one per video and config.
+ROW_KEY = ["video_id", "frame_index", "prompt_id", "config_id"]
+
+
+def assert_no_key_twice(output_dir: Path) -> None:
+    """Fail if any row key of ``output_dir`` (every chunk, as ``read_results`` reads them)
+    is there more than once."""
+    df = read_results(output_dir)
+    twice = df[df.duplicated(ROW_KEY, keep=False)]
+    assert twice.empty, f"{output_dir}: keys written twice:\n{twice[ROW_KEY].to_string()}"
+
+
+def _output_dirs(root: Path) -> dict[Path, float]:
+    """Every output folder under ``root`` (a folder whose ``<video_id>/`` folders hold chunk
+    files), with its newest chunk's modification time."""
+    found: dict[Path, float] = {}
+    for chunk in root.rglob("*.parquet"):
+        output_dir = chunk.parent.parent
+        if not chunk.name.startswith(("part-", "errors-")) or output_dir.name.startswith(("_", ".")):
+            continue  # not a chunk, or one moved aside (_quarantine/<video_id>/)
+        found[output_dir] = max(found.get(output_dir, 0.0), chunk.stat().st_mtime)
+    return found
+
+
+_CHECKED: dict[Path, float] = {}
+
+
+@pytest.fixture(autouse=True)
+def no_key_written_twice(tmp_path_factory: pytest.TempPathFactory) -> Iterator[None]:
+    """After every test: each output folder under the session's temporary root with a chunk
+    written since it was last checked (by this test, a ``python -m pipeline`` or Ray run it
+    started, or a module fixture it used) holds no key twice. Every test that writes Parquet
+    writes it under that root (``tmp_path``); one whose folder goes away before the end (an
+    unmounted disk) calls :func:`assert_no_key_twice` itself."""
+    yield
+    for output_dir, newest in _output_dirs(tmp_path_factory.getbasetemp()).items():
+        if _CHECKED.get(output_dir) != newest:
+            _CHECKED[output_dir] = newest  # reported once, by the test that wrote it
+            assert_no_key_twice(output_dir)
 
 
 @pytest.fixture(scope="session", autouse=True)
@@ -176,6 +220,7 @@ def cli_base(tiny_model_dir: Path, tmp_path: Path) -> list[str]:
         f"output_dir={tmp_path / 'out'}",
         "generation.max_tokens=8",
         f"hydra.run.dir={tmp_path / 'hydra'}",
+        "min_age_s=0",  # the tests' videos are written a moment before they are captioned
     ]
 
 
@@ -192,12 +237,13 @@ PROMPTS = "prompts=[What is shown?,Which colours?]"
 
 
 def night_args(videos: Path, out: Path, tiny_model_dir: Path, tmp: Path, max_tokens: int = 12) -> list[str]:
-    """CLI arguments for a night: every frame, two prompts, chunks of 3 frames, 2 in flight."""
+    """CLI arguments for a night: every frame, two prompts, chunks of 3 frames, 2 in flight;
+    videos just written are taken (``min_age_s=0``)."""
     return [
         f"video={videos}", "model=tiny", f"model.dir={tiny_model_dir}", f"output_dir={out}",
         f"generation.max_tokens={max_tokens}", "sampler=all", "checkpoint_frames=3",
         "engine.parallel=2", "engine.n_threads=1", PROMPTS, "report=false",
-        f"hydra.run.dir={tmp / 'hydra'}",
+        f"hydra.run.dir={tmp / 'hydra'}", "min_age_s=0",
     ]
 
 

@@ -8,7 +8,10 @@ Environment:
             (its frames are answered and waiting on the writer thread);
         ``commit:<n>:during``: with that chunk written to its temporary file, not yet renamed;
         ``answer:<worker>:<n>``: when the run has taken the ``n``-th answer of ``worker``
-            (e.g. ``actor-0``), on the thread that dispatches the work.
+            (e.g. ``actor-0``), on the thread that dispatches the work;
+        ``native_log:<n>``: inside llama.cpp's ``n``-th call of the log callback (as the model
+            loads), where Python drops an exception that a signal handler raises;
+        ``report``: everything committed, the report about to be written.
     PAUSE_MARKER: a file touched when the run stops there.
     PAUSE_RELEASE: a file whose appearance lets the run go on; without it, it waits until it
         is killed.
@@ -16,12 +19,17 @@ Environment:
 
 from __future__ import annotations
 
+import ctypes
 import os
 import time
 from collections.abc import Callable
 from pathlib import Path
 
+import llama_cpp
+
+import pipeline.report
 import pipeline.store
+from pipeline.caption.engine import native
 from pipeline.executors.base import Captioned
 from pipeline.run import Pipeline, _VideoTask
 
@@ -74,13 +82,44 @@ def pause_at_answer(worker: str, n: int) -> None:
     Pipeline._take_answers = paused_take  # type: ignore[method-assign]
 
 
+def pause_in_native_log(n: int) -> None:
+    """Stop inside llama.cpp's ``n``-th call of the log callback."""
+    log_callback = native._log_callback
+    seen = 0
+
+    @llama_cpp.llama_log_callback
+    def paused(level: int, text: bytes, user_data: ctypes.c_void_p) -> None:
+        nonlocal seen
+        log_callback(level, text, user_data)
+        seen += 1
+        if seen == n:
+            pause()
+
+    native._log_callback = paused
+
+
+def pause_before_report() -> None:
+    """Stop when the report is about to be written."""
+    write_report = pipeline.report.write_report
+
+    def paused_write(output_dir: Path, *args: object) -> Path:
+        pause()
+        return write_report(output_dir, *args)  # type: ignore[arg-type]
+
+    pipeline.report.write_report = paused_write  # type: ignore[assignment]
+
+
 def main() -> None:
     """Set the pause point from ``PAUSE_AT`` and run the command line."""
-    kind, first, second = os.environ["PAUSE_AT"].split(":")
+    kind, *where = os.environ["PAUSE_AT"].split(":")
     if kind == "commit":
-        pause_at_commit(int(first), during=second == "during")
+        pause_at_commit(int(where[0]), during=where[1] == "during")
+    elif kind == "answer":
+        pause_at_answer(where[0], int(where[1]))
+    elif kind == "native_log":
+        pause_in_native_log(int(where[0]))
     else:
-        pause_at_answer(first, int(second))
+        pause_before_report()
     from pipeline.cli import main as cli_main
 
     cli_main()

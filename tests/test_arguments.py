@@ -122,7 +122,6 @@ def test_prompts_file_carries_prompts_unchanged_into_the_parquet(cli_base: list[
     ("content", "extra", "needle"),
     [
         ("# only a comment\n\n", [], "holds no prompt"),
-        ("Same?\nSame?\n", [], "given twice"),
         ("What?\n", ["prompt=Why?"], "prompt and prompts_file are both set"),
         (None, [], "cannot be read"),
     ],

@@ -276,6 +276,7 @@ def tiny_run(tiny_model_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> 
     done = run_cli(
         "model=tiny", f"model.dir={tiny_model_dir}", f"output_dir={out}", f"hydra.run.dir={root / 'hydra'}",
         f"video={videos}", "generation.max_tokens=4", "prompts=[What is shown?,Any text?]", "report=false",
+        "min_age_s=0",  # the videos were written a moment ago
     )
     assert done.returncode == 0, done.stderr
     exported = subprocess.run(

@@ -77,7 +77,7 @@ def test_bars_have_totals_and_an_eta_and_log_lines_stay_whole(tiny_model_dir: Pa
     videos = make_night(tmp_path / "videos", n_videos=3, n_frames=6)
     code, output = run_in_terminal([
         f"video={videos}", "model=tiny", f"model.dir={tiny_model_dir}", f"output_dir={tmp_path / 'out'}",
-        "sampler=all", "generation.max_tokens=4", "report=false",
+        "sampler=all", "generation.max_tokens=4", "report=false", "min_age_s=0",
     ])
     assert code == 0, output
     shown = screen(output)
@@ -129,7 +129,7 @@ class _ScriptedExecutor:
     def describe(self) -> str:
         return "scripted"
 
-    def start(self, spec: Any) -> None:
+    def start(self, spec: Any, questions: Any) -> None:
         pass
 
     def close(self) -> None:

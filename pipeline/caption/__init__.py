@@ -270,6 +270,15 @@ class Captioner:
         """Free the model and its memory."""
         self.engine.close()
 
+    def check_fits(self, questions: list[Question]) -> None:
+        """Refuse, before any frame, settings under which even the smallest frame with these
+        questions cannot fit the context (:meth:`Engine.check_fits`).
+
+        Raises:
+            ConfigError: It cannot fit.
+        """
+        self.engine.check_fits(questions)
+
     def __enter__(self) -> Captioner:
         self.setup()
         return self

@@ -103,6 +103,14 @@ def read_projector(path: str | Path) -> Projector:
     return Projector(path, geometry, newline)
 
 
+def tile_tokens(path: str | Path) -> int:
+    """Image tokens of one CLIP tile of any mmproj file (576 for ViT-L/14 at 336 px): the
+    fewest a frame can take, in either image layout (every frame has its base tile)."""
+    reader = _reader(Path(path))
+    side = int(_field(reader, "clip.vision.image_size", 0)) // max(int(_field(reader, "clip.vision.patch_size", 1)), 1)
+    return side * side
+
+
 def reference_copies(projector: Projector, cache_dir: Path) -> dict[str, Path]:
     """The derived copies of ``projector.path`` for each arrangement, written if missing.
 

@@ -243,11 +243,12 @@ class Executor(Protocol):
         """The loaded model's files and where it runs, in words (the run's start line)."""
         ...
 
-    def start(self, spec: CaptionSpec) -> None:
-        """Load the model(s) that ``spec`` describes.
+    def start(self, spec: CaptionSpec, questions: list[Question]) -> None:
+        """Load the model(s) that ``spec`` describes and check that a frame with ``questions``
+        can fit their context (:meth:`Captioner.check_fits`), before any frame is decoded.
 
         Raises:
-            UserError: Weights missing, no cluster, and the like.
+            UserError: Weights missing, no cluster, no frame fits, and the like.
         """
         ...
 

@@ -7,7 +7,7 @@ import threading
 from collections import deque
 from collections.abc import Iterator
 
-from pipeline.caption import Captioner, CaptionSpec
+from pipeline.caption import Captioner, CaptionSpec, Question
 from pipeline.executors.base import Captioned, Decoded, FrameJob, Work, answer_frames, this_process
 
 
@@ -42,16 +42,19 @@ class LocalExecutor:
         """The model's files, the device, threads and frames in flight."""
         return self.captioner.describe() if self.captioner else "no model loaded"
 
-    def start(self, spec: CaptionSpec) -> None:
-        """Resolve (and if needed fetch) the weights and load the model.
+    def start(self, spec: CaptionSpec, questions: list[Question]) -> None:
+        """Resolve (and if needed fetch) the weights, load the model and check that a frame
+        with ``questions`` can fit.
 
         Raises:
             WeightsError: Files missing or not matching.
             EngineError: The model does not load.
+            ConfigError: No frame can fit the context.
         """
         captioner = Captioner.from_spec(spec)
         captioner.setup()
         self.captioner, self._owned = captioner, True
+        captioner.check_fits(questions)
 
     def close(self) -> None:
         """Free the model if :meth:`start` loaded it."""

@@ -29,12 +29,14 @@ from __future__ import annotations
 import logging
 import os
 import queue
+import signal
 import socket
 import threading
 from collections.abc import Iterator
 from concurrent.futures import Future
 from dataclasses import dataclass, replace
 from pathlib import Path
+from types import FrameType
 from typing import Any
 
 from pipeline.caption import Answer, Captioner, CaptionSpec, EngineError, Question, default_parallel
@@ -80,6 +82,8 @@ class RayExecutor:
         decode_tasks: Videos decoded at once; ``None``: ``num_actors + 1``.
         cpus_per_decode: CPUs reserved per decode task.
         retries: Restarts of a dead actor, retries of its calls and of decode tasks.
+        connect_timeout_s: Most seconds to reach the cluster (Ray itself retries an
+            unreachable address for many minutes).
 
     Raises:
         ExecutorError: Ray is not installed.
@@ -96,6 +100,7 @@ class RayExecutor:
         decode_tasks: int | None,
         cpus_per_decode: float,
         retries: int,
+        connect_timeout_s: float,
     ) -> None:
         at_least = {
             "num_actors": (num_actors, 1), "gpus_per_actor": (gpus_per_actor, 0),
@@ -105,9 +110,11 @@ class RayExecutor:
         for key, (value, low) in at_least.items():
             if value is not None and value < low:
                 raise ConfigError(f"executor.{key} must be >= {low}, got {value}")
-        for key, cpus in (("cpus_per_actor", cpus_per_actor), ("cpus_per_decode", cpus_per_decode)):
-            if not cpus > 0:
-                raise ConfigError(f"executor.{key} must be > 0, got {cpus}")
+        positive = {"cpus_per_actor": cpus_per_actor, "cpus_per_decode": cpus_per_decode,
+                    "connect_timeout_s": connect_timeout_s}
+        for key, value in positive.items():
+            if not value > 0:
+                raise ConfigError(f"executor.{key} must be > 0, got {value}")
         self._ray = _import_ray()
         self.address = address
         self.num_actors = num_actors
@@ -117,6 +124,7 @@ class RayExecutor:
         self.decode_tasks = decode_tasks
         self.cpus_per_decode = cpus_per_decode
         self.retries = retries
+        self.connect_timeout_s = connect_timeout_s
         self.model_name = ""
         self.model_files: dict[str, str] = {}
         self._actors: list[Any] = []
@@ -127,14 +135,15 @@ class RayExecutor:
 
     # -- life cycle -------------------------------------------------------------------------
 
-    def start(self, spec: CaptionSpec) -> None:
+    def start(self, spec: CaptionSpec, questions: list[Question]) -> None:
         """Connect to (or start) the cluster, start the actors and wait until each has loaded
-        the model.
+        the model and found that a frame with ``questions`` fits.
 
         Raises:
             ExecutorError: No cluster, or it cannot hold the actors.
             WeightsError: An actor found the weights missing or not matching.
             EngineError: An actor could not load the model.
+            ConfigError: No frame can fit the context.
         """
         self._connect()
         resources = self._ray.cluster_resources()
@@ -174,7 +183,7 @@ class RayExecutor:
                 max_task_retries=self.retries,
                 # Calls wait on the engine thread; two more leave room for ready()/pid().
                 max_concurrency=self._frames_per_actor + 2,
-            ).remote(spec, f"actor-{i}")
+            ).remote(spec, questions, f"actor-{i}")
             for i in range(n_actors)
         ]
         log.info(
@@ -200,22 +209,74 @@ class RayExecutor:
         ray = self._ray
         if ray.is_initialized():  # a library caller's connection: used, and left open
             return
-        options = {"namespace": NAMESPACE, "logging_level": logging.WARNING}
+        address, found_by = self._cluster_address()
+        if address is None:
+            log.info("no Ray cluster running; starting a local one")
+        else:
+            self._reach(address, found_by)
+        # ray.init sets a SIGTERM handler that exits at once; the command line's own
+        # (pipeline.signals: the run summary, exit 143) comes back after it. Something that
+        # accepts connections but does not answer keeps ray.init retrying for many minutes:
+        # an alarm ends that wait (when ray.init next runs Python, within about 40 s more).
+        on_main = threading.current_thread() is threading.main_thread()
+        sigterm = signal.getsignal(signal.SIGTERM)
+        alarm = signal.getsignal(signal.SIGALRM)
+        if on_main and address is not None:
+            signal.signal(signal.SIGALRM, _connect_timed_out)
+            signal.setitimer(signal.ITIMER_REAL, self.connect_timeout_s)
         try:
-            if self.address == "auto":
-                try:
-                    ray.init(address="auto", **options)
-                except ConnectionError:
-                    log.info("no Ray cluster running; starting a local one")
-                    ray.init(address="local", **options)
-            else:
-                ray.init(address=self.address, **options)
+            ray.init(address=address or "local", namespace=NAMESPACE, logging_level=logging.WARNING)
             self._connected = True
+        except _ConnectTimeout:
+            raise ExecutorError(
+                f"no answer from a Ray cluster at {address} (from {found_by}) within "
+                f"executor.connect_timeout_s={self.connect_timeout_s:g}; check that a Ray head runs there, "
+                "fix the address, or use executor.address=local"
+            ) from None
         except (ConnectionError, RuntimeError, ValueError) as error:
             raise ExecutorError(
-                f"cannot connect to a Ray cluster at executor.address={self.address}: "
+                f"cannot connect to a Ray cluster at {address} ({found_by}): "
                 f"{str(error).splitlines()[0]}; start one with `ray start --head` or fix the address"
             ) from error
+        finally:
+            if on_main:
+                signal.setitimer(signal.ITIMER_REAL, 0)
+                signal.signal(signal.SIGALRM, alarm)
+                signal.signal(signal.SIGTERM, sigterm)
+
+    def _cluster_address(self) -> tuple[str | None, str]:
+        """The cluster to connect to (``None``: start a local one) and how it was found."""
+        if self.address == "local":
+            return None, "executor.address=local"
+        if self.address != "auto":
+            return self.address, "executor.address"
+        if os.environ.get("RAY_ADDRESS"):
+            return os.environ["RAY_ADDRESS"], "RAY_ADDRESS, for executor.address=auto"
+        from ray._private.services import get_ray_address_from_environment
+
+        try:
+            address = get_ray_address_from_environment("auto", None)
+        except ConnectionError:
+            return None, "executor.address=auto: no cluster running"
+        return address, "executor.address=auto: the last `ray start` on this machine, or a Ray process running here"
+
+    def _reach(self, address: str, found_by: str) -> None:
+        """Open a TCP connection to ``address`` within ``connect_timeout_s``.
+
+        Raises:
+            ExecutorError: Nothing answers there (one line: the address and where it came from).
+        """
+        host, _, port = address.split("://")[-1].rpartition(":")
+        try:
+            with socket.create_connection((host.strip("[]"), int(port)), timeout=self.connect_timeout_s):
+                return
+        except (OSError, ValueError) as error:
+            why = "timed out" if isinstance(error, TimeoutError) else getattr(error, "strerror", None) or str(error)
+            raise ExecutorError(
+                f"cannot reach a Ray cluster at {address} (from {found_by}) within "
+                f"executor.connect_timeout_s={self.connect_timeout_s:g}: {why}; start it (`ray start --head`), "
+                "fix the address, or use executor.address=local"
+            ) from None
 
     def close(self) -> None:
         """Stop the actors and disconnect (a local cluster this run started stops too)."""
@@ -283,6 +344,15 @@ class RayExecutor:
             ) from error
 
 
+class _ConnectTimeout(BaseException):
+    """``executor.connect_timeout_s`` passed while ``ray.init`` was connecting (a
+    ``BaseException``: Ray's own ``except Exception`` must not take it)."""
+
+
+def _connect_timed_out(signum: int, frame: FrameType | None) -> None:
+    raise _ConnectTimeout
+
+
 def _decode_stream(decoder: VideoDecoder, job: DecodeJob) -> Iterator[FrameJob | Decoded]:
     """Ray decode task: the video's frame jobs, pixels included, then its :class:`Decoded`."""
     yield from decoder.frames(job)
@@ -307,10 +377,11 @@ class _CaptionActor:
 
     Args:
         spec: The captioner to load.
+        questions: The run's questions (a frame with them must fit the context).
         worker: This actor's name in the run summary (``actor-<i>``; a restart keeps it).
     """
 
-    def __init__(self, spec: CaptionSpec, worker: str) -> None:
+    def __init__(self, spec: CaptionSpec, questions: list[Question], worker: str) -> None:
         # As in conf/hydra/job_logging: llama.cpp's warnings are expected noise.
         logging.getLogger("pipeline.llama_cpp").setLevel(logging.ERROR)
         self.worker = worker
@@ -323,6 +394,12 @@ class _CaptionActor:
             captioner.setup()
         except (UserError, EngineError) as error:
             # Reported by ready(): raising here would only make Ray restart the actor in vain.
+            self.error = error
+            return
+        try:
+            captioner.check_fits(questions)
+        except UserError as error:
+            captioner.close()
             self.error = error
             return
         self.captioner = captioner

@@ -313,13 +313,19 @@ def flash_attn_type(setting: str, on_gpu: bool) -> int:
 @llama_cpp.llama_log_callback
 def _log_callback(level: int, text: bytes, user_data: ctypes.c_void_p) -> None:
     global _last_level
-    if level != 5:
-        _last_level = _LEVELS.get(level, logging.DEBUG)
-    if not _NATIVE_LOG.isEnabledFor(_last_level):
-        return
-    message = text.decode("utf-8", errors="replace").rstrip()
-    if message:
-        _NATIVE_LOG.log(_last_level, message)
+    # An exception cannot leave a callback from C: ctypes prints and drops it. One raised
+    # here by a signal handler (Ctrl-C) is dropped quietly; the handler remembers the signal
+    # for the caller's next safe point (pipeline.signals).
+    try:
+        if level != 5:
+            _last_level = _LEVELS.get(level, logging.DEBUG)
+        if not _NATIVE_LOG.isEnabledFor(_last_level):
+            return
+        message = text.decode("utf-8", errors="replace").rstrip()
+        if message:
+            _NATIVE_LOG.log(_last_level, message)
+    except BaseException:  # noqa: BLE001  (see above)
+        pass
 
 
 def route_native_logs() -> None:

@@ -61,6 +61,7 @@ from pipeline.caption.engine.records import (
 )
 from pipeline.caption.engine.source import END, FrameSource
 from pipeline.caption.engine.vision import FrameImage, Vision
+from pipeline.errors import ConfigError
 
 Tag = TypeVar("Tag")
 Job = tuple[Any, np.ndarray] | tuple[Any, np.ndarray, Sequence[int] | None]
@@ -257,6 +258,44 @@ class Engine:
         Raises:
             EngineError: The native decode failed; the engine cannot go on.
         """
+        self._set_questions(questions)
+        ahead = max(self.settings.prepare_ahead, 1) * len(self._lanes)
+        source: FrameSource[Job, _Prepared] = FrameSource(iter(jobs), self._submit, self._release, self._stats, ahead)
+        try:
+            if len(self._lanes) == 1:
+                yield from self._drive(self._lanes[0], source)
+            else:
+                yield from self._run_lanes(source)
+        finally:
+            source.close()
+
+    def check_fits(self, questions: list[Question]) -> None:
+        """Refuse, before any frame, settings under which no frame can be answered: even the
+        smallest frame (its base tile alone) with these questions and ``max_tokens`` needs more
+        KV cells than a lane has. A larger frame that does not fit still gets error answers.
+
+        Raises:
+            ConfigError: It cannot fit (one line: the cells needed and what to change).
+            EngineError: :meth:`setup` was not called.
+        """
+        self._set_questions(questions)
+        assert self._vision is not None
+        kv_need = self._kv_need(self._vision.min_image_tokens, range(len(questions)))
+        if kv_need > self._kv_capacity:
+            raise ConfigError(
+                f"no frame fits: even the smallest needs {kv_need} KV cells (image {self._vision.min_image_tokens}"
+                f" + prompts + generation.max_tokens={self.settings.max_tokens}), more than the "
+                f"{self._kv_capacity} of {self._kv_setting()}; raise model.n_ctx, lower generation.max_tokens or "
+                "shorten the prompts"
+            )
+
+    def _set_questions(self, questions: list[Question]) -> None:
+        """Take the questions of a run and tokenize their text around the image.
+
+        Raises:
+            EngineError: :meth:`setup` was not called, or a prompt does not tokenize.
+            ValueError: Not between 1 and ``max_questions`` questions.
+        """
         if self._model is None:
             raise EngineError("Engine.setup() was not called")
         if not 0 < len(questions) <= self.settings.max_questions:
@@ -270,15 +309,17 @@ class Engine:
         self._suffix_tokens = [
             self._model.tokenize(chat.split(q.text, system)[1], add_special=False) for q in questions
         ]
-        ahead = max(self.settings.prepare_ahead, 1) * len(self._lanes)
-        source: FrameSource[Job, _Prepared] = FrameSource(iter(jobs), self._submit, self._release, self._stats, ahead)
-        try:
-            if len(self._lanes) == 1:
-                yield from self._drive(self._lanes[0], source)
-            else:
-                yield from self._run_lanes(source)
-        finally:
-            source.close()
+
+    def _kv_need(self, n_image_tokens: int, asked: Iterable[int]) -> int:
+        """KV cells a frame of ``n_image_tokens`` with the ``asked`` questions takes: with
+        streams, the longest question's; in a unified cache, all of theirs."""
+        n_prefix = len(self._prefix_tokens) + n_image_tokens
+        suffixes = [len(self._suffix_tokens[i]) + self.settings.max_tokens for i in asked]
+        return n_prefix + (sum(suffixes) if self.settings.kv_unified else max(suffixes))
+
+    def _kv_setting(self) -> str:
+        """The setting that sizes a frame's KV cells."""
+        return "model.n_ctx x engine.parallel" if self.settings.kv_unified else "model.n_ctx"
 
     def _run_lanes(self, source: FrameSource[Job, _Prepared]) -> Iterator[tuple[Any, list[Answer]]]:
         """Drive every lane on its own thread; hand their finished frames to the caller."""
@@ -385,17 +426,12 @@ class Engine:
         except ValueError as error:
             return None, (tag, self._error_answers(str(error), asked))
         n_prefix = len(self._prefix_tokens) + image.n_tokens
-        suffixes = [self._suffix_tokens[i] for i in asked]
-        if self.settings.kv_unified:
-            kv_need = n_prefix + sum(len(t) + self.settings.max_tokens for t in suffixes)
-        else:
-            kv_need = n_prefix + max(len(t) for t in suffixes) + self.settings.max_tokens
+        kv_need = self._kv_need(image.n_tokens, asked)
         if kv_need > self._kv_capacity:
             self._vision.free(image)
-            where = "model.n_ctx x engine.parallel" if self.settings.kv_unified else "model.n_ctx"
             reason = (
                 f"frame needs {kv_need} KV cells (image {image.n_tokens} + prompts + max_tokens), "
-                f"more than the {self._kv_capacity} of {where}"
+                f"more than the {self._kv_capacity} of {self._kv_setting()}"
             )
             return None, (tag, self._error_answers(reason, asked))
         frame = _Frame(tag, image, n_prefix, kv_need if self.settings.kv_unified else 0, asked)

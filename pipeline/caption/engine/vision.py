@@ -31,6 +31,7 @@ from pipeline.caption.projector import (
     output_rows,
     read_projector,
     reference_copies,
+    tile_tokens,
 )
 from pipeline.paths import user_cache_dir
 
@@ -113,6 +114,9 @@ class Vision:
                 self._self_check()
             else:
                 self._contexts[""] = _load(mmproj, model, n_threads, flash_attn)
+            # The fewest image tokens a frame can take: its base tile (the reference layout
+            # may crop every grid row of a very wide or tall frame).
+            self.min_image_tokens = self._layout.geometry.tile_tokens if self._layout else tile_tokens(mmproj)
         except BaseException:
             self.close()
             raise
