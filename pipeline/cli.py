@@ -205,8 +205,9 @@ def _pipeline(
     output_dir: Path,
     retry_failed: bool,
     thumbnail: Callable[[np.ndarray], bytes] | None,
+    read_only: bool = False,
 ) -> Pipeline:
-    """The run loop for this config."""
+    """The run loop for this config (``read_only``: for a dry run's plan)."""
     config = cast(dict[str, Any], OmegaConf.to_container(cfg, resolve=True))
     return Pipeline(
         sampler,
@@ -223,6 +224,7 @@ def _pipeline(
         thumbnail=thumbnail,
         # A file named on its own is taken however new; found ones must have settled.
         min_age_s=0.0 if all(names_one_file(entry) for entry in video_specs(cfg.video)) else cfg.min_age_s,
+        read_only=read_only,
     )
 
 
@@ -241,7 +243,7 @@ def answer_settings(config: dict[str, Any]) -> dict[str, Any]:
 def _dry_run(cfg: DictConfig, prompts: list[str], sampler: Sampler, videos: list[Path]) -> int:
     """``dry_run=true``: print what a run would do; no model, no lock, nothing written."""
     output_dir = Path(cfg.output_dir).expanduser().resolve()
-    pipeline = _pipeline(cfg, prompts, sampler, output_dir, retry_failed=False, thumbnail=None)
+    pipeline = _pipeline(cfg, prompts, sampler, output_dir, retry_failed=False, thumbnail=None, read_only=True)
     for line in plan_lines(pipeline, pipeline.plan(videos), cfg.retry_failed, cfg.model.name):
         print(line)
     return EXIT_OK

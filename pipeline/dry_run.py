@@ -1,10 +1,11 @@
 """``dry_run=true``: what a run would do, from its plan alone.
 
-The plan reads only what is committed in ``output_dir`` and each video's container header;
-no model is loaded, nothing is locked or written (not even ``output_dir``), no error record is
-removed. Frames are counted as the progress bar estimates them: from each video's duration and
-the sampler (exact for ``sampler=all`` and ``interval`` on a constant frame rate, known only
-once decoded for ``sampler=scene``), less the frames already answered.
+The plan reads only what is committed in ``output_dir`` and each video's container header
+(:class:`~pipeline.run.Pipeline` with ``read_only``); no model is loaded, nothing is locked or
+written (not even ``output_dir``): no error record is removed, no damaged chunk moved aside.
+Frames are counted as the progress bar estimates them: from each video's duration and the
+sampler (exact for ``sampler=all`` and ``interval`` on a constant frame rate, known only once
+decoded for ``sampler=scene``), less the frames already answered.
 """
 
 from __future__ import annotations
@@ -27,6 +28,8 @@ def plan_lines(pipeline: Pipeline, tasks: list[_VideoTask], retry_failed: bool, 
             lines.append(f"caption  {outcome.path}: {count}, {asked} each")
         elif outcome.status == "error":
             lines.append(f"fail     {outcome.path}: {outcome.error}")
+        elif outcome.status == "waiting":
+            lines.append(f"wait     {outcome.path}: {outcome.note}")
         elif outcome.error and retry_failed:
             frames.append(None)
             lines.append(f"retry    {outcome.path}: {outcome.error}")

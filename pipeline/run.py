@@ -189,6 +189,8 @@ class Pipeline:
         metadata: Stored in every Parquet file's schema metadata.
         thumbnail: Makes a frame's ``thumbnail`` bytes (``None``: rows have none).
         min_age_s: A video modified less than this many seconds ago is left for the next run.
+        read_only: Plan without touching ``output_dir`` (a dry run): no error record removed,
+            no damaged chunk moved aside, no done marker dropped (``retry_failed`` must be off).
     """
 
     def __init__(
@@ -207,6 +209,7 @@ class Pipeline:
         metadata: dict[str, Any] | None = None,
         thumbnail: Callable[[np.ndarray], bytes] | None = None,
         min_age_s: float = 0.0,
+        read_only: bool = False,
     ) -> None:
         self.decoder = VideoDecoder(sampler, max_frames, thumbnail, start_s, end_s)
         self.questions: list[Question] = make_questions(unique_prompts(prompts))
@@ -222,6 +225,9 @@ class Pipeline:
         self.retry_failed = retry_failed
         self.prefetch_frames = prefetch_frames
         self.min_age_s = min_age_s
+        self.read_only = read_only
+        if read_only and retry_failed:
+            raise ValueError("a read-only plan cannot retry failed videos (it would remove their records)")
         self.metadata = {**(metadata or {}), "versions": package_versions()}
         self.model_name = ""
 
@@ -263,11 +269,11 @@ class Pipeline:
             if self.retry_failed and remove_error_records(self.output_dir, outcome.video_id, self.config_id):
                 marker.unlink(missing_ok=True)  # done by an older version despite failed frames
             if marker.exists():
-                if not damaged_chunks(self.output_dir, outcome.video_id, self.config_id):
+                if self.read_only or not damaged_chunks(self.output_dir, outcome.video_id, self.config_id):
                     outcome.status = "skipped"
                     continue
                 marker.unlink()
-            task.committed = read_committed(self.output_dir, outcome.video_id, self.config_id)
+            task.committed = read_committed(self.output_dir, outcome.video_id, self.config_id, not self.read_only)
             if task.committed.video_error is not None:
                 outcome.status = "skipped"
                 outcome.error = f"failed before: {task.committed.video_error}"
@@ -279,12 +285,12 @@ class Pipeline:
         video_id = task.outcome.video_id
         if self.retry_failed:
             remove_error_records(self.output_dir, video_id, self.config_id)
-        before = read_committed(self.output_dir, video_id, self.config_id).video_error
+        before = read_committed(self.output_dir, video_id, self.config_id, not self.read_only).video_error
         if before == reason:
             task.outcome.status = "skipped"
             task.outcome.error = f"failed before: {reason}"
             return
-        if before is not None:
+        if before is not None and not self.read_only:
             remove_error_records(self.output_dir, video_id, self.config_id)
         self._fail(task, reason)
 

@@ -44,6 +44,8 @@ def test_dry_run_lists_the_work_and_touches_nothing(cli_base: list[str], tmp_pat
     first = run_cli(f"video={videos / 'v0.mp4'}", *cli_base)
     assert first.returncode == 0, first.stderr
     assert len(pd.read_parquet(out)) == 2  # frames at 0 s and 1 s, as the dry run counts them
+    (chunk,) = out.glob("*/part-*.parquet")
+    chunk.write_bytes(b"damaged")  # a run would move it aside and redo v0; a dry run touches nothing
     before = sorted((p, p.stat().st_mtime_ns) for p in out.rglob("*"))
     # The default model cannot load here (no weights, a CPU build): a dry run does not try.
     dry = run_cli(f"video={videos}", *cli_base, "model=llava16_34b", "dry_run=true", "prompts=[A?,B?]")
@@ -62,9 +64,15 @@ def test_dry_run_lists_the_work_and_touches_nothing(cli_base: list[str], tmp_pat
     again = run_cli(f"video={videos}", *cli_base, "dry_run=true")
     assert f"skip     {videos / 'v0.mp4'}: done" in again.stdout
     assert f"caption  {videos / 'v2.mp4'}: 3 frames, 1 prompt each" in again.stdout
+    waiting = run_cli(f"video={videos}", *cli_base, "dry_run=true", "min_age_s=300")
+    assert f"wait     {videos / 'v1.mp4'}: modified" in waiting.stdout
     assert sorted((p, p.stat().st_mtime_ns) for p in out.rglob("*")) == before
     elsewhere = run_cli(f"video={videos}", *cli_base, "dry_run=true", f"output_dir={tmp_path / 'new'}")
     assert elsewhere.returncode == 0 and not (tmp_path / "new").exists()
+    # The real run does what the dry run left alone: the damaged chunk goes aside, v0 is redone.
+    real = run_cli(f"video={videos}", *cli_base)
+    assert real.returncode == 0, real.stderr
+    assert not chunk.exists() and (out / "_quarantine" / chunk.parent.name / chunk.name).exists()
 
 
 def test_a_model_pair_named_by_its_files(tiny_model_dir: Path, cli_base: list[str], tmp_path: Path) -> None:
