@@ -1,12 +1,13 @@
 """Command line: ``python -m pipeline video=PATH [key=value ...]`` (Hydra).
 
-Exit codes: 0 all videos done (or nothing to do), 2 finished but some videos failed, 1 bad
-input, full disk or crash, 75 another run holds the lock on ``output_dir``, 130 / 143 stopped
-by Ctrl-C / SIGTERM (what was committed stays; the run summary records the code).
+Exit codes: 0 all videos done (or nothing to do), 2 finished but some videos failed, 3 every
+video it tried failed (none done), 1 bad input, full disk or crash, 75 another run holds the
+lock on ``output_dir``, 130 / 143 stopped by Ctrl-C / SIGTERM (what was committed stays; the
+run summary records the code).
 Every expected failure (a :class:`~pipeline.errors.UserError`) prints one line naming the
 problem and the fix, never a traceback; anything else is a crash, printed as one line with its
 traceback in the run's log file. Under ``-m`` (a sweep, e.g. shards through a launcher) each
-job's code is in its run summary, and a job that exits 1 or 75 fails the sweep.
+job's code is in its run summary, and a job that exits 1, 3 or 75 fails the sweep.
 
 The command line builds the typed pieces once from the config (the sampler, the executor, the
 :class:`~pipeline.caption.CaptionSpec`) and hands them to :class:`pipeline.run.Pipeline`.
@@ -18,25 +19,29 @@ import logging
 import sys
 import time
 from collections.abc import Callable
+from contextlib import ExitStack
 from functools import partial
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import hydra
 import numpy as np
 from hydra.core.hydra_config import HydraConfig
 from hydra.types import RunMode
 from hydra.utils import instantiate
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig, ListConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
+from pipeline.arguments import argument_error, help_text, version
 from pipeline.caption import CaptionSpec, EngineError
-from pipeline.config import config_dir
-from pipeline.errors import LockHeld, StoreError, UserError
+from pipeline.config import config_dir, prompts_of
+from pipeline.dry_run import plan_lines
+from pipeline.errors import InputError, LockHeld, StoreError, UserError
 from pipeline.executors.base import Executor
 from pipeline.inputs import find_videos, names_one_file, shard_videos
 from pipeline.lock import RunLock
-from pipeline.run import Pipeline, RunSummary, settings_id, unique_prompts, write_summary
+from pipeline.run import Pipeline, RunSummary, run_stamp, settings_id, unique_prompts, write_summary
+from pipeline.runlog import log_folder, record_crash, run_log
 from pipeline.sampling import Sampler
 from pipeline.signals import Stopped, stop_on_signals
 from pipeline.store import prepare_output_dir, remove_temporaries, write_json_atomic
@@ -47,6 +52,7 @@ log = logging.getLogger("pipeline")
 EXIT_OK = 0
 EXIT_CRASH = 1
 EXIT_SOME_FAILED = 2
+EXIT_ALL_FAILED = 3  # a night where nothing could be done: a service manager sees a failure
 EXIT_LOCKED = 75  # EX_TEMPFAIL: try again later
 # Made when a run with a report due starts captioning, removed once the report is written: a
 # run killed before its report leaves it, and the next run writes the report.
@@ -54,33 +60,46 @@ REPORT_DUE = "_report-due"
 
 
 def run_from_config(cfg: DictConfig) -> int:
-    """Run the pipeline for a composed config; returns the exit code."""
-    try:
-        prompts = unique_prompts([cfg.prompt] if cfg.prompt is not None else list(cfg.prompts))
-        spec = CaptionSpec.from_config(cfg, max_questions=len(prompts))
-        sampler: Sampler = _instantiate(cfg.sampler)
-        executor: Executor = _instantiate(cfg.executor)
-        videos = shard_videos(find_videos(cfg.video, list(cfg.video_extensions)), cfg.shard, cfg.num_shards)
-        output_dir = prepare_output_dir(cfg.output_dir)
-        # Temporary files of killed runs go while no other run can be writing.
-        with RunLock(output_dir, cfg.shard, cfg.num_shards, when_alone=partial(remove_temporaries, output_dir)):
-            return _run_locked(cfg, prompts, spec, sampler, executor, videos, output_dir)
-    except LockHeld as error:
-        log.error("%s", error)
-        return EXIT_LOCKED
-    except Stopped as stop:
-        log.warning("%s; what was committed is kept, the next run does the rest", stop)
-        return stop.exit_code
-    except (UserError, EngineError) as error:
-        log.error("%s", error)
-        return EXIT_CRASH
-    except OmegaConfBaseException as error:
-        log.error("bad config: %s", str(error).splitlines()[0])
-        return EXIT_CRASH
-    except Exception as error:  # a bug: one line here, the traceback in the run's log file
-        log.error("crashed: %s: %s (traceback in the run's log file)", type(error).__name__, error)
-        logging.getLogger("pipeline.crash").debug("traceback", exc_info=True)
-        return EXIT_CRASH
+    """Run the pipeline for a composed config; returns the exit code.
+
+    Once ``output_dir`` is ready and locked, everything logged also goes to the run's log file
+    (:mod:`pipeline.runlog`), errors included.
+    """
+    started = time.time()
+    log_file: Path | None = None
+    with ExitStack() as stack:
+        try:
+            prompts = unique_prompts(prompts_of(cfg))
+            spec = CaptionSpec.from_config(cfg, max_questions=len(prompts))
+            sampler: Sampler = _instantiate(cfg.sampler)
+            executor: Executor = _instantiate(cfg.executor)
+            found = [v for entry in video_specs(cfg.video) for v in find_videos(entry, list(cfg.video_extensions))]
+            videos = shard_videos(found, cfg.shard, cfg.num_shards)
+            if cfg.dry_run:
+                return _dry_run(cfg, prompts, sampler, videos)
+            output_dir = prepare_output_dir(cfg.output_dir)
+            # Temporary files of killed runs go while no other run can be writing.
+            stack.enter_context(
+                RunLock(output_dir, cfg.shard, cfg.num_shards, when_alone=partial(remove_temporaries, output_dir))
+            )
+            log_name = f"{run_stamp(started)}{_shard_suffix(cfg)}.log"
+            log_file = stack.enter_context(run_log(log_folder(output_dir) / log_name))
+            return _run_locked(cfg, prompts, spec, sampler, executor, videos, output_dir, started, log_file)
+        except LockHeld as error:
+            log.error("%s", error)
+            return EXIT_LOCKED
+        except Stopped as stop:
+            log.warning("%s; what was committed is kept, the next run does the rest", stop)
+            return stop.exit_code
+        except (UserError, EngineError) as error:
+            log.error("%s", error)
+            return EXIT_CRASH
+        except OmegaConfBaseException as error:
+            log.error("bad config: %s", str(error).splitlines()[0])
+            return EXIT_CRASH
+        except Exception as error:  # noqa: BLE001  (a bug: one line here, the traceback in the run's log file)
+            log.error("crashed: %s: %s (%s)", type(error).__name__, error, record_crash(error, log_file))
+            return EXIT_CRASH
 
 
 def _run_locked(
@@ -91,37 +110,30 @@ def _run_locked(
     executor: Executor,
     videos: list[Path],
     output_dir: Path,
+    started: float,
+    log_file: Path,
 ) -> int:
-    started = time.time()
     export_formats: list[str] = []
     if cfg.export:  # pandas loads only when an export is due; a bad format fails before the model
         from pipeline.export import parse_formats
 
         export_formats = parse_formats(cfg.export)
-    config = OmegaConf.to_container(cfg, resolve=True)
-    assert isinstance(config, dict)
-    pipeline = Pipeline(
-        sampler,
-        prompts,
-        output_dir,
-        config_id=settings_id({k: config[k] for k in ("model", "generation", "sampler", "system_prompt")}),
-        prefetch_frames=cfg.engine.prefetch_frames,
-        max_frames=cfg.max_frames,
-        checkpoint_frames=cfg.checkpoint_frames,
-        retry_failed=cfg.retry_failed,
-        metadata={"config": config},
-        thumbnail=_thumbnailer(cfg),
-        min_age_s=0.0 if names_one_file(cfg.video) else cfg.min_age_s,
-    )
-    summary = RunSummary(log_file=_log_file())
+    pipeline = _pipeline(cfg, prompts, sampler, output_dir, retry_failed=cfg.retry_failed, thumbnail=_thumbnailer(cfg))
+    summary = RunSummary(log_file=str(log_file))
     code = EXIT_CRASH
     try:
         tasks = pipeline.plan(videos)
         summary.videos = [t.outcome for t in tasks]
         report_due = output_dir / REPORT_DUE
-        if any(t.outcome.status == "todo" for t in tasks):
+        todo = sum(t.outcome.status == "todo" for t in tasks)
+        if todo:
+            log.info(
+                "%d of %d videos to caption; loading model %s (model.n_gpu_layers=%d)",
+                todo, len(tasks), spec.model.name, spec.model.n_gpu_layers,
+            )
             try:
                 executor.start(spec, pipeline.questions)
+                log.info("started: %s -> %s", executor.describe(), output_dir)
                 if cfg.report:
                     write_json_atomic(report_due, {"since": started})
                 pipeline.run(tasks, executor, summary)
@@ -129,12 +141,13 @@ def _run_locked(
                 executor.close()
         else:
             pipeline.run(tasks, None, summary)
-        _log_outcome(summary, output_dir)
+        _log_outcome(summary, output_dir, cfg)
         if export_formats and summary.count("done"):
             _export(output_dir, export_formats)
         if cfg.report and report_due.exists():
             _write_report(output_dir, report_due)
-        code = EXIT_SOME_FAILED if summary.count("error") else EXIT_OK
+        failed = summary.count("error")
+        code = (EXIT_ALL_FAILED if not summary.count("done") else EXIT_SOME_FAILED) if failed else EXIT_OK
     except Stopped as stop:
         code = stop.exit_code
         raise
@@ -143,10 +156,13 @@ def _run_locked(
     return code
 
 
-def _log_outcome(summary: RunSummary, output_dir: Path) -> None:
+def _log_outcome(summary: RunSummary, output_dir: Path, cfg: DictConfig) -> None:
     """One line for the run, and one for what earlier runs left failed."""
     waiting = summary.count("waiting")
-    if not summary.count("done") and not summary.count("error"):
+    if not summary.videos:
+        where = f"shard {cfg.shard} of {cfg.num_shards} of video=" if cfg.num_shards > 1 else "video="
+        log.info("nothing to do: no videos in %s%s", where, ", ".join(video_specs(cfg.video)))
+    elif not summary.count("done") and not summary.count("error"):
         log.info("nothing to do: %d videos already done in %s", summary.count("skipped"), output_dir)
     else:
         log.info(
@@ -182,10 +198,68 @@ def _export(output_dir: Path, export_formats: list[str]) -> None:
         log.warning("export not written: %s", error)
 
 
-def _log_file() -> str | None:
-    """The run's log file (Hydra's), if logging writes to one."""
-    files = [h.baseFilename for h in logging.getLogger().handlers if isinstance(h, logging.FileHandler)]
-    return files[0] if files else None
+def _pipeline(
+    cfg: DictConfig,
+    prompts: list[str],
+    sampler: Sampler,
+    output_dir: Path,
+    retry_failed: bool,
+    thumbnail: Callable[[np.ndarray], bytes] | None,
+    read_only: bool = False,
+) -> Pipeline:
+    """The run loop for this config (``read_only``: for a dry run's plan)."""
+    config = cast(dict[str, Any], OmegaConf.to_container(cfg, resolve=True))
+    return Pipeline(
+        sampler,
+        prompts,
+        output_dir,
+        config_id=settings_id(answer_settings(config)),
+        prefetch_frames=cfg.engine.prefetch_frames,
+        max_frames=cfg.max_frames,
+        start_s=cfg.start_s,
+        end_s=cfg.end_s,
+        checkpoint_frames=cfg.checkpoint_frames,
+        retry_failed=retry_failed,
+        metadata={"config": config},
+        thumbnail=thumbnail,
+        # A file named on its own is taken however new; found ones must have settled.
+        min_age_s=0.0 if all(names_one_file(entry) for entry in video_specs(cfg.video)) else cfg.min_age_s,
+        read_only=read_only,
+    )
+
+
+def answer_settings(config: dict[str, Any]) -> dict[str, Any]:
+    """The settings that shape answers, hashed into ``config_id``: the model (which files, by
+    name, and how they run), generation, sampler and system prompt. Where the weights are
+    (``model.dir``, ``model.download``, the folders of ``model.text``/``model.mmproj``) does
+    not shape answers: moving them does not redo a night."""
+    model = {k: v for k, v in config["model"].items() if k not in ("dir", "download", "text", "mmproj")}
+    for key, file_key in (("text", "text_file"), ("mmproj", "mmproj_file")):
+        if config["model"][key] is not None:
+            model[file_key] = Path(config["model"][key]).name
+    return {"model": model, **{k: config[k] for k in ("generation", "sampler", "system_prompt")}}
+
+
+def _dry_run(cfg: DictConfig, prompts: list[str], sampler: Sampler, videos: list[Path]) -> int:
+    """``dry_run=true``: print what a run would do; no model, no lock, nothing written."""
+    output_dir = Path(cfg.output_dir).expanduser().resolve()
+    pipeline = _pipeline(cfg, prompts, sampler, output_dir, retry_failed=False, thumbnail=None, read_only=True)
+    for line in plan_lines(pipeline, pipeline.plan(videos), cfg.retry_failed, cfg.model.name):
+        print(line)
+    return EXIT_OK
+
+
+def video_specs(value: Any) -> list[str]:
+    """``video=`` as a list: one file, folder, glob or manifest, or a list of them
+    (``video=[a.mp4,b.mp4]``).
+
+    Raises:
+        InputError: It is an empty list or holds something other than paths.
+    """
+    specs = list(value) if isinstance(value, ListConfig) else [value]
+    if not specs or not all(isinstance(spec, (str, int)) for spec in specs):
+        raise InputError(f"video={value} names no videos; give a file, a folder, a glob, a manifest or a list of them")
+    return [str(spec) for spec in specs]
 
 
 def _thumbnailer(cfg: DictConfig) -> Callable[[np.ndarray], bytes] | None:
@@ -214,26 +288,8 @@ def _instantiate(node: DictConfig) -> Any:
         raise
 
 
-def _check_group_choices(argv: list[str]) -> None:
-    """Fail in one line on ``model=``/``sampler=``/``executor=`` choices that do not exist.
-
-    Hydra's own message for these spans a dozen lines with its search path.
-    """
-    for arg in argv:
-        key, _, value = arg.partition("=")
-        group = key.lstrip("+~")
-        if group in ("model", "sampler", "executor") and value:
-            choices = sorted(p.stem for p in (config_dir() / group).glob("*.yaml"))
-            if value not in choices:
-                print(
-                    f"error: unknown {group}={value}; choose one of: {', '.join(choices)}",
-                    file=sys.stderr,
-                )
-                sys.exit(EXIT_CRASH)
-
-
 class JobFailed(Exception):
-    """A job of a sweep (``-m``) exited 1 or 75; raised so that the sweep reports it."""
+    """A job of a sweep (``-m``) exited 1, 3 or 75; raised so that the sweep reports it."""
 
 
 @hydra.main(config_path=str(config_dir()), config_name="config", version_base="1.3")
@@ -243,12 +299,24 @@ def _hydra_main(cfg: DictConfig) -> int:
     if HydraConfig.get().mode != RunMode.MULTIRUN:
         sys.exit(code)
     # sys.exit would end the whole sweep (or, under a launcher, the job without its result).
-    if code in (EXIT_CRASH, EXIT_LOCKED):
+    if code in (EXIT_CRASH, EXIT_ALL_FAILED, EXIT_LOCKED):
         raise JobFailed(f"job {HydraConfig.get().job.num} exited {code}; see its log")
     return code
 
 
 def main() -> None:
-    """Entry point of ``python -m pipeline`` and the ``video-caption`` script."""
-    _check_group_choices(sys.argv[1:])
+    """Entry point of ``python -m pipeline`` and the ``video-caption`` script: ``--help`` and
+    ``--version`` here, arguments checked (:func:`pipeline.arguments.argument_error`), then
+    Hydra."""
+    args = sys.argv[1:]
+    if "-h" in args or "--help" in args:
+        print(help_text())
+        sys.exit(EXIT_OK)
+    if "--version" in args:
+        print(version())
+        sys.exit(EXIT_OK)
+    problem = argument_error(args)
+    if problem is not None:
+        print(f"error: {problem}", file=sys.stderr)
+        sys.exit(EXIT_CRASH)
     _hydra_main()

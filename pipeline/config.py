@@ -11,14 +11,15 @@ them, so a misspelt key or a wrong type fails before any work starts.
 
 from __future__ import annotations
 
-import os
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from hydra import compose, initialize_config_dir
 from hydra.core.config_store import ConfigStore
-from omegaconf import MISSING, DictConfig, OmegaConf
+from omegaconf import MISSING, DictConfig
+
+from pipeline.errors import ConfigError
 
 
 @dataclass
@@ -30,7 +31,9 @@ class ModelConfig:
     repo_id: str | None = MISSING
     text_file: str = MISSING
     mmproj_file: str = MISSING
-    dir: str = MISSING
+    text: str | None = MISSING
+    mmproj: str | None = MISSING
+    dir: str | None = MISSING
     download: bool = MISSING
     generated: bool = MISSING
     quantized: bool = MISSING
@@ -146,16 +149,20 @@ class RayExecutorConfig:
 class Config:
     """The whole run."""
 
-    video: str = MISSING
+    video: Any = MISSING  # a path, folder, glob or manifest, or a list of them
     video_extensions: list[str] = MISSING
     output_dir: str = MISSING
     checkpoint_frames: int = MISSING
     retry_failed: bool = MISSING
     prompt: str | None = MISSING
     prompts: list[str] = MISSING
+    prompts_file: str | None = MISSING
     system_prompt: str | None = MISSING
     max_frames: int | None = MISSING
     min_age_s: float = MISSING
+    start_s: float = MISSING
+    end_s: float | None = MISSING
+    dry_run: bool = MISSING
     model: ModelConfig = MISSING
     sampler: Any = MISSING
     generation: GenerationConfig = field(default_factory=GenerationConfig)
@@ -168,15 +175,46 @@ class Config:
     num_shards: int = MISSING
 
 
+def prompts_of(cfg: DictConfig) -> list[str]:
+    """The run's prompts: ``prompt``, else the lines of ``prompts_file``, else ``prompts``.
+
+    A prompts file is UTF-8 text with one prompt per line, taken as written (only the spaces
+    around it are dropped): commas, quotes, brackets and any letters need no escaping. Blank
+    lines and lines starting with ``#`` are skipped.
+
+    Raises:
+        ConfigError: ``prompt`` and ``prompts_file`` are both set, or the file cannot be read
+            or holds no prompt.
+    """
+    if cfg.prompt is not None and cfg.prompts_file is not None:
+        raise ConfigError("prompt and prompts_file are both set; keep one of them")
+    if cfg.prompt is not None:
+        return [cfg.prompt]
+    if cfg.prompts_file is not None:
+        return _read_prompts_file(Path(cfg.prompts_file).expanduser())
+    return list(cfg.prompts)
+
+
+def _read_prompts_file(path: Path) -> list[str]:
+    try:
+        lines = path.read_text(encoding="utf-8-sig").splitlines()
+    except (OSError, UnicodeDecodeError) as error:
+        reason = error.strerror if isinstance(error, OSError) and error.strerror else str(error)
+        raise ConfigError(
+            f"prompts_file={path} cannot be read ({reason}); give a UTF-8 text file, one prompt per line"
+        ) from error
+    prompts = [line.strip() for line in lines if line.strip() and not line.strip().startswith("#")]
+    if not prompts:
+        raise ConfigError(f"prompts_file={path} holds no prompt; write one prompt per line (# starts a comment line)")
+    return prompts
+
+
 def register_configs() -> None:
     """Register the schemas with Hydra's ConfigStore (the YAML files extend them).
 
     Done when this module is imported: a process that only unpickles a Hydra job (a submitit
-    launcher's) composes its config too, and must find them. Doing it again is harmless. Also
-    registers ``${pid:}`` (this process's id), which keeps the log folders of runs started
-    together apart.
+    launcher's) composes its config too, and must find them. Doing it again is harmless.
     """
-    OmegaConf.register_new_resolver("pid", os.getpid, replace=True)
     cs = ConfigStore.instance()
     cs.store(name="config_schema", node=Config)
     cs.store(group="model", name="model_schema", node=ModelConfig)

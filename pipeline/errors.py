@@ -33,6 +33,11 @@ class StoreError(UserError):
     """The output folder cannot be written; the message names it and the fix."""
 
 
+class BuildError(UserError):
+    """The installed llama-cpp-python cannot do what the config asks (layers on a GPU with a
+    build that has no GPU offload); the message names the reinstall command."""
+
+
 class ExecutorError(UserError):
     """The executor cannot start or its workers keep failing (no cluster, too few resources)."""
 

@@ -27,7 +27,8 @@ def find_videos(spec: str, extensions: list[str]) -> list[Path]:
     with ``#`` is a comment, and a ``#`` elsewhere is part of the name).
 
     Entries that turn out unusable (missing, a folder, a symlink loop) are returned all the
-    same: they become error records, and the rest of the night goes on.
+    same: they become error records, and the rest of the night goes on. A folder without
+    videos or a glob that matches nothing gives an empty list: an empty inbox is a normal night.
 
     Raises:
         InputError: ``spec`` is empty or blank (an unset variable in a cron line), or names
@@ -46,15 +47,9 @@ def find_videos(spec: str, extensions: list[str]) -> list[Path]:
         return [path]
     if path.is_dir():
         # A folder named like a video (x.mp4/) is kept: it becomes an error record.
-        found = sorted(p for p in path.rglob("*") if p.suffix.lower() in wanted)
-        if not found:
-            raise InputError(f"video={spec} holds no files ending in {', '.join(sorted(wanted))}")
-        return found
+        return sorted(p for p in path.rglob("*") if p.suffix.lower() in wanted)
     if glob.has_magic(spec):
-        matches = sorted(Path(p) for p in glob.glob(str(path), recursive=True))
-        if not matches:
-            raise InputError(f"video={spec} matches no files")
-        return matches
+        return sorted(Path(p) for p in glob.glob(str(path), recursive=True))
     raise InputError(
         f"video={spec} does not exist; pass a video file, a folder, a glob or a manifest"
     )

@@ -32,7 +32,6 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from tqdm import tqdm
 
 from pipeline.caption import Answer, Captioner, Question, make_questions
 from pipeline.checksums import model_sha256
@@ -49,6 +48,7 @@ from pipeline.executors.base import (
 )
 from pipeline.executors.local import LocalExecutor
 from pipeline.inputs import os_reason, path_id, unsettled, video_id_of
+from pipeline.progress import Progress
 from pipeline.sampling import Sampler
 from pipeline.signals import Stopped, check_stopped
 from pipeline.store import (
@@ -166,7 +166,7 @@ class _VideoTask:
     sent: int = 0
     answered: int = 0
     decoded_all: bool = False
-    started_at: float = 0.0
+    in_model_since: float | None = None  # when its first frame entered the model (epoch s)
     failed: dict[int, str] = field(default_factory=dict)  # frame → why, for this run's frame errors
 
 
@@ -180,6 +180,8 @@ class Pipeline:
         config_id: Id of the settings that shape answers (model, generation, sampler).
         prefetch_frames: Decoded frames queued ahead of the model (``engine.prefetch_frames``).
         max_frames: Cap on samples per video.
+        start_s: Only samples at or after this time of each video.
+        end_s: Only samples before this time of each video (``None``: to the end).
         checkpoint_frames: Frames per committed chunk (the command line passes
             ``checkpoint_frames``; the default here, the YAML's value, serves library callers
             such as ``benchmarks/gpu_throughput.py``).
@@ -187,6 +189,8 @@ class Pipeline:
         metadata: Stored in every Parquet file's schema metadata.
         thumbnail: Makes a frame's ``thumbnail`` bytes (``None``: rows have none).
         min_age_s: A video modified less than this many seconds ago is left for the next run.
+        read_only: Plan without touching ``output_dir`` (a dry run): no error record removed,
+            no damaged chunk moved aside, no done marker dropped (``retry_failed`` must be off).
     """
 
     def __init__(
@@ -198,23 +202,32 @@ class Pipeline:
         *,
         prefetch_frames: int,
         max_frames: int | None = None,
+        start_s: float = 0.0,
+        end_s: float | None = None,
         checkpoint_frames: int = 32,
         retry_failed: bool = False,
         metadata: dict[str, Any] | None = None,
         thumbnail: Callable[[np.ndarray], bytes] | None = None,
         min_age_s: float = 0.0,
+        read_only: bool = False,
     ) -> None:
-        self.decoder = VideoDecoder(sampler, max_frames, thumbnail)
+        self.decoder = VideoDecoder(sampler, max_frames, thumbnail, start_s, end_s)
         self.questions: list[Question] = make_questions(unique_prompts(prompts))
         self.output_dir = output_dir
         self.config_id = config_id
-        self.work_id = settings_id(
-            {"config": config_id, "prompts": sorted(q.prompt_id for q in self.questions), "max_frames": max_frames}
-        )
+        # What a video's done marker vouches for: the window and the cap limit which of the
+        # config's samples are asked about, so a wider run later adds the missing ones.
+        self.work_id = settings_id({
+            "config": config_id, "prompts": sorted(q.prompt_id for q in self.questions),
+            "max_frames": max_frames, "start_s": start_s, "end_s": end_s,
+        })
         self.checkpoint_frames = max(checkpoint_frames, 1)
         self.retry_failed = retry_failed
         self.prefetch_frames = prefetch_frames
         self.min_age_s = min_age_s
+        self.read_only = read_only
+        if read_only and retry_failed:
+            raise ValueError("a read-only plan cannot retry failed videos (it would remove their records)")
         self.metadata = {**(metadata or {}), "versions": package_versions()}
         self.model_name = ""
 
@@ -256,11 +269,11 @@ class Pipeline:
             if self.retry_failed and remove_error_records(self.output_dir, outcome.video_id, self.config_id):
                 marker.unlink(missing_ok=True)  # done by an older version despite failed frames
             if marker.exists():
-                if not damaged_chunks(self.output_dir, outcome.video_id, self.config_id):
+                if self.read_only or not damaged_chunks(self.output_dir, outcome.video_id, self.config_id):
                     outcome.status = "skipped"
                     continue
                 marker.unlink()
-            task.committed = read_committed(self.output_dir, outcome.video_id, self.config_id)
+            task.committed = read_committed(self.output_dir, outcome.video_id, self.config_id, not self.read_only)
             if task.committed.video_error is not None:
                 outcome.status = "skipped"
                 outcome.error = f"failed before: {task.committed.video_error}"
@@ -272,12 +285,12 @@ class Pipeline:
         video_id = task.outcome.video_id
         if self.retry_failed:
             remove_error_records(self.output_dir, video_id, self.config_id)
-        before = read_committed(self.output_dir, video_id, self.config_id).video_error
+        before = read_committed(self.output_dir, video_id, self.config_id, not self.read_only).video_error
         if before == reason:
             task.outcome.status = "skipped"
             task.outcome.error = f"failed before: {reason}"
             return
-        if before is not None:
+        if before is not None and not self.read_only:
             remove_error_records(self.output_dir, video_id, self.config_id)
         self._fail(task, reason)
 
@@ -325,12 +338,13 @@ class Pipeline:
             self.metadata["model_files"] = executor.model_files
             self.metadata["model_sha256"] = model_sha256(executor.model_files)
         show = sys.stderr.isatty()
-        with ThreadPoolExecutor(max_workers=1, thread_name_prefix="write") as writer, tqdm(
-            total=len(todo), desc="videos", unit="video", disable=not show
-        ) as video_bar, tqdm(desc="frames", unit="frame", disable=not show) as frame_bar:
+        expected: list[int | None] = [self.expected_frames(t) if show else None for t in todo]
+        with ThreadPoolExecutor(max_workers=1, thread_name_prefix="write") as writer, Progress(
+            expected, enabled=show
+        ) as progress:
             self._writer = writer
             self._writes: list[Future[Any]] = []
-            self._video_bar = video_bar
+            self._progress = progress
             for task in failed_at_plan:
                 self._submit_error_record(task)
             if todo:
@@ -345,11 +359,12 @@ class Pipeline:
                 try:
                     for event in executor.run(work):
                         if isinstance(event, Decoded):
+                            progress.video_decoded(event.video_index, event.sent)
                             self._take_decoded(todo[event.video_index], event)
                         else:
                             self._take_answers(todo[event.job.video_index], event)
                             self._count_worker(summary, event, time.perf_counter() - started)
-                            frame_bar.update()
+                            progress.frame_answered()
                         _raise_first_error(self._writes)
                         check_stopped()
                 except Stopped:
@@ -377,7 +392,6 @@ class Pipeline:
     def _take_decoded(self, task: _VideoTask, event: Decoded) -> None:
         task.decoded_all = True
         task.sent = event.sent
-        task.started_at = event.started_at
         task.outcome.frames_already_done = event.already_done
         if event.facts is not None:
             self._writes.append(self._writer.submit(
@@ -387,6 +401,15 @@ class Pipeline:
             self._fail(task, event.error)
         self._finish_if_complete(task)
 
+    def expected_frames(self, task: _VideoTask) -> int | None:
+        """About how many of a planned video's frames will go to the model (``None``: known once
+        it is decoded): the progress bar's total, and a dry run's count."""
+        expected = self.decoder.expected_samples(task.path)
+        if expected is None:
+            return None
+        wanted = {q.prompt_id for q in self.questions}
+        return max(0, expected - sum(1 for prompts in task.committed.answered.values() if wanted <= prompts))
+
     def _take_answers(self, task: _VideoTask, event: Captioned) -> None:
         frame_index = event.job.sample.frame.index
         already = task.committed.answered.get(frame_index, set())
@@ -395,6 +418,10 @@ class Pipeline:
         if failure is not None:
             task.failed.setdefault(frame_index, failure)
         task.pending_rows.extend(self._row(task, event.job, a) for a in new)
+        # A video's own time runs from its first frame entering the model (answers carry how
+        # long ago that was) to its last answer, whatever ran before or beside it.
+        entered = time.time() - max((a.latency_ms for a in event.answers), default=0.0) / 1000
+        task.in_model_since = entered if task.in_model_since is None else min(entered, task.in_model_since)
         task.pending_frames += 1
         task.answered += 1
         task.outcome.frames += 1
@@ -421,6 +448,8 @@ class Pipeline:
         if not (task.decoded_all and task.answered == task.sent):
             return
         self._submit_chunk(task)
+        if task.in_model_since is not None:
+            task.outcome.wall_s = time.time() - task.in_model_since
         failed_frames = self._failed_frames(task)
         if task.outcome.status != "error" and failed_frames:
             frame_index, reason = min(failed_frames.items())
@@ -429,7 +458,7 @@ class Pipeline:
             self._submit_error_record(task)
         else:
             self._writes.append(self._writer.submit(self._mark_done, task))
-        self._video_bar.update()
+        self._progress.video_finished()
 
     def _submit_chunk(self, task: _VideoTask) -> None:
         rows, task.pending_rows, task.pending_frames = task.pending_rows, [], 0
@@ -459,7 +488,6 @@ class Pipeline:
     def _mark_done(self, task: _VideoTask) -> None:
         outcome = task.outcome
         outcome.status = "done"
-        outcome.wall_s = time.time() - task.started_at
         mark_done(self.output_dir, outcome.video_id, self.work_id, asdict(outcome))
         log.info(
             "done %s: %d frames captioned, %d already done, %d rows, %.1f s",
@@ -513,12 +541,16 @@ def write_summary(output_dir: Path, summary: RunSummary, started: float, exit_co
         "exit_code": exit_code,
         **summary.as_dict(),
     }
-    stamp = datetime.fromtimestamp(started, timezone.utc).strftime("%Y%m%dT%H%M%S.%fZ")
     try:
-        write_json_atomic(output_dir / "_runs" / f"{stamp}{suffix}.json", record)
+        write_json_atomic(output_dir / "_runs" / f"{run_stamp(started)}{suffix}.json", record)
         write_json_atomic(output_dir / f"_last_run{suffix}.json", record)
     except StoreError as error:
         log.warning("run summary not written: %s", error)
+
+
+def run_stamp(started: float) -> str:
+    """The name a run's files carry (its summary, its log): its start time, UTC."""
+    return datetime.fromtimestamp(started, timezone.utc).strftime("%Y%m%dT%H%M%S.%fZ")
 
 
 def _raise_first_error(writes: list[Future[Any]]) -> None:

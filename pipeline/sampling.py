@@ -21,7 +21,7 @@ from typing import Protocol
 import cv2
 import numpy as np
 
-from pipeline.decode import BgrFrame, Frame, FrameTime, VideoReader
+from pipeline.decode import BgrFrame, Frame, FrameTime, VideoInfo, VideoReader
 from pipeline.errors import ConfigError
 from pipeline.scenes import AnalysedFrame, Features, ShotDetector, shrink
 
@@ -195,6 +195,27 @@ class IntervalSampler:
             yield Sample(reader.retrieve(), "interval")
             while next_due_s <= elapsed_s + _SLACK_S:
                 next_due_s += self.interval_s
+
+
+def expected_samples(sampler: Sampler, info: VideoInfo, start_s: float = 0.0, end_s: float | None = None) -> int | None:
+    """How many frames ``sampler`` takes from a video between ``start_s`` and ``end_s``, from
+    its container's frame count and rate alone: exact for ``all`` and ``interval`` on a
+    constant frame rate (an upper bound with dedup on); ``None`` for a sampler that decides by
+    the content (``scene``) or a container that gives no duration.
+    """
+    if not (info.frame_count and info.fps):
+        return None
+    end = info.duration_s if end_s is None else min(end_s, info.duration_s)
+    if end <= start_s:
+        return 0
+    if isinstance(sampler, AllSampler):
+        step_s = 1 / info.fps
+    elif isinstance(sampler, IntervalSampler):
+        step_s = sampler.interval_s
+    else:
+        return None
+    # Points 0, step, 2 step, ... (the first frame sits at 0) in [start_s, end).
+    return math.ceil(end / step_s - _SLACK_S) - math.ceil(start_s / step_s - _SLACK_S)
 
 
 PICKS = ("first", "first_settled", "middle")

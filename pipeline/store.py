@@ -199,18 +199,20 @@ def chunk_files(output_dir: Path, video_id: str, config_id: str) -> list[Path]:
     return sorted(folder.glob(f"part-{config_id}-*.parquet")) + sorted(folder.glob(f"errors-{config_id}-*.parquet"))
 
 
-def read_committed(output_dir: Path, video_id: str, config_id: str) -> Committed:
+def read_committed(output_dir: Path, video_id: str, config_id: str, move_damaged: bool = True) -> Committed:
     """The keys already committed for a video under ``config_id``.
 
-    A chunk file that does not read (damaged on disk) is moved aside (:func:`quarantine`):
-    its keys count as missing, so the run does them again.
+    A chunk file that does not read (damaged on disk) is moved aside (:func:`quarantine`;
+    left where it is with ``move_damaged=False``, for a dry run): its keys count as missing,
+    so the run does them again.
     """
     committed = Committed()
     for path in chunk_files(output_dir, video_id, config_id):
         try:
             table = pq.read_table(path, columns=["frame_index", "prompt_id", "error"])
         except (pa.ArrowException, OSError) as damage:
-            quarantine(output_dir, path, damage)
+            if move_damaged:
+                quarantine(output_dir, path, damage)
             continue
         for frame_index, prompt_id, reason in zip(*(c.to_pylist() for c in table.columns)):
             if frame_index is None:

@@ -65,10 +65,10 @@ def test_frames_that_do_not_fit_fail_the_video_and_are_retried(cli_base: list[st
     # though a smaller frame could: every frame fails, so the video fails.
     args = [f"video={SAMPLE_VIDEO}", *cli_base, "model.n_ctx=2048", "generation.max_tokens=256", "max_frames=2"]
     first = run_cli(*args)
-    assert first.returncode == 2, first.stderr
+    assert first.returncode == 3, first.stderr  # the night's only video failed
     out = tmp_path / "out"
     summary = summary_of(out)
-    assert (summary["videos_failed"], summary["videos_done"], summary["exit_code"]) == (1, 0, 2)
+    assert (summary["videos_failed"], summary["videos_done"], summary["exit_code"]) == (1, 0, 3)
     assert not list(out.glob("*/_done-*"))
     (record,) = error_records(out).error
     assert record.startswith("2 frames failed, the first (frame 0): frame needs")
@@ -77,7 +77,7 @@ def test_frames_that_do_not_fit_fail_the_video_and_are_retried(cli_base: list[st
     later = run_cli(*args)
     assert later.returncode == 0 and "1 videos failed in earlier runs" in later.stderr
     retried = run_cli(*args, "retry_failed=true")
-    assert retried.returncode == 2, retried.stderr
+    assert retried.returncode == 3, retried.stderr
     assert "1 failed; 2 frames" in retried.stderr
     assert len(error_records(out)) == 1
 
@@ -417,7 +417,7 @@ def test_a_report_killed_before_it_was_written_is_made_by_the_next_run(
 
 
 def test_runs_started_together_log_apart(tiny_model_dir: Path, tmp_path: Path) -> None:
-    # Hydra's default log folder, outputs/<date>/<time>/, under each run's working folder.
+    # Each run's log is in its output_dir's _logs/; nothing in the working folder they share.
     video = write_video(tmp_path / "clip.mp4", n_frames=2)
     runs = [
         subprocess.Popen(
@@ -432,7 +432,8 @@ def test_runs_started_together_log_apart(tiny_model_dir: Path, tmp_path: Path) -
         _, stderr = run.communicate(timeout=RUN_TIMEOUT_S)
         assert run.returncode == 0, stderr
     logs = [Path(str(summary_of(tmp_path / f"out{i}")["log_file"])) for i in range(2)]
-    assert logs[0].parent != logs[1].parent and logs[0].parent.parent.parent == tmp_path / "outputs"
+    assert [log.parent for log in logs] == [tmp_path / f"out{i}" / "_logs" for i in range(2)]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["clip.mp4", "out0", "out1"]
     for i, log in enumerate(logs):
         assert f"-> {tmp_path / f'out{i}'}" in log.read_text()
         assert f"out{1 - i}" not in log.read_text()

@@ -14,7 +14,7 @@ PACKAGE = ROOT / "pipeline"
 
 # Higher imports lower or equal, never the other way.
 LAYERS = [
-    ("pipeline.__main__", "pipeline.cli"),
+    ("pipeline.__main__", "pipeline.cli", "pipeline.download", "pipeline.arguments", "pipeline.dry_run"),
     ("pipeline.run",),
     ("pipeline.executors",),
     (
@@ -23,7 +23,7 @@ LAYERS = [
         "pipeline.results", "pipeline.export",
     ),
     ("pipeline.store",),
-    ("pipeline.config", "pipeline.errors", "pipeline.paths", "pipeline.checksums", "pipeline"),
+    ("pipeline.config", "pipeline.errors", "pipeline.paths", "pipeline.runlog", "pipeline.checksums", "pipeline"),
 ]
 
 

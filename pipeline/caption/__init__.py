@@ -33,8 +33,8 @@ from pipeline.caption.engine import (
 )
 from pipeline.caption.formats import get_chat_format
 from pipeline.caption.weights import ModelFiles, ModelSource, check_pair
-from pipeline.config import EngineConfig, GenerationConfig, ModelConfig, compose_config
-from pipeline.errors import ConfigError, WeightsError
+from pipeline.config import EngineConfig, GenerationConfig, ModelConfig, compose_config, prompts_of
+from pipeline.errors import BuildError, ConfigError, WeightsError
 
 __all__ = [
     "Answer",
@@ -83,6 +83,30 @@ def runs_on_gpu(n_gpu_layers: int) -> bool:
     return n_gpu_layers != 0 and bool(llama_cpp.llama_supports_gpu_offload())
 
 
+# The README's GPU install command (tests/test_cli.py checks that the README shows it as is).
+GPU_INSTALL_COMMAND = (
+    'CMAKE_ARGS="-DGGML_CUDA=on -DGGML_NATIVE=OFF -DGGML_CUDA_FORCE_CUBLAS=ON '
+    '-DCMAKE_SHARED_LINKER_FLAGS=-Wl,--exclude-libs,ALL" '
+    f'pip install --no-cache-dir --force-reinstall "llama-cpp-python=={llama_cpp.__version__}"'
+)
+
+
+def check_gpu_build(n_gpu_layers: int) -> None:
+    """Refuse layers on a GPU with a llama.cpp built without GPU offload, which would run
+    them on the CPU without a word (a CPU build is what ``pip install .`` makes unless
+    ``CMAKE_ARGS`` asks for CUDA).
+
+    Raises:
+        BuildError: ``n_gpu_layers`` is not 0 and the build has no GPU offload.
+    """
+    if n_gpu_layers != 0 and not llama_cpp.llama_supports_gpu_offload():
+        raise BuildError(
+            f"model.n_gpu_layers={n_gpu_layers} asks for layers on a GPU, but this llama-cpp-python "
+            f"was built without GPU support; reinstall it for CUDA with: {GPU_INSTALL_COMMAND} "
+            "(README, GPU install), or run on the CPU with model.n_gpu_layers=0"
+        )
+
+
 @dataclass(frozen=True)
 class CaptionSpec:
     """What it takes to build a :class:`Captioner`, checked: the typed ``model``,
@@ -93,7 +117,8 @@ class CaptionSpec:
     resolved where the model loads, for that machine's device.
 
     Attributes:
-        model: The preset, with ``dir`` made absolute (workers may run in another folder).
+        model: The preset, with ``dir``, ``text`` and ``mmproj`` made absolute (workers may run
+            in another folder).
         generation: How answers are generated.
         engine: The engine's knobs.
         system_prompt: The system text (the config's, else the preset's); ``None``: the chat
@@ -125,15 +150,14 @@ class CaptionSpec:
             ConfigError: A value is out of range.
         """
         model = _typed(ModelConfig, cfg.model)
-        model = replace(model, dir=str(Path(model.dir).expanduser().absolute()))
+        model = replace(model, dir=_absolute(model.dir), text=_absolute(model.text), mmproj=_absolute(model.mmproj))
         system = cfg.system_prompt if cfg.system_prompt is not None else model.system_prompt
-        prompts = [cfg.prompt] if cfg.prompt is not None else list(cfg.prompts)
         return cls(
             model=model,
             generation=_typed(GenerationConfig, cfg.generation),
             engine=_typed(EngineConfig, cfg.engine),
             system_prompt=system,
-            max_questions=max_questions or max(len(prompts), 1),
+            max_questions=max_questions or len(prompts_of(cfg)),
         )
 
     @property
@@ -141,8 +165,9 @@ class CaptionSpec:
         """Where the preset's files are."""
         m = self.model
         return ModelSource(
-            name=m.name, model_dir=Path(m.dir), text_file=m.text_file, mmproj_file=m.mmproj_file,
+            name=m.name, model_dir=_path(m.dir), text_file=m.text_file, mmproj_file=m.mmproj_file,
             repo_id=m.repo_id, download=m.download, generated=m.generated, quantized=m.quantized,
+            text_path=_path(m.text), mmproj_path=_path(m.mmproj),
         )
 
     def engine_settings(self, files: ModelFiles) -> EngineSettings:
@@ -199,8 +224,10 @@ class Captioner:
         is loaded by :meth:`setup` or ``with``.
 
         Raises:
+            BuildError: Layers asked on a GPU of a llama.cpp built without GPU support.
             WeightsError: Files missing or not matching.
         """
+        check_gpu_build(spec.model.n_gpu_layers)
         files = spec.source.resolve()
         check_pair(files)
         return cls(spec.engine_settings(files), spec.model.name, files)
@@ -226,6 +253,14 @@ class Captioner:
         """
         cfg = compose_config([f"model={preset}", "video=unused", *overrides])
         return cls.from_config(cfg, max_questions=max_questions)
+
+    def describe(self) -> str:
+        """The model's files and where it runs, in words (a run's start line)."""
+        text, mmproj = self.files.text_model, self.files.mmproj
+        files = (
+            f"{text.name} + {mmproj.name} in {text.parent}" if text.parent == mmproj.parent else f"{text} + {mmproj}"
+        )
+        return f"model {self.model_name} ({files}) on {self.engine.describe()}"
 
     def setup(self) -> None:
         """Load the model (once per process; frames and videos reuse it)."""
@@ -280,6 +315,15 @@ class Captioner:
         return self.engine.run(jobs, questions)
 
 
+def _absolute(path: str | None) -> str | None:
+    """A configured path made absolute (workers may run in another folder); ``None`` stays."""
+    return None if path is None else str(Path(path).expanduser().absolute())
+
+
+def _path(path: str | None) -> Path | None:
+    return None if path is None else Path(path)
+
+
 def _typed(schema: type[Node], node: Any) -> Node:
     """A config node as its schema's dataclass (a plain value, picklable)."""
     return schema(**OmegaConf.to_container(node, resolve=True))  # type: ignore[arg-type]
@@ -291,6 +335,7 @@ def _check(spec: CaptionSpec) -> None:
     checks = [
         (eng.parallel is None or eng.parallel >= 1, f"engine.parallel must be >= 1 or null, got {eng.parallel}"),
         (eng.lanes is None or eng.lanes >= 1, f"engine.lanes must be >= 1 or null, got {eng.lanes}"),
+        (eng.n_threads is None or eng.n_threads >= 1, f"engine.n_threads must be >= 1 or null, got {eng.n_threads}"),
         (eng.prepare_ahead >= 0, f"engine.prepare_ahead must be >= 0, got {eng.prepare_ahead}"),
         (
             eng.max_decode_seqs is None or eng.max_decode_seqs >= 0,

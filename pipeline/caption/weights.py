@@ -1,5 +1,10 @@
 """Find the model files of a preset: on disk, from Hugging Face, or generated (``tiny``).
 
+Where they are looked up and kept: ``model.dir`` when given; else a preset's files are in the
+Hugging Face cache (``HF_HOME``, by default ``~/.cache/huggingface``) and the generated tiny
+model in the user cache (:func:`pipeline.paths.user_cache_dir`), so that no working folder
+collects copies. ``model.text``/``model.mmproj`` name a file directly instead.
+
 Also checks, before any frame is decoded, that the projector fits the text model: LLaVA's
 projector must output vectors of the text model's embedding size, and llama.cpp only notices
 a mismatch deep inside the first image.
@@ -15,6 +20,7 @@ import gguf
 
 from pipeline.caption.tiny import ensure_tiny_model
 from pipeline.errors import WeightsError
+from pipeline.paths import user_cache_dir
 
 log = logging.getLogger(__name__)
 
@@ -37,60 +43,121 @@ class ModelSource:
 
     Attributes:
         name: Preset name, for messages.
-        model_dir: Where the files live (``model.dir``), absolute.
+        model_dir: Where the files live (``model.dir``), absolute; ``None``: the Hugging Face
+            cache, or for the generated model the user cache.
         text_file: File name of the text model.
         mmproj_file: File name of the projector.
         repo_id: Hugging Face repository to fetch missing files from.
         download: Whether fetching is allowed.
         generated: The preset is the project's own generated tiny model.
         quantized: For the generated model, use its Q8_0 text model.
+        text_path: ``model.text``: this text-model file instead of the preset's, absolute.
+        mmproj_path: ``model.mmproj``: this projector file instead of the preset's, absolute.
     """
 
     name: str
-    model_dir: Path
+    model_dir: Path | None
     text_file: str
     mmproj_file: str
     repo_id: str | None
     download: bool
     generated: bool
     quantized: bool
+    text_path: Path | None = None
+    mmproj_path: Path | None = None
 
     def resolve(self) -> ModelFiles:
-        """The preset's files, generated or downloaded when missing.
+        """The files, the preset's generated or downloaded when missing.
 
         Raises:
             WeightsError: A file is missing and cannot be fetched.
         """
+        for key, path in (("text", self.text_path), ("mmproj", self.mmproj_path)):
+            if path is not None and not path.is_file():
+                raise WeightsError(f"model.{key}={path} is not a file; give the path of a GGUF file")
         if self.generated:
-            text, mmproj = ensure_tiny_model(self.model_dir, quantized=self.quantized)
-            return ModelFiles(text, mmproj)
-        files = ModelFiles(self.model_dir / self.text_file, self.model_dir / self.mmproj_file)
-        missing = [p.name for p in (files.text_model, files.mmproj) if not p.is_file()]
+            text, mmproj = ensure_tiny_model(self.model_dir or user_cache_dir() / "tiny", quantized=self.quantized)
+            return ModelFiles(self.text_path or text, self.mmproj_path or mmproj)
+        roles = ((self.text_file, self.text_path), (self.mmproj_file, self.mmproj_path))
+        found = self._fetch([name for name, given in roles if given is None])
+        return ModelFiles(self.text_path or found[self.text_file], self.mmproj_path or found[self.mmproj_file])
+
+    def _fetch(self, names: list[str]) -> dict[str, Path]:
+        """The preset's files ``names``, downloaded when missing and allowed."""
+        found = {name: self._local(name) for name in names}
+        missing = [name for name, path in found.items() if path is None]
         if not missing:
-            return files
+            return {name: path for name, path in found.items() if path is not None}
         if not (self.download and self.repo_id):
-            raise WeightsError(_missing_message(self.name, missing, self.model_dir, self.repo_id))
+            raise WeightsError(self._missing_message(missing))
+        from huggingface_hub import hf_hub_download
+
+        _print_hub_warnings_once()
+        self._check_hub(self.repo_id, missing)
+        result = {name: path for name, path in found.items() if path is not None}
         try:
-            from huggingface_hub import hf_hub_download
-
             for filename in missing:
-                log.info("downloading %s from %s into %s", filename, self.repo_id, self.model_dir)
-                hf_hub_download(repo_id=self.repo_id, filename=filename, local_dir=self.model_dir)
-        except Exception as error:  # offline, unknown repo, disk full: all end the same way
+                log.info("downloading %s from %s into %s", filename, self.repo_id, self._where())
+                path = hf_hub_download(repo_id=self.repo_id, filename=filename, local_dir=self.model_dir)
+                result[filename] = Path(path)
+        except Exception as error:  # unknown repo, disk full, dropped connection: all end the same way
+            raise WeightsError(f"{self._missing_message(missing)} (download failed: {type(error).__name__})") from error
+        return result
+
+    def _local(self, name: str) -> Path | None:
+        """``name`` where it is kept (``model.dir`` or the Hugging Face cache), if it is there."""
+        if self.model_dir is not None:
+            path = self.model_dir / name
+            return path if path.is_file() else None
+        if self.repo_id is None:
+            return None
+        from huggingface_hub import try_to_load_from_cache
+
+        cached = try_to_load_from_cache(self.repo_id, name)
+        return Path(cached) if isinstance(cached, str) else None
+
+    def _check_hub(self, repo_id: str, missing: list[str]) -> None:
+        """Fail at once, with the missing-files message, when the hub cannot be reached:
+        offline mode, or no answer to one request within ``HF_HUB_ETAG_TIMEOUT`` (without
+        this, ``huggingface_hub`` retries for about 23 s)."""
+        from huggingface_hub import constants, hf_hub_url
+        from huggingface_hub.utils import get_session
+
+        if constants.HF_HUB_OFFLINE:
+            raise WeightsError(f"{self._missing_message(missing)} (HF_HUB_OFFLINE is set: nothing is downloaded)")
+        try:
+            get_session().head(hf_hub_url(repo_id, missing[0]), timeout=constants.HF_HUB_ETAG_TIMEOUT)
+        except Exception as error:  # requests' or httpx's own error types, by version
             raise WeightsError(
-                f"{_missing_message(self.name, missing, self.model_dir, self.repo_id)} "
-                f"(download failed: {type(error).__name__})"
+                f"{self._missing_message(missing)} (the hub cannot be reached: {type(error).__name__}; "
+                "when offline, set HF_HUB_OFFLINE=1)"
             ) from error
-        return files
+
+    def _where(self) -> str:
+        """Where the preset's files are kept, in words."""
+        if self.model_dir is not None:
+            return str(self.model_dir)
+        from huggingface_hub import constants
+
+        return f"the Hugging Face cache ({constants.HF_HUB_CACHE})"
+
+    def _missing_message(self, missing: list[str]) -> str:
+        source = f" from https://huggingface.co/{self.repo_id}" if self.repo_id else ""
+        return (
+            f"model {self.name!r}: missing {', '.join(missing)} in {self._where()}; "
+            f"download {'them' if len(missing) > 1 else 'it'}{source} "
+            f"(python -m pipeline.download model={self.name} does it ahead of a run), "
+            "or set model.dir to the folder where they are"
+        )
 
 
-def _missing_message(name: str, missing: list[str], directory: Path, repo_id: str | None) -> str:
-    source = f" from https://huggingface.co/{repo_id}" if repo_id else ""
-    return (
-        f"model {name!r}: missing {', '.join(missing)} in {directory}; "
-        f"download {'them' if len(missing) > 1 else 'it'}{source} into that folder, "
-        "or set model.dir to where they are"
-    )
+def _print_hub_warnings_once() -> None:
+    """Drop the console handler ``huggingface_hub`` gives its logger: its records also reach
+    the root logger's handlers (the console and the run's log file), so each of its warnings
+    (a retried download) showed twice. Without root handlers, Python still prints warnings."""
+    hub_logger = logging.getLogger("huggingface_hub")
+    for handler in list(hub_logger.handlers):
+        hub_logger.removeHandler(handler)
 
 
 def check_pair(files: ModelFiles) -> None:

@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import os
 import socket
-import time
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -25,8 +24,9 @@ import numpy as np
 
 from pipeline.caption import Answer, Captioner, CaptionSpec, Question
 from pipeline.decode import VideoError, VideoFacts, VideoReader
+from pipeline.errors import ConfigError
 from pipeline.inputs import os_reason
-from pipeline.sampling import Sample, Sampler
+from pipeline.sampling import Sample, Sampler, expected_samples
 
 __all__ = [
     "CaptionSpec",
@@ -97,7 +97,6 @@ class Decoded:
         video_index: The video's :attr:`DecodeJob.video_index`.
         sent: Frames sent to the model.
         already_done: Sampled frames left out because they had every answer.
-        started_at: When decoding started (epoch seconds).
         error: Why the video could not be read to its end, or ``None``.
         facts: What the decode learnt of the video (``None``: it could not be opened).
     """
@@ -105,7 +104,6 @@ class Decoded:
     video_index: int
     sent: int
     already_done: int
-    started_at: float
     error: str | None = None
     facts: VideoFacts | None = None
 
@@ -136,11 +134,35 @@ class VideoDecoder:
         sampler: Chooses the frames.
         max_frames: Cap on samples per video.
         thumbnail: Makes a frame's JPEG (``None``: no thumbnails).
+        start_s: Only samples at or after this time. The frames before it are decoded and
+            shown to the sampler all the same, so a window takes exactly the samples a whole
+            run takes there (and the frames keep their true indices).
+        end_s: Only samples before this time (``None``: to the end); decoding stops there.
+
+    Raises:
+        ConfigError: The window is empty or negative.
     """
 
     sampler: Sampler
     max_frames: int | None
     thumbnail: Callable[[np.ndarray], bytes] | None
+    start_s: float = 0.0
+    end_s: float | None = None
+
+    def __post_init__(self) -> None:
+        if self.start_s < 0 or (self.end_s is not None and self.end_s <= self.start_s):
+            raise ConfigError(f"need 0 <= start_s < end_s, got start_s={self.start_s} end_s={self.end_s}")
+
+    def expected_samples(self, path: Path) -> int | None:
+        """About how many frames :meth:`frames` samples from ``path``, from the container's
+        duration without decoding (see :func:`pipeline.sampling.expected_samples`); 0 for a
+        file that does not open as a video, ``None`` where the sampler decides by content."""
+        try:
+            with VideoReader(path) as reader:
+                expected = expected_samples(self.sampler, reader.info, self.start_s, self.end_s)
+        except (VideoError, OSError):
+            return 0
+        return expected if expected is None or self.max_frames is None else min(expected, self.max_frames)
 
     def frames(self, job: DecodeJob) -> Iterator[FrameJob | Decoded]:
         """Yield a :class:`FrameJob` for each frame to caption, then one :class:`Decoded`.
@@ -148,7 +170,6 @@ class VideoDecoder:
         A video that cannot be read (or stops decoding) ends with ``Decoded.error`` set;
         anything else raised is a bug and propagates.
         """
-        started_at = time.time()
         sent = already_done = 0
         error = None
         reader: VideoReader | None = None
@@ -156,6 +177,10 @@ class VideoDecoder:
             with VideoReader(job.path) as reader:
                 taken = 0
                 for sample in self.sampler.sample(reader):
+                    if self.end_s is not None and sample.frame.timestamp_s >= self.end_s:
+                        break
+                    if sample.frame.timestamp_s < self.start_s:
+                        continue
                     if self.max_frames is not None and taken >= self.max_frames:
                         break
                     taken += 1
@@ -173,7 +198,7 @@ class VideoDecoder:
         except OSError as failure:
             error = os_reason(job.path, failure)
         facts = reader.facts() if reader is not None else None
-        yield Decoded(job.video_index, sent, already_done, started_at, error, facts)
+        yield Decoded(job.video_index, sent, already_done, error, facts)
 
 
 @dataclass(frozen=True)
@@ -212,6 +237,10 @@ class Executor(Protocol):
     @property
     def model_files(self) -> dict[str, str]:
         """The model files in use, for the Parquet metadata (empty before :meth:`start`)."""
+        ...
+
+    def describe(self) -> str:
+        """The loaded model's files and where it runs, in words (the run's start line)."""
         ...
 
     def start(self, spec: CaptionSpec, questions: list[Question]) -> None:

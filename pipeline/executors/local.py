@@ -38,6 +38,10 @@ class LocalExecutor:
         """The model files in use."""
         return self.captioner.files.as_dict() if self.captioner else {}
 
+    def describe(self) -> str:
+        """The model's files, the device, threads and frames in flight."""
+        return self.captioner.describe() if self.captioner else "no model loaded"
+
     def start(self, spec: CaptionSpec, questions: list[Question]) -> None:
         """Resolve (and if needed fetch) the weights, load the model and check that a frame
         with ``questions`` can fit.

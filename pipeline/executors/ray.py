@@ -131,6 +131,7 @@ class RayExecutor:
         self._connected = False
         self._frames_per_actor = 0
         self._decode_tasks = 0
+        self._description = "no actors started"
 
     # -- life cycle -------------------------------------------------------------------------
 
@@ -189,10 +190,20 @@ class RayExecutor:
             "Ray: %d captioner actors (%g GPU, %g CPU each), up to %d videos decoding at once",
             n_actors, gpus, self.cpus_per_actor, self._decode_tasks,
         )
+        descriptions = []
         for ready in self._get([actor.ready.remote() for actor in self._actors]):
             if isinstance(ready, Exception):
                 raise ready
-            self.model_name, self.model_files = ready
+            self.model_name, self.model_files, description = ready
+            descriptions.append(description)
+        self._description = (
+            f"Ray: {n_actors} captioner actors ({gpus:g} GPU, {self.cpus_per_actor:g} CPU each), "
+            f"each {'; '.join(dict.fromkeys(descriptions))}"
+        )
+
+    def describe(self) -> str:
+        """The actors, and each one's model files, device, threads and frames in flight."""
+        return self._description
 
     def _connect(self) -> None:
         ray = self._ray
@@ -394,11 +405,11 @@ class _CaptionActor:
         self.captioner = captioner
         threading.Thread(target=self._serve, name="engine", daemon=True).start()
 
-    def ready(self) -> tuple[str, dict[str, str]] | Exception:
-        """The model this actor loaded (name and files), or why it could not."""
+    def ready(self) -> tuple[str, dict[str, str], str] | Exception:
+        """The model this actor loaded (name, files, where it runs), or why it could not."""
         if self.captioner is None:
             return self.error or EngineError("the captioner did not load")
-        return self.captioner.model_name, self.captioner.files.as_dict()
+        return self.captioner.model_name, self.captioner.files.as_dict(), self.captioner.describe()
 
     def pid(self) -> int:
         """This actor's process id (tests kill it)."""

@@ -11,11 +11,14 @@ from __future__ import annotations
 import ctypes
 import logging
 import os
+from collections.abc import Iterable
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import llama_cpp
 import llama_cpp.mtmd_cpp as mtmd
 import numpy as np
+from llama_cpp._ctypes_extensions import load_shared_library
 
 from pipeline.caption.engine.records import EngineError, EngineStats
 
@@ -126,7 +129,9 @@ class TextModel:
         self.vocab = llama_cpp.llama_model_get_vocab(self.handle)
         self.n_vocab = llama_cpp.llama_vocab_n_tokens(self.vocab)
         self.n_embd = llama_cpp.llama_model_n_embd_inp(self.handle)
+        self.n_layer = llama_cpp.llama_model_n_layer(self.handle)
         self.on_gpu = n_gpu_layers != 0 and bool(llama_cpp.llama_supports_gpu_offload())
+        self.gpu_layers = (self.n_layer if n_gpu_layers < 0 else min(n_gpu_layers, self.n_layer)) if self.on_gpu else 0
 
     def close(self) -> None:
         """Free the model (safe to call twice)."""
@@ -208,9 +213,95 @@ def cublas_build() -> bool:
     return b"FORCE_CUBLAS = 1" in (llama_cpp.llama_print_system_info() or b"")
 
 
+# Threads the pipeline itself keeps busy beside llama.cpp's: the decode thread. (The thread
+# that prepares the next frames works in short bursts between them.)
+PIPELINE_THREADS = 1
+
+
 def default_threads(n_threads: int | None) -> int:
-    """CPU threads for llama.cpp: the setting, or every core."""
-    return n_threads or os.cpu_count() or 1
+    """CPU threads for llama.cpp: the setting, else the usable physical cores less the
+    pipeline's own busy threads (:data:`PIPELINE_THREADS`), at least 1.
+
+    Not every core: llama.cpp's threads wait for each other at every step, so one of them
+    that shares its core with the decode thread or another job holds all the others up (on a
+    busy 2-core machine, 2 threads were 3-20x slower than 1; README "CPU threads").
+    """
+    return n_threads or max(1, usable_cores() - PIPELINE_THREADS)
+
+
+def usable_cores(cpus: Iterable[int] | None = None, sys_root: Path = Path("/sys")) -> int:
+    """Physical CPU cores this process may use, at least 1.
+
+    The distinct cores (hyper-threads of one core count once) of ``cpus`` (default: the
+    process's CPU affinity), capped by the CPU quota of a container's cgroup
+    (``/sys/fs/cgroup/cpu.max``, or cgroup v1's ``cpu.cfs_quota_us``). Where the topology is
+    not readable, each CPU counts as a core.
+
+    Args:
+        cpus: CPU numbers; ``None``: those this process may run on.
+        sys_root: Where sysfs is mounted (tests point it at a copy).
+    """
+    if cpus is None:
+        cpus = os.sched_getaffinity(0) if hasattr(os, "sched_getaffinity") else range(os.cpu_count() or 1)
+    cores = set()
+    for cpu in cpus:
+        topology = sys_root / "devices" / "system" / "cpu" / f"cpu{cpu}" / "topology"
+        try:
+            package = (topology / "physical_package_id").read_text().strip()
+            cores.add((package, (topology / "core_id").read_text().strip()))
+        except OSError:
+            cores.add(("cpu", str(cpu)))
+    quota = _cgroup_cpu_quota(sys_root / "fs" / "cgroup")
+    return max(1, min(len(cores), quota) if quota else len(cores))
+
+
+def _cgroup_cpu_quota(cgroup: Path) -> int | None:
+    """Whole CPUs of the cgroup's quota (rounded up), or ``None`` when it has none."""
+    try:
+        quota, period = (cgroup / "cpu.max").read_text().split()[:2]
+        if quota == "max":
+            return None
+    except (OSError, ValueError):
+        try:
+            quota = (cgroup / "cpu" / "cpu.cfs_quota_us").read_text().strip()
+            period = (cgroup / "cpu" / "cpu.cfs_period_us").read_text().strip()
+        except OSError:
+            return None
+        if int(quota) <= 0:
+            return None
+    return max(1, -(-int(quota) // int(period)))
+
+
+# ggml_backend_dev_type: CPU, GPU, IGPU (integrated), ACCEL, META.
+_GPU_DEVICE_TYPES = (1, 2)
+
+
+def devices() -> tuple[list[str], str]:
+    """The GPUs llama.cpp sees (``CUDA0 (NVIDIA H200)``, ...) and the CPU's name, from ggml's
+    device registry; empty and ``""`` where this build's library does not expose it."""
+    try:
+        ggml = load_shared_library("ggml", Path(llama_cpp.__file__).parent / "lib")
+        ggml.ggml_backend_dev_count.restype = ctypes.c_size_t
+        ggml.ggml_backend_dev_get.restype = ctypes.c_void_p
+        ggml.ggml_backend_dev_get.argtypes = [ctypes.c_size_t]
+        for name in ("ggml_backend_dev_name", "ggml_backend_dev_description"):
+            getattr(ggml, name).restype = ctypes.c_char_p
+            getattr(ggml, name).argtypes = [ctypes.c_void_p]
+        ggml.ggml_backend_dev_type.restype = ctypes.c_int
+        ggml.ggml_backend_dev_type.argtypes = [ctypes.c_void_p]
+    except (OSError, AttributeError, RuntimeError):
+        return [], ""
+    gpus, cpu = [], ""
+    for index in range(ggml.ggml_backend_dev_count()):
+        device = ggml.ggml_backend_dev_get(index)
+        name = ggml.ggml_backend_dev_name(device).decode(errors="replace")
+        description = ggml.ggml_backend_dev_description(device).decode(errors="replace")
+        kind = ggml.ggml_backend_dev_type(device)
+        if kind in _GPU_DEVICE_TYPES:
+            gpus.append(f"{name} ({description})")
+        elif kind == 0 and not cpu:
+            cpu = description
+    return gpus, cpu
 
 
 def flash_attn_type(setting: str, on_gpu: bool) -> int:

@@ -39,7 +39,7 @@ class EngineSettings:
             were 4 % off a float32 reference after 2,000 tokens, 0.02 % without it) and sums
             in an order that depends on the KV-cache layout, so answers would depend on
             batching.
-        n_threads: CPU threads (``None``: all cores).
+        n_threads: CPU threads (``None``: :func:`~pipeline.caption.engine.native.default_threads`).
         parallel: Frames in flight at once.
         max_questions: Most questions asked about one frame (sets the sequence slots).
         max_tokens: Most tokens generated per answer.

@@ -28,7 +28,6 @@ not depend on how sequences are batched or on the lanes (tests hold this).
 from __future__ import annotations
 
 import heapq
-import os
 import queue
 import threading
 import time
@@ -45,10 +44,12 @@ from pipeline.caption.engine.native import (
     TextModel,
     cublas_build,
     default_threads,
+    devices,
     flash_attn_type,
     free_lane,
     max_parallel_sequences,
     route_native_logs,
+    usable_cores,
 )
 from pipeline.caption.engine.records import (
     Answer,
@@ -128,6 +129,7 @@ class Engine:
         self._overlap_clip = False
         self._prefix_tokens: list[int] = []
         self._suffix_tokens: list[list[int]] = []
+        self._n_threads = 0
 
     @property
     def stats(self) -> EngineStats:
@@ -154,7 +156,7 @@ class Engine:
         """
         s = self.settings
         route_native_logs()
-        n_threads = default_threads(s.n_threads)
+        n_threads = self._n_threads = default_threads(s.n_threads)
         try:
             model = self._model = TextModel(s.text_model, s.n_gpu_layers)
             n_lanes = max(1, min(s.lanes or (2 if model.on_gpu else 1), s.parallel))
@@ -191,11 +193,26 @@ class Engine:
             self._max_decode_seqs = -8 if model.on_gpu and cublas_build() else 0
         else:
             self._max_decode_seqs = s.max_decode_seqs
-        if s.prepare_ahead > 0 and (model.on_gpu or n_threads < (os.cpu_count() or 1)):
+        if s.prepare_ahead > 0 and (model.on_gpu or n_threads < usable_cores()):
             # Not when llama.cpp's CPU threads take every core: a second busy thread then
             # stalls their OpenMP barriers and decoding gets many times slower.
             self._worker = ThreadPoolExecutor(max_workers=1, thread_name_prefix="engine-prep")
             self._overlap_clip = s.overlap_clip and model.on_gpu
+
+    def describe(self) -> str:
+        """Where and how the loaded model runs, in words: the device (GPU names and layers on
+        them, or the CPU), CPU threads and frames in flight."""
+        if self._model is None:
+            return "not loaded"
+        gpus, cpu = devices()
+        model = self._model
+        if model.on_gpu:
+            where = f"GPU {', '.join(gpus) or '(unnamed)'}, {model.gpu_layers} of {model.n_layer} layers on it"
+        else:
+            where = f"CPU ({cpu})" if cpu else "CPU"
+        threads = f"{self._n_threads} CPU thread{'s' if self._n_threads != 1 else ''}"
+        lanes = f" over {len(self._lanes)} lanes" if len(self._lanes) > 1 else ""
+        return f"{where}, {threads}, {self.settings.parallel} frames in flight{lanes}"
 
     def close(self) -> None:
         """Free everything native the engine holds (safe to call twice)."""

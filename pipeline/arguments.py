@@ -1,0 +1,239 @@
+"""The command line before Hydra sees it: ``--help``, ``--version``, and overrides checked so
+that a mistake ends in one line that shows the fix.
+
+Hydra's override grammar gives quotes, commas, brackets, parentheses and spaces a meaning and
+takes only ASCII letters unquoted, so everyday prompts (``What's shown?``) and file names
+(``clip (1).mp4``, ``café.mp4``) fail in its lexer, and an unquoted comma quietly splits a
+prompt in two. :func:`argument_error` finds these before Hydra does and words the fix: the
+override quoted so that both the shell and Hydra read it as meant, or ``prompts_file=``.
+"""
+
+from __future__ import annotations
+
+import re
+import shlex
+from importlib import metadata
+from typing import Any
+
+from hydra import compose, initialize_config_dir
+from hydra.core.override_parser.overrides_parser import OverridesParser
+from hydra.errors import OverrideParseException
+from omegaconf import OmegaConf
+
+from pipeline.config import config_dir
+
+GROUPS = ("model", "sampler", "executor")
+# Hydra's options that take the next argument as their value.
+_OPTIONS_WITH_VALUE = {
+    "--cfg", "-c", "--package", "-p", "--config-path", "-cp", "--config-name", "-cn",
+    "--config-dir", "-cd", "--info", "-i", "--experimental-rerun",
+}
+# The keys people set, with the form of their value and one line each (their defaults come
+# from conf/, the one source of defaults).
+KEYS = (
+    ("video", "PATH", "a video, a folder (recursive), a glob, a manifest (.txt), or [a.mp4,b.mp4]"),
+    ("output_dir", "DIR", "where the Parquet results and the run logs (_logs/) go"),
+    ("prompt", "TEXT", "one question about every frame; replaces prompts"),
+    ("prompts", "[Q1,Q2]", "questions about every frame"),
+    ("prompts_file", "FILE", "one prompt per line, as written (nothing to quote); replaces prompts"),
+    ("system_prompt", "TEXT", "replaces the model's system text"),
+    ("model.dir", "DIR", "the weights' folder (null: the Hugging Face cache; tiny: the user cache)"),
+    ("model.text", "FILE", "a text-model GGUF instead of the preset's (e.g. another quant)"),
+    ("model.mmproj", "FILE", "an mmproj GGUF instead of the preset's"),
+    ("model.n_gpu_layers", "N", "layers on the GPU (-1 all, 0 CPU only)"),
+    ("sampler.interval_s", "S", "seconds between sampled frames (sampler=interval)"),
+    ("max_frames", "N", "at most N sampled frames per video"),
+    ("start_s", "S", "per video: only samples from S seconds on"),
+    ("end_s", "S", "per video: only samples before S seconds"),
+    ("dry_run", "BOOL", "list the videos and frames a run would caption; load and write nothing"),
+    ("generation.max_tokens", "N", "longest answer in tokens"),
+    ("engine.n_threads", "N", "llama.cpp CPU threads (null: physical cores less one)"),
+    ("engine.parallel", "N", "frames in flight (null: 16 on a GPU, 4 on CPU)"),
+    ("retry_failed", "BOOL", "try again the videos and frames that failed before"),
+    ("report", "BOOL", "write output_dir/_report.html at the end"),
+    ("shard", "I", "with num_shards=N: do only this part of the videos"),
+)
+EXAMPLES = (
+    "python -m pipeline video=data/sample.mp4 model=tiny output_dir=/tmp/out",
+    "python -m pipeline video=/srv/incoming output_dir=/srv/captions prompts_file=questions.txt",
+    "python -m pipeline video=talk.mp4 sampler=scene 'prompts=[Who is speaking?,What is on the slide?]'",
+    "python -m pipeline video=talk.mp4 model=llava16_mistral_7b model.dir=/models/mistral",
+)
+QUOTING = (
+    "Quoting: the shell and then Hydra read each argument. Hydra needs quotes around a value with",
+    "spaces at its ends, quotes, commas, brackets, parentheses or non-ASCII letters:",
+    "  \"prompt=\\\"What's shown?\\\"\"   'prompt=\"Describe the scene (one sentence).\"'",
+    "  'video=\"clip (1).mp4\"'   'video=\"a,b.mp4\"'   'video=\"[2024] talk.mp4\"'   \"video='café.mp4'\"",
+    "  'prompts=[What is shown?,\"Any text, e.g. signs?\"]'   (a bare comma separates prompts)",
+    "or give prompts in a file (prompts_file=questions.txt) and videos in a manifest (video=list.txt).",
+)
+
+
+def version() -> str:
+    """``video-caption-pipeline <version>``."""
+    try:
+        number = metadata.version("video-caption-pipeline")
+    except metadata.PackageNotFoundError:
+        number = "unknown (not installed)"
+    return f"video-caption-pipeline {number}"
+
+
+def help_text() -> str:
+    """The ``--help`` text: usage, the keys people set with their defaults, the config groups
+    and their choices, quoting, examples and exit codes."""
+    with initialize_config_dir(config_dir=str(config_dir()), version_base="1.3"):
+        cfg = compose(config_name="config", overrides=["video=VIDEO"], return_hydra_config=True)
+    choices = cfg.hydra.runtime.choices
+    width = max(len(f"{key}={form}") for key, form, _ in KEYS) + 2
+    lines = [
+        "usage: python -m pipeline video=PATH [key=value ...]",
+        "       python -m pipeline --help | --version | --cfg job video=PATH [key=value ...]",
+        "",
+        "Captions sampled frames of videos with LLaVA 1.6 and writes every answer to Parquet in",
+        "output_dir. A run does only what is missing there, so a re-run of a finished night does nothing.",
+        "",
+        "Settings (key=value; [default]):",
+    ]
+    for key, form, meaning in KEYS:
+        default = _shown(OmegaConf.select(cfg, key)) if key != "video" else "required"
+        lines.append(f"  {f'{key}={form}':<{width}}{meaning} [{default}]")
+    lines += ["", "Groups (key=choice; [default]):"]
+    for group in GROUPS:
+        lines.append(f"  {group + '=':<{width}}{', '.join(group_choices(group))} [{choices[group]}]")
+    lines += ["", *QUOTING, "", "Examples:", *(f"  {example}" for example in EXAMPLES), ""]
+    lines += [
+        "Exit codes: 0 done or nothing to do, 1 bad input or config (one line says which) or a crash,",
+        "2 some videos failed, 3 every video tried failed, 75 another run holds output_dir.",
+        "Every key and its meaning: README.md, Configuration; the whole config: --cfg job video=PATH.",
+    ]
+    return "\n".join(lines)
+
+
+def group_choices(group: str) -> list[str]:
+    """The options of a config group: its YAML files in ``conf/``."""
+    return sorted(path.stem for path in (config_dir() / group).glob("*.yaml"))
+
+
+def argument_error(args: list[str]) -> str | None:
+    """One line naming the first argument Hydra would reject or misread, and its fix; ``None``
+    when all are fine."""
+    parser = OverridesParser.create()
+    multirun = "-m" in args or "--multirun" in args
+    for index, arg in enumerate(args):
+        if arg.startswith("-") or (index and args[index - 1] in _OPTIONS_WITH_VALUE):
+            continue
+        if "=" not in arg:
+            return _bare_word(args, index)
+        key, _, value = arg.partition("=")
+        try:
+            (override,) = parser.parse_overrides([arg])
+        except OverrideParseException:
+            return f"Hydra cannot read {shell_word(arg)}{_with_fix(key, value)}"
+        if override.is_sweep_override() and not multirun:
+            return f"{shell_word(arg)} reads as a sweep over values (-m){_with_fix(key, value)}"
+        if key.lstrip("+~") in GROUPS and value and value not in group_choices(key.lstrip("+~")):
+            return f"unknown {key.lstrip('+~')}={value}; choose one of: {', '.join(group_choices(key.lstrip('+~')))}"
+        if key.lstrip("+~") == "prompts" and _ambiguous_comma(value):
+            return _ambiguous_prompts(key, value)
+    return None
+
+
+def shell_word(arg: str) -> str:
+    """``arg`` as one word for a POSIX shell, quoted the way people write it."""
+    if re.fullmatch(r"[\w@%+=:,./~-]+", arg, re.ASCII):
+        return arg
+    if "'" not in arg:
+        return f"'{arg}'"
+    if not any(c in arg for c in "$`\\!"):
+        return '"' + arg.replace('"', '\\"') + '"'
+    return shlex.quote(arg)
+
+
+def _shown(value: Any) -> str:
+    if value is None:
+        return "null"
+    if OmegaConf.is_list(value):
+        return "[" + ",".join(str(v) for v in value) + "]"
+    return str(value).lower() if isinstance(value, bool) else str(value)
+
+
+def _with_fix(key: str, value: str) -> str:
+    """``; write it as KEY="VALUE"`` (checked to parse back to ``value``), plus the way around
+    quoting that the key has."""
+    quoted = _quoted_override(key, value)
+    fix = f"; write it as {shell_word(quoted)}" if quoted else "; quote the value"
+    if key.lstrip("+~") in ("prompt", "prompts"):
+        return f"{fix}, or put the prompts in a file, one per line: prompts_file=FILE"
+    if key.lstrip("+~") == "video":
+        return f"{fix}, or list the videos in a manifest, one path per line: video=FILE.txt"
+    return fix
+
+
+def _quoted_override(key: str, value: str) -> str | None:
+    """``key=<value quoted for Hydra>`` that Hydra reads back as ``value``, if there is one."""
+    parser = OverridesParser.create()
+    candidates = [f"'{value}'", f'"{value}"', "'" + value.replace("'", "\\'") + "'"]
+    for candidate in candidates:
+        try:
+            (override,) = parser.parse_overrides([f"{key}={candidate}"])
+        except OverrideParseException:
+            continue
+        if override.value() == value:
+            return f"{key}={candidate}"
+    return None
+
+
+def _top_level_commas(value: str) -> list[int]:
+    """Positions of the commas of a ``[...]`` list value that are outside quotes."""
+    positions, quote = [], ""
+    for position, char in enumerate(value):
+        if quote:
+            quote = "" if char == quote and value[position - 1] != "\\" else quote
+        elif char in "'\"":
+            quote = char
+        elif char == ",":
+            positions.append(position)
+    return positions
+
+
+def _ambiguous_comma(value: str) -> bool:
+    """Whether an unquoted comma followed by a space sits between two unquoted words of a list
+    (``[What is shown?,Any text, e.g. signs?]``): a separator to Hydra, maybe part of a prompt
+    to the person who wrote it."""
+    if not (value.startswith("[") and value.endswith("]")):
+        return False
+    for position in _top_level_commas(value):
+        before, after = value[:position].rstrip(), value[position + 1 :]
+        if after[:1].isspace() and before[-1:] not in "[\"'" and after.lstrip()[:1] not in "]\"'":
+            return True
+    return False
+
+
+def _ambiguous_prompts(key: str, value: str) -> str:
+    """The error for :func:`_ambiguous_comma`, with both readings written out: every comma a
+    separator, or a comma followed by a space part of its prompt (that prompt quoted)."""
+    commas = _top_level_commas(value)
+    separate = [value[start + 1 : end].strip() for start, end in zip([0, *commas], [*commas, len(value) - 1])]
+    cuts = [p for p in commas if not value[p + 1 : p + 2].isspace()]
+    joined = [value[start + 1 : end].strip() for start, end in zip([0, *cuts], [*cuts, len(value) - 1])]
+    joined = [f'"{item}"' if ", " in item and item[:1] not in "'\"" else item for item in joined]
+    as_separate, as_joined = (shell_word(key + "=[" + ",".join(items) + "]") for items in (separate, joined))
+    return (
+        f"{shell_word(f'{key}={value}')} is ambiguous: Hydra splits prompts at every comma, also at one in a "
+        f"sentence; for {len(separate)} prompts write {as_separate}, for {len(joined)} write {as_joined} "
+        "(a comma inside a prompt needs quotes), or put the prompts in a file, one per line: prompts_file=FILE"
+    )
+
+
+def _bare_word(args: list[str], index: int) -> str:
+    """The error for a word that is not ``key=value`` (the rest of an unquoted value)."""
+    start = index
+    while start > 0 and "=" not in args[start - 1] and not args[start - 1].startswith("-"):
+        start -= 1
+    if start > 0 and "=" in args[start - 1] and not args[start - 1].startswith("-"):
+        end = index
+        while end + 1 < len(args) and "=" not in args[end + 1] and not args[end + 1].startswith("-"):
+            end += 1
+        whole = " ".join(args[start - 1 : end + 1])
+        return f"{args[index]!r} is not key=value; a value with spaces must be one argument: {shell_word(whole)}"
+    return f"{args[index]!r} is not key=value; see python -m pipeline --help"

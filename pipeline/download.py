@@ -1,0 +1,51 @@
+"""Fetch a model's weights ahead of the first run:
+``python -m pipeline.download [model=PRESET] [model.dir=DIR] [key=value ...]``.
+
+A nightly server downloads the default model's 25 GB at install time, while someone watches,
+instead of during its first night; a run finds the files where this put them (the Hugging
+Face cache, or ``model.dir``). The arguments are the run's own overrides, so the same
+``model=``/``model.dir=``/``model.text=`` settings name the same files. Prints the two paths
+once the pair is there and checked to fit; exits 1 with one line when it cannot be fetched.
+"""
+
+from __future__ import annotations
+
+import logging
+import sys
+
+from hydra.errors import HydraException
+from omegaconf.errors import OmegaConfBaseException
+
+from pipeline.caption import CaptionSpec
+from pipeline.caption.weights import check_pair
+from pipeline.config import compose_config
+from pipeline.errors import UserError
+
+USAGE = "usage: python -m pipeline.download [model=PRESET] [model.dir=DIR] [key=value ...]"
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Fetch (or generate) the model files the overrides name; returns the exit code."""
+    args = sys.argv[1:] if argv is None else argv
+    if any(arg in ("-h", "--help") for arg in args):
+        print(f"{USAGE}\n\n{__doc__}")
+        return 0
+    logging.basicConfig(level=logging.INFO, format="[%(asctime)s %(levelname)s] %(message)s", datefmt="%H:%M:%S")
+    logging.getLogger("gguf").setLevel(logging.WARNING)  # the tiny model's writer, file by file
+    try:
+        spec = CaptionSpec.from_config(compose_config(["video=unused", *args]))
+        files = spec.source.resolve()
+        check_pair(files)
+    except UserError as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 1
+    except (HydraException, OmegaConfBaseException) as error:
+        print(f"error: {str(error).splitlines()[0]}\n{USAGE}", file=sys.stderr)
+        return 1
+    print(files.text_model)
+    print(files.mmproj)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

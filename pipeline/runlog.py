@@ -1,0 +1,59 @@
+"""The run's log file: ``output_dir/_logs/<start><shard>.log``, beside the data it describes.
+
+It holds what the console shows plus the traceback of a crash. Nothing is written to the
+working folder (Hydra's ``outputs/`` is off), so a nightly job started from the same folder
+every night leaves nothing behind there. A run that crashes before its ``output_dir`` is ready
+puts the traceback in the user cache instead (``<cache>/logs/``); the one-line crash notice
+names the file either way.
+"""
+
+from __future__ import annotations
+
+import logging
+import traceback
+from collections.abc import Iterator
+from contextlib import contextmanager
+from datetime import datetime, timezone
+from pathlib import Path
+
+from pipeline.paths import user_cache_dir
+
+_FORMAT = "[%(asctime)s][%(name)s][%(levelname)s] %(message)s"
+
+
+def log_folder(output_dir: Path) -> Path:
+    """Where the runs on ``output_dir`` keep their log files."""
+    return output_dir / "_logs"
+
+
+@contextmanager
+def run_log(path: Path) -> Iterator[Path]:
+    """Copy everything logged into ``path`` for the ``with`` block.
+
+    Raises:
+        OSError: The file cannot be created.
+    """
+    path.parent.mkdir(parents=True, exist_ok=True)
+    handler = logging.FileHandler(path, encoding="utf-8")
+    handler.setFormatter(logging.Formatter(_FORMAT))
+    root = logging.getLogger()
+    root.addHandler(handler)
+    try:
+        yield path
+    finally:
+        root.removeHandler(handler)
+        handler.close()
+
+
+def record_crash(error: BaseException, log_file: Path | None) -> str:
+    """Append ``error``'s traceback to the run's log file, or, before there is one, write it
+    to a file of its own in the user cache; returns where it went, in words."""
+    stamp = datetime.now(timezone.utc).strftime("%Y%m%dT%H%M%S.%fZ")
+    path = log_file or user_cache_dir() / "logs" / f"crash-{stamp}.log"
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        with open(path, "a", encoding="utf-8") as handle:
+            handle.write("".join(traceback.format_exception(type(error), error, error.__traceback__)))
+    except OSError as failure:
+        return f"traceback not written: {failure}"
+    return f"traceback in {path}"

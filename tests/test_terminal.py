@@ -1,0 +1,166 @@
+"""What a person at a terminal sees (issue 16, points 1 and 3): the start line, progress bars
+with totals and an ETA that log lines do not overwrite, each video's own time."""
+
+from __future__ import annotations
+
+import fcntl
+import os
+import pty
+import re
+import struct
+import subprocess
+import sys
+import termios
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+
+from pipeline.caption import Answer, make_questions
+from pipeline.caption.engine.native import default_threads
+from pipeline.decode import Frame
+from pipeline.executors.base import Captioned, Decoded, FrameJob, Work
+from pipeline.run import Pipeline
+from pipeline.sampling import AllSampler, Sample
+from tests.conftest import ROOT, RUN_TIMEOUT_S, cli_env, make_night, run_cli, write_video
+
+COLUMNS = 120
+
+
+def run_in_terminal(args: list[str]) -> tuple[int, str]:
+    """``python -m pipeline ARGS`` on a pseudo-terminal of COLUMNS columns; its exit code and
+    everything it wrote, escape codes included."""
+    master, slave = pty.openpty()
+    fcntl.ioctl(slave, termios.TIOCSWINSZ, struct.pack("HHHH", 40, COLUMNS, 0, 0))
+    process = subprocess.Popen(
+        [sys.executable, "-m", "pipeline", *args], stdin=slave, stdout=slave, stderr=slave, cwd=ROOT, env=cli_env()
+    )
+    os.close(slave)
+    output = bytearray()
+    deadline = time.monotonic() + RUN_TIMEOUT_S
+    while time.monotonic() < deadline:
+        try:
+            chunk = os.read(master, 1 << 16)
+        except OSError:  # the run ended and closed the terminal
+            break
+        if not chunk:
+            break
+        output += chunk
+    os.close(master)
+    return process.wait(timeout=RUN_TIMEOUT_S), output.decode(errors="replace")
+
+
+def screen(output: str) -> list[str]:
+    """The lines a terminal shows after ``output``: printable text overwrites at the cursor;
+    carriage return, line feed and cursor-up (``ESC [ A``) move it; nothing scrolls away."""
+    lines: list[list[str]] = [[]]
+    row = col = 0
+    for token in re.findall(r"\x1b\[A|\r|\n|[^\r\n\x1b]", output):
+        if token == "\r":
+            col = 0
+        elif token == "\n":
+            row += 1
+            lines.extend([] for _ in range(row + 1 - len(lines)))
+        elif token == "\x1b[A":
+            row = max(row - 1, 0)
+        else:
+            line = lines[row]
+            line.extend(" " for _ in range(col + 1 - len(line)))
+            line[col] = token
+            col += 1
+    return ["".join(line).rstrip() for line in lines if "".join(line).strip()]
+
+
+def test_bars_have_totals_and_an_eta_and_log_lines_stay_whole(tiny_model_dir: Path, tmp_path: Path) -> None:
+    videos = make_night(tmp_path / "videos", n_videos=3, n_frames=6)
+    code, output = run_in_terminal([
+        f"video={videos}", "model=tiny", f"model.dir={tiny_model_dir}", f"output_dir={tmp_path / 'out'}",
+        "sampler=all", "generation.max_tokens=4", "report=false", "min_age_s=0",
+    ])
+    assert code == 0, output
+    shown = screen(output)
+    # The start lines come first: what loads, then where it runs (files, device, threads,
+    # frames in flight, output_dir), before any bar.
+    assert "3 of 3 videos to caption; loading model tiny (model.n_gpu_layers=0)" in shown[0]
+    started = next(i for i, line in enumerate(shown) if "] started: " in line)
+    first_bar = next(i for i, line in enumerate(shown) if line.startswith(("videos:", "frames:")))
+    assert started < first_bar
+    assert shown[started].split("] ", 1)[1].startswith("started: model tiny (tiny-llava-text-v2.gguf + ")
+    assert "on CPU (" in shown[started] and f", {default_threads(None)} CPU thread" in shown[started]
+    assert "4 frames in flight" in shown[started] and shown[started].endswith(f"-> {tmp_path / 'out'}")
+    # Every log line is whole, none drawn over by a bar, in order.
+    logged = [line for line in shown if re.match(r"\[\d\d:\d\d:\d\d INFO\] ", line)]
+    done = [line for line in logged if "] done " in line]
+    assert len(done) == 3
+    assert all(re.search(r"done .*v\d\.mp4: \d+ frames captioned, .* rows, [\d.]+ s$", line) for line in done)
+    assert logged[-1].split("] ", 1)[1].startswith("finished: 3 done")
+    # The bars end full, with their totals (6 + 7 + 8 frames), and showed an ETA on the way.
+    bars = [line for line in shown if line.startswith(("videos:", "frames:"))]
+    assert any("| 3/3 [" in bar for bar in bars) and any("| 21/21 [" in bar for bar in bars)
+    assert re.search(r"frames: +\d+%\|[^|]*\| \d+/21 \[\d\d:\d\d<\d\d:\d\d", output)
+    assert not any(bar.count("%|") > 1 or "INFO]" in bar for bar in bars)
+
+
+def test_the_default_thread_count_is_computed_not_every_core(cli_base: list[str], tmp_path: Path) -> None:
+    clip = write_video(tmp_path / "clip.mp4", n_frames=3)
+    default = run_cli(f"video={clip}", *cli_base, "max_frames=1")
+    assert default.returncode == 0, default.stderr
+    (started,) = [line for line in default.stderr.splitlines() if "] started: " in line]
+    threads = int(re.search(r", (\d+) CPU threads?,", started).group(1))  # type: ignore[union-attr]
+    assert threads == default_threads(None)
+    if (os.cpu_count() or 1) > 1:
+        assert threads < (os.cpu_count() or 1)
+    chosen = run_cli(f"video={clip}", *cli_base, "max_frames=1", "engine.n_threads=2", f"output_dir={tmp_path / 'o2'}")
+    assert ", 2 CPU threads," in chosen.stderr
+
+
+class _ScriptedExecutor:
+    """Replays events as a slow engine would: each frame's answers say how long ago it
+    entered the model, and the clock (``pipeline.run.time.time``) moves as scripted."""
+
+    model_name = "scripted"
+    model_files: dict[str, str] = {}
+
+    def __init__(self, clock: list[float], script: list[tuple[float, Any]]) -> None:
+        self.clock, self.script = clock, script
+
+    def describe(self) -> str:
+        return "scripted"
+
+    def start(self, spec: Any, questions: Any) -> None:
+        pass
+
+    def close(self) -> None:
+        pass
+
+    def run(self, work: Work) -> Any:
+        for now, event in self.script:
+            self.clock[0] = now
+            yield event
+
+
+def test_each_video_gets_its_own_time(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    # Two videos of two frames each; video 1's frames enter the model at t=100 while video 0's
+    # ran from t=10. Video 1's time is 100..140, not since the run started.
+    clock = [0.0]
+    monkeypatch.setattr("pipeline.run.time.time", lambda: clock[0])
+    (question,) = make_questions(["What?"])
+
+    def answered(video: int, frame: int, latency_s: float) -> Captioned:
+        sample = Sample(Frame(frame, frame / 10, np.zeros((0, 0, 3), np.uint8)), "all")
+        answer = Answer(question, "ok", 1, 1, latency_s * 1000)
+        return Captioned(FrameJob(video, sample, None, None), [answer], "local", "test")
+
+    script = [
+        (20.0, answered(0, 0, 10.0)), (30.0, answered(0, 1, 15.0)), (30.0, Decoded(0, 2, 0)),
+        (110.0, answered(1, 0, 10.0)), (140.0, answered(1, 1, 35.0)), (140.0, Decoded(1, 2, 0)),
+    ]
+    videos = [tmp_path / "a.mp4", tmp_path / "b.mp4"]
+    for i, path in enumerate(videos):
+        path.write_bytes(bytes([i]) * 100)
+    pipeline = Pipeline(AllSampler(), ["What?"], tmp_path / "out", "c", prefetch_frames=2)
+    (tmp_path / "out").mkdir()
+    summary = pipeline.run(pipeline.plan(videos), _ScriptedExecutor(clock, script))
+    assert [v.wall_s for v in summary.videos] == [20.0, 40.0]
