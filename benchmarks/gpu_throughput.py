@@ -425,6 +425,7 @@ def run_engine(
             "write": write_s[0],
         },
         "decode_calls": stats.decode_calls,
+        "prefill_calls": stats.prefill_calls,
         "ms_per_decode_step": 1000 * stats.decode_s / max(stats.decode_calls, 1),
         **monitor.summary(),
     }
@@ -478,7 +479,7 @@ def run_probe(text: Path, mmproj: Path, video: Path, n_gpu_layers: int) -> list[
 
                     def prefill(piece: int = piece) -> None:
                         for start in range(0, n_tokens, piece):
-                            engine._decode_plain(lane, None, embd[start : start + piece], start, 0)
+                            engine._decode_rows(lane, embd[start : start + piece], start, 0)
 
                     timed(f"llm_prefill_in_{piece}", prefill)
             summary: dict[str, Any] = {k: 1000 * float(np.median(v[1:])) for k, v in times.items()}

@@ -9,14 +9,15 @@ from pathlib import Path
 from typing import Any
 
 import gguf
+import llama_cpp
 import numpy as np
 import pytest
 
 from benchmarks.random_llava import write_random_llava
 from pipeline.caption import make_questions
 from pipeline.caption.engine import Engine, EngineSettings
-from pipeline.caption.engine.native import usable_cores
-from pipeline.caption.tiny import TextShape, VisionShape
+from pipeline.caption.engine.native import TextModel, flash_attn_type, usable_cores
+from pipeline.caption.tiny import TINY_TEXT_FILE, TINY_TEXT_Q8_FILE, TextShape, VisionShape
 from tests.conftest import frames, tiny_engine_settings
 
 PROMPTS = ["What is shown?", "What colors dominate?", "Is there text?"]
@@ -142,3 +143,64 @@ def test_asked_subsets_get_the_same_answers_as_asking_everything(tiny_model_dir:
         expected = full[i] if asked is None else [full[i][k] for k in asked]
         assert [a.question for a in some[i]] == [a.question for a in expected]
         assert [a.text for a in some[i]] == [a.text for a in expected]
+
+
+def logits_of(model: TextModel, tokens: list[int], rows: np.ndarray | None) -> np.ndarray:
+    """Every position's logits of ``tokens`` evaluated as tokens, or as ``rows`` of embeddings."""
+    lane = model.new_lane(1, 64, True, 64, 64, 1, flash_attn_type("off", on_gpu=False))
+    try:
+        n = len(tokens)
+        lane.batch.pos[:n] = np.arange(n, dtype=np.int32)
+        lane.batch.seq[:n] = 0
+        lane.batch.logits[:n] = 1
+        if rows is None:
+            lane.batch.token[:n] = tokens
+            lane.decode(n, "tokens")
+        else:
+            assert llama_cpp.llama_decode(lane.ctx, lane.batch.as_embeddings(rows, n)) == 0
+        return np.ctypeslib.as_array(llama_cpp.llama_get_logits(lane.ctx), shape=(n, model.n_vocab)).copy()
+    finally:
+        llama_cpp.llama_free(lane.ctx)
+
+
+@pytest.mark.parametrize("weights", ["F32", "Q8_0", "Q5_K_M"])
+def test_token_rows_are_llama_cpps_own_input_embeddings(tiny_model_dir: Path, tmp_path: Path, weights: str) -> None:
+    """The prefill feeds the prompt's text as embedding rows read from the GGUF: on the CPU
+    they give the very logits llama.cpp gives for the tokens, for float and quantized tables."""
+    if weights == "F32":
+        path = tiny_model_dir / TINY_TEXT_FILE
+    elif weights == "Q8_0":
+        path = tiny_model_dir / TINY_TEXT_Q8_FILE
+    else:
+        path, _ = write_random_llava(
+            tmp_path, TextShape(256, 2, 4, 2, 512, 4096, 1e6, 2000), VisionShape(64, 128, 2, 4),
+            text_type=weights, vision_type="F16", name="mini",
+        )
+    table = next(t for t in gguf.GGUFReader(path).tensors if t.name == "token_embd.weight")
+    assert table.tensor_type.name == {"F32": "F32", "Q8_0": "Q8_0", "Q5_K_M": "Q5_K"}[weights]
+    model = TextModel(str(path), 0)
+    try:
+        tokens = model.tokenize("USER: What is shown here? ASSISTANT:", add_special=True)
+        rows = model.token_rows(tokens)
+        assert rows.shape == (len(tokens), model.n_embd) and rows.dtype == np.float32
+        assert np.array_equal(logits_of(model, tokens, rows), logits_of(model, tokens, None))
+    finally:
+        model.close()
+
+
+def test_one_prefill_pass_per_frame(tiny_model_dir: Path) -> None:
+    """Text before the image, image and question go into one embedding pass (one call while
+    they fit in n_batch), and the answer's first token comes from it: no decode call for the
+    question's text."""
+    max_tokens = 5
+    engine_settings = settings(
+        tiny_model_dir, parallel=1, max_questions=1, max_tokens=max_tokens, ignore_eos=True, stop=(), n_batch=4096
+    )
+    with Engine(engine_settings) as engine:
+        results = list(engine.run(enumerate(frames(3, seed=4)), make_questions(PROMPTS[:1])))
+        stats = engine.stats
+    assert [len(answers) for _, answers in results] == [1, 1, 1]
+    assert all(a.completion_tokens == max_tokens for _, answers in results for a in answers)
+    assert stats.frames == 3
+    assert stats.prefill_calls == 3
+    assert stats.decode_calls == 3 * (max_tokens - 1)

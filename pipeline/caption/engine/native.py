@@ -15,6 +15,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import gguf
 import llama_cpp
 import llama_cpp.mtmd_cpp as mtmd
 import numpy as np
@@ -82,7 +83,7 @@ class Lane:
         kv_capacity: KV cells one frame may use (a stream, or the unified cache).
         stats: This lane's figures.
         kv_reserved: Cells reserved by frames in flight (unified cache only).
-        embd_buffer: Scratch rows for an image's embeddings when CLIP runs at admission.
+        embd_buffer: Scratch prefill rows (text and image embeddings) when CLIP runs at admission.
     """
 
     ctx: object
@@ -132,12 +133,15 @@ class TextModel:
         self.n_layer = llama_cpp.llama_model_n_layer(self.handle)
         self.on_gpu = n_gpu_layers != 0 and bool(llama_cpp.llama_supports_gpu_offload())
         self.gpu_layers = (self.n_layer if n_gpu_layers < 0 else min(n_gpu_layers, self.n_layer)) if self.on_gpu else 0
+        self.path = path
+        self._token_embd: gguf.ReaderTensor | None = None
 
     def close(self) -> None:
         """Free the model (safe to call twice)."""
         if self.handle:
             llama_cpp.llama_model_free(self.handle)
             self.handle = None
+        self._token_embd = None
 
     def end_of_generation_ids(self) -> np.ndarray:
         """Every end-of-generation token id."""
@@ -160,6 +164,27 @@ class TextModel:
         if n < 0:
             raise EngineError(f"prompt does not tokenize: {text[:60]!r}")
         return list(buffer[:n])
+
+    def token_rows(self, tokens: list[int]) -> np.ndarray:
+        """The input embeddings of ``tokens``, ``len(tokens) x n_embd`` float32.
+
+        Read from the file's ``token_embd.weight`` and dequantized the way llama.cpp's own
+        lookup does (bit for bit on the CPU, tests/test_engine.py), so that a prompt's text can
+        go into the same embedding batches as its image: one prefill pass per frame instead
+        of three (text before the image, image, question), each of which costs a pass over
+        all weights on a GPU.
+
+        Raises:
+            EngineError: The file has no ``token_embd.weight``.
+        """
+        if self._token_embd is None:
+            tensors = [t for t in gguf.GGUFReader(self.path).tensors if t.name == "token_embd.weight"]
+            if not tensors:
+                raise EngineError(f"{self.path}: no token_embd.weight tensor")
+            self._token_embd = tensors[0]
+        table = self._token_embd
+        rows = gguf.quants.dequantize(np.asarray(table.data[tokens]), table.tensor_type)
+        return np.ascontiguousarray(rows.reshape(len(tokens), self.n_embd), dtype=np.float32)
 
     def piece(self, token: int) -> bytes:
         """The bytes of one token."""

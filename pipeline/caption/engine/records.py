@@ -155,6 +155,9 @@ class EngineStats:
     spent on the background thread, overlapped with the rest; ``prefill_s`` and ``decode_s``
     include waiting for the GPU; ``wait_s`` is the calling thread waiting for input frames or
     their preparation. ``image_tokens`` counts the image's share of ``prompt_tokens``.
+    ``prefill_calls`` are the ``llama_decode`` calls of frames' prefills (text before the
+    image, image and first question in one pass: one call per ``n_batch`` rows),
+    ``decode_calls`` the rest.
     """
 
     tokenize_s: float = 0.0
@@ -167,6 +170,7 @@ class EngineStats:
     image_tokens: int = 0
     completion_tokens: int = 0
     decode_calls: int = 0
+    prefill_calls: int = 0
 
     def __add__(self, other: EngineStats) -> EngineStats:
         return EngineStats(*(getattr(self, f.name) + getattr(other, f.name) for f in dataclasses.fields(self)))

@@ -76,6 +76,8 @@ class _Frame(Generic[Tag]):
     n_prefix: int  # text before the image + image tokens
     kv_need: int  # cells reserved in a unified cache (0 with streams)
     asked: tuple[int, ...]  # indices of the questions asked about this frame
+    # The prefill's rows once CLIP ran ahead: text before the image, image, first question.
+    rows: np.ndarray | None = None
     started_s: float = 0.0
     answers: list[Answer | None] = field(default_factory=list)
     open_sequences: int = 0
@@ -129,6 +131,8 @@ class Engine:
         self._overlap_clip = False
         self._prefix_tokens: list[int] = []
         self._suffix_tokens: list[list[int]] = []
+        self._prefix_rows = np.zeros((0, 0), np.float32)  # their input embeddings
+        self._suffix_rows: list[np.ndarray] = []
         self._n_threads = 0
 
     @property
@@ -309,6 +313,8 @@ class Engine:
         self._suffix_tokens = [
             self._model.tokenize(chat.split(q.text, system)[1], add_special=False) for q in questions
         ]
+        self._prefix_rows = self._model.token_rows(self._prefix_tokens)
+        self._suffix_rows = [self._model.token_rows(tokens) for tokens in self._suffix_tokens]
 
     def _kv_need(self, n_image_tokens: int, asked: Iterable[int]) -> int:
         """KV cells a frame of ``n_image_tokens`` with the ``asked`` questions takes: with
@@ -438,8 +444,8 @@ class Engine:
         frame.answers = [None] * len(self.questions)
         if encode:
             try:
-                out = np.empty((image.n_tokens, self._model_n_embd()), np.float32)
-                image.embd = self._vision.encode(image, out, self._stats)
+                out = np.empty((self._n_prefill_rows(frame), self._model_n_embd()), np.float32)
+                frame.rows = self._prefill_rows(frame, out, self._stats)
             except BaseException:
                 self._vision.free(image)
                 raise
@@ -458,82 +464,104 @@ class Engine:
         return frame is None or lane.kv_reserved + frame.kv_need <= lane.kv_capacity
 
     def _admit(self, lane: Lane, frame: _Frame[Any]) -> tuple[list[_Sequence], list[_Frame[Any]]]:
-        """Evaluate the frame's prefix once and start one sequence per question on it.
+        """Prefill the frame with its first question, then start the other questions on a copy.
 
-        Returns the new sequences and, rarely, frames already complete (an answer can end at
-        its first token).
+        Returns the new sequences still generating and, rarely, frames already complete (an
+        answer can end at its first token).
         """
         frame.started_s = time.perf_counter()
         lane.kv_reserved += frame.kv_need
         seq_ids = [heapq.heappop(lane.free_seq_ids) for _ in frame.asked]
+        first_index = frame.asked[0]
+        first = _Sequence(
+            seq_ids[0], frame, first_index, frame.n_prefix + len(self._suffix_tokens[first_index]), [],
+            self._new_sampler(),
+        )
         try:
-            n_past = self._eval_prefix(lane, frame, seq_ids[0])
+            last_row = self._prefill(lane, frame, first.seq_id)
         except BaseException:
             lane.kv_reserved -= frame.kv_need
-            lane.forget(seq_ids[0])
+            lane.forget(first.seq_id)
+            self._free_sampler(first)
             for seq_id in seq_ids:
                 heapq.heappush(lane.free_seq_ids, seq_id)
             raise
         finally:
             self._release((frame, None))
+        # The other questions share the text and image: copy them, not the first question.
         for seq_id in seq_ids[1:]:
-            llama_cpp.llama_memory_seq_cp(lane.memory, seq_ids[0], seq_id, -1, -1)
+            llama_cpp.llama_memory_seq_cp(lane.memory, first.seq_id, seq_id, -1, -1)
+            llama_cpp.llama_memory_seq_rm(lane.memory, seq_id, frame.n_prefix, -1)
         frame.open_sequences = len(seq_ids)
         lane.stats.frames += 1
         lane.stats.image_tokens += frame.image.n_tokens * len(seq_ids)
-        sequences = [
-            _Sequence(seq_id, frame, i, n_past, list(self._suffix_tokens[i]), self._new_sampler())
-            for i, seq_id in zip(frame.asked, seq_ids)
+        started: list[_Sequence] = [first]
+        finished: list[_Frame[Any]] = []
+        self._sample(lane, [(first, last_row)], started, finished)  # before any decode overwrites the logits
+        others = [
+            _Sequence(seq_id, frame, i, frame.n_prefix, list(self._suffix_tokens[i]), self._new_sampler())
+            for i, seq_id in zip(frame.asked[1:], seq_ids[1:])
         ]
         if self.settings.kv_unified:
-            return sequences, []  # the questions' tokens go into the next step's batch
+            return started + others, finished  # their questions' tokens go into the next step's batch
         # One stream per sequence: llama.cpp splits a batch into ubatches with equally many
         # tokens per stream, so the questions' tokens next to other sequences' single tokens
         # would cost a forward pass per token; evaluate each question alone, now.
-        started: list[_Sequence] = []
-        finished: list[_Frame[Any]] = []
-        for seq in sequences:
+        for seq in others:
             alone = [seq]
             finished += self._step(lane, alone)
             started += alone
         return started, finished
 
-    def _eval_prefix(self, lane: Lane, frame: _Frame[Any], seq_id: int) -> int:
-        """Evaluate the text before the image and the image's embeddings into ``seq_id``."""
-        assert self._vision is not None
-        stats = lane.stats
-        embd = frame.image.embd
-        if embd is None:
-            n_embd = self._model_n_embd()
-            if lane.embd_buffer.shape[0] < frame.image.n_tokens or lane.embd_buffer.shape[1] != n_embd:
-                lane.embd_buffer = np.empty((frame.image.n_tokens, n_embd), np.float32)
-            embd = self._vision.encode(frame.image, lane.embd_buffer, stats)
-        t0 = time.perf_counter()
-        self._decode_plain(lane, self._prefix_tokens, None, 0, seq_id)
-        self._decode_plain(lane, None, embd, len(self._prefix_tokens), seq_id)
-        frame.image.embd = None
-        llama_cpp.llama_synchronize(lane.ctx)  # so that prefill_s holds the GPU's prefill time
-        stats.prefill_s += time.perf_counter() - t0
-        return frame.n_prefix
+    def _n_prefill_rows(self, frame: _Frame[Any]) -> int:
+        return frame.n_prefix + len(self._suffix_tokens[frame.asked[0]])
 
-    def _decode_plain(
-        self, lane: Lane, tokens: list[int] | None, embd: np.ndarray | None, n_past: int, seq_id: int
-    ) -> None:
-        """Evaluate tokens or embeddings into one sequence, no outputs, ``n_batch`` at a time."""
+    def _prefill_rows(self, frame: _Frame[Any], out: np.ndarray, stats: EngineStats) -> np.ndarray:
+        """CLIP-encode the frame into its prefill rows (the first ``_n_prefill_rows`` of
+        ``out``): the text before the image, the image and the first asked question, all as
+        input embeddings, so that one embedding pass evaluates the three."""
+        assert self._vision is not None
+        n_text, n_image = len(self._prefix_tokens), frame.image.n_tokens
+        rows = out[: self._n_prefill_rows(frame)]
+        rows[:n_text] = self._prefix_rows
+        self._vision.encode(frame.image, rows[n_text : n_text + n_image], stats)
+        rows[n_text + n_image :] = self._suffix_rows[frame.asked[0]]
+        return rows
+
+    def _prefill(self, lane: Lane, frame: _Frame[Any], seq_id: int) -> int:
+        """Evaluate the frame's prefill rows into ``seq_id``; returns the batch row of the
+        last one, whose logits are kept."""
+        rows = frame.rows
+        frame.rows = None
+        if rows is None:  # CLIP runs now, into the lane's scratch rows
+            n = self._n_prefill_rows(frame)
+            if lane.embd_buffer.shape[0] < n:
+                lane.embd_buffer = np.empty((n, self._model_n_embd()), np.float32)
+            rows = self._prefill_rows(frame, lane.embd_buffer, lane.stats)
+        t0 = time.perf_counter()
+        last_row = self._decode_rows(lane, rows, 0, seq_id)
+        llama_cpp.llama_synchronize(lane.ctx)  # so that prefill_s holds the GPU's prefill time
+        lane.stats.prefill_s += time.perf_counter() - t0
+        return last_row
+
+    @staticmethod
+    def _decode_rows(lane: Lane, rows: np.ndarray, n_past: int, seq_id: int) -> int:
+        """Evaluate embedding rows into one sequence, ``n_batch`` at a time; only the last
+        row's logits are kept. Returns that row's index in the last batch."""
         batch = lane.batch
-        total = len(tokens) if tokens is not None else embd.shape[0]  # type: ignore[union-attr]
+        total = rows.shape[0]
+        n = 0
         for start in range(0, total, batch.capacity):
             n = min(batch.capacity, total - start)
             batch.pos[:n] = np.arange(n_past + start, n_past + start + n, dtype=np.int32)
             batch.seq[:n] = seq_id
             batch.logits[:n] = 0
-            if tokens is not None:
-                batch.token[:n] = tokens[start : start + n]
-                status = llama_cpp.llama_decode(lane.ctx, batch.as_tokens(n))
-            else:
-                status = llama_cpp.llama_decode(lane.ctx, batch.as_embeddings(embd[start:], n))  # type: ignore[index]
+            batch.logits[n - 1] = start + n == total
+            status = llama_cpp.llama_decode(lane.ctx, batch.as_embeddings(rows[start:], n))
             if status != 0:
                 raise EngineError(f"prefill decode failed (status {status})")
+            lane.stats.prefill_calls += 1
+        return n - 1
 
     # -- all sequences one step ---------------------------------------------------------------
 
@@ -598,6 +626,17 @@ class Engine:
             return
         lane.decode(n, "llama_decode")
         lane.stats.decode_calls += 1
+        self._sample(lane, outputs, active, finished)
+
+    def _sample(
+        self,
+        lane: Lane,
+        outputs: list[tuple[_Sequence, int]],
+        active: list[_Sequence],
+        finished: list[_Frame[Any]],
+    ) -> None:
+        """Sample a token for each output (sequence, batch row) of the last decode; a
+        sequence that completes leaves ``active`` and its frame, once whole, joins ``finished``."""
         if not outputs:
             return
         trace = self.settings.trace

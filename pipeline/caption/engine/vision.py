@@ -62,19 +62,17 @@ class _Take:
 
 @dataclass
 class FrameImage:
-    """One frame's image, preprocessed; ``embd`` once encoded ahead of admission.
+    """One frame's image, preprocessed.
 
     Attributes:
         n_tokens: Image tokens it takes in the prompt.
         pieces: The chunks to encode.
         plan: The reference layout's plan (``None`` for llama.cpp's layout).
-        embd: The image embeddings, when encoded ahead.
     """
 
     n_tokens: int
     pieces: list[_Piece] = field(default_factory=list)
     plan: FramePlan | None = None
-    embd: np.ndarray | None = None
 
 
 class Vision:
