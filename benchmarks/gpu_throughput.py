@@ -357,7 +357,11 @@ def run_engine(
         list(captioner.caption(enumerate(warm), make_questions(PROMPTS[: case.prompts])))
         captioner.engine.stats = EngineStats()
 
-        from pipeline.thumbnails import make_thumbnail
+        from pipeline.config import compose_config
+        from pipeline.thumbnails import thumbnailer
+
+        make_thumbnail = thumbnailer(compose_config(["video=unused"]).thumbnails)
+        assert make_thumbnail is not None
 
         thumb_s = [0.0]
 

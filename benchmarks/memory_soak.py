@@ -95,13 +95,13 @@ def main(argv: list[str] | None = None) -> int:
         else:
             from pipeline.run import Pipeline
             from pipeline.sampling import AllSampler
-            from pipeline.thumbnails import make_thumbnail
+            from pipeline.thumbnails import thumbnailer
 
             original = captioner.caption
             captioner.caption = lambda jobs, questions: watch(original(jobs, questions))  # type: ignore[method-assign]
             pipe = Pipeline(
                 AllSampler(), PROMPTS, workdir / "out", config_id="soak",
-                prefetch_frames=2 * args.parallel, thumbnail=make_thumbnail,
+                prefetch_frames=2 * args.parallel, thumbnail=thumbnailer(cfg.thumbnails),
             )
             pipe.run(pipe.plan([video]), captioner)
     finally:

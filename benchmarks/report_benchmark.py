@@ -100,10 +100,13 @@ def make_synthetic(workdir: Path, videos: int, frames: int) -> Path:
     import cv2
     import numpy as np
 
+    from pipeline.config import compose_config
     from pipeline.decode import format_timecode
     from pipeline.store import ResultRow, write_chunk
-    from pipeline.thumbnails import make_thumbnail
+    from pipeline.thumbnails import thumbnailer
 
+    make_thumbnail = thumbnailer(compose_config(["video=unused"]).thumbnails)
+    assert make_thumbnail is not None
     out = workdir / "synthetic"
     if out.exists():
         return out

@@ -45,7 +45,7 @@ from pipeline.runlog import log_folder, record_crash, run_log
 from pipeline.sampling import Sampler
 from pipeline.signals import Stopped, stop_on_signals
 from pipeline.store import prepare_output_dir, remove_temporaries, write_json_atomic
-from pipeline.thumbnails import check_thumbnail_settings, make_thumbnail
+from pipeline.thumbnails import thumbnailer
 
 log = logging.getLogger("pipeline")
 
@@ -118,7 +118,9 @@ def _run_locked(
         from pipeline.export import parse_formats
 
         export_formats = parse_formats(cfg.export)
-    pipeline = _pipeline(cfg, prompts, sampler, output_dir, retry_failed=cfg.retry_failed, thumbnail=_thumbnailer(cfg))
+    pipeline = _pipeline(
+        cfg, prompts, sampler, output_dir, retry_failed=cfg.retry_failed, thumbnail=thumbnailer(cfg.thumbnails)
+    )
     summary = RunSummary(log_file=str(log_file))
     code = EXIT_CRASH
     try:
@@ -260,15 +262,6 @@ def video_specs(value: Any) -> list[str]:
     if not specs or not all(isinstance(spec, (str, int)) for spec in specs):
         raise InputError(f"video={value} names no videos; give a file, a folder, a glob, a manifest or a list of them")
     return [str(spec) for spec in specs]
-
-
-def _thumbnailer(cfg: DictConfig) -> Callable[[np.ndarray], bytes] | None:
-    """``make_thumbnail`` with the configured settings, checked now; ``None`` when off."""
-    settings = cfg.thumbnails
-    if not settings.enabled:
-        return None
-    check_thumbnail_settings(settings.long_side_px, settings.quality)
-    return partial(make_thumbnail, long_side_px=settings.long_side_px, quality=settings.quality)
 
 
 def _shard_suffix(cfg: DictConfig) -> str:

@@ -6,13 +6,30 @@ noise, the worst case), small enough to keep one in every Parquet row.
 
 from __future__ import annotations
 
+from collections.abc import Callable
+from functools import partial
+
 import cv2
 import numpy as np
 
+from pipeline.config import ThumbnailsConfig
 from pipeline.errors import ConfigError
 
 
-def make_thumbnail(rgb: np.ndarray, long_side_px: int = 256, quality: int = 80) -> bytes:
+def thumbnailer(settings: ThumbnailsConfig) -> Callable[[np.ndarray], bytes] | None:
+    """:func:`make_thumbnail` with a run's ``thumbnails`` settings, checked now; ``None``
+    when they are off.
+
+    Raises:
+        ConfigError: A setting is out of range.
+    """
+    if not settings.enabled:
+        return None
+    check_thumbnail_settings(settings.long_side_px, settings.quality)
+    return partial(make_thumbnail, long_side_px=settings.long_side_px, quality=settings.quality)
+
+
+def make_thumbnail(rgb: np.ndarray, *, long_side_px: int, quality: int) -> bytes:
     """Shrink a frame so its longer side is at most ``long_side_px`` and encode it as JPEG.
 
     The aspect ratio is kept and a frame that is already small enough is not enlarged.

@@ -9,6 +9,7 @@ under :mod:`tests.paused_run`, which waits at a point the test names.
 
 from __future__ import annotations
 
+import functools
 import logging
 import os
 import subprocess
@@ -29,6 +30,7 @@ from pipeline.caption.engine import EngineSettings
 from pipeline.caption.tiny import ensure_tiny_model
 from pipeline.config import compose_config
 from pipeline.store import read_results
+from pipeline.thumbnails import thumbnailer
 
 ROOT = Path(__file__).resolve().parent.parent
 SAMPLE_VIDEO = ROOT / "data" / "sample.mp4"
@@ -259,3 +261,15 @@ def answers(out: Path) -> pd.DataFrame:
     """The answer rows of an output folder, in key order."""
     df = pd.read_parquet(out)
     return df[df.status == "ok"].sort_values(KEY).reset_index(drop=True)
+
+
+@functools.cache
+def _default_thumbnailer() -> Callable[[np.ndarray], bytes]:
+    make = thumbnailer(compose_config(["video=unused"]).thumbnails)
+    assert make is not None
+    return make
+
+
+def default_thumbnail(rgb: np.ndarray) -> bytes:
+    """A frame's thumbnail as a run with the default settings (``conf/``) makes it."""
+    return _default_thumbnailer()(rgb)

@@ -26,8 +26,7 @@ from pipeline.errors import UserError
 from pipeline.report import main, printable, render_report, write_report
 from pipeline.results import load_results
 from pipeline.store import StoreError, read_metadata
-from pipeline.thumbnails import make_thumbnail
-from tests.conftest import SAMPLE_VIDEO, run_cli
+from tests.conftest import SAMPLE_VIDEO, default_thumbnail, run_cli
 from tests.test_results import result_row, write_results
 
 CHROMIUM = shutil.which("chromium")
@@ -63,7 +62,7 @@ def output_dir(tmp_path: Path) -> Path:
     """Two videos: ``b`` with 2 frames x 2 prompts (tricky answer text, one failed answer)
     and thumbnails; ``a`` with a video-level error only."""
     red, green = (
-        make_thumbnail(np.full((360, 640, 3), c, np.uint8)) for c in ((200, 0, 0), (0, 200, 0))
+        default_thumbnail(np.full((360, 640, 3), c, np.uint8)) for c in ((200, 0, 0), (0, 200, 0))
     )
     rows = [
         result_row("b", 0, prompt_id="p1", answer=TRICKY, thumbnail=red),
@@ -237,7 +236,7 @@ def test_thumbnails_are_stored_once_and_referenced(output_dir: Path) -> None:
 
 
 def test_one_jpeg_shared_by_two_frames_is_one_file(tmp_path: Path) -> None:
-    same = make_thumbnail(np.full((90, 160, 3), 128, np.uint8))
+    same = default_thumbnail(np.full((90, 160, 3), 128, np.uint8))
     write_results(tmp_path, [result_row("v", 0, thumbnail=same), result_row("v", 25, thumbnail=same)])
 
     write_report(tmp_path)
@@ -273,7 +272,7 @@ def test_a_report_is_written_even_where_the_tracks_cannot_be(
 
 
 def test_a_large_report_gets_pages_per_video(tmp_path: Path) -> None:
-    thumbs = [make_thumbnail(np.full((90, 160, 3), (i * 40, 90, 200), np.uint8)) for i in range(5)]
+    thumbs = [default_thumbnail(np.full((90, 160, 3), (i * 40, 90, 200), np.uint8)) for i in range(5)]
     rows = [result_row("b", 25 * i, thumbnail=thumbs[i]) for i in range(5)]
     rows += [result_row("c", 25 * i, thumbnail=thumbs[i]) for i in range(3)]
     write_results(tmp_path, rows)
@@ -406,7 +405,7 @@ def test_a_report_of_2000_frames_opens_in_chromium(tmp_path: Path) -> None:
     rows = []
     for v in range(4):
         for i in range(500):
-            thumbnail = make_thumbnail(np.full((144, 256, 3), ((v * 60 + i) % 256, i % 200, 90), np.uint8))
+            thumbnail = default_thumbnail(np.full((144, 256, 3), ((v * 60 + i) % 256, i % 200, 90), np.uint8))
             for p, prompt in (("p1", "Describe this frame."), ("p2", "What colours dominate?")):
                 rows.append(result_row(f"cam{v}", i, prompt_id=p, prompt=prompt,
                                        answer=f"cam {v} frame {i}: {prompt.lower()} " * 3, thumbnail=thumbnail))

@@ -31,7 +31,7 @@ from pipeline.results import (
     video_summary,
 )
 from pipeline.store import SCHEMA
-from pipeline.thumbnails import make_thumbnail
+from tests.conftest import default_thumbnail
 
 # The store's schema with the nullable thumbnail column, whether or not the store has it yet.
 RESULT_SCHEMA = (
@@ -85,7 +85,7 @@ def write_results(
 @pytest.fixture
 def thumbnail() -> bytes:
     """A 256x144 JPEG of a flat red frame."""
-    return make_thumbnail(np.full((360, 640, 3), (200, 30, 30), np.uint8))
+    return default_thumbnail(np.full((360, 640, 3), (200, 30, 30), np.uint8))
 
 
 @pytest.fixture

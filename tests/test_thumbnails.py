@@ -7,8 +7,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from pipeline.config import ThumbnailsConfig
 from pipeline.errors import ConfigError
-from pipeline.thumbnails import decode_thumbnail, make_thumbnail
+from pipeline.thumbnails import decode_thumbnail, make_thumbnail, thumbnailer
+from tests.conftest import default_thumbnail
 from tests.test_results import result_row, write_results
 
 
@@ -30,13 +32,13 @@ def noise(height: int, width: int, seed: int = 0) -> np.ndarray:
 def test_thumbnail_fits_the_long_side_and_keeps_the_aspect_ratio(
     height: int, width: int, expected: tuple[int, int]
 ) -> None:
-    thumbnail = decode_thumbnail(make_thumbnail(noise(height, width)))
+    thumbnail = decode_thumbnail(default_thumbnail(noise(height, width)))
 
     assert thumbnail.shape == (*expected, 3)
 
 
 def test_thumbnail_long_side_is_configurable() -> None:
-    assert decode_thumbnail(make_thumbnail(noise(360, 640), long_side_px=64)).shape == (36, 64, 3)
+    assert decode_thumbnail(make_thumbnail(noise(360, 640), long_side_px=64, quality=80)).shape == (36, 64, 3)
 
 
 def test_thumbnail_round_trip_keeps_colours_in_rgb_order() -> None:
@@ -52,7 +54,7 @@ def test_thumbnail_round_trip_keeps_colours_in_rgb_order() -> None:
 
 
 def test_thumbnail_is_a_jpeg_whose_size_follows_quality() -> None:
-    low, high = (make_thumbnail(noise(360, 640), quality=q) for q in (30, 95))
+    low, high = (make_thumbnail(noise(360, 640), long_side_px=256, quality=q) for q in (30, 95))
 
     assert low.startswith(b"\xff\xd8\xff") and high.startswith(b"\xff\xd8\xff")
     assert len(low) < len(high)
@@ -76,7 +78,15 @@ def test_make_thumbnail_rejects_bad_input(
 ) -> None:
     # A bad frame is the caller's bug (ValueError); a bad setting is the user's (ConfigError).
     with pytest.raises(error, match=message):
-        make_thumbnail(frame, **settings)  # type: ignore[arg-type]
+        make_thumbnail(frame, **{"long_side_px": 256, "quality": 80, **settings})  # type: ignore[arg-type]
+
+
+def test_thumbnailer_follows_the_run_settings() -> None:
+    small = thumbnailer(ThumbnailsConfig(enabled=True, long_side_px=32, quality=50))
+    assert small is not None and decode_thumbnail(small(noise(360, 640))).shape == (18, 32, 3)
+    assert thumbnailer(ThumbnailsConfig(enabled=False, long_side_px=32, quality=50)) is None
+    with pytest.raises(ConfigError, match="quality"):  # checked before the first frame
+        thumbnailer(ThumbnailsConfig(enabled=True, long_side_px=32, quality=0))
 
 
 @pytest.mark.parametrize("data", [b"", b"not a jpeg"])
@@ -94,7 +104,7 @@ def test_parquet_with_default_thumbnails_stays_under_30_kb_per_row(
     answer = "A noisy frame of random coloured pixels with no clear subject. " * 16  # ~1 KB
     rows = []
     for frame in range(40):
-        thumbnail = make_thumbnail(noise(360, 640, seed=frame))
+        thumbnail = default_thumbnail(noise(360, 640, seed=frame))
         rows += [
             result_row("v1", frame, prompt_id=f"p{prompt}", answer=answer, thumbnail=thumbnail)
             for prompt in range(prompts_per_frame)
