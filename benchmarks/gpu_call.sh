@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # One device call: build llama-cpp-python with CUDA, then run the measurement plan PLAN
-# (call1 | call2) within the call's time, writing raw records under $OUT.
+# (call1 | call2 | call3) within the call's time, writing raw records under $OUT.
 # Usage (device tool, carry [".gpu"]): bash benchmarks/gpu_call.sh call1
 set -uo pipefail
 plan=${1:?plan}
@@ -26,6 +26,11 @@ case "$plan" in
       --peer-batches 16,64,128 --peer-prompts 1 --peer-frames 64
     bench mistral7b --seed "" --cases "" --peer-batches 8,32 --peer-prompts 3 --peer-frames 32
     bench mistral7b-f16 --seed "" --probe --cases "p=1"
+    ;;
+  call3)  # issue 15, not run yet: the one-pass prefill on call2's cases, F16 weights, the 34B shape
+    bench mistral7b --seed "" --frames 64 --cases "p=1;p=3,n=48"
+    bench mistral7b-f16 --seed "" --probe --frames 64 --cases "p=1;p=3,n=48"
+    bench yi34b --seed seed --seed-frames 4 --seed3-frames 2 --frames 32 --cases "p=1;p=3,n=24"
     ;;
   *) echo "unknown plan $plan"; exit 2 ;;
 esac

@@ -452,7 +452,9 @@ def read_completion_tokens(out_dir: Path) -> list[int]:
 
 def run_probe(text: Path, mmproj: Path, video: Path, n_gpu_layers: int) -> list[dict[str, Any]]:
     """Time the pieces of one frame's prefill, in each image layout: preparation (CPU), CLIP,
-    and the LLM prefill of the image embeddings by piece size."""
+    the LLM prefill of the image embeddings by piece size, and a frame's whole prompt (text,
+    image, question) as the engine feeds it, one pass of embedding rows, against three calls
+    (text tokens, image embeddings, question tokens), each call one ubatch here."""
     rgb = read_frames(video, 1)[0]
     results = []
     for layout in ("reference", "llamacpp"):
@@ -461,6 +463,7 @@ def run_probe(text: Path, mmproj: Path, video: Path, n_gpu_layers: int) -> list[
         )
         engine = Engine(settings)
         engine.setup()
+        engine._set_questions(make_questions(PROMPTS[:1]))
         vision, lane = engine._vision, engine._lanes[0]
         assert vision is not None
         try:
@@ -486,6 +489,8 @@ def run_probe(text: Path, mmproj: Path, video: Path, n_gpu_layers: int) -> list[
                             engine._decode_rows(lane, embd[start : start + piece], start, 0)
 
                     timed(f"llm_prefill_in_{piece}", prefill)
+                timed("prompt_in_one_pass", lambda: prompt_in_one_pass(engine, lane, embd))
+                timed("prompt_in_three_calls", lambda: prompt_in_three_calls(engine, lane, embd))
             summary: dict[str, Any] = {k: 1000 * float(np.median(v[1:])) for k, v in times.items()}
             summary.update({"kind": "probe", "layout": layout, "image_tokens": n_tokens, "clip_runs": pieces})
             results.append(summary)
@@ -493,6 +498,36 @@ def run_probe(text: Path, mmproj: Path, video: Path, n_gpu_layers: int) -> list[
         finally:
             engine.close()
     return results
+
+
+def prompt_in_one_pass(engine: Engine, lane: Any, embd: np.ndarray) -> None:
+    """A frame's prompt as the engine prefills it: text, image and question rows at once."""
+    assert engine._model is not None
+    model = engine._model
+    text, question = engine._prefix_tokens, engine._suffix_tokens[0]
+    rows = np.concatenate([model.token_rows(text), embd, model.token_rows(question)])
+    llama_cpp.llama_memory_clear(lane.memory, True)
+    engine._decode_rows(lane, rows, 0, 0)
+
+
+def prompt_in_three_calls(engine: Engine, lane: Any, embd: np.ndarray) -> None:
+    """The same prompt as the engine fed it before: text tokens, image rows, question tokens."""
+    text, question = engine._prefix_tokens, engine._suffix_tokens[0]
+    llama_cpp.llama_memory_clear(lane.memory, True)
+    decode_tokens(lane, text, 0)
+    engine._decode_rows(lane, embd, len(text), 0)
+    decode_tokens(lane, question, len(text) + embd.shape[0])
+
+
+def decode_tokens(lane: Any, tokens: list[int], n_past: int) -> None:
+    """Evaluate ``tokens`` into sequence 0 from ``n_past``, the last one's logits kept."""
+    batch, n = lane.batch, len(tokens)
+    batch.token[:n] = tokens
+    batch.pos[:n] = np.arange(n_past, n_past + n, dtype=np.int32)
+    batch.seq[:n] = 0
+    batch.logits[:n] = 0
+    batch.logits[n - 1] = 1
+    lane.decode(n, "probe")
 
 
 def settings_n_embd(engine: Engine) -> int:
