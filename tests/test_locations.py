@@ -115,3 +115,23 @@ def test_hub_warnings_reach_the_console_once(caplog: pytest.LogCaptureFixture) -
         hub_logger.warning("Retrying in 1s [Retry 1/5].")
     assert [r.getMessage() for r in caplog.records] == ["Retrying in 1s [Retry 1/5]."]
     assert not logging.getLogger("huggingface_hub").handlers  # only the root's handlers print it
+
+
+def test_the_missing_weights_line_names_a_download_of_the_same_files(tmp_path: Path) -> None:
+    """Another quant of a preset (``model.text_file``) in ``model.dir``: the one-line error's
+    download command fetches that file into that folder, not the preset's default."""
+    quant, models = "llava-v1.6-mistral-7b.Q8_0.gguf", tmp_path / "models"
+    result = run_elsewhere(
+        tmp_path, f"video={SAMPLE_VIDEO}", "model=llava16_mistral_7b", "model.n_gpu_layers=0",
+        f"model.text_file={quant}", f"model.dir={models}", f"output_dir={tmp_path / 'out'}",
+    )
+    command = (
+        f"python -m pipeline.download model=llava16_mistral_7b model.text_file={quant} "
+        f"model.mmproj_file=mmproj-model-f16.gguf model.dir={models}"
+    )
+    assert_one_line_error(result, 1, quant, command)
+    download = subprocess.run(
+        [sys.executable, *command.split()[1:]], cwd=ROOT, env=cli_env(), capture_output=True, text=True,
+        timeout=RUN_TIMEOUT_S,
+    )
+    assert_one_line_error(download, 1, f"missing {quant}, mmproj-model-f16.gguf in {models}", "HF_HUB_OFFLINE is set")

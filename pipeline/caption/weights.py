@@ -143,10 +143,14 @@ class ModelSource:
 
     def _missing_message(self, missing: list[str]) -> str:
         source = f" from https://huggingface.co/{self.repo_id}" if self.repo_id else ""
+        # The download command names the same files and folder, also where a run overrode them.
+        names = [f"model={self.name}", f"model.text_file={self.text_file}", f"model.mmproj_file={self.mmproj_file}"]
+        if self.model_dir is not None:
+            names.append(f"model.dir={self.model_dir}")
         return (
             f"model {self.name!r}: missing {', '.join(missing)} in {self._where()}; "
             f"download {'them' if len(missing) > 1 else 'it'}{source} "
-            f"(python -m pipeline.download model={self.name} does it ahead of a run), "
+            f"(python -m pipeline.download {' '.join(names)} does it ahead of a run), "
             "or set model.dir to the folder where they are"
         )
 
