@@ -34,7 +34,7 @@ import gguf
 import numpy as np
 
 from pipeline.caption.layout import AnyresGeometry
-from pipeline.caption.weights import WeightsError
+from pipeline.caption.weights import WeightsError, read_gguf
 from pipeline.store import write_atomic
 
 log = logging.getLogger(__name__)
@@ -72,7 +72,7 @@ def read_projector(path: str | Path) -> Projector:
             and the way out).
     """
     path = Path(path)
-    reader = _reader(path)
+    reader = read_gguf(path)
     fix = "use a LLaVA 1.6 mmproj, or model.image_layout=llamacpp"
     if _field(reader, "clip.projector_type", "mlp") != "mlp" or not _field(reader, "clip.has_llava_projector", True):
         raise WeightsError(f"{path.name} is not a LLaVA (MLP) projector; the reference image layout needs one; {fix}")
@@ -106,7 +106,7 @@ def read_projector(path: str | Path) -> Projector:
 def tile_tokens(path: str | Path) -> int:
     """Image tokens of one CLIP tile of any mmproj file (576 for ViT-L/14 at 336 px): the
     fewest a frame can take, in either image layout (every frame has its base tile)."""
-    reader = _reader(Path(path))
+    reader = read_gguf(path)
     side = int(_field(reader, "clip.vision.image_size", 0)) // max(int(_field(reader, "clip.vision.patch_size", 1)), 1)
     return side * side
 
@@ -126,7 +126,7 @@ def reference_copies(projector: Projector, cache_dir: Path) -> dict[str, Path]:
     if missing:
         folder.mkdir(parents=True, exist_ok=True)
         log.info("writing the reference-layout copies of %s into %s (once per file)", source.name, folder)
-        reader = _reader(source)
+        reader = read_gguf(source)
         for arrangement in missing:
             _write_copy(reader, copies[arrangement], arrangement, projector.geometry.tile_tokens)
     return copies
@@ -196,13 +196,6 @@ def _graph_positions(table: np.ndarray, arrangement: str, n_patches: int) -> np.
     rows = table.reshape(n_patches + 1, -1)
     order = np.arange(n_patches) if arrangement == NATURAL else np.arange(n_patches)[::-1]
     return np.ascontiguousarray(np.concatenate([rows[order + 1], rows[:1]]).reshape(table.shape))
-
-
-def _reader(path: Path) -> gguf.GGUFReader:
-    try:
-        return gguf.GGUFReader(path)
-    except Exception as error:
-        raise WeightsError(f"not a readable GGUF file: {path} ({error})") from error
 
 
 def _field(reader: gguf.GGUFReader, key: str, default: Value) -> Value:

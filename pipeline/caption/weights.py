@@ -12,6 +12,7 @@ a mismatch deep inside the first image.
 
 from __future__ import annotations
 
+import functools
 import logging
 from dataclasses import dataclass
 from pathlib import Path
@@ -170,8 +171,8 @@ def check_pair(files: ModelFiles) -> None:
     Raises:
         WeightsError: A file is not GGUF, or the pair does not fit.
     """
-    text = _read_gguf(files.text_model)
-    mmproj = _read_gguf(files.mmproj)
+    text = read_gguf(files.text_model)
+    mmproj = read_gguf(files.mmproj)
     arch = _string_field(text, "general.architecture")
     embd_field = text.get_field(f"{arch}.embedding_length")
     if embd_field is None:
@@ -192,11 +193,27 @@ def check_pair(files: ModelFiles) -> None:
         )
 
 
-def _read_gguf(path: Path) -> gguf.GGUFReader:
+def read_gguf(path: str | Path) -> gguf.GGUFReader:
+    """The parsed GGUF file (tensors memory-mapped), shared by everyone who reads it.
+
+    Parsing a 64k-token vocabulary takes seconds, and a run reads each file in several places
+    (the pair check, the projector's layout, the text's token embeddings); the last few files
+    stay parsed, keyed by their size and modification time so a rewritten file is read again.
+
+    Raises:
+        WeightsError: The file is not readable GGUF.
+    """
+    path = Path(path).resolve()
     try:
-        return gguf.GGUFReader(path)
+        stat = path.stat()
+        return _parsed_gguf(path, stat.st_size, stat.st_mtime_ns)
     except Exception as error:
         raise WeightsError(f"not a readable GGUF file: {path} ({error})") from error
+
+
+@functools.lru_cache(maxsize=4)
+def _parsed_gguf(path: Path, size: int, mtime_ns: int) -> gguf.GGUFReader:
+    return gguf.GGUFReader(path)
 
 
 def _string_field(reader: gguf.GGUFReader, key: str) -> str:

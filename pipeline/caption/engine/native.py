@@ -22,6 +22,7 @@ import numpy as np
 from llama_cpp._ctypes_extensions import load_shared_library
 
 from pipeline.caption.engine.records import EngineError, EngineStats
+from pipeline.caption.weights import read_gguf
 
 _NATIVE_LOG = logging.getLogger("pipeline.llama_cpp")
 # ggml's levels: 1 debug, 2 info, 3 warn, 4 error, 5 continues the previous line's level.
@@ -134,14 +135,12 @@ class TextModel:
         self.on_gpu = n_gpu_layers != 0 and bool(llama_cpp.llama_supports_gpu_offload())
         self.gpu_layers = (self.n_layer if n_gpu_layers < 0 else min(n_gpu_layers, self.n_layer)) if self.on_gpu else 0
         self.path = path
-        self._token_embd: gguf.ReaderTensor | None = None
 
     def close(self) -> None:
         """Free the model (safe to call twice)."""
         if self.handle:
             llama_cpp.llama_model_free(self.handle)
             self.handle = None
-        self._token_embd = None
 
     def end_of_generation_ids(self) -> np.ndarray:
         """Every end-of-generation token id."""
@@ -177,12 +176,9 @@ class TextModel:
         Raises:
             EngineError: The file has no ``token_embd.weight``.
         """
-        if self._token_embd is None:
-            tensors = [t for t in gguf.GGUFReader(self.path).tensors if t.name == "token_embd.weight"]
-            if not tensors:
-                raise EngineError(f"{self.path}: no token_embd.weight tensor")
-            self._token_embd = tensors[0]
-        table = self._token_embd
+        table = next((t for t in read_gguf(self.path).tensors if t.name == "token_embd.weight"), None)
+        if table is None:
+            raise EngineError(f"{self.path}: no token_embd.weight tensor")
         rows = gguf.quants.dequantize(np.asarray(table.data[tokens]), table.tensor_type)
         return np.ascontiguousarray(rows.reshape(len(tokens), self.n_embd), dtype=np.float32)
 
