@@ -318,16 +318,7 @@ def export(
     tracks = tracks_of(df, videos)
     files: list[Path] = []
     for fmt in (f for f in formats if f in TRACK_FORMATS):
-        render = render_vtt if fmt == "vtt" else render_srt
-        written = {folder / track.video_id / track.file_name(fmt) for track in tracks}
-        for track in tracks:
-            path = folder / track.video_id / track.file_name(fmt)
-            write_bytes_atomic(path, render(track).encode("utf-8"))
-            files.append(path)
-        for stale_video in df["video_id"].dropna().unique():
-            for path in (folder / str(stale_video)).glob(f"*.{fmt}"):
-                if path not in written:
-                    path.unlink(missing_ok=True)
+        files += write_tracks(folder, tracks, fmt, df["video_id"].dropna().unique())
     if any(f in TRACK_FORMATS for f in formats):
         files.append(_write_tracks_index(folder, tracks, formats, video_id))
     flat = df[FLAT_COLUMNS]
@@ -338,6 +329,27 @@ def export(
         files.append(_write(flat_folder / "captions.csv", _csv(flat.to_dict("records"), FLAT_COLUMNS)))
     rows = len(flat) if {"jsonl", "csv"} & set(formats) else 0
     return Exported(folder=folder, files=files, tracks=tracks, rows=rows)
+
+
+def write_tracks(folder: Path, tracks: list[Track], fmt: str, video_ids: Iterable[str]) -> list[Path]:
+    """Write each track as a ``fmt`` file under ``folder/<video_id>/`` and remove the ``fmt``
+    files of ``video_ids`` that no longer belong to a track; the index is the caller's.
+
+    Raises:
+        StoreError: A file cannot be written.
+    """
+    render = render_vtt if fmt == "vtt" else render_srt
+    files = []
+    for track in tracks:
+        path = folder / track.video_id / track.file_name(fmt)
+        write_bytes_atomic(path, render(track).encode("utf-8"))
+        files.append(path)
+    written = set(files)
+    for video_id in video_ids:
+        for path in (folder / str(video_id)).glob(f"*.{fmt}"):
+            if path not in written:
+                path.unlink(missing_ok=True)
+    return files
 
 
 def load_rows(output_dir: Path) -> pd.DataFrame:

@@ -42,11 +42,12 @@ import pandas as pd
 
 from pipeline.errors import UserError
 from pipeline.export import (
+    EXPORT_DIR,
     Track,
-    export,
     render_vtt,
     tracks_of,
     with_cue_ends,
+    write_tracks,
 )
 from pipeline.results import (
     counts,
@@ -190,7 +191,7 @@ def write_report(
     tracks = tracks_of(with_cue_ends(df, videos))
     if tracks:
         try:  # the track files the report links; a read-only output_dir still gets a report
-            export(output_dir, ["vtt"], video_id=video_id)
+            write_tracks(output_dir / EXPORT_DIR, tracks, "vtt", df["video_id"].dropna().unique())
         except (OSError, StoreError) as error:
             log.warning("subtitle tracks not written, so not linked: %s", error)
     context = _Context(

@@ -412,6 +412,19 @@ def test_export_at_the_end_of_a_run(cli_base: list[str], tmp_path: Path) -> None
     assert "export: " in done.stderr
 
 
+def test_the_report_keeps_the_exported_tracks_index(cli_base: list[str], tmp_path: Path) -> None:
+    """The report writes the WebVTT tracks it links, not the index: after ``export=[vtt,srt]``
+    and the report, ``tracks.csv`` still names both files of each track."""
+    done = run_cli(*cli_base, f"video={SAMPLE_VIDEO}", "max_frames=2", "export=[vtt,srt]", "report=true")
+
+    assert done.returncode == 0, done.stderr
+    folder = tmp_path / "out" / "_export"
+    assert (tmp_path / "out" / "_report.html").is_file()
+    (entry,) = csv.DictReader(io.StringIO((folder / "tracks.csv").read_text(encoding="utf-8")))
+    assert entry["vtt"].endswith(".vtt") and entry["srt"].endswith(".srt")
+    assert (folder / entry["vtt"]).is_file() and (folder / entry["srt"]).is_file()
+
+
 def test_a_bad_export_format_fails_before_the_model_loads(cli_base: list[str], tmp_path: Path) -> None:
     done = run_cli(*cli_base, f"video={SAMPLE_VIDEO}", "export=xml")
 

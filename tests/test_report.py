@@ -261,7 +261,7 @@ def test_a_report_is_written_even_where_the_tracks_cannot_be(
     def cannot_write(*args: object, **kwargs: object) -> None:
         raise StoreError(f"cannot write {output_dir}/_export: Read-only file system")
 
-    monkeypatch.setattr("pipeline.report.export", cannot_write)
+    monkeypatch.setattr("pipeline.report.write_tracks", cannot_write)
 
     page = write_report(output_dir, tmp_path / "elsewhere" / "report.html")
 
