@@ -3,23 +3,23 @@
 Every Parquet file records the SHA-256 of the model files that made its answers
 (``model_sha256`` in its metadata), so two runs can be told apart even when the files kept
 their names. Hashing a 25 GB model takes tens of seconds, so each digest is cached in
-``$XDG_CACHE_HOME/video-caption-pipeline/sha256.json`` (default ``~/.cache/...``) under the
-file's resolved path, size and ``mtime_ns``; a file that changes size or time is hashed again.
-``VIDEO_CAPTION_CACHE_DIR`` moves the cache; an unwritable cache only costs the re-hash.
+``sha256.json`` in the user cache (:func:`pipeline.paths.user_cache_dir`) under the file's
+resolved path, size and ``mtime_ns``; a file that changes size or time is hashed again. An
+unwritable cache only costs the re-hash.
 """
 
 from __future__ import annotations
 
-import contextlib
 import hashlib
-import json
 import logging
-import os
 import threading
-import uuid
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
+
+from pipeline.errors import StoreError
+from pipeline.paths import user_cache_dir
+from pipeline.store import read_json, write_json_atomic
 
 log = logging.getLogger(__name__)
 
@@ -30,11 +30,7 @@ _lock = threading.Lock()
 
 def cache_path() -> Path:
     """Where the digests are cached (see the module's docstring)."""
-    folder = os.environ.get("VIDEO_CAPTION_CACHE_DIR")
-    if folder:
-        return Path(folder).expanduser() / CACHE_FILE
-    base = os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
-    return Path(base).expanduser() / "video-caption-pipeline" / CACHE_FILE
+    return user_cache_dir() / CACHE_FILE
 
 
 def file_sha256(path: str | Path) -> str:
@@ -81,21 +77,11 @@ def model_sha256(files: Mapping[str, str]) -> dict[str, str | None]:
 
 
 def _load() -> dict[str, Any]:
-    try:
-        value = json.loads(cache_path().read_text())
-    except (OSError, ValueError):
-        return {}
-    return value if isinstance(value, dict) else {}
+    return read_json(cache_path()) or {}
 
 
 def _save(entries: dict[str, Any]) -> None:
-    path = cache_path()
-    temporary = path.with_name(f".{path.name}.{uuid.uuid4().hex[:8]}.tmp")
     try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        temporary.write_text(json.dumps(entries, indent=1, sort_keys=True))
-        os.replace(temporary, path)
-    except OSError as error:
-        with contextlib.suppress(OSError):
-            temporary.unlink(missing_ok=True)
-        log.debug("SHA-256 cache %s not written: %s", path, error)
+        write_json_atomic(cache_path(), entries)
+    except StoreError as error:
+        log.debug("SHA-256 cache not written: %s", error)

@@ -370,7 +370,7 @@ def write_video_facts(output_dir: Path, video_id: str, video_path: str, facts: d
         "decoded_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
     }
     if facts.get("frames_decoded") is None:
-        old = _read_json(path)
+        old = read_json(path)
         if old is not None and old.get("frames_decoded") is not None:
             return
     write_json_atomic(path, record)
@@ -414,13 +414,13 @@ def _videos_table(output_dir: Path) -> pa.Table:
     records = [
         record
         for path in sorted(output_dir.glob(f"*/{VIDEO_FACTS_FILE}"))
-        if (record := _read_json(path)) is not None
+        if (record := read_json(path)) is not None
     ]
     rows = [{name: record.get(name) for name in VIDEOS_SCHEMA.names} for record in records]
     return pa.Table.from_pylist(rows, schema=VIDEOS_SCHEMA)
 
 
-def _read_json(path: Path) -> dict[str, Any] | None:
+def read_json(path: Path) -> dict[str, Any] | None:
     """A JSON object from ``path``, or ``None`` when it is missing or unreadable."""
     try:
         value = json.loads(path.read_text())

@@ -19,7 +19,7 @@ from tests.conftest import SAMPLE_VIDEO, run_cli
 
 @pytest.fixture(autouse=True)
 def cache_dir(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
-    monkeypatch.setenv("VIDEO_CAPTION_CACHE_DIR", str(tmp_path / "cache"))
+    monkeypatch.setenv("VIDEO_CAPTION_CACHE", str(tmp_path / "cache"))
     return tmp_path / "cache"
 
 
@@ -51,7 +51,7 @@ def test_digest_is_cached_by_size_and_mtime(tmp_path: Path, cache_dir: Path) -> 
 def test_an_unwritable_cache_only_costs_the_rehash(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     blocker = tmp_path / "not-a-folder"
     blocker.write_text("")
-    monkeypatch.setenv("VIDEO_CAPTION_CACHE_DIR", str(blocker))
+    monkeypatch.setenv("VIDEO_CAPTION_CACHE", str(blocker))
     model = tmp_path / "m.gguf"
     model.write_bytes(b"x")
 
