@@ -20,6 +20,7 @@ from hydra.core.config_store import ConfigStore
 from omegaconf import MISSING, DictConfig
 
 from pipeline.errors import ConfigError
+from pipeline.inputs import read_list_file
 
 
 @dataclass
@@ -183,8 +184,8 @@ def prompts_of(cfg: DictConfig) -> list[str]:
     lines and lines starting with ``#`` are skipped.
 
     Raises:
-        ConfigError: ``prompt`` and ``prompts_file`` are both set, or the file cannot be read
-            or holds no prompt.
+        ConfigError: ``prompt`` and ``prompts_file`` are both set, or the file holds no prompt.
+        InputError: The prompts file cannot be read as UTF-8.
     """
     if cfg.prompt is not None and cfg.prompts_file is not None:
         raise ConfigError("prompt and prompts_file are both set; keep one of them")
@@ -196,14 +197,7 @@ def prompts_of(cfg: DictConfig) -> list[str]:
 
 
 def _read_prompts_file(path: Path) -> list[str]:
-    try:
-        lines = path.read_text(encoding="utf-8-sig").splitlines()
-    except (OSError, UnicodeDecodeError) as error:
-        reason = error.strerror if isinstance(error, OSError) and error.strerror else str(error)
-        raise ConfigError(
-            f"prompts_file={path} cannot be read ({reason}); give a UTF-8 text file, one prompt per line"
-        ) from error
-    prompts = [line.strip() for line in lines if line.strip() and not line.strip().startswith("#")]
+    prompts = read_list_file(path, "prompts_file", "prompt")
     if not prompts:
         raise ConfigError(f"prompts_file={path} holds no prompt; write one prompt per line (# starts a comment line)")
     return prompts

@@ -31,8 +31,8 @@ def find_videos(spec: str, extensions: list[str]) -> list[Path]:
     videos or a glob that matches nothing gives an empty list: an empty inbox is a normal night.
 
     Raises:
-        InputError: ``spec`` is empty or blank (an unset variable in a cron line), or names
-            nothing at all.
+        InputError: ``spec`` is empty or blank (an unset variable in a cron line), names
+            nothing at all, or is a manifest that cannot be read as UTF-8.
     """
     if not spec.strip():
         raise InputError(
@@ -41,8 +41,7 @@ def find_videos(spec: str, extensions: list[str]) -> list[Path]:
     path = Path(spec).expanduser()
     wanted = {e.lower() if e.startswith(".") else f".{e.lower()}" for e in extensions}
     if is_manifest(path):
-        lines = [line.strip() for line in path.read_text(encoding="utf-8-sig").splitlines()]
-        return [(path.parent / Path(line).expanduser()) for line in lines if line and not line.startswith("#")]
+        return [path.parent / Path(line).expanduser() for line in read_list_file(path, "video", "path")]
     if path.is_file():
         return [path]
     if path.is_dir():
@@ -53,6 +52,23 @@ def find_videos(spec: str, extensions: list[str]) -> list[Path]:
     raise InputError(
         f"video={spec} does not exist; pass a video file, a folder, a glob or a manifest"
     )
+
+
+def read_list_file(path: Path, setting: str, entry: str) -> list[str]:
+    """The entries of a list file (a manifest, a prompts file): its UTF-8 lines (a byte-order
+    mark allowed), stripped, without blank lines and lines that start with ``#``.
+
+    Raises:
+        InputError: The file cannot be read or is not UTF-8 (one line naming ``setting=path``).
+    """
+    try:
+        lines = path.read_text(encoding="utf-8-sig").splitlines()
+    except (OSError, UnicodeDecodeError) as error:
+        reason = error.strerror if isinstance(error, OSError) and error.strerror else str(error)
+        raise InputError(
+            f"{setting}={path} cannot be read ({reason}); give a UTF-8 text file, one {entry} per line"
+        ) from error
+    return [line.strip() for line in lines if line.strip() and not line.strip().startswith("#")]
 
 
 def is_manifest(path: Path) -> bool:

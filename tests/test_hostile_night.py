@@ -325,6 +325,13 @@ def test_manifest_with_a_byte_order_mark_and_a_hash_in_a_name(tiny_model_dir: Pa
     }
 
 
+def test_a_manifest_that_is_not_utf8_is_one_line(tiny_model_dir: Path, tmp_path: Path) -> None:
+    manifest = tmp_path / "tonight.txt"
+    manifest.write_bytes("caf\u00e9.mp4\n".encode("latin-1"))
+    result = run_cli(*night_args(manifest, tmp_path / "out", tiny_model_dir, tmp_path))
+    assert_one_line_error(result, 1, f"video={manifest} cannot be read", "give a UTF-8 text file, one path per line")
+
+
 # -- 12. executor=ray connects within a timeout ----------------------------------------------------
 
 
