@@ -36,7 +36,7 @@ from pipeline.arguments import argument_error, help_text, version
 from pipeline.caption import CaptionSpec, EngineError
 from pipeline.config import config_dir, prompts_of
 from pipeline.dry_run import plan_lines
-from pipeline.errors import InputError, LockHeld, StoreError, UserError
+from pipeline.errors import ConfigError, InputError, LockHeld, StoreError, UserError
 from pipeline.executors.base import Executor
 from pipeline.inputs import find_videos, names_one_file, shard_videos
 from pipeline.lock import RunLock
@@ -117,7 +117,10 @@ def _run_locked(
     if cfg.export:  # pandas loads only when an export is due; a bad format fails before the model
         from pipeline.export import parse_formats
 
-        export_formats = parse_formats(cfg.export)
+        try:
+            export_formats = parse_formats(cfg.export)
+        except ValueError as error:  # the library's argument error is the user's setting here
+            raise ConfigError(str(error)) from error
     pipeline = _pipeline(
         cfg, prompts, sampler, output_dir, retry_failed=cfg.retry_failed, thumbnail=thumbnailer(cfg.thumbnails)
     )
