@@ -68,6 +68,7 @@ def main() -> None:
             f"video={videos}", "model=tiny", f"model.dir={work / 'tiny'}", "sampler=all",
             f"generation.max_tokens={args.max_tokens}", "engine.parallel=4", "report=false",
             "thumbnails.enabled=true",
+            "min_age_s=0",  # the clips were just written: not files still being copied in
         ]
         # Half a logical CPU per actor and decode task, so two actors and a decoder fit in a
         # 2-CPU local cluster; each actor's engine then runs one thread.

@@ -86,6 +86,7 @@ def make_run(workdir: Path, videos: int, frames: int, threads: int) -> Path:
         sys.executable, "-m", "pipeline", f"video={folder}", "model=tiny", f"model.dir={workdir / 'model'}",
         f"output_dir={out}", "sampler=all", "generation.max_tokens=4", PROMPTS, "report=false",
         f"engine.n_threads={threads}", f"hydra.run.dir={workdir / 'hydra'}",
+        "min_age_s=0",  # the clips were just written: not files still being copied in
     ]
     started = time.perf_counter()
     done = subprocess.run(command, cwd=ROOT, check=False)
