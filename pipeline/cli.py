@@ -40,8 +40,8 @@ from pipeline.errors import ConfigError, InputError, LockHeld, StoreError, UserE
 from pipeline.executors.base import Executor
 from pipeline.inputs import find_videos, names_one_file, shard_videos
 from pipeline.lock import RunLock
-from pipeline.run import Pipeline, RunSummary, run_stamp, settings_id, unique_prompts, write_summary
-from pipeline.runlog import log_folder, record_crash, run_log
+from pipeline.run import Pipeline, RunSummary, settings_id, unique_prompts, write_summary
+from pipeline.runlog import log_folder, record_crash, run_log, run_stamp
 from pipeline.sampling import Sampler
 from pipeline.signals import Stopped, stop_on_signals
 from pipeline.store import prepare_output_dir, remove_temporaries, write_json_atomic

@@ -281,10 +281,10 @@ def _fourcc(value: float | None) -> str:
     return "".join(c for c in text if c.isprintable()).strip()
 
 
-def format_timecode(timestamp_s: float) -> str:
-    """Format seconds as ``HH:MM:SS.mmm``."""
+def format_timecode(timestamp_s: float, separator: str = ".") -> str:
+    """Format seconds as ``HH:MM:SS.mmm`` (SubRip's ``HH:MM:SS,mmm`` with ``separator=","``)."""
     total_ms = int(round(timestamp_s * 1000))
     hours, rest = divmod(total_ms, 3_600_000)
     minutes, rest = divmod(rest, 60_000)
     seconds, millis = divmod(rest, 1000)
-    return f"{hours:02d}:{minutes:02d}:{seconds:02d}.{millis:03d}"
+    return f"{hours:02d}:{minutes:02d}:{seconds:02d}{separator}{millis:03d}"

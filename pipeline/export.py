@@ -33,6 +33,7 @@ from typing import Any
 
 import pandas as pd
 
+from pipeline.decode import format_timecode
 from pipeline.results import printable
 from pipeline.store import StoreError, read_results, read_videos, write_bytes_atomic
 
@@ -441,11 +442,7 @@ def _vtt_escape(text: str) -> str:
 
 
 def _timestamp(seconds: float, separator: str) -> str:
-    total_ms = max(round(seconds * 1000), 0)
-    hours, rest = divmod(total_ms, 3_600_000)
-    minutes, rest = divmod(rest, 60_000)
-    secs, millis = divmod(rest, 1000)
-    return f"{hours:02d}:{minutes:02d}:{secs:02d}{separator}{millis:03d}"
+    return format_timecode(max(seconds, 0.0), separator)
 
 
 def _safe_stem(video_path: str) -> str:

@@ -49,6 +49,7 @@ from pipeline.executors.base import (
 from pipeline.executors.local import LocalExecutor
 from pipeline.inputs import os_reason, path_id, unsettled, video_id_of
 from pipeline.progress import Progress
+from pipeline.runlog import run_stamp
 from pipeline.sampling import Sampler
 from pipeline.signals import Stopped, check_stopped
 from pipeline.store import (
@@ -546,11 +547,6 @@ def write_summary(output_dir: Path, summary: RunSummary, started: float, exit_co
         write_json_atomic(output_dir / f"_last_run{suffix}.json", record)
     except StoreError as error:
         log.warning("run summary not written: %s", error)
-
-
-def run_stamp(started: float) -> str:
-    """The name a run's files carry (its summary, its log): its start time, UTC."""
-    return datetime.fromtimestamp(started, timezone.utc).strftime("%Y%m%dT%H%M%S.%fZ")
 
 
 def _raise_first_error(writes: list[Future[Any]]) -> None:

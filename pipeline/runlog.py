@@ -10,6 +10,7 @@ names the file either way.
 from __future__ import annotations
 
 import logging
+import time
 import traceback
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -19,6 +20,12 @@ from pathlib import Path
 from pipeline.paths import user_cache_dir
 
 _FORMAT = "[%(asctime)s][%(name)s][%(levelname)s] %(message)s"
+
+
+def run_stamp(started: float) -> str:
+    """The name a run's files carry (its summary, its log, a crash's traceback): its start
+    time, UTC."""
+    return datetime.fromtimestamp(started, timezone.utc).strftime("%Y%m%dT%H%M%S.%fZ")
 
 
 def log_folder(output_dir: Path) -> Path:
@@ -48,8 +55,7 @@ def run_log(path: Path) -> Iterator[Path]:
 def record_crash(error: BaseException, log_file: Path | None) -> str:
     """Append ``error``'s traceback to the run's log file, or, before there is one, write it
     to a file of its own in the user cache; returns where it went, in words."""
-    stamp = datetime.now(timezone.utc).strftime("%Y%m%dT%H%M%S.%fZ")
-    path = log_file or user_cache_dir() / "logs" / f"crash-{stamp}.log"
+    path = log_file or user_cache_dir() / "logs" / f"crash-{run_stamp(time.time())}.log"
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
         with open(path, "a", encoding="utf-8") as handle:

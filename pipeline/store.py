@@ -307,11 +307,7 @@ def write_json_atomic(path: Path, value: Any) -> None:
     Raises:
         StoreError: It cannot be written.
     """
-    data = json.dumps(value, indent=2, default=str).encode()
-    try:
-        write_atomic(path, lambda temporary: temporary.write_bytes(data))
-    except OSError as error:
-        raise StoreError(f"cannot write {path}: {error.strerror or error}") from error
+    write_bytes_atomic(path, json.dumps(value, indent=2, default=str).encode())
 
 
 def write_atomic(path: Path, write: Callable[[Path], object]) -> None:
