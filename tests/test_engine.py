@@ -95,11 +95,19 @@ def test_a_failing_lane_raises_on_the_callers_thread(tiny_model_dir: Path) -> No
     assert sorted(again) == [0, 1]
 
 
-def test_real_shape_generator_writes_q5_k_m_layout_that_runs(tmp_path: Path) -> None:
-    text, mmproj = write_random_llava(
-        tmp_path, TextShape(256, 2, 4, 2, 512, 4096, 1e6, 2000), VisionShape(64, 128, 2, 4),
+@pytest.fixture(scope="module")
+def mini_q5_k_m(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
+    """A small random LLaVA 1.6 pair written by the real-shape generator, text in Q5_K_M."""
+    return write_random_llava(
+        tmp_path_factory.mktemp("mini"), TextShape(256, 2, 4, 2, 512, 4096, 1e6, 2000), VisionShape(64, 128, 2, 4),
         text_type="Q5_K_M", vision_type="F16", name="mini",
     )
+
+
+def test_real_shape_generator_writes_q5_k_m_layout_that_runs(
+    tiny_model_dir: Path, mini_q5_k_m: tuple[Path, Path]
+) -> None:
+    text, mmproj = mini_q5_k_m
     types = {t.name: t.tensor_type.name for t in gguf.GGUFReader(text).tensors}
     assert types["output.weight"] == "Q6_K"
     assert types["blk.1.attn_v.weight"] == "Q6_K"  # a "more bits" layer (last eighth)
@@ -108,7 +116,7 @@ def test_real_shape_generator_writes_q5_k_m_layout_that_runs(tmp_path: Path) -> 
     assert types["blk.0.attn_norm.weight"] == "F32"
     assert len(gguf.GGUFReader(text).fields["tokenizer.ggml.tokens"].data) == 2000
     engine_settings = settings(
-        tmp_path, text_model=str(text), mmproj=str(mmproj), parallel=1, max_questions=1, max_tokens=4, stop=(),
+        tiny_model_dir, text_model=str(text), mmproj=str(mmproj), parallel=1, max_questions=1, max_tokens=4, stop=(),
         ignore_eos=True,
     )
     with Engine(engine_settings) as engine:
@@ -164,7 +172,9 @@ def logits_of(model: TextModel, tokens: list[int], rows: np.ndarray | None) -> n
 
 
 @pytest.mark.parametrize("weights", ["F32", "Q8_0", "Q5_K_M"])
-def test_token_rows_are_llama_cpps_own_input_embeddings(tiny_model_dir: Path, tmp_path: Path, weights: str) -> None:
+def test_token_rows_are_llama_cpps_own_input_embeddings(
+    tiny_model_dir: Path, mini_q5_k_m: tuple[Path, Path], weights: str
+) -> None:
     """The prefill feeds the prompt's text as embedding rows read from the GGUF: on the CPU
     they give the very logits llama.cpp gives for the tokens, for float and quantized tables."""
     if weights == "F32":
@@ -172,10 +182,7 @@ def test_token_rows_are_llama_cpps_own_input_embeddings(tiny_model_dir: Path, tm
     elif weights == "Q8_0":
         path = tiny_model_dir / TINY_TEXT_Q8_FILE
     else:
-        path, _ = write_random_llava(
-            tmp_path, TextShape(256, 2, 4, 2, 512, 4096, 1e6, 2000), VisionShape(64, 128, 2, 4),
-            text_type=weights, vision_type="F16", name="mini",
-        )
+        path, _ = mini_q5_k_m
     table = next(t for t in gguf.GGUFReader(path).tensors if t.name == "token_embd.weight")
     assert table.tensor_type.name == {"F32": "F32", "Q8_0": "Q8_0", "Q5_K_M": "Q5_K"}[weights]
     model = TextModel(str(path), 0)

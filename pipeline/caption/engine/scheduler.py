@@ -444,7 +444,7 @@ class Engine:
         frame.answers = [None] * len(self.questions)
         if encode:
             try:
-                out = np.empty((self._n_prefill_rows(frame), self._model_n_embd()), np.float32)
+                out = np.empty((self._n_prompt(frame, frame.asked[0]), self._model_n_embd()), np.float32)
                 frame.rows = self._prefill_rows(frame, out, self._stats)
             except BaseException:
                 self._vision.free(image)
@@ -474,7 +474,7 @@ class Engine:
         seq_ids = [heapq.heappop(lane.free_seq_ids) for _ in frame.asked]
         first_index = frame.asked[0]
         first = _Sequence(
-            seq_ids[0], frame, first_index, frame.n_prefix + len(self._suffix_tokens[first_index]), [],
+            seq_ids[0], frame, first_index, self._n_prompt(frame, first_index), [],
             self._new_sampler(),
         )
         try:
@@ -513,16 +513,17 @@ class Engine:
             started += alone
         return started, finished
 
-    def _n_prefill_rows(self, frame: _Frame[Any]) -> int:
-        return frame.n_prefix + len(self._suffix_tokens[frame.asked[0]])
+    def _n_prompt(self, frame: _Frame[Any], index: int) -> int:
+        """Tokens of the frame's prompt for question ``index``: text, image and question."""
+        return frame.n_prefix + len(self._suffix_tokens[index])
 
     def _prefill_rows(self, frame: _Frame[Any], out: np.ndarray, stats: EngineStats) -> np.ndarray:
-        """CLIP-encode the frame into its prefill rows (the first ``_n_prefill_rows`` of
+        """CLIP-encode the frame into its prefill rows (the first ``_n_prompt`` rows of
         ``out``): the text before the image, the image and the first asked question, all as
         input embeddings, so that one embedding pass evaluates the three."""
         assert self._vision is not None
         n_text, n_image = len(self._prefix_tokens), frame.image.n_tokens
-        rows = out[: self._n_prefill_rows(frame)]
+        rows = out[: self._n_prompt(frame, frame.asked[0])]
         rows[:n_text] = self._prefix_rows
         self._vision.encode(frame.image, rows[n_text : n_text + n_image], stats)
         rows[n_text + n_image :] = self._suffix_rows[frame.asked[0]]
@@ -534,7 +535,7 @@ class Engine:
         rows = frame.rows
         frame.rows = None
         if rows is None:  # CLIP runs now, into the lane's scratch rows
-            n = self._n_prefill_rows(frame)
+            n = self._n_prompt(frame, frame.asked[0])
             if lane.embd_buffer.shape[0] < n:
                 lane.embd_buffer = np.empty((n, self._model_n_embd()), np.float32)
             rows = self._prefill_rows(frame, lane.embd_buffer, lane.stats)
@@ -702,7 +703,7 @@ class Engine:
         heapq.heappush(lane.free_seq_ids, seq.seq_id)
         self._free_sampler(seq)
         frame = seq.frame
-        n_prompt = frame.n_prefix + len(self._suffix_tokens[seq.index])
+        n_prompt = self._n_prompt(frame, seq.index)
         trace = None
         if self.settings.trace and seq.first_logits is not None:
             trace = AnswerTrace(tuple(seq.generated), seq.first_logits)
