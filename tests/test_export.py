@@ -13,11 +13,9 @@ same 150 frames at the same times.
 from __future__ import annotations
 
 import csv
-import html
 import io
 import json
 import math
-import re
 import subprocess
 import sys
 from datetime import timedelta
@@ -46,7 +44,7 @@ from pipeline.results import printable
 from pipeline.store import read_results, read_videos
 from tests.conftest import ROOT, SAMPLE_VIDEO, run_cli, write_video
 from tests.subtitles import parse_srt, parse_vtt
-from tests.test_report import chromium, needs_chromium
+from tests.test_report import needs_chromium, probe_result
 from tests.test_results import result_row, write_results
 
 SEEK_S = 2.5  # the answer about the frame at 2.0 s shows then (interval 1 s)
@@ -385,12 +383,7 @@ def test_chromium_plays_the_sample_clip_with_its_vtt_track(tiny_run: Path, tmp_p
     )
 
     # File pages may load file tracks only with this switch; the report uses data: URIs instead.
-    dom = chromium(tmp_path, "--allow-file-access-from-files", "--autoplay-policy=no-user-gesture-required",
-                   "--dump-dom", page.as_uri())
-
-    found = re.search(r'<pre id="result">(.*?)</pre>', dom, re.DOTALL)
-    assert found, dom[-1000:]
-    seen = json.loads(html.unescape(found.group(1)))
+    seen = probe_result(tmp_path, page, "--allow-file-access-from-files", "--autoplay-policy=no-user-gesture-required")
     print(f"chromium saw: {seen}")
     assert seen.get("failed") is None and seen["error"] is None, seen
     assert seen["played"] and seen["frames"] > 0, seen
@@ -486,11 +479,7 @@ def test_the_report_plays_a_video_with_its_answers_as_subtitles(tiny_run: Path, 
     probe.write_text(text.replace("</body>", REPORT_PROBE % SEEK_S + "</body>"), encoding="utf-8")
 
     # No --allow-file-access-from-files: the page, opened from disk, embeds its tracks.
-    dom = chromium(tmp_path, "--autoplay-policy=no-user-gesture-required", "--dump-dom", probe.as_uri())
-
-    found = re.search(r'<pre id="result">(.*?)</pre>', dom, re.DOTALL)
-    assert found, dom[-1000:]
-    seen = json.loads(html.unescape(found.group(1)))
+    seen = probe_result(tmp_path, probe, "--autoplay-policy=no-user-gesture-required")
     print(f"chromium saw: {seen}")
     assert seen.get("failed") is None and seen["error"] is None and seen["frames"] > 0, seen
     assert seen["tracks"] == ["What is shown?", "Any text?"]
