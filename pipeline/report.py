@@ -266,6 +266,7 @@ class _Pages:
         frames = int(counts(df)["frames"])
         self.paged = page_frames is not None and context.assets is not None and frames > page_frames
         self.page_frames = page_frames or max(frames, 1)
+        self._frames_of: tuple[str | None, list[list[dict[str, Any]]]] = (None, [])
 
     def all(self, out: Path) -> Iterable[tuple[Path, str]]:
         """``(path, html)`` of every page, the main page ``out`` first."""
@@ -380,6 +381,17 @@ class _Pages:
                 links.append(f'<a href="{_href(srt_path, base)}">SRT</a>')
         return " ".join(links)
 
+    def _frames(self, video_id: str, answers: pd.DataFrame) -> list[list[dict[str, Any]]]:
+        """The video's answered rows as plain dicts, grouped by frame; made once per video, not
+        once per page of it (the pages of a video come one after another)."""
+        if self._frames_of[0] != video_id:
+            # Plain dicts: pandas' per-row access costs far more than the page itself.
+            groups: dict[Any, list[dict[str, Any]]] = {}
+            for record in answers.to_dict("records"):
+                groups.setdefault(record["frame_index"], []).append({str(k): v for k, v in record.items()})
+            self._frames_of = (video_id, list(groups.values()))
+        return self._frames_of[1]
+
     def _section(self, video_id: str, base: Path, number: int) -> str:
         rows = self.rows_of[video_id]
         stats = self.stats_of[video_id]
@@ -390,14 +402,10 @@ class _Pages:
         )
         # With rows of several settings (config_id) for one video, each answer names its own.
         several_configs = rows["config_id"].nunique() > 1
-        # Plain dicts: pandas' per-row access costs far more than the page itself.
-        frame_groups: dict[Any, list[dict[str, Any]]] = {}
-        for record in answers.to_dict("records"):
-            frame_groups.setdefault(record["frame_index"], []).append({str(k): v for k, v in record.items()})
         first = (number - 1) * self.page_frames
         cards = "".join(
             self._frame_card(video_id, frame_rows, several_configs, base)
-            for frame_rows in list(frame_groups.values())[first : first + self.page_frames]
+            for frame_rows in self._frames(video_id, answers)[first : first + self.page_frames]
         )
         player = self._player(video_id, rows, base) if number == 1 else ""
         tracks = self._track_links(video_id, base)
