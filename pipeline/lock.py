@@ -54,7 +54,7 @@ class RunLock:
     """
 
     def __init__(
-        self, output_dir: Path, shard: int = 0, num_shards: int = 1, when_alone: Callable[[], object] | None = None
+        self, output_dir: Path, shard: int, num_shards: int, when_alone: Callable[[], object] | None
     ) -> None:
         self.path = output_dir / "_lock"
         self.shard = shard

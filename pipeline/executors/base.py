@@ -146,8 +146,8 @@ class VideoDecoder:
     sampler: Sampler
     max_frames: int | None
     thumbnail: Callable[[np.ndarray], bytes] | None
-    start_s: float = 0.0
-    end_s: float | None = None
+    start_s: float
+    end_s: float | None
 
     def __post_init__(self) -> None:
         if self.start_s < 0 or (self.end_s is not None and self.end_s <= self.start_s):
