@@ -20,7 +20,7 @@ from hydra.core.config_store import ConfigStore
 from omegaconf import MISSING, DictConfig
 
 from pipeline.errors import ConfigError
-from pipeline.inputs import read_list_file
+from pipeline.listfile import read_list_file
 
 
 @dataclass

@@ -16,6 +16,7 @@ import time
 from pathlib import Path
 
 from pipeline.errors import ConfigError, InputError
+from pipeline.listfile import read_list_file
 
 MANIFEST_SUFFIXES = (".txt", ".lst", ".list")
 
@@ -52,23 +53,6 @@ def find_videos(spec: str, extensions: list[str]) -> list[Path]:
     raise InputError(
         f"video={spec} does not exist; pass a video file, a folder, a glob or a manifest"
     )
-
-
-def read_list_file(path: Path, setting: str, entry: str) -> list[str]:
-    """The entries of a list file (a manifest, a prompts file): its UTF-8 lines (a byte-order
-    mark allowed), stripped, without blank lines and lines that start with ``#``.
-
-    Raises:
-        InputError: The file cannot be read or is not UTF-8 (one line naming ``setting=path``).
-    """
-    try:
-        lines = path.read_text(encoding="utf-8-sig").splitlines()
-    except (OSError, UnicodeDecodeError) as error:
-        reason = error.strerror if isinstance(error, OSError) and error.strerror else str(error)
-        raise InputError(
-            f"{setting}={path} cannot be read ({reason}); give a UTF-8 text file, one {entry} per line"
-        ) from error
-    return [line.strip() for line in lines if line.strip() and not line.strip().startswith("#")]
 
 
 def is_manifest(path: Path) -> bool:

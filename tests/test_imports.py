@@ -20,10 +20,10 @@ LAYERS = [
     (
         "pipeline.caption", "pipeline.decode", "pipeline.sampling", "pipeline.scenes",
         "pipeline.thumbnails", "pipeline.inputs", "pipeline.lock", "pipeline.report",
-        "pipeline.results", "pipeline.export",
+        "pipeline.results", "pipeline.export", "pipeline.checksums",
     ),
     ("pipeline.store",),
-    ("pipeline.config", "pipeline.errors", "pipeline.paths", "pipeline.runlog", "pipeline.checksums", "pipeline"),
+    ("pipeline.config", "pipeline.errors", "pipeline.paths", "pipeline.runlog", "pipeline.listfile", "pipeline"),
 ]
 
 
