@@ -337,7 +337,6 @@ class Pipeline:
         if executor is not None:
             self.model_name = executor.model_name
             self.metadata["model_files"] = executor.model_files
-            self.metadata["model_sha256"] = model_sha256(executor.model_files)
         show = sys.stderr.isatty()
         expected: list[int | None] = [self.expected_frames(t) if show else None for t in todo]
         with ThreadPoolExecutor(max_workers=1, thread_name_prefix="write") as writer, Progress(
@@ -346,6 +345,11 @@ class Pipeline:
             self._writer = writer
             self._writes: list[Future[Any]] = []
             self._progress = progress
+            if executor is not None:
+                # The first task of the (one, first-in first-out) writer thread, so that every
+                # write has the digests while the model already captions: a first run hashes
+                # gigabytes (about 1 s a GB on the GPU machine), once per file.
+                self._writes.append(writer.submit(self._hash_model_files, executor.model_files))
             for task in failed_at_plan:
                 self._submit_error_record(task)
             if todo:
@@ -376,6 +380,9 @@ class Pipeline:
                 future.result()
         if todo:
             write_videos_table(self.output_dir)
+
+    def _hash_model_files(self, files: dict[str, str]) -> None:
+        self.metadata["model_sha256"] = model_sha256(files)
 
     def _job(self, index: int, task: _VideoTask) -> DecodeJob:
         wanted = {q.prompt_id for q in self.questions}

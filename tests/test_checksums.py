@@ -7,12 +7,19 @@ import hashlib
 import json
 import logging
 import os
+import threading
 from pathlib import Path
+from typing import Any
 
 import pytest
 
+import pipeline.run
 from pipeline import checksums
+from pipeline.caption import Captioner
 from pipeline.checksums import cache_path, file_sha256, model_sha256
+from pipeline.config import compose_config
+from pipeline.run import Pipeline
+from pipeline.sampling import AllSampler
 from pipeline.store import read_metadata
 from tests.conftest import SAMPLE_VIDEO, run_cli
 
@@ -83,3 +90,33 @@ def test_parquet_metadata_has_the_model_files_sha256(
     assert Path(files["text_model"]).parent == tiny_model_dir
     cached = json.loads((cache_dir / "sha256.json").read_text())
     assert {entry["sha256"] for entry in cached.values()} == set(metadata["model_sha256"].values())
+
+
+def test_hashing_does_not_hold_up_the_model(
+    tmp_path: Path, tiny_model_dir: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A first run hashes its model files (gigabytes for a real model) beside the captioning,
+    not before it, and every Parquet file still gets the digests."""
+    answered = threading.Event()
+    take_answers = Pipeline._take_answers
+
+    def take(self: Pipeline, *args: Any) -> None:
+        answered.set()
+        take_answers(self, *args)
+
+    def hash_after_the_first_answer(files: dict[str, str]) -> dict[str, str | None]:
+        assert answered.wait(120), "the model waited for the hashing"
+        return {name: "digest of " + name for name in files}
+
+    monkeypatch.setattr(Pipeline, "_take_answers", take)
+    monkeypatch.setattr(pipeline.run, "model_sha256", hash_after_the_first_answer)
+    cfg = compose_config(["model=tiny", f"model.dir={tiny_model_dir}", "video=x", "generation.max_tokens=4"])
+    out = tmp_path / "out"
+    out.mkdir()
+    run = Pipeline(AllSampler(), ["What?"], out, config_id="c1", prefetch_frames=4, max_frames=3)
+    with Captioner.from_config(cfg) as captioner:
+        summary = run.run(run.plan([SAMPLE_VIDEO]), captioner)
+
+    assert summary.frames == 3
+    (part,) = out.glob("*/part-*.parquet")
+    assert read_metadata(part)["model_sha256"] == {"text_model": "digest of text_model", "mmproj": "digest of mmproj"}
