@@ -4,6 +4,7 @@ generator."""
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Generator, Iterator
 from pathlib import Path
 from typing import Any
@@ -17,6 +18,7 @@ from benchmarks.random_llava import write_random_llava
 from pipeline.caption import make_questions
 from pipeline.caption.engine import Engine, EngineSettings
 from pipeline.caption.engine.native import TextModel, flash_attn_type, usable_cores
+from pipeline.caption.engine.scheduler import lane_count
 from pipeline.caption.tiny import TINY_TEXT_FILE, TINY_TEXT_Q8_FILE, TextShape, VisionShape
 from tests.conftest import frames, tiny_engine_settings
 
@@ -132,6 +134,19 @@ def test_decode_grouping_rule() -> None:
     assert [engine._decode_group(n) for n in (1, 16, 48)] == [8, 8, 8]
     setattr(engine, "_max_decode_seqs", -8)  # auto with a FORCE_CUBLAS build: groups of 8 up to 16
     assert [engine._decode_group(n) for n in (8, 16, 17, 48)] == [8, 8, 17, 48]
+
+
+def test_lane_rule(caplog: pytest.LogCaptureFixture) -> None:
+    # (setting, on_gpu, max_questions, parallel) -> lanes
+    assert lane_count(None, True, 1, 16) == 2  # GPU default
+    assert lane_count(None, False, 1, 16) == 1  # CPU default
+    assert lane_count(3, False, 3, 16) == 3  # CPU: as set, several questions too
+    assert lane_count(4, True, 1, 2) == 2  # never more lanes than frames in flight
+    assert lane_count(None, True, 3, 16) == 1  # GPU, several questions: one lane, quietly
+    assert not caplog.records
+    with caplog.at_level(logging.WARNING):
+        assert lane_count(2, True, 3, 16) == 1  # ... also when set, with a warning
+    assert "engine.lanes=2 lowered to 1" in caplog.text
 
 
 def test_asked_subsets_get_the_same_answers_as_asking_everything(tiny_model_dir: Path) -> None:

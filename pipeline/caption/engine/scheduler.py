@@ -28,6 +28,7 @@ not depend on how sequences are batched or on the lanes (tests hold this).
 from __future__ import annotations
 
 import heapq
+import logging
 import queue
 import threading
 import time
@@ -62,6 +63,8 @@ from pipeline.caption.engine.records import (
 from pipeline.caption.engine.source import END, FrameSource
 from pipeline.caption.engine.vision import FrameImage, Vision
 from pipeline.errors import ConfigError
+
+_log = logging.getLogger(__name__)
 
 Tag = TypeVar("Tag")
 Job = tuple[Any, np.ndarray] | tuple[Any, np.ndarray, Sequence[int] | None]
@@ -163,7 +166,7 @@ class Engine:
         n_threads = self._n_threads = default_threads(s.n_threads)
         try:
             model = self._model = TextModel(s.text_model, s.n_gpu_layers)
-            n_lanes = max(1, min(s.lanes or (2 if model.on_gpu else 1), s.parallel))
+            n_lanes = lane_count(s.lanes, model.on_gpu, s.max_questions, s.parallel)
             # Frames in flight per lane: parallel split as evenly as it goes.
             lane_parallel = [s.parallel // n_lanes + (i < s.parallel % n_lanes) for i in range(n_lanes)]
             if lane_parallel[0] * s.max_questions > max_parallel_sequences():
@@ -758,6 +761,27 @@ class Engine:
 
     def _error_answers(self, reason: str, asked: Sequence[int]) -> list[Answer]:
         return [Answer(question=self.questions[i], text="", error=reason) for i in asked]
+
+
+def lane_count(setting: int | None, on_gpu: bool, max_questions: int, parallel: int) -> int:
+    """Lanes (llama.cpp contexts, a thread each) for the engine: ``engine.lanes``, else 2 on a
+    GPU and 1 on the CPU; at most one per frame in flight.
+
+    On a GPU, one lane when frames may be asked several questions: there two lanes hung on an
+    H200 in 4 runs of 4 (every thread waiting on the GPU, no progress; with a unified KV cache,
+    a CUDA "illegal instruction" instead), while one lane answered 3 questions a frame as fast
+    as two had before (benchmarks/NOTES-gpu.md, session 5). A setting above 1 is then lowered,
+    with a warning.
+    """
+    lanes = max(1, min(setting or (2 if on_gpu else 1), parallel))
+    if on_gpu and max_questions > 1 and lanes > 1:
+        if setting:
+            _log.warning(
+                "engine.lanes=%d lowered to 1: with several prompts per frame, more lanes hung on "
+                "a GPU (README, engine settings)", setting,
+            )
+        return 1
+    return lanes
 
 
 def _seq_id(seq: _Sequence) -> int:
