@@ -12,7 +12,8 @@ mkdir -p "$OUT"
 nvidia-smi --query-gpu=name,memory.total,driver_version,clocks.max.sm --format=csv | tee "$OUT/gpu.txt"
 python3 -c 'import torch, transformers; print("torch", torch.__version__, "transformers", transformers.__version__)' | tee -a "$OUT/gpu.txt"
 echo "build done after $(( $(date +%s) - started )) s" | tee -a "$OUT/gpu.txt"
-bench() { python3 benchmarks/gpu_throughput.py --shape "$1" --model-dir /tmp/models --out "$OUT" --budget-s "$(left)" "${@:2}" 2>&1 | tee -a "$OUT/bench.log"; }
+# T=SECONDS bench ...: stop that benchmark after SECONDS (default: the time left)
+bench() { timeout "${T:-$(left)}" python3 benchmarks/gpu_throughput.py --shape "$1" --model-dir /tmp/models --out "$OUT" --budget-s "$(left)" "${@:2}" 2>&1 | tee -a "$OUT/bench.log"; }
 case "$plan" in
   call1)
     python3 benchmarks/reference_parity.py --device cuda --n-gpu-layers -1 2>&1 | grep -v "Warning\|Writing\|Loading" | tee "$OUT/parity-gpu.txt"
@@ -27,7 +28,19 @@ case "$plan" in
     bench mistral7b --seed "" --cases "" --peer-batches 8,32 --peer-prompts 3 --peer-frames 32
     bench mistral7b-f16 --seed "" --probe --cases "p=1"
     ;;
-  call3)  # issue 15, not run yet: the one-pass prefill on call2's cases, F16 weights, the 34B shape
+  call4)  # session 5, first call (timed out in the Q5_K_M 3-prompt case): Q5_K_M with the one-pass
+           # prefill, then F16 and Q8_0 text weights (the latter two were a second call on the warm machine)
+    bench mistral7b --seed "" --probe --frames 64 --cases "p=1;p=3,n=48"
+    bench mistral7b-f16 --seed "" --probe --frames 64 --cases "p=1;p=3,n=48"
+    bench mistral7b-q8 --seed "" --probe --frames 64 --cases "p=1;p=3,n=48"
+    ;;
+  call5)  # session 5, last call: model hashing out of the timed window; why 3 prompts stall
+    bench mistral7b --seed "" --frames 64 --cases "p=1"
+    for case in "p=3,n=24" "p=3,n=24,lanes=1" "p=3,n=24,kv=unified"; do
+      T=75 bench mistral7b --seed "" --stall-s 30 --cases "$case"
+    done
+    ;;
+  call3)  # issue 15, not run: the one-pass prefill on call2's cases, F16 weights, the 34B shape
     bench mistral7b --seed "" --frames 64 --cases "p=1;p=3,n=48"
     bench mistral7b-f16 --seed "" --probe --frames 64 --cases "p=1;p=3,n=48"
     bench yi34b --seed seed --seed-frames 4 --seed3-frames 2 --frames 32 --cases "p=1;p=3,n=24"

@@ -42,6 +42,7 @@ from __future__ import annotations
 
 import argparse
 import base64
+import faulthandler
 import json
 import shutil
 import sys
@@ -68,6 +69,7 @@ from pipeline.caption.engine import Engine, EngineSettings  # noqa: E402
 from pipeline.caption.formats import get_chat_format  # noqa: E402
 from pipeline.caption.tiny import TINY_TEXT, TINY_VISION, TextShape, VisionShape  # noqa: E402
 from pipeline.caption.weights import ModelFiles  # noqa: E402
+from pipeline.checksums import model_sha256  # noqa: E402
 
 PROMPTS = [
     "Describe this frame in one sentence.",
@@ -332,9 +334,34 @@ def engine_settings(text: Path, mmproj: Path, n_gpu_layers: int, max_tokens: int
     return EngineSettings(**{**base, **knobs})
 
 
+class Watchdog(threading.Thread):
+    """Logs the engine's counters every ``every_s`` during a run and, once the run has taken
+    ``stall_s``, every thread's stack (``faulthandler``), so that a run that stalls on the GPU
+    machine says where before the call's time runs out (0: off)."""
+
+    def __init__(self, captioner: Captioner, stall_s: float, every_s: float = 15.0) -> None:
+        super().__init__(daemon=True)
+        self.captioner, self.stall_s, self.every_s = captioner, stall_s, every_s
+        self.done = threading.Event()
+
+    def __enter__(self) -> Watchdog:
+        if self.stall_s > 0:
+            faulthandler.dump_traceback_later(self.stall_s, exit=False)
+            self.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        faulthandler.cancel_dump_traceback_later()
+        self.done.set()
+
+    def run(self) -> None:
+        while not self.done.wait(self.every_s):
+            log(f"  ... {self.captioner.engine.stats}")
+
+
 def run_engine(
     case: EngineCase, text: Path, mmproj: Path, video: Path, max_tokens: int, n_gpu_layers: int,
-    workdir: Path,
+    workdir: Path, stall_s: float = 0.0,
 ) -> dict[str, Any]:
     import pipeline.run as run_module
     from pipeline.run import Pipeline
@@ -348,55 +375,59 @@ def run_engine(
         lanes=case.lanes,
     )
     captioner = Captioner(settings, "bench", ModelFiles(text, mmproj))
+    # A run hashes its model files for the Parquet metadata once per file (then cached); the
+    # first run's hashing (about 1 s per GB) is not throughput, so it happens before timing.
+    model_sha256(captioner.files.as_dict())
     t0 = time.perf_counter()
     captioner.setup()
     load_s = time.perf_counter() - t0
     try:
-        # Warm-up: one round of frames in flight (allocations, CUDA graphs, CLIP buffers).
-        warm = read_frames(video, min(case.parallel, 8))
-        list(captioner.caption(enumerate(warm), make_questions(PROMPTS[: case.prompts])))
-        captioner.engine.stats = EngineStats()
+        with Watchdog(captioner, stall_s):  # warm-up included: a stall there says where too
+            # Warm-up: one round of frames in flight (allocations, CUDA graphs, CLIP buffers).
+            warm = read_frames(video, min(case.parallel, 8))
+            list(captioner.caption(enumerate(warm), make_questions(PROMPTS[: case.prompts])))
+            captioner.engine.stats = EngineStats()
 
-        from pipeline.config import compose_config
-        from pipeline.thumbnails import thumbnailer
+            from pipeline.config import compose_config
+            from pipeline.thumbnails import thumbnailer
 
-        make_thumbnail = thumbnailer(compose_config(["video=unused"]).thumbnails)
-        assert make_thumbnail is not None
+            make_thumbnail = thumbnailer(compose_config(["video=unused"]).thumbnails)
+            assert make_thumbnail is not None
 
-        thumb_s = [0.0]
+            thumb_s = [0.0]
 
-        def thumbnail(rgb: np.ndarray) -> bytes:
-            t = time.perf_counter()
-            data = make_thumbnail(rgb)
-            thumb_s[0] += time.perf_counter() - t
-            return data
+            def thumbnail(rgb: np.ndarray) -> bytes:
+                t = time.perf_counter()
+                data = make_thumbnail(rgb)
+                thumb_s[0] += time.perf_counter() - t
+                return data
 
-        write_s = [0.0]
-        original_write = run_module.write_chunk
+            write_s = [0.0]
+            original_write = run_module.write_chunk
 
-        def timed_write(*args: Any, **kwargs: Any) -> Any:
-            t = time.perf_counter()
-            try:
-                return original_write(*args, **kwargs)
-            finally:
-                write_s[0] += time.perf_counter() - t
+            def timed_write(*args: Any, **kwargs: Any) -> Any:
+                t = time.perf_counter()
+                try:
+                    return original_write(*args, **kwargs)
+                finally:
+                    write_s[0] += time.perf_counter() - t
 
-        run_module.write_chunk = timed_write
-        sampler = _TimedSampler(AllSampler())
-        out_dir = Path(tempfile.mkdtemp(prefix="out-", dir=workdir))
-        pipe = Pipeline(
-            sampler, PROMPTS[: case.prompts], out_dir, config_id="bench", max_frames=case.frames,
-            prefetch_frames=max(16, 2 * case.parallel), thumbnail=thumbnail,
-        )
-        tasks = pipe.plan([video])
-        monitor = Monitor()
-        monitor.start()
-        time.sleep(0.06)
-        t0 = time.perf_counter()
-        summary = pipe.run(tasks, captioner)
-        wall = time.perf_counter() - t0
-        monitor.stop()
-        run_module.write_chunk = original_write
+            run_module.write_chunk = timed_write
+            sampler = _TimedSampler(AllSampler())
+            out_dir = Path(tempfile.mkdtemp(prefix="out-", dir=workdir))
+            pipe = Pipeline(
+                sampler, PROMPTS[: case.prompts], out_dir, config_id="bench", max_frames=case.frames,
+                prefetch_frames=max(16, 2 * case.parallel), thumbnail=thumbnail,
+            )
+            tasks = pipe.plan([video])
+            monitor = Monitor()
+            monitor.start()
+            time.sleep(0.06)
+            t0 = time.perf_counter()
+            summary = pipe.run(tasks, captioner)
+            wall = time.perf_counter() - t0
+            monitor.stop()
+            run_module.write_chunk = original_write
         stats = captioner.engine.stats
         completion = read_completion_tokens(out_dir)
         shutil.rmtree(out_dir, ignore_errors=True)
@@ -758,6 +789,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--peer-prompts", default="1,3")
     parser.add_argument("--peer-frames", type=int, default=64, help="frames per peer batch size (at least one batch)")
     parser.add_argument("--budget-s", type=float, default=1e9, help="skip what would start after this")
+    parser.add_argument("--stall-s", type=float, default=0.0,
+                        help="engine runs: log counters every 15 s and all stacks after this many seconds (0: off)")
     args = parser.parse_args(argv)
 
     started = time.perf_counter()
@@ -809,7 +842,7 @@ def main(argv: list[str] | None = None) -> int:
             break
         log(f"engine: {case.name()} x {case.frames} frames")
         try:
-            r = run_engine(case, text, mmproj, video, args.max_tokens, n_gpu_layers, workdir)
+            r = run_engine(case, text, mmproj, video, args.max_tokens, n_gpu_layers, workdir, args.stall_s)
         except Exception as error:  # noqa: BLE001  (report and go on with the next case)
             log(f"  FAILED: {type(error).__name__}: {error}")
             record({"kind": "engine-failed", "case": case.name(), "error": str(error)})
