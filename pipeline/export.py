@@ -371,7 +371,7 @@ def main(argv: list[str] | None = None) -> int:
         print(USAGE)
         return 0
     try:
-        options = _parse(args)
+        options = parse_options(args, _KEYS, ("output_dir", "format"))
         formats = parse_formats(options["format"])
     except ValueError as error:
         print(f"error: {error}\n{USAGE}", file=sys.stderr)
@@ -389,17 +389,23 @@ def main(argv: list[str] | None = None) -> int:
 # -- helpers --------------------------------------------------------------------------------
 
 
-def _parse(args: list[str]) -> dict[str, str]:
+def parse_options(args: list[str], keys: Sequence[str], required: Sequence[str]) -> dict[str, str]:
+    """``key=value`` command-line arguments (``python -m pipeline.export`` and ``.report``) as
+    a dict; every key one of ``keys``, every value non-empty, the ``required`` ones given.
+
+    Raises:
+        ValueError: An argument is not of that form, or a required one is missing (one line).
+    """
     options = {}
     for arg in args:
         key, sep, value = arg.partition("=")
-        if not sep or key not in _KEYS or not value:
-            expected = ", ".join(f"{k}=..." for k in _KEYS)
+        if not sep or key not in keys or not value:
+            expected = ", ".join(f"{k}=..." for k in keys)
             raise ValueError(f"bad argument {arg!r}; expected one of {expected}")
         options[key] = value
-    for required in ("output_dir", "format"):
-        if required not in options:
-            raise ValueError(f"{required}=... is required")
+    for key in required:
+        if key not in options:
+            raise ValueError(f"{key}=... is required")
     return options
 
 

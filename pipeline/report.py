@@ -44,6 +44,7 @@ from pipeline.errors import UserError
 from pipeline.export import (
     EXPORT_DIR,
     Track,
+    parse_options,
     render_vtt,
     tracks_of,
     with_cue_ends,
@@ -231,7 +232,7 @@ def main(argv: list[str] | None = None) -> int:
         print(USAGE)
         return 0
     try:
-        options = _parse(args)
+        options = parse_options(args, _KEYS, ("output_dir",))
         page_frames = int(options.get("page_frames", PAGE_FRAMES))
         inline = _flag(options.get("inline", "false"))
     except (UserError, ValueError) as error:
@@ -640,19 +641,6 @@ def _by_video(tracks: list[Track]) -> dict[str, list[Track]]:
 def _href(target: Path, base: Path) -> str:
     """A relative URL from a page in ``base`` to ``target``."""
     return quote(Path(os.path.relpath(target, base)).as_posix())
-
-
-def _parse(args: list[str]) -> dict[str, str]:
-    options = {}
-    for arg in args:
-        key, sep, value = arg.partition("=")
-        if not sep or key not in _KEYS or not value:
-            expected = ", ".join(f"{k}=..." for k in _KEYS)
-            raise UserError(f"bad argument {arg!r}; expected one of {expected}")
-        options[key] = value
-    if "output_dir" not in options:
-        raise UserError("output_dir=DIR is required")
-    return options
 
 
 def _flag(value: str) -> bool:
