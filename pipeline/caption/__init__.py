@@ -31,6 +31,7 @@ from pipeline.caption.engine import (
     EngineStats,
     Question,
 )
+from pipeline.caption.engine.native import runs_on_gpu
 from pipeline.caption.formats import get_chat_format
 from pipeline.caption.weights import ModelFiles, ModelSource, check_pair
 from pipeline.config import EngineConfig, GenerationConfig, ModelConfig, compose_config, prompts_of
@@ -78,11 +79,6 @@ def default_parallel(on_gpu: bool) -> int:
     return 16 if on_gpu else 4
 
 
-def runs_on_gpu(n_gpu_layers: int) -> bool:
-    """Whether this process's llama.cpp puts layers on a GPU with ``model.n_gpu_layers``."""
-    return n_gpu_layers != 0 and bool(llama_cpp.llama_supports_gpu_offload())
-
-
 # The README's GPU install command (tests/test_cli.py checks that the README shows it as is).
 GPU_INSTALL_COMMAND = (
     'CMAKE_ARGS="-DGGML_CUDA=on -DGGML_NATIVE=OFF -DGGML_CUDA_FORCE_CUBLAS=ON '
@@ -99,7 +95,7 @@ def check_gpu_build(n_gpu_layers: int) -> None:
     Raises:
         BuildError: ``n_gpu_layers`` is not 0 and the build has no GPU offload.
     """
-    if n_gpu_layers != 0 and not llama_cpp.llama_supports_gpu_offload():
+    if n_gpu_layers != 0 and not runs_on_gpu(n_gpu_layers):
         raise BuildError(
             f"model.n_gpu_layers={n_gpu_layers} asks for layers on a GPU, but this llama-cpp-python "
             f"was built without GPU support; reinstall it for CUDA with: {GPU_INSTALL_COMMAND} "

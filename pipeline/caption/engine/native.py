@@ -132,7 +132,7 @@ class TextModel:
         self.n_vocab = llama_cpp.llama_vocab_n_tokens(self.vocab)
         self.n_embd = llama_cpp.llama_model_n_embd_inp(self.handle)
         self.n_layer = llama_cpp.llama_model_n_layer(self.handle)
-        self.on_gpu = n_gpu_layers != 0 and bool(llama_cpp.llama_supports_gpu_offload())
+        self.on_gpu = runs_on_gpu(n_gpu_layers)
         self.gpu_layers = (self.n_layer if n_gpu_layers < 0 else min(n_gpu_layers, self.n_layer)) if self.on_gpu else 0
         self.path = path
 
@@ -222,6 +222,11 @@ class TextModel:
 def free_lane(lane: Lane) -> None:
     """Free a lane's context."""
     llama_cpp.llama_free(lane.ctx)
+
+
+def runs_on_gpu(n_gpu_layers: int) -> bool:
+    """Whether this process's llama.cpp puts layers on a GPU with ``model.n_gpu_layers``."""
+    return n_gpu_layers != 0 and bool(llama_cpp.llama_supports_gpu_offload())
 
 
 def max_parallel_sequences() -> int:

@@ -65,7 +65,8 @@ class EngineSettings:
             once). With that build a group of at most 8 stays on the quantized matrix-vector
             kernel instead of dequantizing all weights to F16 for the step.
         lanes: llama.cpp contexts (on the one model) that share the frames in flight, each
-            driven by its own thread (``None``: 2 when layers run on a GPU, else 1).
+            driven by its own thread (``None``: 2 when layers run on a GPU, else 1; on a GPU
+            always 1 when ``max_questions`` > 1: :func:`.scheduler.lane_count`).
         ignore_eos: Benchmarks only: end-of-generation tokens are biased to minus infinity so
             that every answer runs to ``max_tokens`` (stop strings still apply).
         trace: Parity checks only: each answer carries its token ids and the logits that
