@@ -214,6 +214,7 @@ class Pipeline:
     ) -> None:
         self.decoder = VideoDecoder(sampler, max_frames, thumbnail, start_s, end_s)
         self.questions: list[Question] = make_questions(unique_prompts(prompts))
+        self._prompt_ids = frozenset(q.prompt_id for q in self.questions)
         self.output_dir = output_dir
         self.config_id = config_id
         # What a video's done marker vouches for: the window and the cap limit which of the
@@ -385,17 +386,17 @@ class Pipeline:
         self.metadata["model_sha256"] = model_sha256(files)
 
     def _job(self, index: int, task: _VideoTask) -> DecodeJob:
-        wanted = {q.prompt_id for q in self.questions}
-        done: set[int] = set()
-        partial: dict[int, tuple[int, ...]] = {}
-        for frame, prompts in task.committed.answered.items():
-            if wanted <= prompts:
-                done.add(frame)
-            elif wanted & prompts:
-                partial[frame] = tuple(
-                    i for i, q in enumerate(self.questions) if q.prompt_id not in prompts
-                )
-        return DecodeJob(index, task.path, frozenset(done), partial)
+        done = self._answered_frames(task)
+        partial = {
+            frame: tuple(i for i, q in enumerate(self.questions) if q.prompt_id not in prompts)
+            for frame, prompts in task.committed.answered.items()
+            if frame not in done and self._prompt_ids & prompts
+        }
+        return DecodeJob(index, task.path, done, partial)
+
+    def _answered_frames(self, task: _VideoTask) -> frozenset[int]:
+        """The video's frames whose every question of this run earlier runs answered."""
+        return frozenset(f for f, prompts in task.committed.answered.items() if self._prompt_ids <= prompts)
 
     def _take_decoded(self, task: _VideoTask, event: Decoded) -> None:
         task.decoded_all = True
@@ -415,8 +416,7 @@ class Pipeline:
         expected = self.decoder.expected_samples(task.path)
         if expected is None:
             return None
-        wanted = {q.prompt_id for q in self.questions}
-        return max(0, expected - sum(1 for prompts in task.committed.answered.values() if wanted <= prompts))
+        return max(0, expected - len(self._answered_frames(task)))
 
     def _take_answers(self, task: _VideoTask, event: Captioned) -> None:
         frame_index = event.job.sample.frame.index
@@ -440,8 +440,9 @@ class Pipeline:
     def _failed_frames(self, task: _VideoTask) -> dict[int, str]:
         """The video's frames with an error answer to a question of this run: from this run
         and committed by earlier ones."""
-        wanted = {q.prompt_id for q in self.questions}
-        failed = {frame: why for (frame, prompt_id), why in task.committed.failed.items() if prompt_id in wanted}
+        failed = {
+            frame: why for (frame, prompt_id), why in task.committed.failed.items() if prompt_id in self._prompt_ids
+        }
         return {**failed, **task.failed}
 
     @staticmethod
