@@ -11,7 +11,6 @@ decoded for ``sampler=scene``), less the frames already answered.
 from __future__ import annotations
 
 from pipeline.run import Pipeline, _VideoTask
-from pipeline.store import done_marker
 
 
 def plan_lines(pipeline: Pipeline, tasks: list[_VideoTask], retry_failed: bool, model_name: str) -> list[str]:
@@ -35,10 +34,8 @@ def plan_lines(pipeline: Pipeline, tasks: list[_VideoTask], retry_failed: bool, 
             lines.append(f"retry    {outcome.path}: {outcome.error}")
         elif outcome.error:
             lines.append(f"skip     {outcome.path}: {outcome.error} (retry_failed=true tries it again)")
-        elif done_marker(pipeline.output_dir, outcome.video_id, pipeline.work_id).exists():
-            lines.append(f"skip     {outcome.path}: done")
         else:
-            lines.append(f"skip     {outcome.path}: same content as a video before it")
+            lines.append(f"skip     {outcome.path}: {outcome.note}")
     counted = [n for n in frames if n is not None]
     unknown = len(frames) - len(counted)
     what = f"{sum(counted)} frames" + (f" + those of {unknown} known once decoded" if unknown else "")

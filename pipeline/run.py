@@ -72,7 +72,8 @@ log = logging.getLogger(__name__)
 @dataclass
 class VideoOutcome:
     """What happened to one video in a run (``status``: todo, then done, skipped or error;
-    or ``waiting``: left for the next run, ``note`` says why)."""
+    or ``waiting``: left for the next run; ``note`` says why a video waits or was skipped
+    without an error: ``done``, or the video of the same content it repeats)."""
 
     path: str
     video_id: str
@@ -261,7 +262,8 @@ class Pipeline:
                 failure = os_reason(path, error)
             if outcome.video_id in first_path_of:
                 outcome.status = "skipped"
-                log.info("skipped %s: same content as %s", path, first_path_of[outcome.video_id])
+                outcome.note = f"same content as {first_path_of[outcome.video_id]}"
+                log.info("skipped %s: %s", path, outcome.note)
                 continue
             first_path_of[outcome.video_id] = path
             if failure is not None:
@@ -273,6 +275,7 @@ class Pipeline:
             if marker.exists():
                 if self.read_only or not damaged_chunks(self.output_dir, outcome.video_id, self.config_id):
                     outcome.status = "skipped"
+                    outcome.note = "done"
                     continue
                 marker.unlink()
             task.committed = read_committed(self.output_dir, outcome.video_id, self.config_id, not self.read_only)

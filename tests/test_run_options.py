@@ -61,8 +61,11 @@ def test_dry_run_lists_the_work_and_touches_nothing(cli_base: list[str], tmp_pat
     same_model = run_cli(f"video={videos}", *cli_base, "dry_run=true", "sampler=scene")
     scene = f"caption  {videos / 'v1.mp4'}: frames known once decoded (sampler=scene), 1 prompt each"
     assert scene in same_model.stdout
-    again = run_cli(f"video={videos}", *cli_base, "dry_run=true")
+    copy = tmp_path / "copy of v1.mp4"
+    copy.write_bytes((videos / "v1.mp4").read_bytes())
+    again = run_cli(f"video=[{videos},{copy}]", *cli_base, "dry_run=true")
     assert f"skip     {videos / 'v0.mp4'}: done" in again.stdout
+    assert f"skip     {copy}: same content as {videos / 'v1.mp4'}" in again.stdout
     assert f"caption  {videos / 'v2.mp4'}: 3 frames, 1 prompt each" in again.stdout
     waiting = run_cli(f"video={videos}", *cli_base, "dry_run=true", "min_age_s=300")
     assert f"wait     {videos / 'v1.mp4'}: modified" in waiting.stdout
