@@ -10,15 +10,17 @@ under :mod:`tests.paused_run`, which waits at a point the test names.
 from __future__ import annotations
 
 import functools
+import json
 import logging
 import os
+import signal
 import subprocess
 import sys
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import replace
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import cv2
 import numpy as np
@@ -188,6 +190,20 @@ def run_cli(*args: str, cwd: Path = ROOT) -> subprocess.CompletedProcess[str]:
     )
 
 
+def assert_one_line_error(result: subprocess.CompletedProcess[str], code: int, *needles: str) -> None:
+    """The run exited with ``code`` and said why in exactly one line holding every needle,
+    without a traceback."""
+    assert result.returncode == code, result.stderr
+    assert "Traceback" not in result.stderr
+    lines = [line for line in result.stderr.splitlines() if all(n in line for n in needles)]
+    assert len(lines) == 1, result.stderr
+
+
+def last_run(out: Path) -> dict[str, Any]:
+    """The machine-readable summary of the last run into ``out`` (``_last_run.json``)."""
+    return cast(dict[str, Any], json.loads((out / "_last_run.json").read_text()))
+
+
 def start_paused_run(
     args: list[str], pause_at: str, marker: Path, release: Path | None = None, **env: str
 ) -> subprocess.Popen[str]:
@@ -200,6 +216,20 @@ def start_paused_run(
         [sys.executable, "-m", "tests.paused_run", *args], cwd=ROOT, env=cli_env(**pause, **env),
         stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
     )
+
+
+def kill(process: subprocess.Popen[str]) -> None:
+    """SIGKILL a run (no handler, no cleanup: as a power cut or the OOM killer) and reap it."""
+    process.send_signal(signal.SIGKILL)
+    process.wait()
+
+
+def mount_tmpfs(path: Path, size: str) -> bool:
+    """Mount a tmpfs of ``size`` (a small full disk) at ``path``; False where that needs root."""
+    path.mkdir(parents=True, exist_ok=True)
+    return subprocess.run(
+        ["mount", "-t", "tmpfs", "-o", f"size={size}", "tmpfs", str(path)], capture_output=True
+    ).returncode == 0
 
 
 def wait_for_pause(process: subprocess.Popen[str], marker: Path) -> None:

@@ -15,8 +15,7 @@ import pytest
 from omegaconf import OmegaConf
 
 from pipeline.arguments import KEYS
-from tests.conftest import ROOT, SAMPLE_VIDEO, run_cli
-from tests.test_cli import assert_one_line_error
+from tests.conftest import ROOT, SAMPLE_VIDEO, assert_one_line_error, run_cli
 
 
 def composed(*args: str) -> Any:

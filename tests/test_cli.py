@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import json
-import subprocess
 from pathlib import Path
 
 import pandas as pd
@@ -13,19 +11,12 @@ from pipeline.caption import GPU_INSTALL_COMMAND
 from pipeline.caption.tiny import ensure_tiny_model
 from pipeline.decode import VideoReader
 from pipeline.store import read_metadata
-from tests.conftest import ROOT, SAMPLE_VIDEO, run_cli, write_video
+from tests.conftest import ROOT, SAMPLE_VIDEO, assert_one_line_error, last_run, run_cli, write_video
 
 
 def container_times(path: Path) -> dict[int, float]:
     with VideoReader(path) as reader:
         return {t.index: t.timestamp_s for t in reader}
-
-
-def assert_one_line_error(result: subprocess.CompletedProcess[str], code: int, *needles: str) -> None:
-    assert result.returncode == code, result.stderr
-    assert "Traceback" not in result.stderr
-    lines = [line for line in result.stderr.splitlines() if all(n in line for n in needles)]
-    assert len(lines) == 1, result.stderr
 
 
 def test_two_prompts_at_half_second_interval(cli_base: list[str], tmp_path: Path) -> None:
@@ -170,7 +161,7 @@ def test_an_empty_inbox_is_nothing_to_do(cli_base: list[str], tmp_path: Path, pa
     result = run_cli(f"video={pattern.format(inbox=inbox)}", *cli_base)
     assert result.returncode == 0, result.stderr
     assert "nothing to do: no videos in video=" in result.stderr
-    summary = json.loads((tmp_path / "out" / "_last_run.json").read_text())
+    summary = last_run(tmp_path / "out")
     assert summary["exit_code"] == 0 and summary["videos"] == []
 
 

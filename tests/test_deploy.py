@@ -5,13 +5,11 @@ valid runs; a night where every video failed exits 3."""
 from __future__ import annotations
 
 import configparser
-import json
 import shlex
 import subprocess
 from pathlib import Path
 
-from tests.conftest import ROOT, run_cli, write_video
-from tests.test_cli import assert_one_line_error
+from tests.conftest import ROOT, assert_one_line_error, last_run, run_cli, write_video
 
 DEPLOY = ROOT / "deploy"
 
@@ -52,7 +50,7 @@ def test_a_night_where_every_video_failed_exits_3(cli_base: list[str], tmp_path:
     (inbox / "b.mp4").write_bytes(b"")
     result = run_cli(f"video={inbox}", *cli_base)
     assert_one_line_error(result, 3, "not a readable video")
-    assert json.loads((tmp_path / "out" / "_last_run.json").read_text())["exit_code"] == 3
+    assert last_run(tmp_path / "out")["exit_code"] == 3
     write_video(inbox / "c.mp4", n_frames=5)  # one good video the next night: some failed, exit 2
     again = run_cli(f"video={inbox}", *cli_base, "retry_failed=true")
     assert again.returncode == 2, again.stderr

@@ -14,7 +14,6 @@ with it to their last frame without an error:
 
 from __future__ import annotations
 
-import json
 import os
 import signal
 import socket
@@ -31,8 +30,12 @@ from tests.conftest import (
     ROOT,
     RUN_TIMEOUT_S,
     SAMPLE_VIDEO,
+    assert_one_line_error,
     cli_env,
+    kill,
+    last_run,
     make_night,
+    mount_tmpfs,
     night_args,
     run_cli,
     start_paused_run,
@@ -40,15 +43,9 @@ from tests.conftest import (
     wait_for_pause,
     write_video,
 )
-from tests.test_cli import assert_one_line_error
-from tests.test_nightly import _mount_tmpfs, kill
 
 DATA = Path(__file__).parent / "data"
 AN_HOUR_AGO = time.time() - 3600
-
-
-def summary_of(out: Path) -> dict[str, object]:
-    return json.loads((out / "_last_run.json").read_text())
 
 
 def error_records(out: Path) -> pd.DataFrame:
@@ -67,7 +64,7 @@ def test_frames_that_do_not_fit_fail_the_video_and_are_retried(cli_base: list[st
     first = run_cli(*args)
     assert first.returncode == 3, first.stderr  # the night's only video failed
     out = tmp_path / "out"
-    summary = summary_of(out)
+    summary = last_run(out)
     assert (summary["videos_failed"], summary["videos_done"], summary["exit_code"]) == (1, 0, 3)
     assert not list(out.glob("*/_done-*"))
     (record,) = error_records(out).error
@@ -138,13 +135,13 @@ def test_a_file_modified_in_the_last_min_age_s_is_left_for_the_next_run(
     assert first.returncode == 0, first.stderr
     assert f"waiting {folder / 'v1.mp4'}: modified" in first.stderr
     assert set(pd.read_parquet(out).video_path.map(lambda p: Path(p).name)) == {"v0.mp4"}
-    summary = summary_of(out)
+    summary = last_run(out)
     assert (summary["videos_done"], summary["videos_waiting"]) == (1, 1)
     # Settled by the next night: done then, once.
     os.utime(folder / "v1.mp4", (AN_HOUR_AGO, AN_HOUR_AGO))
     second = run_cli(*args, "min_age_s=600")
     assert second.returncode == 0, second.stderr
-    assert summary_of(out)["videos_done"] == 1
+    assert last_run(out)["videos_done"] == 1
     assert set(pd.read_parquet(out).video_path.map(lambda p: Path(p).name)) == {"v0.mp4", "v1.mp4"}
 
 
@@ -152,7 +149,7 @@ def test_a_file_named_alone_is_taken_however_new(cli_base: list[str], tmp_path: 
     clip = write_video(tmp_path / "clip.mp4", n_frames=2)
     result = run_cli(f"video={clip}", *[a for a in cli_base if a != "min_age_s=0"], "min_age_s=600")
     assert result.returncode == 0, result.stderr
-    assert summary_of(tmp_path / "out")["videos_done"] == 1
+    assert last_run(tmp_path / "out")["videos_done"] == 1
 
 
 # -- 5. valid files reported corrupt -----------------------------------------------------------
@@ -183,7 +180,7 @@ def test_a_symlink_loop_is_that_entrys_error_record(tiny_model_dir: Path, tmp_pa
     assert "Traceback" not in result.stderr and "crashed" not in result.stderr
     (record,) = error_records(out).error
     assert record == f"symlink loop (a link that leads back to itself): {folder / 'loop.mp4'}"
-    assert summary_of(out)["videos_done"] == 1
+    assert last_run(out)["videos_done"] == 1
 
 
 # -- 7. one damaged chunk -------------------------------------------------------------------------
@@ -264,7 +261,7 @@ def test_a_signal_stops_the_run_with_its_code_and_keeps_what_is_answered(
     assert "Traceback" not in stderr
     (line,) = [line for line in stderr.splitlines() if "stopped by" in line]
     assert f"stopped by {signal.Signals(signum).name}; what was committed is kept" in line
-    assert summary_of(out)["exit_code"] == code
+    assert last_run(out)["exit_code"] == code
     # The two frames answered before the signal were committed on the way out.
     assert len(pd.read_parquet(out)) == 2 * 2
     result = run_cli(*args)
@@ -282,7 +279,7 @@ def test_a_signal_that_lands_in_the_llama_log_callback_still_stops(tiny_model_di
     run.send_signal(signal.SIGINT)
     _, stderr = run.communicate(timeout=RUN_TIMEOUT_S)
     assert run.returncode == 130, stderr
-    assert summary_of(out)["exit_code"] == 130 and summary_of(out)["videos_done"] == 0
+    assert last_run(out)["exit_code"] == 130 and last_run(out)["videos_done"] == 0
 
 
 # -- 10. entries that fail at planning ------------------------------------------------------------
@@ -373,7 +370,7 @@ def ray_run(cli_base: list[str], settings: list[str], **env: str) -> subprocess.
 @pytest.mark.allow_error_logs
 def test_a_disk_full_before_the_run_is_one_line(cli_base: list[str], tmp_path: Path) -> None:
     disk = tmp_path / "disk"
-    if not _mount_tmpfs(disk, "64k"):
+    if not mount_tmpfs(disk, "64k"):
         pytest.skip("mounting a tmpfs needs root (CI runs as root)")
     try:
         (disk / "out").mkdir()
@@ -438,7 +435,7 @@ def test_runs_started_together_log_apart(tiny_model_dir: Path, tmp_path: Path) -
     for run in runs:
         _, stderr = run.communicate(timeout=RUN_TIMEOUT_S)
         assert run.returncode == 0, stderr
-    logs = [Path(str(summary_of(tmp_path / f"out{i}")["log_file"])) for i in range(2)]
+    logs = [Path(str(last_run(tmp_path / f"out{i}")["log_file"])) for i in range(2)]
     assert [log.parent for log in logs] == [tmp_path / f"out{i}" / "_logs" for i in range(2)]
     assert sorted(p.name for p in tmp_path.iterdir()) == ["clip.mp4", "out0", "out1"]
     for i, log in enumerate(logs):

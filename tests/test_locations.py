@@ -14,8 +14,7 @@ import pytest
 
 from pipeline.caption import Captioner
 from pipeline.caption.tiny import TINY_MMPROJ_FILE, TINY_TEXT_FILE
-from tests.conftest import ROOT, RUN_TIMEOUT_S, SAMPLE_VIDEO, cli_env
-from tests.test_cli import assert_one_line_error
+from tests.conftest import ROOT, RUN_TIMEOUT_S, SAMPLE_VIDEO, assert_one_line_error, cli_env
 
 
 def run_elsewhere(cwd: Path, *args: str, code: str | None = None, **env: str) -> subprocess.CompletedProcess[str]:

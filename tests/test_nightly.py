@@ -2,10 +2,8 @@
 
 from __future__ import annotations
 
-import json
 import random
 import shutil
-import signal
 import subprocess
 import wave
 from collections.abc import Iterable, Iterator
@@ -27,7 +25,10 @@ from tests.conftest import (
     SAMPLE_VIDEO,
     answers,
     assert_no_key_twice,
+    kill,
+    last_run,
     make_night,
+    mount_tmpfs,
     night_args,
     run_cli,
     start_paused_run,
@@ -49,11 +50,6 @@ def night(tiny_model_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> dic
 
 def chunk_count(out: Path) -> int:
     return len(list(out.glob("*/part-*.parquet"))) if out.exists() else 0
-
-
-def kill(process: subprocess.Popen[str]) -> None:
-    process.send_signal(signal.SIGKILL)
-    process.wait()
 
 
 def test_sigkill_at_random_moments_then_resume(night: dict[str, Any], tiny_model_dir: Path, tmp_path: Path) -> None:
@@ -102,7 +98,7 @@ def test_rerun_of_a_finished_night_is_a_no_op_that_loads_no_model(tiny_model_dir
     assert result.returncode == 0, result.stderr
     assert "nothing to do" in result.stderr
     assert sorted(p.name for p in out.rglob("*.parquet")) == before
-    summary = json.loads((out / "_last_run.json").read_text())
+    summary = last_run(out)
     assert summary["videos_skipped"] == 3 and summary["frames"] == 0 and summary["workers"] == []
 
 
@@ -193,7 +189,7 @@ def test_folder_with_every_kind_of_bad_file(tiny_model_dir: Path, tmp_path: Path
     # ends where decoding ends (its header's count of 60 frames is no promise).
     assert 0 < frames_answered.pop("cut_mid_stream.avi") < 60
     assert frames_answered == {"v0.mp4": 6, "v1.mp4": 7}
-    summary = json.loads((out / "_last_run.json").read_text())
+    summary = last_run(out)
     assert summary["videos_failed"] == 5 and summary["exit_code"] == 2
 
 
@@ -242,18 +238,12 @@ def test_second_run_exits_75_and_killed_run_leaves_no_lock(tiny_model_dir: Path,
     assert third.returncode == 0, third.stderr
 
 
-def _mount_tmpfs(path: Path, size: str) -> bool:
-    path.mkdir(parents=True, exist_ok=True)
-    return subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={size}", "tmpfs", str(path)],
-                          capture_output=True).returncode == 0
-
-
 @pytest.mark.allow_error_logs
 def test_disk_full_keeps_committed_chunks_and_rerun_completes(
     tiny_model_dir: Path, tmp_path: Path
 ) -> None:
     disk = tmp_path / "disk"
-    if not _mount_tmpfs(disk, "64k"):
+    if not mount_tmpfs(disk, "64k"):
         pytest.skip("mounting a tmpfs needs root (CI runs as root)")
     try:
         videos = make_night(tmp_path / "videos", n_videos=3, n_frames=20)

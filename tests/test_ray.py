@@ -4,7 +4,6 @@ that), not whatever copy of the package is installed."""
 
 from __future__ import annotations
 
-import json
 import os
 import shutil
 import signal
@@ -25,6 +24,7 @@ from tests.conftest import (
     RUN_TIMEOUT_S,
     answers,
     cli_env,
+    last_run,
     make_night,
     night_args,
     run_cli,
@@ -176,7 +176,7 @@ def test_ray_run_equals_local_run_and_mixes_with_one(
     assert not ray_answers.duplicated(KEY).any()
     assert ray_answers[KEY].equals(night["answers"][KEY])
     assert ray_answers.answer.tolist() == night["answers"].answer.tolist()
-    summary = json.loads((out / "_last_run.json").read_text())
+    summary = last_run(out)
     assert (summary["videos_skipped"], summary["videos_done"], summary["exit_code"]) == (3, 3, 0)
     workers = {w["worker"]: w for w in summary["workers"]}
     assert set(workers) == {"actor-0", "actor-1"}
@@ -227,7 +227,7 @@ def test_killed_actor_loses_nothing(
     assert not resumed.duplicated(KEY).any()
     assert resumed[KEY].equals(night["answers"][KEY])
     assert resumed.answer.tolist() == night["answers"].answer.tolist()
-    workers = {w["worker"]: w for w in json.loads((out / "_last_run.json").read_text())["workers"]}
+    workers = {w["worker"]: w for w in last_run(out)["workers"]}
     assert len(workers["actor-0"]["processes"]) == 2  # restarted once, in a new process
 
 

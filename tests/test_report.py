@@ -26,7 +26,7 @@ from pipeline.errors import UserError
 from pipeline.report import main, printable, render_report, write_report
 from pipeline.results import load_results
 from pipeline.store import StoreError, read_metadata
-from tests.conftest import SAMPLE_VIDEO, default_thumbnail, run_cli
+from tests.conftest import SAMPLE_VIDEO, default_thumbnail, last_run, run_cli
 from tests.test_results import result_row, write_results
 
 CHROMIUM = shutil.which("chromium")
@@ -403,7 +403,7 @@ def test_report_of_a_tiny_run_in_chromium(cli_base: list[str], tmp_path: Path) -
     assert "generation\nmax_tokens 8, temperature 0.0, max_frames 3" in header
     assert "prompts\nDescribe this frame in one sentence. (3 answers, id " in header
     assert f"results\n1 video · 3 frames · 3 answers ({int(df.finish_reason.eq('length').sum())} cut" in header
-    run = json.loads((tmp_path / "out" / "_last_run.json").read_text())
+    run = last_run(tmp_path / "out")
     shown = re.search(r"3 frames in ([0-9.]+) s wall · ([0-9.]+) frames/s · exit 0", header)
     assert shown, header
     # Short runs show two decimals, longer ones one: compare the value, not a format.

@@ -3,7 +3,6 @@ its files, a dry run; and what of them goes into ``config_id``."""
 
 from __future__ import annotations
 
-import json
 import shutil
 from pathlib import Path
 
@@ -11,12 +10,7 @@ import pandas as pd
 
 from pipeline.caption.tiny import ensure_tiny_model
 from pipeline.store import read_metadata
-from tests.conftest import SAMPLE_VIDEO, make_night, run_cli
-from tests.test_cli import assert_one_line_error
-
-
-def last_run(out: Path) -> dict:
-    return json.loads((out / "_last_run.json").read_text())
+from tests.conftest import SAMPLE_VIDEO, assert_one_line_error, last_run, make_night, run_cli
 
 
 def test_a_window_takes_a_whole_runs_samples_there_and_a_wider_run_adds_the_rest(
