@@ -40,10 +40,19 @@ case "$plan" in
       T=75 bench mistral7b --seed "" --stall-s 30 --cases "$case"
     done
     ;;
-  call3)  # issue 15, not run: the one-pass prefill on call2's cases, F16 weights, the 34B shape
-    bench mistral7b --seed "" --frames 64 --cases "p=1;p=3,n=48"
-    bench mistral7b-f16 --seed "" --probe --frames 64 --cases "p=1;p=3,n=48"
-    bench yi34b --seed seed --seed-frames 4 --seed3-frames 2 --frames 32 --cases "p=1;p=3,n=24"
+  call6)  # next session, first call (not run yet): the defaults now (1 lane with 3 prompts) vs the
+          # seed and the peer's small batches (the memory-matched row), then Q8_0 weights
+    bench mistral7b --seed seed --seed-frames 6 --seed3-frames 3 --frames 64 --cases "p=1;p=3,n=32" \
+      --peer-batches 4,8,16 --peer-prompts 1,3 --peer-frames 32
+    bench mistral7b-q8 --seed "" --frames 64 --cases "p=1;p=3,n=32"
+    ;;
+  call7)  # next session, second call (not run yet): F16 weights, the Yi-34B shape, the 2-lane hang
+    bench mistral7b-f16 --seed "" --frames 64 --cases "p=1;p=3,n=32"
+    bench yi34b --seed seed --seed-frames 3 --seed3-frames 2 --frames 24 --cases "p=1;p=3,n=12" \
+      --peer-batches 1,2,4 --peer-prompts 1,3 --peer-frames 8
+    for var in GGML_CUDA_PDL=0 GGML_CUDA_DISABLE_GRAPHS=1; do
+      (export "$var"; T=60 bench mistral7b --seed "" --stall-s 25 --force-lanes --cases "p=3,n=24,lanes=2")
+    done
     ;;
   *) echo "unknown plan $plan"; exit 2 ;;
 esac
