@@ -50,6 +50,7 @@ KEYS = (
     ("engine.n_threads", "N", "llama.cpp CPU threads (null: physical cores less one)"),
     ("engine.parallel", "N", "frames in flight (null: 16 on a GPU, 4 on CPU)"),
     ("retry_failed", "BOOL", "try again the videos and frames that failed before"),
+    ("stall_timeout_s", "S", "end a run from which nothing came back for S seconds (exit 1; null: never)"),
     ("report", "BOOL", "write output_dir/_report.html at the end"),
     ("shard", "I", "with num_shards=N: do only this part of the videos"),
 )

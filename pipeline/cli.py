@@ -16,6 +16,7 @@ The command line builds the typed pieces once from the config (the sampler, the 
 from __future__ import annotations
 
 import logging
+import os
 import sys
 import time
 from collections.abc import Callable
@@ -46,6 +47,7 @@ from pipeline.sampling import Sampler
 from pipeline.signals import Stopped, stop_on_signals
 from pipeline.store import prepare_output_dir, remove_temporaries, write_json_atomic
 from pipeline.thumbnails import thumbnailer
+from pipeline.watchdog import StallWatch
 
 log = logging.getLogger("pipeline")
 
@@ -69,6 +71,10 @@ def run_from_config(cfg: DictConfig) -> int:
     log_file: Path | None = None
     with ExitStack() as stack:
         try:
+            if cfg.stall_timeout_s is not None and cfg.stall_timeout_s <= 0:
+                raise ConfigError(
+                    f"stall_timeout_s={cfg.stall_timeout_s}: give seconds above 0, or null to wait for ever"
+                )
             prompts = unique_prompts(prompts_of(cfg))
             spec = CaptionSpec.from_config(cfg, max_questions=len(prompts))
             sampler: Sampler = _instantiate(cfg.sampler)
@@ -141,7 +147,9 @@ def _run_locked(
                 log.info("started: %s -> %s", executor.describe(), output_dir)
                 if cfg.report:
                     write_json_atomic(report_due, {"since": started})
-                pipeline.run(tasks, executor, summary)
+                stalled = partial(_end_stalled_run, pipeline, summary, output_dir, started, cfg)
+                with StallWatch(lambda: pipeline.last_progress_s, cfg.stall_timeout_s, stalled):
+                    pipeline.run(tasks, executor, summary)
             finally:
                 executor.close()
         else:
@@ -159,6 +167,25 @@ def _run_locked(
     finally:
         write_summary(output_dir, summary, started, code, _shard_suffix(cfg))
     return code
+
+
+def _end_stalled_run(
+    pipeline: Pipeline, summary: RunSummary, output_dir: Path, started: float, cfg: DictConfig, idle_s: float
+) -> None:
+    """The way out of a run whose model or decoder stopped answering (:mod:`pipeline.watchdog`):
+    its thread waits inside llama.cpp or the decoder for good, where no exception reaches it, so
+    the process ends from the watching thread, after one line, the writes already under way and
+    ``_last_run.json``. Exit 1; the next run goes on from what was committed."""
+    log.error(
+        "stalled: nothing came back from the model or the decoder for %.0f s (stall_timeout_s=%s): "
+        "a GPU or a mount stopped responding; the run ends, what it committed is kept and the next "
+        "run goes on from there",
+        idle_s, cfg.stall_timeout_s,
+    )
+    pipeline.finish_writes(timeout_s=120)
+    write_summary(output_dir, summary, started, EXIT_CRASH, _shard_suffix(cfg))
+    logging.shutdown()
+    os._exit(EXIT_CRASH)
 
 
 def _log_outcome(summary: RunSummary, output_dir: Path, cfg: DictConfig) -> None:

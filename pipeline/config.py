@@ -155,6 +155,7 @@ class Config:
     output_dir: str = MISSING
     checkpoint_frames: int = MISSING
     retry_failed: bool = MISSING
+    stall_timeout_s: float | None = MISSING
     prompt: str | None = MISSING
     prompts: list[str] = MISSING
     prompts_file: str | None = MISSING

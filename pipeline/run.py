@@ -233,6 +233,10 @@ class Pipeline:
             raise ValueError("a read-only plan cannot retry failed videos (it would remove their records)")
         self.metadata = {**(metadata or {}), "versions": package_versions()}
         self.model_name = ""
+        # When work last came back from the executor (time.monotonic()), while a run waits on
+        # it; None otherwise. The command line's stall watch reads it (pipeline.watchdog).
+        self.last_progress_s: float | None = None
+        self._writes: list[Future[Any]] = []
 
     # -- planning (no model needed) ---------------------------------------------------------
 
@@ -347,7 +351,7 @@ class Pipeline:
             expected, enabled=show
         ) as progress:
             self._writer = writer
-            self._writes: list[Future[Any]] = []
+            self._writes = []
             self._progress = progress
             if executor is not None:
                 # The first task of the (one, first-in first-out) writer thread, so that every
@@ -365,8 +369,10 @@ class Pipeline:
                     questions=self.questions,
                     prefetch_frames=self.prefetch_frames,
                 )
+                self.last_progress_s = time.monotonic()
                 try:
                     for event in executor.run(work):
+                        self.last_progress_s = time.monotonic()
                         if isinstance(event, Decoded):
                             progress.video_decoded(event.video_index, event.sent)
                             self._take_decoded(todo[event.video_index], event)
@@ -380,10 +386,23 @@ class Pipeline:
                     for task in todo:  # what is answered is kept: the writer commits it on the way out
                         self._submit_chunk(task)
                     raise
+                finally:
+                    self.last_progress_s = None
             for future in self._writes:
                 future.result()
         if todo:
             write_videos_table(self.output_dir)
+
+    def finish_writes(self, timeout_s: float) -> None:
+        """Wait up to ``timeout_s`` for the writes submitted so far: a stalled run's way out,
+        from another thread, while the run's own thread waits on the model for good."""
+        deadline = time.monotonic() + timeout_s
+        for future in list(self._writes):
+            try:
+                future.result(timeout=max(0.0, deadline - time.monotonic()))
+            except Exception as error:  # noqa: BLE001  (the run is ending: say so and go on)
+                log.warning("a write did not finish: %s", error or type(error).__name__)
+                return
 
     def _hash_model_files(self, files: dict[str, str]) -> None:
         self.metadata["model_sha256"] = model_sha256(files)

@@ -11,6 +11,7 @@ Environment:
             (e.g. ``actor-0``), on the thread that dispatches the work;
         ``native_log:<n>``: inside llama.cpp's ``n``-th call of the log callback (as the model
             loads), where Python drops an exception that a signal handler raises;
+        ``step:<n>``: in the engine's ``n``-th decode step, as a GPU that stops responding;
         ``report``: everything committed, the report about to be written.
     PAUSE_MARKER: a file touched when the run stops there.
     PAUSE_RELEASE: a file whose appearance lets the run go on; without it, it waits until it
@@ -24,12 +25,13 @@ import os
 import time
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import llama_cpp
 
 import pipeline.report
 import pipeline.store
-from pipeline.caption.engine import native
+from pipeline.caption.engine import Engine, native
 from pipeline.executors.base import Captioned
 from pipeline.run import Pipeline, _VideoTask
 
@@ -98,6 +100,21 @@ def pause_in_native_log(n: int) -> None:
     native._log_callback = paused
 
 
+def pause_in_step(n: int) -> None:
+    """Stop in the engine's ``n``-th decode step."""
+    step = Engine._step
+    seen = 0
+
+    def paused_step(self: Engine, *args: Any) -> Any:
+        nonlocal seen
+        seen += 1
+        if seen == n:
+            pause()
+        return step(self, *args)
+
+    Engine._step = paused_step  # type: ignore[method-assign,assignment]
+
+
 def pause_before_report() -> None:
     """Stop when the report is about to be written."""
     write_report = pipeline.report.write_report
@@ -118,6 +135,8 @@ def main() -> None:
         pause_at_answer(where[0], int(where[1]))
     elif kind == "native_log":
         pause_in_native_log(int(where[0]))
+    elif kind == "step":
+        pause_in_step(int(where[0]))
     else:
         pause_before_report()
     from pipeline.cli import main as cli_main

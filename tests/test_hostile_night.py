@@ -27,9 +27,11 @@ import pytest
 
 from pipeline.inputs import shard_videos
 from tests.conftest import (
+    KEY,
     ROOT,
     RUN_TIMEOUT_S,
     SAMPLE_VIDEO,
+    answers,
     assert_one_line_error,
     cli_env,
     kill,
@@ -441,3 +443,33 @@ def test_runs_started_together_log_apart(tiny_model_dir: Path, tmp_path: Path) -
     for i, log in enumerate(logs):
         assert f"-> {tmp_path / f'out{i}'}" in log.read_text()
         assert f"out{1 - i}" not in log.read_text()
+
+
+@pytest.mark.allow_error_logs
+def test_a_run_whose_model_stops_answering_ends_and_the_next_night_goes_on(
+    tiny_model_dir: Path, tmp_path: Path
+) -> None:
+    """A GPU that stops responding leaves the engine waiting for good: the stall watch ends
+    the run with one line and exit 1, keeps its chunks and frees the lock for the next night
+    (which would otherwise stand down with 75, night after night)."""
+    videos = make_night(tmp_path / "videos", n_videos=2, n_frames=18)
+    out = tmp_path / "out"
+    args = night_args(videos, out, tiny_model_dir, tmp_path)
+    marker = tmp_path / "paused"
+    run = start_paused_run([*args, "stall_timeout_s=2"], "step:40", marker)  # a few chunks first
+    wait_for_pause(run, marker)
+    _, stderr = run.communicate(timeout=RUN_TIMEOUT_S)
+    assert_one_line_error(
+        subprocess.CompletedProcess(run.args, run.returncode, "", stderr), 1,
+        "stalled: nothing came back from the model", "stall_timeout_s=2",
+    )
+    assert last_run(out)["exit_code"] == 1
+    kept = answers(out)
+    assert len(kept) > 0 and not kept.duplicated(KEY).any()
+    bad = run_cli(*args, "stall_timeout_s=0")
+    assert_one_line_error(bad, 1, "stall_timeout_s=0", "null to wait for ever")
+    night = run_cli(*args)
+    assert night.returncode == 0, night.stderr
+    done = answers(out)
+    assert len(done) == 2 * (18 + 19) and not done.duplicated(KEY).any()
+    assert kept.merge(done, on=KEY).shape[0] == len(kept)  # what the stalled run kept stays

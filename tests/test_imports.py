@@ -23,7 +23,10 @@ LAYERS = [
         "pipeline.results", "pipeline.export", "pipeline.checksums",
     ),
     ("pipeline.store",),
-    ("pipeline.config", "pipeline.errors", "pipeline.paths", "pipeline.runlog", "pipeline.listfile", "pipeline"),
+    (
+        "pipeline.config", "pipeline.errors", "pipeline.paths", "pipeline.runlog", "pipeline.listfile",
+        "pipeline.watchdog", "pipeline",
+    ),
 ]
 
 
