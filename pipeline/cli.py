@@ -18,6 +18,7 @@ from __future__ import annotations
 import logging
 import os
 import sys
+import threading
 import time
 from collections.abc import Callable
 from contextlib import ExitStack
@@ -175,16 +176,24 @@ def _end_stalled_run(
     """The way out of a run whose model or decoder stopped answering (:mod:`pipeline.watchdog`):
     its thread waits inside llama.cpp or the decoder for good, where no exception reaches it, so
     the process ends from the watching thread, after one line, the writes already under way and
-    ``_last_run.json``. Exit 1; the next run goes on from what was committed."""
-    log.error(
-        "stalled: nothing came back from the model or the decoder for %.0f s (stall_timeout_s=%s): "
-        "a GPU or a mount stopped responding; the run ends, what it committed is kept and the next "
-        "run goes on from there",
-        idle_s, cfg.stall_timeout_s,
-    )
-    pipeline.finish_writes(timeout_s=120)
-    write_summary(output_dir, summary, started, EXIT_CRASH, _shard_suffix(cfg))
-    logging.shutdown()
+    ``_last_run.json``. Exit 1; the next run goes on from what was committed. The wrap-up gets
+    at most 3 minutes: on a mount that stopped answering, writing the log or the summary can
+    hang too, and the process must end all the same."""
+
+    def wrap_up() -> None:
+        log.error(
+            "stalled: nothing came back from the model or the decoder for %.0f s (stall_timeout_s=%s): "
+            "a GPU or a mount stopped responding; the run ends, what it committed is kept and the next "
+            "run goes on from there",
+            idle_s, cfg.stall_timeout_s,
+        )
+        pipeline.finish_writes(timeout_s=120)
+        write_summary(output_dir, summary, started, EXIT_CRASH, _shard_suffix(cfg))
+        logging.shutdown()
+
+    helper = threading.Thread(target=wrap_up, name="stall-wrap-up", daemon=True)
+    helper.start()
+    helper.join(timeout=180)
     os._exit(EXIT_CRASH)
 
 
