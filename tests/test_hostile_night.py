@@ -456,12 +456,14 @@ def test_a_run_whose_model_stops_answering_ends_and_the_next_night_goes_on(
     out = tmp_path / "out"
     args = night_args(videos, out, tiny_model_dir, tmp_path)
     marker = tmp_path / "paused"
-    run = start_paused_run([*args, "stall_timeout_s=2"], "step:40", marker)  # a few chunks first
+    # A few chunks first. The timeout is far above any gap between a healthy tiny-model run's
+    # answers (well under a second), so that only the pause can reach it, also on a busy machine.
+    run = start_paused_run([*args, "stall_timeout_s=10"], "step:40", marker)
     wait_for_pause(run, marker)
     _, stderr = run.communicate(timeout=RUN_TIMEOUT_S)
     assert_one_line_error(
         subprocess.CompletedProcess(run.args, run.returncode, "", stderr), 1,
-        "stalled: nothing came back from the model", "stall_timeout_s=2",
+        "stalled: nothing came back from the model", "stall_timeout_s=10",
     )
     assert last_run(out)["exit_code"] == 1
     kept = answers(out)
