@@ -221,7 +221,7 @@ class Pipeline:
         # What a video's done marker vouches for: the window and the cap limit which of the
         # config's samples are asked about, so a wider run later adds the missing ones.
         self.work_id = settings_id({
-            "config": config_id, "prompts": sorted(q.prompt_id for q in self.questions),
+            "config": config_id, "prompts": sorted(self._prompt_ids),
             "max_frames": max_frames, "start_s": start_s, "end_s": end_s,
         })
         self.checkpoint_frames = max(checkpoint_frames, 1)
@@ -342,9 +342,6 @@ class Pipeline:
         failed_at_plan = [t for t in tasks if t.outcome.status == "error"]
         if isinstance(executor, Captioner):
             executor = LocalExecutor(executor)
-        if executor is not None:
-            self.model_name = executor.model_name
-            self.metadata["model_files"] = executor.model_files
         show = sys.stderr.isatty()
         expected: list[int | None] = [self.expected_frames(t) if show else None for t in todo]
         with ThreadPoolExecutor(max_workers=1, thread_name_prefix="write") as writer, Progress(
@@ -354,6 +351,8 @@ class Pipeline:
             self._writes = []
             self._progress = progress
             if executor is not None:
+                self.model_name = executor.model_name
+                self.metadata["model_files"] = executor.model_files
                 # The first task of the (one, first-in first-out) writer thread, so that every
                 # write has the digests while the model already captions: a first run hashes
                 # gigabytes (about 1 s a GB on the GPU machine), once per file.
