@@ -17,7 +17,6 @@ import pipeline.run
 from pipeline import checksums
 from pipeline.caption import Captioner
 from pipeline.checksums import cache_path, file_sha256, model_sha256
-from pipeline.config import compose_config
 from pipeline.run import Pipeline
 from pipeline.sampling import AllSampler
 from pipeline.store import read_metadata
@@ -110,11 +109,10 @@ def test_hashing_does_not_hold_up_the_model(
 
     monkeypatch.setattr(Pipeline, "_take_answers", take)
     monkeypatch.setattr(pipeline.run, "model_sha256", hash_after_the_first_answer)
-    cfg = compose_config(["model=tiny", f"model.dir={tiny_model_dir}", "video=x", "generation.max_tokens=4"])
     out = tmp_path / "out"
     out.mkdir()
     run = Pipeline(AllSampler(), ["What?"], out, config_id="c1", prefetch_frames=4, max_frames=3)
-    with Captioner.from_config(cfg) as captioner:
+    with Captioner.from_preset("tiny", f"model.dir={tiny_model_dir}", "generation.max_tokens=4") as captioner:
         summary = run.run(run.plan([SAMPLE_VIDEO]), captioner)
 
     assert summary.frames == 3
