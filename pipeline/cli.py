@@ -273,8 +273,10 @@ def answer_settings(config: dict[str, Any]) -> dict[str, Any]:
     """The settings that shape answers, hashed into ``config_id``: the model (which files, by
     name, and how they run), generation, sampler and system prompt. Where the weights are
     (``model.dir``, ``model.download``, the folders of ``model.text``/``model.mmproj``) does
-    not shape answers: moving them does not redo a night."""
-    model = {k: v for k, v in config["model"].items() if k not in ("dir", "download", "text", "mmproj")}
+    not shape answers: moving them does not redo a night; nor does loading the same weights
+    as F16 (``model.text_type``), which ``auto`` decides per machine."""
+    unshaping = ("dir", "download", "text", "mmproj", "text_type")
+    model = {k: v for k, v in config["model"].items() if k not in unshaping}
     for key, file_key in (("text", "text_file"), ("mmproj", "mmproj_file")):
         if config["model"][key] is not None:
             model[file_key] = Path(config["model"][key]).name

@@ -38,6 +38,7 @@ class ModelConfig:
     download: bool = MISSING
     generated: bool = MISSING
     quantized: bool = MISSING
+    text_type: str = MISSING
     chat_format: str = MISSING
     image_layout: str = MISSING
     system_prompt: str | None = MISSING

@@ -97,3 +97,8 @@ def test_moving_the_weights_does_not_redo_a_night(tiny_model_dir: Path, cli_base
     other = run_cli(f"video={SAMPLE_VIDEO}", *cli_base, "max_frames=2", f"model.text={text}")
     assert other.returncode == 0, other.stderr
     assert pd.read_parquet(tmp_path / "out").config_id.nunique() == 2
+    # The same weights loaded as F16 (model.text_type) are the same config.
+    as_f16 = run_cli(f"video={SAMPLE_VIDEO}", *cli_base, "max_frames=2", f"model.text={text}", "model.text_type=f16",
+                     f"model.dir={moved}")
+    assert as_f16.returncode == 0, as_f16.stderr
+    assert "nothing to do" in as_f16.stderr and last_run(tmp_path / "out")["frames"] == 0

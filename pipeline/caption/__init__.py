@@ -33,9 +33,11 @@ from pipeline.caption.engine import (
 )
 from pipeline.caption.engine.native import runs_on_gpu
 from pipeline.caption.formats import get_chat_format
+from pipeline.caption.gpu_fit import TEXT_TYPES, frames_in_flight, pick_text_weights
 from pipeline.caption.weights import ModelFiles, ModelSource, check_pair
 from pipeline.config import EngineConfig, GenerationConfig, ModelConfig, compose_config, prompts_of
 from pipeline.errors import BuildError, ConfigError, WeightsError
+from pipeline.paths import user_cache_dir
 
 __all__ = [
     "Answer",
@@ -71,7 +73,9 @@ def make_questions(prompts: Iterable[str]) -> list[Question]:
 
 
 def default_parallel(on_gpu: bool) -> int:
-    """Frames in flight when ``engine.parallel`` is null: 16 with layers on a GPU, else 4.
+    """Frames in flight when ``engine.parallel`` is null: 16 with layers on a GPU, else 4;
+    on a GPU then lowered where their KV cache does not fit its free memory
+    (:func:`~pipeline.caption.gpu_fit.frames_in_flight`).
 
     16 kept an H100 busy with a 7B model (BENCHMARKS.md); on a CPU more frames in flight only
     make each answer wait longer.
@@ -221,12 +225,19 @@ class Captioner:
 
         Raises:
             BuildError: Layers asked on a GPU of a llama.cpp built without GPU support.
-            WeightsError: Files missing or not matching.
+            WeightsError: Files missing or not matching, or their F16 copy cannot be made
+                (``model.text_type=f16``).
         """
         check_gpu_build(spec.model.n_gpu_layers)
         files = spec.source.resolve()
         check_pair(files)
-        return cls(spec.engine_settings(files), spec.model.name, files)
+        settings = spec.engine_settings(files)
+        copy_dir = spec.source.model_dir or user_cache_dir() / "f16"
+        files = pick_text_weights(files, spec.model.text_type, settings, copy_dir)
+        settings = replace(settings, text_model=str(files.text_model))
+        if spec.engine.parallel is None:
+            settings = replace(settings, parallel=frames_in_flight(settings, files))
+        return cls(settings, spec.model.name, files)
 
     @classmethod
     def from_config(cls, cfg: DictConfig, max_questions: int | None = None) -> Captioner:
@@ -345,6 +356,10 @@ def _check(spec: CaptionSpec) -> None:
             f"engine.flash_attn must be auto, on or off, got {eng.flash_attn!r}",
         ),
         (spec.model.n_ctx >= 512, f"model.n_ctx must be >= 512, got {spec.model.n_ctx}"),
+        (
+            spec.model.text_type in TEXT_TYPES,
+            f"model.text_type must be one of {', '.join(TEXT_TYPES)}, got {spec.model.text_type!r}",
+        ),
         (
             spec.model.image_layout in IMAGE_LAYOUTS,
             f"model.image_layout must be one of {', '.join(IMAGE_LAYOUTS)}, got {spec.model.image_layout!r}",

@@ -19,7 +19,6 @@ an older generator are not reused.
 
 from __future__ import annotations
 
-import ctypes
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -27,6 +26,7 @@ from pathlib import Path
 import gguf
 import numpy as np
 
+from pipeline.caption.convert import llama_quantize
 from pipeline.store import write_atomic
 
 _VERSION = "v2"
@@ -151,7 +151,10 @@ def ensure_tiny_model(cache_dir: Path, quantized: bool = False) -> tuple[Path, P
         ),
     )
     if quantized:
-        text_path = _ensure_file(cache_dir / TINY_TEXT_Q8_FILE, lambda out: _quantize_q8_0(text_path, out))
+        source = text_path
+        text_path = _ensure_file(
+            cache_dir / TINY_TEXT_Q8_FILE, lambda out: llama_quantize(source, out, FILE_TYPES["Q8_0"])
+        )
     return text_path, mmproj_path
 
 
@@ -369,18 +372,3 @@ def _ones(n: int) -> np.ndarray:
 def _zeros(n: int) -> np.ndarray:
     """A norm bias (shift 0)."""
     return np.zeros(n, dtype=np.float32)
-
-
-def _quantize_q8_0(source: Path, out: Path) -> None:
-    """Quantize the text model ``source`` to Q8_0 into ``out`` with llama.cpp.
-
-    Raises:
-        RuntimeError: llama.cpp reported a failure.
-    """
-    import llama_cpp
-
-    params = llama_cpp.llama_model_quantize_default_params()
-    params.ftype = llama_cpp.LLAMA_FTYPE_MOSTLY_Q8_0
-    status = llama_cpp.llama_model_quantize(str(source).encode(), str(out).encode(), ctypes.byref(params))
-    if status != 0:
-        raise RuntimeError(f"llama_model_quantize failed with status {status} for {source}")

@@ -25,6 +25,8 @@ from pipeline.paths import user_cache_dir
 
 log = logging.getLogger(__name__)
 
+_FLOAT_TYPES = (gguf.GGMLQuantizationType.F32, gguf.GGMLQuantizationType.F16, gguf.GGMLQuantizationType.BF16)
+
 
 @dataclass(frozen=True)
 class ModelFiles:
@@ -191,6 +193,11 @@ def check_pair(files: ModelFiles) -> None:
             f"mmproj {files.mmproj.name} projects to {projector_out} dims but text model "
             f"{files.text_model.name} embeds {n_embd}; use the mmproj made for this text model"
         )
+
+def quantized_weights(path: str | Path) -> bool:
+    """Whether the text model's matrices are quantized (not F32, F16 or BF16)."""
+    return any(len(t.shape) > 1 and t.tensor_type not in _FLOAT_TYPES for t in read_gguf(path).tensors)
+
 
 
 def read_gguf(path: str | Path) -> gguf.GGUFReader:

@@ -302,9 +302,9 @@ def _cgroup_cpu_quota(cgroup: Path) -> int | None:
 _GPU_DEVICE_TYPES = (1, 2)
 
 
-def devices() -> tuple[list[str], str]:
-    """The GPUs llama.cpp sees (``CUDA0 (NVIDIA H200)``, ...) and the CPU's name, from ggml's
-    device registry; empty and ``""`` where this build's library does not expose it."""
+def _ggml() -> ctypes.CDLL | None:
+    """ggml's library with the device-registry functions typed; ``None`` where this build's
+    library does not expose them."""
     try:
         ggml = load_shared_library("ggml", Path(llama_cpp.__file__).parent / "lib")
         ggml.ggml_backend_dev_count.restype = ctypes.c_size_t
@@ -315,7 +315,19 @@ def devices() -> tuple[list[str], str]:
             getattr(ggml, name).argtypes = [ctypes.c_void_p]
         ggml.ggml_backend_dev_type.restype = ctypes.c_int
         ggml.ggml_backend_dev_type.argtypes = [ctypes.c_void_p]
+        ggml.ggml_backend_dev_memory.restype = None
+        size_p = ctypes.POINTER(ctypes.c_size_t)
+        ggml.ggml_backend_dev_memory.argtypes = [ctypes.c_void_p, size_p, size_p]
     except (OSError, AttributeError, RuntimeError):
+        return None
+    return ggml
+
+
+def devices() -> tuple[list[str], str]:
+    """The GPUs llama.cpp sees (``CUDA0 (NVIDIA H200)``, ...) and the CPU's name, from ggml's
+    device registry; empty and ``""`` where this build's library does not expose it."""
+    ggml = _ggml()
+    if ggml is None:
         return [], ""
     gpus, cpu = [], ""
     for index in range(ggml.ggml_backend_dev_count()):
@@ -328,6 +340,21 @@ def devices() -> tuple[list[str], str]:
         elif kind == 0 and not cpu:
             cpu = description
     return gpus, cpu
+
+
+def gpu_free_bytes() -> int:
+    """Free memory of all GPUs llama.cpp sees, summed (0 without a GPU or a readable registry)."""
+    ggml = _ggml()
+    if ggml is None:
+        return 0
+    total = 0
+    for index in range(ggml.ggml_backend_dev_count()):
+        device = ggml.ggml_backend_dev_get(index)
+        if ggml.ggml_backend_dev_type(device) in _GPU_DEVICE_TYPES:
+            free, size = ctypes.c_size_t(0), ctypes.c_size_t(0)
+            ggml.ggml_backend_dev_memory(device, ctypes.byref(free), ctypes.byref(size))
+            total += free.value
+    return total
 
 
 def flash_attn_type(setting: str, on_gpu: bool) -> int:

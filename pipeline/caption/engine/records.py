@@ -61,9 +61,10 @@ class EngineSettings:
             slot (``parallel x max_questions``).
         max_decode_seqs: Most sequences per ``llama_decode`` in a decode step (0: all at once;
             ``None``: auto, groups of 8 up to 16 active sequences when llama.cpp's CUDA backend
-            was built with ``GGML_CUDA_FORCE_CUBLAS`` and layers run on the GPU, else all at
-            once). With that build a group of at most 8 stays on the quantized matrix-vector
-            kernel instead of dequantizing all weights to F16 for the step.
+            was built with ``GGML_CUDA_FORCE_CUBLAS``, layers run on the GPU and the text
+            weights are quantized, else all at once). With that build a group of at most 8
+            stays on the quantized matrix-vector kernel instead of dequantizing all weights to
+            F16 for the step; F16 weights are read once per step either way.
         lanes: llama.cpp contexts (on the one model) that share the frames in flight, each
             driven by its own thread (``None``: 2 when layers run on a GPU, else 1; on a GPU
             always 1 when ``max_questions`` > 1: :func:`.scheduler.lane_count`).

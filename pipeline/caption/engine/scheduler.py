@@ -62,6 +62,7 @@ from pipeline.caption.engine.records import (
 )
 from pipeline.caption.engine.source import END, FrameSource
 from pipeline.caption.engine.vision import FrameImage, Vision
+from pipeline.caption.weights import quantized_weights
 from pipeline.errors import ConfigError
 
 _log = logging.getLogger(__name__)
@@ -197,7 +198,7 @@ class Engine:
         self._eog = model.end_of_generation_ids() if s.ignore_eos else np.zeros(0, np.int64)
         # None: auto (see _decode_group); 0: all active sequences in one llama_decode.
         if s.max_decode_seqs is None:
-            self._max_decode_seqs = -8 if model.on_gpu and cublas_build() else 0
+            self._max_decode_seqs = -8 if model.on_gpu and cublas_build() and quantized_weights(s.text_model) else 0
         else:
             self._max_decode_seqs = s.max_decode_seqs
         if s.prepare_ahead > 0 and (model.on_gpu or n_threads < usable_cores()):

@@ -1,0 +1,188 @@
+"""What the GPU's free memory decides: F16 text weights, and how many frames fit in flight.
+
+**Text weights** (``model.text_type``). With the README's CUDA build (``GGML_CUDA_FORCE_CUBLAS``),
+llama.cpp multiplies quantized weights (Q5_K_M, Q8_0) by first dequantizing all of them to
+F16, in every ``llama_decode`` of more than 8 tokens: every prefill, and every decode step of
+more than 8 sequences. F16 weights skip that pass: on an H200, 5.2 -> 6.4 frames/s with one
+prompt and 3.0 -> 4.8 with three (BENCHMARKS.md, "F16 text weights"). The copy holds the values
+the quantized file stands for (llama.cpp's own quantize tool dequantizes them once, on the
+CPU), at 2 bytes a weight: about 14.5 GB for a 7B model, 69 GB for the 34B.
+
+* ``keep``: load the file as it is;
+* ``f16``: load its F16 copy, made once and kept in ``model.dir`` (else in the user cache,
+  :func:`pipeline.paths.user_cache_dir`) as ``<name>.F16.gguf``;
+* ``auto`` (the default): ``f16`` when the text model runs on a GPU whose free memory holds
+  the copy, the KV cache and the projector with a margin, and the disk has room for the copy;
+  else ``keep``, with a line in the log saying why.
+
+**Frames in flight** (``engine.parallel: null``). The GPU default, 16, where their KV cache
+fits in the free memory beside the weights; else the largest half of it that fits, so that the
+context starts instead of failing. (32 with three prompts measured +10 % on an H200 before a
+frame's questions shared one call, and were not measured after it: ``engine.parallel=32``.)
+"""
+
+from __future__ import annotations
+
+import logging
+import shutil
+import time
+from dataclasses import replace
+from pathlib import Path
+
+from pipeline.caption.convert import llama_quantize
+from pipeline.caption.engine import EngineSettings
+from pipeline.caption.engine.native import gpu_free_bytes, runs_on_gpu, usable_cores
+from pipeline.caption.tiny import FILE_TYPES
+from pipeline.caption.weights import ModelFiles, quantized_weights, read_gguf
+from pipeline.errors import WeightsError
+from pipeline.store import write_atomic
+
+log = logging.getLogger(__name__)
+
+TEXT_TYPES = ("auto", "keep", "f16")
+
+# Beyond weights and KV cache on the GPU: compute buffers of the lanes and of CLIP (measured
+# 2-3 GB with a 7B on an H200), and what other processes may take meanwhile.
+GPU_MARGIN_BYTES = 4 << 30
+# Free disk the copy leaves behind.
+DISK_MARGIN_BYTES = 1 << 30
+# A temporary copy file untouched this long was left by a writer that was killed.
+ABANDONED_S = 600.0
+
+
+def pick_text_weights(files: ModelFiles, setting: str, settings: EngineSettings, copy_dir: Path) -> ModelFiles:
+    """The model files to load under ``model.text_type`` = ``setting``.
+
+    Args:
+        files: The model pair as found.
+        setting: ``auto``, ``keep`` or ``f16``.
+        settings: The engine settings the model will run with (GPU layers, frames in flight,
+            questions, context: they size the KV cache that must fit beside the weights).
+        copy_dir: Where the F16 copy is kept.
+
+    Raises:
+        WeightsError: ``f16`` asked and the copy cannot be made (no room on the disk, or
+            llama.cpp failed).
+    """
+    if setting == "keep" or not quantized_weights(files.text_model):
+        return files
+    copy = copy_dir / f"{files.text_model.stem}.F16.gguf"
+    need = f16_bytes(files.text_model)
+    if setting == "auto":
+        fits, why = f16_fits(
+            runs_on_gpu(settings.n_gpu_layers),
+            need + kv_bytes(files.text_model, settings) + files.mmproj.stat().st_size + GPU_MARGIN_BYTES,
+            gpu_free_bytes(),
+        )
+        if fits and not _is_current(copy, files.text_model):
+            fits, why = _disk_fits(copy_dir, need)
+        if not fits:
+            if why:
+                log.info("model.text_type=auto: keeping %s as it is: %s", files.text_model.name, why)
+            return files
+    elif not _is_current(copy, files.text_model):
+        fits, why = _disk_fits(copy_dir, need)
+        if not fits:
+            raise WeightsError(f"model.text_type=f16: {why}; free some space, or set model.text_type=keep")
+    return replace(files, text_model=_f16_copy(files.text_model, copy))
+
+
+def frames_in_flight(settings: EngineSettings, files: ModelFiles) -> int:
+    """Frames in flight for ``engine.parallel: null`` (``settings.parallel`` holds the device's
+    default): on a GPU, the default where its KV cache fits in the free memory beside these
+    weights, else the largest half of it that does; where none fits, the default (llama.cpp
+    then says what failed). Elsewhere the default."""
+    default = settings.parallel
+    if not runs_on_gpu(settings.n_gpu_layers):
+        return default
+    free = gpu_free_bytes()
+    fixed = files.text_model.stat().st_size + files.mmproj.stat().st_size + GPU_MARGIN_BYTES
+    for parallel in (default >> shift for shift in range(default.bit_length())):
+        if fixed + kv_bytes(files.text_model, replace(settings, parallel=parallel)) <= free:
+            if parallel != default:
+                log.warning(
+                    "engine.parallel: %d frames in flight instead of %d, for the GPUs' %.1f GB free "
+                    "(KV cache of %d prompts a frame)", parallel, default, free / 1e9, settings.max_questions,
+                )
+            return parallel
+    return default
+
+
+def f16_fits(on_gpu: bool, need_bytes: int, free_bytes: int) -> tuple[bool, str]:
+    """Whether ``auto`` takes F16 weights: on a GPU whose free memory holds ``need_bytes``
+    (F16 weights, KV cache, projector and margin); with the reason when not ("" on a CPU)."""
+    if not on_gpu:
+        return False, ""
+    if need_bytes > free_bytes:
+        return False, (
+            f"F16 weights with the KV cache would need {need_bytes / 1e9:.1f} GB of the GPUs' "
+            f"{free_bytes / 1e9:.1f} GB free"
+        )
+    return True, ""
+
+
+def f16_bytes(path: Path) -> int:
+    """Bytes of the text model with its matrices in F16 (vectors stay F32)."""
+    return sum(int(t.n_elements) * (2 if len(t.shape) > 1 else 4) for t in read_gguf(path).tensors)
+
+
+def kv_bytes(path: Path, settings: EngineSettings) -> int:
+    """Bytes of the engine's KV cache (F16 keys and values) for this text model: a stream of
+    ``n_ctx`` cells per sequence slot, or with ``kv_unified`` ``n_ctx`` cells per frame."""
+    reader = read_gguf(path)
+    arch = str(reader.get_field("general.architecture").contents())  # type: ignore[union-attr]
+
+    def number(key: str) -> int:
+        field = reader.get_field(f"{arch}.{key}")
+        if field is None:
+            raise WeightsError(f"{path.name} has no {arch}.{key}; not a text model")
+        return int(field.contents())
+
+    head_dim = number("embedding_length") // number("attention.head_count")
+    per_cell = number("block_count") * number("attention.head_count_kv") * head_dim * 2 * 2
+    cells = settings.n_ctx * settings.parallel * (1 if settings.kv_unified else settings.max_questions)
+    return cells * per_cell
+
+
+def _f16_copy(source: Path, copy: Path) -> Path:
+    """``copy``, written from ``source`` first unless it is there and newer."""
+    if _is_current(copy, source):
+        return copy
+    copy.parent.mkdir(parents=True, exist_ok=True)
+    _remove_abandoned(copy)
+    log.info(
+        "writing an F16 copy of %s for the GPU (%.1f GB, once) to %s; model.text_type=keep loads the file as it is",
+        source.name, f16_bytes(source) / 1e9, copy,
+    )
+    t0 = time.perf_counter()
+    write_atomic(copy, lambda out: llama_quantize(source, out, FILE_TYPES["F16"], usable_cores(), requantize=True))
+    log.info("F16 copy written in %.0f s", time.perf_counter() - t0)
+    return copy
+
+
+def _remove_abandoned(copy: Path) -> None:
+    """Remove what a killed writer of ``copy`` left: its temporary files (``write_atomic``'s
+    names) untouched for :data:`ABANDONED_S`; one being written is touched all the time."""
+    for temporary in copy.parent.glob(f".{copy.name}.*.tmp"):
+        try:
+            if time.time() - temporary.stat().st_mtime > ABANDONED_S:
+                temporary.unlink()
+                log.info("removed %s, left by a conversion that did not finish", temporary.name)
+        except FileNotFoundError:  # its writer finished or removed it meanwhile
+            continue
+
+
+def _is_current(copy: Path, source: Path) -> bool:
+    return copy.is_file() and copy.stat().st_mtime >= source.stat().st_mtime
+
+
+def _disk_fits(folder: Path, need: int) -> tuple[bool, str]:
+    """Whether ``folder`` (or its nearest existing parent) has room for ``need`` bytes and the margin."""
+    existing = folder
+    while not existing.exists() and existing != existing.parent:
+        existing = existing.parent
+    free = shutil.disk_usage(existing).free
+    if need + DISK_MARGIN_BYTES > free:
+        return False, f"its F16 copy needs {need / 1e9:.1f} GB in {folder}, which has {free / 1e9:.1f} GB free"
+    return True, ""
+
