@@ -510,12 +510,11 @@ class Engine:
             return started + others, finished  # their questions' tokens go into the next step's batch
         # One stream per sequence: llama.cpp splits a batch into ubatches with equally many
         # tokens per stream, so the questions' tokens next to other sequences' single tokens
-        # would cost a forward pass per token; evaluate each question alone, now.
-        for seq in others:
-            alone = [seq]
-            finished += self._step(lane, alone)
-            started += alone
-        return started, finished
+        # would cost a forward pass per token; evaluate this frame's questions now, together
+        # (one call: a ubatch of their common length, then the rest of the longer ones).
+        asking = list(others)
+        finished += self._step(lane, asking)
+        return started + asking, finished
 
     def _n_prompt(self, frame: _Frame[Any], index: int) -> int:
         """Tokens of the frame's prompt for question ``index``: text, image and question."""
@@ -769,10 +768,11 @@ def lane_count(setting: int | None, on_gpu: bool, max_questions: int, parallel: 
     GPU and 1 on the CPU; at most one per frame in flight.
 
     On a GPU, one lane when frames may be asked several questions: there two lanes hung on an
-    H200 in 4 runs of 4 (every thread waiting on the GPU, no progress; with a unified KV cache,
-    a CUDA "illegal instruction" instead), while one lane answered 3 questions a frame as fast
-    as two had before (benchmarks/NOTES-gpu.md, session 5). A setting above 1 is then lowered,
-    with a warning.
+    H200 in 5 runs of 6 (every thread waiting on the GPU, no progress; with a unified KV cache,
+    a CUDA "illegal instruction" instead; also with ``GGML_CUDA_PDL=0``). The one run that
+    finished, with CUDA graphs off (``GGML_CUDA_DISABLE_GRAPHS=1``), was slower than one lane
+    (4.49 against 4.80-5.10 frames/s; benchmarks/NOTES-gpu.md, sessions 5 and 6). A setting
+    above 1 is then lowered, with a warning.
     """
     lanes = max(1, min(setting or (2 if on_gpu else 1), parallel))
     if on_gpu and max_questions > 1 and lanes > 1:
