@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # One device call: build llama-cpp-python with CUDA, then run the measurement plan PLAN
-# (call1 | call2 | call3) within the call's time, writing raw records under $OUT.
+# (callN below) within the call's time, writing raw records under $OUT.
 # Usage (device tool, carry [".gpu"]): bash benchmarks/gpu_call.sh call1
 set -uo pipefail
 plan=${1:?plan}
@@ -40,19 +40,28 @@ case "$plan" in
       T=75 bench mistral7b --seed "" --stall-s 30 --cases "$case"
     done
     ;;
-  call6)  # next session, first call (not run yet): the defaults now (1 lane with 3 prompts) vs the
-          # seed and the peer's small batches (the memory-matched row), then Q8_0 weights
-    bench mistral7b --seed seed --seed-frames 6 --seed3-frames 3 --frames 64 --cases "p=1;p=3,n=32" \
-      --peer-batches 4,8,16 --peer-prompts 1,3 --peer-frames 32
-    bench mistral7b-q8 --seed "" --frames 64 --cases "p=1;p=3,n=32"
+  call8)  # session 6, first call: F16 text weights (the pipeline's own copy of the Q5_K_M file,
+          # model.text_type=f16) against the Q5_K_M file as it is, 1 and 3 prompts, and 32 in flight
+    bench mistral7b --seed "" --frames 64 \
+      --cases "p=1,w=f16;p=3,n=32,w=f16;p=1,w=keep;p=3,n=32,w=keep;p=3,n=32,par=32,w=f16;p=1,par=32,w=f16"
     ;;
-  call7)  # next session, second call (not run yet): F16 weights, the Yi-34B shape, the 2-lane hang
-    bench mistral7b-f16 --seed "" --frames 64 --cases "p=1;p=3,n=32"
-    bench yi34b --seed seed --seed-frames 3 --seed3-frames 2 --frames 24 --cases "p=1;p=3,n=12" \
-      --peer-batches 1,2,4 --peer-prompts 1,3 --peer-frames 8
+  call9)  # session 6, second call (warm machine): the defaults (model.text_type=auto) vs the seed and
+          # the peer's batch sweep in one run; then 3 prompts with 2 lanes under two CUDA switches
+    bench mistral7b --seed seed --seed-frames 6 --seed3-frames 3 --frames 64 --cases "p=1;p=3,n=32" \
+      --peer-batches 4,8,16,32,64,128 --peer-prompts 1,3 --peer-frames 16
     for var in GGML_CUDA_PDL=0 GGML_CUDA_DISABLE_GRAPHS=1; do
       (export "$var"; T=60 bench mistral7b --seed "" --stall-s 25 --force-lanes --cases "p=3,n=24,lanes=2")
     done
+    ;;
+  call10)  # session 6, third call (warm machine): the Yi-34B shape vs the seed and the peer
+    rm -f /tmp/models/random-llava-mistral7b*  # room on the 64 GB disk for the 24 GB model
+    bench yi34b --seed seed --seed-frames 3 --seed3-frames 2 --frames 24 --cases "p=1;p=3,n=12" \
+      --peer-batches 1,2,4,8 --peer-prompts 1,3 --peer-frames 4
+    ;;
+  call11)  # session 6, last call (fresh machine): a frame's other questions in one llama_decode
+           # (the engine's default since), 1 and 3 prompts, vs the peer's 3-prompt sweep, one run
+    bench mistral7b --seed "" --frames 64 --cases "p=1;p=3" \
+      --peer-batches 8,16,32,64 --peer-prompts 3 --peer-frames 16
     ;;
   *) echo "unknown plan $plan"; exit 2 ;;
 esac

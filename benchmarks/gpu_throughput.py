@@ -50,7 +50,7 @@ import tempfile
 import threading
 import time
 from collections.abc import Iterator
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any, cast
 
@@ -67,6 +67,7 @@ from benchmarks.random_llava import CLIP_VIT_L_336, MISTRAL_7B_TEXT, YI_34B_TEXT
 from pipeline.caption import Captioner, EngineStats, make_questions  # noqa: E402
 from pipeline.caption.engine import Engine, EngineSettings, scheduler  # noqa: E402
 from pipeline.caption.formats import get_chat_format  # noqa: E402
+from pipeline.caption.gpu_fit import pick_text_weights  # noqa: E402
 from pipeline.caption.tiny import TINY_TEXT, TINY_VISION, TextShape, VisionShape  # noqa: E402
 from pipeline.caption.weights import ModelFiles  # noqa: E402
 from pipeline.checksums import model_sha256  # noqa: E402
@@ -291,6 +292,7 @@ class EngineCase:
     max_decode_seqs: int | None = None  # None: the engine's automatic grouping
     lanes: int | None = None  # None: the engine's default (2 on a GPU)
     layout: str = "reference"
+    text_type: str = "auto"  # model.text_type: auto | keep | f16 (an F16 copy made by the pipeline)
     frames: int = 48
     label: str = ""
 
@@ -301,6 +303,7 @@ class EngineCase:
             + (" clip-overlap" if self.overlap_clip else "")
             + (f" chunk{self.max_decode_seqs}" if self.max_decode_seqs is not None else "")
             + (f" lanes{self.lanes}" if self.lanes is not None else "")
+            + f" weights-{self.text_type}"
         )
 
 
@@ -374,7 +377,12 @@ def run_engine(
         overlap_clip=case.overlap_clip, kv_unified=case.kv_unified, max_decode_seqs=case.max_decode_seqs,
         lanes=case.lanes,
     )
-    captioner = Captioner(settings, "bench", ModelFiles(text, mmproj))
+    t0 = time.perf_counter()
+    files = pick_text_weights(ModelFiles(text, mmproj), case.text_type, settings, text.parent)
+    convert_s = time.perf_counter() - t0
+    log(f"  text weights: {files.text_model.name} ({convert_s:.1f} s to pick or convert)")
+    settings = replace(settings, text_model=str(files.text_model))
+    captioner = Captioner(settings, "bench", files)
     # A run hashes its model files for the Parquet metadata once per file (then cached); the
     # first run's hashing (about 1 s per GB) is not throughput, so it happens before timing.
     model_sha256(captioner.files.as_dict())
@@ -442,6 +450,8 @@ def run_engine(
         "frames": frames,
         "wall_s": wall,
         "load_s": load_s,
+        "text_model": files.text_model.name,
+        "convert_s": convert_s,
         "frames_per_s": frames / wall,
         "completion_tokens_per_s": stats.completion_tokens / wall,
         "prompt_tokens_per_s": stats.prompt_tokens / wall,
@@ -704,14 +714,14 @@ def parse_cases(spec: str, frames: int) -> list[EngineCase]:
     """``p=1,par=16,nb=2048,ub=2048,fa=on,kv=unified,ahead=2,clip=0;p=3,...``"""
     keys = {"p": "prompts", "par": "parallel", "nb": "n_batch", "ub": "n_ubatch", "fa": "flash_attn",
             "kv": "kv_unified", "ahead": "prepare_ahead", "clip": "overlap_clip", "n": "frames",
-            "chunk": "max_decode_seqs", "lanes": "lanes", "layout": "layout"}
+            "chunk": "max_decode_seqs", "lanes": "lanes", "layout": "layout", "w": "text_type"}
     cases = []
     for part in filter(None, (p.strip() for p in spec.split(";"))):
         case = EngineCase(frames=frames)
         for item in part.split(","):
             key, _, value = item.partition("=")
             attr = keys[key.strip()]
-            if attr in ("flash_attn", "layout"):
+            if attr in ("flash_attn", "layout", "text_type"):
                 setattr(case, attr, value)
             elif attr == "kv_unified":
                 setattr(case, attr, value == "unified")
@@ -781,8 +791,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--cases", default="p=1;p=3",
         help="engine cases: p=PROMPTS,par=PARALLEL,nb=N_BATCH,ub=N_UBATCH,fa=on|off|auto,"
-        "kv=unified|streams,ahead=N,clip=0|1,chunk=N,lanes=N,n=FRAMES; separated by ';' (unset "
-        "fields: par=16 ub=1024 kv=streams clip=1, the engine's defaults otherwise)",
+        "kv=unified|streams,ahead=N,clip=0|1,chunk=N,lanes=N,w=auto|keep|f16,n=FRAMES; separated by ';' "
+        "(unset fields: par=16 ub=1024 kv=streams clip=1 w=auto, the engine's defaults otherwise)",
     )
     parser.add_argument("--probe", action="store_true", help="time the prefill's pieces first")
     parser.add_argument("--peer-batches", default="", help="transformers batch sizes to sweep, e.g. 8,16,32,64,128")
