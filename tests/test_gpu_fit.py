@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 import os
 import shutil
+import subprocess
 from collections import Counter
 from dataclasses import replace
 from pathlib import Path
@@ -18,7 +19,7 @@ from pipeline.caption.tiny import ensure_tiny_model
 from pipeline.caption.weights import quantized_weights, read_gguf
 from pipeline.config import compose_config
 from pipeline.errors import WeightsError
-from tests.conftest import assert_one_line_error, frames, run_cli, write_video
+from tests.conftest import assert_one_line_error, frames, mount_tmpfs, run_cli, write_video
 
 
 def build(model_dir: Path, *overrides: str) -> Captioner:
@@ -167,3 +168,38 @@ def test_a_killed_conversion_s_leftover_goes_and_a_live_one_stays(tmp_path: Path
     os.utime(stale, (old, old))
     assert build(tmp_path, "model.text_type=f16").files.text_model.name.endswith(".F16.gguf")
     assert not stale.exists() and live.exists()
+
+
+def test_auto_falls_back_to_the_file_when_the_copy_fails(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    pretend_gpu(monkeypatch, free_bytes=80 << 30)
+
+    def disk_filled(*args: object, **kwargs: object) -> None:
+        raise WeightsError("llama.cpp could not convert it (status 1)")
+
+    monkeypatch.setattr(fit, "llama_quantize", disk_filled)
+    with caplog.at_level(logging.WARNING, logger="pipeline.caption.gpu_fit"):
+        assert build(tmp_path).files.text_model.name == "tiny-llava-text-v2.Q8_0.gguf"
+    assert "keeping tiny-llava-text-v2.Q8_0.gguf as it is: llama.cpp could not convert" in caplog.text
+    assert copies(tmp_path) == [] and not list(tmp_path.glob(".*.tmp"))
+    with pytest.raises(WeightsError, match="could not convert"):  # asked for by name: the error
+        build(tmp_path, "model.text_type=f16")
+
+
+def test_f16_on_a_full_disk_is_one_line_and_writes_nothing(cli_base: list[str], tmp_path: Path) -> None:
+    disk = tmp_path / "disk"
+    if not mount_tmpfs(disk, "8m"):
+        pytest.skip("mounting a tmpfs needs root (CI runs as root)")
+    try:
+        ensure_tiny_model(disk, quantized=True)
+        video = write_video(tmp_path / "clip.mp4", n_frames=4)
+        args = [a for a in cli_base if not a.startswith("model.dir=")]
+        result = run_cli(f"video={video}", *args, f"model.dir={disk}", "model.quantized=true", "model.text_type=f16")
+        assert_one_line_error(
+            result, 1, f"model.text_type=f16: its F16 copy needs 0.0 GB in {disk}", "free some space"
+        )
+        assert copies(disk) == [] and not list(disk.glob(".*.tmp"))
+        assert not list((tmp_path / "out").rglob("*.parquet"))
+    finally:
+        subprocess.run(["umount", "-l", str(disk)], capture_output=True)

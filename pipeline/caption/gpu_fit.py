@@ -80,7 +80,12 @@ def pick_text_weights(files: ModelFiles, setting: str, settings: EngineSettings,
             if why:
                 log.info("model.text_type=auto: keeping %s as it is: %s", files.text_model.name, why)
             return files
-    elif not _is_current(copy, files.text_model):
+        try:
+            return replace(files, text_model=_f16_copy(files.text_model, copy))
+        except WeightsError as error:  # a disk that filled meanwhile: the file as it is
+            log.warning("model.text_type=auto: keeping %s as it is: %s", files.text_model.name, error)
+            return files
+    if not _is_current(copy, files.text_model):
         fits, why = _disk_fits(copy_dir, need)
         if not fits:
             raise WeightsError(f"model.text_type=f16: {why}; free some space, or set model.text_type=keep")
@@ -145,7 +150,11 @@ def kv_bytes(path: Path, settings: EngineSettings) -> int:
 
 
 def _f16_copy(source: Path, copy: Path) -> Path:
-    """``copy``, written from ``source`` first unless it is there and newer."""
+    """``copy``, written from ``source`` first unless it is there and newer.
+
+    Raises:
+        WeightsError: It cannot be written (llama.cpp failed, or the disk).
+    """
     if _is_current(copy, source):
         return copy
     copy.parent.mkdir(parents=True, exist_ok=True)
@@ -155,7 +164,13 @@ def _f16_copy(source: Path, copy: Path) -> Path:
         source.name, f16_bytes(source) / 1e9, copy,
     )
     t0 = time.perf_counter()
-    write_atomic(copy, lambda out: llama_quantize(source, out, FILE_TYPES["F16"], usable_cores(), requantize=True))
+    try:
+        write_atomic(copy, lambda out: llama_quantize(source, out, FILE_TYPES["F16"], usable_cores(), requantize=True))
+    except OSError as error:
+        raise WeightsError(
+            f"the F16 copy {copy} could not be written ({error.strerror or error}); free some space, "
+            "or set model.text_type=keep"
+        ) from error
     log.info("F16 copy written in %.0f s", time.perf_counter() - t0)
     return copy
 
