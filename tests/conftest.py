@@ -1,5 +1,6 @@
 """Shared fixtures and helpers: the generated tiny model (made once per session), small
-generated videos and frames, the CLI runners, nights of small videos, a guard that fails
+generated videos and frames, the CLI runners, nights of small videos, result rows written as
+the store writes them, headless Chromium for the report's pages, a guard that fails
 any test that logs an ERROR it did not expect (as PySceneDetect's tests do), and a guard that
 fails any test after which an output folder holds a key twice (:func:`assert_no_key_twice`).
 
@@ -10,9 +11,12 @@ under :mod:`tests.paused_run`, which waits at a point the test names.
 from __future__ import annotations
 
 import functools
+import html
 import json
 import logging
 import os
+import re
+import shutil
 import signal
 import subprocess
 import sys
@@ -25,13 +29,17 @@ from typing import Any, cast
 import cv2
 import numpy as np
 import pandas as pd
+import pyarrow as pa
+import pyarrow.parquet as pq
 import pytest
 
 from pipeline.caption import Captioner
 from pipeline.caption.engine import EngineSettings
 from pipeline.caption.tiny import ensure_tiny_model
 from pipeline.config import compose_config
-from pipeline.store import read_results
+from pipeline.decode import format_timecode
+from pipeline.results import THUMBNAIL
+from pipeline.store import SCHEMA, read_results
 from pipeline.thumbnails import thumbnailer
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -303,3 +311,102 @@ def _default_thumbnailer() -> Callable[[np.ndarray], bytes]:
 def default_thumbnail(rgb: np.ndarray) -> bytes:
     """A frame's thumbnail as a run with the default settings (``conf/``) makes it."""
     return _default_thumbnailer()(rgb)
+
+
+# -- results written as the store writes them, and Chromium for the report's tests -----------
+
+# The store's schema with the nullable thumbnail column, whether or not the store has it yet.
+RESULT_SCHEMA = (
+    SCHEMA if THUMBNAIL in SCHEMA.names else SCHEMA.append(pa.field(THUMBNAIL, pa.binary()))
+)
+
+
+def result_row(video_id: str = "v1", frame_index: int | None = 0, **fields: Any) -> dict[str, Any]:
+    """A result row as the pipeline writes it: an ok answer at 25 fps unless ``fields`` say
+    otherwise; ``frame_index=None`` makes a video-level error record."""
+    timestamp_s = None if frame_index is None else frame_index / 25
+    answer_row = frame_index is not None
+    row = {
+        "video_path": f"/videos/{video_id}.mp4",
+        "video_id": video_id,
+        "frame_index": frame_index,
+        "timestamp_s": timestamp_s,
+        "timecode": None if timestamp_s is None else format_timecode(timestamp_s),
+        "prompt_id": "p1" if answer_row else None,
+        "prompt": "Describe this frame." if answer_row else None,
+        "answer": "A red car on a road." if answer_row else None,
+        "model": "tiny",
+        "status": "ok" if answer_row else "error",
+        "error": None if answer_row else "not a readable video",
+        "prompt_tokens": 100 if answer_row else 0,
+        "completion_tokens": 10 if answer_row else 0,
+        "latency_ms": 100.0 if answer_row else 0.0,
+        "sample_reason": "interval" if answer_row else None,
+        "shot_index": None,
+        "config_id": "cfg1",
+        THUMBNAIL: None,
+        "finish_reason": "stop" if answer_row else None,
+    }
+    row.update(fields)
+    return row
+
+
+def write_results(
+    output_dir: Path, rows: list[dict[str, Any]], schema: pa.Schema = RESULT_SCHEMA
+) -> None:
+    """Write rows as the store lays them out: ``output_dir/<video_id>/part-00000.parquet``."""
+    for video_id in dict.fromkeys(row["video_id"] for row in rows):
+        folder = output_dir / video_id
+        folder.mkdir(parents=True, exist_ok=True)
+        video_rows = [row for row in rows if row["video_id"] == video_id]
+        pq.write_table(
+            pa.Table.from_pylist(video_rows, schema=schema), folder / "part-00000.parquet"
+        )
+
+
+CHROMIUM = shutil.which("chromium")
+# CI installs Chromium (.ci/run), so there a missing browser fails the test instead.
+needs_chromium = pytest.mark.skipif(
+    CHROMIUM is None and not os.environ.get("CI"),
+    reason="chromium is not installed (apt-get install -y chromium)",
+)
+
+
+def chromium(tmp_path: Path, *args: str) -> str:
+    """Run headless Chromium, offline (every host name fails to resolve); its stdout."""
+    assert CHROMIUM is not None
+    command = [
+        CHROMIUM,
+        "--headless",
+        "--no-sandbox",
+        "--disable-gpu",
+        "--disable-quic",
+        "--no-first-run",
+        "--disable-background-networking",
+        "--disable-component-update",
+        "--disable-sync",
+        f"--user-data-dir={tmp_path / 'chromium-profile'}",
+        "--host-resolver-rules=MAP * ~NOTFOUND",
+        "--virtual-time-budget=5000",
+        *args,
+    ]
+    done = subprocess.run(command, capture_output=True, text=True, timeout=120, check=False)
+    assert done.returncode == 0, done.stderr[-2000:]
+    return done.stdout
+
+
+def probe_result(tmp_path: Path, page: Path, *args: str) -> dict[str, Any]:
+    """What the probe script of ``page`` put into its ``<pre id="result">``, read back with
+    ``--dump-dom`` (Chromium run with ``args``).
+
+    Chromium dumps the page when its virtual time runs out, and virtual time does not wait for
+    the media pipeline: on a busy machine a video had not yet played or seeked in 4 of 10 tries
+    (two busy loops beside it), and a larger budget did not help. A page without a result is
+    opened again, up to five times; what it finally shows is asserted as before.
+    """
+    for _ in range(5):
+        dom = chromium(tmp_path, *args, "--dump-dom", page.as_uri())
+        found = re.search(r'<pre id="result">(.*?)</pre>', dom, re.DOTALL)
+        if found:
+            return dict(json.loads(html.unescape(found.group(1))))
+    raise AssertionError(f"the probe did not finish; the DOM ends: {dom[-1000:]}")

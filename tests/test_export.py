@@ -42,10 +42,17 @@ from pipeline.export import (
 from pipeline.report import write_report
 from pipeline.results import printable
 from pipeline.store import read_results, read_videos
-from tests.conftest import ROOT, SAMPLE_VIDEO, run_cli, write_video
+from tests.conftest import (
+    ROOT,
+    SAMPLE_VIDEO,
+    needs_chromium,
+    probe_result,
+    result_row,
+    run_cli,
+    write_results,
+    write_video,
+)
 from tests.subtitles import parse_srt, parse_vtt
-from tests.test_report import needs_chromium, probe_result
-from tests.test_results import result_row, write_results
 
 SEEK_S = 2.5  # the answer about the frame at 2.0 s shows then (interval 1 s)
 

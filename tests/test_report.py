@@ -8,10 +8,7 @@ is on the page) into a ``<pre id="result">``, and reads it back with ``--dump-do
 from __future__ import annotations
 
 import html
-import json
-import os
 import re
-import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -26,14 +23,16 @@ from pipeline.errors import UserError
 from pipeline.report import main, printable, render_report, write_report
 from pipeline.results import load_results
 from pipeline.store import StoreError, read_metadata
-from tests.conftest import SAMPLE_VIDEO, default_thumbnail, last_run, run_cli
-from tests.test_results import result_row, write_results
-
-CHROMIUM = shutil.which("chromium")
-# CI installs Chromium (.ci/run), so there a missing browser fails the test instead.
-needs_chromium = pytest.mark.skipif(
-    CHROMIUM is None and not os.environ.get("CI"),
-    reason="chromium is not installed (apt-get install -y chromium)",
+from tests.conftest import (
+    SAMPLE_VIDEO,
+    chromium,
+    default_thumbnail,
+    last_run,
+    needs_chromium,
+    probe_result,
+    result_row,
+    run_cli,
+    write_results,
 )
 
 TRICKY = '<script>alert(1)</script> & \x18<|im_start|>\ufffd "quoted"\r\nline two'
@@ -86,29 +85,6 @@ def output_dir(tmp_path: Path) -> Path:
     return tmp_path / "out"
 
 
-def chromium(tmp_path: Path, *args: str) -> str:
-    """Run headless Chromium, offline (every host name fails to resolve); its stdout."""
-    assert CHROMIUM is not None
-    command = [
-        CHROMIUM,
-        "--headless",
-        "--no-sandbox",
-        "--disable-gpu",
-        "--disable-quic",
-        "--no-first-run",
-        "--disable-background-networking",
-        "--disable-component-update",
-        "--disable-sync",
-        f"--user-data-dir={tmp_path / 'chromium-profile'}",
-        "--host-resolver-rules=MAP * ~NOTFOUND",
-        "--virtual-time-budget=5000",
-        *args,
-    ]
-    done = subprocess.run(command, capture_output=True, text=True, timeout=120, check=False)
-    assert done.returncode == 0, done.stderr[-2000:]
-    return done.stdout
-
-
 def browse(page: Path, tmp_path: Path) -> dict[str, Any]:
     """What Chromium saw of ``page`` after onload (see ``PROBE``); the probe copy sits beside
     the page, so its relative links resolve."""
@@ -117,23 +93,6 @@ def browse(page: Path, tmp_path: Path) -> dict[str, Any]:
         page.read_text(encoding="utf-8").replace("</body>", f"{PROBE}</body>"), encoding="utf-8"
     )
     return probe_result(tmp_path, probe)
-
-
-def probe_result(tmp_path: Path, page: Path, *args: str) -> dict[str, Any]:
-    """What the probe script of ``page`` put into its ``<pre id="result">``, read back with
-    ``--dump-dom`` (Chromium run with ``args``).
-
-    Chromium dumps the page when its virtual time runs out, and virtual time does not wait for
-    the media pipeline: on a busy machine a video had not yet played or seeked in 4 of 10 tries
-    (two busy loops beside it), and a larger budget did not help. A page without a result is
-    opened again, up to five times; what it finally shows is asserted as before.
-    """
-    for _ in range(5):
-        dom = chromium(tmp_path, *args, "--dump-dom", page.as_uri())
-        found = re.search(r'<pre id="result">(.*?)</pre>', dom, re.DOTALL)
-        if found:
-            return dict(json.loads(html.unescape(found.group(1))))
-    raise AssertionError(f"the probe did not finish; the DOM ends: {dom[-1000:]}")
 
 
 def screenshot(page: Path, tmp_path: Path) -> Path:

@@ -1,22 +1,16 @@
-"""Tests of the pandas helpers in ``pipeline.results`` against Parquet written here with pyarrow.
-
-``result_row`` and ``write_results`` are also used by ``test_report.py`` and
-``test_thumbnails.py``.
-"""
+"""Tests of the pandas helpers in ``pipeline.results`` against Parquet written here with pyarrow
+(``result_row`` and ``write_results`` in ``conftest.py``)."""
 
 from __future__ import annotations
 
 import math
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 import pandas as pd
 import pyarrow as pa
-import pyarrow.parquet as pq
 import pytest
 
-from pipeline.decode import format_timecode
 from pipeline.results import (
     COVERAGE_COLUMNS,
     THUMBNAIL,
@@ -30,56 +24,7 @@ from pipeline.results import (
     thumbnail_image,
     video_summary,
 )
-from pipeline.store import SCHEMA
-from tests.conftest import default_thumbnail
-
-# The store's schema with the nullable thumbnail column, whether or not the store has it yet.
-RESULT_SCHEMA = (
-    SCHEMA if THUMBNAIL in SCHEMA.names else SCHEMA.append(pa.field(THUMBNAIL, pa.binary()))
-)
-
-
-def result_row(video_id: str = "v1", frame_index: int | None = 0, **fields: Any) -> dict[str, Any]:
-    """A result row as the pipeline writes it: an ok answer at 25 fps unless ``fields`` say
-    otherwise; ``frame_index=None`` makes a video-level error record."""
-    timestamp_s = None if frame_index is None else frame_index / 25
-    answer_row = frame_index is not None
-    row = {
-        "video_path": f"/videos/{video_id}.mp4",
-        "video_id": video_id,
-        "frame_index": frame_index,
-        "timestamp_s": timestamp_s,
-        "timecode": None if timestamp_s is None else format_timecode(timestamp_s),
-        "prompt_id": "p1" if answer_row else None,
-        "prompt": "Describe this frame." if answer_row else None,
-        "answer": "A red car on a road." if answer_row else None,
-        "model": "tiny",
-        "status": "ok" if answer_row else "error",
-        "error": None if answer_row else "not a readable video",
-        "prompt_tokens": 100 if answer_row else 0,
-        "completion_tokens": 10 if answer_row else 0,
-        "latency_ms": 100.0 if answer_row else 0.0,
-        "sample_reason": "interval" if answer_row else None,
-        "shot_index": None,
-        "config_id": "cfg1",
-        THUMBNAIL: None,
-        "finish_reason": "stop" if answer_row else None,
-    }
-    row.update(fields)
-    return row
-
-
-def write_results(
-    output_dir: Path, rows: list[dict[str, Any]], schema: pa.Schema = RESULT_SCHEMA
-) -> None:
-    """Write rows as the store lays them out: ``output_dir/<video_id>/part-00000.parquet``."""
-    for video_id in dict.fromkeys(row["video_id"] for row in rows):
-        folder = output_dir / video_id
-        folder.mkdir(parents=True, exist_ok=True)
-        video_rows = [row for row in rows if row["video_id"] == video_id]
-        pq.write_table(
-            pa.Table.from_pylist(video_rows, schema=schema), folder / "part-00000.parquet"
-        )
+from tests.conftest import RESULT_SCHEMA, default_thumbnail, result_row, write_results
 
 
 @pytest.fixture

@@ -10,8 +10,7 @@ import pytest
 from pipeline.config import ThumbnailsConfig
 from pipeline.errors import ConfigError
 from pipeline.thumbnails import decode_thumbnail, make_thumbnail, thumbnailer
-from tests.conftest import default_thumbnail
-from tests.test_results import result_row, write_results
+from tests.conftest import default_thumbnail, result_row, write_results
 
 
 def noise(height: int, width: int, seed: int = 0) -> np.ndarray:
