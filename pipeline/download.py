@@ -4,8 +4,10 @@
 A nightly server downloads the default model's 25 GB at install time, while someone watches,
 instead of during its first night; a run finds the files where this put them (the Hugging
 Face cache, or ``model.dir``). The arguments are the run's own overrides, so the same
-``model=``/``model.dir=``/``model.text=`` settings name the same files. Prints the two paths
-once the pair is there and checked to fit; exits 1 with one line when it cannot be fetched.
+``model=``/``model.dir=``/``model.text=`` settings name the same files. Where a run on this
+machine would load the text model's F16 copy (``model.text_type``: ``f16``, or ``auto`` on a GPU
+with room for it), this writes the copy too. Prints the two paths a run loads once the pair is
+there and checked to fit; exits 1 with one line when it cannot be fetched.
 """
 
 from __future__ import annotations
@@ -17,7 +19,6 @@ from hydra.errors import HydraException
 from omegaconf.errors import OmegaConfBaseException
 
 from pipeline.caption import CaptionSpec
-from pipeline.caption.weights import check_pair
 from pipeline.config import compose_config
 from pipeline.errors import UserError
 
@@ -34,8 +35,7 @@ def main(argv: list[str] | None = None) -> int:
     logging.getLogger("gguf").setLevel(logging.WARNING)  # the tiny model's writer, file by file
     try:
         spec = CaptionSpec.from_config(compose_config(["video=unused", *args]))
-        files = spec.source.resolve()
-        check_pair(files)
+        files, _ = spec.prepare()
     except UserError as error:
         print(f"error: {error}", file=sys.stderr)
         return 1

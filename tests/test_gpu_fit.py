@@ -6,6 +6,7 @@ import logging
 import os
 import shutil
 import subprocess
+import sys
 from collections import Counter
 from dataclasses import replace
 from pathlib import Path
@@ -19,7 +20,16 @@ from pipeline.caption.tiny import ensure_tiny_model
 from pipeline.caption.weights import quantized_weights, read_gguf
 from pipeline.config import compose_config
 from pipeline.errors import WeightsError
-from tests.conftest import assert_one_line_error, frames, mount_tmpfs, run_cli, write_video
+from tests.conftest import (
+    ROOT,
+    RUN_TIMEOUT_S,
+    assert_one_line_error,
+    cli_env,
+    frames,
+    mount_tmpfs,
+    run_cli,
+    write_video,
+)
 
 
 def build(model_dir: Path, *overrides: str) -> Captioner:
@@ -203,3 +213,18 @@ def test_f16_on_a_full_disk_is_one_line_and_writes_nothing(cli_base: list[str], 
         assert not list((tmp_path / "out").rglob("*.parquet"))
     finally:
         subprocess.run(["umount", "-l", str(disk)], capture_output=True)
+
+
+def test_download_ahead_writes_the_copy_a_run_loads(tmp_path: Path) -> None:
+    ensure_tiny_model(tmp_path, quantized=True)
+    args = ["model=tiny", f"model.dir={tmp_path}", "model.quantized=true", "model.text_type=f16"]
+    done = subprocess.run(
+        [sys.executable, "-m", "pipeline.download", *args], cwd=ROOT, env=cli_env(),
+        capture_output=True, text=True, timeout=RUN_TIMEOUT_S,
+    )
+    assert done.returncode == 0, done.stderr
+    copy = tmp_path / "tiny-llava-text-v2.Q8_0.F16.gguf"
+    assert done.stdout.split() == [str(copy), str(tmp_path / "tiny-llava-mmproj-v2.gguf")]
+    assert "writing an F16 copy of tiny-llava-text-v2.Q8_0.gguf" in done.stderr
+    written = copy.stat().st_mtime_ns
+    assert build(tmp_path, "model.text_type=f16").files.text_model == copy and copy.stat().st_mtime_ns == written

@@ -170,6 +170,26 @@ class CaptionSpec:
             text_path=_path(m.text), mmproj_path=_path(m.mmproj),
         )
 
+    def prepare(self) -> tuple[ModelFiles, EngineSettings]:
+        """The model files and engine settings for this machine: the weights resolved (fetched
+        when missing), the pair checked, the F16 copy made where ``model.text_type`` takes it
+        (:mod:`pipeline.caption.gpu_fit`), frames in flight fitted to the GPU's free memory
+        when ``engine.parallel`` is null.
+
+        Raises:
+            WeightsError: Files missing or not matching, or their F16 copy cannot be made
+                (``model.text_type=f16``).
+        """
+        files = self.source.resolve()
+        check_pair(files)
+        settings = self.engine_settings(files)
+        copy_dir = self.source.model_dir or user_cache_dir() / "f16"
+        files = pick_text_weights(files, self.model.text_type, settings, copy_dir)
+        settings = replace(settings, text_model=str(files.text_model))
+        if self.engine.parallel is None:
+            settings = replace(settings, parallel=frames_in_flight(settings, files))
+        return files, settings
+
     def engine_settings(self, files: ModelFiles) -> EngineSettings:
         """The engine's settings for ``files``, null knobs resolved for this process's device."""
         model, gen, eng = self.model, self.generation, self.engine
@@ -229,14 +249,7 @@ class Captioner:
                 (``model.text_type=f16``).
         """
         check_gpu_build(spec.model.n_gpu_layers)
-        files = spec.source.resolve()
-        check_pair(files)
-        settings = spec.engine_settings(files)
-        copy_dir = spec.source.model_dir or user_cache_dir() / "f16"
-        files = pick_text_weights(files, spec.model.text_type, settings, copy_dir)
-        settings = replace(settings, text_model=str(files.text_model))
-        if spec.engine.parallel is None:
-            settings = replace(settings, parallel=frames_in_flight(settings, files))
+        files, settings = spec.prepare()
         return cls(settings, spec.model.name, files)
 
     @classmethod
