@@ -17,7 +17,8 @@ PREFIX=${PREFIX:-/opt/video-caption-pipeline}  # the code and its .venv
 SERVICE_USER=${SERVICE_USER:-captioner}        # runs the nights; its home holds the model cache
 VIDEOS=${VIDEOS:-/srv/videos/incoming}         # where the day's videos land (read)
 CAPTIONS=${CAPTIONS:-/srv/captions}            # output_dir (written): Parquet, _logs/, _last_run.json
-MODEL=${MODEL:-llava16_34b}                    # the preset, downloaded now (about 25 GB for the 34B)
+MODEL=${MODEL:-llava16_34b}                    # the preset, downloaded now (about 25 GB for the 34B; on a
+                                               # GPU with room, also its F16 copy: 69 GB, model.text_type)
 GPU=${GPU:-cuda}                               # cuda: llama-cpp-python built for CUDA; no: a CPU build
 UNIT_DIR=${UNIT_DIR:-/etc/systemd/system}
 
