@@ -33,7 +33,7 @@ from pipeline.caption.convert import llama_quantize
 from pipeline.caption.engine import EngineSettings
 from pipeline.caption.engine.native import gpu_free_bytes, runs_on_gpu, usable_cores
 from pipeline.caption.tiny import FILE_TYPES
-from pipeline.caption.weights import ModelFiles, quantized_weights, read_gguf
+from pipeline.caption.weights import ModelFiles, quantized_weights, read_gguf, text_model_number
 from pipeline.errors import WeightsError
 from pipeline.store import write_atomic
 
@@ -134,17 +134,9 @@ def f16_bytes(path: Path) -> int:
 def kv_bytes(path: Path, settings: EngineSettings) -> int:
     """Bytes of the engine's KV cache (F16 keys and values) for this text model: a stream of
     ``n_ctx`` cells per sequence slot, or with ``kv_unified`` ``n_ctx`` cells per frame."""
-    reader = read_gguf(path)
-    arch = str(reader.get_field("general.architecture").contents())  # type: ignore[union-attr]
-
-    def number(key: str) -> int:
-        field = reader.get_field(f"{arch}.{key}")
-        if field is None:
-            raise WeightsError(f"{path.name} has no {arch}.{key}; not a text model")
-        return int(field.contents())
-
-    head_dim = number("embedding_length") // number("attention.head_count")
-    per_cell = number("block_count") * number("attention.head_count_kv") * head_dim * 2 * 2
+    n_layer, n_head_kv = text_model_number(path, "block_count"), text_model_number(path, "attention.head_count_kv")
+    head_dim = text_model_number(path, "embedding_length") // text_model_number(path, "attention.head_count")
+    per_cell = n_layer * n_head_kv * head_dim * 2 * 2  # keys and values, 2 bytes each
     cells = settings.n_ctx * settings.parallel * (1 if settings.kv_unified else settings.max_questions)
     return cells * per_cell
 

@@ -173,13 +173,8 @@ def check_pair(files: ModelFiles) -> None:
     Raises:
         WeightsError: A file is not GGUF, or the pair does not fit.
     """
-    text = read_gguf(files.text_model)
+    n_embd = text_model_number(files.text_model, "embedding_length")
     mmproj = read_gguf(files.mmproj)
-    arch = _string_field(text, "general.architecture")
-    embd_field = text.get_field(f"{arch}.embedding_length")
-    if embd_field is None:
-        raise WeightsError(f"{files.text_model} has no {arch}.embedding_length; not a text model")
-    n_embd = int(embd_field.contents())
     projector_layers = sorted(
         (int(t.name.split(".")[1]), t)
         for t in mmproj.tensors
@@ -194,10 +189,24 @@ def check_pair(files: ModelFiles) -> None:
             f"{files.text_model.name} embeds {n_embd}; use the mmproj made for this text model"
         )
 
+
+def text_model_number(path: str | Path, key: str) -> int:
+    """The text model's ``<architecture>.<key>`` (``embedding_length``, ``block_count``, ...).
+
+    Raises:
+        WeightsError: The file is not GGUF, or has no such field: not a text model.
+    """
+    reader = read_gguf(path)
+    arch = _string_field(reader, "general.architecture")
+    field = reader.get_field(f"{arch}.{key}")
+    if field is None:
+        raise WeightsError(f"{path} has no {arch}.{key}; not a text model")
+    return int(field.contents())
+
+
 def quantized_weights(path: str | Path) -> bool:
     """Whether the text model's matrices are quantized (not F32, F16 or BF16)."""
     return any(len(t.shape) > 1 and t.tensor_type not in _FLOAT_TYPES for t in read_gguf(path).tensors)
-
 
 
 def read_gguf(path: str | Path) -> gguf.GGUFReader:
