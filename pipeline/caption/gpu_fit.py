@@ -81,7 +81,7 @@ def pick_text_weights(files: ModelFiles, setting: str, settings: EngineSettings,
                 log.info("model.text_type=auto: keeping %s as it is: %s", files.text_model.name, why)
             return files
         try:
-            return replace(files, text_model=_f16_copy(files.text_model, copy))
+            return replace(files, text_model=_f16_copy(files.text_model, copy, need))
         except WeightsError as error:  # a disk that filled meanwhile: the file as it is
             log.warning("model.text_type=auto: keeping %s as it is: %s", files.text_model.name, error)
             return files
@@ -89,7 +89,7 @@ def pick_text_weights(files: ModelFiles, setting: str, settings: EngineSettings,
         fits, why = _disk_fits(copy_dir, need)
         if not fits:
             raise WeightsError(f"model.text_type=f16: {why}; free some space, or set model.text_type=keep")
-    return replace(files, text_model=_f16_copy(files.text_model, copy))
+    return replace(files, text_model=_f16_copy(files.text_model, copy, need))
 
 
 def frames_in_flight(settings: EngineSettings, files: ModelFiles) -> int:
@@ -141,8 +141,8 @@ def kv_bytes(path: Path, settings: EngineSettings) -> int:
     return cells * per_cell
 
 
-def _f16_copy(source: Path, copy: Path) -> Path:
-    """``copy``, written from ``source`` first unless it is there and newer.
+def _f16_copy(source: Path, copy: Path, size: int) -> Path:
+    """``copy`` (``size`` bytes), written from ``source`` first unless it is there and newer.
 
     Raises:
         WeightsError: It cannot be written (llama.cpp failed, or the disk).
@@ -153,7 +153,7 @@ def _f16_copy(source: Path, copy: Path) -> Path:
     _remove_abandoned(copy)
     log.info(
         "writing an F16 copy of %s for the GPU (%.1f GB, once) to %s; model.text_type=keep loads the file as it is",
-        source.name, f16_bytes(source) / 1e9, copy,
+        source.name, size / 1e9, copy,
     )
     t0 = time.perf_counter()
     try:
