@@ -63,6 +63,13 @@ case "$plan" in
     bench mistral7b --seed "" --frames 64 --cases "p=1;p=3" \
       --peer-batches 8,16,32,64 --peer-prompts 3 --peer-frames 16
     ;;
+  call12)  # session 7, first call: where one prompt's time goes now (probe of CLIP, prefill, decode),
+           # with llama.cpp's and mtmd's own log lines kept, to see which attention kernels CLIP's graph gets
+    python3 -c 'import logging, sys; logging.basicConfig(level=logging.DEBUG, filename=sys.argv[1], format="%(name)s %(message)s"); [logging.getLogger(n).setLevel(logging.WARNING) for n in ("urllib3", "filelock")]; sys.argv = ["gpu_throughput.py", *sys.argv[2:]]; import runpy; runpy.run_path("benchmarks/gpu_throughput.py", run_name="__main__")' \
+      "$OUT/native-debug.log" --shape mistral7b --model-dir /tmp/models --out "$OUT" --budget-s "$(left)" \
+      --seed "" --probe --frames 64 --cases "p=1;p=3" 2>&1 | tee -a "$OUT/bench.log"
+    grep -i "flash\|FLASH_ATTN\|fallback\|f32\|clip" "$OUT/native-debug.log" | sort | uniq -c | sort -rn | head -60 > "$OUT/native-attn.txt"
+    ;;
   *) echo "unknown plan $plan"; exit 2 ;;
 esac
 echo "call done after $(( $(date +%s) - started )) s"
