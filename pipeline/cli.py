@@ -40,7 +40,7 @@ from pipeline.config import config_dir, prompts_of
 from pipeline.dry_run import plan_lines
 from pipeline.errors import ConfigError, InputError, LockHeld, StoreError, UserError
 from pipeline.executors.base import Executor
-from pipeline.inputs import find_videos, names_one_file, shard_videos
+from pipeline.inputs import check_shard, find_videos, names_one_file
 from pipeline.lock import RunLock
 from pipeline.run import Pipeline, RunSummary, settings_id, unique_prompts, write_summary
 from pipeline.runlog import log_folder, record_crash, run_log, run_stamp
@@ -80,18 +80,19 @@ def run_from_config(cfg: DictConfig) -> int:
             spec = CaptionSpec.from_config(cfg, max_questions=len(prompts))
             sampler: Sampler = _instantiate(cfg.sampler)
             executor: Executor = _instantiate(cfg.executor)
-            found = [v for entry in video_specs(cfg.video) for v in find_videos(entry, list(cfg.video_extensions))]
-            videos = shard_videos(found, cfg.shard, cfg.num_shards)
+            check_shard(cfg.shard, cfg.num_shards)
+            # The videos of all shards: the plan takes this shard's (reading them, under the stall watch).
+            videos = [v for entry in video_specs(cfg.video) for v in find_videos(entry, list(cfg.video_extensions))]
             if cfg.dry_run:
                 return _dry_run(cfg, prompts, sampler, videos)
             output_dir = prepare_output_dir(cfg.output_dir)
             # Temporary files of killed runs go while no other run can be writing.
-            stack.enter_context(
+            lock = stack.enter_context(
                 RunLock(output_dir, cfg.shard, cfg.num_shards, when_alone=partial(remove_temporaries, output_dir))
             )
             log_name = f"{run_stamp(started)}{_shard_suffix(cfg)}.log"
             log_file = stack.enter_context(run_log(log_folder(output_dir) / log_name))
-            return _run_locked(cfg, prompts, spec, sampler, executor, videos, output_dir, started, log_file)
+            return _run_locked(cfg, prompts, spec, sampler, executor, videos, output_dir, started, log_file, lock)
         except LockHeld as error:
             log.error("%s", error)
             return EXIT_LOCKED
@@ -119,6 +120,7 @@ def _run_locked(
     output_dir: Path,
     started: float,
     log_file: Path,
+    lock: RunLock,
 ) -> int:
     export_formats: list[str] = []
     if cfg.export:  # pandas loads only when an export is due; a bad format fails before the model
@@ -129,12 +131,15 @@ def _run_locked(
         except ValueError as error:  # the library's argument error is the user's setting here
             raise ConfigError(str(error)) from error
     pipeline = _pipeline(
-        cfg, prompts, sampler, output_dir, retry_failed=cfg.retry_failed, thumbnail=thumbnailer(cfg.thumbnails)
+        cfg, prompts, sampler, output_dir, retry_failed=cfg.retry_failed, thumbnail=thumbnailer(cfg.thumbnails),
+        before_write=lock.check,
     )
     summary = RunSummary(log_file=str(log_file))
+    stalled = partial(_end_stalled_run, pipeline, summary, output_dir, started, cfg)
     code = EXIT_CRASH
     try:
-        tasks = pipeline.plan(videos)
+        with StallWatch(lambda: pipeline.last_progress_s, cfg.stall_timeout_s, stalled):
+            tasks = pipeline.plan(videos, cfg.shard, cfg.num_shards)
         summary.videos = [t.outcome for t in tasks]
         report_due = output_dir / REPORT_DUE
         todo = sum(t.outcome.status == "todo" for t in tasks)
@@ -148,7 +153,6 @@ def _run_locked(
                 log.info("started: %s -> %s", executor.describe(), output_dir)
                 if cfg.report:
                     write_json_atomic(report_due, {"since": started})
-                stalled = partial(_end_stalled_run, pipeline, summary, output_dir, started, cfg)
                 with StallWatch(lambda: pipeline.last_progress_s, cfg.stall_timeout_s, stalled):
                     pipeline.run(tasks, executor, summary)
             finally:
@@ -182,10 +186,10 @@ def _end_stalled_run(
 
     def wrap_up() -> None:
         log.error(
-            "stalled: nothing came back from the model or the decoder for %.0f s (stall_timeout_s=%s): "
+            "stalled: nothing came back from %s for %.0f s (stall_timeout_s=%s): "
             "a GPU or a mount stopped responding; the run ends, what it committed is kept and the next "
             "run goes on from there",
-            idle_s, cfg.stall_timeout_s,
+            pipeline.waiting_on, idle_s, cfg.stall_timeout_s,
         )
         pipeline.finish_writes(timeout_s=120)
         write_summary(output_dir, summary, started, EXIT_CRASH, _shard_suffix(cfg))
@@ -247,6 +251,7 @@ def _pipeline(
     retry_failed: bool,
     thumbnail: Callable[[np.ndarray], bytes] | None,
     read_only: bool = False,
+    before_write: Callable[[], None] | None = None,
 ) -> Pipeline:
     """The run loop for this config (``read_only``: for a dry run's plan)."""
     config = cast(dict[str, Any], OmegaConf.to_container(cfg, resolve=True))
@@ -266,6 +271,7 @@ def _pipeline(
         # A file named on its own is taken however new; found ones must have settled.
         min_age_s=0.0 if all(names_one_file(entry) for entry in video_specs(cfg.video)) else cfg.min_age_s,
         read_only=read_only,
+        before_write=before_write,
     )
 
 
@@ -287,7 +293,8 @@ def _dry_run(cfg: DictConfig, prompts: list[str], sampler: Sampler, videos: list
     """``dry_run=true``: print what a run would do; no model, no lock, nothing written."""
     output_dir = Path(cfg.output_dir).expanduser().resolve()
     pipeline = _pipeline(cfg, prompts, sampler, output_dir, retry_failed=False, thumbnail=None, read_only=True)
-    for line in plan_lines(pipeline, pipeline.plan(videos), cfg.retry_failed, cfg.model.name):
+    tasks = pipeline.plan(videos, cfg.shard, cfg.num_shards)
+    for line in plan_lines(pipeline, tasks, cfg.retry_failed, cfg.model.name):
         print(line)
     return EXIT_OK
 

@@ -4,17 +4,25 @@ Every frame gets its index in decode order and its presentation time in seconds,
 the container (``CAP_PROP_POS_MSEC``). Where a container reports no time (some AVI files
 report 0 for every frame) the time falls back to ``index / fps`` with the real, fractional
 frame rate.
+
+OpenCV takes a file name as UTF-8 only (a name with other bytes crashes it): such a file is
+opened through a link with an ASCII name (:func:`_native_name`).
 """
 
 from __future__ import annotations
 
 import math
+import os
+import stat
+import tempfile
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
 import cv2
 import numpy as np
+
+from pipeline.paths import printable
 
 
 class VideoError(Exception):
@@ -115,27 +123,34 @@ class VideoReader:
 
     def __init__(self, path: str | Path) -> None:
         self.path = Path(path)
-        if self.path.is_dir():
-            raise VideoError(f"is a directory, not a video: {self.path}")
-        if not self.path.exists():
-            raise VideoError(f"vanished or missing: {self.path}")
-        if not self.path.is_file():
-            raise VideoError(f"not a file: {self.path}")
-        if self.path.stat().st_size == 0:
-            raise VideoError(f"empty file (0 bytes): {self.path}")
-        self._capture = cv2.VideoCapture(str(self.path))
+        self.name = printable(self.path)
+        try:
+            info = os.stat(self.path)
+        except FileNotFoundError:
+            raise VideoError(f"vanished or missing: {self.name}") from None
+        except OSError as error:
+            raise VideoError(f"cannot read {self.name}: {error.strerror or error}") from None
+        if stat.S_ISDIR(info.st_mode):
+            raise VideoError(f"is a directory, not a video: {self.name}")
+        if not stat.S_ISREG(info.st_mode):
+            raise VideoError(f"not a regular file, not a video: {self.name}")
+        if info.st_size == 0:
+            raise VideoError(f"empty file (0 bytes): {self.name}")
+        native_name, self._link_folder = _native_name(self.path)
+        self._capture = cv2.VideoCapture(native_name)
         if not self._capture.isOpened():
-            raise VideoError(f"not a readable video: {self.path}")
+            self.close()
+            raise VideoError(f"not a readable video: {self.name}")
         fps = float(self._capture.get(cv2.CAP_PROP_FPS) or 0.0)
         frame_count = max(int(self._capture.get(cv2.CAP_PROP_FRAME_COUNT) or 0), 0)
         width = int(self._capture.get(cv2.CAP_PROP_FRAME_WIDTH) or 0)
         height = int(self._capture.get(cv2.CAP_PROP_FRAME_HEIGHT) or 0)
         if width <= 0 or height <= 0:
             self.close()
-            raise VideoError(f"no video stream: {self.path}")
+            raise VideoError(f"no video stream: {self.name}")
         fps = fps if math.isfinite(fps) and fps > 0 else 0.0
         self.info = VideoInfo(
-            path=str(self.path),
+            path=self.name,
             fps=fps,
             frame_count=frame_count,
             duration_s=frame_count / fps if fps else 0.0,
@@ -155,8 +170,10 @@ class VideoReader:
         self.close()
 
     def close(self) -> None:
-        """Release the decoder."""
+        """Release the decoder (and the link it opened the file through)."""
         self._capture.release()
+        if self._link_folder is not None:
+            self._link_folder.cleanup()
 
     def __iter__(self) -> Iterator[FrameTime]:
         index = 0
@@ -187,10 +204,10 @@ class VideoReader:
             VideoError: The frame's pixels cannot be decoded, or no frame is current.
         """
         if self._current is None:
-            raise VideoError(f"no current frame to retrieve: {self.path}")
+            raise VideoError(f"no current frame to retrieve: {self.name}")
         ok, bgr = self._capture.retrieve()
         if not ok or bgr is None:
-            raise VideoError(f"frame {self._current.index} failed to decode: {self.path}")
+            raise VideoError(f"frame {self._current.index} failed to decode: {self.name}")
         return BgrFrame(self._current.index, self._current.timestamp_s, bgr)
 
     def check_complete(self) -> None:
@@ -205,7 +222,7 @@ class VideoReader:
             VideoError: No frame decoded.
         """
         if self.frames_read == 0:
-            raise VideoError(f"no frame decodes (truncated or corrupt): {self.path}")
+            raise VideoError(f"no frame decodes (truncated or corrupt): {self.name}")
 
     def facts(self) -> VideoFacts:
         """What is known of the video after this reader's decode (see :class:`VideoFacts`)."""
@@ -243,7 +260,29 @@ class VideoReader:
             return position_ms / 1000.0
         if self.info.fps:
             return max(index / self.info.fps, last_s + 1e-6) if index else 0.0
-        raise VideoError(f"frame {index} has no timestamp and the video no frame rate: {self.path}")
+        raise VideoError(f"frame {index} has no timestamp and the video no frame rate: {self.name}")
+
+
+def _native_name(path: Path) -> tuple[str, tempfile.TemporaryDirectory[str] | None]:
+    """The name OpenCV is given for ``path``, and the temporary folder to remove after.
+
+    OpenCV converts a name to UTF-8 and crashes (a segfault, the whole night lost) on one that
+    is not (a Latin-1 name such as ``caf\xe9.mp4``, which Python keeps as surrogate escapes).
+    Such a file is opened through a symlink with an ASCII name (its suffix kept, for the
+    container's probe) in a folder of its own.
+    """
+    name = str(path)
+    try:
+        name.encode("utf-8")
+    except UnicodeEncodeError:
+        pass
+    else:
+        return name, None
+    folder = tempfile.TemporaryDirectory(prefix="video-caption-")
+    suffix = path.suffix if path.suffix.isascii() and path.suffix.isprintable() else ""
+    link = Path(folder.name) / f"video{suffix}"
+    os.symlink(os.fsencode(path.absolute()), link)
+    return str(link), folder
 
 
 _CODEC_NAMES = {

@@ -44,3 +44,8 @@ class ExecutorError(UserError):
 
 class LockHeld(UserError):
     """Another run holds the lock on ``output_dir``; the message names it."""
+
+
+class LockLost(UserError):
+    """The lock file of ``output_dir`` was removed or replaced while this run held it; the run
+    stops before its next write (exit 1)."""

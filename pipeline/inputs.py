@@ -4,19 +4,34 @@
 taken as given (an entry that turns out unusable becomes an error record, and the night goes
 on). A video is known by its content (:func:`video_id_of`), not its path, so a renamed or
 moved file is not done twice.
+
+Only regular files are opened (:func:`open_video`): a FIFO named ``x.mp4`` would block the
+open, and the night, for ever. A name that is not UTF-8 is kept as it is for opening and
+shown as :func:`pipeline.paths.printable` text everywhere a path is written.
 """
 
 from __future__ import annotations
 
 import errno
+import fcntl
+import fnmatch
 import glob
 import hashlib
+import logging
 import os
+import stat
 import time
+from collections.abc import Callable, Iterator
+from datetime import datetime, timezone
 from pathlib import Path
+from typing import BinaryIO
 
-from pipeline.errors import ConfigError, InputError
+from pipeline.errors import ConfigError, InputError, UserError
 from pipeline.listfile import read_list_file
+from pipeline.paths import printable
+from pipeline.store import read_json, write_json_atomic
+
+log = logging.getLogger(__name__)
 
 MANIFEST_SUFFIXES = (".txt", ".lst", ".list")
 
@@ -27,9 +42,12 @@ def find_videos(spec: str, extensions: list[str]) -> list[Path]:
     byte-order mark allowed: one path per line, relative to the manifest; a line that starts
     with ``#`` is a comment, and a ``#`` elsewhere is part of the name).
 
-    Entries that turn out unusable (missing, a folder, a symlink loop) are returned all the
-    same: they become error records, and the rest of the night goes on. A folder without
-    videos or a glob that matches nothing gives an empty list: an empty inbox is a normal night.
+    Folders and globs are searched by one walk (:func:`_walk`) that enters each folder once,
+    symlinked ones included, so it ends on any tree (``sub/up -> ..``, ``self -> .``) and finds
+    each file once. Entries that turn out unusable (missing, a folder, a symlink loop, a FIFO)
+    are returned all the same: they become error records, and the rest of the night goes on. A
+    folder without videos or a glob that matches nothing gives an empty list: an empty inbox is
+    a normal night.
 
     Raises:
         InputError: ``spec`` is empty or blank (an unset variable in a cron line), names
@@ -47,9 +65,9 @@ def find_videos(spec: str, extensions: list[str]) -> list[Path]:
         return [path]
     if path.is_dir():
         # A folder named like a video (x.mp4/) is kept: it becomes an error record.
-        return sorted(p for p in path.rglob("*") if p.suffix.lower() in wanted)
+        return sorted(p for p, _ in _walk(path, lambda names: True) if p.suffix.lower() in wanted)
     if glob.has_magic(spec):
-        return sorted(Path(p) for p in glob.glob(str(path), recursive=True))
+        return _glob(path)
     raise InputError(
         f"video={spec} does not exist; pass a video file, a folder, a glob or a manifest"
     )
@@ -67,54 +85,230 @@ def names_one_file(spec: str) -> bool:
     return path.is_file() and not is_manifest(path)
 
 
-def unsettled(path: Path, min_age_s: float, now: float | None = None) -> str | None:
-    """Why a found video is left for the next run, or ``None`` when it can be read now.
+def _walk(root: Path, enter: Callable[[tuple[str, ...]], bool]) -> Iterator[tuple[Path, tuple[str, ...]]]:
+    """Every entry under ``root``, with its names relative to ``root``.
 
-    A file modified in the last ``min_age_s`` seconds (a copy into the folder still under way,
-    or just finished) may still grow: captioning it now would caption a part of it under a
-    content id that the finished file no longer has. An entry that cannot be looked at is not
-    left: it becomes an error record.
+    A folder (``enter(names)`` allowing) is entered once, known by its device and inode, also
+    through a symlink: a link back up leads to a folder already entered, so the walk ends on
+    any tree and finds each file once. An entry that cannot be looked at is yielded as it is.
     """
+    entered = {_folder_identity(root)}
+    stack: list[tuple[Path, tuple[str, ...]]] = [(root, ())]
+    while stack:
+        folder, names = stack.pop()
+        try:
+            with os.scandir(folder) as listing:
+                entries = sorted(entry.name for entry in listing)
+        except OSError as error:
+            log.warning("cannot list %s: %s; its videos are not found", printable(folder), error.strerror or error)
+            continue
+        for name in entries:
+            path, relative = folder / name, (*names, name)
+            yield path, relative
+            identity = _folder_identity(path)
+            if identity is not None and identity not in entered and enter(relative):
+                entered.add(identity)
+                stack.append((path, relative))
+
+
+def _folder_identity(path: Path) -> tuple[int, int] | None:
+    """A folder's device and inode (through symlinks); ``None`` for anything else."""
     try:
-        age_s = (time.time() if now is None else now) - path.stat().st_mtime
+        info = os.stat(path)
     except OSError:
         return None
-    if age_s >= min_age_s:
-        return None
-    return f"modified {max(age_s, 0.0):.0f} s ago, less than min_age_s={min_age_s:g}; left for the next run"
+    return (info.st_dev, info.st_ino) if stat.S_ISDIR(info.st_mode) else None
 
 
-def shard_videos(videos: list[Path], shard: int, num_shards: int) -> list[Path]:
-    """The videos of shard ``shard`` out of ``num_shards`` (the others are left to other jobs).
+def _glob(pattern: Path) -> list[Path]:
+    """The entries that ``pattern`` matches, as :func:`glob.glob` with ``recursive=True`` has
+    them (``**`` any number of folders, ``*`` no hidden name), found by :func:`_walk`."""
+    parts = pattern.parts
+    fixed = next(i for i, part in enumerate(parts) if glob.has_magic(part))
+    root = Path(*parts[:fixed]) if fixed else Path(".")
+    wild = parts[fixed:]
+    return sorted(
+        path for path, names in _walk(root, lambda names: _matches(names, wild, prefix=True))
+        if _matches(names, wild, prefix=False)
+    )
 
-    A video's shard is a SHA-256 of its size and first 64 KiB, modulo ``num_shards``: it
-    depends on the file alone, so it is the same on every machine, whatever the order of the
-    list or the path the file is mounted at, and does not move when videos are added; copies
-    of one file fall in one shard, which captions it once. A file that cannot be read is
-    placed by its path as listed (it becomes an error record in that shard).
 
-    Raises:
-        ConfigError: ``shard`` is not in ``0..num_shards-1``.
+def _matches(names: tuple[str, ...], pattern: tuple[str, ...], prefix: bool) -> bool:
+    """Whether the relative ``names`` match the glob ``pattern`` (``prefix``: whether entries
+    below them still can)."""
+    if not names:
+        return prefix or all(part == "**" for part in pattern)
+    if not pattern:
+        return False
+    head, rest = pattern[0], pattern[1:]
+    hidden = names[0].startswith(".")
+    if head == "**":
+        return _matches(names, rest, prefix) or (not hidden and _matches(names[1:], pattern, prefix))
+    if hidden and not head.startswith("."):
+        return False
+    return fnmatch.fnmatchcase(names[0], head) and _matches(names[1:], rest, prefix)
+
+
+class Readiness:
+    """Which found videos have settled (a copy into the folder is over), for a run's plan.
+
+    A file still being copied in may grow: captioning it now would caption a part of it under
+    a content id that the finished file no longer has. A found file is taken when its size and
+    modification time were seen unchanged over at least ``min_age_s`` seconds. The first of the
+    two looks is either its modification time itself, when that lies at least ``min_age_s`` in
+    the past by this machine's clock, or a look of an earlier run, remembered in ``state_file``
+    (an mtime in the future, from a camera or a host whose clock runs ahead, is no "just
+    modified": such a file is taken by the first run at least ``min_age_s`` after a run saw it
+    with the same size and mtime).
+
+    Args:
+        state_file: Where the looks at files left waiting are kept between runs (shards share
+            it, taking turns through an ``flock`` on its folder); ``None``: nothing remembered.
+        min_age_s: How long a file must be seen unchanged (0: every file is taken at once).
     """
+
+    def __init__(self, state_file: Path | None, min_age_s: float) -> None:
+        self.state_file = state_file
+        self.min_age_s = min_age_s
+        self._earlier = (read_json(state_file) or {}) if state_file is not None and min_age_s > 0 else {}
+        self._looked: dict[str, list[float] | None] = {}  # key → [size, mtime_ns, first seen so]; None: taken
+
+    def unsettled(self, path: Path, now: float | None = None) -> str | None:
+        """Why ``path`` is left for the next run (what was seen), or ``None`` when it is taken.
+
+        An entry that cannot be looked at is taken: it becomes an error record.
+        """
+        if self.min_age_s <= 0:
+            return None
+        try:
+            info = os.stat(path)
+        except OSError:
+            return None
+        now = time.time() if now is None else now
+        key = str(path.absolute())
+        earlier = self._earlier.get(key)
+        same = isinstance(earlier, list) and earlier[:2] == [info.st_size, info.st_mtime_ns]
+        seen_since = earlier[2] if same else now  # type: ignore[index]
+        age_s = now - info.st_mtime
+        if age_s >= self.min_age_s or now - seen_since >= self.min_age_s:
+            self._looked[key] = None
+            return None
+        self._looked[key] = [info.st_size, info.st_mtime_ns, seen_since]
+        wait = f"less than min_age_s={self.min_age_s:g}; left for the next run"
+        if isinstance(earlier, list) and not same:
+            return (
+                f"changed since a run saw it {now - earlier[2]:.0f} s ago (size {earlier[0]:.0f} -> "
+                f"{info.st_size} B, mtime {_utc(earlier[1] / 1e9)} -> {_utc(info.st_mtime)}), {wait}"
+            )
+        if age_s < 0:
+            return (
+                f"modified in the future ({_utc(info.st_mtime)}, {-age_s:.0f} s ahead of this machine's clock), "
+                f"size {info.st_size} B, seen unchanged for {now - seen_since:.0f} s, {wait} "
+                "(taken once a run sees its size and mtime unchanged for min_age_s)"
+            )
+        return f"modified {age_s:.0f} s ago, size {info.st_size} B, {wait}"
+
+    def save(self) -> None:
+        """Remember this run's looks at the files it left waiting (and forget the files it
+        took or that are gone), for the next run. Best effort: a look not remembered only
+        means a file waits one run longer."""
+        if self.state_file is None or not self._looked:
+            return
+        try:
+            descriptor = os.open(self.state_file.parent, os.O_RDONLY)
+            try:
+                fcntl.flock(descriptor, fcntl.LOCK_EX)
+                state = read_json(self.state_file) or {}
+                state.update(self._looked)
+                kept = {key: look for key, look in state.items() if look is not None and os.path.lexists(key)}
+                write_json_atomic(self.state_file, kept)
+            finally:
+                os.close(descriptor)
+        except (OSError, UserError) as error:
+            log.warning("%s not written (%s): files left waiting wait one run longer", self.state_file, error)
+
+
+def _utc(epoch_s: float) -> str:
+    return datetime.fromtimestamp(epoch_s, timezone.utc).isoformat(timespec="seconds")
+
+
+def check_shard(shard: int, num_shards: int) -> None:
+    """Raise :class:`ConfigError` unless ``shard`` is in ``0..num_shards-1``."""
     if num_shards < 1 or not 0 <= shard < num_shards:
         raise ConfigError(
             "shard must be in 0..num_shards-1 and num_shards >= 1, "
             f"got shard={shard} num_shards={num_shards}"
         )
+
+
+def in_shard(path: Path, shard: int, num_shards: int) -> bool:
+    """Whether ``path`` is a video of shard ``shard`` out of ``num_shards`` (the others are left
+    to other jobs).
+
+    A video's shard is a SHA-256 of its size and first 64 KiB, modulo ``num_shards``: it
+    depends on the file alone, so it is the same on every machine, whatever the order of the
+    list or the path the file is mounted at, and does not move when videos are added; copies
+    of one file fall in one shard, which captions it once. An entry that cannot be read (or is
+    no regular file) is placed by its path as listed (it becomes an error record in that shard).
+    """
     if num_shards == 1:
-        return videos
-    return [p for p in videos if _shard_key(p) % num_shards == shard]
-
-
-def _shard_key(path: Path) -> int:
+        return True
     digest = hashlib.sha256()
     try:
-        with open(path, "rb") as handle:
+        with open_video(path) as handle:
             digest.update(f"{os.fstat(handle.fileno()).st_size}:".encode())
             digest.update(handle.read(1 << 16))
     except OSError:
-        digest = hashlib.sha256(f"path:{path}".encode())
-    return int(digest.hexdigest(), 16)
+        digest = hashlib.sha256(f"path:{path}".encode("utf-8", "surrogateescape"))
+    return int(digest.hexdigest(), 16) % num_shards == shard
+
+
+def shard_videos(videos: list[Path], shard: int, num_shards: int) -> list[Path]:
+    """The videos of shard ``shard`` out of ``num_shards`` (see :func:`in_shard`).
+
+    Raises:
+        ConfigError: ``shard`` is not in ``0..num_shards-1``.
+    """
+    check_shard(shard, num_shards)
+    return [p for p in videos if in_shard(p, shard, num_shards)]
+
+
+class NotARegularFile(OSError):
+    """A video entry that is a FIFO, a socket or a device: never opened."""
+
+
+_KINDS = {
+    stat.S_IFIFO: "a FIFO", stat.S_IFSOCK: "a socket",
+    stat.S_IFCHR: "a character device", stat.S_IFBLK: "a block device",
+}
+
+
+def open_video(path: Path) -> BinaryIO:
+    """Open a video entry to read its bytes, if it is a regular file (through symlinks).
+
+    It is looked at before it is opened (opening a device may act on it) and opened without
+    blocking (a FIFO put in its place meanwhile would block the open for ever), then looked at
+    again.
+
+    Raises:
+        OSError: It cannot be opened; :class:`NotARegularFile`: it is a FIFO, socket or device.
+    """
+    _check_regular(path, os.stat(path).st_mode)
+    descriptor = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_NOCTTY | os.O_CLOEXEC)
+    try:
+        _check_regular(path, os.fstat(descriptor).st_mode)
+        os.set_blocking(descriptor, True)
+        return os.fdopen(descriptor, "rb")
+    except BaseException:
+        os.close(descriptor)
+        raise
+
+
+def _check_regular(path: Path, mode: int) -> None:
+    if stat.S_ISDIR(mode):
+        raise IsADirectoryError(errno.EISDIR, "Is a directory", str(path))
+    if not stat.S_ISREG(mode):
+        raise NotARegularFile(errno.EINVAL, f"not a regular file ({_KINDS.get(stat.S_IFMT(mode), 'not a file')})")
 
 
 def video_id_of(path: Path) -> str:
@@ -123,12 +317,12 @@ def video_id_of(path: Path) -> str:
     Renaming a file keeps its id; changing its content changes it.
 
     Raises:
-        OSError: The file cannot be read.
+        OSError: The file cannot be read, or is no regular file (:func:`open_video`).
     """
     block = 1 << 20
-    size = path.stat().st_size
-    digest = hashlib.sha256(str(size).encode())
-    with open(path, "rb") as handle:
+    with open_video(path) as handle:
+        size = os.fstat(handle.fileno()).st_size
+        digest = hashlib.sha256(str(size).encode())
         for offset in sorted({0, max(size // 2 - block // 2, 0), max(size - block, 0)}):
             handle.seek(offset)
             digest.update(handle.read(block))
@@ -144,17 +338,20 @@ def path_id(path: Path) -> str:
         where = path.resolve()
     except (OSError, RuntimeError):  # RuntimeError: "Symlink loop" (Python < 3.13)
         where = Path(os.path.abspath(path))
-    return hashlib.sha256(str(where).encode()).hexdigest()[:16]
+    return hashlib.sha256(os.fsencode(where)).hexdigest()[:16]
 
 
 def os_reason(path: Path, error: OSError) -> str:
     """Why a video entry cannot be read, in the words of its error record."""
+    name = printable(path)
     if isinstance(error, FileNotFoundError):
-        return f"vanished or missing: {path}"
+        return f"vanished or missing: {name}"
     if isinstance(error, IsADirectoryError) or path.is_dir():
-        return f"is a directory, not a video: {path}"
+        return f"is a directory, not a video: {name}"
+    if isinstance(error, NotARegularFile):
+        return f"{error.strerror}, not a video: {name}"
     if isinstance(error, PermissionError):
-        return f"permission denied: {path}"
+        return f"permission denied: {name}"
     if error.errno == errno.ELOOP:
-        return f"symlink loop (a link that leads back to itself): {path}"
-    return f"cannot read {path}: {error.strerror or error}"
+        return f"symlink loop (a link that leads back to itself): {name}"
+    return f"cannot read {name}: {error.strerror or error}"

@@ -18,6 +18,11 @@ NFS carries between machines), so a killed run never blocks the next one. The by
 
 The file's text says who holds it (each run's pid, host, start, command and shard), for the
 message a refused run prints.
+
+A lock lives on the file, not on its name: deleting ``_lock`` under a running night (to "clear
+a stale lock") lets the next run create and lock a new file beside it. So before each write a
+run checks that the file at ``_lock`` is still the one it locked (:meth:`RunLock.check`), and
+stops with one line if not, before it writes anything that the new holder also writes.
 """
 
 from __future__ import annotations
@@ -32,7 +37,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from pipeline.errors import LockHeld, StoreError
+from pipeline.errors import LockHeld, LockLost, StoreError
 
 _ENTRY = 0
 _SHARD_BASE = 1 << 40  # sharding bytes lie below, shard bytes above
@@ -113,6 +118,26 @@ class RunLock:
             pass  # the text is only for messages; the locks go with the file below
         finally:
             os.close(fd)
+
+    def check(self) -> None:
+        """Make sure the file at ``output_dir/_lock`` is still the one this run locked.
+
+        Raises:
+            LockLost: It was deleted or replaced (another run may hold the new one).
+        """
+        if self._fd is None:
+            return
+        mine = os.fstat(self._fd)
+        try:
+            there = os.stat(self.path)
+        except FileNotFoundError:
+            there = None
+        if there is None or (there.st_dev, there.st_ino) != (mine.st_dev, mine.st_ino):
+            raise LockLost(
+                f"{self.path} was deleted or replaced while this run held it, so another run may be writing "
+                "there now: this run stops before its next write (what it committed is kept). Never delete "
+                "_lock by hand: the lock of a killed run goes with the process"
+            )
 
     def _live_holders(self, fd: int) -> dict[str, dict[str, Any]]:
         """The holders the file names whose shard lock is still held (killed runs dropped)."""

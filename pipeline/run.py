@@ -1,10 +1,12 @@
 """The one bookkeeping loop over videos: plan → an executor decodes and captions → commit.
 
 A run first *plans*: each video gets its content id, and a video whose work is already
-complete (a ``_done`` marker) or failed before (an error record; ``retry_failed=true`` retries
-it) is skipped without being opened, so re-running a finished night does nothing, quickly,
-and loads no model. A file modified in the last ``min_age_s`` seconds (still being copied in)
-is left for the next run; an entry that cannot be read gets one error record, once. Then an
+complete (a ``_done`` marker, whose chunks are all there and read whole: see
+:func:`~pipeline.store.verify_chunks`) or failed before (an error record; ``retry_failed=true``
+retries it) is skipped without being opened, so re-running a finished night does nothing,
+quickly, and loads no model. A file that has not settled (still being copied in:
+:class:`~pipeline.inputs.Readiness`) is left for the next run; an entry that cannot be read gets
+one error record, once. Then an
 executor (:mod:`pipeline.executors`) decodes and samples the remaining videos, leaving out
 frames that already have every answer, captions the frames, and hands back a stream of
 events: a :class:`~pipeline.executors.base.Captioned` per frame and a
@@ -21,6 +23,7 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+import os
 import sys
 import time
 from collections.abc import Callable
@@ -47,7 +50,8 @@ from pipeline.executors.base import (
     Work,
 )
 from pipeline.executors.local import LocalExecutor
-from pipeline.inputs import os_reason, path_id, unsettled, video_id_of
+from pipeline.inputs import Readiness, check_shard, in_shard, os_reason, path_id, video_id_of
+from pipeline.paths import printable
 from pipeline.progress import Progress
 from pipeline.runlog import run_stamp
 from pipeline.sampling import Sampler
@@ -55,11 +59,12 @@ from pipeline.signals import Stopped, check_stopped
 from pipeline.store import (
     Committed,
     ResultRow,
-    damaged_chunks,
     done_marker,
     mark_done,
+    missing_chunks,
     read_committed,
     remove_error_records,
+    verify_chunks,
     write_chunk,
     write_json_atomic,
     write_video_facts,
@@ -67,6 +72,9 @@ from pipeline.store import (
 )
 
 log = logging.getLogger(__name__)
+
+# What the last look at each found file left waiting saw (pipeline.inputs.Readiness).
+WAITING_FILE = "_waiting.json"
 
 
 @dataclass
@@ -169,6 +177,7 @@ class _VideoTask:
     answered: int = 0
     decoded_all: bool = False
     in_model_since: float | None = None  # when its first frame entered the model (epoch s)
+    record_id: str | None = None  # where its error record goes, if not under its video_id
     failed: dict[int, str] = field(default_factory=dict)  # frame → why, for this run's frame errors
 
 
@@ -190,9 +199,13 @@ class Pipeline:
         retry_failed: Retry videos and frames that failed before.
         metadata: Stored in every Parquet file's schema metadata.
         thumbnail: Makes a frame's ``thumbnail`` bytes (``None``: rows have none).
-        min_age_s: A video modified less than this many seconds ago is left for the next run.
+        min_age_s: A found video not seen unchanged for this many seconds is left for the next
+            run (:class:`~pipeline.inputs.Readiness`).
         read_only: Plan without touching ``output_dir`` (a dry run): no error record removed,
             no damaged chunk moved aside, no done marker dropped (``retry_failed`` must be off).
+        before_write: Called on the writer thread before each write to ``output_dir``, and
+            again just before a chunk appears under its name (the command line's
+            :meth:`~pipeline.lock.RunLock.check`); what it raises stops the run.
     """
 
     def __init__(
@@ -212,6 +225,7 @@ class Pipeline:
         thumbnail: Callable[[np.ndarray], bytes] | None = None,
         min_age_s: float = 0.0,
         read_only: bool = False,
+        before_write: Callable[[], None] | None = None,
     ) -> None:
         self.decoder = VideoDecoder(sampler, max_frames, thumbnail, start_s, end_s)
         self.questions: list[Question] = make_questions(unique_prompts(prompts))
@@ -229,64 +243,103 @@ class Pipeline:
         self.prefetch_frames = prefetch_frames
         self.min_age_s = min_age_s
         self.read_only = read_only
+        self.before_write = before_write
         if read_only and retry_failed:
             raise ValueError("a read-only plan cannot retry failed videos (it would remove their records)")
         self.metadata = {**(metadata or {}), "versions": package_versions()}
         self.model_name = ""
-        # When work last came back from the executor (time.monotonic()), while a run waits on
-        # it; None otherwise. The command line's stall watch reads it (pipeline.watchdog).
+        # When work last came back (time.monotonic()), while the plan reads the videos or the run
+        # waits on the executor, and what it waits on; None otherwise. The command line's stall
+        # watch reads them (pipeline.watchdog).
         self.last_progress_s: float | None = None
+        self.waiting_on = "the model or the decoder"
         self._writes: list[Future[Any]] = []
 
     # -- planning (no model needed) ---------------------------------------------------------
 
-    def plan(self, videos: list[Path]) -> list[_VideoTask]:
-        """Look at every video's committed work; skipped and unreadable ones are settled here.
+    def plan(self, videos: list[Path], shard: int = 0, num_shards: int = 1) -> list[_VideoTask]:
+        """Look at every video of shard ``shard`` of ``num_shards`` (:func:`~pipeline.inputs.in_shard`)
+        and its committed work; skipped and unreadable ones are settled here.
 
         A second path with the content (or, unreadable, the path) of an earlier one is
         skipped: both would write the same keys. A damaged chunk is moved aside and its keys
-        are done again, also for a video that was done.
+        are done again, also for a video that was done, as are those of a chunk that a done
+        video's marker lists and that is gone.
+
+        Raises:
+            ConfigError: ``shard`` is not in ``0..num_shards-1``.
         """
+        check_shard(shard, num_shards)
+        readiness = Readiness(self.output_dir / WAITING_FILE, self.min_age_s)
         tasks = []
-        first_path_of: dict[str, Path] = {}
-        for path in videos:
-            outcome = VideoOutcome(path=str(path), video_id="")
-            task = _VideoTask(outcome=outcome, path=path)
-            tasks.append(task)
-            outcome.note = unsettled(path, self.min_age_s) if self.min_age_s > 0 else None
-            if outcome.note is not None:
-                outcome.status = "waiting"
-                log.info("waiting %s: %s", path, outcome.note)
-                continue
-            failure = None
-            try:
-                outcome.video_id = video_id_of(path)
-            except OSError as error:
-                outcome.video_id = path_id(path)
-                failure = os_reason(path, error)
-            if outcome.video_id in first_path_of:
-                outcome.status = "skipped"
-                outcome.note = f"same content as {first_path_of[outcome.video_id]}"
-                log.info("skipped %s: %s", path, outcome.note)
-                continue
-            first_path_of[outcome.video_id] = path
-            if failure is not None:
-                self._plan_failure(task, failure)
-                continue
-            marker = done_marker(self.output_dir, outcome.video_id, self.work_id)
-            if self.retry_failed and remove_error_records(self.output_dir, outcome.video_id, self.config_id):
-                marker.unlink(missing_ok=True)  # done by an older version despite failed frames
-            if marker.exists():
-                if self.read_only or not damaged_chunks(self.output_dir, outcome.video_id, self.config_id):
-                    outcome.status = "skipped"
-                    outcome.note = "done"
-                    continue
-                marker.unlink()
-            task.committed = read_committed(self.output_dir, outcome.video_id, self.config_id, not self.read_only)
-            if task.committed.video_error is not None:
-                outcome.status = "skipped"
-                outcome.error = f"failed before: {task.committed.video_error}"
+        first_path_of: dict[str, str] = {}
+        self.waiting_on = "reading the videos"
+        try:
+            for path in videos:
+                self.last_progress_s = time.monotonic()
+                if in_shard(path, shard, num_shards):
+                    tasks.append(self._plan_one(path, readiness, first_path_of))
+        finally:
+            self.last_progress_s = None
+            self.waiting_on = "the model or the decoder"
+        if not self.read_only:
+            readiness.save()
         return tasks
+
+    def _plan_one(self, path: Path, readiness: Readiness, first_path_of: dict[str, str]) -> _VideoTask:
+        outcome = VideoOutcome(path=printable(path), video_id="")
+        task = _VideoTask(outcome=outcome, path=path)
+        outcome.note = readiness.unsettled(path)
+        if outcome.note is not None:
+            outcome.status = "waiting"
+            log.info("waiting %s: %s", outcome.path, outcome.note)
+            return task
+        failure = None
+        try:
+            outcome.video_id = video_id_of(path)
+        except OSError as error:
+            outcome.video_id = path_id(path)
+            failure = os_reason(path, error)
+        if outcome.video_id in first_path_of:
+            outcome.status = "skipped"
+            outcome.note = f"same content as {first_path_of[outcome.video_id]}"
+            log.info("skipped %s: %s", outcome.path, outcome.note)
+            return task
+        first_path_of[outcome.video_id] = outcome.path
+        if failure is not None:
+            self._plan_failure(task, failure)
+            return task
+        self._forget_path_failure(task)
+        marker = done_marker(self.output_dir, outcome.video_id, self.work_id)
+        if self.retry_failed and remove_error_records(self.output_dir, outcome.video_id, self.config_id):
+            marker.unlink(missing_ok=True)  # done by an older version despite failed frames
+        damaged = [] if self.read_only else verify_chunks(self.output_dir, outcome.video_id, self.config_id)
+        if marker.exists():
+            moved = {chunk.name for chunk in damaged}
+            gone = [name for name in missing_chunks(marker) if name not in moved]
+            if self.read_only or not (damaged or gone):
+                outcome.status = "skipped"
+                outcome.note = "done"
+                return task
+            if gone:
+                log.warning(
+                    "%s was done, but chunks its done marker lists are gone (%s): its missing frames are done again",
+                    outcome.path, ", ".join(gone),
+                )
+            marker.unlink()
+        task.committed = read_committed(self.output_dir, outcome.video_id, self.config_id, not self.read_only)
+        if task.committed.video_error is not None:
+            outcome.status = "skipped"
+            outcome.error = f"failed before: {task.committed.video_error}"
+        return task
+
+    def _forget_path_failure(self, task: _VideoTask) -> None:
+        """A path that failed before (filed under the path: it vanished or could not be read)
+        and reads now: its old error record is no longer true."""
+        where = path_id(task.path)
+        if not self.read_only and (self.output_dir / where).is_dir():
+            if remove_error_records(self.output_dir, where, self.config_id):
+                log.info("%s reads again: its earlier error record is removed", task.outcome.path)
 
     def _plan_failure(self, task: _VideoTask, reason: str) -> None:
         """An entry that cannot be read: one error record per entry and reason, not one a night
@@ -390,7 +443,7 @@ class Pipeline:
             for future in self._writes:
                 future.result()
         if todo:
-            write_videos_table(self.output_dir)
+            self._write(write_videos_table, self.output_dir)
 
     def finish_writes(self, timeout_s: float) -> None:
         """Wait up to ``timeout_s`` for the writes submitted so far: a stalled run's way out,
@@ -424,10 +477,12 @@ class Pipeline:
         task.sent = event.sent
         task.outcome.frames_already_done = event.already_done
         if event.facts is not None:
-            self._writes.append(self._writer.submit(
+            self._submit_write(
                 write_video_facts, self.output_dir, task.outcome.video_id, task.outcome.path, asdict(event.facts)
-            ))
+            )
         if event.error is not None:
+            if not os.path.exists(task.path):  # a fact about the path: the same bytes elsewhere are no failure
+                task.record_id = path_id(task.path)
             self._fail(task, event.error)
         self._finish_if_complete(task)
 
@@ -487,7 +542,7 @@ class Pipeline:
         if task.outcome.status == "error":
             self._submit_error_record(task)
         else:
-            self._writes.append(self._writer.submit(self._mark_done, task))
+            self._submit_write(self._mark_done, task)
         self._progress.video_finished()
 
     def _submit_chunk(self, task: _VideoTask) -> None:
@@ -497,28 +552,38 @@ class Pipeline:
         task.outcome.rows += len(rows)
         for kind, chunk in (("part", ok), ("errors", errors)):
             if chunk:
-                self._writes.append(
-                    self._writer.submit(
-                        write_chunk, self.output_dir, task.outcome.video_id, kind,
-                        self.config_id, chunk, self.metadata,
-                    )
+                self._submit_write(
+                    write_chunk, self.output_dir, task.outcome.video_id, kind, self.config_id, chunk, self.metadata,
+                    self.before_write,
                 )
 
     def _submit_error_record(self, task: _VideoTask) -> None:
         row = self._error_row(task, task.outcome.error or "unknown error")
         task.outcome.rows += 1
-        self._writes.append(
-            self._writer.submit(
-                write_chunk, self.output_dir, task.outcome.video_id, "errors",
-                self.config_id, [row], self.metadata,
-            )
+        self._submit_write(
+            write_chunk, self.output_dir, row.video_id, "errors", self.config_id, [row], self.metadata,
+            self.before_write,
         )
         log.warning("failed %s: %s", task.outcome.path, task.outcome.error)
+
+    def _submit_write(self, write: Callable[..., object], *args: Any) -> None:
+        """Queue a write to ``output_dir`` on the writer thread, behind :attr:`before_write`."""
+        self._writes.append(self._writer.submit(self._write, write, *args))
+
+    def _write(self, write: Callable[..., object], *args: Any) -> object:
+        if self.before_write is not None:
+            self.before_write()
+        try:
+            return write(*args)
+        except StoreError:
+            if self.before_write is not None:  # a lost lock explains a failed write best
+                self.before_write()
+            raise
 
     def _mark_done(self, task: _VideoTask) -> None:
         outcome = task.outcome
         outcome.status = "done"
-        mark_done(self.output_dir, outcome.video_id, self.work_id, asdict(outcome))
+        mark_done(self.output_dir, outcome.video_id, self.work_id, self.config_id, asdict(outcome))
         log.info(
             "done %s: %d frames captioned, %d already done, %d rows, %.1f s",
             outcome.path, outcome.frames, outcome.frames_already_done, outcome.rows, outcome.wall_s,
@@ -553,7 +618,7 @@ class Pipeline:
     def _error_row(self, task: _VideoTask, reason: str) -> ResultRow:
         return ResultRow(
             video_path=task.outcome.path,
-            video_id=task.outcome.video_id,
+            video_id=task.record_id or task.outcome.video_id,
             model=self.model_name,
             status="error",
             error=reason,

@@ -5,7 +5,10 @@ Results live in ``output_dir`` as Parquet chunk files under one folder per video
     output_dir/<video_id>/part-<config_id>-<time>-<random>.parquet     answers (status ok)
     output_dir/<video_id>/errors-<config_id>-<time>-<random>.parquet   error records
     output_dir/<video_id>/_done-<work_id>                              the video is complete
+    output_dir/<video_id>/_verified.json                               chunks read in full, unchanged since
     output_dir/_quarantine/<video_id>/...                               damaged chunks, moved aside
+
+(:class:`ChunkName` formats, globs and parses the chunk names.)
 
 Per-video facts (duration, frame rate, size, codec, frames decoded) go to
 ``output_dir/<video_id>/_video.json`` when a video is decoded, and every run that decoded
@@ -45,6 +48,50 @@ if TYPE_CHECKING:  # pandas loads only where results are read back, not on a run
 log = logging.getLogger(__name__)
 
 QUARANTINE = "_quarantine"
+VERIFIED_FILE = "_verified.json"
+
+
+@dataclass(frozen=True)
+class ChunkName:
+    """The name of a chunk file, ``<kind>-<config_id>-<written_ns>-<nonce>.parquet``: the one
+    place that writes, globs and reads it.
+
+    Attributes:
+        kind: ``part`` (answers) or ``errors`` (error records).
+        config_id: The settings its rows were made with.
+        written_ns: When it was written (``time.time_ns()``).
+        nonce: Random hex, so that two chunks written in one nanosecond differ.
+    """
+
+    kind: str
+    config_id: str
+    written_ns: int
+    nonce: str
+
+    KINDS = ("part", "errors")
+
+    @classmethod
+    def new(cls, kind: str, config_id: str) -> ChunkName:
+        """A fresh name for a chunk written now."""
+        return cls(kind, config_id, time.time_ns(), uuid.uuid4().hex[:8])
+
+    @property
+    def file_name(self) -> str:
+        """The file's name."""
+        return f"{self.kind}-{self.config_id}-{self.written_ns}-{self.nonce}.parquet"
+
+    @staticmethod
+    def pattern(kind: str = "*", config_id: str = "*") -> str:
+        """A glob for the chunk files of ``kind`` and ``config_id`` (``*``: any)."""
+        return f"{kind}-{config_id}-*.parquet"
+
+    @classmethod
+    def parse(cls, file_name: str) -> ChunkName | None:
+        """The name's parts, or ``None`` when ``file_name`` is no chunk's name."""
+        parts = file_name.removesuffix(".parquet").split("-")
+        if not file_name.endswith(".parquet") or len(parts) != 4 or parts[0] not in cls.KINDS or not parts[2].isdigit():
+            return None
+        return cls(parts[0], parts[1], int(parts[2]), parts[3])
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -147,9 +194,10 @@ def prepare_output_dir(output_dir: str | Path) -> Path:
 
 def write_chunk(
     output_dir: Path, video_id: str, kind: str, config_id: str, rows: list[ResultRow],
-    metadata: dict[str, Any],
+    metadata: dict[str, Any], before_commit: Callable[[], object] | None = None,
 ) -> Path:
-    """Commit rows as a new chunk file ``output_dir/<video_id>/<kind>-<config_id>-....parquet``.
+    """Commit rows as a new chunk file ``output_dir/<video_id>/<kind>-<config_id>-....parquet``,
+    with a checksum per page (read back by :func:`verify_chunks`).
 
     Args:
         output_dir: The dataset folder.
@@ -158,6 +206,8 @@ def write_chunk(
         config_id: The settings the rows were made with.
         rows: The rows.
         metadata: JSON-able values stored in the file's schema metadata (``pipeline.<key>``).
+        before_commit: Called with the file written, just before it appears under its name;
+            what it raises leaves nothing behind (the run's lock check).
 
     Raises:
         StoreError: The file cannot be written (disk full, permissions); nothing partial stays.
@@ -166,10 +216,11 @@ def write_chunk(
     table = table.replace_schema_metadata(
         {f"pipeline.{key}": json.dumps(value, default=str) for key, value in metadata.items()}
     )
-    name = f"{kind}-{config_id}-{time.time_ns()}-{uuid.uuid4().hex[:8]}"
-    final = output_dir / video_id / f"{name}.parquet"
+    final = output_dir / video_id / ChunkName.new(kind, config_id).file_name
     try:
-        write_atomic(final, lambda temporary: pq.write_table(table, temporary))
+        write_atomic(
+            final, lambda temporary: pq.write_table(table, temporary, write_page_checksum=True), before_commit
+        )
     except OSError as error:
         raise StoreError(
             f"cannot write {final}: {error.strerror or error}; committed results are intact, "
@@ -196,7 +247,7 @@ class Committed:
 def chunk_files(output_dir: Path, video_id: str, config_id: str) -> list[Path]:
     """A video's committed chunk files (answers, then error records) for ``config_id``."""
     folder = output_dir / video_id
-    return sorted(folder.glob(f"part-{config_id}-*.parquet")) + sorted(folder.glob(f"errors-{config_id}-*.parquet"))
+    return [path for kind in ChunkName.KINDS for path in sorted(folder.glob(ChunkName.pattern(kind, config_id)))]
 
 
 def read_committed(output_dir: Path, video_id: str, config_id: str, move_damaged: bool = True) -> Committed:
@@ -224,17 +275,55 @@ def read_committed(output_dir: Path, video_id: str, config_id: str, move_damaged
     return committed
 
 
-def damaged_chunks(output_dir: Path, video_id: str, config_id: str) -> list[Path]:
-    """Move aside the video's chunk files for ``config_id`` whose Parquet footer does not read
-    (the check for a finished video, which is not read back); returns those moved."""
+def verify_chunks(output_dir: Path, video_id: str, config_id: str) -> list[Path]:
+    """Read in full each of the video's chunk files for ``config_id`` that has not been read so
+    since it last changed, page checksums checked (a chunk written before they were has none:
+    it is checked by decoding every page); move aside (:func:`quarantine`) those that do not
+    read, and return them.
+
+    A footer that reads says nothing of the pages before it: a chunk damaged inside would fail
+    every later reader (``pd.read_parquet``, the report, the export). What was read whole is
+    remembered in ``<video_id>/_verified.json`` by name, size, modification and change time,
+    so each chunk is read once, and again only when it changes.
+    """
+    record = output_dir / video_id / VERIFIED_FILE
+    verified = read_json(record) or {}
+    current = {}
     damaged = []
     for path in chunk_files(output_dir, video_id, config_id):
         try:
-            pq.read_metadata(path)
+            info = path.stat()
+            stamp = [info.st_size, info.st_mtime_ns, info.st_ctime_ns]
+            if verified.get(path.name) != stamp:
+                _read_whole(path)
         except (pa.ArrowException, OSError) as error:
             quarantine(output_dir, path, error)
             damaged.append(path)
+            continue
+        current[path.name] = stamp
+    still_there = {name: stamp for name, stamp in verified.items() if (record.parent / name).exists()}
+    if {**still_there, **current} != verified:
+        write_json_atomic(record, {**still_there, **current})
     return damaged
+
+
+def _read_whole(path: Path) -> None:
+    """Decode every page of a Parquet file (checking page checksums where it has them).
+
+    Raises:
+        pyarrow.ArrowException, OSError: It does not read.
+    """
+    parquet = pq.ParquetFile(path, page_checksum_verification=True)
+    for group in range(parquet.num_row_groups):
+        parquet.read_row_group(group)
+
+
+def missing_chunks(marker: Path) -> list[str]:
+    """The chunk files a video's done marker (:func:`mark_done`) lists that are no longer in
+    its folder (deleted by hand, or moved aside as damaged); none for a marker that lists none
+    (written before markers did)."""
+    listed = (read_json(marker) or {}).get("chunks") or []
+    return [name for name in listed if isinstance(name, str) and not (marker.parent / name).exists()]
 
 
 def quarantine(output_dir: Path, path: Path, error: Exception) -> Path:
@@ -281,7 +370,7 @@ def remove_error_records(output_dir: Path, video_id: str, config_id: str) -> int
     Deleting first is safe: if the retry is killed, the work is simply missing and the next
     run does it.
     """
-    files = list((output_dir / video_id).glob(f"errors-{config_id}-*.parquet"))
+    files = list((output_dir / video_id).glob(ChunkName.pattern("errors", config_id)))
     for path in files:
         path.unlink()
     return len(files)
@@ -292,13 +381,16 @@ def done_marker(output_dir: Path, video_id: str, work_id: str) -> Path:
     return output_dir / video_id / f"_done-{work_id}"
 
 
-def mark_done(output_dir: Path, video_id: str, work_id: str, summary: dict[str, Any]) -> None:
-    """Write the completion marker (atomically), after every chunk of the video is committed.
+def mark_done(output_dir: Path, video_id: str, work_id: str, config_id: str, summary: dict[str, Any]) -> None:
+    """Write the completion marker (atomically), after every chunk of the video is committed:
+    ``summary`` and the names of the video's chunk files for ``config_id`` (the marker vouches
+    for them: see :func:`missing_chunks`).
 
     Raises:
         StoreError: It cannot be written.
     """
-    write_json_atomic(done_marker(output_dir, video_id, work_id), summary)
+    chunks = [path.name for path in chunk_files(output_dir, video_id, config_id)]
+    write_json_atomic(done_marker(output_dir, video_id, work_id), {**summary, "chunks": chunks})
 
 
 def write_json_atomic(path: Path, value: Any) -> None:
@@ -310,12 +402,15 @@ def write_json_atomic(path: Path, value: Any) -> None:
     write_bytes_atomic(path, json.dumps(value, indent=2, default=str).encode())
 
 
-def write_atomic(path: Path, write: Callable[[Path], object]) -> None:
+def write_atomic(
+    path: Path, write: Callable[[Path], object], before_rename: Callable[[], object] | None = None
+) -> None:
     """Make ``path`` appear whole or not at all, and survive a power cut once this returns.
 
     ``write`` writes the content to the file path it is given: a hidden temporary name in
     ``path``'s folder (created if missing). That file is fsynced, renamed over ``path``, and
-    the folder fsynced so that the rename itself is on disk. Every file the pipeline writes
+    the folder fsynced so that the rename itself is on disk (``before_rename`` is called just
+    before the rename; what it raises leaves nothing behind). Every file the pipeline writes
     goes through here.
 
     Raises:
@@ -326,6 +421,8 @@ def write_atomic(path: Path, write: Callable[[Path], object]) -> None:
     try:
         write(temporary)
         _fsync(temporary)
+        if before_rename is not None:
+            before_rename()
         os.replace(temporary, path)
     finally:
         temporary.unlink(missing_ok=True)
@@ -480,13 +577,12 @@ def read_configs(output_dir: str | Path) -> dict[str, dict[str, Any]]:
     newest result file: the composed ``config``, ``model_files``, ``model_sha256`` and the
     package ``versions``."""
     newest: dict[str, tuple[int, Path]] = {}
-    for path in Path(output_dir).glob("*/*.parquet"):
-        parts = path.stem.split("-")
-        if path.name.startswith((".", "_")) or len(parts) < 3 or not parts[2].isdigit():
+    for path in Path(output_dir).glob(f"*/{ChunkName.pattern()}"):
+        name = ChunkName.parse(path.name)
+        if name is None:
             continue
-        config_id, written_ns = parts[1], int(parts[2])
-        if config_id not in newest or written_ns > newest[config_id][0]:
-            newest[config_id] = (written_ns, path)
+        if name.config_id not in newest or name.written_ns > newest[name.config_id][0]:
+            newest[name.config_id] = (name.written_ns, path)
     configs = {}
     for config_id, (_, path) in sorted(newest.items()):
         try:
