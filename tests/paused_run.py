@@ -12,7 +12,9 @@ Environment:
         ``native_log:<n>``: inside llama.cpp's ``n``-th call of the log callback (as the model
             loads), where Python drops an exception that a signal handler raises;
         ``step:<n>``: in the engine's ``n``-th decode step, as a GPU that stops responding;
-        ``report``: everything committed, the report about to be written.
+        ``report``: everything committed, the report about to be written;
+        ``plan:<n>``: in the plan, when it reads the ``n``-th video's content id;
+        ``run``: the plan made, before the run decodes its first video.
     PAUSE_MARKER: a file touched when the run stops there.
     PAUSE_RELEASE: a file whose appearance lets the run go on; without it, it waits until it
         is killed.
@@ -30,6 +32,7 @@ from typing import Any
 import llama_cpp
 
 import pipeline.report
+import pipeline.run
 import pipeline.store
 from pipeline.caption.engine import Engine, native
 from pipeline.executors.base import Captioned
@@ -49,7 +52,9 @@ def pause_at_commit(committed: int, during: bool) -> None:
     write_atomic = pipeline.store.write_atomic
     seen = 0
 
-    def paused_write(path: Path, write: Callable[[Path], object]) -> None:
+    def paused_write(
+        path: Path, write: Callable[[Path], object], before_rename: Callable[[], object] | None = None
+    ) -> None:
         nonlocal seen
         if path.suffix == ".parquet":
             seen += 1
@@ -61,9 +66,9 @@ def pause_at_commit(committed: int, during: bool) -> None:
                     write(temporary)
                     pause()
 
-                write_atomic(path, write_then_pause)
+                write_atomic(path, write_then_pause, before_rename)
                 return
-        write_atomic(path, write)
+        write_atomic(path, write, before_rename)
 
     pipeline.store.write_atomic = paused_write
 
@@ -115,6 +120,32 @@ def pause_in_step(n: int) -> None:
     Engine._step = paused_step  # type: ignore[method-assign,assignment]
 
 
+def pause_in_plan(n: int) -> None:
+    """Stop when the plan reads the ``n``-th video's content id."""
+    video_id_of = pipeline.run.video_id_of
+    seen = 0
+
+    def paused_id(path: Path) -> str:
+        nonlocal seen
+        seen += 1
+        if seen == n:
+            pause()
+        return video_id_of(path)
+
+    pipeline.run.video_id_of = paused_id
+
+
+def pause_before_run() -> None:
+    """Stop when the plan is made, before the run decodes its first video."""
+    run = Pipeline.run
+
+    def paused_run(self: Pipeline, *args: Any) -> Any:
+        pause()
+        return run(self, *args)
+
+    Pipeline.run = paused_run  # type: ignore[method-assign,assignment]
+
+
 def pause_before_report() -> None:
     """Stop when the report is about to be written."""
     write_report = pipeline.report.write_report
@@ -137,6 +168,10 @@ def main() -> None:
         pause_in_native_log(int(where[0]))
     elif kind == "step":
         pause_in_step(int(where[0]))
+    elif kind == "plan":
+        pause_in_plan(int(where[0]))
+    elif kind == "run":
+        pause_before_run()
     else:
         pause_before_report()
     from pipeline.cli import main as cli_main

@@ -1,0 +1,295 @@
+"""Issue 23: what a night is given and what it finds in ``output_dir`` cannot hang it, crash
+it or make it lie: names that are not UTF-8, FIFOs and sockets, symlink loops under a glob, a
+video that moves mid-night, an mtime in the future, a chunk damaged inside or deleted, and a
+lock file deleted under a running night. Each through ``python -m pipeline`` on the tiny model.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import socket
+import subprocess
+import sys
+from pathlib import Path
+
+import pandas as pd
+import pyarrow.parquet as pq
+import pytest
+
+from pipeline.store import ChunkName
+from tests.conftest import (
+    KEY,
+    ROOT,
+    RUN_TIMEOUT_S,
+    SAMPLE_VIDEO,
+    answers,
+    assert_one_line_error,
+    cli_env,
+    last_run,
+    make_night,
+    night_args,
+    run_cli,
+    start_paused_run,
+    tinted,
+    wait_for_pause,
+    write_video,
+)
+
+# A night of a few tiny videos takes well under a minute; one that takes this long hangs.
+HANG_S = 600
+
+
+def run_bounded(*args: str) -> subprocess.CompletedProcess[str]:
+    """``python -m pipeline ARGS``, ended by the test (a failure) if it hangs."""
+    return subprocess.run(
+        [sys.executable, "-m", "pipeline", *args], cwd=ROOT, env=cli_env(), capture_output=True, text=True,
+        timeout=HANG_S,
+    )
+
+
+def error_records(out: Path) -> pd.DataFrame:
+    df = pd.read_parquet(out)
+    return df[df.frame_index.isna()]
+
+
+def with_video(args: list[str], spec: str | Path) -> list[str]:
+    return [f"video={spec}" if a.startswith("video=") else a for a in args]
+
+
+def key_set(df: pd.DataFrame) -> set[tuple[object, ...]]:
+    return set(map(tuple, df[KEY].itertuples(index=False)))
+
+
+# -- 1. a name that is not UTF-8 ------------------------------------------------------------------
+
+
+def test_a_name_that_is_not_utf8_is_captioned_beside_the_others(tiny_model_dir: Path, tmp_path: Path) -> None:
+    folder = make_night(tmp_path / "videos", n_videos=2, n_frames=3)
+    shutil.copy(SAMPLE_VIDEO, folder / os.fsdecode(b"caf\xe9.mp4"))  # Latin-1, as from an old share
+    out = tmp_path / "out"
+    args = [*night_args(folder, out, tiny_model_dir, tmp_path), "max_frames=2"]
+    shown = f"{folder}/caf\\xe9.mp4"
+    plan = run_bounded(*args, "dry_run=true")
+    assert plan.returncode == 0, plan.stderr
+    assert f"caption  {shown}: 2 frames" in plan.stdout
+    night = run_bounded(*args)
+    assert night.returncode == 0, night.stderr
+    assert last_run(out)["videos_done"] == 3
+    done = answers(out)
+    assert sorted(done.video_path.unique()) == sorted([shown, str(folder / "v0.mp4"), str(folder / "v1.mp4")])
+
+
+# -- 2. a FIFO or a socket named like a video ----------------------------------------------------
+
+
+def _inbox_with_a_fifo_and_a_socket(folder: Path) -> list[Path]:
+    make_night(folder, n_videos=2, n_frames=3)
+    os.mkfifo(folder / "pipe.mp4")
+    server = socket.socket(socket.AF_UNIX)
+    server.bind(str(folder / "sock.mp4"))
+    server.close()  # the socket file stays
+    return [folder / "pipe.mp4", folder / "sock.mp4"]
+
+
+@pytest.mark.allow_error_logs
+def test_a_fifo_or_a_socket_in_the_inbox_is_an_error_record(tiny_model_dir: Path, tmp_path: Path) -> None:
+    folder = tmp_path / "videos"
+    pipe, sock = _inbox_with_a_fifo_and_a_socket(folder)
+    out = tmp_path / "out"
+    args = night_args(folder, out, tiny_model_dir, tmp_path)
+    plan = run_bounded(*args, "dry_run=true")
+    assert plan.returncode == 0, plan.stderr
+    assert f"fail     {pipe}: not a regular file (a FIFO), not a video: {pipe}" in plan.stdout
+    night = run_bounded(*args)
+    assert night.returncode == 2, night.stderr
+    assert sorted(error_records(out).error) == [
+        f"not a regular file (a FIFO), not a video: {pipe}",
+        f"not a regular file (a socket), not a video: {sock}",
+    ]
+    assert last_run(out)["videos_done"] == 2
+
+
+@pytest.mark.allow_error_logs
+def test_shards_place_a_fifo_without_opening_it(tiny_model_dir: Path, tmp_path: Path) -> None:
+    folder = tmp_path / "videos"
+    _inbox_with_a_fifo_and_a_socket(folder)
+    out = tmp_path / "out"
+    args = night_args(folder, out, tiny_model_dir, tmp_path)
+    for shard in (0, 1):
+        result = run_bounded(*args, f"shard={shard}", "num_shards=2")
+        assert result.returncode in (0, 2, 3), result.stderr
+    assert len(error_records(out)) == 2
+    assert answers(out).video_path.nunique() == 2
+
+
+@pytest.mark.allow_error_logs
+def test_the_stall_watch_covers_the_plan(tiny_model_dir: Path, tmp_path: Path) -> None:
+    """A read that never returns while planning (a mount that stopped answering) ends the night
+    as a stalled model does, instead of holding the lock for good."""
+    folder = make_night(tmp_path / "videos", n_videos=2, n_frames=2)
+    out = tmp_path / "out"
+    marker = tmp_path / "paused"
+    run = start_paused_run([*night_args(folder, out, tiny_model_dir, tmp_path), "stall_timeout_s=2"], "plan:2", marker)
+    wait_for_pause(run, marker)
+    _, stderr = run.communicate(timeout=HANG_S)
+    assert_one_line_error(
+        subprocess.CompletedProcess(run.args, run.returncode, "", stderr), 1,
+        "stalled: nothing came back from reading the videos", "stall_timeout_s=2",
+    )
+    assert last_run(out)["exit_code"] == 1
+
+
+# -- 3. a glob over a tree with symlink loops ----------------------------------------------------
+
+
+@pytest.mark.parametrize("form", ["glob", "folder"])
+def test_a_tree_with_symlink_loops_is_searched_once(tiny_model_dir: Path, tmp_path: Path, form: str) -> None:
+    inbox = make_night(tmp_path / "inbox", n_videos=1, n_frames=2)
+    (inbox / "sub").mkdir()
+    write_video(inbox / "sub" / "w.mp4", n_frames=2, colour_of=tinted(200))
+    (inbox / "sub" / "up").symlink_to("..")
+    (inbox / "self").symlink_to(inbox)
+    out = tmp_path / "out"
+    spec = f"{inbox}/**/*.mp4" if form == "glob" else inbox
+    args = with_video(night_args(inbox, out, tiny_model_dir, tmp_path), spec)
+    plan = run_bounded(*args, "dry_run=true")
+    assert plan.returncode == 0, plan.stderr
+    assert [line.split(":")[0] for line in plan.stdout.splitlines() if line.startswith("caption")] == [
+        f"caption  {inbox / 'sub' / 'w.mp4'}", f"caption  {inbox / 'v0.mp4'}",
+    ]
+    night = run_bounded(*args)
+    assert night.returncode == 0, night.stderr
+    summary = last_run(out)
+    assert (len(summary["videos"]), summary["videos_done"]) == (2, 2)
+
+
+# -- 4. a video moved during the night ------------------------------------------------------------
+
+
+@pytest.mark.allow_error_logs
+def test_a_video_that_vanished_is_captioned_at_its_new_path(tiny_model_dir: Path, tmp_path: Path) -> None:
+    folder = make_night(tmp_path / "videos", n_videos=2, n_frames=3)
+    out = tmp_path / "out"
+    args = night_args(folder, out, tiny_model_dir, tmp_path)
+    marker, release = tmp_path / "paused", tmp_path / "go"
+    run = start_paused_run(args, "run", marker, release)
+    wait_for_pause(run, marker)
+    away = (folder / "v1.mp4").rename(tmp_path / "v1.mp4")  # planned, then moved away
+    release.touch()
+    _, stderr = run.communicate(timeout=RUN_TIMEOUT_S)
+    assert run.returncode == 2, stderr
+    assert f"vanished or missing: {folder / 'v1.mp4'}" in stderr
+    away.rename(folder / "renamed.mp4")  # the same bytes at a new path
+    night = run_cli(*args)
+    assert night.returncode == 0, night.stderr
+    assert "failed before" not in night.stderr
+    assert last_run(out)["videos_done"] == 1
+    assert sorted(answers(out).video_path.map(lambda p: Path(p).name).unique()) == ["renamed.mp4", "v0.mp4"]
+
+
+# -- 7. an mtime in the future --------------------------------------------------------------------
+
+
+def test_a_file_with_a_future_mtime_is_taken_once_seen_unchanged(tiny_model_dir: Path, tmp_path: Path) -> None:
+    folder = make_night(tmp_path / "videos", n_videos=1, n_frames=2)
+    video = folder / "v0.mp4"
+    in_30_days = video.stat().st_mtime + 30 * 86400
+    os.utime(video, (in_30_days, in_30_days))  # a camera whose clock runs ahead
+    out = tmp_path / "out"
+    # Each run starts more than a second after the one before (the interpreter's start alone).
+    args = [a for a in night_args(folder, out, tiny_model_dir, tmp_path) if a != "min_age_s=0"] + ["min_age_s=1"]
+    first = run_cli(*args)
+    assert first.returncode == 0, first.stderr
+    assert f"waiting {video}: modified in the future" in first.stderr
+    assert "ahead of this machine's clock" in first.stderr
+    assert last_run(out)["videos_waiting"] == 1
+    os.utime(video, (in_30_days + 60, in_30_days + 60))  # touched again: a new first look
+    second = run_cli(*args)
+    assert second.returncode == 0, second.stderr
+    assert f"waiting {video}: changed since a run saw it" in second.stderr
+    third = run_cli(*args)
+    assert third.returncode == 0, third.stderr
+    assert (last_run(out)["videos_done"], last_run(out)["videos_waiting"]) == (1, 0)
+
+
+# -- 6. and 15. a chunk damaged inside, or deleted ------------------------------------------------
+
+
+def _damage(chunk: Path, how: str) -> None:
+    """Damage a chunk inside, its footer intact: garbage over the middle of its pages, or one
+    byte of the answers' last page changed."""
+    data = bytearray(chunk.read_bytes())
+    footer_start = len(data) - 8 - int.from_bytes(data[-8:-4], "little")
+    if how == "pages":
+        middle = slice(footer_start // 3, 2 * footer_start // 3)
+        data[middle] = b"\x5a" * (middle.stop - middle.start)
+    else:
+        metadata = pq.read_metadata(chunk).row_group(0)
+        column = next(metadata.column(i) for i in range(metadata.num_columns)
+                      if metadata.column(i).path_in_schema == "answer")
+        start = column.dictionary_page_offset or column.data_page_offset
+        data[start + column.total_compressed_size - 1] ^= 0xFF
+    chunk.write_bytes(bytes(data))
+
+
+@pytest.mark.parametrize("how", ["pages", "one_byte"])
+def test_a_chunk_damaged_inside_is_moved_aside_and_its_frames_redone(
+    tiny_model_dir: Path, tmp_path: Path, how: str
+) -> None:
+    folder = make_night(tmp_path / "videos", n_videos=1, n_frames=7)
+    out = tmp_path / "out"
+    args = night_args(folder, out, tiny_model_dir, tmp_path)
+    assert run_cli(*args).returncode == 0
+    whole = answers(out)
+    (video_id,) = whole.video_id.unique()
+    chunk = sorted((out / video_id).glob(ChunkName.pattern("part")))[1]
+    _damage(chunk, how)
+    night = run_cli(*args)
+    assert night.returncode == 0, night.stderr
+    assert f"damaged chunk {chunk}" in night.stderr
+    assert (out / "_quarantine" / video_id / chunk.name).exists() and not chunk.exists()
+    again = answers(out)
+    assert key_set(again) == key_set(whole) and not again.duplicated(KEY).any()
+    assert "nothing to do" in run_cli(*args).stderr  # verified once, not again
+
+
+def test_a_deleted_chunk_of_a_done_video_is_redone(tiny_model_dir: Path, tmp_path: Path) -> None:
+    folder = make_night(tmp_path / "videos", n_videos=2, n_frames=7)
+    out = tmp_path / "out"
+    args = night_args(folder, out, tiny_model_dir, tmp_path)
+    assert run_cli(*args).returncode == 0
+    whole = answers(out)
+    video_id = whole.video_id.iloc[0]
+    chunk = sorted((out / video_id).glob(ChunkName.pattern("part")))[1]
+    chunk.unlink()
+    night = run_cli(*args)
+    assert night.returncode == 0, night.stderr
+    assert "chunks its done marker lists are gone" in night.stderr and chunk.name in night.stderr
+    summary = last_run(out)
+    assert (summary["videos_done"], summary["videos_skipped"]) == (1, 1)
+    assert key_set(answers(out)) == key_set(whole)
+
+
+# -- 8. the lock file deleted under a running night -----------------------------------------------
+
+
+@pytest.mark.allow_error_logs
+def test_a_run_whose_lock_file_was_deleted_stops_before_writing_twice(tiny_model_dir: Path, tmp_path: Path) -> None:
+    folder = make_night(tmp_path / "videos", n_videos=2, n_frames=6)
+    out = tmp_path / "out"
+    args = night_args(folder, out, tiny_model_dir, tmp_path)
+    marker, release = tmp_path / "paused", tmp_path / "go"
+    first = start_paused_run(args, "commit:0:before", marker, release)
+    wait_for_pause(first, marker)
+    (out / "_lock").unlink()  # "clearing a stale lock"
+    second = run_cli(*args)
+    assert second.returncode == 0, second.stderr
+    release.touch()
+    _, stderr = first.communicate(timeout=RUN_TIMEOUT_S)
+    assert_one_line_error(
+        subprocess.CompletedProcess(first.args, first.returncode, "", stderr), 1,
+        f"{out / '_lock'} was deleted or replaced while this run held it",
+    )
+    done = answers(out)
+    assert len(done) == 2 * (6 + 7) and not done.duplicated(KEY).any()
