@@ -216,7 +216,7 @@ def _log_outcome(summary: RunSummary, output_dir: Path, cfg: DictConfig) -> None
             summary.frames, summary.wall_s, output_dir,
         )
     if waiting:
-        log.info("%d videos modified in the last min_age_s seconds are left for the next run", waiting)
+        log.info("%d videos not yet seen unchanged for min_age_s are left for the next run", waiting)
     failed_before = sum(1 for v in summary.videos if v.status == "skipped" and v.error)
     if failed_before:
         log.info("%d videos failed in earlier runs; retry_failed=true tries them again", failed_before)

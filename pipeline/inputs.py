@@ -61,7 +61,7 @@ def find_videos(spec: str, extensions: list[str]) -> list[Path]:
     wanted = {e.lower() if e.startswith(".") else f".{e.lower()}" for e in extensions}
     if is_manifest(path):
         return [path.parent / Path(line).expanduser() for line in read_list_file(path, "video", "path")]
-    if path.is_file():
+    if path.exists() and not path.is_dir():  # a FIFO named alone, too: it becomes an error record
         return [path]
     if path.is_dir():
         # A folder named like a video (x.mp4/) is kept: it becomes an error record.
@@ -176,13 +176,16 @@ class Readiness:
     def unsettled(self, path: Path, now: float | None = None) -> str | None:
         """Why ``path`` is left for the next run (what was seen), or ``None`` when it is taken.
 
-        An entry that cannot be looked at is taken: it becomes an error record.
+        An entry that cannot be looked at, or is no regular file, is taken: it becomes an error
+        record.
         """
         if self.min_age_s <= 0:
             return None
         try:
             info = os.stat(path)
         except OSError:
+            return None
+        if not stat.S_ISREG(info.st_mode):
             return None
         now = time.time() if now is None else now
         key = str(path.absolute())

@@ -108,6 +108,9 @@ def test_a_fifo_or_a_socket_in_the_inbox_is_an_error_record(tiny_model_dir: Path
         f"not a regular file (a socket), not a video: {sock}",
     ]
     assert last_run(out)["videos_done"] == 2
+    alone = run_bounded(*with_video(night_args(folder, tmp_path / "alone", tiny_model_dir, tmp_path), pipe))
+    assert alone.returncode == 3, alone.stderr
+    assert list(error_records(tmp_path / "alone").error) == [f"not a regular file (a FIFO), not a video: {pipe}"]
 
 
 @pytest.mark.allow_error_logs
