@@ -222,9 +222,12 @@ class Readiness:
             try:
                 fcntl.flock(descriptor, fcntl.LOCK_EX)
                 state = read_json(self.state_file) or {}
-                state.update(self._looked)
-                kept = {key: look for key, look in state.items() if look is not None and os.path.lexists(key)}
-                write_json_atomic(self.state_file, kept)
+                kept = {
+                    key: look for key, look in {**state, **self._looked}.items()
+                    if look is not None and os.path.lexists(key)
+                }
+                if kept != state:
+                    write_json_atomic(self.state_file, kept)
             finally:
                 os.close(descriptor)
         except (OSError, UserError) as error:

@@ -11,6 +11,8 @@ import shutil
 import socket
 import subprocess
 import sys
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import pandas as pd
@@ -26,6 +28,7 @@ from tests.conftest import (
     answers,
     assert_one_line_error,
     cli_env,
+    kill,
     last_run,
     make_night,
     night_args,
@@ -46,6 +49,16 @@ def run_bounded(*args: str) -> subprocess.CompletedProcess[str]:
         [sys.executable, "-m", "pipeline", *args], cwd=ROOT, env=cli_env(), capture_output=True, text=True,
         timeout=HANG_S,
     )
+
+
+@contextmanager
+def ending(run: subprocess.Popen[str]) -> Iterator[None]:
+    """Kill ``run`` on the way out if it is still there (a test that fails leaves no paused run)."""
+    try:
+        yield
+    finally:
+        if run.poll() is None:
+            kill(run)
 
 
 def error_records(out: Path) -> pd.DataFrame:
@@ -134,8 +147,9 @@ def test_the_stall_watch_covers_the_plan(tiny_model_dir: Path, tmp_path: Path) -
     out = tmp_path / "out"
     marker = tmp_path / "paused"
     run = start_paused_run([*night_args(folder, out, tiny_model_dir, tmp_path), "stall_timeout_s=2"], "plan:2", marker)
-    wait_for_pause(run, marker)
-    _, stderr = run.communicate(timeout=HANG_S)
+    with ending(run):
+        wait_for_pause(run, marker)
+        _, stderr = run.communicate(timeout=HANG_S)
     assert_one_line_error(
         subprocess.CompletedProcess(run.args, run.returncode, "", stderr), 1,
         "stalled: nothing came back from reading the videos", "stall_timeout_s=2",
@@ -177,10 +191,11 @@ def test_a_video_that_vanished_is_captioned_at_its_new_path(tiny_model_dir: Path
     args = night_args(folder, out, tiny_model_dir, tmp_path)
     marker, release = tmp_path / "paused", tmp_path / "go"
     run = start_paused_run(args, "run", marker, release)
-    wait_for_pause(run, marker)
-    away = (folder / "v1.mp4").rename(tmp_path / "v1.mp4")  # planned, then moved away
-    release.touch()
-    _, stderr = run.communicate(timeout=RUN_TIMEOUT_S)
+    with ending(run):
+        wait_for_pause(run, marker)
+        away = (folder / "v1.mp4").rename(tmp_path / "v1.mp4")  # planned, then moved away
+        release.touch()
+        _, stderr = run.communicate(timeout=RUN_TIMEOUT_S)
     assert run.returncode == 2, stderr
     assert f"vanished or missing: {folder / 'v1.mp4'}" in stderr
     away.rename(folder / "renamed.mp4")  # the same bytes at a new path
@@ -284,12 +299,13 @@ def test_a_run_whose_lock_file_was_deleted_stops_before_writing_twice(tiny_model
     args = night_args(folder, out, tiny_model_dir, tmp_path)
     marker, release = tmp_path / "paused", tmp_path / "go"
     first = start_paused_run(args, "commit:0:before", marker, release)
-    wait_for_pause(first, marker)
-    (out / "_lock").unlink()  # "clearing a stale lock"
-    second = run_cli(*args)
-    assert second.returncode == 0, second.stderr
-    release.touch()
-    _, stderr = first.communicate(timeout=RUN_TIMEOUT_S)
+    with ending(first):
+        wait_for_pause(first, marker)
+        (out / "_lock").unlink()  # "clearing a stale lock"
+        second = run_cli(*args)
+        assert second.returncode == 0, second.stderr
+        release.touch()
+        _, stderr = first.communicate(timeout=RUN_TIMEOUT_S)
     assert_one_line_error(
         subprocess.CompletedProcess(first.args, first.returncode, "", stderr), 1,
         f"{out / '_lock'} was deleted or replaced while this run held it",
