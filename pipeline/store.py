@@ -35,7 +35,7 @@ from collections.abc import Callable
 from dataclasses import asdict, dataclass, field, fields
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, ClassVar
 
 import pyarrow as pa
 import pyarrow.parquet as pq
@@ -68,7 +68,7 @@ class ChunkName:
     written_ns: int
     nonce: str
 
-    KINDS = ("part", "errors")
+    KINDS: ClassVar[tuple[str, ...]] = ("part", "errors")
 
     @classmethod
     def new(cls, kind: str, config_id: str) -> ChunkName:
