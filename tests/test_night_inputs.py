@@ -11,6 +11,7 @@ import shutil
 import socket
 import subprocess
 import sys
+import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -215,7 +216,6 @@ def test_a_file_with_a_future_mtime_is_taken_once_seen_unchanged(tiny_model_dir:
     in_30_days = video.stat().st_mtime + 30 * 86400
     os.utime(video, (in_30_days, in_30_days))  # a camera whose clock runs ahead
     out = tmp_path / "out"
-    # Each run starts more than a second after the one before (the interpreter's start alone).
     args = [a for a in night_args(folder, out, tiny_model_dir, tmp_path) if a != "min_age_s=0"] + ["min_age_s=1"]
     first = run_cli(*args)
     assert first.returncode == 0, first.stderr
@@ -226,6 +226,9 @@ def test_a_file_with_a_future_mtime_is_taken_once_seen_unchanged(tiny_model_dir:
     second = run_cli(*args)
     assert second.returncode == 0, second.stderr
     assert f"waiting {video}: changed since a run saw it" in second.stderr
+    looked_by = time.time()  # the second run's look was before this; the next one comes min_age_s later
+    while time.time() < looked_by + 1:
+        time.sleep(0.05)
     third = run_cli(*args)
     assert third.returncode == 0, third.stderr
     assert (last_run(out)["videos_done"], last_run(out)["videos_waiting"]) == (1, 0)
