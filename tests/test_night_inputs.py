@@ -147,7 +147,7 @@ def test_the_stall_watch_covers_the_plan(tiny_model_dir: Path, tmp_path: Path) -
     folder = make_night(tmp_path / "videos", n_videos=2, n_frames=2)
     out = tmp_path / "out"
     marker = tmp_path / "paused"
-    run = start_paused_run([*night_args(folder, out, tiny_model_dir, tmp_path), "stall_timeout_s=2"], "plan:2", marker)
+    run = start_paused_run([*night_args(folder, out, tiny_model_dir, tmp_path), "stall_timeout_s=2"], "plan:1", marker)
     with ending(run):
         wait_for_pause(run, marker)
         _, stderr = run.communicate(timeout=HANG_S)
