@@ -367,6 +367,7 @@ def run_engine(
     workdir: Path, stall_s: float = 0.0,
 ) -> dict[str, Any]:
     import pipeline.run as run_module
+    from pipeline.executors.local import LocalExecutor
     from pipeline.run import Pipeline
     from pipeline.sampling import AllSampler
 
@@ -399,7 +400,7 @@ def run_engine(
             from pipeline.config import compose_config
             from pipeline.thumbnails import thumbnailer
 
-            make_thumbnail = thumbnailer(compose_config(["video=unused"]).thumbnails)
+            make_thumbnail = thumbnailer(**compose_config(["video=unused"]).thumbnails)
             assert make_thumbnail is not None
 
             thumb_s = [0.0]
@@ -432,7 +433,7 @@ def run_engine(
             monitor.start()
             time.sleep(0.06)
             t0 = time.perf_counter()
-            summary = pipe.run(tasks, captioner)
+            summary = pipe.run(tasks, LocalExecutor(captioner))
             wall = time.perf_counter() - t0
             monitor.stop()
             run_module.write_chunk = original_write

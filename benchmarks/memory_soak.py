@@ -32,9 +32,10 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from benchmarks.gpu_throughput import make_video, rss_mb  # noqa: E402
-from pipeline.caption import Captioner, make_questions  # noqa: E402
+from pipeline.caption import make_questions  # noqa: E402
 from pipeline.caption.tiny import ensure_tiny_model  # noqa: E402
 from pipeline.config import compose_config  # noqa: E402
+from pipeline.presets import captioner_from_config  # noqa: E402
 
 PROMPTS = ["Describe this frame in one sentence.", "What objects are visible?"]
 T = TypeVar("T")
@@ -62,7 +63,7 @@ def main(argv: list[str] | None = None) -> int:
         "model=tiny", f"model.dir={workdir / 'model'}", "video=unused", f"engine.parallel={args.parallel}",
         f"generation.max_tokens={args.max_tokens}", *threads,
     ])
-    captioner = Captioner.from_config(cfg, max_questions=len(PROMPTS))
+    captioner = captioner_from_config(cfg, max_questions=len(PROMPTS))
     captioner.setup()
     samples: list[tuple[int, float]] = []
     started = time.perf_counter()
@@ -93,6 +94,7 @@ def main(argv: list[str] | None = None) -> int:
             for _ in watch(captioner.caption(jobs(), make_questions(PROMPTS))):
                 pass
         else:
+            from pipeline.executors.local import LocalExecutor
             from pipeline.run import Pipeline
             from pipeline.sampling import AllSampler
             from pipeline.thumbnails import thumbnailer
@@ -101,9 +103,9 @@ def main(argv: list[str] | None = None) -> int:
             captioner.caption = lambda jobs, questions: watch(original(jobs, questions))  # type: ignore[method-assign]
             pipe = Pipeline(
                 AllSampler(), PROMPTS, workdir / "out", config_id="soak",
-                prefetch_frames=2 * args.parallel, thumbnail=thumbnailer(cfg.thumbnails),
+                prefetch_frames=2 * args.parallel, thumbnail=thumbnailer(**cfg.thumbnails),
             )
-            pipe.run(pipe.plan([video]), captioner)
+            pipe.run(pipe.plan([video]), LocalExecutor(captioner))
     finally:
         captioner.close()
 

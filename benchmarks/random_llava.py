@@ -24,7 +24,7 @@ from pipeline.caption.tiny import (
     write_mmproj,
     write_text_model,
 )
-from pipeline.store import write_atomic
+from pipeline.files import write_atomic
 
 MISTRAL_7B_TEXT = TextShape(4096, 32, 32, 8, 14336, 32768, 1000000.0, 32000)
 YI_34B_TEXT = TextShape(7168, 60, 56, 8, 20480, 4096, 5000000.0, 64000)

@@ -39,12 +39,13 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from pipeline.caption import Captioner, make_questions
+from pipeline.caption import make_questions
 from pipeline.caption.engine import Engine
 from pipeline.caption.layout import FrameLayout
 from pipeline.caption.projector import read_projector
 from pipeline.caption.tiny import CLIP_MEAN, CLIP_STD, ensure_tiny_model, pattern_frame
 from pipeline.config import compose_config
+from pipeline.presets import captioner_from_config
 
 # (height, width): landscape 16:9 small and large, portrait, 4:3, a square tile, a strip.
 FRAME_SIZES = [(360, 640), (1080, 1920), (640, 360), (528, 720), (336, 336), (100, 1000)]
@@ -339,7 +340,7 @@ class _Ours:
 
 
 def _engine_answers(cfg: Any, layout: str, max_tokens: int) -> _Ours:
-    captioner = Captioner.from_config(cfg, max_questions=len(PROMPTS))
+    captioner = captioner_from_config(cfg, max_questions=len(PROMPTS))
     settings = dataclasses.replace(
         captioner.engine.settings, image_layout=layout, trace=True, ignore_eos=True, max_tokens=max_tokens, stop=()
     )

@@ -106,7 +106,7 @@ def make_synthetic(workdir: Path, videos: int, frames: int) -> Path:
     from pipeline.store import ResultRow, write_chunk
     from pipeline.thumbnails import thumbnailer
 
-    make_thumbnail = thumbnailer(compose_config(["video=unused"]).thumbnails)
+    make_thumbnail = thumbnailer(**compose_config(["video=unused"]).thumbnails)
     assert make_thumbnail is not None
     out = workdir / "synthetic"
     if out.exists():

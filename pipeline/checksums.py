@@ -18,8 +18,8 @@ from pathlib import Path
 from typing import Any
 
 from pipeline.errors import StoreError
+from pipeline.files import read_json, write_json_atomic
 from pipeline.paths import user_cache_dir
-from pipeline.store import read_json, write_json_atomic
 
 log = logging.getLogger(__name__)
 

@@ -40,13 +40,15 @@ from pipeline.config import config_dir, prompts_of
 from pipeline.dry_run import plan_lines
 from pipeline.errors import ConfigError, InputError, LockHeld, StoreError, UserError
 from pipeline.executors.base import Executor
+from pipeline.files import write_json_atomic
 from pipeline.inputs import check_shard, find_videos, names_one_file
 from pipeline.lock import RunLock
+from pipeline.presets import caption_spec
 from pipeline.run import Pipeline, RunSummary, settings_id, unique_prompts, write_summary
 from pipeline.runlog import log_folder, record_crash, run_log, run_stamp
 from pipeline.sampling import Sampler
 from pipeline.signals import Stopped, stop_on_signals
-from pipeline.store import prepare_output_dir, remove_temporaries, write_json_atomic
+from pipeline.store import prepare_output_dir, remove_temporaries
 from pipeline.thumbnails import thumbnailer
 from pipeline.watchdog import StallWatch
 
@@ -77,7 +79,7 @@ def run_from_config(cfg: DictConfig) -> int:
                     f"stall_timeout_s={cfg.stall_timeout_s}: give seconds above 0, or null to wait for ever"
                 )
             prompts = unique_prompts(prompts_of(cfg))
-            spec = CaptionSpec.from_config(cfg, max_questions=len(prompts))
+            spec = caption_spec(cfg, max_questions=len(prompts))
             sampler: Sampler = _instantiate(cfg.sampler)
             executor: Executor = _instantiate(cfg.executor)
             check_shard(cfg.shard, cfg.num_shards)
@@ -131,7 +133,7 @@ def _run_locked(
         except ValueError as error:  # the library's argument error is the user's setting here
             raise ConfigError(str(error)) from error
     pipeline = _pipeline(
-        cfg, prompts, sampler, output_dir, retry_failed=cfg.retry_failed, thumbnail=thumbnailer(cfg.thumbnails),
+        cfg, prompts, sampler, output_dir, retry_failed=cfg.retry_failed, thumbnail=thumbnailer(**cfg.thumbnails),
         before_write=lock.check,
     )
     summary = RunSummary(log_file=str(log_file))

@@ -6,7 +6,7 @@ keys exist and of what type (``MISSING``: the YAML gives the value). Hydra merge
 them, so a misspelt key or a wrong type fails before any work starts.
 
 :func:`compose_config` composes the config as the command line would, for library use
-(:meth:`pipeline.caption.Captioner.from_preset`), notebooks and tests.
+(:func:`pipeline.presets.captioner_from_preset`), notebooks and tests.
 """
 
 from __future__ import annotations

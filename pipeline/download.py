@@ -18,9 +18,9 @@ import sys
 from hydra.errors import HydraException
 from omegaconf.errors import OmegaConfBaseException
 
-from pipeline.caption import CaptionSpec
 from pipeline.config import compose_config
 from pipeline.errors import UserError
+from pipeline.presets import caption_spec
 
 USAGE = "usage: python -m pipeline.download [model=PRESET] [model.dir=DIR] [key=value ...]"
 
@@ -34,7 +34,7 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO, format="[%(asctime)s %(levelname)s] %(message)s", datefmt="%H:%M:%S")
     logging.getLogger("gguf").setLevel(logging.WARNING)  # the tiny model's writer, file by file
     try:
-        spec = CaptionSpec.from_config(compose_config(["video=unused", *args]))
+        spec = caption_spec(compose_config(["video=unused", *args]))
         files, _ = spec.prepare()
     except UserError as error:
         print(f"error: {error}", file=sys.stderr)

@@ -10,10 +10,10 @@ decoded for ``sampler=scene``), less the frames already answered.
 
 from __future__ import annotations
 
-from pipeline.run import Pipeline, _VideoTask
+from pipeline.run import Pipeline, VideoTask
 
 
-def plan_lines(pipeline: Pipeline, tasks: list[_VideoTask], retry_failed: bool, model_name: str) -> list[str]:
+def plan_lines(pipeline: Pipeline, tasks: list[VideoTask], retry_failed: bool, model_name: str) -> list[str]:
     """One line per video (what would happen to it and why), then a total."""
     lines = [f"dry run: nothing is captioned or written, and model {model_name} is not loaded"]
     frames: list[int | None] = []

@@ -34,8 +34,9 @@ from typing import Any
 import pandas as pd
 
 from pipeline.decode import format_timecode
+from pipeline.files import write_bytes_atomic
 from pipeline.results import printable
-from pipeline.store import StoreError, read_results, read_videos, write_bytes_atomic
+from pipeline.store import StoreError, read_results, read_videos
 
 USAGE = (
     "usage: python -m pipeline.export output_dir=DIR format=vtt|srt|jsonl|csv[,...] "

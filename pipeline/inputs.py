@@ -27,9 +27,9 @@ from pathlib import Path
 from typing import BinaryIO
 
 from pipeline.errors import ConfigError, InputError, UserError
+from pipeline.files import read_json, write_json_atomic
 from pipeline.listfile import read_list_file
 from pipeline.paths import printable
-from pipeline.store import read_json, write_json_atomic
 
 log = logging.getLogger(__name__)
 

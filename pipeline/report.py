@@ -50,6 +50,7 @@ from pipeline.export import (
     with_cue_ends,
     write_tracks,
 )
+from pipeline.files import write_bytes_atomic
 from pipeline.results import (
     counts,
     coverage,
@@ -58,7 +59,7 @@ from pipeline.results import (
     thumbnail_bytes,
     video_summary,
 )
-from pipeline.store import StoreError, read_configs, read_videos, write_bytes_atomic
+from pipeline.store import StoreError, read_configs, read_videos
 
 __all__ = ["PAGE_FRAMES", "main", "printable", "render_report", "write_report"]
 

@@ -36,7 +36,7 @@ from typing import Any
 
 import numpy as np
 
-from pipeline.caption import Answer, Captioner, Question, make_questions
+from pipeline.caption import Answer, Question, make_questions
 from pipeline.checksums import model_sha256
 from pipeline.decode import format_timecode
 from pipeline.errors import StoreError
@@ -46,10 +46,10 @@ from pipeline.executors.base import (
     DecodeJob,
     Executor,
     FrameJob,
-    VideoDecoder,
     Work,
 )
-from pipeline.executors.local import LocalExecutor
+from pipeline.executors.frames import VideoDecoder
+from pipeline.files import write_json_atomic
 from pipeline.inputs import Readiness, check_shard, in_shard, os_reason, path_id, video_id_of
 from pipeline.paths import printable
 from pipeline.progress import Progress
@@ -66,7 +66,6 @@ from pipeline.store import (
     remove_error_records,
     verify_chunks,
     write_chunk,
-    write_json_atomic,
     write_video_facts,
     write_videos_table,
 )
@@ -167,7 +166,10 @@ def settings_id(settings: dict[str, Any]) -> str:
 
 
 @dataclass
-class _VideoTask:
+class VideoTask:
+    """One video of a run: its outcome so far and the run loop's bookkeeping while it is in
+    flight (from :meth:`Pipeline.plan`, for :meth:`Pipeline.run` and the dry run's lines)."""
+
     outcome: VideoOutcome
     path: Path
     committed: Committed = field(default_factory=Committed)
@@ -257,7 +259,7 @@ class Pipeline:
 
     # -- planning (no model needed) ---------------------------------------------------------
 
-    def plan(self, videos: list[Path], shard: int = 0, num_shards: int = 1) -> list[_VideoTask]:
+    def plan(self, videos: list[Path], shard: int = 0, num_shards: int = 1) -> list[VideoTask]:
         """Look at every video of shard ``shard`` of ``num_shards`` (:func:`~pipeline.inputs.in_shard`)
         and its committed work; skipped and unreadable ones are settled here.
 
@@ -286,9 +288,9 @@ class Pipeline:
             readiness.save()
         return tasks
 
-    def _plan_one(self, path: Path, readiness: Readiness, first_path_of: dict[str, str]) -> _VideoTask:
+    def _plan_one(self, path: Path, readiness: Readiness, first_path_of: dict[str, str]) -> VideoTask:
         outcome = VideoOutcome(path=printable(path), video_id="")
-        task = _VideoTask(outcome=outcome, path=path)
+        task = VideoTask(outcome=outcome, path=path)
         outcome.note = readiness.unsettled(path)
         if outcome.note is not None:
             outcome.status = "waiting"
@@ -333,7 +335,7 @@ class Pipeline:
             outcome.error = f"failed before: {task.committed.video_error}"
         return task
 
-    def _forget_path_failure(self, task: _VideoTask) -> None:
+    def _forget_path_failure(self, task: VideoTask) -> None:
         """A path that failed before (filed under the path: it vanished or could not be read)
         and reads now: its old error record is no longer true."""
         where = path_id(task.path)
@@ -341,7 +343,7 @@ class Pipeline:
             if remove_error_records(self.output_dir, where, self.config_id):
                 log.info("%s reads again: its earlier error record is removed", task.outcome.path)
 
-    def _plan_failure(self, task: _VideoTask, reason: str) -> None:
+    def _plan_failure(self, task: VideoTask, reason: str) -> None:
         """An entry that cannot be read: one error record per entry and reason, not one a night
         (a new reason replaces the old record; ``retry_failed=true`` looks again)."""
         video_id = task.outcome.video_id
@@ -356,21 +358,21 @@ class Pipeline:
             remove_error_records(self.output_dir, video_id, self.config_id)
         self._fail(task, reason)
 
-    def _fail(self, task: _VideoTask, reason: str) -> None:
+    def _fail(self, task: VideoTask, reason: str) -> None:
         task.outcome.status = "error"
         task.outcome.error = reason
 
     # -- the run ----------------------------------------------------------------------------
 
     def run(
-        self, tasks: list[_VideoTask], executor: Executor | Captioner | None, summary: RunSummary | None = None
+        self, tasks: list[VideoTask], executor: Executor | None, summary: RunSummary | None = None
     ) -> RunSummary:
         """Do the planned work.
 
         Args:
             tasks: From :meth:`plan`.
-            executor: A started executor, or a set-up :class:`Captioner` (run locally); may be
-                ``None`` when no video needs the model.
+            executor: A started executor (a set-up captioner runs locally as
+                ``LocalExecutor(captioner)``); may be ``None`` when no video needs the model.
             summary: Filled in as the run goes, so that a run that stops early still says
                 what it did; ``None``: a new one (of ``tasks``).
 
@@ -389,12 +391,10 @@ class Pipeline:
         return summary
 
     def _run(
-        self, tasks: list[_VideoTask], executor: Executor | Captioner | None, summary: RunSummary, started: float
+        self, tasks: list[VideoTask], executor: Executor | None, summary: RunSummary, started: float
     ) -> None:
         todo = [t for t in tasks if t.outcome.status == "todo"]
         failed_at_plan = [t for t in tasks if t.outcome.status == "error"]
-        if isinstance(executor, Captioner):
-            executor = LocalExecutor(executor)
         show = sys.stderr.isatty()
         expected: list[int | None] = [self.expected_frames(t) if show else None for t in todo]
         with ThreadPoolExecutor(max_workers=1, thread_name_prefix="write") as writer, Progress(
@@ -459,7 +459,7 @@ class Pipeline:
     def _hash_model_files(self, files: dict[str, str]) -> None:
         self.metadata["model_sha256"] = model_sha256(files)
 
-    def _job(self, index: int, task: _VideoTask) -> DecodeJob:
+    def _job(self, index: int, task: VideoTask) -> DecodeJob:
         done = self._answered_frames(task)
         partial = {
             frame: tuple(i for i, q in enumerate(self.questions) if q.prompt_id not in prompts)
@@ -468,11 +468,11 @@ class Pipeline:
         }
         return DecodeJob(index, task.path, done, partial)
 
-    def _answered_frames(self, task: _VideoTask) -> frozenset[int]:
+    def _answered_frames(self, task: VideoTask) -> frozenset[int]:
         """The video's frames whose every question of this run earlier runs answered."""
         return frozenset(f for f, prompts in task.committed.answered.items() if self._prompt_ids <= prompts)
 
-    def _take_decoded(self, task: _VideoTask, event: Decoded) -> None:
+    def _take_decoded(self, task: VideoTask, event: Decoded) -> None:
         task.decoded_all = True
         task.sent = event.sent
         task.outcome.frames_already_done = event.already_done
@@ -486,7 +486,7 @@ class Pipeline:
             self._fail(task, event.error)
         self._finish_if_complete(task)
 
-    def expected_frames(self, task: _VideoTask) -> int | None:
+    def expected_frames(self, task: VideoTask) -> int | None:
         """About how many of a planned video's frames will go to the model (``None``: known once
         it is decoded): the progress bar's total, and a dry run's count."""
         expected = self.decoder.expected_samples(task.path)
@@ -494,7 +494,7 @@ class Pipeline:
             return None
         return max(0, expected - len(self._answered_frames(task)))
 
-    def _take_answers(self, task: _VideoTask, event: Captioned) -> None:
+    def _take_answers(self, task: VideoTask, event: Captioned) -> None:
         frame_index = event.job.sample.frame.index
         already = task.committed.answered.get(frame_index, set())
         new = [a for a in event.answers if a.question.prompt_id not in already]
@@ -513,7 +513,7 @@ class Pipeline:
             self._submit_chunk(task)
         self._finish_if_complete(task)
 
-    def _failed_frames(self, task: _VideoTask) -> dict[int, str]:
+    def _failed_frames(self, task: VideoTask) -> dict[int, str]:
         """The video's frames with an error answer to a question of this run: from this run
         and committed by earlier ones."""
         failed = {
@@ -529,7 +529,7 @@ class Pipeline:
         stats.frames += 1
         stats.busy_s = elapsed_s
 
-    def _finish_if_complete(self, task: _VideoTask) -> None:
+    def _finish_if_complete(self, task: VideoTask) -> None:
         if not (task.decoded_all and task.answered == task.sent):
             return
         self._submit_chunk(task)
@@ -545,7 +545,7 @@ class Pipeline:
             self._submit_write(self._mark_done, task)
         self._progress.video_finished()
 
-    def _submit_chunk(self, task: _VideoTask) -> None:
+    def _submit_chunk(self, task: VideoTask) -> None:
         rows, task.pending_rows, task.pending_frames = task.pending_rows, [], 0
         ok = [r for r in rows if r.status == "ok"]
         errors = [r for r in rows if r.status != "ok"]
@@ -557,7 +557,7 @@ class Pipeline:
                     self.before_write,
                 )
 
-    def _submit_error_record(self, task: _VideoTask) -> None:
+    def _submit_error_record(self, task: VideoTask) -> None:
         row = self._error_row(task, task.outcome.error or "unknown error")
         task.outcome.rows += 1
         self._submit_write(
@@ -580,7 +580,7 @@ class Pipeline:
                 self.before_write()
             raise
 
-    def _mark_done(self, task: _VideoTask) -> None:
+    def _mark_done(self, task: VideoTask) -> None:
         outcome = task.outcome
         outcome.status = "done"
         mark_done(self.output_dir, outcome.video_id, self.work_id, self.config_id, asdict(outcome))
@@ -589,7 +589,7 @@ class Pipeline:
             outcome.path, outcome.frames, outcome.frames_already_done, outcome.rows, outcome.wall_s,
         )
 
-    def _row(self, task: _VideoTask, job: FrameJob, answer: Answer) -> ResultRow:
+    def _row(self, task: VideoTask, job: FrameJob, answer: Answer) -> ResultRow:
         sample, frame = job.sample, job.sample.frame
         return ResultRow(
             video_path=task.outcome.path,
@@ -615,7 +615,7 @@ class Pipeline:
             finish_reason=answer.finish_reason or None,
         )
 
-    def _error_row(self, task: _VideoTask, reason: str) -> ResultRow:
+    def _error_row(self, task: VideoTask, reason: str) -> ResultRow:
         return ResultRow(
             video_path=task.outcome.path,
             video_id=task.record_id or task.outcome.video_id,

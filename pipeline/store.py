@@ -14,7 +14,7 @@ Per-video facts (duration, frame rate, size, codec, frames decoded) go to
 ``output_dir/<video_id>/_video.json`` when a video is decoded, and every run that decoded
 something gathers them into ``output_dir/_videos.parquet`` (one row per video).
 
-Every file is written by :func:`write_atomic`: under a hidden temporary name in its folder,
+Every file is written by :func:`pipeline.files.write_atomic`: under a hidden temporary name in its folder,
 flushed to disk and renamed into place, so a reader (``pd.read_parquet(output_dir)``) never
 sees a half-written file, even mid-run, and a killed run loses at most the chunk it was
 writing. The unit of work is the key
@@ -41,6 +41,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from pipeline.errors import StoreError
+from pipeline.files import read_json, write_atomic, write_json_atomic
 
 if TYPE_CHECKING:  # pandas loads only where results are read back, not on a run's start
     import pandas as pd
@@ -393,55 +394,6 @@ def mark_done(output_dir: Path, video_id: str, work_id: str, config_id: str, sum
     write_json_atomic(done_marker(output_dir, video_id, work_id), {**summary, "chunks": chunks})
 
 
-def write_json_atomic(path: Path, value: Any) -> None:
-    """Write ``value`` as JSON to ``path`` with :func:`write_atomic`.
-
-    Raises:
-        StoreError: It cannot be written.
-    """
-    write_bytes_atomic(path, json.dumps(value, indent=2, default=str).encode())
-
-
-def write_atomic(
-    path: Path, write: Callable[[Path], object], before_rename: Callable[[], object] | None = None
-) -> None:
-    """Make ``path`` appear whole or not at all, and survive a power cut once this returns.
-
-    ``write`` writes the content to the file path it is given: a hidden temporary name in
-    ``path``'s folder (created if missing). That file is fsynced, renamed over ``path``, and
-    the folder fsynced so that the rename itself is on disk (``before_rename`` is called just
-    before the rename; what it raises leaves nothing behind). Every file the pipeline writes
-    goes through here.
-
-    Raises:
-        OSError: It cannot be written; the temporary file is removed.
-    """
-    path.parent.mkdir(parents=True, exist_ok=True)
-    temporary = path.with_name(f".{path.name}.{uuid.uuid4().hex[:8]}.tmp")
-    try:
-        write(temporary)
-        _fsync(temporary)
-        if before_rename is not None:
-            before_rename()
-        os.replace(temporary, path)
-    finally:
-        temporary.unlink(missing_ok=True)
-    _fsync(path.parent)
-
-
-def write_bytes_atomic(path: Path, data: bytes) -> None:
-    """:func:`write_atomic` of ``data``, for readers such as a browser reloading a page or a
-    player loading a track: they see the old file or the new one, never half of one.
-
-    Raises:
-        StoreError: It cannot be written.
-    """
-    try:
-        write_atomic(path, lambda temporary: temporary.write_bytes(data))
-    except OSError as error:
-        raise StoreError(f"cannot write {path}: {error.strerror or error}") from error
-
-
 def write_video_facts(output_dir: Path, video_id: str, video_path: str, facts: dict[str, Any]) -> None:
     """Record what a decode learnt about a video in ``output_dir/<video_id>/_video.json``.
 
@@ -511,24 +463,6 @@ def _videos_table(output_dir: Path) -> pa.Table:
     ]
     rows = [{name: record.get(name) for name in VIDEOS_SCHEMA.names} for record in records]
     return pa.Table.from_pylist(rows, schema=VIDEOS_SCHEMA)
-
-
-def read_json(path: Path) -> dict[str, Any] | None:
-    """A JSON object from ``path``, or ``None`` when it is missing or unreadable."""
-    try:
-        value = json.loads(path.read_text())
-    except (OSError, ValueError):
-        return None
-    return value if isinstance(value, dict) else None
-
-
-def _fsync(path: Path) -> None:
-    """Flush a file's or folder's data and metadata to disk."""
-    descriptor = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(descriptor)
-    finally:
-        os.close(descriptor)
 
 
 def read_results(output_dir: str | Path, columns: list[str] | None = None) -> pd.DataFrame:

@@ -12,21 +12,20 @@ from functools import partial
 import cv2
 import numpy as np
 
-from pipeline.config import ThumbnailsConfig
 from pipeline.errors import ConfigError
 
 
-def thumbnailer(settings: ThumbnailsConfig) -> Callable[[np.ndarray], bytes] | None:
-    """:func:`make_thumbnail` with a run's ``thumbnails`` settings, checked now; ``None``
-    when they are off.
+def thumbnailer(*, enabled: bool, long_side_px: int, quality: int) -> Callable[[np.ndarray], bytes] | None:
+    """:func:`make_thumbnail` with a run's ``thumbnails.*`` settings, checked now; ``None``
+    when ``enabled`` is false.
 
     Raises:
         ConfigError: A setting is out of range.
     """
-    if not settings.enabled:
+    if not enabled:
         return None
-    check_thumbnail_settings(settings.long_side_px, settings.quality)
-    return partial(make_thumbnail, long_side_px=settings.long_side_px, quality=settings.quality)
+    check_thumbnail_settings(long_side_px, quality)
+    return partial(make_thumbnail, long_side_px=long_side_px, quality=quality)
 
 
 def make_thumbnail(rgb: np.ndarray, *, long_side_px: int, quality: int) -> bytes:

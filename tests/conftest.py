@@ -33,11 +33,11 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from pipeline.caption import Captioner
 from pipeline.caption.engine import EngineSettings
 from pipeline.caption.tiny import ensure_tiny_model
 from pipeline.config import compose_config
 from pipeline.decode import format_timecode
+from pipeline.presets import captioner_from_config
 from pipeline.results import THUMBNAIL
 from pipeline.store import SCHEMA, read_results
 from pipeline.thumbnails import thumbnailer
@@ -136,7 +136,7 @@ def tiny_engine_settings(model_dir: Path, *overrides: str, **fields: Any) -> Eng
     with some fields replaced."""
     cfg = compose_config(["model=tiny", f"model.dir={model_dir}", "video=unused", *overrides])
     max_questions = int(fields.pop("max_questions", 1))
-    settings = Captioner.from_config(cfg, max_questions=max_questions).engine.settings
+    settings = captioner_from_config(cfg, max_questions=max_questions).engine.settings
     return replace(settings, **fields)
 
 
@@ -303,7 +303,7 @@ def answers(out: Path) -> pd.DataFrame:
 
 @functools.cache
 def _default_thumbnailer() -> Callable[[np.ndarray], bytes]:
-    make = thumbnailer(compose_config(["video=unused"]).thumbnails)
+    make = thumbnailer(**compose_config(["video=unused"]).thumbnails)
     assert make is not None
     return make
 

@@ -36,7 +36,7 @@ import pipeline.run
 import pipeline.store
 from pipeline.caption.engine import Engine, native
 from pipeline.executors.base import Captioned
-from pipeline.run import Pipeline, _VideoTask
+from pipeline.run import Pipeline, VideoTask
 
 
 def pause() -> None:
@@ -78,7 +78,7 @@ def pause_at_answer(worker: str, n: int) -> None:
     take_answers = Pipeline._take_answers
     seen = 0
 
-    def paused_take(self: Pipeline, task: _VideoTask, event: Captioned) -> None:
+    def paused_take(self: Pipeline, task: VideoTask, event: Captioned) -> None:
         nonlocal seen
         take_answers(self, task, event)
         if event.worker == worker:

@@ -14,6 +14,7 @@ from pipeline.caption.tiny import ensure_tiny_model
 from pipeline.caption.weights import ModelFiles, ModelSource, check_pair
 from pipeline.config import compose_config
 from pipeline.errors import ConfigError
+from pipeline.presets import captioner_from_config
 from tests.conftest import frames
 
 PROMPTS = ["What is shown?", "What colors dominate?", "Is there text?"]
@@ -23,7 +24,7 @@ def captioner(tiny_model_dir: Path, *overrides: str, max_questions: int = 3) -> 
     cfg = compose_config(
         ["model=tiny", f"model.dir={tiny_model_dir}", "video=x", "generation.max_tokens=12", *overrides]
     )
-    return Captioner.from_config(cfg, max_questions=max_questions)
+    return captioner_from_config(cfg, max_questions=max_questions)
 
 
 def test_answer_takes_a_numpy_frame_and_returns_text(tiny_model_dir: Path) -> None:

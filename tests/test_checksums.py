@@ -15,8 +15,9 @@ import pytest
 
 import pipeline.run
 from pipeline import checksums
-from pipeline.caption import Captioner
 from pipeline.checksums import cache_path, file_sha256, model_sha256
+from pipeline.executors.local import LocalExecutor
+from pipeline.presets import captioner_from_preset
 from pipeline.run import Pipeline
 from pipeline.sampling import AllSampler
 from pipeline.store import read_metadata
@@ -112,8 +113,8 @@ def test_hashing_does_not_hold_up_the_model(
     out = tmp_path / "out"
     out.mkdir()
     run = Pipeline(AllSampler(), ["What?"], out, config_id="c1", prefetch_frames=4, max_frames=3)
-    with Captioner.from_preset("tiny", f"model.dir={tiny_model_dir}", "generation.max_tokens=4") as captioner:
-        summary = run.run(run.plan([SAMPLE_VIDEO]), captioner)
+    with captioner_from_preset("tiny", f"model.dir={tiny_model_dir}", "generation.max_tokens=4") as captioner:
+        summary = run.run(run.plan([SAMPLE_VIDEO]), LocalExecutor(captioner))
 
     assert summary.frames == 3
     (part,) = out.glob("*/part-*.parquet")

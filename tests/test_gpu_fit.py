@@ -20,6 +20,7 @@ from pipeline.caption.tiny import ensure_tiny_model
 from pipeline.caption.weights import quantized_weights, read_gguf
 from pipeline.config import compose_config
 from pipeline.errors import WeightsError
+from pipeline.presets import captioner_from_config
 from tests.conftest import (
     ROOT,
     RUN_TIMEOUT_S,
@@ -37,7 +38,7 @@ def build(model_dir: Path, *overrides: str) -> Captioner:
     ensure_tiny_model(model_dir, quantized=True)
     base = ["model=tiny", f"model.dir={model_dir}", "model.quantized=true", "video=x", "generation.max_tokens=8"]
     cfg = compose_config([*base, *overrides])
-    return Captioner.from_config(cfg, max_questions=3)
+    return captioner_from_config(cfg, max_questions=3)
 
 
 def copies(folder: Path) -> list[Path]:

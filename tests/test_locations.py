@@ -12,8 +12,8 @@ from pathlib import Path
 
 import pytest
 
-from pipeline.caption import Captioner
 from pipeline.caption.tiny import TINY_MMPROJ_FILE, TINY_TEXT_FILE
+from pipeline.presets import captioner_from_preset
 from tests.conftest import ROOT, RUN_TIMEOUT_S, SAMPLE_VIDEO, assert_one_line_error, cli_env
 
 
@@ -42,7 +42,7 @@ def test_a_run_leaves_nothing_in_the_working_folder(user_cache: Path, tmp_path: 
 
 
 def test_library_tiny_model_comes_from_the_user_cache(user_cache: Path) -> None:
-    captioner = Captioner.from_preset("tiny")
+    captioner = captioner_from_preset("tiny")
     assert captioner.files.text_model == user_cache / "tiny" / TINY_TEXT_FILE
     assert captioner.files.mmproj == user_cache / "tiny" / TINY_MMPROJ_FILE
 

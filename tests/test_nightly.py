@@ -13,10 +13,12 @@ from typing import Any
 import pandas as pd
 import pytest
 
-from pipeline.caption import Captioner, Question
+from pipeline.caption import Question
 from pipeline.caption.tiny import TINY_MMPROJ_FILE, TINY_TEXT_FILE
 from pipeline.config import compose_config
+from pipeline.executors.local import LocalExecutor
 from pipeline.inputs import find_videos
+from pipeline.presets import captioner_from_config
 from pipeline.run import Pipeline
 from pipeline.sampling import AllSampler
 from tests.conftest import (
@@ -125,10 +127,10 @@ def test_adding_a_prompt_asks_the_model_only_that_prompt(tiny_model_dir: Path, t
     cfg = compose_config(["model=tiny", f"model.dir={tiny_model_dir}", "video=x", "generation.max_tokens=8"])
     out = tmp_path / "out"
     asked: list[object] = []
-    with Captioner.from_config(cfg, max_questions=3) as captioner:
+    with captioner_from_config(cfg, max_questions=3) as captioner:
         prompts = ["What is shown?", "Which colours?"]
         first = Pipeline(AllSampler(), prompts, out, "c", prefetch_frames=8, max_frames=4)
-        first.run(first.plan([SAMPLE_VIDEO]), captioner)
+        first.run(first.plan([SAMPLE_VIDEO]), LocalExecutor(captioner))
         run = captioner.engine.run
 
         def spy(jobs: Iterable[tuple[Any, ...]], questions: list[Question]) -> Iterator[Any]:
@@ -141,7 +143,7 @@ def test_adding_a_prompt_asks_the_model_only_that_prompt(tiny_model_dir: Path, t
 
         captioner.engine.run = spy  # type: ignore[method-assign]
         second = Pipeline(AllSampler(), [*prompts, "Anyone there?"], out, "c", prefetch_frames=8, max_frames=4)
-        second.run(second.plan([SAMPLE_VIDEO]), captioner)
+        second.run(second.plan([SAMPLE_VIDEO]), LocalExecutor(captioner))
     assert asked == [(2,)] * 4
     df = pd.read_parquet(out)
     assert not df.duplicated(KEY).any()
@@ -202,8 +204,8 @@ def test_vanished_file_and_retry_failed(tiny_model_dir: Path, tmp_path: Path) ->
     pipeline = Pipeline(AllSampler(), ["What?"], out, config_id="c1", prefetch_frames=8)
     tasks = pipeline.plan(find_videos(str(folder), [".mp4"]))
     moved = (folder / "v1.mp4").rename(tmp_path / "v1.mp4")
-    with Captioner.from_config(cfg) as captioner:
-        summary = pipeline.run(tasks, captioner)
+    with captioner_from_config(cfg) as captioner:
+        summary = pipeline.run(tasks, LocalExecutor(captioner))
     assert [v.status for v in summary.videos] == ["done", "error"]
     assert "vanished or missing" in (summary.videos[1].error or "")
     # Vanishing is a fact about the path: put back, the file is done (and the record of the
@@ -212,8 +214,8 @@ def test_vanished_file_and_retry_failed(tiny_model_dir: Path, tmp_path: Path) ->
     again = Pipeline(AllSampler(), ["What?"], out, config_id="c1", prefetch_frames=8)
     tasks = again.plan(find_videos(str(folder), [".mp4"]))
     assert [t.outcome.status for t in tasks] == ["skipped", "todo"]
-    with Captioner.from_config(cfg) as captioner:
-        again.run(tasks, captioner)
+    with captioner_from_config(cfg) as captioner:
+        again.run(tasks, LocalExecutor(captioner))
     df = pd.read_parquet(out)
     assert (df.status == "ok").sum() == 4 + 5 and not (df.status == "error").any()
 

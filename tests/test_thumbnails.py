@@ -7,7 +7,6 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from pipeline.config import ThumbnailsConfig
 from pipeline.errors import ConfigError
 from pipeline.thumbnails import decode_thumbnail, make_thumbnail, thumbnailer
 from tests.conftest import default_thumbnail, result_row, write_results
@@ -81,11 +80,11 @@ def test_make_thumbnail_rejects_bad_input(
 
 
 def test_thumbnailer_follows_the_run_settings() -> None:
-    small = thumbnailer(ThumbnailsConfig(enabled=True, long_side_px=32, quality=50))
+    small = thumbnailer(enabled=True, long_side_px=32, quality=50)
     assert small is not None and decode_thumbnail(small(noise(360, 640))).shape == (18, 32, 3)
-    assert thumbnailer(ThumbnailsConfig(enabled=False, long_side_px=32, quality=50)) is None
+    assert thumbnailer(enabled=False, long_side_px=32, quality=50) is None
     with pytest.raises(ConfigError, match="quality"):  # checked before the first frame
-        thumbnailer(ThumbnailsConfig(enabled=True, long_side_px=32, quality=0))
+        thumbnailer(enabled=True, long_side_px=32, quality=0)
 
 
 @pytest.mark.parametrize("data", [b"", b"not a jpeg"])

@@ -21,6 +21,7 @@ from pipeline.caption.tiny import (
     ensure_tiny_model,
 )
 from pipeline.config import compose_config
+from pipeline.presets import captioner_from_config
 
 FRAME_W, FRAME_H = 640, 360
 # LLaVA 1.6 anyres for 640x360: the 672x672 pinpoint wins (2x2 tiles) plus the base tile,
@@ -45,7 +46,7 @@ def captioner(tiny_model_dir: Path) -> Iterator[Captioner]:
     """The F32 tiny model through the product's engine, loaded once per module."""
     overrides = [f"model.dir={tiny_model_dir}", f"generation.max_tokens={N_GENERATED}"]
     cfg = compose_config(["model=tiny", "video=x", *overrides])
-    with Captioner.from_config(cfg) as loaded:
+    with captioner_from_config(cfg) as loaded:
         yield loaded
 
 

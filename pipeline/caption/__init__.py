@@ -1,13 +1,15 @@
 """Caption stage: LLaVA 1.6 through llama-cpp-python.
 
-:class:`Captioner` is the library entry point, usable without Hydra's command line::
+:class:`Captioner` answers questions about RGB frames. It knows no config, no store and no
+video: it is built from plain values (:class:`CaptionSpec`), which :mod:`pipeline.presets` makes
+from a preset for library use::
 
-    from pipeline.caption import Captioner
-    with Captioner.from_preset("tiny") as captioner:
+    from pipeline.presets import captioner_from_preset
+    with captioner_from_preset("tiny") as captioner:
         print(captioner.answer(rgb_frame, "What is shown?"))
 
 :class:`CaptionSpec` is what a worker needs to build one (where the weights are, the engine
-settings): built once from the config, picklable, so that it travels to Ray actors.
+settings): built once, picklable, so that it travels to Ray actors.
 """
 
 from __future__ import annotations
@@ -16,26 +18,27 @@ import hashlib
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import TypeVar
 
 import llama_cpp
 import numpy as np
-from omegaconf import DictConfig, OmegaConf
 
 from pipeline.caption.engine import (
     IMAGE_LAYOUTS,
     Answer,
+    AnswerSettings,
     Engine,
     EngineError,
     EngineSettings,
     EngineStats,
+    LoadSettings,
     Question,
 )
 from pipeline.caption.engine.native import runs_on_gpu
 from pipeline.caption.formats import get_chat_format
 from pipeline.caption.gpu_fit import TEXT_TYPES, frames_in_flight, pick_text_weights
+from pipeline.caption.settings import EngineKnobs, GenerationSettings, ModelPreset
 from pipeline.caption.weights import ModelFiles, ModelSource, check_pair
-from pipeline.config import EngineConfig, GenerationConfig, ModelConfig, compose_config, prompts_of
 from pipeline.errors import BuildError, ConfigError, WeightsError
 from pipeline.paths import user_cache_dir
 
@@ -46,7 +49,10 @@ __all__ = [
     "Engine",
     "EngineError",
     "EngineSettings",
+    "EngineKnobs",
     "EngineStats",
+    "GenerationSettings",
+    "ModelPreset",
     "Question",
     "WeightsError",
     "default_parallel",
@@ -54,7 +60,6 @@ __all__ = [
 ]
 
 Tag = TypeVar("Tag")
-Node = TypeVar("Node")
 
 
 def make_questions(prompts: Iterable[str]) -> list[Question]:
@@ -109,16 +114,16 @@ def check_gpu_build(n_gpu_layers: int) -> None:
 
 @dataclass(frozen=True)
 class CaptionSpec:
-    """What it takes to build a :class:`Captioner`, checked: the typed ``model``,
-    ``generation`` and ``engine`` config nodes, the system text and the number of questions.
+    """What it takes to build a :class:`Captioner`, checked: the model preset, generation
+    settings and engine knobs as plain values, the system text and the number of questions.
 
-    Built once from the config (:meth:`from_config`); picklable, so an executor can hand it to
-    workers on other machines. Null settings (``engine.parallel``, ``engine.lanes``) are
-    resolved where the model loads, for that machine's device.
+    Built once (from the config: :func:`pipeline.presets.caption_spec`); picklable, so an
+    executor can hand it to workers on other machines. Null knobs (``engine.parallel``,
+    ``engine.lanes``) are resolved where the model loads, for that machine's device.
 
     Attributes:
-        model: The preset, with ``dir``, ``text`` and ``mmproj`` made absolute (workers may run
-            in another folder).
+        model: The preset, with ``dir``, ``text`` and ``mmproj`` absolute (workers may run in
+            another folder).
         generation: How answers are generated.
         engine: The engine's knobs.
         system_prompt: The system text (the config's, else the preset's); ``None``: the chat
@@ -129,36 +134,14 @@ class CaptionSpec:
         ConfigError: A value is out of range or names no chat format.
     """
 
-    model: ModelConfig
-    generation: GenerationConfig
-    engine: EngineConfig
+    model: ModelPreset
+    generation: GenerationSettings
+    engine: EngineKnobs
     system_prompt: str | None
     max_questions: int
 
     def __post_init__(self) -> None:
         _check(self)
-
-    @classmethod
-    def from_config(cls, cfg: DictConfig, max_questions: int | None = None) -> CaptionSpec:
-        """From a composed config (the ``Config`` schema).
-
-        Args:
-            cfg: The config.
-            max_questions: Most questions per frame; ``None``: the config's prompts.
-
-        Raises:
-            ConfigError: A value is out of range.
-        """
-        model = _typed(ModelConfig, cfg.model)
-        model = replace(model, dir=_absolute(model.dir), text=_absolute(model.text), mmproj=_absolute(model.mmproj))
-        system = cfg.system_prompt if cfg.system_prompt is not None else model.system_prompt
-        return cls(
-            model=model,
-            generation=_typed(GenerationConfig, cfg.generation),
-            engine=_typed(EngineConfig, cfg.engine),
-            system_prompt=system,
-            max_questions=max_questions or len(prompts_of(cfg)),
-        )
 
     @property
     def source(self) -> ModelSource:
@@ -192,16 +175,13 @@ class CaptionSpec:
 
     def engine_settings(self, files: ModelFiles) -> EngineSettings:
         """The engine's settings for ``files``, null knobs resolved for this process's device."""
-        model, gen, eng = self.model, self.generation, self.engine
+        model, eng = self.model, self.engine
         parallel = eng.parallel
         if parallel is None:
             parallel = default_parallel(runs_on_gpu(model.n_gpu_layers))
-        return EngineSettings(
+        load = LoadSettings(
             text_model=str(files.text_model),
             mmproj=str(files.mmproj),
-            chat_format=get_chat_format(model.chat_format),
-            system_prompt=self.system_prompt,
-            stop=tuple(model.stop),
             image_layout=model.image_layout,
             n_ctx=model.n_ctx,
             n_gpu_layers=model.n_gpu_layers,
@@ -216,6 +196,16 @@ class CaptionSpec:
             kv_unified=eng.kv_unified,
             max_decode_seqs=eng.max_decode_seqs,
             max_questions=self.max_questions,
+        )
+        return EngineSettings.of(load, self.answer_settings())
+
+    def answer_settings(self) -> AnswerSettings:
+        """How each answer is asked and generated: the same on every machine."""
+        gen = self.generation
+        return AnswerSettings(
+            chat_format=get_chat_format(self.model.chat_format),
+            system_prompt=self.system_prompt,
+            stop=self.model.stop,
             max_tokens=gen.max_tokens,
             temperature=gen.temperature,
             top_k=gen.top_k,
@@ -251,28 +241,6 @@ class Captioner:
         check_gpu_build(spec.model.n_gpu_layers)
         files, settings = spec.prepare()
         return cls(settings, spec.model.name, files)
-
-    @classmethod
-    def from_config(cls, cfg: DictConfig, max_questions: int | None = None) -> Captioner:
-        """Build from a composed config (see :meth:`CaptionSpec.from_config`).
-
-        Raises:
-            ConfigError: A bad setting.
-            WeightsError: Files missing or not matching.
-        """
-        return cls.from_spec(CaptionSpec.from_config(cfg, max_questions))
-
-    @classmethod
-    def from_preset(cls, preset: str = "tiny", *overrides: str, max_questions: int = 8) -> Captioner:
-        """Build from a preset in ``conf/model`` plus Hydra-style overrides, e.g.
-        ``Captioner.from_preset("llava16_mistral_7b", "model.dir=/models", "engine.parallel=2")``.
-
-        Raises:
-            ConfigError: A bad setting.
-            WeightsError: Files missing or not matching.
-        """
-        cfg = compose_config([f"model={preset}", "video=unused", *overrides])
-        return cls.from_config(cfg, max_questions=max_questions)
 
     def describe(self) -> str:
         """The model's files and where it runs, in words (a run's start line)."""
@@ -335,18 +303,8 @@ class Captioner:
         return self.engine.run(jobs, questions)
 
 
-def _absolute(path: str | None) -> str | None:
-    """A configured path made absolute (workers may run in another folder); ``None`` stays."""
-    return None if path is None else str(Path(path).expanduser().absolute())
-
-
 def _path(path: str | None) -> Path | None:
     return None if path is None else Path(path)
-
-
-def _typed(schema: type[Node], node: Any) -> Node:
-    """A config node as its schema's dataclass (a plain value, picklable)."""
-    return schema(**OmegaConf.to_container(node, resolve=True))  # type: ignore[arg-type]
 
 
 def _check(spec: CaptionSpec) -> None:
@@ -363,7 +321,6 @@ def _check(spec: CaptionSpec) -> None:
         ),
         (eng.n_batch >= 1, f"engine.n_batch must be >= 1, got {eng.n_batch}"),
         (eng.n_ubatch >= 1, f"engine.n_ubatch must be >= 1, got {eng.n_ubatch}"),
-        (eng.prefetch_frames >= 1, f"engine.prefetch_frames must be >= 1, got {eng.prefetch_frames}"),
         (
             eng.flash_attn in ("auto", "on", "off"),
             f"engine.flash_attn must be auto, on or off, got {eng.flash_attn!r}",

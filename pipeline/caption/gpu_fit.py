@@ -30,12 +30,12 @@ from dataclasses import replace
 from pathlib import Path
 
 from pipeline.caption.convert import llama_quantize
-from pipeline.caption.engine import EngineSettings
+from pipeline.caption.engine import LoadSettings
 from pipeline.caption.engine.native import gpu_free_bytes, runs_on_gpu, usable_cores
 from pipeline.caption.tiny import FILE_TYPES
 from pipeline.caption.weights import ModelFiles, quantized_weights, read_gguf, text_model_number
 from pipeline.errors import WeightsError
-from pipeline.store import write_atomic
+from pipeline.files import write_atomic
 
 log = logging.getLogger(__name__)
 
@@ -50,7 +50,7 @@ DISK_MARGIN_BYTES = 1 << 30
 ABANDONED_S = 600.0
 
 
-def pick_text_weights(files: ModelFiles, setting: str, settings: EngineSettings, copy_dir: Path) -> ModelFiles:
+def pick_text_weights(files: ModelFiles, setting: str, settings: LoadSettings, copy_dir: Path) -> ModelFiles:
     """The model files to load under ``model.text_type`` = ``setting``.
 
     Args:
@@ -92,7 +92,7 @@ def pick_text_weights(files: ModelFiles, setting: str, settings: EngineSettings,
     return replace(files, text_model=_f16_copy(files.text_model, copy, need))
 
 
-def frames_in_flight(settings: EngineSettings, files: ModelFiles) -> int:
+def frames_in_flight(settings: LoadSettings, files: ModelFiles) -> int:
     """Frames in flight for ``engine.parallel: null`` (``settings.parallel`` holds the device's
     default): on a GPU, the default where its KV cache fits in the free memory beside these
     weights, else the largest half of it that does; where none fits, the default (llama.cpp
@@ -131,7 +131,7 @@ def f16_bytes(path: Path) -> int:
     return sum(int(t.n_elements) * (2 if len(t.shape) > 1 else 4) for t in read_gguf(path).tensors)
 
 
-def kv_bytes(path: Path, settings: EngineSettings) -> int:
+def kv_bytes(path: Path, settings: LoadSettings) -> int:
     """Bytes of the engine's KV cache (F16 keys and values) for this text model: a stream of
     ``n_ctx`` cells per sequence slot, or with ``kv_unified`` ``n_ctx`` cells per frame."""
     n_layer, n_head_kv = text_model_number(path, "block_count"), text_model_number(path, "attention.head_count_kv")

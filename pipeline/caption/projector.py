@@ -35,7 +35,7 @@ import numpy as np
 
 from pipeline.caption.layout import AnyresGeometry
 from pipeline.caption.weights import WeightsError, read_gguf
-from pipeline.store import write_atomic
+from pipeline.files import write_atomic
 
 log = logging.getLogger(__name__)
 
@@ -161,7 +161,7 @@ def missing_patch(arrangement: str, n_patches: int) -> int:
 
 def _write_copy(reader: gguf.GGUFReader, path: Path, arrangement: str, n_patches: int) -> None:
     """Write ``reader``'s file with the position table of ``arrangement`` and every stored
-    CLIP layer run, atomically (:func:`pipeline.store.write_atomic`)."""
+    CLIP layer run, atomically (:func:`pipeline.files.write_atomic`)."""
     arch = str(_field(reader, "general.architecture", "clip"))
 
     def write(temporary: Path) -> None:

@@ -27,7 +27,7 @@ import gguf
 import numpy as np
 
 from pipeline.caption.convert import llama_quantize
-from pipeline.store import write_atomic
+from pipeline.files import write_atomic
 
 _VERSION = "v2"
 TINY_TEXT_FILE = f"tiny-llava-text-{_VERSION}.gguf"

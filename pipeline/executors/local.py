@@ -8,7 +8,8 @@ from collections import deque
 from collections.abc import Iterator
 
 from pipeline.caption import Captioner, CaptionSpec, Question
-from pipeline.executors.base import Captioned, Decoded, FrameJob, Work, answer_frames, this_process
+from pipeline.executors.base import Captioned, Decoded, FrameJob, Work
+from pipeline.executors.frames import answer_frames, this_process
 
 
 class LocalExecutor:

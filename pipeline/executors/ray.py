@@ -21,7 +21,8 @@ records, summary, lock). This module only moves the work:
   committed only by the driver, so a worker's death loses nothing; the driver's death loses
   at most the uncommitted chunk of each video in flight, as in a local run.
 
-Ray is imported only here, and only when ``executor=ray`` is chosen.
+Ray is imported only by ``executor=ray`` (:mod:`.ray_cluster` imports it and connects to the
+cluster).
 """
 
 from __future__ import annotations
@@ -29,41 +30,21 @@ from __future__ import annotations
 import logging
 import os
 import queue
-import signal
 import socket
 import threading
 from collections.abc import Iterator
 from concurrent.futures import Future
 from dataclasses import dataclass, replace
 from pathlib import Path
-from types import FrameType
 from typing import Any
 
 from pipeline.caption import Answer, Captioner, CaptionSpec, EngineError, Question, default_parallel
 from pipeline.errors import ConfigError, ExecutorError, UserError
-from pipeline.executors.base import (
-    Captioned,
-    Decoded,
-    DecodeJob,
-    FrameJob,
-    VideoDecoder,
-    Work,
-    answer_frames,
-    this_process,
-)
+from pipeline.executors.base import Captioned, Decoded, DecodeJob, Decoder, FrameJob, Work
+from pipeline.executors.frames import answer_frames, this_process
+from pipeline.executors.ray_cluster import connect, import_ray
 
 log = logging.getLogger(__name__)
-
-NAMESPACE = "video-caption"
-
-
-def _import_ray() -> Any:
-    try:
-        import ray
-    except ImportError:
-        raise ExecutorError('executor=ray needs Ray: pip install ".[ray]"') from None
-    return ray
-
 
 class RayExecutor:
     """Decode tasks and captioner actors on a Ray cluster (see the module's docstring).
@@ -115,7 +96,7 @@ class RayExecutor:
         for key, value in positive.items():
             if not value > 0:
                 raise ConfigError(f"executor.{key} must be > 0, got {value}")
-        self._ray = _import_ray()
+        self._ray = import_ray()
         self.address = address
         self.num_actors = num_actors
         self.gpus_per_actor = gpus_per_actor
@@ -145,7 +126,8 @@ class RayExecutor:
             EngineError: An actor could not load the model.
             ConfigError: No frame can fit the context.
         """
-        self._connect()
+        if connect(self._ray, self.address, self.connect_timeout_s):
+            self._connected = True
         resources = self._ray.cluster_resources()
         cluster_gpus, cluster_cpus = resources.get("GPU", 0.0), resources.get("CPU", 0.0)
         gpus = self.gpus_per_actor if self.gpus_per_actor is not None else (1.0 if cluster_gpus else 0.0)
@@ -204,79 +186,6 @@ class RayExecutor:
     def describe(self) -> str:
         """The actors, and each one's model files, device, threads and frames in flight."""
         return self._description
-
-    def _connect(self) -> None:
-        ray = self._ray
-        if ray.is_initialized():  # a library caller's connection: used, and left open
-            return
-        address, found_by = self._cluster_address()
-        if address is None:
-            log.info("no Ray cluster running; starting a local one")
-        else:
-            self._reach(address, found_by)
-        # ray.init sets a SIGTERM handler that exits at once; the command line's own
-        # (pipeline.signals: the run summary, exit 143) comes back after it. Something that
-        # accepts connections but does not answer keeps ray.init retrying for many minutes:
-        # an alarm ends that wait (when ray.init next runs Python, within about 40 s more).
-        on_main = threading.current_thread() is threading.main_thread()
-        sigterm = signal.getsignal(signal.SIGTERM)
-        alarm = signal.getsignal(signal.SIGALRM)
-        if on_main and address is not None:
-            signal.signal(signal.SIGALRM, _connect_timed_out)
-            signal.setitimer(signal.ITIMER_REAL, self.connect_timeout_s)
-        try:
-            ray.init(address=address or "local", namespace=NAMESPACE, logging_level=logging.WARNING)
-            self._connected = True
-        except _ConnectTimeout:
-            raise ExecutorError(
-                f"no answer from a Ray cluster at {address} (from {found_by}) within "
-                f"executor.connect_timeout_s={self.connect_timeout_s:g}; check that a Ray head runs there, "
-                "fix the address, or use executor.address=local"
-            ) from None
-        except (ConnectionError, RuntimeError, ValueError) as error:
-            raise ExecutorError(
-                f"cannot connect to a Ray cluster at {address} ({found_by}): "
-                f"{str(error).splitlines()[0]}; start one with `ray start --head` or fix the address"
-            ) from error
-        finally:
-            if on_main:
-                signal.setitimer(signal.ITIMER_REAL, 0)
-                signal.signal(signal.SIGALRM, alarm)
-                signal.signal(signal.SIGTERM, sigterm)
-
-    def _cluster_address(self) -> tuple[str | None, str]:
-        """The cluster to connect to (``None``: start a local one) and how it was found."""
-        if self.address == "local":
-            return None, "executor.address=local"
-        if self.address != "auto":
-            return self.address, "executor.address"
-        if os.environ.get("RAY_ADDRESS"):
-            return os.environ["RAY_ADDRESS"], "RAY_ADDRESS, for executor.address=auto"
-        from ray._private.services import get_ray_address_from_environment
-
-        try:
-            address = get_ray_address_from_environment("auto", None)
-        except ConnectionError:
-            return None, "executor.address=auto: no cluster running"
-        return address, "executor.address=auto: the last `ray start` on this machine, or a Ray process running here"
-
-    def _reach(self, address: str, found_by: str) -> None:
-        """Open a TCP connection to ``address`` within ``connect_timeout_s``.
-
-        Raises:
-            ExecutorError: Nothing answers there (one line: the address and where it came from).
-        """
-        host, _, port = address.split("://")[-1].rpartition(":")
-        try:
-            with socket.create_connection((host.strip("[]"), int(port)), timeout=self.connect_timeout_s):
-                return
-        except (OSError, ValueError) as error:
-            why = "timed out" if isinstance(error, TimeoutError) else getattr(error, "strerror", None) or str(error)
-            raise ExecutorError(
-                f"cannot reach a Ray cluster at {address} (from {found_by}) within "
-                f"executor.connect_timeout_s={self.connect_timeout_s:g}: {why}; start it (`ray start --head`), "
-                "fix the address, or use executor.address=local"
-            ) from None
 
     def close(self) -> None:
         """Stop the actors and disconnect (a local cluster this run started stops too)."""
@@ -344,16 +253,7 @@ class RayExecutor:
             ) from error
 
 
-class _ConnectTimeout(BaseException):
-    """``executor.connect_timeout_s`` passed while ``ray.init`` was connecting (a
-    ``BaseException``: Ray's own ``except Exception`` must not take it)."""
-
-
-def _connect_timed_out(signum: int, frame: FrameType | None) -> None:
-    raise _ConnectTimeout
-
-
-def _decode_stream(decoder: VideoDecoder, job: DecodeJob) -> Iterator[FrameJob | Decoded]:
+def _decode_stream(decoder: Decoder, job: DecodeJob) -> Iterator[FrameJob | Decoded]:
     """Ray decode task: the video's frame jobs, pixels included, then its :class:`Decoded`."""
     yield from decoder.frames(job)
 

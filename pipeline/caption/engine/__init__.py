@@ -10,10 +10,12 @@
 from pipeline.caption.engine.records import (
     IMAGE_LAYOUTS,
     Answer,
+    AnswerSettings,
     AnswerTrace,
     EngineError,
     EngineSettings,
     EngineStats,
+    LoadSettings,
     Question,
 )
 from pipeline.caption.engine.scheduler import Engine
@@ -21,10 +23,12 @@ from pipeline.caption.engine.scheduler import Engine
 __all__ = [
     "IMAGE_LAYOUTS",
     "Answer",
+    "AnswerSettings",
     "AnswerTrace",
     "Engine",
     "EngineError",
     "EngineSettings",
     "EngineStats",
+    "LoadSettings",
     "Question",
 ]

@@ -1,9 +1,11 @@
-"""The engine's public records: its settings, what it is asked, what it answers, its figures."""
+"""The engine's public records: its settings (load-time apart from per-answer), what it is asked,
+what it answers, its figures."""
 
 from __future__ import annotations
 
 import dataclasses
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 
@@ -16,16 +18,14 @@ class EngineError(RuntimeError):
     """The model could not be loaded or a decode failed; the message names the cause."""
 
 
-@dataclass(frozen=True)
-class EngineSettings:
-    """Everything the engine needs, resolved from the config (``conf/`` holds the defaults).
+@dataclass(frozen=True, kw_only=True)
+class LoadSettings:
+    """How the model loads and how much it runs at once: fixed for an engine's life, resolved
+    for the machine it runs on (``conf/`` holds the defaults).
 
     Attributes:
         text_model: Path of the text GGUF.
         mmproj: Path of the CLIP projector GGUF.
-        chat_format: The variant's prompt template.
-        system_prompt: System text; ``None`` uses the format's default.
-        stop: Strings that end an answer (not included in it).
         image_layout: ``reference``: the image tokens LLaVA 1.6 was trained on (base tile,
             unpadded grid, a newline after every row; see :mod:`pipeline.caption.layout`);
             ``llamacpp``: llama.cpp's own (every tile's 576 tokens in a row).
@@ -42,11 +42,6 @@ class EngineSettings:
         n_threads: CPU threads (``None``: :func:`~pipeline.caption.engine.native.default_threads`).
         parallel: Frames in flight at once.
         max_questions: Most questions asked about one frame (sets the sequence slots).
-        max_tokens: Most tokens generated per answer.
-        temperature: 0 for greedy decoding.
-        top_k: Top-k cut-off when sampling.
-        top_p: Nucleus cut-off when sampling.
-        seed: Sampling seed (each answer restarts from it, so answers do not depend on batching).
         prepare_ahead: Frames prepared (tiling, CPU image preprocessing) ahead on a background
             thread while the GPU decodes; 0 prepares on the calling thread. The thread is used
             only when the model runs on a GPU or ``n_threads`` leaves a core free (a busy
@@ -68,17 +63,10 @@ class EngineSettings:
         lanes: llama.cpp contexts (on the one model) that share the frames in flight, each
             driven by its own thread (``None``: 2 when layers run on a GPU, else 1; on a GPU
             always 1 when ``max_questions`` > 1: :func:`.scheduler.lane_count`).
-        ignore_eos: Benchmarks only: end-of-generation tokens are biased to minus infinity so
-            that every answer runs to ``max_tokens`` (stop strings still apply).
-        trace: Parity checks only: each answer carries its token ids and the logits that
-            chose its first token (:class:`AnswerTrace`).
     """
 
     text_model: str
     mmproj: str
-    chat_format: ChatFormat
-    system_prompt: str | None
-    stop: tuple[str, ...]
     image_layout: str
     n_ctx: int
     n_gpu_layers: int
@@ -88,18 +76,59 @@ class EngineSettings:
     n_threads: int | None
     parallel: int
     max_questions: int
-    max_tokens: int
-    temperature: float
-    top_k: int
-    top_p: float
-    seed: int
     prepare_ahead: int
     overlap_clip: bool
     kv_unified: bool
     max_decode_seqs: int | None
     lanes: int | None
+
+
+@dataclass(frozen=True, kw_only=True)
+class AnswerSettings:
+    """How each answer is asked and generated: the same for every frame, whatever the machine.
+
+    Attributes:
+        chat_format: The variant's prompt template.
+        system_prompt: System text; ``None`` uses the format's default.
+        stop: Strings that end an answer (not included in it).
+        max_tokens: Most tokens generated per answer.
+        temperature: 0 for greedy decoding.
+        top_k: Top-k cut-off when sampling.
+        top_p: Nucleus cut-off when sampling.
+        seed: Sampling seed (each answer restarts from it, so answers do not depend on batching).
+        ignore_eos: Benchmarks only: end-of-generation tokens are biased to minus infinity so
+            that every answer runs to ``max_tokens`` (stop strings still apply).
+        trace: Parity checks only: each answer carries its token ids and the logits that
+            chose its first token (:class:`AnswerTrace`).
+    """
+
+    chat_format: ChatFormat
+    system_prompt: str | None
+    stop: tuple[str, ...]
+    max_tokens: int
+    temperature: float
+    top_k: int
+    top_p: float
+    seed: int
     ignore_eos: bool = False
     trace: bool = False
+
+
+@dataclass(frozen=True, kw_only=True)
+class EngineSettings(LoadSettings, AnswerSettings):
+    """Everything the engine needs: its :class:`LoadSettings` and its :class:`AnswerSettings`
+    (:meth:`of` puts the two together; fields are given by keyword)."""
+
+    @classmethod
+    def of(cls, load: LoadSettings, answer: AnswerSettings) -> EngineSettings:
+        """The settings of an engine that loads as ``load`` says and answers as ``answer`` says."""
+        return cls(**_values(load, LoadSettings), **_values(answer, AnswerSettings))
+
+
+def _values(record: object, kind: type) -> dict[str, Any]:
+    """``record``'s fields of ``kind`` by name (not :func:`dataclasses.asdict`, which would
+    also take the chat format apart)."""
+    return {f.name: getattr(record, f.name) for f in dataclasses.fields(kind)}
 
 
 @dataclass(frozen=True)
