@@ -22,7 +22,7 @@ import subprocess
 import sys
 import time
 from collections.abc import Callable, Iterator
-from dataclasses import replace
+from dataclasses import asdict, replace
 from pathlib import Path
 from typing import Any, cast
 
@@ -38,8 +38,7 @@ from pipeline.caption.tiny import ensure_tiny_model
 from pipeline.config import compose_config
 from pipeline.decode import format_timecode
 from pipeline.presets import captioner_from_config
-from pipeline.results import THUMBNAIL
-from pipeline.store import SCHEMA, read_results
+from pipeline.store import ResultRow, read_results, write_chunk
 from pipeline.thumbnails import thumbnailer
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -315,53 +314,42 @@ def default_thumbnail(rgb: np.ndarray) -> bytes:
 
 # -- results written as the store writes them, and Chromium for the report's tests -----------
 
-# The store's schema with the nullable thumbnail column, whether or not the store has it yet.
-RESULT_SCHEMA = (
-    SCHEMA if THUMBNAIL in SCHEMA.names else SCHEMA.append(pa.field(THUMBNAIL, pa.binary()))
-)
-
-
 def result_row(video_id: str = "v1", frame_index: int | None = 0, **fields: Any) -> dict[str, Any]:
-    """A result row as the pipeline writes it: an ok answer at 25 fps unless ``fields`` say
-    otherwise; ``frame_index=None`` makes a video-level error record."""
-    timestamp_s = None if frame_index is None else frame_index / 25
-    answer_row = frame_index is not None
-    row = {
-        "video_path": f"/videos/{video_id}.mp4",
-        "video_id": video_id,
-        "frame_index": frame_index,
-        "timestamp_s": timestamp_s,
-        "timecode": None if timestamp_s is None else format_timecode(timestamp_s),
-        "prompt_id": "p1" if answer_row else None,
-        "prompt": "Describe this frame." if answer_row else None,
-        "answer": "A red car on a road." if answer_row else None,
-        "model": "tiny",
-        "status": "ok" if answer_row else "error",
-        "error": None if answer_row else "not a readable video",
-        "prompt_tokens": 100 if answer_row else 0,
-        "completion_tokens": 10 if answer_row else 0,
-        "latency_ms": 100.0 if answer_row else 0.0,
-        "sample_reason": "interval" if answer_row else None,
-        "shot_index": None,
-        "config_id": "cfg1",
-        THUMBNAIL: None,
-        "finish_reason": "stop" if answer_row else None,
-    }
-    row.update(fields)
-    return row
-
-
-def write_results(
-    output_dir: Path, rows: list[dict[str, Any]], schema: pa.Schema = RESULT_SCHEMA
-) -> None:
-    """Write rows as the store lays them out: ``output_dir/<video_id>/part-00000.parquet``."""
-    for video_id in dict.fromkeys(row["video_id"] for row in rows):
-        folder = output_dir / video_id
-        folder.mkdir(parents=True, exist_ok=True)
-        video_rows = [row for row in rows if row["video_id"] == video_id]
-        pq.write_table(
-            pa.Table.from_pylist(video_rows, schema=schema), folder / "part-00000.parquet"
+    """A result row as the store writes it (its :class:`~pipeline.store.ResultRow`, by column):
+    an ok answer at 25 fps unless ``fields`` say otherwise; ``frame_index=None`` makes a
+    video-level error record."""
+    if frame_index is None:
+        row = ResultRow(
+            video_path=f"/videos/{video_id}.mp4", video_id=video_id, model="tiny", status="error",
+            error="not a readable video", config_id="cfg1",
         )
+    else:
+        timestamp_s = frame_index / 25
+        row = ResultRow(
+            video_path=f"/videos/{video_id}.mp4", video_id=video_id, frame_index=frame_index,
+            timestamp_s=timestamp_s, timecode=format_timecode(timestamp_s), prompt_id="p1",
+            prompt="Describe this frame.", answer="A red car on a road.", model="tiny", status="ok",
+            prompt_tokens=100, completion_tokens=10, latency_ms=100.0, sample_reason="interval",
+            config_id="cfg1", finish_reason="stop",
+        )
+    return {**asdict(row), **fields}
+
+
+def write_results(output_dir: Path, rows: list[dict[str, Any]], schema: pa.Schema | None = None) -> list[Path]:
+    """Commit rows as the store does (:func:`pipeline.store.write_chunk`: a chunk per video,
+    kind and config); with ``schema``, the chunks then hold the rows under that older schema,
+    as an earlier version of the pipeline wrote them. Returns the chunk files."""
+    groups: dict[tuple[str, str, str], list[dict[str, Any]]] = {}
+    for row in rows:
+        kind = "part" if row["status"] == "ok" else "errors"
+        groups.setdefault((row["video_id"], kind, row["config_id"]), []).append(row)
+    written = []
+    for (video_id, kind, config_id), group in groups.items():
+        path = write_chunk(output_dir, video_id, kind, config_id, [ResultRow(**row) for row in group], {})
+        if schema is not None:
+            pq.write_table(pa.Table.from_pylist(group, schema=schema), path)
+        written.append(path)
+    return written
 
 
 CHROMIUM = shutil.which("chromium")

@@ -5,6 +5,7 @@ generator."""
 from __future__ import annotations
 
 import logging
+import threading
 from collections.abc import Generator, Iterator
 from pathlib import Path
 from typing import Any
@@ -18,7 +19,7 @@ from benchmarks.random_llava import write_random_llava
 from pipeline.caption import make_questions
 from pipeline.caption.engine import Engine, EngineSettings
 from pipeline.caption.engine.native import TextModel, flash_attn_type, usable_cores
-from pipeline.caption.engine.scheduler import lane_count
+from pipeline.caption.engine.scheduler import decode_group, lane_count
 from pipeline.caption.tiny import TINY_TEXT_FILE, TINY_TEXT_Q8_FILE, TextShape, VisionShape
 from tests.conftest import frames, tiny_engine_settings
 
@@ -52,12 +53,19 @@ def test_kv_layouts_chunking_background_tokenizer_and_lanes_give_the_same_answer
     assert len({t for texts in reference.values() for t in texts}) > 3
 
 
+def prepares_on_a_thread(engine_settings: EngineSettings) -> bool:
+    """Whether the engine prepared frames on its background thread (``engine-prep``), which
+    stays up, idle, until the engine closes."""
+    with Engine(engine_settings) as engine:
+        list(engine.run(enumerate(frames(2, seed=3)), make_questions(PROMPTS[:1])))
+        return any(thread.name.startswith("engine-prep") for thread in threading.enumerate())
+
+
 def test_background_thread_is_used_only_with_a_free_core(tiny_model_dir: Path) -> None:
     every_core = usable_cores()
-    with Engine(settings(tiny_model_dir, n_threads=every_core)) as engine:
-        assert engine._worker is None  # llama.cpp's threads take every core
-    with Engine(settings(tiny_model_dir)) as engine:  # the default leaves one to the pipeline
-        assert (engine._worker is not None) == (every_core > 1)
+    assert not prepares_on_a_thread(settings(tiny_model_dir, n_threads=every_core))  # llama.cpp's take every core
+    # The default leaves one core to the pipeline.
+    assert prepares_on_a_thread(settings(tiny_model_dir)) == (every_core > 1)
 
 
 def test_ignore_eos_makes_every_answer_max_tokens_long(tiny_model_dir: Path) -> None:
@@ -127,13 +135,11 @@ def test_real_shape_generator_writes_q5_k_m_layout_that_runs(
 
 
 def test_decode_grouping_rule() -> None:
-    engine = Engine.__new__(Engine)
-    setattr(engine, "_max_decode_seqs", 0)  # all at once
-    assert [engine._decode_group(n) for n in (1, 16, 48)] == [1, 16, 48]
-    setattr(engine, "_max_decode_seqs", 8)  # set explicitly
-    assert [engine._decode_group(n) for n in (1, 16, 48)] == [8, 8, 8]
-    setattr(engine, "_max_decode_seqs", -8)  # auto with a FORCE_CUBLAS build: groups of 8 up to 16
-    assert [engine._decode_group(n) for n in (8, 16, 17, 48)] == [8, 8, 17, 48]
+    # (engine.max_decode_seqs, grouped auto, active sequences) -> most sequences per decode
+    assert [decode_group(0, True, n) for n in (1, 16, 48)] == [1, 16, 48]  # all at once
+    assert [decode_group(8, False, n) for n in (1, 16, 48)] == [8, 8, 8]  # set explicitly
+    assert [decode_group(None, True, n) for n in (8, 16, 17, 48)] == [8, 8, 17, 48]  # FORCE_CUBLAS: 8s up to 16
+    assert [decode_group(None, False, n) for n in (8, 16, 48)] == [8, 16, 48]  # other builds: all at once
 
 
 def test_lane_rule(caplog: pytest.LogCaptureFixture) -> None:

@@ -24,7 +24,8 @@ from pipeline.results import (
     thumbnail_image,
     video_summary,
 )
-from tests.conftest import RESULT_SCHEMA, default_thumbnail, result_row, write_results
+from pipeline.store import SCHEMA
+from tests.conftest import default_thumbnail, result_row, write_results
 
 
 @pytest.fixture
@@ -80,7 +81,7 @@ def test_load_results_reads_every_video_in_time_order(two_videos: Path, thumbnai
 
 
 def test_load_results_adds_a_null_thumbnail_column_to_runs_without_one(tmp_path: Path) -> None:
-    without = pa.schema([field for field in RESULT_SCHEMA if field.name != THUMBNAIL])
+    without = pa.schema([field for field in SCHEMA if field.name != THUMBNAIL])
     row = result_row()
     del row[THUMBNAIL]
     write_results(tmp_path, [row], schema=without)
@@ -93,7 +94,7 @@ def test_load_results_adds_a_null_thumbnail_column_to_runs_without_one(tmp_path:
 
 def test_load_results_reads_runs_from_before_the_shot_start_and_duplicate_columns(tmp_path: Path) -> None:
     newer = ("shot_start_s", "duplicate_of", "finish_reason")
-    older = pa.schema([f for f in RESULT_SCHEMA if f.name not in newer])
+    older = pa.schema([f for f in SCHEMA if f.name not in newer])
     row = result_row()
     for name in newer:
         row.pop(name, None)
@@ -129,7 +130,7 @@ def test_load_results_of_an_empty_folder_has_the_columns(tmp_path: Path) -> None
     df = load_results(tmp_path)
 
     assert df.empty
-    assert set(RESULT_SCHEMA.names) <= set(df.columns)
+    assert set(SCHEMA.names) <= set(df.columns)
 
 
 def test_load_results_names_a_missing_folder(tmp_path: Path) -> None:

@@ -107,9 +107,9 @@ def test_parquet_with_default_thumbnails_stays_under_30_kb_per_row(
             result_row("v1", frame, prompt_id=f"p{prompt}", answer=answer, thumbnail=thumbnail)
             for prompt in range(prompts_per_frame)
         ]
-    write_results(tmp_path, rows)
+    (chunk,) = write_results(tmp_path, rows)
 
-    bytes_per_row = (tmp_path / "v1" / "part-00000.parquet").stat().st_size / len(rows)
+    bytes_per_row = chunk.stat().st_size / len(rows)
 
     print(f"{prompts_per_frame} prompt(s) per frame: {bytes_per_row:,.0f} bytes per row")
     assert bytes_per_row < 30_000

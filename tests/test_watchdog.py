@@ -26,5 +26,8 @@ def test_fires_once_when_progress_is_older_than_the_timeout() -> None:
 
 
 def test_no_timeout_watches_nothing() -> None:
-    with StallWatch(lambda: 0.0, None, lambda idle_s: None) as watch:
-        assert watch._thread is None
+    stalls: list[float] = []
+    threads = set(threading.enumerate())
+    with StallWatch(lambda: 0.0, None, stalls.append, poll_s=0.01):  # progress long ago
+        assert set(threading.enumerate()) == threads  # no watching thread started
+    assert stalls == []

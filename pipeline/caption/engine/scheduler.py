@@ -196,11 +196,9 @@ class Engine:
         # A frame must fit into any lane.
         self._kv_capacity = min(lane.kv_capacity for lane in self._lanes)
         self._eog = model.end_of_generation_ids() if s.ignore_eos else np.zeros(0, np.int64)
-        # None: auto (see _decode_group); 0: all active sequences in one llama_decode.
-        if s.max_decode_seqs is None:
-            self._max_decode_seqs = -8 if model.on_gpu and cublas_build() and quantized_weights(s.text_model) else 0
-        else:
-            self._max_decode_seqs = s.max_decode_seqs
+        self._grouped_auto = (
+            s.max_decode_seqs is None and model.on_gpu and cublas_build() and quantized_weights(s.text_model)
+        )
         if s.prepare_ahead > 0 and (model.on_gpu or n_threads < usable_cores()):
             # Not when llama.cpp's CPU threads take every core: a second busy thread then
             # stalls their OpenMP barriers and decoding gets many times slower.
@@ -579,7 +577,7 @@ class Engine:
         n = 0
         # In seq-id order: with one KV stream per sequence llama.cpp puts only runs of
         # consecutive seq ids into one ubatch (ids are handed out lowest first).
-        most = self._decode_group(len(active))
+        most = decode_group(self.settings.max_decode_seqs, self._grouped_auto, len(active))
         for seq in sorted(active, key=_seq_id):
             if len(outputs) == most:
                 self._decode_and_sample(lane, n, outputs, active, finished)
@@ -605,18 +603,6 @@ class Engine:
         self._decode_and_sample(lane, n, outputs, active, finished)
         lane.stats.decode_s += time.perf_counter() - t0
         return finished
-
-    def _decode_group(self, n_active: int) -> int:
-        """Most sequences per ``llama_decode`` this step.
-
-        Auto (cuBLAS build, -8): groups of 8 while that means at most two calls; measured on
-        an H100, 2 x 8 sequences took 2 x 13 ms against 24 ms in one dequantizing call, but
-        6 x 8 took 78 ms against 33 ms.
-        """
-        most = self._max_decode_seqs
-        if most < 0:
-            return -most if n_active <= -2 * most else n_active
-        return most or n_active
 
     def _decode_and_sample(
         self,
@@ -761,6 +747,20 @@ class Engine:
 
     def _error_answers(self, reason: str, asked: Sequence[int]) -> list[Answer]:
         return [Answer(question=self.questions[i], text="", error=reason) for i in asked]
+
+
+def decode_group(setting: int | None, grouped_auto: bool, n_active: int) -> int:
+    """Most sequences per ``llama_decode`` in a decode step of ``n_active`` sequences:
+    ``engine.max_decode_seqs`` as set (0: all at once), or for ``None`` (auto) groups of 8
+    while that means at most two calls where ``grouped_auto`` (a ``GGML_CUDA_FORCE_CUBLAS``
+    build, layers on the GPU, quantized text weights), else all at once.
+
+    Measured on an H100, 2 x 8 sequences took 2 x 13 ms against 24 ms in one dequantizing
+    call, but 6 x 8 took 78 ms against 33 ms.
+    """
+    if setting is None:
+        setting = 8 if grouped_auto and n_active <= 16 else 0
+    return setting or n_active
 
 
 def lane_count(setting: int | None, on_gpu: bool, max_questions: int, parallel: int) -> int:
