@@ -47,12 +47,14 @@ PARTS: tuple[Part, ...] = (
         "pipeline/dry_run.py": "`dry_run=true`: what a run would do, from its plan",
         "pipeline/download.py": "`python -m pipeline.download`: fetch a preset's weights ahead of a run",
         "pipeline/status.py": "`python -m pipeline.status`: where a night stands, from its record",
+        "pipeline/report/__main__.py": "`python -m pipeline.report`",
+        "pipeline/export/__main__.py": "`python -m pipeline.export`",
     }),
     Part("Look", "reading results back for people: notebooks, pages, subtitle tracks",
          ("Stages", "Store", "pipeline/summary.py", "Base"), {
         "pipeline/results.py": "results as DataFrames for notebooks: counts, coverage, per-video summary",
-        "pipeline/report/": "the HTML report: its data, its pages and `python -m pipeline.report`",
-        "pipeline/export.py": "subtitle tracks (WebVTT, SRT) and flat exports (JSONL, CSV)",
+        "pipeline/report/": "the HTML report: its data and its pages",
+        "pipeline/export/": "subtitle tracks (WebVTT, SRT) and flat exports (JSONL, CSV): cues, names",
     }),
     Part("Loop", "one run: what to do, doing it, and its record",
          ("Exec", "Stages", "Caption", "Store", "Settings", "Base"), {
@@ -78,6 +80,7 @@ PARTS: tuple[Part, ...] = (
         "pipeline/sampling.py": "samplers (all, interval, scene) and dedup: Sample",
         "pipeline/scenes.py": "shot detection and frame features for the scene sampler",
         "pipeline/thumbnails.py": "a frame's JPEG thumbnail, made and read back",
+        "pipeline/probe.py": "what a file OpenCV cannot open is, from its first bytes",
     }),
     Part("Caption", "frames and questions in, answers out: knows no video, config or store", ("Base",), {
         "pipeline/caption/__init__.py": "Captioner, CaptionSpec (what a worker builds one from), questions",
@@ -97,6 +100,8 @@ PARTS: tuple[Part, ...] = (
         "pipeline/caption/engine/sequence.py": "one answer's life: state, sampler, stops, finish reason",
         "pipeline/caption/engine/lanes.py": "the lane threads that share the frames in flight",
         "pipeline/caption/engine/grammar.py": "constrained answers (a grammar for structured output)",
+        "pipeline/caption/engine/prompts.py": "the questions as the model sees them: template, tokens, embeddings",
+        "pipeline/caption/engine/frames.py": "a frame's way in: prepared, checked against a lane's cells",
         "pipeline/caption/engine/vision.py": "frame preparation and CLIP, in either image layout",
         "pipeline/caption/engine/source.py": "frames prepared ahead on a background thread",
     }),
@@ -116,6 +121,8 @@ PARTS: tuple[Part, ...] = (
         "pipeline/runlog.py": "the run's log file and crash records",
         "pipeline/listfile.py": "reading a one-item-a-line text file",
         "pipeline/options.py": "the one `key=value` parser of the sub-commands",
+        "pipeline/words.py": "counts and durations in the words every message uses",
+        "pipeline/structured.py": "structured answers: prompt entries with a JSON Schema, their checks, column types",
     }),
 )
 
