@@ -2,7 +2,7 @@
 
 A run first *plans*: each video gets its content id, and a video whose work is already
 complete (a ``_done`` marker, whose chunks are all there and read whole: see
-:func:`~pipeline.store.verify_chunks`) or failed before (an error record; ``retry_failed=true``
+:func:`~pipeline.committed.verify_chunks`) or failed before (an error record; ``retry_failed=true``
 retries it) is skipped without being opened, so re-running a finished night does nothing,
 quickly, and loads no model. A file that has not settled (still being copied in:
 :class:`~pipeline.inputs.Readiness`) is left for the next run; an entry that cannot be read gets
@@ -38,6 +38,15 @@ import numpy as np
 
 from pipeline.caption import Answer, Question, make_questions
 from pipeline.checksums import model_sha256
+from pipeline.committed import (
+    Committed,
+    done_marker,
+    mark_done,
+    missing_chunks,
+    read_committed,
+    remove_error_records,
+    verify_chunks,
+)
 from pipeline.decode import format_timecode
 from pipeline.errors import StoreError
 from pipeline.executors.base import (
@@ -57,14 +66,7 @@ from pipeline.runlog import run_stamp
 from pipeline.sampling import Sampler
 from pipeline.signals import Stopped, check_stopped
 from pipeline.store import (
-    Committed,
     ResultRow,
-    done_marker,
-    mark_done,
-    missing_chunks,
-    read_committed,
-    remove_error_records,
-    verify_chunks,
     write_chunk,
     write_video_facts,
     write_videos_table,

@@ -106,7 +106,8 @@ PARTS: tuple[Part, ...] = (
         "pipeline/caption/engine/source.py": "frames prepared ahead on a background thread",
     }),
     Part("Store", "results on disk: Parquet chunks, markers, locks, digests", ("Base",), {
-        "pipeline/store.py": "the Parquet schema, chunk names, commit markers, reading back",
+        "pipeline/store.py": "the Parquet schema, chunk names, writing chunks, per-video facts, reading back",
+        "pipeline/committed.py": "committed keys, chunks verified whole, damaged ones moved aside, done markers",
         "pipeline/checksums.py": "SHA-256 of model files, cached by size and time",
         "pipeline/lock.py": "one run at a time per output_dir",
     }),

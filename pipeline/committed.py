@@ -1,0 +1,172 @@
+"""What a video has committed under a ``config_id``, and whether it is still intact: the keys
+read back, chunks read in full once (``<video_id>/_verified.json``), damaged chunks moved aside
+(``output_dir/_quarantine/<video_id>/``), and the done markers that list the chunks they vouch
+for. The files themselves are written and named by :mod:`pipeline.store`.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from pipeline.errors import StoreError
+from pipeline.files import read_json, write_json_atomic
+from pipeline.store import ChunkName
+
+log = logging.getLogger(__name__)
+
+QUARANTINE = "_quarantine"
+VERIFIED_FILE = "_verified.json"
+
+
+@dataclass
+class Committed:
+    """What a video already has for one ``config_id``.
+
+    Attributes:
+        answered: frame_index → prompt_ids with a committed answer or frame error.
+        failed: ``(frame_index, prompt_id)`` → the reason, for each committed frame error.
+        video_error: The reason of a committed video-level error record, if any.
+    """
+
+    answered: dict[int, set[str]] = field(default_factory=dict)
+    failed: dict[tuple[int, str], str] = field(default_factory=dict)
+    video_error: str | None = None
+
+
+def chunk_files(output_dir: Path, video_id: str, config_id: str) -> list[Path]:
+    """A video's committed chunk files (answers, then error records) for ``config_id``."""
+    folder = output_dir / video_id
+    return [path for kind in ChunkName.KINDS for path in sorted(folder.glob(ChunkName.pattern(kind, config_id)))]
+
+
+def read_committed(output_dir: Path, video_id: str, config_id: str, move_damaged: bool = True) -> Committed:
+    """The keys already committed for a video under ``config_id``.
+
+    A chunk file that does not read (damaged on disk) is moved aside (:func:`quarantine`;
+    left where it is with ``move_damaged=False``, for a dry run): its keys count as missing,
+    so the run does them again.
+    """
+    committed = Committed()
+    for path in chunk_files(output_dir, video_id, config_id):
+        try:
+            table = pq.read_table(path, columns=["frame_index", "prompt_id", "error"])
+        except (pa.ArrowException, OSError) as damage:
+            if move_damaged:
+                quarantine(output_dir, path, damage)
+            continue
+        for frame_index, prompt_id, reason in zip(*(c.to_pylist() for c in table.columns)):
+            if frame_index is None:
+                committed.video_error = reason
+            else:
+                committed.answered.setdefault(frame_index, set()).add(prompt_id)
+                if reason is not None:
+                    committed.failed[(frame_index, prompt_id)] = reason
+    return committed
+
+
+def verify_chunks(output_dir: Path, video_id: str, config_id: str) -> list[Path]:
+    """Read in full each of the video's chunk files for ``config_id`` that has not been read so
+    since it last changed, page checksums checked (a chunk written before they were has none:
+    it is checked by decoding every page); move aside (:func:`quarantine`) those that do not
+    read, and return them.
+
+    A footer that reads says nothing of the pages before it: a chunk damaged inside would fail
+    every later reader (``pd.read_parquet``, the report, the export). What was read whole is
+    remembered in ``<video_id>/_verified.json`` by name, size, modification and change time,
+    so each chunk is read once, and again only when it changes.
+    """
+    record = output_dir / video_id / VERIFIED_FILE
+    verified = read_json(record) or {}
+    current = {}
+    damaged = []
+    for path in chunk_files(output_dir, video_id, config_id):
+        try:
+            info = path.stat()
+            stamp = [info.st_size, info.st_mtime_ns, info.st_ctime_ns]
+            if verified.get(path.name) != stamp:
+                _read_whole(path)
+        except (pa.ArrowException, OSError) as error:
+            quarantine(output_dir, path, error)
+            damaged.append(path)
+            continue
+        current[path.name] = stamp
+    still_there = {name: stamp for name, stamp in verified.items() if (record.parent / name).exists()}
+    if {**still_there, **current} != verified:
+        write_json_atomic(record, {**still_there, **current})
+    return damaged
+
+
+def _read_whole(path: Path) -> None:
+    """Decode every page of a Parquet file (checking page checksums where it has them).
+
+    Raises:
+        pyarrow.ArrowException, OSError: It does not read.
+    """
+    parquet = pq.ParquetFile(path, page_checksum_verification=True)
+    for group in range(parquet.num_row_groups):
+        parquet.read_row_group(group)
+
+
+def missing_chunks(marker: Path) -> list[str]:
+    """The chunk files a video's done marker (:func:`mark_done`) lists that are no longer in
+    its folder (deleted by hand, or moved aside as damaged); none for a marker that lists none
+    (written before markers did)."""
+    listed = (read_json(marker) or {}).get("chunks") or []
+    return [name for name in listed if isinstance(name, str) and not (marker.parent / name).exists()]
+
+
+def quarantine(output_dir: Path, path: Path, error: Exception) -> Path:
+    """Move a damaged chunk file to ``output_dir/_quarantine/<video_id>/`` (out of the data:
+    readers skip folders that start with ``_``), with a log line naming it.
+
+    Raises:
+        StoreError: It cannot be moved.
+    """
+    target = output_dir / QUARANTINE / path.parent.name / path.name
+    try:
+        target.parent.mkdir(parents=True, exist_ok=True)
+        os.replace(path, target)
+    except OSError as move_error:
+        raise StoreError(
+            f"cannot move the damaged chunk {path} to {target}: {move_error.strerror or move_error}; "
+            "move or delete it by hand and run again"
+        ) from move_error
+    reason = str(error).splitlines()[0] if str(error) else type(error).__name__
+    log.warning("damaged chunk %s (%s) moved to %s; its rows will be made again", path, reason, target)
+    return target
+
+
+def remove_error_records(output_dir: Path, video_id: str, config_id: str) -> int:
+    """Delete a video's error files for ``config_id`` (before retrying it); returns how many.
+
+    Deleting first is safe: if the retry is killed, the work is simply missing and the next
+    run does it.
+    """
+    files = list((output_dir / video_id).glob(ChunkName.pattern("errors", config_id)))
+    for path in files:
+        path.unlink()
+    return len(files)
+
+
+def done_marker(output_dir: Path, video_id: str, work_id: str) -> Path:
+    """The file whose presence says a video's work ``work_id`` is complete."""
+    return output_dir / video_id / f"_done-{work_id}"
+
+
+def mark_done(output_dir: Path, video_id: str, work_id: str, config_id: str, summary: dict[str, Any]) -> None:
+    """Write the completion marker (atomically), after every chunk of the video is committed:
+    ``summary`` and the names of the video's chunk files for ``config_id`` (the marker vouches
+    for them: see :func:`missing_chunks`).
+
+    Raises:
+        StoreError: It cannot be written.
+    """
+    chunks = [path.name for path in chunk_files(output_dir, video_id, config_id)]
+    write_json_atomic(done_marker(output_dir, video_id, work_id), {**summary, "chunks": chunks})
