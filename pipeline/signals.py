@@ -1,6 +1,9 @@
-"""Ctrl-C and SIGTERM: stop the run promptly, keep what is committed, exit 130 or 143.
+"""Ctrl-C, SIGTERM and SIGHUP: stop the run promptly, keep what is committed, exit 130, 143
+or 129.
 
-While :func:`stop_on_signals` is active, SIGINT and SIGTERM raise :class:`Stopped` on the main
+SIGHUP comes when the terminal or SSH session that started a run goes away; without a handler
+it would end the process at once, with no line and no run summary. While
+:func:`stop_on_signals` is active, SIGINT, SIGTERM and SIGHUP raise :class:`Stopped` on the main
 thread, wherever it is, as Ctrl-C raises ``KeyboardInterrupt``. Where that exception is
 swallowed (Python drops an exception raised inside a ctypes callback, such as llama.cpp's log
 callback), the signal is still remembered: the run loop calls :func:`check_stopped` at each
@@ -16,7 +19,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from types import FrameType
 
-_SIGNALS = (signal.SIGINT, signal.SIGTERM)
+_SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
 _received: int | None = None
 
 
@@ -25,7 +28,8 @@ class Stopped(BaseException):
 
     Attributes:
         signum: The signal.
-        exit_code: The shell's code for it: 128 + the signal's number (130 Ctrl-C, 143 SIGTERM).
+        exit_code: The shell's code for it: 128 + the signal's number (130 Ctrl-C, 143 SIGTERM, 129
+            SIGHUP).
     """
 
     def __init__(self, signum: int) -> None:
@@ -52,11 +56,16 @@ def check_stopped() -> None:
 
 @contextmanager
 def stop_on_signals() -> Iterator[None]:
-    """Turn SIGINT and SIGTERM into :class:`Stopped` for the ``with`` block (main thread only);
-    the previous handlers come back after it."""
+    """Turn SIGINT, SIGTERM and SIGHUP into :class:`Stopped` for the ``with`` block (main thread
+    only); the previous handlers come back after it. A signal that was ignored stays ignored
+    (``nohup`` ignores SIGHUP so that the run outlives its terminal)."""
     global _received
     _received = None
-    previous = {signum: signal.signal(signum, _handle) for signum in _SIGNALS}
+    previous = {
+        signum: signal.signal(signum, _handle)
+        for signum in _SIGNALS
+        if signal.getsignal(signum) is not signal.SIG_IGN
+    }
     try:
         yield
     finally:
