@@ -15,6 +15,7 @@ The command line builds the typed pieces once from the config (the sampler, the 
 
 from __future__ import annotations
 
+import importlib
 import logging
 import os
 import sys
@@ -40,15 +41,16 @@ from pipeline.config import config_dir, prompts_of
 from pipeline.dry_run import plan_lines
 from pipeline.errors import ConfigError, InputError, LockHeld, StoreError, UserError
 from pipeline.executors.base import Executor
-from pipeline.files import write_json_atomic
 from pipeline.inputs import check_shard, find_videos, names_one_file
 from pipeline.lock import RunLock
+from pipeline.owed import EXPORT_DUE, REPORT_DUE, owe_export, owe_report, owed_export, paid
 from pipeline.presets import caption_spec
-from pipeline.run import Pipeline, RunSummary, settings_id, unique_prompts, write_summary
+from pipeline.run import Pipeline, settings_id, unique_prompts
 from pipeline.runlog import log_folder, record_crash, run_log, run_stamp
 from pipeline.sampling import Sampler
 from pipeline.signals import Stopped, stop_on_signals
 from pipeline.store import prepare_output_dir, remove_temporaries
+from pipeline.summary import RunRecord, RunSummary
 from pipeline.thumbnails import thumbnailer
 from pipeline.watchdog import StallWatch
 
@@ -59,9 +61,6 @@ EXIT_CRASH = 1
 EXIT_SOME_FAILED = 2
 EXIT_ALL_FAILED = 3  # a night where nothing could be done: a service manager sees a failure
 EXIT_LOCKED = 75  # EX_TEMPFAIL: try again later
-# Made when a run with a report due starts captioning, removed once the report is written: a
-# run killed before its report leaves it, and the next run writes the report.
-REPORT_DUE = "_report-due"
 
 
 def run_from_config(cfg: DictConfig) -> int:
@@ -124,26 +123,25 @@ def _run_locked(
     log_file: Path,
     lock: RunLock,
 ) -> int:
-    export_formats: list[str] = []
-    if cfg.export:  # pandas loads only when an export is due; a bad format fails before the model
-        from pipeline.export import parse_formats
-
-        try:
-            export_formats = parse_formats(cfg.export)
-        except ValueError as error:  # the library's argument error is the user's setting here
-            raise ConfigError(str(error)) from error
+    """The night under the lock: its record says ``running`` from the start and is finished with
+    the exit code whatever ends it (:mod:`pipeline.summary`); the report it writes shows it."""
     pipeline = _pipeline(
         cfg, prompts, sampler, output_dir, retry_failed=cfg.retry_failed, thumbnail=thumbnailer(**cfg.thumbnails),
         before_write=lock.check,
     )
     summary = RunSummary(log_file=str(log_file))
-    stalled = partial(_end_stalled_run, pipeline, summary, output_dir, started, cfg)
+    record = RunRecord(output_dir, started, _shard_suffix(cfg), {
+        "command": sys.argv, "prompts": prompts, "model": spec.model.name, "model_files": None,
+        "config_id": pipeline.config_id, "min_age_s": pipeline.min_age_s,
+    })
+    record.start(summary)
+    stalled = partial(_end_stalled_run, pipeline, summary, record, cfg)
     code = EXIT_CRASH
     try:
+        export_formats = _export_formats(cfg)
         with StallWatch(lambda: pipeline.last_progress_s, cfg.stall_timeout_s, stalled):
             tasks = pipeline.plan(videos, cfg.shard, cfg.num_shards)
         summary.videos = [t.outcome for t in tasks]
-        report_due = output_dir / REPORT_DUE
         todo = sum(t.outcome.status == "todo" for t in tasks)
         if todo:
             log.info(
@@ -152,9 +150,12 @@ def _run_locked(
             )
             try:
                 executor.start(spec, pipeline.questions)
+                record.facts["model_files"] = executor.model_files
                 log.info("started: %s -> %s", executor.describe(), output_dir)
                 if cfg.report:
-                    write_json_atomic(report_due, {"since": started})
+                    owe_report(output_dir, started)
+                if export_formats:
+                    owe_export(output_dir, export_formats, started)
                 with StallWatch(lambda: pipeline.last_progress_s, cfg.stall_timeout_s, stalled):
                     pipeline.run(tasks, executor, summary)
             finally:
@@ -162,29 +163,41 @@ def _run_locked(
         else:
             pipeline.run(tasks, None, summary)
         _log_outcome(summary, output_dir, cfg)
-        if export_formats and summary.count("done"):
-            _export(output_dir, export_formats)
-        if cfg.report and report_due.exists():
-            _write_report(output_dir, report_due)
         failed = summary.count("error")
         code = (EXIT_ALL_FAILED if not summary.count("done") else EXIT_SOME_FAILED) if failed else EXIT_OK
+        if not _export_owed(output_dir):
+            code = EXIT_CRASH
+        if cfg.report and (output_dir / REPORT_DUE).exists():
+            _write_report(output_dir, record.record(summary, code))
     except Stopped as stop:
         code = stop.exit_code
         raise
     finally:
-        write_summary(output_dir, summary, started, code, _shard_suffix(cfg))
+        record.finish(summary, code)
     return code
 
 
+def _export_formats(cfg: DictConfig) -> list[str]:
+    """The formats of ``export=``; a bad one fails before the model loads."""
+    if not cfg.export:
+        return []
+    from pipeline.export import parse_formats  # pandas loads only when an export is asked for
+
+    try:
+        return parse_formats(cfg.export)
+    except ValueError as error:  # the library's argument error is the user's setting here
+        raise ConfigError(str(error)) from error
+
+
 def _end_stalled_run(
-    pipeline: Pipeline, summary: RunSummary, output_dir: Path, started: float, cfg: DictConfig, idle_s: float
+    pipeline: Pipeline, summary: RunSummary, record: RunRecord, cfg: DictConfig, idle_s: float
 ) -> None:
     """The way out of a run whose model or decoder stopped answering (:mod:`pipeline.watchdog`):
     its thread waits inside llama.cpp or the decoder for good, where no exception reaches it, so
     the process ends from the watching thread, after one line, the writes already under way and
-    ``_last_run.json``. Exit 1; the next run goes on from what was committed. The wrap-up gets
+    the run summary. Exit 1; the next run goes on from what was committed. The wrap-up gets
     at most 3 minutes: on a mount that stopped answering, writing the log or the summary can
-    hang too, and the process must end all the same."""
+    hang too, and the process must end all the same (its summary then still says running)."""
 
     def wrap_up() -> None:
         log.error(
@@ -194,7 +207,7 @@ def _end_stalled_run(
             pipeline.waiting_on, idle_s, cfg.stall_timeout_s,
         )
         pipeline.finish_writes(timeout_s=120)
-        write_summary(output_dir, summary, started, EXIT_CRASH, _shard_suffix(cfg))
+        record.finish(summary, EXIT_CRASH)
         logging.shutdown()
 
     helper = threading.Thread(target=wrap_up, name="stall-wrap-up", daemon=True)
@@ -224,25 +237,33 @@ def _log_outcome(summary: RunSummary, output_dir: Path, cfg: DictConfig) -> None
         log.info("%d videos failed in earlier runs; retry_failed=true tries them again", failed_before)
 
 
-def _write_report(output_dir: Path, report_due: Path) -> None:
-    """Write the HTML report, then drop the marker that said it was due."""
+def _write_report(output_dir: Path, run: dict[str, Any]) -> None:
+    """Write the HTML report, showing ``run`` (this run's record), then drop the marker that said
+    it was due; a failure is a warning and the report stays owed."""
     from pipeline.report import write_report  # pandas: loaded only when a report is due
 
     try:
-        log.info("report: %s", write_report(output_dir))
-        report_due.unlink(missing_ok=True)
+        log.info("report: %s", write_report(output_dir, run=run))
+        paid(output_dir, REPORT_DUE)
     except (OSError, StoreError) as error:
-        log.warning("report not written: %s", error)
+        log.warning("report not written: %s; the next run writes it", error)
 
 
-def _export(output_dir: Path, export_formats: list[str]) -> None:
-    """Write the subtitle tracks and exports of ``output_dir``; a failure is a warning."""
+def _export_owed(output_dir: Path) -> bool:
+    """Write the exports owed (this night's and earlier ones', :mod:`pipeline.owed`); False,
+    after one line, where they cannot be written: they stay owed and the night exits 1."""
+    formats = owed_export(output_dir)
+    if not formats:
+        return True
     from pipeline.export import export
 
     try:
-        log.info("export: %s", export(output_dir, export_formats).folder)
+        log.info("export: %s", export(output_dir, formats).folder)
     except (OSError, StoreError) as error:
-        log.warning("export not written: %s", error)
+        log.error("export not written: %s; the captions are committed, and the next run writes the export", error)
+        return False
+    paid(output_dir, EXPORT_DUE)
+    return True
 
 
 def _pipeline(
@@ -347,11 +368,23 @@ def _hydra_main(cfg: DictConfig) -> int:
     return code
 
 
+# ``video-caption status ...`` is ``python -m pipeline.status ...``, and so on: the module whose
+# main(argv) each sub-command runs.
+SUBCOMMANDS = {
+    "status": "pipeline.status",
+    "report": "pipeline.report.command",
+    "export": "pipeline.export",
+    "download": "pipeline.download",
+}
+
+
 def main() -> None:
-    """Entry point of ``python -m pipeline`` and the ``video-caption`` script: ``--help`` and
-    ``--version`` here, arguments checked (:func:`pipeline.arguments.argument_error`), then
-    Hydra."""
+    """Entry point of ``python -m pipeline`` and the ``video-caption`` script: a sub-command
+    (:data:`SUBCOMMANDS`), or a run: ``--help`` and ``--version`` here, arguments checked
+    (:func:`pipeline.arguments.argument_error`), then Hydra."""
     args = sys.argv[1:]
+    if args and args[0] in SUBCOMMANDS:
+        sys.exit(importlib.import_module(SUBCOMMANDS[args[0]]).main(args[1:]))
     if "-h" in args or "--help" in args:
         print(help_text())
         sys.exit(EXIT_OK)

@@ -13,7 +13,7 @@ events: a :class:`~pipeline.executors.base.Captioned` per frame and a
 :class:`~pipeline.executors.base.Decoded` per video. :class:`Pipeline` turns that stream into
 rows, commits them in chunks of ``checkpoint_frames`` frames on a writer thread (a killed run
 loses at most one chunk per video in flight), writes the done markers and error records, and
-counts; :func:`write_summary` records what the run did. A video is done only when every
+counts into a :class:`~pipeline.summary.RunSummary`. A video is done only when every
 answer it needs is in: one whose frames failed (an error answer) is a failed video, retried
 by ``retry_failed=true``.
 """
@@ -29,7 +29,6 @@ import time
 from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field
-from datetime import datetime, timezone
 from importlib import metadata
 from pathlib import Path
 from typing import Any
@@ -49,20 +48,11 @@ from pipeline.committed import (
 )
 from pipeline.decode import format_timecode
 from pipeline.errors import StoreError
-from pipeline.executors.base import (
-    Captioned,
-    Decoded,
-    DecodeJob,
-    Executor,
-    FrameJob,
-    Work,
-)
+from pipeline.executors.base import Captioned, Decoded, DecodeJob, Executor, FrameJob, Work
 from pipeline.executors.frames import VideoDecoder
-from pipeline.files import write_json_atomic
 from pipeline.inputs import Readiness, check_shard, in_shard, os_reason, path_id, video_id_of
 from pipeline.paths import printable
 from pipeline.progress import Progress
-from pipeline.runlog import run_stamp
 from pipeline.sampling import Sampler
 from pipeline.signals import Stopped, check_stopped
 from pipeline.store import (
@@ -71,85 +61,12 @@ from pipeline.store import (
     write_video_facts,
     write_videos_table,
 )
+from pipeline.summary import RunSummary, VideoOutcome, WorkerStats
 
 log = logging.getLogger(__name__)
 
 # What the last look at each found file left waiting saw (pipeline.inputs.Readiness).
 WAITING_FILE = "_waiting.json"
-
-
-@dataclass
-class VideoOutcome:
-    """What happened to one video in a run (``status``: todo, then done, skipped or error;
-    or ``waiting``: left for the next run; ``note`` says why a video waits or was skipped
-    without an error: ``done``, or the video of the same content it repeats)."""
-
-    path: str
-    video_id: str
-    status: str = "todo"
-    error: str | None = None
-    note: str | None = None
-    frames: int = 0
-    frames_already_done: int = 0
-    rows: int = 0
-    wall_s: float = 0.0
-
-
-@dataclass
-class WorkerStats:
-    """Frames one captioning worker (the local engine, or one Ray actor) answered in a run.
-
-    Attributes:
-        worker: ``local`` or ``actor-<i>``.
-        processes: ``host:pid`` of each process that served it (a restarted actor has two).
-        frames: Frames it answered.
-        busy_s: From the run's start to its last answer.
-    """
-
-    worker: str
-    processes: list[str] = field(default_factory=list)
-    frames: int = 0
-    busy_s: float = 0.0
-
-    def as_dict(self) -> dict[str, Any]:
-        """JSON-able figures, with frames/s."""
-        rate = self.frames / self.busy_s if self.busy_s else 0.0
-        return {**asdict(self), "busy_s": round(self.busy_s, 3), "frames_per_s": round(rate, 3)}
-
-
-@dataclass
-class RunSummary:
-    """What a run did; written as JSON next to the data."""
-
-    videos: list[VideoOutcome] = field(default_factory=list)
-    wall_s: float = 0.0
-    workers: dict[str, WorkerStats] = field(default_factory=dict)
-    log_file: str | None = None
-
-    def count(self, status: str) -> int:
-        """Videos with this status."""
-        return sum(v.status == status for v in self.videos)
-
-    @property
-    def frames(self) -> int:
-        """Frames captioned in this run."""
-        return sum(v.frames for v in self.videos)
-
-    def as_dict(self) -> dict[str, Any]:
-        """JSON-able figures plus one entry per video."""
-        return {
-            "videos_done": self.count("done"),
-            "videos_skipped": self.count("skipped"),
-            "videos_failed": self.count("error"),
-            "videos_waiting": self.count("waiting"),
-            "frames": self.frames,
-            "rows": sum(v.rows for v in self.videos),
-            "wall_s": round(self.wall_s, 3),
-            "frames_per_s": round(self.frames / self.wall_s, 3) if self.wall_s else 0.0,
-            "workers": [w.as_dict() for w in self.workers.values()],
-            "log_file": self.log_file,
-            "videos": [asdict(v) for v in self.videos],
-        }
 
 
 def unique_prompts(prompts: list[str]) -> list[str]:
@@ -626,23 +543,6 @@ class Pipeline:
             error=reason,
             config_id=self.config_id,
         )
-
-
-def write_summary(output_dir: Path, summary: RunSummary, started: float, exit_code: int, suffix: str) -> None:
-    """``_runs/<start time><suffix>.json`` and ``_last_run<suffix>.json``: what the run did, for
-    machines (``suffix`` names the shard). A summary that cannot be written is a warning.
-    """
-    record = {
-        "started": datetime.fromtimestamp(started, timezone.utc).isoformat(),
-        "finished": datetime.now(timezone.utc).isoformat(),
-        "exit_code": exit_code,
-        **summary.as_dict(),
-    }
-    try:
-        write_json_atomic(output_dir / "_runs" / f"{run_stamp(started)}{suffix}.json", record)
-        write_json_atomic(output_dir / f"_last_run{suffix}.json", record)
-    except StoreError as error:
-        log.warning("run summary not written: %s", error)
 
 
 def _raise_first_error(writes: list[Future[Any]]) -> None:

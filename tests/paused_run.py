@@ -150,9 +150,9 @@ def pause_before_report() -> None:
     """Stop when the report is about to be written."""
     write_report = pipeline.report.write_report
 
-    def paused_write(output_dir: Path, *args: object) -> Path:
+    def paused_write(output_dir: Path, *args: Any, **kwargs: Any) -> Path:
         pause()
-        return write_report(output_dir, *args)  # type: ignore[arg-type]
+        return write_report(output_dir, *args, **kwargs)
 
     pipeline.report.write_report = paused_write  # type: ignore[assignment]
 

@@ -1,0 +1,249 @@
+"""The run summary: what a run did, written when it starts and finished when it ends.
+
+A run that holds the lock on ``output_dir`` records itself in ``_runs/<start><shard>.json``
+and ``_last_run<shard>.json`` (``<shard>`` is ``-shard<i>of<n>`` for sharded runs, else empty),
+as JSON for machines. The record is true at every moment:
+
+- it is written with ``state: running`` (start time, pid, host, command line, prompts, model
+  and ``config_id``) before the run does anything, so a run that never finishes (``kill -9``, a
+  power cut, a summary that could not be written at the end) leaves ``running`` behind, never
+  the previous night's ``exit_code``; readers show a ``running`` record whose process is gone
+  as *did not finish* (:func:`run_state`);
+- it is finished (``state: finished``, ``exit_code``, the counts) when the run ends, whatever
+  ends it: success, a failure, a signal or a stall;
+- where even the ``running`` record cannot be written, the previous ``_last_run.json`` is
+  removed rather than left to speak for this run.
+
+The report (:mod:`pipeline.report`) and ``python -m pipeline.status`` read the records back
+with :func:`read_runs`.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import socket
+import time
+from dataclasses import asdict, dataclass, field
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+from pipeline.errors import StoreError
+from pipeline.files import write_json_atomic
+from pipeline.runlog import run_stamp
+
+log = logging.getLogger(__name__)
+
+RUNS_DIR = "_runs"
+LAST_RUN = "_last_run"
+RUNNING = "running"
+FINISHED = "finished"
+DID_NOT_FINISH = "did not finish"
+
+
+@dataclass
+class VideoOutcome:
+    """What happened to one video in a run (``status``: todo, then done, skipped or error;
+    or ``waiting``: left for the next run; ``note`` says why a video waits or was skipped
+    without an error: ``done``, or the video of the same content it repeats)."""
+
+    path: str
+    video_id: str
+    status: str = "todo"
+    error: str | None = None
+    note: str | None = None
+    frames: int = 0
+    frames_already_done: int = 0
+    rows: int = 0
+    wall_s: float = 0.0
+
+
+@dataclass
+class WorkerStats:
+    """Frames one captioning worker (the local engine, or one Ray actor) answered in a run.
+
+    Attributes:
+        worker: ``local`` or ``actor-<i>``.
+        processes: ``host:pid`` of each process that served it (a restarted actor has two).
+        frames: Frames it answered.
+        busy_s: From the run's start to its last answer.
+    """
+
+    worker: str
+    processes: list[str] = field(default_factory=list)
+    frames: int = 0
+    busy_s: float = 0.0
+
+    def as_dict(self) -> dict[str, Any]:
+        """JSON-able figures, with frames/s."""
+        rate = self.frames / self.busy_s if self.busy_s else 0.0
+        return {**asdict(self), "busy_s": round(self.busy_s, 3), "frames_per_s": round(rate, 3)}
+
+
+@dataclass
+class RunSummary:
+    """What a run did, filled in as it goes."""
+
+    videos: list[VideoOutcome] = field(default_factory=list)
+    wall_s: float = 0.0
+    workers: dict[str, WorkerStats] = field(default_factory=dict)
+    log_file: str | None = None
+
+    def count(self, status: str) -> int:
+        """Videos with this status."""
+        return sum(v.status == status for v in self.videos)
+
+    @property
+    def frames(self) -> int:
+        """Frames captioned in this run."""
+        return sum(v.frames for v in self.videos)
+
+    def as_dict(self) -> dict[str, Any]:
+        """JSON-able figures plus one entry per video."""
+        return {
+            "videos_done": self.count("done"),
+            "videos_skipped": self.count("skipped"),
+            "videos_failed": self.count("error"),
+            "videos_waiting": self.count("waiting"),
+            "frames": self.frames,
+            "rows": sum(v.rows for v in self.videos),
+            "wall_s": round(self.wall_s, 3),
+            "frames_per_s": round(self.frames / self.wall_s, 3) if self.wall_s else 0.0,
+            "workers": [w.as_dict() for w in self.workers.values()],
+            "log_file": self.log_file,
+            "videos": [asdict(v) for v in self.videos],
+        }
+
+
+class RunRecord:
+    """The record of one run in ``output_dir`` (written only by the run that holds its lock).
+
+    Args:
+        output_dir: The run's ``output_dir``.
+        started: When the run started (epoch seconds): its record's name.
+        suffix: ``-shard<i>of<n>`` for a shard, else "".
+        facts: What is known at the start and stays: ``command``, ``prompts``, ``model``,
+            ``config_id``, ``min_age_s`` (JSON-able).
+    """
+
+    def __init__(self, output_dir: Path, started: float, suffix: str, facts: dict[str, Any]) -> None:
+        self.output_dir = output_dir
+        self.started = started
+        self.suffix = suffix
+        self.facts = {"pid": os.getpid(), "host": socket.gethostname(), "shard": suffix.lstrip("-") or None, **facts}
+
+    @property
+    def path(self) -> Path:
+        """``_runs/<start><suffix>.json``."""
+        return self.output_dir / RUNS_DIR / f"{run_stamp(self.started)}{self.suffix}.json"
+
+    @property
+    def last_path(self) -> Path:
+        """``_last_run<suffix>.json``."""
+        return self.output_dir / f"{LAST_RUN}{self.suffix}.json"
+
+    def record(self, summary: RunSummary, exit_code: int | None) -> dict[str, Any]:
+        """The record as it stands: ``running`` without an exit code, else ``finished``."""
+        return {
+            "state": RUNNING if exit_code is None else FINISHED,
+            "started": _iso(self.started),
+            "finished": None if exit_code is None else _iso(time.time()),
+            "exit_code": exit_code,
+            **self.facts,
+            **summary.as_dict(),
+        }
+
+    def start(self, summary: RunSummary) -> None:
+        """Write the ``running`` record. Where it cannot be written, the previous run's
+        ``_last_run.json`` is removed (that needs no free space), so it does not speak for this
+        run; a warning says so."""
+        if not self._write(self.record(summary, None)):
+            try:
+                self.last_path.unlink(missing_ok=True)
+            except OSError as error:
+                log.warning("%s still describes an earlier run: %s", self.last_path, error.strerror or error)
+
+    def finish(self, summary: RunSummary, exit_code: int) -> None:
+        """Write the finished record; where it cannot be written, the ``running`` one stays."""
+        self._write(self.record(summary, exit_code))
+
+    def _write(self, record: dict[str, Any]) -> bool:
+        written = True
+        for path in (self.path, self.last_path):
+            try:
+                write_json_atomic(path, record)
+            except StoreError as error:
+                log.warning("run summary not written: %s", error)
+                written = False
+        return written
+
+
+def read_runs(output_dir: Path) -> list[dict[str, Any]]:
+    """Every recorded run of ``output_dir`` (``_runs/*.json``, and ``_last_run*.json`` for folders
+    of older versions), oldest first; each with ``state`` filled in by :func:`run_state`."""
+    runs: dict[str, dict[str, Any]] = {}
+    for path in [*output_dir.glob(f"{RUNS_DIR}/*.json"), *output_dir.glob(f"{LAST_RUN}*.json")]:
+        try:
+            record = json.loads(path.read_text())
+        except (OSError, ValueError):
+            continue
+        if isinstance(record, dict):
+            shard = path.stem.partition("-")[2]
+            # A _last_run.json repeats a _runs/ record; keep the newest state of a run.
+            key = f"{record.get('started')}|{shard}"
+            if key not in runs or runs[key].get("state") == RUNNING:
+                runs[key] = record
+    for record in runs.values():
+        record["state"] = run_state(record)
+    return sorted(runs.values(), key=lambda r: str(r.get("started", "")))
+
+
+def run_state(record: dict[str, Any]) -> str:
+    """``finished``; ``running`` while its process lives; else ``did not finish`` (killed, or its
+    end could not be written). A record of another host that says running is taken at its word.
+    Records of versions before the state was kept are finished."""
+    if record.get("state") not in (RUNNING, DID_NOT_FINISH):
+        return FINISHED
+    if record.get("host") not in (None, socket.gethostname()):
+        return RUNNING
+    pid = record.get("pid")
+    started = _epoch(record.get("started"))
+    return RUNNING if isinstance(pid, int) and started is not None and _alive(pid, started) else DID_NOT_FINISH
+
+
+def worked(record: dict[str, Any]) -> bool:
+    """Whether a run captioned something, or had videos fail (not a "nothing to do" night)."""
+    return any(int(record.get(key) or 0) for key in ("frames", "videos_done", "videos_failed"))
+
+
+def _alive(pid: int, started: float) -> bool:
+    """Whether process ``pid`` lives and is the one that started at ``started`` (a pid is reused:
+    a process that started after the run did is another one)."""
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        pass  # it exists, as another user
+    try:
+        ticks = int(Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[19])
+        boot = next(
+            float(line.split()[1]) for line in Path("/proc/stat").read_text().splitlines()
+            if line.startswith("btime ")
+        )
+    except (OSError, ValueError, IndexError, StopIteration):
+        return True  # no /proc: the pid is all there is to go by
+    return boot + ticks / os.sysconf("SC_CLK_TCK") <= started + 1.0
+
+
+def _iso(epoch_s: float) -> str:
+    return datetime.fromtimestamp(epoch_s, timezone.utc).isoformat()
+
+
+def _epoch(iso: Any) -> float | None:
+    try:
+        return datetime.fromisoformat(str(iso)).timestamp()
+    except ValueError:
+        return None

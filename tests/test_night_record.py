@@ -1,0 +1,167 @@
+"""The record of a night is true at every moment (issue 23, points 9 and 10), through
+``python -m pipeline`` on the tiny model and ``python -m pipeline status``:
+
+- the run summary says ``running`` from the start (pid, command line), and a run that never
+  finished (``kill -9``, a summary that could not be written at the end) leaves that, never the
+  previous night's ``exit_code: 0``; status shows it as *did not finish*;
+- SIGHUP stops a run as SIGTERM does, with its own code (129);
+- an export that cannot be written is owed, exits 1 with one line, and the next night writes it
+  even though it captions nothing.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+from pathlib import Path
+
+import pytest
+
+from tests.conftest import (
+    RUN_TIMEOUT_S,
+    assert_no_key_twice,
+    assert_one_line_error,
+    kill,
+    last_run,
+    make_night,
+    mount_tmpfs,
+    night_args,
+    run_cli,
+    start_paused_run,
+    wait_for_pause,
+    write_video,
+)
+
+
+def fill(disk: Path) -> None:
+    """Fill a small disk up to its last block."""
+    filler = os.open(disk / "filler", os.O_WRONLY | os.O_CREAT)
+    try:
+        while os.write(filler, b"x" * 4096):
+            pass
+    except OSError:  # the disk is full
+        pass
+    finally:
+        os.close(filler)
+
+
+def status(out: Path) -> str:
+    """What ``python -m pipeline status`` (the ``video-caption status`` sub-command) prints."""
+    done = run_cli("status", f"output_dir={out}")
+    assert done.returncode == 0, done.stderr
+    return done.stdout
+
+
+def test_a_night_says_running_from_its_start_and_a_killed_one_did_not_finish(
+    tiny_model_dir: Path, tmp_path: Path
+) -> None:
+    videos = make_night(tmp_path / "videos", n_videos=1, n_frames=3)
+    out = tmp_path / "out"
+    args = night_args(videos, out, tiny_model_dir, tmp_path)
+    first = run_cli(*args)
+    assert first.returncode == 0 and last_run(out)["exit_code"] == 0, first.stderr
+    write_video(videos / "late.mp4", n_frames=6)
+    marker = tmp_path / "paused"
+    night = start_paused_run(args, "answer:local:1", marker)
+    wait_for_pause(night, marker)
+
+    record = last_run(out)
+    assert (record["state"], record["exit_code"], record["pid"]) == ("running", None, night.pid)
+    assert record["command"][1:] == args and record["config_id"] and record["prompts"]
+    assert f"running (pid {night.pid})" in status(out)
+
+    kill(night)
+    record = last_run(out)
+    assert (record["state"], record["exit_code"]) == ("running", None)  # not the first night's 0
+    shown = status(out)
+    assert f"did not finish (pid {night.pid} is gone)" in shown
+    assert "exit 0  videos: 1 done" in shown  # the first night, as it was
+
+
+def test_sighup_stops_the_run_like_sigterm_with_its_own_code(tiny_model_dir: Path, tmp_path: Path) -> None:
+    videos = make_night(tmp_path / "videos", n_videos=1, n_frames=6)
+    out = tmp_path / "out"
+    args = night_args(videos, out, tiny_model_dir, tmp_path)
+    marker = tmp_path / "paused"
+    night = start_paused_run(args, "answer:local:2", marker)
+    wait_for_pause(night, marker)
+
+    night.send_signal(signal.SIGHUP)
+    _, stderr = night.communicate(timeout=RUN_TIMEOUT_S)
+
+    assert_one_line_error(
+        subprocess.CompletedProcess(night.args, night.returncode, "", stderr), 129,
+        "stopped by SIGHUP; what was committed is kept",
+    )
+    record = last_run(out)
+    assert (record["state"], record["exit_code"]) == ("finished", 129)
+    assert "exit 129" in status(out)
+    again = run_cli(*args)
+    assert again.returncode == 0, again.stderr
+
+
+@pytest.mark.allow_error_logs
+def test_a_summary_that_cannot_be_finished_does_not_claim_the_last_success(
+    tiny_model_dir: Path, tmp_path: Path
+) -> None:
+    disk = tmp_path / "disk"
+    if not mount_tmpfs(disk, "2m"):
+        pytest.skip("mounting a tmpfs needs root (CI runs as root)")
+    try:
+        videos = make_night(tmp_path / "videos", n_videos=1, n_frames=3)
+        out = disk / "out"
+        args = night_args(videos, out, tiny_model_dir, tmp_path)
+        assert run_cli(*args).returncode == 0
+        assert last_run(out)["exit_code"] == 0
+        write_video(videos / "late.mp4", n_frames=9)
+        marker, release = tmp_path / "paused", tmp_path / "release"
+        night = start_paused_run(args, "answer:local:1", marker, release)
+        wait_for_pause(night, marker)
+        fill(disk)  # while the night runs
+        release.touch()
+        night.communicate(timeout=RUN_TIMEOUT_S)
+        assert night.returncode == 1
+
+        record = last_run(out)
+        assert (record["state"], record["exit_code"]) == ("running", None)
+        assert f"did not finish (pid {night.pid} is gone)" in status(out)
+        assert_no_key_twice(out)
+    finally:
+        subprocess.run(["umount", "-l", str(disk)], capture_output=True)
+
+
+@pytest.mark.allow_error_logs
+@pytest.mark.parametrize("blocked", ["a file in the way", "a full disk"])
+def test_an_export_that_fails_is_owed_exits_1_and_the_next_night_writes_it(
+    tiny_model_dir: Path, tmp_path: Path, blocked: str
+) -> None:
+    videos = make_night(tmp_path / "videos", n_videos=1, n_frames=3)
+    out = tmp_path / "out"
+    out.mkdir()
+    export_dir = out / "_export"
+    if blocked == "a file in the way":
+        export_dir.write_text("not a folder")
+    elif not mount_tmpfs(export_dir, "64k"):
+        pytest.skip("mounting a tmpfs needs root (CI runs as root)")
+    args = [*night_args(videos, out, tiny_model_dir, tmp_path), "export=[vtt,csv]"]
+    try:
+        if blocked == "a full disk":
+            fill(export_dir)
+        night = run_cli(*args)
+        assert_one_line_error(night, 1, "export not written", "the next run writes the export")
+        assert last_run(out)["exit_code"] == 1 and last_run(out)["videos_done"] == 1
+        assert "the export vtt,csv (owed since the run of" in status(out)
+    finally:
+        if blocked == "a full disk":
+            subprocess.run(["umount", "-l", str(export_dir)], capture_output=True)
+        if export_dir.is_file():
+            export_dir.unlink()
+
+    # Nothing left to caption, and this night asks for no export: what is owed is written.
+    later = run_cli(*[a for a in args if not a.startswith("export=")])
+    assert later.returncode == 0, later.stderr
+    assert "nothing to do" in later.stderr
+    assert sorted(p.name for p in export_dir.glob("*/*.vtt")) != [] and (export_dir / "captions.csv").is_file()
+    assert "Owed: nothing" in status(out)
+    assert not [p for p in out.iterdir() if p.name.endswith("-due")]
