@@ -35,6 +35,7 @@ import pandas as pd
 
 from pipeline.decode import format_timecode
 from pipeline.files import write_bytes_atomic
+from pipeline.options import OptionError, parse_options
 from pipeline.results import printable
 from pipeline.store import StoreError, read_results, read_videos
 
@@ -374,7 +375,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         options = parse_options(args, _KEYS, ("output_dir", "format"))
         formats = parse_formats(options["format"])
-    except ValueError as error:
+    except (OptionError, ValueError) as error:
         print(f"error: {error}\n{USAGE}", file=sys.stderr)
         return 1
     try:
@@ -388,26 +389,6 @@ def main(argv: list[str] | None = None) -> int:
 
 
 # -- helpers --------------------------------------------------------------------------------
-
-
-def parse_options(args: list[str], keys: Sequence[str], required: Sequence[str]) -> dict[str, str]:
-    """``key=value`` command-line arguments (``python -m pipeline.export`` and ``.report``) as
-    a dict; every key one of ``keys``, every value non-empty, the ``required`` ones given.
-
-    Raises:
-        ValueError: An argument is not of that form, or a required one is missing (one line).
-    """
-    options = {}
-    for arg in args:
-        key, sep, value = arg.partition("=")
-        if not sep or key not in keys or not value:
-            expected = ", ".join(f"{k}=..." for k in keys)
-            raise ValueError(f"bad argument {arg!r}; expected one of {expected}")
-        options[key] = value
-    for key in required:
-        if key not in options:
-            raise ValueError(f"{key}=... is required")
-    return options
 
 
 def _video_ends(videos: pd.DataFrame | None) -> dict[str, float]:

@@ -1,0 +1,68 @@
+"""The one ``key=value`` parser of the sub-commands (``python -m pipeline.export``, ``.report``,
+``.status``): their arguments are few and flat, so they do without Hydra and start quickly."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+from pipeline.errors import UserError
+
+
+class OptionError(UserError):
+    """A sub-command's argument is not ``key=value`` with a known key, or a value is wrong; the
+    message is one line."""
+
+
+def parse_options(args: Sequence[str], keys: Sequence[str], required: Sequence[str] = ()) -> dict[str, str]:
+    """``key=value`` command-line arguments as a dict; every key one of ``keys``, every value
+    non-empty, the ``required`` ones given.
+
+    Raises:
+        OptionError: An argument is not of that form, or a required one is missing.
+    """
+    options = {}
+    for arg in args:
+        key, sep, value = arg.partition("=")
+        if not sep or key not in keys or not value:
+            expected = ", ".join(f"{k}=..." for k in keys)
+            raise OptionError(f"bad argument {arg!r}; expected one of {expected}")
+        options[key] = value
+    for key in required:
+        if key not in options:
+            raise OptionError(f"{key}=... is required")
+    return options
+
+
+def flag(options: dict[str, str], key: str, default: bool) -> bool:
+    """A ``true``/``false`` option (also ``1``/``0``, ``yes``/``no``).
+
+    Raises:
+        OptionError: Another value.
+    """
+    value = options.get(key)
+    if value is None:
+        return default
+    lowered = value.lower()
+    if lowered in ("true", "1", "yes"):
+        return True
+    if lowered in ("false", "0", "no"):
+        return False
+    raise OptionError(f"{key} must be true or false, got {value!r}")
+
+
+def number(options: dict[str, str], key: str, default: int, minimum: int) -> int:
+    """An integer option of at least ``minimum``.
+
+    Raises:
+        OptionError: Not an integer, or below ``minimum``.
+    """
+    value = options.get(key)
+    if value is None:
+        return default
+    try:
+        result = int(value)
+    except ValueError:
+        raise OptionError(f"{key} must be a whole number, got {value!r}") from None
+    if result < minimum:
+        raise OptionError(f"{key} must be >= {minimum}, got {result}")
+    return result
