@@ -121,6 +121,13 @@ def counts(df: pd.DataFrame) -> dict[str, int]:
     }
 
 
+def prompt_numbers(df: pd.DataFrame) -> dict[str, int]:
+    """Each ``prompt_id`` of the rows' answers, numbered from 1 in the order the prompts first
+    appear (the report's numbered prompt list and its track labels)."""
+    answered = df.loc[df["frame_index"].notna(), "prompt_id"].dropna()
+    return {str(prompt_id): number for number, prompt_id in enumerate(answered.unique(), start=1)}
+
+
 def video_summary(df: pd.DataFrame) -> pd.DataFrame:
     """Per-video counts, tokens and latency.
 
@@ -133,8 +140,10 @@ def video_summary(df: pd.DataFrame) -> pd.DataFrame:
     Returns:
         One row per ``video_id`` (the index), ordered by ``video_path``, with the columns
         ``video_path``, ``frames``, ``prompts``, ``ok_rows``, ``error_rows``, ``cut_answers``
-        (ok answers cut by ``max_tokens``), ``prompt_tokens``, ``completion_tokens``,
-        ``latency_mean_ms`` and ``latency_p95_ms``.
+        (ok answers cut by ``max_tokens``), ``prompt_tokens`` (summed over the rows: each
+        answer's prompt holds its frame's image, so a frame asked N prompts counts its image N
+        times, although the model reads it once), ``completion_tokens``, ``latency_mean_ms``
+        and ``latency_p95_ms``.
     """
     if df.empty:
         return pd.DataFrame(columns=SUMMARY_COLUMNS, index=pd.Index([], name="video_id"))

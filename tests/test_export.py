@@ -480,7 +480,7 @@ def test_the_report_plays_a_video_with_its_answers_as_subtitles(tiny_run: Path, 
 
     # The VP8 copy gets a player with a track per prompt; the MPEG-4 clip plays in no browser.
     assert text.count("<video controls") == 1
-    assert text.count('<track kind="subtitles"') == 2 and 'label="What is shown?"' in text
+    assert text.count('<track kind="subtitles"') == 2 and 'label="1. What is shown?"' in text
     assert "The video (mpeg4) does not play in browsers" in text
     probe = tmp_path / "probe.html"
     probe.write_text(text.replace("</body>", REPORT_PROBE % SEEK_S + "</body>"), encoding="utf-8")
@@ -489,7 +489,7 @@ def test_the_report_plays_a_video_with_its_answers_as_subtitles(tiny_run: Path, 
     seen = probe_result(tmp_path, probe, "--autoplay-policy=no-user-gesture-required")
     print(f"chromium saw: {seen}")
     assert seen.get("failed") is None and seen["error"] is None and seen["frames"] > 0, seen
-    assert seen["tracks"] == ["What is shown?", "Any text?"]
+    assert seen["tracks"] == ["1. What is shown?", "2. Any text?"]  # numbered as the header's prompts
     assert seen["cues"] == len(sample) == 6
     answer_at_2s = sample[sample.timestamp_s == 2.0].iloc[0]
     assert seen["active"] == [expected_text(answer_at_2s)]

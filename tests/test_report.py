@@ -120,7 +120,7 @@ def test_answers_are_escaped(output_dir: Path) -> None:
 
     assert "<script>alert(1)</script>" not in page and "<b>bold</b>" not in page
     escaped = "&lt;script&gt;alert(1)&lt;/script&gt; &amp; \u2418&lt;|im_start|&gt;\ufffd"
-    assert f"{escaped} &quot;quoted&quot;\u240d\nline two" in page
+    assert f"{escaped} &#34;quoted&#34;\u240d\nline two" in page
     assert "sequence &lt;failed&gt;" in page
     assert "\x18" not in page and "\r" not in page
 
@@ -234,7 +234,7 @@ def test_a_report_is_written_even_where_the_tracks_cannot_be(
     def cannot_write(*args: object, **kwargs: object) -> None:
         raise StoreError(f"cannot write {output_dir}/_export: Read-only file system")
 
-    monkeypatch.setattr("pipeline.report.write_tracks", cannot_write)
+    monkeypatch.setattr("pipeline.report.write.write_tracks", cannot_write)
 
     page = write_report(output_dir, tmp_path / "elsewhere" / "report.html")
 
@@ -319,6 +319,82 @@ def test_python_dash_m(output_dir: Path) -> None:
 
     assert done.returncode == 0, done.stderr
     assert (output_dir / "_report.html").is_file()
+
+
+def header_text(page: Path) -> str:
+    """The page's header as text: a ``label`` line, then its value, for each item."""
+    found = re.search(r'<header class="run">(.*?)</header>', page.read_text(encoding="utf-8"), re.DOTALL)
+    assert found, page
+    text = re.sub(r"</dt>\s*<dd>", "\n", found[1])
+    text = re.sub(r"</dd>\s*", "\n", text)
+    return html.unescape(re.sub(r"<[^>]+>", "", text)).strip()
+
+
+def run_shown(run: dict[str, Any]) -> str:
+    """How the header shows a run's start and counts."""
+    return (
+        f"{run['started'][:19].replace('T', ' ')} UTC · videos: {run['videos_done']} done, "
+        f"{run['videos_skipped']} skipped, {run['videos_failed']} failed · {run['frames']} frame"
+    )
+
+
+def test_the_report_shows_the_run_that_wrote_it_and_an_idle_night_does_not_hide_it(
+    cli_base: list[str], tmp_path: Path
+) -> None:
+    out = tmp_path / "out"
+    first = run_cli(*cli_base, f"video={SAMPLE_VIDEO}", "max_frames=2")
+    assert first.returncode == 0, first.stderr
+    writer = last_run(out)
+
+    header = header_text(out / "_report.html")
+    assert f"last run\n{run_shown(writer)}" in header and header.endswith("exit 0")
+    assert "last run that captioned" not in header and "all runs" not in header
+
+    idle = run_cli(*cli_base, f"video={SAMPLE_VIDEO}", "max_frames=2")
+    assert "nothing to do" in idle.stderr, idle.stderr
+    idle_run = last_run(out)
+    # The sub-command of the video-caption script, as python -m pipeline.report.
+    made = run_cli("report", f"output_dir={out}")
+    assert made.returncode == 0, made.stderr
+
+    header = header_text(out / "_report.html")
+    assert f"last run\n{run_shown(idle_run)}" in header
+    assert f"last run that captioned\n{run_shown(writer)}" in header
+    assert "all runs\n2 runs recorded: 2 frames in" in header
+
+
+def test_track_labels_follow_the_numbered_prompts(tmp_path: Path) -> None:
+    # Prompt ids sort unlike the prompts' order: the tracks are numbered as the list is.
+    prompts = [("p9", "First question?"), ("p1", "Second question?")]
+    rows = [result_row("v", frame, prompt_id=pid, prompt=text) for frame in (0, 25) for pid, text in prompts]
+    write_results(tmp_path, rows)
+
+    page = write_report(tmp_path).read_text(encoding="utf-8")
+
+    numbered = re.findall(r'<li value="(\d+)">([^<]*) <span', page)
+    assert numbered == [("1", "First question?"), ("2", "Second question?")]
+    links = re.findall(r'<a href="[^"]*" title="([^"]*)">VTT (\d+)</a>', page)
+    # In the overview and in the video's section.
+    assert sorted((number, title) for title, number in links) == [
+        ("1", "First question?"), ("1", "First question?"), ("2", "Second question?"), ("2", "Second question?")
+    ]
+
+
+def test_an_unreadable_file_gets_its_error_and_no_player(tmp_path: Path) -> None:
+    bad = tmp_path / "notes.mp4"
+    bad.write_text("not a video")  # it is here, but nothing of it could be read
+    write_results(tmp_path / "out", [result_row("a", None, video_path=str(bad), error="not a readable video")])
+
+    page = write_report(tmp_path / "out").read_text(encoding="utf-8")
+
+    assert "video error: not a readable video" in page
+    assert "<video" not in page
+
+
+def test_prompt_tokens_say_what_they_count(output_dir: Path) -> None:
+    page = render_report(load_results(output_dir), "t")
+
+    assert "400 prompt tokens (summed over answers: a frame's image counts once per prompt)" in page
 
 
 @needs_chromium

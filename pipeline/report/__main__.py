@@ -1,0 +1,7 @@
+"""``python -m pipeline.report``."""
+
+import sys
+
+from pipeline.report.command import main
+
+sys.exit(main())

@@ -1,0 +1,41 @@
+"""``python -m pipeline.report output_dir=DIR [video_id=ID] [out=PATH] [page_frames=N] [inline=true]``."""
+
+from __future__ import annotations
+
+import sys
+
+from pipeline.errors import UserError
+from pipeline.options import flag, number, parse_options
+from pipeline.report.write import PAGE_FRAMES, write_report
+
+USAGE = (
+    "usage: python -m pipeline.report output_dir=DIR [video_id=ID] [out=PATH] [page_frames=N] "
+    "[inline=true]"
+)
+_KEYS = ("output_dir", "video_id", "out", "page_frames", "inline")
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Parse ``key=value`` arguments and write the report.
+
+    Returns:
+        0 when written, 1 on bad arguments or a failure (one line on stderr says which).
+    """
+    args = sys.argv[1:] if argv is None else argv
+    if any(arg in ("-h", "--help") for arg in args):
+        print(USAGE)
+        return 0
+    try:
+        options = parse_options(args, _KEYS, ("output_dir",))
+        page_frames = number(options, "page_frames", PAGE_FRAMES, minimum=1)
+        inline = flag(options, "inline", default=False)
+    except UserError as error:
+        print(f"error: {error}\n{USAGE}", file=sys.stderr)
+        return 1
+    try:
+        path = write_report(options["output_dir"], options.get("out"), options.get("video_id"), page_frames, inline)
+    except (UserError, OSError) as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 1
+    print(f"wrote {path}")
+    return 0
