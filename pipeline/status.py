@@ -1,0 +1,179 @@
+"""``python -m pipeline.status output_dir=DIR [runs=N]`` (also ``video-caption status ...``): how
+the nights on ``output_dir`` are going, in plain text.
+
+- **Recent runs**, newest first: start, length, how it ended (exit code; ``running`` while its
+  process lives; ``did not finish`` when its record says running and the process is gone: killed,
+  or its end could not be written), videos done/skipped/failed/waiting, frames, rows, frames/s.
+- **Videos**: how many are done; those failing, each with its reason (``retry_failed=true`` tries
+  them again); those the last run left waiting, each with why (``min_age_s``).
+- **Owed**: a report or exports that a run could not write, which the next run writes.
+
+It reads only: the run records (:mod:`pipeline.summary`), the done markers and error records of
+the store, and the markers of what is owed (:mod:`pipeline.owed`); it takes no lock, so it
+answers while a night runs.
+"""
+
+from __future__ import annotations
+
+import sys
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+from pipeline.errors import UserError
+from pipeline.options import number, parse_options
+from pipeline.owed import owed
+from pipeline.store import StoreError, read_results
+from pipeline.summary import DID_NOT_FINISH, RUNNING, read_runs
+
+USAGE = "usage: python -m pipeline.status output_dir=DIR [runs=N]"
+_KEYS = ("output_dir", "runs")
+RECENT_RUNS = 10
+
+
+def status_lines(output_dir: Path, recent: int = RECENT_RUNS) -> list[str]:
+    """The status of ``output_dir`` as lines of text.
+
+    Raises:
+        UserError: ``output_dir`` is not a folder.
+    """
+    if not output_dir.is_dir():
+        raise UserError(f"output_dir {output_dir} is not a folder; pass the output_dir of your runs")
+    runs = read_runs(output_dir)
+    lines = [f"output_dir {output_dir}", ""]
+    if runs:
+        lines.append(f"Recent runs ({min(recent, len(runs))} of {len(runs)}, newest first):")
+        lines += [f"  {_run_line(run)}" for run in reversed(runs[-recent:])]
+    else:
+        lines.append("No runs recorded yet.")
+    lines += ["", *_video_lines(output_dir, runs), "", *_owed_lines(output_dir)]
+    return lines
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Print the status of an ``output_dir``.
+
+    Returns:
+        0; 1 on bad arguments or an ``output_dir`` that is not a folder (one line on stderr).
+    """
+    args = sys.argv[1:] if argv is None else argv
+    if any(arg in ("-h", "--help") for arg in args):
+        print(f"{USAGE}\n\n{__doc__}")
+        return 0
+    try:
+        options = parse_options(args, _KEYS, ("output_dir",))
+        lines = status_lines(Path(options["output_dir"]).expanduser().resolve(),
+                             number(options, "runs", RECENT_RUNS, minimum=1))
+    except UserError as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 1
+    print("\n".join(lines))
+    return 0
+
+
+def _run_line(run: dict[str, Any]) -> str:
+    started = _time(run.get("started"))
+    if started is None:
+        return f"a run whose record does not read: {run.get('started')!r}"
+    state = run["state"]
+    pid = run.get("pid")
+    if state == RUNNING:
+        ending = f"running (pid {pid})"
+        length = f"{_length(started, datetime.now(timezone.utc))} so far"
+    elif state == DID_NOT_FINISH:
+        ending = f"did not finish (pid {pid} is gone)"
+        length = "?"
+    else:
+        ending = f"exit {run.get('exit_code')}"
+        finished = _time(run.get("finished"))
+        length = _length(started, finished) if finished else f"{float(run.get('wall_s') or 0):.1f} s"
+    shard = f" {run['shard']}" if run.get("shard") else ""
+    return (
+        f"{started:%Y-%m-%d %H:%M:%S} UTC{shard}  {length}  {ending}  videos: {run.get('videos_done', 0)} done, "
+        f"{run.get('videos_skipped', 0)} skipped, {run.get('videos_failed', 0)} failed, "
+        f"{run.get('videos_waiting', 0)} waiting  frames {run.get('frames', 0)}  rows {run.get('rows', 0)}  "
+        f"{float(run.get('frames_per_s') or 0):.2f} frames/s"
+    )
+
+
+def _video_lines(output_dir: Path, runs: list[dict[str, Any]]) -> list[str]:
+    done = {path.parent.name for path in output_dir.glob("*/_done-*")}
+    failing = {video_id: why for video_id, why in _failing(output_dir).items() if video_id not in done}
+    waiting = _waiting(runs)
+    lines = [f"Videos: {len(done)} done, {len(failing)} failing, {len(waiting)} waiting"]
+    if failing:
+        lines.append("  failing (retry_failed=true tries them again):")
+        lines += [f"    {path}: {why}" for path, why in sorted(failing.values())]
+    if waiting:
+        lines.append(
+            "  waiting (the last run left them for the next; min_age_s=0 takes them at once):"
+        )
+        lines += [f"    {path}: {why}" for path, why in waiting]
+    return lines
+
+
+def _failing(output_dir: Path) -> dict[str, tuple[str, str]]:
+    """video_id → (path, reason) of each video with an error record."""
+    try:
+        df = read_results(output_dir, columns=["video_id", "video_path", "frame_index", "error"])
+    except (OSError, StoreError, ValueError) as error:
+        return {"?": ("(error records)", f"cannot be read: {error}")}
+    records = df[df["frame_index"].isna()]
+    return {str(v): (str(p), str(e)) for v, p, e in zip(records["video_id"], records["video_path"], records["error"])}
+
+
+def _waiting(runs: list[dict[str, Any]]) -> list[tuple[str, str]]:
+    """The videos the last finished run of each shard left waiting, with why."""
+    last: dict[str, dict[str, Any]] = {}
+    for run in runs:
+        if run["state"] != RUNNING:
+            last[str(run.get("shard") or "")] = run
+    found = []
+    for run in last.values():
+        for video in run.get("videos") or []:
+            if video.get("status") == "waiting":
+                why = video.get("note") or "not settled"
+                if "min_age_s" not in why:
+                    why += f" (min_age_s={run.get('min_age_s')})"
+                found.append((str(video.get("path")), why))
+    return found
+
+
+def _owed_lines(output_dir: Path) -> list[str]:
+    due = owed(output_dir)
+    lines = []
+    if due["report"] is not None:
+        lines.append(f"  the report (owed since the run of {_since(due['report'])}): the next run with "
+                     f"report=true writes it, or python -m pipeline.report output_dir={output_dir}")
+    if due["export"] is not None:
+        formats = ",".join(due["export"]["formats"])
+        lines.append(f"  the export {formats} (owed since the run of {_since(due['export'])}): the next run "
+                     f"writes it, or python -m pipeline.export output_dir={output_dir} format={formats}")
+    return ["Owed:", *lines] if lines else ["Owed: nothing (report and exports are up to date)"]
+
+
+def _since(marker: dict[str, Any]) -> str:
+    since = marker.get("since")
+    if not isinstance(since, (int, float)):
+        return "?"
+    return f"{datetime.fromtimestamp(since, timezone.utc):%Y-%m-%d %H:%M:%S} UTC"
+
+
+def _time(iso: Any) -> datetime | None:
+    try:
+        return datetime.fromisoformat(str(iso))
+    except ValueError:
+        return None
+
+
+def _length(started: datetime, ended: datetime) -> str:
+    seconds = max((ended - started).total_seconds(), 0.0)
+    if seconds < 60:
+        return f"{seconds:.1f} s"
+    minutes, secs = divmod(round(seconds), 60)
+    hours, minutes = divmod(minutes, 60)
+    return f"{hours}:{minutes:02d}:{secs:02d}" if hours else f"{minutes}:{secs:02d} min"
+
+
+if __name__ == "__main__":
+    sys.exit(main())
