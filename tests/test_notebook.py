@@ -1,6 +1,7 @@
 """``notebooks/analyze_captions.ipynb``: stored clean, and runs top to bottom with papermill (as
 the README says) on a tiny-model run of two videos; its headline counts are checked against the
-Parquet, read here with plain pandas, and its one-prompt timeline against the answers."""
+Parquet, read here with plain pandas, its one-prompt timeline against the answers, and the runs
+it shows against the records of the runs that made the results and came after."""
 
 from __future__ import annotations
 
@@ -14,10 +15,10 @@ import pandas as pd
 import papermill
 import pytest
 
-from tests.conftest import ROOT, SAMPLE_VIDEO, run_cli, write_video
+from tests.conftest import ROOT, SAMPLE_VIDEO, last_run, run_cli, write_video
 
 NOTEBOOK = ROOT / "notebooks" / "analyze_captions.ipynb"
-PROBE = 'print("PROBE " + json.dumps({"headline": headline, "timeline_text": timeline_text}))'
+PROBE = 'import json\nprint("PROBE " + json.dumps({"headline": headline, "timeline_text": timeline_text}))'
 
 
 def parameters_index(notebook: nbformat.NotebookNode) -> int:
@@ -51,6 +52,11 @@ def test_notebook_runs_on_a_tiny_run_and_counts_right(
     done = run_cli(*cli_base, f"video={videos}", "max_frames=3")
     assert done.returncode == 0, done.stderr
     out = tmp_path / "out"
+    captioning_run = last_run(out)
+    # A night with nothing to do after it must not hide the night that made the results.
+    idle = run_cli(*cli_base, f"video={videos}", "max_frames=3")
+    assert "nothing to do" in idle.stderr, idle.stderr
+    idle_run = last_run(out)
     notebook = nbformat.read(NOTEBOOK, as_version=4)
     notebook.cells.append(nbformat.v4.new_code_cell(PROBE))
     probed = tmp_path / "probed.ipynb"
@@ -93,7 +99,11 @@ def test_notebook_runs_on_a_tiny_run_and_counts_right(
         f"({probe['headline']['cut_answers']} cut at max_tokens), 0 failed answers, 0 failed videos in {out}"
     )
     assert headline in printed
-    assert "2 videos done, 0 skipped, 0 failed; 5 frames in" in printed
+    assert f"last run: started {idle_run['started']}, 0 videos done, 2 skipped, 0 failed; 0 frames in" in printed
+    assert (
+        f"last run that captioned: started {captioning_run['started']}, 2 videos done, 0 skipped, 0 failed; "
+        "5 frames in"
+    ) in printed
     # One prompt: each video's timeline carries its answers' text, in time order.
     for video_id, rows in ok.sort_values("timestamp_s").groupby("video_id"):
         expected = [textwrap.shorten(" ".join(a.split()), 70, placeholder=" …") for a in rows.answer]
