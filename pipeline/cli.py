@@ -1,9 +1,10 @@
 """Command line: ``python -m pipeline video=PATH [key=value ...]`` (Hydra).
 
 Exit codes: 0 all videos done (or nothing to do), 2 finished but some videos failed, 3 every
-video it tried failed (none done), 1 bad input, full disk or crash, 75 another run holds the
-lock on ``output_dir``, 130 / 143 stopped by Ctrl-C / SIGTERM (what was committed stays; the
-run summary records the code).
+video it tried failed (none done), 1 bad input, full disk, an export that could not be written
+(it stays owed) or crash, 75 another run holds the lock on ``output_dir``, 130 / 143 / 129
+stopped by Ctrl-C / SIGTERM / SIGHUP (what was committed stays; the run summary records the
+code).
 Every expected failure (a :class:`~pipeline.errors.UserError`) prints one line naming the
 problem and the fix, never a traceback; anything else is a crash, printed as one line with its
 traceback in the run's log file. Under ``-m`` (a sweep, e.g. shards through a launcher) each
