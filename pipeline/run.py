@@ -1,12 +1,7 @@
 """The one bookkeeping loop over videos: plan → an executor decodes and captions → commit.
 
-A run first *plans*: each video gets its content id, and a video whose work is already
-complete (a ``_done`` marker, whose chunks are all there and read whole: see
-:func:`~pipeline.committed.verify_chunks`) or failed before (an error record; ``retry_failed=true``
-retries it) is skipped without being opened, so re-running a finished night does nothing,
-quickly, and loads no model. A file that has not settled (still being copied in:
-:class:`~pipeline.inputs.Readiness`) is left for the next run; an entry that cannot be read gets
-one error record, once. Then an
+A run first *plans* (:mod:`pipeline.plan`): what is done or failed before is skipped without
+being opened, a file still arriving is left for the next run. Then an
 executor (:mod:`pipeline.executors`) decodes and samples the remaining videos, leaving out
 frames that already have every answer, captions the frames, and hands back a stream of
 events: a :class:`~pipeline.executors.base.Captioned` per frame and a
@@ -28,7 +23,7 @@ import sys
 import time
 from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict
 from importlib import metadata
 from pathlib import Path
 from typing import Any
@@ -38,20 +33,14 @@ import numpy as np
 from pipeline.caption import Answer, Question, make_questions
 from pipeline.checksums import model_sha256
 from pipeline.committed import (
-    Committed,
-    done_marker,
     mark_done,
-    missing_chunks,
-    read_committed,
-    remove_error_records,
-    verify_chunks,
 )
 from pipeline.decode import format_timecode
 from pipeline.errors import StoreError
 from pipeline.executors.base import Captioned, Decoded, DecodeJob, Executor, FrameJob, Work
 from pipeline.executors.frames import VideoDecoder
-from pipeline.inputs import Readiness, check_shard, in_shard, os_reason, path_id, video_id_of
-from pipeline.paths import printable
+from pipeline.inputs import path_id
+from pipeline.plan import Planner, VideoTask
 from pipeline.progress import Progress
 from pipeline.sampling import Sampler
 from pipeline.signals import Stopped, check_stopped
@@ -61,13 +50,9 @@ from pipeline.store import (
     write_video_facts,
     write_videos_table,
 )
-from pipeline.summary import RunSummary, VideoOutcome, WorkerStats
+from pipeline.summary import RunSummary, WorkerStats
 
 log = logging.getLogger(__name__)
-
-# What the last look at each found file left waiting saw (pipeline.inputs.Readiness).
-WAITING_FILE = "_waiting.json"
-
 
 def unique_prompts(prompts: list[str]) -> list[str]:
     """The prompts with repeats left out (a repeat would write every key twice), in order;
@@ -82,24 +67,6 @@ def unique_prompts(prompts: list[str]) -> list[str]:
 def settings_id(settings: dict[str, Any]) -> str:
     """A short hash of JSON-able settings (the ``config_id`` of rows made with them)."""
     return hashlib.sha256(json.dumps(settings, sort_keys=True, default=str).encode()).hexdigest()[:12]
-
-
-@dataclass
-class VideoTask:
-    """One video of a run: its outcome so far and the run loop's bookkeeping while it is in
-    flight (from :meth:`Pipeline.plan`, for :meth:`Pipeline.run` and the dry run's lines)."""
-
-    outcome: VideoOutcome
-    path: Path
-    committed: Committed = field(default_factory=Committed)
-    pending_rows: list[ResultRow] = field(default_factory=list)
-    pending_frames: int = 0
-    sent: int = 0
-    answered: int = 0
-    decoded_all: bool = False
-    in_model_since: float | None = None  # when its first frame entered the model (epoch s)
-    record_id: str | None = None  # where its error record goes, if not under its video_id
-    failed: dict[int, str] = field(default_factory=dict)  # frame → why, for this run's frame errors
 
 
 class Pipeline:
@@ -160,13 +127,10 @@ class Pipeline:
             "max_frames": max_frames, "start_s": start_s, "end_s": end_s,
         })
         self.checkpoint_frames = max(checkpoint_frames, 1)
-        self.retry_failed = retry_failed
         self.prefetch_frames = prefetch_frames
         self.min_age_s = min_age_s
-        self.read_only = read_only
         self.before_write = before_write
-        if read_only and retry_failed:
-            raise ValueError("a read-only plan cannot retry failed videos (it would remove their records)")
+        self.planner = Planner(output_dir, config_id, self.work_id, retry_failed, min_age_s, read_only)
         self.metadata = {**(metadata or {}), "versions": package_versions()}
         self.model_name = ""
         # When work last came back (time.monotonic()), while the plan reads the videos or the run
@@ -179,103 +143,17 @@ class Pipeline:
     # -- planning (no model needed) ---------------------------------------------------------
 
     def plan(self, videos: list[Path], shard: int = 0, num_shards: int = 1) -> list[VideoTask]:
-        """Look at every video of shard ``shard`` of ``num_shards`` (:func:`~pipeline.inputs.in_shard`)
-        and its committed work; skipped and unreadable ones are settled here.
-
-        A second path with the content (or, unreadable, the path) of an earlier one is
-        skipped: both would write the same keys. A damaged chunk is moved aside and its keys
-        are done again, also for a video that was done, as are those of a chunk that a done
-        video's marker lists and that is gone.
-
-        Raises:
-            ConfigError: ``shard`` is not in ``0..num_shards-1``.
-        """
-        check_shard(shard, num_shards)
-        readiness = Readiness(self.output_dir / WAITING_FILE, self.min_age_s)
-        tasks = []
-        first_path_of: dict[str, str] = {}
+        """Look at every video of the shard and its committed work (:meth:`Planner.plan`), under
+        the stall watch (each video read is progress)."""
         self.waiting_on = "reading the videos"
         try:
-            for path in videos:
-                self.last_progress_s = time.monotonic()
-                if in_shard(path, shard, num_shards):
-                    tasks.append(self._plan_one(path, readiness, first_path_of))
+            return self.planner.plan(videos, shard, num_shards, on_video=self._progressed)
         finally:
             self.last_progress_s = None
             self.waiting_on = "the model or the decoder"
-        if not self.read_only:
-            readiness.save()
-        return tasks
 
-    def _plan_one(self, path: Path, readiness: Readiness, first_path_of: dict[str, str]) -> VideoTask:
-        outcome = VideoOutcome(path=printable(path), video_id="")
-        task = VideoTask(outcome=outcome, path=path)
-        outcome.note = readiness.unsettled(path)
-        if outcome.note is not None:
-            outcome.status = "waiting"
-            log.info("waiting %s: %s", outcome.path, outcome.note)
-            return task
-        failure = None
-        try:
-            outcome.video_id = video_id_of(path)
-        except OSError as error:
-            outcome.video_id = path_id(path)
-            failure = os_reason(path, error)
-        if outcome.video_id in first_path_of:
-            outcome.status = "skipped"
-            outcome.note = f"same content as {first_path_of[outcome.video_id]}"
-            log.info("skipped %s: %s", outcome.path, outcome.note)
-            return task
-        first_path_of[outcome.video_id] = outcome.path
-        if failure is not None:
-            self._plan_failure(task, failure)
-            return task
-        self._forget_path_failure(task)
-        marker = done_marker(self.output_dir, outcome.video_id, self.work_id)
-        if self.retry_failed and remove_error_records(self.output_dir, outcome.video_id, self.config_id):
-            marker.unlink(missing_ok=True)  # done by an older version despite failed frames
-        damaged = [] if self.read_only else verify_chunks(self.output_dir, outcome.video_id, self.config_id)
-        if marker.exists():
-            moved = {chunk.name for chunk in damaged}
-            gone = [name for name in missing_chunks(marker) if name not in moved]
-            if self.read_only or not (damaged or gone):
-                outcome.status = "skipped"
-                outcome.note = "done"
-                return task
-            if gone:
-                log.warning(
-                    "%s was done, but chunks its done marker lists are gone (%s): its missing frames are done again",
-                    outcome.path, ", ".join(gone),
-                )
-            marker.unlink()
-        task.committed = read_committed(self.output_dir, outcome.video_id, self.config_id, not self.read_only)
-        if task.committed.video_error is not None:
-            outcome.status = "skipped"
-            outcome.error = f"failed before: {task.committed.video_error}"
-        return task
-
-    def _forget_path_failure(self, task: VideoTask) -> None:
-        """A path that failed before (filed under the path: it vanished or could not be read)
-        and reads now: its old error record is no longer true."""
-        where = path_id(task.path)
-        if not self.read_only and (self.output_dir / where).is_dir():
-            if remove_error_records(self.output_dir, where, self.config_id):
-                log.info("%s reads again: its earlier error record is removed", task.outcome.path)
-
-    def _plan_failure(self, task: VideoTask, reason: str) -> None:
-        """An entry that cannot be read: one error record per entry and reason, not one a night
-        (a new reason replaces the old record; ``retry_failed=true`` looks again)."""
-        video_id = task.outcome.video_id
-        if self.retry_failed:
-            remove_error_records(self.output_dir, video_id, self.config_id)
-        before = read_committed(self.output_dir, video_id, self.config_id, not self.read_only).video_error
-        if before == reason:
-            task.outcome.status = "skipped"
-            task.outcome.error = f"failed before: {reason}"
-            return
-        if before is not None and not self.read_only:
-            remove_error_records(self.output_dir, video_id, self.config_id)
-        self._fail(task, reason)
+    def _progressed(self) -> None:
+        self.last_progress_s = time.monotonic()
 
     def _fail(self, task: VideoTask, reason: str) -> None:
         task.outcome.status = "error"

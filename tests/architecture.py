@@ -59,7 +59,8 @@ PARTS: tuple[Part, ...] = (
     }),
     Part("Loop", "one run: what to do, doing it, and its record",
          ("Exec", "Stages", "Caption", "Store", "Settings", "Base"), {
-        "pipeline/run.py": "the run loop: plan, skip what is done, rows, chunked commits, done markers",
+        "pipeline/plan.py": "the plan: what a run captions, skips (done, failed before) or leaves (still arriving)",
+        "pipeline/run.py": "the run loop: rows, chunked commits, done markers, error records",
         "pipeline/summary.py": "the run record: written at start, finished at end, read by report and status",
     }),
     Part("Exec", "where frames are decoded and captioned", ("Settings", "Stages", "Caption", "Store", "Base"), {

@@ -31,6 +31,7 @@ from typing import Any
 
 import llama_cpp
 
+import pipeline.plan
 import pipeline.report
 import pipeline.run
 import pipeline.store
@@ -122,7 +123,7 @@ def pause_in_step(n: int) -> None:
 
 def pause_in_plan(n: int) -> None:
     """Stop when the plan reads the ``n``-th video's content id."""
-    video_id_of = pipeline.run.video_id_of
+    video_id_of = pipeline.plan.video_id_of
     seen = 0
 
     def paused_id(path: Path) -> str:
@@ -132,7 +133,7 @@ def pause_in_plan(n: int) -> None:
             pause()
         return video_id_of(path)
 
-    pipeline.run.video_id_of = paused_id
+    pipeline.plan.video_id_of = paused_id
 
 
 def pause_before_run() -> None:

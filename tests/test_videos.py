@@ -12,7 +12,7 @@ import pyarrow.parquet as pq
 import pytest
 
 from pipeline.decode import VideoFacts, VideoReader, codec_name
-from pipeline.run import video_id_of
+from pipeline.inputs import video_id_of
 from pipeline.store import VIDEOS_SCHEMA, read_videos
 from tests.conftest import SAMPLE_VIDEO, run_cli, write_video
 
