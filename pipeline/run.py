@@ -32,9 +32,7 @@ import numpy as np
 
 from pipeline.caption import Answer, Question, make_questions
 from pipeline.checksums import model_sha256
-from pipeline.committed import (
-    mark_done,
-)
+from pipeline.committed import mark_done
 from pipeline.decode import format_timecode
 from pipeline.errors import StoreError
 from pipeline.executors.base import Captioned, Decoded, DecodeJob, Executor, FrameJob, Work
