@@ -65,7 +65,7 @@ sys.path.insert(0, str(ROOT))
 
 from benchmarks.random_llava import CLIP_VIT_L_336, MISTRAL_7B_TEXT, YI_34B_TEXT, write_random_llava  # noqa: E402
 from pipeline.caption import Captioner, EngineStats, make_questions  # noqa: E402
-from pipeline.caption.engine import Engine, EngineSettings, scheduler  # noqa: E402
+from pipeline.caption.engine import Engine, EngineSettings, lanes  # noqa: E402
 from pipeline.caption.formats import get_chat_format  # noqa: E402
 from pipeline.caption.gpu_fit import pick_text_weights  # noqa: E402
 from pipeline.caption.tiny import TINY_TEXT, TINY_VISION, TextShape, VisionShape  # noqa: E402
@@ -528,7 +528,7 @@ def run_probe(text: Path, mmproj: Path, video: Path, n_gpu_layers: int) -> list[
 
                     def prefill(piece: int = piece) -> None:
                         for start in range(0, n_tokens, piece):
-                            engine._decode_rows(lane, embd[start : start + piece], start, 0)
+                            lane.decode_embeddings(embd[start : start + piece], start, 0)
 
                     timed(f"llm_prefill_in_{piece}", prefill)
                 timed("prompt_in_one_pass", lambda: prompt_in_one_pass(engine, lane, embd))
@@ -546,18 +546,18 @@ def prompt_in_one_pass(engine: Engine, lane: Any, embd: np.ndarray) -> None:
     """A frame's prompt as the engine prefills it: text, image and question rows at once."""
     assert engine._model is not None
     model = engine._model
-    text, question = engine._prefix_tokens, engine._suffix_tokens[0]
+    text, question = engine._prompts.prefix_tokens, engine._prompts.suffix_tokens[0]
     rows = np.concatenate([model.token_rows(text), embd, model.token_rows(question)])
     llama_cpp.llama_memory_clear(lane.memory, True)
-    engine._decode_rows(lane, rows, 0, 0)
+    lane.decode_embeddings(rows, 0, 0)
 
 
 def prompt_in_three_calls(engine: Engine, lane: Any, embd: np.ndarray) -> None:
     """The same prompt as the engine fed it before: text tokens, image rows, question tokens."""
-    text, question = engine._prefix_tokens, engine._suffix_tokens[0]
+    text, question = engine._prompts.prefix_tokens, engine._prompts.suffix_tokens[0]
     llama_cpp.llama_memory_clear(lane.memory, True)
     decode_tokens(lane, text, 0)
-    engine._decode_rows(lane, embd, len(text), 0)
+    lane.decode_embeddings(embd, len(text), 0)
     decode_tokens(lane, question, len(text) + embd.shape[0])
 
 
@@ -809,7 +809,7 @@ def main(argv: list[str] | None = None) -> int:
     started = time.perf_counter()
     n_gpu_layers = SHAPES[args.shape][4]
     if args.force_lanes:  # to look into why 2 lanes hung with 3 prompts (BENCHMARKS.md)
-        scheduler.lane_count = lambda setting, on_gpu, max_questions, parallel: max(1, min(setting or 1, parallel))
+        lanes.lane_count = lambda setting, on_gpu, max_questions, parallel: max(1, min(setting or 1, parallel))
     args.model_dir.mkdir(parents=True, exist_ok=True)
     workdir = Path(tempfile.mkdtemp(prefix="gpu-bench-"))
     out = args.out or workdir

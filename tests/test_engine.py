@@ -18,8 +18,9 @@ import pytest
 from benchmarks.random_llava import write_random_llava
 from pipeline.caption import make_questions
 from pipeline.caption.engine import Engine, EngineSettings
+from pipeline.caption.engine.lanes import lane_count
 from pipeline.caption.engine.native import TextModel, flash_attn_type, usable_cores
-from pipeline.caption.engine.scheduler import decode_group, lane_count
+from pipeline.caption.engine.scheduler import decode_group
 from pipeline.caption.tiny import TINY_TEXT_FILE, TINY_TEXT_Q8_FILE, TextShape, VisionShape
 from tests.conftest import frames, tiny_engine_settings
 

@@ -1,10 +1,10 @@
 """``finish_reason``: an answer cut by ``generation.max_tokens`` says ``length``, one ended by a
-stop string (or an end-of-generation token) says ``stop``, end to end through ``python -m
-pipeline`` on the tiny model.
+stop string says ``stop_string``, one the model ended (an end-of-generation token) ``stop``, end
+to end through ``python -m pipeline`` on the tiny model.
 
 The tiny model's weights are random, so the test steers it the way a user would: it reads what
 the model says with a longer budget, then passes a word of those answers as ``model.stop``, and
-checks that exactly the answers containing that word were cut there and say ``stop``.
+checks that exactly the answers containing that word were cut there and say ``stop_string``.
 """
 
 from __future__ import annotations
@@ -37,7 +37,7 @@ def test_every_answer_cut_by_max_tokens_says_length(cli_base: list[str], tmp_pat
     assert rows["finish_reason"].eq("length").all(), rows[["answer", "finish_reason"]]
 
 
-def test_an_answer_ended_by_a_stop_string_says_stop(cli_base: list[str], tmp_path: Path) -> None:
+def test_an_answer_ended_by_a_stop_string_says_stop_string(cli_base: list[str], tmp_path: Path) -> None:
     free = tiny_run(cli_base, tmp_path / "free", "generation.max_tokens=16")
     # A word from the middle of the first answer (letters only, so it needs no quoting).
     words = re.findall(r"[A-Za-z]{2,}", free["answer"].iloc[0])
@@ -54,7 +54,7 @@ def test_an_answer_ended_by_a_stop_string_says_stop(cli_base: list[str], tmp_pat
             # The engine decodes a cut answer dropping invalid UTF-8 bytes (errors="ignore"),
             # a whole one replacing them with U+FFFD: compare without those.
             expected = before["answer"][: before["answer"].find(stop)].replace("\ufffd", "").strip()
-            assert (after["answer"], after["finish_reason"]) == (expected, "stop"), (stop, before["answer"])
+            assert (after["answer"], after["finish_reason"]) == (expected, "stop_string"), (stop, before["answer"])
         else:
             assert (after["answer"], after["finish_reason"]) == (before["answer"], before["finish_reason"])
     assert free["finish_reason"].isin(["stop", "length"]).all()

@@ -106,6 +106,29 @@ class Lane:
         if status != 0:
             raise EngineError(f"{what} decode failed (status {status})")
 
+    def decode_embeddings(self, rows: np.ndarray, n_past: int, seq_id: int) -> int:
+        """Evaluate embedding rows (float32, C order) into one sequence from position
+        ``n_past``, ``n_batch`` at a time; only the last row's logits are kept. Returns that row's index
+        in the last batch.
+
+        Raises:
+            EngineError: A decode failed.
+        """
+        batch = self.batch
+        total = rows.shape[0]
+        n = 0
+        for start in range(0, total, batch.capacity):
+            n = min(batch.capacity, total - start)
+            batch.pos[:n] = np.arange(n_past + start, n_past + start + n, dtype=np.int32)
+            batch.seq[:n] = seq_id
+            batch.logits[:n] = 0
+            batch.logits[n - 1] = start + n == total
+            status = llama_cpp.llama_decode(self.ctx, batch.as_embeddings(rows[start:], n))
+            if status != 0:
+                raise EngineError(f"prefill decode failed (status {status})")
+            self.stats.prefill_calls += 1
+        return n - 1
+
     def forget(self, seq_id: int) -> None:
         """Drop a sequence's cells."""
         llama_cpp.llama_memory_seq_rm(self.memory, seq_id, -1, -1)

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import dataclasses
 from dataclasses import dataclass
+from enum import Enum
 from typing import Any
 
 import numpy as np
@@ -62,7 +63,7 @@ class LoadSettings:
             F16 for the step; F16 weights are read once per step either way.
         lanes: llama.cpp contexts (on the one model) that share the frames in flight, each
             driven by its own thread (``None``: 2 when layers run on a GPU, else 1; on a GPU
-            always 1 when ``max_questions`` > 1: :func:`.scheduler.lane_count`).
+            always 1 when ``max_questions`` > 1: :func:`.lanes.lane_count`).
     """
 
     text_model: str
@@ -139,6 +140,23 @@ class Question:
     text: str
 
 
+class FinishReason(str, Enum):
+    """Why an answer ended; its value is what the Parquet ``finish_reason`` column holds.
+
+    Values:
+        STOP: The model ended it (an end-of-generation token).
+        STOP_STRING: One of the stop strings (``model.stop``) came; the answer is cut before it.
+        LENGTH: ``max_tokens`` were generated; the answer may be incomplete.
+    """
+
+    STOP = "stop"
+    STOP_STRING = "stop_string"
+    LENGTH = "length"
+
+    def __str__(self) -> str:
+        return self.value
+
+
 @dataclass(frozen=True, eq=False)
 class AnswerTrace:
     """What a parity check needs beyond an answer's text (``EngineSettings.trace``).
@@ -162,8 +180,7 @@ class Answer:
         prompt_tokens: Tokens evaluated for the prompt (shared image prefix + question).
         completion_tokens: Tokens generated.
         latency_ms: From the frame's admission to this answer's last token.
-        finish_reason: ``stop`` (end of generation or a stop string), ``length``
-            (``max_tokens`` reached), or "" with an error.
+        finish_reason: Why it ended; ``None`` with an error.
         error: Why there is no answer, or ``None``.
         trace: Token ids and first logits, with ``EngineSettings.trace`` only.
     """
@@ -173,7 +190,7 @@ class Answer:
     prompt_tokens: int = 0
     completion_tokens: int = 0
     latency_ms: float = 0.0
-    finish_reason: str = ""
+    finish_reason: FinishReason | None = None
     error: str | None = None
     trace: AnswerTrace | None = None
 

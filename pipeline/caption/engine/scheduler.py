@@ -14,12 +14,15 @@ How a frame is answered:
 4. All active sequences of all frames in flight are decoded together, one token each per
    step (in groups of ``max_decode_seqs``), ordered by sequence id so that llama.cpp puts
    them into one ubatch; greedy tokens are picked for all of them with one ``argmax`` over the
-   logits. A sequence ends with a reason (``stop`` or ``length``), frees its cells and slot,
+   logits. A sequence ends with a typed reason (:mod:`.sequence`), frees its cells and slot,
    and a waiting frame fills them (continuous batching).
 
 On a GPU the frames in flight are split over ``lanes``: llama.cpp contexts on the one loaded
 model, each driven by its own thread, so that one lane's kernels run while another's host side
 prepares its next call (graph building, input copies) and the GPU is never left waiting.
+
+The lanes and their threads are in :mod:`.lanes`; a sequence's state, token picking and stops
+in :mod:`.sequence`.
 
 ``parallel=1`` with one question per frame is the plain one-at-a-time path; greedy answers do
 not depend on how sequences are batched or on the lanes (tests hold this).
@@ -28,18 +31,16 @@ not depend on how sequences are batched or on the lanes (tests hold this).
 from __future__ import annotations
 
 import heapq
-import logging
-import queue
-import threading
 import time
 from collections.abc import Iterable, Iterator, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
-from dataclasses import dataclass, field
-from typing import Any, Generic, TypeVar, cast
+from typing import Any, cast
 
 import llama_cpp
 import numpy as np
 
+from pipeline.caption.engine.frames import FramePreparation, Prepared
+from pipeline.caption.engine.lanes import open_lanes, run_lanes
 from pipeline.caption.engine.native import (
     Lane,
     TextModel,
@@ -48,73 +49,20 @@ from pipeline.caption.engine.native import (
     devices,
     flash_attn_type,
     free_lane,
-    max_parallel_sequences,
     route_native_logs,
     usable_cores,
 )
-from pipeline.caption.engine.records import (
-    Answer,
-    AnswerTrace,
-    EngineError,
-    EngineSettings,
-    EngineStats,
-    Question,
-)
+from pipeline.caption.engine.prompts import Prompts
+from pipeline.caption.engine.records import Answer, EngineError, EngineSettings, EngineStats, Question
+from pipeline.caption.engine.sequence import DecodeSequence, FrameInFlight, Sampling
 from pipeline.caption.engine.source import END, FrameSource
-from pipeline.caption.engine.vision import FrameImage, Vision
+from pipeline.caption.engine.vision import Vision
 from pipeline.caption.weights import quantized_weights
 from pipeline.errors import ConfigError
 
-_log = logging.getLogger(__name__)
-
-Tag = TypeVar("Tag")
 Job = tuple[Any, np.ndarray] | tuple[Any, np.ndarray, Sequence[int] | None]
 
 
-@dataclass
-class _Frame(Generic[Tag]):
-    """A frame in the engine: prepared, then admitted to a lane until its answers are in."""
-
-    tag: Tag
-    image: FrameImage
-    n_prefix: int  # text before the image + image tokens
-    kv_need: int  # cells reserved in a unified cache (0 with streams)
-    asked: tuple[int, ...]  # indices of the questions asked about this frame
-    # The prefill's rows once CLIP ran ahead: text before the image, image, first question.
-    rows: np.ndarray | None = None
-    started_s: float = 0.0
-    answers: list[Answer | None] = field(default_factory=list)
-    open_sequences: int = 0
-
-
-@dataclass
-class _Sequence:
-    """One question's slot: explicit state from admission to its finish reason."""
-
-    seq_id: int
-    frame: _Frame[Any]
-    index: int  # the question's index
-    position: int
-    pending: list[int]
-    sampler: object  # None: greedy
-    generated: list[int] = field(default_factory=list)
-    text: bytes = b""
-    finish_reason: str = ""
-    first_logits: np.ndarray | None = None
-
-
-# A prepared job: the frame, or (when it cannot be captioned) its tag and error answers.
-_Prepared = tuple[_Frame[Any] | None, tuple[Any, list[Answer]] | None]
-
-
-@dataclass(frozen=True)
-class _Failure:
-    """An exception raised on a lane's thread, to re-raise on the caller's."""
-
-    error: BaseException
-
-
-_LANE_DONE = object()  # a lane's thread has ended
 
 
 class Engine:
@@ -133,10 +81,7 @@ class Engine:
         self._lanes: list[Lane] = []
         self._worker: ThreadPoolExecutor | None = None
         self._overlap_clip = False
-        self._prefix_tokens: list[int] = []
-        self._suffix_tokens: list[list[int]] = []
-        self._prefix_rows = np.zeros((0, 0), np.float32)  # their input embeddings
-        self._suffix_rows: list[np.ndarray] = []
+        self._prompts: Prompts  # the run's questions, from _set_questions on
         self._n_threads = 0
 
     @property
@@ -167,35 +112,17 @@ class Engine:
         n_threads = self._n_threads = default_threads(s.n_threads)
         try:
             model = self._model = TextModel(s.text_model, s.n_gpu_layers)
-            n_lanes = lane_count(s.lanes, model.on_gpu, s.max_questions, s.parallel)
-            # Frames in flight per lane: parallel split as evenly as it goes.
-            lane_parallel = [s.parallel // n_lanes + (i < s.parallel % n_lanes) for i in range(n_lanes)]
-            if lane_parallel[0] * s.max_questions > max_parallel_sequences():
-                raise EngineError(
-                    f"engine.parallel x prompts = {lane_parallel[0] * s.max_questions} sequences per lane, "
-                    f"more than llama.cpp's {max_parallel_sequences()}; lower engine.parallel"
-                )
             flash_attn = flash_attn_type(s.flash_attn, model.on_gpu)
-            for parallel in lane_parallel:
-                n_ctx_seq = s.n_ctx * (parallel if s.kv_unified else 1)
-                self._lanes.append(
-                    model.new_lane(
-                        parallel * s.max_questions,
-                        n_ctx_seq,
-                        s.kv_unified,
-                        s.n_batch,
-                        s.n_ubatch,
-                        n_threads,
-                        flash_attn,
-                    )
-                )
+            open_lanes(model, s, n_threads, flash_attn, self._lanes)
             self._vision = Vision(s.mmproj, s.image_layout, model, n_threads, flash_attn)
         except BaseException:
             self.close()
             raise
         # A frame must fit into any lane.
-        self._kv_capacity = min(lane.kv_capacity for lane in self._lanes)
-        self._eog = model.end_of_generation_ids() if s.ignore_eos else np.zeros(0, np.int64)
+        self._frames = FramePreparation(
+            self._vision, min(lane.kv_capacity for lane in self._lanes), s.kv_unified, int(model.n_embd)
+        )
+        self._sampling = Sampling(s, model)
         self._grouped_auto = (
             s.max_decode_seqs is None and model.on_gpu and cublas_build() and quantized_weights(s.text_model)
         )
@@ -266,12 +193,12 @@ class Engine:
         """
         self._set_questions(questions)
         ahead = max(self.settings.prepare_ahead, 1) * len(self._lanes)
-        source: FrameSource[Job, _Prepared] = FrameSource(iter(jobs), self._submit, self._release, self._stats, ahead)
+        source: FrameSource[Job, Prepared] = FrameSource(iter(jobs), self._submit, self._release, self._stats, ahead)
         try:
             if len(self._lanes) == 1:
                 yield from self._drive(self._lanes[0], source)
             else:
-                yield from self._run_lanes(source)
+                yield from run_lanes(self._lanes, lambda lane: self._drive(lane, source), source.stop)
         finally:
             source.close()
 
@@ -286,13 +213,13 @@ class Engine:
         """
         self._set_questions(questions)
         assert self._vision is not None
-        kv_need = self._kv_need(self._vision.min_image_tokens, range(len(questions)))
-        if kv_need > self._kv_capacity:
+        kv_need = self._prompts.kv_need(self._vision.min_image_tokens, range(len(questions)))
+        if kv_need > self._frames.kv_capacity:
             raise ConfigError(
                 f"no frame fits: even the smallest needs {kv_need} KV cells (image {self._vision.min_image_tokens}"
                 f" + prompts + generation.max_tokens={self.settings.max_tokens}), more than the "
-                f"{self._kv_capacity} of {self._kv_setting()}; raise model.n_ctx, lower generation.max_tokens or "
-                "shorten the prompts"
+                f"{self._frames.kv_capacity} of {self._frames.kv_setting()}; raise model.n_ctx, lower "
+                "generation.max_tokens or shorten the prompts"
             )
 
     def _set_questions(self, questions: list[Question]) -> None:
@@ -304,72 +231,12 @@ class Engine:
         """
         if self._model is None:
             raise EngineError("Engine.setup() was not called")
-        if not 0 < len(questions) <= self.settings.max_questions:
-            raise ValueError(
-                f"{len(questions)} prompts given; between 1 and "
-                f"{self.settings.max_questions} (settings.max_questions) allowed"
-            )
-        self.questions = list(questions)
-        system, chat = self.settings.system_prompt, self.settings.chat_format
-        self._prefix_tokens = self._model.tokenize(chat.split("", system)[0], add_special=True)
-        self._suffix_tokens = [
-            self._model.tokenize(chat.split(q.text, system)[1], add_special=False) for q in questions
-        ]
-        self._prefix_rows = self._model.token_rows(self._prefix_tokens)
-        self._suffix_rows = [self._model.token_rows(tokens) for tokens in self._suffix_tokens]
+        self._prompts = Prompts(self._model, self.settings, questions)
+        self.questions = self._prompts.questions
 
-    def _kv_need(self, n_image_tokens: int, asked: Iterable[int]) -> int:
-        """KV cells a frame of ``n_image_tokens`` with the ``asked`` questions takes: with
-        streams, the longest question's; in a unified cache, all of theirs."""
-        n_prefix = len(self._prefix_tokens) + n_image_tokens
-        suffixes = [len(self._suffix_tokens[i]) + self.settings.max_tokens for i in asked]
-        return n_prefix + (sum(suffixes) if self.settings.kv_unified else max(suffixes))
-
-    def _kv_setting(self) -> str:
-        """The setting that sizes a frame's KV cells."""
-        return "model.n_ctx x engine.parallel" if self.settings.kv_unified else "model.n_ctx"
-
-    def _run_lanes(self, source: FrameSource[Job, _Prepared]) -> Iterator[tuple[Any, list[Answer]]]:
-        """Drive every lane on its own thread; hand their finished frames to the caller."""
-        results: queue.Queue[object] = queue.Queue()
-        stop = threading.Event()
-
-        def work(lane: Lane) -> None:
-            try:
-                for finished in self._drive(lane, source):
-                    results.put(finished)
-                    if stop.is_set():
-                        break
-            except BaseException as error:  # noqa: BLE001  (re-raised on the caller's thread)
-                results.put(_Failure(error))
-            finally:
-                results.put(_LANE_DONE)
-
-        threads = [
-            threading.Thread(target=work, args=(lane,), name=f"engine-lane{i}", daemon=True)
-            for i, lane in enumerate(self._lanes)
-        ]
-        for thread in threads:
-            thread.start()
-        try:
-            running = len(threads)
-            while running:
-                item = results.get()
-                if item is _LANE_DONE:
-                    running -= 1
-                elif isinstance(item, _Failure):
-                    raise item.error
-                else:
-                    yield item  # type: ignore[misc]
-        finally:
-            stop.set()
-            source.stop()
-            for thread in threads:
-                thread.join()
-
-    def _drive(self, lane: Lane, source: FrameSource[Job, _Prepared]) -> Iterator[tuple[Any, list[Answer]]]:
+    def _drive(self, lane: Lane, source: FrameSource[Job, Prepared]) -> Iterator[tuple[Any, list[Answer]]]:
         """One lane's loop: admit prepared frames while it has room, step its sequences."""
-        active: list[_Sequence] = []
+        active: list[DecodeSequence] = []
         try:
             while True:
                 # Admit prepared frames while slots are free; wait for one only when nothing
@@ -382,7 +249,7 @@ class Engine:
                         if not active:
                             return
                         break
-                    frame, failed = cast(_Prepared, item)
+                    frame, failed = cast(Prepared, item)
                     if failed is not None:
                         yield failed
                         continue
@@ -398,74 +265,48 @@ class Engine:
         finally:
             self._abandon(lane, active)
 
-    def _complete(self, lane: Lane, frame: _Frame[Any]) -> tuple[Any, list[Answer]]:
+    def _complete(self, lane: Lane, frame: FrameInFlight[Any]) -> tuple[Any, list[Answer]]:
         lane.kv_reserved -= frame.kv_need
         return frame.tag, [a for a in frame.answers if a is not None]
 
-    def _abandon(self, lane: Lane, active: list[_Sequence]) -> None:
+    def _abandon(self, lane: Lane, active: list[DecodeSequence]) -> None:
         """Free what an interrupted lane still holds."""
         for seq in active:
             lane.forget(seq.seq_id)
-            self._free_sampler(seq)
+            self._sampling.release(seq)
             heapq.heappush(lane.free_seq_ids, seq.seq_id)
         active.clear()
         lane.kv_reserved = 0
 
     # -- one frame in -------------------------------------------------------------------------
 
-    def _submit(self, job: Job) -> Future[_Prepared]:
+    def _submit(self, job: Job) -> Future[Prepared]:
         tag, rgb, *rest = job
         asked_in = rest[0] if rest else None
         asked = tuple(range(len(self.questions))) if asked_in is None else tuple(asked_in)
         if not asked or not set(asked) <= set(range(len(self.questions))):
             raise ValueError(f"asked question indices {list(asked)} do not name the questions")
         if self._worker is None:
-            future: Future[_Prepared] = Future()
+            future: Future[Prepared] = Future()
             future.set_result(self._prepare(tag, rgb, asked, encode=False))
             return future
         return self._worker.submit(self._prepare, tag, rgb, asked, self._overlap_clip)
 
-    def _prepare(self, tag: Any, rgb: np.ndarray, asked: tuple[int, ...], encode: bool) -> _Prepared:
-        """Prepare a frame's image (and with ``encode`` run CLIP on it); a frame that cannot
-        be captioned becomes error answers. Runs on the background thread when there is one."""
-        assert self._vision is not None
-        try:
-            image = self._vision.tokenize(rgb, self._stats)
-        except ValueError as error:
-            return None, (tag, self._error_answers(str(error), asked))
-        n_prefix = len(self._prefix_tokens) + image.n_tokens
-        kv_need = self._kv_need(image.n_tokens, asked)
-        if kv_need > self._kv_capacity:
-            self._vision.free(image)
-            reason = (
-                f"frame needs {kv_need} KV cells (image {image.n_tokens} + prompts + max_tokens), "
-                f"more than the {self._kv_capacity} of {self._kv_setting()}"
-            )
-            return None, (tag, self._error_answers(reason, asked))
-        frame = _Frame(tag, image, n_prefix, kv_need if self.settings.kv_unified else 0, asked)
-        frame.answers = [None] * len(self.questions)
-        if encode:
-            try:
-                out = np.empty((self._n_prompt(frame, frame.asked[0]), self._model_n_embd()), np.float32)
-                frame.rows = self._prefill_rows(frame, out, self._stats)
-            except BaseException:
-                self._vision.free(image)
-                raise
-        return frame, None
+    def _prepare(self, tag: Any, rgb: np.ndarray, asked: tuple[int, ...], encode: bool) -> Prepared:
+        return self._frames.prepare(self._prompts, tag, rgb, asked, encode, self._stats)
 
-    def _release(self, prepared: _Prepared) -> None:
-        frame, _ = prepared
-        if frame is not None and self._vision is not None:
-            self._vision.free(frame.image)
+    def _release(self, prepared: Prepared) -> None:
+        if self._vision is not None:  # not yet closed
+            self._frames.release(prepared)
 
     def _has_room(self, lane: Lane) -> bool:
         return len(lane.free_seq_ids) >= len(self.questions)
 
-    def _fits(self, lane: Lane, prepared: _Prepared) -> bool:
+    def _fits(self, lane: Lane, prepared: Prepared) -> bool:
         frame, _ = prepared
         return frame is None or lane.kv_reserved + frame.kv_need <= lane.kv_capacity
 
-    def _admit(self, lane: Lane, frame: _Frame[Any]) -> tuple[list[_Sequence], list[_Frame[Any]]]:
+    def _admit(self, lane: Lane, frame: FrameInFlight[Any]) -> tuple[list[DecodeSequence], list[FrameInFlight[Any]]]:
         """Prefill the frame with its first question, then start the other questions on a copy.
 
         Returns the new sequences still generating and, rarely, frames already complete (an
@@ -475,16 +316,14 @@ class Engine:
         lane.kv_reserved += frame.kv_need
         seq_ids = [heapq.heappop(lane.free_seq_ids) for _ in frame.asked]
         first_index = frame.asked[0]
-        first = _Sequence(
-            seq_ids[0], frame, first_index, self._n_prompt(frame, first_index), [],
-            self._new_sampler(),
-        )
+        n_prompt = self._prompts.n_prompt(frame, first_index)
+        first = self._sampling.new_sequence(seq_ids[0], frame, first_index, n_prompt, [])
         try:
             last_row = self._prefill(lane, frame, first.seq_id)
         except BaseException:
             lane.kv_reserved -= frame.kv_need
             lane.forget(first.seq_id)
-            self._free_sampler(first)
+            self._sampling.release(first)
             for seq_id in seq_ids:
                 heapq.heappush(lane.free_seq_ids, seq_id)
             raise
@@ -497,11 +336,11 @@ class Engine:
         frame.open_sequences = len(seq_ids)
         lane.stats.frames += 1
         lane.stats.image_tokens += frame.image.n_tokens * len(seq_ids)
-        started: list[_Sequence] = [first]
-        finished: list[_Frame[Any]] = []
+        started: list[DecodeSequence] = [first]
+        finished: list[FrameInFlight[Any]] = []
         self._sample(lane, [(first, last_row)], started, finished)  # before any decode overwrites the logits
         others = [
-            _Sequence(seq_id, frame, i, frame.n_prefix, list(self._suffix_tokens[i]), self._new_sampler())
+            self._sampling.new_sequence(seq_id, frame, i, frame.n_prefix, list(self._prompts.suffix_tokens[i]))
             for i, seq_id in zip(frame.asked[1:], seq_ids[1:])
         ]
         if self.settings.kv_unified:
@@ -514,66 +353,33 @@ class Engine:
         finished += self._step(lane, asking)
         return started + asking, finished
 
-    def _n_prompt(self, frame: _Frame[Any], index: int) -> int:
-        """Tokens of the frame's prompt for question ``index``: text, image and question."""
-        return frame.n_prefix + len(self._suffix_tokens[index])
-
-    def _prefill_rows(self, frame: _Frame[Any], out: np.ndarray, stats: EngineStats) -> np.ndarray:
-        """CLIP-encode the frame into its prefill rows (the first ``_n_prompt`` rows of
-        ``out``): the text before the image, the image and the first asked question, all as
-        input embeddings, so that one embedding pass evaluates the three."""
-        assert self._vision is not None
-        n_text, n_image = len(self._prefix_tokens), frame.image.n_tokens
-        rows = out[: self._n_prompt(frame, frame.asked[0])]
-        rows[:n_text] = self._prefix_rows
-        self._vision.encode(frame.image, rows[n_text : n_text + n_image], stats)
-        rows[n_text + n_image :] = self._suffix_rows[frame.asked[0]]
-        return rows
-
-    def _prefill(self, lane: Lane, frame: _Frame[Any], seq_id: int) -> int:
+    def _prefill(self, lane: Lane, frame: FrameInFlight[Any], seq_id: int) -> int:
         """Evaluate the frame's prefill rows into ``seq_id``; returns the batch row of the
         last one, whose logits are kept."""
         rows = frame.rows
         frame.rows = None
         if rows is None:  # CLIP runs now, into the lane's scratch rows
-            n = self._n_prompt(frame, frame.asked[0])
+            assert self._vision is not None
+            prompts = self._prompts
+            n = prompts.n_prompt(frame, frame.asked[0])
             if lane.embd_buffer.shape[0] < n:
-                lane.embd_buffer = np.empty((n, self._model_n_embd()), np.float32)
-            rows = self._prefill_rows(frame, lane.embd_buffer, lane.stats)
+                lane.embd_buffer = np.empty((n, self._frames.n_embd), np.float32)
+            rows = prompts.prefill_rows(frame, lane.embd_buffer, self._vision, lane.stats)
         t0 = time.perf_counter()
-        last_row = self._decode_rows(lane, rows, 0, seq_id)
+        last_row = lane.decode_embeddings(rows, 0, seq_id)
         llama_cpp.llama_synchronize(lane.ctx)  # so that prefill_s holds the GPU's prefill time
         lane.stats.prefill_s += time.perf_counter() - t0
         return last_row
 
-    @staticmethod
-    def _decode_rows(lane: Lane, rows: np.ndarray, n_past: int, seq_id: int) -> int:
-        """Evaluate embedding rows into one sequence, ``n_batch`` at a time; only the last
-        row's logits are kept. Returns that row's index in the last batch."""
-        batch = lane.batch
-        total = rows.shape[0]
-        n = 0
-        for start in range(0, total, batch.capacity):
-            n = min(batch.capacity, total - start)
-            batch.pos[:n] = np.arange(n_past + start, n_past + start + n, dtype=np.int32)
-            batch.seq[:n] = seq_id
-            batch.logits[:n] = 0
-            batch.logits[n - 1] = start + n == total
-            status = llama_cpp.llama_decode(lane.ctx, batch.as_embeddings(rows[start:], n))
-            if status != 0:
-                raise EngineError(f"prefill decode failed (status {status})")
-            lane.stats.prefill_calls += 1
-        return n - 1
-
     # -- all sequences one step ---------------------------------------------------------------
 
-    def _step(self, lane: Lane, active: list[_Sequence]) -> list[_Frame[Any]]:
+    def _step(self, lane: Lane, active: list[DecodeSequence]) -> list[FrameInFlight[Any]]:
         """Feed every active sequence its pending tokens, sample one token each."""
         t0 = time.perf_counter()
         batch = lane.batch
         capacity = batch.capacity
-        finished: list[_Frame[Any]] = []
-        outputs: list[tuple[_Sequence, int]] = []
+        finished: list[FrameInFlight[Any]] = []
+        outputs: list[tuple[DecodeSequence, int]] = []
         n = 0
         # In seq-id order: with one KV stream per sequence llama.cpp puts only runs of
         # consecutive seq ids into one ubatch (ids are handed out lowest first).
@@ -582,7 +388,8 @@ class Engine:
             if len(outputs) == most:
                 self._decode_and_sample(lane, n, outputs, active, finished)
                 outputs, n = [], 0
-            tokens = seq.pending
+            first = seq.position
+            tokens = seq.take_pending()
             start = 0
             while start < len(tokens):
                 if n == capacity:
@@ -590,7 +397,7 @@ class Engine:
                     outputs, n = [], 0
                 take = min(capacity - n, len(tokens) - start)
                 batch.token[n : n + take] = tokens[start : start + take]
-                batch.pos[n : n + take] = np.arange(seq.position + start, seq.position + start + take, dtype=np.int32)
+                batch.pos[n : n + take] = np.arange(first + start, first + start + take, dtype=np.int32)
                 batch.seq[n : n + take] = seq.seq_id
                 batch.logits[n : n + take] = 0
                 start += take
@@ -598,8 +405,6 @@ class Engine:
                 if start == len(tokens):
                     batch.logits[n - 1] = 1
                     outputs.append((seq, n - 1))
-            seq.position += len(tokens)
-            seq.pending = []
         self._decode_and_sample(lane, n, outputs, active, finished)
         lane.stats.decode_s += time.perf_counter() - t0
         return finished
@@ -608,9 +413,9 @@ class Engine:
         self,
         lane: Lane,
         n: int,
-        outputs: list[tuple[_Sequence, int]],
-        active: list[_Sequence],
-        finished: list[_Frame[Any]],
+        outputs: list[tuple[DecodeSequence, int]],
+        active: list[DecodeSequence],
+        finished: list[FrameInFlight[Any]],
     ) -> None:
         if n == 0:
             return
@@ -621,132 +426,33 @@ class Engine:
     def _sample(
         self,
         lane: Lane,
-        outputs: list[tuple[_Sequence, int]],
-        active: list[_Sequence],
-        finished: list[_Frame[Any]],
+        outputs: list[tuple[DecodeSequence, int]],
+        active: list[DecodeSequence],
+        finished: list[FrameInFlight[Any]],
     ) -> None:
         """Sample a token for each output (sequence, batch row) of the last decode; a
         sequence that completes leaves ``active`` and its frame, once whole, joins ``finished``."""
         if not outputs:
             return
-        trace = self.settings.trace
-        if self.settings.temperature <= 0:
-            # Greedy for all outputs at once: the logits of the outputs lie in batch order.
-            logits = np.ctypeslib.as_array(
-                llama_cpp.llama_get_logits(lane.ctx), shape=(len(outputs), self._model_n_vocab())
-            )
-            if trace:
-                self._keep_first_logits(outputs, lambda row, _: logits[row])
-            if self._eog.size:
-                logits[:, self._eog] = -np.inf
-            tokens = logits.argmax(axis=1).tolist()
-        else:
-            if trace:
-                self._keep_first_logits(
-                    outputs,
-                    lambda _, index: np.ctypeslib.as_array(
-                        llama_cpp.llama_get_logits_ith(lane.ctx, index), shape=(self._model_n_vocab(),)
-                    ),
-                )
-            tokens = [llama_cpp.llama_sampler_sample(seq.sampler, lane.ctx, index) for seq, index in outputs]
+        tokens = self._sampling.pick(lane.ctx, outputs)
         for (seq, _), token in zip(outputs, tokens):
-            if self._accept(seq, token):
+            if self._sampling.accept(seq, token):
                 active.remove(seq)
                 if self._finish(lane, seq):
                     finished.append(seq.frame)
 
-    @staticmethod
-    def _keep_first_logits(outputs: list[tuple[_Sequence, int]], logits_of: Any) -> None:
-        for row, (seq, index) in enumerate(outputs):
-            if not seq.generated and seq.first_logits is None:
-                seq.first_logits = np.array(logits_of(row, index), dtype=np.float32)
-
-    def _accept(self, seq: _Sequence, token: int) -> bool:
-        """Take a sampled token; True when the answer is complete (its reason set)."""
-        assert self._model is not None
-        if self._model.is_eog(token):
-            seq.finish_reason = "stop"
-            return True
-        seq.generated.append(token)
-        seq.text += self._model.piece(token)
-        if self.settings.stop and self._cut_at_stop(seq):
-            seq.finish_reason = "stop"
-            return True
-        if len(seq.generated) >= self.settings.max_tokens:
-            seq.finish_reason = "length"
-            return True
-        seq.pending = [token]
-        return False
-
-    def _cut_at_stop(self, seq: _Sequence) -> bool:
-        text = seq.text.decode("utf-8", errors="ignore")
-        hits = [text.find(stop) for stop in self.settings.stop if stop and stop in text]
-        if hits:
-            seq.text = text[: min(hits)].encode()
-            return True
-        return False
-
-    def _finish(self, lane: Lane, seq: _Sequence) -> bool:
+    def _finish(self, lane: Lane, seq: DecodeSequence) -> bool:
         """Free the sequence; True when its frame has all its answers."""
         lane.forget(seq.seq_id)
         heapq.heappush(lane.free_seq_ids, seq.seq_id)
-        self._free_sampler(seq)
+        self._sampling.release(seq)
         frame = seq.frame
-        n_prompt = self._n_prompt(frame, seq.index)
-        trace = None
-        if self.settings.trace and seq.first_logits is not None:
-            trace = AnswerTrace(tuple(seq.generated), seq.first_logits)
-        frame.answers[seq.index] = Answer(
-            question=self.questions[seq.index],
-            text=seq.text.decode("utf-8", errors="replace").strip(),
-            prompt_tokens=n_prompt,
-            completion_tokens=len(seq.generated),
-            latency_ms=(time.perf_counter() - frame.started_s) * 1000.0,
-            finish_reason=seq.finish_reason,
-            trace=trace,
-        )
+        n_prompt = self._prompts.n_prompt(frame, seq.index)
+        frame.answers[seq.index] = seq.answer(self.questions[seq.index], n_prompt, self.settings.trace)
         lane.stats.prompt_tokens += n_prompt
         lane.stats.completion_tokens += len(seq.generated)
         frame.open_sequences -= 1
         return frame.open_sequences == 0
-
-    # -- small helpers ------------------------------------------------------------------------
-
-    def _model_n_embd(self) -> int:
-        assert self._model is not None
-        return int(self._model.n_embd)
-
-    def _model_n_vocab(self) -> int:
-        assert self._model is not None
-        return int(self._model.n_vocab)
-
-    def _new_sampler(self) -> object:
-        """A sampler chain for temperature > 0 (greedy needs none: one argmax per step)."""
-        s = self.settings
-        if s.temperature <= 0:
-            return None
-        chain = llama_cpp.llama_sampler_chain_init(llama_cpp.llama_sampler_chain_default_params())
-        if self._eog.size:
-            biases = (llama_cpp.llama_logit_bias * self._eog.size)(
-                *(llama_cpp.llama_logit_bias(int(t), -float("inf")) for t in self._eog)
-            )
-            llama_cpp.llama_sampler_chain_add(
-                chain, llama_cpp.llama_sampler_init_logit_bias(self._model_n_vocab(), self._eog.size, biases)
-            )
-        llama_cpp.llama_sampler_chain_add(chain, llama_cpp.llama_sampler_init_top_k(s.top_k))
-        llama_cpp.llama_sampler_chain_add(chain, llama_cpp.llama_sampler_init_top_p(s.top_p, 1))
-        llama_cpp.llama_sampler_chain_add(chain, llama_cpp.llama_sampler_init_temp(s.temperature))
-        llama_cpp.llama_sampler_chain_add(chain, llama_cpp.llama_sampler_init_dist(s.seed))
-        return chain
-
-    @staticmethod
-    def _free_sampler(seq: _Sequence) -> None:
-        if seq.sampler is not None:
-            llama_cpp.llama_sampler_free(seq.sampler)
-            seq.sampler = None
-
-    def _error_answers(self, reason: str, asked: Sequence[int]) -> list[Answer]:
-        return [Answer(question=self.questions[i], text="", error=reason) for i in asked]
 
 
 def decode_group(setting: int | None, grouped_auto: bool, n_active: int) -> int:
@@ -763,27 +469,5 @@ def decode_group(setting: int | None, grouped_auto: bool, n_active: int) -> int:
     return setting or n_active
 
 
-def lane_count(setting: int | None, on_gpu: bool, max_questions: int, parallel: int) -> int:
-    """Lanes (llama.cpp contexts, a thread each) for the engine: ``engine.lanes``, else 2 on a
-    GPU and 1 on the CPU; at most one per frame in flight.
-
-    On a GPU, one lane when frames may be asked several questions: there two lanes hung on an
-    H200 in 5 runs of 6 (every thread waiting on the GPU, no progress; with a unified KV cache,
-    a CUDA "illegal instruction" instead; also with ``GGML_CUDA_PDL=0``). The one run that
-    finished, with CUDA graphs off (``GGML_CUDA_DISABLE_GRAPHS=1``), was slower than one lane
-    (4.49 against 4.80-5.10 frames/s; benchmarks/NOTES-gpu.md, sessions 5 and 6). A setting
-    above 1 is then lowered, with a warning.
-    """
-    lanes = max(1, min(setting or (2 if on_gpu else 1), parallel))
-    if on_gpu and max_questions > 1 and lanes > 1:
-        if setting:
-            _log.warning(
-                "engine.lanes=%d lowered to 1: with several prompts per frame, more lanes hung on "
-                "a GPU (README, engine settings)", setting,
-            )
-        return 1
-    return lanes
-
-
-def _seq_id(seq: _Sequence) -> int:
+def _seq_id(seq: DecodeSequence) -> int:
     return seq.seq_id

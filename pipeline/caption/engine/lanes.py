@@ -1,0 +1,120 @@
+"""Lanes: llama.cpp contexts on the one loaded model that share the frames in flight, how many
+there are, and the threads that drive them (one each) while the caller takes their answers."""
+
+from __future__ import annotations
+
+import logging
+import queue
+import threading
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from typing import TypeVar
+
+from pipeline.caption.engine.native import Lane, TextModel, max_parallel_sequences
+from pipeline.caption.engine.records import EngineError, EngineSettings
+
+_log = logging.getLogger(__name__)
+
+Item = TypeVar("Item")
+
+
+def lane_count(setting: int | None, on_gpu: bool, max_questions: int, parallel: int) -> int:
+    """Lanes (llama.cpp contexts, a thread each) for the engine: ``engine.lanes``, else 2 on a
+    GPU and 1 on the CPU; at most one per frame in flight.
+
+    On a GPU, one lane when frames may be asked several questions: there two lanes hung on an
+    H200 in 5 runs of 6 (every thread waiting on the GPU, no progress; with a unified KV cache,
+    a CUDA "illegal instruction" instead; also with ``GGML_CUDA_PDL=0``). The one run that
+    finished, with CUDA graphs off (``GGML_CUDA_DISABLE_GRAPHS=1``), was slower than one lane
+    (4.49 against 4.80-5.10 frames/s; benchmarks/NOTES-gpu.md, sessions 5 and 6). A setting
+    above 1 is then lowered, with a warning.
+    """
+    lanes = max(1, min(setting or (2 if on_gpu else 1), parallel))
+    if on_gpu and max_questions > 1 and lanes > 1:
+        if setting:
+            _log.warning(
+                "engine.lanes=%d lowered to 1: with several prompts per frame, more lanes hung on "
+                "a GPU (README, engine settings)", setting,
+            )
+        return 1
+    return lanes
+
+
+def open_lanes(model: TextModel, s: EngineSettings, n_threads: int, flash_attn: int, lanes: list[Lane]) -> None:
+    """Open the engine's :func:`lane_count` lanes on ``model``, frames in flight split over
+    them as evenly as it goes; each is appended to ``lanes`` as it opens, so that the caller
+    can free those already open when a later one fails.
+
+    Raises:
+        EngineError: A lane would hold more sequences than llama.cpp allows, or a context does
+            not start.
+    """
+    n_lanes = lane_count(s.lanes, model.on_gpu, s.max_questions, s.parallel)
+    split = [s.parallel // n_lanes + (i < s.parallel % n_lanes) for i in range(n_lanes)]
+    if split[0] * s.max_questions > max_parallel_sequences():
+        raise EngineError(
+            f"engine.parallel x prompts = {split[0] * s.max_questions} sequences per lane, "
+            f"more than llama.cpp's {max_parallel_sequences()}; lower engine.parallel"
+        )
+    for parallel in split:
+        n_ctx_seq = s.n_ctx * (parallel if s.kv_unified else 1)
+        lanes.append(
+            model.new_lane(
+                parallel * s.max_questions, n_ctx_seq, s.kv_unified, s.n_batch, s.n_ubatch, n_threads, flash_attn
+            )
+        )
+
+
+@dataclass(frozen=True)
+class _Failure:
+    """An exception raised on a lane's thread, to re-raise on the caller's."""
+
+    error: BaseException
+
+
+_LANE_DONE = object()  # a lane's thread has ended
+
+
+def run_lanes(
+    lanes: list[Lane], drive: Callable[[Lane], Iterator[Item]], stop_source: Callable[[], None]
+) -> Iterator[Item]:
+    """Drive every lane on its own thread (``drive(lane)``); hand what they yield to the caller.
+
+    An exception on a lane's thread is raised on the caller's. When the caller stops early
+    (or a lane fails), ``stop_source`` stops the frames' source and every thread is joined.
+    """
+    results: queue.Queue[object] = queue.Queue()
+    stop = threading.Event()
+
+    def work(lane: Lane) -> None:
+        try:
+            for finished in drive(lane):
+                results.put(finished)
+                if stop.is_set():
+                    break
+        except BaseException as error:  # noqa: BLE001  (re-raised on the caller's thread)
+            results.put(_Failure(error))
+        finally:
+            results.put(_LANE_DONE)
+
+    threads = [
+        threading.Thread(target=work, args=(lane,), name=f"engine-lane{i}", daemon=True)
+        for i, lane in enumerate(lanes)
+    ]
+    for thread in threads:
+        thread.start()
+    try:
+        running = len(threads)
+        while running:
+            item = results.get()
+            if item is _LANE_DONE:
+                running -= 1
+            elif isinstance(item, _Failure):
+                raise item.error
+            else:
+                yield item  # type: ignore[misc]
+    finally:
+        stop.set()
+        stop_source()
+        for thread in threads:
+            thread.join()
