@@ -4,6 +4,7 @@ what it answers, its figures."""
 from __future__ import annotations
 
 import dataclasses
+import json
 from dataclasses import dataclass
 from enum import Enum
 from typing import Any
@@ -134,10 +135,19 @@ def _values(record: object, kind: type) -> dict[str, Any]:
 
 @dataclass(frozen=True)
 class Question:
-    """A prompt to ask about every frame, with a stable id."""
+    """A prompt to ask about every frame, with a stable id.
+
+    Attributes:
+        prompt_id: Stable id of the text (and of the schema, where there is one).
+        text: The prompt as written (sent as it is).
+        schema_json: A JSON Schema whose top level is an object, as compact JSON: the answer is
+            decoded under a grammar made from it (only JSON of the schema can come out) and
+            checked against it; ``None``: a free-text answer.
+    """
 
     prompt_id: str
     text: str
+    schema_json: str | None = None
 
 
 class FinishReason(str, Enum):
@@ -146,12 +156,19 @@ class FinishReason(str, Enum):
     Values:
         STOP: The model ended it (an end-of-generation token).
         STOP_STRING: One of the stop strings (``model.stop``) came; the answer is cut before it.
-        LENGTH: ``max_tokens`` were generated; the answer may be incomplete.
+        LENGTH: ``max_tokens`` were generated; the answer may be incomplete (a schema
+            answer keeps its partial text and has no value).
+        INVALID: A schema answer ended but its JSON does not validate against the schema (it
+            has no value).
+
+    A schema answer that says ``STOP`` is complete JSON that validated; stop strings never cut
+    a schema answer.
     """
 
     STOP = "stop"
     STOP_STRING = "stop_string"
     LENGTH = "length"
+    INVALID = "invalid"
 
     def __str__(self) -> str:
         return self.value
@@ -182,6 +199,8 @@ class Answer:
         latency_ms: From the frame's admission to this answer's last token.
         finish_reason: Why it ended; ``None`` with an error.
         error: Why there is no answer, or ``None``.
+        value_json: A schema question's answer as compact JSON once it validated (``STOP``),
+            else ``None``.
         trace: Token ids and first logits, with ``EngineSettings.trace`` only.
     """
 
@@ -192,7 +211,13 @@ class Answer:
     latency_ms: float = 0.0
     finish_reason: FinishReason | None = None
     error: str | None = None
+    value_json: str | None = None
     trace: AnswerTrace | None = None
+
+    @property
+    def value(self) -> Any:
+        """A schema question's validated answer, parsed (``None`` when there is none)."""
+        return None if self.value_json is None else json.loads(self.value_json)
 
 
 @dataclass
