@@ -15,10 +15,11 @@ settings): built once, picklable, so that it travels to Ray actors.
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Iterable, Iterator, Sequence
+import json
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import TypeVar
+from typing import Any, TypeVar, overload
 
 import llama_cpp
 import numpy as np
@@ -62,18 +63,22 @@ __all__ = [
 Tag = TypeVar("Tag")
 
 
-def make_questions(prompts: Iterable[str]) -> list[Question]:
-    """Questions with stable ids: the id is a hash of the text, so it survives reordering.
+def make_questions(prompts: Iterable[str | Mapping[str, Any]]) -> list[Question]:
+    """Questions with stable ids: the id is a hash of the text, so it survives reordering. A
+    prompt ``{"text": ..., "schema": {...}}`` carries its schema (its id covers the schema).
 
     Raises:
         ConfigError: A prompt is empty.
     """
     questions = []
-    for text in prompts:
+    for entry in prompts:
+        text, schema = (entry, None) if isinstance(entry, str) else (entry["text"], entry.get("schema"))
         if not text or not text.strip():
             raise ConfigError("a prompt is empty; give every prompt some text")
-        digest = hashlib.sha256(text.encode()).hexdigest()[:12]
-        questions.append(Question(prompt_id=digest, text=text))
+        schema_json = None if schema is None else json.dumps(schema, sort_keys=True, separators=(",", ":"))
+        key = text if schema is None else json.dumps({"text": text, "schema": schema}, sort_keys=True)
+        digest = hashlib.sha256(key.encode()).hexdigest()[:12]
+        questions.append(Question(prompt_id=digest, text=text, schema_json=schema_json))
     return questions
 
 
@@ -274,19 +279,32 @@ class Captioner:
     def __exit__(self, *exc: object) -> None:
         self.close()
 
-    def answer(self, image: np.ndarray, prompt: str) -> str:
-        """The seed's contract: one RGB frame and one prompt in, the answer text out.
+    @overload
+    def answer(self, image: np.ndarray, prompt: str) -> str: ...
+
+    @overload
+    def answer(self, image: np.ndarray, prompt: Mapping[str, Any]) -> Answer: ...
+
+    def answer(self, image: np.ndarray, prompt: str | Mapping[str, Any]) -> str | Answer:
+        """The seed's contract: one RGB frame and one prompt in, the answer text out. A prompt
+        with a schema (``{"text": ..., "schema": {...}}``) gives its :class:`Answer`: the text,
+        and beside it the parsed ``value`` (``None`` unless it is complete and valid:
+        ``finish_reason`` says why).
 
         Raises:
+            ConfigError: The prompt is empty, or its schema cannot constrain an answer.
             ValueError: The image is not an ``HxWx3`` uint8 array.
         """
         (answer,) = self.ask(image, [prompt])
-        return answer.text
+        return answer.text if isinstance(prompt, str) else answer
 
-    def ask(self, image: np.ndarray, prompts: list[str]) -> list[Answer]:
-        """Several prompts about one frame, the image evaluated once.
+    def ask(self, image: np.ndarray, prompts: Sequence[str | Mapping[str, Any]]) -> list[Answer]:
+        """Several prompts about one frame, the image evaluated once. A prompt is a text, or
+        ``{"text": ..., "schema": {...}}`` for an answer that must be JSON of that schema
+        (an object): its answer carries the parsed ``value`` beside the text.
 
         Raises:
+            ConfigError: A prompt is empty, or a schema cannot constrain an answer.
             ValueError: The image is not an ``HxWx3`` uint8 array.
         """
         ((_, answers),) = list(self.engine.run([(None, image)], make_questions(prompts)))
