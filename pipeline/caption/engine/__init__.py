@@ -7,6 +7,7 @@
 - :mod:`.prompts`: the questions tokenized around the image, and the KV cells a frame takes;
 - :mod:`.frames`: a frame's preparation, or its error answers when it cannot be captioned;
 - :mod:`.sequence`: a sequence's state, how its tokens are picked and why it ends;
+- :mod:`.grammar`: a question's JSON Schema as a grammar, token masks, the answer's check;
 - :mod:`.lanes`: how many lanes, opening them, and the threads that drive them;
 - :mod:`.scheduler`: :class:`Engine`, admission and the batched decode step.
 """
@@ -19,6 +20,7 @@ from pipeline.caption.engine.records import (
     EngineError,
     EngineSettings,
     EngineStats,
+    FinishReason,
     LoadSettings,
     Question,
 )
@@ -33,6 +35,7 @@ __all__ = [
     "EngineError",
     "EngineSettings",
     "EngineStats",
+    "FinishReason",
     "LoadSettings",
     "Question",
 ]

@@ -232,6 +232,7 @@ class Engine:
         if self._model is None:
             raise EngineError("Engine.setup() was not called")
         self._prompts = Prompts(self._model, self.settings, questions)
+        self._sampling.set_questions(self._prompts.questions)
         self.questions = self._prompts.questions
 
     def _drive(self, lane: Lane, source: FrameSource[Job, Prepared]) -> Iterator[tuple[Any, list[Answer]]]:

@@ -1,0 +1,124 @@
+"""Structured answers: a question's JSON Schema made into a grammar that decoding follows, token
+masks for many sequences at once, and the check of every finished answer against the schema.
+
+The grammar comes from llguidance (the library llama.cpp upstream and vLLM use): it enforces
+what the schema says, ``minimum``/``maximum`` and ``maxLength`` included, and lets no raw control
+character into a string, where llama-cpp-python's own GBNF converter ignores bounds. Its matcher
+follows each constrained sequence token by token and fills a bitmask of the tokens that may come
+next; the engine keeps the others from being picked. The JSON it admits is compact, ``", "``
+and ``": "`` its only spaces, so that a model cannot spend its tokens on whitespace. Whatever
+the grammar admits, a finished answer counts as valid only once ``jsonschema`` says so.
+"""
+
+from __future__ import annotations
+
+import json
+import warnings
+from collections.abc import Sequence
+from dataclasses import dataclass
+from functools import lru_cache
+from typing import Any
+
+import jsonschema
+import llguidance
+import llguidance.llamacpp
+import llguidance.numpy
+import numpy as np
+
+from pipeline.caption.engine.native import TextModel
+from pipeline.caption.engine.records import Question
+from pipeline.errors import ConfigError
+
+# How the grammar writes JSON (llguidance's JsonCompileOptions).
+JSON_LAYOUT = {"whitespace_flexible": False, "item_separator": ", ", "key_separator": ": "}
+
+
+@dataclass(frozen=True, eq=False)
+class AnswerSchema:
+    """A question's schema, compiled: its grammar and its validator."""
+
+    grammar: str
+    validator: Any  # a jsonschema validator
+
+    def value_json(self, text: str) -> str | None:
+        """``text`` as compact JSON when it parses and validates, else ``None``."""
+        try:
+            value = json.loads(text)
+        except ValueError:
+            return None
+        if not self.validator.is_valid(value):
+            return None
+        return json.dumps(value, separators=(",", ":"), ensure_ascii=False)
+
+
+def answer_schema(question: Question) -> AnswerSchema:
+    """The compiled schema of a question that has one.
+
+    Raises:
+        ConfigError: The schema is not a JSON object, not a valid JSON Schema, or a grammar
+            llguidance refuses (one line naming the prompt).
+    """
+    assert question.schema_json is not None
+    try:
+        return _compile(question.schema_json)
+    except ValueError as error:
+        reason = " ".join(str(error).split())
+        raise ConfigError(f"the schema of prompt {question.text!r} cannot constrain an answer: {reason}") from None
+
+
+@lru_cache(maxsize=64)
+def _compile(schema_json: str) -> AnswerSchema:
+    """Compile a schema once per process (a run asks for its questions' schemas per call)."""
+    schema = json.loads(schema_json)
+    if not isinstance(schema, dict):
+        raise ValueError("it is not a JSON object")
+    validator_type = jsonschema.validators.validator_for(schema, default=jsonschema.Draft202012Validator)
+    try:
+        validator_type.check_schema(schema)
+    except jsonschema.SchemaError as error:
+        raise ValueError(f"not a valid JSON Schema: {error.message}") from None
+    grammar = llguidance.LLMatcher.grammar_from_json_schema(schema, overrides=JSON_LAYOUT)  # type: ignore[arg-type]
+    failed, messages = llguidance.LLMatcher.validate_grammar_with_warnings(grammar)
+    if failed:
+        raise ValueError(messages[0])
+    return AnswerSchema(grammar, validator_type(schema))
+
+
+class Grammars:
+    """Matchers over one text model's vocabulary, and their token masks.
+
+    Args:
+        model: The loaded text model; its end-of-generation tokens end a matcher's answer.
+    """
+
+    def __init__(self, model: TextModel) -> None:
+        eog = [int(t) for t in model.end_of_generation_ids()]
+        self.n_vocab = int(model.n_vocab)
+        # ~1 s for a 32k vocabulary: built once per engine, when the first schema comes. (It
+        # calls llama_token_get_attr, which llama-cpp-python warns about once per token.)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", DeprecationWarning)
+            self._tokenizer = llguidance.llamacpp.lltokenizer_from_vocab(
+                model.vocab, n_vocab=self.n_vocab, eos_token=eog, slices=llguidance.LLTokenizer.json_slices()
+            )
+        self._executor = llguidance.LLExecutor()
+        self._fresh: dict[str, llguidance.LLMatcher] = {}  # a matcher per grammar, at its start
+
+    def prepare(self, schemas: Sequence[AnswerSchema]) -> None:
+        """Make the matchers of these schemas' grammars (before :meth:`matcher` is asked for
+        them, perhaps on several threads)."""
+        for schema in schemas:
+            if schema.grammar not in self._fresh:
+                self._fresh[schema.grammar] = llguidance.LLMatcher(self._tokenizer, schema.grammar, log_level=0)
+
+    def matcher(self, schema: AnswerSchema) -> llguidance.LLMatcher:
+        """A matcher at the start of ``schema``'s grammar (:meth:`prepare` made it)."""
+        return self._fresh[schema.grammar].deep_copy()
+
+    def allowed(self, matchers: Sequence[llguidance.LLMatcher]) -> np.ndarray:
+        """Which tokens may come next, a row of ``n_vocab`` booleans per matcher (computed in
+        parallel). A matcher in an error state allows none."""
+        bitmask = llguidance.numpy.allocate_token_bitmask(len(matchers), self.n_vocab)
+        llguidance.numpy.fill_next_token_bitmask_par(self._executor, [(m, i) for i, m in enumerate(matchers)], bitmask)
+        bits = np.unpackbits(bitmask.view(np.uint8), axis=1, bitorder="little")[:, : self.n_vocab]
+        return bits.astype(bool)
