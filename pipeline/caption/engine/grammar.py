@@ -94,14 +94,13 @@ class Grammars:
     def __init__(self, model: TextModel) -> None:
         eog = [int(t) for t in model.end_of_generation_ids()]
         self.n_vocab = int(model.n_vocab)
-        # ~1 s for a 32k vocabulary: built once per engine, when the first schema comes. (It
+        # 0.2-0.3 s for a 32k vocabulary: built once per engine, when the first schema comes. (It
         # calls llama_token_get_attr, which llama-cpp-python warns about once per token.)
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", DeprecationWarning)
             self._tokenizer = llguidance.llamacpp.lltokenizer_from_vocab(
-                model.vocab, n_vocab=self.n_vocab, eos_token=eog, slices=llguidance.LLTokenizer.json_slices()
+                model.vocab, n_vocab=self.n_vocab, eos_token=eog
             )
-        self._executor = llguidance.LLExecutor()
         self._fresh: dict[str, llguidance.LLMatcher] = {}  # a matcher per grammar, at its start
 
     def prepare(self, schemas: Sequence[AnswerSchema]) -> None:
@@ -116,9 +115,12 @@ class Grammars:
         return self._fresh[schema.grammar].deep_copy()
 
     def allowed(self, matchers: Sequence[llguidance.LLMatcher]) -> np.ndarray:
-        """Which tokens may come next, a row of ``n_vocab`` booleans per matcher (computed in
-        parallel). A matcher in an error state allows none."""
+        """Which tokens may come next, a row of ``n_vocab`` booleans per matcher. (One matcher
+        after the other: llguidance's thread pool, ``fill_next_token_bitmask_par``, took 1-4 ms
+        a step for 4-16 matchers on a 2-core machine where this takes 0.05-0.3 ms; BENCHMARKS.md,
+        "Structured answers".) A matcher in an error state allows only end of generation."""
         bitmask = llguidance.numpy.allocate_token_bitmask(len(matchers), self.n_vocab)
-        llguidance.numpy.fill_next_token_bitmask_par(self._executor, [(m, i) for i, m in enumerate(matchers)], bitmask)
+        for row, matcher in enumerate(matchers):
+            llguidance.numpy.fill_next_token_bitmask(matcher, bitmask, row)
         bits = np.unpackbits(bitmask.view(np.uint8), axis=1, bitorder="little")[:, : self.n_vocab]
         return bits.astype(bool)
