@@ -19,6 +19,7 @@ import pytest
 
 from pipeline.caption import make_questions
 from pipeline.caption.engine import Answer, Engine, EngineSettings, FinishReason
+from pipeline.caption.engine.grammar import answer_schema
 from pipeline.errors import ConfigError
 from pipeline.presets import captioner_from_preset
 from tests.conftest import frames, tiny_engine_settings
@@ -161,3 +162,14 @@ def test_the_grammar_masks_do_not_depend_on_batching(tiny_model_dir: Path) -> No
     }
     assert len({a.text for a in schema_answers(one)}) > 1
     assert np.all([a.finish_reason is FinishReason.STOP for a in schema_answers(one)])
+
+
+def test_only_json_that_validates_gets_a_value() -> None:
+    """The check every finished schema answer goes through, whatever the grammar let out."""
+    (question,) = make_questions([ASKED[1]])
+    schema = answer_schema(question)
+    valid = {"people": 3, "mood": "calm", "note": "ok", "outdoor": False, "light": 0.5}
+    assert schema.value_json(json.dumps(valid, indent=2)) == json.dumps(valid, separators=(",", ":"))
+    for wrong in ({**valid, "people": 5}, {**valid, "mood": "sad"}, {**valid, "note": "too long"}, {"people": 3}):
+        assert schema.value_json(json.dumps(wrong)) is None, wrong
+    assert schema.value_json('{"people": 3, "mood": "calm"') is None
