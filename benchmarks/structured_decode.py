@@ -2,12 +2,14 @@
 one question with a JSON Schema (decoded under its grammar), per model.
 
     python benchmarks/structured_decode.py [--frames 8] [--parallel 4] [--repeats 3] [--models tiny random32k]
+    python benchmarks/structured_decode.py --models mistral7b --gpu-layers -1 --threads 4 ...   # on a GPU
 
 Models: ``tiny`` (the test model, 1,566 tokens) and ``random32k``: the tiny model's shape with
 its vocabulary padded to 32,000 tokens, as the real LLaVA 1.6 Mistral/Vicuna models have
 (written by ``benchmarks/random_llava.py`` into a temporary folder), so that the grammar's masks
 cost what they cost over a real vocabulary while the forward pass stays cheap: the figures
-show the grammar's share at its largest.
+show the grammar's share at its largest. ``mistral7b`` is the real Mistral-7B LLaVA 1.6 shape
+(Q5_K_M text, F16 CLIP; 5 GB, written into ``--workdir``), for a GPU.
 
 Per model and case it prints the best of ``--repeats`` runs: decode time per generated token and
 per step (``EngineStats.decode_s``; a step decodes every frame in flight), and for the schema
@@ -33,12 +35,13 @@ from typing import Any
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from benchmarks.random_llava import write_random_llava  # noqa: E402
+import numpy as np  # noqa: E402
+
+from benchmarks.random_llava import CLIP_VIT_L_336, MISTRAL_7B_TEXT, write_random_llava  # noqa: E402
 from pipeline.caption import Captioner, make_questions  # noqa: E402
 from pipeline.caption.engine import Engine, EngineSettings, EngineStats, grammar, sequence  # noqa: E402
 from pipeline.caption.engine.native import TextModel  # noqa: E402
 from pipeline.caption.tiny import TINY_TEXT, TINY_VISION, ensure_tiny_model  # noqa: E402
-from tests.conftest import frames  # noqa: E402
 
 SCHEMA = {
     "type": "object",
@@ -92,6 +95,12 @@ def case(settings: EngineSettings, prompt: Any, n_frames: int) -> dict[str, floa
     }
 
 
+def frames(n: int, seed: int) -> list[np.ndarray]:
+    """``n`` RGB frames of noise, 640x360."""
+    rng = np.random.default_rng(seed)
+    return [rng.integers(0, 256, (360, 640, 3), dtype=np.uint8) for _ in range(n)]
+
+
 def best(runs: list[dict[str, float]]) -> dict[str, float]:
     return min(runs, key=lambda r: r["decode_s"] / max(r["tokens"], 1))
 
@@ -114,6 +123,10 @@ def one_time_costs(text_model: Path, name: str) -> dict[str, float]:
 def model_files(name: str, workdir: Path) -> tuple[Path, Path]:
     if name == "tiny":
         return ensure_tiny_model(workdir / "tiny")
+    if name == "mistral7b":
+        return write_random_llava(
+            workdir / name, MISTRAL_7B_TEXT, CLIP_VIT_L_336, text_type="Q5_K_M", vision_type="F16", name=name
+        )
     return write_random_llava(workdir / name, TINY_TEXT, TINY_VISION, vocab_size=32000, name=name)
 
 
@@ -125,13 +138,16 @@ def main() -> None:
     parser.add_argument("--parallel", type=int, default=4)
     parser.add_argument("--max-tokens", type=int, default=120)
     parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument("--gpu-layers", type=int, default=0)
+    parser.add_argument("--workdir", type=Path, default=None, help="where the models go (default: a temporary folder)")
     parser.add_argument("--repeats", type=int, default=3)
     args = parser.parse_args()
-    with tempfile.TemporaryDirectory() as workdir:
+    with tempfile.TemporaryDirectory() as scratch:
         for name in args.models:
-            text, mmproj = model_files(name, Path(workdir))
+            text, mmproj = model_files(name, args.workdir or Path(scratch))
             overrides = [
-                f"model.dir={text.parent}", f"engine.parallel={args.parallel}", f"engine.n_threads={args.threads}"
+                f"model.dir={text.parent}", f"engine.parallel={args.parallel}", f"engine.n_threads={args.threads}",
+                f"model.n_gpu_layers={args.gpu_layers}", "model.text_type=keep",
             ]
             base = Captioner.from_preset("tiny", *overrides, max_questions=1).engine.settings
             base = replace(base, text_model=str(text), mmproj=str(mmproj), max_tokens=args.max_tokens, stop=())
