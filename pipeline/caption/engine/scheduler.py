@@ -14,7 +14,8 @@ How a frame is answered:
 4. All active sequences of all frames in flight are decoded together, one token each per
    step (in groups of ``max_decode_seqs``), ordered by sequence id so that llama.cpp puts
    them into one ubatch; greedy tokens are picked for all of them with one ``argmax`` over the
-   logits. A sequence ends with a typed reason (:mod:`.sequence`), frees its cells and slot,
+   logits (a question with a JSON Schema among the tokens its grammar allows: :mod:`.grammar`).
+   A sequence ends with a typed reason (:mod:`.sequence`), frees its cells and slot,
    and a waiting frame fills them (continuous batching).
 
 On a GPU the frames in flight are split over ``lanes``: llama.cpp contexts on the one loaded
@@ -189,6 +190,7 @@ class Engine:
             ``error`` set.
 
         Raises:
+            ConfigError: A question's schema cannot constrain an answer.
             EngineError: The native decode failed; the engine cannot go on.
         """
         self._set_questions(questions)
@@ -208,7 +210,8 @@ class Engine:
         KV cells than a lane has. A larger frame that does not fit still gets error answers.
 
         Raises:
-            ConfigError: It cannot fit (one line: the cells needed and what to change).
+            ConfigError: It cannot fit (one line: the cells needed and what to change), or a
+                question's schema cannot constrain an answer (one line naming the prompt).
             EngineError: :meth:`setup` was not called.
         """
         self._set_questions(questions)
@@ -223,9 +226,10 @@ class Engine:
             )
 
     def _set_questions(self, questions: list[Question]) -> None:
-        """Take the questions of a run and tokenize their text around the image.
+        """Take the questions of a run: tokenize their text around the image, compile their schemas.
 
         Raises:
+            ConfigError: A question's schema cannot constrain an answer.
             EngineError: :meth:`setup` was not called, or a prompt does not tokenize.
             ValueError: Not between 1 and ``max_questions`` questions.
         """
