@@ -38,10 +38,11 @@ sys.path.insert(0, str(ROOT))
 import numpy as np  # noqa: E402
 
 from benchmarks.random_llava import CLIP_VIT_L_336, MISTRAL_7B_TEXT, write_random_llava  # noqa: E402
-from pipeline.caption import Captioner, make_questions  # noqa: E402
+from pipeline.caption import make_questions  # noqa: E402
 from pipeline.caption.engine import Engine, EngineSettings, EngineStats, grammar, sequence  # noqa: E402
 from pipeline.caption.engine.native import TextModel  # noqa: E402
 from pipeline.caption.tiny import TINY_TEXT, TINY_VISION, ensure_tiny_model  # noqa: E402
+from pipeline.presets import captioner_from_preset  # noqa: E402
 
 SCHEMA = {
     "type": "object",
@@ -149,7 +150,7 @@ def main() -> None:
                 f"model.dir={text.parent}", f"engine.parallel={args.parallel}", f"engine.n_threads={args.threads}",
                 f"model.n_gpu_layers={args.gpu_layers}", "model.text_type=keep",
             ]
-            base = Captioner.from_preset("tiny", *overrides, max_questions=1).engine.settings
+            base = captioner_from_preset("tiny", *overrides, max_questions=1).engine.settings
             base = replace(base, text_model=str(text), mmproj=str(mmproj), max_tokens=args.max_tokens, stop=())
             costs = one_time_costs(text, name)
             print(json.dumps({"model": name, **{k: round(v, 3) for k, v in costs.items()}}), flush=True)
