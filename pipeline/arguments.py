@@ -48,7 +48,7 @@ KEYS = (
     ("dry_run", "BOOL", "list the videos and frames a run would caption; load and write nothing"),
     ("generation.max_tokens", "N", "longest answer in tokens"),
     ("engine.n_threads", "N", "llama.cpp CPU threads (null: physical cores less one)"),
-    ("engine.parallel", "N", "frames in flight (null: 16 on a GPU, 4 on CPU)"),
+    ("engine.parallel", "N", "frames in flight (null: engine.parallel_gpu or engine.parallel_cpu)"),
     ("retry_failed", "BOOL", "try again the videos and frames that failed before"),
     ("stall_timeout_s", "S", "end a run from which nothing came back for S seconds (exit 1; null: never)"),
     ("report", "BOOL", "write output_dir/_report.html at the end"),

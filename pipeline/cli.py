@@ -24,6 +24,7 @@ import threading
 import time
 from collections.abc import Callable
 from contextlib import ExitStack
+from dataclasses import replace
 from functools import partial
 from pathlib import Path
 from typing import Any, cast
@@ -38,7 +39,7 @@ from omegaconf.errors import OmegaConfBaseException
 
 from pipeline.arguments import argument_error, help_text, version
 from pipeline.caption import CaptionSpec, EngineError
-from pipeline.config import config_dir, prompts_of
+from pipeline.config import config_dir, config_id, prompts_of
 from pipeline.dry_run import plan_lines
 from pipeline.errors import ConfigError, InputError, LockHeld, StoreError, UserError
 from pipeline.executors.base import Executor
@@ -46,7 +47,7 @@ from pipeline.inputs import check_shard, find_videos, names_one_file
 from pipeline.lock import RunLock
 from pipeline.owed import EXPORT_DUE, REPORT_DUE, owe_export, owe_report, owed_export, paid
 from pipeline.presets import caption_spec
-from pipeline.run import Pipeline, settings_id, unique_prompts
+from pipeline.run import Pipeline, unique_prompts
 from pipeline.runlog import log_folder, record_crash, run_log, run_stamp
 from pipeline.sampling import Sampler
 from pipeline.signals import Stopped, stop_on_signals
@@ -86,7 +87,8 @@ def run_from_config(cfg: DictConfig) -> int:
             # The videos of all shards: the plan takes this shard's (reading them, under the stall watch).
             videos = [v for entry in video_specs(cfg.video) for v in find_videos(entry, list(cfg.video_extensions))]
             if cfg.dry_run:
-                return _dry_run(cfg, prompts, sampler, videos)
+                located = spec.source.locate()  # a dry run fetches nothing
+                return _dry_run(cfg, prompts, sampler, videos, located.fingerprints() if located else None)
             output_dir = prepare_output_dir(cfg.output_dir)
             # Temporary files of killed runs go while no other run can be writing.
             lock = stack.enter_context(
@@ -126,20 +128,25 @@ def _run_locked(
 ) -> int:
     """The night under the lock: its record says ``running`` from the start and is finished with
     the exit code whatever ends it (:mod:`pipeline.summary`); the report it writes shows it."""
-    pipeline = _pipeline(
-        cfg, prompts, sampler, output_dir, retry_failed=cfg.retry_failed, thumbnail=thumbnailer(**cfg.thumbnails),
-        before_write=lock.check,
-    )
     summary = RunSummary(log_file=str(log_file))
     record = RunRecord(output_dir, started, _shard_suffix(cfg), {
         "command": sys.argv, "prompts": prompts, "model": spec.model.name, "model_files": None,
-        "config_id": pipeline.config_id, "min_age_s": pipeline.min_age_s,
+        "config_id": None, "min_age_s": _min_age_s(cfg),
     })
     record.start(summary)
-    stalled = partial(_end_stalled_run, pipeline, summary, record, cfg)
     code = EXIT_CRASH
     try:
         export_formats = _export_formats(cfg)
+        # The model is its content: its files are found (fetched when missing) before the plan,
+        # which needs config_id; the workers then check that they load the same content.
+        identity = spec.source.resolve().fingerprints()
+        spec = replace(spec, identity=identity)
+        pipeline = _pipeline(
+            cfg, prompts, sampler, output_dir, identity, cfg.retry_failed, thumbnailer(**cfg.thumbnails),
+            before_write=lock.check,
+        )
+        record.learn(summary, config_id=pipeline.config_id)
+        stalled = partial(_end_stalled_run, pipeline, summary, record, cfg)
         with StallWatch(lambda: pipeline.last_progress_s, cfg.stall_timeout_s, stalled):
             tasks = pipeline.plan(videos, cfg.shard, cfg.num_shards)
         summary.videos = [t.outcome for t in tasks]
@@ -272,54 +279,55 @@ def _pipeline(
     prompts: list[str],
     sampler: Sampler,
     output_dir: Path,
+    model_identity: dict[str, str],
     retry_failed: bool,
     thumbnail: Callable[[np.ndarray], bytes] | None,
     read_only: bool = False,
     before_write: Callable[[], None] | None = None,
 ) -> Pipeline:
-    """The run loop for this config (``read_only``: for a dry run's plan)."""
+    """The run loop for this config and model (``read_only``: for a dry run's plan)."""
     config = cast(dict[str, Any], OmegaConf.to_container(cfg, resolve=True))
     return Pipeline(
         sampler,
         prompts,
         output_dir,
-        config_id=settings_id(answer_settings(config)),
+        config_id=config_id(config, model_identity),
         prefetch_frames=cfg.engine.prefetch_frames,
         max_frames=cfg.max_frames,
         start_s=cfg.start_s,
         end_s=cfg.end_s,
         checkpoint_frames=cfg.checkpoint_frames,
         retry_failed=retry_failed,
-        metadata={"config": config},
+        metadata={"config": config, "model_fingerprint": model_identity},
         thumbnail=thumbnail,
-        # A file named on its own is taken however new; found ones must have settled.
-        min_age_s=0.0 if all(names_one_file(entry) for entry in video_specs(cfg.video)) else cfg.min_age_s,
+        min_age_s=_min_age_s(cfg),
         read_only=read_only,
         before_write=before_write,
     )
 
 
-def answer_settings(config: dict[str, Any]) -> dict[str, Any]:
-    """The settings that shape answers, hashed into ``config_id``: the model (which files, by
-    name, and how they run), generation, sampler and system prompt. Where the weights are
-    (``model.dir``, ``model.download``, the folders of ``model.text``/``model.mmproj``) does
-    not shape answers: moving them does not redo a night; nor does loading the same weights
-    as F16 (``model.text_type``), which ``auto`` decides per machine."""
-    unshaping = ("dir", "download", "text", "mmproj", "text_type")
-    model = {k: v for k, v in config["model"].items() if k not in unshaping}
-    for key, file_key in (("text", "text_file"), ("mmproj", "mmproj_file")):
-        if config["model"][key] is not None:
-            model[file_key] = Path(config["model"][key]).name
-    return {"model": model, **{k: config[k] for k in ("generation", "sampler", "system_prompt")}}
+def _min_age_s(cfg: DictConfig) -> float:
+    """How long a found video must have been left alone to be taken: a file named on its own
+    is taken however new; found ones must have settled (``min_age_s``)."""
+    return 0.0 if all(names_one_file(entry) for entry in video_specs(cfg.video)) else cfg.min_age_s
 
 
-def _dry_run(cfg: DictConfig, prompts: list[str], sampler: Sampler, videos: list[Path]) -> int:
-    """``dry_run=true``: print what a run would do; no model, no lock, nothing written."""
+def _dry_run(
+    cfg: DictConfig, prompts: list[str], sampler: Sampler, videos: list[Path], identity: dict[str, str] | None
+) -> int:
+    """``dry_run=true``: print what a run would do; no model, no lock, nothing written (nor
+    fetched: without the model files here, no video can be known done with them)."""
     output_dir = Path(cfg.output_dir).expanduser().resolve()
-    pipeline = _pipeline(cfg, prompts, sampler, output_dir, retry_failed=False, thumbnail=None, read_only=True)
+    known = identity or {"text_model": "not here", "mmproj": "not here"}
+    pipeline = _pipeline(cfg, prompts, sampler, output_dir, known, retry_failed=False, thumbnail=None, read_only=True)
     tasks = pipeline.plan(videos, cfg.shard, cfg.num_shards)
     for line in plan_lines(pipeline, tasks, cfg.retry_failed, cfg.model.name):
         print(line)
+    if identity is None:
+        print(
+            f"model {cfg.model.name}'s files are not here: a run fetches them first, then skips what is done "
+            "with the same model content; this plan counts no video as done"
+        )
     return EXIT_OK
 
 

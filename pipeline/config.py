@@ -11,6 +11,9 @@ them, so a misspelt key or a wrong type fails before any work starts.
 
 from __future__ import annotations
 
+import hashlib
+import json
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -63,6 +66,8 @@ class EngineConfig:
     """Runtime knobs of the llama-cpp-python engine."""
 
     parallel: int | None = MISSING
+    parallel_gpu: int = MISSING
+    parallel_cpu: int = MISSING
     lanes: int | None = MISSING
     n_batch: int = MISSING
     n_ubatch: int = MISSING
@@ -176,6 +181,91 @@ class Config:
     executor: Any = MISSING
     shard: int = MISSING
     num_shards: int = MISSING
+
+
+# What goes into ``config_id``: every setting of the model, generation and engine nodes is in
+# exactly one of these two tables (tests/test_model_identity.py holds them to the schemas), so
+# a new setting is a decision, not an accident. In: what can change an answer to a frame.
+ANSWER_SETTINGS: dict[str, tuple[str, ...]] = {
+    "model": ("chat_format", "image_layout", "stop"),
+    "generation": ("max_tokens", "temperature", "top_k", "top_p", "seed"),
+}
+# Out, and why (the README's table says the same).
+OTHER_SETTINGS: dict[str, dict[str, str]] = {
+    "model": {
+        "name": "a label; the rows' model column records it",
+        "repo_id": "where the files come from; their content is in instead",
+        "text_file": "a file name; the file's content is in instead",
+        "mmproj_file": "a file name; the file's content is in instead",
+        "text": "a path; the file's content is in instead",
+        "mmproj": "a path; the file's content is in instead",
+        "dir": "where the files are; moving them changes no answer",
+        "download": "whether missing files are fetched",
+        "generated": "which files; their content is in instead",
+        "quantized": "which files; their content is in instead",
+        "text_type": "the F16 copy holds the values the quantized file stands for: the same model",
+        "system_prompt": "the system text in use is in (this or the run's system_prompt)",
+        "n_ctx": "a frame that fits gets the same answer; one that does not gets an error, not an answer",
+        "n_gpu_layers": "where layers run, not what they compute",
+    },
+    "engine": {
+        "parallel": "frames in flight: how many are answered at once",
+        "parallel_gpu": "frames in flight",
+        "parallel_cpu": "frames in flight",
+        "lanes": "contexts sharing the frames in flight",
+        "n_batch": "tokens per native call",
+        "n_ubatch": "tokens per compute step",
+        "flash_attn": "a kernel choice",
+        "n_threads": "CPU threads",
+        "prefetch_frames": "decoded frames queued",
+        "prepare_ahead": "frames prepared ahead",
+        "overlap_clip": "when CLIP runs",
+        "kv_unified": "how the KV cache is laid out",
+        "max_decode_seqs": "sequences per native call",
+    },
+}
+# Sampling settings that greedy decoding (temperature 0) never reads.
+_SAMPLING_ONLY = ("top_k", "top_p", "seed")
+
+
+def settings_id(settings: Mapping[str, Any]) -> str:
+    """A short hash of JSON-able settings."""
+    return hashlib.sha256(json.dumps(settings, sort_keys=True, default=str).encode()).hexdigest()[:12]
+
+
+def answer_settings(config: Mapping[str, Any], model_identity: Mapping[str, str]) -> dict[str, Any]:
+    """The settings that can change an answer to a frame, and only those: what ``config_id``
+    is a hash of.
+
+    Args:
+        config: The composed config as plain values (``OmegaConf.to_container``).
+        model_identity: The content fingerprints of the model files
+            (:meth:`pipeline.caption.weights.ModelFiles.fingerprints`): a model is its
+            content, not its file name or folder.
+
+    In: the model files' content, :data:`ANSWER_SETTINGS` (with greedy decoding, temperature
+    0, not the sampling settings it never reads), the system text in use and the sampler
+    (which frames are asked, their sample reason and shot). Out: :data:`OTHER_SETTINGS`, the
+    prompts (each row has its ``prompt_id``), where the videos and results are.
+    """
+    model, generation = config["model"], config["generation"]
+    answer_generation = {key: generation[key] for key in ANSWER_SETTINGS["generation"]}
+    if answer_generation["temperature"] <= 0:
+        for key in _SAMPLING_ONLY:
+            del answer_generation[key]
+    system = config["system_prompt"] if config["system_prompt"] is not None else model["system_prompt"]
+    return {
+        "model": {"files": dict(model_identity), **{key: model[key] for key in ANSWER_SETTINGS["model"]}},
+        "generation": answer_generation,
+        "system_prompt": system,
+        "sampler": config["sampler"],
+    }
+
+
+def config_id(config: Mapping[str, Any], model_identity: Mapping[str, str]) -> str:
+    """The ``config_id`` of rows made under ``config`` with the model of ``model_identity``: a
+    short hash of :func:`answer_settings`."""
+    return settings_id(answer_settings(config, model_identity))
 
 
 def prompts_of(cfg: DictConfig) -> list[str]:

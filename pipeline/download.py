@@ -42,7 +42,7 @@ def main(argv: list[str] | None = None) -> int:
     except (HydraException, OmegaConfBaseException) as error:
         print(f"error: {str(error).splitlines()[0]}\n{USAGE}", file=sys.stderr)
         return 1
-    print(files.text_model)
+    print(files.loaded_text)
     print(files.mmproj)
     return 0
 

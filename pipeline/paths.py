@@ -3,6 +3,7 @@ how a path is written where only text goes."""
 
 from __future__ import annotations
 
+import errno
 import os
 from pathlib import Path
 
@@ -25,3 +26,18 @@ def printable(path: str | os.PathLike[str]) -> str:
     a name that are not UTF-8 (a Latin-1 name from an old share, which Python keeps as
     surrogate escapes) shown as ``\\xNN``, as ``ls -b`` shows them."""
     return os.fsencode(path).decode("utf-8", "backslashreplace")
+
+
+def not_writable(error: OSError) -> bool:
+    """Whether ``error`` says a folder cannot be written (permissions, a read-only mount)."""
+    return error.errno in (errno.EACCES, errno.EPERM, errno.EROFS)
+
+
+def unwritable(folder: Path, error: OSError, what: str) -> str:
+    """One line for ``what`` that could not be written into ``folder``: which folder must be
+    writable, and (for the user cache) the variable that moves it."""
+    line = f"cannot write {what} into {folder} ({error.strerror or error}): that folder must be writable"
+    cache = user_cache_dir().expanduser().absolute()
+    if folder.expanduser().absolute().is_relative_to(cache):
+        line += f"; make {cache} writable, or set VIDEO_CAPTION_CACHE to a writable folder"
+    return line

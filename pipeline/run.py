@@ -15,8 +15,6 @@ by ``retry_failed=true``.
 
 from __future__ import annotations
 
-import hashlib
-import json
 import logging
 import os
 import sys
@@ -33,6 +31,7 @@ import numpy as np
 from pipeline.caption import Answer, Question, make_questions
 from pipeline.checksums import model_sha256
 from pipeline.committed import mark_done
+from pipeline.config import settings_id
 from pipeline.decode import format_timecode
 from pipeline.errors import StoreError
 from pipeline.executors.base import Captioned, Decoded, DecodeJob, Executor, FrameJob, Work
@@ -52,6 +51,7 @@ from pipeline.summary import RunSummary, WorkerStats
 
 log = logging.getLogger(__name__)
 
+
 def unique_prompts(prompts: list[str]) -> list[str]:
     """The prompts with repeats left out (a repeat would write every key twice), in order;
     each repeat is logged."""
@@ -62,9 +62,6 @@ def unique_prompts(prompts: list[str]) -> list[str]:
     return unique
 
 
-def settings_id(settings: dict[str, Any]) -> str:
-    """A short hash of JSON-able settings (the ``config_id`` of rows made with them)."""
-    return hashlib.sha256(json.dumps(settings, sort_keys=True, default=str).encode()).hexdigest()[:12]
 
 
 class Pipeline:
@@ -201,6 +198,7 @@ class Pipeline:
             if executor is not None:
                 self.model_name = executor.model_name
                 self.metadata["model_files"] = executor.model_files
+                summary.engines = executor.engine_choices
                 # The first task of the (one, first-in first-out) writer thread, so that every
                 # write has the digests while the model already captions: a first run hashes
                 # gigabytes (about 1 s a GB on the GPU machine), once per file.

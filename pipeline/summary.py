@@ -4,11 +4,11 @@ A run that holds the lock on ``output_dir`` records itself in ``_runs/<start><sh
 and ``_last_run<shard>.json`` (``<shard>`` is ``-shard<i>of<n>`` for sharded runs, else empty),
 as JSON for machines. The record is true at every moment:
 
-- it is written with ``state: running`` (start time, pid, host, command line, prompts, model
-  and ``config_id``) before the run does anything, so a run that never finishes (``kill -9``, a
-  power cut, a summary that could not be written at the end) leaves ``running`` behind, never
-  the previous night's ``exit_code``; readers show a ``running`` record whose process is gone
-  as *did not finish* (:func:`run_state`);
+- it is written with ``state: running`` (start time, pid, host, command line, prompts, model;
+  ``config_id`` once the model's files are found) before the run does anything, so a run that
+  never finishes (``kill -9``, a power cut, a summary that could not be written at the end)
+  leaves ``running`` behind, never the previous night's ``exit_code``; readers show a
+  ``running`` record whose process is gone as *did not finish* (:func:`run_state`);
 - it is finished (``state: finished``, ``exit_code``, the counts) when the run ends, whatever
   ends it: success, a failure, a signal or a stall;
 - where even the ``running`` record cannot be written, the previous ``_last_run.json`` is
@@ -90,6 +90,7 @@ class RunSummary:
     wall_s: float = 0.0
     workers: dict[str, WorkerStats] = field(default_factory=dict)
     log_file: str | None = None
+    engines: list[dict[str, Any]] = field(default_factory=list)  # each worker's Captioner.choices()
 
     def count(self, status: str) -> int:
         """Videos with this status."""
@@ -112,6 +113,7 @@ class RunSummary:
             "wall_s": round(self.wall_s, 3),
             "frames_per_s": round(self.frames / self.wall_s, 3) if self.wall_s else 0.0,
             "workers": [w.as_dict() for w in self.workers.values()],
+            "engines": self.engines,
             "log_file": self.log_file,
             "videos": [asdict(v) for v in self.videos],
         }
@@ -125,7 +127,7 @@ class RunRecord:
         started: When the run started (epoch seconds): its record's name.
         suffix: ``-shard<i>of<n>`` for a shard, else "".
         facts: What is known at the start and stays: ``command``, ``prompts``, ``model``,
-            ``config_id``, ``min_age_s`` (JSON-able).
+            ``config_id`` (``None`` until :meth:`learn` is told it), ``min_age_s`` (JSON-able).
     """
 
     def __init__(self, output_dir: Path, started: float, suffix: str, facts: dict[str, Any]) -> None:
@@ -164,6 +166,12 @@ class RunRecord:
                 self.last_path.unlink(missing_ok=True)
             except OSError as error:
                 log.warning("%s still describes an earlier run: %s", self.last_path, error.strerror or error)
+
+    def learn(self, summary: RunSummary, **facts: Any) -> None:
+        """Add facts known only once the run is under way (``config_id``, once the model's files
+        are found) and write the ``running`` record again with them."""
+        self.facts.update(facts)
+        self.start(summary)
 
     def finish(self, summary: RunSummary, exit_code: int) -> None:
         """Write the finished record; where it cannot be written, the ``running`` one stays."""

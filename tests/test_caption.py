@@ -97,12 +97,12 @@ def write_projector(path: Path, out_dims: int) -> Path:
 
 def test_mmproj_that_does_not_fit_is_refused(tiny_model_dir: Path, tmp_path: Path) -> None:
     text, mmproj = ensure_tiny_model(tiny_model_dir)
-    check_pair(ModelFiles(text, mmproj))
+    check_pair(ModelFiles(text, mmproj), "reference")
     wide = write_projector(tmp_path / "wide.gguf", out_dims=96)
     with pytest.raises(WeightsError, match="projects to 96 dims but text model .* embeds 64"):
-        check_pair(ModelFiles(text, wide))
+        check_pair(ModelFiles(text, wide), "reference")
     with pytest.raises(WeightsError, match="not a readable GGUF"):
-        check_pair(ModelFiles(text, tmp_path / "missing.gguf"))
+        check_pair(ModelFiles(text, tmp_path / "missing.gguf"), "reference")
 
 
 def test_missing_weights_offline_names_files_and_place(tmp_path: Path) -> None:

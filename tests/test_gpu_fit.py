@@ -17,7 +17,7 @@ import pytest
 from pipeline.caption import Captioner
 from pipeline.caption import gpu_fit as fit
 from pipeline.caption.tiny import ensure_tiny_model
-from pipeline.caption.weights import quantized_weights, read_gguf
+from pipeline.caption.weights import model_fingerprint, quantized_weights, read_gguf
 from pipeline.config import compose_config
 from pipeline.errors import WeightsError
 from pipeline.presets import captioner_from_config
@@ -45,10 +45,16 @@ def copies(folder: Path) -> list[Path]:
     return sorted(folder.glob("*.F16.gguf"))
 
 
+def copy_name(source: Path) -> str:
+    """The F16 copy's name: the source's stem and content fingerprint."""
+    return f"{source.stem}.{model_fingerprint(source)}.F16.gguf"
+
+
 def test_f16_copy_is_made_once_and_answers(tmp_path: Path) -> None:
     model = build(tmp_path, "model.text_type=f16")
-    text = model.files.text_model
-    assert text.name == "tiny-llava-text-v2.Q8_0.F16.gguf" and text.parent == tmp_path
+    text = model.files.loaded_text
+    assert model.files.text_model == tmp_path / "tiny-llava-text-v2.Q8_0.gguf"  # the user's file, as found
+    assert text.name == copy_name(model.files.text_model) and text.parent == tmp_path
     matrices = Counter(t.tensor_type.name for t in read_gguf(text).tensors if len(t.shape) > 1)
     assert set(matrices) == {"F16"} and not quantized_weights(text)
     assert model.engine.settings.text_model == str(text)
@@ -56,22 +62,13 @@ def test_f16_copy_is_made_once_and_answers(tmp_path: Path) -> None:
         assert model.answer(frames(1, seed=0)[0], "What is shown?")
     written = text.stat().st_mtime_ns
     again = build(tmp_path, "model.text_type=f16")
-    assert again.files.text_model == text and text.stat().st_mtime_ns == written
+    assert again.files.loaded_text == text and text.stat().st_mtime_ns == written
     assert copies(tmp_path) == [text]
 
 
-def test_copy_older_than_its_source_is_made_again(tmp_path: Path) -> None:
-    first = build(tmp_path, "model.text_type=f16").files.text_model
-    source = tmp_path / "tiny-llava-text-v2.Q8_0.gguf"
-    earlier = source.stat().st_mtime - 10  # as if the source was downloaded again after the copy
-    os.utime(first, (earlier, earlier))
-    second = build(tmp_path, "model.text_type=f16").files.text_model
-    assert second == first and second.stat().st_mtime >= source.stat().st_mtime
-
-
 def test_keep_and_float_weights_load_the_file_as_it_is(tmp_path: Path) -> None:
-    assert build(tmp_path, "model.text_type=keep").files.text_model.name == "tiny-llava-text-v2.Q8_0.gguf"
-    plain = build(tmp_path, "model.text_type=f16", "model.quantized=false").files.text_model
+    assert build(tmp_path, "model.text_type=keep").files.loaded_text.name == "tiny-llava-text-v2.Q8_0.gguf"
+    plain = build(tmp_path, "model.text_type=f16", "model.quantized=false").files.loaded_text
     assert plain.name == "tiny-llava-text-v2.gguf"  # F32 already: nothing to convert
     assert copies(tmp_path) == []
 
@@ -79,7 +76,7 @@ def test_keep_and_float_weights_load_the_file_as_it_is(tmp_path: Path) -> None:
 def test_auto_keeps_the_file_on_the_cpu(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
     with caplog.at_level(logging.INFO, logger="pipeline.caption.gpu_fit"):
         model = build(tmp_path)  # model.text_type=auto is the default; the tiny preset runs on the CPU
-    assert model.files.text_model.name == "tiny-llava-text-v2.Q8_0.gguf"
+    assert model.files.loaded_text.name == "tiny-llava-text-v2.Q8_0.gguf"
     assert copies(tmp_path) == [] and not caplog.records
 
 
@@ -92,7 +89,7 @@ def pretend_gpu(monkeypatch: pytest.MonkeyPatch, free_bytes: int) -> None:
 def test_auto_takes_f16_on_a_gpu_with_room(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     pretend_gpu(monkeypatch, free_bytes=80 << 30)
     model = build(tmp_path)
-    assert model.files.text_model.name.endswith(".F16.gguf")
+    assert model.files.loaded_text.name.endswith(".F16.gguf")
 
 
 def test_auto_keeps_the_file_when_the_gpu_is_short(
@@ -101,7 +98,7 @@ def test_auto_keeps_the_file_when_the_gpu_is_short(
     pretend_gpu(monkeypatch, free_bytes=2 << 30)  # less than the margin alone
     with caplog.at_level(logging.INFO, logger="pipeline.caption.gpu_fit"):
         model = build(tmp_path)
-    assert model.files.text_model.name == "tiny-llava-text-v2.Q8_0.gguf" and copies(tmp_path) == []
+    assert model.files.loaded_text.name == "tiny-llava-text-v2.Q8_0.gguf" and copies(tmp_path) == []
     (line,) = [r.getMessage() for r in caplog.records]
     assert "keeping tiny-llava-text-v2.Q8_0.gguf" in line and "GB of the GPUs' 2.1 GB free" in line
 
@@ -114,7 +111,7 @@ def full_disk(monkeypatch: pytest.MonkeyPatch) -> None:
 def test_auto_keeps_the_file_when_the_disk_is_short(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     pretend_gpu(monkeypatch, free_bytes=80 << 30)
     full_disk(monkeypatch)
-    assert build(tmp_path).files.text_model.name == "tiny-llava-text-v2.Q8_0.gguf"
+    assert build(tmp_path).files.loaded_text.name == "tiny-llava-text-v2.Q8_0.gguf"
     assert copies(tmp_path) == []
 
 
@@ -147,7 +144,7 @@ def test_frames_in_flight_fit_the_free_memory(
     model = build(tmp_path, "model.text_type=keep", "engine.parallel=16")  # as the GPU's default
     settings, files = model.engine.settings, model.files
     per_frame = fit.kv_bytes(files.text_model, replace(settings, parallel=1))  # 3 prompts
-    fixed = files.text_model.stat().st_size + files.mmproj.stat().st_size + fit.GPU_MARGIN_BYTES
+    fixed = files.loaded_text.stat().st_size + files.mmproj.stat().st_size + fit.GPU_MARGIN_BYTES
 
     def chosen(free: int, max_questions: int = 3) -> int:
         monkeypatch.setattr(fit, "gpu_free_bytes", lambda: free)
@@ -171,13 +168,15 @@ def test_a_set_parallel_is_kept(tmp_path: Path, monkeypatch: pytest.MonkeyPatch)
 
 
 def test_a_killed_conversion_s_leftover_goes_and_a_live_one_stays(tmp_path: Path) -> None:
-    stale = tmp_path / ".tiny-llava-text-v2.Q8_0.F16.gguf.0badc0de.tmp"
-    live = tmp_path / ".tiny-llava-text-v2.Q8_0.F16.gguf.5ca1ab1e.tmp"
+    ensure_tiny_model(tmp_path, quantized=True)
+    name = copy_name(tmp_path / "tiny-llava-text-v2.Q8_0.gguf")
+    stale = tmp_path / f".{name}.0badc0de.tmp"
+    live = tmp_path / f".{name}.5ca1ab1e.tmp"
     stale.write_bytes(b"half a copy")
     live.write_bytes(b"being written")
     old = stale.stat().st_mtime - fit.ABANDONED_S - 1
     os.utime(stale, (old, old))
-    assert build(tmp_path, "model.text_type=f16").files.text_model.name.endswith(".F16.gguf")
+    assert build(tmp_path, "model.text_type=f16").files.loaded_text.name == name
     assert not stale.exists() and live.exists()
 
 
@@ -191,7 +190,7 @@ def test_auto_falls_back_to_the_file_when_the_copy_fails(
 
     monkeypatch.setattr(fit, "llama_quantize", disk_filled)
     with caplog.at_level(logging.WARNING, logger="pipeline.caption.gpu_fit"):
-        assert build(tmp_path).files.text_model.name == "tiny-llava-text-v2.Q8_0.gguf"
+        assert build(tmp_path).files.loaded_text.name == "tiny-llava-text-v2.Q8_0.gguf"
     assert "keeping tiny-llava-text-v2.Q8_0.gguf as it is: llama.cpp could not convert" in caplog.text
     assert copies(tmp_path) == [] and not list(tmp_path.glob(".*.tmp"))
     with pytest.raises(WeightsError, match="could not convert"):  # asked for by name: the error
@@ -224,8 +223,19 @@ def test_download_ahead_writes_the_copy_a_run_loads(tmp_path: Path) -> None:
         capture_output=True, text=True, timeout=RUN_TIMEOUT_S,
     )
     assert done.returncode == 0, done.stderr
-    copy = tmp_path / "tiny-llava-text-v2.Q8_0.F16.gguf"
+    copy = tmp_path / copy_name(tmp_path / "tiny-llava-text-v2.Q8_0.gguf")
     assert done.stdout.split() == [str(copy), str(tmp_path / "tiny-llava-mmproj-v2.gguf")]
     assert "writing an F16 copy of tiny-llava-text-v2.Q8_0.gguf" in done.stderr
     written = copy.stat().st_mtime_ns
-    assert build(tmp_path, "model.text_type=f16").files.text_model == copy and copy.stat().st_mtime_ns == written
+    assert build(tmp_path, "model.text_type=f16").files.loaded_text == copy and copy.stat().st_mtime_ns == written
+
+
+def test_the_f16_choice_does_not_depend_on_the_prompts(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """pipeline.download (one prompt) and a run with three decide alike: the copy a download
+    writes is the copy the run loads; frames in flight then fit the run's prompts."""
+    source = ensure_tiny_model(tmp_path, quantized=True)[0]
+    one_prompt = build(tmp_path, "model.text_type=keep", "engine.parallel=16").engine.settings
+    need = fit.f16_bytes(source) + (tmp_path / "tiny-llava-mmproj-v2.gguf").stat().st_size + fit.GPU_MARGIN_BYTES
+    pretend_gpu(monkeypatch, free_bytes=need + fit.kv_bytes(source, replace(one_prompt, max_questions=1)))
+    three = build(tmp_path)  # three prompts: their KV cache does not fit beside the copy at 16 frames
+    assert three.files.f16_copy is not None and three.engine.settings.parallel < 16

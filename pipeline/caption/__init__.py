@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import socket
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -56,7 +57,6 @@ __all__ = [
     "ModelPreset",
     "Question",
     "WeightsError",
-    "default_parallel",
     "make_questions",
 ]
 
@@ -80,17 +80,6 @@ def make_questions(prompts: Iterable[str | Mapping[str, Any]]) -> list[Question]
         digest = hashlib.sha256(key.encode()).hexdigest()[:12]
         questions.append(Question(prompt_id=digest, text=text, schema_json=schema_json))
     return questions
-
-
-def default_parallel(on_gpu: bool) -> int:
-    """Frames in flight when ``engine.parallel`` is null: 16 with layers on a GPU, else 4;
-    on a GPU then lowered where their KV cache does not fit its free memory
-    (:func:`~pipeline.caption.gpu_fit.frames_in_flight`).
-
-    16 kept an H100 busy with a 7B model (BENCHMARKS.md); on a CPU more frames in flight only
-    make each answer wait longer.
-    """
-    return 16 if on_gpu else 4
 
 
 # The README's GPU install command (tests/test_cli.py checks that the README shows it as is).
@@ -124,7 +113,9 @@ class CaptionSpec:
 
     Built once (from the config: :func:`pipeline.presets.caption_spec`); picklable, so an
     executor can hand it to workers on other machines. Null knobs (``engine.parallel``,
-    ``engine.lanes``) are resolved where the model loads, for that machine's device.
+    ``engine.lanes``) and the text weights (``model.text_type``) are decided where the model
+    loads, for that machine's device (:meth:`prepare`), and every executor reports them
+    (:meth:`Captioner.choices`).
 
     Attributes:
         model: The preset, with ``dir``, ``text`` and ``mmproj`` absolute (workers may run in
@@ -134,6 +125,9 @@ class CaptionSpec:
         system_prompt: The system text (the config's, else the preset's); ``None``: the chat
             format's default.
         max_questions: Most questions asked about one frame.
+        identity: The content fingerprints of the model files that the run's ``config_id`` was
+            made with (:meth:`ModelFiles.fingerprints`); a worker that finds other files refuses
+            them. ``None``: not checked.
 
     Raises:
         ConfigError: A value is out of range or names no chat format.
@@ -144,6 +138,7 @@ class CaptionSpec:
     engine: EngineKnobs
     system_prompt: str | None
     max_questions: int
+    identity: Mapping[str, str] | None = None
 
     def __post_init__(self) -> None:
         _check(self)
@@ -158,34 +153,48 @@ class CaptionSpec:
             text_path=_path(m.text), mmproj_path=_path(m.mmproj),
         )
 
+    @property
+    def most_frames_in_flight(self) -> int:
+        """The most frames in flight a worker may decide on (the fit only lowers the default)."""
+        eng = self.engine
+        return eng.parallel if eng.parallel is not None else max(eng.parallel_gpu, eng.parallel_cpu)
+
     def prepare(self) -> tuple[ModelFiles, EngineSettings]:
-        """The model files and engine settings for this machine: the weights resolved (fetched
-        when missing), the pair checked, the F16 copy made where ``model.text_type`` takes it
+        """The model files and engine settings for this machine, decided here and only here:
+        the weights resolved (fetched when missing) and checked (also against
+        :attr:`identity`), the F16 copy made where ``model.text_type`` takes it
         (:mod:`pipeline.caption.gpu_fit`), frames in flight fitted to the GPU's free memory
         when ``engine.parallel`` is null.
 
         Raises:
-            WeightsError: Files missing or not matching, or their F16 copy cannot be made
-                (``model.text_type=f16``).
+            WeightsError: Files missing, not matching, or not those the run planned with, or
+                their F16 copy cannot be made (``model.text_type=f16``).
         """
         files = self.source.resolve()
-        check_pair(files)
+        if self.identity is not None and files.fingerprints() != dict(self.identity):
+            raise WeightsError(
+                f"the model files on {socket.gethostname()} ({files.text_model}, {files.mmproj}) are not those "
+                "the run planned with (their content differs); give every machine the same model files"
+            )
+        check_pair(files, self.model.image_layout)
         settings = self.engine_settings(files)
         copy_dir = self.source.model_dir or user_cache_dir() / "f16"
         files = pick_text_weights(files, self.model.text_type, settings, copy_dir)
-        settings = replace(settings, text_model=str(files.text_model))
+        settings = replace(settings, text_model=str(files.loaded_text))
         if self.engine.parallel is None:
             settings = replace(settings, parallel=frames_in_flight(settings, files))
         return files, settings
 
     def engine_settings(self, files: ModelFiles) -> EngineSettings:
-        """The engine's settings for ``files``, null knobs resolved for this process's device."""
+        """The engine's settings for ``files``, null knobs resolved for this process's device
+        (a null ``engine.parallel``: ``engine.parallel_gpu`` or ``engine.parallel_cpu``, not
+        yet fitted to the GPU's memory)."""
         model, eng = self.model, self.engine
         parallel = eng.parallel
         if parallel is None:
-            parallel = default_parallel(runs_on_gpu(model.n_gpu_layers))
+            parallel = eng.parallel_gpu if runs_on_gpu(model.n_gpu_layers) else eng.parallel_cpu
         load = LoadSettings(
-            text_model=str(files.text_model),
+            text_model=str(files.loaded_text),
             mmproj=str(files.mmproj),
             image_layout=model.image_layout,
             n_ctx=model.n_ctx,
@@ -233,6 +242,17 @@ class Captioner:
         self.files = files
         self.engine = Engine(settings)
 
+    def choices(self) -> dict[str, Any]:
+        """What was decided for this machine (:meth:`CaptionSpec.prepare`), for the run
+        summary: the host, the text weights loaded (``as is`` or ``f16`` copy) and the frames
+        in flight."""
+        return {
+            "host": socket.gethostname(),
+            "text_weights": "f16" if self.files.f16_copy else "as is",
+            "text_loaded": str(self.files.loaded_text),
+            "frames_in_flight": self.engine.settings.parallel,
+        }
+
     @classmethod
     def from_spec(cls, spec: CaptionSpec) -> Captioner:
         """Resolve (and if needed fetch) the weights and check that the pair fits. The model
@@ -249,7 +269,7 @@ class Captioner:
 
     def describe(self) -> str:
         """The model's files and where it runs, in words (a run's start line)."""
-        text, mmproj = self.files.text_model, self.files.mmproj
+        text, mmproj = self.files.loaded_text, self.files.mmproj
         files = (
             f"{text.name} + {mmproj.name} in {text.parent}" if text.parent == mmproj.parent else f"{text} + {mmproj}"
         )
@@ -330,6 +350,8 @@ def _check(spec: CaptionSpec) -> None:
     eng, gen = spec.engine, spec.generation
     checks = [
         (eng.parallel is None or eng.parallel >= 1, f"engine.parallel must be >= 1 or null, got {eng.parallel}"),
+        (eng.parallel_gpu >= 1, f"engine.parallel_gpu must be >= 1, got {eng.parallel_gpu}"),
+        (eng.parallel_cpu >= 1, f"engine.parallel_cpu must be >= 1, got {eng.parallel_cpu}"),
         (eng.lanes is None or eng.lanes >= 1, f"engine.lanes must be >= 1 or null, got {eng.lanes}"),
         (eng.n_threads is None or eng.n_threads >= 1, f"engine.n_threads must be >= 1 or null, got {eng.n_threads}"),
         (eng.prepare_ahead >= 0, f"engine.prepare_ahead must be >= 0, got {eng.prepare_ahead}"),

@@ -18,8 +18,9 @@ differs from the model as trained in two ways, besides the token layout:
   The engine encodes with the copy that misses a patch the layout crops anyway, or with both
   (the base tile, which keeps every patch).
 
-The copies are written once per mmproj file into the user's cache
-(:func:`pipeline.paths.user_cache_dir`) and reused.
+The copies are written once per mmproj content (named by its
+:func:`~pipeline.caption.weights.model_fingerprint`) into the user's cache
+(:func:`pipeline.paths.user_cache_dir`) and reused, also from a cache moved elsewhere.
 """
 
 from __future__ import annotations
@@ -34,8 +35,9 @@ import gguf
 import numpy as np
 
 from pipeline.caption.layout import AnyresGeometry
-from pipeline.caption.weights import WeightsError, read_gguf
+from pipeline.caption.weights import WeightsError, model_fingerprint, read_gguf
 from pipeline.files import write_atomic
+from pipeline.paths import not_writable, unwritable
 
 log = logging.getLogger(__name__)
 
@@ -116,19 +118,27 @@ def reference_copies(projector: Projector, cache_dir: Path) -> dict[str, Path]:
 
     Returns:
         ``{NATURAL: path, REVERSED: path}``.
+
+    Raises:
+        WeightsError: A copy is missing and ``cache_dir`` cannot be written.
     """
     source = projector.path.resolve()
-    stat = source.stat()
-    key = hashlib.sha256(f"{_COPY_VERSION}:{source}:{stat.st_size}:{stat.st_mtime_ns}".encode()).hexdigest()[:12]
+    key = hashlib.sha256(f"{_COPY_VERSION}:{model_fingerprint(source)}".encode()).hexdigest()[:12]
     folder = cache_dir / "projectors"
     copies = {a: folder / f"{source.stem}-{key}-{a}.gguf" for a in ARRANGEMENTS}
     missing = [a for a, p in copies.items() if not p.exists()]
     if missing:
-        folder.mkdir(parents=True, exist_ok=True)
         log.info("writing the reference-layout copies of %s into %s (once per file)", source.name, folder)
         reader = read_gguf(source)
-        for arrangement in missing:
-            _write_copy(reader, copies[arrangement], arrangement, projector.geometry.tile_tokens)
+        try:
+            folder.mkdir(parents=True, exist_ok=True)
+            for arrangement in missing:
+                _write_copy(reader, copies[arrangement], arrangement, projector.geometry.tile_tokens)
+        except OSError as error:
+            if not_writable(error):
+                what = f"the reference-layout copies of {source.name}"
+                raise WeightsError(unwritable(folder, error, what)) from error
+            raise
     return copies
 
 

@@ -5,39 +5,75 @@ Hugging Face cache (``HF_HOME``, by default ``~/.cache/huggingface``) and the ge
 model in the user cache (:func:`pipeline.paths.user_cache_dir`), so that no working folder
 collects copies. ``model.text``/``model.mmproj`` name a file directly instead.
 
-Also checks, before any frame is decoded, that the projector fits the text model: LLaVA's
-projector must output vectors of the text model's embedding size, and llama.cpp only notices
-a mismatch deep inside the first image.
+Also checks, before any frame is decoded, that the pair is what LLaVA 1.6 needs
+(:func:`check_pair`): files that llama.cpp loads without a word but that answer garbage.
+
+**Model identity.** A model is its content, not its file name: :func:`model_fingerprint` is a
+cheap digest of a GGUF file's size, its whole header (metadata, tokenizer, tensor index) and a
+sample of every tensor's data (its first, middle and last 4 KiB). It goes into ``config_id``
+and keys the copies made from a file (the F16 text weights, the projector's reference
+copies). Its modification time is not part of it, so the same bytes downloaded again, copied
+without ``-p`` or kept on another machine are the same model; the time only tells when a
+file must be read again. The full SHA-256 of the user's files is recorded beside it in every
+Parquet file (:mod:`pipeline.checksums`).
 """
 
 from __future__ import annotations
 
 import functools
+import hashlib
 import logging
 from dataclasses import dataclass
 from pathlib import Path
 
 import gguf
 
-from pipeline.caption.tiny import ensure_tiny_model
+from pipeline.caption.tiny import TINY_MMPROJ_FILE, TINY_TEXT_FILE, TINY_TEXT_Q8_FILE, ensure_tiny_model
 from pipeline.errors import WeightsError
-from pipeline.paths import user_cache_dir
+from pipeline.paths import not_writable, unwritable, user_cache_dir
 
 log = logging.getLogger(__name__)
 
 _FLOAT_TYPES = (gguf.GGMLQuantizationType.F32, gguf.GGMLQuantizationType.F16, gguf.GGMLQuantizationType.BF16)
+# Bytes of each tensor's data taken into a fingerprint, at its start, middle and end.
+_SAMPLE_BYTES = 4096
+# LLaVA 1.6's vision tower is CLIP ViT-L/14 (1024 wide, 24 layers); LLaVA takes the output of
+# its second-to-last layer, so llama.cpp's LLaVA converter stores 23 and drops the last.
+_VIT_L_WIDTH = 1024
+_VIT_L_STORED_LAYERS = 23
 
 
 @dataclass(frozen=True)
 class ModelFiles:
-    """The two files of a LLaVA model pair."""
+    """The two files of a LLaVA model pair, as the user gave them.
+
+    Attributes:
+        text_model: The user's text-model file.
+        mmproj: The user's projector file.
+        f16_copy: The F16 copy of ``text_model`` loaded instead of it (``model.text_type``),
+            or ``None``: the file is loaded as it is.
+    """
 
     text_model: Path
     mmproj: Path
+    f16_copy: Path | None = None
+
+    @property
+    def loaded_text(self) -> Path:
+        """The text-model file the engine loads."""
+        return self.f16_copy or self.text_model
 
     def as_dict(self) -> dict[str, str]:
-        """The paths as text, for the Parquet metadata and run summaries."""
+        """The user's files as text, for the Parquet metadata (their SHA-256 is recorded)."""
         return {"text_model": str(self.text_model), "mmproj": str(self.mmproj)}
+
+    def fingerprints(self) -> dict[str, str]:
+        """The content identity of the user's files (:func:`model_fingerprint`).
+
+        Raises:
+            WeightsError: A file is not readable GGUF.
+        """
+        return {"text_model": model_fingerprint(self.text_model), "mmproj": model_fingerprint(self.mmproj)}
 
 
 @dataclass(frozen=True)
@@ -69,6 +105,19 @@ class ModelSource:
     text_path: Path | None = None
     mmproj_path: Path | None = None
 
+    def locate(self) -> ModelFiles | None:
+        """The files where they are kept, if every one is there; nothing fetched or generated."""
+        kept: tuple[Path | None, Path | None]
+        if self.generated:
+            folder = self.model_dir or user_cache_dir() / "tiny"
+            kept = folder / (TINY_TEXT_Q8_FILE if self.quantized else TINY_TEXT_FILE), folder / TINY_MMPROJ_FILE
+        else:
+            kept = self._local(self.text_file), self._local(self.mmproj_file)
+        text, mmproj = self.text_path or kept[0], self.mmproj_path or kept[1]
+        if text is None or mmproj is None or not (text.is_file() and mmproj.is_file()):
+            return None
+        return ModelFiles(text, mmproj)
+
     def resolve(self) -> ModelFiles:
         """The files, the preset's generated or downloaded when missing.
 
@@ -79,7 +128,13 @@ class ModelSource:
             if path is not None and not path.is_file():
                 raise WeightsError(f"model.{key}={path} is not a file; give the path of a GGUF file")
         if self.generated:
-            text, mmproj = ensure_tiny_model(self.model_dir or user_cache_dir() / "tiny", quantized=self.quantized)
+            folder = self.model_dir or user_cache_dir() / "tiny"
+            try:
+                text, mmproj = ensure_tiny_model(folder, quantized=self.quantized)
+            except OSError as error:
+                if not_writable(error):
+                    raise WeightsError(unwritable(folder, error, "the generated tiny model")) from error
+                raise
             return ModelFiles(self.text_path or text, self.mmproj_path or mmproj)
         roles = ((self.text_file, self.text_path), (self.mmproj_file, self.mmproj_path))
         found = self._fetch([name for name, given in roles if given is None])
@@ -167,13 +222,25 @@ def _print_hub_warnings_once() -> None:
         hub_logger.removeHandler(handler)
 
 
-def check_pair(files: ModelFiles) -> None:
-    """Check that the projector's output size equals the text model's embedding size.
+def check_pair(files: ModelFiles, image_layout: str) -> None:
+    """Refuse a pair that llama.cpp would load but that answers garbage: a projector whose
+    output size is not the text model's embedding size; a text model without ``output.weight``
+    (llama.cpp then reuses the token embeddings as the output layer, which LLaVA 1.6's text
+    models were not trained with); for the reference image layout, a ViT-L CLIP that does not
+    store the 23 layers whose last output LLaVA takes (:mod:`pipeline.caption.projector` runs
+    every stored layer).
 
     Raises:
-        WeightsError: A file is not GGUF, or the pair does not fit.
+        WeightsError: A file is not GGUF, or the pair does not fit (one line naming the file,
+            what is wrong and the way out).
     """
     n_embd = text_model_number(files.text_model, "embedding_length")
+    if not any(t.name == "output.weight" for t in read_gguf(files.text_model).tensors):
+        raise WeightsError(
+            f"text model {files.text_model} has no output.weight: llama.cpp would reuse the token embeddings "
+            "as the output layer (tied), and LLaVA 1.6's text models are not tied, so every answer would be "
+            "garbage; convert the model again with its output layer"
+        )
     mmproj = read_gguf(files.mmproj)
     projector_layers = sorted(
         (int(t.name.split(".")[1]), t)
@@ -188,6 +255,48 @@ def check_pair(files: ModelFiles) -> None:
             f"mmproj {files.mmproj.name} projects to {projector_out} dims but text model "
             f"{files.text_model.name} embeds {n_embd}; use the mmproj made for this text model"
         )
+    width, layers = _number(mmproj, "clip.vision.embedding_length"), _number(mmproj, "clip.vision.block_count")
+    if image_layout == "reference" and width == _VIT_L_WIDTH and layers != _VIT_L_STORED_LAYERS:
+        raise WeightsError(
+            f"mmproj {files.mmproj} stores {layers} CLIP layers; a LLaVA 1.6 ViT-L projector stores "
+            f"{_VIT_L_STORED_LAYERS} (the converter drops the last of 24, as LLaVA takes the second-to-last "
+            "layer's output), and the reference image layout runs every stored layer, so the image features "
+            "would be another layer's; use an mmproj made by llama.cpp's LLaVA converter, or "
+            "model.image_layout=llamacpp"
+        )
+
+
+def model_fingerprint(path: str | Path) -> str:
+    """A content identity of a GGUF file, cheap to take: a digest of its size, header and a
+    sample of every tensor's data (see the module's docstring). Taken once per process for
+    each size and modification time.
+
+    Raises:
+        WeightsError: The file is not readable GGUF.
+    """
+    path = Path(path).resolve()
+    try:
+        stat = path.stat()
+    except OSError as error:
+        raise WeightsError(f"not a readable GGUF file: {path} ({error.strerror or error})") from error
+    return _fingerprint(path, stat.st_size, stat.st_mtime_ns)
+
+
+@functools.lru_cache(maxsize=8)
+def _fingerprint(path: Path, size: int, mtime_ns: int) -> str:
+    reader = read_gguf(path)
+    digest = hashlib.sha256(f"gguf-fingerprint-1 {size}\n".encode())
+    try:
+        with open(path, "rb") as handle:
+            digest.update(handle.read(reader.data_offset))
+            for tensor in reader.tensors:
+                n = int(tensor.n_bytes)
+                for offset in sorted({0, max(0, n // 2 - _SAMPLE_BYTES // 2), max(0, n - _SAMPLE_BYTES)}):
+                    handle.seek(int(tensor.data_offset) + offset)
+                    digest.update(handle.read(min(_SAMPLE_BYTES, n)))
+    except OSError as error:
+        raise WeightsError(f"not a readable GGUF file: {path} ({error.strerror or error})") from error
+    return digest.hexdigest()[:16]
 
 
 def text_model_number(path: str | Path, key: str) -> int:
@@ -230,6 +339,11 @@ def read_gguf(path: str | Path) -> gguf.GGUFReader:
 @functools.lru_cache(maxsize=4)
 def _parsed_gguf(path: Path, size: int, mtime_ns: int) -> gguf.GGUFReader:
     return gguf.GGUFReader(path)
+
+
+def _number(reader: gguf.GGUFReader, key: str) -> int | None:
+    field = reader.get_field(key)
+    return None if field is None else int(field.contents())
 
 
 def _string_field(reader: gguf.GGUFReader, key: str) -> str:

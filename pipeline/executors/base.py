@@ -17,7 +17,7 @@ from __future__ import annotations
 from collections.abc import Iterator
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Protocol
+from typing import Any, Protocol
 
 import numpy as np
 
@@ -165,6 +165,12 @@ class Executor(Protocol):
     @property
     def model_files(self) -> dict[str, str]:
         """The model files in use, for the Parquet metadata (empty before :meth:`start`)."""
+        ...
+
+    @property
+    def engine_choices(self) -> list[dict[str, Any]]:
+        """What each worker's engine decided on its machine (frames in flight, text weights:
+        :meth:`Captioner.choices`), for the run summary (empty before :meth:`start`)."""
         ...
 
     def describe(self) -> str:

@@ -6,6 +6,7 @@ import queue
 import threading
 from collections import deque
 from collections.abc import Iterator
+from typing import Any
 
 from pipeline.caption import Captioner, CaptionSpec, Question
 from pipeline.executors.base import Captioned, Decoded, FrameJob, Work
@@ -38,6 +39,11 @@ class LocalExecutor:
     def model_files(self) -> dict[str, str]:
         """The model files in use."""
         return self.captioner.files.as_dict() if self.captioner else {}
+
+    @property
+    def engine_choices(self) -> list[dict[str, Any]]:
+        """What the engine decided on this machine (:meth:`Captioner.choices`)."""
+        return [{"worker": "local", **self.captioner.choices()}] if self.captioner else []
 
     def describe(self) -> str:
         """The model's files, the device, threads and frames in flight."""

@@ -12,7 +12,9 @@ records, summary, lock). This module only moves the work:
   arrives: the one left when the stream ends is its :class:`Decoded`, the only item the driver
   reads. A task runs at most ``prefetch_frames`` frames ahead of the driver.
 - **Captioning** runs in long-lived actors, one per GPU (``num_gpus=1``: Ray gives each its own
-  ``CUDA_VISIBLE_DEVICES``), each loading the model once. An actor takes one frame per call,
+  ``CUDA_VISIBLE_DEVICES``), each loading the model once. Each decides its frames in flight and
+  text weights on its own machine, as a local run does (:meth:`CaptionSpec.prepare`), and
+  reports them (the run summary's ``engines``). An actor takes one frame per call,
   feeds every call it holds to one continuously batched engine loop (so the engine sees
   ``engine.parallel`` frames at once across calls and videos), and answers with the frame's
   :class:`Captioned`.
@@ -38,7 +40,7 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
-from pipeline.caption import Answer, Captioner, CaptionSpec, EngineError, Question, default_parallel
+from pipeline.caption import Answer, Captioner, CaptionSpec, EngineError, Question
 from pipeline.errors import ConfigError, ExecutorError, UserError
 from pipeline.executors.base import Captioned, Decoded, DecodeJob, Decoder, FrameJob, Work
 from pipeline.executors.frames import answer_frames, this_process
@@ -57,9 +59,9 @@ class RayExecutor:
         gpus_per_actor: GPUs per actor; ``None``: 1 when the cluster has GPUs, else 0.
         cpus_per_actor: CPUs reserved per actor; also its llama.cpp threads when
             ``engine.n_threads`` is null.
-        frames_per_actor: Frames queued at each actor; ``None``: ``2 * engine.parallel + 2``,
-            enough to keep its engine full between calls (a null ``engine.parallel`` is
-            resolved for the actors' device first: :func:`~pipeline.caption.default_parallel`).
+        frames_per_actor: Frames queued at each actor; ``None``: twice its frames in flight
+            plus 2, enough to keep its engine full between calls (each actor decides its frames
+            in flight on its machine and reports them).
         decode_tasks: Videos decoded at once; ``None``: ``num_actors + 1``.
         cpus_per_decode: CPUs reserved per decode task.
         retries: Restarts of a dead actor, retries of its calls and of decode tasks.
@@ -108,9 +110,10 @@ class RayExecutor:
         self.connect_timeout_s = connect_timeout_s
         self.model_name = ""
         self.model_files: dict[str, str] = {}
+        self.engine_choices: list[dict[str, Any]] = []
         self._actors: list[Any] = []
         self._connected = False
-        self._frames_per_actor = 0
+        self._frames_per_actor: list[int] = []
         self._decode_tasks = 0
         self._description = "no actors started"
 
@@ -145,13 +148,12 @@ class RayExecutor:
                 f"{cluster_gpus:g} GPUs and {cluster_cpus:g} CPUs; lower executor.num_actors or the "
                 "per-actor resources"
             )
-        # Null knobs are settled here, for the actors' device, so that every actor and the
-        # queue depth below agree.
+        # An actor's threads: its CPUs. Its frames in flight are its own decision, on its
+        # machine; calls are bounded by the most it may decide until it says.
         engine = spec.engine
-        parallel = engine.parallel if engine.parallel is not None else default_parallel(on_gpu=gpus > 0)
         n_threads = engine.n_threads if engine.n_threads is not None else max(1, int(self.cpus_per_actor))
-        spec = replace(spec, engine=replace(engine, parallel=parallel, n_threads=n_threads))
-        self._frames_per_actor = self.frames_per_actor or 2 * parallel + 2
+        spec = replace(spec, engine=replace(engine, n_threads=n_threads))
+        most_queued = self.frames_per_actor or 2 * spec.most_frames_in_flight + 2
         self._decode_tasks = self.decode_tasks or n_actors + 1
 
         actor_class = self._ray.remote(_CaptionActor)
@@ -164,7 +166,7 @@ class RayExecutor:
                 max_restarts=self.retries,
                 max_task_retries=self.retries,
                 # Calls wait on the engine thread; two more leave room for ready()/pid().
-                max_concurrency=self._frames_per_actor + 2,
+                max_concurrency=most_queued + 2,
             ).remote(spec, questions, f"actor-{i}")
             for i in range(n_actors)
         ]
@@ -173,11 +175,14 @@ class RayExecutor:
             n_actors, gpus, self.cpus_per_actor, self._decode_tasks,
         )
         descriptions = []
-        for ready in self._get([actor.ready.remote() for actor in self._actors]):
+        self.engine_choices, self._frames_per_actor = [], []
+        for i, ready in enumerate(self._get([actor.ready.remote() for actor in self._actors])):
             if isinstance(ready, Exception):
                 raise ready
-            self.model_name, self.model_files, description = ready
+            self.model_name, self.model_files, description, choices = ready
             descriptions.append(description)
+            self.engine_choices.append({"worker": f"actor-{i}", **choices})
+            self._frames_per_actor.append(self.frames_per_actor or 2 * choices["frames_in_flight"] + 2)
         self._description = (
             f"Ray: {n_actors} captioner actors ({gpus:g} GPU, {self.cpus_per_actor:g} CPU each), "
             f"each {'; '.join(dict.fromkeys(descriptions))}"
@@ -220,8 +225,8 @@ class RayExecutor:
         while waiting or held or calls:
             while waiting and len(held) < self._decode_tasks:
                 held[decode.remote(decoder, waiting.pop())] = None
-            has_room = min(load) < self._frames_per_actor
-            ready, _ = ray.wait([*calls, *(held if has_room else ())], num_returns=1, fetch_local=False)
+            room = [limit - queued for limit, queued in zip(self._frames_per_actor, load, strict=True)]
+            ready, _ = ray.wait([*calls, *(held if max(room) > 0 else ())], num_returns=1, fetch_local=False)
             (item,) = ready
             if item in calls:
                 load[calls.pop(item)] -= 1
@@ -234,7 +239,7 @@ class RayExecutor:
                 continue
             frame, held[item] = held[item], latest
             if frame is not None:  # the stream went on: what it held was a FrameJob
-                actor = load.index(min(load))
+                actor = room.index(max(room))
                 load[actor] += 1
                 calls[self._actors[actor].caption.remote(frame, questions)] = actor
 
@@ -305,11 +310,13 @@ class _CaptionActor:
         self.captioner = captioner
         threading.Thread(target=self._serve, name="engine", daemon=True).start()
 
-    def ready(self) -> tuple[str, dict[str, str], str] | Exception:
-        """The model this actor loaded (name, files, where it runs), or why it could not."""
+    def ready(self) -> tuple[str, dict[str, str], str, dict[str, Any]] | Exception:
+        """The model this actor loaded (name, files, where it runs, what it decided on its
+        machine: :meth:`Captioner.choices`), or why it could not."""
         if self.captioner is None:
             return self.error or EngineError("the captioner did not load")
-        return self.captioner.model_name, self.captioner.files.as_dict(), self.captioner.describe()
+        c = self.captioner
+        return c.model_name, c.files.as_dict(), c.describe(), c.choices()
 
     def pid(self) -> int:
         """This actor's process id (tests kill it)."""
