@@ -381,8 +381,8 @@ def run_engine(
     t0 = time.perf_counter()
     files = pick_text_weights(ModelFiles(text, mmproj), case.text_type, settings, text.parent)
     convert_s = time.perf_counter() - t0
-    log(f"  text weights: {files.text_model.name} ({convert_s:.1f} s to pick or convert)")
-    settings = replace(settings, text_model=str(files.text_model))
+    log(f"  text weights: {files.loaded_text.name} ({convert_s:.1f} s to pick or convert)")
+    settings = replace(settings, text_model=str(files.loaded_text))
     captioner = Captioner(settings, "bench", files)
     # A run hashes its model files for the Parquet metadata once per file (then cached); the
     # first run's hashing (about 1 s per GB) is not throughput, so it happens before timing.
@@ -400,7 +400,8 @@ def run_engine(
             from pipeline.config import compose_config
             from pipeline.thumbnails import thumbnailer
 
-            make_thumbnail = thumbnailer(**compose_config(["video=unused"]).thumbnails)
+            defaults = compose_config(["video=unused"])
+            make_thumbnail = thumbnailer(**defaults.thumbnails)
             assert make_thumbnail is not None
 
             thumb_s = [0.0]
@@ -426,7 +427,8 @@ def run_engine(
             out_dir = Path(tempfile.mkdtemp(prefix="out-", dir=workdir))
             pipe = Pipeline(
                 sampler, PROMPTS[: case.prompts], out_dir, config_id="bench", max_frames=case.frames,
-                prefetch_frames=max(16, 2 * case.parallel), thumbnail=thumbnail,
+                prefetch_frames=max(16, 2 * case.parallel), checkpoint_frames=defaults.checkpoint_frames,
+                thumbnail=thumbnail,
             )
             tasks = pipe.plan([video])
             monitor = Monitor()

@@ -103,7 +103,8 @@ def main(argv: list[str] | None = None) -> int:
             captioner.caption = lambda jobs, questions: watch(original(jobs, questions))  # type: ignore[method-assign]
             pipe = Pipeline(
                 AllSampler(), PROMPTS, workdir / "out", config_id="soak",
-                prefetch_frames=2 * args.parallel, thumbnail=thumbnailer(**cfg.thumbnails),
+                prefetch_frames=2 * args.parallel, checkpoint_frames=cfg.checkpoint_frames,
+                thumbnail=thumbnailer(**cfg.thumbnails),
             )
             pipe.run(pipe.plan([video]), LocalExecutor(captioner))
     finally:

@@ -76,9 +76,7 @@ class Pipeline:
         max_frames: Cap on samples per video.
         start_s: Only samples at or after this time of each video.
         end_s: Only samples before this time of each video (``None``: to the end).
-        checkpoint_frames: Frames per committed chunk (the command line passes
-            ``checkpoint_frames``; the default here, the YAML's value, serves library callers
-            such as ``benchmarks/gpu_throughput.py``).
+        checkpoint_frames: Frames per committed chunk (``checkpoint_frames`` of the config).
         retry_failed: Retry videos and frames that failed before.
         metadata: Stored in every Parquet file's schema metadata.
         thumbnail: Makes a frame's ``thumbnail`` bytes (``None``: rows have none).
@@ -99,10 +97,10 @@ class Pipeline:
         config_id: str,
         *,
         prefetch_frames: int,
+        checkpoint_frames: int,
         max_frames: int | None = None,
         start_s: float = 0.0,
         end_s: float | None = None,
-        checkpoint_frames: int = 32,
         retry_failed: bool = False,
         metadata: dict[str, Any] | None = None,
         thumbnail: Callable[[np.ndarray], bytes] | None = None,

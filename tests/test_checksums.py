@@ -112,7 +112,7 @@ def test_hashing_does_not_hold_up_the_model(
     monkeypatch.setattr(pipeline.run, "model_sha256", hash_after_the_first_answer)
     out = tmp_path / "out"
     out.mkdir()
-    run = Pipeline(AllSampler(), ["What?"], out, config_id="c1", prefetch_frames=4, max_frames=3)
+    run = Pipeline(AllSampler(), ["What?"], out, config_id="c1", prefetch_frames=4, checkpoint_frames=32, max_frames=3)
     with captioner_from_preset("tiny", f"model.dir={tiny_model_dir}", "generation.max_tokens=4") as captioner:
         summary = run.run(run.plan([SAMPLE_VIDEO]), LocalExecutor(captioner))
 

@@ -16,7 +16,6 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from pipeline.caption import Captioner
 from pipeline.caption.convert import llama_quantize
 from pipeline.caption.tiny import FILE_TYPES, TINY_TEXT, ensure_tiny_model, write_text_model
 from pipeline.config import (
@@ -27,6 +26,7 @@ from pipeline.config import (
     ModelConfig,
     compose_config,
 )
+from pipeline.presets import captioner_from_config
 from pipeline.store import read_metadata
 from tests.conftest import SAMPLE_VIDEO, assert_one_line_error, last_run, mount_tmpfs, run_cli
 
@@ -136,7 +136,7 @@ def test_same_named_models_get_an_f16_copy_each(tiny_model_dir: Path, tmp_path: 
         cfg = compose_config([
             "model=tiny", f"model.text={text}", f"model.mmproj={mmproj}", "model.text_type=f16", "video=x",
         ])
-        files = Captioner.from_config(cfg).files
+        files = captioner_from_config(cfg).files
         assert files.text_model == text and files.f16_copy is not None
         return files.f16_copy
 

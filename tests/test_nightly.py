@@ -27,6 +27,7 @@ from tests.conftest import (
     SAMPLE_VIDEO,
     answers,
     assert_no_key_twice,
+    assert_one_line_error,
     kill,
     last_run,
     make_night,
@@ -93,15 +94,19 @@ def test_rerun_of_a_finished_night_is_a_no_op_that_loads_no_model(tiny_model_dir
     first = run_cli(*args)
     assert first.returncode == 0, first.stderr
     before = sorted(p.name for p in out.rglob("*.parquet"))
-    # Same settings, but weights that no model load would accept: the re-run must not look.
-    for name in (TINY_TEXT_FILE, TINY_MMPROJ_FILE):
-        (models / name).write_bytes(b"not a model")
     result = run_cli(*args)
     assert result.returncode == 0, result.stderr
-    assert "nothing to do" in result.stderr
+    assert "nothing to do" in result.stderr and "loading model" not in result.stderr
     assert sorted(p.name for p in out.rglob("*.parquet")) == before
     summary = last_run(out)
-    assert summary["videos_skipped"] == 3 and summary["frames"] == 0 and summary["workers"] == []
+    assert summary["videos_skipped"] == 3 and summary["frames"] == 0
+    assert summary["workers"] == [] and summary["engines"] == []
+    # Other bytes under the same names are another model (here none at all): not "done".
+    for name in (TINY_TEXT_FILE, TINY_MMPROJ_FILE):
+        (models / name).write_bytes(b"not a model")
+    replaced = run_cli(*args)
+    assert "nothing to do" not in replaced.stderr
+    assert_one_line_error(replaced, 1, "not a readable GGUF file", TINY_TEXT_FILE)
 
 
 def test_renamed_file_is_not_redone_and_changed_prompt_redoes_only_it(
@@ -129,7 +134,7 @@ def test_adding_a_prompt_asks_the_model_only_that_prompt(tiny_model_dir: Path, t
     asked: list[object] = []
     with captioner_from_config(cfg, max_questions=3) as captioner:
         prompts = ["What is shown?", "Which colours?"]
-        first = Pipeline(AllSampler(), prompts, out, "c", prefetch_frames=8, max_frames=4)
+        first = Pipeline(AllSampler(), prompts, out, "c", prefetch_frames=8, checkpoint_frames=32, max_frames=4)
         first.run(first.plan([SAMPLE_VIDEO]), LocalExecutor(captioner))
         run = captioner.engine.run
 
@@ -142,7 +147,9 @@ def test_adding_a_prompt_asks_the_model_only_that_prompt(tiny_model_dir: Path, t
             return run(seen(), questions)
 
         captioner.engine.run = spy  # type: ignore[method-assign]
-        second = Pipeline(AllSampler(), [*prompts, "Anyone there?"], out, "c", prefetch_frames=8, max_frames=4)
+        second = Pipeline(
+            AllSampler(), [*prompts, "Anyone there?"], out, "c", prefetch_frames=8, checkpoint_frames=32, max_frames=4
+        )
         second.run(second.plan([SAMPLE_VIDEO]), LocalExecutor(captioner))
     assert asked == [(2,)] * 4
     df = pd.read_parquet(out)
@@ -201,7 +208,7 @@ def test_vanished_file_and_retry_failed(tiny_model_dir: Path, tmp_path: Path) ->
     out = tmp_path / "out"
     out.mkdir()
     cfg = compose_config(["model=tiny", f"model.dir={tiny_model_dir}", "video=x", "generation.max_tokens=4"])
-    pipeline = Pipeline(AllSampler(), ["What?"], out, config_id="c1", prefetch_frames=8)
+    pipeline = Pipeline(AllSampler(), ["What?"], out, config_id="c1", prefetch_frames=8, checkpoint_frames=32)
     tasks = pipeline.plan(find_videos(str(folder), [".mp4"]))
     moved = (folder / "v1.mp4").rename(tmp_path / "v1.mp4")
     with captioner_from_config(cfg) as captioner:
@@ -211,7 +218,7 @@ def test_vanished_file_and_retry_failed(tiny_model_dir: Path, tmp_path: Path) ->
     # Vanishing is a fact about the path: put back, the file is done (and the record of the
     # path's failure goes), without retry_failed.
     moved.rename(folder / "v1.mp4")
-    again = Pipeline(AllSampler(), ["What?"], out, config_id="c1", prefetch_frames=8)
+    again = Pipeline(AllSampler(), ["What?"], out, config_id="c1", prefetch_frames=8, checkpoint_frames=32)
     tasks = again.plan(find_videos(str(folder), [".mp4"]))
     assert [t.outcome.status for t in tasks] == ["skipped", "todo"]
     with captioner_from_config(cfg) as captioner:

@@ -122,6 +122,7 @@ class _ScriptedExecutor:
 
     model_name = "scripted"
     model_files: dict[str, str] = {}
+    engine_choices: list[dict[str, Any]] = []
 
     def __init__(self, clock: list[float], script: list[tuple[float, Any]]) -> None:
         self.clock, self.script = clock, script
@@ -160,7 +161,7 @@ def test_each_video_gets_its_own_time(monkeypatch: pytest.MonkeyPatch, tmp_path:
     videos = [tmp_path / "a.mp4", tmp_path / "b.mp4"]
     for i, path in enumerate(videos):
         path.write_bytes(bytes([i]) * 100)
-    pipeline = Pipeline(AllSampler(), ["What?"], tmp_path / "out", "c", prefetch_frames=2)
+    pipeline = Pipeline(AllSampler(), ["What?"], tmp_path / "out", "c", prefetch_frames=2, checkpoint_frames=32)
     (tmp_path / "out").mkdir()
     summary = pipeline.run(pipeline.plan(videos), _ScriptedExecutor(clock, script))
     assert [v.wall_s for v in summary.videos] == [20.0, 40.0]
