@@ -182,6 +182,11 @@ def test_ray_run_equals_local_run_and_mixes_with_one(
     assert set(workers) == {"actor-0", "actor-1"}
     assert sum(w["frames"] for w in workers.values()) == summary["frames"] == 9 + 10 + 11
     assert all(w["frames_per_s"] > 0 for w in workers.values())
+    # Each actor's engine settled its frames in flight (here engine.parallel=2) and text
+    # weights on its machine, as a local run's does, and the summary records them.
+    engines = {e["worker"]: e for e in summary["engines"]}
+    assert set(engines) == {"actor-0", "actor-1"}
+    assert all(e["frames_in_flight"] == 2 and e["text_weights"] == "as is" for e in engines.values())
 
 
 def test_ray_run_adding_a_prompt_keeps_the_old_rows(
