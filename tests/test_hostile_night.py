@@ -71,7 +71,9 @@ def test_frames_that_do_not_fit_fail_the_video_and_are_retried(cli_base: list[st
     assert (summary["videos_failed"], summary["videos_done"], summary["exit_code"]) == (1, 0, 3)
     assert not list(out.glob("*/_done-*"))
     (record,) = error_records(out).error
-    assert record.startswith("2 frames failed, the first (frame 0): frame needs")
+    first_failure = "2 frames failed, the first (frame 0): prompt 1 ('Describe this frame in one sentence.') needs"
+    assert record.startswith(first_failure)
+    assert "more than the 2048 cells of model.n_ctx=2048" in record
     assert "finished: 0 done, 0 skipped, 1 failed" in first.stderr
     # A later night skips it as failed; retry_failed=true asks its frames again.
     later = run_cli(*args)

@@ -7,10 +7,11 @@ import shutil
 from pathlib import Path
 
 import pandas as pd
+import pytest
 
 from pipeline.caption.tiny import ensure_tiny_model
 from pipeline.store import read_metadata
-from tests.conftest import SAMPLE_VIDEO, assert_one_line_error, last_run, make_night, run_cli
+from tests.conftest import SAMPLE_VIDEO, assert_one_line_error, last_run, make_night, run_cli, write_video
 
 
 def test_a_window_takes_a_whole_runs_samples_there_and_a_wider_run_adds_the_rest(
@@ -102,3 +103,22 @@ def test_moving_the_weights_does_not_redo_a_night(tiny_model_dir: Path, cli_base
                      f"model.dir={moved}")
     assert as_f16.returncode == 0, as_f16.stderr
     assert "nothing to do" in as_f16.stderr and last_run(tmp_path / "out")["frames"] == 0
+
+
+@pytest.mark.allow_error_logs
+def test_a_prompt_too_long_for_the_context_fails_alone(cli_base: list[str], tmp_path: Path) -> None:
+    """One prompt that cannot fit model.n_ctx fails on its own, named, with the setting as set
+    (llama.cpp rounds 1600 up to more cells); the prompt that fits is answered."""
+    video = write_video(tmp_path / "clip.mp4", n_frames=10)
+    prompts = tmp_path / "prompts.txt"
+    prompts.write_text("What is shown?\n" + "describe " * 1300 + "\n")
+    result = run_cli(f"video={video}", *cli_base, "model.n_ctx=1600", f"prompts_file={prompts}")
+    assert result.returncode == 3, result.stderr  # its only video has failed answers
+    assert "prompt 2 ('describe describe" in result.stderr and "model.n_ctx=1600" in result.stderr
+    rows = pd.read_parquet(tmp_path / "out")
+    frames = rows[rows.frame_index.notna()]
+    short, long = frames[frames.prompt == "What is shown?"], frames[frames.prompt != "What is shown?"]
+    assert len(short) == 1 and (short.status == "ok").all() and short.answer.str.len().gt(0).all()
+    assert len(long) == 1 and (long.status == "error").all()
+    assert long.error.str.startswith("prompt 2 ('describe describe").all()
+    assert long.error.str.contains(r"cells of model\.n_ctx=1600").all()

@@ -32,6 +32,7 @@ not depend on how sequences are batched or on the lanes (tests hold this).
 from __future__ import annotations
 
 import heapq
+import logging
 import time
 from collections.abc import Iterable, Iterator, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
@@ -59,11 +60,10 @@ from pipeline.caption.engine.sequence import DecodeSequence, FrameInFlight, Samp
 from pipeline.caption.engine.source import END, FrameSource
 from pipeline.caption.engine.vision import Vision
 from pipeline.caption.weights import quantized_weights
-from pipeline.errors import ConfigError
 
 Job = tuple[Any, np.ndarray] | tuple[Any, np.ndarray, Sequence[int] | None]
 
-
+_log = logging.getLogger(__name__)
 
 
 class Engine:
@@ -121,7 +121,7 @@ class Engine:
             raise
         # A frame must fit into any lane.
         self._frames = FramePreparation(
-            self._vision, min(lane.kv_capacity for lane in self._lanes), s.kv_unified, int(model.n_embd)
+            self._vision, min(lane.kv_capacity for lane in self._lanes), s, int(model.n_embd)
         )
         self._sampling = Sampling(s, model)
         self._grouped_auto = (
@@ -206,24 +206,19 @@ class Engine:
 
     def check_fits(self, questions: list[Question]) -> None:
         """Refuse, before any frame, settings under which no frame can be answered: even the
-        smallest frame (its base tile alone) with these questions and ``max_tokens`` needs more
-        KV cells than a lane has. A larger frame that does not fit still gets error answers.
+        smallest frame (its base tile alone) with any of these questions and ``max_tokens``
+        needs more KV cells than a lane has. Each question fits or fails on its own: one that
+        cannot fit even the smallest frame is logged and gets error answers, the others go on;
+        a larger frame that does not fit a question gets an error answer to it.
 
         Raises:
-            ConfigError: It cannot fit (one line: the cells needed and what to change), or a
-                question's schema cannot constrain an answer (one line naming the prompt).
+            ConfigError: No question fits (one line: the cells needed and what to change), or
+                a question's schema cannot constrain an answer (one line naming the prompt).
             EngineError: :meth:`setup` was not called.
         """
         self._set_questions(questions)
-        assert self._vision is not None
-        kv_need = self._prompts.kv_need(self._vision.min_image_tokens, range(len(questions)))
-        if kv_need > self._frames.kv_capacity:
-            raise ConfigError(
-                f"no frame fits: even the smallest needs {kv_need} KV cells (image {self._vision.min_image_tokens}"
-                f" + prompts + generation.max_tokens={self.settings.max_tokens}), more than the "
-                f"{self._frames.kv_capacity} of {self._frames.kv_setting()}; raise model.n_ctx, lower "
-                "generation.max_tokens or shorten the prompts"
-            )
+        for why in self._frames.check_fits(self._prompts):
+            _log.warning("%s; its answers are errors, the other prompts go on", why)
 
     def _set_questions(self, questions: list[Question]) -> None:
         """Take the questions of a run: tokenize their text around the image, compile their schemas.
