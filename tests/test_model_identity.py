@@ -161,6 +161,7 @@ def test_the_recorded_hash_is_of_the_users_file(
     (engine,) = last_run(tmp_path / "out")["engines"]
     assert engine["text_weights"] == "f16" and engine["text_loaded"].endswith(".F16.gguf")
     assert engine["frames_in_flight"] == 4 and engine["worker"] == "local"  # engine.parallel_cpu
+    assert engine["lanes"] == 1  # on a CPU
 
 
 def test_frames_in_flight_default_comes_from_the_config(cli_base: list[str], tmp_path: Path) -> None:

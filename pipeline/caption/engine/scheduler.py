@@ -133,6 +133,11 @@ class Engine:
             self._worker = ThreadPoolExecutor(max_workers=1, thread_name_prefix="engine-prep")
             self._overlap_clip = s.overlap_clip and model.on_gpu
 
+    @property
+    def lanes(self) -> int:
+        """The llama.cpp contexts (lanes) the loaded engine runs; 0 before :meth:`setup`."""
+        return len(self._lanes)
+
     def describe(self) -> str:
         """Where and how the loaded model runs, in words: the device (GPU names and layers on
         them, or the CPU), CPU threads and frames in flight."""
