@@ -8,7 +8,7 @@ import hashlib
 import shutil
 import subprocess
 from collections.abc import Iterator
-from dataclasses import fields
+from dataclasses import fields, replace
 from pathlib import Path
 
 import gguf
@@ -16,8 +16,10 @@ import numpy as np
 import pandas as pd
 import pytest
 
+from pipeline.caption import Captioner
 from pipeline.caption.convert import llama_quantize
 from pipeline.caption.tiny import FILE_TYPES, TINY_TEXT, ensure_tiny_model, write_text_model
+from pipeline.caption.weights import model_fingerprint
 from pipeline.config import (
     ANSWER_SETTINGS,
     OTHER_SETTINGS,
@@ -26,7 +28,8 @@ from pipeline.config import (
     ModelConfig,
     compose_config,
 )
-from pipeline.presets import captioner_from_config
+from pipeline.errors import WeightsError
+from pipeline.presets import caption_spec, captioner_from_config
 from pipeline.store import read_metadata
 from tests.conftest import SAMPLE_VIDEO, assert_one_line_error, last_run, mount_tmpfs, run_cli
 
@@ -237,3 +240,15 @@ def test_a_vit_l_projector_with_another_layer_count_is_refused(cli_base: list[st
     assert_one_line_error(
         run_cli(f"video={SAMPLE_VIDEO}", *cli_base, f"model.mmproj={fewer}"), 1, "stores 22 CLIP layers"
     )
+
+
+def test_a_worker_whose_files_differ_from_the_plan_refuses_them(tiny_model_dir: Path, tmp_path: Path) -> None:
+    """The run plans with the files' content; a worker (a Ray actor on another machine) that
+    finds other bytes under the same names does not answer under that plan's config_id."""
+    cfg = compose_config(["model=tiny", f"model.dir={tiny_model_dir}", "video=x"])
+    spec = caption_spec(cfg)
+    planned = spec.source.resolve().fingerprints()
+    assert Captioner.from_spec(replace(spec, identity=planned)).files.text_model.parent == tiny_model_dir
+    elsewhere = {**planned, "text_model": model_fingerprint(other_text_model(tmp_path / "other.gguf", seed=9))}
+    with pytest.raises(WeightsError, match="are not those the run planned with"):
+        Captioner.from_spec(replace(spec, identity=elsewhere))
