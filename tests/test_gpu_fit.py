@@ -239,3 +239,14 @@ def test_the_f16_choice_does_not_depend_on_the_prompts(tmp_path: Path, monkeypat
     pretend_gpu(monkeypatch, free_bytes=need + fit.kv_bytes(source, replace(one_prompt, max_questions=1)))
     three = build(tmp_path)  # three prompts: their KV cache does not fit beside the copy at 16 frames
     assert three.files.f16_copy is not None and three.engine.settings.parallel < 16
+
+
+def test_a_copy_named_by_an_earlier_version_is_not_loaded_and_is_named(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    unkeyed = tmp_path / "tiny-llava-text-v2.Q8_0.F16.gguf"  # the name before copies were named by content
+    unkeyed.write_bytes(b"another model's copy")
+    with caplog.at_level(logging.INFO, logger="pipeline.caption.gpu_fit"):
+        loaded = build(tmp_path, "model.text_type=f16").files.loaded_text
+    assert loaded != unkeyed and loaded.name == copy_name(tmp_path / "tiny-llava-text-v2.Q8_0.gguf")
+    assert f"{unkeyed} is an F16 copy named by an earlier version, no longer loaded" in caplog.text

@@ -81,6 +81,10 @@ def pick_text_weights(files: ModelFiles, setting: str, settings: LoadSettings, c
     if setting == "keep" or not quantized_weights(files.text_model):
         return files
     copy = copy_dir / f"{files.text_model.stem}.{model_fingerprint(files.text_model)}.F16.gguf"
+    unkeyed = copy_dir / f"{files.text_model.stem}.F16.gguf"  # named by an earlier version
+    if unkeyed.is_file():
+        log.info("%s is an F16 copy named by an earlier version, no longer loaded (copies are named by "
+                 "their source's content now); delete it to free %.1f GB", unkeyed, unkeyed.stat().st_size / 1e9)
     need = f16_bytes(files.text_model)
     if setting == "auto":
         one_prompt = replace(settings, max_questions=1)
