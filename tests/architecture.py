@@ -73,7 +73,9 @@ PARTS: tuple[Part, ...] = (
     }),
     Part("Settings", "the config: its schema, and a preset made into plain values",
          ("Caption", "Base"), {
-        "pipeline/config.py": "the Hydra schemas, their ConfigStore, composing without the command line",
+        "pipeline/config.py": (
+            "the Hydra schemas, their ConfigStore, composing without the command line, what goes into config_id"
+        ),
         "pipeline/presets.py": "a composed config or preset made into a CaptionSpec or Captioner",
     }),
     Part("Stages", "videos in, sampled frames out", ("Base",), {
