@@ -62,8 +62,6 @@ def unique_prompts(prompts: list[str]) -> list[str]:
     return unique
 
 
-
-
 class Pipeline:
     """Captions videos with one model and commits the answers to ``output_dir``.
 

@@ -105,7 +105,7 @@ PARTS: tuple[Part, ...] = (
         "pipeline/caption/engine/lanes.py": "the lane threads that share the frames in flight",
         "pipeline/caption/engine/grammar.py": "constrained answers (a grammar for structured output)",
         "pipeline/caption/engine/prompts.py": "the questions as the model sees them: template, tokens, embeddings",
-        "pipeline/caption/engine/frames.py": "a frame's way in: prepared, checked against a lane's cells",
+        "pipeline/caption/engine/frames.py": "a frame's way in: prepared, each question fitted to a lane's cells",
         "pipeline/caption/engine/vision.py": "frame preparation and CLIP, in either image layout",
         "pipeline/caption/engine/source.py": "frames prepared ahead on a background thread",
     }),
