@@ -4,6 +4,7 @@
 - the run summary says ``running`` from the start (pid, command line), and a run that never
   finished (``kill -9``, a summary that could not be written at the end) leaves that, never the
   previous night's ``exit_code: 0``; status shows it as *did not finish*;
+- a night whose model files cannot be found finishes its own record (exit 1);
 - SIGHUP stops a run as SIGTERM does, with its own code (129);
 - an export that cannot be written is owed, exits 1 with one line, and the next night writes it
   even though it captions nothing.
@@ -99,6 +100,25 @@ def test_sighup_stops_the_run_like_sigterm_with_its_own_code(tiny_model_dir: Pat
     assert "exit 129" in status(out)
     again = run_cli(*args)
     assert again.returncode == 0, again.stderr
+
+
+@pytest.mark.allow_error_logs
+def test_a_night_whose_model_files_cannot_be_found_is_recorded(tiny_model_dir: Path, tmp_path: Path) -> None:
+    """The model's files are found (or fetched) after the night's record says running, since
+    config_id holds their content: a night that cannot find them finishes its own record with
+    exit 1, and config_id stays unknown rather than made up."""
+    videos = make_night(tmp_path / "videos", n_videos=1, n_frames=3)
+    out = tmp_path / "out"
+    args = night_args(videos, out, tiny_model_dir, tmp_path)
+    assert run_cli(*args).returncode == 0 and last_run(out)["exit_code"] == 0
+    gone = tmp_path / "gone" / "text.gguf"
+    write_video(videos / "late.mp4", n_frames=4)
+    night = run_cli(*args, f"model.text={gone}")
+    assert_one_line_error(night, 1, str(gone))
+    record = last_run(out)
+    assert (record["state"], record["exit_code"], record["config_id"]) == ("finished", 1, None)
+    assert record["command"][1:] == [*args, f"model.text={gone}"]
+    assert status(out).count("exit ") == 2  # this night and the first, as it was
 
 
 @pytest.mark.allow_error_logs
