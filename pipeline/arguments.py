@@ -185,14 +185,19 @@ def _quoted_override(key: str, value: str) -> str | None:
 
 
 def _top_level_commas(value: str) -> list[int]:
-    """Positions of the commas of a ``[...]`` list value that are outside quotes."""
-    positions, quote = [], ""
+    """Positions of the commas of a ``[...]`` list value that are outside quotes and outside
+    the ``{...}`` or ``[...]`` of an item (a prompt with a schema: ``{text: ..., schema: {...}}``)."""
+    positions, quote, depth = [], "", 0
     for position, char in enumerate(value):
         if quote:
             quote = "" if char == quote and value[position - 1] != "\\" else quote
         elif char in "'\"":
             quote = char
-        elif char == ",":
+        elif char in "[{":
+            depth += 1
+        elif char in "]}":
+            depth -= 1
+        elif char == "," and depth <= 1:
             positions.append(position)
     return positions
 

@@ -53,6 +53,7 @@ from pipeline.sampling import Sampler
 from pipeline.signals import Stopped, stop_on_signals
 from pipeline.store import prepare_output_dir, remove_temporaries
 from pipeline.summary import RunRecord, RunSummary
+from pipeline.structured import PromptEntry
 from pipeline.thumbnails import thumbnailer
 from pipeline.watchdog import StallWatch
 
@@ -116,7 +117,7 @@ def run_from_config(cfg: DictConfig) -> int:
 
 def _run_locked(
     cfg: DictConfig,
-    prompts: list[str],
+    prompts: list[PromptEntry],
     spec: CaptionSpec,
     sampler: Sampler,
     executor: Executor,
@@ -276,7 +277,7 @@ def _export_owed(output_dir: Path) -> bool:
 
 def _pipeline(
     cfg: DictConfig,
-    prompts: list[str],
+    prompts: list[PromptEntry],
     sampler: Sampler,
     output_dir: Path,
     model_identity: dict[str, str],
@@ -313,7 +314,7 @@ def _min_age_s(cfg: DictConfig) -> float:
 
 
 def _dry_run(
-    cfg: DictConfig, prompts: list[str], sampler: Sampler, videos: list[Path], identity: dict[str, str] | None
+    cfg: DictConfig, prompts: list[PromptEntry], sampler: Sampler, videos: list[Path], identity: dict[str, str] | None
 ) -> int:
     """``dry_run=true``: print what a run would do; no model, no lock, nothing written (nor
     fetched: without the model files here, no video can be known done with them)."""

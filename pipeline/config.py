@@ -16,14 +16,15 @@ import json
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 from hydra import compose, initialize_config_dir
 from hydra.core.config_store import ConfigStore
-from omegaconf import MISSING, DictConfig
+from omegaconf import MISSING, DictConfig, OmegaConf
 
 from pipeline.errors import ConfigError
-from pipeline.listfile import read_list_file
+from pipeline.listfile import STRUCTURED_SUFFIXES, read_list_file, read_structured_list
+from pipeline.structured import PromptEntry
 
 
 @dataclass
@@ -163,7 +164,7 @@ class Config:
     retry_failed: bool = MISSING
     stall_timeout_s: float | None = MISSING
     prompt: str | None = MISSING
-    prompts: list[str] = MISSING
+    prompts: list[Any] = MISSING  # texts, or {text: ..., schema: {...}} (pipeline.structured)
     prompts_file: str | None = MISSING
     system_prompt: str | None = MISSING
     max_frames: int | None = MISSING
@@ -268,16 +269,19 @@ def config_id(config: Mapping[str, Any], model_identity: Mapping[str, str]) -> s
     return settings_id(answer_settings(config, model_identity))
 
 
-def prompts_of(cfg: DictConfig) -> list[str]:
-    """The run's prompts: ``prompt``, else the lines of ``prompts_file``, else ``prompts``.
+def prompts_of(cfg: DictConfig) -> list[PromptEntry]:
+    """The run's prompt entries: ``prompt``, else those of ``prompts_file``, else ``prompts``.
 
-    A prompts file is UTF-8 text with one prompt per line, taken as written (only the spaces
-    around it are dropped): commas, quotes, brackets and any letters need no escaping. Blank
-    lines and lines starting with ``#`` are skipped.
+    An entry is the prompt's text, or ``{text: ..., schema: {...}}`` for an answer that must be
+    JSON of that schema (:mod:`pipeline.structured`; checked where the questions are made). A
+    prompts file ending in ``.yaml``, ``.yml`` or ``.json`` holds a list of entries. Any other is
+    UTF-8 text with one prompt per line, taken as written (only the spaces around it are
+    dropped): commas, quotes, brackets and any letters need no escaping. Blank lines and lines
+    starting with ``#`` are skipped.
 
     Raises:
         ConfigError: ``prompt`` and ``prompts_file`` are both set, or the file holds no prompt.
-        InputError: The prompts file cannot be read as UTF-8.
+        InputError: The prompts file cannot be read (as UTF-8, or as YAML or JSON).
     """
     if cfg.prompt is not None and cfg.prompts_file is not None:
         raise ConfigError("prompt and prompts_file are both set; keep one of them")
@@ -285,13 +289,18 @@ def prompts_of(cfg: DictConfig) -> list[str]:
         return [cfg.prompt]
     if cfg.prompts_file is not None:
         return _read_prompts_file(Path(cfg.prompts_file).expanduser())
-    return list(cfg.prompts)
+    return cast(list[PromptEntry], OmegaConf.to_container(cfg.prompts, resolve=True))
 
 
-def _read_prompts_file(path: Path) -> list[str]:
-    prompts = read_list_file(path, "prompts_file", "prompt")
+def _read_prompts_file(path: Path) -> list[PromptEntry]:
+    if path.suffix.lower() in STRUCTURED_SUFFIXES:
+        prompts: list[PromptEntry] = read_structured_list(path, "prompts_file", "prompt")
+        how = "a list of prompts, each a text or {text: ..., schema: {...}}"
+    else:
+        prompts = list(read_list_file(path, "prompts_file", "prompt"))
+        how = "one prompt per line (# starts a comment line)"
     if not prompts:
-        raise ConfigError(f"prompts_file={path} holds no prompt; write one prompt per line (# starts a comment line)")
+        raise ConfigError(f"prompts_file={path} holds no prompt; write {how}")
     return prompts
 
 

@@ -36,8 +36,8 @@ import pandas as pd
 from pipeline.decode import format_timecode
 from pipeline.files import write_bytes_atomic
 from pipeline.options import OptionError, parse_options
-from pipeline.results import printable
-from pipeline.store import StoreError, read_results, read_videos
+from pipeline.results import printable, typed_answers
+from pipeline.store import StoreError, read_prompt_schemas, read_results, read_videos
 
 USAGE = (
     "usage: python -m pipeline.export output_dir=DIR format=vtt|srt|jsonl|csv[,...] "
@@ -53,10 +53,11 @@ CUT_MARK = " …"
 # shows for the median gap between the track's frames, or this long with a single frame.
 LAST_CUE_S = 1.0
 
-# Rows as the flat files carry them: every column but the thumbnail, plus the cue's end.
+# Rows as the flat files carry them: every column but the thumbnail, plus the cue's end (and,
+# after these, the typed columns of the answers' schemas: pipeline.results.typed_answers).
 FLAT_COLUMNS = [
     "video_path", "video_id", "frame_index", "timestamp_s", "end_s", "timecode", "prompt_id",
-    "prompt", "answer", "finish_reason", "status", "error", "model", "config_id",
+    "prompt", "answer", "answer_json", "finish_reason", "status", "error", "model", "config_id",
     "prompt_tokens", "completion_tokens", "latency_ms", "sample_reason", "shot_index",
     "shot_start_s", "duplicate_of",
 ]
@@ -324,12 +325,12 @@ def export(
         files += write_tracks(folder, tracks, fmt, df["video_id"].dropna().unique())
     if any(f in TRACK_FORMATS for f in formats):
         files.append(_write_tracks_index(folder, tracks, formats, video_id))
-    flat = df[FLAT_COLUMNS]
+    flat = df[FLAT_COLUMNS + [c for c in df.columns if c not in _READ_COLUMNS and c != "end_s"]]
     flat_folder = folder if video_id is None else folder / video_id
     if "jsonl" in formats:
         files.append(_write(flat_folder / "captions.jsonl", _jsonl(flat)))
     if "csv" in formats:
-        files.append(_write(flat_folder / "captions.csv", _csv(flat.to_dict("records"), FLAT_COLUMNS)))
+        files.append(_write(flat_folder / "captions.csv", _csv(flat.to_dict("records"), list(flat.columns))))
     rows = len(flat) if {"jsonl", "csv"} & set(formats) else 0
     return Exported(folder=folder, files=files, tracks=tracks, rows=rows)
 
@@ -356,8 +357,9 @@ def write_tracks(folder: Path, tracks: list[Track], fmt: str, video_ids: Iterabl
 
 
 def load_rows(output_dir: Path) -> pd.DataFrame:
-    """Every result row but the thumbnails, by video, settings and time."""
-    df = read_results(output_dir, columns=_READ_COLUMNS)
+    """Every result row but the thumbnails, by video, settings and time, with the typed columns
+    of the answers' schemas (:func:`pipeline.results.typed_answers`)."""
+    df = typed_answers(read_results(output_dir, columns=_READ_COLUMNS), read_prompt_schemas(output_dir))
     order = ["video_path", "video_id", "config_id", "timestamp_s", "frame_index", "prompt_id"]
     return df.sort_values(order, kind="stable", na_position="last").reset_index(drop=True)
 
@@ -446,8 +448,12 @@ def _plain(value: Any) -> Any:
 
 
 def _jsonl(flat: pd.DataFrame) -> bytes:
+    """One JSON object per row; ``answer_json`` as the parsed value itself, not its text."""
     lines = (
-        json.dumps({k: _plain(v) for k, v in record.items()}, ensure_ascii=False)
+        json.dumps(
+            {k: json.loads(v) if k == "answer_json" and isinstance(v, str) else _plain(v) for k, v in record.items()},
+            ensure_ascii=False,
+        )
         for record in flat.to_dict("records")
     )
     return "".join(f"{line}\n" for line in lines).encode("utf-8")

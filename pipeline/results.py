@@ -14,6 +14,8 @@ record (the video could not be opened or decoded), not an answer.
 from __future__ import annotations
 
 import itertools
+import json
+import warnings
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -21,7 +23,8 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from pipeline.store import read_results, read_videos
+from pipeline.store import read_prompt_schemas, read_results, read_videos
+from pipeline.structured import column_dtypes, typed_value
 from pipeline.thumbnails import decode_thumbnail
 
 THUMBNAIL = "thumbnail"
@@ -77,7 +80,9 @@ def load_results(output_dir: str | Path) -> pd.DataFrame:
 
     Returns:
         One row per answer or error record; always has a ``thumbnail`` column (all null for
-        runs made without thumbnails).
+        runs made without thumbnails) and an ``answer_json`` column. Beside them, one typed
+        column per top-level property of the prompts' schemas (:func:`typed_answers`), so
+        that ``df[(df.people > 2) & df.outdoor]`` needs no casting.
 
     Raises:
         FileNotFoundError: ``output_dir`` is not a folder.
@@ -87,9 +92,56 @@ def load_results(output_dir: str | Path) -> pd.DataFrame:
         raise FileNotFoundError(
             f"output_dir {path} is not a folder; run the pipeline first or pass its output_dir"
         )
-    df = read_results(path)
+    df = typed_answers(read_results(path), read_prompt_schemas(path))
     order = ["video_path", "timestamp_s", "frame_index"]
     return df.sort_values(order, kind="stable").reset_index(drop=True)
+
+
+def load_schemas(output_dir: str | Path) -> dict[str, dict[str, Any]]:
+    """The JSON Schema of each schema prompt answered in ``output_dir``, by ``prompt_id`` (for
+    :func:`structured_summary`)."""
+    return read_prompt_schemas(Path(output_dir).expanduser())
+
+
+def typed_answers(df: pd.DataFrame, schemas: Mapping[str, Mapping[str, Any]]) -> pd.DataFrame:
+    """``df`` with a column per top-level property of ``schemas`` that has a plain type
+    (:func:`pipeline.structured.column_dtypes`: integer → ``Int64``, number → ``Float64``,
+    boolean → ``boolean``, string or an enum of strings → ``string``), read from
+    ``answer_json``; null on the rows of other prompts and where an answer has no value.
+
+    A property that schemas of different nights type apart, or that is named like a column
+    ``df`` has, gets no column (a warning says so): its values stay in ``answer_json``.
+
+    Args:
+        df: Result rows (:func:`pipeline.store.read_results`).
+        schemas: ``prompt_id`` → its schema.
+    """
+    columns: dict[str, tuple[str, set[str]]] = {}  # property → (dtype, prompt_ids)
+    clashes = set()
+    for prompt_id, schema in schemas.items():
+        for name, dtype in column_dtypes(schema).items():
+            known = columns.setdefault(name, (dtype, set()))
+            if known[0] != dtype or name in df.columns:
+                clashes.add(name)
+            known[1].add(prompt_id)
+    for name in sorted(clashes):
+        warnings.warn(
+            f"property {name!r} of the answers' schemas is typed apart by different prompts or named like a "
+            "result column; it gets no column (its values stay in answer_json)",
+            stacklevel=2,
+        )
+    values = df["answer_json"].map(lambda text: json.loads(text) if isinstance(text, str) else None)
+    typed = {}
+    for name, (dtype, prompt_ids) in columns.items():
+        if name in clashes:
+            continue
+        mine = df["prompt_id"].isin(prompt_ids)
+        cells = [
+            typed_value(value.get(name), dtype) if ok and isinstance(value, dict) else None
+            for ok, value in zip(mine, values)
+        ]
+        typed[name] = pd.array(cells, dtype=dtype)
+    return df.assign(**typed) if typed else df
 
 
 def counts(df: pd.DataFrame) -> dict[str, int]:

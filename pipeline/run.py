@@ -19,7 +19,7 @@ import logging
 import os
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import asdict
 from importlib import metadata
@@ -42,24 +42,37 @@ from pipeline.progress import Progress
 from pipeline.sampling import Sampler
 from pipeline.signals import Stopped, check_stopped
 from pipeline.store import (
+    SCHEMA,
     ResultRow,
     write_chunk,
     write_video_facts,
     write_videos_table,
 )
+from pipeline.structured import PromptEntry, check_properties
 from pipeline.summary import RunSummary, WorkerStats
 
 log = logging.getLogger(__name__)
 
 
-def unique_prompts(prompts: list[str]) -> list[str]:
-    """The prompts with repeats left out (a repeat would write every key twice), in order;
-    each repeat is logged."""
-    unique = list(dict.fromkeys(prompts))
-    for text in unique:
-        if prompts.count(text) > 1:
-            log.info("prompt %r is given %d times; it is asked once", text, prompts.count(text))
-    return unique
+def unique_prompts(prompts: Sequence[PromptEntry]) -> list[PromptEntry]:
+    """The prompt entries with repeats (the same text and schema) left out, in order, each
+    repeat logged: a repeat would write every key twice.
+
+    Raises:
+        ConfigError: An entry is bad, or a schema cannot work (:mod:`pipeline.structured`): its
+            properties must not be named like a result column, nor typed apart by two prompts.
+    """
+    questions = make_questions(prompts)
+    first: dict[str, tuple[PromptEntry, Question]] = {}
+    for entry, question in zip(prompts, questions):
+        first.setdefault(question.prompt_id, (entry, question))
+    ids = [q.prompt_id for q in questions]
+    for prompt_id, (_, question) in first.items():
+        if ids.count(prompt_id) > 1:
+            log.info("prompt %r is given %d times; it is asked once", question.text, ids.count(prompt_id))
+    schemas = [(q.text, json.loads(q.schema_json)) for _, q in first.values() if q.schema_json is not None]
+    check_properties(schemas, SCHEMA.names)
+    return [entry for entry, _ in first.values()]
 
 
 class Pipeline:
@@ -76,7 +89,8 @@ class Pipeline:
         end_s: Only samples before this time of each video (``None``: to the end).
         checkpoint_frames: Frames per committed chunk (``checkpoint_frames`` of the config).
         retry_failed: Retry videos and frames that failed before.
-        metadata: Stored in every Parquet file's schema metadata.
+        metadata: Stored in every Parquet file's schema metadata, beside ``prompts``: each
+            question's ``prompt_id``, ``text`` and ``schema`` (null for a plain prompt).
         thumbnail: Makes a frame's ``thumbnail`` bytes (``None``: rows have none).
         min_age_s: A found video not seen unchanged for this many seconds is left for the next
             run (:class:`~pipeline.inputs.Readiness`).
@@ -90,7 +104,7 @@ class Pipeline:
     def __init__(
         self,
         sampler: Sampler,
-        prompts: list[str],
+        prompts: Sequence[PromptEntry],
         output_dir: Path,
         config_id: str,
         *,
@@ -122,7 +136,11 @@ class Pipeline:
         self.min_age_s = min_age_s
         self.before_write = before_write
         self.planner = Planner(output_dir, config_id, self.work_id, retry_failed, min_age_s, read_only)
-        self.metadata = {**(metadata or {}), "versions": package_versions()}
+        prompts_asked = [
+            {"prompt_id": q.prompt_id, "text": q.text, "schema": q.schema_json and json.loads(q.schema_json)}
+            for q in self.questions
+        ]
+        self.metadata = {**(metadata or {}), "versions": package_versions(), "prompts": prompts_asked}
         self.model_name = ""
         # When work last came back (time.monotonic()), while the plan reads the videos or the run
         # waits on the executor, and what it waits on; None otherwise. The command line's stall
@@ -402,6 +420,7 @@ class Pipeline:
             shot_start_s=sample.shot_start_s,
             duplicate_of=sample.duplicate_of,
             finish_reason=answer.finish_reason or None,
+            answer_json=answer.value_json,
         )
 
     def _error_row(self, task: VideoTask, reason: str) -> ResultRow:

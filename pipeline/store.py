@@ -120,6 +120,7 @@ class ResultRow:
     shot_start_s: float | None = None
     duplicate_of: int | None = None
     finish_reason: str | None = None
+    answer_json: str | None = None
 
 
 SCHEMA = pa.schema(
@@ -145,6 +146,9 @@ SCHEMA = pa.schema(
         ("shot_start_s", pa.float64()),
         ("duplicate_of", pa.int64()),
         ("finish_reason", pa.string()),
+        # A schema prompt's answer as compact JSON once it validated (the raw text stays in
+        # ``answer``); null for plain prompts, answers cut or invalid, and older rows.
+        ("answer_json", pa.string()),
     ]
 )
 assert SCHEMA.names == [f.name for f in fields(ResultRow)]
@@ -317,6 +321,11 @@ def _videos_table(output_dir: Path) -> pa.Table:
     return pa.Table.from_pylist(rows, schema=VIDEOS_SCHEMA)
 
 
+def result_files(output_dir: Path) -> list[Path]:
+    """The chunk files of ``output_dir`` (answers and error records of every video), sorted."""
+    return sorted(p for p in output_dir.glob("*/*.parquet") if not p.name.startswith((".", "_")))
+
+
 def read_results(output_dir: str | Path, columns: list[str] | None = None) -> pd.DataFrame:
     """All result rows in ``output_dir`` as a DataFrame (empty, with the columns, if none).
 
@@ -328,7 +337,7 @@ def read_results(output_dir: str | Path, columns: list[str] | None = None) -> pd
         output_dir: A run's ``output_dir``.
         columns: Read only these columns (e.g. leave out ``thumbnail``); default all.
     """
-    files = sorted(p for p in Path(output_dir).glob("*/*.parquet") if not p.name.startswith((".", "_")))
+    files = result_files(Path(output_dir))
     if not files:
         table = SCHEMA.empty_table()
         table = table.select(columns) if columns is not None else table
@@ -376,3 +385,19 @@ def read_configs(output_dir: str | Path) -> dict[str, dict[str, Any]]:
         except (OSError, ValueError, pa.ArrowException):
             continue
     return configs
+
+
+def read_prompt_schemas(output_dir: str | Path) -> dict[str, dict[str, Any]]:
+    """The JSON Schema of each schema prompt answered in ``output_dir``, by ``prompt_id``, from
+    the ``prompts`` each chunk file records (files older than that record have none; a
+    ``prompt_id`` covers its schema, so every file that has it agrees)."""
+    schemas: dict[str, dict[str, Any]] = {}
+    for path in result_files(Path(output_dir)):
+        try:
+            prompts = read_metadata(path).get("prompts") or []
+        except (OSError, ValueError, pa.ArrowException):
+            continue
+        for prompt in prompts:
+            if isinstance(prompt, dict) and isinstance(prompt.get("schema"), dict):
+                schemas.setdefault(str(prompt["prompt_id"]), prompt["schema"])
+    return schemas

@@ -43,6 +43,7 @@ from pipeline.caption.settings import EngineKnobs, GenerationSettings, ModelPres
 from pipeline.caption.weights import ModelFiles, ModelSource, check_pair
 from pipeline.errors import BuildError, ConfigError, WeightsError
 from pipeline.paths import user_cache_dir
+from pipeline.structured import PromptEntry, canonical_json, entry_parts
 
 __all__ = [
     "Answer",
@@ -63,20 +64,22 @@ __all__ = [
 Tag = TypeVar("Tag")
 
 
-def make_questions(prompts: Iterable[str | Mapping[str, Any]]) -> list[Question]:
-    """Questions with stable ids: the id is a hash of the text, so it survives reordering. A
-    prompt ``{"text": ..., "schema": {...}}`` carries its schema (its id covers the schema).
+def make_questions(prompts: Iterable[PromptEntry]) -> list[Question]:
+    """Questions with stable ids, from prompt entries (a text, or ``{text: ..., schema: {...}}``:
+    :mod:`pipeline.structured`).
+
+    The id is a hash of the text, so it survives reordering; a schema prompt's covers the
+    schema too (its canonical JSON), so adding or changing a schema makes a new question while
+    a plain prompt keeps the id it always had.
 
     Raises:
-        ConfigError: A prompt is empty.
+        ConfigError: A prompt is empty, an entry has another shape, or a schema cannot work.
     """
     questions = []
     for entry in prompts:
-        text, schema = (entry, None) if isinstance(entry, str) else (entry["text"], entry.get("schema"))
-        if not text or not text.strip():
-            raise ConfigError("a prompt is empty; give every prompt some text")
-        schema_json = None if schema is None else json.dumps(schema, sort_keys=True, separators=(",", ":"))
-        key = text if schema is None else json.dumps({"text": text, "schema": schema}, sort_keys=True)
+        text, schema = entry_parts(entry)
+        schema_json = None if schema is None else canonical_json(schema)
+        key = text if schema_json is None else canonical_json({"text": text, "schema": schema})
         digest = hashlib.sha256(key.encode()).hexdigest()[:12]
         questions.append(Question(prompt_id=digest, text=text, schema_json=schema_json))
     return questions

@@ -1,0 +1,178 @@
+"""Structured answers: prompt entries that carry a JSON Schema, the checks that refuse a schema
+that cannot work (before any frame), and the pandas type each top-level property loads as.
+
+A prompt entry is a string, or a mapping ``{text: ..., schema: {...}}`` whose schema describes
+a JSON object (``type: object``). The text is sent as written; the schema constrains the
+answer. Each top-level property with a plain type becomes a typed column of
+:func:`pipeline.results.load_results`:
+
+======================================  ===========
+property                                dtype
+======================================  ===========
+``integer``                             ``Int64``
+``number``                              ``Float64``
+``boolean``                             ``boolean``
+``string``, an ``enum`` of strings      ``string``
+======================================  ===========
+
+(an ``enum`` or ``const`` of integers, numbers or booleans likewise); objects, arrays and
+mixed types get no column and stay in ``answer_json``. This module knows no column names: the
+result columns a property must not shadow are passed in.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Collection, Iterable, Mapping
+from typing import Any
+
+import jsonschema
+
+from pipeline.errors import ConfigError
+
+# A prompt as the config gives it: its text, or {text: ..., schema: {...}}.
+PromptEntry = str | Mapping[str, Any]
+
+ENTRY_KEYS = ("text", "schema")
+_DTYPES = {"integer": "Int64", "number": "Float64", "boolean": "boolean", "string": "string"}
+
+
+def canonical_json(value: Any) -> str:
+    """``value`` as compact JSON with sorted keys: one text per value, so a hash of it (the
+    ``prompt_id`` of a schema prompt) does not depend on how the schema was written."""
+    return json.dumps(value, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
+
+
+def entry_parts(entry: Any) -> tuple[str, dict[str, Any] | None]:
+    """The text and the schema (``None``: a plain prompt) of one prompt entry, checked: the
+    schema describes an object and is a valid JSON Schema.
+
+    Raises:
+        ConfigError: The entry is neither a string nor ``{text: ..., schema: {...}}``, its text
+            is empty, or its schema cannot work.
+    """
+    if isinstance(entry, str):
+        text, schema = entry, None
+    elif isinstance(entry, Mapping):
+        unknown = sorted(str(key) for key in entry if key not in ENTRY_KEYS)
+        if unknown or not isinstance(entry.get("text"), str):
+            raise ConfigError(
+                f"prompt entry {_short(entry)} is not {{text: ..., schema: {{...}}}}"
+                + (f" (unknown keys: {', '.join(unknown)})" if unknown else " (its text is missing)")
+                + "; give a string, or a text and a JSON Schema"
+            )
+        text, schema = entry["text"], entry.get("schema")
+    else:
+        raise ConfigError(f"prompt entry {_short(entry)} is neither text nor {{text: ..., schema: {{...}}}}")
+    if not text.strip():
+        raise ConfigError("a prompt is empty; give every prompt some text")
+    if schema is not None:
+        _check_schema(text, schema)
+    return text, None if schema is None else dict(schema)
+
+
+def check_properties(schemas: Iterable[tuple[str, Mapping[str, Any]]], reserved: Collection[str]) -> None:
+    """Refuse top-level properties that would not load as their own column: one named like a
+    result column (``reserved``), or one that two prompts give different types.
+
+    Args:
+        schemas: ``(prompt text, schema)`` of each schema prompt of a run.
+        reserved: The result columns' names.
+
+    Raises:
+        ConfigError: The first such property, naming the prompts.
+    """
+    typed: dict[str, tuple[str, str]] = {}  # property → (its type, the first prompt giving it)
+    for text, schema in schemas:
+        for name, kind in property_types(schema).items():
+            if name in reserved:
+                raise ConfigError(
+                    f"the schema of prompt {text!r} has a property {name!r}, the name of a result column; rename it"
+                )
+            first = typed.setdefault(name, (kind, text))
+            if first[0] != kind:
+                raise ConfigError(
+                    f"property {name!r} is {first[0]} in the schema of prompt {first[1]!r} but {kind} in that "
+                    f"of {text!r}; give it one type, or rename it in one of them"
+                )
+
+
+def property_types(schema: Mapping[str, Any]) -> dict[str, str]:
+    """Each top-level property of an object schema with its type, as the words a user wrote
+    (``integer``, ``string``, ...; several joined by ``|``; ``object`` when nothing says)."""
+    properties = schema.get("properties")
+    if not isinstance(properties, Mapping):
+        return {}
+    return {str(name): _type_words(spec) for name, spec in properties.items()}
+
+
+def column_dtypes(schema: Mapping[str, Any]) -> dict[str, str]:
+    """The pandas dtype of each top-level property that loads as its own column (see the
+    module's table); properties left in ``answer_json`` are not listed."""
+    dtypes = {}
+    for name, words in property_types(schema).items():
+        kinds = [w for w in words.split("|") if w != "null"]
+        if len(kinds) == 1 and kinds[0] in _DTYPES:
+            dtypes[name] = _DTYPES[kinds[0]]
+    return dtypes
+
+
+def typed_value(value: Any, dtype: str) -> Any:
+    """A JSON value as the column of ``dtype`` holds it, or ``None`` where it does not fit (a
+    value the schema would refuse, an integer beyond 64 bits)."""
+    fits = {
+        "Int64": isinstance(value, int) and not isinstance(value, bool) and -(2**63) <= value < 2**63,
+        "Float64": isinstance(value, (int, float)) and not isinstance(value, bool),
+        "boolean": isinstance(value, bool),
+        "string": isinstance(value, str),
+    }
+    return value if fits.get(dtype, False) else None
+
+
+def _type_words(spec: Any) -> str:
+    """A property's JSON type in words: from ``type``, else from the values of ``enum`` or
+    ``const``, else ``object`` (anything: kept in ``answer_json``)."""
+    if not isinstance(spec, Mapping):
+        return "object"
+    declared = spec.get("type")
+    if isinstance(declared, str):
+        return declared
+    if isinstance(declared, list) and all(isinstance(t, str) for t in declared):
+        return "|".join(sorted(declared))
+    values = spec["enum"] if isinstance(spec.get("enum"), list) else [spec["const"]] if "const" in spec else None
+    if values:
+        return "|".join(sorted({_json_type(v) for v in values}))
+    return "object"
+
+
+def _json_type(value: Any) -> str:
+    if isinstance(value, bool):
+        return "boolean"
+    if isinstance(value, int):
+        return "integer"
+    if isinstance(value, float):
+        return "number"
+    if isinstance(value, str):
+        return "string"
+    return "null" if value is None else "object"
+
+
+def _check_schema(text: str, schema: Any) -> None:
+    if not isinstance(schema, Mapping) or schema.get("type") != "object":
+        raise ConfigError(
+            f"the schema of prompt {text!r} does not describe an object (type: object at its top level); "
+            "give {type: object, properties: {...}}"
+        )
+    validator = jsonschema.validators.validator_for(schema, default=jsonschema.Draft202012Validator)
+    try:
+        validator.check_schema(schema)
+    except jsonschema.SchemaError as error:
+        where = "/".join(str(p) for p in error.absolute_path) or "its top level"
+        raise ConfigError(
+            f"the schema of prompt {text!r} is not a valid JSON Schema at {where}: {' '.join(error.message.split())}"
+        ) from None
+
+
+def _short(value: Any, limit: int = 80) -> str:
+    text = repr(value)
+    return text if len(text) <= limit else text[: limit - 3] + "..."

@@ -1,0 +1,265 @@
+"""Structured answers, the data side: prompt entries with a JSON Schema (in ``prompts`` and in
+YAML/JSON prompts files), the schemas refused before any frame, the ``answer_json`` column and
+the typed columns of ``load_results`` over output folders that mix runs with and without
+schemas. The engine's constrained decoding is not needed here: chunks with known values are
+written through the store's own writer."""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+from dataclasses import asdict
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+
+from pipeline.caption import make_questions
+from pipeline.export import export
+from pipeline.results import load_results
+from pipeline.store import SCHEMA, ResultRow, write_chunk
+from tests.conftest import SAMPLE_VIDEO, assert_one_line_error, last_run, run_cli
+
+PEOPLE = {
+    "type": "object",
+    "properties": {
+        "people": {"type": "integer", "minimum": 0},
+        "outdoor": {"type": "boolean"},
+        "weather": {"enum": ["sun", "rain", "snow"]},
+        "light": {"type": ["number", "null"]},
+        "objects": {"type": "array", "items": {"type": "string"}},
+    },
+    "required": ["people", "outdoor"],
+}
+CROWD = {"type": "object", "properties": {"people": {"type": "integer"}, "mood": {"type": "string"}}}
+
+
+def question_id(entry: str | dict[str, Any]) -> str:
+    (question,) = make_questions([entry])
+    return question.prompt_id
+
+
+def schema_row(video_id: str, frame_index: int, entry: str | dict[str, Any], value: Any, **fields: Any) -> ResultRow:
+    """An ok answer as a run writes it; ``value`` (None: no value) becomes ``answer_json``."""
+    text = entry if isinstance(entry, str) else entry["text"]
+    values = {
+        "video_path": f"/videos/{video_id}.mp4", "video_id": video_id, "frame_index": frame_index,
+        "timestamp_s": frame_index / 25, "prompt_id": question_id(entry), "prompt": text,
+        "answer": json.dumps(value) if value is not None else "free text", "model": "tiny", "status": "ok",
+        "config_id": "cfg1", "finish_reason": "stop" if value is not None else "invalid",
+        "answer_json": None if value is None else json.dumps(value, separators=(",", ":")),
+        **fields,
+    }
+    return ResultRow(**values)
+
+
+def write_run(output_dir: Path, video_id: str, rows: list[ResultRow], entries: list[str | dict[str, Any]]) -> None:
+    """Commit ``rows`` as a run asking ``entries`` does: with the prompts it asked recorded."""
+    prompts = [
+        {"prompt_id": q.prompt_id, "text": q.text, "schema": q.schema_json and json.loads(q.schema_json)}
+        for q in make_questions(entries)
+    ]
+    write_chunk(output_dir, video_id, "part", "cfg1", rows, {"prompts": prompts})
+
+
+def write_old_chunk(output_dir: Path, video_id: str) -> None:
+    """A chunk as runs before ``answer_json`` wrote it: the old schema, no prompts recorded."""
+    old = pa.schema([f for f in SCHEMA if f.name != "answer_json"])
+    row = asdict(schema_row(video_id, 0, "What is shown?", None))
+    row.update(answer="A street.", finish_reason="stop")
+    del row["answer_json"]
+    (output_dir / video_id).mkdir(parents=True)
+    pq.write_table(pa.Table.from_pylist([row], schema=old), output_dir / video_id / "part-cfg0-1-old.parquet")
+
+
+PEOPLE_ENTRY = {"text": "How many people, outdoors?", "schema": PEOPLE}
+CROWD_ENTRY = {"text": "Describe the crowd.", "schema": CROWD}
+
+
+@pytest.fixture
+def mixed(tmp_path: Path) -> Path:
+    """An old plain run on video ``a``; a run with two schema prompts and a plain one on ``b``."""
+    out = tmp_path / "out"
+    write_old_chunk(out, "a")
+    rows = [
+        schema_row("b", 0, PEOPLE_ENTRY, {"people": 3, "outdoor": True, "weather": "sun", "light": 0.5,
+                                          "objects": ["car"]}),
+        schema_row("b", 25, PEOPLE_ENTRY, {"people": 1, "outdoor": True, "weather": "rain", "light": None}),
+        schema_row("b", 50, PEOPLE_ENTRY, {"people": 5, "outdoor": False}),
+        schema_row("b", 75, PEOPLE_ENTRY, None),  # ended without a valid answer
+        schema_row("b", 0, CROWD_ENTRY, {"people": 40, "mood": "calm"}),
+        schema_row("b", 0, "What is shown?", None, finish_reason="stop", answer="A square."),
+    ]
+    write_run(out, "b", rows, [PEOPLE_ENTRY, CROWD_ENTRY, "What is shown?"])
+    return out
+
+
+def test_load_results_types_each_property_over_runs_with_and_without_schemas(mixed: Path) -> None:
+    df = load_results(mixed)
+
+    assert {c: str(df[c].dtype) for c in ("people", "outdoor", "weather", "light", "mood")} == {
+        "people": "Int64", "outdoor": "boolean", "weather": "string", "light": "Float64", "mood": "string",
+    }
+    assert "objects" not in df.columns  # nested: only in answer_json
+    crowd = df[(df.people > 2) & df.outdoor]
+    assert crowd[["video_id", "frame_index"]].values.tolist() == [["b", 0]]
+    by_key = df.set_index(["video_id", "frame_index", "prompt"])
+    assert by_key.loc[("b", 0, "Describe the crowd."), "people"] == 40  # one column for both prompts
+    assert pd.isna(by_key.loc[("b", 0, "Describe the crowd."), "outdoor"])
+    assert by_key.loc[("b", 75, "How many people, outdoors?")][["people", "outdoor", "answer_json"]].isna().all()
+    for plain in (("a", 0, "What is shown?"), ("b", 0, "What is shown?")):
+        assert by_key.loc[plain][["people", "weather", "mood", "answer_json"]].isna().all()
+    assert json.loads(by_key.loc[("b", 0, "How many people, outdoors?"), "answer_json"])["objects"] == ["car"]
+    assert df.weather.value_counts().to_dict() == {"sun": 1, "rain": 1}
+
+
+@pytest.mark.parametrize("old_video", ["a", "c"])  # the old chunk read first, or last
+def test_plain_pandas_reads_an_output_dir_that_mixes_old_and_new_chunks(tmp_path: Path, old_video: str) -> None:
+    out = tmp_path / "out"
+    write_old_chunk(out, old_video)
+    write_run(out, "b", [schema_row("b", 0, PEOPLE_ENTRY, {"people": 2, "outdoor": False})], [PEOPLE_ENTRY])
+
+    plain = pd.read_parquet(out)
+    whole = pd.read_parquet(out, schema=SCHEMA)
+    loaded = load_results(out)
+
+    assert sorted(plain.video_id) == sorted(whole.video_id) == sorted(loaded.video_id) == sorted([old_video, "b"])
+    assert whole.set_index("video_id").answer_json.isna().to_dict() == {old_video: True, "b": False}
+    assert loaded.set_index("video_id").people.isna().to_dict() == {old_video: True, "b": False}
+
+
+def test_properties_that_nights_type_apart_stay_in_answer_json(tmp_path: Path) -> None:
+    out = tmp_path / "out"
+    night_one = {"text": "Count people.", "schema": {"type": "object", "properties": {"people": {"type": "integer"}}}}
+    night_two = {"text": "Name people.", "schema": {"type": "object", "properties": {"people": {"type": "string"}}}}
+    write_run(out, "a", [schema_row("a", 0, night_one, {"people": 2})], [night_one])
+    write_run(out, "b", [schema_row("b", 0, night_two, {"people": "Ann"})], [night_two])
+
+    with pytest.warns(UserWarning, match="'people'"):
+        df = load_results(out)
+
+    assert "people" not in df.columns
+    assert df.answer_json.tolist() == ['{"people":2}', '{"people":"Ann"}']
+
+
+def test_a_plain_prompt_keeps_the_id_older_runs_wrote() -> None:
+    # Archives stay valid: a prompt without a schema is the same question as before schemas.
+    assert question_id("What is shown?") == "0e9ca266c638"
+    assert question_id({"text": "What is shown?"}) == "0e9ca266c638"
+    assert question_id({"text": "What is shown?", "schema": CROWD}) != "0e9ca266c638"
+    reordered = {"properties": CROWD["properties"], "type": "object"}
+    assert question_id({"text": "What is shown?", "schema": reordered}) == question_id(
+        {"text": "What is shown?", "schema": CROWD}
+    )
+
+
+BAD_SCHEMAS = [
+    ("prompts=[{text: Count?, schema: {type: array}}]", "does not describe an object"),
+    ("prompts=[{text: Count?, schema: {type: object, properties: {people: {type: integr}}}}]",
+     "not a valid JSON Schema at properties/people/type"),
+    ("prompts=[{text: Count?, schema: {type: object, properties: {people: {type: integer, minimum: few}}}}]",
+     "not a valid JSON Schema at properties/people/minimum"),
+    ("prompts=[{text: Count?, schema: {type: object, properties: {answer_json: {type: string}}}}]",
+     "property 'answer_json', the name of a result column"),
+    ("prompts=[{text: Count?, schema: {type: object, properties: {timestamp_s: {type: number}}}}]",
+     "property 'timestamp_s', the name of a result column"),
+    ("prompts=[{text: Count?, schema: {type: object, properties: {people: {type: integer}}}},"
+     "{text: Who?, schema: {type: object, properties: {people: {type: string}}}}]",
+     "property 'people' is integer in the schema of prompt 'Count?' but string in that of 'Who?'"),
+    ("prompts=[{text: Count?, scheme: {type: object}}]", "unknown keys: scheme"),
+    ("prompts=[{schema: {type: object}}]", "its text is missing"),
+]
+
+
+@pytest.mark.parametrize(("override", "needle"), BAD_SCHEMAS)
+def test_a_schema_that_cannot_work_is_refused_before_any_frame(
+    cli_base: list[str], tmp_path: Path, override: str, needle: str
+) -> None:
+    result = run_cli(f"video={SAMPLE_VIDEO}", *cli_base, override)
+
+    assert_one_line_error(result, 1, needle)
+    assert not (tmp_path / "out").exists()
+
+
+@pytest.mark.parametrize(
+    ("name", "content", "needle"),
+    [
+        ("q.yaml", "text: How many?\nschema: {type: object}\n", "holds a dict, not a list"),
+        ("q.json", '["What?", {"text": "How many?",', "cannot be read"),
+        ("q.yml", "- What?\n- [nested, list]\n", "is neither text nor"),
+        ("q.json", "[]", "holds no prompt"),
+    ],
+)
+def test_a_prompts_file_that_is_not_a_list_of_entries_is_one_line(
+    cli_base: list[str], tmp_path: Path, name: str, content: str, needle: str
+) -> None:
+    (tmp_path / name).write_text(content)
+
+    result = run_cli(f"video={SAMPLE_VIDEO}", *cli_base, f"prompts_file={tmp_path / name}")
+
+    assert_one_line_error(result, 1, needle)
+
+
+def test_adding_or_changing_a_schema_asks_only_that_prompt(cli_base: list[str], tmp_path: Path) -> None:
+    out = tmp_path / "out"
+    args = [f"video={SAMPLE_VIDEO}", *cli_base, "max_frames=2", "report=false"]
+    assert run_cli(*args, "prompts=[What is shown?]").returncode == 0
+    before = {p.name for p in out.glob("*/part-*.parquet")}
+
+    # The plain prompt, now in a YAML file, beside a new schema prompt.
+    yaml_file = tmp_path / "questions.yaml"
+    yaml_file.write_text(
+        "- What is shown?\n"
+        "- text: How many people are there?\n"
+        "  schema: {type: object, properties: {people: {type: integer, minimum: 0}}, required: [people]}\n"
+    )
+    first = run_cli(*args, f"prompts_file={yaml_file}")
+    assert first.returncode == 0, first.stderr
+    assert last_run(out)["rows"] == 2  # 2 frames x the new prompt only
+
+    # The same text with another schema, from a JSON file: a new question again.
+    changed = {"type": "object", "properties": {"people": {"type": "integer", "maximum": 99}}}
+    json_file = tmp_path / "questions.json"
+    json_file.write_text(json.dumps(["What is shown?", {"text": "How many people are there?", "schema": changed}]))
+    second = run_cli(*args, f"prompts_file={json_file}")
+    assert second.returncode == 0, second.stderr
+    assert last_run(out)["rows"] == 2
+    assert run_cli(*args, f"prompts_file={json_file}").returncode == 0
+    assert last_run(out)["rows"] == 0  # nothing left to ask
+
+    df = load_results(out)
+    assert before <= {p.name for p in out.glob("*/part-*.parquet")}  # the first run's chunks untouched
+    assert df.groupby("prompt").prompt_id.nunique().to_dict() == {"How many people are there?": 2, "What is shown?": 1}
+    assert len(df) == 2 * 3 and df.people.dtype == "Int64"
+
+
+def test_csv_and_jsonl_exports_carry_the_parsed_values(mixed: Path) -> None:
+    done = export(mixed, ["jsonl", "csv"])
+
+    records = [json.loads(line) for line in (done.folder / "captions.jsonl").read_text(encoding="utf-8").splitlines()]
+    table = list(csv.DictReader(io.StringIO((done.folder / "captions.csv").read_text(encoding="utf-8"))))
+    first = next(r for r in records if r["prompt"] == "How many people, outdoors?" and r["frame_index"] == 0)
+    assert first["answer_json"]["objects"] == ["car"]  # the value itself, not its text
+    assert (first["people"], first["outdoor"], first["weather"], first["light"]) == (3, True, "sun", 0.5)
+    row = next(r for r in table if r["prompt"] == "How many people, outdoors?" and r["frame_index"] == "0")
+    assert (row["people"], row["outdoor"], row["weather"]) == ("3", "True", "sun")
+    assert json.loads(row["answer_json"])["people"] == 3
+    plain = next(r for r in records if r["video_id"] == "a")
+    assert plain["answer_json"] is None and plain["people"] is None
+
+
+def test_entries_repeated_in_any_form_are_asked_once(cli_base: list[str]) -> None:
+    entries = (
+        "prompts=[What is shown?,{text: What is shown?},"
+        "{text: Count?, schema: {type: object, properties: {n: {type: integer}}}},"
+        "{text: Count?, schema: {properties: {n: {type: integer}}, type: object}},"
+        "{text: Count?, schema: {type: object, properties: {n: {type: integer, minimum: 0}}}}]"
+    )
+    result = run_cli(f"video={SAMPLE_VIDEO}", *cli_base, "max_frames=2", "dry_run=true", entries)
+
+    assert result.returncode == 0, result.stderr
+    assert "2 frames, 3 prompts each" in result.stdout
