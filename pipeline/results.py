@@ -17,6 +17,7 @@ import itertools
 import json
 import warnings
 from collections.abc import Mapping
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -28,6 +29,8 @@ from pipeline.structured import column_dtypes, typed_value
 from pipeline.thumbnails import decode_thumbnail
 
 THUMBNAIL = "thumbnail"
+# How a schema prompt's answer ended: complete and valid, cut at max_tokens, or not valid.
+FINISH_REASONS = ("stop", "length", "invalid")
 
 # C0 controls (but tab and newline) and DEL become their visible Control Pictures (U+2400...):
 # random-weight models emit them, and HTML or subtitle players would drop or mangle them (a CR
@@ -142,6 +145,71 @@ def typed_answers(df: pd.DataFrame, schemas: Mapping[str, Mapping[str, Any]]) ->
         ]
         typed[name] = pd.array(cells, dtype=dtype)
     return df.assign(**typed) if typed else df
+
+
+@dataclass(frozen=True)
+class SchemaSummary:
+    """What the answers to schema prompts say, per prompt (:func:`schema_summary`).
+
+    Attributes:
+        outcomes: One row per schema prompt (index ``prompt_id``): ``prompt``, ``answers`` (ok
+            rows) and the share of them that ended ``stop`` (complete and valid), ``length``
+            (cut at ``generation.max_tokens``) and ``invalid`` (ended, not valid).
+        counts: How often each value came: ``prompt_id``, ``prompt``, ``property``, ``value``,
+            ``count``, for boolean properties (``True``, ``False``) and enums (every value the
+            schema allows, in its order, 0 where none came).
+        ranges: ``prompt_id``, ``prompt``, ``property``, ``values`` (answers with one), ``min``,
+            ``median``, ``max``, for integer and number properties.
+    """
+
+    outcomes: pd.DataFrame
+    counts: pd.DataFrame
+    ranges: pd.DataFrame
+
+
+def schema_summary(df: pd.DataFrame, schemas: Mapping[str, Mapping[str, Any]]) -> SchemaSummary:
+    """Per schema prompt: how its answers ended, counts for its booleans and enums, min, median
+    and max for its numbers.
+
+    Args:
+        df: Rows from :func:`load_results` (with the typed columns).
+        schemas: ``prompt_id`` → schema (:func:`load_schemas`).
+    """
+    ok = df[df["status"].eq("ok")]
+    outcomes, counted, ranges = [], [], []
+    for prompt_id, schema in schemas.items():
+        rows = ok[ok["prompt_id"].eq(prompt_id)]
+        if rows.empty:
+            continue
+        prompt = rows["prompt"].iloc[0]
+        finish = rows["finish_reason"].value_counts()
+        outcomes.append(
+            {"prompt_id": prompt_id, "prompt": prompt, "answers": len(rows),
+             **{reason: finish.get(reason, 0) / len(rows) for reason in FINISH_REASONS}}
+        )
+        properties = schema.get("properties", {})
+        for name, dtype in column_dtypes(schema).items():
+            if name not in rows.columns:
+                continue  # typed apart by another night's schema: see typed_answers
+            values = rows[name].dropna()
+            allowed = properties[name].get("enum") if isinstance(properties[name], Mapping) else None
+            choices = [True, False] if dtype == "boolean" else allowed if isinstance(allowed, list) else None
+            if choices is not None:
+                found = values.value_counts()
+                for value in choices:
+                    counted.append({"prompt_id": prompt_id, "prompt": prompt, "property": name,
+                                    "value": value, "count": int(found.get(value, 0))})
+            elif dtype in ("Int64", "Float64"):
+                numbers = values.astype(float)
+                ranges.append({"prompt_id": prompt_id, "prompt": prompt, "property": name, "values": len(numbers),
+                               "min": numbers.min(), "median": numbers.median(), "max": numbers.max()})
+    return SchemaSummary(
+        outcomes=pd.DataFrame(outcomes, columns=["prompt_id", "prompt", "answers", *FINISH_REASONS]).set_index(
+            "prompt_id"
+        ),
+        counts=pd.DataFrame(counted, columns=["prompt_id", "prompt", "property", "value", "count"]),
+        ranges=pd.DataFrame(ranges, columns=["prompt_id", "prompt", "property", "values", "min", "median", "max"]),
+    )
 
 
 def counts(df: pd.DataFrame) -> dict[str, int]:

@@ -9,20 +9,25 @@ from __future__ import annotations
 import csv
 import io
 import json
+import os
 from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
+import nbformat
 import pandas as pd
+import papermill
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
 from pipeline.caption import make_questions
 from pipeline.export import export
-from pipeline.results import load_results
+from pipeline.results import load_results, load_schemas, schema_summary
 from pipeline.store import SCHEMA, ResultRow, write_chunk
-from tests.conftest import SAMPLE_VIDEO, assert_one_line_error, last_run, run_cli
+from tests.conftest import ROOT, SAMPLE_VIDEO, assert_one_line_error, last_run, run_cli
+
+NOTEBOOK = ROOT / "notebooks" / "analyze_captions.ipynb"
 
 PEOPLE = {
     "type": "object",
@@ -263,3 +268,48 @@ def test_entries_repeated_in_any_form_are_asked_once(cli_base: list[str]) -> Non
 
     assert result.returncode == 0, result.stderr
     assert "2 frames, 3 prompts each" in result.stdout
+
+
+def test_schema_summary_counts_booleans_and_enums_and_ranges_numbers(mixed: Path) -> None:
+    summary = schema_summary(load_results(mixed), load_schemas(mixed))
+
+    people = question_id(PEOPLE_ENTRY)
+    outcomes = summary.outcomes.loc[people]
+    assert (outcomes["answers"], outcomes["stop"], outcomes["length"], outcomes["invalid"]) == (4, 0.75, 0.0, 0.25)
+    assert set(summary.outcomes.index) == {people, question_id(CROWD_ENTRY)}  # plain prompts have no row
+    counted = summary.counts[summary.counts.prompt_id == people]
+    assert counted.set_index(["property", "value"])["count"].to_dict() == {
+        ("outdoor", True): 2, ("outdoor", False): 1, ("weather", "sun"): 1, ("weather", "rain"): 1,
+        ("weather", "snow"): 0,
+    }
+    ranges = summary.ranges.set_index(["prompt_id", "property"])
+    assert ranges.loc[(people, "people"), ["values", "min", "median", "max"]].tolist() == [3, 1.0, 3.0, 5.0]
+    assert ranges.loc[(people, "light"), ["values", "min", "max"]].tolist() == [1, 0.5, 0.5]
+    assert ranges.loc[(question_id(CROWD_ENTRY), "people"), "median"] == 40.0
+
+
+def test_the_notebook_shows_each_schema_prompt(mixed: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    notebook = nbformat.read(NOTEBOOK, as_version=4)
+    probe = (
+        "print('PROBE ' + json.dumps({'outcomes': json.loads(structured.outcomes.to_json()), "
+        "'counts': json.loads(structured.counts.to_json(orient='records'))}))"
+    )
+    notebook.cells.append(nbformat.v4.new_code_cell(probe))
+    nbformat.write(notebook, tmp_path / "probed.ipynb")
+    monkeypatch.setenv("PYTHONPATH", os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")])))
+
+    papermill.execute_notebook(
+        str(tmp_path / "probed.ipynb"), str(tmp_path / "executed.ipynb"), parameters={"output_dir": str(mixed)},
+        cwd=str(NOTEBOOK.parent), kernel_name="python3", progress_bar=False,
+    )
+
+    executed = nbformat.read(tmp_path / "executed.ipynb", as_version=4)
+    outputs = [o for cell in executed.cells if cell.cell_type == "code" for o in cell.outputs]
+    printed = "".join(o.get("text", "") for o in outputs if o.output_type == "stream")
+    shown = json.loads(printed.split("PROBE ", 1)[1].splitlines()[0])
+    assert shown["outcomes"]["answers"] == {question_id(PEOPLE_ENTRY): 4, question_id(CROWD_ENTRY): 1}
+    assert {"property": "outdoor", "value": True, "count": 2} in [
+        {k: r[k] for k in ("property", "value", "count")} for r in shown["counts"]
+    ]
+    (figures,) = [c for c in executed.cells if c.cell_type == "code" and "structured.outcomes.iterrows" in c.source]
+    assert sum("image/png" in o.get("data", {}) for o in figures.outputs) == 2  # a figure per prompt
