@@ -133,7 +133,7 @@ def typed_answers(df: pd.DataFrame, schemas: Mapping[str, Mapping[str, Any]]) ->
             "result column; it gets no column (its values stay in answer_json)",
             stacklevel=2,
         )
-    values = df["answer_json"].map(lambda text: json.loads(text) if isinstance(text, str) else None)
+    values = df["answer_json"].map(_json_value)
     typed = {}
     for name, (dtype, prompt_ids) in columns.items():
         if name in clashes:
@@ -145,6 +145,14 @@ def typed_answers(df: pd.DataFrame, schemas: Mapping[str, Mapping[str, Any]]) ->
         ]
         typed[name] = pd.array(cells, dtype=dtype)
     return df.assign(**typed) if typed else df
+
+
+def _json_value(text: Any) -> Any:
+    """The value of an ``answer_json`` cell; ``None`` for a null, or text that is not JSON."""
+    try:
+        return json.loads(text) if isinstance(text, str) else None
+    except ValueError:
+        return None
 
 
 @dataclass(frozen=True)

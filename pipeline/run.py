@@ -42,7 +42,7 @@ from pipeline.progress import Progress
 from pipeline.sampling import Sampler
 from pipeline.signals import Stopped, check_stopped
 from pipeline.store import (
-    SCHEMA,
+    RESERVED_NAMES,
     ResultRow,
     write_chunk,
     write_video_facts,
@@ -71,7 +71,7 @@ def unique_prompts(prompts: Sequence[PromptEntry]) -> list[PromptEntry]:
         if ids.count(prompt_id) > 1:
             log.info("prompt %r is given %d times; it is asked once", question.text, ids.count(prompt_id))
     schemas = [(q.text, json.loads(q.schema_json)) for _, q in first.values() if q.schema_json is not None]
-    check_properties(schemas, SCHEMA.names)
+    check_properties(schemas, RESERVED_NAMES)
     return [entry for entry, _ in first.values()]
 
 

@@ -152,6 +152,9 @@ SCHEMA = pa.schema(
     ]
 )
 assert SCHEMA.names == [f.name for f in fields(ResultRow)]
+# Names a structured prompt's property may not take (pipeline.structured.check_properties): the
+# columns, and the one a reader adds beside them (the cue's end of pipeline.export).
+RESERVED_NAMES = (*SCHEMA.names, "end_s")
 
 
 VIDEOS_SCHEMA = pa.schema(
@@ -394,10 +397,11 @@ def read_prompt_schemas(output_dir: str | Path) -> dict[str, dict[str, Any]]:
     schemas: dict[str, dict[str, Any]] = {}
     for path in result_files(Path(output_dir)):
         try:
-            prompts = read_metadata(path).get("prompts") or []
+            recorded = (pq.read_schema(path).metadata or {}).get(b"pipeline.prompts")
+            prompts = json.loads(recorded) if recorded else []
         except (OSError, ValueError, pa.ArrowException):
             continue
-        for prompt in prompts:
+        for prompt in prompts if isinstance(prompts, list) else []:
             if isinstance(prompt, dict) and isinstance(prompt.get("schema"), dict):
                 schemas.setdefault(str(prompt["prompt_id"]), prompt["schema"])
     return schemas

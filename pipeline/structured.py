@@ -82,17 +82,20 @@ def check_properties(schemas: Iterable[tuple[str, Mapping[str, Any]]], reserved:
     Raises:
         ConfigError: The first such property, naming the prompts.
     """
-    typed: dict[str, tuple[str, str]] = {}  # property → (its type, the first prompt giving it)
+    typed: dict[str, tuple[str, str, str]] = {}  # property → (its column, its type, the first prompt giving it)
     for text, schema in schemas:
-        for name, kind in property_types(schema).items():
+        dtypes = column_dtypes(schema)
+        for name, words in property_types(schema).items():
             if name in reserved:
                 raise ConfigError(
                     f"the schema of prompt {text!r} has a property {name!r}, the name of a result column; rename it"
                 )
-            first = typed.setdefault(name, (kind, text))
-            if first[0] != kind:
+            # Types that load as one column agree ([integer, "null"] and integer); others must match.
+            column = dtypes.get(name, words)
+            first = typed.setdefault(name, (column, words, text))
+            if first[0] != column:
                 raise ConfigError(
-                    f"property {name!r} is {first[0]} in the schema of prompt {first[1]!r} but {kind} in that "
+                    f"property {name!r} is {first[1]} in the schema of prompt {first[2]!r} but {words} in that "
                     f"of {text!r}; give it one type, or rename it in one of them"
                 )
 

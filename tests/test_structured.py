@@ -172,6 +172,8 @@ BAD_SCHEMAS = [
      "property 'answer_json', the name of a result column"),
     ("prompts=[{text: Count?, schema: {type: object, properties: {timestamp_s: {type: number}}}}]",
      "property 'timestamp_s', the name of a result column"),
+    ("prompts=[{text: Count?, schema: {type: object, properties: {end_s: {type: number}}}}]",  # the exports' column
+     "property 'end_s', the name of a result column"),
     ("prompts=[{text: Count?, schema: {type: object, properties: {people: {type: integer}}}},"
      "{text: Who?, schema: {type: object, properties: {people: {type: string}}}}]",
      "property 'people' is integer in the schema of prompt 'Count?' but string in that of 'Who?'"),
@@ -255,6 +257,17 @@ def test_csv_and_jsonl_exports_carry_the_parsed_values(mixed: Path) -> None:
     assert json.loads(row["answer_json"])["people"] == 3
     plain = next(r for r in records if r["video_id"] == "a")
     assert plain["answer_json"] is None and plain["people"] is None
+
+
+def test_a_property_that_two_prompts_type_alike_is_accepted(cli_base: list[str]) -> None:
+    entries = (
+        "prompts=[{text: Count?, schema: {type: object, properties: {n: {type: integer}}}},"
+        "{text: Count again?, schema: {type: object, properties: {n: {type: [integer, 'null'], maximum: 9}}}}]"
+    )
+    result = run_cli(f"video={SAMPLE_VIDEO}", *cli_base, "max_frames=2", "dry_run=true", entries)
+
+    assert result.returncode == 0, result.stderr
+    assert "2 frames, 2 prompts each" in result.stdout
 
 
 def test_entries_repeated_in_any_form_are_asked_once(cli_base: list[str]) -> None:
