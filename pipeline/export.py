@@ -38,6 +38,7 @@ from pipeline.files import write_bytes_atomic
 from pipeline.options import OptionError, parse_options
 from pipeline.results import printable, typed_answers
 from pipeline.store import StoreError, read_prompt_schemas, read_results, read_videos
+from pipeline.structured import json_value
 
 USAGE = (
     "usage: python -m pipeline.export output_dir=DIR format=vtt|srt|jsonl|csv[,...] "
@@ -451,7 +452,7 @@ def _jsonl(flat: pd.DataFrame) -> bytes:
     """One JSON object per row; ``answer_json`` as the parsed value itself, not its text."""
     lines = (
         json.dumps(
-            {k: json.loads(v) if k == "answer_json" and isinstance(v, str) else _plain(v) for k, v in record.items()},
+            {k: json_value(v) if k == "answer_json" else _plain(v) for k, v in record.items()},
             ensure_ascii=False,
         )
         for record in flat.to_dict("records")

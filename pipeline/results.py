@@ -14,7 +14,6 @@ record (the video could not be opened or decoded), not an answer.
 from __future__ import annotations
 
 import itertools
-import json
 import warnings
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -25,7 +24,7 @@ import numpy as np
 import pandas as pd
 
 from pipeline.store import read_prompt_schemas, read_results, read_videos
-from pipeline.structured import column_dtypes, typed_value
+from pipeline.structured import column_dtypes, json_value, typed_value
 from pipeline.thumbnails import decode_thumbnail
 
 THUMBNAIL = "thumbnail"
@@ -133,7 +132,7 @@ def typed_answers(df: pd.DataFrame, schemas: Mapping[str, Mapping[str, Any]]) ->
             "result column; it gets no column (its values stay in answer_json)",
             stacklevel=2,
         )
-    values = df["answer_json"].map(_json_value)
+    values = df["answer_json"].map(json_value)
     typed = {}
     for name, (dtype, prompt_ids) in columns.items():
         if name in clashes:
@@ -145,14 +144,6 @@ def typed_answers(df: pd.DataFrame, schemas: Mapping[str, Mapping[str, Any]]) ->
         ]
         typed[name] = pd.array(cells, dtype=dtype)
     return df.assign(**typed) if typed else df
-
-
-def _json_value(text: Any) -> Any:
-    """The value of an ``answer_json`` cell; ``None`` for a null, or text that is not JSON."""
-    try:
-        return json.loads(text) if isinstance(text, str) else None
-    except ValueError:
-        return None
 
 
 @dataclass(frozen=True)

@@ -120,6 +120,14 @@ def column_dtypes(schema: Mapping[str, Any]) -> dict[str, str]:
     return dtypes
 
 
+def json_value(text: Any) -> Any:
+    """The value of an ``answer_json`` cell; ``None`` for a null, or for text that is not JSON."""
+    try:
+        return json.loads(text) if isinstance(text, str) else None
+    except ValueError:
+        return None
+
+
 def typed_value(value: Any, dtype: str) -> Any:
     """A JSON value as the column of ``dtype`` holds it, or ``None`` where it does not fit (a
     value the schema would refuse, an integer beyond 64 bits)."""
