@@ -124,7 +124,7 @@ PARTS: tuple[Part, ...] = (
         "pipeline/watchdog.py": "the stall watch",
         "pipeline/progress.py": "the progress bar",
         "pipeline/runlog.py": "the run's log file and crash records",
-        "pipeline/listfile.py": "reading a one-item-a-line text file",
+        "pipeline/listfile.py": "reading a list file: one item a line, or a YAML or JSON list",
         "pipeline/options.py": "the one `key=value` parser of the sub-commands",
         "pipeline/words.py": "counts and durations in the words every message uses",
         "pipeline/structured.py": "structured answers: prompt entries with a JSON Schema, their checks, column types",
