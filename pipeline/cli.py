@@ -52,8 +52,8 @@ from pipeline.runlog import log_folder, record_crash, run_log, run_stamp
 from pipeline.sampling import Sampler
 from pipeline.signals import Stopped, stop_on_signals
 from pipeline.store import prepare_output_dir, remove_temporaries
-from pipeline.summary import RunRecord, RunSummary
 from pipeline.structured import PromptEntry
+from pipeline.summary import RunRecord, RunSummary
 from pipeline.thumbnails import thumbnailer
 from pipeline.watchdog import StallWatch
 

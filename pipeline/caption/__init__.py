@@ -15,7 +15,6 @@ settings): built once, picklable, so that it travels to Ray actors.
 from __future__ import annotations
 
 import hashlib
-import json
 import socket
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, replace
