@@ -48,7 +48,7 @@ from pipeline.store import (
     write_video_facts,
     write_videos_table,
 )
-from pipeline.structured import PromptEntry, check_properties
+from pipeline.structured import PromptEntry, check_schemas
 from pipeline.summary import RunSummary, WorkerStats
 
 log = logging.getLogger(__name__)
@@ -59,8 +59,9 @@ def unique_prompts(prompts: Sequence[PromptEntry]) -> list[PromptEntry]:
     repeat logged: a repeat would write every key twice.
 
     Raises:
-        ConfigError: An entry is bad, or a schema cannot work (:mod:`pipeline.structured`): its
-            properties must not be named like a result column, nor typed apart by two prompts.
+        ConfigError: An entry is bad, or a schema cannot work (:func:`pipeline.structured.check_schemas`):
+            not an object, not valid JSON Schema, a property named like a result column or typed
+            apart by two prompts.
     """
     questions = make_questions(prompts)
     first: dict[str, tuple[PromptEntry, Question]] = {}
@@ -71,7 +72,7 @@ def unique_prompts(prompts: Sequence[PromptEntry]) -> list[PromptEntry]:
         if ids.count(prompt_id) > 1:
             log.info("prompt %r is given %d times; it is asked once", question.text, ids.count(prompt_id))
     schemas = [(q.text, json.loads(q.schema_json)) for _, q in first.values() if q.schema_json is not None]
-    check_properties(schemas, RESERVED_NAMES)
+    check_schemas(schemas, RESERVED_NAMES)
     return [entry for entry, _ in first.values()]
 
 

@@ -152,7 +152,7 @@ SCHEMA = pa.schema(
     ]
 )
 assert SCHEMA.names == [f.name for f in fields(ResultRow)]
-# Names a structured prompt's property may not take (pipeline.structured.check_properties): the
+# Names a structured prompt's property may not take (pipeline.structured.check_schemas): the
 # columns, and the one a reader adds beside them (the cue's end of pipeline.export).
 RESERVED_NAMES = (*SCHEMA.names, "end_s")
 

@@ -43,13 +43,14 @@ def canonical_json(value: Any) -> str:
     return json.dumps(value, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
 
 
-def entry_parts(entry: Any) -> tuple[str, dict[str, Any] | None]:
-    """The text and the schema (``None``: a plain prompt) of one prompt entry, checked: the
-    schema describes an object and is a valid JSON Schema.
+def entry_parts(entry: Any) -> tuple[str, Any]:
+    """The text and the schema (``None``: a plain prompt) of one prompt entry, its shape
+    checked; whether the schema can work is :func:`check_schemas`' to say (and the engine's,
+    which builds its grammar).
 
     Raises:
         ConfigError: The entry is neither a string nor ``{text: ..., schema: {...}}``, its text
-            is empty, or its schema cannot work.
+            is empty, or its schema holds a value JSON has not (a YAML date).
     """
     if isinstance(entry, str):
         text, schema = entry, None
@@ -66,22 +67,29 @@ def entry_parts(entry: Any) -> tuple[str, dict[str, Any] | None]:
         raise ConfigError(f"prompt entry {_short(entry)} is neither text nor {{text: ..., schema: {{...}}}}")
     if not text.strip():
         raise ConfigError("a prompt is empty; give every prompt some text")
-    if schema is not None:
-        _check_schema(text, schema)
-    return text, None if schema is None else dict(schema)
+    try:
+        canonical_json(schema)
+    except (TypeError, ValueError) as error:
+        raise ConfigError(f"the schema of prompt {text!r} holds a value that is not JSON ({error}); quote it") from None
+    return text, schema
 
 
-def check_properties(schemas: Iterable[tuple[str, Mapping[str, Any]]], reserved: Collection[str]) -> None:
-    """Refuse top-level properties that would not load as their own column: one named like a
-    result column (``reserved``), or one that two prompts give different types.
+def check_schemas(schemas: Iterable[tuple[str, Any]], reserved: Collection[str]) -> None:
+    """Refuse, before any frame, the schemas of a run that cannot work: one that does not
+    describe an object or is not a valid JSON Schema (``jsonschema``'s ``check_schema``, for
+    the draft its ``$schema`` names, else 2020-12); a top-level property named like a result
+    column (``reserved``); one property that two prompts give different types.
 
     Args:
         schemas: ``(prompt text, schema)`` of each schema prompt of a run.
         reserved: The result columns' names.
 
     Raises:
-        ConfigError: The first such property, naming the prompts.
+        ConfigError: The first such problem, naming the prompt.
     """
+    schemas = list(schemas)
+    for text, schema in schemas:
+        _check_schema(text, schema)
     typed: dict[str, tuple[str, str, str]] = {}  # property → (its column, its type, the first prompt giving it)
     for text, schema in schemas:
         dtypes = column_dtypes(schema)

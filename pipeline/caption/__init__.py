@@ -72,7 +72,8 @@ def make_questions(prompts: Iterable[PromptEntry]) -> list[Question]:
     a plain prompt keeps the id it always had.
 
     Raises:
-        ConfigError: A prompt is empty, an entry has another shape, or a schema cannot work.
+        ConfigError: A prompt is empty, or an entry has another shape (whether a schema can
+            work is checked by :func:`pipeline.structured.check_schemas` and the engine).
     """
     questions = []
     for entry in prompts:
