@@ -10,6 +10,7 @@ import csv
 import io
 import json
 import os
+import re
 from dataclasses import asdict
 from pathlib import Path
 from typing import Any
@@ -23,6 +24,7 @@ import pytest
 
 from pipeline.caption import make_questions
 from pipeline.export import export
+from pipeline.report import write_report
 from pipeline.results import load_results, load_schemas, schema_summary
 from pipeline.store import SCHEMA, ResultRow, write_chunk
 from tests.conftest import ROOT, SAMPLE_VIDEO, assert_one_line_error, last_run, run_cli
@@ -199,6 +201,8 @@ def test_a_schema_that_cannot_work_is_refused_before_any_frame(
         ("q.json", '["What?", {"text": "How many?",', "cannot be read"),
         ("q.yml", "- What?\n- [nested, list]\n", "is neither text nor"),
         ("q.json", "[]", "holds no prompt"),
+        ("q.yaml", "- text: Since when?\n  schema: {type: object, properties: {d: {default: 2024-01-01}}}\n",
+         "holds a value that is not JSON"),
     ],
 )
 def test_a_prompts_file_that_is_not_a_list_of_entries_is_one_line(
@@ -326,3 +330,21 @@ def test_the_notebook_shows_each_schema_prompt(mixed: Path, tmp_path: Path, monk
     ]
     (figures,) = [c for c in executed.cells if c.cell_type == "code" and "structured.outcomes.iterrows" in c.source]
     assert sum("image/png" in o.get("data", {}) for o in figures.outputs) == 2  # a figure per prompt
+
+
+def test_the_report_shows_each_schema_prompt(mixed: Path, tmp_path: Path) -> None:
+    page = write_report(mixed).read_text(encoding="utf-8")
+    plain = tmp_path / "plain"
+    write_old_chunk(plain, "a")
+
+    section = page[page.index("<h2>Structured answers</h2>") :]
+    people = section[section.index("How many people, outdoors?") : section.index("Describe the crowd.")]
+    assert "4 answers: 75% stop" in people and "0% length" in people and "25% invalid" in people
+    cells = re.findall(r"<td[^>]*>([^<]*)</td>", people)
+    assert cells[: 3 * 5] == [
+        "outdoor", "True", "2", "", "False", "1",
+        "weather", "sun", "1", "", "rain", "1", "", "snow", "0",
+    ]
+    # Answers with a value, min, median, max (properties in the order of the canonical schema).
+    assert cells[15:25] == ["light", "1", "0.5", "0.5", "0.5", "people", "3", "1", "3", "5"]
+    assert "Structured answers" not in write_report(plain).read_text(encoding="utf-8")

@@ -28,6 +28,8 @@ class ReportData:
         videos: Per-video facts (duration, size, codec).
         tracks: Each video's subtitle tracks whose files were written.
         thumbnails: File name → JPEG, filled in as the pages reference them.
+        schemas: The JSON Schema of each schema prompt, by ``prompt_id``
+            (:func:`pipeline.results.load_schemas`).
     """
 
     output_dir: Path | None = None
@@ -37,6 +39,7 @@ class ReportData:
     videos: pd.DataFrame | None = None
     tracks: dict[str, list[Track]] = field(default_factory=dict)
     thumbnails: dict[str, bytes] = field(default_factory=dict)
+    schemas: dict[str, dict[str, Any]] = field(default_factory=dict)
 
     def facts(self, video_id: str) -> dict[str, Any] | None:
         """The video's facts, if it was decoded."""

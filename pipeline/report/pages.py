@@ -22,7 +22,16 @@ import pandas as pd
 
 from pipeline.export import render_vtt, with_cue_ends
 from pipeline.report.data import ReportData, header
-from pipeline.results import counts, coverage, printable, prompt_numbers, thumbnail_bytes, video_summary
+from pipeline.results import (
+    FINISH_REASONS,
+    counts,
+    coverage,
+    printable,
+    prompt_numbers,
+    schema_summary,
+    thumbnail_bytes,
+    video_summary,
+)
 
 # Codecs that browsers' <video> decodes (MPEG-4 Part 2, e.g. OpenCV's mp4v, is not one).
 BROWSER_CODECS = frozenset({"h264", "vp8", "vp9", "av1"})
@@ -63,6 +72,8 @@ _ENV.filters.update(
     number=lambda n: f"{n:,}",
     duration=_duration,
     ms=lambda value: "–" if pd.isna(value) else f"{value:,.0f} ms",
+    share=lambda value: f"{value:.0%}",
+    figure=lambda value: "–" if pd.isna(value) else f"{value:g}",
 )
 
 
@@ -117,8 +128,27 @@ class Pages:
             videos.append(view)
         return _ENV.get_template("index.html.j2").render(
             title=self.title, head=header(self.df, self.data), videos=videos, paged=self.paged,
-            page_frames=self.page_frames,
+            page_frames=self.page_frames, structured=self._structured(),
         )
+
+    def _structured(self) -> list[dict[str, Any]]:
+        """Per schema prompt (:func:`pipeline.results.schema_summary`): its number and text, how
+        its answers ended, the counts of each boolean and enum value, the range of each number."""
+        summary = schema_summary(self.df, self.data.schemas)
+        return [
+            {
+                "number": self.numbers.get(str(prompt_id)), "prompt": outcome["prompt"], "answers": outcome["answers"],
+                "ends": {reason: outcome[reason] for reason in FINISH_REASONS},
+                "counts": [
+                    {"property": name, "values": list(zip(values["value"], values["count"]))}
+                    for name, values in summary.counts[summary.counts["prompt_id"] == prompt_id].groupby(
+                        "property", sort=False
+                    )
+                ],
+                "ranges": summary.ranges[summary.ranges["prompt_id"] == prompt_id].to_dict("records"),
+            }
+            for prompt_id, outcome in summary.outcomes.iterrows()
+        ]
 
     def video_page(self, video_id: str, number: int, index: Path) -> str:
         """Page ``number`` of one video's section, in the assets folder."""

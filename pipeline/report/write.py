@@ -15,7 +15,7 @@ from pipeline.export import EXPORT_DIR, Track, tracks_of, with_cue_ends, write_t
 from pipeline.files import write_bytes_atomic
 from pipeline.report.data import ReportData, with_run
 from pipeline.report.pages import Pages
-from pipeline.results import load_results
+from pipeline.results import load_results, load_schemas
 from pipeline.store import StoreError, read_configs, read_videos
 from pipeline.summary import read_runs
 
@@ -98,6 +98,7 @@ def write_report(
         runs=runs if run is None else with_run(runs, run),
         videos=videos,
         tracks=_by_video(tracks),
+        schemas=load_schemas(output_dir),
     )
     pages = Pages(df, f"Captions in {output_dir}", data, page_frames=None if inline else page_frames)
     written: set[Path] = set()
