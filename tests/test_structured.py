@@ -308,6 +308,7 @@ def test_schema_summary_counts_booleans_and_enums_and_ranges_numbers(mixed: Path
 def test_the_notebook_shows_each_schema_prompt(mixed: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     notebook = nbformat.read(NOTEBOOK, as_version=4)
     probe = (
+        "import json\n"
         "print('PROBE ' + json.dumps({'outcomes': json.loads(structured.outcomes.to_json()), "
         "'counts': json.loads(structured.counts.to_json(orient='records'))}))"
     )
