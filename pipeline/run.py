@@ -15,6 +15,7 @@ by ``retry_failed=true``.
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 import sys
