@@ -70,6 +70,16 @@ case "$plan" in
       --seed "" --probe --frames 64 --cases "p=1;p=3" 2>&1 | tee -a "$OUT/bench.log"
     grep -i "flash\|FLASH_ATTN\|fallback\|f32\|clip" "$OUT/native-debug.log" | sort | uniq -c | sort -rn | head -60 > "$OUT/native-attn.txt"
     ;;
+  call13)  # session 7, last call: the engine as merged this session (scheduler split by job, structured
+           # answers, model identity) against the session's starting code (efab38d, put in .gpu/baseline by
+           # `git archive efab38d pipeline conf benchmarks pyproject.toml`) in one run, 1 and 3 prompts;
+           # then decode with and without a JSON Schema on the Mistral-7B shape
+    (cd .gpu/baseline && timeout "$(left)" python3 benchmarks/gpu_throughput.py --shape mistral7b --model-dir /tmp/models \
+      --out "$OUT/baseline" --budget-s "$(left)" --seed "" --frames 48 --cases "p=1;p=3" 2>&1 | sed 's/^/[efab38d] /' | tee -a "$OUT/bench.log")
+    bench mistral7b --seed "" --frames 48 --cases "p=1;p=3"
+    timeout "$(left)" python3 benchmarks/structured_decode.py --models mistral7b --gpu-layers -1 --threads 4 \
+      --workdir /tmp/models --frames 16 --parallel 16 --repeats 2 2>&1 | tee "$OUT/structured.log"
+    ;;
   *) echo "unknown plan $plan"; exit 2 ;;
 esac
 echo "call done after $(( $(date +%s) - started )) s"
