@@ -9,15 +9,26 @@ swallowed (Python drops an exception raised inside a ctypes callback, such as ll
 callback), the signal is still remembered: the run loop calls :func:`check_stopped` at each
 event, its safe point, and stops there. A second signal while the run is stopping ends the
 process at once, as the signal's default does.
+
+A signal's handler runs at the next Python instruction, which may be the first of a callback
+that C code calls (llama.cpp's log callback, while it loads a model); no exception can leave a
+callback, so ctypes would print "Exception ignored on calling ctypes callback" with a
+traceback. :func:`quiet_callbacks` drops such an exception without a word instead, and loses
+no signal: a :class:`Stopped` is remembered as above, and a ``KeyboardInterrupt`` (outside
+:func:`stop_on_signals`) is raised again at the main thread's next instruction outside it.
 """
 
 from __future__ import annotations
 
+import _thread
 import os
 import signal
-from collections.abc import Iterator
+import sys
+import threading
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from types import FrameType
+from types import CodeType, FrameType
+from typing import Any
 
 _SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
 _received: int | None = None
@@ -71,3 +82,30 @@ def stop_on_signals() -> Iterator[None]:
     finally:
         for signum, handler in previous.items():
             signal.signal(signum, handler)
+
+
+_quiet_codes: set[CodeType] = set()
+_REDELIVER_S = 0.05
+_previous_hook = sys.unraisablehook
+
+
+def quiet_callbacks(*callbacks: Callable[..., Any]) -> None:
+    """Keep a signal's exception that lands in one of these Python functions, called from C
+    through ctypes, from being printed (see the module's docstring); other exceptions that
+    leave them are printed as before."""
+    global _previous_hook
+    if sys.unraisablehook is not _unraisable:
+        _previous_hook = sys.unraisablehook
+        sys.unraisablehook = _unraisable
+    _quiet_codes.update(callback.__code__ for callback in callbacks)
+
+
+def _unraisable(unraisable: Any) -> None:
+    code = getattr(unraisable.object, "__code__", None)
+    if code in _quiet_codes and issubclass(unraisable.exc_type, (Stopped, KeyboardInterrupt)):
+        if not issubclass(unraisable.exc_type, Stopped):
+            # Ctrl-C is not lost: raised again in a moment, from a thread, so that it lands
+            # outside this hook (here it would land at once, in the hook itself).
+            threading.Timer(_REDELIVER_S, _thread.interrupt_main).start()
+        return
+    _previous_hook(unraisable)

@@ -23,6 +23,7 @@ from llama_cpp._ctypes_extensions import load_shared_library
 
 from pipeline.caption.engine.records import EngineError, EngineStats
 from pipeline.caption.weights import read_gguf
+from pipeline.signals import quiet_callbacks
 
 _NATIVE_LOG = logging.getLogger("pipeline.llama_cpp")
 # ggml's levels: 1 debug, 2 info, 3 warn, 4 error, 5 continues the previous line's level.
@@ -386,12 +387,10 @@ def flash_attn_type(setting: str, on_gpu: bool) -> int:
     return llama_cpp.LLAMA_FLASH_ATTN_TYPE_ENABLED if on else llama_cpp.LLAMA_FLASH_ATTN_TYPE_DISABLED
 
 
-@llama_cpp.llama_log_callback
-def _log_callback(level: int, text: bytes, user_data: ctypes.c_void_p) -> None:
+def _forward_log(level: int, text: bytes, user_data: ctypes.c_void_p) -> None:
     global _last_level
-    # An exception cannot leave a callback from C: ctypes prints and drops it. One raised
-    # here by a signal handler (Ctrl-C) is dropped quietly; the handler remembers the signal
-    # for the caller's next safe point (pipeline.signals).
+    # Called from C, where no exception can leave: a logging failure is dropped here, and a
+    # signal's exception (Ctrl-C) is dropped quietly and delivered again by pipeline.signals.
     try:
         if level != 5:
             _last_level = _LEVELS.get(level, logging.DEBUG)
@@ -400,12 +399,16 @@ def _log_callback(level: int, text: bytes, user_data: ctypes.c_void_p) -> None:
         message = text.decode("utf-8", errors="replace").rstrip()
         if message:
             _NATIVE_LOG.log(_last_level, message)
-    except BaseException:  # noqa: BLE001  (see above)
+    except Exception:  # noqa: BLE001  (see above)
         pass
+
+
+_log_callback = llama_cpp.llama_log_callback(_forward_log)
 
 
 def route_native_logs() -> None:
     """Send llama.cpp's and mtmd's console chatter to Python logging (DEBUG unless a problem)."""
+    quiet_callbacks(_forward_log)
     llama_cpp.llama_log_set(_log_callback, ctypes.c_void_p(0))
     mtmd.mtmd_log_set(_log_callback, ctypes.c_void_p(0))
     mtmd.mtmd_helper_log_set(_log_callback, ctypes.c_void_p(0))
