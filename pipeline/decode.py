@@ -19,10 +19,16 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
+# FFmpeg's own lines ("moov atom not found") would go bare to stderr, through a progress bar and
+# past the log; the error record says what the file is instead (pipeline.probe). OpenCV reads
+# this when it first opens a file; a user's own setting is kept.
+os.environ.setdefault("OPENCV_FFMPEG_LOGLEVEL", "-8")
+
 import cv2
 import numpy as np
 
 from pipeline.paths import printable
+from pipeline.probe import why_unreadable
 
 
 class VideoError(Exception):
@@ -140,7 +146,11 @@ class VideoReader:
         self._capture = cv2.VideoCapture(native_name)
         if not self._capture.isOpened():
             self.close()
-            raise VideoError(f"not a readable video: {self.name}")
+            try:
+                why = why_unreadable(self.path)
+            except OSError as error:
+                why = f"cannot be read: {error.strerror or error}"
+            raise VideoError(f"not a readable video ({why}): {self.name}")
         fps = float(self._capture.get(cv2.CAP_PROP_FPS) or 0.0)
         frame_count = max(int(self._capture.get(cv2.CAP_PROP_FRAME_COUNT) or 0), 0)
         width = int(self._capture.get(cv2.CAP_PROP_FRAME_WIDTH) or 0)
