@@ -51,6 +51,7 @@ from pipeline.store import (
 )
 from pipeline.structured import PromptEntry, check_schemas
 from pipeline.summary import RunSummary, WorkerStats
+from pipeline.words import plural
 
 log = logging.getLogger(__name__)
 
@@ -101,6 +102,7 @@ class Pipeline:
         before_write: Called on the writer thread before each write to ``output_dir``, and
             again just before a chunk appears under its name (the command line's
             :meth:`~pipeline.lock.RunLock.check`); what it raises stops the run.
+        progress_interval_s: Off a terminal, a progress line this often (``None``: none).
     """
 
     def __init__(
@@ -121,6 +123,7 @@ class Pipeline:
         min_age_s: float = 0.0,
         read_only: bool = False,
         before_write: Callable[[], None] | None = None,
+        progress_interval_s: float | None = None,
     ) -> None:
         self.decoder = VideoDecoder(sampler, max_frames, thumbnail, start_s, end_s)
         self.questions: list[Question] = make_questions(unique_prompts(prompts))
@@ -137,6 +140,7 @@ class Pipeline:
         self.prefetch_frames = prefetch_frames
         self.min_age_s = min_age_s
         self.before_write = before_write
+        self.progress_interval_s = progress_interval_s
         self.planner = Planner(output_dir, config_id, self.work_id, retry_failed, min_age_s, read_only)
         prompts_asked = [
             {"prompt_id": q.prompt_id, "text": q.text, "schema": q.schema_json and json.loads(q.schema_json)}
@@ -204,9 +208,10 @@ class Pipeline:
         todo = [t for t in tasks if t.outcome.status == "todo"]
         failed_at_plan = [t for t in tasks if t.outcome.status == "error"]
         show = sys.stderr.isatty()
-        expected: list[int | None] = [self.expected_frames(t) if show else None for t in todo]
+        counted = show or self.progress_interval_s is not None
+        expected: list[int | None] = [self.expected_frames(t) if counted else None for t in todo]
         with ThreadPoolExecutor(max_workers=1, thread_name_prefix="write") as writer, Progress(
-            expected, enabled=show
+            expected, enabled=show, interval_s=self.progress_interval_s
         ) as progress:
             self._writer = writer
             self._writes = []
@@ -347,7 +352,7 @@ class Pipeline:
         failed_frames = self._failed_frames(task)
         if task.outcome.status != "error" and failed_frames:
             frame_index, reason = min(failed_frames.items())
-            self._fail(task, f"{len(failed_frames)} frames failed, the first (frame {frame_index}): {reason}")
+            self._fail(task, f"{plural(len(failed_frames), 'frame')} failed, the first (frame {frame_index}): {reason}")
         if task.outcome.status == "error":
             self._submit_error_record(task)
         else:
@@ -394,8 +399,9 @@ class Pipeline:
         outcome.status = "done"
         mark_done(self.output_dir, outcome.video_id, self.work_id, self.config_id, asdict(outcome))
         log.info(
-            "done %s: %d frames captioned, %d already done, %d rows, %.1f s",
-            outcome.path, outcome.frames, outcome.frames_already_done, outcome.rows, outcome.wall_s,
+            "done %s: %s captioned, %d already done, %s, %.1f s",
+            outcome.path, plural(outcome.frames, "frame"), outcome.frames_already_done, plural(outcome.rows, "row"),
+            outcome.wall_s,
         )
 
     def _row(self, task: VideoTask, job: FrameJob, answer: Answer) -> ResultRow:
