@@ -10,17 +10,22 @@ override quoted so that both the shell and Hydra read it as meant, or ``prompts_
 
 from __future__ import annotations
 
+import difflib
 import re
 import shlex
 from importlib import metadata
+from pathlib import Path
 from typing import Any
 
 from hydra import compose, initialize_config_dir
 from hydra.core.override_parser.overrides_parser import OverridesParser
-from hydra.errors import OverrideParseException
-from omegaconf import OmegaConf
+from hydra.core.override_parser.types import Override, OverrideType
+from hydra.errors import HydraException, OverrideParseException
+from omegaconf import DictConfig, ListConfig, OmegaConf
+from omegaconf.errors import OmegaConfBaseException
+from omegaconf.nodes import BooleanNode, FloatNode, IntegerNode, StringNode
 
-from pipeline.config import config_dir
+from pipeline.config import compose_config, config_dir
 
 GROUPS = ("model", "sampler", "executor")
 # Hydra's options that take the next argument as their value.
@@ -53,6 +58,20 @@ KEYS = (
     ("stall_timeout_s", "S", "end a run from which nothing came back for S seconds (exit 1; null: never)"),
     ("report", "BOOL", "write output_dir/_report.html at the end"),
     ("shard", "I", "with num_shards=N: do only this part of the videos"),
+    ("num_shards", "N", "split the videos into N parts by content (one job per part)"),
+    ("min_age_s", "S", "leave a found file changed in the last S seconds for the next run (0: take it now)"),
+    ("progress_interval_s", "S", "off a terminal (cron, a pipe): a progress line every S seconds (null: none)"),
+    ("export", "[vtt,srt,jsonl,csv]", "also write subtitle tracks and tables to output_dir/_export/ (all: every one)"),
+    ("thumbnails.enabled", "BOOL", "a small JPEG of each sampled frame in the thumbnail column"),
+    ("checkpoint_frames", "N", "frames per committed chunk: a killed run redoes at most this many per video"),
+    ("video_extensions", "[.mp4,...]", "what a folder or glob search takes"),
+)
+SUBCOMMANDS = (
+    ("python -m pipeline.download [model=PRESET] [model.dir=DIR]", "fetch a model's weights ahead of the first run"),
+    ("python -m pipeline.export output_dir=DIR format=vtt,srt", "subtitle tracks and tables of the results"),
+    ("python -m pipeline.report output_dir=DIR", "the HTML report of the results"),
+    ("python -m pipeline.status output_dir=DIR", "how the nights went: runs, videos done, failing, waiting"),
+    ("video-caption [key=value ...]", "the installed script: the same as python -m pipeline"),
 )
 EXAMPLES = (
     "python -m pipeline video=data/sample.mp4 model=tiny output_dir=/tmp/out",
@@ -71,12 +90,28 @@ QUOTING = (
 
 
 def version() -> str:
-    """``video-caption-pipeline <version>``."""
+    """``video-caption-pipeline <version>``, then llama-cpp-python's version and whether this
+    build can put layers on a GPU, with the devices llama.cpp sees."""
+    import llama_cpp
+
+    from pipeline.caption.engine.native import devices
+
+    gpus, cpu = devices()
+    if llama_cpp.llama_supports_gpu_offload():
+        build = f"GPU build, devices: {', '.join(gpus) or 'none found'}"
+    else:
+        build = "CPU-only build (no GPU offload: model.n_gpu_layers=0)"
+    return "\n".join([
+        f"video-caption-pipeline {_package_version('video-caption-pipeline')}",
+        f"llama-cpp-python {_package_version('llama-cpp-python')}: {build}" + (f"; CPU: {cpu}" if cpu else ""),
+    ])
+
+
+def _package_version(name: str) -> str:
     try:
-        number = metadata.version("video-caption-pipeline")
+        return metadata.version(name)
     except metadata.PackageNotFoundError:
-        number = "unknown (not installed)"
-    return f"video-caption-pipeline {number}"
+        return "unknown (not installed)"
 
 
 def help_text() -> str:
@@ -102,6 +137,10 @@ def help_text() -> str:
     for group in GROUPS:
         lines.append(f"  {group + '=':<{width}}{', '.join(group_choices(group))} [{choices[group]}]")
     lines += ["", *QUOTING, "", "Examples:", *(f"  {example}" for example in EXAMPLES), ""]
+    command_width = max(len(command) for command, _ in SUBCOMMANDS) + 2
+    lines += ["Sub-commands (key=value too; each has --help):"]
+    lines += [f"  {command:<{command_width}}{meaning}" for command, meaning in SUBCOMMANDS]
+    lines += [""]
     lines += [
         "Exit codes: 0 done or nothing to do, 1 bad input or config (one line says which) or a crash,",
         "2 some videos failed, 3 every video tried failed, 75 another run holds output_dir.",
@@ -121,9 +160,9 @@ def argument_error(args: list[str]) -> str | None:
     parser = OverridesParser.create()
     multirun = "-m" in args or "--multirun" in args
     for index, arg in enumerate(args):
-        if arg.startswith("-") or (index and args[index - 1] in _OPTIONS_WITH_VALUE):
+        if _is_option(args, index):
             continue
-        if "=" not in arg:
+        if "=" not in arg and not arg.startswith("~"):  # ~key: a removal (config_error refuses it)
             return _bare_word(args, index)
         key, _, value = arg.partition("=")
         try:
@@ -137,6 +176,127 @@ def argument_error(args: list[str]) -> str | None:
         if key.lstrip("+~") == "prompts" and _ambiguous_comma(value):
             return _ambiguous_prompts(key, value)
     return None
+
+
+def overrides_of(args: list[str]) -> list[str]:
+    """The ``key=value`` arguments of a command line, without Hydra's options and their values."""
+    return [arg for index, arg in enumerate(args) if not _is_option(args, index)]
+
+
+def _is_option(args: list[str], index: int) -> bool:
+    return args[index].startswith("-") or (index > 0 and args[index - 1] in _OPTIONS_WITH_VALUE)
+
+
+def config_error(overrides: list[str]) -> str | None:
+    """One line for the first override that names no setting, adds or removes one (``+key=``,
+    ``++key=``, ``~key``), or gives a setting a value of the wrong type, with the fix; ``None``
+    when the config composes. (Hydra prints several lines for these, and its advice, a ``+``
+    form, adds a key that no part of the run reads, or that a sampler rejects as a crash.)
+
+    Keys under ``hydra`` are Hydra's own and left to it; the overrides must have passed
+    :func:`argument_error`.
+    """
+    parser = OverridesParser.create()
+    parsed = [(arg, parser.parse_overrides([arg])[0]) for arg in overrides]
+    try:
+        # The keys that exist depend on the groups chosen (sampler=scene has its own).
+        base = compose_config([arg for arg, override in parsed if _is_group(override)])
+    except (HydraException, OmegaConfBaseException) as error:
+        return _first_line(error)
+    for arg, override in parsed:
+        key = override.key_or_group
+        if key.startswith("hydra"):
+            continue
+        if override.type == OverrideType.DEL:
+            return f"{shell_word(arg)} would remove a setting, which a run cannot do; set it instead: {key}=VALUE"
+        if _is_group(override):
+            continue
+        if not _has_key(base, key):
+            return _unknown_key(arg, key, base)
+        if override.type != OverrideType.CHANGE:
+            fixed = shell_word(f"{key}={arg.partition('=')[2]}")
+            return f"{shell_word(arg)}: {key} is a setting already; set it without '+': {fixed}"
+    try:
+        compose_config([arg for arg, override in parsed if not override.is_sweep_override()])
+    except (HydraException, OmegaConfBaseException) as error:
+        return _composition_error(error, parsed, base)
+    return None
+
+
+def _is_group(override: Override) -> bool:
+    """A choice of a config group (``sampler=scene``, ``hydra/launcher=...``)."""
+    return override.key_or_group in GROUPS or "/" in override.key_or_group
+
+
+def _has_key(cfg: DictConfig, key: str) -> bool:
+    return _node(cfg, key) is not None
+
+
+def _node(cfg: DictConfig, key: str) -> Any:
+    """The node of a dotted key (its type and whether it takes null), ``None`` if there is none."""
+    node: Any = cfg
+    for part in key.split("."):
+        if not isinstance(node, DictConfig) or part not in node.keys():
+            return None
+        node = node._get_node(part)
+    return node
+
+
+def setting_names(cfg: DictConfig, prefix: str = "") -> list[str]:
+    """Every key of a composed config, dotted (``sampler.interval_s``), nodes and leaves."""
+    names = []
+    for key in map(str, cfg.keys()):
+        if key.startswith("_"):  # _target_: how Hydra builds the object, not a setting
+            continue
+        name = f"{prefix}{key}"
+        names.append(name)
+        node = cfg._get_node(key)
+        if isinstance(node, DictConfig):
+            names += setting_names(node, f"{name}.")
+    return names
+
+
+def _unknown_key(arg: str, key: str, cfg: DictConfig) -> str:
+    """``unknown setting KEY; did you mean CLOSEST?`` (difflib over the config's keys, then
+    over their last parts, so that ``interval_s=2`` finds ``sampler.interval_s``)."""
+    names = setting_names(cfg) + list(GROUPS)
+    closest = difflib.get_close_matches(key, names, n=1, cutoff=0.6)
+    if not closest:
+        by_leaf = {name.rsplit(".", 1)[-1]: name for name in names}
+        leaf = difflib.get_close_matches(key.rsplit(".", 1)[-1], list(by_leaf), n=1, cutoff=0.75)
+        closest = [by_leaf[leaf[0]]] if leaf else []
+    where = f" (in {shell_word(arg)})" if arg.startswith(("+", "~")) else ""
+    hint = f"did you mean {closest[0]}?" if closest else "python -m pipeline --help lists the settings"
+    return f"unknown setting {key}{where}; {hint}"
+
+
+def _composition_error(
+    error: HydraException | OmegaConfBaseException, parsed: list[tuple[str, Override]], cfg: DictConfig
+) -> str:
+    """A wrong type as ``KEY=VALUE: KEY takes <type>, not 'VALUE'``; anything else as the
+    first line of Hydra's message."""
+    cause = error.__cause__ if isinstance(error.__cause__, OmegaConfBaseException) else error
+    key = getattr(cause, "full_key", None)
+    arg = next((arg for arg, override in reversed(parsed) if override.key_or_group == key), None)
+    if key is None or arg is None or not _has_key(cfg, key):
+        return _first_line(error)
+    value = arg.partition("=")[2]
+    return f"{shell_word(arg)}: {key} takes {_value_form(cfg, key)}, not {value!r}"
+
+
+def _value_form(cfg: DictConfig, key: str) -> str:
+    """What a value of ``key`` looks like, in words (``a number``, ``true or false``, ...)."""
+    node = _node(cfg, key)
+    words = {FloatNode: "a number", IntegerNode: "a whole number", BooleanNode: "true or false",
+             StringNode: "text", ListConfig: "a list ([a,b])", DictConfig: "a group of settings"}
+    form = next((word for kind, word in words.items() if isinstance(node, kind)), None)
+    if form is None:  # video, export, ...: any form of value
+        return "a value of another form"
+    return f"{form} or null" if node._is_optional() else form
+
+
+def _first_line(error: Exception) -> str:
+    return str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
 
 
 def shell_word(arg: str) -> str:
@@ -242,4 +402,7 @@ def _bare_word(args: list[str], index: int) -> str:
             end += 1
         whole = " ".join(args[start - 1 : end + 1])
         return f"{args[index]!r} is not key=value; a value with spaces must be one argument: {shell_word(whole)}"
-    return f"{args[index]!r} is not key=value; see python -m pipeline --help"
+    word = args[index]
+    if Path(word).suffix or "/" in word or Path(word).exists():  # a path: a video, folder, glob or list
+        return f"{word!r} is not key=value; to caption it write {shell_word(f'video={word}')}"
+    return f"{word!r} is not key=value; see python -m pipeline --help"

@@ -37,9 +37,9 @@ from hydra.utils import instantiate
 from omegaconf import DictConfig, ListConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
-from pipeline.arguments import argument_error, help_text, version
+from pipeline.arguments import argument_error, config_error, help_text, overrides_of, version
 from pipeline.caption import CaptionSpec, EngineError
-from pipeline.config import config_dir, config_id, prompts_of
+from pipeline.config import check_values, config_dir, config_id, prompts_of
 from pipeline.dry_run import plan_lines
 from pipeline.errors import ConfigError, InputError, LockHeld, StoreError, UserError
 from pipeline.executors.base import Executor
@@ -48,7 +48,7 @@ from pipeline.lock import RunLock
 from pipeline.owed import EXPORT_DUE, REPORT_DUE, owe_export, owe_report, owed_export, paid
 from pipeline.presets import caption_spec
 from pipeline.run import Pipeline, unique_prompts
-from pipeline.runlog import log_folder, record_crash, run_log, run_stamp
+from pipeline.runlog import log_folder, record_crash, run_log, run_stamp, say_error
 from pipeline.sampling import Sampler
 from pipeline.signals import Stopped, stop_on_signals
 from pipeline.store import prepare_output_dir, remove_temporaries
@@ -56,6 +56,7 @@ from pipeline.structured import PromptEntry
 from pipeline.summary import RunRecord, RunSummary
 from pipeline.thumbnails import thumbnailer
 from pipeline.watchdog import StallWatch
+from pipeline.words import plural
 
 log = logging.getLogger("pipeline")
 
@@ -76,10 +77,7 @@ def run_from_config(cfg: DictConfig) -> int:
     log_file: Path | None = None
     with ExitStack() as stack:
         try:
-            if cfg.stall_timeout_s is not None and cfg.stall_timeout_s <= 0:
-                raise ConfigError(
-                    f"stall_timeout_s={cfg.stall_timeout_s}: give seconds above 0, or null to wait for ever"
-                )
+            check_values(cfg)
             prompts = unique_prompts(prompts_of(cfg))
             spec = caption_spec(cfg, max_questions=len(prompts))
             sampler: Sampler = _instantiate(cfg.sampler)
@@ -226,24 +224,36 @@ def _end_stalled_run(
 
 
 def _log_outcome(summary: RunSummary, output_dir: Path, cfg: DictConfig) -> None:
-    """One line for the run, and one for what earlier runs left failed."""
+    """One line for the run, one for the videos left waiting, and one for what earlier runs
+    left failed. "Already done" counts only videos done before: not those that failed before,
+    nor a second path to the content of another."""
     waiting = summary.count("waiting")
+    failed_before = sum(1 for v in summary.videos if v.status == "skipped" and v.error)
+    done_before = sum(1 for v in summary.videos if v.status == "skipped" and v.note == "done")
     if not summary.videos:
         where = f"shard {cfg.shard} of {cfg.num_shards} of video=" if cfg.num_shards > 1 else "video="
         log.info("nothing to do: no videos in %s%s", where, ", ".join(video_specs(cfg.video)))
     elif not summary.count("done") and not summary.count("error"):
-        log.info("nothing to do: %d videos already done in %s", summary.count("skipped"), output_dir)
+        parts = [f"{plural(done_before, 'video')} already done"]
+        parts += [f"{failed_before} failed before"] if failed_before else []
+        parts += [f"{waiting} waiting"] if waiting else []
+        log.info("nothing to do: %s in %s", ", ".join(parts), output_dir)
     else:
         log.info(
-            "finished: %d done, %d skipped, %d failed; %d frames in %.1f s -> %s",
+            "finished: %d done, %d skipped, %d failed; %s in %.1f s -> %s",
             summary.count("done"), summary.count("skipped"), summary.count("error"),
-            summary.frames, summary.wall_s, output_dir,
+            plural(summary.frames, "frame"), summary.wall_s, output_dir,
         )
     if waiting:
-        log.info("%d videos not yet seen unchanged for min_age_s are left for the next run", waiting)
-    failed_before = sum(1 for v in summary.videos if v.status == "skipped" and v.error)
+        them, they_have = ("it", "it has") if waiting == 1 else ("them", "they have")
+        log.info(
+            "%s waiting: not yet seen unchanged for min_age_s=%g s (a copy may be under way); a later run "
+            "takes %s once %s been, min_age_s=0 takes %s now",
+            plural(waiting, "video"), cfg.min_age_s, them, they_have, them,
+        )
     if failed_before:
-        log.info("%d videos failed in earlier runs; retry_failed=true tries them again", failed_before)
+        log.info("%s failed in earlier runs; retry_failed=true tries %s again",
+                 plural(failed_before, "video"), "it" if failed_before == 1 else "them")
 
 
 def _write_report(output_dir: Path, run: dict[str, Any]) -> None:
@@ -304,6 +314,7 @@ def _pipeline(
         min_age_s=_min_age_s(cfg),
         read_only=read_only,
         before_write=before_write,
+        progress_interval_s=cfg.progress_interval_s,
     )
 
 
@@ -390,8 +401,9 @@ SUBCOMMANDS = {
 
 def main() -> None:
     """Entry point of ``python -m pipeline`` and the ``video-caption`` script: a sub-command
-    (:data:`SUBCOMMANDS`), or a run: ``--help`` and ``--version`` here, arguments checked
-    (:func:`pipeline.arguments.argument_error`), then Hydra."""
+    (:data:`SUBCOMMANDS`), or a run: ``--help`` and ``--version`` here, arguments and settings
+    checked (:func:`pipeline.arguments.argument_error`, :func:`~pipeline.arguments.config_error`),
+    then Hydra."""
     args = sys.argv[1:]
     if args and args[0] in SUBCOMMANDS:
         sys.exit(importlib.import_module(SUBCOMMANDS[args[0]]).main(args[1:]))
@@ -401,8 +413,8 @@ def main() -> None:
     if "--version" in args:
         print(version())
         sys.exit(EXIT_OK)
-    problem = argument_error(args)
+    problem = argument_error(args) or config_error(overrides_of(args))
     if problem is not None:
-        print(f"error: {problem}", file=sys.stderr)
+        say_error(problem)
         sys.exit(EXIT_CRASH)
     _hydra_main()

@@ -163,6 +163,7 @@ class Config:
     checkpoint_frames: int = MISSING
     retry_failed: bool = MISSING
     stall_timeout_s: float | None = MISSING
+    progress_interval_s: float | None = MISSING
     prompt: str | None = MISSING
     prompts: list[Any] = MISSING  # texts, or {text: ..., schema: {...}} (pipeline.structured)
     prompts_file: str | None = MISSING
@@ -227,6 +228,56 @@ OTHER_SETTINGS: dict[str, dict[str, str]] = {
 }
 # Sampling settings that greedy decoding (temperature 0) never reads.
 _SAMPLING_ONLY = ("top_k", "top_p", "seed")
+
+
+@dataclass(frozen=True)
+class _Range:
+    """The numbers a setting takes: above ``low`` (``strict``) or from it, up to ``high``; and
+    what null means where the schema takes it."""
+
+    low: float
+    strict: bool = False
+    high: float | None = None
+    null: str = ""  # what null means, for a setting that takes it
+
+    def holds(self, value: float) -> bool:
+        above = value > self.low if self.strict else value >= self.low
+        return above and (self.high is None or value <= self.high)
+
+    def words(self) -> str:
+        low = f"{'>' if self.strict else '>='} {self.low:g}"
+        words = low if self.high is None else f"{low} and <= {self.high:g}"
+        return f"{words}, or null {self.null}" if self.null else words
+
+
+# The numeric settings the run reads itself; a sampler's, an executor's, the engine's and the
+# thumbnails' settings are checked by what is built from them. null, where the schema allows
+# it, means "none" (no cap, no end, never) and is always taken.
+_RANGES = {
+    "max_frames": _Range(1, null="for no cap"),
+    "min_age_s": _Range(0),
+    "start_s": _Range(0),
+    "end_s": _Range(0, strict=True, null="for the end of each video"),
+    "checkpoint_frames": _Range(1),
+    "stall_timeout_s": _Range(0, strict=True, null="to wait for ever"),
+    "progress_interval_s": _Range(0, strict=True, null="for no progress lines"),
+    "generation.top_k": _Range(0),
+    "generation.top_p": _Range(0, strict=True, high=1),
+    "model.n_gpu_layers": _Range(-1),
+}
+
+
+def check_values(cfg: DictConfig) -> None:
+    """Check the run's numeric settings before anything starts (a negative ``max_frames``
+    would caption nothing and report success).
+
+    Raises:
+        ConfigError: The first setting out of its range, with the range.
+    """
+    for key, allowed in _RANGES.items():
+        value = OmegaConf.select(cfg, key)
+        if value is not None and not allowed.holds(value):
+            raise ConfigError(f"{key}={value:g} is out of range: {key} must be {allowed.words()}")
 
 
 def settings_id(settings: Mapping[str, Any]) -> str:

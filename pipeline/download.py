@@ -13,14 +13,19 @@ there and checked to fit; exits 1 with one line when it cannot be fetched.
 from __future__ import annotations
 
 import logging
+import re
 import sys
 
 from hydra.errors import HydraException
 from omegaconf.errors import OmegaConfBaseException
 
+from pipeline.arguments import argument_error, config_error, overrides_of
 from pipeline.config import compose_config
-from pipeline.errors import UserError
+from pipeline.errors import UserError, WeightsError
 from pipeline.presets import caption_spec
+from pipeline.runlog import console_logging
+
+log = logging.getLogger(__name__)
 
 USAGE = "usage: python -m pipeline.download [model=PRESET] [model.dir=DIR] [key=value ...]"
 
@@ -31,20 +36,37 @@ def main(argv: list[str] | None = None) -> int:
     if any(arg in ("-h", "--help") for arg in args):
         print(f"{USAGE}\n\n{__doc__}")
         return 0
-    logging.basicConfig(level=logging.INFO, format="[%(asctime)s %(levelname)s] %(message)s", datefmt="%H:%M:%S")
+    console_logging()
     logging.getLogger("gguf").setLevel(logging.WARNING)  # the tiny model's writer, file by file
+    problem = argument_error(args) or config_error(overrides_of(args))
+    if problem is not None:
+        log.error("%s", problem)
+        return 1
     try:
-        spec = caption_spec(compose_config(["video=unused", *args]))
+        spec = caption_spec(compose_config(["video=unused", *overrides_of(args)]))
         files, _ = spec.prepare()
+    except WeightsError as error:
+        log.error("%s", _as_download_advice(str(error)))
+        return 1
     except UserError as error:
-        print(f"error: {error}", file=sys.stderr)
+        log.error("%s", error)
         return 1
     except (HydraException, OmegaConfBaseException) as error:
-        print(f"error: {str(error).splitlines()[0]}\n{USAGE}", file=sys.stderr)
+        log.error("%s", str(error).splitlines()[0])
         return 1
     print(files.loaded_text)
     print(files.mmproj)
     return 0
+
+
+def _as_download_advice(message: str) -> str:
+    """A run's missing-weights message, worded for this command: it names this command as the
+    way to fetch the files ahead of a run, and says only that nothing is downloaded offline."""
+    message = re.sub(r" \(python -m pipeline\.download [^()]*does it ahead of a run\)", "", message)
+    return message.replace(
+        "(HF_HUB_OFFLINE is set: nothing is downloaded)",
+        "(HF_HUB_OFFLINE is set: unset it, where huggingface.co can be reached, to download them here)",
+    )
 
 
 if __name__ == "__main__":

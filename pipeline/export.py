@@ -37,6 +37,7 @@ from pipeline.decode import format_timecode
 from pipeline.files import write_bytes_atomic
 from pipeline.options import OptionError, parse_options
 from pipeline.results import printable, typed_answers
+from pipeline.runlog import say_error
 from pipeline.store import StoreError, read_prompt_schemas, read_results, read_videos
 from pipeline.structured import json_value
 
@@ -379,12 +380,12 @@ def main(argv: list[str] | None = None) -> int:
         options = parse_options(args, _KEYS, ("output_dir", "format"))
         formats = parse_formats(options["format"])
     except (OptionError, ValueError) as error:
-        print(f"error: {error}\n{USAGE}", file=sys.stderr)
+        say_error(f"{error}; {USAGE}")
         return 1
     try:
         done = export(options["output_dir"], formats, options.get("video_id"), options.get("out"))
     except (ValueError, OSError, StoreError) as error:
-        print(f"error: {error}", file=sys.stderr)
+        say_error(str(error))
         return 1
     tracks = len(done.tracks) if set(formats) & set(TRACK_FORMATS) else 0
     print(f"wrote {len(done.files)} files ({tracks} tracks, {done.rows} rows) to {done.folder}")

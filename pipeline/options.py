@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import difflib
 from collections.abc import Sequence
 
 from pipeline.errors import UserError
@@ -14,8 +15,9 @@ class OptionError(UserError):
 
 
 def parse_options(args: Sequence[str], keys: Sequence[str], required: Sequence[str] = ()) -> dict[str, str]:
-    """``key=value`` command-line arguments as a dict; every key one of ``keys``, every value
-    non-empty, the ``required`` ones given.
+    """``key=value`` command-line arguments as a dict; every key one of ``keys`` (a near miss, or
+    one with a Hydra prefix such as ``+``, gets the closest named), every value non-empty, the
+    ``required`` ones given.
 
     Raises:
         OptionError: An argument is not of that form, or a required one is missing.
@@ -25,7 +27,9 @@ def parse_options(args: Sequence[str], keys: Sequence[str], required: Sequence[s
         key, sep, value = arg.partition("=")
         if not sep or key not in keys or not value:
             expected = ", ".join(f"{k}=..." for k in keys)
-            raise OptionError(f"bad argument {arg!r}; expected one of {expected}")
+            closest = difflib.get_close_matches(key.lstrip("+~"), keys, n=1, cutoff=0.6)
+            hint = f"did you mean {closest[0]}=...? " if closest and sep else ""
+            raise OptionError(f"bad argument {arg!r}; {hint}expected one of {expected}")
         options[key] = value
     for key in required:
         if key not in options:

@@ -10,6 +10,7 @@ names the file either way.
 from __future__ import annotations
 
 import logging
+import sys
 import time
 import traceback
 from collections.abc import Iterator
@@ -20,6 +21,32 @@ from pathlib import Path
 from pipeline.paths import user_cache_dir
 
 _FORMAT = "[%(asctime)s][%(name)s][%(levelname)s] %(message)s"
+
+
+def console_formatter() -> logging.Formatter:
+    """The one style of every line the tool prints on stderr, ``[hh:mm:ss LEVEL] message``: a
+    run's (``conf/hydra/job_logging/pipeline.yaml`` names this function), a mistake found
+    before Hydra starts, and the sub-commands'."""
+    return logging.Formatter("[%(asctime)s %(levelname)s] %(message)s", datefmt="%H:%M:%S")
+
+
+def say_error(message: str) -> None:
+    """Print one ERROR line on stderr in :func:`console_formatter`'s style, without going
+    through logging (a mistake found before a run or a sub-command has set logging up)."""
+    record = logging.LogRecord("pipeline", logging.ERROR, "", 0, message, None, None)
+    print(console_formatter().format(record), file=sys.stderr)
+
+
+def console_logging() -> None:
+    """Log INFO and above to stderr in :func:`console_formatter`'s style, unless logging is
+    set up already (for the sub-commands, and for a mistake found before Hydra starts)."""
+    root = logging.getLogger()
+    if root.handlers:
+        return
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(console_formatter())
+    root.addHandler(handler)
+    root.setLevel(logging.INFO)
 
 
 def run_stamp(started: float) -> str:

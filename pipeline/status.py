@@ -23,6 +23,7 @@ from typing import Any
 from pipeline.errors import UserError
 from pipeline.options import number, parse_options
 from pipeline.owed import owed
+from pipeline.runlog import say_error
 from pipeline.store import StoreError, read_results
 from pipeline.summary import DID_NOT_FINISH, RUNNING, read_runs
 
@@ -65,7 +66,7 @@ def main(argv: list[str] | None = None) -> int:
         lines = status_lines(Path(options["output_dir"]).expanduser().resolve(),
                              number(options, "runs", RECENT_RUNS, minimum=1))
     except UserError as error:
-        print(f"error: {error}", file=sys.stderr)
+        say_error(str(error))
         return 1
     print("\n".join(lines))
     return 0

@@ -7,6 +7,7 @@ import sys
 from pipeline.errors import UserError
 from pipeline.options import flag, number, parse_options
 from pipeline.report.write import PAGE_FRAMES, write_report
+from pipeline.runlog import say_error
 
 USAGE = (
     "usage: python -m pipeline.report output_dir=DIR [video_id=ID] [out=PATH] [page_frames=N] "
@@ -30,12 +31,12 @@ def main(argv: list[str] | None = None) -> int:
         page_frames = number(options, "page_frames", PAGE_FRAMES, minimum=1)
         inline = flag(options, "inline", default=False)
     except UserError as error:
-        print(f"error: {error}\n{USAGE}", file=sys.stderr)
+        say_error(f"{error}; {USAGE}")
         return 1
     try:
         path = write_report(options["output_dir"], options.get("out"), options.get("video_id"), page_frames, inline)
     except (UserError, OSError) as error:
-        print(f"error: {error}", file=sys.stderr)
+        say_error(str(error))
         return 1
     print(f"wrote {path}")
     return 0
