@@ -6,6 +6,8 @@ from __future__ import annotations
 import re
 import shlex
 import shutil
+import subprocess
+import sys
 from importlib import metadata
 from pathlib import Path
 from typing import Any
@@ -15,7 +17,7 @@ import pytest
 from omegaconf import OmegaConf
 
 from pipeline.arguments import KEYS
-from tests.conftest import ROOT, SAMPLE_VIDEO, assert_one_line_error, run_cli
+from tests.conftest import ROOT, RUN_TIMEOUT_S, SAMPLE_VIDEO, assert_one_line_error, cli_env, run_cli
 
 
 def composed(*args: str) -> Any:
@@ -25,9 +27,14 @@ def composed(*args: str) -> Any:
     return OmegaConf.to_container(OmegaConf.create(result.stdout))
 
 
+def error_lines(stderr: str) -> list[str]:
+    """The ERROR lines of stderr, in the one style the tool prints (``[hh:mm:ss ERROR] ...``)."""
+    return [line for line in stderr.splitlines() if re.match(r"\[\d\d:\d\d:\d\d ERROR\] ", line)]
+
+
 def suggested_argument(stderr: str) -> str:
     """The override an error line proposes ("write it as <shell word>"), as the shell passes it."""
-    (line,) = [line for line in stderr.splitlines() if line.startswith("error: ")]
+    (line,) = error_lines(stderr)
     proposal = line.split("write it as ", 1)[1].split(", or ", 1)[0]
     (argument,) = shlex.split(proposal)
     return argument
@@ -48,10 +55,85 @@ def test_help_is_a_real_usage_text() -> None:
     assert run_cli("-h").stdout == text
 
 
-def test_version_is_the_package_version() -> None:
+def test_help_names_every_setting_and_the_sub_commands() -> None:
+    text = run_cli("--help").stdout
+    # Every top-level key of the composed config, so that --help cannot drift from conf/.
+    missing = [key for key in composed("video=x.mp4") if not re.search(rf"(?m)^  {key}[.=]", text)]
+    assert missing == []
+    for command in ("pipeline.download", "pipeline.export", "pipeline.report", "pipeline.status", "video-caption"):
+        assert command in text
+
+
+def test_version_names_the_package_llama_cpp_and_its_build() -> None:
+    import llama_cpp
+
     result = run_cli("--version")
     assert result.returncode == 0
-    assert result.stdout.strip() == f"video-caption-pipeline {metadata.version('video-caption-pipeline')}"
+    first, second = result.stdout.strip().splitlines()
+    assert first == f"video-caption-pipeline {metadata.version('video-caption-pipeline')}"
+    assert second.startswith(f"llama-cpp-python {metadata.version('llama-cpp-python')}: ")
+    # This machine's build (tests/test_cli.py: a CPU build) and the devices llama.cpp sees.
+    build = "GPU build, devices: " if llama_cpp.llama_supports_gpu_offload() else "CPU-only build"
+    assert build in second and "; CPU: " in second
+
+
+@pytest.mark.parametrize(
+    ("args", "needles"),
+    [
+        (["sampler.intervall_s=2"], ["unknown setting sampler.intervall_s", "did you mean sampler.interval_s?"]),
+        (["+sampler.intervall_s=2"], ["unknown setting sampler.intervall_s", "did you mean sampler.interval_s?"]),
+        (["engine.paralel=2"], ["unknown setting engine.paralel", "did you mean engine.parallel?"]),
+        (["interval_s=2"], ["unknown setting interval_s", "did you mean sampler.interval_s?"]),
+        (["sampler=scene", "sampler.treshold=20"], ["did you mean sampler.threshold?"]),
+        (["+max_frames=2"], ["max_frames is a setting already", "without '+': max_frames=2"]),
+        (["++model.n_ctx=4096"], ["without '+': model.n_ctx=4096"]),
+        (["+sampler.dedup.extra=1"], ["unknown setting sampler.dedup.extra"]),
+        (["~max_frames"], ["~max_frames would remove a setting", "max_frames=VALUE"]),
+        (["sampler.interval_s=abc"], ["sampler.interval_s=abc: sampler.interval_s takes a number, not 'abc'"]),
+        (["max_frames=many"], ["max_frames takes a whole number or null, not 'many'"]),
+        (["dry_run=perhaps"], ["dry_run takes true or false, not 'perhaps'"]),
+        (["prompts=5"], ["prompts takes a list"]),
+    ],
+)
+def test_a_setting_mistake_is_one_line_naming_the_fix(args: list[str], needles: list[str]) -> None:
+    result = run_cli("video=x.mp4", "model=tiny", "dry_run=true", *args)
+    assert_one_line_error(result, 1, *needles)
+    assert result.stderr.count("\n") == 1 and len(error_lines(result.stderr)) == 1
+    assert "HYDRA_FULL_ERROR" not in result.stderr and "Exception" not in result.stderr
+
+
+@pytest.mark.parametrize(
+    ("module", "args", "needles"),
+    [
+        ("pipeline.download", ["+model.dri=/models"], ["unknown setting model.dri", "did you mean model.dir?"]),
+        ("pipeline.download", ["model.n_ctx=big"], ["model.n_ctx takes a whole number, not 'big'"]),
+        ("pipeline.download", ["model=unknown"], ["unknown model=unknown; choose one of: llava16_34b", "tiny"]),
+        ("pipeline.export", ["outptu_dir=/x", "format=vtt"], ["did you mean output_dir=...?"]),
+        ("pipeline.report", ["+output_dir=/x"], ["did you mean output_dir=...?"]),
+    ],
+)
+def test_sub_commands_word_mistakes_the_same_way(module: str, args: list[str], needles: list[str]) -> None:
+    result = subprocess.run(
+        [sys.executable, "-m", module, *args], cwd=ROOT, env=cli_env(), capture_output=True, text=True,
+        timeout=RUN_TIMEOUT_S,
+    )
+    assert_one_line_error(result, 1, *needles)
+    assert len(error_lines(result.stderr)) == 1 and result.stderr.count("\n") == 1, result.stderr
+
+
+def test_the_missing_weights_line_of_the_download_does_not_name_itself(tmp_path: Path) -> None:
+    result = subprocess.run(
+        [sys.executable, "-m", "pipeline.download", "model=llava16_mistral_7b", f"model.dir={tmp_path}"],
+        cwd=ROOT, env=cli_env(), capture_output=True, text=True, timeout=RUN_TIMEOUT_S,
+    )
+    assert_one_line_error(result, 1, "missing llava-v1.6-mistral-7b.Q5_K_M.gguf", "unset it")
+    assert "python -m pipeline.download" not in result.stderr
+
+
+@pytest.mark.parametrize("word", ["clip.mp4", "/srv/incoming", "list.txt"])
+def test_a_bare_path_suggests_video(word: str) -> None:
+    result = run_cli(word)
+    assert_one_line_error(result, 1, f"{word!r} is not key=value; to caption it write video={word}")
 
 
 @pytest.mark.parametrize(
@@ -77,7 +159,7 @@ def test_an_unreadable_override_is_one_line_whose_fix_works(argument: str, key: 
 def test_a_comma_inside_a_prompt_is_an_error_showing_both_readings() -> None:
     result = run_cli("video=x.mp4", "model=tiny", "prompts=[What is shown?,Any text, e.g. signs?]")
     assert_one_line_error(result, 1, "ambiguous", "prompts_file=FILE")
-    (line,) = [line for line in result.stderr.splitlines() if line.startswith("error: ")]
+    (line,) = error_lines(result.stderr)
     three, two = (shlex.split(word)[0] for word in re.findall(r" write ('[^']*')", line))
     assert composed("video=x.mp4", three)["prompts"] == ["What is shown?", "Any text", "e.g. signs?"]
     assert composed("video=x.mp4", two)["prompts"] == ["What is shown?", "Any text, e.g. signs?"]

@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+import os
+import re
+import time
+import wave
 from pathlib import Path
 
 import pandas as pd
@@ -170,3 +174,96 @@ def test_a_list_of_videos(cli_base: list[str], tmp_path: Path) -> None:
     result = run_cli(f"video=[{clips[0]},{clips[1]}]", *cli_base, "max_frames=1")
     assert result.returncode == 0, result.stderr
     assert sorted(pd.read_parquet(tmp_path / "out").video_path) == [str(c) for c in clips]
+
+
+@pytest.mark.parametrize(
+    ("setting", "needle"),
+    [
+        ("max_frames=-3", "max_frames must be >= 1, or null for no cap"),
+        ("max_frames=0", "max_frames must be >= 1"),
+        ("min_age_s=-5", "min_age_s must be >= 0"),
+        ("checkpoint_frames=0", "checkpoint_frames must be >= 1"),
+        ("end_s=0", "end_s must be > 0"),
+        ("start_s=-1", "start_s must be >= 0"),
+        ("generation.top_p=1.5", "generation.top_p must be > 0 and <= 1"),
+        ("model.n_gpu_layers=-2", "model.n_gpu_layers must be >= -1"),
+        ("progress_interval_s=0", "progress_interval_s must be > 0, or null for no progress lines"),
+    ],
+)
+def test_a_number_out_of_range_is_refused_before_anything_runs(
+    cli_base: list[str], tmp_path: Path, setting: str, needle: str
+) -> None:
+    for dry_run in ("false", "true"):
+        result = run_cli(f"video={SAMPLE_VIDEO}", *cli_base, setting, f"dry_run={dry_run}")
+        assert_one_line_error(result, 1, f"{setting} is out of range", needle)
+    assert not (tmp_path / "out").exists()
+
+
+def write_wav(path: Path) -> Path:
+    """A second of silence as a WAV file (audio only), whatever its name."""
+    with wave.open(str(path), "wb") as audio:
+        audio.setnchannels(1)
+        audio.setsampwidth(2)
+        audio.setframerate(8000)
+        audio.writeframes(b"\0\0" * 8000)
+    return path
+
+
+def test_each_unreadable_file_says_what_it_is(cli_base: list[str], tmp_path: Path) -> None:
+    inbox = tmp_path / "inbox"
+    inbox.mkdir()
+    (inbox / "notes.mp4").write_text("shopping list: milk, eggs\n")
+    write_wav(inbox / "voice.mp4")
+    data = SAMPLE_VIDEO.read_bytes()
+    (inbox / "cut.mp4").write_bytes(data[: len(data) // 2])  # a copy that stopped half way
+    (inbox / "noise.mp4").write_bytes(bytes(range(256)) * 40)
+    result = run_cli(f"video={inbox}", *cli_base)
+    assert result.returncode == 3, result.stderr
+    errors = dict(zip(*(pd.read_parquet(tmp_path / "out", columns=["video_path", "error"]).to_dict("list").values())))
+    reasons = {Path(path).name: error for path, error in errors.items()}
+    assert "(a text file)" in reasons["notes.mp4"]
+    assert "(an audio file, WAV: no video stream)" in reasons["voice.mp4"]
+    assert "(an MP4/MOV file cut short or damaged: its index, the moov box, is missing" in reasons["cut.mp4"]
+    assert "(not a media file" in reasons["noise.mp4"]
+    # FFmpeg's own lines ("moov atom not found") do not reach the console bare.
+    assert all(line.startswith("[") for line in result.stderr.splitlines()), result.stderr
+    assert "moov atom" not in result.stderr
+
+
+def test_fresh_files_wait_and_the_message_says_how_to_take_them(cli_base: list[str], tmp_path: Path) -> None:
+    inbox = tmp_path / "inbox"
+    inbox.mkdir()
+    write_video(inbox / "old.mp4", n_frames=5)
+    (inbox / "bad.mp4").write_text("not a video")
+    first = run_cli(f"video={inbox}", *cli_base, "max_frames=1")
+    assert first.returncode == 2, first.stderr
+    hour_ago = time.time() - 3600
+    for settled in inbox.iterdir():
+        os.utime(settled, (hour_ago, hour_ago))
+    write_video(inbox / "new.mp4", n_frames=6)  # just copied in: younger than min_age_s
+    result = run_cli(f"video={inbox}", *cli_base, "max_frames=1", "min_age_s=600")
+    assert result.returncode == 0, result.stderr
+    # "already done" counts the done video only, not the one that failed before.
+    assert f"nothing to do: 1 video already done, 1 failed before, 1 waiting in {tmp_path / 'out'}" in result.stderr
+    (waiting,) = [line for line in result.stderr.splitlines() if "1 video waiting: " in line]
+    assert "min_age_s=600 s" in waiting and "min_age_s=0 takes it now" in waiting
+    assert "1 video failed in earlier runs; retry_failed=true tries it again" in result.stderr
+
+
+def test_a_dry_run_counts_the_prompts_that_would_be_asked(cli_base: list[str], tmp_path: Path) -> None:
+    first = run_cli(f"video={SAMPLE_VIDEO}", *cli_base, "max_frames=2", "prompt=What is shown?")
+    assert first.returncode == 0, first.stderr
+    both = "prompts=[What is shown?,Which colours?]"
+    plan = run_cli(f"video={SAMPLE_VIDEO}", *cli_base, "max_frames=2", both, "dry_run=true")
+    assert plan.returncode == 0, plan.stderr
+    assert "2 frames, 1 prompt each (1 of 2 answered before)" in plan.stdout
+    assert plan.stdout.strip().splitlines()[-1].startswith("1 video, 1 to caption: 2 frames, 2 questions -> ")
+    three = run_cli(f"video={SAMPLE_VIDEO}", *cli_base, "max_frames=3", both, "dry_run=true")
+    assert "3 frames, 4 questions (prompts answered before are not asked again)" in three.stdout
+
+
+def test_counts_of_one_are_singular(cli_base: list[str], tmp_path: Path) -> None:
+    result = run_cli(f"video={SAMPLE_VIDEO}", *cli_base, "max_frames=1")
+    assert result.returncode == 0, result.stderr
+    assert re.search(r"done .*sample\.mp4: 1 frame captioned, 0 already done, 1 row, ", result.stderr)
+    assert "; 1 frame in " in result.stderr

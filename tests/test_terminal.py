@@ -165,3 +165,59 @@ def test_each_video_gets_its_own_time(monkeypatch: pytest.MonkeyPatch, tmp_path:
     (tmp_path / "out").mkdir()
     summary = pipeline.run(pipeline.plan(videos), _ScriptedExecutor(clock, script))
     assert [v.wall_s for v in summary.videos] == [20.0, 40.0]
+
+
+def test_off_a_terminal_a_progress_line_comes_at_the_interval(tiny_model_dir: Path, tmp_path: Path) -> None:
+    videos = make_night(tmp_path / "videos", n_videos=2, n_frames=4)
+    out = tmp_path / "out"
+    result = run_cli(
+        f"video={videos}", "model=tiny", f"model.dir={tiny_model_dir}", f"output_dir={out}", "sampler=all",
+        "generation.max_tokens=4", "report=false", "min_age_s=0", "progress_interval_s=0.05",
+    )
+    assert result.returncode == 0, result.stderr
+    pattern = r"\] progress: (\d)/2 videos, (\d+)/9 frames, [\d.]+ frames/s, ETA (\d+ s|after the first answer)$"
+    shown = [re.search(pattern, line) for line in result.stderr.splitlines() if "] progress: " in line]
+    assert shown and all(shown), result.stderr
+    frames_done = [int(match.group(2)) for match in shown if match]
+    assert frames_done == sorted(frames_done) and max(frames_done) <= 9
+    # The same lines are in the run's log file; on a terminal the bars say it instead.
+    (log,) = (out / "_logs").glob("*.log")
+    assert "][INFO] progress: " in log.read_text()
+
+
+def test_no_progress_lines_without_an_interval(cli_base: list[str], tmp_path: Path) -> None:
+    result = run_cli(f"video={write_video(tmp_path / 'clip.mp4', n_frames=3)}", *cli_base, "progress_interval_s=null")
+    assert result.returncode == 0, result.stderr
+    assert "progress:" not in result.stderr
+
+
+SIGNAL_IN_A_CALLBACK = """
+import os, signal, threading
+import llama_cpp
+from pipeline.caption.engine.native import route_native_logs
+from pipeline.signals import Stopped, check_stopped, stop_on_signals
+
+route_native_logs()
+params = llama_cpp.llama_model_default_params()
+stopped = 0
+for _ in range(100):
+    with stop_on_signals():
+        try:
+            threading.Timer(0.002, os.kill, (os.getpid(), signal.SIGINT)).start()
+            while True:  # llama.cpp logs from C each time: the signal often lands in the callback
+                llama_cpp.llama_model_load_from_file(b"/nonexistent/model.gguf", params)
+                check_stopped()
+        except Stopped:
+            stopped += 1
+print(stopped)
+"""
+
+
+def test_ctrl_c_inside_llama_cpps_log_callback_prints_nothing_and_still_stops() -> None:
+    result = subprocess.run(
+        [sys.executable, "-c", SIGNAL_IN_A_CALLBACK], cwd=ROOT, env=cli_env(), capture_output=True, text=True,
+        timeout=RUN_TIMEOUT_S,
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert result.stdout.strip() == "100"  # every signal stopped its round, none was lost
+    assert "Exception ignored" not in result.stderr and "Traceback" not in result.stderr
