@@ -200,7 +200,8 @@ def config_error(overrides: list[str]) -> str | None:
     parsed = [(arg, parser.parse_overrides([arg])[0]) for arg in overrides]
     try:
         # The keys that exist depend on the groups chosen (sampler=scene has its own).
-        base = compose_config([arg for arg, override in parsed if _is_group(override)])
+        groups = [arg for arg, override in parsed if _is_group(override)]
+        base = compose_config(groups)
     except (HydraException, OmegaConfBaseException) as error:
         return _first_line(error)
     for arg, override in parsed:
@@ -212,7 +213,7 @@ def config_error(overrides: list[str]) -> str | None:
         if _is_group(override):
             continue
         if not _has_key(base, key):
-            return _unknown_key(arg, key, base)
+            return _of_another_choice(arg, key, groups) or _unknown_key(arg, key, base)
         if override.type != OverrideType.CHANGE:
             fixed = shell_word(f"{key}={arg.partition('=')[2]}")
             return f"{shell_word(arg)}: {key} is a setting already; set it without '+': {fixed}"
@@ -254,6 +255,21 @@ def setting_names(cfg: DictConfig, prefix: str = "") -> list[str]:
         if isinstance(node, DictConfig):
             names += setting_names(node, f"{name}.")
     return names
+
+
+def _of_another_choice(arg: str, key: str, group_overrides: list[str]) -> str | None:
+    """``KEY is a setting of sampler=interval, not of sampler=scene`` where the key belongs to
+    other choices of its group than the one this run has, else ``None``."""
+    group = key.split(".", 1)[0]
+    if group not in GROUPS:
+        return None
+    owners = [f"{group}={c}" for c in group_choices(group) if _has_key(compose_config([f"{group}={c}"]), key)]
+    if not owners:
+        return None
+    with initialize_config_dir(config_dir=str(config_dir()), version_base="1.3"):
+        chosen = compose(config_name="config", overrides=group_overrides, return_hydra_config=True)
+    this_run = f"{group}={chosen.hydra.runtime.choices[group]}"
+    return f"{shell_word(arg)}: {key} is a setting of {' and '.join(owners)}, not of {this_run}"
 
 
 def _unknown_key(arg: str, key: str, cfg: DictConfig) -> str:

@@ -35,7 +35,7 @@ from hydra.core.hydra_config import HydraConfig
 from hydra.types import RunMode
 from hydra.utils import instantiate
 from omegaconf import DictConfig, ListConfig, OmegaConf
-from omegaconf.errors import OmegaConfBaseException
+from omegaconf.errors import MissingMandatoryValue, OmegaConfBaseException
 
 from pipeline.arguments import argument_error, config_error, help_text, overrides_of, version
 from pipeline.caption import CaptionSpec, EngineError
@@ -65,6 +65,8 @@ EXIT_CRASH = 1
 EXIT_SOME_FAILED = 2
 EXIT_ALL_FAILED = 3  # a night where nothing could be done: a service manager sees a failure
 EXIT_LOCKED = 75  # EX_TEMPFAIL: try again later
+# What to give a key that conf/ leaves without a value (???), when a run lacks it.
+_REQUIRED = {"video": "a video file, a folder, a glob or a manifest, e.g. python -m pipeline video=clip.mp4 (--help)"}
 
 
 def run_from_config(cfg: DictConfig) -> int:
@@ -104,6 +106,9 @@ def run_from_config(cfg: DictConfig) -> int:
             return stop.exit_code
         except (UserError, EngineError) as error:
             log.error("%s", error)
+            return EXIT_CRASH
+        except MissingMandatoryValue as error:
+            log.error("%s= is required: %s", error.full_key, _REQUIRED.get(str(error.full_key), "give it a value"))
             return EXIT_CRASH
         except OmegaConfBaseException as error:
             log.error("bad config: %s", str(error).splitlines()[0])

@@ -85,6 +85,8 @@ def test_version_names_the_package_llama_cpp_and_its_build() -> None:
         (["engine.paralel=2"], ["unknown setting engine.paralel", "did you mean engine.parallel?"]),
         (["interval_s=2"], ["unknown setting interval_s", "did you mean sampler.interval_s?"]),
         (["sampler=scene", "sampler.treshold=20"], ["did you mean sampler.threshold?"]),
+        (["executor.address=x"], ["executor.address is a setting of executor=ray, not of executor=local"]),
+        (["sampler=scene", "sampler.interval_s=3"], ["is a setting of sampler=interval, not of sampler=scene"]),
         (["+max_frames=2"], ["max_frames is a setting already", "without '+': max_frames=2"]),
         (["++model.n_ctx=4096"], ["without '+': model.n_ctx=4096"]),
         (["+sampler.dedup.extra=1"], ["unknown setting sampler.dedup.extra"]),
@@ -128,6 +130,11 @@ def test_the_missing_weights_line_of_the_download_does_not_name_itself(tmp_path:
     )
     assert_one_line_error(result, 1, "missing llava-v1.6-mistral-7b.Q5_K_M.gguf", "unset it")
     assert "python -m pipeline.download" not in result.stderr
+
+
+def test_no_video_is_one_line_naming_the_key() -> None:
+    result = run_cli("model=tiny")
+    assert_one_line_error(result, 1, "video= is required: a video file, a folder, a glob or a manifest")
 
 
 @pytest.mark.parametrize("word", ["clip.mp4", "/srv/incoming", "list.txt"])
