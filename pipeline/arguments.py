@@ -74,7 +74,7 @@ SUBCOMMANDS = (
     ("video-caption [key=value ...]", "the installed script: the same as python -m pipeline"),
 )
 EXAMPLES = (
-    "python -m pipeline video=data/sample.mp4 model=tiny output_dir=/tmp/out",
+    "python -m pipeline video=data/sample.mp4 model=tiny   # the generated test model, on CPU",
     "python -m pipeline video=/srv/incoming output_dir=/srv/captions prompts_file=questions.txt",
     "python -m pipeline video=talk.mp4 sampler=scene 'prompts=[Who is speaking?,What is on the slide?]'",
     "python -m pipeline video=talk.mp4 model=llava16_mistral_7b model.dir=/models/mistral",
@@ -144,7 +144,7 @@ def help_text() -> str:
     lines += [
         "Exit codes: 0 done or nothing to do, 1 bad input or config (one line says which) or a crash,",
         "2 some videos failed, 3 every video tried failed, 75 another run holds output_dir.",
-        "Every key and its meaning: README.md, Configuration; the whole config: --cfg job video=PATH.",
+        "Every key and its meaning: docs/configuration.md; the whole config: --cfg job video=PATH.",
     ]
     return "\n".join(lines)
 
