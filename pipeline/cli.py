@@ -157,8 +157,8 @@ def _run_locked(
         todo = sum(t.outcome.status == "todo" for t in tasks)
         if todo:
             log.info(
-                "%d of %d videos to caption; loading model %s (model.n_gpu_layers=%d)",
-                todo, len(tasks), spec.model.name, spec.model.n_gpu_layers,
+                "%d of %s to caption; loading model %s (model.n_gpu_layers=%d)",
+                todo, plural(len(tasks), "video"), spec.model.name, spec.model.n_gpu_layers,
             )
             try:
                 executor.start(spec, pipeline.questions)

@@ -40,6 +40,7 @@ from pipeline.results import printable, typed_answers
 from pipeline.runlog import say_error
 from pipeline.store import StoreError, read_prompt_schemas, read_results, read_videos
 from pipeline.structured import json_value
+from pipeline.words import plural
 
 USAGE = (
     "usage: python -m pipeline.export output_dir=DIR format=vtt|srt|jsonl|csv[,...] "
@@ -388,7 +389,8 @@ def main(argv: list[str] | None = None) -> int:
         say_error(str(error))
         return 1
     tracks = len(done.tracks) if set(formats) & set(TRACK_FORMATS) else 0
-    print(f"wrote {len(done.files)} files ({tracks} tracks, {done.rows} rows) to {done.folder}")
+    counts = f"{plural(len(done.files), 'file')} ({plural(tracks, 'track')}, {plural(done.rows, 'row')})"
+    print(f"wrote {counts} to {done.folder}")
     return 0
 
 

@@ -267,3 +267,4 @@ def test_counts_of_one_are_singular(cli_base: list[str], tmp_path: Path) -> None
     assert result.returncode == 0, result.stderr
     assert re.search(r"done .*sample\.mp4: 1 frame captioned, 0 already done, 1 row, ", result.stderr)
     assert "; 1 frame in " in result.stderr
+    assert "1 of 1 video to caption; loading model tiny" in result.stderr
