@@ -106,6 +106,8 @@ def _unraisable(unraisable: Any) -> None:
         if not issubclass(unraisable.exc_type, Stopped):
             # Ctrl-C is not lost: raised again in a moment, from a thread, so that it lands
             # outside this hook (here it would land at once, in the hook itself).
-            threading.Timer(_REDELIVER_S, _thread.interrupt_main).start()
+            again = threading.Timer(_REDELIVER_S, _thread.interrupt_main)
+            again.daemon = True  # a process that ends meanwhile is not held up by it
+            again.start()
         return
     _previous_hook(unraisable)
