@@ -77,7 +77,7 @@ def test_frames_that_do_not_fit_fail_the_video_and_are_retried(cli_base: list[st
     assert "finished: 0 done, 0 skipped, 1 failed" in first.stderr
     # A later night skips it as failed; retry_failed=true asks its frames again.
     later = run_cli(*args)
-    assert later.returncode == 0 and "1 videos failed in earlier runs" in later.stderr
+    assert later.returncode == 0 and "1 video failed in earlier runs" in later.stderr
     retried = run_cli(*args, "retry_failed=true")
     assert retried.returncode == 3, retried.stderr
     assert "1 failed; 2 frames" in retried.stderr

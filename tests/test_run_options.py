@@ -52,7 +52,7 @@ def test_dry_run_lists_the_work_and_touches_nothing(cli_base: list[str], tmp_pat
         f"caption  {videos / 'v1.mp4'}: 3 frames, 2 prompts each",
         f"caption  {videos / 'v2.mp4'}: 3 frames, 2 prompts each",
     ]
-    assert lines[4] == f"3 videos, 3 to caption: 8 frames, 2 prompts each -> {out}"
+    assert lines[4] == f"3 videos, 3 to caption: 8 frames, 16 questions -> {out}"
     # Without the model's files (a dry run fetches nothing) no video can be known done with them.
     assert lines[5].startswith("model llava16_34b's files are not here: a run fetches them first")
     same_model = run_cli(f"video={videos}", *cli_base, "dry_run=true", "sampler=scene")
