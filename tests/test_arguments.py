@@ -112,6 +112,10 @@ def test_a_setting_mistake_is_one_line_naming_the_fix(args: list[str], needles: 
         ("pipeline.download", ["model=unknown"], ["unknown model=unknown; choose one of: llava16_34b", "tiny"]),
         ("pipeline.export", ["outptu_dir=/x", "format=vtt"], ["did you mean output_dir=...?"]),
         ("pipeline.report", ["+output_dir=/x"], ["did you mean output_dir=...?"]),
+        ("pipeline.status", ["outdir=x"], ["did you mean output_dir=...?"]),
+        ("pipeline.status", ["output_dir=/no/such/folder"], ["output_dir /no/such/folder is not a folder"]),
+        ("pipeline", ["status", "runs=0", "output_dir=/x"], ["runs must be >= 1, got 0"]),
+        ("pipeline", ["export", "outptu_dir=/x", "format=vtt"], ["did you mean output_dir=...?"]),
     ],
 )
 def test_sub_commands_word_mistakes_the_same_way(module: str, args: list[str], needles: list[str]) -> None:

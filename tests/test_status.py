@@ -79,6 +79,8 @@ def test_status_of_a_folder_without_runs_and_bad_arguments(tmp_path: Path) -> No
     assert missing.returncode == 1 and missing.stderr.count("\n") == 1
     assert f"output_dir {tmp_path / 'missing'} is not a folder" in missing.stderr
     wrong = status("outdir=x")
-    assert wrong.returncode == 1 and "bad argument 'outdir=x'; expected one of output_dir=..., runs=..." in wrong.stderr
+    assert wrong.returncode == 1 and wrong.stderr.count("\n") == 1
+    hint = "bad argument 'outdir=x'; did you mean output_dir=...? expected one of output_dir=..., runs=..."
+    assert hint in wrong.stderr
     few = status(f"output_dir={tmp_path}", "runs=0")
     assert few.returncode == 1 and "runs must be >= 1, got 0" in few.stderr
