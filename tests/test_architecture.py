@@ -72,7 +72,7 @@ def test_imports_within_a_part_and_down_its_list_are_allowed(clean_copy: Path, t
     shutil.copytree(clean_copy, root)
     planted = {
         "pipeline/errors.py": "from pipeline.paths import user_cache_dir\nimport pipeline.errors",
-        "pipeline/export.py": "from pipeline.summary import RunRecord",
+        "pipeline/export/__init__.py": "from pipeline.summary import RunRecord",
         "pipeline/presets.py": "from pipeline.caption.weights import ModelFiles",
     }
     for file, line in planted.items():

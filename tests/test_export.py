@@ -114,6 +114,10 @@ def tricky_track() -> Track:
             Cue(0, 0.0, 0.04, printable(TRICKY.replace("\r\n", "\n"))),
             Cue(1, 0.04, 3725.0015, "[no answer: decode failed]"),
         ],
+        number=1,
+        label="prompt1",
+        folder="my clip --> 2",
+        beside=("", "my clip --> 2"),
     )
 
 
@@ -182,9 +186,9 @@ def test_export_writes_a_track_per_video_and_prompt(output_dir: Path) -> None:
     assert done.folder == folder
     names = sorted(p.relative_to(folder).as_posix() for p in folder.rglob("*") if p.is_file())
     assert names == [
-        "b/b.p1.cfg1.srt", "b/b.p1.cfg1.vtt", "b/b.p2.cfg1.srt", "b/b.p2.cfg1.vtt", "tracks.csv",
+        "b/b.prompt1.srt", "b/b.prompt1.vtt", "b/b.prompt2.srt", "b/b.prompt2.vtt", "tracks.csv",
     ]
-    _, p2 = parse_vtt((folder / "b" / "b.p2.cfg1.vtt").read_text(encoding="utf-8"))
+    _, p2 = parse_vtt((folder / "b" / "b.prompt2.vtt").read_text(encoding="utf-8"))
     # 25 fps: frames 0, 25, 50 at 0, 1, 2 s; no video end known: the last gets the median gap.
     assert [(c.start_ms, c.end_ms, c.text) for c in p2] == [
         (0, 1000, f"red{CUT_MARK}"),
@@ -192,9 +196,9 @@ def test_export_writes_a_track_per_video_and_prompt(output_dir: Path) -> None:
         (2000, 3000, "blue"),
     ]
     index = list(csv.DictReader(io.StringIO((folder / "tracks.csv").read_text(encoding="utf-8"))))
-    assert [(r["prompt"], r["vtt"], r["cues"]) for r in index] == [
-        ("Describe this frame.", "b/b.p1.cfg1.vtt", "3"),
-        ("Colour?", "b/b.p2.cfg1.vtt", "3"),
+    assert [(r["number"], r["prompt"], r["vtt"], r["cues"]) for r in index] == [
+        ("1", "Describe this frame.", "b/b.prompt1.vtt", "3"),
+        ("2", "Colour?", "b/b.prompt2.vtt", "3"),
     ]
 
 
@@ -229,13 +233,14 @@ def test_export_jsonl_and_csv_carry_every_row_with_its_cue_end(output_dir: Path)
 
 
 def test_export_of_one_video(output_dir: Path) -> None:
-    done = export(output_dir, ["vtt", "csv"], video_id="b")
+    done = export(output_dir, ["vtt", "csv"], video="b")
 
     assert (done.folder / "b" / "captions.csv").is_file()
     assert (done.folder / "b" / "tracks.csv").is_file()
     assert not (done.folder / "captions.csv").exists()
-    with pytest.raises(ValueError, match=r"video_id=zz is not in .* \(it has: a, b\)"):
-        export(output_dir, ["vtt"], video_id="zz")
+    they_have = r"\(they have: /videos/a.mp4 \(a\); /videos/b.mp4 \(b\)\)"
+    with pytest.raises(ValueError, match=rf"video=zz is not in the results {they_have}"):
+        export(output_dir, ["vtt"], video="zz")
 
 
 def test_command_line(output_dir: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
@@ -493,3 +498,4 @@ def test_the_report_plays_a_video_with_its_answers_as_subtitles(tiny_run: Path, 
     assert seen["cues"] == len(sample) == 6
     answer_at_2s = sample[sample.timestamp_s == 2.0].iloc[0]
     assert seen["active"] == [expected_text(answer_at_2s)]
+

@@ -221,9 +221,9 @@ def test_report_links_each_videos_subtitle_tracks(output_dir: Path) -> None:
     page = write_report(output_dir)
 
     text = page.read_text(encoding="utf-8")
-    assert 'href="_export/b/b.p1.cfg1.vtt" title="Describe this frame."' in text
-    assert 'href="_export/b/b.p2.cfg1.vtt" title="Colour?"' in text
-    assert (output_dir / "_export" / "b" / "b.p1.cfg1.vtt").read_text(encoding="utf-8").startswith("WEBVTT")
+    assert 'href="_export/b/b.prompt1.vtt" title="Describe this frame."' in text
+    assert 'href="_export/b/b.prompt2.vtt" title="Colour?"' in text
+    assert (output_dir / "_export" / "b" / "b.prompt1.vtt").read_text(encoding="utf-8").startswith("WEBVTT")
     # The videos are not on this machine: no player, only the links.
     assert "<video" not in text
 

@@ -1,12 +1,16 @@
 """Subtitle tracks and flat files of a run's answers: WebVTT, SRT, JSONL and CSV.
 
-``python -m pipeline.export output_dir=DIR format=vtt|srt|jsonl|csv[,...] [video_id=ID] [out=DIR]``
-writes under ``DIR/_export/`` (the leading underscore keeps Parquet readers away)::
+``python -m pipeline.export output_dir=DIR format=vtt|srt|jsonl|csv[,...] [video=PATH|NAME|ID]
+[layout=by_video|beside] [out=DIR]`` writes under ``DIR/_export/`` (the leading underscore keeps
+Parquet readers away)::
 
-    _export/<video_id>/<video stem>.<prompt_id>.<config_id>.vtt   a track per video, prompt and settings
-    _export/<video_id>/<video stem>.<prompt_id>.<config_id>.srt
-    _export/tracks.csv                                            which track holds which video and prompt
-    _export/captions.jsonl, _export/captions.csv                  every row, with its cue's end time
+    _export/<video stem>/<video stem>.prompt<N>.vtt   a track per video and prompt (layout=by_video)
+    _export/<video stem>/<video stem>.prompt<N>.srt
+    _export/tracks.csv                                which track holds which video and prompt
+    _export/captions.jsonl, _export/captions.csv      every row, with its cue's end time
+
+With ``layout=beside`` the tracks sit in the videos' own folders below their common folder, to be
+copied beside the videos (:mod:`pipeline.export.names` has the naming rules).
 
 A track's cues follow the video: each answer shows from its frame's ``timestamp_s`` until the
 next sampled frame of the video; with ``sampler=scene``, until the shot's end where that comes
@@ -21,12 +25,8 @@ from __future__ import annotations
 
 import csv
 import io
-import itertools
-import json
-import math
-import re
 import sys
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -34,6 +34,16 @@ from typing import Any
 import pandas as pd
 
 from pipeline.decode import format_timecode
+from pipeline.export.cues import LAST_CUE_S, cue_ends, with_cue_ends
+from pipeline.export.flat import csv_bytes, jsonl
+from pipeline.export.names import (
+    LAYOUTS,
+    beside_places,
+    fit_name,
+    prompt_numbers,
+    select_video,
+    video_folders,
+)
 from pipeline.files import write_bytes_atomic
 from pipeline.options import OptionError, parse_options
 from pipeline.results import printable, typed_answers
@@ -42,19 +52,22 @@ from pipeline.store import StoreError, read_prompt_schemas, read_results, read_v
 from pipeline.structured import json_value
 from pipeline.words import plural
 
+__all__ = [
+    "CUT_MARK", "EXPORT_DIR", "FORMATS", "LAST_CUE_S", "LAYOUTS", "TRACK_FORMATS", "Cue", "Exported", "Track",
+    "cue_ends", "export", "main", "parse_formats", "render_srt", "render_vtt", "tracks_of",
+    "with_cue_ends", "write_tracks",
+]
+
 USAGE = (
     "usage: python -m pipeline.export output_dir=DIR format=vtt|srt|jsonl|csv[,...] "
-    "[video_id=ID] [out=DIR]"
+    "[video=PATH|NAME|ID] [layout=by_video|beside] [out=DIR]"
 )
-_KEYS = ("output_dir", "format", "video_id", "out")
+_KEYS = ("output_dir", "format", "video", "video_id", "layout", "out")
 FORMATS = ("vtt", "srt", "jsonl", "csv")
 TRACK_FORMATS = ("vtt", "srt")
 EXPORT_DIR = "_export"
 TRACKS_INDEX = "tracks.csv"
 CUT_MARK = " …"
-# When a video's end is unknown (older runs, or decoding stopped at max_frames), the last answer
-# shows for the median gap between the track's frames, or this long with a single frame.
-LAST_CUE_S = 1.0
 
 # Rows as the flat files carry them: every column but the thumbnail, plus the cue's end (and,
 # after these, the typed columns of the answers' schemas: pipeline.results.typed_answers).
@@ -87,7 +100,16 @@ class Cue:
 
 @dataclass(frozen=True)
 class Track:
-    """The answers to one prompt about one video, made with one ``config_id``, as cues."""
+    """The answers to one prompt about one video, made with one ``config_id``, as cues.
+
+    Attributes:
+        number: The prompt's number, as the report numbers the prompts (from 1).
+        label: What the file name says of the prompt: ``prompt<number>``, and
+            ``-<config_id>`` where the video has answers under several settings.
+        folder: The video's folder in the ``by_video`` layout.
+        beside: The video's folder below the videos' common one, and the stem its tracks
+            take, in the ``beside`` layout.
+    """
 
     video_id: str
     video_path: str
@@ -96,15 +118,25 @@ class Track:
     prompt_id: str
     prompt: str
     cues: list[Cue]
+    number: int
+    label: str
+    folder: str
+    beside: tuple[str, str]
 
-    def file_name(self, fmt: str) -> str:
-        """``<video stem>.<prompt_id>.<config_id>.<fmt>``: the video's name first, so the file
-        says which video it belongs to when copied elsewhere."""
-        return f"{_safe_stem(self.video_path)}.{self.prompt_id}.{self.config_id}.{fmt}"
+    def path(self, fmt: str, layout: str = "by_video") -> str:
+        """Where :func:`export` writes it in ``layout``, relative to the export folder (``/``)."""
+        if layout == "beside":
+            folder, stem = self.beside
+            return f"{folder}/{self.file_name(fmt, stem)}".lstrip("/")
+        return f"{self.folder}/{self.file_name(fmt, self.folder)}"
+
+    def file_name(self, fmt: str, stem: str) -> str:
+        """``<stem>.<label>.<fmt>``, as players look for a track of ``<stem>.<extension>``."""
+        return fit_name(stem, f".{self.label}.{fmt}")
 
     def relative_path(self, fmt: str) -> str:
-        """Where :func:`export` writes it, relative to ``output_dir`` (with ``/``)."""
-        return f"{EXPORT_DIR}/{self.video_id}/{self.file_name(fmt)}"
+        """Where :func:`export` writes it by default, relative to ``output_dir`` (with ``/``)."""
+        return f"{EXPORT_DIR}/{self.path(fmt)}"
 
 
 @dataclass(frozen=True)
@@ -149,46 +181,9 @@ def parse_formats(value: Any) -> list[str]:
     return list(dict.fromkeys(formats))
 
 
-def cue_ends(frames: pd.DataFrame, video_end_s: float | None) -> pd.Series:
-    """When each sampled frame's answers stop showing.
-
-    Args:
-        frames: One row per sampled frame of one video and ``config_id`` (``timestamp_s``,
-            ``shot_index``, ``shot_start_s``), in time order.
-        video_end_s: The video's end (``duration_s`` of a video decoded to its end), or ``None``
-            when unknown.
-
-    Returns:
-        ``end_s`` by the frames' index: the next frame's time; with shots, the next shot's start
-        where the next frame is the first of the following shot; the last frame's, the video's
-        end (else its time plus the median gap, or :data:`LAST_CUE_S`, capped by
-        ``video_end_s``). Always after the frame's own time.
-    """
-    starts = frames["timestamp_s"].astype(float).to_numpy()
-    ends = [math.nan] * len(starts)
-    shots = frames["shot_index"].tolist()
-    shot_starts = frames["shot_start_s"].tolist()
-    for i in range(len(starts) - 1):
-        end = starts[i + 1]
-        this_shot, next_shot = shots[i], shots[i + 1]
-        if not pd.isna(this_shot) and not pd.isna(next_shot) and next_shot == this_shot + 1:
-            next_start = shot_starts[i + 1]
-            if not pd.isna(next_start) and starts[i] < next_start < end:
-                end = float(next_start)
-        ends[i] = end
-    if len(starts):
-        last = starts[-1]
-        if video_end_s is not None and video_end_s > last:
-            ends[-1] = video_end_s
-        else:
-            gaps = [b - a for a, b in itertools.pairwise(starts) if b > a]
-            ends[-1] = last + (float(pd.Series(gaps).median()) if gaps else LAST_CUE_S)
-    # A cue needs a length a player can show: at least a millisecond.
-    return pd.Series([max(end, start + 0.001) for start, end in zip(starts, ends)], index=frames.index)
-
-
 def tracks_of(df: pd.DataFrame, videos: pd.DataFrame | None = None) -> list[Track]:
-    """The subtitle tracks of result rows: one per video, ``config_id`` and prompt.
+    """The subtitle tracks of result rows: one per video, ``config_id`` and prompt, named
+    (numbers, labels, folders) from all of ``df``'s videos and prompts.
 
     Args:
         df: Rows from :func:`pipeline.results.load_results` or :func:`pipeline.store.read_results`.
@@ -198,6 +193,10 @@ def tracks_of(df: pd.DataFrame, videos: pd.DataFrame | None = None) -> list[Trac
     """
     ends = df if "end_s" in df.columns else with_cue_ends(df, videos)
     answered = ends[ends["frame_index"].notna()]
+    numbers = prompt_numbers(ends)
+    paths = {str(v): _video_path(ends, str(v)) for v in ends["video_id"].dropna().unique()}
+    folders, places = video_folders(paths), beside_places(paths)
+    settings = answered.groupby("video_id")["config_id"].nunique()
     tracks = []
     for (video_id, config_id, prompt_id), rows in answered.groupby(
         ["video_id", "config_id", "prompt_id"], sort=True
@@ -211,36 +210,23 @@ def tracks_of(df: pd.DataFrame, videos: pd.DataFrame | None = None) -> list[Trac
             )
         ]
         first = rows.iloc[0]
+        number = numbers[str(prompt_id)]
         tracks.append(
             Track(
                 video_id=str(video_id),
-                video_path=_video_path(ends, str(video_id)),
+                video_path=paths[str(video_id)],
                 config_id=str(config_id),
                 model=str(first["model"]),
                 prompt_id=str(prompt_id),
                 prompt=str(first["prompt"]),
                 cues=cues,
+                number=number,
+                label=f"prompt{number}" + (f"-{config_id}" if settings[video_id] > 1 else ""),
+                folder=folders[str(video_id)],
+                beside=places[str(video_id)],
             )
         )
-    return tracks
-
-
-def with_cue_ends(df: pd.DataFrame, videos: pd.DataFrame | None = None) -> pd.DataFrame:
-    """``df`` with an ``end_s`` column: when each answer's cue ends (see :func:`cue_ends`); null
-    for video-level error records."""
-    out = df.copy()
-    out["end_s"] = math.nan
-    answered = out[out["frame_index"].notna()]
-    video_end = _video_ends(videos)
-    for (video_id, _config_id), rows in answered.groupby(["video_id", "config_id"], sort=False):
-        frames = (
-            rows.sort_values(["timestamp_s", "frame_index"], kind="stable")
-            .drop_duplicates("frame_index")
-            .set_index("frame_index")
-        )
-        ends = cue_ends(frames, video_end.get(str(video_id)))
-        out.loc[rows.index, "end_s"] = rows["frame_index"].map(ends).astype(float).to_numpy()
-    return out
+    return sorted(tracks, key=lambda t: (t.video_path, t.video_id, t.config_id, t.number))
 
 
 def render_vtt(track: Track) -> str:
@@ -285,29 +271,35 @@ def render_srt(track: Track) -> str:
 def export(
     output_dir: str | Path,
     formats: Sequence[str],
-    video_id: str | None = None,
+    video: str | None = None,
     out: str | Path | None = None,
+    layout: str = "by_video",
 ) -> Exported:
     """Write the answers in ``output_dir`` as subtitle tracks and flat files.
 
     Args:
         output_dir: A run's ``output_dir``.
         formats: Any of :data:`FORMATS`.
-        video_id: Export this video only (flat files go in its folder).
+        video: Export this video only (its index and flat files go in its ``by_video``
+            folder): its video_id, path, file name or stem.
         out: The export folder; default ``output_dir/_export``.
+        layout: ``by_video`` or ``beside`` (:mod:`pipeline.export.names`).
 
     Returns:
         What was written. Track files of the formats asked for that no longer belong to a track
-        (of the videos exported) are removed.
+        (of the videos exported) are removed: in ``by_video``, any in the video's folder; in
+        ``beside``, those the previous export listed in its index.
 
     Raises:
         FileNotFoundError: ``output_dir`` is not a folder.
-        ValueError: An unknown format, or ``video_id`` is not in ``output_dir``.
+        ValueError: An unknown format or layout, or ``video`` names no video or several.
         StoreError: A file cannot be written.
     """
     formats = parse_formats(list(formats))
     if not formats:
         raise ValueError(f"give at least one format: {', '.join(FORMATS)}")
+    if layout not in LAYOUTS:
+        raise ValueError(f"unknown layout={layout}; choose {' or '.join(LAYOUTS)}")
     root = Path(output_dir).expanduser().resolve()
     if not root.is_dir():
         raise FileNotFoundError(
@@ -315,32 +307,45 @@ def export(
         )
     folder = Path(out).expanduser().resolve() if out else root / EXPORT_DIR
     df = load_rows(root)
-    if video_id is not None:
-        if not df["video_id"].eq(video_id).any():
-            known = ", ".join(sorted(df["video_id"].dropna().unique())) or "none"
-            raise ValueError(f"video_id={video_id} is not in {root} (it has: {known})")
-        df = df[df["video_id"] == video_id]
     videos = read_videos(root)
     df = with_cue_ends(df, videos)
-    tracks = tracks_of(df, videos)
+    tracks = tracks_of(df, videos)  # named from every video, whichever is exported
+    index_folder = folder
+    if video is not None:
+        video_id = select_video(df, video)
+        paths = {str(v): _video_path(df, str(v)) for v in df["video_id"].dropna().unique()}
+        index_folder = folder / video_folders(paths)[video_id]
+        df = df[df["video_id"] == video_id]
+        tracks = [t for t in tracks if t.video_id == video_id]
+    video_ids = df["video_id"].dropna().unique()
+    index = index_folder / TRACKS_INDEX
     files: list[Path] = []
-    for fmt in (f for f in formats if f in TRACK_FORMATS):
-        files += write_tracks(folder, tracks, fmt, df["video_id"].dropna().unique())
-    if any(f in TRACK_FORMATS for f in formats):
-        files.append(_write_tracks_index(folder, tracks, formats, video_id))
+    track_formats = [f for f in formats if f in TRACK_FORMATS]
+    for fmt in track_formats:
+        files += write_tracks(folder, tracks, fmt, video_ids, layout, index)
+    if track_formats:
+        files.append(_write(index, _tracks_index(tracks, track_formats, layout)))
     flat = df[FLAT_COLUMNS + [c for c in df.columns if c not in _READ_COLUMNS and c != "end_s"]]
-    flat_folder = folder if video_id is None else folder / video_id
     if "jsonl" in formats:
-        files.append(_write(flat_folder / "captions.jsonl", _jsonl(flat)))
+        files.append(_write(index_folder / "captions.jsonl", jsonl(flat)))
     if "csv" in formats:
-        files.append(_write(flat_folder / "captions.csv", _csv(flat.to_dict("records"), list(flat.columns))))
+        files.append(_write(index_folder / "captions.csv", csv_bytes(flat.to_dict("records"), list(flat.columns))))
     rows = len(flat) if {"jsonl", "csv"} & set(formats) else 0
     return Exported(folder=folder, files=files, tracks=tracks, rows=rows)
 
 
-def write_tracks(folder: Path, tracks: list[Track], fmt: str, video_ids: Iterable[str]) -> list[Path]:
-    """Write each track as a ``fmt`` file under ``folder/<video_id>/`` and remove the ``fmt``
-    files of ``video_ids`` that no longer belong to a track; the index is the caller's.
+def write_tracks(
+    folder: Path,
+    tracks: list[Track],
+    fmt: str,
+    video_ids: Iterable[str],
+    layout: str = "by_video",
+    index: Path | None = None,
+) -> list[Path]:
+    """Write each track as a ``fmt`` file under ``folder`` in ``layout``, and remove the
+    ``fmt`` files of ``video_ids`` that no longer belong to a track: in ``by_video`` any in
+    their folders, in ``beside`` only those the previous ``index`` lists (that layout shares
+    folders with other files, possibly the videos themselves). The index is the caller's.
 
     Raises:
         StoreError: A file cannot be written.
@@ -348,22 +353,27 @@ def write_tracks(folder: Path, tracks: list[Track], fmt: str, video_ids: Iterabl
     render = render_vtt if fmt == "vtt" else render_srt
     files = []
     for track in tracks:
-        path = folder / track.video_id / track.file_name(fmt)
+        path = folder / track.path(fmt, layout)
         write_bytes_atomic(path, render(track).encode("utf-8"))
         files.append(path)
     written = set(files)
-    for video_id in video_ids:
-        for path in (folder / str(video_id)).glob(f"*.{fmt}"):
-            if path not in written:
-                path.unlink(missing_ok=True)
+    ids = {str(v) for v in video_ids}
+    if layout == "beside":
+        stale = [folder / name for name in _indexed(index, fmt, ids)]
+    else:
+        stale = [p for t in tracks if t.video_id in ids for p in (folder / t.folder).glob(f"*.{fmt}")]
+    for path in stale:
+        if path not in written:
+            path.unlink(missing_ok=True)
     return files
 
 
 def load_rows(output_dir: Path) -> pd.DataFrame:
     """Every result row but the thumbnails, by video, settings and time, with the typed columns
-    of the answers' schemas (:func:`pipeline.results.typed_answers`)."""
+    of the answers' schemas (:func:`pipeline.results.typed_answers`); a frame's rows in the
+    order its prompts were asked."""
     df = typed_answers(read_results(output_dir, columns=_READ_COLUMNS), read_prompt_schemas(output_dir))
-    order = ["video_path", "video_id", "config_id", "timestamp_s", "frame_index", "prompt_id"]
+    order = ["video_path", "video_id", "config_id", "timestamp_s", "frame_index"]
     return df.sort_values(order, kind="stable", na_position="last").reset_index(drop=True)
 
 
@@ -380,11 +390,16 @@ def main(argv: list[str] | None = None) -> int:
     try:
         options = parse_options(args, _KEYS, ("output_dir", "format"))
         formats = parse_formats(options["format"])
+        if "video" in options and "video_id" in options:
+            raise ValueError("give video= or video_id=, not both")
     except (OptionError, ValueError) as error:
         say_error(f"{error}; {USAGE}")
         return 1
     try:
-        done = export(options["output_dir"], formats, options.get("video_id"), options.get("out"))
+        done = export(
+            options["output_dir"], formats, options.get("video", options.get("video_id")),
+            options.get("out"), options.get("layout", "by_video"),
+        )
     except (ValueError, OSError, StoreError) as error:
         say_error(str(error))
         return 1
@@ -397,12 +412,6 @@ def main(argv: list[str] | None = None) -> int:
 # -- helpers --------------------------------------------------------------------------------
 
 
-def _video_ends(videos: pd.DataFrame | None) -> dict[str, float]:
-    """Each video's end, where it was decoded to its end."""
-    if videos is None or videos.empty:
-        return {}
-    complete = videos[videos["frames_decoded"].notna() & videos["duration_s"].notna()]
-    return {str(v): float(d) for v, d in zip(complete["video_id"], complete["duration_s"])}
 
 
 def _video_path(df: pd.DataFrame, video_id: str) -> str:
@@ -439,54 +448,32 @@ def _timestamp(seconds: float, separator: str) -> str:
     return format_timecode(max(seconds, 0.0), separator)
 
 
-def _safe_stem(video_path: str) -> str:
-    stem = Path(video_path).stem or "video"
-    return re.sub(r"[^A-Za-z0-9_-]+", "_", stem).strip("_")[:60] or "video"
-
-
-def _plain(value: Any) -> Any:
-    """A JSON/CSV value: nulls (None, NaN, NA) become None, numpy scalars Python ones."""
-    if value is None or (not isinstance(value, str) and pd.isna(value)):
-        return None
-    return value.item() if hasattr(value, "item") else value
-
-
-def _jsonl(flat: pd.DataFrame) -> bytes:
-    """One JSON object per row; ``answer_json`` as the parsed value itself, not its text."""
-    lines = (
-        json.dumps(
-            {k: json_value(v) if k == "answer_json" else _plain(v) for k, v in record.items()},
-            ensure_ascii=False,
-        )
-        for record in flat.to_dict("records")
-    )
-    return "".join(f"{line}\n" for line in lines).encode("utf-8")
-
-
-def _csv(records: Iterable[Mapping[Any, Any]], columns: list[str]) -> bytes:
-    out = io.StringIO()
-    writer = csv.DictWriter(out, fieldnames=columns, lineterminator="\n")
-    writer.writeheader()
-    for record in records:
-        writer.writerow({k: _plain(record.get(k)) for k in columns})
-    return out.getvalue().encode("utf-8")
-
-
-def _write_tracks_index(
-    folder: Path, tracks: list[Track], formats: Sequence[str], video_id: str | None
-) -> Path:
-    columns = ["video_path", "video_id", "config_id", "model", "prompt_id", "prompt", "cues"]
-    columns += [f for f in formats if f in TRACK_FORMATS]
+def _tracks_index(tracks: list[Track], formats: Sequence[str], layout: str) -> bytes:
+    columns = ["video_path", "video_id", "config_id", "model", "number", "prompt_id", "prompt", "cues"]
+    columns += list(formats)
     records = [
         {
             "video_path": t.video_path, "video_id": t.video_id, "config_id": t.config_id,
-            "model": t.model, "prompt_id": t.prompt_id, "prompt": t.prompt, "cues": len(t.cues),
-            **{f: f"{t.video_id}/{t.file_name(f)}" for f in formats if f in TRACK_FORMATS},
+            "model": t.model, "number": t.number, "prompt_id": t.prompt_id, "prompt": t.prompt,
+            "cues": len(t.cues), **{f: t.path(f, layout) for f in formats},
         }
         for t in tracks
     ]
-    path = folder / TRACKS_INDEX if video_id is None else folder / video_id / TRACKS_INDEX
-    return _write(path, _csv(records, columns))
+    return csv_bytes(records, columns)
+
+
+def _indexed(index: Path | None, fmt: str, video_ids: set[str]) -> list[str]:
+    """The ``fmt`` files of ``video_ids`` that the index at ``index`` lists (none without one)."""
+    try:
+        text = index.read_text(encoding="utf-8") if index is not None else ""
+    except (OSError, UnicodeDecodeError):
+        return []
+    rows = csv.DictReader(io.StringIO(text))
+    # A listed path is one this export wrote: relative, inside the folder, of the format asked.
+    return [
+        name for row in rows if row.get("video_id") in video_ids and (name := row.get(fmt) or "")
+        and name.endswith(f".{fmt}") and not name.startswith("/") and ".." not in name.split("/")
+    ]
 
 
 def _write(path: Path, data: bytes) -> Path:
@@ -494,5 +481,3 @@ def _write(path: Path, data: bytes) -> Path:
     return path
 
 
-if __name__ == "__main__":
-    sys.exit(main())

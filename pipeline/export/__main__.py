@@ -1,0 +1,7 @@
+"""``python -m pipeline.export``."""
+
+import sys
+
+from pipeline.export import main
+
+sys.exit(main())

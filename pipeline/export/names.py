@@ -1,0 +1,123 @@
+"""Where a subtitle track goes: file names players load beside a video, and the two layouts.
+
+A track is ``<video stem>.<label>.<format>``, as VLC, mpv and media servers look for them next
+to ``<video stem>.<extension>``: the stem as the video's file name has it (Unicode included;
+only ``/``, ``\\`` (Windows' separator) and NUL are replaced, and a name is cut to the 255 bytes
+file systems allow, less room for a temporary name); the label
+``prompt<N>``, numbered as the report numbers its prompts (``prompt<N>-<config_id>`` where a
+video has answers under several settings). Two videos never share a file:
+
+- ``by_video`` (the default): ``<export folder>/<video stem>/<track>``, a folder per video
+  named by its stem (``<stem>.<video_id>`` where videos share a stem);
+- ``beside``: ``<export folder>/<the video's folder>/<track>``, the videos' folders below their
+  common folder, so the tree can be copied over the videos' own (``<stem>.<video_id>.<label>``
+  where videos of one folder share a stem).
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from collections import Counter
+from collections.abc import Iterable
+from pathlib import PurePosixPath
+
+import pandas as pd
+
+LAYOUTS = ("by_video", "beside")
+# 255 bytes, a file name's limit on ext4, XFS and Btrfs, less what the atomic writer's temporary
+# name adds (".<name>.<8 hex>.tmp").
+MAX_NAME_BYTES = 255 - 14
+# Path separators (POSIX, Windows) and NUL: the characters no file system takes in a name.
+_REFUSED = re.compile(r"[/\\\x00]")
+
+
+def stem_of(video_path: str) -> str:
+    """The video's file name without its extension, as a file name may hold it."""
+    name = PurePosixPath(video_path).name
+    stem = _REFUSED.sub("_", PurePosixPath(name).stem)
+    return stem if stem not in ("", ".", "..") else "video"
+
+
+def fit_name(stem: str, suffix: str) -> str:
+    """``stem + suffix``, the stem cut (at a character) so the name fits :data:`MAX_NAME_BYTES`."""
+    room = MAX_NAME_BYTES - _bytes(suffix)
+    while _bytes(stem) > room:
+        stem = stem[:-1]
+    return stem + suffix
+
+
+def prompt_numbers(df: pd.DataFrame) -> dict[str, int]:
+    """Each prompt's number, from 1, as the report lists the prompts: in the order they are
+    first answered, videos by path, frames by time, a frame's prompts as asked (row order)."""
+    answered = df[df["frame_index"].notna()].sort_values(
+        ["video_path", "timestamp_s", "frame_index"], kind="stable"
+    )
+    return {str(p): n for n, p in enumerate(dict.fromkeys(answered["prompt_id"]), start=1)}
+
+
+def video_folders(video_paths: dict[str, str]) -> dict[str, str]:
+    """``by_video``: each video's folder name (its stem; ``<stem>.<video_id>`` where stems repeat)."""
+    stems = {v: stem_of(p) for v, p in video_paths.items()}
+    repeated = _repeated(stems.values())
+    return {v: fit_name(s, f".{v}") if s in repeated else fit_name(s, "") for v, s in stems.items()}
+
+
+def beside_places(video_paths: dict[str, str]) -> dict[str, tuple[str, str]]:
+    """``beside``: each video's folder below the videos' common folder (``""``: that folder
+    itself) and the stem its tracks take (``<stem>.<video_id>`` where stems repeat in a folder)."""
+    dirs = _relative_dirs(video_paths)
+    stems = {v: stem_of(p) for v, p in video_paths.items()}
+    repeated = _repeated((dirs[v], stems[v]) for v in video_paths)
+    return {
+        v: (dirs[v], fit_name(stems[v], f".{v}") if (dirs[v], stems[v]) in repeated else stems[v])
+        for v in video_paths
+    }
+
+
+def select_video(df: pd.DataFrame, value: str) -> str:
+    """The ``video_id`` that ``value`` names: a video_id, the video's path as recorded or as it
+    resolves from here, its file name, or its stem.
+
+    Raises:
+        ValueError: ``value`` names no video, or several (one line listing them).
+    """
+    videos = df[["video_id", "video_path"]].dropna().drop_duplicates()
+    if videos["video_id"].eq(value).any():
+        return value
+    wanted = os.path.realpath(os.path.expanduser(value))
+
+    def names(path: str) -> bool:
+        return value in (path, PurePosixPath(path).name, stem_of(path)) or os.path.realpath(path) == wanted
+
+    found = videos[videos["video_path"].map(names)]
+    ids = sorted(found["video_id"].unique())
+    if len(ids) == 1:
+        return str(ids[0])
+    listed = found if ids else videos
+    known = "; ".join(f"{p} ({v})" for v, p in sorted(zip(listed["video_id"], listed["video_path"]))) or "none"
+    if ids:
+        raise ValueError(f"video={value} matches {len(ids)} videos: {known}; give its path or video_id")
+    raise ValueError(f"video={value} is not in the results (they have: {known})")
+
+
+def _relative_dirs(video_paths: dict[str, str]) -> dict[str, str]:
+    parents = {v: PurePosixPath(p).parent for v, p in video_paths.items()}
+    try:
+        common = PurePosixPath(os.path.commonpath([str(p) for p in parents.values()]))
+    except ValueError:  # absolute and relative paths mixed: keep each folder as given
+        common = None
+    out = {}
+    for v, parent in parents.items():
+        rel = parent.relative_to(common) if common is not None else parent
+        parts = [p for p in rel.parts if p not in ("/", ".")]
+        out[v] = "/".join("__" if p == ".." else p for p in parts)
+    return out
+
+
+def _repeated(items: Iterable[object]) -> set[object]:
+    return {item for item, n in Counter(items).items() if n > 1}
+
+
+def _bytes(text: str) -> int:
+    return len(text.encode("utf-8", "surrogateescape"))
