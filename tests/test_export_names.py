@@ -187,3 +187,15 @@ def test_a_video_that_names_several_or_none_is_one_line(tmp_path: Path, capsys: 
     assert capsys.readouterr().err.startswith("error: video=nope.mp4 is not in the results (they have: ")
     assert main([f"output_dir={out}", "format=vtt", "layout=flat"]) == 1
     assert capsys.readouterr().err == "error: unknown layout=flat; choose by_video or beside\n"
+
+
+def test_a_video_whose_folder_is_renamed_leaves_no_old_tracks(tmp_path: Path) -> None:
+    out = tmp_path / "out"
+    write_results(out, rows_of("v1", "/srv/in/day1/clip.mp4"))
+    assert export_files(out, "format=vtt") == ["clip/clip.prompt1.vtt", "tracks.csv"]
+
+    write_results(out, rows_of("v2", "/srv/in/day2/clip.mp4"))  # a second video named clip
+
+    assert export_files(out, "format=vtt") == [
+        "clip.v1/clip.v1.prompt1.vtt", "clip.v2/clip.v2.prompt1.vtt", "tracks.csv",
+    ]

@@ -23,6 +23,7 @@ the video's end when the video was decoded to its end, so any player (VLC, a bro
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import io
 import sys
@@ -343,9 +344,11 @@ def write_tracks(
     index: Path | None = None,
 ) -> list[Path]:
     """Write each track as a ``fmt`` file under ``folder`` in ``layout``, and remove the
-    ``fmt`` files of ``video_ids`` that no longer belong to a track: in ``by_video`` any in
-    their folders, in ``beside`` only those the previous ``index`` lists (that layout shares
-    folders with other files, possibly the videos themselves). The index is the caller's.
+    ``fmt`` files of ``video_ids`` that no longer belong to a track: those the previous
+    ``index`` lists (a video whose folder was renamed because another now shares its stem, a
+    prompt gone), and in ``by_video`` any other in their folders. ``beside`` touches nothing
+    else: its folders hold other files, possibly the videos themselves. The index is the
+    caller's.
 
     Raises:
         StoreError: A file cannot be written.
@@ -358,13 +361,15 @@ def write_tracks(
         files.append(path)
     written = set(files)
     ids = {str(v) for v in video_ids}
-    if layout == "beside":
-        stale = [folder / name for name in _indexed(index, fmt, ids)]
-    else:
-        stale = [p for t in tracks if t.video_id in ids for p in (folder / t.folder).glob(f"*.{fmt}")]
+    stale = [folder / name for name in _indexed(index, fmt, ids)]
+    if layout == "by_video":
+        stale += [p for t in tracks if t.video_id in ids for p in (folder / t.folder).glob(f"*.{fmt}")]
     for path in stale:
         if path not in written:
             path.unlink(missing_ok=True)
+            if layout == "by_video" and path.parent != folder:
+                with contextlib.suppress(OSError):  # a folder of ours left empty (a renamed video's)
+                    path.parent.rmdir()
     return files
 
 
