@@ -66,8 +66,8 @@ def test_a_track_is_named_by_the_video_stem_as_it_is_and_the_prompt_number(tmp_p
     assert first_cue(folder / "café talk №1 (final).prompt2.vtt") == "v1 frame 0 A slide?"
     # The report lists the prompts in the same order, so "prompt2" is its second prompt.
     report = write_report(out).read_text(encoding="utf-8")
-    listed = re.findall(r"<li>([^<]*) <span", report.split("<ol>", 1)[1].split("</ol>", 1)[0])
-    assert listed == ["Who speaks?", "A slide?"]
+    listed = re.findall(r'<li value="(\d+)">([^<]*) <span', report.split("<ol>", 1)[1].split("</ol>", 1)[0])
+    assert listed == [("1", "Who speaks?"), ("2", "A slide?")]
 
 
 def test_two_videos_with_one_stem_never_share_a_file(tmp_path: Path) -> None:

@@ -41,13 +41,12 @@ from pipeline.export.names import (
     LAYOUTS,
     beside_places,
     fit_name,
-    prompt_numbers,
     select_video,
     video_folders,
 )
 from pipeline.files import write_bytes_atomic
 from pipeline.options import OptionError, parse_options
-from pipeline.results import printable, typed_answers
+from pipeline.results import printable, prompt_numbers, typed_answers
 from pipeline.runlog import say_error
 from pipeline.store import StoreError, read_prompt_schemas, read_results, read_videos
 from pipeline.structured import json_value
@@ -194,7 +193,9 @@ def tracks_of(df: pd.DataFrame, videos: pd.DataFrame | None = None) -> list[Trac
     """
     ends = df if "end_s" in df.columns else with_cue_ends(df, videos)
     answered = ends[ends["frame_index"].notna()]
-    numbers = prompt_numbers(ends)
+    # Numbered over the rows in load_results' order (videos by path, frames by time, a frame's
+    # prompts as asked), as the report numbers its prompts and their tracks.
+    numbers = prompt_numbers(ends.sort_values(["video_path", "timestamp_s", "frame_index"], kind="stable"))
     paths = {str(v): _video_path(ends, str(v)) for v in ends["video_id"].dropna().unique()}
     folders, places = video_folders(paths), beside_places(paths)
     settings = answered.groupby("video_id")["config_id"].nunique()

@@ -47,15 +47,6 @@ def fit_name(stem: str, suffix: str) -> str:
     return stem + suffix
 
 
-def prompt_numbers(df: pd.DataFrame) -> dict[str, int]:
-    """Each prompt's number, from 1, as the report lists the prompts: in the order they are
-    first answered, videos by path, frames by time, a frame's prompts as asked (row order)."""
-    answered = df[df["frame_index"].notna()].sort_values(
-        ["video_path", "timestamp_s", "frame_index"], kind="stable"
-    )
-    return {str(p): n for n, p in enumerate(dict.fromkeys(answered["prompt_id"]), start=1)}
-
-
 def video_folders(video_paths: dict[str, str]) -> dict[str, str]:
     """``by_video``: each video's folder name (its stem; ``<stem>.<video_id>`` where stems repeat)."""
     stems = {v: stem_of(p) for v, p in video_paths.items()}
