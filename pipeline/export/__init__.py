@@ -49,7 +49,6 @@ from pipeline.options import OptionError, parse_options
 from pipeline.results import printable, prompt_numbers, typed_answers
 from pipeline.runlog import say_error
 from pipeline.store import StoreError, read_prompt_schemas, read_results, read_videos
-from pipeline.structured import json_value
 from pipeline.words import plural
 
 __all__ = [
