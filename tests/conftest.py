@@ -15,11 +15,13 @@ import html
 import json
 import logging
 import os
+import queue
 import re
 import shutil
 import signal
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import asdict, replace
@@ -360,10 +362,10 @@ needs_chromium = pytest.mark.skipif(
 )
 
 
-def chromium(tmp_path: Path, *args: str) -> str:
-    """Run headless Chromium, offline (every host name fails to resolve); its stdout."""
+def chromium_command(tmp_path: Path, *args: str) -> list[str]:
+    """Headless Chromium, offline (every host name fails to resolve), with ``args``."""
     assert CHROMIUM is not None
-    command = [
+    return [
         CHROMIUM,
         "--headless",
         "--no-sandbox",
@@ -375,26 +377,73 @@ def chromium(tmp_path: Path, *args: str) -> str:
         "--disable-sync",
         f"--user-data-dir={tmp_path / 'chromium-profile'}",
         "--host-resolver-rules=MAP * ~NOTFOUND",
-        "--virtual-time-budget=5000",
         *args,
     ]
+
+
+def chromium(tmp_path: Path, *args: str) -> str:
+    """Run headless Chromium on a page in virtual time (a static page: it runs no media); its stdout."""
+    command = chromium_command(tmp_path, "--virtual-time-budget=5000", *args)
     done = subprocess.run(command, capture_output=True, text=True, timeout=120, check=False)
     assert done.returncode == 0, done.stderr[-2000:]
     return done.stdout
 
 
-def probe_result(tmp_path: Path, page: Path, *args: str) -> dict[str, Any]:
-    """What the probe script of ``page`` put into its ``<pre id="result">``, read back with
-    ``--dump-dom`` (Chromium run with ``args``).
+PROBE_MARK = "PROBE-RESULT "
+# Appended to a copy of a probe page: once the page's probe has put its <pre id="result">, the
+# result goes to the console, which --enable-logging=stderr prints.
+PROBE_WATCH = """<script>
+const probeWatch = setInterval(() => {
+  const result = document.getElementById("result");
+  if (result) { clearInterval(probeWatch); console.log(%s + result.textContent); }
+}, 50);
+</script>""" % json.dumps(PROBE_MARK)
 
-    Chromium dumps the page when its virtual time runs out, and virtual time does not wait for
-    the media pipeline: on a busy machine a video had not yet played or seeked in 4 of 10 tries
-    (two busy loops beside it), and a larger budget did not help. A page without a result is
-    opened again, up to five times; what it finally shows is asserted as before.
+
+def probe_result(tmp_path: Path, page: Path, *args: str) -> dict[str, Any]:
+    """What the probe script of a static ``page`` put into its ``<pre id="result">``, read back
+    with ``--dump-dom`` once Chromium's virtual time runs out (Chromium run with ``args``)."""
+    dom = chromium(tmp_path, *args, "--dump-dom", page.as_uri())
+    found = re.search(r'<pre id="result">(.*?)</pre>', dom, re.DOTALL)
+    assert found, f"the probe did not finish; the DOM ends: {dom[-1000:]}"
+    return dict(json.loads(html.unescape(found.group(1))))
+
+
+def play_probe_result(tmp_path: Path, page: Path, *args: str, timeout_s: float = 120.0) -> dict[str, Any]:
+    """What the probe script of ``page``, a page that plays media, put into its
+    ``<pre id="result">`` (Chromium run with ``args``), in real time.
+
+    Virtual time does not wait for the media pipeline: on a busy machine a video had not yet
+    played or seeked when ``--dump-dom`` dumped the page, five tries running. So the page runs in
+    real time, its result comes back through the console, and Chromium is stopped once it has;
+    only a page that shows nothing within ``timeout_s`` fails.
     """
-    for _ in range(5):
-        dom = chromium(tmp_path, *args, "--dump-dom", page.as_uri())
-        found = re.search(r'<pre id="result">(.*?)</pre>', dom, re.DOTALL)
-        if found:
-            return dict(json.loads(html.unescape(found.group(1))))
-    raise AssertionError(f"the probe did not finish; the DOM ends: {dom[-1000:]}")
+    watched = page.with_name(f"{page.stem}-watched.html")
+    watched.write_text(page.read_text(encoding="utf-8") + PROBE_WATCH, encoding="utf-8")
+    command = chromium_command(tmp_path, "--enable-logging=stderr", "--v=0", *args, watched.as_uri())
+    browser = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    lines: queue.Queue[str] = queue.Queue()
+
+    def read_lines() -> None:
+        for line in browser.stderr or ():
+            lines.put(line)
+
+    threading.Thread(target=read_lines, daemon=True).start()
+    deadline = time.monotonic() + timeout_s
+    seen: list[str] = []
+    try:
+        while (left := deadline - time.monotonic()) > 0:
+            try:
+                line = lines.get(timeout=min(left, 1.0))
+            except queue.Empty:
+                if browser.poll() is not None and lines.empty():
+                    break
+                continue
+            seen.append(line)
+            found = re.search(re.escape(PROBE_MARK) + r'(.*)", source:', line)
+            if found:
+                return dict(json.loads(found.group(1)))
+    finally:
+        browser.kill()
+        browser.wait()
+    raise AssertionError(f"the probe showed no result in {timeout_s:.0f} s; Chromium said: {''.join(seen[-20:])}")

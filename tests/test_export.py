@@ -46,7 +46,7 @@ from tests.conftest import (
     ROOT,
     SAMPLE_VIDEO,
     needs_chromium,
-    probe_result,
+    play_probe_result,
     result_row,
     run_cli,
     write_results,
@@ -395,7 +395,9 @@ def test_chromium_plays_the_sample_clip_with_its_vtt_track(tiny_run: Path, tmp_p
     )
 
     # File pages may load file tracks only with this switch; the report uses data: URIs instead.
-    seen = probe_result(tmp_path, page, "--allow-file-access-from-files", "--autoplay-policy=no-user-gesture-required")
+    seen = play_probe_result(
+        tmp_path, page, "--allow-file-access-from-files", "--autoplay-policy=no-user-gesture-required"
+    )
     print(f"chromium saw: {seen}")
     assert seen.get("failed") is None and seen["error"] is None, seen
     assert seen["played"] and seen["frames"] > 0, seen
@@ -491,7 +493,7 @@ def test_the_report_plays_a_video_with_its_answers_as_subtitles(tiny_run: Path, 
     probe.write_text(text.replace("</body>", REPORT_PROBE % SEEK_S + "</body>"), encoding="utf-8")
 
     # No --allow-file-access-from-files: the page, opened from disk, embeds its tracks.
-    seen = probe_result(tmp_path, probe, "--autoplay-policy=no-user-gesture-required")
+    seen = play_probe_result(tmp_path, probe, "--autoplay-policy=no-user-gesture-required")
     print(f"chromium saw: {seen}")
     assert seen.get("failed") is None and seen["error"] is None and seen["frames"] > 0, seen
     assert seen["tracks"] == ["1. What is shown?", "2. Any text?"]  # numbered as the header's prompts
