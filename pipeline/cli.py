@@ -136,7 +136,7 @@ def _run_locked(
     record = RunRecord(output_dir, started, _shard_suffix(cfg), {
         "command": sys.argv, "prompts": prompts, "model": spec.model.name, "model_files": None,
         "config_id": None, "min_age_s": _min_age_s(cfg),
-    })
+    }, holds_lock=lock.held)
     record.start(summary)
     code = EXIT_CRASH
     try:

@@ -119,20 +119,25 @@ class RunLock:
         finally:
             os.close(fd)
 
+    def held(self) -> bool:
+        """Whether the file at ``output_dir/_lock`` is still the one this run locked (``True``
+        outside the ``with``, where there is nothing to lose)."""
+        if self._fd is None:
+            return True
+        mine = os.fstat(self._fd)
+        try:
+            there = os.stat(self.path)
+        except FileNotFoundError:
+            return False
+        return (there.st_dev, there.st_ino) == (mine.st_dev, mine.st_ino)
+
     def check(self) -> None:
         """Make sure the file at ``output_dir/_lock`` is still the one this run locked.
 
         Raises:
             LockLost: It was deleted or replaced (another run may hold the new one).
         """
-        if self._fd is None:
-            return
-        mine = os.fstat(self._fd)
-        try:
-            there = os.stat(self.path)
-        except FileNotFoundError:
-            there = None
-        if there is None or (there.st_dev, there.st_ino) != (mine.st_dev, mine.st_ino):
+        if not self.held():
             raise LockLost(
                 f"{self.path} was deleted or replaced while this run held it, so another run may be writing "
                 "there now: this run stops before its next write (what it committed is kept). Never delete "

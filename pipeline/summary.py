@@ -25,6 +25,7 @@ import logging
 import os
 import socket
 import time
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
@@ -128,12 +129,18 @@ class RunRecord:
         suffix: ``-shard<i>of<n>`` for a shard, else "".
         facts: What is known at the start and stays: ``command``, ``prompts``, ``model``,
             ``config_id`` (``None`` until :meth:`learn` is told it), ``min_age_s`` (JSON-able).
+        holds_lock: Whether the run still holds ``output_dir``'s lock; once not, only its own
+            ``_runs/`` record is written.
     """
 
-    def __init__(self, output_dir: Path, started: float, suffix: str, facts: dict[str, Any]) -> None:
+    def __init__(
+        self, output_dir: Path, started: float, suffix: str, facts: dict[str, Any],
+        holds_lock: Callable[[], bool] = lambda: True,
+    ) -> None:
         self.output_dir = output_dir
         self.started = started
         self.suffix = suffix
+        self.holds_lock = holds_lock
         self.facts = {"pid": os.getpid(), "host": socket.gethostname(), "shard": suffix.lstrip("-") or None, **facts}
 
     @property
@@ -179,7 +186,9 @@ class RunRecord:
 
     def _write(self, record: dict[str, Any]) -> bool:
         written = True
-        for path in (self.path, self.last_path):
+        # A run whose lock was taken from it (``_lock`` deleted) keeps its own record but leaves
+        # _last_run.json to the run that may hold the new lock: it would not be the last run.
+        for path in (self.path, self.last_path) if self.holds_lock() else (self.path,):
             try:
                 write_json_atomic(path, record)
             except StoreError as error:

@@ -21,6 +21,7 @@ import pyarrow.parquet as pq
 import pytest
 
 from pipeline.store import ChunkName
+from pipeline.summary import read_runs
 from tests.conftest import (
     KEY,
     ROOT,
@@ -315,3 +316,8 @@ def test_a_run_whose_lock_file_was_deleted_stops_before_writing_twice(tiny_model
     )
     done = answers(out)
     assert len(done) == 2 * (6 + 7) and not done.duplicated(KEY).any()
+    # The night record stays the second run's, the one that held the lock last; the first keeps
+    # its own record under _runs/, finished with its exit code.
+    runs = read_runs(out)
+    assert [r["exit_code"] for r in runs] == [1, 0] and [r["pid"] for r in runs] == [first.pid, runs[1]["pid"]]
+    assert last_run(out)["pid"] == runs[1]["pid"] != first.pid and last_run(out)["exit_code"] == 0
