@@ -25,7 +25,7 @@ from pipeline.options import number, parse_options
 from pipeline.owed import owed
 from pipeline.runlog import say_error
 from pipeline.store import StoreError, read_results
-from pipeline.summary import DID_NOT_FINISH, RUNNING, read_runs
+from pipeline.summary import DID_NOT_FINISH, RUNNING, engine_lines, read_runs
 
 USAGE = "usage: python -m pipeline.status output_dir=DIR [runs=N]"
 _KEYS = ("output_dir", "runs")
@@ -44,7 +44,8 @@ def status_lines(output_dir: Path, recent: int = RECENT_RUNS) -> list[str]:
     lines = [f"output_dir {output_dir}", ""]
     if runs:
         lines.append(f"Recent runs ({min(recent, len(runs))} of {len(runs)}, newest first):")
-        lines += [f"  {_run_line(run)}" for run in reversed(runs[-recent:])]
+        for run in reversed(runs[-recent:]):
+            lines += [f"  {_run_line(run)}", *(f"    engine {line}" for line in engine_lines(run))]
     else:
         lines.append("No runs recorded yet.")
     lines += ["", *_video_lines(output_dir, runs), "", *_owed_lines(output_dir)]

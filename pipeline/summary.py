@@ -235,6 +235,23 @@ def worked(record: dict[str, Any]) -> bool:
     return any(int(record.get(key) or 0) for key in ("frames", "videos_done", "videos_failed"))
 
 
+def engine_lines(record: dict[str, Any]) -> list[str]:
+    """What a run's engines were decided to run with, as its record keeps them (``engines``:
+    the text weights loaded, frames in flight, lanes; one line per distinct choice, with the
+    workers that made it), e.g. ``local on host-1: F16 copy of the text weights, 16 frames in flight, 1 lane``.
+    Status and the report read the decisions from here, not from the config."""
+    lines: dict[str, list[str]] = {}
+    for engine in record.get("engines") or []:
+        weights = "F16 copy of the text weights" if engine.get("text_weights") == "f16" else "text weights as they are"
+        lanes = engine.get("lanes")
+        text = f"{weights}, {engine.get('frames_in_flight', '?')} frames in flight" + (
+            f", {lanes} lane{'' if lanes == 1 else 's'}" if lanes is not None else ""
+        )
+        where = " on ".join(str(engine[key]) for key in ("worker", "host") if engine.get(key))
+        lines.setdefault(text, []).append(where or "?")
+    return [f"{', '.join(workers)}: {text}" for text, workers in lines.items()]
+
+
 def _alive(pid: int, started: float) -> bool:
     """Whether process ``pid`` lives and is the one that started at ``started`` (a pid is reused:
     a process that started after the run did is another one)."""

@@ -347,7 +347,11 @@ def test_the_report_shows_the_run_that_wrote_it_and_an_idle_night_does_not_hide_
     writer = last_run(out)
 
     header = header_text(out / "_report.html")
-    assert f"last run\n{run_shown(writer)}" in header and header.endswith("exit 0")
+    (engine,) = writer["engines"]  # the engine's decisions, read from the run's record
+    assert f"last run\n{run_shown(writer)}" in header and header.endswith(
+        f"exit 0engine local on {engine['host']}: text weights as they are, "
+        f"{engine['frames_in_flight']} frames in flight, 1 lane"
+    )
     assert "last run that captioned" not in header and "all runs" not in header
 
     idle = run_cli(*cli_base, f"video={SAMPLE_VIDEO}", "max_frames=2")

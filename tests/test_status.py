@@ -56,6 +56,12 @@ def test_status_tells_the_runs_the_videos_done_failing_and_waiting_and_what_is_o
         f"  exit 1  videos: 1 done, 0 skipped, 1 failed, 1 waiting  frames {run['frames']}  rows {run['rows']}  "
         f"{run['frames_per_s']:.2f} frames/s"
     ) in run_line
+    # The engine's decisions as the run recorded them (frames in flight: engine.parallel here).
+    (engine,) = run["engines"]
+    assert lines[lines.index(run_line) + 1] == (
+        f"    engine local on {engine['host']}: text weights as they are, "
+        f"{engine['frames_in_flight']} frames in flight, 1 lane"
+    )
     assert "Videos: 1 done, 1 failing, 1 waiting" in lines
     (failing,) = [line for line in lines if line.startswith(f"    {bad}: ")]
     assert "read" in failing  # its reason, whatever words the decoder's check uses

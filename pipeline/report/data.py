@@ -12,7 +12,7 @@ import pandas as pd
 
 from pipeline.export import Track
 from pipeline.results import counts, prompt_numbers
-from pipeline.summary import FINISHED, worked
+from pipeline.summary import FINISHED, engine_lines, worked
 
 
 @dataclass
@@ -100,6 +100,7 @@ def _run(record: dict[str, Any]) -> dict[str, Any]:
         "wall_s": float(record.get("wall_s") or 0.0),
         "frames_per_s": float(record.get("frames_per_s") or 0.0),
         "ending": f"exit {record.get('exit_code', '?')}" if state == FINISHED else state,
+        "engines": engine_lines(record),
     }
 
 
