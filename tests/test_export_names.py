@@ -173,20 +173,24 @@ def test_video_takes_a_path_a_file_name_a_stem_or_an_id(tmp_path: Path, given: s
     assert {row["video_id"] for row in table} == {"v2"}
 
 
+STAMP = re.compile(r"^\[\d\d:\d\d:\d\d ERROR\] ")
+
+
 def test_a_video_that_names_several_or_none_is_one_line(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     out = tmp_path / "out"
     write_results(out, [*rows_of("v1", "/srv/in/day1/clip.mp4"), *rows_of("v2", "/srv/in/day2/clip.mp4")])
 
     assert main([f"output_dir={out}", "format=vtt", "video=clip"]) == 1
     err = capsys.readouterr().err
-    assert err == (
-        "error: video=clip matches 2 videos: /srv/in/day1/clip.mp4 (v1); /srv/in/day2/clip.mp4 (v2); "
+    assert STAMP.match(err), err  # the one line style of every message: [hh:mm:ss ERROR]
+    assert STAMP.sub("", err) == (
+        "video=clip matches 2 videos: /srv/in/day1/clip.mp4 (v1); /srv/in/day2/clip.mp4 (v2); "
         "give its path or video_id\n"
     )
     assert main([f"output_dir={out}", "format=vtt", "video=nope.mp4"]) == 1
-    assert capsys.readouterr().err.startswith("error: video=nope.mp4 is not in the results (they have: ")
+    assert STAMP.sub("", capsys.readouterr().err).startswith("video=nope.mp4 is not in the results (they have: ")
     assert main([f"output_dir={out}", "format=vtt", "layout=flat"]) == 1
-    assert capsys.readouterr().err == "error: unknown layout=flat; choose by_video or beside\n"
+    assert STAMP.sub("", capsys.readouterr().err) == "unknown layout=flat; choose by_video or beside\n"
 
 
 def test_a_video_whose_folder_is_renamed_leaves_no_old_tracks(tmp_path: Path) -> None:
