@@ -22,6 +22,7 @@ from omegaconf.errors import OmegaConfBaseException
 from pipeline.arguments import argument_error, config_error, overrides_of
 from pipeline.config import compose_config
 from pipeline.errors import UserError, WeightsError
+from pipeline.options import asks_help
 from pipeline.presets import caption_spec
 from pipeline.runlog import console_logging
 
@@ -33,8 +34,7 @@ USAGE = "usage: python -m pipeline.download [model=PRESET] [model.dir=DIR] [key=
 def main(argv: list[str] | None = None) -> int:
     """Fetch (or generate) the model files the overrides name; returns the exit code."""
     args = sys.argv[1:] if argv is None else argv
-    if any(arg in ("-h", "--help") for arg in args):
-        print(f"{USAGE}\n\n{__doc__}")
+    if asks_help(args, f"{USAGE}\n\n{__doc__}"):
         return 0
     console_logging()
     logging.getLogger("gguf").setLevel(logging.WARNING)  # the tiny model's writer, file by file

@@ -1,5 +1,6 @@
 """The one ``key=value`` parser of the sub-commands (``python -m pipeline.export``, ``.report``,
-``.status``): their arguments are few and flat, so they do without Hydra and start quickly."""
+``.status``): their arguments are few and flat, so they do without Hydra and start quickly. Every
+sub-command, ``.download`` too, takes ``-h``/``--help`` through :func:`asks_help`."""
 
 from __future__ import annotations
 
@@ -7,6 +8,14 @@ import difflib
 from collections.abc import Sequence
 
 from pipeline.errors import UserError
+
+
+def asks_help(args: Sequence[str], text: str) -> bool:
+    """Whether ``args`` ask for help (``-h`` or ``--help`` anywhere); if so, ``text`` is printed."""
+    if any(arg in ("-h", "--help") for arg in args):
+        print(text)
+        return True
+    return False
 
 
 class OptionError(UserError):

@@ -21,7 +21,7 @@ from pathlib import Path
 from typing import Any
 
 from pipeline.errors import UserError
-from pipeline.options import number, parse_options
+from pipeline.options import asks_help, number, parse_options
 from pipeline.owed import owed
 from pipeline.runlog import say_error
 from pipeline.store import StoreError, read_results
@@ -59,8 +59,7 @@ def main(argv: list[str] | None = None) -> int:
         0; 1 on bad arguments or an ``output_dir`` that is not a folder (one line on stderr).
     """
     args = sys.argv[1:] if argv is None else argv
-    if any(arg in ("-h", "--help") for arg in args):
-        print(f"{USAGE}\n\n{__doc__}")
+    if asks_help(args, f"{USAGE}\n\n{__doc__}"):
         return 0
     try:
         options = parse_options(args, _KEYS, ("output_dir",))

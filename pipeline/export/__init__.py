@@ -45,7 +45,7 @@ from pipeline.export.names import (
     video_folders,
 )
 from pipeline.files import write_bytes_atomic
-from pipeline.options import OptionError, parse_options
+from pipeline.options import OptionError, asks_help, parse_options
 from pipeline.results import printable, prompt_numbers, typed_answers
 from pipeline.runlog import say_error
 from pipeline.store import StoreError, read_prompt_schemas, read_results, read_videos
@@ -389,8 +389,7 @@ def main(argv: list[str] | None = None) -> int:
         0 when written, 1 on bad arguments or a failure (one line on stderr says which).
     """
     args = sys.argv[1:] if argv is None else argv
-    if any(arg in ("-h", "--help") for arg in args):
-        print(USAGE)
+    if asks_help(args, USAGE):
         return 0
     try:
         options = parse_options(args, _KEYS, ("output_dir", "format"))

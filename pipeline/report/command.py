@@ -5,7 +5,7 @@ from __future__ import annotations
 import sys
 
 from pipeline.errors import UserError
-from pipeline.options import flag, number, parse_options
+from pipeline.options import asks_help, flag, number, parse_options
 from pipeline.report.write import PAGE_FRAMES, write_report
 from pipeline.runlog import say_error
 
@@ -23,8 +23,7 @@ def main(argv: list[str] | None = None) -> int:
         0 when written, 1 on bad arguments or a failure (one line on stderr says which).
     """
     args = sys.argv[1:] if argv is None else argv
-    if any(arg in ("-h", "--help") for arg in args):
-        print(USAGE)
+    if asks_help(args, USAGE):
         return 0
     try:
         options = parse_options(args, _KEYS, ("output_dir",))
