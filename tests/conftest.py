@@ -23,6 +23,7 @@ import subprocess
 import sys
 import threading
 import time
+import wave
 from collections.abc import Callable, Iterator
 from dataclasses import asdict, replace
 from pathlib import Path
@@ -335,6 +336,16 @@ def result_row(video_id: str = "v1", frame_index: int | None = 0, **fields: Any)
             config_id="cfg1", finish_reason="stop",
         )
     return {**asdict(row), **fields}
+
+
+def write_wav(path: Path) -> Path:
+    """A second of sound as a WAV file (audio only, no video stream), whatever its name."""
+    with wave.open(str(path), "wb") as audio:
+        audio.setnchannels(1)
+        audio.setsampwidth(2)
+        audio.setframerate(8000)
+        audio.writeframes(b"\x00\x01" * 8000)
+    return path
 
 
 def write_results(output_dir: Path, rows: list[dict[str, Any]], schema: pa.Schema | None = None) -> list[Path]:

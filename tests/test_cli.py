@@ -5,7 +5,6 @@ from __future__ import annotations
 import os
 import re
 import time
-import wave
 from pathlib import Path
 
 import pandas as pd
@@ -15,7 +14,7 @@ from pipeline.caption import GPU_INSTALL_COMMAND
 from pipeline.caption.tiny import ensure_tiny_model
 from pipeline.decode import VideoReader
 from pipeline.store import read_metadata
-from tests.conftest import ROOT, SAMPLE_VIDEO, assert_one_line_error, last_run, run_cli, write_video
+from tests.conftest import ROOT, SAMPLE_VIDEO, assert_one_line_error, last_run, run_cli, write_video, write_wav
 
 
 def container_times(path: Path) -> dict[int, float]:
@@ -198,15 +197,6 @@ def test_a_number_out_of_range_is_refused_before_anything_runs(
         assert_one_line_error(result, 1, f"{setting} is out of range", needle)
     assert not (tmp_path / "out").exists()
 
-
-def write_wav(path: Path) -> Path:
-    """A second of silence as a WAV file (audio only), whatever its name."""
-    with wave.open(str(path), "wb") as audio:
-        audio.setnchannels(1)
-        audio.setsampwidth(2)
-        audio.setframerate(8000)
-        audio.writeframes(b"\0\0" * 8000)
-    return path
 
 
 def test_each_unreadable_file_says_what_it_is(cli_base: list[str], tmp_path: Path) -> None:

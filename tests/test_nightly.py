@@ -5,7 +5,6 @@ from __future__ import annotations
 import random
 import shutil
 import subprocess
-import wave
 from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import Any
@@ -37,6 +36,7 @@ from tests.conftest import (
     start_paused_run,
     wait_for_pause,
     write_video,
+    write_wav,
 )
 
 
@@ -157,14 +157,6 @@ def test_adding_a_prompt_asks_the_model_only_that_prompt(tiny_model_dir: Path, t
     assert df.groupby("frame_index").prompt.nunique().tolist() == [3] * 4
 
 
-def write_audio(path: Path) -> Path:
-    with wave.open(str(path), "wb") as audio:
-        audio.setnchannels(1)
-        audio.setsampwidth(2)
-        audio.setframerate(8000)
-        audio.writeframes(b"\x00\x01" * 8000)
-    return path
-
 
 @pytest.mark.allow_error_logs
 def test_folder_with_every_kind_of_bad_file(tiny_model_dir: Path, tmp_path: Path) -> None:
@@ -173,7 +165,7 @@ def test_folder_with_every_kind_of_bad_file(tiny_model_dir: Path, tmp_path: Path
     good = write_video(tmp_path / "whole.mp4", n_frames=30)
     (folder / "no_index.mp4").write_bytes(good.read_bytes()[: good.stat().st_size // 2])
     (folder / "notes.mp4").write_text("not a video at all")
-    write_audio(folder / "audio_only.wav")
+    write_wav(folder / "audio_only.wav")
     (folder / "folder.mp4").mkdir()
     avi = write_video(tmp_path / "whole.avi", n_frames=60, fourcc="MJPG")
     (folder / "cut_mid_stream.avi").write_bytes(avi.read_bytes()[: int(avi.stat().st_size * 0.6)])
