@@ -111,4 +111,3 @@ class Progress:
 
     def _total(self) -> int | None:
         return None if any(n is None for n in self._expected) else sum(n or 0 for n in self._expected)
-

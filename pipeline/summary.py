@@ -34,6 +34,7 @@ from typing import Any
 from pipeline.errors import StoreError
 from pipeline.files import write_json_atomic
 from pipeline.runlog import run_stamp
+from pipeline.words import plural
 
 log = logging.getLogger(__name__)
 
@@ -245,7 +246,7 @@ def engine_lines(record: dict[str, Any]) -> list[str]:
         weights = "F16 copy of the text weights" if engine.get("text_weights") == "f16" else "text weights as they are"
         lanes = engine.get("lanes")
         text = f"{weights}, {engine.get('frames_in_flight', '?')} frames in flight" + (
-            f", {lanes} lane{'' if lanes == 1 else 's'}" if lanes is not None else ""
+            f", {plural(lanes, 'lane')}" if lanes is not None else ""
         )
         where = " on ".join(str(engine[key]) for key in ("worker", "host") if engine.get(key))
         lines.setdefault(text, []).append(where or "?")
