@@ -22,6 +22,7 @@ import sys
 import time
 from collections.abc import Callable, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
+from contextlib import closing
 from dataclasses import asdict
 from importlib import metadata
 from pathlib import Path
@@ -237,17 +238,21 @@ class Pipeline:
                 )
                 self.last_progress_s = time.monotonic()
                 try:
-                    for event in executor.run(work):
-                        self.last_progress_s = time.monotonic()
-                        if isinstance(event, Decoded):
-                            progress.video_decoded(event.video_index, event.sent)
-                            self._take_decoded(todo[event.video_index], event)
-                        else:
-                            self._take_answers(todo[event.job.video_index], event)
-                            self._count_worker(summary, event, time.perf_counter() - started)
-                            progress.frame_answered()
-                        _raise_first_error(self._writes)
-                        check_stopped()
+                    # Closed on the way out, whatever ends the loop: the engine's frames in flight
+                    # end now, before the caller closes the executor, not whenever (or never)
+                    # the generator is collected.
+                    with closing(executor.run(work)) as events:
+                        for event in events:
+                            self.last_progress_s = time.monotonic()
+                            if isinstance(event, Decoded):
+                                progress.video_decoded(event.video_index, event.sent)
+                                self._take_decoded(todo[event.video_index], event)
+                            else:
+                                self._take_answers(todo[event.job.video_index], event)
+                                self._count_worker(summary, event, time.perf_counter() - started)
+                                progress.frame_answered()
+                            _raise_first_error(self._writes)
+                            check_stopped()
                 except Stopped:
                     for task in todo:  # what is answered is kept: the writer commits it on the way out
                         self._submit_chunk(task)

@@ -14,7 +14,7 @@ Only records and protocols live here; what every executor does with them is in
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Generator, Iterator
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Protocol
@@ -186,9 +186,11 @@ class Executor(Protocol):
         """
         ...
 
-    def run(self, work: Work) -> Iterator[Captioned | Decoded]:
+    def run(self, work: Work) -> Generator[Captioned | Decoded, None, None]:
         """Decode and caption ``work``, yielding events in any order, but each video's
-        :class:`Decoded` no later than it would be needed to see the video complete."""
+        :class:`Decoded` no later than it would be needed to see the video complete. A caller
+        that stops early closes the generator before :meth:`close`, so that the work in
+        flight ends while the model is still loaded."""
         ...
 
     def close(self) -> None:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import queue
 import threading
 from collections import deque
-from collections.abc import Iterator
+from collections.abc import Generator, Iterator
 from typing import Any
 
 from pipeline.caption import Captioner, CaptionSpec, Question
@@ -69,7 +69,7 @@ class LocalExecutor:
             self.captioner.close()
             self.captioner, self._owned = None, False
 
-    def run(self, work: Work) -> Iterator[Captioned | Decoded]:
+    def run(self, work: Work) -> Generator[Captioned | Decoded, None, None]:
         """Decode on a thread, caption here; yields each video's :class:`Decoded` no later than
         the answers that follow it."""
         if self.captioner is None:

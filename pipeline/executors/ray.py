@@ -34,7 +34,7 @@ import os
 import queue
 import socket
 import threading
-from collections.abc import Iterator
+from collections.abc import Generator, Iterator
 from concurrent.futures import Future
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -203,7 +203,7 @@ class RayExecutor:
 
     # -- the work ---------------------------------------------------------------------------
 
-    def run(self, work: Work) -> Iterator[Captioned | Decoded]:
+    def run(self, work: Work) -> Generator[Captioned | Decoded, None, None]:
         """Stream the jobs through decode tasks into the actors; yield events as they finish.
 
         Raises:
