@@ -80,6 +80,18 @@ case "$plan" in
     timeout "$(left)" python3 benchmarks/structured_decode.py --models mistral7b --gpu-layers -1 --threads 4 \
       --workdir /tmp/models --frames 16 --parallel 16 --repeats 2 2>&1 | tee "$OUT/structured.log"
     ;;
+  call14)  # session 8: where one prompt's throughput stops growing with frames in flight, lanes and frames
+           # prepared ahead (F16 weights, no code change), and 32 in flight with three prompts; the
+           # defaults run first and again last, for the run-to-run spread
+    bench mistral7b --seed "" --frames 64 \
+      --cases "p=1;p=1,par=32;p=1,par=48,lanes=3;p=1,par=32,ahead=4;p=3;p=3,par=32;p=1"
+    ;;
+  call15)  # session 8, second call (fresh machine): 32 frames in flight with three prompts against 16,
+           # each twice in A-B-B-A order, answers hashed (the same greedy answers?); prefill pieces
+           # of 512 and 2048 rows with one prompt
+    bench mistral7b --seed "" --frames 64 \
+      --cases "p=3;p=3,par=32;p=1,ub=512;p=1,ub=2048;p=1;p=3,par=32;p=3"
+    ;;
   *) echo "unknown plan $plan"; exit 2 ;;
 esac
 echo "call done after $(( $(date +%s) - started )) s"

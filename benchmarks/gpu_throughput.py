@@ -440,7 +440,7 @@ def run_engine(
             monitor.stop()
             run_module.write_chunk = original_write
         stats = captioner.engine.stats
-        completion = read_completion_tokens(out_dir)
+        completion, answers_sha256 = read_answers(out_dir)
         shutil.rmtree(out_dir, ignore_errors=True)
     finally:
         captioner.close()
@@ -460,6 +460,7 @@ def run_engine(
         "prompt_tokens_per_s": stats.prompt_tokens / wall,
         "completion_tokens": sorted(set(completion)),
         "rows": len(completion),
+        "answers_sha256": answers_sha256,
         "prompt_tokens_per_answer": stats.prompt_tokens / max(frames * case.prompts, 1),
         "image_tokens_per_frame": stats.image_tokens / max(frames * case.prompts, 1),
         "split_s": {
@@ -479,16 +480,23 @@ def run_engine(
     }
 
 
-def read_completion_tokens(out_dir: Path) -> list[int]:
+def read_answers(out_dir: Path) -> tuple[list[int], str]:
+    """The answers' token counts, and a SHA-256 of every (frame, prompt, answer) in key order:
+    equal hashes between two cases mean the same greedy answers, token for token."""
+    import hashlib
+
     import pyarrow.parquet as pq
 
     tokens: list[int] = []
+    keyed: list[tuple[int, str, str]] = []
+    columns = ["frame_index", "prompt_id", "answer", "completion_tokens", "status"]
     for path in sorted(out_dir.rglob("part-*.parquet")):
-        table = pq.read_table(path, columns=["completion_tokens", "status"])
-        for n, status in zip(table["completion_tokens"].to_pylist(), table["status"].to_pylist()):
-            if status == "ok":
-                tokens.append(int(n))
-    return tokens
+        for row in pq.read_table(path, columns=columns).to_pylist():
+            if row["status"] == "ok":
+                tokens.append(int(row["completion_tokens"]))
+                keyed.append((int(row["frame_index"]), str(row["prompt_id"]), str(row["answer"])))
+    digest = hashlib.sha256(repr(sorted(keyed)).encode()).hexdigest()[:16]
+    return tokens, digest
 
 
 # -- micro-benchmark of the prefill ------------------------------------------------------------
@@ -865,7 +873,8 @@ def main(argv: list[str] | None = None) -> int:
             record({"kind": "engine-failed", "case": case.name(), "error": str(error)})
             continue
         log(f"  {r['frames_per_s']:.3f} frames/s, {r['completion_tokens_per_s']:.0f} tok/s, "
-            f"GPU busy {r.get('gpu_busy_pct', float('nan')):.0f}%, answers {r['completion_tokens']}")
+            f"GPU busy {r.get('gpu_busy_pct', float('nan')):.0f}%, answers {r['completion_tokens']} "
+            f"sha256 {r['answers_sha256']}")
         record(r)
     prompt_tokens = (17, 13)  # ChatML with the seed's system text: before and after the image
     for n_prompts in [int(p) for p in args.peer_prompts.split(",") if p] if peer_batches else []:
