@@ -2,10 +2,9 @@
 ``tests/test_architecture.py`` checks the imports against and ``docs/architecture.md`` is
 generated from (``python -m tests.architecture --write`` rewrites the doc's generated part).
 
-A room is a module (``pipeline/cli.py``) or a package (``pipeline/report/``: every module under
-it, and a module of that name before it became a package). A room may import any room of its
-own part and of the parts its part lists, all of them further down the table, except what
-:data:`NEVER` forbids. Rooms planned but not built yet may stand in the table.
+A room is one module (``pipeline/cli.py``), named with what it owns; every room in the table
+exists. A room may import any room of its own part and of the parts its part lists, all of them
+further down the table, except what :data:`NEVER` forbids.
 """
 
 from __future__ import annotations
@@ -54,8 +53,15 @@ PARTS: tuple[Part, ...] = (
     Part("Look", "reading results back for people: notebooks, pages, subtitle tracks",
          ("Stages", "Store", "pipeline/summary.py", "Base"), {
         "pipeline/results.py": "results as DataFrames for notebooks: counts, coverage, per-video summary",
-        "pipeline/report/": "the HTML report: its data and its pages",
-        "pipeline/export/": "subtitle tracks (WebVTT, SRT) and flat exports (JSONL, CSV): cues, names",
+        "pipeline/report/__init__.py": "the HTML report's public names: write_report, render_report, main",
+        "pipeline/report/command.py": "the report's `key=value` arguments and its main",
+        "pipeline/report/data.py": "what the pages are made from: run records, settings, video facts, tracks",
+        "pipeline/report/pages.py": "rows and data made into pages through the Jinja2 templates (`templates/`)",
+        "pipeline/report/write.py": "writing it: rows gathered, pages and their files written, stale ones removed",
+        "pipeline/export/__init__.py": "exports: what is asked, for which videos, written where; its main",
+        "pipeline/export/cues.py": "when each answer shows: a cue from its frame until the next",
+        "pipeline/export/flat.py": "JSON Lines with the exact text, CSV safe in a spreadsheet",
+        "pipeline/export/names.py": "where a subtitle track goes: names players load, the two layouts",
     }),
     Part("Loop", "one run: what to do, doing it, and its record",
          ("Exec", "Stages", "Caption", "Store", "Settings", "Base"), {
@@ -88,7 +94,6 @@ PARTS: tuple[Part, ...] = (
     }),
     Part("Caption", "frames and questions in, answers out: knows no video, config or store", ("Base",), {
         "pipeline/caption/__init__.py": "Captioner, CaptionSpec (what a worker builds one from), questions",
-        "pipeline/caption/captioner.py": "Captioner, Question, Answer (when `__init__` is split)",
         "pipeline/caption/settings.py": "a captioner's plain settings: ModelPreset, GenerationSettings, EngineKnobs",
         "pipeline/caption/formats.py": "chat formats of the LLaVA 1.6 variants",
         "pipeline/caption/weights.py": "model files: where they are, fetching, checking the pair, identity",
@@ -192,16 +197,11 @@ def imports_in(path: Path, package_root: Path) -> list[Imported]:
 
 
 def room_of(file: str, parts: Iterable[Part] = PARTS) -> tuple[Part, str] | None:
-    """The part and room that hold ``file`` (``pipeline/x/y.py``), or ``None``."""
-    best: tuple[Part, str] | None = None
+    """The part and room (the module itself) that hold ``file`` (``pipeline/x/y.py``), or ``None``."""
     for part in parts:
-        for room in part.rooms:
-            covers = file == room or (
-                room.endswith("/") and (file.startswith(room) or file == room.rstrip("/") + ".py")
-            )
-            if covers and (best is None or len(room) > len(best[1])):
-                best = (part, room)
-    return best
+        if file in part.rooms:
+            return part, file
+    return None
 
 
 def _matches(side: str, part: Part, room: str) -> bool:

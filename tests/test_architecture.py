@@ -93,11 +93,10 @@ def test_a_module_outside_the_table_is_reported(clean_copy: Path, tmp_path: Path
     ]
 
 
-def test_a_package_room_holds_its_modules_and_the_module_it_grew_from() -> None:
+def test_a_module_outside_the_table_has_no_room() -> None:
     (look,) = [part for part in PARTS if part.name == "Look"]
-    assert room_of("pipeline/report/pages.py") == (look, "pipeline/report/")
-    assert room_of("pipeline/report.py") == (look, "pipeline/report/")
-    assert room_of("pipeline/reporting.py") is None
+    assert room_of("pipeline/report/pages.py") == (look, "pipeline/report/pages.py")
+    assert room_of("pipeline/report.py") is None and room_of("pipeline/report/new.py") is None
 
 
 def test_the_doc_shows_the_table_and_names_every_module() -> None:
@@ -106,6 +105,11 @@ def test_the_doc_shows_the_table_and_names_every_module() -> None:
     for path in sorted((ROOT / "pipeline").rglob("*.py")):
         held = room_of(path.relative_to(ROOT).as_posix())
         assert held is not None and f"`{held[1]}`" in text, f"{path} is not named in {DOC}"
+
+
+def test_every_room_in_the_table_exists() -> None:
+    missing = [room for part in PARTS for room in part.rooms if not (ROOT / room).exists()]
+    assert missing == [], f"rooms in tests/architecture.py with no module: {missing}"
 
 
 def test_readme_links_the_map() -> None:
