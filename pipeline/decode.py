@@ -20,15 +20,15 @@ from dataclasses import dataclass
 from pathlib import Path
 
 # FFmpeg's own lines ("moov atom not found") would go bare to stderr, through a progress bar and
-# past the log; the error record says what the file is instead (pipeline.probe). OpenCV reads
-# this when it first opens a file; a user's own setting is kept.
+# past the log; the error record says what the file is and what FFmpeg said (pipeline.probe).
+# OpenCV reads this when it first opens a file; a user's own setting is kept.
 os.environ.setdefault("OPENCV_FFMPEG_LOGLEVEL", "-8")
 
 import cv2
 import numpy as np
 
 from pipeline.paths import printable
-from pipeline.probe import why_unreadable
+from pipeline.probe import ffmpeg_says, why_unreadable
 
 
 class VideoError(Exception):
@@ -145,11 +145,14 @@ class VideoReader:
         native_name, self._link_folder = _native_name(self.path)
         self._capture = cv2.VideoCapture(native_name)
         if not self._capture.isOpened():
+            said = ffmpeg_says(native_name)
             self.close()
             try:
                 why = why_unreadable(self.path)
             except OSError as error:
                 why = f"cannot be read: {error.strerror or error}"
+            if said:
+                why += f"; FFmpeg said: {'; '.join(said)}"
             raise VideoError(f"not a readable video ({why}): {self.name}")
         fps = float(self._capture.get(cv2.CAP_PROP_FPS) or 0.0)
         frame_count = max(int(self._capture.get(cv2.CAP_PROP_FRAME_COUNT) or 0), 0)

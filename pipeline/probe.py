@@ -1,5 +1,6 @@
 """What a file that OpenCV cannot open as a video is, from its own bytes: a text file, an
-audio file, an MP4 cut short, or nothing known (the error record says which, and so what to do).
+audio file, an MP4 cut short, or nothing known (the error record says which, and so what to do);
+and what FFmpeg itself said on opening it.
 
 Only the container's outline is read (its first bytes, and an MP4's top-level boxes), never
 the media: a probe of a 10 GB file reads a few kilobytes.
@@ -7,8 +8,11 @@ the media: a probe of a 10 GB file reads a few kilobytes.
 
 from __future__ import annotations
 
+import os
 import re
 import struct
+import subprocess
+import sys
 from pathlib import Path
 
 _HEAD_BYTES = 4096
@@ -40,6 +44,33 @@ def why_unreadable(path: Path) -> str:
     if _is_text(head):
         return "a text file"
     return "not a media file: no format FFmpeg recognises"
+
+
+_FFMPEG_LINE = re.compile(r"^\[OPENCV:FFMPEG:\d+\]\s*(?:\[[^\]]* @ 0x[0-9a-f]+\]\s*)?(.*\S)\s*$")
+_FFMPEG_TIMEOUT_S = 60.0
+_FFMPEG_MOST = 3
+
+
+def ffmpeg_says(name: str) -> list[str]:
+    """FFmpeg's own error lines on opening ``name`` (``moov atom not found``), at most a few,
+    each once. The run's process keeps FFmpeg quiet (its lines would go bare to the terminal,
+    through the progress bar); a child process opens the file again with them on and hands
+    them back, for the error record and the log. Empty where FFmpeg said nothing, or the child
+    could not run."""
+    env = {**os.environ, "OPENCV_FFMPEG_LOGLEVEL": "16", "OPENCV_LOG_LEVEL": "ERROR"}  # 16: AV_LOG_ERROR
+    try:
+        done = subprocess.run(
+            [sys.executable, "-c", "import sys, cv2; cv2.VideoCapture(sys.argv[1])", name],
+            env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, timeout=_FFMPEG_TIMEOUT_S,
+        )  # OpenCV writes FFmpeg's lines to stdout
+    except (OSError, subprocess.SubprocessError):
+        return []
+    said: list[str] = []
+    for line in done.stdout.decode("utf-8", "replace").splitlines():
+        match = _FFMPEG_LINE.match(line)
+        if match and match.group(1) not in said:
+            said.append(match.group(1))
+    return said[:_FFMPEG_MOST]
 
 
 def _iso_media(path: Path) -> str:
