@@ -92,6 +92,12 @@ case "$plan" in
     bench mistral7b --seed "" --frames 64 \
       --cases "p=3;p=3,par=32;p=1,ub=512;p=1,ub=2048;p=1;p=3,par=32;p=3"
     ;;
+  call16)  # session 10: do the defaults give the same answers run to run (two lanes with one prompt,
+           # against one lane), each twice, answers hashed; three prompts twice; the peer's batches that
+           # fit an H100, in the same run, for the ratio on this card
+    bench mistral7b --seed "" --frames 48 --cases "p=1;p=1,lanes=1;p=1;p=1,lanes=1;p=3;p=3" \
+      --peer-batches 16,32,64 --peer-prompts 1,3 --peer-frames 64
+    ;;
   *) echo "unknown plan $plan"; exit 2 ;;
 esac
 echo "call done after $(( $(date +%s) - started )) s"
