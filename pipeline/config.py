@@ -69,7 +69,7 @@ class EngineConfig:
     parallel: int | None = MISSING
     parallel_gpu: int = MISSING
     parallel_cpu: int = MISSING
-    lanes: int | None = MISSING
+    lanes: int = MISSING
     n_batch: int = MISSING
     n_ubatch: int = MISSING
     flash_attn: str = MISSING

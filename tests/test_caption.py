@@ -54,7 +54,7 @@ def test_batched_answers_equal_sequential_answers(tiny_model_dir: Path) -> None:
 
 def test_engine_knobs_reach_the_engine_and_parallel_defaults_to_4_on_cpu(tiny_model_dir: Path) -> None:
     default = captioner(tiny_model_dir).engine.settings
-    assert (default.parallel, default.lanes, default.n_ubatch, default.kv_unified) == (4, None, 1024, False)
+    assert (default.parallel, default.lanes, default.n_ubatch, default.kv_unified) == (4, 1, 1024, False)
     knobs = captioner(
         tiny_model_dir, "engine.lanes=2", "engine.prepare_ahead=0", "engine.kv_unified=true",
         "engine.max_decode_seqs=0", "engine.parallel=3",

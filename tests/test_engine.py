@@ -7,6 +7,7 @@ from __future__ import annotations
 import logging
 import threading
 from collections.abc import Generator, Iterator
+from concurrent.futures import Future
 from pathlib import Path
 from typing import Any
 
@@ -20,7 +21,9 @@ from pipeline.caption import make_questions
 from pipeline.caption.engine import Engine, EngineSettings
 from pipeline.caption.engine.lanes import lane_count
 from pipeline.caption.engine.native import TextModel, flash_attn_type, usable_cores
+from pipeline.caption.engine.records import EngineStats
 from pipeline.caption.engine.scheduler import decode_group
+from pipeline.caption.engine.source import END, FrameSource
 from pipeline.caption.tiny import TINY_TEXT_FILE, TINY_TEXT_Q8_FILE, TextShape, VisionShape
 from tests.conftest import frames, tiny_engine_settings
 
@@ -145,15 +148,39 @@ def test_decode_grouping_rule() -> None:
 
 def test_lane_rule(caplog: pytest.LogCaptureFixture) -> None:
     # (setting, on_gpu, max_questions, parallel) -> lanes
-    assert lane_count(None, True, 1, 16) == 2  # GPU default
-    assert lane_count(None, False, 1, 16) == 1  # CPU default
+    assert lane_count(2, True, 1, 16) == 2  # GPU, one question: as set
     assert lane_count(3, False, 3, 16) == 3  # CPU: as set, several questions too
     assert lane_count(4, True, 1, 2) == 2  # never more lanes than frames in flight
-    assert lane_count(None, True, 3, 16) == 1  # GPU, several questions: one lane, quietly
+    assert lane_count(1, True, 3, 16) == 1  # GPU, several questions, one lane: quietly
     assert not caplog.records
     with caplog.at_level(logging.WARNING):
         assert lane_count(2, True, 3, 16) == 1  # ... also when set, with a warning
     assert "engine.lanes=2 lowered to 1" in caplog.text
+
+
+def test_a_lane_waits_for_the_frame_being_prepared() -> None:
+    # A lane with a free slot takes the next frame even while it is still being prepared, so
+    # its steps batch the same sequences whatever the timing (on a GPU: the same answers).
+    preparing: list[tuple[Future[int], int]] = []
+
+    def prepare(job: int) -> Future[int]:
+        future: Future[int] = Future()
+        preparing.append((future, job))
+        return future
+
+    def finish(*which: int) -> None:
+        for future, job in [preparing[i] for i in which]:
+            future.set_result(10 * job)
+
+    source = FrameSource(iter([1, 2, 3]), prepare, release=lambda _: None, stats=EngineStats(), ahead=2)
+    threading.Timer(0.2, finish, args=(0, 1)).start()
+    assert source.take(lambda _: True) == 10
+    assert [job for _, job in preparing] == [1, 2, 3]  # the next ones are prepared meanwhile
+    threading.Timer(0.2, finish, args=(2,)).start()
+    assert source.take(lambda _: True) == 20
+    assert source.take(lambda prepared: prepared != 30) is None  # the next does not fit
+    assert source.take(lambda _: True) == 30
+    assert source.take(lambda _: True) is END
 
 
 def test_asked_subsets_get_the_same_answers_as_asking_everything(tiny_model_dir: Path) -> None:

@@ -196,9 +196,15 @@ def test_ray_run_adding_a_prompt_keeps_the_old_rows(
     shutil.copytree(night["out"], out)
     three = "prompts=[What is shown?,Which colours?,Anyone there?]"
     night_run = night_args(night["videos"], out, tiny_model_dir, tmp_path, MAX_TOKENS)
-    args = [three if a.startswith("prompts=") else a for a in night_run]
-    result = ray_cli(*args, "executor=ray", f"executor.address={ray_cluster}", "executor.num_actors=2")
+    args = [three if a.startswith("prompts=") else a for a in night_run if a != "engine.parallel=2"]
+    # A null engine.parallel is settled by each actor for its own machine, from the config,
+    # as a local run settles it (here a CPU: engine.parallel_cpu).
+    result = ray_cli(*args, "engine.parallel=null", "engine.parallel_cpu=3", "executor=ray",
+                     f"executor.address={ray_cluster}", "executor.num_actors=2")
     assert result.returncode == 0, result.stderr
+    engines = last_run(out)["engines"]
+    assert sorted(e["worker"] for e in engines) == ["actor-0", "actor-1"]
+    assert all(e["frames_in_flight"] == 3 for e in engines)
     df = answers(out)
     assert not df.duplicated(KEY).any()
     assert (df.groupby(["video_id", "frame_index"]).prompt.nunique() == 3).all()

@@ -356,7 +356,7 @@ def _check(spec: CaptionSpec) -> None:
         (eng.parallel is None or eng.parallel >= 1, f"engine.parallel must be >= 1 or null, got {eng.parallel}"),
         (eng.parallel_gpu >= 1, f"engine.parallel_gpu must be >= 1, got {eng.parallel_gpu}"),
         (eng.parallel_cpu >= 1, f"engine.parallel_cpu must be >= 1, got {eng.parallel_cpu}"),
-        (eng.lanes is None or eng.lanes >= 1, f"engine.lanes must be >= 1 or null, got {eng.lanes}"),
+        (eng.lanes >= 1, f"engine.lanes must be >= 1, got {eng.lanes}"),
         (eng.n_threads is None or eng.n_threads >= 1, f"engine.n_threads must be >= 1 or null, got {eng.n_threads}"),
         (eng.prepare_ahead >= 0, f"engine.prepare_ahead must be >= 0, got {eng.prepare_ahead}"),
         (

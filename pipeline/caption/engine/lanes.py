@@ -18,9 +18,9 @@ _log = logging.getLogger(__name__)
 Item = TypeVar("Item")
 
 
-def lane_count(setting: int | None, on_gpu: bool, max_questions: int, parallel: int) -> int:
-    """Lanes (llama.cpp contexts, a thread each) for the engine: ``engine.lanes``, else 2 on a
-    GPU and 1 on the CPU; at most one per frame in flight.
+def lane_count(setting: int, on_gpu: bool, max_questions: int, parallel: int) -> int:
+    """Lanes (llama.cpp contexts, a thread each) for the engine: ``engine.lanes``, at most one
+    per frame in flight.
 
     On a GPU, one lane when frames may be asked several questions: there two lanes hung on an
     H200 in 5 runs of 6 (every thread waiting on the GPU, no progress; with a unified KV cache,
@@ -29,13 +29,12 @@ def lane_count(setting: int | None, on_gpu: bool, max_questions: int, parallel: 
     (4.49 against 4.80-5.10 frames/s; benchmarks/NOTES-gpu.md, sessions 5 and 6). A setting
     above 1 is then lowered, with a warning.
     """
-    lanes = max(1, min(setting or (2 if on_gpu else 1), parallel))
+    lanes = max(1, min(setting, parallel))
     if on_gpu and max_questions > 1 and lanes > 1:
-        if setting:
-            _log.warning(
-                "engine.lanes=%d lowered to 1: with several prompts per frame, more lanes hung on "
-                "a GPU (README, engine settings)", setting,
-            )
+        _log.warning(
+            "engine.lanes=%d lowered to 1: with several prompts per frame, more lanes hung on "
+            "a GPU (docs/gpu.md)", setting,
+        )
         return 1
     return lanes
 

@@ -63,8 +63,9 @@ class LoadSettings:
             stays on the quantized matrix-vector kernel instead of dequantizing all weights to
             F16 for the step; F16 weights are read once per step either way.
         lanes: llama.cpp contexts (on the one model) that share the frames in flight, each
-            driven by its own thread (``None``: 2 when layers run on a GPU, else 1; on a GPU
-            always 1 when ``max_questions`` > 1: :func:`.lanes.lane_count`).
+            driven by its own thread (on a GPU always 1 when ``max_questions`` > 1:
+            :func:`.lanes.lane_count`). With more than one, which frames share a decode step
+            depends on timing, so on a GPU greedy answers differ from run to run.
     """
 
     text_model: str
@@ -82,7 +83,7 @@ class LoadSettings:
     overlap_clip: bool
     kv_unified: bool
     max_decode_seqs: int | None
-    lanes: int | None
+    lanes: int
 
 
 @dataclass(frozen=True, kw_only=True)

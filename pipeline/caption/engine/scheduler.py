@@ -18,15 +18,17 @@ How a frame is answered:
    A sequence ends with a typed reason (:mod:`.sequence`), frees its cells and slot,
    and a waiting frame fills them (continuous batching).
 
-On a GPU the frames in flight are split over ``lanes``: llama.cpp contexts on the one loaded
-model, each driven by its own thread, so that one lane's kernels run while another's host side
-prepares its next call (graph building, input copies) and the GPU is never left waiting.
+The frames in flight may be split over ``lanes`` (``engine.lanes``, default 1): llama.cpp
+contexts on the one loaded model, each driven by its own thread, so that one lane's kernels run
+while another's host side prepares its next call. Which lane takes a frame then depends on
+timing, and with it the batches of each step: on a GPU, more than one lane gives greedy answers
+that differ from run to run (one lane gives the same; BENCHMARKS.md, call 16).
 
 The lanes and their threads are in :mod:`.lanes`; a sequence's state, token picking and stops
 in :mod:`.sequence`.
 
-``parallel=1`` with one question per frame is the plain one-at-a-time path; greedy answers do
-not depend on how sequences are batched or on the lanes (tests hold this).
+``parallel=1`` with one question per frame is the plain one-at-a-time path; on the CPU greedy
+answers do not depend on how sequences are batched or on the lanes (tests hold this).
 """
 
 from __future__ import annotations
@@ -244,10 +246,12 @@ class Engine:
         active: list[DecodeSequence] = []
         try:
             while True:
-                # Admit prepared frames while slots are free; wait for one only when nothing
-                # else could use the GPU meanwhile.
+                # Admit prepared frames while slots are free, waiting for one still being
+                # prepared: then a lane's decode steps batch the same sequences in every run,
+                # and a GPU, whose kernels round differently for other batch sizes, gives the
+                # same greedy answers run to run.
                 while self._has_room(lane):
-                    item = source.take(block=not active, fits=lambda p: self._fits(lane, p))
+                    item = source.take(lambda p: self._fits(lane, p))
                     if item is None:
                         break
                     if item is END:

@@ -49,17 +49,14 @@ class FrameSource(Generic[Job, Prepared]):
         self._stopped = False
         self._lock = Lock()
 
-    def take(self, block: bool, fits: Callable[[Prepared], bool]) -> Prepared | object | None:
-        """The next prepared result, if ``fits`` takes it.
+    def take(self, fits: Callable[[Prepared], bool]) -> Prepared | object | None:
+        """The next prepared result, if ``fits`` takes it; waits while it is being prepared.
 
         Returns:
-            The result; ``None`` when none is ready (without ``block``), another lane is
-            pulling jobs, or the next does not fit; :data:`END` when there are no more.
+            The result; ``None`` when the next does not fit; :data:`END` when there are no more.
         """
         while True:
-            if not self._lock.acquire(blocking=block):
-                return None  # another lane is pulling jobs: do not stall this one's steps
-            try:
+            with self._lock:
                 if self._stopped:
                     return END
                 self._top_up()
@@ -73,10 +70,6 @@ class FrameSource(Generic[Job, Prepared]):
                     self._pending.popleft()
                     self._top_up()
                     return item
-            finally:
-                self._lock.release()
-            if not block:
-                return None
             t0 = time.perf_counter()
             futures_wait([head])
             with self._lock:
