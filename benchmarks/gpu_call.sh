@@ -98,6 +98,19 @@ case "$plan" in
     bench mistral7b --seed "" --frames 48 --cases "p=1;p=1,lanes=1;p=1;p=1,lanes=1;p=3;p=3" \
       --peer-batches 16,32,64 --peer-prompts 1,3 --peer-frames 64
     ;;
+  call17)  # session 10, second call: one lane by default, and a lane that waits for the next prepared
+           # frame whenever it has a free slot (the same batches every run), against the code before
+           # (92322a7, put in .gpu/baseline by `git archive 92322a7 pipeline conf benchmarks pyproject.toml`:
+           # two lanes with one prompt, a lane admitting only frames already prepared), interleaved;
+           # answers hashed; F16 copy and the Q5_K_M file as it is
+    base() { (cd .gpu/baseline && timeout "$(left)" python3 benchmarks/gpu_throughput.py --shape mistral7b \
+      --model-dir /tmp/models --out "$OUT/baseline" --budget-s "$(left)" --seed "" --frames 48 "$@" 2>&1 \
+      | sed 's/^/[92322a7] /' | tee -a "$OUT/bench.log"); }
+    base --cases "p=1;p=1,lanes=1"
+    bench mistral7b --seed "" --frames 48 --cases "p=1;p=3;p=1"
+    base --cases "p=1,w=keep;p=1"
+    bench mistral7b --seed "" --frames 48 --cases "p=1,w=keep;p=1"
+    ;;
   *) echo "unknown plan $plan"; exit 2 ;;
 esac
 echo "call done after $(( $(date +%s) - started )) s"
