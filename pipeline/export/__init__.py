@@ -195,7 +195,7 @@ def tracks_of(df: pd.DataFrame, videos: pd.DataFrame | None = None) -> list[Trac
     # Numbered over the rows in load_results' order (videos by path, frames by time, a frame's
     # prompts as asked), as the report numbers its prompts and their tracks.
     numbers = prompt_numbers(ends.sort_values(["video_path", "timestamp_s", "frame_index"], kind="stable"))
-    paths = {str(v): _video_path(ends, str(v)) for v in ends["video_id"].dropna().unique()}
+    paths = _video_paths(ends)
     folders, places = video_folders(paths), beside_places(paths)
     settings = answered.groupby("video_id")["config_id"].nunique()
     tracks = []
@@ -314,8 +314,7 @@ def export(
     index_folder = folder
     if video is not None:
         video_id = select_video(df, video)
-        paths = {str(v): _video_path(df, str(v)) for v in df["video_id"].dropna().unique()}
-        index_folder = folder / video_folders(paths)[video_id]
+        index_folder = folder / video_folders(_video_paths(df))[video_id]
         df = df[df["video_id"] == video_id]
         tracks = [t for t in tracks if t.video_id == video_id]
     video_ids = df["video_id"].dropna().unique()
@@ -418,9 +417,10 @@ def main(argv: list[str] | None = None) -> int:
 
 
 
-def _video_path(df: pd.DataFrame, video_id: str) -> str:
-    paths = df.loc[df["video_id"] == video_id, "video_path"].dropna()
-    return str(min(paths.unique())) if len(paths) else video_id
+def _video_paths(df: pd.DataFrame) -> dict[str, str]:
+    """Each video's path (the first by name where its rows name several; its id where none)."""
+    paths = df.dropna(subset=["video_id"]).groupby("video_id")["video_path"].min()
+    return {str(v): str(p) if isinstance(p, str) else str(v) for v, p in paths.items()}
 
 
 def _cue_text(row: Any) -> str:
