@@ -163,17 +163,18 @@ def test_a_lane_waits_for_the_frame_being_prepared() -> None:
     # its steps batch the same sequences whatever the timing (on a GPU: the same answers).
     preparing: list[tuple[Future[int], int]] = []
 
-    def prepare(job: int) -> Future[int]:
-        future: Future[int] = Future()
-        preparing.append((future, job))
-        return future
-
     def finish(*which: int) -> None:
         for future, job in [preparing[i] for i in which]:
             future.set_result(10 * job)
 
+    def prepare(job: int) -> Future[int]:
+        future: Future[int] = Future()
+        preparing.append((future, job))
+        if job == 2:  # both first frames are being prepared: they are done a moment later
+            threading.Timer(0.2, finish, args=(0, 1)).start()
+        return future
+
     source = FrameSource(iter([1, 2, 3]), prepare, release=lambda _: None, stats=EngineStats(), ahead=2)
-    threading.Timer(0.2, finish, args=(0, 1)).start()
     assert source.take(lambda _: True) == 10
     assert [job for _, job in preparing] == [1, 2, 3]  # the next ones are prepared meanwhile
     threading.Timer(0.2, finish, args=(2,)).start()
