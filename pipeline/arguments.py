@@ -408,7 +408,11 @@ def _ambiguous_prompts(key: str, value: str) -> str:
 
 
 def _bare_word(args: list[str], index: int) -> str:
-    """The error for a word that is not ``key=value`` (the rest of an unquoted value)."""
+    """The error for a word that is not ``key=value``: a path on disk is one to caption
+    wherever it stands; else the rest of an unquoted value, or a path not there yet."""
+    word = args[index]
+    if _on_disk(word):
+        return _caption_it(word)
     start = index
     while start > 0 and "=" not in args[start - 1] and not args[start - 1].startswith("-"):
         start -= 1
@@ -418,7 +422,17 @@ def _bare_word(args: list[str], index: int) -> str:
             end += 1
         whole = " ".join(args[start - 1 : end + 1])
         return f"{args[index]!r} is not key=value; a value with spaces must be one argument: {shell_word(whole)}"
-    word = args[index]
-    if Path(word).suffix or "/" in word or Path(word).exists():  # a path: a video, folder, glob or list
-        return f"{word!r} is not key=value; to caption it write {shell_word(f'video={word}')}"
+    if Path(word).suffix or "/" in word:  # a path: a video, folder, glob or list
+        return _caption_it(word)
     return f"{word!r} is not key=value; see python -m pipeline --help"
+
+
+def _on_disk(word: str) -> bool:
+    try:
+        return Path(word).exists()
+    except OSError:  # not a name this system can have (too long)
+        return False
+
+
+def _caption_it(word: str) -> str:
+    return f"{word!r} is not key=value; to caption it write {shell_word(f'video={word}')}"

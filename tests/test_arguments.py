@@ -179,6 +179,13 @@ def test_a_comma_inside_a_prompt_is_an_error_showing_both_readings() -> None:
     assert composed("video=x.mp4", f"prompts={quoted}")["prompts"] == ["What is shown?", "Any text, e.g. signs?"]
 
 
+def test_a_bare_path_on_disk_after_other_settings_suggests_video(tmp_path: Path) -> None:
+    clip = tmp_path / "clip.mp4"
+    clip.write_bytes(b"")
+    result = run_cli(f"output_dir={tmp_path / 'out'}", "model=tiny", str(clip))
+    assert_one_line_error(result, 1, f"{str(clip)!r} is not key=value; to caption it write video={clip}")
+
+
 def test_unquoted_words_are_one_line_with_the_value_joined() -> None:
     result = run_cli("video=x.mp4", "prompt=What", "is", "shown?")
     assert_one_line_error(result, 1, "'is' is not key=value", "'prompt=What is shown?'")
