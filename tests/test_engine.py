@@ -175,13 +175,61 @@ def test_a_lane_waits_for_the_frame_being_prepared() -> None:
         return future
 
     source = FrameSource(iter([1, 2, 3]), prepare, release=lambda _: None, stats=EngineStats(), ahead=2)
-    assert source.take(lambda _: True) == 10
+    assert source.take(0, lambda _: True) == 10
     assert [job for _, job in preparing] == [1, 2, 3]  # the next ones are prepared meanwhile
     threading.Timer(0.2, finish, args=(2,)).start()
-    assert source.take(lambda _: True) == 20
-    assert source.take(lambda prepared: prepared != 30) is None  # the next does not fit
-    assert source.take(lambda _: True) == 30
-    assert source.take(lambda _: True) is END
+    assert source.take(0, lambda _: True) == 20
+    assert source.take(0, lambda prepared: prepared != 30) is None  # the next does not fit
+    assert source.take(0, lambda _: True) == 30
+    assert source.take(0, lambda _: True) is END
+
+
+def test_frames_are_dealt_to_the_lanes_in_turn() -> None:
+    # Frame k goes to lane k % 2 whichever lane asks first, so each lane batches the same
+    # frames in every run; a lane that runs ahead waits once the frames held reach
+    # ahead + lanes - 1, until the other lane takes one (or the source stops).
+    pulled: list[int] = []
+
+    def prepare(job: int) -> Future[int]:
+        pulled.append(job)
+        future: Future[int] = Future()
+        future.set_result(10 * job)
+        return future
+
+    source = FrameSource(iter(range(9)), prepare, release=lambda _: None, stats=EngineStats(), ahead=2, lanes=2)
+
+    def take(lane: int) -> object:
+        return source.take(lane, lambda _: True)
+
+    assert [take(0), take(0), take(0)] == [0, 20, 40]
+    assert pulled == [0, 1, 2, 3, 4, 5]  # frames 1, 3 and 5 wait for lane 1
+    got: list[object] = []
+    ahead = threading.Thread(target=lambda: got.append(take(0)))
+    ahead.start()
+    ahead.join(0.3)
+    assert ahead.is_alive() and pulled == [0, 1, 2, 3, 4, 5]  # three held: lane 0 waits
+    assert take(1) == 10
+    ahead.join(10)
+    assert got == [60] and pulled == [0, 1, 2, 3, 4, 5, 6, 7]
+    assert [take(1), take(1), take(1), take(0), take(0), take(1)] == [30, 50, 70, 80, END, END]
+    blocked = FrameSource(iter(range(9)), prepare, release=lambda _: None, stats=EngineStats(), ahead=1, lanes=2)
+    assert blocked.take(1, lambda _: True) == 10
+    waiting = threading.Thread(target=lambda: got.append(blocked.take(1, lambda _: True)))
+    waiting.start()
+    waiting.join(0.3)
+    assert waiting.is_alive()
+    blocked.stop()
+    waiting.join(10)
+    assert got[-1] is END
+
+
+def test_two_lanes_answer_the_same_frames_every_run(tiny_model_dir: Path) -> None:
+    images = frames(5, seed=4)
+    with Engine(settings(tiny_model_dir, lanes=2, parallel=2, n_threads=1)) as engine:
+        for _ in range(2):
+            engine.stats = EngineStats()
+            assert sorted(dict(engine.run(enumerate(images), make_questions(PROMPTS[:1])))) == [0, 1, 2, 3, 4]
+            assert [lane.stats.frames for lane in engine._lanes] == [3, 2]
 
 
 def test_asked_subsets_get_the_same_answers_as_asking_everything(tiny_model_dir: Path) -> None:

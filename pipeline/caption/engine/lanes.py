@@ -75,9 +75,10 @@ _LANE_DONE = object()  # a lane's thread has ended
 
 
 def run_lanes(
-    lanes: list[Lane], drive: Callable[[Lane], Iterator[Item]], stop_source: Callable[[], None]
+    lanes: list[Lane], drive: Callable[[int, Lane], Iterator[Item]], stop_source: Callable[[], None]
 ) -> Iterator[Item]:
-    """Drive every lane on its own thread (``drive(lane)``); hand what they yield to the caller.
+    """Drive every lane on its own thread (``drive(index, lane)``); hand what they yield to the
+    caller.
 
     An exception on a lane's thread is raised on the caller's. When the caller stops early
     (or a lane fails), ``stop_source`` stops the frames' source and every thread is joined.
@@ -85,9 +86,9 @@ def run_lanes(
     results: queue.Queue[object] = queue.Queue()
     stop = threading.Event()
 
-    def work(lane: Lane) -> None:
+    def work(index: int, lane: Lane) -> None:
         try:
-            for finished in drive(lane):
+            for finished in drive(index, lane):
                 results.put(finished)
                 if stop.is_set():
                     break
@@ -97,7 +98,7 @@ def run_lanes(
             results.put(_LANE_DONE)
 
     threads = [
-        threading.Thread(target=work, args=(lane,), name=f"engine-lane{i}", daemon=True)
+        threading.Thread(target=work, args=(i, lane), name=f"engine-lane{i}", daemon=True)
         for i, lane in enumerate(lanes)
     ]
     for thread in threads:

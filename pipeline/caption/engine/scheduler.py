@@ -20,9 +20,10 @@ How a frame is answered:
 
 The frames in flight may be split over ``lanes`` (``engine.lanes``, default 1): llama.cpp
 contexts on the one loaded model, each driven by its own thread, so that one lane's kernels run
-while another's host side prepares its next call. Which lane takes a frame then depends on
-timing, and with it the batches of each step: on a GPU, more than one lane gives greedy answers
-that differ from run to run (one lane gives the same; BENCHMARKS.md, call 16).
+while another's host side samples and prepares its next call. Frames are dealt to the lanes in
+turn (:class:`.source.FrameSource`), not to whichever asks first, so each lane batches the same
+sequences in every run, and a GPU, whose kernels round differently for other batch sizes, gives
+the same greedy answers run to run (BENCHMARKS.md, session 11).
 
 The lanes and their threads are in :mod:`.lanes`; a sequence's state, token picking and stops
 in :mod:`.sequence`.
@@ -202,12 +203,14 @@ class Engine:
         """
         self._set_questions(questions)
         ahead = max(self.settings.prepare_ahead, 1) * len(self._lanes)
-        source: FrameSource[Job, Prepared] = FrameSource(iter(jobs), self._submit, self._release, self._stats, ahead)
+        source: FrameSource[Job, Prepared] = FrameSource(
+            iter(jobs), self._submit, self._release, self._stats, ahead, len(self._lanes)
+        )
         try:
             if len(self._lanes) == 1:
-                yield from self._drive(self._lanes[0], source)
+                yield from self._drive(self._lanes[0], 0, source)
             else:
-                yield from run_lanes(self._lanes, lambda lane: self._drive(lane, source), source.stop)
+                yield from run_lanes(self._lanes, lambda i, lane: self._drive(lane, i, source), source.stop)
         finally:
             source.close()
 
@@ -241,17 +244,20 @@ class Engine:
         self._sampling.set_questions(self._prompts.questions)
         self.questions = self._prompts.questions
 
-    def _drive(self, lane: Lane, source: FrameSource[Job, Prepared]) -> Iterator[tuple[Any, list[Answer]]]:
-        """One lane's loop: admit prepared frames while it has room, step its sequences."""
+    def _drive(
+        self, lane: Lane, turn: int, source: FrameSource[Job, Prepared]
+    ) -> Iterator[tuple[Any, list[Answer]]]:
+        """One lane's loop: admit its prepared frames (those dealt to ``turn``) while it has
+        room, step its sequences."""
         active: list[DecodeSequence] = []
         try:
             while True:
-                # Admit prepared frames while slots are free, waiting for one still being
+                # Admit the lane's frames while slots are free, waiting for one still being
                 # prepared: then a lane's decode steps batch the same sequences in every run,
                 # and a GPU, whose kernels round differently for other batch sizes, gives the
                 # same greedy answers run to run.
                 while self._has_room(lane):
-                    item = source.take(lambda p: self._fits(lane, p))
+                    item = source.take(turn, lambda p: self._fits(lane, p))
                     if item is None:
                         break
                     if item is END:
