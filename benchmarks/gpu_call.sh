@@ -111,6 +111,25 @@ case "$plan" in
     base --cases "p=1,w=keep;p=1"
     bench mistral7b --seed "" --frames 48 --cases "p=1,w=keep;p=1"
     ;;
+  call18)  # session 11: frames dealt to the lanes in turn (frame k to lane k % lanes), so that two lanes
+           # batch the same frames every run; answers hashed, each two-lane case twice; one lane (the
+           # default) must keep its answers; the code before (eaa1ac5, timing decides the lane, in
+           # .gpu/baseline by `git archive eaa1ac5 pipeline conf benchmarks pyproject.toml`) for the speed
+    base() { (cd .gpu/baseline && timeout "$(left)" python3 benchmarks/gpu_throughput.py --shape mistral7b \
+      --model-dir /tmp/models --out "$OUT/baseline" --budget-s "$(left)" --seed "" --frames 48 "$@" 2>&1 \
+      | sed 's/^/[eaa1ac5] /' | tee -a "$OUT/bench.log"); }
+    bench mistral7b --seed "" --frames 48 --cases "p=1;p=1,lanes=2;p=1,lanes=2"
+    base --cases "p=1,lanes=2;p=1,w=keep,lanes=2"
+    bench mistral7b --seed "" --frames 48 --cases "p=1,w=keep;p=1,w=keep,lanes=2;p=1,w=keep,lanes=2"
+    ;;
+  call19)  # session 11, second call (warm machine): the Yi-34B shape (the default preset), the Q5_K_M
+           # file as it is: one lane against two dealt in turn (each twice), and two by timing before
+    rm -f /tmp/models/random-llava-mistral7b*  # room on the 64 GB disk for the 24 GB model
+    bench yi34b --seed "" --frames 24 --cases "p=1,w=keep;p=1,w=keep,lanes=2;p=1,w=keep;p=1,w=keep,lanes=2"
+    (cd .gpu/baseline && timeout "$(left)" python3 benchmarks/gpu_throughput.py --shape yi34b --model-dir /tmp/models \
+      --out "$OUT/baseline" --budget-s "$(left)" --seed "" --frames 24 --cases "p=1,w=keep,lanes=2" 2>&1 \
+      | sed 's/^/[eaa1ac5] /' | tee -a "$OUT/bench.log")
+    ;;
   *) echo "unknown plan $plan"; exit 2 ;;
 esac
 echo "call done after $(( $(date +%s) - started )) s"
