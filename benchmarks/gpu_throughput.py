@@ -290,7 +290,7 @@ class EngineCase:
     prepare_ahead: int = 2
     overlap_clip: bool = True
     max_decode_seqs: int | None = None  # None: the engine's automatic grouping
-    lanes: int = 1
+    lanes: int | None = None  # None: the engine's rule (lanes_gpu on a GPU with one prompt, else 1)
     layout: str = "reference"
     text_type: str = "auto"  # model.text_type: auto | keep | f16 (an F16 copy made by the pipeline)
     frames: int = 48
@@ -302,7 +302,7 @@ class EngineCase:
             f"{'unified' if self.kv_unified else 'streams'} ahead{self.prepare_ahead}"
             + (" clip-overlap" if self.overlap_clip else "")
             + (f" chunk{self.max_decode_seqs}" if self.max_decode_seqs is not None else "")
-            + (f" lanes{self.lanes}" if self.lanes != 1 else "")
+            + (f" lanes{self.lanes}" if self.lanes is not None else "")
             + f" weights-{self.text_type}"
         )
 
@@ -332,7 +332,7 @@ def engine_settings(text: Path, mmproj: Path, n_gpu_layers: int, max_tokens: int
         stop=(), image_layout="reference", n_ctx=4096, n_gpu_layers=n_gpu_layers, n_batch=2048, n_ubatch=1024,
         flash_attn="auto", n_threads=None, parallel=16, max_questions=1, max_tokens=max_tokens, temperature=0.0,
         top_k=40, top_p=0.95, seed=0, prepare_ahead=2, overlap_clip=True, kv_unified=False, max_decode_seqs=None,
-        lanes=1, ignore_eos=True,
+        lanes=None, lanes_gpu=2, ignore_eos=True,
     )
     return EngineSettings(**{**base, **knobs})
 
@@ -819,7 +819,9 @@ def main(argv: list[str] | None = None) -> int:
     started = time.perf_counter()
     n_gpu_layers = SHAPES[args.shape][4]
     if args.force_lanes:  # to look into why 2 lanes hung with 3 prompts (BENCHMARKS.md)
-        lanes.lane_count = lambda setting, on_gpu, max_questions, parallel: max(1, min(setting, parallel))
+        lanes.lane_count = lambda setting, lanes_gpu, on_gpu, max_questions, parallel: max(
+            1, min(setting or lanes_gpu, parallel)
+        )
     args.model_dir.mkdir(parents=True, exist_ok=True)
     workdir = Path(tempfile.mkdtemp(prefix="gpu-bench-"))
     out = args.out or workdir

@@ -69,7 +69,8 @@ class EngineConfig:
     parallel: int | None = MISSING
     parallel_gpu: int = MISSING
     parallel_cpu: int = MISSING
-    lanes: int = MISSING
+    lanes: int | None = MISSING
+    lanes_gpu: int = MISSING
     n_batch: int = MISSING
     n_ubatch: int = MISSING
     flash_attn: str = MISSING
@@ -215,6 +216,7 @@ OTHER_SETTINGS: dict[str, dict[str, str]] = {
         "parallel_gpu": "frames in flight",
         "parallel_cpu": "frames in flight",
         "lanes": "contexts sharing the frames in flight",
+        "lanes_gpu": "contexts sharing the frames in flight",
         "n_batch": "tokens per native call",
         "n_ubatch": "tokens per compute step",
         "flash_attn": "a kernel choice",

@@ -54,7 +54,9 @@ def test_batched_answers_equal_sequential_answers(tiny_model_dir: Path) -> None:
 
 def test_engine_knobs_reach_the_engine_and_parallel_defaults_to_4_on_cpu(tiny_model_dir: Path) -> None:
     default = captioner(tiny_model_dir).engine.settings
-    assert (default.parallel, default.lanes, default.n_ubatch, default.kv_unified) == (4, 1, 1024, False)
+    assert (default.parallel, default.lanes, default.lanes_gpu, default.n_ubatch, default.kv_unified) == (
+        4, None, 2, 1024, False,
+    )
     knobs = captioner(
         tiny_model_dir, "engine.lanes=2", "engine.prepare_ahead=0", "engine.kv_unified=true",
         "engine.max_decode_seqs=0", "engine.parallel=3",
@@ -62,8 +64,10 @@ def test_engine_knobs_reach_the_engine_and_parallel_defaults_to_4_on_cpu(tiny_mo
     assert (knobs.lanes, knobs.prepare_ahead, knobs.kv_unified, knobs.max_decode_seqs, knobs.parallel) == (
         2, 0, True, 0, 3,
     )
-    with pytest.raises(ConfigError, match="engine.lanes must be >= 1"):
+    with pytest.raises(ConfigError, match="engine.lanes must be >= 1 or null"):
         captioner(tiny_model_dir, "engine.lanes=0")
+    with pytest.raises(ConfigError, match="engine.lanes_gpu must be >= 1"):
+        captioner(tiny_model_dir, "engine.lanes_gpu=0")
 
 
 def test_bad_frames_become_error_answers(tiny_model_dir: Path) -> None:

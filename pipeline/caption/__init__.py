@@ -208,6 +208,7 @@ class CaptionSpec:
             n_threads=eng.n_threads,
             parallel=parallel,
             lanes=eng.lanes,
+            lanes_gpu=eng.lanes_gpu,
             prepare_ahead=eng.prepare_ahead,
             overlap_clip=eng.overlap_clip,
             kv_unified=eng.kv_unified,
@@ -356,7 +357,8 @@ def _check(spec: CaptionSpec) -> None:
         (eng.parallel is None or eng.parallel >= 1, f"engine.parallel must be >= 1 or null, got {eng.parallel}"),
         (eng.parallel_gpu >= 1, f"engine.parallel_gpu must be >= 1, got {eng.parallel_gpu}"),
         (eng.parallel_cpu >= 1, f"engine.parallel_cpu must be >= 1, got {eng.parallel_cpu}"),
-        (eng.lanes >= 1, f"engine.lanes must be >= 1, got {eng.lanes}"),
+        (eng.lanes is None or eng.lanes >= 1, f"engine.lanes must be >= 1 or null, got {eng.lanes}"),
+        (eng.lanes_gpu >= 1, f"engine.lanes_gpu must be >= 1, got {eng.lanes_gpu}"),
         (eng.n_threads is None or eng.n_threads >= 1, f"engine.n_threads must be >= 1 or null, got {eng.n_threads}"),
         (eng.prepare_ahead >= 0, f"engine.prepare_ahead must be >= 0, got {eng.prepare_ahead}"),
         (

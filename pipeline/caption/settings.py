@@ -68,7 +68,7 @@ class GenerationSettings:
 
 @dataclass(frozen=True)
 class EngineKnobs:
-    """The engine's knobs as configured: ``None`` for ``parallel`` and ``n_threads``
+    """The engine's knobs as configured: ``None`` for ``parallel``, ``lanes`` and ``n_threads``
     is settled where the model loads, for that machine (a null ``parallel``: ``parallel_gpu``
     with layers on a GPU, fitted to its free memory, else ``parallel_cpu``; see
     :class:`~pipeline.caption.engine.LoadSettings` for what each does)."""
@@ -76,7 +76,8 @@ class EngineKnobs:
     parallel: int | None
     parallel_gpu: int
     parallel_cpu: int
-    lanes: int
+    lanes: int | None
+    lanes_gpu: int
     n_batch: int
     n_ubatch: int
     flash_attn: str

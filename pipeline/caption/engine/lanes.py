@@ -18,9 +18,10 @@ _log = logging.getLogger(__name__)
 Item = TypeVar("Item")
 
 
-def lane_count(setting: int, on_gpu: bool, max_questions: int, parallel: int) -> int:
-    """Lanes (llama.cpp contexts, a thread each) for the engine: ``engine.lanes``, at most one
-    per frame in flight.
+def lane_count(setting: int | None, lanes_gpu: int, on_gpu: bool, max_questions: int, parallel: int) -> int:
+    """Lanes (llama.cpp contexts, a thread each) for the engine: ``engine.lanes``, else
+    ``lanes_gpu`` on a GPU and 1 on the CPU (where llama.cpp's threads already take every
+    core); at most one per frame in flight.
 
     On a GPU, one lane when frames may be asked several questions: there two lanes hung on an
     H200 in 5 runs of 6 (every thread waiting on the GPU, no progress; with a unified KV cache,
@@ -29,12 +30,13 @@ def lane_count(setting: int, on_gpu: bool, max_questions: int, parallel: int) ->
     (4.49 against 4.80-5.10 frames/s; benchmarks/NOTES-gpu.md, sessions 5 and 6). A setting
     above 1 is then lowered, with a warning.
     """
-    lanes = max(1, min(setting, parallel))
+    lanes = max(1, min(setting or (lanes_gpu if on_gpu else 1), parallel))
     if on_gpu and max_questions > 1 and lanes > 1:
-        _log.warning(
-            "engine.lanes=%d lowered to 1: with several prompts per frame, more lanes hung on "
-            "a GPU (docs/gpu.md)", setting,
-        )
+        if setting:
+            _log.warning(
+                "engine.lanes=%d lowered to 1: with several prompts per frame, more lanes hung on "
+                "a GPU (docs/gpu.md)", setting,
+            )
         return 1
     return lanes
 
@@ -48,7 +50,7 @@ def open_lanes(model: TextModel, s: EngineSettings, n_threads: int, flash_attn: 
         EngineError: A lane would hold more sequences than llama.cpp allows, or a context does
             not start.
     """
-    n_lanes = lane_count(s.lanes, model.on_gpu, s.max_questions, s.parallel)
+    n_lanes = lane_count(s.lanes, s.lanes_gpu, model.on_gpu, s.max_questions, s.parallel)
     split = [s.parallel // n_lanes + (i < s.parallel % n_lanes) for i in range(n_lanes)]
     if split[0] * s.max_questions > max_parallel_sequences():
         raise EngineError(

@@ -63,9 +63,10 @@ class LoadSettings:
             stays on the quantized matrix-vector kernel instead of dequantizing all weights to
             F16 for the step; F16 weights are read once per step either way.
         lanes: llama.cpp contexts (on the one model) that share the frames in flight, each
-            driven by its own thread (on a GPU always 1 when ``max_questions`` > 1:
-            :func:`.lanes.lane_count`). With more than one, which frames share a decode step
-            depends on timing, so on a GPU greedy answers differ from run to run.
+            driven by its own thread, frames dealt to them in turn (``None``: ``lanes_gpu``
+            when layers run on a GPU, else 1; on a GPU always 1 when ``max_questions`` > 1:
+            :func:`.lanes.lane_count`).
+        lanes_gpu: Lanes on a GPU for ``lanes=None``.
     """
 
     text_model: str
@@ -83,7 +84,8 @@ class LoadSettings:
     overlap_clip: bool
     kv_unified: bool
     max_decode_seqs: int | None
-    lanes: int
+    lanes: int | None
+    lanes_gpu: int
 
 
 @dataclass(frozen=True, kw_only=True)

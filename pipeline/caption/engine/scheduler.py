@@ -18,12 +18,13 @@ How a frame is answered:
    A sequence ends with a typed reason (:mod:`.sequence`), frees its cells and slot,
    and a waiting frame fills them (continuous batching).
 
-The frames in flight may be split over ``lanes`` (``engine.lanes``, default 1): llama.cpp
-contexts on the one loaded model, each driven by its own thread, so that one lane's kernels run
-while another's host side samples and prepares its next call. Frames are dealt to the lanes in
-turn (:class:`.source.FrameSource`), not to whichever asks first, so each lane batches the same
-sequences in every run, and a GPU, whose kernels round differently for other batch sizes, gives
-the same greedy answers run to run (BENCHMARKS.md, session 11).
+On a GPU the frames in flight are split over ``lanes`` (``engine.lanes``; by default
+``engine.lanes_gpu``, 1 with several prompts): llama.cpp contexts on the one loaded model, each
+driven by its own thread, so that one lane's kernels run while another's host side samples and
+prepares its next call. Frames are dealt to the lanes in turn (:class:`.source.FrameSource`),
+not to whichever asks first, so each lane batches the same sequences in every run, and a GPU,
+whose kernels round differently for other batch sizes, gives the same greedy answers run to run
+(BENCHMARKS.md, session 11).
 
 The lanes and their threads are in :mod:`.lanes`; a sequence's state, token picking and stops
 in :mod:`.sequence`.
