@@ -130,6 +130,10 @@ case "$plan" in
       --out "$OUT/baseline" --budget-s "$(left)" --seed "" --frames 24 --cases "p=1,w=keep,lanes=2" 2>&1 \
       | sed 's/^/[eaa1ac5] /' | tee -a "$OUT/bench.log")
     ;;
+  call20)  # session 11, third call: the defaults after the change (engine.lanes null: two lanes on a GPU
+           # with one prompt, frames dealt in turn), run to run, against one lane and three prompts
+    bench mistral7b --seed "" --frames 48 --cases "p=1;p=1,lanes=1;p=1;p=3"
+    ;;
   *) echo "unknown plan $plan"; exit 2 ;;
 esac
 echo "call done after $(( $(date +%s) - started )) s"
