@@ -415,8 +415,6 @@ def main(argv: list[str] | None = None) -> int:
 # -- helpers --------------------------------------------------------------------------------
 
 
-
-
 def _video_paths(df: pd.DataFrame) -> dict[str, str]:
     """Each video's path (the first by name where its rows name several; its id where none)."""
     paths = df.dropna(subset=["video_id"]).groupby("video_id")["video_path"].min()
