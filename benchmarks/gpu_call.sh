@@ -134,6 +134,20 @@ case "$plan" in
            # with one prompt, frames dealt in turn), run to run, against one lane and three prompts
     bench mistral7b --seed "" --frames 48 --cases "p=1;p=1,lanes=1;p=1;p=3"
     ;;
+  call21)  # session 12: a CLIP encoder (its own mtmd contexts and preparing thread) per lane, against one
+           # for all lanes (clipt=1: the code before), interleaved, answers hashed; three prompts (one lane)
+           # with one and two; then the peer's best batches on this card (session 10: 64 with one prompt,
+           # 32 with three), in the same call
+    bench mistral7b --seed "" --frames 48 --cases "p=1;p=1,clipt=1;p=1;p=1,clipt=1;p=3;p=3,clipt=2"
+    bench mistral7b --seed "" --cases "" --peer-batches 64 --peer-prompts 1 --peer-frames 64
+    bench mistral7b --seed "" --cases "" --peer-batches 32 --peer-prompts 3 --peer-frames 64
+    ;;
+  call22)  # session 12, second call (warm machine): the Yi-34B shape (the default preset, Q5_K_M as it is),
+           # one and three prompts, one CLIP encoder per lane against one; the peer's batches that fit, same call
+    rm -f /tmp/models/random-llava-mistral7b*  # room on the 64 GB disk for the 24 GB model
+    bench yi34b --seed "" --frames 24 --cases "p=1,w=keep;p=1,w=keep,clipt=1;p=3,w=keep,n=12;p=3,w=keep,n=12,clipt=2" \
+      --peer-batches 4,8 --peer-prompts 1,3 --peer-frames 8
+    ;;
   *) echo "unknown plan $plan"; exit 2 ;;
 esac
 echo "call done after $(( $(date +%s) - started )) s"

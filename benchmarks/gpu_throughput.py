@@ -291,6 +291,7 @@ class EngineCase:
     overlap_clip: bool = True
     max_decode_seqs: int | None = None  # None: the engine's automatic grouping
     lanes: int | None = None  # None: the engine's rule (lanes_gpu on a GPU with one prompt, else 1)
+    clip_threads: int | None = None  # None: the engine's rule (one per lane on a GPU)
     layout: str = "reference"
     text_type: str = "auto"  # model.text_type: auto | keep | f16 (an F16 copy made by the pipeline)
     frames: int = 48
@@ -303,6 +304,7 @@ class EngineCase:
             + (" clip-overlap" if self.overlap_clip else "")
             + (f" chunk{self.max_decode_seqs}" if self.max_decode_seqs is not None else "")
             + (f" lanes{self.lanes}" if self.lanes is not None else "")
+            + (f" clipt{self.clip_threads}" if self.clip_threads is not None else "")
             + f" weights-{self.text_type}"
         )
 
@@ -332,7 +334,7 @@ def engine_settings(text: Path, mmproj: Path, n_gpu_layers: int, max_tokens: int
         stop=(), image_layout="reference", n_ctx=4096, n_gpu_layers=n_gpu_layers, n_batch=2048, n_ubatch=1024,
         flash_attn="auto", n_threads=None, parallel=16, max_questions=1, max_tokens=max_tokens, temperature=0.0,
         top_k=40, top_p=0.95, seed=0, prepare_ahead=2, overlap_clip=True, kv_unified=False, max_decode_seqs=None,
-        lanes=None, lanes_gpu=2, ignore_eos=True,
+        lanes=None, lanes_gpu=2, clip_threads=None, ignore_eos=True,
     )
     return EngineSettings(**{**base, **knobs})
 
@@ -376,7 +378,7 @@ def run_engine(
         image_layout=case.layout, n_batch=case.n_batch, n_ubatch=case.n_ubatch, flash_attn=case.flash_attn,
         parallel=case.parallel, max_questions=case.prompts, prepare_ahead=case.prepare_ahead,
         overlap_clip=case.overlap_clip, kv_unified=case.kv_unified, max_decode_seqs=case.max_decode_seqs,
-        lanes=case.lanes,
+        lanes=case.lanes, clip_threads=case.clip_threads,
     )
     t0 = time.perf_counter()
     files = pick_text_weights(ModelFiles(text, mmproj), case.text_type, settings, text.parent)
@@ -440,6 +442,7 @@ def run_engine(
             monitor.stop()
             run_module.write_chunk = original_write
         stats = captioner.engine.stats
+        lanes_used, clip_threads_used = captioner.engine.lanes, captioner.engine.clip_threads
         completion, answers_sha256 = read_answers(out_dir)
         shutil.rmtree(out_dir, ignore_errors=True)
     finally:
@@ -455,6 +458,8 @@ def run_engine(
         "load_s": load_s,
         "text_model": files.text_model.name,
         "convert_s": convert_s,
+        "lanes_used": lanes_used,
+        "clip_threads_used": clip_threads_used,
         "frames_per_s": frames / wall,
         "completion_tokens_per_s": stats.completion_tokens / wall,
         "prompt_tokens_per_s": stats.prompt_tokens / wall,
@@ -725,7 +730,8 @@ def parse_cases(spec: str, frames: int) -> list[EngineCase]:
     """``p=1,par=16,nb=2048,ub=2048,fa=on,kv=unified,ahead=2,clip=0;p=3,...``"""
     keys = {"p": "prompts", "par": "parallel", "nb": "n_batch", "ub": "n_ubatch", "fa": "flash_attn",
             "kv": "kv_unified", "ahead": "prepare_ahead", "clip": "overlap_clip", "n": "frames",
-            "chunk": "max_decode_seqs", "lanes": "lanes", "layout": "layout", "w": "text_type"}
+            "chunk": "max_decode_seqs", "lanes": "lanes", "clipt": "clip_threads", "layout": "layout",
+            "w": "text_type"}
     cases = []
     for part in filter(None, (p.strip() for p in spec.split(";"))):
         case = EngineCase(frames=frames)
@@ -802,7 +808,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--cases", default="p=1;p=3",
         help="engine cases: p=PROMPTS,par=PARALLEL,nb=N_BATCH,ub=N_UBATCH,fa=on|off|auto,"
-        "kv=unified|streams,ahead=N,clip=0|1,chunk=N,lanes=N,w=auto|keep|f16,n=FRAMES; separated by ';' "
+        "kv=unified|streams,ahead=N,clip=0|1,chunk=N,lanes=N,clipt=N,w=auto|keep|f16,n=FRAMES; separated by ';' "
         "(unset fields: par=16 ub=1024 kv=streams clip=1 w=auto, the engine's defaults otherwise)",
     )
     parser.add_argument("--probe", action="store_true", help="time the prefill's pieces first")
@@ -876,7 +882,8 @@ def main(argv: list[str] | None = None) -> int:
             continue
         log(f"  {r['frames_per_s']:.3f} frames/s, {r['completion_tokens_per_s']:.0f} tok/s, "
             f"GPU busy {r.get('gpu_busy_pct', float('nan')):.0f}%, answers {r['completion_tokens']} "
-            f"sha256 {r['answers_sha256']}")
+            f"sha256 {r['answers_sha256']}; {r['lanes_used']} lane(s), {r['clip_threads_used']} CLIP thread(s), "
+            f"wait {r['split_s']['engine_wait']:.2f} s, CLIP {r['split_s']['clip']:.2f} s")
         record(r)
     prompt_tokens = (17, 13)  # ChatML with the seed's system text: before and after the image
     for n_prompts in [int(p) for p in args.peer_prompts.split(",") if p] if peer_batches else []:

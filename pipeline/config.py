@@ -71,6 +71,7 @@ class EngineConfig:
     parallel_cpu: int = MISSING
     lanes: int | None = MISSING
     lanes_gpu: int = MISSING
+    clip_threads: int | None = MISSING
     n_batch: int = MISSING
     n_ubatch: int = MISSING
     flash_attn: str = MISSING
@@ -217,6 +218,7 @@ OTHER_SETTINGS: dict[str, dict[str, str]] = {
         "parallel_cpu": "frames in flight",
         "lanes": "contexts sharing the frames in flight",
         "lanes_gpu": "contexts sharing the frames in flight",
+        "clip_threads": "frames CLIP-encoded at once; the same graph on each",
         "n_batch": "tokens per native call",
         "n_ubatch": "tokens per compute step",
         "flash_attn": "a kernel choice",

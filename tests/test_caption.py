@@ -68,6 +68,8 @@ def test_engine_knobs_reach_the_engine_and_parallel_defaults_to_4_on_cpu(tiny_mo
         captioner(tiny_model_dir, "engine.lanes=0")
     with pytest.raises(ConfigError, match="engine.lanes_gpu must be >= 1"):
         captioner(tiny_model_dir, "engine.lanes_gpu=0")
+    with pytest.raises(ConfigError, match="engine.clip_threads must be >= 1 or null"):
+        captioner(tiny_model_dir, "engine.clip_threads=0")
 
 
 def test_bad_frames_become_error_answers(tiny_model_dir: Path) -> None:

@@ -7,7 +7,7 @@ from __future__ import annotations
 import logging
 import threading
 from collections.abc import Generator, Iterator
-from concurrent.futures import Future
+from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
@@ -19,11 +19,12 @@ import pytest
 from benchmarks.random_llava import write_random_llava
 from pipeline.caption import make_questions
 from pipeline.caption.engine import Engine, EngineSettings
-from pipeline.caption.engine.lanes import lane_count
+from pipeline.caption.engine.lanes import clip_thread_count, lane_count
 from pipeline.caption.engine.native import TextModel, flash_attn_type, usable_cores
 from pipeline.caption.engine.records import EngineStats
 from pipeline.caption.engine.scheduler import decode_group
 from pipeline.caption.engine.source import END, FrameSource
+from pipeline.caption.engine.vision import Vision
 from pipeline.caption.tiny import TINY_TEXT_FILE, TINY_TEXT_Q8_FILE, TextShape, VisionShape
 from tests.conftest import frames, tiny_engine_settings
 
@@ -159,6 +160,48 @@ def test_lane_rule(caplog: pytest.LogCaptureFixture) -> None:
     with caplog.at_level(logging.WARNING):
         assert lane_count(2, 2, True, 3, 16) == 1  # ... and with a warning when set higher
     assert "engine.lanes=2 lowered to 1" in caplog.text
+
+
+def test_clip_thread_rule() -> None:
+    # (engine.clip_threads, on_gpu, lanes) -> frames CLIP-encoded at once
+    assert clip_thread_count(None, True, 2) == 2  # GPU: one per lane
+    assert clip_thread_count(None, True, 1) == 1
+    assert clip_thread_count(3, True, 1) == 3  # GPU: as set
+    assert clip_thread_count(None, False, 2) == 1  # CPU: one, whatever is set
+    assert clip_thread_count(4, False, 1) == 1
+
+
+def encoded(vision: Vision, rgb: np.ndarray, n_embd: int) -> np.ndarray:
+    image = vision.tokenize(rgb, EngineStats())
+    out = np.empty((image.n_tokens, n_embd), np.float32)
+    return vision.encode(image, out, EngineStats()).copy()
+
+
+def test_clip_encoders_on_several_threads_give_each_frame_its_own_features(tiny_model_dir: Path) -> None:
+    # engine.clip_threads=2 (on a GPU): two sets of CLIP contexts encode frames at once, from
+    # two threads; every frame's features are those one set gives it alone.
+    s = settings(tiny_model_dir)
+    images = frames(6, seed=5)
+    model = TextModel(s.text_model, 0)
+    flash_attn = flash_attn_type(s.flash_attn, False)
+    try:
+        alone = Vision(s.mmproj, s.image_layout, model, 1, flash_attn)
+        try:
+            expected = [encoded(alone, rgb, model.n_embd) for rgb in images]
+        finally:
+            alone.close()
+        two = Vision(s.mmproj, s.image_layout, model, 1, flash_attn, encoders=2)
+        try:
+            with ThreadPoolExecutor(max_workers=2) as pool:
+                for _ in range(3):
+                    got = list(pool.map(lambda rgb: encoded(two, rgb, model.n_embd), images))
+                    assert [a.shape for a in got] == [e.shape for e in expected]
+                    assert all(np.array_equal(a, e) for a, e in zip(got, expected))
+        finally:
+            two.close()
+    finally:
+        model.close()
+    assert len({e.shape for e in expected}) > 1  # frames of different sizes
 
 
 def test_a_lane_waits_for_the_frame_being_prepared() -> None:

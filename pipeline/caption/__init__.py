@@ -209,6 +209,7 @@ class CaptionSpec:
             parallel=parallel,
             lanes=eng.lanes,
             lanes_gpu=eng.lanes_gpu,
+            clip_threads=eng.clip_threads,
             prepare_ahead=eng.prepare_ahead,
             overlap_clip=eng.overlap_clip,
             kv_unified=eng.kv_unified,
@@ -359,6 +360,10 @@ def _check(spec: CaptionSpec) -> None:
         (eng.parallel_cpu >= 1, f"engine.parallel_cpu must be >= 1, got {eng.parallel_cpu}"),
         (eng.lanes is None or eng.lanes >= 1, f"engine.lanes must be >= 1 or null, got {eng.lanes}"),
         (eng.lanes_gpu >= 1, f"engine.lanes_gpu must be >= 1, got {eng.lanes_gpu}"),
+        (
+            eng.clip_threads is None or eng.clip_threads >= 1,
+            f"engine.clip_threads must be >= 1 or null, got {eng.clip_threads}",
+        ),
         (eng.n_threads is None or eng.n_threads >= 1, f"engine.n_threads must be >= 1 or null, got {eng.n_threads}"),
         (eng.prepare_ahead >= 0, f"engine.prepare_ahead must be >= 0, got {eng.prepare_ahead}"),
         (

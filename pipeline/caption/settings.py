@@ -78,6 +78,7 @@ class EngineKnobs:
     parallel_cpu: int
     lanes: int | None
     lanes_gpu: int
+    clip_threads: int | None
     n_batch: int
     n_ubatch: int
     flash_attn: str

@@ -1,5 +1,6 @@
 """Lanes: llama.cpp contexts on the one loaded model that share the frames in flight, how many
-there are, and the threads that drive them (one each) while the caller takes their answers."""
+there are (and how many CLIP encoders feed them), and the threads that drive them (one each)
+while the caller takes their answers."""
 
 from __future__ import annotations
 
@@ -39,6 +40,13 @@ def lane_count(setting: int | None, lanes_gpu: int, on_gpu: bool, max_questions:
             )
         return 1
     return lanes
+
+
+def clip_thread_count(setting: int | None, on_gpu: bool, lanes: int) -> int:
+    """CLIP encoders (each a set of mtmd contexts, a frame at a time) for the engine:
+    ``engine.clip_threads``, else one per lane, on a GPU; 1 on the CPU, where llama.cpp's
+    threads already take every core."""
+    return max(1, setting or lanes) if on_gpu else 1
 
 
 def open_lanes(model: TextModel, s: EngineSettings, n_threads: int, flash_attn: int, lanes: list[Lane]) -> None:

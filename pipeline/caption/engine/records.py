@@ -67,6 +67,10 @@ class LoadSettings:
             when layers run on a GPU, else 1; on a GPU always 1 when ``max_questions`` > 1:
             :func:`.lanes.lane_count`).
         lanes_gpu: Lanes on a GPU for ``lanes=None``.
+        clip_threads: On a GPU, frames CLIP-encoded at once, each encoder with its own mtmd
+            contexts (the projector's weights once more on the GPU) and, with ``overlap_clip``,
+            its own preparing thread (``None``: one per lane; on the CPU always 1:
+            :func:`.lanes.clip_thread_count`). The features do not depend on it.
     """
 
     text_model: str
@@ -86,6 +90,7 @@ class LoadSettings:
     max_decode_seqs: int | None
     lanes: int | None
     lanes_gpu: int
+    clip_threads: int | None
 
 
 @dataclass(frozen=True, kw_only=True)

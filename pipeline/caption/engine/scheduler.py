@@ -37,6 +37,7 @@ from __future__ import annotations
 
 import heapq
 import logging
+import threading
 import time
 from collections.abc import Iterable, Iterator, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
@@ -46,7 +47,7 @@ import llama_cpp
 import numpy as np
 
 from pipeline.caption.engine.frames import FramePreparation, Prepared
-from pipeline.caption.engine.lanes import open_lanes, run_lanes
+from pipeline.caption.engine.lanes import clip_thread_count, open_lanes, run_lanes
 from pipeline.caption.engine.native import (
     Lane,
     TextModel,
@@ -80,7 +81,10 @@ class Engine:
     def __init__(self, settings: EngineSettings) -> None:
         self.settings = settings
         self.questions: list[Question] = []
-        self._stats = EngineStats()  # the preparing thread's and the caller's share
+        self._stats = EngineStats()  # the caller's share (waiting for frames)
+        self._prepared_stats = EngineStats()  # the preparing threads' share
+        self._prepared_lock = threading.Lock()
+        self.clip_threads = 0
         self._model: TextModel | None = None
         self._vision: Vision | None = None
         self._lanes: list[Lane] = []
@@ -92,7 +96,7 @@ class Engine:
     @property
     def stats(self) -> EngineStats:
         """Where the time went, summed over the lanes; assign ``EngineStats()`` to reset."""
-        total = self._stats
+        total = self._stats + self._prepared_stats
         for lane in self._lanes:
             total = total + lane.stats
         return total
@@ -100,6 +104,7 @@ class Engine:
     @stats.setter
     def stats(self, value: EngineStats) -> None:
         self._stats = value
+        self._prepared_stats = EngineStats()
         for lane in self._lanes:
             lane.stats = EngineStats()
 
@@ -119,7 +124,8 @@ class Engine:
             model = self._model = TextModel(s.text_model, s.n_gpu_layers)
             flash_attn = flash_attn_type(s.flash_attn, model.on_gpu)
             open_lanes(model, s, n_threads, flash_attn, self._lanes)
-            self._vision = Vision(s.mmproj, s.image_layout, model, n_threads, flash_attn)
+            self.clip_threads = clip_thread_count(s.clip_threads, model.on_gpu, len(self._lanes))
+            self._vision = Vision(s.mmproj, s.image_layout, model, n_threads, flash_attn, self.clip_threads)
         except BaseException:
             self.close()
             raise
@@ -134,8 +140,9 @@ class Engine:
         if s.prepare_ahead > 0 and (model.on_gpu or n_threads < usable_cores()):
             # Not when llama.cpp's CPU threads take every core: a second busy thread then
             # stalls their OpenMP barriers and decoding gets many times slower.
-            self._worker = ThreadPoolExecutor(max_workers=1, thread_name_prefix="engine-prep")
             self._overlap_clip = s.overlap_clip and model.on_gpu
+            workers = self.clip_threads if self._overlap_clip else 1
+            self._worker = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="engine-prep")
 
     @property
     def lanes(self) -> int:
@@ -309,7 +316,12 @@ class Engine:
         return self._worker.submit(self._prepare, tag, rgb, asked, self._overlap_clip)
 
     def _prepare(self, tag: Any, rgb: np.ndarray, asked: tuple[int, ...], encode: bool) -> Prepared:
-        return self._frames.prepare(self._prompts, tag, rgb, asked, encode, self._stats)
+        stats = EngineStats()  # several threads may prepare: each adds its share when done
+        try:
+            return self._frames.prepare(self._prompts, tag, rgb, asked, encode, stats)
+        finally:
+            with self._prepared_lock:
+                self._prepared_stats = self._prepared_stats + stats
 
     def _release(self, prepared: Prepared) -> None:
         if self._vision is not None:  # not yet closed

@@ -11,7 +11,7 @@ which make llama.cpp's CLIP graph compute the reference's per-patch features.
 from __future__ import annotations
 
 import ctypes
-import threading
+import queue
 import time
 from dataclasses import dataclass, field
 
@@ -46,7 +46,7 @@ class _Piece:
 
     chunks: object  # the mtmd_input_chunks that own the chunk
     chunk: object
-    context: str  # which mtmd context encodes it: an arrangement, or "" for llama.cpp's layout
+    context: str  # which mtmd context of a set encodes it: an arrangement, or "" for llama.cpp's layout
     take: _Take | None = None  # reference layout: which output rows go where
 
 
@@ -78,12 +78,18 @@ class FrameImage:
 class Vision:
     """The projector side of the model: mtmd context(s), tiling, CLIP, the token layout.
 
+    An mtmd context encodes one image at a time; with ``encoders`` > 1 there are that many
+    sets of contexts, so that as many threads can CLIP-encode frames at once (each frame on a
+    free set; the graph and so the features are the same on every set). Preprocessing
+    (``mtmd_tokenize`` takes a const context) runs on the first set from any thread.
+
     Args:
         mmproj: The projector file.
         image_layout: ``reference`` or ``llamacpp``.
         model: The loaded text model (mtmd checks the projector fits it).
         n_threads: CPU threads for CLIP.
         flash_attn: llama.cpp's flash-attention switch.
+        encoders: Sets of contexts, frames encoded at once.
 
     Raises:
         WeightsError: ``reference`` with a projector that is not LLaVA 1.6.
@@ -91,10 +97,12 @@ class Vision:
             reference copies were made for.
     """
 
-    def __init__(self, mmproj: str, image_layout: str, model: TextModel, n_threads: int, flash_attn: int) -> None:
+    def __init__(
+        self, mmproj: str, image_layout: str, model: TextModel, n_threads: int, flash_attn: int, encoders: int = 1
+    ) -> None:
         self._n_embd = model.n_embd
-        self._lock = threading.Lock()  # an mtmd context encodes one image at a time
-        self._contexts: dict[str, object] = {}
+        self._sets: list[dict[str, object]] = []
+        self._free_sets: queue.SimpleQueue[dict[str, object]] = queue.SimpleQueue()
         self._projector: Projector | None = None
         self._layout: FrameLayout | None = None
         self._recipes: dict[FramePlan, tuple[Placement, list[_Take]]] = {}
@@ -107,11 +115,17 @@ class Vision:
                         f"{mmproj}: image_newline has {self._projector.newline.shape[0]} values, "
                         f"the text model embeds {self._n_embd}"
                     )
-                for arrangement, path in reference_copies(self._projector, user_cache_dir()).items():
-                    self._contexts[arrangement] = _load(str(path), model, n_threads, flash_attn)
-                self._self_check()
+                paths = {name: str(path) for name, path in reference_copies(self._projector, user_cache_dir()).items()}
             else:
-                self._contexts[""] = _load(mmproj, model, n_threads, flash_attn)
+                paths = {"": mmproj}
+            for _ in range(encoders):
+                contexts: dict[str, object] = {}
+                self._sets.append(contexts)
+                for name, path in paths.items():
+                    contexts[name] = _load(path, model, n_threads, flash_attn)
+                self._free_sets.put(contexts)
+            if self._layout is not None:
+                self._self_check()
             # The fewest image tokens a frame can take: its base tile (the reference layout
             # may crop every grid row of a very wide or tall frame).
             self.min_image_tokens = self._layout.geometry.tile_tokens if self._layout else tile_tokens(mmproj)
@@ -121,9 +135,10 @@ class Vision:
 
     def close(self) -> None:
         """Free the mtmd contexts (safe to call twice)."""
-        for context in self._contexts.values():
-            mtmd.mtmd_free(context)
-        self._contexts = {}
+        for contexts in self._sets:
+            for context in contexts.values():
+                mtmd.mtmd_free(context)
+        self._sets = []
 
     def tokenize(self, rgb: np.ndarray, stats: EngineStats) -> FrameImage:
         """Tile and preprocess a frame (CPU work, no CLIP).
@@ -159,19 +174,21 @@ class Vision:
             EngineError: An encode failed.
         """
         t0 = time.perf_counter()
+        contexts = self._free_sets.get()
         try:
             if image.plan is None:
                 row = 0
                 for piece in image.pieces:
-                    n = self._encode_piece(piece)
+                    n = _encode_piece(contexts, piece)
                     ctypes.memmove(
-                        out[row:].ctypes.data, mtmd.mtmd_get_output_embd(self._contexts[""]), n * self._n_embd * 4
+                        out[row:].ctypes.data, mtmd.mtmd_get_output_embd(contexts[""]), n * self._n_embd * 4
                     )
                     row += n
                 result = out[:row]
             else:
-                result = self._encode_reference(image, image.plan, out)
+                result = self._encode_reference(contexts, image, image.plan, out)
         finally:
+            self._free_sets.put(contexts)
             self.free(image)
         stats.clip_s += time.perf_counter() - t0
         return result
@@ -184,13 +201,15 @@ class Vision:
 
     # -- the reference layout ------------------------------------------------------------
 
-    def _encode_reference(self, image: FrameImage, plan: FramePlan, out: np.ndarray) -> np.ndarray:
+    def _encode_reference(
+        self, contexts: dict[str, object], image: FrameImage, plan: FramePlan, out: np.ndarray
+    ) -> np.ndarray:
         assert self._projector is not None
         n_patches = self._projector.geometry.tile_tokens
         for piece in image.pieces:
             assert piece.take is not None
-            self._encode_piece(piece)
-            out[piece.take.target] = self._output_rows(piece.context, n_patches)[piece.take.source]
+            _encode_piece(contexts, piece)
+            out[piece.take.target] = self._output_rows(contexts[piece.context], n_patches)[piece.take.source]
         out[self._recipe(plan)[0].newlines] = self._projector.newline
         return out[: image.n_tokens]
 
@@ -225,7 +244,8 @@ class Vision:
         return recipe
 
     def _self_check(self) -> None:
-        """Encode one test tile in both arrangements; their shared patches must agree."""
+        """Encode one test tile in both arrangements; their shared patches must agree (on the
+        first set: the others run the same graph)."""
         assert self._layout is not None
         geometry = self._layout.geometry
         n = geometry.tile_tokens
@@ -234,11 +254,12 @@ class Vision:
         tile = np.stack([x * 255 // tile_px, y * 255 // tile_px, (x * y) % 256], axis=-1).astype(np.uint8)
         seen = {}
         shared = np.arange(1, n - 1)  # patches both arrangements return
+        contexts = self._sets[0]
         for arrangement in ARRANGEMENTS:
             (piece,) = self._pieces(arrange(tile, geometry.patch_px, arrangement), arrangement)
             try:
-                self._encode_piece(piece)
-                seen[arrangement] = self._output_rows(arrangement, n)[output_rows(arrangement, shared, n)]
+                _encode_piece(contexts, piece)
+                seen[arrangement] = self._output_rows(contexts[arrangement], n)[output_rows(arrangement, shared, n)]
             finally:
                 mtmd.mtmd_input_chunks_free(piece.chunks)
         a, b = seen[NATURAL], seen[REVERSED]
@@ -267,7 +288,7 @@ class Vision:
             input_text.add_special = False
             input_text.parse_special = True
             bitmaps = (mtmd.mtmd_bitmap_p_ctypes * 1)(bitmap)
-            status = mtmd.mtmd_tokenize(self._contexts[context], chunks, ctypes.byref(input_text), bitmaps, 1)
+            status = mtmd.mtmd_tokenize(self._sets[0][context], chunks, ctypes.byref(input_text), bitmaps, 1)
         finally:
             mtmd.mtmd_bitmap_free(bitmap)
         if status != 0:
@@ -277,17 +298,18 @@ class Vision:
         images = [c for c in found if mtmd.mtmd_input_chunk_get_type(c) == mtmd.MTMD_INPUT_CHUNK_TYPE_IMAGE]
         return [_Piece(chunks, chunk, context, take) for chunk in images]
 
-    def _encode_piece(self, piece: _Piece) -> int:
-        """Run CLIP on one chunk; its output waits in the context's buffer. Returns its rows."""
-        with self._lock:
-            if mtmd.mtmd_encode_chunk(self._contexts[piece.context], piece.chunk) != 0:
-                raise EngineError("CLIP image encode failed")
-        return int(mtmd.mtmd_input_chunk_get_n_tokens(piece.chunk))
-
-    def _output_rows(self, context: str, n_patches: int) -> np.ndarray:
+    def _output_rows(self, context: object, n_patches: int) -> np.ndarray:
         """The last encode's patch rows of a reference context (its [CLS] row dropped)."""
-        embd = mtmd.mtmd_get_output_embd(self._contexts[context])
+        embd = mtmd.mtmd_get_output_embd(context)
         return np.ctypeslib.as_array(embd, shape=(n_patches, self._n_embd))[: n_patches - 1]
+
+
+def _encode_piece(contexts: dict[str, object], piece: _Piece) -> int:
+    """Run CLIP on one chunk with its context of ``contexts`` (a set no other thread uses
+    meanwhile); its output waits in the context's buffer. Returns its rows."""
+    if mtmd.mtmd_encode_chunk(contexts[piece.context], piece.chunk) != 0:
+        raise EngineError("CLIP image encode failed")
+    return int(mtmd.mtmd_input_chunk_get_n_tokens(piece.chunk))
 
 
 def _load(path: str, model: TextModel, n_threads: int, flash_attn: int) -> object:
