@@ -238,15 +238,16 @@ def worked(record: dict[str, Any]) -> bool:
 
 def engine_lines(record: dict[str, Any]) -> list[str]:
     """What a run's engines were decided to run with, as its record keeps them (``engines``:
-    the text weights loaded, frames in flight, lanes; one line per distinct choice, with the
-    workers that made it), e.g. ``local on host-1: F16 copy of the text weights, 16 frames in flight, 1 lane``.
+    the text weights loaded, frames in flight, lanes, CLIP threads; one line per distinct choice,
+    with the workers that made it), e.g. ``local on host-1: F16 copy of the text weights, 16 frames
+    in flight, 2 lanes, 2 CLIP threads``.
     Status and the report read the decisions from here, not from the config."""
     lines: dict[str, list[str]] = {}
     for engine in record.get("engines") or []:
         weights = "F16 copy of the text weights" if engine.get("text_weights") == "f16" else "text weights as they are"
-        lanes = engine.get("lanes")
-        text = f"{weights}, {engine.get('frames_in_flight', '?')} frames in flight" + (
-            f", {plural(lanes, 'lane')}" if lanes is not None else ""
+        counts = [(engine.get("lanes"), "lane"), (engine.get("clip_threads"), "CLIP thread")]
+        text = f"{weights}, {engine.get('frames_in_flight', '?')} frames in flight" + "".join(
+            f", {plural(n, noun)}" for n, noun in counts if n is not None
         )
         where = " on ".join(str(engine[key]) for key in ("worker", "host") if engine.get(key))
         lines.setdefault(text, []).append(where or "?")

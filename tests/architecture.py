@@ -112,7 +112,7 @@ PARTS: tuple[Part, ...] = (
         "pipeline/caption/engine/prompts.py": "the questions as the model sees them: template, tokens, embeddings",
         "pipeline/caption/engine/frames.py": "a frame's way in: prepared, each question fitted to a lane's cells",
         "pipeline/caption/engine/vision.py": "frame preparation and CLIP, in either image layout",
-        "pipeline/caption/engine/source.py": "frames prepared ahead on a background thread",
+        "pipeline/caption/engine/source.py": "frames prepared ahead on background threads",
     }),
     Part("Store", "results on disk: Parquet chunks, markers, locks, digests", ("Base",), {
         "pipeline/store.py": "the Parquet schema, chunk names, writing chunks, per-video facts, reading back",

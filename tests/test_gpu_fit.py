@@ -144,7 +144,7 @@ def test_frames_in_flight_fit_the_free_memory(
     model = build(tmp_path, "model.text_type=keep", "engine.parallel=16")  # as the GPU's default
     settings, files = model.engine.settings, model.files
     per_frame = fit.kv_bytes(files.text_model, replace(settings, parallel=1))  # 3 prompts
-    fixed = files.loaded_text.stat().st_size + files.mmproj.stat().st_size + fit.GPU_MARGIN_BYTES
+    fixed = files.loaded_text.stat().st_size + fit.clip_bytes(files.mmproj, settings) + fit.GPU_MARGIN_BYTES
 
     def chosen(free: int, max_questions: int = 3) -> int:
         monkeypatch.setattr(fit, "gpu_free_bytes", lambda: free)
@@ -160,6 +160,20 @@ def test_frames_in_flight_fit_the_free_memory(
         "engine.parallel: 8 frames in flight instead of 16", "engine.parallel: 4 frames in flight instead of 16"
     ]
     assert chosen(fixed) == 16  # nothing fits: the default, and llama.cpp says why
+
+
+def test_the_projector_counts_once_per_clip_context(tmp_path: Path) -> None:
+    model = build(tmp_path, "engine.lanes_gpu=2")
+    settings, size = model.engine.settings, model.files.mmproj.stat().st_size
+    assert settings.image_layout == "reference"  # two arrangements, a context each
+
+    def copies_loaded(**changes: Any) -> int:
+        return fit.clip_bytes(model.files.mmproj, replace(settings, **changes)) // size
+
+    assert copies_loaded(max_questions=1, clip_threads=None) == 2 * 2  # an encoder per lane, 2 lanes
+    assert copies_loaded(max_questions=3, clip_threads=None) == 2  # one lane with several prompts
+    assert copies_loaded(max_questions=3, clip_threads=3) == 2 * 3
+    assert copies_loaded(max_questions=1, clip_threads=None, image_layout="llamacpp") == 2
 
 
 def test_a_set_parallel_is_kept(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:

@@ -350,7 +350,7 @@ def test_the_report_shows_the_run_that_wrote_it_and_an_idle_night_does_not_hide_
     (engine,) = writer["engines"]  # the engine's decisions, read from the run's record
     assert f"last run\n{run_shown(writer)}" in header and header.endswith(
         f"exit 0engine local on {engine['host']}: text weights as they are, "
-        f"{engine['frames_in_flight']} frames in flight, 1 lane"
+        f"{engine['frames_in_flight']} frames in flight, 1 lane, 1 CLIP thread"
     )
     assert "last run that captioned" not in header and "all runs" not in header
 

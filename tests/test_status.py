@@ -60,7 +60,7 @@ def test_status_tells_the_runs_the_videos_done_failing_and_waiting_and_what_is_o
     (engine,) = run["engines"]
     assert lines[lines.index(run_line) + 1] == (
         f"    engine local on {engine['host']}: text weights as they are, "
-        f"{engine['frames_in_flight']} frames in flight, 1 lane"
+        f"{engine['frames_in_flight']} frames in flight, 1 lane, 1 CLIP thread"
     )
     assert "Videos: 1 done, 1 failing, 1 waiting" in lines
     (failing,) = [line for line in lines if line.startswith(f"    {bad}: ")]

@@ -250,13 +250,14 @@ class Captioner:
     def choices(self) -> dict[str, Any]:
         """What was decided for this machine (:meth:`CaptionSpec.prepare`), for the run
         summary: the host, the text weights loaded (``as is`` or ``f16`` copy), the frames in
-        flight and the lanes (known once the model is loaded)."""
+        flight, the lanes and the CLIP threads (known once the model is loaded)."""
         return {
             "host": socket.gethostname(),
             "text_weights": "f16" if self.files.f16_copy else "as is",
             "text_loaded": str(self.files.loaded_text),
             "frames_in_flight": self.engine.settings.parallel,
             "lanes": self.engine.lanes,
+            "clip_threads": self.engine.clip_threads,
         }
 
     @classmethod

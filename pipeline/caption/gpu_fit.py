@@ -20,7 +20,7 @@ from, so ``config_id`` does not tell the two apart (:func:`pipeline.config.confi
   source's content (:func:`~pipeline.caption.weights.model_fingerprint`), so two models of one
   file name never share a copy, and a changed file gets a new one;
 * ``auto`` (the default): ``f16`` when the text model runs on a GPU whose free memory holds
-  the copy, the projector, a margin and the KV cache of the default frames in flight with one
+  the copy, the projector (a copy per CLIP context), a margin and the KV cache of the default frames in flight with one
   prompt, and the disk has room for the copy; else ``keep``, with a line in the log saying
   why. The prompts do not count, so ``python -m pipeline.download`` makes the copy that a run
   with any prompts loads.
@@ -40,7 +40,9 @@ from pathlib import Path
 
 from pipeline.caption.convert import llama_quantize
 from pipeline.caption.engine import LoadSettings
+from pipeline.caption.engine.lanes import clip_thread_count, lane_count
 from pipeline.caption.engine.native import gpu_free_bytes, runs_on_gpu, usable_cores
+from pipeline.caption.projector import ARRANGEMENTS
 from pipeline.caption.tiny import FILE_TYPES
 from pipeline.caption.weights import ModelFiles, model_fingerprint, quantized_weights, read_gguf, text_model_number
 from pipeline.errors import WeightsError
@@ -90,7 +92,7 @@ def pick_text_weights(files: ModelFiles, setting: str, settings: LoadSettings, c
         one_prompt = replace(settings, max_questions=1)
         fits, why = f16_fits(
             runs_on_gpu(settings.n_gpu_layers),
-            need + kv_bytes(files.text_model, one_prompt) + files.mmproj.stat().st_size + GPU_MARGIN_BYTES,
+            need + kv_bytes(files.text_model, one_prompt) + clip_bytes(files.mmproj, one_prompt) + GPU_MARGIN_BYTES,
             gpu_free_bytes(),
         )
         if fits and not copy.is_file():
@@ -120,7 +122,7 @@ def frames_in_flight(settings: LoadSettings, files: ModelFiles) -> int:
     if not runs_on_gpu(settings.n_gpu_layers):
         return default
     free = gpu_free_bytes()
-    fixed = files.loaded_text.stat().st_size + files.mmproj.stat().st_size + GPU_MARGIN_BYTES
+    fixed = files.loaded_text.stat().st_size + clip_bytes(files.mmproj, settings) + GPU_MARGIN_BYTES
     for parallel in (default >> shift for shift in range(default.bit_length())):
         if fixed + kv_bytes(files.text_model, replace(settings, parallel=parallel)) <= free:
             if parallel != default:
@@ -130,6 +132,15 @@ def frames_in_flight(settings: LoadSettings, files: ModelFiles) -> int:
                 )
             return parallel
     return default
+
+
+def clip_bytes(mmproj: Path, settings: LoadSettings) -> int:
+    """GPU memory the projector's weights take: one copy per mtmd context, that is per image
+    arrangement (two in the reference layout, one in llama.cpp's) for each CLIP encoder
+    (:func:`~pipeline.caption.engine.lanes.clip_thread_count` on a GPU)."""
+    arrangements = len(ARRANGEMENTS) if settings.image_layout == "reference" else 1
+    lanes = lane_count(settings.lanes, settings.lanes_gpu, True, settings.max_questions, settings.parallel)
+    return mmproj.stat().st_size * arrangements * clip_thread_count(settings.clip_threads, True, lanes)
 
 
 def f16_fits(on_gpu: bool, need_bytes: int, free_bytes: int) -> tuple[bool, str]:

@@ -3,7 +3,7 @@
 - :mod:`.records`: settings, questions, answers (with a finish reason) and figures;
 - :mod:`.native`: the text model, its lanes (contexts) and llama.cpp's log;
 - :mod:`.vision`: frame preparation and CLIP, in the reference or llama.cpp's image layout;
-- :mod:`.source`: frames prepared ahead on a background thread;
+- :mod:`.source`: frames prepared ahead on background threads;
 - :mod:`.prompts`: the questions tokenized around the image, and the KV cells a frame takes;
 - :mod:`.frames`: a frame's preparation, or its error answers when it cannot be captioned;
 - :mod:`.sequence`: a sequence's state, how its tokens are picked and why it ends;

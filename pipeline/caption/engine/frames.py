@@ -1,6 +1,6 @@
 """A frame's way in: its image prepared (tiling and preprocessing, and CLIP too when it runs
 ahead), checked against the KV cells a lane has, or turned into error answers when it cannot be
-captioned. Runs on the engine's background thread when there is one.
+captioned. Runs on the engine's preparing threads when there are any.
 
 Each question fits or fails on its own: a question whose prompt and answer do not fit a frame's
 cells gets an error answer naming it and the setting as the user set it, and the questions that

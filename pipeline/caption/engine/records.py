@@ -233,9 +233,10 @@ class EngineStats:
     """Where the engine's time went, in seconds, and how much it did.
 
     ``tokenize_s`` (image tiling and preprocessing; and ``clip_s`` with ``overlap_clip``) is
-    spent on the background thread, overlapped with the rest; ``prefill_s`` and ``decode_s``
-    include waiting for the GPU; ``wait_s`` is the calling thread waiting for input frames or
-    their preparation. ``image_tokens`` counts the image's share of ``prompt_tokens``.
+    spent on the preparing threads (summed over them), overlapped with the rest;
+    ``prefill_s`` and ``decode_s`` include waiting for the GPU; ``wait_s`` is the calling
+    thread waiting for input frames or their preparation. ``image_tokens`` counts the image's
+    share of ``prompt_tokens``.
     ``prefill_calls`` are the ``llama_decode`` calls of frames' prefills (text before the
     image, image and first question in one pass: one call per ``n_batch`` rows),
     ``decode_calls`` the rest.

@@ -2,9 +2,11 @@
 
 How a frame is answered:
 
-1. A background thread prepares the frame (:class:`~pipeline.caption.engine.vision.Vision`:
+1. A preparing thread prepares the frame (:class:`~pipeline.caption.engine.vision.Vision`:
    tiling and image preprocessing) and, on a GPU, CLIP-encodes it (``overlap_clip``), while
-   the calling thread keeps the GPU busy with other frames (``prepare_ahead``).
+   the lanes keep the GPU busy with other frames (``prepare_ahead``). On a GPU there are
+   ``clip_threads`` of them (by default one per lane), each encoding on its own set of mtmd
+   contexts, so that the lanes do not wait for one CLIP encoder (BENCHMARKS.md, session 13).
 2. On admission the prompt's text before the image and the image's embeddings are evaluated
    into one KV-cache sequence, in batches of ``n_batch`` tokens.
 3. That sequence is copied (``llama_memory_seq_cp``) to one sequence per question; each
