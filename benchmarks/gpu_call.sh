@@ -148,12 +148,12 @@ case "$plan" in
     bench yi34b --seed "" --frames 24 --cases "p=1,w=keep;p=1,w=keep,clipt=1;p=3,w=keep,n=12;p=3,w=keep,n=12,clipt=2" \
       --peer-batches 4,8 --peer-prompts 1,3 --peer-frames 8
     ;;
-  call23)  # session 13: call 21 again (its records were lost with the session's checkout), the peer's
+  call23)  # session 13 (run in session 14): call 21 again (its records were lost with the session's checkout), the peer's
            # three-prompt batch left out (call 21 ran out of time there; call 24 runs it)
     bench mistral7b --seed "" --frames 48 --cases "p=1;p=1,clipt=1;p=1;p=1,clipt=1;p=3;p=3,clipt=2"
     bench mistral7b --seed "" --cases "" --peer-batches 64 --peer-prompts 1 --peer-frames 64
     ;;
-  call24)  # session 13, second call: on a warm machine (the build skipped) the peer's three-prompt batch 32
+  call24)  # session 13 (run in session 14), second call: on a warm machine (the build skipped) the peer's three-prompt batch 32
            # for the Mistral-7B shape first; then call 22 again (the Yi-34B shape; records lost)
     if [ "$(left)" -gt 450 ]; then
       T=150 bench mistral7b --seed "" --cases "" --peer-batches 32 --peer-prompts 3 --peer-frames 32
@@ -161,6 +161,13 @@ case "$plan" in
     rm -f /tmp/models/random-llava-mistral7b*  # room on the 64 GB disk for the 24 GB model
     bench yi34b --seed "" --frames 24 --cases "p=1,w=keep;p=1,w=keep,clipt=1;p=3,w=keep,n=12;p=3,w=keep,n=12,clipt=2" \
       --peer-batches 4,8 --peer-prompts 1,3 --peer-frames 8
+    ;;
+  call25)  # session 14: three prompts in two lanes again (they hung in session 6, one CLIP thread, lanes
+           # taking frames by timing), now with frames dealt and a CLIP encoder per lane; one lane around them
+    bench mistral7b --seed "" --frames 48 --cases "p=3"
+    T=90 bench mistral7b --seed "" --frames 48 --stall-s 30 --force-lanes --cases "p=3,lanes=2"
+    T=90 bench mistral7b --seed "" --frames 48 --stall-s 30 --force-lanes --cases "p=3,lanes=2"
+    bench mistral7b --seed "" --frames 48 --cases "p=3"
     ;;
   *) echo "unknown plan $plan"; exit 2 ;;
 esac

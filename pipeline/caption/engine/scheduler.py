@@ -6,7 +6,7 @@ How a frame is answered:
    tiling and image preprocessing) and, on a GPU, CLIP-encodes it (``overlap_clip``), while
    the lanes keep the GPU busy with other frames (``prepare_ahead``). On a GPU there are
    ``clip_threads`` of them (by default one per lane), each encoding on its own set of mtmd
-   contexts, so that the lanes do not wait for one CLIP encoder (BENCHMARKS.md, session 13).
+   contexts, so that the lanes do not wait for one CLIP encoder (BENCHMARKS.md, session 14).
 2. On admission the prompt's text before the image and the image's embeddings are evaluated
    into one KV-cache sequence, in batches of ``n_batch`` tokens.
 3. That sequence is copied (``llama_memory_seq_cp``) to one sequence per question; each
