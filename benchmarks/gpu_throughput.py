@@ -825,7 +825,7 @@ def main(argv: list[str] | None = None) -> int:
     started = time.perf_counter()
     n_gpu_layers = SHAPES[args.shape][4]
     if args.force_lanes:  # to look into why 2 lanes hung with 3 prompts (BENCHMARKS.md)
-        lanes.lane_count = lambda setting, lanes_gpu, on_gpu, max_questions, parallel: max(
+        lanes.lane_count = lambda setting, lanes_gpu, on_gpu, max_questions, parallel, *, warn=True: max(
             1, min(setting or lanes_gpu, parallel)
         )
     args.model_dir.mkdir(parents=True, exist_ok=True)

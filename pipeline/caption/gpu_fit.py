@@ -20,10 +20,10 @@ from, so ``config_id`` does not tell the two apart (:func:`pipeline.config.confi
   source's content (:func:`~pipeline.caption.weights.model_fingerprint`), so two models of one
   file name never share a copy, and a changed file gets a new one;
 * ``auto`` (the default): ``f16`` when the text model runs on a GPU whose free memory holds
-  the copy, the projector (a copy per CLIP context), a margin and the KV cache of the default frames in flight with one
-  prompt, and the disk has room for the copy; else ``keep``, with a line in the log saying
-  why. The prompts do not count, so ``python -m pipeline.download`` makes the copy that a run
-  with any prompts loads.
+  the copy, the projector (a copy per CLIP context), a margin and the KV cache of the default
+  frames in flight with one prompt, and the disk has room for the copy; else ``keep``, with a
+  line in the log saying why. The prompts do not count, so ``python -m pipeline.download`` makes
+  the copy that a run with any prompts loads.
 
 **Frames in flight** (``engine.parallel: null``). ``engine.parallel_gpu`` with layers on a GPU,
 where their KV cache fits in the free memory beside the weights; else the largest half of it
@@ -139,7 +139,7 @@ def clip_bytes(mmproj: Path, settings: LoadSettings) -> int:
     arrangement (two in the reference layout, one in llama.cpp's) for each CLIP encoder
     (:func:`~pipeline.caption.engine.lanes.clip_thread_count` on a GPU)."""
     arrangements = len(ARRANGEMENTS) if settings.image_layout == "reference" else 1
-    lanes = lane_count(settings.lanes, settings.lanes_gpu, True, settings.max_questions, settings.parallel)
+    lanes = lane_count(settings.lanes, settings.lanes_gpu, True, settings.max_questions, settings.parallel, warn=False)
     return mmproj.stat().st_size * arrangements * clip_thread_count(settings.clip_threads, True, lanes)
 
 

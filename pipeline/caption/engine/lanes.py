@@ -19,7 +19,9 @@ _log = logging.getLogger(__name__)
 Item = TypeVar("Item")
 
 
-def lane_count(setting: int | None, lanes_gpu: int, on_gpu: bool, max_questions: int, parallel: int) -> int:
+def lane_count(
+    setting: int | None, lanes_gpu: int, on_gpu: bool, max_questions: int, parallel: int, *, warn: bool = True
+) -> int:
     """Lanes (llama.cpp contexts, a thread each) for the engine: ``engine.lanes``, else
     ``lanes_gpu`` on a GPU and 1 on the CPU (where llama.cpp's threads already take every
     core); at most one per frame in flight.
@@ -29,11 +31,12 @@ def lane_count(setting: int | None, lanes_gpu: int, on_gpu: bool, max_questions:
     a CUDA "illegal instruction" instead; also with ``GGML_CUDA_PDL=0``). The one run that
     finished, with CUDA graphs off (``GGML_CUDA_DISABLE_GRAPHS=1``), was slower than one lane
     (4.49 against 4.80-5.10 frames/s; benchmarks/NOTES-gpu.md, sessions 5 and 6). A setting
-    above 1 is then lowered, with a warning.
+    above 1 is then lowered, with a warning (``warn=False`` for an estimate made before the
+    engine opens its lanes, which warns then).
     """
     lanes = max(1, min(setting or (lanes_gpu if on_gpu else 1), parallel))
     if on_gpu and max_questions > 1 and lanes > 1:
-        if setting:
+        if setting and warn:
             _log.warning(
                 "engine.lanes=%d lowered to 1: with several prompts per frame, more lanes hung on "
                 "a GPU (docs/gpu.md)", setting,
