@@ -136,6 +136,9 @@ PARTS: tuple[Part, ...] = (
     }),
 )
 
+# A module longer than this is doing more than one job: split it by reason to change.
+MAX_MODULE_LINES = 500
+
 CONCRETE_EXECUTORS = ("pipeline/executors/local.py", "pipeline/executors/ray.py", "pipeline/executors/ray_cluster.py")
 
 # (importers, imported, why): part names or rooms on either side.
@@ -211,7 +214,8 @@ def _matches(side: str, part: Part, room: str) -> bool:
 def violations(package_root: Path, parts: tuple[Part, ...] = PARTS) -> list[str]:
     """Every breach of the table in the ``pipeline`` package under ``package_root``: a module
     outside the table, an arrow the table does not allow (up it, or to a part not listed),
-    one of :data:`NEVER`, a private name taken across rooms, a circle."""
+    one of :data:`NEVER`, a private name taken across rooms, a circle, a module over
+    :data:`MAX_MODULE_LINES` lines."""
     order = {part.name: index for index, part in enumerate(parts)}
     files = sorted((package_root / "pipeline").rglob("*.py"))
     problems = []
@@ -223,6 +227,9 @@ def violations(package_root: Path, parts: tuple[Part, ...] = PARTS) -> list[str]
             problems.append(f"{file} is in no room of the table (tests/architecture.py PARTS)")
             continue
         part, room = held
+        n_lines = len(path.read_text().splitlines())
+        if n_lines > MAX_MODULE_LINES:
+            problems.append(f"{file} has {n_lines} lines, over {MAX_MODULE_LINES}: split it by reason to change")
         module = module_of(path, package_root)
         graph.setdefault(module, set())
         for imported in imports_in(path, package_root):
@@ -328,7 +335,8 @@ def generated_doc(parts: tuple[Part, ...] = PARTS) -> str:
         lines.append(f"- {_either(lows)} importing {_either(highs)}: {why};")
     lines += [
         "- an arrow up the table, a circle between modules, or a private name (`_x`) taken from "
-        "another room.",
+        "another room;",
+        f"- a module over {MAX_MODULE_LINES} lines: split it by reason to change.",
         "",
     ]
     for part in parts:

@@ -1,7 +1,8 @@
 """The house rules, executable: every module sits in a room of the table in
 ``tests/architecture.py``, imports only what its part may, never what :data:`NEVER` forbids,
-takes no private name from another room and closes no circle; ``docs/architecture.md`` shows
-that same table. The checker is itself tested: each planted violation below is reported."""
+takes no private name from another room, closes no circle and stays within
+:data:`MAX_MODULE_LINES`; ``docs/architecture.md`` shows that same table. The checker is itself
+tested: each planted violation below is reported."""
 
 from __future__ import annotations
 
@@ -12,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.architecture import DOC, PARTS, doc_part, generated_doc, room_of, violations
+from tests.architecture import DOC, MAX_MODULE_LINES, PARTS, doc_part, generated_doc, room_of, violations
 from tests.conftest import ROOT, RUN_TIMEOUT_S
 
 
@@ -78,6 +79,20 @@ def test_imports_within_a_part_and_down_its_list_are_allowed(clean_copy: Path, t
     for file, line in planted.items():
         (root / file).write_text(f"{(root / file).read_text()}\n{line}\n")
     assert violations(root) == []
+
+
+def test_a_module_over_the_line_limit_is_reported(clean_copy: Path, tmp_path: Path) -> None:
+    root = tmp_path / "house"
+    shutil.copytree(clean_copy, root)
+    module = root / "pipeline" / "words.py"
+    lines = module.read_text().splitlines()
+    padding = [f"# filler {i}" for i in range(MAX_MODULE_LINES - len(lines))]
+    module.write_text("\n".join(lines + padding) + "\n")
+    assert violations(root) == []  # exactly at the limit
+    module.write_text(module.read_text() + "# one more\n")
+    assert violations(root) == [
+        f"pipeline/words.py has {MAX_MODULE_LINES + 1} lines, over {MAX_MODULE_LINES}: split it by reason to change"
+    ]
 
 
 def test_a_module_outside_the_table_is_reported(clean_copy: Path, tmp_path: Path) -> None:

@@ -19,10 +19,9 @@ import pytest
 from benchmarks.random_llava import write_random_llava
 from pipeline.caption import make_questions
 from pipeline.caption.engine import Engine, EngineSettings
-from pipeline.caption.engine.lanes import clip_thread_count, lane_count
+from pipeline.caption.engine.lanes import clip_thread_count, decode_group, lane_count
 from pipeline.caption.engine.native import TextModel, flash_attn_type, usable_cores
 from pipeline.caption.engine.records import EngineStats
-from pipeline.caption.engine.scheduler import decode_group
 from pipeline.caption.engine.source import END, FrameSource
 from pipeline.caption.engine.vision import Vision
 from pipeline.caption.tiny import TINY_TEXT_FILE, TINY_TEXT_Q8_FILE, TextShape, VisionShape

@@ -1,6 +1,6 @@
 """Lanes: llama.cpp contexts on the one loaded model that share the frames in flight, how many
-there are (and how many CLIP encoders feed them), and the threads that drive them (one each)
-while the caller takes their answers."""
+there are (how many CLIP encoders feed them, how many sequences go into one decode call), and
+the threads that drive them (one each) while the caller takes their answers."""
 
 from __future__ import annotations
 
@@ -50,6 +50,20 @@ def clip_thread_count(setting: int | None, on_gpu: bool, lanes: int) -> int:
     ``engine.clip_threads``, else one per lane, on a GPU; 1 on the CPU, where llama.cpp's
     threads already take every core."""
     return max(1, setting or lanes) if on_gpu else 1
+
+
+def decode_group(setting: int | None, grouped_auto: bool, n_active: int) -> int:
+    """Most sequences per ``llama_decode`` in a decode step of ``n_active`` sequences:
+    ``engine.max_decode_seqs`` as set (0: all at once), or for ``None`` (auto) groups of 8
+    while that means at most two calls where ``grouped_auto`` (a ``GGML_CUDA_FORCE_CUBLAS``
+    build, layers on the GPU, quantized text weights), else all at once.
+
+    Measured on an H100, 2 x 8 sequences took 2 x 13 ms against 24 ms in one dequantizing
+    call, but 6 x 8 took 78 ms against 33 ms.
+    """
+    if setting is None:
+        setting = 8 if grouped_auto and n_active <= 16 else 0
+    return setting or n_active
 
 
 def open_lanes(model: TextModel, s: EngineSettings, n_threads: int, flash_attn: int, lanes: list[Lane]) -> None:

@@ -49,7 +49,7 @@ import llama_cpp
 import numpy as np
 
 from pipeline.caption.engine.frames import FramePreparation, Prepared
-from pipeline.caption.engine.lanes import clip_thread_count, open_lanes, run_lanes
+from pipeline.caption.engine.lanes import clip_thread_count, decode_group, open_lanes, run_lanes
 from pipeline.caption.engine.native import (
     Lane,
     TextModel,
@@ -483,20 +483,6 @@ class Engine:
         lane.stats.completion_tokens += len(seq.generated)
         frame.open_sequences -= 1
         return frame.open_sequences == 0
-
-
-def decode_group(setting: int | None, grouped_auto: bool, n_active: int) -> int:
-    """Most sequences per ``llama_decode`` in a decode step of ``n_active`` sequences:
-    ``engine.max_decode_seqs`` as set (0: all at once), or for ``None`` (auto) groups of 8
-    while that means at most two calls where ``grouped_auto`` (a ``GGML_CUDA_FORCE_CUBLAS``
-    build, layers on the GPU, quantized text weights), else all at once.
-
-    Measured on an H100, 2 x 8 sequences took 2 x 13 ms against 24 ms in one dequantizing
-    call, but 6 x 8 took 78 ms against 33 ms.
-    """
-    if setting is None:
-        setting = 8 if grouped_auto and n_active <= 16 else 0
-    return setting or n_active
 
 
 def _seq_id(seq: DecodeSequence) -> int:
