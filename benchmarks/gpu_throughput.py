@@ -92,6 +92,7 @@ SHAPES: dict[str, tuple[TextShape, VisionShape, str, str, int]] = {
 
 
 def log(message: str) -> None:
+    """Print a timestamped progress line at once."""
     print(f"[{time.strftime('%H:%M:%S')}] {message}", flush=True)
 
 
@@ -99,6 +100,7 @@ def log(message: str) -> None:
 
 
 def make_model(shape: str, model_dir: Path) -> tuple[Path, Path]:
+    """The random-weight (text, mmproj) pair of a shape in ``model_dir``, written once."""
     text_shape, vision_shape, text_type, vision_type, _ = SHAPES[shape]
     name = f"random-llava-{shape}"
     text = model_dir / f"{name}-text-{text_type}.gguf"
@@ -136,6 +138,7 @@ def make_video(path: Path, n_frames: int, fps: float = 25.0) -> Path:
 
 
 def read_frames(video: Path, n: int) -> list[np.ndarray]:
+    """The first ``n`` frames of ``video`` as RGB arrays."""
     from pipeline.decode import VideoReader
 
     frames = []
@@ -151,6 +154,7 @@ def read_frames(video: Path, n: int) -> list[np.ndarray]:
 
 
 def rss_mb() -> float:
+    """This process's resident memory in MiB (NaN where /proc has none)."""
     with open("/proc/self/status") as handle:
         for line in handle:
             if line.startswith("VmRSS:"):
@@ -178,6 +182,7 @@ class Monitor(threading.Thread):
             self.device = f"no NVML ({type(error).__name__})"
 
     def run(self) -> None:
+        """Sample GPU use, GPU memory and host memory until stopped."""
         while not self._halt.is_set():
             util, mem = float("nan"), float("nan")
             if self.nvml is not None:
@@ -187,10 +192,12 @@ class Monitor(threading.Thread):
             self._halt.wait(self.interval)
 
     def stop(self) -> None:
+        """Stop sampling and wait for the thread."""
         self._halt.set()
         self.join()
 
     def summary(self) -> dict[str, float]:
+        """Means, percentiles and peaks of the samples (empty with fewer than two)."""
         s = np.array(self.samples, dtype=np.float64)
         if len(s) < 2:
             return {}
@@ -298,6 +305,7 @@ class EngineCase:
     label: str = ""
 
     def name(self) -> str:
+        """The case's label, or one made from its knobs."""
         return self.label or (
             f"p{self.prompts} {self.layout} par{self.parallel} nb{self.n_batch}/{self.n_ubatch} fa-{self.flash_attn} "
             f"{'unified' if self.kv_unified else 'streams'} ahead{self.prepare_ahead}"
@@ -360,6 +368,7 @@ class Watchdog(threading.Thread):
         self.done.set()
 
     def run(self) -> None:
+        """Log the engine's stats every ``every_s`` seconds until done."""
         while not self.done.wait(self.every_s):
             log(f"  ... {self.captioner.engine.stats}")
 
@@ -368,6 +377,7 @@ def run_engine(
     case: EngineCase, text: Path, mmproj: Path, video: Path, max_tokens: int, n_gpu_layers: int,
     workdir: Path, stall_s: float = 0.0,
 ) -> dict[str, Any]:
+    """Run one engine case through the product's pipeline over ``video``; its figures as a record."""
     import pipeline.run as run_module
     from pipeline.executors.local import LocalExecutor
     from pipeline.run import Pipeline
@@ -588,6 +598,7 @@ def decode_tokens(lane: Any, tokens: list[int], n_past: int) -> None:
 
 
 def settings_n_embd(engine: Engine) -> int:
+    """The loaded text model's embedding width."""
     assert engine._model is not None
     return int(engine._model.n_embd)
 
@@ -795,6 +806,7 @@ def _ratio(r: dict[str, Any], other: dict[str, Any] | None) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
+    """Run the cases the arguments name and write their records; returns the exit code."""
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--shape", choices=sorted(SHAPES), default="tiny")
     parser.add_argument("--model-dir", type=Path, default=Path(tempfile.gettempdir()) / "bench-models")

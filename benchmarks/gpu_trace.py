@@ -46,6 +46,7 @@ def _kind(batch: llama_cpp.llama_batch) -> str:
 
 
 def traced_run(case: bench.EngineCase, args: argparse.Namespace, trace_path: Path) -> dict[str, Any]:
+    """Run one case under torch's profiler, each ``llama_decode`` a named range; its record."""
     import torch
     from torch.profiler import ProfilerActivity, profile, record_function
 
@@ -89,6 +90,7 @@ def traced_run(case: bench.EngineCase, args: argparse.Namespace, trace_path: Pat
 
 
 def analyze(trace_path: Path, top: int = 12) -> dict[str, Any]:
+    """GPU busy time, idle gaps and the ``top`` kernels of a profiler trace."""
     events = json.loads(trace_path.read_text())["traceEvents"]
     gpu = sorted(
         (e for e in events if e.get("cat") in ("kernel", "gpu_memcpy", "gpu_memset") and "dur" in e),
@@ -177,6 +179,7 @@ def analyze(trace_path: Path, top: int = 12) -> dict[str, Any]:
 
 
 def main(argv: list[str] | None = None) -> int:
+    """Trace the cases the arguments name and print the analysis; returns the exit code."""
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--shape", choices=sorted(bench.SHAPES), default="mistral7b")
     parser.add_argument("--model-dir", type=Path, default=Path(tempfile.gettempdir()) / "bench-models")

@@ -42,6 +42,7 @@ T = TypeVar("T")
 
 
 def main(argv: list[str] | None = None) -> int:
+    """Caption frames, print host memory as it goes; fails past the limit. Returns the exit code."""
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--frames", type=int, default=2000)
     parser.add_argument("--every", type=int, default=100, help="print RSS every N frames")

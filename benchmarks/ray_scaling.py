@@ -49,6 +49,7 @@ def run(label: str, work: Path, common: list[str], extra: list[str], index: int)
 
 
 def main() -> None:
+    """Time the local and the Ray executor on the same videos and print the figures."""
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--videos", type=int, default=8)
     parser.add_argument("--frames", type=int, default=24, help="frames per video (all are captioned)")

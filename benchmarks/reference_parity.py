@@ -54,6 +54,7 @@ IMAGE_TOKEN_ID = 0  # <unk>: never in a prompt of ours
 
 
 def main() -> None:
+    """Compare this engine's image layout and answers with transformers' and print the result."""
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--model-dir", type=Path, default=None, help="tiny model folder (default: a temporary one)")
     parser.add_argument("--max-tokens", type=int, default=24)

@@ -180,11 +180,13 @@ def measure(chromium: str, page: Path, repeat: int, eager: bool, profile: Path) 
 
 
 def folder_bytes(folder: Path) -> tuple[int, int]:
+    """Files under ``folder`` and their bytes."""
     files = [p for p in folder.rglob("*") if p.is_file()] if folder.is_dir() else []
     return len(files), sum(p.stat().st_size for p in files)
 
 
 def main(argv: list[str] | None = None) -> int:
+    """Time the report over a run's results; returns the exit code."""
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--output-dir", type=Path, help="an existing run's output_dir (else one is made)")
     parser.add_argument("--workdir", type=Path, default=None)

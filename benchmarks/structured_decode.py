@@ -103,6 +103,7 @@ def frames(n: int, seed: int) -> list[np.ndarray]:
 
 
 def best(runs: list[dict[str, float]]) -> dict[str, float]:
+    """The run with the least decode time per token."""
     return min(runs, key=lambda r: r["decode_s"] / max(r["tokens"], 1))
 
 
@@ -122,6 +123,7 @@ def one_time_costs(text_model: Path, name: str) -> dict[str, float]:
 
 
 def model_files(name: str, workdir: Path) -> tuple[Path, Path]:
+    """The (text, mmproj) pair of a model name, written once into ``workdir``."""
     if name == "tiny":
         return ensure_tiny_model(workdir / "tiny")
     if name == "mistral7b":
