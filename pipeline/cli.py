@@ -176,11 +176,12 @@ def _run_locked(
             pipeline.run(tasks, None, summary)
         _log_outcome(summary, output_dir, cfg)
         failed = summary.count("error")
-        code = (EXIT_ALL_FAILED if not summary.count("done") else EXIT_SOME_FAILED) if failed else EXIT_OK
+        outcome = (EXIT_ALL_FAILED if not summary.count("done") else EXIT_SOME_FAILED) if failed else EXIT_OK
         if not _export_owed(output_dir):
-            code = EXIT_CRASH
+            outcome = EXIT_CRASH
         if cfg.report and (output_dir / REPORT_DUE).exists():
-            _write_report(output_dir, record.record(summary, code))
+            _write_report(output_dir, record.record(summary, outcome))
+        code = outcome  # only now: a crash in the export or the report is recorded as exit 1
     except Stopped as stop:
         code = stop.exit_code
         raise

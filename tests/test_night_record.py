@@ -7,7 +7,8 @@
 - a night whose model files cannot be found finishes its own record (exit 1);
 - SIGHUP stops a run as SIGTERM does, with its own code (129);
 - an export that cannot be written is owed, exits 1 with one line, and the next night writes it
-  even though it captions nothing.
+  even though it captions nothing;
+- a crash while the report is written is recorded as the exit 1 it is, not as the night's outcome.
 """
 
 from __future__ import annotations
@@ -185,3 +186,29 @@ def test_an_export_that_fails_is_owed_exits_1_and_the_next_night_writes_it(
     assert sorted(p.name for p in export_dir.glob("*/*.vtt")) != [] and (export_dir / "captions.csv").is_file()
     assert "Owed: nothing" in status(out)
     assert not [p for p in out.iterdir() if p.name.endswith("-due")]
+
+
+@pytest.mark.allow_error_logs
+def test_a_crash_while_the_report_is_written_is_recorded_as_exit_1(
+    tiny_model_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    """The night's outcome (0, 2 or 3) is known before the export and the report are written; a
+    bug that ends the night there makes it exit 1, and its record says 1, not the outcome."""
+    import pipeline.report
+    from pipeline.cli import run_from_config
+    from pipeline.config import compose_config
+
+    def broken_report(*args: object, **kwargs: object) -> Path:
+        raise RuntimeError("a bug in the report")
+
+    monkeypatch.setattr(pipeline.report, "write_report", broken_report)
+    videos = make_night(tmp_path / "videos", n_videos=1, n_frames=3)
+    out = tmp_path / "out"
+    args = [a for a in night_args(videos, out, tiny_model_dir, tmp_path) if a != "report=false"]
+    with caplog.at_level("ERROR", logger="pipeline"):
+        code = run_from_config(compose_config([a for a in args if not a.startswith("hydra.")]))
+    assert code == 1
+    assert [r.getMessage().split(" (")[0] for r in caplog.records] == ["crashed: RuntimeError: a bug in the report"]
+    record = last_run(out)
+    assert (record["state"], record["exit_code"], record["videos_done"]) == ("finished", 1, 1)
+    assert "exit 1  videos: 1 done" in status(out)
