@@ -17,11 +17,10 @@ import pyarrow.parquet as pq
 
 from pipeline.errors import StoreError
 from pipeline.files import read_json, write_json_atomic
-from pipeline.store import ChunkName
+from pipeline.store import QUARANTINE, ChunkName
 
 log = logging.getLogger(__name__)
 
-QUARANTINE = "_quarantine"
 VERIFIED_FILE = "_verified.json"
 
 

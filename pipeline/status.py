@@ -23,8 +23,8 @@ from typing import Any
 from pipeline.errors import UserError
 from pipeline.options import asks_help, number, parse_options
 from pipeline.owed import owed
-from pipeline.runlog import say_error
-from pipeline.store import StoreError, read_results
+from pipeline.runlog import console_logging, say_error
+from pipeline.store import QUARANTINE, StoreError, read_results
 from pipeline.summary import DID_NOT_FINISH, RUNNING, engine_lines, read_runs
 
 USAGE = "usage: python -m pipeline.status output_dir=DIR [runs=N]"
@@ -61,6 +61,7 @@ def main(argv: list[str] | None = None) -> int:
     args = sys.argv[1:] if argv is None else argv
     if asks_help(args, f"{USAGE}\n\n{__doc__}"):
         return 0
+    console_logging()
     try:
         options = parse_options(args, _KEYS, ("output_dir",))
         lines = status_lines(Path(options["output_dir"]).expanduser().resolve(),
@@ -99,12 +100,19 @@ def _run_line(run: dict[str, Any]) -> str:
 
 def _video_lines(output_dir: Path, runs: list[dict[str, Any]]) -> list[str]:
     done = {path.parent.name for path in output_dir.glob("*/_done-*")}
-    failing = {video_id: why for video_id, why in _failing(output_dir).items() if video_id not in done}
+    damaged: list[tuple[Path, str]] = []
+    failing = {video_id: why for video_id, why in _failing(output_dir, damaged).items() if video_id not in done}
     waiting = _waiting(runs)
     lines = [f"Videos: {len(done)} done, {len(failing)} failing, {len(waiting)} waiting"]
     if failing:
         lines.append("  failing (retry_failed=true tries them again):")
         lines += [f"    {path}: {why}" for path, why in sorted(failing.values())]
+    if damaged:
+        lines.append(
+            f"  damaged chunks, left out of the results (a run over the video moves each to {QUARANTINE}/ "
+            "and captions its frames again):"
+        )
+        lines += [f"    {path}: {why}" for path, why in damaged]
     if waiting:
         lines.append(
             "  waiting (the last run left them for the next; min_age_s=0 takes them at once):"
@@ -113,10 +121,11 @@ def _video_lines(output_dir: Path, runs: list[dict[str, Any]]) -> list[str]:
     return lines
 
 
-def _failing(output_dir: Path) -> dict[str, tuple[str, str]]:
-    """video_id → (path, reason) of each video with an error record."""
+def _failing(output_dir: Path, damaged: list[tuple[Path, str]]) -> dict[str, tuple[str, str]]:
+    """video_id → (path, reason) of each video with an error record; chunks that do not read
+    are added to ``damaged``."""
     try:
-        df = read_results(output_dir, columns=["video_id", "video_path", "frame_index", "error"])
+        df = read_results(output_dir, columns=["video_id", "video_path", "frame_index", "error"], damaged=damaged)
     except (OSError, StoreError, ValueError) as error:
         return {"?": ("(error records)", f"cannot be read: {error}")}
     records = df[df["frame_index"].isna()]

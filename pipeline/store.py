@@ -50,6 +50,8 @@ if TYPE_CHECKING:  # pandas loads only where results are read back, not on a run
 
 log = logging.getLogger(__name__)
 
+QUARANTINE = "_quarantine"  # damaged chunks, moved aside by pipeline.committed
+
 
 @dataclass(frozen=True)
 class ChunkName:
@@ -329,25 +331,52 @@ def result_files(output_dir: Path) -> list[Path]:
     return sorted(p for p in output_dir.glob("*/*.parquet") if not p.name.startswith((".", "_")))
 
 
-def read_results(output_dir: str | Path, columns: list[str] | None = None) -> pd.DataFrame:
+def read_results(
+    output_dir: str | Path, columns: list[str] | None = None, damaged: list[tuple[Path, str]] | None = None
+) -> pd.DataFrame:
     """All result rows in ``output_dir`` as a DataFrame (empty, with the columns, if none).
 
     Integer columns load as pandas' nullable ``Int64``, so ``frame_index``, ``shot_index`` and
     ``duplicate_of`` stay integers where some rows are null (a plain ``pd.read_parquet`` turns
     them into floats).
 
+    A chunk file that does not read (damaged on disk) is left out and the rest is read; a run
+    over its video moves it aside and captions its frames again (:mod:`pipeline.committed`), a
+    reader changes nothing.
+
     Args:
         output_dir: A run's ``output_dir``.
         columns: Read only these columns (e.g. leave out ``thumbnail``); default all.
+        damaged: Where to add each damaged chunk as ``(path, why)``; without it, each is a
+            WARNING that names it and the fix.
     """
     files = result_files(Path(output_dir))
+    try:
+        return table_to_pandas(_read_chunks(files, columns))
+    except (pa.ArrowException, OSError):
+        pass
+    readable = []
+    for path in files:  # one by one, to find the damaged ones
+        try:
+            readable.append(_read_chunks([path], columns))
+        except (pa.ArrowException, OSError) as error:
+            why = (str(error).splitlines() or [type(error).__name__])[0].split(f"'{path}': ")[-1]
+            if damaged is not None:
+                damaged.append((path, why))
+                continue
+            log.warning(
+                "%s: damaged (%s), left out of what is read; a run over its video (video_id %s) moves it "
+                "to %s/ and captions those frames again", path, why, path.parent.name, QUARANTINE,
+            )
+    return table_to_pandas(pa.concat_tables(readable) if readable else _read_chunks([], columns))
+
+
+def _read_chunks(files: list[Path], columns: list[str] | None) -> pa.Table:
     if not files:
         table = SCHEMA.empty_table()
-        table = table.select(columns) if columns is not None else table
-    else:
-        # schema=: files written before a column existed read it as null instead of dropping it.
-        table = pq.ParquetDataset(files, schema=SCHEMA).read(columns=columns)
-    return table_to_pandas(table)
+        return table.select(columns) if columns is not None else table
+    # schema=: files written before a column existed read it as null instead of dropping it.
+    return pq.ParquetDataset(files, schema=SCHEMA).read(columns=columns)
 
 
 def table_to_pandas(table: pa.Table) -> pd.DataFrame:

@@ -22,6 +22,7 @@ import pytest
 
 from tests.conftest import (
     RUN_TIMEOUT_S,
+    answers,
     assert_no_key_twice,
     assert_one_line_error,
     kill,
@@ -212,3 +213,43 @@ def test_a_crash_while_the_report_is_written_is_recorded_as_exit_1(
     record = last_run(out)
     assert (record["state"], record["exit_code"], record["videos_done"]) == ("finished", 1, 1)
     assert "exit 1  videos: 1 done" in status(out)
+
+
+def test_a_damaged_chunk_is_shown_left_out_and_redone_never_a_crash(
+    tiny_model_dir: Path, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A chunk damaged on disk after its video left the inbox (so no night verifies it): the
+    night, its report, status and load_results read everything else and name the chunk; a run
+    over its video moves it aside and captions those frames again."""
+    from pipeline.results import load_results
+
+    videos = make_night(tmp_path / "videos", n_videos=2, n_frames=3)
+    out = tmp_path / "out"
+    args = night_args(videos, out, tiny_model_dir, tmp_path)
+    assert run_cli(*args).returncode == 0
+    before = answers(out)
+    moved = (videos / "v1.mp4").rename(tmp_path / "v1.mp4")
+    (video_id,) = set(before.loc[before.video_path.str.endswith("v1.mp4"), "video_id"])
+    chunk = sorted((out / video_id).glob("part-*.parquet"))[0]
+    chunk.write_bytes(chunk.read_bytes()[: chunk.stat().st_size // 2])
+    write_video(videos / "late.mp4", n_frames=3)
+
+    night = run_cli(*[a for a in args if a != "report=false"])
+    assert night.returncode == 0, night.stderr
+    warnings = [line for line in night.stderr.splitlines() if "WARNING" in line]
+    assert len(warnings) == 1 and f"{chunk}: damaged (" in warnings[0] and "captions those frames again" in warnings[0]
+    assert last_run(out)["exit_code"] == 0 and (out / "_report.html").is_file()
+    shown = status(out)
+    assert "damaged chunks, left out of the results" in shown and f"    {chunk}: " in shown
+    with caplog.at_level("WARNING", logger="pipeline.store"):
+        read = load_results(out)
+    assert [r.getMessage().split(": damaged")[0] for r in caplog.records] == [str(chunk)]
+    assert set(read.video_path.map(lambda p: Path(p).name)) == {"v0.mp4", "v1.mp4", "late.mp4"}
+    assert len(read[read.video_id == video_id]) < len(before[before.video_id == video_id])
+
+    again = run_cli(*[a for a in args if not a.startswith("video=")], f"video={moved}")
+    assert again.returncode == 0, again.stderr
+    assert (out / "_quarantine" / video_id / chunk.name).is_file() and not chunk.exists()
+    assert "damaged chunks" not in status(out)
+    redone = answers(out)
+    assert len(redone[redone.video_id == video_id]) == len(before[before.video_id == video_id])

@@ -7,7 +7,7 @@ import sys
 from pipeline.errors import UserError
 from pipeline.options import asks_help, flag, number, parse_options
 from pipeline.report.write import PAGE_FRAMES, write_report
-from pipeline.runlog import say_error
+from pipeline.runlog import console_logging, say_error
 
 USAGE = (
     "usage: python -m pipeline.report output_dir=DIR [video_id=ID] [out=PATH] [page_frames=N] "
@@ -25,6 +25,7 @@ def main(argv: list[str] | None = None) -> int:
     args = sys.argv[1:] if argv is None else argv
     if asks_help(args, USAGE):
         return 0
+    console_logging()
     try:
         options = parse_options(args, _KEYS, ("output_dir",))
         page_frames = number(options, "page_frames", PAGE_FRAMES, minimum=1)
