@@ -6,13 +6,19 @@ written (not even ``output_dir``): no error record is removed, no damaged chunk 
 Frames are counted as the progress bar estimates them: from each video's duration and the
 sampler (exact for ``sampler=all`` and ``interval`` on a constant frame rate, known only once
 decoded for ``sampler=scene``), less the frames already answered; the prompts counted are
-those that would be asked: a frame answered before is asked only the prompts it lacks.
+those that would be asked: a frame answered before is asked only the prompts it lacks. A file
+that does not open as a video (a text file named ``x.mp4``, an empty file) is listed as the
+failure the run would record for it, with the run's reason. Every line is one line, whatever a
+file name holds (:func:`pipeline.words.visible`).
 """
 
 from __future__ import annotations
 
+from pathlib import Path
+
+from pipeline.decode import VideoError, VideoReader
 from pipeline.run import Pipeline, VideoTask
-from pipeline.words import plural
+from pipeline.words import plural, visible
 
 
 def plan_lines(pipeline: Pipeline, tasks: list[VideoTask], retry_failed: bool, model_name: str) -> list[str]:
@@ -24,6 +30,10 @@ def plan_lines(pipeline: Pipeline, tasks: list[VideoTask], retry_failed: bool, m
         outcome = task.outcome
         if outcome.status == "todo":
             expected = pipeline.expected_frames(task)
+            failure = _unreadable(task.path) if expected == 0 else None
+            if failure is not None:
+                lines.append(f"fail     {outcome.path}: {failure}")
+                continue
             frames.append(expected)
             if expected is None:
                 lines.append(f"caption  {outcome.path}: frames known once decoded (sampler=scene), {_asked(pipeline)}")
@@ -47,7 +57,17 @@ def plan_lines(pipeline: Pipeline, tasks: list[VideoTask], retry_failed: bool, m
     what = f"{plural(sum(counted_frames), 'frame')}, {plural(questions, 'question')}"
     what += f" + those of {unknown} known once decoded" if unknown else ""
     lines.append(f"{plural(len(tasks), 'video')}, {len(frames)} to caption: {what} -> {pipeline.output_dir}")
-    return lines
+    return [visible(line) for line in lines]
+
+
+def _unreadable(path: Path) -> str | None:
+    """Why the run would record ``path`` as failed without asking anything (it does not open as
+    a video: :class:`~pipeline.decode.VideoReader`'s reason, the error record's), or ``None``."""
+    try:
+        with VideoReader(path):
+            return None
+    except VideoError as error:
+        return str(error)
 
 
 def _asked(pipeline: Pipeline) -> str:
@@ -60,6 +80,8 @@ def _asked_of(pipeline: Pipeline, task: VideoTask, expected: int) -> tuple[str, 
     questions that is: a frame that earlier runs answered some of the prompts is asked only
     the others."""
     prompt_ids = {q.prompt_id for q in pipeline.questions}
+    if expected == 0:
+        return "nothing to ask", 0
     lacking = [
         len(prompt_ids - answered)
         for answered in task.committed.answered.values()

@@ -21,6 +21,7 @@ import logging
 import os
 import stat
 import time
+from collections import Counter
 from collections.abc import Callable, Iterator
 from datetime import datetime, timezone
 from pathlib import Path
@@ -38,9 +39,7 @@ MANIFEST_SUFFIXES = (".txt", ".lst", ".list")
 
 def find_videos(spec: str, extensions: list[str]) -> list[Path]:
     """The videos named by ``video=``: a file, a folder (searched recursively for
-    ``extensions``), a glob pattern, or a manifest (``.txt``/``.lst``/``.list``, UTF-8, a
-    byte-order mark allowed: one path per line, relative to the manifest; a line that starts
-    with ``#`` is a comment, and a ``#`` elsewhere is part of the name).
+    ``extensions``), a glob pattern, or a manifest (:func:`read_manifest`).
 
     Folders and globs are searched by one walk (:func:`_walk`) that enters each folder once,
     symlinked ones included, so it ends on any tree (``sub/up -> ..``, ``self -> .``) and finds
@@ -60,7 +59,7 @@ def find_videos(spec: str, extensions: list[str]) -> list[Path]:
     path = Path(spec).expanduser()
     wanted = {e.lower() if e.startswith(".") else f".{e.lower()}" for e in extensions}
     if is_manifest(path):
-        return [path.parent / Path(line).expanduser() for line in read_list_file(path, "video", "path")]
+        return read_manifest(path)
     if path.exists() and not path.is_dir():  # a FIFO named alone, too: it becomes an error record
         return [path]
     if path.is_dir():
@@ -71,6 +70,24 @@ def find_videos(spec: str, extensions: list[str]) -> list[Path]:
     raise InputError(
         f"video={spec} does not exist; pass a video file, a folder, a glob or a manifest"
     )
+
+
+def read_manifest(path: Path) -> list[Path]:
+    """The videos a manifest lists (``.txt``/``.lst``/``.list``, UTF-8, a byte-order mark
+    allowed): one path per line, relative to the manifest's folder, exactly as written but for
+    the line break (a name may begin or end with spaces); a blank line, or one whose first
+    character that is not blank is ``#``, is skipped (a ``#`` elsewhere is part of the name;
+    ``./#name.mp4`` lists a name that starts with one). A path listed again (as written, or as
+    ``./a.mp4`` for ``a.mp4``) is the same entry: it is taken once, with a log line.
+
+    Raises:
+        InputError: The manifest cannot be read as UTF-8.
+    """
+    listed = [path.parent / Path(line).expanduser() for line in read_list_file(path, "video", "path", verbatim=True)]
+    for video, times in Counter(listed).items():
+        if times > 1:
+            log.info("%s lists %s %d times: it is taken once", printable(path), printable(video), times)
+    return list(dict.fromkeys(listed))
 
 
 def is_manifest(path: Path) -> bool:
@@ -351,7 +368,7 @@ def os_reason(path: Path, error: OSError) -> str:
     """Why a video entry cannot be read, in the words of its error record."""
     name = printable(path)
     if isinstance(error, FileNotFoundError):
-        return f"vanished or missing: {name}"
+        return f"vanished or missing: {name}{_blank_ends(path.name)}"
     if isinstance(error, IsADirectoryError) or path.is_dir():
         return f"is a directory, not a video: {name}"
     if isinstance(error, NotARegularFile):
@@ -361,3 +378,10 @@ def os_reason(path: Path, error: OSError) -> str:
     if error.errno == errno.ELOOP:
         return f"symlink loop (a link that leads back to itself): {name}"
     return f"cannot read {name}: {error.strerror or error}"
+
+
+def _blank_ends(name: str) -> str:
+    """`` (the name ends with a blank)`` where a blank at either end of ``name`` would not show
+    in a message (a manifest line with a space too many), else nothing."""
+    ends = [end for end, char in (("begins", name[:1]), ("ends", name[-1:])) if char.isspace()]
+    return f" (the name {' and '.join(ends)} with a blank)" if ends else ""

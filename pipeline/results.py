@@ -26,15 +26,11 @@ import pandas as pd
 from pipeline.store import read_prompt_schemas, read_results, read_videos
 from pipeline.structured import column_dtypes, json_value, typed_value
 from pipeline.thumbnails import decode_thumbnail
+from pipeline.words import visible
 
 THUMBNAIL = "thumbnail"
 # How a schema prompt's answer ended: complete and valid, cut at max_tokens, or not valid.
 FINISH_REASONS = ("stop", "length", "invalid")
-
-# C0 controls (but tab and newline) and DEL become their visible Control Pictures (U+2400...):
-# random-weight models emit them, and HTML or subtitle players would drop or mangle them (a CR
-# turns into LF).
-_CONTROL_PICTURES = {c: 0x2400 + c for c in range(0x20) if c not in (0x09, 0x0A)} | {0x7F: 0x2421}
 
 SUMMARY_COLUMNS = [
     "video_path",
@@ -290,11 +286,13 @@ def video_summary(df: pd.DataFrame) -> pd.DataFrame:
 
 
 def printable(text: str) -> str:
-    """``text`` with control characters (but tab and newline) replaced by visible symbols.
+    """``text`` with control characters (but tab and newline) made visible
+    (:func:`pipeline.words.visible`): random-weight models emit them, and HTML or subtitle
+    players would drop or mangle them (a CR turns into LF).
 
     This is the answer text exactly as the report page and the subtitle tracks show it.
     """
-    return text.translate(_CONTROL_PICTURES)
+    return visible(text, keep_lines=True)
 
 
 def search_answers(df: pd.DataFrame, keyword: str) -> pd.DataFrame:

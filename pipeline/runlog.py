@@ -1,6 +1,9 @@
 """The run's log file: ``output_dir/_logs/<start><shard>.log``, beside the data it describes.
 
-It holds what the console shows plus the traceback of a crash. Nothing is written to the
+It holds what the console shows plus the traceback of a crash. Every line logged is one line,
+in the file and on the console, whatever a message holds (:class:`OneLineFormatter`). A log file
+that cannot be written (a full disk) is said once on the console and written no more
+(:class:`LogFile`); the run goes on. Nothing is written to the
 working folder (Hydra's ``outputs/`` is off), so a nightly job started from the same folder
 every night leaves nothing behind there. A run that crashes before its ``output_dir`` is ready
 puts the traceback in the user cache instead (``<cache>/logs/``); the one-line crash notice
@@ -19,21 +22,37 @@ from datetime import datetime, timezone
 from pathlib import Path
 
 from pipeline.paths import user_cache_dir
+from pipeline.words import visible
 
 _FORMAT = "[%(asctime)s][%(name)s][%(levelname)s] %(message)s"
+
+
+class OneLineFormatter(logging.Formatter):
+    """A formatter whose records are one line each: the control characters and line separators
+    of the message made visible (:func:`pipeline.words.visible`), so that a file name holding a
+    newline or an escape sequence cannot split a line or forge one. A traceback logged with the
+    record (``exc_info``) follows on lines of its own, as it is."""
+
+    def formatMessage(self, record: logging.LogRecord) -> str:
+        """The record's line, made visible."""
+        return visible(super().formatMessage(record))
 
 
 def console_formatter() -> logging.Formatter:
     """The one style of every line the tool prints on stderr, ``[hh:mm:ss LEVEL] message``: a
     run's (``conf/hydra/job_logging/pipeline.yaml`` names this function), a mistake found
     before Hydra starts, and the sub-commands'."""
-    return logging.Formatter("[%(asctime)s %(levelname)s] %(message)s", datefmt="%H:%M:%S")
+    return OneLineFormatter("[%(asctime)s %(levelname)s] %(message)s", datefmt="%H:%M:%S")
 
 
 def say_error(message: str) -> None:
     """Print one ERROR line on stderr in :func:`console_formatter`'s style, without going
     through logging (a mistake found before a run or a sub-command has set logging up)."""
-    record = logging.LogRecord("pipeline", logging.ERROR, "", 0, message, None, None)
+    _say(logging.ERROR, message)
+
+
+def _say(level: int, message: str) -> None:
+    record = logging.LogRecord("pipeline", level, "", 0, message, None, None)
     print(console_formatter().format(record), file=sys.stderr)
 
 
@@ -60,6 +79,53 @@ def log_folder(output_dir: Path) -> Path:
     return output_dir / "_logs"
 
 
+class LogFile(logging.FileHandler):
+    """A run's log file. Once it cannot be written (a full disk, an I/O error), it says so in
+    one WARNING line on stderr and is written no more: logging's own handling would print a
+    traceback on the console for every record (hundreds of lines), and closing the file would
+    raise out of the run.
+
+    Raises:
+        OSError: The file cannot be created.
+    """
+
+    def __init__(self, path: Path) -> None:
+        super().__init__(path, encoding="utf-8")
+        self.failed = False
+
+    def emit(self, record: logging.LogRecord) -> None:
+        """Write ``record``, unless the file has failed before."""
+        if not self.failed:
+            super().emit(record)
+
+    def handleError(self, record: logging.LogRecord) -> None:
+        """A record that could not be written: the file is given up (see the class); any other
+        failure (a log call whose arguments do not fit its message) is logging's to report."""
+        error = sys.exc_info()[1]
+        if isinstance(error, OSError):
+            self._give_up(error)
+        else:
+            super().handleError(record)
+
+    def close(self) -> None:
+        """Close the file; what it still held that cannot be written is given up, not raised."""
+        try:
+            super().close()
+        except OSError as error:
+            self._give_up(error)
+
+    def _give_up(self, error: OSError) -> None:
+        if self.failed:
+            return
+        self.failed = True
+        reason = error.strerror or str(error)
+        _say(
+            logging.WARNING,
+            f"cannot write the run's log file {self.baseFilename}: {reason}; the rest of this run's log "
+            "is on the console only (free space on that disk, or make it writable)",
+        )
+
+
 @contextmanager
 def run_log(path: Path) -> Iterator[Path]:
     """Copy everything logged into ``path`` for the ``with`` block.
@@ -68,8 +134,8 @@ def run_log(path: Path) -> Iterator[Path]:
         OSError: The file cannot be created.
     """
     path.parent.mkdir(parents=True, exist_ok=True)
-    handler = logging.FileHandler(path, encoding="utf-8")
-    handler.setFormatter(logging.Formatter(_FORMAT))
+    handler = LogFile(path)
+    handler.setFormatter(OneLineFormatter(_FORMAT))
     root = logging.getLogger()
     root.addHandler(handler)
     try:

@@ -84,6 +84,20 @@ def stop_on_signals() -> Iterator[None]:
             signal.signal(signum, handler)
 
 
+def say_stopped(signum: int, after: str = "") -> int:
+    """Say on stderr that a signal stopped the command where no run says it (while Python loads
+    the pipeline, the command line is checked or a sub-command runs), in one line in the style
+    of every line: ``[hh:mm:ss WARNING] stopped by SIGINT<after>``; returns the exit code,
+    128 + the signal's number."""
+    import logging
+
+    from pipeline.runlog import console_formatter  # only now: nothing more to load on the way in
+
+    record = logging.LogRecord("pipeline", logging.WARNING, "", 0, f"{Stopped(signum)}{after}", None, None)
+    print(console_formatter().format(record), file=sys.stderr)
+    return 128 + signum
+
+
 _quiet_codes: set[CodeType] = set()
 _REDELIVER_S = 0.05
 _previous_hook = sys.unraisablehook
@@ -111,3 +125,11 @@ def _unraisable(unraisable: Any) -> None:
             again.start()
         return
     _previous_hook(unraisable)
+
+
+def end_quietly_when_the_reader_stops() -> None:
+    """Let SIGPIPE end the process without a word, as it ends ``cat``: a sub-command whose
+    output goes to a reader that stops early (``python -m pipeline.status ... | head``) then
+    ends there (exit 141 in the shell) instead of with a ``BrokenPipeError`` traceback. For
+    commands that print and change nothing after printing."""
+    signal.signal(signal.SIGPIPE, signal.SIG_DFL)

@@ -242,6 +242,18 @@ def mount_tmpfs(path: Path, size: str) -> bool:
     ).returncode == 0
 
 
+def fill(disk: Path) -> None:
+    """Fill a small disk (:func:`mount_tmpfs`) up to its last block."""
+    filler = os.open(disk / "filler", os.O_WRONLY | os.O_CREAT)
+    try:
+        while os.write(filler, b"x" * 4096):
+            pass
+    except OSError:  # the disk is full
+        pass
+    finally:
+        os.close(filler)
+
+
 def wait_for_pause(process: subprocess.Popen[str], marker: Path) -> None:
     """Wait until ``process`` reaches its pause point (it must not end first)."""
     deadline = time.monotonic() + RUN_TIMEOUT_S

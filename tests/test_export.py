@@ -39,6 +39,7 @@ from pipeline.export import (
     render_srt,
     render_vtt,
 )
+from pipeline.export.flat import csv_bytes, uninert
 from pipeline.report import write_report
 from pipeline.results import printable
 from pipeline.store import read_results, read_videos
@@ -519,3 +520,16 @@ def test_csv_cells_a_spreadsheet_would_run_are_inert_and_jsonl_keeps_the_text(tm
     assert all(r["prompt"].startswith("'=") for r in index)
     records = [json.loads(x) for x in (done.folder / "captions.jsonl").read_text(encoding="utf-8").splitlines()]
     assert [r["answer"] for r in records] == answers
+
+
+def test_every_csv_cell_reads_back_as_the_text_it_was() -> None:
+    """Inert cells are still the texts they were: one quote comes off each, the rest stays."""
+    texts = ["-dash/-dash.prompt1.vtt", "=1+1", "'-quoted", "''=twice", "'tis", "'", "plain", "", "\t", "'\r"]
+
+    table = csv.DictReader(io.StringIO(csv_bytes([{"text": t} for t in texts], ["text"]).decode(), newline=""))
+
+    cells = [row["text"] for row in table]
+    assert cells == [
+        "'-dash/-dash.prompt1.vtt", "'=1+1", "''-quoted", "'''=twice", "'tis", "'", "plain", "", "'\t", "''\r",
+    ]
+    assert [uninert(cell) for cell in cells] == texts

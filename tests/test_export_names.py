@@ -203,3 +203,44 @@ def test_a_video_whose_folder_is_renamed_leaves_no_old_tracks(tmp_path: Path) ->
     assert export_files(out, "format=vtt") == [
         "clip.v1/clip.v1.prompt1.vtt", "clip.v2/clip.v2.prompt1.vtt", "tracks.csv",
     ]
+
+
+@pytest.mark.parametrize("layout", ["by_video", "beside"])
+def test_tracks_of_names_a_spreadsheet_would_run_are_replaced_like_any_other(tmp_path: Path, layout: str) -> None:
+    """tracks.csv makes its cells inert for spreadsheets (``'-dash/...``); the next export reads
+    them back as the paths it wrote, so a stale track is removed whatever its name."""
+    stems = ["-dash", "=eq", "+plus", "@at", "'-quoted", "''=quoted twice", "'tis", "plain"]
+    out = tmp_path / "out"
+    write_results(out, [row for i, stem in enumerate(stems) for row in rows_of(f"a{i}", f"/in/{stem}.mp4")])
+    export_files(out, "format=vtt", f"layout={layout}")
+
+    # The same stems again, other videos: each old track moves to a name with its video's id.
+    write_results(out, [row for i, stem in enumerate(stems) for row in rows_of(f"b{i}", f"/in/{stem}.mkv")])
+    files = export_files(out, "format=vtt", f"layout={layout}")
+
+    tracks = [
+        f"{stem}.{video}/{stem}.{video}.prompt1.vtt" if layout == "by_video" else f"{stem}.{video}.prompt1.vtt"
+        for i, stem in enumerate(stems) for video in (f"a{i}", f"b{i}")
+    ]
+    assert files == sorted([*tracks, "tracks.csv"])
+
+
+HOSTILE = "evil\n[22:00:00 INFO] finished: 9 done, 0 skipped, 0 failed\r\x1b[2K\t\x01\x7f\x85\u2028\u2029\x9b"
+
+
+def test_what_the_export_says_stays_one_line_whatever_a_name_holds(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    out = tmp_path / "out"
+    write_results(out, [*rows_of("v1", f"/srv/in/{HOSTILE}.mp4"), *rows_of("v2", "/srv/in/plain.mp4")])
+
+    assert main([f"output_dir={out}", "format=vtt", "video=nope.mp4"]) == 1
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and STAMP.match(err), err
+    assert "\r" not in err and "\x1b" not in err and "\x85" not in err and "\u2028" not in err
+    assert "/srv/in/evil␊[22:00:00 INFO] finished: 9 done, 0 skipped, 0 failed␍␛[2K␉␁␡" in err
+    assert "\\u0085\\u2028\\u2029\\u009b.mp4 (v1)" in err
+
+    assert main([f"output_dir={out}", "format=vtt", f"out={tmp_path / HOSTILE}"]) == 0
+    said = capsys.readouterr().out
+    assert said.count("\n") == 1 and said.startswith("wrote 3 files") and "evil␊[22:00:00" in said

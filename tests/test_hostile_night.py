@@ -14,7 +14,9 @@ with it to their last frame without an error:
 
 from __future__ import annotations
 
+import logging
 import os
+import re
 import signal
 import socket
 import subprocess
@@ -26,6 +28,7 @@ import pandas as pd
 import pytest
 
 from pipeline.inputs import shard_videos
+from pipeline.runlog import record_crash, run_log
 from pipeline.store import ChunkName
 from tests.conftest import (
     KEY,
@@ -35,6 +38,7 @@ from tests.conftest import (
     answers,
     assert_one_line_error,
     cli_env,
+    fill,
     kill,
     last_run,
     make_night,
@@ -327,6 +331,38 @@ def test_manifest_with_a_byte_order_mark_and_a_hash_in_a_name(tiny_model_dir: Pa
     }
 
 
+@pytest.mark.allow_error_logs
+def test_a_manifest_line_is_the_path_as_written_and_a_path_listed_twice_is_one_entry(
+    tiny_model_dir: Path, tmp_path: Path
+) -> None:
+    """A name may begin or end with spaces: the line is the path but its line break. A line
+    with a space too many names a file that is not there, and the error says where the blank is;
+    the same path twice (or as ./path) is one video, not a copy of itself."""
+    folder = tmp_path / "videos"
+    folder.mkdir()
+    write_video(folder / " lead space.mp4", n_frames=2, colour_of=tinted(10))
+    write_video(folder / "lead space.mp4", n_frames=3, colour_of=tinted(90))  # what stripping would find
+    write_video(folder / "twice.mp4", n_frames=2, colour_of=tinted(200))
+    write_video(folder / "line\u2028separator\x85.mp4", n_frames=2, colour_of=tinted(150))  # no line break here
+    manifest = tmp_path / "tonight.txt"
+    manifest.write_bytes(
+        b"videos/ lead space.mp4\r\nvideos/twice.mp4\nvideos/twice.mp4 \n./videos/twice.mp4\n"
+        + "videos/line\u2028separator\x85.mp4\n".encode() + b"videos//twice.mp4\n  # a comment\n\t\n"
+    )
+    out = tmp_path / "out"
+    night = run_cli(*night_args(manifest, out, tiny_model_dir, tmp_path))
+    assert night.returncode == 2, night.stderr
+    assert f"{manifest} lists {folder / 'twice.mp4'} 3 times: it is taken once" in night.stderr
+    assert "same content as" not in night.stderr
+    assert f"vanished or missing: {folder / 'twice.mp4 '} (the name ends with a blank)" in night.stderr
+    summary = last_run(out)
+    assert (len(summary["videos"]), summary["videos_done"], summary["videos_failed"]) == (4, 3, 1)
+    assert sorted(answers(out).video_path.unique()) == sorted(
+        str(folder / name) for name in (" lead space.mp4", "twice.mp4", "line\u2028separator\x85.mp4")
+    )
+    assert list(error_records(out).video_path) == [str(folder / "twice.mp4 ")]
+
+
 def test_a_manifest_that_is_not_utf8_is_one_line(tiny_model_dir: Path, tmp_path: Path) -> None:
     manifest = tmp_path / "tonight.txt"
     manifest.write_bytes("caf\u00e9.mp4\n".encode("latin-1"))
@@ -379,18 +415,72 @@ def test_a_disk_full_before_the_run_is_one_line(cli_base: list[str], tmp_path: P
         pytest.skip("mounting a tmpfs needs root (CI runs as root)")
     try:
         (disk / "out").mkdir()
-        filler = os.open(disk / "filler", os.O_WRONLY | os.O_CREAT)
-        try:
-            while os.write(filler, b"x" * 4096):
-                pass
-        except OSError:  # the disk is full
-            os.close(filler)
+        fill(disk)
         result = run_cli(f"video={SAMPLE_VIDEO}", *[a for a in cli_base if not a.startswith("output_dir=")],
                          f"output_dir={disk / 'out'}")
         assert_one_line_error(result, 1, str(disk / "out"), "No space left on device")
         assert "crashed" not in result.stderr
     finally:
         subprocess.run(["umount", "-l", str(disk)], capture_output=True)
+
+
+@pytest.mark.allow_error_logs
+def test_a_disk_that_fills_under_the_log_file_is_one_warning_then_the_runs_one_line(
+    tiny_model_dir: Path, tmp_path: Path
+) -> None:
+    disk = tmp_path / "disk"
+    if not mount_tmpfs(disk, "2m"):
+        pytest.skip("mounting a tmpfs needs root (CI runs as root)")
+    try:
+        videos = make_night(tmp_path / "videos", n_videos=1, n_frames=2)
+        out = disk / "out"
+        args = night_args(videos, out, tiny_model_dir, tmp_path, max_tokens=4)
+        assert run_cli(*args).returncode == 0
+        write_video(videos / "late.mp4", n_frames=2, colour_of=tinted(99))
+        fill(disk)  # the log file is created (an empty file needs no block), then cannot be written
+
+        night = run_cli(*args)
+
+        assert night.returncode == 1
+        lines = night.stderr.splitlines()
+        assert "Logging error" not in night.stderr and "Traceback" not in night.stderr, night.stderr
+        assert all(re.match(r"\[\d\d:\d\d:\d\d (INFO|WARNING|ERROR)\] ", line) for line in lines), night.stderr
+        assert sum("cannot write the run's log file" in line for line in lines) == 1, night.stderr
+        assert re.match(r"\[\d\d:\d\d:\d\d ERROR\] cannot write .*: No space left on device$", lines[-1]), night.stderr
+    finally:
+        subprocess.run(["umount", "-l", str(disk)], capture_output=True)
+
+
+def test_a_log_file_that_cannot_be_written_says_so_once_and_is_written_no_more(
+    capsys: pytest.CaptureFixture[str]
+) -> None:
+    log = logging.getLogger("test.log_file")
+    with run_log(Path("/dev/full")):  # every write: No space left on device
+        for i in range(50):
+            log.warning("record %d", i)
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1, err
+    assert re.match(
+        r"\[\d\d:\d\d:\d\d WARNING\] cannot write the run's log file /dev/full: No space left on device; "
+        r"the rest of this run's log is on the console only", err,
+    ), err
+
+
+@pytest.mark.allow_error_logs
+def test_a_logged_message_is_one_line_and_a_traceback_keeps_its_lines(tmp_path: Path) -> None:
+    log = logging.getLogger("test.one_line")
+    path = tmp_path / "run.log"
+    with run_log(path):
+        try:
+            raise ValueError("bad\nvalue")
+        except ValueError as error:
+            log.exception("failed x\n[22:00:00 INFO] forged\u2028.mp4")
+            record_crash(error, path)
+    lines = path.read_text(encoding="utf-8").split("\n")
+    assert lines[0].endswith("][ERROR] failed x␊[22:00:00 INFO] forged\\u2028.mp4"), lines
+    # The traceback logged with the record, then the crash's, each on lines of their own.
+    assert lines[1] == "Traceback (most recent call last):" and lines.count("ValueError: bad") == 2, lines
+    assert lines.count("value") == 2, lines
 
 
 def test_temporary_files_of_a_killed_run_are_removed(tiny_model_dir: Path, tmp_path: Path) -> None:

@@ -36,7 +36,7 @@ import pandas as pd
 
 from pipeline.decode import format_timecode
 from pipeline.export.cues import LAST_CUE_S, cue_ends, with_cue_ends
-from pipeline.export.flat import csv_bytes, jsonl
+from pipeline.export.flat import csv_bytes, jsonl, uninert
 from pipeline.export.names import (
     LAYOUTS,
     beside_places,
@@ -48,8 +48,9 @@ from pipeline.files import write_bytes_atomic
 from pipeline.options import OptionError, asks_help, parse_options
 from pipeline.results import printable, prompt_numbers, typed_answers
 from pipeline.runlog import say_error
+from pipeline.signals import end_quietly_when_the_reader_stops
 from pipeline.store import StoreError, read_prompt_schemas, read_results, read_videos
-from pipeline.words import plural
+from pipeline.words import plural, visible
 
 __all__ = [
     "CUT_MARK", "EXPORT_DIR", "FORMATS", "LAST_CUE_S", "LAYOUTS", "TRACK_FORMATS", "Cue", "Exported", "Track",
@@ -390,6 +391,7 @@ def main(argv: list[str] | None = None) -> int:
     args = sys.argv[1:] if argv is None else argv
     if asks_help(args, USAGE):
         return 0
+    end_quietly_when_the_reader_stops()
     try:
         options = parse_options(args, _KEYS, ("output_dir", "format"))
         formats = parse_formats(options["format"])
@@ -408,7 +410,7 @@ def main(argv: list[str] | None = None) -> int:
         return 1
     tracks = len(done.tracks) if set(formats) & set(TRACK_FORMATS) else 0
     counts = f"{plural(len(done.files), 'file')} ({plural(tracks, 'track')}, {plural(done.rows, 'row')})"
-    print(f"wrote {counts} to {done.folder}")
+    print(visible(f"wrote {counts} to {done.folder}"))
     return 0
 
 
@@ -471,9 +473,10 @@ def _indexed(index: Path | None, fmt: str, video_ids: set[str]) -> list[str]:
     except (OSError, UnicodeDecodeError):
         return []
     rows = csv.DictReader(io.StringIO(text))
-    # A listed path is one this export wrote: relative, inside the folder, of the format asked.
+    # A listed path is one this export wrote (its cells made inert for spreadsheets): relative,
+    # inside the folder, of the format asked.
     return [
-        name for row in rows if row.get("video_id") in video_ids and (name := row.get(fmt) or "")
+        name for row in rows if row.get("video_id") in video_ids and (name := uninert(row.get(fmt) or ""))
         and name.endswith(f".{fmt}") and not name.startswith("/") and ".." not in name.split("/")
     ]
 

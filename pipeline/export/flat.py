@@ -45,9 +45,19 @@ def csv_bytes(records: Iterable[Mapping[Any, Any]], columns: list[str]) -> bytes
 def inert(value: Any) -> Any:
     """``value``, with a single quote put before a text that starts as a formula does
     (:data:`FORMULA_STARTS`), as OWASP advises: a spreadsheet then shows it as text instead of
-    running it. Numbers and other values are left as they are."""
-    if isinstance(value, str) and value.startswith(FORMULA_STARTS):
+    running it. A text that starts with quotes and then a formula start gets one more quote, so
+    that :func:`uninert` gives every text back as it was. Numbers and other values are left as
+    they are."""
+    if isinstance(value, str) and value.lstrip("'").startswith(FORMULA_STARTS):
         return "'" + value
+    return value
+
+
+def uninert(value: str) -> str:
+    """The text that :func:`inert` made ``value`` from: a cell read back from a CSV this module
+    wrote (``'-dash.vtt`` is ``-dash.vtt``; ``''-x`` is ``'-x``; ``'tis`` stays ``'tis``)."""
+    if value.startswith("'") and value[1:].lstrip("'").startswith(FORMULA_STARTS):
+        return value[1:]
     return value
 
 
