@@ -5,12 +5,15 @@ Hydra's override grammar gives quotes, commas, brackets, parentheses and spaces 
 takes only ASCII letters unquoted, so everyday prompts (``What's shown?``) and file names
 (``clip (1).mp4``, ``café.mp4``) fail in its lexer, and an unquoted comma quietly splits a
 prompt in two. :func:`argument_error` finds these before Hydra does and words the fix: the
-override quoted so that both the shell and Hydra read it as meant, or ``prompts_file=``.
+override quoted so that both the shell and Hydra read it as meant, or ``prompts_file=``; also a
+list setting given twice, of which Hydra would keep the last. :func:`command_line` puts it all
+together, and quotes the text settings that Hydra would type (``video=true``).
 """
 
 from __future__ import annotations
 
 import difflib
+import functools
 import re
 import shlex
 from importlib import metadata
@@ -26,13 +29,13 @@ from omegaconf.errors import OmegaConfBaseException
 from omegaconf.nodes import BooleanNode, FloatNode, IntegerNode, StringNode
 
 from pipeline.config import compose_config, config_dir
+from pipeline.errors import ConfigError
+from pipeline.options import hydra_options
 
 GROUPS = ("model", "sampler", "executor")
-# Hydra's options that take the next argument as their value.
-_OPTIONS_WITH_VALUE = {
-    "--cfg", "-c", "--package", "-p", "--config-path", "-cp", "--config-name", "-cn",
-    "--config-dir", "-cd", "--info", "-i", "--experimental-rerun",
-}
+# Settings whose repetition reads as "these too" (video=a.mp4 video=b.mp4), where Hydra keeps the
+# last alone; any other given twice is an override (the last wins), as Hydra has it.
+_LISTS = {"video": "video", "prompt": "prompts", "prompts": "prompts", "export": "export"}
 # The keys people set, with the form of their value and one line each (their defaults come
 # from conf/, the one source of defaults).
 KEYS = (
@@ -154,16 +157,29 @@ def group_choices(group: str) -> list[str]:
     return sorted(path.stem for path in (config_dir() / group).glob("*.yaml"))
 
 
-def argument_error(args: list[str]) -> str | None:
-    """One line naming the first argument Hydra would reject or misread, and its fix; ``None``
-    when all are fine."""
+def command_line(args: list[str]) -> list[str]:
+    """The command line as Hydra is to read it: its options first (:func:`~pipeline.options.hydra_options`:
+    Hydra takes no override after one), then the overrides, checked (:func:`argument_error`,
+    :func:`config_error`), text values quoted (:func:`as_written`).
+
+    Raises:
+        UserError: One line for the first mistake, with its fix.
+    """
+    options, overrides = hydra_options(args)
+    problem = argument_error(overrides, multirun="--multirun" in options) or config_error(overrides)
+    if problem is not None:
+        raise ConfigError(problem)
+    return [*options, *as_written(overrides)]
+
+
+def argument_error(overrides: list[str], multirun: bool = False) -> str | None:
+    """One line naming the first override Hydra would reject or misread, and its fix; ``None``
+    when all are fine (``multirun``: under ``-m``, where a sweep is meant)."""
     parser = OverridesParser.create()
-    multirun = "-m" in args or "--multirun" in args
-    for index, arg in enumerate(args):
-        if _is_option(args, index):
-            continue
+    parsed = []
+    for index, arg in enumerate(overrides):
         if "=" not in arg and not arg.startswith("~"):  # ~key: a removal (config_error refuses it)
-            return _bare_word(args, index)
+            return _bare_word(overrides, index)
         key, _, value = arg.partition("=")
         try:
             (override,) = parser.parse_overrides([arg])
@@ -175,16 +191,58 @@ def argument_error(args: list[str]) -> str | None:
             return f"unknown {key.lstrip('+~')}={value}; choose one of: {', '.join(group_choices(key.lstrip('+~')))}"
         if key.lstrip("+~") == "prompts" and _ambiguous_comma(value):
             return _ambiguous_prompts(key, value)
+        parsed.append((arg, override))
+    return _given_twice(parsed)
+
+
+def _given_twice(parsed: list[tuple[str, Override]]) -> str | None:
+    """The error for a list setting given twice with different values (``video=a.mp4
+    video=b.mp4``: Hydra would take b alone), with the one list that holds them all."""
+    given: dict[str, list[tuple[str, Override]]] = {}
+    for arg, override in parsed:
+        given.setdefault(override.key_or_group, []).append((arg, override))
+    for key, pairs in given.items():
+        if key not in _LISTS or len({arg for arg, _ in pairs}) < 2:
+            continue
+        raws = [arg.partition("=")[2] for arg, _ in pairs]
+        items = [item for raw in raws for item in (_list_items(raw) if raw.startswith("[") else [raw])]
+        values = [override.value() for _, override in pairs]
+        wanted = [item for value in values for item in (value if isinstance(value, list) else [value])]
+        merged = f"{_LISTS[key]}=[{','.join(dict.fromkeys(items))}]"
+        fix = shell_word(merged) if _reads_as(merged, list(dict.fromkeys(wanted))) else f"one list: {_LISTS[key]}=[...]"
+        times = "twice" if len(pairs) == 2 else f"{len(pairs)} times"
+        shown = " ".join(shell_word(arg) for arg, _ in pairs)
+        return f"{shown}: {key} is given {times} and only the last would count; for all of them write {fix}"
     return None
 
 
-def overrides_of(args: list[str]) -> list[str]:
-    """The ``key=value`` arguments of a command line, without Hydra's options and their values."""
-    return [arg for index, arg in enumerate(args) if not _is_option(args, index)]
+def _list_items(value: str) -> list[str]:
+    """The items of a ``[...]`` value as written, split at its top-level commas."""
+    commas = _top_level_commas(value)
+    return [value[start + 1 : end].strip() for start, end in zip([0, *commas], [*commas, len(value) - 1])]
 
 
-def _is_option(args: list[str], index: int) -> bool:
-    return args[index].startswith("-") or (index > 0 and args[index - 1] in _OPTIONS_WITH_VALUE)
+def as_written(overrides: list[str]) -> list[str]:
+    """The overrides, those of a text setting (a path, a prompt) whose value Hydra would read as
+    a number, a boolean or null (``video=true``, ``output_dir=1.50``) quoted, so that the run
+    gets the text as typed. The overrides must have passed :func:`config_error`."""
+    parser = OverridesParser.create()
+    parsed = [(arg, parser.parse_overrides([arg])[0]) for arg in overrides]
+    base = _base_config(tuple(arg for arg, override in parsed if _is_group(override)))
+    written = []
+    for arg, override in parsed:
+        key, value = override.key_or_group, override.value() if not override.is_sweep_override() else ""
+        text = isinstance(_node(base, key), StringNode) or key == "video"
+        typed = isinstance(value, (bool, int, float)) or (value is None and key == "video")
+        quoted = _quoted_override(key, arg.partition("=")[2]) if text and typed else None
+        written.append(quoted or arg)
+    return written
+
+
+@functools.lru_cache(maxsize=4)
+def _base_config(groups: tuple[str, ...]) -> DictConfig:
+    """The config with only these group choices (its keys and their types)."""
+    return compose_config(list(groups))
 
 
 def config_error(overrides: list[str]) -> str | None:
@@ -201,7 +259,7 @@ def config_error(overrides: list[str]) -> str | None:
     try:
         # The keys that exist depend on the groups chosen (sampler=scene has its own).
         groups = [arg for arg, override in parsed if _is_group(override)]
-        base = compose_config(groups)
+        base = _base_config(tuple(groups))
     except (HydraException, OmegaConfBaseException) as error:
         return _first_line(error)
     for arg, override in parsed:
@@ -348,16 +406,17 @@ def _with_fix(key: str, value: str) -> str:
 
 def _quoted_override(key: str, value: str) -> str | None:
     """``key=<value quoted for Hydra>`` that Hydra reads back as ``value``, if there is one."""
-    parser = OverridesParser.create()
     candidates = [f"'{value}'", f'"{value}"', "'" + value.replace("'", "\\'") + "'"]
-    for candidate in candidates:
-        try:
-            (override,) = parser.parse_overrides([f"{key}={candidate}"])
-        except OverrideParseException:
-            continue
-        if override.value() == value:
-            return f"{key}={candidate}"
-    return None
+    return next((f"{key}={c}" for c in candidates if _reads_as(f"{key}={c}", value)), None)
+
+
+def _reads_as(arg: str, value: Any) -> bool:
+    """Whether Hydra reads the override ``arg`` as ``value``."""
+    try:
+        (override,) = OverridesParser.create().parse_overrides([arg])
+    except OverrideParseException:
+        return False
+    return bool(override.value() == value)
 
 
 def _top_level_commas(value: str) -> list[int]:

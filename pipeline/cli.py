@@ -8,7 +8,8 @@ code).
 Every expected failure (a :class:`~pipeline.errors.UserError`) prints one line naming the
 problem and the fix, never a traceback; anything else is a crash, printed as one line with its
 traceback in the run's log file. Under ``-m`` (a sweep, e.g. shards through a launcher) each
-job's code is in its run summary, and a job that exits 1, 3 or 75 fails the sweep.
+job's code is in its run summary, and a job that exits 1, 3 or 75 fails the sweep: one line, and
+the sweep exits with that code.
 
 The command line builds the typed pieces once from the config (the sampler, the executor, the
 :class:`~pipeline.caption.CaptionSpec`) and hands them to :class:`pipeline.run.Pipeline`.
@@ -19,6 +20,7 @@ from __future__ import annotations
 import importlib
 import logging
 import os
+import signal
 import sys
 import threading
 import time
@@ -37,7 +39,7 @@ from hydra.utils import instantiate
 from omegaconf import DictConfig, ListConfig, OmegaConf
 from omegaconf.errors import MissingMandatoryValue, OmegaConfBaseException
 
-from pipeline.arguments import argument_error, config_error, help_text, overrides_of, version
+from pipeline.arguments import command_line, help_text, version
 from pipeline.caption import CaptionSpec, EngineError
 from pipeline.config import check_values, config_dir, config_id, prompts_of
 from pipeline.dry_run import plan_lines
@@ -50,7 +52,7 @@ from pipeline.presets import caption_spec
 from pipeline.run import Pipeline, unique_prompts
 from pipeline.runlog import log_folder, record_crash, run_log, run_stamp, say_error
 from pipeline.sampling import Sampler
-from pipeline.signals import Stopped, stop_on_signals
+from pipeline.signals import Stopped, end_quietly_when_the_reader_stops, say_stopped, stop_on_signals
 from pipeline.store import prepare_output_dir, remove_temporaries
 from pipeline.structured import PromptEntry
 from pipeline.summary import RunRecord, RunSummary
@@ -85,8 +87,16 @@ def run_from_config(cfg: DictConfig) -> int:
             sampler: Sampler = _instantiate(cfg.sampler)
             executor: Executor = _instantiate(cfg.executor)
             check_shard(cfg.shard, cfg.num_shards)
+            # Built now, as the dry run would not need them, so that both refuse the same settings.
+            export_formats = _export_formats(cfg)
+            thumbnail = thumbnailer(**cfg.thumbnails)
             # The videos of all shards: the plan takes this shard's (reading them, under the stall watch).
-            videos = [v for entry in video_specs(cfg.video) for v in find_videos(entry, list(cfg.video_extensions))]
+            found = [v for entry in video_specs(cfg.video) for v in find_videos(entry, list(cfg.video_extensions))]
+            # A path found twice (video=[a.mp4,./a.mp4], a folder and a glob over it) is one video.
+            by_path: dict[str, Path] = {}
+            for video in found:
+                by_path.setdefault(os.path.abspath(video), video)
+            videos = list(by_path.values())
             if cfg.dry_run:
                 located = spec.source.locate()  # a dry run fetches nothing
                 return _dry_run(cfg, prompts, sampler, videos, located.fingerprints() if located else None)
@@ -97,7 +107,10 @@ def run_from_config(cfg: DictConfig) -> int:
             )
             log_name = f"{run_stamp(started)}{_shard_suffix(cfg)}.log"
             log_file = stack.enter_context(run_log(log_folder(output_dir) / log_name))
-            return _run_locked(cfg, prompts, spec, sampler, executor, videos, output_dir, started, log_file, lock)
+            return _run_locked(
+                cfg, prompts, spec, sampler, executor, videos, export_formats, thumbnail, output_dir, started,
+                log_file, lock,
+            )
         except LockHeld as error:
             log.error("%s", error)
             return EXIT_LOCKED
@@ -125,6 +138,8 @@ def _run_locked(
     sampler: Sampler,
     executor: Executor,
     videos: list[Path],
+    export_formats: list[str],
+    thumbnail: Callable[[np.ndarray], bytes] | None,
     output_dir: Path,
     started: float,
     log_file: Path,
@@ -134,22 +149,22 @@ def _run_locked(
     the exit code whatever ends it (:mod:`pipeline.summary`); the report it writes shows it."""
     summary = RunSummary(log_file=str(log_file))
     record = RunRecord(output_dir, started, _shard_suffix(cfg), {
-        "command": sys.argv, "prompts": prompts, "model": spec.model.name, "model_files": None,
+        "command": _command or sys.argv, "prompts": prompts, "model": spec.model.name, "model_files": None,
         "config_id": None, "min_age_s": _min_age_s(cfg),
     }, holds_lock=lock.held)
     record.start(summary)
     code = EXIT_CRASH
     try:
-        export_formats = _export_formats(cfg)
         # The model is its content: its files are found (fetched when missing) before the plan,
         # which needs config_id; the workers then check that they load the same content.
         identity = spec.source.resolve().fingerprints()
         spec = replace(spec, identity=identity)
         pipeline = _pipeline(
-            cfg, prompts, sampler, output_dir, identity, cfg.retry_failed, thumbnailer(**cfg.thumbnails),
+            cfg, prompts, sampler, output_dir, identity, cfg.retry_failed, thumbnail,
             before_write=lock.check,
         )
         record.learn(summary, config_id=pipeline.config_id)
+        pipeline.on_commit = partial(record.progress, summary)
         stalled = partial(_end_stalled_run, pipeline, summary, record, cfg)
         with StallWatch(lambda: pipeline.last_progress_s, cfg.stall_timeout_s, stalled):
             tasks = pipeline.plan(videos, cfg.shard, cfg.num_shards)
@@ -191,7 +206,7 @@ def _run_locked(
 
 
 def _export_formats(cfg: DictConfig) -> list[str]:
-    """The formats of ``export=``; a bad one fails before the model loads."""
+    """The formats of ``export=``; a bad one fails before anything is written."""
     if not cfg.export:
         return []
     from pipeline.export import parse_formats  # pandas loads only when an export is asked for
@@ -335,6 +350,7 @@ def _dry_run(
 ) -> int:
     """``dry_run=true``: print what a run would do; no model, no lock, nothing written (nor
     fetched: without the model files here, no video can be known done with them)."""
+    end_quietly_when_the_reader_stops()  # dry_run=true | head
     output_dir = Path(cfg.output_dir).expanduser().resolve()
     known = identity or {"text_model": "not here", "mmproj": "not here"}
     pipeline = _pipeline(cfg, prompts, sampler, output_dir, known, retry_failed=False, thumbnail=None, read_only=True)
@@ -380,7 +396,23 @@ def _instantiate(node: DictConfig) -> Any:
 
 
 class JobFailed(Exception):
-    """A job of a sweep (``-m``) exited 1, 3 or 75; raised so that the sweep reports it."""
+    """A job of a sweep (``-m``) that a launcher ran in a process of its own exited 1, 3 or 75
+    (or was stopped); raised so that the launcher hands it back to the sweep, which exits with
+    its code (:func:`main`)."""
+
+    def __init__(self, code: int, job: str) -> None:
+        super().__init__(code, job)  # the arguments it is made again from, unpickled
+        self.code, self.job = code, job
+
+    def __str__(self) -> str:
+        return f"the sweep failed: {self.job} exited {self.code}; its log says why"
+
+
+# The failed jobs of the sweep that main() started in this process (Hydra's basic launcher),
+# by its pid: a launcher's process of its own, which may get a copy, is not it. And the command
+# line as typed (Hydra gets it rewritten), for the run's record.
+_sweeps: dict[int, list[tuple[str, int]]] = {}
+_command: list[str] | None = None
 
 
 @hydra.main(config_path=str(config_dir()), config_name="config", version_base="1.3")
@@ -389,10 +421,25 @@ def _hydra_main(cfg: DictConfig) -> int:
         code = run_from_config(cfg)
     if HydraConfig.get().mode != RunMode.MULTIRUN:
         sys.exit(code)
-    # sys.exit would end the whole sweep (or, under a launcher, the job without its result).
-    if code in (EXIT_CRASH, EXIT_ALL_FAILED, EXIT_LOCKED):
-        raise JobFailed(f"job {HydraConfig.get().job.num} exited {code}; see its log")
+    if code in (EXIT_OK, EXIT_SOME_FAILED):
+        return code
+    job, failed = f"job {HydraConfig.get().job.num}", _sweeps.get(os.getpid())
+    if failed is None:  # sys.exit would end this job without the result its launcher hands back
+        raise JobFailed(code, job)
+    if code > 128:  # stopped by a signal (its line is said): the sweep stops with it
+        sys.exit(code)
+    failed.append((job, code))  # the next jobs still run; main() reports them all
     return code
+
+
+def _sweep_code(failed: list[tuple[str, int]]) -> int:
+    """The exit code of a sweep run in this process: the gravest code of the jobs that failed it
+    (1, then 3, then 75), after one line naming them; 0 when none did."""
+    if failed:
+        jobs = ", ".join(f"{job} exited {code}" for job, code in failed)
+        say_error(f"the sweep failed: {jobs}; Hydra's #<job> lines above name their settings, the jobs' lines say why")
+    codes = {code for _, code in failed}
+    return next((code for code in (EXIT_CRASH, EXIT_ALL_FAILED, EXIT_LOCKED) if code in codes), EXIT_OK)
 
 
 # ``video-caption status ...`` is ``python -m pipeline.status ...``, and so on: the module whose
@@ -407,20 +454,38 @@ SUBCOMMANDS = {
 
 def main() -> None:
     """Entry point of ``python -m pipeline`` and the ``video-caption`` script: a sub-command
-    (:data:`SUBCOMMANDS`), or a run: ``--help`` and ``--version`` here, arguments and settings
-    checked (:func:`pipeline.arguments.argument_error`, :func:`~pipeline.arguments.config_error`),
-    then Hydra."""
+    (:data:`SUBCOMMANDS`), or a run: ``--help`` and ``--version`` here, the command line checked
+    (:func:`~pipeline.arguments.command_line`), then Hydra. A stop (Ctrl-C, SIGTERM, SIGHUP)
+    before the run begins is one line and its exit code too."""
+    global _command
     args = sys.argv[1:]
-    if args and args[0] in SUBCOMMANDS:
-        sys.exit(importlib.import_module(SUBCOMMANDS[args[0]]).main(args[1:]))
-    if "-h" in args or "--help" in args:
-        print(help_text())
-        sys.exit(EXIT_OK)
-    if "--version" in args:
-        print(version())
-        sys.exit(EXIT_OK)
-    problem = argument_error(args) or config_error(overrides_of(args))
-    if problem is not None:
-        say_error(problem)
+    stopped = "" if args[:1] and args[0] in SUBCOMMANDS else " before the run began: nothing was written"
+    try:
+        with stop_on_signals():
+            if not stopped:
+                sys.exit(importlib.import_module(SUBCOMMANDS[args[0]]).main(args[1:]))
+            if "-h" in args or "--help" in args:
+                print(help_text())
+                sys.exit(EXIT_OK)
+            if "--version" in args:
+                print(version())
+                sys.exit(EXIT_OK)
+            command = command_line(args)
+            _command, sys.argv[1:] = list(sys.argv), command
+            if "--multirun" in command:
+                _sweeps[os.getpid()] = []
+                os.environ["HYDRA_FULL_ERROR"] = "1"  # a launcher's JobFailed comes here, not as Hydra's traceback
+                stopped = "; the jobs done are kept, the next run does the rest"
+            _hydra_main()
+            sys.exit(_sweep_code(_sweeps.get(os.getpid(), [])))
+    except UserError as error:
+        say_error(str(error))
         sys.exit(EXIT_CRASH)
-    _hydra_main()
+    except JobFailed as failed:
+        say_error(str(failed))
+        sys.exit(failed.code)
+    except (Stopped, KeyboardInterrupt) as stop:
+        sys.exit(say_stopped(getattr(stop, "signum", signal.SIGINT), stopped))
+    except Exception as error:  # noqa: BLE001  (a bug in Hydra or a launcher: one line, its traceback in a file)
+        say_error(f"crashed: {type(error).__name__}: {error} ({record_crash(error, None)})")
+        sys.exit(EXIT_CRASH)

@@ -24,6 +24,7 @@ from omegaconf import MISSING, DictConfig, OmegaConf
 
 from pipeline.errors import ConfigError
 from pipeline.listfile import STRUCTURED_SUFFIXES, read_list_file, read_structured_list
+from pipeline.paths import not_a_folder, unwritable, user_cache_dir
 from pipeline.structured import PromptEntry
 
 
@@ -271,17 +272,59 @@ _RANGES = {
 }
 
 
+# The settings that name a path, what each names and what null means where the schema takes
+# it. Empty (an unset variable in a cron line: output_dir=$OUT) would mean the working folder.
+_PATHS = {
+    "output_dir": ("the folder for the results", ""),
+    "model.dir": ("the weights' folder", "for the Hugging Face cache (the user cache for tiny)"),
+    "model.text": ("a text-model GGUF file", "for the preset's"),
+    "model.mmproj": ("an mmproj GGUF file", "for the preset's"),
+    "model.text_file": ("the text model's file name", ""),
+    "model.mmproj_file": ("the mmproj's file name", ""),
+    "prompts_file": ("a file of prompts", "for prompts"),
+}
+
+
 def check_values(cfg: DictConfig) -> None:
-    """Check the run's numeric settings before anything starts (a negative ``max_frames``
-    would caption nothing and report success).
+    """Check every setting the run reads itself, before anything is written or loaded: the
+    one check of a dry run and a real run alike (a negative ``max_frames`` would caption
+    nothing and report success; an empty ``output_dir`` would write into the working folder).
 
     Raises:
-        ConfigError: The first setting out of its range, with the range.
+        ConfigError: The first setting out of its range, an empty window, an empty path, a
+            folder that a file stands in the way of, or a model file that is not there.
     """
     for key, allowed in _RANGES.items():
         value = OmegaConf.select(cfg, key)
         if value is not None and not allowed.holds(value):
             raise ConfigError(f"{key}={value:g} is out of range: {key} must be {allowed.words()}")
+    if cfg.end_s is not None and cfg.start_s >= cfg.end_s:
+        raise ConfigError(
+            f"start_s={cfg.start_s:g} end_s={cfg.end_s:g} is an empty window: start_s must be below end_s "
+            "(end_s=null: to the end of each video)"
+        )
+    for key, (names, null) in _PATHS.items():
+        value = OmegaConf.select(cfg, key)
+        if isinstance(value, str) and not value.strip():
+            or_null = f", or {key}=null {null}" if null else ""
+            raise ConfigError(f"{key}= is empty (an unset variable?); give {names}{or_null}")
+    _check_places(cfg)
+
+
+def _check_places(cfg: DictConfig) -> None:
+    """The folders a run writes into must be (or become) folders, the model files named must be
+    files: found now, not after the night's record is written or the model is fetched."""
+    folders = [(cfg.output_dir, "the results"), (user_cache_dir(), "the pipeline's cache")]
+    if cfg.model.dir is not None:
+        folders.append((cfg.model.dir, "the model files (model.dir)"))
+    for folder, what in folders:
+        if not_a_folder(Path(folder).expanduser().absolute()) is not None:
+            raise ConfigError(unwritable(Path(folder).expanduser(), None, what))
+    for key in ("text", "mmproj"):
+        value = cfg.model[key]
+        if value is not None and not Path(value).expanduser().is_file():
+            path = Path(value).expanduser().absolute()
+            raise ConfigError(f"model.{key}={path} is not a file; give the path of a GGUF file")
 
 
 def settings_id(settings: Mapping[str, Any]) -> str:

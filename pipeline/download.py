@@ -7,24 +7,27 @@ Face cache, or ``model.dir``). The arguments are the run's own overrides, so the
 ``model=``/``model.dir=``/``model.text=`` settings name the same files. Where a run on this
 machine would load the text model's F16 copy (``model.text_type``: ``f16``, or ``auto`` on a GPU
 with room for it), this writes the copy too. Prints the two paths a run loads once the pair is
-there and checked to fit; exits 1 with one line when it cannot be fetched.
+there and checked to fit; exits 1 with one line when it cannot be fetched (or an argument or
+setting is wrong: the run's own checks), 130 after one line on Ctrl-C.
 """
 
 from __future__ import annotations
 
 import logging
 import re
+import signal
 import sys
 
 from hydra.errors import HydraException
 from omegaconf.errors import OmegaConfBaseException
 
-from pipeline.arguments import argument_error, config_error, overrides_of
-from pipeline.config import compose_config
+from pipeline.arguments import argument_error, as_written, config_error
+from pipeline.config import check_values, compose_config
 from pipeline.errors import UserError, WeightsError
-from pipeline.options import asks_help
+from pipeline.options import asks_help, unknown_option
 from pipeline.presets import caption_spec
 from pipeline.runlog import console_logging
+from pipeline.signals import say_stopped
 
 log = logging.getLogger(__name__)
 
@@ -38,13 +41,15 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     console_logging()
     logging.getLogger("gguf").setLevel(logging.WARNING)  # the tiny model's writer, file by file
-    problem = argument_error(args) or config_error(overrides_of(args))
+    dashed = next((arg for arg in args if arg.startswith("-")), None)  # no option but --help
+    problem = unknown_option(dashed, ("--help",)) if dashed else argument_error(args) or config_error(args)
     if problem is not None:
         log.error("%s", problem)
         return 1
     try:
-        spec = caption_spec(compose_config(["video=unused", *overrides_of(args)]))
-        files, _ = spec.prepare()
+        cfg = compose_config(["video=unused", *as_written(args)])
+        check_values(cfg)
+        files, _ = caption_spec(cfg).prepare()
     except WeightsError as error:
         log.error("%s", _as_download_advice(str(error)))
         return 1
@@ -54,6 +59,8 @@ def main(argv: list[str] | None = None) -> int:
     except (HydraException, OmegaConfBaseException) as error:
         log.error("%s", str(error).splitlines()[0])
         return 1
+    except KeyboardInterrupt:
+        return say_stopped(signal.SIGINT, "; run it again to fetch the rest")
     print(files.loaded_text)
     print(files.mmproj)
     return 0

@@ -28,16 +28,39 @@ def printable(path: str | os.PathLike[str]) -> str:
     return os.fsencode(path).decode("utf-8", "backslashreplace")
 
 
+def not_a_folder(folder: Path) -> Path | None:
+    """What stands where ``folder``, or the nearest of its parents that exists, must be a
+    folder: a file (or a link to one) that makes ``folder`` impossible to create; ``None``
+    when there is none."""
+    for path in (folder, *folder.parents):
+        try:
+            if os.path.lexists(path):
+                return None if path.is_dir() else path
+        except OSError:  # not a name this system can have (too long): mkdir says why
+            return None
+    return None
+
+
 def not_writable(error: OSError) -> bool:
-    """Whether ``error`` says a folder cannot be written (permissions, a read-only mount)."""
+    """Whether ``error`` says a folder cannot be written (permissions, a read-only mount, or
+    a file where the folder or one of its parents must be)."""
+    if error.errno in (errno.EEXIST, errno.ENOTDIR):
+        return error.filename is not None and not_a_folder(Path(os.fsdecode(error.filename))) is not None
     return error.errno in (errno.EACCES, errno.EPERM, errno.EROFS)
 
 
-def unwritable(folder: Path, error: OSError, what: str) -> str:
-    """One line for ``what`` that could not be written into ``folder``: which folder must be
-    writable, and (for the user cache) the variable that moves it."""
-    line = f"cannot write {what} into {folder} ({error.strerror or error}): that folder must be writable"
+def unwritable(folder: Path, error: OSError | None, what: str) -> str:
+    """One line for ``what`` that could not be written into ``folder`` (``error``: what
+    writing it said; ``None``: a file stands in the way, found before trying): which folder
+    must be writable, and (for the user cache) the variable that moves it."""
+    blocker = not_a_folder(folder.expanduser().absolute())
+    if blocker is not None:
+        reason = f"{blocker} is a file, not a folder" if blocker.is_file() else f"{blocker} is not a folder"
+    else:
+        reason = str(error.strerror or error) if error is not None else "cannot be created"
+    must = "that must be a writable folder" if blocker is not None else "that folder must be writable"
+    line = f"cannot write {what} into {folder} ({reason}): {must}"
     cache = user_cache_dir().expanduser().absolute()
     if folder.expanduser().absolute().is_relative_to(cache):
-        line += f"; make {cache} writable, or set VIDEO_CAPTION_CACHE to a writable folder"
+        line += f"; {'or' if blocker else f'make {cache} writable, or'} set VIDEO_CAPTION_CACHE to a writable folder"
     return line

@@ -130,8 +130,8 @@ PARTS: tuple[Part, ...] = (
         "pipeline/progress.py": "the progress bar",
         "pipeline/runlog.py": "the run's log file and crash records",
         "pipeline/listfile.py": "reading a list file: one item a line, or a YAML or JSON list",
-        "pipeline/options.py": "the one `key=value` parser of the sub-commands",
-        "pipeline/words.py": "counts and durations in the words every message uses",
+        "pipeline/options.py": "the one `key=value` parser of the sub-commands, and the reading of Hydra's options",
+        "pipeline/words.py": "counts and durations in the words every message uses, and text made safe to print",
         "pipeline/structured.py": "structured answers: prompt entries with a JSON Schema, their checks, column types",
     }),
 )

@@ -6,6 +6,7 @@ from __future__ import annotations
 import re
 import shlex
 import shutil
+import signal
 import subprocess
 import sys
 from importlib import metadata
@@ -164,7 +165,7 @@ def test_an_unreadable_override_is_one_line_whose_fix_works(argument: str, key: 
     assert_one_line_error(result, 1, "write it as")
     assert "LexerNoViableAlt" not in result.stderr and "HYDRA_FULL_ERROR" not in result.stderr
     fixed = suggested_argument(result.stderr)
-    assert composed("video=x.mp4", "model=tiny", fixed)[key] == value
+    assert composed(*(["video=x.mp4"] if key != "video" else []), "model=tiny", fixed)[key] == value
 
 
 def test_a_comma_inside_a_prompt_is_an_error_showing_both_readings() -> None:
@@ -254,5 +255,154 @@ def test_the_documented_quoting_table_means_what_it_says() -> None:
         expected = re.findall(r"`([^`]+)`", meaning)
         (argument,) = shlex.split(written.strip().strip("`"))
         key = argument.split("=", 1)[0]
-        value = composed("video=x.mp4", argument)[key]
+        value = composed(*(["video=x.mp4"] if key != "video" else []), argument)[key]
         assert value == (expected[0] if len(expected) == 1 else expected), row
+
+
+# -- options: one line and exit 1, never argparse's usage and its exit 2 ("some videos failed") ----
+
+
+@pytest.mark.parametrize(
+    ("module", "args", "needle"),
+    [
+        ("pipeline", ["--foo"], "unknown option --foo; settings are key=value, without dashes"),
+        ("pipeline", ["-video=x.mp4"], "unknown option -video=x.mp4; settings take no dashes: write video=x.mp4"),
+        ("pipeline", ["video=x.mp4", "--output_dir=/x"], "settings take no dashes: write output_dir=/x"),
+        ("pipeline", ["-dash.mp4"], "a file whose name starts with '-' is given as video=./-dash.mp4"),
+        ("pipeline", ["--mutlirun", "video=x.mp4"], "unknown option --mutlirun; did you mean --multirun?"),
+        ("pipeline", ["video=x.mp4", "--cfg"], "argument --cfg/-c: expected one argument"),
+        ("pipeline", ["--cfg", "yaml", "video=x.mp4"], "invalid choice: 'yaml'"),
+        ("pipeline", ["--cfg", "job", "-m", "video=x.mp4"], "--cfg and --multirun do not go together"),
+        ("pipeline", ["--resolve", "video=x.mp4"], "--resolve goes with --cfg"),
+        ("pipeline", ["status", "--foo"], "unknown option --foo"),
+        ("pipeline.status", ["--output_dir=/x"], "unknown option --output_dir=/x; settings take no dashes"),
+        ("pipeline.report", ["-x", "output_dir=/x"], "unknown option -x"),
+        ("pipeline.export", ["-dash.mp4", "output_dir=/x", "format=vtt"], "given as video=./-dash.mp4"),
+        ("pipeline.download", ["--foo"], "unknown option --foo"),
+        ("pipeline.download", ["model=tiny", "--model.dir=/x"], "settings take no dashes: write model.dir=/x"),
+    ],
+)
+def test_an_unknown_option_is_one_line_and_exit_1(module: str, args: list[str], needle: str) -> None:
+    result = subprocess.run(
+        [sys.executable, "-m", module, *args], cwd=ROOT, env=cli_env(), capture_output=True, text=True,
+        timeout=RUN_TIMEOUT_S,
+    )
+    assert_one_line_error(result, 1, needle)
+    assert len(error_lines(result.stderr)) == 1 and result.stderr.count("\n") == 1, result.stderr
+    assert "unrecognized arguments" not in result.stderr and result.stdout == ""
+
+
+def test_a_file_whose_name_starts_with_a_dash_runs_as_the_error_says(cli_base: list[str], tmp_path: Path) -> None:
+    work = tmp_path / "work"
+    work.mkdir()
+    shutil.copy(SAMPLE_VIDEO, work / "-dash.mp4")
+
+    def run_here(*args: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run(
+            [sys.executable, "-m", "pipeline", *args, *cli_base, "max_frames=1"], cwd=work,
+            env=cli_env(PYTHONPATH=str(ROOT)), capture_output=True, text=True, timeout=RUN_TIMEOUT_S,
+        )
+
+    refused = run_here("-dash.mp4")
+    assert_one_line_error(refused, 1, "given as video=./-dash.mp4 (or video=-dash.mp4)")
+    assert run_here("video=-dash.mp4", "dry_run=true").stdout.splitlines()[1].startswith("caption  -dash.mp4: 1 frame")
+    done = run_here("video=./-dash.mp4")
+    assert done.returncode == 0, done.stderr
+    assert list(pd.read_parquet(tmp_path / "out").video_path) == ["-dash.mp4"]
+
+
+def test_options_may_come_after_the_settings() -> None:
+    result = run_cli("video=x.mp4", "--cfg", "job", "model=tiny")
+    assert result.returncode == 0, result.stderr
+    assert "chat_format: chatml" in result.stdout and "video: x.mp4" in result.stdout
+
+
+# -- a list setting given twice; a text setting whose value Hydra would type -------------------------
+
+
+@pytest.mark.parametrize(
+    ("args", "key", "expected"),
+    [
+        (["video=a.mp4", "video=b.mp4"], "video", ["a.mp4", "b.mp4"]),
+        (["video=a.mp4", "video=[b.mp4,c d.mp4]"], "video", ["a.mp4", "b.mp4", "c d.mp4"]),
+        (["prompt=What is shown?", "prompt=Which colours?"], "prompts", ["What is shown?", "Which colours?"]),
+        (["export=vtt", "export=srt"], "export", ["vtt", "srt"]),
+    ],
+)
+def test_a_list_setting_given_twice_is_refused_with_the_list_that_holds_both(
+    args: list[str], key: str, expected: list[str]
+) -> None:
+    result = run_cli("model=tiny", "dry_run=true", *args, *(["video=x.mp4"] if key != "video" else []))
+    assert_one_line_error(result, 1, "is given twice and only the last would count; for all of them write")
+    (line,) = error_lines(result.stderr)
+    (fixed,) = shlex.split(line.rsplit("for all of them write ", 1)[1])
+    assert composed(*(["video=x.mp4"] if key != "video" else []), fixed)[key] == expected
+    # Any other setting given twice is an override: the last one counts, as Hydra has it.
+    assert composed("video=x.mp4", "max_frames=1", "max_frames=2")["max_frames"] == 2
+
+
+@pytest.mark.parametrize("value", ["true", "TRUE", "1.50", "1_000", "1e3", "null", "-inf"])
+def test_a_path_is_taken_as_typed(tiny_model_dir: Path, tmp_path: Path, value: str) -> None:
+    work = tmp_path / "work"
+    work.mkdir()
+
+    def dry_run(*args: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run(
+            [sys.executable, "-m", "pipeline", *args, "model=tiny", f"model.dir={tiny_model_dir}", "dry_run=true",
+             "min_age_s=0"], cwd=work, env=cli_env(PYTHONPATH=str(ROOT)), capture_output=True, text=True,
+            timeout=RUN_TIMEOUT_S,
+        )
+
+    assert_one_line_error(dry_run(f"video={value}"), 1, f"video={value} does not exist")
+    shutil.copy(SAMPLE_VIDEO, work / value)
+    found = dry_run(f"video={value}", f"output_dir={tmp_path / 'out'}")
+    assert found.returncode == 0, found.stderr
+    assert found.stdout.splitlines()[1].startswith(f"caption  {value}: ")
+    if value != "null":  # output_dir takes text, not null
+        (work / value).unlink()
+        into = dry_run(f"video={SAMPLE_VIDEO}", f"output_dir={value}")
+        assert into.stdout.splitlines()[-1].endswith(f" -> {work / value}"), into.stderr
+
+
+# -- a stop before the run begins: one line and its code, as later -------------------------------
+
+# Sends the signal to itself when the command line first imports the module TRAP_AT: a stop that
+# lands while Python loads the pipeline, at a known point rather than after a guessed time.
+EARLY_STOP = """
+import os, runpy, signal, sys
+class Trap:
+    def find_spec(self, name, path=None, target=None):
+        if name == os.environ["TRAP_AT"]:
+            sys.meta_path.remove(self)
+            os.kill(os.getpid(), getattr(signal, os.environ["TRAP_SIGNAL"]))
+sys.meta_path.insert(0, Trap())
+sys.argv[0] = "pipeline"
+runpy.run_module("pipeline", run_name="__main__", alter_sys=True)
+"""
+
+
+@pytest.mark.parametrize(("trap_at", "signal_name"), [
+    ("hydra", "SIGINT"), ("omegaconf.nodes", "SIGINT"), ("numpy", "SIGTERM"), ("pipeline.config", "SIGHUP"),
+])
+def test_a_stop_while_the_pipeline_loads_is_one_line_and_its_code(trap_at: str, signal_name: str) -> None:
+    result = subprocess.run(
+        [sys.executable, "-c", EARLY_STOP, "video=x.mp4", "model=tiny"], cwd=ROOT,
+        env=cli_env(TRAP_AT=trap_at, TRAP_SIGNAL=signal_name), capture_output=True, text=True, timeout=RUN_TIMEOUT_S,
+    )
+    code = 128 + getattr(signal, signal_name)
+    assert_one_line_error(result, code, f"stopped by {signal_name} before the run began: nothing was written")
+    assert result.stderr.count("\n") == 1, result.stderr
+
+
+def test_ctrl_c_while_the_command_line_is_checked_is_one_line() -> None:
+    code = (
+        "import os, signal, sys\nimport pipeline.arguments as arguments\nchecked = arguments.config_error\n"
+        "def interrupted(overrides):\n    os.kill(os.getpid(), signal.SIGINT)\n    return checked(overrides)\n"
+        "arguments.config_error = interrupted\nsys.argv[0] = 'pipeline'\n"
+        "from pipeline.__main__ import run\nrun()\n"
+    )
+    result = subprocess.run(
+        [sys.executable, "-c", code, "video=x.mp4", "model=tiny"], cwd=ROOT, env=cli_env(), capture_output=True,
+        text=True, timeout=RUN_TIMEOUT_S,
+    )
+    assert_one_line_error(result, 130, "stopped by SIGINT before the run began: nothing was written")

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import os
 import re
+import subprocess
+import sys
 import time
 from pathlib import Path
 
@@ -13,8 +15,20 @@ import pytest
 from pipeline.caption import GPU_INSTALL_COMMAND
 from pipeline.caption.tiny import ensure_tiny_model
 from pipeline.decode import VideoReader
+from pipeline.errors import WeightsError
+from pipeline.presets import captioner_from_preset
 from pipeline.store import read_metadata
-from tests.conftest import ROOT, SAMPLE_VIDEO, assert_one_line_error, last_run, run_cli, write_video, write_wav
+from tests.conftest import (
+    ROOT,
+    RUN_TIMEOUT_S,
+    SAMPLE_VIDEO,
+    assert_one_line_error,
+    cli_env,
+    last_run,
+    run_cli,
+    write_video,
+    write_wav,
+)
 
 
 def container_times(path: Path) -> dict[int, float]:
@@ -79,7 +93,8 @@ def test_cfg_job_works(tmp_path: Path) -> None:
     ],
 )
 def test_bad_config_is_one_line(cli_base: list[str], args: list[str], needle: str) -> None:
-    result = run_cli(f"video={SAMPLE_VIDEO}", *cli_base, *args)
+    video = [] if any(arg.startswith("video=") for arg in args) else [f"video={SAMPLE_VIDEO}"]
+    result = run_cli(*video, *cli_base, *args)
     assert_one_line_error(result, 1, needle)
 
 
@@ -125,7 +140,7 @@ def test_unwritable_output_dir(cli_base: list[str], tmp_path: Path) -> None:
     blocker = tmp_path / "file"
     blocker.write_text("")
     result = run_cli(f"video={SAMPLE_VIDEO}", *cli_base, f"output_dir={blocker / 'out'}")
-    assert_one_line_error(result, 1, "not writable", str(blocker / "out"))
+    assert_one_line_error(result, 1, f"into {blocker / 'out'} ({blocker} is a file, not a folder)")
 
 
 def test_generated_clip_with_odd_frame_rate(cli_base: list[str], tmp_path: Path) -> None:
@@ -260,3 +275,126 @@ def test_counts_of_one_are_singular(cli_base: list[str], tmp_path: Path) -> None
     assert re.search(r"done .*sample\.mp4: 1 frame captioned, 0 already done, 1 row, ", result.stderr)
     assert "; 1 frame in " in result.stderr
     assert "1 of 1 video to caption; loading model tiny" in result.stderr
+
+
+def run_in(cwd: Path, *args: str, **env: str) -> subprocess.CompletedProcess[str]:
+    """``python -m pipeline ARGS`` from ``cwd`` with this checkout's code (and ``env`` added)."""
+    return subprocess.run(
+        [sys.executable, "-m", "pipeline", *args], cwd=cwd, env=cli_env(PYTHONPATH=str(ROOT), **env),
+        capture_output=True, text=True, timeout=RUN_TIMEOUT_S,
+    )
+
+
+@pytest.mark.parametrize(
+    ("setting", "needle"),
+    [
+        ("output_dir=", "output_dir= is empty (an unset variable?); give the folder for the results"),
+        ("output_dir=  ", "output_dir= is empty (an unset variable?)"),
+        ("model.dir=", "model.dir= is empty (an unset variable?); give the weights' folder, or model.dir=null"),
+        ("model.text=", "model.text= is empty (an unset variable?); give a text-model GGUF file, or model.text=null"),
+        ("model.mmproj=", "model.mmproj= is empty (an unset variable?)"),
+        ("model.text_file=", "model.text_file= is empty (an unset variable?)"),
+        ("prompts_file=", "prompts_file= is empty (an unset variable?)"),
+    ],
+)
+def test_an_empty_path_is_refused_and_nothing_lands_in_the_working_folder(
+    tiny_model_dir: Path, tmp_path: Path, setting: str, needle: str
+) -> None:
+    work = tmp_path / "work"
+    work.mkdir()
+    for dry_run in ("false", "true"):
+        result = run_in(
+            work, f"video={SAMPLE_VIDEO}", "model=tiny", f"model.dir={tiny_model_dir}",
+            f"output_dir={tmp_path / 'out'}", "max_frames=1", "generation.max_tokens=4", setting, f"dry_run={dry_run}",
+        )
+        assert_one_line_error(result, 1, needle)
+        assert list(work.iterdir()) == [] and not (tmp_path / "out").exists()
+
+
+@pytest.mark.parametrize(
+    ("settings", "needle"),
+    [
+        (["start_s=5", "end_s=1"], "start_s=5 end_s=1 is an empty window"),
+        (["export=xyz"], "unknown export format 'xyz'; choose from vtt, srt, jsonl, csv or all"),
+        (["thumbnails.quality=500"], "thumbnails.quality must be 1-100, got 500"),
+        (["thumbnails.quality=0"], "thumbnails.quality must be 1-100, got 0"),
+        (["thumbnails.long_side_px=0"], "thumbnails.long_side_px must be >= 1, got 0"),
+        (["model.text={tmp}/nope.gguf"], "model.text={tmp}/nope.gguf is not a file; give the path of a GGUF file"),
+    ],
+)
+def test_a_bad_setting_is_refused_alike_by_a_dry_run_and_before_the_night_is_recorded(
+    cli_base: list[str], tmp_path: Path, settings: list[str], needle: str
+) -> None:
+    settings = [s.format(tmp=tmp_path) for s in settings]
+    for dry_run in ("false", "true"):
+        result = run_cli(f"video={SAMPLE_VIDEO}", *cli_base, *settings, f"dry_run={dry_run}")
+        assert_one_line_error(result, 1, needle.format(tmp=tmp_path))
+        assert not (tmp_path / "out").exists()  # no lock taken, no _last_run.json replaced
+
+
+@pytest.mark.parametrize("where", ["model.dir", "output_dir", "cache", "cache/sub"])
+def test_a_file_where_a_folder_must_be_is_one_line_naming_it(
+    cli_base: list[str], tmp_path: Path, where: str
+) -> None:
+    blocker = tmp_path / "a-file"
+    blocker.write_text("not a folder")
+    args = [a for a in cli_base if not a.startswith(("model.dir=", "output_dir="))]
+    folder = blocker / "sub" if where.endswith("/sub") else blocker
+    env = {"VIDEO_CAPTION_CACHE": str(folder)} if where.startswith("cache") else {}
+    setting = [f"{where}={blocker}"] if not env else []
+    out = [] if where == "output_dir" else [f"output_dir={tmp_path / 'out'}"]
+    for dry_run in ("false", "true"):
+        result = run_in(ROOT, f"video={SAMPLE_VIDEO}", *args, *out, *setting, f"dry_run={dry_run}", **env)
+        assert_one_line_error(result, 1, f"into {folder} ({blocker} is a file, not a folder): that must be a writable")
+        assert "crashed" not in result.stderr and not (tmp_path / "out").exists()
+        if env:
+            assert "set VIDEO_CAPTION_CACHE to a writable folder" in result.stderr
+
+
+def test_download_into_a_file_is_one_line(tmp_path: Path) -> None:
+    blocker = tmp_path / "a-file"
+    blocker.write_text("not a folder")
+    for env, setting in (({}, [f"model.dir={blocker}"]), ({"VIDEO_CAPTION_CACHE": str(blocker)}, [])):
+        result = subprocess.run(
+            [sys.executable, "-m", "pipeline.download", "model=tiny", *setting], cwd=ROOT, env=cli_env(**env),
+            capture_output=True, text=True, timeout=RUN_TIMEOUT_S,
+        )
+        assert_one_line_error(result, 1, f"into {blocker} ({blocker} is a file, not a folder)")
+        assert result.stderr.count("\n") == 1 and result.stdout == ""
+
+
+def test_the_library_says_the_same_of_a_file_where_a_folder_must_be(tmp_path: Path) -> None:
+    blocker = tmp_path / "a-file"
+    blocker.write_text("not a folder")
+    for folder in (blocker, blocker / "tiny"):
+        with pytest.raises(WeightsError, match=re.escape(f"({blocker} is a file, not a folder)")):
+            captioner_from_preset("tiny", f"model.dir={folder}")
+
+
+@pytest.mark.parametrize(
+    ("videos", "code", "needle"),
+    [
+        (["{tmp}/notes.mp4"], 3, "the sweep failed: job 0 exited 3"),
+        (["{tmp}/missing.mp4", "{sample}"], 1, "the sweep failed: job 0 exited 1"),
+    ],
+)
+def test_a_failed_sweep_is_one_line_and_its_jobs_code(
+    cli_base: list[str], tmp_path: Path, videos: list[str], code: int, needle: str
+) -> None:
+    (tmp_path / "notes.mp4").write_text("not a video")
+    sweep = ",".join(v.format(tmp=tmp_path, sample=SAMPLE_VIDEO) for v in videos)
+    result = run_cli("-m", f"video={sweep}", *cli_base, "max_frames=1", f"hydra.sweep.dir={tmp_path / 'sweep'}")
+    assert_one_line_error(result, code, needle)
+    assert "JobFailed" not in result.stderr and "Error executing job" not in result.stderr
+    if len(videos) == 2:  # the next jobs ran all the same
+        assert list(pd.read_parquet(tmp_path / "out").video_path) == [str(SAMPLE_VIDEO)]
+
+
+def test_a_failed_job_of_a_launcher_is_one_line_of_ours_and_its_code(cli_base: list[str], tmp_path: Path) -> None:
+    (tmp_path / "notes.mp4").write_text("not a video")
+    result = run_cli(
+        "-m", "hydra/launcher=submitit_local", f"video={tmp_path / 'notes.mp4'}", *cli_base, "max_frames=1",
+        f"hydra.sweep.dir={tmp_path / 'sweep'}", "hydra.launcher.timeout_min=5",
+    )
+    assert_one_line_error(result, 3, "the sweep failed: job 0 exited 3; its log says why")
+    assert "Traceback" not in result.stderr and "JobFailed" not in result.stderr

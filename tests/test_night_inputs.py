@@ -7,6 +7,7 @@ lock file deleted under a running night. Each through ``python -m pipeline`` on 
 from __future__ import annotations
 
 import os
+import re
 import shutil
 import socket
 import subprocess
@@ -321,3 +322,101 @@ def test_a_run_whose_lock_file_was_deleted_stops_before_writing_twice(tiny_model
     runs = read_runs(out)
     assert [r["exit_code"] for r in runs] == [1, 0] and [r["pid"] for r in runs] == [first.pid, runs[1]["pid"]]
     assert last_run(out)["pid"] == runs[1]["pid"] != first.pid and last_run(out)["exit_code"] == 0
+
+
+# -- names that would forge a line ----------------------------------------------------------------
+
+# Each a name a file may have (anything but "/" and NUL): line breaks of every kind, a terminal's
+# escape sequences (clear the line, cursor up), C1 controls, a tab and DEL.
+FORGING_NAMES = [
+    "evil\n[22:00:00 INFO] finished: 9 done, 0 skipped, 0 failed.mp4",
+    "cr\r[22:00:01 ERROR] cr.mp4",
+    "esc\x1b[2K\x1b[1A[22:00:02 INFO] esc.mp4",
+    "separators\u2028[22:00:03 INFO] ls\u2029ps\x85nel\x0b\x0c\x1c.mp4",
+    "csi\x9b2K tab\t del\x7f bell\x07.mp4",
+]
+STAMPED = r"\[\d\d:\d\d:\d\d (INFO|WARNING|ERROR)\] "
+LOGGED = r"\[\d{4}-\d\d-\d\d \d\d:\d\d:\d\d,\d{3}\]\[[\w.]+\]\[(INFO|WARNING|ERROR)\] "
+PLANNED = r"(dry run: |caption  |fail     |skip     |wait     |\d+ videos?, )"
+
+
+def assert_lines(text: str, pattern: str) -> None:
+    """Every line of ``text`` (a line ends at LF only) starts as ``pattern`` says, and nothing
+    in it moves a terminal's cursor or ends a line in the eyes of another reader."""
+    assert text.endswith("\n"), text
+    for line in text[:-1].split("\n"):
+        assert re.match(pattern, line), f"a line that is not one of the tool's: {line!r}"
+    assert not re.search("[\r\x1b\x85\x9b\u2028\u2029\x0b\x0c\x1c]", text), text
+
+
+def test_a_file_name_cannot_split_or_forge_a_line(tiny_model_dir: Path, tmp_path: Path) -> None:
+    folder = tmp_path / "videos"
+    folder.mkdir()
+    for i, name in enumerate(FORGING_NAMES):
+        write_video(folder / name, n_frames=2, colour_of=tinted(40 * i))
+    out = tmp_path / "out"
+    args = [*night_args(folder, out, tiny_model_dir, tmp_path, max_tokens=4), "max_frames=1"]
+
+    plan = run_bounded(*args, "dry_run=true")
+    assert plan.returncode == 0, plan.stderr
+    assert_lines(plan.stdout, PLANNED)
+    assert plan.stdout.count("\ncaption  ") == len(FORGING_NAMES)
+    assert f"caption  {folder}/evil␊[22:00:00 INFO] finished: 9 done, 0 skipped, 0 failed.mp4: 1 frame" in plan.stdout
+
+    night = run_bounded(*args)
+    assert night.returncode == 0, night.stderr
+    assert_lines(night.stderr, STAMPED)
+    assert night.stderr.count("] done ") == len(FORGING_NAMES)
+    assert f"] done {folder}/esc␛[2K␛[1A[22:00:02 INFO] esc.mp4: 1 frame captioned" in night.stderr
+    assert "separators\\u2028[22:00:03 INFO] ls\\u2029ps\\u0085nel␋␌␜.mp4" in night.stderr
+    assert "csi\\u009b2K tab␉ del␡ bell␇.mp4" in night.stderr
+    log_file = Path(last_run(out)["log_file"])
+    assert_lines(log_file.read_text(encoding="utf-8"), LOGGED)
+    # The Parquet keeps each name as it is.
+    assert sorted(Path(p).name for p in answers(out).video_path.unique()) == sorted(FORGING_NAMES)
+
+
+# -- what a dry run says of files that are not videos ---------------------------------------------
+
+
+@pytest.mark.allow_error_logs
+def test_a_dry_run_says_a_file_that_is_no_video_fails_as_the_run_records_it(
+    tiny_model_dir: Path, tmp_path: Path
+) -> None:
+    folder = make_night(tmp_path / "videos", n_videos=1, n_frames=2)
+    (folder / "notes.mp4").write_text("a text file, named like a video\n")
+    (folder / "empty.mp4").write_bytes(b"")
+    (folder / "header.mp4").write_bytes(b"\x00\x00\x00\x18ftypmp42" + b"\x00" * 64)  # an MP4 cut short
+    out = tmp_path / "out"
+    args = night_args(folder, out, tiny_model_dir, tmp_path)
+
+    plan = run_bounded(*args, "dry_run=true")
+    assert plan.returncode == 0, plan.stderr
+    night = run_bounded(*args)
+    assert night.returncode == 2, night.stderr
+    records = error_records(out)
+    assert len(records) == 3
+    failing = sorted(line for line in plan.stdout.splitlines() if line.startswith("fail"))
+    assert failing == sorted(f"fail     {path}: {why}" for path, why in zip(records.video_path, records.error))
+    assert "answered before" not in plan.stdout and "0 frames" not in plan.stdout
+    assert plan.stdout.splitlines()[-1].startswith("4 videos, 1 to caption: 2 frames, 4 questions")
+
+
+def test_a_dry_run_of_a_video_with_nothing_to_ask_claims_no_earlier_answers(cli_base: list[str]) -> None:
+    plan = run_bounded(f"video={SAMPLE_VIDEO}", *cli_base, "start_s=3600", "dry_run=true")
+    assert plan.returncode == 0, plan.stderr
+    assert f"caption  {SAMPLE_VIDEO}: 0 frames, nothing to ask\n" in plan.stdout
+    assert "answered before" not in plan.stdout
+
+
+def test_a_path_named_twice_is_one_video(tiny_model_dir: Path, tmp_path: Path) -> None:
+    """The same path through two entries (a list with ``a.mp4`` and ``./a.mp4``, a folder and a
+    glob over it) is one video, not a second one with "the same content as" itself."""
+    folder = make_night(tmp_path / "videos", n_videos=1, n_frames=2)
+    out = tmp_path / "out"
+    args = [a for a in night_args(folder, out, tiny_model_dir, tmp_path) if not a.startswith("video=")]
+    night = run_cli(*args, f"video=[{folder / 'v0.mp4'},{folder}/./v0.mp4,{folder},'{folder}/*.mp4']")
+    assert night.returncode == 0, night.stderr
+    assert "same content" not in night.stderr
+    record = last_run(out)
+    assert (record["videos_done"], record["videos_skipped"], len(record["videos"])) == (1, 0, 1)

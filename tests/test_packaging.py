@@ -47,3 +47,17 @@ def test_every_data_file_is_installed() -> None:
     ]
     assert data_files, "no data files found: the check looks in the wrong place"
     assert sorted(str(p.relative_to(ROOT)) for p in data_files if p not in taken) == []
+
+
+def test_every_script_names_a_function_that_stops_in_one_line() -> None:
+    """Each ``[project.scripts]`` entry names a function that exists; the command line's is the
+    one ``python -m pipeline`` runs, under which a stop while loading is one line."""
+    import importlib
+
+    import pipeline.__main__
+
+    scripts = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["scripts"]
+    for target in scripts.values():
+        module, _, name = target.partition(":")
+        assert callable(getattr(importlib.import_module(module), name)), target
+    assert scripts["video-caption"] == f"pipeline.__main__:{pipeline.__main__.run.__name__}"

@@ -28,9 +28,14 @@ def test_a_window_takes_a_whole_runs_samples_there_and_a_wider_run_adds_the_rest
     assert pd.read_parquet(out).config_id.nunique() == 1
 
 
-def test_an_empty_window_is_one_line(cli_base: list[str]) -> None:
-    result = run_cli(f"video={SAMPLE_VIDEO}", *cli_base, "start_s=3", "end_s=2")
-    assert_one_line_error(result, 1, "need 0 <= start_s < end_s", "start_s=3.0 end_s=2.0")
+@pytest.mark.parametrize("window", [["start_s=3", "end_s=2"], ["start_s=2.5", "end_s=2.5"]])
+def test_an_empty_window_is_one_line_before_anything_is_written(
+    cli_base: list[str], tmp_path: Path, window: list[str]
+) -> None:
+    for dry_run in ("false", "true"):
+        result = run_cli(f"video={SAMPLE_VIDEO}", *cli_base, *window, f"dry_run={dry_run}")
+        assert_one_line_error(result, 1, f"{' '.join(window)} is an empty window: start_s must be below end_s")
+        assert not (tmp_path / "out").exists()  # no lock, no night's record
 
 
 def test_dry_run_lists_the_work_and_touches_nothing(cli_base: list[str], tmp_path: Path) -> None:
