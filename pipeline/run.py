@@ -51,7 +51,7 @@ from pipeline.store import (
     write_videos_table,
 )
 from pipeline.structured import PromptEntry, check_schemas
-from pipeline.summary import RunSummary, WorkerStats
+from pipeline.summary import RunSummary, VideoOutcome, WorkerStats
 from pipeline.words import plural
 
 log = logging.getLogger(__name__)
@@ -103,6 +103,8 @@ class Pipeline:
         before_write: Called on the writer thread before each write to ``output_dir``, and
             again just before a chunk appears under its name (the command line's
             :meth:`~pipeline.lock.RunLock.check`); what it raises stops the run.
+        on_commit: Called on the writer thread after each commit of rows, once the videos'
+            counts include them (the command line's :meth:`~pipeline.summary.RunRecord.progress`).
         progress_interval_s: Off a terminal, a progress line this often (``None``: none).
     """
 
@@ -124,6 +126,7 @@ class Pipeline:
         min_age_s: float = 0.0,
         read_only: bool = False,
         before_write: Callable[[], None] | None = None,
+        on_commit: Callable[[], None] | None = None,
         progress_interval_s: float | None = None,
     ) -> None:
         self.decoder = VideoDecoder(sampler, max_frames, thumbnail, start_s, end_s)
@@ -141,6 +144,7 @@ class Pipeline:
         self.prefetch_frames = prefetch_frames
         self.min_age_s = min_age_s
         self.before_write = before_write
+        self.on_commit = on_commit
         self.progress_interval_s = progress_interval_s
         self.planner = Planner(output_dir, config_id, self.work_id, retry_failed, min_age_s, read_only)
         prompts_asked = [
@@ -327,7 +331,6 @@ class Pipeline:
         task.in_model_since = entered if task.in_model_since is None else min(entered, task.in_model_since)
         task.pending_frames += 1
         task.answered += 1
-        task.outcome.frames += 1
         if task.pending_frames >= self.checkpoint_frames:
             self._submit_chunk(task)
         self._finish_if_complete(task)
@@ -365,25 +368,29 @@ class Pipeline:
         self._progress.video_finished()
 
     def _submit_chunk(self, task: VideoTask) -> None:
-        rows, task.pending_rows, task.pending_frames = task.pending_rows, [], 0
-        ok = [r for r in rows if r.status == "ok"]
-        errors = [r for r in rows if r.status != "ok"]
-        task.outcome.rows += len(rows)
-        for kind, chunk in (("part", ok), ("errors", errors)):
-            if chunk:
-                self._submit_write(
-                    write_chunk, self.output_dir, task.outcome.video_id, kind, self.config_id, chunk, self.metadata,
-                    self.before_write,
-                )
+        rows, task.pending_rows, frames, task.pending_frames = task.pending_rows, [], task.pending_frames, 0
+        if rows or frames:
+            self._submit_write(self._commit, task.outcome, rows, frames)
 
     def _submit_error_record(self, task: VideoTask) -> None:
         row = self._error_row(task, task.outcome.error or "unknown error")
-        task.outcome.rows += 1
-        self._submit_write(
-            write_chunk, self.output_dir, row.video_id, "errors", self.config_id, [row], self.metadata,
-            self.before_write,
-        )
+        self._submit_write(self._commit, task.outcome, [row], 0)
         log.warning("failed %s: %s", task.outcome.path, task.outcome.error)
+
+    def _commit(self, outcome: VideoOutcome, rows: list[ResultRow], frames: int) -> None:
+        """Write rows of one video (answers and error rows each to a chunk of their kind); the
+        video's counts grow by what was written, so a run that stops says only what it committed."""
+        ok = [r for r in rows if r.status == "ok"]
+        for kind, chunk in (("part", ok), ("errors", [r for r in rows if r.status != "ok"])):
+            if chunk:
+                # chunk[0].video_id: an error record of a path that vanished is filed under the path's id
+                write_chunk(
+                    self.output_dir, chunk[0].video_id, kind, self.config_id, chunk, self.metadata, self.before_write
+                )
+                outcome.rows += len(chunk)
+        outcome.frames += frames
+        if self.on_commit is not None:
+            self.on_commit()
 
     def _submit_write(self, write: Callable[..., object], *args: Any) -> None:
         """Queue a write to ``output_dir`` on the writer thread, behind :attr:`before_write`."""

@@ -24,8 +24,10 @@ from pipeline.errors import UserError
 from pipeline.options import asks_help, number, parse_options
 from pipeline.owed import owed
 from pipeline.runlog import console_logging, say_error
+from pipeline.signals import end_quietly_when_the_reader_stops
 from pipeline.store import QUARANTINE, StoreError, read_results
 from pipeline.summary import DID_NOT_FINISH, RUNNING, engine_lines, read_runs
+from pipeline.words import visible
 
 USAGE = "usage: python -m pipeline.status output_dir=DIR [runs=N]"
 _KEYS = ("output_dir", "runs")
@@ -62,6 +64,7 @@ def main(argv: list[str] | None = None) -> int:
     if asks_help(args, f"{USAGE}\n\n{__doc__}"):
         return 0
     console_logging()
+    end_quietly_when_the_reader_stops()
     try:
         options = parse_options(args, _KEYS, ("output_dir",))
         lines = status_lines(Path(options["output_dir"]).expanduser().resolve(),
@@ -69,7 +72,7 @@ def main(argv: list[str] | None = None) -> int:
     except UserError as error:
         say_error(str(error))
         return 1
-    print("\n".join(lines))
+    print("\n".join(visible(line) for line in lines))  # a name may hold a newline
     return 0
 
 
@@ -79,22 +82,25 @@ def _run_line(run: dict[str, Any]) -> str:
         return f"a run whose record does not read: {run.get('started')!r}"
     state = run["state"]
     pid = run.get("pid")
+    frames, rows = run.get("frames", 0), run.get("rows", 0)
     if state == RUNNING:
         ending = f"running (pid {pid})"
         length = f"{_length(started, datetime.now(timezone.utc))} so far"
+        work = f"frames {frames}+  rows {rows}+ committed so far"
     elif state == DID_NOT_FINISH:
         ending = f"did not finish (pid {pid} is gone)"
         length = "?"
+        work = f"frames {frames}+  rows {rows}+ committed (as last recorded)"
     else:
         ending = f"exit {run.get('exit_code')}"
         finished = _time(run.get("finished"))
         length = _length(started, finished) if finished else f"{float(run.get('wall_s') or 0):.1f} s"
+        work = f"frames {frames}  rows {rows}  {float(run.get('frames_per_s') or 0):.2f} frames/s"
     shard = f" {run['shard']}" if run.get("shard") else ""
     return (
         f"{started:%Y-%m-%d %H:%M:%S} UTC{shard}  {length}  {ending}  videos: {run.get('videos_done', 0)} done, "
         f"{run.get('videos_skipped', 0)} skipped, {run.get('videos_failed', 0)} failed, "
-        f"{run.get('videos_waiting', 0)} waiting  frames {run.get('frames', 0)}  rows {run.get('rows', 0)}  "
-        f"{float(run.get('frames_per_s') or 0):.2f} frames/s"
+        f"{run.get('videos_waiting', 0)} waiting  {work}"
     )
 
 

@@ -24,6 +24,7 @@ import json
 import logging
 import os
 import socket
+import threading
 import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
@@ -43,13 +44,16 @@ LAST_RUN = "_last_run"
 RUNNING = "running"
 FINISHED = "finished"
 DID_NOT_FINISH = "did not finish"
+PROGRESS_EVERY_S = 30.0  # how often a running record is rewritten with what is committed
 
 
 @dataclass
 class VideoOutcome:
     """What happened to one video in a run (``status``: todo, then done, skipped or error;
     or ``waiting``: left for the next run; ``note`` says why a video waits or was skipped
-    without an error: ``done``, or the video of the same content it repeats)."""
+    without an error: ``done``, or the video of the same content it repeats). ``frames`` and
+    ``rows`` count what this run committed (a frame answered but not yet written is not in
+    them)."""
 
     path: str
     video_id: str
@@ -142,6 +146,10 @@ class RunRecord:
         self.started = started
         self.suffix = suffix
         self.holds_lock = holds_lock
+        self._progress_at: float | None = None
+        self._finished = False
+        self._said_unwritten = False
+        self._lock = threading.Lock()
         self.facts = {"pid": os.getpid(), "host": socket.gethostname(), "shard": suffix.lstrip("-") or None, **facts}
 
     @property
@@ -181,9 +189,23 @@ class RunRecord:
         self.facts.update(facts)
         self.start(summary)
 
+    def progress(self, summary: RunSummary) -> None:
+        """Write the ``running`` record again with what is committed so far: after the run's
+        first commit, then at most every :data:`PROGRESS_EVERY_S` (so that status, and the
+        record of a run that is killed, show its work up to about then)."""
+        with self._lock:
+            now = time.monotonic()
+            if self._finished or (self._progress_at is not None and now - self._progress_at < PROGRESS_EVERY_S):
+                return
+            self._progress_at = now
+            self._write(self.record(summary, None))
+
     def finish(self, summary: RunSummary, exit_code: int) -> None:
-        """Write the finished record; where it cannot be written, the ``running`` one stays."""
-        self._write(self.record(summary, exit_code))
+        """Write the finished record; where it cannot be written, the ``running`` one stays.
+        No :meth:`progress` writes after it (a write still under way when a stalled run ends)."""
+        with self._lock:
+            self._finished = True
+            self._write(self.record(summary, exit_code))
 
     def _write(self, record: dict[str, Any]) -> bool:
         written = True
@@ -193,7 +215,9 @@ class RunRecord:
             try:
                 write_json_atomic(path, record)
             except StoreError as error:
-                log.warning("run summary not written: %s", error)
+                if not self._said_unwritten:  # once: a full disk fails every write of the night
+                    log.warning("run summary not written: %s", error)
+                    self._said_unwritten = True
                 written = False
         return written
 

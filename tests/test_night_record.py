@@ -17,6 +17,7 @@ import os
 import signal
 import subprocess
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -106,20 +107,28 @@ def test_sighup_stops_the_run_like_sigterm_with_its_own_code(tiny_model_dir: Pat
 
 @pytest.mark.allow_error_logs
 def test_a_night_whose_model_files_cannot_be_found_is_recorded(tiny_model_dir: Path, tmp_path: Path) -> None:
-    """The model's files are found (or fetched) after the night's record says running, since
-    config_id holds their content: a night that cannot find them finishes its own record with
-    exit 1, and config_id stays unknown rather than made up."""
+    """A model file named on the command line that is not there is a mistake refused before the
+    night is recorded. A preset's files are found (or fetched) after the night's record says
+    running, since config_id holds their content: a night that cannot find them finishes its
+    own record with exit 1, and config_id stays unknown rather than made up."""
     videos = make_night(tmp_path / "videos", n_videos=1, n_frames=3)
     out = tmp_path / "out"
     args = night_args(videos, out, tiny_model_dir, tmp_path)
     assert run_cli(*args).returncode == 0 and last_run(out)["exit_code"] == 0
+    first = last_run(out)
     gone = tmp_path / "gone" / "text.gguf"
     write_video(videos / "late.mp4", n_frames=4)
-    night = run_cli(*args, f"model.text={gone}")
-    assert_one_line_error(night, 1, str(gone))
+    assert_one_line_error(run_cli(*args, f"model.text={gone}"), 1, str(gone), "is not a file")
+    assert last_run(out) == first
+
+    empty = tmp_path / "models"
+    empty.mkdir()
+    preset = ["model=llava16_vicuna_7b", f"model.dir={empty}"]
+    night = run_cli(*[a for a in args if not a.startswith(("model=", "model.dir="))], *preset)
+    assert_one_line_error(night, 1, "llava-v1.6-vicuna-7b.Q5_K_M.gguf", "HF_HUB_OFFLINE is set")
     record = last_run(out)
     assert (record["state"], record["exit_code"], record["config_id"]) == ("finished", 1, None)
-    assert record["command"][1:] == [*args, f"model.text={gone}"]
+    assert record["command"][-2:] == preset
     assert status(out).count("exit ") == 2  # this night and the first, as it was
 
 
@@ -253,3 +262,67 @@ def test_a_damaged_chunk_is_shown_left_out_and_redone_never_a_crash(
     assert "damaged chunks" not in status(out)
     redone = answers(out)
     assert len(redone[redone.video_id == video_id]) == len(before[before.video_id == video_id])
+
+
+def test_a_running_and_a_killed_night_show_what_they_committed(tiny_model_dir: Path, tmp_path: Path) -> None:
+    """The running record is written again after the first commit (then at most every 30 s):
+    status shows a night's work so far, and a killed night's record keeps it, never 0."""
+    videos = make_night(tmp_path / "videos", n_videos=1, n_frames=12)
+    out = tmp_path / "out"
+    args = night_args(videos, out, tiny_model_dir, tmp_path)  # chunks of 3 frames, 2 prompts
+    marker = tmp_path / "paused"
+    night = start_paused_run(args, "commit:2:before", marker)
+    wait_for_pause(night, marker)
+    record = last_run(out)
+    assert (record["state"], record["frames"], record["rows"]) == ("running", 3, 6)
+    assert "frames 3+  rows 6+ committed so far" in status(out)
+
+    kill(night)
+    assert len(answers(out)) == 12 >= last_run(out)["rows"]  # two chunks on disk, the first recorded
+    shown = status(out)
+    assert f"did not finish (pid {night.pid} is gone)" in shown
+    assert "frames 3+  rows 6+ committed (as last recorded)" in shown
+    assert run_cli("report", f"output_dir={out}").returncode == 0
+    assert "at least 3 frames committed · did not finish" in (out / "_report.html").read_text()
+
+
+@pytest.mark.allow_error_logs
+def test_rows_that_could_not_be_written_are_not_counted(
+    tiny_model_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A chunk that cannot be written (here: the third) stops the run; its summary counts only
+    the frames and rows committed before it."""
+    import pipeline.run
+    from pipeline.config import compose_config
+    from pipeline.errors import StoreError
+    from pipeline.executors.local import LocalExecutor
+    from pipeline.inputs import find_videos
+    from pipeline.presets import captioner_from_config
+    from pipeline.sampling import AllSampler
+    from pipeline.summary import RunSummary
+
+    write_chunk = pipeline.run.write_chunk
+    chunks = []
+
+    def third_fails(*args: Any) -> Path:
+        chunks.append(args)
+        if len(chunks) == 3:
+            raise StoreError("cannot write: No space left on device")
+        return write_chunk(*args)
+
+    monkeypatch.setattr(pipeline.run, "write_chunk", third_fails)
+    videos = make_night(tmp_path / "videos", n_videos=1, n_frames=12)
+    out = tmp_path / "out"
+    out.mkdir()
+    run = pipeline.run.Pipeline(
+        AllSampler(), ["What?", "Which colours?"], out, "c1", prefetch_frames=4, checkpoint_frames=3
+    )
+    tasks = run.plan(find_videos(str(videos), [".mp4"]))
+    summary = RunSummary(videos=[t.outcome for t in tasks])
+    cfg = compose_config(["model=tiny", f"model.dir={tiny_model_dir}", "video=x", "generation.max_tokens=4"])
+    with captioner_from_config(cfg, max_questions=2) as captioner, pytest.raises(StoreError):
+        run.run(tasks, LocalExecutor(captioner), summary)
+    on_disk = answers(out)  # the chunks before the failed one, and those committed on the way out
+    assert len(chunks) > 3 and 0 < len(on_disk) < 12 * 2
+    assert summary.as_dict()["rows"] == len(on_disk)
+    assert summary.frames == on_disk.frame_index.nunique()

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import ROOT, cli_env, last_run, night_args, run_cli, write_video
+from tests.conftest import ROOT, cli_env, last_run, make_night, night_args, run_cli, write_video
 
 AN_HOUR_AGO = time.time() - 3600
 
@@ -90,3 +90,19 @@ def test_status_of_a_folder_without_runs_and_bad_arguments(tmp_path: Path) -> No
     assert hint in wrong.stderr
     few = status(f"output_dir={tmp_path}", "runs=0")
     assert few.returncode == 1 and "runs must be >= 1, got 0" in few.stderr
+
+
+@pytest.mark.parametrize("command", [
+    ["pipeline.status", "output_dir={out}"],
+    ["pipeline", "video={videos}", "model=tiny", "output_dir={out}", "dry_run=true", "min_age_s=0"],
+])
+def test_a_reader_that_stops_early_ends_the_output_without_a_word(tmp_path: Path, command: list[str]) -> None:
+    """``... | true``: the reader is gone before the first line is printed."""
+    videos, out = make_night(tmp_path / "videos", n_videos=1, n_frames=2), tmp_path / "out"
+    out.mkdir()
+    args = [arg.format(out=out, videos=videos) for arg in command]
+    done = subprocess.run(
+        ["bash", "-c", 'set -o pipefail; "$@" | true', "bash", sys.executable, "-m", *args],
+        cwd=ROOT, env=cli_env(), capture_output=True, text=True, timeout=120,
+    )
+    assert (done.returncode, done.stderr) == (141, "")

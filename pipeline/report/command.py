@@ -8,6 +8,8 @@ from pipeline.errors import UserError
 from pipeline.options import asks_help, flag, number, parse_options
 from pipeline.report.write import PAGE_FRAMES, write_report
 from pipeline.runlog import console_logging, say_error
+from pipeline.signals import end_quietly_when_the_reader_stops
+from pipeline.words import visible
 
 USAGE = (
     "usage: python -m pipeline.report output_dir=DIR [video_id=ID] [out=PATH] [page_frames=N] "
@@ -26,6 +28,7 @@ def main(argv: list[str] | None = None) -> int:
     if asks_help(args, USAGE):
         return 0
     console_logging()
+    end_quietly_when_the_reader_stops()
     try:
         options = parse_options(args, _KEYS, ("output_dir",))
         page_frames = number(options, "page_frames", PAGE_FRAMES, minimum=1)
@@ -38,5 +41,5 @@ def main(argv: list[str] | None = None) -> int:
     except (UserError, OSError) as error:
         say_error(str(error))
         return 1
-    print(f"wrote {path}")
+    print(visible(f"wrote {path}"))
     return 0

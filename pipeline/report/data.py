@@ -100,6 +100,7 @@ def _run(record: dict[str, Any]) -> dict[str, Any]:
         "wall_s": float(record.get("wall_s") or 0.0),
         "frames_per_s": float(record.get("frames_per_s") or 0.0),
         "ending": f"exit {record.get('exit_code', '?')}" if state == FINISHED else state,
+        "finished": state == FINISHED,
         "engines": engine_lines(record),
     }
 
