@@ -169,6 +169,10 @@ case "$plan" in
     T=90 bench mistral7b --seed "" --frames 48 --stall-s 30 --force-lanes --cases "p=3,lanes=2"
     bench mistral7b --seed "" --frames 48 --cases "p=3"
     ;;
+  call25b)  # call25 cut to fit a short device budget: one lane, then two, once each
+    bench mistral7b --seed "" --frames 48 --cases "p=3"
+    T=90 bench mistral7b --seed "" --frames 48 --stall-s 30 --force-lanes --cases "p=3,lanes=2"
+    ;;
   *) echo "unknown plan $plan"; exit 2 ;;
 esac
 echo "call done after $(( $(date +%s) - started )) s"
