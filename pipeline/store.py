@@ -419,18 +419,33 @@ def read_configs(output_dir: str | Path) -> dict[str, dict[str, Any]]:
     return configs
 
 
-def read_prompt_schemas(output_dir: str | Path) -> dict[str, dict[str, Any]]:
-    """The JSON Schema of each schema prompt answered in ``output_dir``, by ``prompt_id``, from
-    the ``prompts`` each chunk file records (files older than that record have none; a
-    ``prompt_id`` covers its schema, so every file that has it agrees)."""
-    schemas: dict[str, dict[str, Any]] = {}
-    for path in result_files(Path(output_dir)):
+def read_prompts(output_dir: str | Path) -> list[dict[str, Any]]:
+    """Every prompt asked in ``output_dir`` (``prompt_id``, ``text``, ``schema``), once each, in
+    the order first asked: the chunk files by the time they were written, each one's prompts in
+    the order its run asked them (files older than that record hold none)."""
+    asked: dict[str, dict[str, Any]] = {}
+    for path in sorted(result_files(Path(output_dir)), key=_written_ns):
         try:
             recorded = (pq.read_schema(path).metadata or {}).get(b"pipeline.prompts")
             prompts = json.loads(recorded) if recorded else []
         except (OSError, ValueError, pa.ArrowException):
             continue
         for prompt in prompts if isinstance(prompts, list) else []:
-            if isinstance(prompt, dict) and isinstance(prompt.get("schema"), dict):
-                schemas.setdefault(str(prompt["prompt_id"]), prompt["schema"])
-    return schemas
+            if isinstance(prompt, dict) and "prompt_id" in prompt:
+                asked.setdefault(str(prompt["prompt_id"]), prompt)
+    return list(asked.values())
+
+
+def _written_ns(path: Path) -> float:
+    name = ChunkName.parse(path.name)
+    return name.written_ns if name is not None else float("inf")
+
+
+def read_prompt_schemas(output_dir: str | Path) -> dict[str, dict[str, Any]]:
+    """The JSON Schema of each schema prompt answered in ``output_dir``, by ``prompt_id``
+    (:func:`read_prompts`; a ``prompt_id`` covers its schema, so every file that has it agrees)."""
+    return {
+        str(prompt["prompt_id"]): prompt["schema"]
+        for prompt in read_prompts(output_dir)
+        if isinstance(prompt.get("schema"), dict)
+    }

@@ -16,7 +16,7 @@ import pytest
 
 from pipeline.export import main
 from pipeline.report import write_report
-from tests.conftest import result_row, write_results
+from tests.conftest import result_row, run_cli, tinted, write_results, write_video
 from tests.subtitles import parse_vtt
 
 
@@ -244,3 +244,34 @@ def test_what_the_export_says_stays_one_line_whatever_a_name_holds(
     assert main([f"output_dir={out}", "format=vtt", f"out={tmp_path / HOSTILE}"]) == 0
     said = capsys.readouterr().out
     assert said.count("\n") == 1 and said.startswith("wrote 3 files") and "evil␊[22:00:00" in said
+
+
+def test_a_prompt_keeps_its_number_whatever_later_nights_ask(tiny_model_dir: Path, tmp_path: Path) -> None:
+    """Prompts are numbered in the order they were first asked, so a track file keeps its
+    meaning when a later night asks fewer prompts, reorders them, or adds a video whose path
+    sorts first."""
+    videos, out = tmp_path / "videos", tmp_path / "out"
+    videos.mkdir()
+    write_video(videos / "b.mp4", n_frames=2)
+    base = [
+        "model=tiny", f"model.dir={tiny_model_dir}", f"output_dir={out}", "generation.max_tokens=4",
+        "engine.n_threads=1", "sampler=all", "export=vtt", "min_age_s=0", f"hydra.run.dir={tmp_path / 'hydra'}",
+    ]
+    first = run_cli(*base, f"video={videos / 'b.mp4'}", "prompts=[Xray?,Yellow?]")
+    assert first.returncode == 0, first.stderr
+    write_video(videos / "a.mp4", n_frames=2, colour_of=tinted(120))
+    later = run_cli(*base, f"video={videos}", "prompts=[Yellow?,Zebra?]")
+    assert later.returncode == 0, later.stderr
+
+    def prompt_of(track: Path) -> str:
+        return re.search(r"NOTE prompt: (.*)", track.read_text()).group(1)  # type: ignore[union-attr]
+
+    tracks = {p.name: prompt_of(p) for p in (out / "_export").rglob("*.vtt")}
+    assert tracks == {
+        "b.prompt1.vtt": "Xray?", "b.prompt2.vtt": "Yellow?", "b.prompt3.vtt": "Zebra?",
+        "a.prompt2.vtt": "Yellow?", "a.prompt3.vtt": "Zebra?",
+    }
+    page = (out / "_report.html").read_text()
+    assert [item.strip() for item in re.findall(r'<li value="\d">([^<]*)', page)] == [
+        "Xray?", "Yellow?", "Zebra?"
+    ]

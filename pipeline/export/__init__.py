@@ -46,7 +46,7 @@ from pipeline.export.names import (
 )
 from pipeline.files import write_bytes_atomic
 from pipeline.options import OptionError, asks_help, parse_options
-from pipeline.results import printable, prompt_numbers, typed_answers
+from pipeline.results import load_prompt_order, printable, prompt_numbers, typed_answers
 from pipeline.runlog import say_error
 from pipeline.signals import end_quietly_when_the_reader_stops
 from pipeline.store import StoreError, read_prompt_schemas, read_results, read_videos
@@ -181,7 +181,7 @@ def parse_formats(value: Any) -> list[str]:
     return list(dict.fromkeys(formats))
 
 
-def tracks_of(df: pd.DataFrame, videos: pd.DataFrame | None = None) -> list[Track]:
+def tracks_of(df: pd.DataFrame, videos: pd.DataFrame | None = None, asked: Sequence[str] = ()) -> list[Track]:
     """The subtitle tracks of result rows: one per video, ``config_id`` and prompt, named
     (numbers, labels, folders) from all of ``df``'s videos and prompts.
 
@@ -190,12 +190,15 @@ def tracks_of(df: pd.DataFrame, videos: pd.DataFrame | None = None) -> list[Trac
         videos: Per-video facts (:func:`pipeline.store.read_videos`); without them the last cue
             of each track gets the median gap. Unused where ``df`` already has ``end_s``
             (:func:`with_cue_ends`).
+        asked: The output folder's prompts in the order first asked
+            (:func:`pipeline.results.load_prompt_order`), which numbers them; without it, the
+            order they first appear in the rows.
     """
     ends = df if "end_s" in df.columns else with_cue_ends(df, videos)
     answered = ends[ends["frame_index"].notna()]
-    # Numbered over the rows in load_results' order (videos by path, frames by time, a frame's
-    # prompts as asked), as the report numbers its prompts and their tracks.
-    numbers = prompt_numbers(ends.sort_values(["video_path", "timestamp_s", "frame_index"], kind="stable"))
+    # Numbered as the report numbers its prompts and their tracks; rows in load_results' order
+    # (videos by path, frames by time, a frame's prompts as asked) for prompts not in ``asked``.
+    numbers = prompt_numbers(ends.sort_values(["video_path", "timestamp_s", "frame_index"], kind="stable"), asked)
     paths = _video_paths(ends)
     folders, places = video_folders(paths), beside_places(paths)
     settings = answered.groupby("video_id")["config_id"].nunique()
@@ -311,7 +314,7 @@ def export(
     df = load_rows(root)
     videos = read_videos(root)
     df = with_cue_ends(df, videos)
-    tracks = tracks_of(df, videos)  # named from every video, whichever is exported
+    tracks = tracks_of(df, videos, load_prompt_order(root))  # named from every video, whichever is exported
     index_folder = folder
     if video is not None:
         video_id = select_video(df, video)

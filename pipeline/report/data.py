@@ -30,6 +30,8 @@ class ReportData:
         thumbnails: File name → JPEG, filled in as the pages reference them.
         schemas: The JSON Schema of each schema prompt, by ``prompt_id``
             (:func:`pipeline.results.load_schemas`).
+        asked: Every prompt's ``prompt_id`` in the order first asked, which numbers them
+            (:func:`pipeline.results.load_prompt_order`).
     """
 
     output_dir: Path | None = None
@@ -40,6 +42,7 @@ class ReportData:
     tracks: dict[str, list[Track]] = field(default_factory=dict)
     thumbnails: dict[str, bytes] = field(default_factory=dict)
     schemas: dict[str, dict[str, Any]] = field(default_factory=dict)
+    asked: list[str] = field(default_factory=list)
 
     def facts(self, video_id: str) -> dict[str, Any] | None:
         """The video's facts, if it was decoded."""
@@ -60,7 +63,7 @@ def header(df: pd.DataFrame, data: ReportData) -> dict[str, Any]:
     prompts, numbered as the tracks are; the counts; the last run, the last run that captioned
     something where that is an earlier one, and the totals of all runs."""
     answered = df[df["frame_index"].notna()]
-    numbers = prompt_numbers(df)
+    numbers = prompt_numbers(df, data.asked)
     prompts = [
         {"number": numbers[str(prompt_id)], "id": prompt_id, "text": rows["prompt"].iloc[0],
          "answers": int(rows["status"].eq("ok").sum())}

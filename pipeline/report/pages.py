@@ -96,7 +96,7 @@ class Pages:
         self.rows_of = dict(tuple(df.groupby("video_id", sort=False)))
         ends = with_cue_ends(df, data.videos)
         self.ends = dict(zip(zip(ends["video_id"], ends["config_id"], ends["frame_index"]), ends["end_s"]))
-        self.numbers = prompt_numbers(df)
+        self.numbers = prompt_numbers(df, data.asked)
         frames = int(counts(df)["frames"])
         self.paged = page_frames is not None and data.assets is not None and frames > page_frames
         self.page_frames = page_frames or max(frames, 1)
