@@ -162,16 +162,12 @@ case "$plan" in
     bench yi34b --seed "" --frames 24 --cases "p=1,w=keep;p=1,w=keep,clipt=1;p=3,w=keep,n=12;p=3,w=keep,n=12,clipt=2" \
       --peer-batches 4,8 --peer-prompts 1,3 --peer-frames 8
     ;;
-  call25)  # planned in session 14, not run yet (no machine could be started): three prompts in two lanes again (they hung in session 6, one CLIP thread, lanes
-           # taking frames by timing), now with frames dealt and a CLIP encoder per lane; one lane around them
+  call25)  # planned in session 14, ran in session 15 (H100): three prompts in two lanes again (they hung in session 6, one CLIP thread,
+           # lanes taking frames by timing), now with frames dealt and a CLIP encoder per lane; one lane around them
     bench mistral7b --seed "" --frames 48 --cases "p=3"
     T=90 bench mistral7b --seed "" --frames 48 --stall-s 30 --force-lanes --cases "p=3,lanes=2"
     T=90 bench mistral7b --seed "" --frames 48 --stall-s 30 --force-lanes --cases "p=3,lanes=2"
     bench mistral7b --seed "" --frames 48 --cases "p=3"
-    ;;
-  call25b)  # call25 cut to fit a short device budget: one lane, then two, once each
-    bench mistral7b --seed "" --frames 48 --cases "p=3"
-    T=90 bench mistral7b --seed "" --frames 48 --stall-s 30 --force-lanes --cases "p=3,lanes=2"
     ;;
   *) echo "unknown plan $plan"; exit 2 ;;
 esac

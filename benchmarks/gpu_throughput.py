@@ -829,15 +829,15 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--peer-frames", type=int, default=64, help="frames per peer batch size (at least one batch)")
     parser.add_argument("--budget-s", type=float, default=1e9, help="skip what would start after this")
     parser.add_argument("--force-lanes", action="store_true",
-                        help="take a case's lanes as given, also where the engine lowers them (3 prompts on a GPU)")
+                        help="engine.lanes_gpu lanes where the engine defaults to one (several prompts on a GPU)")
     parser.add_argument("--stall-s", type=float, default=0.0,
                         help="engine runs: log counters every 15 s and all stacks after this many seconds (0: off)")
     args = parser.parse_args(argv)
 
     started = time.perf_counter()
     n_gpu_layers = SHAPES[args.shape][4]
-    if args.force_lanes:  # to look into why 2 lanes hung with 3 prompts (BENCHMARKS.md)
-        lanes.lane_count = lambda setting, lanes_gpu, on_gpu, max_questions, parallel, *, warn=True: max(
+    if args.force_lanes:  # engine.lanes_gpu lanes with several prompts too (BENCHMARKS.md, sessions 6 and 15)
+        lanes.lane_count = lambda setting, lanes_gpu, on_gpu, max_questions, parallel: max(
             1, min(setting or lanes_gpu, parallel)
         )
     args.model_dir.mkdir(parents=True, exist_ok=True)

@@ -4,7 +4,6 @@ generator."""
 
 from __future__ import annotations
 
-import logging
 import threading
 from collections.abc import Generator, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
@@ -146,19 +145,16 @@ def test_decode_grouping_rule() -> None:
     assert [decode_group(None, False, n) for n in (8, 16, 48)] == [8, 16, 48]  # other builds: all at once
 
 
-def test_lane_rule(caplog: pytest.LogCaptureFixture) -> None:
+def test_lane_rule() -> None:
     # (setting, lanes_gpu, on_gpu, max_questions, parallel) -> lanes
     assert lane_count(None, 2, True, 1, 16) == 2  # GPU, one question: lanes_gpu
     assert lane_count(None, 2, False, 1, 16) == 1  # CPU: one
     assert lane_count(2, 3, True, 1, 16) == 2  # GPU, one question: as set
     assert lane_count(3, 2, False, 3, 16) == 3  # CPU: as set, several questions too
     assert lane_count(4, 2, True, 1, 2) == 2  # never more lanes than frames in flight
-    assert lane_count(None, 2, True, 3, 16) == 1  # GPU, several questions: one, quietly by default
+    assert lane_count(None, 2, True, 3, 16) == 1  # GPU, several questions: one by default
     assert lane_count(1, 2, True, 3, 16) == 1
-    assert not caplog.records
-    with caplog.at_level(logging.WARNING):
-        assert lane_count(2, 2, True, 3, 16) == 1  # ... and with a warning when set higher
-    assert "engine.lanes=2 lowered to 1" in caplog.text
+    assert lane_count(2, 2, True, 3, 16) == 2  # ... and as many as set
 
 
 def test_clip_thread_rule() -> None:

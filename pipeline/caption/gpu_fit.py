@@ -139,7 +139,7 @@ def clip_bytes(mmproj: Path, settings: LoadSettings) -> int:
     arrangement (two in the reference layout, one in llama.cpp's) for each CLIP encoder
     (:func:`~pipeline.caption.engine.lanes.clip_thread_count` on a GPU)."""
     arrangements = len(ARRANGEMENTS) if settings.image_layout == "reference" else 1
-    lanes = lane_count(settings.lanes, settings.lanes_gpu, True, settings.max_questions, settings.parallel, warn=False)
+    lanes = lane_count(settings.lanes, settings.lanes_gpu, True, settings.max_questions, settings.parallel)
     return mmproj.stat().st_size * arrangements * clip_thread_count(settings.clip_threads, True, lanes)
 
 

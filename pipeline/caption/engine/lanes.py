@@ -4,7 +4,6 @@ the threads that drive them (one each) while the caller takes their answers."""
 
 from __future__ import annotations
 
-import logging
 import queue
 import threading
 from collections.abc import Callable, Iterator
@@ -14,35 +13,23 @@ from typing import TypeVar
 from pipeline.caption.engine.native import Lane, TextModel, max_parallel_sequences
 from pipeline.caption.engine.records import EngineError, EngineSettings
 
-_log = logging.getLogger(__name__)
-
 Item = TypeVar("Item")
 
 
-def lane_count(
-    setting: int | None, lanes_gpu: int, on_gpu: bool, max_questions: int, parallel: int, *, warn: bool = True
-) -> int:
-    """Lanes (llama.cpp contexts, a thread each) for the engine: ``engine.lanes``, else
+def lane_count(setting: int | None, lanes_gpu: int, on_gpu: bool, max_questions: int, parallel: int) -> int:
+    """Lanes (llama.cpp contexts, a thread each) for the engine: ``engine.lanes`` as set, else
     ``lanes_gpu`` on a GPU and 1 on the CPU (where llama.cpp's threads already take every
     core); at most one per frame in flight.
 
-    On a GPU, one lane when frames may be asked several questions: there two lanes hung on an
-    H200 in 5 runs of 6 (every thread waiting on the GPU, no progress; with a unified KV cache,
-    a CUDA "illegal instruction" instead; also with ``GGML_CUDA_PDL=0``). The one run that
-    finished, with CUDA graphs off (``GGML_CUDA_DISABLE_GRAPHS=1``), was slower than one lane
-    (4.49 against 4.80-5.10 frames/s; benchmarks/NOTES-gpu.md, sessions 5 and 6). A setting
-    above 1 is then lowered, with a warning (``warn=False`` for an estimate made before the
-    engine opens its lanes, which warns then).
+    Unset, a GPU engine whose frames may be asked several questions runs one lane. There two
+    lanes hung on an H200 in session 6 (one CLIP thread, lanes taking frames by timing); with
+    frames dealt to the lanes and a CLIP encoder per lane they ran on an H100 without a hang and
+    12-16 % faster on the Mistral-7B shape, the same answers in both runs (BENCHMARKS.md,
+    session 15), but the Yi-34B shape, the default preset's, is not measured so: ``engine.lanes=2``
+    asks for two.
     """
-    lanes = max(1, min(setting or (lanes_gpu if on_gpu else 1), parallel))
-    if on_gpu and max_questions > 1 and lanes > 1:
-        if setting and warn:
-            _log.warning(
-                "engine.lanes=%d lowered to 1: with several prompts per frame, more lanes hung on "
-                "a GPU (docs/gpu.md)", setting,
-            )
-        return 1
-    return lanes
+    default = lanes_gpu if on_gpu and max_questions == 1 else 1
+    return max(1, min(setting or default, parallel))
 
 
 def clip_thread_count(setting: int | None, on_gpu: bool, lanes: int) -> int:

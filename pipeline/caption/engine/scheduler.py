@@ -21,7 +21,7 @@ How a frame is answered:
    and a waiting frame fills them (continuous batching).
 
 On a GPU the frames in flight are split over ``lanes`` (``engine.lanes``; by default
-``engine.lanes_gpu``, 1 with several prompts): llama.cpp contexts on the one loaded model, each
+``engine.lanes_gpu``, 1 with several prompts unless set): llama.cpp contexts on the one loaded model, each
 driven by its own thread, so that one lane's kernels run while another's host side samples and
 prepares its next call. Frames are dealt to the lanes in turn (:class:`.source.FrameSource`),
 not to whichever asks first, so each lane batches the same sequences in every run, and a GPU,
