@@ -294,21 +294,42 @@ def check_values(cfg: DictConfig) -> None:
         ConfigError: The first setting out of its range, an empty window, an empty path, a
             folder that a file stands in the way of, or a model file that is not there.
     """
-    for key, allowed in _RANGES.items():
-        value = OmegaConf.select(cfg, key)
-        if value is not None and not allowed.holds(value):
-            raise ConfigError(f"{key}={value:g} is out of range: {key} must be {allowed.words()}")
+    _check_settings(cfg, _RANGES, {})
     if cfg.end_s is not None and cfg.start_s >= cfg.end_s:
         raise ConfigError(
             f"start_s={cfg.start_s:g} end_s={cfg.end_s:g} is an empty window: start_s must be below end_s "
             "(end_s=null: to the end of each video)"
         )
-    for key, (names, null) in _PATHS.items():
+    _check_settings(cfg, {}, _PATHS)
+    _check_places(cfg)
+
+
+def check_caption_values(cfg: DictConfig) -> None:
+    """The part of :func:`check_values` that a captioner's own settings (``model.*``,
+    ``generation.*``) take: their ranges, and no empty model path (``model.dir=`` would be the
+    working folder). :func:`pipeline.presets.caption_spec` runs it, for library use too, where
+    no run calls :func:`check_values`.
+
+    Raises:
+        ConfigError: The first such setting out of its range or empty.
+    """
+    mine = ("model.", "generation.")
+    ranges = {key: allowed for key, allowed in _RANGES.items() if key.startswith(mine)}
+    _check_settings(cfg, ranges, {key: words for key, words in _PATHS.items() if key.startswith(mine)})
+
+
+def _check_settings(cfg: DictConfig, ranges: Mapping[str, _Range], paths: Mapping[str, tuple[str, str]]) -> None:
+    """Raise :class:`ConfigError` for the first of ``ranges`` out of its range, then for the
+    first of ``paths`` that is empty."""
+    for key, allowed in ranges.items():
+        value = OmegaConf.select(cfg, key)
+        if value is not None and not allowed.holds(value):
+            raise ConfigError(f"{key}={value:g} is out of range: {key} must be {allowed.words()}")
+    for key, (names, null) in paths.items():
         value = OmegaConf.select(cfg, key)
         if isinstance(value, str) and not value.strip():
             or_null = f", or {key}=null {null}" if null else ""
             raise ConfigError(f"{key}= is empty (an unset variable?); give {names}{or_null}")
-    _check_places(cfg)
 
 
 def _check_places(cfg: DictConfig) -> None:

@@ -6,6 +6,8 @@ The caption package reads no config; this is where a preset becomes a
     from pipeline.presets import captioner_from_preset
     with captioner_from_preset("llava16_mistral_7b", "model.dir=/models", "engine.parallel=2") as c:
         print(c.answer(rgb_frame, "What is shown?"))
+
+The overrides are checked as the command line checks them (:mod:`pipeline.overrides`).
 """
 
 from __future__ import annotations
@@ -17,8 +19,9 @@ from typing import Any, TypeVar
 from omegaconf import DictConfig, OmegaConf
 
 from pipeline.caption import Captioner, CaptionSpec, EngineKnobs, GenerationSettings, ModelPreset
-from pipeline.config import compose_config, prompts_of
+from pipeline.config import check_caption_values, compose_config, prompts_of
 from pipeline.errors import ConfigError
+from pipeline.overrides import checked_overrides, unknown_choice
 
 Record = TypeVar("Record")
 
@@ -32,8 +35,10 @@ def caption_spec(cfg: DictConfig, max_questions: int | None = None) -> CaptionSp
         max_questions: Most questions per frame; ``None``: the config's prompts.
 
     Raises:
-        ConfigError: A value is out of range.
+        ConfigError: A value is out of range, or a model path is empty
+            (:func:`pipeline.config.check_caption_values`).
     """
+    check_caption_values(cfg)
     if cfg.engine.prefetch_frames < 1:
         raise ConfigError(f"engine.prefetch_frames must be >= 1, got {cfg.engine.prefetch_frames}")
     model = _plain(ModelPreset, cfg.model)
@@ -64,13 +69,25 @@ def captioner_from_config(cfg: DictConfig, max_questions: int | None = None) -> 
 
 def captioner_from_preset(preset: str = "tiny", *overrides: str, max_questions: int = 8) -> Captioner:
     """A captioner for a preset in ``conf/model`` plus Hydra-style overrides, e.g.
-    ``captioner_from_preset("llava16_mistral_7b", "model.dir=/models", "engine.parallel=2")``.
+    ``captioner_from_preset("llava16_mistral_7b", "model.dir=/models", "engine.parallel=2")``,
+    checked as the command line checks them (:func:`checked_overrides`).
+
+    Args:
+        preset: The model preset (``tiny``, ``llava16_mistral_7b``, ...).
+        overrides: ``key=value`` settings, as on the command line.
+        max_questions: Most prompts asked about one frame (:meth:`Captioner.ask`).
 
     Raises:
-        ConfigError: A bad setting.
+        ConfigError: An unknown preset, an override the command line would refuse (one line
+            with the fix), or a bad setting.
         WeightsError: Files missing or not matching.
     """
-    cfg = compose_config([f"model={preset}", "video=unused", *overrides])
+    problem = unknown_choice("model", preset)
+    if problem is not None:
+        raise ConfigError(problem)
+    # Checked with the preset last, so that no word without "=" reads as the rest of its value.
+    *written, _ = checked_overrides([*overrides, f"model={preset}"])
+    cfg = compose_config([f"model={preset}", "video=unused", *written])
     return captioner_from_config(cfg, max_questions=max_questions)
 
 

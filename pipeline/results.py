@@ -14,7 +14,7 @@ record (the video could not be opened or decoded), not an answer.
 from __future__ import annotations
 
 import itertools
-import warnings
+import logging
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -27,6 +27,8 @@ from pipeline.store import read_prompt_schemas, read_prompts, read_results, read
 from pipeline.structured import column_dtypes, json_value, typed_value
 from pipeline.thumbnails import decode_thumbnail
 from pipeline.words import visible
+
+log = logging.getLogger(__name__)
 
 THUMBNAIL = "thumbnail"
 # How a schema prompt's answer ended: complete and valid, cut at max_tokens, or not valid.
@@ -114,7 +116,8 @@ def typed_answers(df: pd.DataFrame, schemas: Mapping[str, Mapping[str, Any]]) ->
     ``answer_json``; null on the rows of other prompts and where an answer has no value.
 
     A property that schemas of different nights type apart, or that is named like a column
-    ``df`` has, gets no column (a warning says so): its values stay in ``answer_json``.
+    ``df`` has, gets no column (one WARNING log line per call names them all): its values stay
+    in ``answer_json``.
 
     Args:
         df: Result rows (:func:`pipeline.store.read_results`).
@@ -128,11 +131,11 @@ def typed_answers(df: pd.DataFrame, schemas: Mapping[str, Mapping[str, Any]]) ->
             if known[0] != dtype or name in df.columns:
                 clashes.add(name)
             known[1].add(prompt_id)
-    for name in sorted(clashes):
-        warnings.warn(
-            f"property {name!r} of the answers' schemas is typed apart by different prompts or named like a "
-            "result column; it gets no column (its values stay in answer_json)",
-            stacklevel=2,
+    if clashes:
+        log.warning(
+            "no column for %s %s of the answers' schemas (typed apart by different prompts, or named like a result "
+            "column): the values stay in answer_json", "property" if len(clashes) == 1 else "properties",
+            ", ".join(repr(name) for name in sorted(clashes)),
         )
     values = df["answer_json"].map(json_value)
     typed = {}

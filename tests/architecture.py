@@ -42,7 +42,7 @@ PARTS: tuple[Part, ...] = (
     Part("Face", "what a person runs: the command line and the sub-commands' mains", (BELOW,), {
         "pipeline/__main__.py": "`python -m pipeline`: hands over to the command line",
         "pipeline/cli.py": "the run's command line: config, videos, lock, executor, exit code",
-        "pipeline/arguments.py": "the command line's argument errors, `--help` and `--version`",
+        "pipeline/arguments.py": "the command line before Hydra: `--help`, `--version`, options and overrides",
         "pipeline/dry_run.py": "`dry_run=true`: what a run would do, from its plan",
         "pipeline/download.py": "`python -m pipeline.download`: fetch a preset's weights ahead of a run",
         "pipeline/status.py": "`python -m pipeline.status`: where a night stands, from its record",
@@ -83,6 +83,7 @@ PARTS: tuple[Part, ...] = (
             "the Hydra schemas, their ConfigStore, composing without the command line, what goes into config_id"
         ),
         "pipeline/presets.py": "a composed config or preset made into a CaptionSpec or Captioner",
+        "pipeline/overrides.py": "`key=value` overrides checked before Hydra, for the command line and the library",
     }),
     Part("Stages", "videos in, sampled frames out", ("Base",), {
         "pipeline/inputs.py": "finding videos (file, folder, glob, manifest), ids, shards, readiness",

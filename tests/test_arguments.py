@@ -17,7 +17,10 @@ import pandas as pd
 import pytest
 from omegaconf import OmegaConf
 
-from pipeline.arguments import KEYS
+from pipeline.arguments import KEYS, command_line
+from pipeline.config import check_values, compose_config
+from pipeline.errors import ConfigError
+from pipeline.presets import captioner_from_preset
 from tests.conftest import ROOT, RUN_TIMEOUT_S, SAMPLE_VIDEO, assert_one_line_error, cli_env, run_cli
 
 
@@ -126,6 +129,59 @@ def test_sub_commands_word_mistakes_the_same_way(module: str, args: list[str], n
     )
     assert_one_line_error(result, 1, *needles)
     assert len(error_lines(result.stderr)) == 1 and result.stderr.count("\n") == 1, result.stderr
+
+
+@pytest.mark.parametrize(
+    ("preset", "overrides"),
+    [
+        ("mistral", []),  # no file of conf/model
+        ("config_schema", []),  # a schema Hydra knows, no preset
+        ("tiny", ["engine.paralel=2"]),
+        ("tiny", ["generation.temperature=warm"]),
+        ("tiny", ["++engine.lanes=2"]),
+        ("tiny", ["+colour=red"]),
+        ("tiny", ["~engine.lanes"]),
+        ("tiny", ["system_prompt=Who's there?"]),
+        ("tiny", ["engine.parallel=2,4"]),
+        ("tiny", ["sampler.pick=middle"]),
+        ("tiny", ["n_ctx=4096"]),
+        ("tiny", ["model=llava17"]),
+    ],
+)
+def test_the_library_refuses_an_override_in_the_command_lines_one_line(
+    tiny_model_dir: Path, preset: str, overrides: list[str]
+) -> None:
+    with pytest.raises(ConfigError) as library:
+        captioner_from_preset(preset, f"model.dir={tiny_model_dir}", *overrides)
+    with pytest.raises(ConfigError) as command:
+        command_line(["video=x.mp4", f"model={preset}", f"model.dir={tiny_model_dir}", *overrides])
+    assert str(library.value) == str(command.value)
+    assert "\n" not in str(library.value) and "_schema" not in str(library.value).replace(preset, "")
+
+
+def test_the_library_names_a_word_without_a_value_alone() -> None:
+    with pytest.raises(ConfigError, match=r"^'Describe' is not key=value; see python -m pipeline --help$"):
+        captioner_from_preset("tiny", "Describe")
+
+
+@pytest.mark.parametrize(
+    "override", ["generation.top_p=1.5", "generation.top_k=-1", "model.n_gpu_layers=-3", "model.dir=", "model.text="]
+)
+def test_the_library_refuses_a_model_setting_that_a_run_refuses(
+    tiny_model_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, override: str
+) -> None:
+    monkeypatch.chdir(tmp_path)  # where an empty model path would point
+    with pytest.raises(ConfigError) as library:
+        captioner_from_preset("tiny", f"model.dir={tiny_model_dir}", override)
+    with pytest.raises(ConfigError) as run:
+        check_values(compose_config(["video=x.mp4", "model=tiny", f"model.dir={tiny_model_dir}", override]))
+    assert str(library.value) == str(run.value)
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_the_library_takes_a_text_setting_as_typed(tiny_model_dir: Path) -> None:
+    captioner = captioner_from_preset("tiny", f"model.dir={tiny_model_dir}", "system_prompt=TRUE")
+    assert captioner.engine.settings.system_prompt == "TRUE"
 
 
 def test_the_missing_weights_line_of_the_download_does_not_name_itself(tmp_path: Path) -> None:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import logging
+import re
 from pathlib import Path
 from typing import Any
 
@@ -81,6 +83,58 @@ def test_bad_frames_become_error_answers(tiny_model_dir: Path) -> None:
     for index in range(3):
         assert all(a.error and "HxWx3 uint8" in a.error for a in results[index])
     assert all(a.error is None and a.text for a in results[3])
+
+
+COUNT = {"type": "object", "properties": {"cars": {"type": "integer", "minimum": 0}}, "required": ["cars"]}
+
+
+def test_ask_takes_one_prompt_given_alone_as_one_prompt(tiny_model_dir: Path) -> None:
+    image = frames(1, seed=4)[0]
+    counted = {"text": "How many cars?", "schema": COUNT}
+    with captioner(tiny_model_dir, "generation.max_tokens=24") as model:
+        (alone,) = model.ask(image, "Where was this taken?")
+        (listed,) = model.ask(image, ["Where was this taken?"])
+        (schema_alone,) = model.ask(image, counted)
+        (schema_listed,) = model.ask(image, [counted])
+    assert alone.question.text == "Where was this taken?" and (alone.text, alone.error) == (listed.text, None)
+    assert schema_alone.question == schema_listed.question and schema_alone.text == schema_listed.text
+
+
+def test_ask_refuses_what_a_run_refuses_before_any_frame(tiny_model_dir: Path) -> None:
+    image = frames(1, seed=4)[0]
+    not_an_object = {"text": "How many cars?", "schema": {"type": "array", "items": {"type": "integer"}}}
+    mistyped = {"text": "How many cars?", "schema": {"type": "object", "properties": {"cars": {"type": "count"}}}}
+    with captioner(tiny_model_dir, max_questions=2) as model:
+        with pytest.raises(ConfigError, match="^no prompt to ask; give one, or a list of them$"):
+            model.ask(image, [])
+        with pytest.raises(ConfigError, match="^3 prompts asked about one frame, but this captioner takes at most 2; "
+                                              "make it with max_questions=3"):
+            model.ask(image, ["Who?", "Where?", "When?"])
+        for entry, said in ((not_an_object, "does not describe an object (type: object at its top level)"),
+                            (mistyped, "is not a valid JSON Schema at properties/cars/type")):
+            with pytest.raises(ConfigError, match=re.escape(f"the schema of prompt 'How many cars?' {said}")):
+                model.answer(image, entry)
+            with pytest.raises(ConfigError, match=re.escape(said)):
+                model.ask(image, ["Who?", entry])
+            with pytest.raises(ConfigError, match=re.escape(said)):
+                make_questions([entry])
+
+
+def test_ask_checks_that_its_prompts_fit_the_context_as_a_run_does(
+    tiny_model_dir: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    image = frames(1, seed=4)[0]
+    long = "Name every object you can see here. " * 300
+    with captioner(tiny_model_dir, "model.n_ctx=2048") as model:
+        with pytest.raises(ConfigError, match="^no frame fits: .*; raise model.n_ctx, lower generation.max_tokens"):
+            model.answer(image, long)
+        with caplog.at_level(logging.WARNING):
+            for _ in range(3):
+                short, too_long = model.ask(image, ["Who?", long])
+                assert short.text and short.error is None and too_long.error
+    # Said once for these prompts, as a run says it once before its frames, not once per frame.
+    (warned,) = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
+    assert warned.startswith("prompt 2 (") and warned.endswith("its answers are errors, the other prompts go on")
 
 
 def test_quantized_tiny_model_runs(tiny_model_dir: Path) -> None:

@@ -10,10 +10,12 @@ below holds only because the grammar enforces it.
 from __future__ import annotations
 
 import json
+from decimal import Decimal
 from pathlib import Path
 from typing import Any
 
 import jsonschema
+import llguidance
 import numpy as np
 import pytest
 
@@ -131,10 +133,10 @@ def test_stop_strings_never_cut_a_json_answer(tiny_model_dir: Path) -> None:
 def test_a_schema_that_cannot_constrain_an_answer_is_refused_before_any_frame(
     tiny_model_dir: Path, schema: dict[str, Any], reason: str
 ) -> None:
-    questions = make_questions([PLAIN[0], {"text": "Count them.", "schema": schema}])
+    # An invalid schema is refused as the questions are made, the others when the engine takes them.
     with Engine(settings(tiny_model_dir, max_questions=2)) as engine:
         with pytest.raises(ConfigError) as refused:
-            engine.check_fits(questions)
+            engine.check_fits(make_questions([PLAIN[0], {"text": "Count them.", "schema": schema}]))
     message = str(refused.value)
     assert "\n" not in message and "'Count them.'" in message and reason in message, message
 
@@ -173,3 +175,81 @@ def test_only_json_that_validates_gets_a_value() -> None:
     for wrong in ({**valid, "people": 5}, {**valid, "mood": "sad"}, {**valid, "note": "too long"}, {"people": 3}):
         assert schema.value_json(json.dumps(wrong)) is None, wrong
     assert schema.value_json('{"people": 3, "mood": "calm"') is None
+
+
+class ByteTokens:
+    """A vocabulary of the 256 bytes and an end token: a matcher over it admits exactly the texts
+    its grammar does, a character at a time."""
+
+    eos_token_id = 256
+    bos_token_id = None
+    tokens = [bytes([b]) for b in range(256)] + [b""]
+    special_token_ids = [256]
+
+    def __call__(self, text: bytes) -> list[int]:
+        """``text`` as tokens: a byte each."""
+        return list(text)
+
+
+def numbers_admitted(grammar: str, longest: int) -> list[str]:
+    """Every number of at most ``longest`` characters that ``grammar`` (of ``{"x": ...}``)
+    lets the model write for ``x``."""
+    tokenizer = llguidance.LLTokenizer(llguidance.TokenizerWrapper(ByteTokens()), slices=[])
+    matcher = llguidance.LLMatcher(tokenizer, grammar, log_level=0)
+    prefix = list(b'{"x": ')
+    found = []
+
+    def walk(tokens: list[int]) -> None:
+        if matcher.validate_tokens([*tokens, ord("}")]) == len(tokens) + 1:
+            found.append(bytes(tokens[len(prefix) :]).decode())
+        for char in b"0123456789.-+eE" if len(tokens) < len(prefix) + longest else b"":
+            if matcher.validate_tokens([*tokens, char]) == len(tokens) + 1:
+                walk([*tokens, char])
+
+    walk(prefix)
+    return found
+
+
+def number_schema(number: dict[str, Any]) -> dict[str, Any]:
+    return {"type": "object", "properties": {"x": number}, "required": ["x"], "additionalProperties": False}
+
+
+@pytest.mark.parametrize(
+    "number",
+    [
+        {"type": "number", "minimum": 0, "maximum": 1, "multipleOf": 0.1},
+        {"type": "number", "minimum": 0, "maximum": 1, "multipleOf": 0.01},
+        {"type": "number", "minimum": -1, "maximum": 3, "multipleOf": 0.3},
+        {"type": "number", "exclusiveMinimum": -0.5, "exclusiveMaximum": 0.5, "multipleOf": 0.1},
+        {"type": ["number", "null"], "minimum": 0, "maximum": 1, "multipleOf": 0.05},
+        {"type": "number", "multipleOf": 0.1},  # unbounded: every such number up to 4 characters
+    ],
+)
+def test_every_number_the_grammar_admits_for_a_decimal_multiple_of_is_valid(number: dict[str, Any]) -> None:
+    (question,) = make_questions([{"text": "How much?", "schema": number_schema(number)}])
+    schema = answer_schema(question)
+
+    admitted = numbers_admitted(schema.grammar, longest=4 if "maximum" not in number else 6)
+
+    assert len(admitted) >= 10, admitted
+    assert [n for n in admitted if schema.value_json(f'{{"x": {n}}}') is None] == []
+
+
+def test_decimal_multiples_and_bounds_are_checked_on_the_number_as_written() -> None:
+    def valid(number: dict[str, Any], text: str) -> bool:
+        (question,) = make_questions([{"text": "How much?", "schema": number_schema(number)}])
+        return answer_schema(question).value_json(f'{{"x": {text}}}') is not None
+
+    tenths = {"type": "number", "minimum": 0, "maximum": 1, "multipleOf": 0.1}
+    assert all(valid(tenths, n) for n in ("0", "0.0", "0.1", "0.3", "0.6", "0.7", "0.9", "1", "1.0"))
+    assert not any(valid(tenths, n) for n in ("0.35", "1.1", "-0.1", "0.30000000000000004"))
+    hundredths = {"type": "number", "minimum": 0, "maximum": 1, "multipleOf": 0.01}
+    assert [i for i in range(101) if not valid(hundredths, str(Decimal(i) / 100))] == []
+    assert valid({"type": "number", "multipleOf": 0.1}, "-0.3")
+    assert valid({"type": "number", "multipleOf": 0.3}, "123456789012345678.9")  # float division says no
+    assert not valid({"type": "number", "multipleOf": 0.3}, "123456789012345679.0")
+    assert not valid({"type": "number", "multipleOf": 0.3}, "1e999999999")  # no float holds it: not counted valid
+    assert valid({"type": "number", "exclusiveMinimum": 0.1}, "0.10000000000000000001")  # as a float: 0.1
+    assert not valid({"type": "number", "exclusiveMinimum": 0.1}, "0.1")
+    assert valid({"type": "number", "exclusiveMaximum": 0.3}, "0.29999999999999999999")
+    assert valid({"type": "integer", "minimum": 0, "maximum": 20, "multipleOf": 0.5}, "7")

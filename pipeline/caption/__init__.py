@@ -42,7 +42,7 @@ from pipeline.caption.settings import EngineKnobs, GenerationSettings, ModelPres
 from pipeline.caption.weights import ModelFiles, ModelSource, check_pair
 from pipeline.errors import BuildError, ConfigError, WeightsError
 from pipeline.paths import user_cache_dir
-from pipeline.structured import PromptEntry, canonical_json, entry_parts
+from pipeline.structured import PromptEntry, canonical_json, check_schemas, entry_parts
 
 __all__ = [
     "Answer",
@@ -71,13 +71,20 @@ def make_questions(prompts: Iterable[PromptEntry]) -> list[Question]:
     schema too (its canonical JSON), so adding or changing a schema makes a new question while
     a plain prompt keeps the id it always had.
 
+    Each schema is checked as a run checks it (:func:`pipeline.structured.check_schemas`: an
+    object, valid JSON Schema); what a run checks across its prompts (property names and types,
+    which become result columns) is the run's, and what the grammar cannot do, the engine's.
+
     Raises:
-        ConfigError: A prompt is empty, or an entry has another shape (whether a schema can
-            work is checked by :func:`pipeline.structured.check_schemas` and the engine).
+        ConfigError: A prompt is empty, an entry has another shape, or a schema does not
+            describe an object or is not valid JSON Schema.
     """
+    parts = [entry_parts(entry) for entry in prompts]
+    for text, schema in parts:
+        if schema is not None:
+            check_schemas([(text, schema)], reserved=())
     questions = []
-    for entry in prompts:
-        text, schema = entry_parts(entry)
+    for text, schema in parts:
         schema_json = None if schema is None else canonical_json(schema)
         key = text if schema_json is None else canonical_json({"text": text, "schema": schema})
         digest = hashlib.sha256(key.encode()).hexdigest()[:12]
@@ -246,6 +253,7 @@ class Captioner:
         self.model_name = model_name
         self.files = files
         self.engine = Engine(settings)
+        self._fitted: tuple[str, ...] | None = None  # the prompt ids that check_fits last took
 
     def choices(self) -> dict[str, Any]:
         """What was decided for this machine (:meth:`CaptionSpec.prepare`), for the run
@@ -319,22 +327,47 @@ class Captioner:
         ``finish_reason`` says why).
 
         Raises:
-            ConfigError: The prompt is empty, or its schema cannot constrain an answer.
-            ValueError: The image is not an ``HxWx3`` uint8 array.
+            ConfigError: The prompt is empty or of another shape, its schema cannot constrain
+                an answer, or no frame fits the context with it (:meth:`ask`'s checks).
+            ValueError: The image is not an ``HxWx3`` uint8 array, or the answer is an error
+                (this frame does not fit the context with the prompt: the message says so).
         """
         (answer,) = self.ask(image, [prompt])
         return answer.text if isinstance(prompt, str) else answer
 
-    def ask(self, image: np.ndarray, prompts: Sequence[str | Mapping[str, Any]]) -> list[Answer]:
-        """Several prompts about one frame, the image evaluated once. A prompt is a text, or
-        ``{"text": ..., "schema": {...}}`` for an answer that must be JSON of that schema
-        (an object): its answer carries the parsed ``value`` beside the text.
+    def ask(self, image: np.ndarray, prompts: PromptEntry | Sequence[PromptEntry]) -> list[Answer]:
+        """Several prompts about one frame, the image evaluated once: an answer per prompt, in
+        their order. A prompt is a text, or ``{"text": ..., "schema": {...}}`` for an answer
+        that must be JSON of that schema (an object): its answer carries the parsed ``value``
+        beside the text. One prompt given alone (a text or a dict, not in a list) is one
+        prompt: a list of one answer.
+
+        The prompts are checked as a run checks its own: their shape and schemas
+        (:func:`make_questions`), their number, and whether they fit the context
+        (:meth:`check_fits`, once per set of prompts: one that fits no frame is logged and
+        answered with an error, the others go on).
 
         Raises:
-            ConfigError: A prompt is empty, or a schema cannot constrain an answer.
-            ValueError: The image is not an ``HxWx3`` uint8 array.
+            ConfigError: No prompt, more than the captioner's ``max_questions``, a prompt empty
+                or of another shape, a schema that cannot constrain an answer, or prompts with
+                which no frame fits the context.
+            ValueError: The image is not an ``HxWx3`` uint8 array, or the first prompt's
+                answer is an error (the others' errors are in their answers).
         """
-        ((_, answers),) = list(self.engine.run([(None, image)], make_questions(prompts)))
+        questions = make_questions([prompts] if isinstance(prompts, (str, Mapping)) else prompts)
+        most = self.engine.settings.max_questions
+        if not questions:
+            raise ConfigError("no prompt to ask; give one, or a list of them")
+        if len(questions) > most:
+            raise ConfigError(
+                f"{len(questions)} prompts asked about one frame, but this captioner takes at most {most}; "
+                f"make it with max_questions={len(questions)} (captioner_from_preset's keyword)"
+            )
+        asked = tuple(q.prompt_id for q in questions)
+        if asked != self._fitted:
+            self.check_fits(questions)
+            self._fitted = asked
+        ((_, answers),) = list(self.engine.run([(None, image)], questions))
         if answers[0].error:
             raise ValueError(answers[0].error)
         return answers

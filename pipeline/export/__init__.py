@@ -47,7 +47,7 @@ from pipeline.export.names import (
 from pipeline.files import write_bytes_atomic
 from pipeline.options import OptionError, asks_help, parse_options
 from pipeline.results import load_prompt_order, printable, prompt_numbers, typed_answers
-from pipeline.runlog import say_error
+from pipeline.runlog import console_logging, say_error
 from pipeline.signals import end_quietly_when_the_reader_stops
 from pipeline.store import StoreError, read_prompt_schemas, read_results, read_videos
 from pipeline.words import plural, visible
@@ -394,6 +394,7 @@ def main(argv: list[str] | None = None) -> int:
     args = sys.argv[1:] if argv is None else argv
     if asks_help(args, USAGE):
         return 0
+    console_logging()  # a warning while reading (a property with no column) is a [hh:mm:ss WARNING] line
     end_quietly_when_the_reader_stops()
     try:
         options = parse_options(args, _KEYS, ("output_dir", "format"))

@@ -1,0 +1,378 @@
+"""Hydra-style ``key=value`` overrides checked before Hydra sees them, the same for the command
+line (:mod:`pipeline.arguments`) and for library use (:func:`pipeline.presets.captioner_from_preset`),
+so that a mistake ends in one line that shows the fix (a :class:`~pipeline.errors.ConfigError`).
+
+Hydra's override grammar gives quotes, commas, brackets, parentheses and spaces a meaning and
+takes only ASCII letters unquoted, so everyday prompts (``What's shown?``) and file names
+(``clip (1).mp4``, ``café.mp4``) fail in its lexer, and an unquoted comma quietly splits a prompt
+in two. :func:`argument_error` finds these and words the fix: the override quoted so that both
+the shell and Hydra read it as meant, or ``prompts_file=``; also a list setting given twice, of
+which Hydra would keep the last. :func:`config_error` finds an override that names no setting,
+adds or removes one, or gives one a value of the wrong type; :func:`as_written` quotes the text
+settings that Hydra would type (``video=true``).
+"""
+
+from __future__ import annotations
+
+import difflib
+import functools
+import re
+import shlex
+from pathlib import Path
+from typing import Any
+
+from hydra import compose, initialize_config_dir
+from hydra.core.override_parser.overrides_parser import OverridesParser
+from hydra.core.override_parser.types import Override, OverrideType
+from hydra.errors import HydraException, OverrideParseException
+from omegaconf import DictConfig, ListConfig
+from omegaconf.errors import OmegaConfBaseException
+from omegaconf.nodes import BooleanNode, FloatNode, IntegerNode, StringNode
+
+from pipeline.config import compose_config, config_dir
+from pipeline.errors import ConfigError
+
+GROUPS = ("model", "sampler", "executor")
+# Settings whose repetition reads as "these too" (video=a.mp4 video=b.mp4), where Hydra keeps the
+# last alone; any other given twice is an override (the last wins), as Hydra has it.
+_LISTS = {"video": "video", "prompt": "prompts", "prompts": "prompts", "export": "export"}
+
+
+def checked_overrides(overrides: list[str]) -> list[str]:
+    """``overrides`` as a run reads them (:func:`as_written`), once checked as the command line
+    checks them (:func:`argument_error`, :func:`config_error`).
+
+    Raises:
+        ConfigError: One line for the first mistake, with its fix.
+    """
+    problem = argument_error(overrides) or config_error(overrides)
+    if problem is not None:
+        raise ConfigError(problem)
+    return as_written(overrides)
+
+
+def group_choices(group: str) -> list[str]:
+    """The options of a config group: its YAML files in ``conf/``."""
+    return sorted(path.stem for path in (config_dir() / group).glob("*.yaml"))
+
+
+def unknown_choice(group: str, value: str) -> str | None:
+    """``unknown GROUP=VALUE; choose one of: ...`` where ``value`` is none of the group's options."""
+    choices = group_choices(group)
+    return None if value in choices else f"unknown {group}={value}; choose one of: {', '.join(choices)}"
+
+
+def argument_error(overrides: list[str], multirun: bool = False) -> str | None:
+    """One line naming the first override Hydra would reject or misread, and its fix; ``None``
+    when all are fine (``multirun``: under ``-m``, where a sweep is meant)."""
+    parser = OverridesParser.create()
+    parsed = []
+    for index, arg in enumerate(overrides):
+        if "=" not in arg and not arg.startswith("~"):  # ~key: a removal (config_error refuses it)
+            return _bare_word(overrides, index)
+        key, _, value = arg.partition("=")
+        try:
+            (override,) = parser.parse_overrides([arg])
+        except OverrideParseException:
+            return f"Hydra cannot read {shell_word(arg)}{_with_fix(key, value)}"
+        if override.is_sweep_override() and not multirun:
+            return f"{shell_word(arg)} reads as a sweep over values (-m){_with_fix(key, value)}"
+        if key.lstrip("+~") in GROUPS and value and (unknown := unknown_choice(key.lstrip("+~"), value)):
+            return unknown
+        if key.lstrip("+~") == "prompts" and _ambiguous_comma(value):
+            return _ambiguous_prompts(key, value)
+        parsed.append((arg, override))
+    return _given_twice(parsed)
+
+
+def _given_twice(parsed: list[tuple[str, Override]]) -> str | None:
+    """The error for a list setting given twice with different values (``video=a.mp4
+    video=b.mp4``: Hydra would take b alone), with the one list that holds them all."""
+    given: dict[str, list[tuple[str, Override]]] = {}
+    for arg, override in parsed:
+        given.setdefault(override.key_or_group, []).append((arg, override))
+    for key, pairs in given.items():
+        if key not in _LISTS or len({arg for arg, _ in pairs}) < 2:
+            continue
+        raws = [arg.partition("=")[2] for arg, _ in pairs]
+        items = [item for raw in raws for item in (_list_items(raw) if raw.startswith("[") else [raw])]
+        values = [override.value() for _, override in pairs]
+        wanted = [item for value in values for item in (value if isinstance(value, list) else [value])]
+        merged = f"{_LISTS[key]}=[{','.join(dict.fromkeys(items))}]"
+        fix = shell_word(merged) if _reads_as(merged, list(dict.fromkeys(wanted))) else f"one list: {_LISTS[key]}=[...]"
+        times = "twice" if len(pairs) == 2 else f"{len(pairs)} times"
+        shown = " ".join(shell_word(arg) for arg, _ in pairs)
+        return f"{shown}: {key} is given {times} and only the last would count; for all of them write {fix}"
+    return None
+
+
+def _list_items(value: str) -> list[str]:
+    """The items of a ``[...]`` value as written, split at its top-level commas."""
+    commas = _top_level_commas(value)
+    return [value[start + 1 : end].strip() for start, end in zip([0, *commas], [*commas, len(value) - 1])]
+
+
+def as_written(overrides: list[str]) -> list[str]:
+    """The overrides, those of a text setting (a path, a prompt) whose value Hydra would read as
+    a number, a boolean or null (``video=true``, ``output_dir=1.50``) quoted, so that the run
+    gets the text as typed. The overrides must have passed :func:`config_error`."""
+    parser = OverridesParser.create()
+    parsed = [(arg, parser.parse_overrides([arg])[0]) for arg in overrides]
+    base = _base_config(tuple(arg for arg, override in parsed if _is_group(override)))
+    written = []
+    for arg, override in parsed:
+        key, value = override.key_or_group, override.value() if not override.is_sweep_override() else ""
+        text = isinstance(_node(base, key), StringNode) or key == "video"
+        typed = isinstance(value, (bool, int, float)) or (value is None and key == "video")
+        quoted = _quoted_override(key, arg.partition("=")[2]) if text and typed else None
+        written.append(quoted or arg)
+    return written
+
+
+@functools.lru_cache(maxsize=4)
+def _base_config(groups: tuple[str, ...]) -> DictConfig:
+    """The config with only these group choices (its keys and their types)."""
+    return compose_config(list(groups))
+
+
+def config_error(overrides: list[str]) -> str | None:
+    """One line for the first override that names no setting, adds or removes one (``+key=``,
+    ``++key=``, ``~key``), or gives a setting a value of the wrong type, with the fix; ``None``
+    when the config composes. (Hydra prints several lines for these, and its advice, a ``+``
+    form, adds a key that no part of the run reads, or that a sampler rejects as a crash.)
+
+    Keys under ``hydra`` are Hydra's own and left to it; the overrides must have passed
+    :func:`argument_error`.
+    """
+    parser = OverridesParser.create()
+    parsed = [(arg, parser.parse_overrides([arg])[0]) for arg in overrides]
+    try:
+        # The keys that exist depend on the groups chosen (sampler=scene has its own).
+        groups = [arg for arg, override in parsed if _is_group(override)]
+        base = _base_config(tuple(groups))
+    except (HydraException, OmegaConfBaseException) as error:
+        return _first_line(error)
+    for arg, override in parsed:
+        key = override.key_or_group
+        if key.startswith("hydra"):
+            continue
+        if override.type == OverrideType.DEL:
+            return f"{shell_word(arg)} would remove a setting, which a run cannot do; set it instead: {key}=VALUE"
+        if _is_group(override):
+            continue
+        if not _has_key(base, key):
+            return _of_another_choice(arg, key, groups) or _unknown_key(arg, key, base)
+        if override.type != OverrideType.CHANGE:
+            fixed = shell_word(f"{key}={arg.partition('=')[2]}")
+            return f"{shell_word(arg)}: {key} is a setting already; set it without '+': {fixed}"
+    try:
+        compose_config([arg for arg, override in parsed if not override.is_sweep_override()])
+    except (HydraException, OmegaConfBaseException) as error:
+        return _composition_error(error, parsed, base)
+    return None
+
+
+def _is_group(override: Override) -> bool:
+    """A choice of a config group (``sampler=scene``, ``hydra/launcher=...``)."""
+    return override.key_or_group in GROUPS or "/" in override.key_or_group
+
+
+def _has_key(cfg: DictConfig, key: str) -> bool:
+    return _node(cfg, key) is not None
+
+
+def _node(cfg: DictConfig, key: str) -> Any:
+    """The node of a dotted key (its type and whether it takes null), ``None`` if there is none."""
+    node: Any = cfg
+    for part in key.split("."):
+        if not isinstance(node, DictConfig) or part not in node.keys():
+            return None
+        node = node._get_node(part)
+    return node
+
+
+def setting_names(cfg: DictConfig, prefix: str = "") -> list[str]:
+    """Every key of a composed config, dotted (``sampler.interval_s``), nodes and leaves."""
+    names = []
+    for key in map(str, cfg.keys()):
+        if key.startswith("_"):  # _target_: how Hydra builds the object, not a setting
+            continue
+        name = f"{prefix}{key}"
+        names.append(name)
+        node = cfg._get_node(key)
+        if isinstance(node, DictConfig):
+            names += setting_names(node, f"{name}.")
+    return names
+
+
+def _of_another_choice(arg: str, key: str, group_overrides: list[str]) -> str | None:
+    """``KEY is a setting of sampler=interval, not of sampler=scene`` where the key belongs to
+    other choices of its group than the one this run has, else ``None``."""
+    group = key.split(".", 1)[0]
+    if group not in GROUPS:
+        return None
+    owners = [f"{group}={c}" for c in group_choices(group) if _has_key(compose_config([f"{group}={c}"]), key)]
+    if not owners:
+        return None
+    with initialize_config_dir(config_dir=str(config_dir()), version_base="1.3"):
+        chosen = compose(config_name="config", overrides=group_overrides, return_hydra_config=True)
+    this_run = f"{group}={chosen.hydra.runtime.choices[group]}"
+    return f"{shell_word(arg)}: {key} is a setting of {' and '.join(owners)}, not of {this_run}"
+
+
+def _unknown_key(arg: str, key: str, cfg: DictConfig) -> str:
+    """``unknown setting KEY; did you mean CLOSEST?`` (difflib over the config's keys, then
+    over their last parts, so that ``interval_s=2`` finds ``sampler.interval_s``)."""
+    names = setting_names(cfg) + list(GROUPS)
+    closest = difflib.get_close_matches(key, names, n=1, cutoff=0.6)
+    if not closest:
+        by_leaf = {name.rsplit(".", 1)[-1]: name for name in names}
+        leaf = difflib.get_close_matches(key.rsplit(".", 1)[-1], list(by_leaf), n=1, cutoff=0.75)
+        closest = [by_leaf[leaf[0]]] if leaf else []
+    where = f" (in {shell_word(arg)})" if arg.startswith(("+", "~")) else ""
+    hint = f"did you mean {closest[0]}?" if closest else "python -m pipeline --help lists the settings"
+    return f"unknown setting {key}{where}; {hint}"
+
+
+def _composition_error(
+    error: HydraException | OmegaConfBaseException, parsed: list[tuple[str, Override]], cfg: DictConfig
+) -> str:
+    """A wrong type as ``KEY=VALUE: KEY takes <type>, not 'VALUE'``; anything else as the
+    first line of Hydra's message."""
+    cause = error.__cause__ if isinstance(error.__cause__, OmegaConfBaseException) else error
+    key = getattr(cause, "full_key", None)
+    arg = next((arg for arg, override in reversed(parsed) if override.key_or_group == key), None)
+    if key is None or arg is None or not _has_key(cfg, key):
+        return _first_line(error)
+    value = arg.partition("=")[2]
+    return f"{shell_word(arg)}: {key} takes {_value_form(cfg, key)}, not {value!r}"
+
+
+def _value_form(cfg: DictConfig, key: str) -> str:
+    """What a value of ``key`` looks like, in words (``a number``, ``true or false``, ...)."""
+    node = _node(cfg, key)
+    words = {FloatNode: "a number", IntegerNode: "a whole number", BooleanNode: "true or false",
+             StringNode: "text", ListConfig: "a list ([a,b])", DictConfig: "a group of settings"}
+    form = next((word for kind, word in words.items() if isinstance(node, kind)), None)
+    if form is None:  # video, export, ...: any form of value
+        return "a value of another form"
+    return f"{form} or null" if node._is_optional() else form
+
+
+def _first_line(error: Exception) -> str:
+    return str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+
+
+def shell_word(arg: str) -> str:
+    """``arg`` as one word for a POSIX shell, quoted the way people write it."""
+    if re.fullmatch(r"[\w@%+=:,./~-]+", arg, re.ASCII):
+        return arg
+    if "'" not in arg:
+        return f"'{arg}'"
+    if not any(c in arg for c in "$`\\!"):
+        return '"' + arg.replace('"', '\\"') + '"'
+    return shlex.quote(arg)
+
+def _with_fix(key: str, value: str) -> str:
+    """``; write it as KEY="VALUE"`` (checked to parse back to ``value``), plus the way around
+    quoting that the key has."""
+    quoted = _quoted_override(key, value)
+    fix = f"; write it as {shell_word(quoted)}" if quoted else "; quote the value"
+    if key.lstrip("+~") in ("prompt", "prompts"):
+        return f"{fix}, or put the prompts in a file, one per line: prompts_file=FILE"
+    if key.lstrip("+~") == "video":
+        return f"{fix}, or list the videos in a manifest, one path per line: video=FILE.txt"
+    return fix
+
+
+def _quoted_override(key: str, value: str) -> str | None:
+    """``key=<value quoted for Hydra>`` that Hydra reads back as ``value``, if there is one."""
+    candidates = [f"'{value}'", f'"{value}"', "'" + value.replace("'", "\\'") + "'"]
+    return next((f"{key}={c}" for c in candidates if _reads_as(f"{key}={c}", value)), None)
+
+
+def _reads_as(arg: str, value: Any) -> bool:
+    """Whether Hydra reads the override ``arg`` as ``value``."""
+    try:
+        (override,) = OverridesParser.create().parse_overrides([arg])
+    except OverrideParseException:
+        return False
+    return bool(override.value() == value)
+
+
+def _top_level_commas(value: str) -> list[int]:
+    """Positions of the commas of a ``[...]`` list value that are outside quotes and outside
+    the ``{...}`` or ``[...]`` of an item (a prompt with a schema: ``{text: ..., schema: {...}}``)."""
+    positions, quote, depth = [], "", 0
+    for position, char in enumerate(value):
+        if quote:
+            quote = "" if char == quote and value[position - 1] != "\\" else quote
+        elif char in "'\"":
+            quote = char
+        elif char in "[{":
+            depth += 1
+        elif char in "]}":
+            depth -= 1
+        elif char == "," and depth <= 1:
+            positions.append(position)
+    return positions
+
+
+def _ambiguous_comma(value: str) -> bool:
+    """Whether an unquoted comma followed by a space sits between two unquoted words of a list
+    (``[What is shown?,Any text, e.g. signs?]``): a separator to Hydra, maybe part of a prompt
+    to the person who wrote it."""
+    if not (value.startswith("[") and value.endswith("]")):
+        return False
+    for position in _top_level_commas(value):
+        before, after = value[:position].rstrip(), value[position + 1 :]
+        if after[:1].isspace() and before[-1:] not in "[\"'" and after.lstrip()[:1] not in "]\"'":
+            return True
+    return False
+
+
+def _ambiguous_prompts(key: str, value: str) -> str:
+    """The error for :func:`_ambiguous_comma`, with both readings written out: every comma a
+    separator, or a comma followed by a space part of its prompt (that prompt quoted)."""
+    commas = _top_level_commas(value)
+    separate = [value[start + 1 : end].strip() for start, end in zip([0, *commas], [*commas, len(value) - 1])]
+    cuts = [p for p in commas if not value[p + 1 : p + 2].isspace()]
+    joined = [value[start + 1 : end].strip() for start, end in zip([0, *cuts], [*cuts, len(value) - 1])]
+    joined = [f'"{item}"' if ", " in item and item[:1] not in "'\"" else item for item in joined]
+    as_separate, as_joined = (shell_word(key + "=[" + ",".join(items) + "]") for items in (separate, joined))
+    return (
+        f"{shell_word(f'{key}={value}')} is ambiguous: Hydra splits prompts at every comma, also at one in a "
+        f"sentence; for {len(separate)} prompts write {as_separate}, for {len(joined)} write {as_joined} "
+        "(a comma inside a prompt needs quotes), or put the prompts in a file, one per line: prompts_file=FILE"
+    )
+
+
+def _bare_word(args: list[str], index: int) -> str:
+    """The error for a word that is not ``key=value``: a path on disk is one to caption
+    wherever it stands; else the rest of an unquoted value, or a path not there yet."""
+    word = args[index]
+    if _on_disk(word):
+        return _caption_it(word)
+    start = index
+    while start > 0 and "=" not in args[start - 1] and not args[start - 1].startswith("-"):
+        start -= 1
+    if start > 0 and "=" in args[start - 1] and not args[start - 1].startswith("-"):
+        end = index
+        while end + 1 < len(args) and "=" not in args[end + 1] and not args[end + 1].startswith("-"):
+            end += 1
+        whole = " ".join(args[start - 1 : end + 1])
+        return f"{args[index]!r} is not key=value; a value with spaces must be one argument: {shell_word(whole)}"
+    if Path(word).suffix or "/" in word:  # a path: a video, folder, glob or list
+        return _caption_it(word)
+    return f"{word!r} is not key=value; see python -m pipeline --help"
+
+
+def _on_disk(word: str) -> bool:
+    try:
+        return Path(word).exists()
+    except OSError:  # not a name this system can have (too long)
+        return False
+
+
+def _caption_it(word: str) -> str:
+    return f"{word!r} is not key=value; to caption it write {shell_word(f'video={word}')}"
