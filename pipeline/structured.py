@@ -10,13 +10,14 @@ answer. Each top-level property with a plain type becomes a typed column of
 property                                dtype
 ======================================  ===========
 ``integer``                             ``Int64``
-``number``                              ``Float64``
+``number``, ``[integer, number]``       ``Float64``
 ``boolean``                             ``boolean``
 ``string``, an ``enum`` of strings      ``string``
 ======================================  ===========
 
-(an ``enum`` or ``const`` of integers, numbers or booleans likewise); objects, arrays and
-mixed types get no column and stay in ``answer_json``. This module knows no column names: the
+(an ``enum`` or ``const`` likewise by its values: integers ``Int64``, numbers with or without
+integers among them ``Float64``, booleans ``boolean``); objects, arrays and other mixed types
+get no column and stay in ``answer_json``. This module knows no column names: the
 result columns a property must not shadow are passed in.
 """
 
@@ -38,9 +39,10 @@ _DTYPES = {"integer": "Int64", "number": "Float64", "boolean": "boolean", "strin
 
 
 def canonical_json(value: Any) -> str:
-    """``value`` as compact JSON with sorted keys: one text per value, so a hash of it (the
-    ``prompt_id`` of a schema prompt) does not depend on how the schema was written."""
-    return json.dumps(value, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
+    """``value`` as compact JSON with sorted keys, a number that equals an integer written as
+    that integer (``0.0`` as ``0``, ``1e2`` as ``100``): one text per value, so a hash of it
+    (the ``prompt_id`` of a schema prompt) does not depend on how the schema was written."""
+    return json.dumps(_integral(value), sort_keys=True, separators=(",", ":"), ensure_ascii=False)
 
 
 def entry_parts(entry: Any) -> tuple[str, Any]:
@@ -122,9 +124,11 @@ def column_dtypes(schema: Mapping[str, Any]) -> dict[str, str]:
     module's table); properties left in ``answer_json`` are not listed."""
     dtypes = {}
     for name, words in property_types(schema).items():
-        kinds = [w for w in words.split("|") if w != "null"]
-        if len(kinds) == 1 and kinds[0] in _DTYPES:
-            dtypes[name] = _DTYPES[kinds[0]]
+        kinds = {w for w in words.split("|") if w != "null"}
+        if kinds == {"integer", "number"}:
+            kinds = {"number"}  # every integer is a number: [0.5, 1, 2] is a Float64 column
+        if len(kinds) == 1 and (kind := kinds.pop()) in _DTYPES:
+            dtypes[name] = _DTYPES[kind]
     return dtypes
 
 
@@ -162,6 +166,18 @@ def _type_words(spec: Any) -> str:
     if values:
         return "|".join(sorted({_json_type(v) for v in values}))
     return "object"
+
+
+def _integral(value: Any) -> Any:
+    """``value`` with each float that equals an integer made that integer, in its dicts and lists
+    too: JSON Schema holds ``0.0`` and ``0`` equal, and JSON writes them apart."""
+    if isinstance(value, float) and value.is_integer():
+        return int(value)
+    if isinstance(value, dict):
+        return {key: _integral(item) for key, item in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_integral(item) for item in value]
+    return value
 
 
 def _json_type(value: Any) -> str:

@@ -9,8 +9,11 @@ from __future__ import annotations
 import csv
 import io
 import json
+import logging
 import os
 import re
+import subprocess
+import sys
 from dataclasses import asdict
 from pathlib import Path
 from typing import Any
@@ -21,13 +24,16 @@ import papermill
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
+from hydra.core.override_parser.overrides_parser import OverridesParser
 
 from pipeline.caption import make_questions
 from pipeline.export import export
+from pipeline.listfile import read_structured_list
 from pipeline.report import write_report
 from pipeline.results import load_results, load_schemas, schema_summary
 from pipeline.store import SCHEMA, ResultRow, write_chunk
-from tests.conftest import ROOT, SAMPLE_VIDEO, assert_one_line_error, last_run, run_cli
+from pipeline.structured import column_dtypes
+from tests.conftest import ROOT, RUN_TIMEOUT_S, SAMPLE_VIDEO, assert_one_line_error, cli_env, last_run, run_cli
 
 NOTEBOOK = ROOT / "notebooks" / "analyze_captions.ipynb"
 
@@ -139,18 +145,67 @@ def test_plain_pandas_reads_an_output_dir_that_mixes_old_and_new_chunks(tmp_path
     assert loaded.set_index("video_id").people.isna().to_dict() == {old_video: True, "b": False}
 
 
-def test_properties_that_nights_type_apart_stay_in_answer_json(tmp_path: Path) -> None:
-    out = tmp_path / "out"
-    night_one = {"text": "Count people.", "schema": {"type": "object", "properties": {"people": {"type": "integer"}}}}
-    night_two = {"text": "Name people.", "schema": {"type": "object", "properties": {"people": {"type": "string"}}}}
-    write_run(out, "a", [schema_row("a", 0, night_one, {"people": 2})], [night_one])
-    write_run(out, "b", [schema_row("b", 0, night_two, {"people": "Ann"})], [night_two])
+def typed_apart(out: Path, *names: str) -> Path:
+    """An output folder of two nights whose schemas type each of ``names`` apart (an integer,
+    then a string), three answered frames each; a ``vehicles`` integer both nights agree on."""
+    for video_id, kind, value in (("a", "integer", 2), ("b", "string", "Ann")):
+        properties = {name: {"type": kind} for name in names} | {"vehicles": {"type": "integer"}}
+        entry = {"text": f"Who is there ({kind})?", "schema": {"type": "object", "properties": properties}}
+        rows = [schema_row(video_id, f, entry, {**dict.fromkeys(names, value), "vehicles": f}) for f in range(3)]
+        write_run(out, video_id, rows, [entry])
+    return out
 
-    with pytest.warns(UserWarning, match="'people'"):
+
+# The one line a property with no column gets, for each command that reads the answers.
+NO_COLUMN = (
+    "no column for property 'people' of the answers' schemas (typed apart by different prompts, or named like a "
+    "result column): the values stay in answer_json"
+)
+
+
+def test_properties_that_nights_type_apart_stay_in_answer_json(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    out = typed_apart(tmp_path / "out", "people", "mood")
+
+    with caplog.at_level(logging.WARNING):
         df = load_results(out)
 
-    assert "people" not in df.columns
-    assert df.answer_json.tolist() == ['{"people":2}', '{"people":"Ann"}']
+    # One WARNING record for the call, naming both, not one per property or per row.
+    assert [(r.name, r.levelno) for r in caplog.records] == [("pipeline.results", logging.WARNING)]
+    assert caplog.records[0].getMessage() == NO_COLUMN.replace("property 'people'", "properties 'mood', 'people'")
+    assert "people" not in df.columns and "mood" not in df.columns
+    assert json.loads(df.answer_json.iloc[0])["people"] == 2 and json.loads(df.answer_json.iloc[-1])["people"] == "Ann"
+    assert df.vehicles.tolist() == [0, 1, 2, 0, 1, 2]
+
+
+def test_a_property_with_no_column_is_one_warning_line_in_each_command(tmp_path: Path) -> None:
+    out = typed_apart(tmp_path / "out", "people")
+    stamped = re.compile(rf"\[\d\d:\d\d:\d\d WARNING\] {re.escape(NO_COLUMN)}")
+    for module, args in (("pipeline.export", ["format=jsonl,csv"]), ("pipeline.report", [])):
+        result = subprocess.run(
+            [sys.executable, "-m", module, f"output_dir={out}", *args], cwd=ROOT, env=cli_env(),
+            capture_output=True, text=True, timeout=RUN_TIMEOUT_S,
+        )
+        assert result.returncode == 0, result.stderr
+        assert [bool(stamped.fullmatch(line)) for line in result.stderr.splitlines()] == [True], result.stderr
+    # A notebook sets no logging up: Python's last resort shows the line as it is, once.
+    code = f"from pipeline.results import load_results\nload_results({str(out)!r})\nload_results({str(out)!r})"
+    notebook = subprocess.run(
+        [sys.executable, "-c", code], cwd=ROOT, env=cli_env(), capture_output=True, text=True, timeout=RUN_TIMEOUT_S,
+    )
+    assert notebook.returncode == 0 and notebook.stderr == f"{NO_COLUMN}\n{NO_COLUMN}\n", notebook.stderr
+
+
+def test_a_run_puts_the_property_with_no_column_in_its_log_file(cli_base: list[str], tmp_path: Path) -> None:
+    out = typed_apart(tmp_path / "out", "people")
+    result = run_cli(f"video={SAMPLE_VIDEO}", *cli_base, "max_frames=1", "export=jsonl", "report=true")
+    assert result.returncode == 0, result.stderr
+    # The export and the report each read the answers once: a line each, on the console and in the log.
+    assert [line.split("] ", 1)[1] for line in result.stderr.splitlines() if "WARNING" in line] == [NO_COLUMN] * 2
+    assert "Warning:" not in result.stderr
+    (log_file,) = (out / "_logs").glob("*.log")
+    assert log_file.read_text().count(f"[pipeline.results][WARNING] {NO_COLUMN}\n") == 2
 
 
 def test_a_plain_prompt_keeps_the_id_older_runs_wrote() -> None:
@@ -203,6 +258,10 @@ def test_a_schema_that_cannot_work_is_refused_before_any_frame(
         ("q.json", "[]", "holds no prompt"),
         ("q.yaml", "- text: Since when?\n  schema: {type: object, properties: {d: {default: 2024-01-01}}}\n",
          "holds a value that is not JSON"),
+        # YAML 1.1 alone reads these as numbers (90, 8): quoted, they are text.
+        ("q.yaml", "- What?\n- 1:30\n", "line 2: 1:30 is a number in YAML 1.1's spelling, not JSON's"),
+        ("q.yml", "- text: How far?\n  schema: {type: object, properties: {d: {type: integer, maximum: 010}}}\n",
+         "line 2: 010 is a number in YAML 1.1's spelling, not JSON's"),
     ],
 )
 def test_a_prompts_file_that_is_not_a_list_of_entries_is_one_line(
@@ -349,3 +408,63 @@ def test_the_report_shows_each_schema_prompt(mixed: Path, tmp_path: Path) -> Non
     # Answers with a value, min, median, max (properties in the order of the canonical schema).
     assert cells[15:25] == ["light", "1", "0.5", "0.5", "0.5", "people", "3", "1", "3", "5"]
     assert "Structured answers" not in write_report(plain).read_text(encoding="utf-8")
+
+
+def test_a_yaml_prompts_file_means_what_the_command_line_means(tmp_path: Path) -> None:
+    speaking = (
+        "{text: Is anyone speaking, schema: {type: object, properties: {speaking: {enum: [yes, no, unsure]}, "
+        "on: {type: boolean}, loud: {const: true}, level: {type: number, maximum: 1e3}}}}"
+    )
+    (tmp_path / "q.yaml").write_text(f"- no\n- {speaking}\n- Off\n")
+
+    from_file = read_structured_list(tmp_path / "q.yaml", "prompts_file", "prompt")
+
+    assert from_file == OverridesParser.create().parse_override(f"prompts=[no,{speaking},Off]").value()
+    plain, structured, off = make_questions(from_file)
+    assert (plain.text, plain.schema_json, off.text) == ("no", None, "Off")
+    schema = json.loads(structured.schema_json or "null")
+    assert schema["properties"]["speaking"]["enum"] == ["yes", "no", "unsure"]
+    assert schema["properties"]["level"]["maximum"] == 1000
+    assert column_dtypes(schema) == {"speaking": "string", "on": "boolean", "loud": "boolean", "level": "Float64"}
+
+
+def test_an_enum_of_numbers_loads_as_numbers(tmp_path: Path) -> None:
+    out = tmp_path / "out"
+    properties = {"zoom": {"enum": [0.5, 1, 2]}, "stars": {"enum": [1, 2, 3]}, "ratio": {"type": ["integer", "number"]}}
+    entry = {"text": "How zoomed?", "schema": {"type": "object", "properties": properties}}
+    values = [(0.5, 1, 2), (2, 3, 0.5), (1, 3, 1)]
+    rows = [schema_row("a", f, entry, {"zoom": z, "stars": s, "ratio": r}) for f, (z, s, r) in enumerate(values)]
+    write_run(out, "a", rows, [entry])
+
+    df = load_results(out)
+
+    assert {c: str(df[c].dtype) for c in properties} == {"zoom": "Float64", "stars": "Int64", "ratio": "Float64"}
+    assert (df.zoom.tolist(), df.ratio.tolist()) == ([0.5, 2.0, 1.0], [2.0, 0.5, 1.0])
+    counts = schema_summary(df, load_schemas(out)).counts.set_index(["property", "value"])["count"].to_dict()
+    assert counts == {
+        ("zoom", 0.5): 1, ("zoom", 1): 1, ("zoom", 2): 1, ("stars", 1): 1, ("stars", 2): 0, ("stars", 3): 2,
+    }
+
+
+def test_a_schema_has_one_prompt_id_however_its_numbers_are_written(tmp_path: Path) -> None:
+    def light(low: float, high: float, step: float) -> dict[str, Any]:
+        number = {"type": "number", "minimum": low, "maximum": high, "multipleOf": step}
+        return {"text": "How bright?", "schema": {"type": "object", "properties": {"light": number}}}
+
+    (tmp_path / "q.yaml").write_text(
+        "- text: How bright?\n  schema: {type: object, properties: {light: {type: number, minimum: 0.0, maximum: 1e2, "
+        "multipleOf: 0.50}}}\n"
+    )
+    written = [light(0, 100, 0.5), light(0.0, 100.0, 0.5), light(-0.0, 1e2, 5e-1),
+               *read_structured_list(tmp_path / "q.yaml", "prompts_file", "prompt")]
+
+    questions = make_questions(written)
+
+    assert len({(q.prompt_id, q.schema_json) for q in questions}) == 1  # one question, asked once
+    assert json.loads(questions[0].schema_json or "null")["properties"]["light"]["maximum"] == 100
+    # A schema with no number written so keeps the id older runs wrote.
+    assert (question_id(PEOPLE_ENTRY), question_id(CROWD_ENTRY)) == ("23edcf9defff", "f1aa6304fd68")
+    quarters = {"type": "number", "minimum": 0, "maximum": 1, "multipleOf": 0.25}
+    assert question_id({"text": "Light?", "schema": {"type": "object", "properties": {"light": quarters}}}) == (
+        "6f21a53416d3"
+    )

@@ -7,15 +7,19 @@ character into a string, where llama-cpp-python's own GBNF converter ignores bou
 follows each constrained sequence token by token and fills a bitmask of the tokens that may come
 next; the engine keeps the others from being picked. The JSON it admits is compact, ``", "``
 and ``": "`` its only spaces, so that a model cannot spend its tokens on whitespace. Whatever
-the grammar admits, a finished answer counts as valid only once ``jsonschema`` says so.
+the grammar admits, a finished answer counts as valid only once ``jsonschema`` says so, its
+numeric keywords (``multipleOf``, the bounds) computed on the decimals as written, as the
+grammar does: in floats, 0.6 is no multiple of 0.1.
 """
 
 from __future__ import annotations
 
 import json
+import operator
 import warnings
-from collections.abc import Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
+from decimal import Decimal
 from functools import lru_cache
 from typing import Any
 
@@ -43,7 +47,7 @@ class AnswerSchema:
     def value_json(self, text: str) -> str | None:
         """``text`` as compact JSON when it parses and validates, else ``None``."""
         try:
-            value = json.loads(text)
+            value = json.loads(text, parse_float=_Written)
         except ValueError:
             return None
         if not self.validator.is_valid(value):
@@ -72,7 +76,8 @@ def _compile(schema_json: str) -> AnswerSchema:
     schema = json.loads(schema_json)
     if not isinstance(schema, dict):
         raise ValueError("it is not a JSON object")
-    validator_type = jsonschema.validators.validator_for(schema, default=jsonschema.Draft202012Validator)
+    draft = jsonschema.validators.validator_for(schema, default=jsonschema.Draft202012Validator)
+    validator_type = _exact_numbers(draft)
     try:
         validator_type.check_schema(schema)
     except jsonschema.SchemaError as error:
@@ -82,6 +87,70 @@ def _compile(schema_json: str) -> AnswerSchema:
     if failed:
         raise ValueError(messages[0])
     return AnswerSchema(grammar, validator_type(schema))
+
+
+class _Written(float):
+    """A JSON number with a fraction or an exponent: its float, and the text it was written as."""
+
+    text: str
+
+    def __new__(cls, text: str) -> _Written:
+        number = super().__new__(cls, text)
+        number.text = text
+        return number
+
+
+def _decimal(number: Any) -> Decimal:
+    """A JSON number as the exact decimal it was written as (a schema's float: as JSON writes it)."""
+    if isinstance(number, _Written):
+        return Decimal(number.text)
+    return Decimal(repr(number) if isinstance(number, float) else number)
+
+
+def _is_multiple(value: Decimal, step: Decimal) -> bool:
+    """Whether ``value`` is an integer times ``step`` (> 0), exactly, however many digits or
+    however large an exponent either is written with."""
+    if not (value.is_finite() and step.is_finite()):
+        return False
+    (_, a_digits, a_exp), (_, b_digits, b_exp) = value.as_tuple(), step.as_tuple()
+    a, b = int(Decimal((0, a_digits, 0))), int(Decimal((0, b_digits, 0)))
+    shift = int(a_exp) - int(b_exp)  # value / step = ±a / b * 10**shift
+    if a == 0:
+        return True
+    if shift >= 0:
+        return a * pow(10, shift, b) % b == 0
+    return -shift <= len(a_digits) and a % (b * 10**-shift) == 0  # else b * 10**-shift > a
+
+
+def _multiple_of(validator: Any, step: Any, instance: Any, schema: Any) -> Iterator[jsonschema.ValidationError]:
+    if validator.is_type(instance, "number") and not _is_multiple(_decimal(instance), _decimal(step)):
+        yield jsonschema.ValidationError(f"{instance!r} is not a multiple of {step!r}")
+
+
+def _bound(holds: Callable[[Decimal, Decimal], bool], says: str) -> Callable[..., Iterator[jsonschema.ValidationError]]:
+    def check(validator: Any, bound: Any, instance: Any, schema: Any) -> Iterator[jsonschema.ValidationError]:
+        if validator.is_type(instance, "number"):
+            value, limit = _decimal(instance), _decimal(bound)
+            if value.is_nan() or limit.is_nan() or not holds(value, limit):
+                yield jsonschema.ValidationError(f"{instance!r} is {says} {bound!r}")
+
+    return check
+
+
+@lru_cache(maxsize=None)
+def _exact_numbers(validator_type: Any) -> Any:
+    """``validator_type`` with ``multipleOf`` and (from draft 6, where they are numbers) the
+    bounds computed on the numbers as written (:class:`_Written`), as the grammar computes them."""
+    keywords: dict[str, Callable[..., Iterator[jsonschema.ValidationError]]] = {"multipleOf": _multiple_of}
+    if "exclusiveMinimum" in validator_type.VALIDATORS:
+        keywords.update(
+            minimum=_bound(operator.ge, "less than the minimum of"),
+            maximum=_bound(operator.le, "more than the maximum of"),
+            exclusiveMinimum=_bound(operator.gt, "not more than the exclusive minimum of"),
+            exclusiveMaximum=_bound(operator.lt, "not less than the exclusive maximum of"),
+        )
+    mine = {keyword: check for keyword, check in keywords.items() if keyword in validator_type.VALIDATORS}
+    return jsonschema.validators.extend(validator_type, mine)
 
 
 class Grammars:
