@@ -154,6 +154,22 @@ def remove_error_records(output_dir: Path, video_id: str, config_id: str) -> int
     return len(files)
 
 
+def video_failures_by_path(output_dir: Path, config_id: str) -> dict[str, list[str]]:
+    """The videos that failed as a whole under ``config_id`` (an error record, no frame), by the
+    path their record names: ``video_path`` → the ``video_id`` of each. Error files that do not read
+    are left out (:func:`verify_chunks` deals with them when their video comes up)."""
+    failed: dict[str, list[str]] = {}
+    for path in output_dir.glob(f"*/{ChunkName.pattern('errors', config_id)}"):
+        try:
+            rows = pq.read_table(path, columns=["video_path", "frame_index"]).to_pylist()
+        except (pa.ArrowException, OSError):
+            continue
+        for row in rows:
+            if row["frame_index"] is None and path.parent.name not in failed.get(row["video_path"], []):
+                failed.setdefault(row["video_path"], []).append(path.parent.name)
+    return failed
+
+
 def done_marker(output_dir: Path, video_id: str, work_id: str) -> Path:
     """The file whose presence says a video's work ``work_id`` is complete."""
     return output_dir / video_id / f"_done-{work_id}"

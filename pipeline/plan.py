@@ -23,6 +23,7 @@ from pipeline.committed import (
     read_committed,
     remove_error_records,
     verify_chunks,
+    video_failures_by_path,
 )
 from pipeline.inputs import Readiness, check_shard, in_shard, os_reason, path_id, video_id_of
 from pipeline.paths import printable
@@ -77,6 +78,7 @@ class Planner:
         self.retry_failed = retry_failed
         self.min_age_s = min_age_s
         self.read_only = read_only
+        self._failed_at: dict[str, list[str]] | None = None  # video_failures_by_path, once a plan
 
     def plan(
         self, videos: list[Path], shard: int, num_shards: int, on_video: Callable[[], None]
@@ -85,7 +87,8 @@ class Planner:
         and its committed work; skipped and unreadable ones are settled here.
 
         A second path with the content (or, unreadable, the path) of an earlier one is
-        skipped: both would write the same keys. A damaged chunk is moved aside and its keys
+        skipped: both would write the same keys. A path whose earlier content failed and that
+        now holds other content loses that content's error record. A damaged chunk is moved aside and its keys
         are done again, also for a video that was done, as are those of a chunk that a done
         video's marker lists and that is gone.
 
@@ -94,6 +97,7 @@ class Planner:
         """
         check_shard(shard, num_shards)
         readiness = Readiness(self.output_dir / WAITING_FILE, self.min_age_s)
+        self._failed_at = None
         tasks = []
         first_path_of: dict[str, str] = {}
         for path in videos:
@@ -128,6 +132,7 @@ class Planner:
             self._plan_failure(task, failure)
             return task
         self._forget_path_failure(task)
+        self._forget_replaced_content(task)
         marker = done_marker(self.output_dir, outcome.video_id, self.work_id)
         if self.retry_failed and remove_error_records(self.output_dir, outcome.video_id, self.config_id):
             marker.unlink(missing_ok=True)  # done by an older version despite failed frames
@@ -158,6 +163,18 @@ class Planner:
         if not self.read_only and (self.output_dir / where).is_dir():
             if remove_error_records(self.output_dir, where, self.config_id):
                 log.info("%s reads again: its earlier error record is removed", task.outcome.path)
+
+    def _forget_replaced_content(self, task: VideoTask) -> None:
+        """A path whose earlier content failed as a whole (a copy cut short, filed under that
+        content's id) and that holds other content now: that record no longer describes what is
+        at the path, and no ``retry_failed`` would reach it."""
+        if self.read_only:
+            return
+        if self._failed_at is None:  # once a plan, and only where a path reads
+            self._failed_at = video_failures_by_path(self.output_dir, self.config_id)
+        for old in self._failed_at.pop(task.outcome.path, []):
+            if old != task.outcome.video_id and remove_error_records(self.output_dir, old, self.config_id):
+                log.info("%s changed since it failed: its earlier error record is removed", task.outcome.path)
 
     def _plan_failure(self, task: VideoTask, reason: str) -> None:
         """An entry that cannot be read: one error record per entry and reason, not one a night

@@ -420,3 +420,29 @@ def test_a_path_named_twice_is_one_video(tiny_model_dir: Path, tmp_path: Path) -
     assert "same content" not in night.stderr
     record = last_run(out)
     assert (record["videos_done"], record["videos_skipped"], len(record["videos"])) == (1, 0, 1)
+
+
+@pytest.mark.allow_error_logs
+def test_a_file_that_failed_and_was_replaced_by_a_good_copy_is_failing_no_more(
+    tiny_model_dir: Path, tmp_path: Path
+) -> None:
+    """A copy cut short fails under its content's id; once a good copy stands at the same path
+    and is done, that old record describes nothing there: status, the report and the export
+    no longer show the path as failing (no retry_failed could reach the old record)."""
+    good = make_night(tmp_path / "source", n_videos=1, n_frames=3) / "v0.mp4"
+    folder, out = tmp_path / "videos", tmp_path / "out"
+    folder.mkdir()
+    clip = folder / "clip.mp4"
+    clip.write_bytes(good.read_bytes()[: good.stat().st_size // 2])
+    args = [*night_args(folder, out, tiny_model_dir, tmp_path), "export=vtt"]
+    assert run_cli(*args).returncode == 3
+    shutil.copyfile(good, clip)
+    night = run_cli(*args)
+    assert night.returncode == 0, night.stderr
+    assert "clip.mp4 changed since it failed: its earlier error record is removed" in night.stderr
+    shown = run_cli("status", f"output_dir={out}").stdout
+    assert "Videos: 1 done, 0 failing" in shown, shown
+    rows = pd.read_parquet(out)
+    assert (rows.status == "error").sum() == 0 and rows.video_id.nunique() == 1
+    exported = run_cli("export", f"output_dir={out}", "format=vtt", f"video={clip}")
+    assert exported.returncode == 0, exported.stderr
