@@ -25,6 +25,7 @@ import threading
 import time
 import wave
 from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import asdict, replace
 from pathlib import Path
 from typing import Any, cast
@@ -240,6 +241,18 @@ def mount_tmpfs(path: Path, size: str) -> bool:
     return subprocess.run(
         ["mount", "-t", "tmpfs", "-o", f"size={size}", "tmpfs", str(path)], capture_output=True
     ).returncode == 0
+
+
+@contextmanager
+def small_disk(path: Path, size: str = "2m") -> Iterator[Path]:
+    """A tmpfs of ``size`` at ``path`` for the ``with`` block; the test is skipped where mounting
+    needs root (CI runs as root)."""
+    if not mount_tmpfs(path, size):
+        pytest.skip("mounting a tmpfs needs root (CI runs as root)")
+    try:
+        yield path
+    finally:
+        subprocess.run(["umount", "-l", str(path)], capture_output=True)
 
 
 def fill(disk: Path) -> None:

@@ -45,6 +45,7 @@ from tests.conftest import (
     mount_tmpfs,
     night_args,
     run_cli,
+    small_disk,
     start_paused_run,
     tinted,
     wait_for_pause,
@@ -428,10 +429,7 @@ def test_a_disk_full_before_the_run_is_one_line(cli_base: list[str], tmp_path: P
 def test_a_disk_that_fills_under_the_log_file_is_one_warning_then_the_runs_one_line(
     tiny_model_dir: Path, tmp_path: Path
 ) -> None:
-    disk = tmp_path / "disk"
-    if not mount_tmpfs(disk, "2m"):
-        pytest.skip("mounting a tmpfs needs root (CI runs as root)")
-    try:
+    with small_disk(tmp_path / "disk") as disk:
         videos = make_night(tmp_path / "videos", n_videos=1, n_frames=2)
         out = disk / "out"
         args = night_args(videos, out, tiny_model_dir, tmp_path, max_tokens=4)
@@ -447,8 +445,6 @@ def test_a_disk_that_fills_under_the_log_file_is_one_warning_then_the_runs_one_l
         assert all(re.match(r"\[\d\d:\d\d:\d\d (INFO|WARNING|ERROR)\] ", line) for line in lines), night.stderr
         assert sum("cannot write the run's log file" in line for line in lines) == 1, night.stderr
         assert re.match(r"\[\d\d:\d\d:\d\d ERROR\] cannot write .*: No space left on device$", lines[-1]), night.stderr
-    finally:
-        subprocess.run(["umount", "-l", str(disk)], capture_output=True)
 
 
 def test_a_log_file_that_cannot_be_written_says_so_once_and_is_written_no_more(

@@ -13,7 +13,6 @@
 
 from __future__ import annotations
 
-import os
 import signal
 import subprocess
 from pathlib import Path
@@ -26,28 +25,18 @@ from tests.conftest import (
     answers,
     assert_no_key_twice,
     assert_one_line_error,
+    fill,
     kill,
     last_run,
     make_night,
     mount_tmpfs,
     night_args,
     run_cli,
+    small_disk,
     start_paused_run,
     wait_for_pause,
     write_video,
 )
-
-
-def fill(disk: Path) -> None:
-    """Fill a small disk up to its last block."""
-    filler = os.open(disk / "filler", os.O_WRONLY | os.O_CREAT)
-    try:
-        while os.write(filler, b"x" * 4096):
-            pass
-    except OSError:  # the disk is full
-        pass
-    finally:
-        os.close(filler)
 
 
 def status(out: Path) -> str:
@@ -136,10 +125,7 @@ def test_a_night_whose_model_files_cannot_be_found_is_recorded(tiny_model_dir: P
 def test_a_summary_that_cannot_be_finished_does_not_claim_the_last_success(
     tiny_model_dir: Path, tmp_path: Path
 ) -> None:
-    disk = tmp_path / "disk"
-    if not mount_tmpfs(disk, "2m"):
-        pytest.skip("mounting a tmpfs needs root (CI runs as root)")
-    try:
+    with small_disk(tmp_path / "disk") as disk:
         videos = make_night(tmp_path / "videos", n_videos=1, n_frames=3)
         out = disk / "out"
         args = night_args(videos, out, tiny_model_dir, tmp_path)
@@ -158,8 +144,6 @@ def test_a_summary_that_cannot_be_finished_does_not_claim_the_last_success(
         assert (record["state"], record["exit_code"]) == ("running", None)
         assert f"did not finish (pid {night.pid} is gone)" in status(out)
         assert_no_key_twice(out)
-    finally:
-        subprocess.run(["umount", "-l", str(disk)], capture_output=True)
 
 
 @pytest.mark.allow_error_logs
