@@ -15,9 +15,8 @@ from hydra import compose, initialize_config_dir
 from omegaconf import OmegaConf
 
 from pipeline.config import config_dir
-from pipeline.errors import ConfigError
 from pipeline.options import hydra_options
-from pipeline.overrides import GROUPS, argument_error, as_written, config_error, group_choices
+from pipeline.overrides import GROUPS, checked_overrides, group_choices
 
 # The keys people set, with the form of their value and one line each (their defaults come
 # from conf/, the one source of defaults).
@@ -137,17 +136,14 @@ def help_text() -> str:
 
 def command_line(args: list[str]) -> list[str]:
     """The command line as Hydra is to read it: its options first (:func:`~pipeline.options.hydra_options`:
-    Hydra takes no override after one), then the overrides, checked (:func:`argument_error`,
-    :func:`config_error`), text values quoted (:func:`as_written`).
+    Hydra takes no override after one), then the overrides, checked and their text values quoted
+    (:func:`~pipeline.overrides.checked_overrides`).
 
     Raises:
         UserError: One line for the first mistake, with its fix.
     """
     options, overrides = hydra_options(args)
-    problem = argument_error(overrides, multirun="--multirun" in options) or config_error(overrides)
-    if problem is not None:
-        raise ConfigError(problem)
-    return [*options, *as_written(overrides)]
+    return [*options, *checked_overrides(overrides, multirun="--multirun" in options)]
 
 
 def _shown(value: Any) -> str:

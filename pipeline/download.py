@@ -21,10 +21,10 @@ import sys
 from hydra.errors import HydraException
 from omegaconf.errors import OmegaConfBaseException
 
-from pipeline.arguments import argument_error, as_written, config_error
 from pipeline.config import check_values, compose_config
 from pipeline.errors import UserError, WeightsError
 from pipeline.options import asks_help, unknown_option
+from pipeline.overrides import checked_overrides
 from pipeline.presets import caption_spec
 from pipeline.runlog import console_logging
 from pipeline.signals import say_stopped
@@ -42,12 +42,11 @@ def main(argv: list[str] | None = None) -> int:
     console_logging()
     logging.getLogger("gguf").setLevel(logging.WARNING)  # the tiny model's writer, file by file
     dashed = next((arg for arg in args if arg.startswith("-")), None)  # no option but --help
-    problem = unknown_option(dashed, ("--help",)) if dashed else argument_error(args) or config_error(args)
-    if problem is not None:
-        log.error("%s", problem)
+    if dashed:
+        log.error("%s", unknown_option(dashed, ("--help",)))
         return 1
     try:
-        cfg = compose_config(["video=unused", *as_written(args)])
+        cfg = compose_config(["video=unused", *checked_overrides(args)])
         check_values(cfg)
         files, _ = caption_spec(cfg).prepare()
     except WeightsError as error:

@@ -38,14 +38,13 @@ def parse_options(args: Sequence[str], keys: Sequence[str], required: Sequence[s
         OptionError: An argument is not of that form, or a required one is missing.
     """
     options = {}
+    expected = ", ".join(f"{k}=..." for k in keys)
     for arg in args:
         key, sep, value = arg.partition("=")
         if arg.startswith("-"):
-            expected = ", ".join(f"{k}=..." for k in keys)
             raise OptionError(f"{unknown_option(arg, ('-h', '--help'), 'video' if 'video' in keys else None)}; "
                               f"expected one of {expected}")
         if not sep or key not in keys or not value:
-            expected = ", ".join(f"{k}=..." for k in keys)
             closest = difflib.get_close_matches(key.lstrip("+~"), keys, n=1, cutoff=0.6)
             hint = f"did you mean {closest[0]}=...? " if closest and sep else ""
             raise OptionError(f"bad argument {arg!r}; {hint}expected one of {expected}")

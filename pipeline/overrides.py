@@ -38,14 +38,14 @@ GROUPS = ("model", "sampler", "executor")
 _LISTS = {"video": "video", "prompt": "prompts", "prompts": "prompts", "export": "export"}
 
 
-def checked_overrides(overrides: list[str]) -> list[str]:
+def checked_overrides(overrides: list[str], multirun: bool = False) -> list[str]:
     """``overrides`` as a run reads them (:func:`as_written`), once checked as the command line
-    checks them (:func:`argument_error`, :func:`config_error`).
+    checks them (:func:`argument_error`, :func:`config_error`; ``multirun``: under ``-m``).
 
     Raises:
         ConfigError: One line for the first mistake, with its fix.
     """
-    problem = argument_error(overrides) or config_error(overrides)
+    problem = argument_error(overrides, multirun) or config_error(overrides)
     if problem is not None:
         raise ConfigError(problem)
     return as_written(overrides)

@@ -48,10 +48,12 @@ def console_formatter() -> logging.Formatter:
 def say_error(message: str) -> None:
     """Print one ERROR line on stderr in :func:`console_formatter`'s style, without going
     through logging (a mistake found before a run or a sub-command has set logging up)."""
-    _say(logging.ERROR, message)
+    say(logging.ERROR, message)
 
 
-def _say(level: int, message: str) -> None:
+def say(level: int, message: str) -> None:
+    """Print one line at ``level`` on stderr in :func:`console_formatter`'s style, without going
+    through logging."""
     record = logging.LogRecord("pipeline", level, "", 0, message, None, None)
     print(console_formatter().format(record), file=sys.stderr)
 
@@ -119,7 +121,7 @@ class LogFile(logging.FileHandler):
             return
         self.failed = True
         reason = error.strerror or str(error)
-        _say(
+        say(
             logging.WARNING,
             f"cannot write the run's log file {self.baseFilename}: {reason}; the rest of this run's log "
             "is on the console only (free space on that disk, or make it writable)",

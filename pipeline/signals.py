@@ -91,11 +91,11 @@ def say_stopped(signum: int, after: str = "") -> int:
     128 + the signal's number."""
     import logging
 
-    from pipeline.runlog import console_formatter  # only now: nothing more to load on the way in
+    from pipeline.runlog import say  # only now: nothing more to load on the way in
 
-    record = logging.LogRecord("pipeline", logging.WARNING, "", 0, f"{Stopped(signum)}{after}", None, None)
-    print(console_formatter().format(record), file=sys.stderr)
-    return 128 + signum
+    stop = Stopped(signum)
+    say(logging.WARNING, f"{stop}{after}")
+    return stop.exit_code
 
 
 _quiet_codes: set[CodeType] = set()

@@ -452,9 +452,9 @@ def test_a_stop_while_the_pipeline_loads_is_one_line_and_its_code(trap_at: str, 
 
 def test_ctrl_c_while_the_command_line_is_checked_is_one_line() -> None:
     code = (
-        "import os, signal, sys\nimport pipeline.arguments as arguments\nchecked = arguments.config_error\n"
+        "import os, signal, sys\nimport pipeline.overrides as overrides\nchecked = overrides.config_error\n"
         "def interrupted(overrides):\n    os.kill(os.getpid(), signal.SIGINT)\n    return checked(overrides)\n"
-        "arguments.config_error = interrupted\nsys.argv[0] = 'pipeline'\n"
+        "overrides.config_error = interrupted\nsys.argv[0] = 'pipeline'\n"
         "from pipeline.__main__ import run\nrun()\n"
     )
     result = subprocess.run(
