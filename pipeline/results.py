@@ -23,7 +23,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from pipeline.store import read_prompt_schemas, read_prompts, read_results, read_videos
+from pipeline.store import read_prompt_schemas, read_results, read_videos
 from pipeline.structured import column_dtypes, json_value, typed_value
 from pipeline.thumbnails import decode_thumbnail
 from pipeline.words import visible
@@ -101,12 +101,6 @@ def load_schemas(output_dir: str | Path) -> dict[str, dict[str, Any]]:
     """The JSON Schema of each schema prompt answered in ``output_dir``, by ``prompt_id`` (for
     :func:`structured_summary`)."""
     return read_prompt_schemas(Path(output_dir).expanduser())
-
-
-def load_prompt_order(output_dir: str | Path) -> list[str]:
-    """The ``prompt_id`` of every prompt asked in ``output_dir``, in the order first asked (for
-    :func:`prompt_numbers`)."""
-    return [str(prompt["prompt_id"]) for prompt in read_prompts(Path(output_dir).expanduser())]
 
 
 def typed_answers(df: pd.DataFrame, schemas: Mapping[str, Mapping[str, Any]]) -> pd.DataFrame:
@@ -248,7 +242,7 @@ def counts(df: pd.DataFrame) -> dict[str, int]:
 def prompt_numbers(df: pd.DataFrame, asked: Sequence[str] = ()) -> dict[str, int]:
     """Each ``prompt_id`` of the rows' answers, numbered from 1 in the order the prompts were
     first asked (``asked``: every prompt of the output folder in that order,
-    :func:`load_prompt_order`), then any others in the order they first appear in the rows: the
+    :func:`pipeline.store.prompt_order`), then any others in the order they first appear in the rows: the
     report's numbered prompt list and its track labels. A prompt keeps its number whatever later
     nights ask and whichever videos ``df`` holds (numbers of prompts not in ``df`` are skipped)."""
     answered = [str(p) for p in df.loc[df["frame_index"].notna(), "prompt_id"].dropna().unique()]

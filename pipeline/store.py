@@ -444,8 +444,14 @@ def _written_ns(path: Path) -> float:
 def read_prompt_schemas(output_dir: str | Path) -> dict[str, dict[str, Any]]:
     """The JSON Schema of each schema prompt answered in ``output_dir``, by ``prompt_id``
     (:func:`read_prompts`; a ``prompt_id`` covers its schema, so every file that has it agrees)."""
-    return {
-        str(prompt["prompt_id"]): prompt["schema"]
-        for prompt in read_prompts(output_dir)
-        if isinstance(prompt.get("schema"), dict)
-    }
+    return prompt_schemas(read_prompts(output_dir))
+
+
+def prompt_order(prompts: list[dict[str, Any]]) -> list[str]:
+    """The ``prompt_id`` of each of ``prompts`` (:func:`read_prompts`), in the order first asked."""
+    return [str(prompt["prompt_id"]) for prompt in prompts]
+
+
+def prompt_schemas(prompts: list[dict[str, Any]]) -> dict[str, dict[str, Any]]:
+    """The JSON Schema of each schema prompt of ``prompts`` (:func:`read_prompts`), by ``prompt_id``."""
+    return {str(prompt["prompt_id"]): prompt["schema"] for prompt in prompts if isinstance(prompt.get("schema"), dict)}

@@ -46,10 +46,10 @@ from pipeline.export.names import (
 )
 from pipeline.files import write_bytes_atomic
 from pipeline.options import OptionError, asks_help, parse_options
-from pipeline.results import load_prompt_order, printable, prompt_numbers, typed_answers
+from pipeline.results import printable, prompt_numbers, typed_answers
 from pipeline.runlog import console_logging, say_error
 from pipeline.signals import end_quietly_when_the_reader_stops
-from pipeline.store import StoreError, read_prompt_schemas, read_results, read_videos
+from pipeline.store import StoreError, prompt_order, prompt_schemas, read_prompts, read_results, read_videos
 from pipeline.words import plural, visible
 
 __all__ = [
@@ -191,7 +191,7 @@ def tracks_of(df: pd.DataFrame, videos: pd.DataFrame | None = None, asked: Seque
             of each track gets the median gap. Unused where ``df`` already has ``end_s``
             (:func:`with_cue_ends`).
         asked: The output folder's prompts in the order first asked
-            (:func:`pipeline.results.load_prompt_order`), which numbers them; without it, the
+            (:func:`pipeline.store.prompt_order`), which numbers them; without it, the
             order they first appear in the rows.
     """
     ends = df if "end_s" in df.columns else with_cue_ends(df, videos)
@@ -311,10 +311,10 @@ def export(
             f"output_dir {root} is not a folder; run the pipeline first or pass its output_dir"
         )
     folder = Path(out).expanduser().resolve() if out else root / EXPORT_DIR
-    df = load_rows(root)
+    prompts = read_prompts(root)  # their schemas type the answers, their order numbers them
     videos = read_videos(root)
-    df = with_cue_ends(df, videos)
-    tracks = tracks_of(df, videos, load_prompt_order(root))  # named from every video, whichever is exported
+    df = with_cue_ends(load_rows(root, prompt_schemas(prompts)), videos)
+    tracks = tracks_of(df, videos, prompt_order(prompts))  # named from every video, whichever is exported
     index_folder = folder
     if video is not None:
         video_id = select_video(df, video)
@@ -376,11 +376,11 @@ def write_tracks(
     return files
 
 
-def load_rows(output_dir: Path) -> pd.DataFrame:
+def load_rows(output_dir: Path, schemas: dict[str, dict[str, Any]]) -> pd.DataFrame:
     """Every result row but the thumbnails, by video, settings and time, with the typed columns
-    of the answers' schemas (:func:`pipeline.results.typed_answers`); a frame's rows in the
+    of the answers' ``schemas`` (:func:`pipeline.results.typed_answers`); a frame's rows in the
     order its prompts were asked."""
-    df = typed_answers(read_results(output_dir, columns=_READ_COLUMNS), read_prompt_schemas(output_dir))
+    df = typed_answers(read_results(output_dir, columns=_READ_COLUMNS), schemas)
     order = ["video_path", "video_id", "config_id", "timestamp_s", "frame_index"]
     return df.sort_values(order, kind="stable", na_position="last").reset_index(drop=True)
 

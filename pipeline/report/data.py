@@ -31,7 +31,7 @@ class ReportData:
         schemas: The JSON Schema of each schema prompt, by ``prompt_id``
             (:func:`pipeline.results.load_schemas`).
         asked: Every prompt's ``prompt_id`` in the order first asked, which numbers them
-            (:func:`pipeline.results.load_prompt_order`).
+            (:func:`pipeline.store.prompt_order`).
     """
 
     output_dir: Path | None = None

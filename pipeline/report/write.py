@@ -15,8 +15,8 @@ from pipeline.export import EXPORT_DIR, Track, tracks_of, with_cue_ends, write_t
 from pipeline.files import write_bytes_atomic
 from pipeline.report.data import ReportData, with_run
 from pipeline.report.pages import Pages
-from pipeline.results import load_prompt_order, load_results, load_schemas
-from pipeline.store import StoreError, read_configs, read_videos
+from pipeline.results import load_results
+from pipeline.store import StoreError, prompt_order, prompt_schemas, read_configs, read_prompts, read_videos
 from pipeline.summary import read_runs
 
 log = logging.getLogger(__name__)
@@ -84,7 +84,8 @@ def write_report(
     out = Path(out_path).expanduser().resolve() if out_path else output_dir / default_name
     assets = out.with_name(f"{out.stem}_files")
     videos = read_videos(output_dir)
-    asked = load_prompt_order(output_dir)
+    prompts = read_prompts(output_dir)  # their order numbers them; their schemas type the answers
+    asked = prompt_order(prompts)
     tracks = tracks_of(with_cue_ends(df, videos), asked=asked)
     if tracks:
         try:  # the track files the report links; a read-only output_dir still gets a report
@@ -99,7 +100,7 @@ def write_report(
         runs=runs if run is None else with_run(runs, run),
         videos=videos,
         tracks=_by_video(tracks),
-        schemas=load_schemas(output_dir),
+        schemas=prompt_schemas(prompts),
         asked=asked,
     )
     pages = Pages(df, f"Captions in {output_dir}", data, page_frames=None if inline else page_frames)
