@@ -169,6 +169,16 @@ case "$plan" in
     T=90 bench mistral7b --seed "" --frames 48 --stall-s 30 --force-lanes --cases "p=3,lanes=2"
     bench mistral7b --seed "" --frames 48 --cases "p=3"
     ;;
+  call26)  # session 16: the Yi-34B shape (the default preset, Q5_K_M as it is) with three prompts, one lane (the default)
+           # against engine.lanes=2, interleaved, a 30 s stall watchdog; then the peer's best batches while time is left
+    bench yi34b --seed "" --frames 16 --stall-s 30 --cases "p=3,w=keep;p=3,w=keep,lanes=2;p=3,w=keep;p=3,w=keep,lanes=2"
+    if [ "$(left)" -gt 60 ]; then
+      T=$(( $(left) - 30 )) bench yi34b --seed "" --cases "" --peer-batches 8 --peer-prompts 1 --peer-frames 8
+    fi
+    if [ "$(left)" -gt 40 ]; then
+      bench yi34b --seed "" --cases "" --peer-batches 4 --peer-prompts 3 --peer-frames 8
+    fi
+    ;;
   *) echo "unknown plan $plan"; exit 2 ;;
 esac
 echo "call done after $(( $(date +%s) - started )) s"
