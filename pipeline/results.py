@@ -23,7 +23,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from pipeline.store import read_prompt_schemas, read_results, read_videos
+from pipeline.store import read_prompt_schemas, read_results, read_videos, results_folder
 from pipeline.structured import column_dtypes, json_value, typed_value
 from pipeline.thumbnails import decode_thumbnail
 from pipeline.words import visible
@@ -85,13 +85,11 @@ def load_results(output_dir: str | Path) -> pd.DataFrame:
         that ``df[(df.people > 2) & df.outdoor]`` needs no casting.
 
     Raises:
-        FileNotFoundError: ``output_dir`` is not a folder.
+        FileNotFoundError: ``output_dir`` is not a folder, or a folder no run wrote to (neither
+            a run record nor a result chunk): a mistyped path reads as no results, not as an
+            empty night.
     """
-    path = Path(output_dir).expanduser()
-    if not path.is_dir():
-        raise FileNotFoundError(
-            f"output_dir {path} is not a folder; run the pipeline first or pass its output_dir"
-        )
+    path = results_folder(output_dir)
     df = typed_answers(read_results(path), read_prompt_schemas(path))
     order = ["video_path", "timestamp_s", "frame_index"]
     return df.sort_values(order, kind="stable").reset_index(drop=True)

@@ -44,6 +44,7 @@ import pyarrow.parquet as pq
 
 from pipeline.errors import StoreError
 from pipeline.files import read_json, write_atomic, write_json_atomic
+from pipeline.summary import RUNS_DIR
 
 if TYPE_CHECKING:  # pandas loads only where results are read back, not on a run's start
     import pandas as pd
@@ -326,9 +327,28 @@ def _videos_table(output_dir: Path) -> pa.Table:
     return pa.Table.from_pylist(rows, schema=VIDEOS_SCHEMA)
 
 
+def results_folder(output_dir: str | Path) -> Path:
+    """``output_dir`` as an absolute path, once it is known to be a folder a run wrote to.
+
+    Raises:
+        FileNotFoundError: It is not a folder, or no run wrote to it (neither a run record nor
+            a result chunk): a mistyped path reads as no results, not as an empty night.
+    """
+    path = Path(output_dir).expanduser().resolve()
+    if not path.is_dir():
+        raise FileNotFoundError(f"output_dir {path} is not a folder; run the pipeline first or pass its output_dir")
+    if not (path / RUNS_DIR).is_dir() and not result_files(path):
+        raise FileNotFoundError(
+            f"output_dir {path} holds no run of the pipeline (no {RUNS_DIR}/ folder, no result "
+            "chunks); run the pipeline first or pass its output_dir"
+        )
+    return path
+
+
 def result_files(output_dir: Path) -> list[Path]:
-    """The chunk files of ``output_dir`` (answers and error records of every video), sorted."""
-    return sorted(p for p in output_dir.glob("*/*.parquet") if not p.name.startswith((".", "_")))
+    """The chunk files of ``output_dir`` (answers and error records of every video), sorted;
+    other Parquet files in its folders are no results (a copy someone left there is not read)."""
+    return sorted(p for p in output_dir.glob("*/*.parquet") if ChunkName.parse(p.name) is not None)
 
 
 def read_results(

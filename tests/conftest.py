@@ -43,6 +43,7 @@ from pipeline.config import compose_config
 from pipeline.decode import format_timecode
 from pipeline.presets import captioner_from_config
 from pipeline.store import ResultRow, read_results, write_chunk
+from pipeline.summary import RUNS_DIR
 from pipeline.thumbnails import thumbnailer
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -371,6 +372,12 @@ def write_wav(path: Path) -> Path:
         audio.setframerate(8000)
         audio.writeframes(b"\x00\x01" * 8000)
     return path
+
+
+def run_without_results(output_dir: Path) -> Path:
+    """``output_dir`` as a run leaves it that committed nothing (its record, no chunk)."""
+    (output_dir / RUNS_DIR).mkdir(parents=True, exist_ok=True)
+    return output_dir
 
 
 def write_results(output_dir: Path, rows: list[dict[str, Any]], schema: pa.Schema | None = None) -> list[Path]:

@@ -21,6 +21,7 @@ from pipeline.arguments import KEYS, command_line
 from pipeline.config import check_values, compose_config
 from pipeline.errors import ConfigError
 from pipeline.presets import captioner_from_preset
+from pipeline.results import load_results
 from tests.conftest import ROOT, RUN_TIMEOUT_S, SAMPLE_VIDEO, assert_one_line_error, cli_env, run_cli
 
 
@@ -129,6 +130,29 @@ def test_sub_commands_word_mistakes_the_same_way(module: str, args: list[str], n
     )
     assert_one_line_error(result, 1, *needles)
     assert len(error_lines(result.stderr)) == 1 and result.stderr.count("\n") == 1, result.stderr
+
+
+@pytest.mark.parametrize(
+    ("module", "args"), [("pipeline.report", []), ("pipeline.export", ["format=csv,vtt"]), ("pipeline", ["report"])]
+)
+def test_a_folder_no_run_wrote_to_is_refused_and_left_as_it_was(module: str, args: list[str], tmp_path: Path) -> None:
+    """A mistyped output_dir (here a folder of someone's files) is no empty night: the report and
+    the export say so in one line and write nothing into it."""
+    folder = tmp_path / "holiday"
+    folder.mkdir()
+    (folder / "notes.txt").write_text("mine\n")
+    (folder / "clips").mkdir()
+    (folder / "clips" / "beach.parquet").write_bytes(b"not ours")  # a chunk sits one level down, named part-*
+    result = subprocess.run(
+        [sys.executable, "-m", module, *args, f"output_dir={folder}"], cwd=ROOT, env=cli_env(),
+        capture_output=True, text=True, timeout=RUN_TIMEOUT_S,
+    )
+    assert_one_line_error(result, 1, f"output_dir {folder} holds no run of the pipeline", "run the pipeline first")
+    assert sorted(p.relative_to(folder).as_posix() for p in folder.rglob("*")) == [
+        "clips", "clips/beach.parquet", "notes.txt",
+    ]
+    with pytest.raises(FileNotFoundError, match="holds no run of the pipeline"):
+        load_results(folder)
 
 
 @pytest.mark.parametrize(

@@ -32,6 +32,7 @@ from tests.conftest import (
     probe_result,
     result_row,
     run_cli,
+    run_without_results,
     write_results,
 )
 
@@ -287,7 +288,7 @@ def test_inline_report_is_one_self_contained_file(output_dir: Path) -> None:
 
 
 def test_report_of_an_empty_output_dir_says_so(tmp_path: Path) -> None:
-    assert "No results yet." in write_report(tmp_path).read_text(encoding="utf-8")
+    assert "No results yet." in write_report(run_without_results(tmp_path)).read_text(encoding="utf-8")
 
 
 def test_command_line(output_dir: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
@@ -381,6 +382,26 @@ def test_track_labels_follow_the_numbered_prompts(tmp_path: Path) -> None:
     # In the overview and in the video's section.
     assert sorted((number, title) for title, number in links) == [
         ("1", "First question?"), ("1", "First question?"), ("2", "Second question?"), ("2", "Second question?")
+    ]
+
+
+def test_a_cards_answers_carry_their_prompts_numbers_in_order(tmp_path: Path) -> None:
+    # One text asked twice (say with two schemas): the numbers tell the answers apart, and each
+    # card lists them in the header's order, however the rows were stored.
+    rows = [
+        result_row("v", 0, prompt_id="p9", prompt="How many?", answer="first at 0"),
+        result_row("v", 0, prompt_id="p1", prompt="How many?", answer="second at 0"),
+        result_row("v", 25, prompt_id="p1", prompt="How many?", answer="second at 25"),
+        result_row("v", 25, prompt_id="p9", prompt="How many?", answer="first at 25"),
+    ]
+    write_results(tmp_path, rows)
+
+    page = write_report(tmp_path).read_text(encoding="utf-8")
+
+    shown = re.findall(r'<div class="prompt">([^<]*)</div><div class="answer">([^<]*)</div>', page)
+    assert shown == [
+        ("1. How many?", "first at 0"), ("2. How many?", "second at 0"),
+        ("1. How many?", "first at 25"), ("2. How many?", "second at 25"),
     ]
 
 

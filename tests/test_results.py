@@ -25,7 +25,7 @@ from pipeline.results import (
     video_summary,
 )
 from pipeline.store import SCHEMA
-from tests.conftest import default_thumbnail, result_row, write_results
+from tests.conftest import default_thumbnail, result_row, run_without_results, write_results
 
 
 @pytest.fixture
@@ -126,11 +126,18 @@ def test_load_results_keeps_integer_columns_integer_where_some_rows_are_null(tmp
     assert df["duplicate_of"].iloc[1] == 7
 
 
-def test_load_results_of_an_empty_folder_has_the_columns(tmp_path: Path) -> None:
-    df = load_results(tmp_path)
+def test_load_results_of_a_run_that_committed_nothing_has_the_columns(tmp_path: Path) -> None:
+    df = load_results(run_without_results(tmp_path))
 
     assert df.empty
     assert set(SCHEMA.names) <= set(df.columns)
+
+
+def test_load_results_refuses_a_folder_no_run_wrote_to(tmp_path: Path) -> None:
+    (tmp_path / "v1").mkdir()
+    (tmp_path / "v1" / "stats.parquet").write_bytes(b"someone else's")
+    with pytest.raises(FileNotFoundError, match="holds no run of the pipeline"):
+        load_results(tmp_path)
 
 
 def test_load_results_names_a_missing_folder(tmp_path: Path) -> None:
@@ -159,7 +166,7 @@ def test_video_summary_counts_tokens_and_latency(two_videos: Path) -> None:
 
 
 def test_video_summary_of_no_rows_has_the_columns(tmp_path: Path) -> None:
-    summary = video_summary(load_results(tmp_path))
+    summary = video_summary(load_results(run_without_results(tmp_path)))
 
     assert summary.empty
     assert "latency_p95_ms" in summary.columns

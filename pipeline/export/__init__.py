@@ -49,7 +49,15 @@ from pipeline.options import OptionError, asks_help, parse_options
 from pipeline.results import printable, prompt_numbers, typed_answers
 from pipeline.runlog import console_logging, say_error
 from pipeline.signals import end_quietly_when_the_reader_stops
-from pipeline.store import StoreError, prompt_order, prompt_schemas, read_prompts, read_results, read_videos
+from pipeline.store import (
+    StoreError,
+    prompt_order,
+    prompt_schemas,
+    read_prompts,
+    read_results,
+    read_videos,
+    results_folder,
+)
 from pipeline.words import plural, visible
 
 __all__ = [
@@ -296,7 +304,7 @@ def export(
         ``beside``, those the previous export listed in its index.
 
     Raises:
-        FileNotFoundError: ``output_dir`` is not a folder.
+        FileNotFoundError: ``output_dir`` is not a folder a run wrote to.
         ValueError: An unknown format or layout, or ``video`` names no video or several.
         StoreError: A file cannot be written.
     """
@@ -305,11 +313,7 @@ def export(
         raise ValueError(f"give at least one format: {', '.join(FORMATS)}")
     if layout not in LAYOUTS:
         raise ValueError(f"unknown layout={layout}; choose {' or '.join(LAYOUTS)}")
-    root = Path(output_dir).expanduser().resolve()
-    if not root.is_dir():
-        raise FileNotFoundError(
-            f"output_dir {root} is not a folder; run the pipeline first or pass its output_dir"
-        )
+    root = results_folder(output_dir)
     folder = Path(out).expanduser().resolve() if out else root / EXPORT_DIR
     prompts = read_prompts(root)  # their schemas type the answers, their order numbers them
     videos = read_videos(root)

@@ -262,6 +262,11 @@ class Pages:
         return self._frames_of[1]
 
     def _card(self, video_id: str, rows: list[dict[str, Any]], base: Path) -> dict[str, Any]:
+        # Answers in the order of the header's numbered prompts, each with its number where
+        # there are several: two prompts of one text (different schemas) stay apart.
+        rows = sorted(rows, key=lambda row: (self.numbers.get(str(row["prompt_id"]), 0), str(row["config_id"])))
+        for row in rows:
+            row["number"] = self.numbers.get(str(row["prompt_id"])) if len(self.numbers) > 1 else None
         first = rows[0]
         frame_index = int(first["frame_index"])
         video_uri = Path(first["video_path"]).expanduser().resolve().as_uri()

@@ -66,7 +66,7 @@ def write_report(
         The main page's path.
 
     Raises:
-        FileNotFoundError: ``output_dir`` is not a folder.
+        FileNotFoundError: ``output_dir`` is not a folder a run wrote to.
         UserError: ``video_id`` is not in ``output_dir``, ``page_frames`` < 1, or a file cannot
             be written (:class:`~pipeline.errors.StoreError`).
         OSError: A file cannot be read.
