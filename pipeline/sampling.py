@@ -224,6 +224,9 @@ SETTLED_FRACTION = 0.25
 # first_settled waits this long after a segment's first eligible frame for a settled one, then
 # takes the steadiest.
 SETTLE_WINDOW_S = 1.0
+# The cut test weighs a step against its neighbours: a shot of min_shot_s needs this many
+# analysed frames, which the default stride of 4 gives at 25 fps (0.5 s = 12.5 frames).
+ANALYSED_PER_SHOT = 3
 # middle keeps candidates at offsets 0, 0.1 s, then growing by this factor, so at most about
 # four full frames are held and the pick lands within ~15 % of the segment's length of its middle.
 MIDDLE_GRID_START_S = 0.1
@@ -392,7 +395,10 @@ class SceneSampler:
     Every ``analysis_stride``-th frame is converted and shrunk to ``analysis_width`` pixels for
     :class:`~pipeline.scenes.ShotDetector`; the others are only grabbed. A cut is seen at the
     first analysed frame after it and placed midway since the previous one, so shot starts are
-    within ``analysis_stride // 2`` frames of the truth; samples are analysed frames.
+    within ``analysis_stride // 2`` frames of the truth; samples are analysed frames. Where
+    frames are so far apart that a shot of ``min_shot_s`` would get fewer than
+    ``ANALYSED_PER_SHOT`` analysed frames (a time-lapse or a camera at 1-20 fps), fewer are
+    skipped (:meth:`stride`): the stride is the most, not a fixed step in time.
     Full frames are held only for the detector's lookahead (a few analysed frames) and for the
     candidates of the segment in progress, so memory stays flat however long the video.
 
@@ -409,7 +415,7 @@ class SceneSampler:
         min_shot_s: A boundary closer than this to the previous one is ignored.
         fallback_interval_s: Segment length within a shot; ``None`` for one frame per shot.
         analysis_width: Width in pixels of the frames the detector compares.
-        analysis_stride: Analyse every this many frames.
+        analysis_stride: Analyse every this many frames at most.
         dedup: Near-duplicate suppression across the whole video; ``None`` for none.
 
     Raises:
@@ -450,18 +456,28 @@ class SceneSampler:
             yield from picker.offer(analysed, frame)
         yield from picker.finish()
 
+    def stride(self, fps: float) -> int:
+        """Frames from one analysed frame to the next in a video of ``fps`` frames a second:
+        ``analysis_stride``, or fewer where a shot of ``min_shot_s`` would get under
+        ``ANALYSED_PER_SHOT`` analysed frames (1 below 9 fps with the defaults); as set where
+        the container tells no frame rate."""
+        if fps <= 0:
+            return self.analysis_stride
+        return max(1, min(self.analysis_stride, math.floor(fps * self.min_shot_s / ANALYSED_PER_SHOT + 0.5)))
+
     def analyse(self, reader: VideoReader) -> Iterator[tuple[AnalysedFrame, BgrFrame | None]]:
         """Every analysed frame with the detector's verdict on it, in order, and its full frame
         (``None`` for blank frames other than the first, which are never chosen)."""
         detector = ShotDetector(self.threshold, self.min_shot_s)
+        stride = self.stride(reader.info.fps)
         # Full frames the detector has not released yet: its lookahead, a few analysed frames.
         held: dict[int, BgrFrame] = {}
         # A cut seen at an analysed frame happened since the previous one: placing it midway
-        # keeps it within analysis_stride // 2 frames of the truth.
-        recent: deque[FrameTime] = deque(maxlen=(self.analysis_stride + 1) // 2)
+        # keeps it within stride // 2 frames of the truth.
+        recent: deque[FrameTime] = deque(maxlen=(stride + 1) // 2)
         for position in reader:
             recent.append(position)
-            if position.index % self.analysis_stride:
+            if position.index % stride:
                 continue
             frame = reader.retrieve_bgr()
             features = Features.of(shrink(frame.bgr, self.analysis_width))

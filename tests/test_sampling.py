@@ -214,7 +214,7 @@ def test_interval_sampler_takes_dedup(tmp_path: Path) -> None:
 
 
 def test_static_shot_yields_frames_at_the_fallback_interval(tmp_path: Path) -> None:
-    path = write_clip(tmp_path / "static.mp4", shot(1, 112), fps=16.0)  # 7 s, one shot
+    path = write_clip(tmp_path / "static.mp4", shot(1, 168), fps=24.0)  # 7 s, one shot
     samples = run(scene(fallback_interval_s=2.0), path)
     assert [s.frame.timestamp_s for s in samples] == pytest.approx([0.0, 2.0, 4.0, 6.0], abs=1e-3)
     assert [s.reason for s in samples] == ["scene_cut", "fallback", "fallback", "fallback"]
@@ -306,3 +306,23 @@ def test_cli_scene_sampler_end_to_end(cli_base: list[str], tmp_path: Path) -> No
         assert abs(row.shot_start_s - shot_index) <= 0.15  # 10 frames a shot at 10 fps
     assert shots.duplicate_of.isna().tolist() == [True, True, False]
     assert shots.duplicate_of[2] == shots.frame_index[0]
+
+
+@pytest.mark.parametrize(
+    ("fps", "lengths"), [(1.0, [3, 4, 3, 5, 3]), (4.0, [6, 3, 8, 4, 5]), (12.0, [9, 6, 12, 7, 8])]
+)
+def test_low_frame_rates_lose_no_shot_to_the_stride(tmp_path: Path, fps: float, lengths: list[int]) -> None:
+    """Shots of 0.5-5 s in a 1 fps time-lapse, a 4 fps and a 12 fps camera are each found, with
+    a frame of their own: the stride of 4 frames would skip 4 s at 1 fps (one shot in five found)."""
+    frames = [picture(seed, i) for seed, count in enumerate(lengths, start=1) for i in range(count)]
+    path = write_clip(tmp_path / "slow.mp4", frames, fps=fps)
+    starts = [sum(lengths[:k]) for k in range(len(lengths))]
+    samples = run(scene(pick="first"), path)
+    assert len(samples) == len(lengths)
+    placed = SCENE.stride(fps) // 2  # a cut is placed midway between analysed frames
+    for found, start in zip(start_frames(samples, fps), starts, strict=True):
+        assert abs(found - start) <= placed
+    for sample, start, length in zip(samples, starts, lengths, strict=True):
+        assert start <= sample.frame.index < start + length  # a frame of its shot
+    rates = (1.0, 8.9, 9.0, 14.9, 15.0, 20.9, 21.0, 23.976, 60.0, 0.0)  # 0: the container tells none
+    assert [SCENE.stride(rate) for rate in rates] == [1, 1, 2, 2, 3, 3, 4, 4, 4, 4]
