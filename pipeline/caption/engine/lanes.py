@@ -21,12 +21,10 @@ def lane_count(setting: int | None, lanes_gpu: int, on_gpu: bool, max_questions:
     ``lanes_gpu`` on a GPU and 1 on the CPU (where llama.cpp's threads already take every
     core); at most one per frame in flight.
 
-    Unset, a GPU engine whose frames may be asked several questions runs one lane. There two
-    lanes hung on an H200 in session 6 (one CLIP thread, lanes taking frames by timing); with
-    frames dealt to the lanes and a CLIP encoder per lane they ran on an H100 without a hang and
-    12-16 % faster on the Mistral-7B shape, the same answers in both runs (BENCHMARKS.md,
-    session 15), but the Yi-34B shape, the default preset's, is not measured so: ``engine.lanes=2``
-    asks for two.
+    Unset, a GPU engine whose frames may be asked several questions runs one lane: with three
+    prompts two lanes were 12-16 % faster on the Mistral-7B shape (session 15) but 16-18 %
+    slower on the Yi-34B shape, the default preset's (session 16: each lane's decode step reads
+    all the weights; BENCHMARKS.md). ``engine.lanes=2`` asks for two.
     """
     default = lanes_gpu if on_gpu and max_questions == 1 else 1
     return max(1, min(setting or default, parallel))
