@@ -179,6 +179,10 @@ case "$plan" in
       bench yi34b --seed "" --cases "" --peer-batches 4 --peer-prompts 3 --peer-frames 8
     fi
     ;;
+  call27)  # session 16, second call: issue 27 point 3, one frame's pieces against their limits again (probe: CLIP per
+           # tile, prefill by piece), then one prompt with 4 CLIP encoders against the default 2 (one per lane), interleaved
+    bench mistral7b --seed "" --probe --frames 48 --cases "p=1;p=1,clipt=4;p=1;p=1,clipt=4"
+    ;;
   *) echo "unknown plan $plan"; exit 2 ;;
 esac
 echo "call done after $(( $(date +%s) - started )) s"
