@@ -150,7 +150,7 @@ def _run_locked(
     summary = RunSummary(log_file=str(log_file))
     record = RunRecord(output_dir, started, _shard_suffix(cfg), {
         "command": _command or sys.argv, "prompts": prompts, "model": spec.model.name, "model_files": None,
-        "config_id": None, "min_age_s": _min_age_s(cfg),
+        "config_id": None, "work_id": None, "min_age_s": _min_age_s(cfg),
     }, holds_lock=lock.held)
     record.start(summary)
     code = EXIT_CRASH
@@ -163,12 +163,13 @@ def _run_locked(
             cfg, prompts, sampler, output_dir, identity, cfg.retry_failed, thumbnail,
             before_write=lock.check,
         )
-        record.learn(summary, config_id=pipeline.config_id)
+        record.learn(summary, config_id=pipeline.config_id, work_id=pipeline.work_id)
         pipeline.on_commit = partial(record.progress, summary)
         stalled = partial(_end_stalled_run, pipeline, summary, record, cfg)
         with StallWatch(lambda: pipeline.last_progress_s, cfg.stall_timeout_s, stalled):
             tasks = pipeline.plan(videos, cfg.shard, cfg.num_shards)
         summary.videos = [t.outcome for t in tasks]
+        record.update(summary)
         todo = sum(t.outcome.status == "todo" for t in tasks)
         if todo:
             log.info(

@@ -75,7 +75,8 @@ def ffmpeg_says(name: str) -> list[str]:
 
 def _iso_media(path: Path) -> str:
     """An MP4/MOV (ISO media) file: cut short (a box runs past the end, or there is no
-    ``moov`` index: a copy that did not finish), audio only (no video track), or damaged."""
+    ``moov`` index: a copy that did not finish), without tracks (a writer closed before any
+    frame), audio only (no video track), or damaged."""
     boxes, cut_short = _top_level_boxes(path)
     if "moov" not in boxes or cut_short:
         return (
@@ -86,6 +87,8 @@ def _iso_media(path: Path) -> str:
         handle.seek(boxes["moov"][0])
         moov = handle.read(boxes["moov"][1])
     # A track's handler box: "hdlr", version and flags, a pre-defined field, then its type.
+    if b"trak" not in moov:
+        return "an MP4/MOV file with no tracks: a recording that stopped before its first frame"
     if not re.search(rb"hdlr.{8}vide", moov, re.DOTALL):
         return "an audio file, MP4/M4A: no video stream"
     return "an MP4/MOV file whose video is damaged or in a codec this build of FFmpeg lacks"

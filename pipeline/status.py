@@ -26,7 +26,7 @@ from pipeline.owed import owed
 from pipeline.runlog import console_logging, say_error
 from pipeline.signals import end_quietly_when_the_reader_stops
 from pipeline.store import QUARANTINE, StoreError, read_results
-from pipeline.summary import DID_NOT_FINISH, RUNNING, engine_lines, read_runs
+from pipeline.summary import DID_NOT_FINISH, FINISHED, RUNNING, engine_lines, read_runs
 from pipeline.words import visible
 
 USAGE = "usage: python -m pipeline.status output_dir=DIR [runs=N]"
@@ -97,19 +97,26 @@ def _run_line(run: dict[str, Any]) -> str:
         length = _length(started, finished) if finished else f"{float(run.get('wall_s') or 0):.1f} s"
         work = f"frames {frames}  rows {rows}  {float(run.get('frames_per_s') or 0):.2f} frames/s"
     shard = f" {run['shard']}" if run.get("shard") else ""
-    return (
-        f"{started:%Y-%m-%d %H:%M:%S} UTC{shard}  {length}  {ending}  videos: {run.get('videos_done', 0)} done, "
-        f"{run.get('videos_skipped', 0)} skipped, {run.get('videos_failed', 0)} failed, "
-        f"{run.get('videos_waiting', 0)} waiting  {work}"
+    more = "" if state == FINISHED else "+"  # a run under way or killed: as last recorded
+    counts = ", ".join(
+        f"{run.get(f'videos_{key}', 0)}{more} {key}" for key in ("done", "skipped", "failed", "waiting")
     )
+    return f"{started:%Y-%m-%d %H:%M:%S} UTC{shard}  {length}  {ending}  videos: {counts}  {work}"
 
 
 def _video_lines(output_dir: Path, runs: list[dict[str, Any]]) -> list[str]:
-    done = {path.parent.name for path in output_dir.glob("*/_done-*")}
+    # Done and failing as the last run that told its settings sees them: a video done under
+    # other settings or prompts is not done for these (its next run captions it).
+    last: dict[str, Any] = next((run for run in reversed(runs) if run.get("work_id")), {})
+    done = {path.parent.name for path in output_dir.glob(f"*/_done-{last.get('work_id') or '*'}")}
     damaged: list[tuple[Path, str]] = []
-    failing = {video_id: why for video_id, why in _failing(output_dir, damaged).items() if video_id not in done}
+    failing = {
+        video_id: why for video_id, why in _failing(output_dir, damaged, last.get("config_id")).items()
+        if video_id not in done
+    }
     waiting = _waiting(runs)
-    lines = [f"Videos: {len(done)} done, {len(failing)} failing, {len(waiting)} waiting"]
+    under = " (under the last run's settings and prompts)" if last else ""
+    lines = [f"Videos{under}: {len(done)} done, {len(failing)} failing, {len(waiting)} waiting"]
     if failing:
         lines.append("  failing (retry_failed=true tries them again):")
         lines += [f"    {path}: {why}" for path, why in sorted(failing.values())]
@@ -127,14 +134,17 @@ def _video_lines(output_dir: Path, runs: list[dict[str, Any]]) -> list[str]:
     return lines
 
 
-def _failing(output_dir: Path, damaged: list[tuple[Path, str]]) -> dict[str, tuple[str, str]]:
-    """video_id → (path, reason) of each video with an error record; chunks that do not read
-    are added to ``damaged``."""
+def _failing(
+    output_dir: Path, damaged: list[tuple[Path, str]], config_id: str | None
+) -> dict[str, tuple[str, str]]:
+    """video_id → (path, reason) of each video with an error record (made under ``config_id``,
+    where given); chunks that do not read are added to ``damaged``."""
+    columns = ["video_id", "video_path", "frame_index", "error", "config_id"]
     try:
-        df = read_results(output_dir, columns=["video_id", "video_path", "frame_index", "error"], damaged=damaged)
+        df = read_results(output_dir, columns=columns, damaged=damaged)
     except (OSError, StoreError, ValueError) as error:
         return {"?": ("(error records)", f"cannot be read: {error}")}
-    records = df[df["frame_index"].isna()]
+    records = df[df["frame_index"].isna() & (config_id is None or df["config_id"].eq(config_id))]
     return {str(v): (str(p), str(e)) for v, p, e in zip(records["video_id"], records["video_path"], records["error"])}
 
 

@@ -147,6 +147,7 @@ class RunRecord:
         self.suffix = suffix
         self.holds_lock = holds_lock
         self._progress_at: float | None = None
+        self._ended: tuple[int, int] = (0, 0)  # videos done and failed at the last write
         self._finished = False
         self._said_unwritten = False
         self._lock = threading.Lock()
@@ -184,20 +185,30 @@ class RunRecord:
                 log.warning("%s still describes an earlier run: %s", self.last_path, error.strerror or error)
 
     def learn(self, summary: RunSummary, **facts: Any) -> None:
-        """Add facts known only once the run is under way (``config_id``, once the model's files
-        are found) and write the ``running`` record again with them."""
+        """Add facts known only once the run is under way (``config_id`` and ``work_id``, once
+        the model's files are found) and write the ``running`` record again with them."""
         self.facts.update(facts)
         self.start(summary)
 
+    def update(self, summary: RunSummary) -> None:
+        """Write the ``running`` record again now (after the plan: the videos it skips and
+        leaves waiting, which a run killed later would otherwise not record)."""
+        with self._lock:
+            if not self._finished:
+                self._write(self.record(summary, None))
+
     def progress(self, summary: RunSummary) -> None:
         """Write the ``running`` record again with what is committed so far: after the run's
-        first commit, then at most every :data:`PROGRESS_EVERY_S` (so that status, and the
-        record of a run that is killed, show its work up to about then)."""
+        first commit, after a commit that follows a video's end, and otherwise at most every
+        :data:`PROGRESS_EVERY_S` (so that status, and the record of a run that is killed, show
+        its work up to about then)."""
         with self._lock:
             now = time.monotonic()
-            if self._finished or (self._progress_at is not None and now - self._progress_at < PROGRESS_EVERY_S):
+            ended = (summary.count("done"), summary.count("error"))
+            recent = self._progress_at is not None and now - self._progress_at < PROGRESS_EVERY_S
+            if self._finished or (recent and ended == self._ended):
                 return
-            self._progress_at = now
+            self._progress_at, self._ended = now, ended
             self._write(self.record(summary, None))
 
     def finish(self, summary: RunSummary, exit_code: int) -> None:

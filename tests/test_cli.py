@@ -9,6 +9,7 @@ import sys
 import time
 from pathlib import Path
 
+import cv2
 import pandas as pd
 import pytest
 
@@ -222,6 +223,7 @@ def test_each_unreadable_file_says_what_it_is(cli_base: list[str], tmp_path: Pat
     data = SAMPLE_VIDEO.read_bytes()
     (inbox / "cut.mp4").write_bytes(data[: len(data) // 2])  # a copy that stopped half way
     (inbox / "noise.mp4").write_bytes(bytes(range(256)) * 40)
+    cv2.VideoWriter(str(inbox / "empty.mp4"), cv2.VideoWriter.fourcc(*"mp4v"), 25.0, (64, 48)).release()  # no frame
     result = run_cli(f"video={inbox}", *cli_base)
     assert result.returncode == 3, result.stderr
     errors = dict(zip(*(pd.read_parquet(tmp_path / "out", columns=["video_path", "error"]).to_dict("list").values())))
@@ -230,6 +232,7 @@ def test_each_unreadable_file_says_what_it_is(cli_base: list[str], tmp_path: Pat
     assert "(an audio file, WAV: no video stream" in reasons["voice.mp4"]
     assert "(an MP4/MOV file cut short or damaged: its index, the moov box, is missing" in reasons["cut.mp4"]
     assert "(not a media file" in reasons["noise.mp4"]
+    assert "(an MP4/MOV file with no tracks: a recording that stopped before its first frame" in reasons["empty.mp4"]
     # FFmpeg's own words are in the error record and its log line, never bare on the console.
     assert "; FFmpeg said: moov atom not found)" in reasons["cut.mp4"]
     assert re.search(r"^\[\d\d:\d\d:\d\d WARNING\] failed .*cut\.mp4: .*FFmpeg said: moov atom", result.stderr, re.M)

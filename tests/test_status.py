@@ -12,7 +12,18 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import ROOT, cli_env, last_run, make_night, night_args, run_cli, write_video
+from tests.conftest import (
+    ROOT,
+    cli_env,
+    kill,
+    last_run,
+    make_night,
+    night_args,
+    run_cli,
+    start_paused_run,
+    wait_for_pause,
+    write_video,
+)
 
 AN_HOUR_AGO = time.time() - 3600
 
@@ -62,7 +73,7 @@ def test_status_tells_the_runs_the_videos_done_failing_and_waiting_and_what_is_o
         f"    engine local on {engine['host']}: text weights as they are, "
         f"{engine['frames_in_flight']} frames in flight, 1 lane, 1 CLIP thread"
     )
-    assert "Videos: 1 done, 1 failing, 1 waiting" in lines
+    assert "Videos (under the last run's settings and prompts): 1 done, 1 failing, 1 waiting" in lines
     (failing,) = [line for line in lines if line.startswith(f"    {bad}: ")]
     assert "read" in failing  # its reason, whatever words the decoder's check uses
     (waiting,) = [line for line in lines if line.startswith(f"    {fresh}: ")]
@@ -74,6 +85,17 @@ def test_status_tells_the_runs_the_videos_done_failing_and_waiting_and_what_is_o
     # The video-caption script's sub-command says the same.
     script = run_cli("status", f"output_dir={out}")
     assert script.returncode == 0 and script.stdout == shown.stdout
+
+    # The command status names pays what it owed: the export's lines go, nothing else changes.
+    (out / "_export").unlink()
+    export = subprocess.run(
+        [sys.executable, "-m", "pipeline.export", f"output_dir={out}", "format=vtt"], cwd=ROOT, env=cli_env(),
+        capture_output=True, text=True, timeout=120,
+    )
+    assert export.returncode == 0, export.stderr
+    after = status(f"output_dir={out}").stdout.splitlines()
+    assert "Owed: nothing (report and exports are up to date)" in after
+    assert after[: after.index("Owed: nothing (report and exports are up to date)")] == lines[: lines.index("Owed:")]
 
 
 def test_status_of_a_folder_without_runs_and_bad_arguments(tmp_path: Path) -> None:
@@ -106,3 +128,62 @@ def test_a_reader_that_stops_early_ends_the_output_without_a_word(tmp_path: Path
         cwd=ROOT, env=cli_env(), capture_output=True, text=True, timeout=120,
     )
     assert (done.returncode, done.stderr) == (141, "")
+
+
+def test_videos_done_under_other_prompts_are_not_done_for_the_last_nights(
+    tiny_model_dir: Path, tmp_path: Path
+) -> None:
+    videos = make_night(tmp_path / "videos", n_videos=2, n_frames=3)
+    out = tmp_path / "out"
+    args = night_args(videos, out, tiny_model_dir, tmp_path)
+    assert run_cli(*args).returncode == 0
+    assert "Videos (under the last run's settings and prompts): 2 done, 0 failing, 0 waiting" in status(
+        f"output_dir={out}").stdout
+    # Another prompt, over one of the two videos: the other is not done for it.
+    night = run_cli(*[a for a in args if not a.startswith(("prompts=", "video="))], f"video={videos / 'v0.mp4'}",
+                    "prompt=What changed?")
+    assert night.returncode == 0, night.stderr
+    assert "Videos (under the last run's settings and prompts): 1 done, 0 failing, 0 waiting" in status(
+        f"output_dir={out}").stdout
+
+
+def test_the_report_command_pays_the_report_a_night_owed(tiny_model_dir: Path, tmp_path: Path) -> None:
+    videos = make_night(tmp_path / "videos", n_videos=1, n_frames=3)
+    out = tmp_path / "out"
+    (out / "_report.html").mkdir(parents=True)  # in the way: the night's report is not written
+    night = run_cli(*[a for a in night_args(videos, out, tiny_model_dir, tmp_path) if a != "report=false"],
+                    "report=true")
+    assert night.returncode == 0, night.stderr
+    assert "  the report (owed since the run of" in status(f"output_dir={out}").stdout
+    (out / "_report.html").rmdir()
+    elsewhere = subprocess.run(
+        [sys.executable, "-m", "pipeline.report", f"output_dir={out}", f"out={tmp_path / 'copy.html'}"], cwd=ROOT,
+        env=cli_env(), capture_output=True, text=True, timeout=120,
+    )
+    assert elsewhere.returncode == 0, elsewhere.stderr
+    assert "  the report (owed since the run of" in status(f"output_dir={out}").stdout  # not the night's report
+    report = subprocess.run(
+        [sys.executable, "-m", "pipeline.report", f"output_dir={out}"], cwd=ROOT, env=cli_env(),
+        capture_output=True, text=True, timeout=120,
+    )
+    assert report.returncode == 0, report.stderr
+    assert "Owed: nothing (report and exports are up to date)" in status(f"output_dir={out}").stdout
+
+
+@pytest.mark.allow_error_logs
+def test_a_night_killed_after_its_plan_records_what_it_left_waiting(tiny_model_dir: Path, tmp_path: Path) -> None:
+    videos = make_night(tmp_path / "videos", n_videos=1, n_frames=3)
+    out = tmp_path / "out"
+    args = night_args(videos, out, tiny_model_dir, tmp_path)
+    assert run_cli(*args).returncode == 0
+    os.utime(videos / "v0.mp4", (AN_HOUR_AGO, AN_HOUR_AGO))
+    fresh = write_video(videos / "fresh.mp4", n_frames=4)  # just copied in
+    marker = tmp_path / "paused"
+    night = start_paused_run([a for a in args if a != "min_age_s=0"] + ["min_age_s=300"], "run", marker)
+    wait_for_pause(night, marker)
+    kill(night)
+
+    shown = status(f"output_dir={out}").stdout
+    (killed,) = [line for line in shown.splitlines() if "did not finish" in line]
+    assert "videos: 0+ done, 1+ skipped, 0+ failed, 1+ waiting" in killed, shown
+    assert f"    {fresh}: " in shown and "1 waiting" in shown

@@ -46,6 +46,7 @@ from pipeline.export.names import (
 )
 from pipeline.files import write_bytes_atomic
 from pipeline.options import OptionError, asks_help, parse_options
+from pipeline.owed import settle_export
 from pipeline.results import printable, prompt_numbers, typed_answers
 from pipeline.runlog import console_logging, say_error
 from pipeline.signals import end_quietly_when_the_reader_stops
@@ -413,6 +414,8 @@ def main(argv: list[str] | None = None) -> int:
             options["output_dir"], formats, options.get("video", options.get("video_id")),
             options.get("out"), options.get("layout", "by_video"),
         )
+        if not {"out", "video", "video_id", "layout"} & set(options):  # where a night exports
+            settle_export(done.folder.parent, formats, list(FORMATS))
     except (ValueError, OSError, StoreError) as error:
         say_error(str(error))
         return 1

@@ -6,6 +6,7 @@ import sys
 
 from pipeline.errors import UserError
 from pipeline.options import asks_help, flag, number, parse_options
+from pipeline.owed import settle_report
 from pipeline.report.write import PAGE_FRAMES, write_report
 from pipeline.runlog import console_logging, say_error
 from pipeline.signals import end_quietly_when_the_reader_stops
@@ -38,6 +39,8 @@ def main(argv: list[str] | None = None) -> int:
         return 1
     try:
         path = write_report(options["output_dir"], options.get("out"), options.get("video_id"), page_frames, inline)
+        if "out" not in options and "video_id" not in options:  # the report a night writes
+            settle_report(path.parent)
     except (UserError, OSError) as error:
         say_error(str(error))
         return 1
