@@ -24,7 +24,7 @@ import numpy as np
 import pandas as pd
 
 from pipeline.store import read_prompt_schemas, read_results, read_videos, results_folder
-from pipeline.structured import column_dtypes, json_value, typed_value
+from pipeline.structured import column_dtypes, json_value, property_choices, typed_value
 from pipeline.thumbnails import decode_thumbnail
 from pipeline.words import visible
 
@@ -97,7 +97,7 @@ def load_results(output_dir: str | Path) -> pd.DataFrame:
 
 def load_schemas(output_dir: str | Path) -> dict[str, dict[str, Any]]:
     """The JSON Schema of each schema prompt answered in ``output_dir``, by ``prompt_id`` (for
-    :func:`structured_summary`)."""
+    :func:`schema_summary`)."""
     return read_prompt_schemas(Path(output_dir).expanduser())
 
 
@@ -135,10 +135,15 @@ def typed_answers(df: pd.DataFrame, schemas: Mapping[str, Mapping[str, Any]]) ->
         if name in clashes:
             continue
         mine = df["prompt_id"].isin(prompt_ids)
-        cells = [
-            typed_value(value.get(name), dtype) if ok and isinstance(value, dict) else None
-            for ok, value in zip(mine, values)
-        ]
+        given = [value.get(name) if ok and isinstance(value, dict) else None for ok, value in zip(mine, values)]
+        cells = [typed_value(value, dtype) for value in given]
+        unfit = sum(value is not None and cell is None for value, cell in zip(given, cells))
+        if unfit:
+            log.warning(
+                "property %r has %d %s not fit its %s column (an integer beyond 64 bits, a number beyond a "
+                "float's range): null there, kept in answer_json",
+                name, unfit, "value that does" if unfit == 1 else "values that do", dtype,
+            )
         typed[name] = pd.array(cells, dtype=dtype)
     return df.assign(**typed) if typed else df
 
@@ -152,8 +157,9 @@ class SchemaSummary:
             rows) and the share of them that ended ``stop`` (complete and valid), ``length``
             (cut at ``generation.max_tokens``) and ``invalid`` (ended, not valid).
         counts: How often each value came: ``prompt_id``, ``prompt``, ``property``, ``value``,
-            ``count``, for boolean properties (``True``, ``False``) and enums (every value the
-            schema allows, in its order, 0 where none came).
+            ``count``, for boolean properties (``True``, ``False``), enums and consts: every
+            value the schema allows, in its order, ``None`` among them where it allows null (an
+            answer that gives the property as null), 0 where none came.
         ranges: ``prompt_id``, ``prompt``, ``property``, ``values`` (answers with one), ``min``,
             ``median``, ``max``, for integer and number properties.
     """
@@ -183,20 +189,20 @@ def schema_summary(df: pd.DataFrame, schemas: Mapping[str, Mapping[str, Any]]) -
             {"prompt_id": prompt_id, "prompt": prompt, "answers": len(rows),
              **{reason: finish.get(reason, 0) / len(rows) for reason in FINISH_REASONS}}
         )
-        properties = schema.get("properties", {})
+        answers = rows["answer_json"].map(json_value)
+        choices = property_choices(schema)
         for name, dtype in column_dtypes(schema).items():
             if name not in rows.columns:
                 continue  # typed apart by another night's schema: see typed_answers
-            values = rows[name].dropna()
-            allowed = properties[name].get("enum") if isinstance(properties[name], Mapping) else None
-            choices = [True, False] if dtype == "boolean" else allowed if isinstance(allowed, list) else None
-            if choices is not None:
-                found = values.value_counts()
-                for value in choices:
+            if name in choices:
+                found = rows[name].value_counts()
+                nulls = sum(isinstance(answer, dict) and name in answer and answer[name] is None for answer in answers)
+                for value in choices[name]:
+                    count = nulls if value is None else int(found.get(value, 0))
                     counted.append({"prompt_id": prompt_id, "prompt": prompt, "property": name,
-                                    "value": value, "count": int(found.get(value, 0))})
+                                    "value": value, "count": count})
             elif dtype in ("Int64", "Float64"):
-                numbers = values.astype(float)
+                numbers = rows[name].dropna().astype(float)
                 ranges.append({"prompt_id": prompt_id, "prompt": prompt, "property": name, "values": len(numbers),
                                "min": numbers.min(), "median": numbers.median(), "max": numbers.max()})
     return SchemaSummary(

@@ -16,14 +16,16 @@ property                                dtype
 ======================================  ===========
 
 (an ``enum`` or ``const`` likewise by its values: integers ``Int64``, numbers with or without
-integers among them ``Float64``, booleans ``boolean``); objects, arrays and other mixed types
-get no column and stay in ``answer_json``. This module knows no column names: the
+integers among them ``Float64``, booleans ``boolean``; an ``anyOf`` by the types of its branches,
+a local ``$ref`` as its target); objects, arrays and other mixed types get no column and stay
+in ``answer_json``. This module knows no column names: the
 result columns a property must not shadow are passed in.
 """
 
 from __future__ import annotations
 
 import json
+import math
 from collections.abc import Collection, Iterable, Mapping
 from typing import Any
 
@@ -39,10 +41,16 @@ _DTYPES = {"integer": "Int64", "number": "Float64", "boolean": "boolean", "strin
 
 
 def canonical_json(value: Any) -> str:
-    """``value`` as compact JSON with sorted keys, a number that equals an integer written as
-    that integer (``0.0`` as ``0``, ``1e2`` as ``100``): one text per value, so a hash of it
-    (the ``prompt_id`` of a schema prompt) does not depend on how the schema was written."""
-    return json.dumps(_integral(value), sort_keys=True, separators=(",", ":"), ensure_ascii=False)
+    """``value`` as compact JSON, one text per value, so that a hash of it (the ``prompt_id`` of a
+    schema prompt) does not depend on how the schema was written: keys sorted but within a
+    ``properties`` object (their order is the order the answer is written in, so it is kept), a
+    number that equals an integer written as that integer (``0.0`` as ``0``, ``1e2`` as ``100``).
+
+    Raises:
+        TypeError: ``value`` holds something JSON has not (a date).
+        ValueError: ``value`` holds a float that is not finite.
+    """
+    return json.dumps(_canonical(value), separators=(",", ":"), ensure_ascii=False, allow_nan=False)
 
 
 def entry_parts(entry: Any) -> tuple[str, Any]:
@@ -69,6 +77,10 @@ def entry_parts(entry: Any) -> tuple[str, Any]:
         raise ConfigError(f"prompt entry {_short(entry)} is neither text nor {{text: ..., schema: {{...}}}}")
     if not text.strip():
         raise ConfigError("a prompt is empty; give every prompt some text")
+    if (where := _not_finite(schema)) is not None:
+        raise ConfigError(
+            f"the schema of prompt {text!r} has a number that is not finite at {where}; give a finite number"
+        )
     try:
         canonical_json(schema)
     except (TypeError, ValueError) as error:
@@ -101,7 +113,8 @@ def check_schemas(schemas: Iterable[tuple[str, Any]], reserved: Collection[str])
                     f"the schema of prompt {text!r} has a property {name!r}, the name of a result column; rename it"
                 )
             # Types that load as one column agree ([integer, "null"] and integer); others must match.
-            column = dtypes.get(name, words)
+            # An untyped property stays in answer_json as an object does: they agree too.
+            column = dtypes.get(name, "object" if words == "untyped" else words)
             first = typed.setdefault(name, (column, words, text))
             if first[0] != column:
                 raise ConfigError(
@@ -112,11 +125,12 @@ def check_schemas(schemas: Iterable[tuple[str, Any]], reserved: Collection[str])
 
 def property_types(schema: Mapping[str, Any]) -> dict[str, str]:
     """Each top-level property of an object schema with its type, as the words a user wrote
-    (``integer``, ``string``, ...; several joined by ``|``; ``object`` when nothing says)."""
+    (``integer``, ``string``, ...; several joined by ``|``, as an ``anyOf`` of types gives them;
+    ``untyped`` when nothing says). A local ``$ref`` (``#/$defs/Name``) is read as its target."""
     properties = schema.get("properties")
     if not isinstance(properties, Mapping):
         return {}
-    return {str(name): _type_words(spec) for name, spec in properties.items()}
+    return {str(name): _type_words(spec, schema) for name, spec in properties.items()}
 
 
 def column_dtypes(schema: Mapping[str, Any]) -> dict[str, str]:
@@ -132,6 +146,22 @@ def column_dtypes(schema: Mapping[str, Any]) -> dict[str, str]:
     return dtypes
 
 
+def property_choices(schema: Mapping[str, Any]) -> dict[str, list[Any]]:
+    """The values each top-level property that has a closed set of them may take, in the order
+    the schema gives them: an ``enum``'s, a ``const``, ``True`` and ``False`` for a boolean, and
+    ``None`` where null is allowed (``type: [boolean, "null"]``, an ``anyOf`` with ``type: null``)."""
+    properties = schema.get("properties")
+    if not isinstance(properties, Mapping):
+        return {}
+    choices = {}
+    for name, spec in properties.items():
+        branches = _branches(spec, schema)
+        values = None if branches is None else [_values(branch) for branch in branches]
+        if values and all(v is not None for v in values):
+            choices[str(name)] = _distinct(v for vs in values if vs is not None for v in vs)
+    return choices
+
+
 def json_value(text: Any) -> Any:
     """The value of an ``answer_json`` cell; ``None`` for a null, or for text that is not JSON."""
     try:
@@ -142,42 +172,114 @@ def json_value(text: Any) -> Any:
 
 def typed_value(value: Any, dtype: str) -> Any:
     """A JSON value as the column of ``dtype`` holds it, or ``None`` where it does not fit (a
-    value the schema would refuse, an integer beyond 64 bits)."""
+    value the schema would refuse, an integer beyond 64 bits, a number beyond a float's range)."""
+    if dtype == "Float64" and isinstance(value, (int, float)) and not isinstance(value, bool):
+        try:
+            number = float(value)
+        except OverflowError:
+            return None
+        return number if math.isfinite(number) else None
     fits = {
         "Int64": isinstance(value, int) and not isinstance(value, bool) and -(2**63) <= value < 2**63,
-        "Float64": isinstance(value, (int, float)) and not isinstance(value, bool),
         "boolean": isinstance(value, bool),
         "string": isinstance(value, str),
     }
     return value if fits.get(dtype, False) else None
 
 
-def _type_words(spec: Any) -> str:
+def _type_words(spec: Any, root: Mapping[str, Any]) -> str:
     """A property's JSON type in words: from ``type``, else from the values of ``enum`` or
-    ``const``, else ``object`` (anything: kept in ``answer_json``)."""
-    if not isinstance(spec, Mapping):
-        return "object"
+    ``const``, of it or of each branch of its ``anyOf``/``oneOf``; else ``untyped`` (anything:
+    kept in ``answer_json``)."""
+    branches = _branches(spec, root)
+    words = None if branches is None else [_branch_words(branch) for branch in branches]
+    if not words or None in words:
+        return "untyped"
+    return "|".join(sorted({w for branch in words if branch for w in branch.split("|")}))
+
+
+def _branch_words(spec: Mapping[str, Any]) -> str | None:
     declared = spec.get("type")
     if isinstance(declared, str):
         return declared
     if isinstance(declared, list) and all(isinstance(t, str) for t in declared):
         return "|".join(sorted(declared))
     values = spec["enum"] if isinstance(spec.get("enum"), list) else [spec["const"]] if "const" in spec else None
-    if values:
-        return "|".join(sorted({_json_type(v) for v in values}))
-    return "object"
+    return "|".join(sorted({_json_type(v) for v in values})) if values else None
 
 
-def _integral(value: Any) -> Any:
-    """``value`` with each float that equals an integer made that integer, in its dicts and lists
-    too: JSON Schema holds ``0.0`` and ``0`` equal, and JSON writes them apart."""
+def _branches(spec: Any, root: Mapping[str, Any], seen: frozenset[str] = frozenset()) -> list[Mapping[str, Any]] | None:
+    """The schemas a property's schema stands for: itself, the target of its local ``$ref``, or
+    each branch of its ``anyOf``/``oneOf`` (so read); ``None`` where one is not a mapping or a
+    ``$ref`` leads nowhere (or round in a circle)."""
+    if not isinstance(spec, Mapping):
+        return None
+    if "type" not in spec and isinstance(ref := spec.get("$ref"), str):
+        target = _local_target(ref, root)
+        return None if ref in seen or target is None else _branches(target, root, seen | {ref})
+    alternatives = spec.get("anyOf", spec.get("oneOf"))
+    if "type" not in spec and isinstance(alternatives, list) and alternatives:
+        found = [_branches(branch, root, seen) for branch in alternatives]
+        return None if None in found else [b for branches in found if branches for b in branches]
+    return [spec]
+
+
+def _local_target(ref: str, root: Mapping[str, Any]) -> Any:
+    """What a ``$ref`` such as ``#/$defs/Name`` points to in ``root``; ``None`` for another kind of reference."""
+    if not ref.startswith("#/"):
+        return None
+    target: Any = root
+    for part in ref[2:].split("/"):
+        part = part.replace("~1", "/").replace("~0", "~")
+        target = target.get(part) if isinstance(target, Mapping) else None
+    return target
+
+
+def _values(spec: Mapping[str, Any]) -> list[Any] | None:
+    """The values one schema allows where they are a closed set (see :func:`property_choices`)."""
+    if isinstance(spec.get("enum"), list):
+        return list(spec["enum"])
+    if "const" in spec:
+        return [spec["const"]]
+    declared = spec.get("type")
+    types = [declared] if isinstance(declared, str) else declared if isinstance(declared, list) else []
+    if not types or not set(types) <= {"boolean", "null"}:
+        return None
+    return ([True, False] if "boolean" in types else []) + ([None] if "null" in types else [])
+
+
+def _distinct(values: Iterable[Any]) -> list[Any]:
+    """``values`` without repeats, in order (``1`` and ``True`` apart, as JSON holds them)."""
+    kept: list[Any] = []
+    for value in values:
+        if not any(type(value) is type(k) and value == k for k in kept):
+            kept.append(value)
+    return kept
+
+
+def _canonical(value: Any, in_order: bool = False) -> Any:
+    """``value`` with each float that equals an integer made that integer (JSON Schema holds
+    ``0.0`` and ``0`` equal, and JSON writes them apart) and the keys of its dicts sorted, but
+    for a ``properties`` object's (``in_order``)."""
     if isinstance(value, float) and value.is_integer():
         return int(value)
     if isinstance(value, dict):
-        return {key: _integral(item) for key, item in value.items()}
+        keys = list(value) if in_order else sorted(value)
+        return {key: _canonical(value[key], in_order=not in_order and key == "properties") for key in keys}
     if isinstance(value, (list, tuple)):
-        return [_integral(item) for item in value]
+        return [_canonical(item) for item in value]
     return value
+
+
+def _not_finite(value: Any, where: str = "") -> str | None:
+    """Where in ``value`` a float is infinite or NaN (``properties/x/maximum``); ``None`` if nowhere."""
+    if isinstance(value, float) and not math.isfinite(value):
+        return where or "its top level"
+    items = value.items() if isinstance(value, dict) else enumerate(value) if isinstance(value, (list, tuple)) else ()
+    for key, item in items:
+        if (found := _not_finite(item, f"{where}/{key}" if where else str(key))) is not None:
+            return found
+    return None
 
 
 def _json_type(value: Any) -> str:

@@ -451,6 +451,26 @@ def test_cue_end_of_a_row_without_frame_is_null(output_dir: Path) -> None:
     assert all(isinstance(end, float) and not math.isnan(end) for end in framed)
 
 
+def test_jsonl_keeps_each_answer_number_as_written_and_strict(tmp_path: Path) -> None:
+    # A number beyond a float's range is valid JSON: it must not come out as Infinity (which no
+    # strict reader takes), nor lose its digits; an older cell holding Infinity becomes null.
+    rows = [
+        result_row("v", 0, answer='{"x": 628E6126}', answer_json='{"x":628E6126}'),
+        result_row("v", 25, answer='{"x": 1.50}', answer_json='{"x":1.50}'),
+        result_row("v", 50, answer="?", answer_json='{"x":Infinity}'),
+    ]
+    write_results(tmp_path, rows)
+    lines = (export(tmp_path, ["jsonl"]).folder / "captions.jsonl").read_text(encoding="utf-8").split("\n")[:-1]
+
+    def refuse(constant: str) -> None:
+        raise ValueError(constant)
+
+    records = [json.loads(line, parse_constant=refuse) for line in lines]
+    assert len(records) == 3
+    assert '"answer_json": {"x":628E6126}' in lines[0] and '"answer_json": {"x":1.50}' in lines[1]
+    assert records[2]["answer_json"] is None
+
+
 REPORT_PROBE = """<script>
 window.addEventListener("load", () => {
   const video = document.querySelector("video"), element = video.querySelector("track");

@@ -3,20 +3,25 @@
 
 from __future__ import annotations
 
+import logging
 import math
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pandas as pd
 import pyarrow as pa
 import pytest
 
+from pipeline.errors import ConfigError
 from pipeline.results import (
     COVERAGE_COLUMNS,
     THUMBNAIL,
     counts,
     coverage,
     load_results,
+    load_schemas,
+    schema_summary,
     search_answers,
     slowest,
     slowest_frames,
@@ -25,7 +30,9 @@ from pipeline.results import (
     video_summary,
 )
 from pipeline.store import SCHEMA
+from pipeline.structured import check_schemas
 from tests.conftest import default_thumbnail, result_row, run_without_results, write_results
+from tests.test_structured import schema_row, write_run
 
 
 @pytest.fixture
@@ -256,3 +263,80 @@ def test_coverage_from_rows_and_video_facts(two_videos: Path) -> None:
     assert (b["frames_sampled"], b["sampled_share"], b["mean_gap_s"], b["max_gap_s"]) == (2, 2 / 250, 5.0, 8.0)
     a = table.loc["a"]  # a video that failed: nothing sampled, its whole length uncovered
     assert a["frames_sampled"] == 0 and a["max_gap_s"] == 5.0 and pd.isna(a["sampled_share"])
+
+
+def test_a_number_beyond_its_column_is_null_there_with_one_warning_per_column(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    out = tmp_path / "out"
+    entry = {"text": "How big?", "schema": {"type": "object", "properties": {"x": {"type": "number"},
+                                                                             "n": {"type": "integer"}}}}
+    values = [(10**400, 2**64), (-(10**400), -(2**70)), (1.5, 7)]
+    rows = [schema_row("a", f, entry, {"x": x, "n": n}) for f, (x, n) in enumerate(values)]
+    rows.append(schema_row("a", 3, entry, {"x": 0, "n": 1}, answer_json='{"x":628E6126,"n":1}'))
+    write_run(out, "a", rows, [entry])
+
+    with caplog.at_level(logging.WARNING, logger="pipeline.results"):
+        df = load_results(out)
+
+    assert df.x.tolist() == [pd.NA, pd.NA, 1.5, pd.NA] and df.n.tolist() == [pd.NA, pd.NA, 7, 1]
+    assert str(df.x.dtype) == "Float64" and df.answer_json[0] == f'{{"x":{10**400},"n":{2**64}}}'
+    warned = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
+    assert len(warned) == 2 and "'x'" in warned[0] + warned[1] and "'n'" in warned[0] + warned[1], warned
+    ranges = schema_summary(df, load_schemas(out)).ranges.set_index("property")
+    assert ranges.loc["x", ["values", "min", "max"]].tolist() == [1, 1.5, 1.5]
+
+
+def test_schema_summary_counts_every_allowed_value_null_included(tmp_path: Path) -> None:
+    out = tmp_path / "out"
+    properties = {"w": {"enum": ["sun", "rain", None]}, "b": {"type": ["boolean", "null"]},
+                  "i": {"enum": [1, 2, None]}, "o": {"type": "boolean"}}
+    entry = {"text": "Nullable?", "schema": {"type": "object", "properties": properties}}
+    values: list[Any] = [{"w": None, "b": None, "i": None, "o": True}, {"w": "sun", "b": True, "i": 1},
+                         {"w": None, "b": False, "i": None}, None]
+    write_run(out, "a", [schema_row("a", f, entry, v) for f, v in enumerate(values)], [entry])
+
+    counted = schema_summary(load_results(out), load_schemas(out)).counts
+
+    assert list(zip(counted.property, counted.value, counted["count"])) == [
+        ("w", "sun", 1), ("w", "rain", 0), ("w", None, 2),
+        ("b", True, 1), ("b", False, 1), ("b", None, 1),
+        ("i", 1, 1), ("i", 2, 0), ("i", None, 2),
+        ("o", True, 1), ("o", False, 0),
+    ]
+
+
+PYDANTIC = {  # what Pydantic's model_json_schema() gives for a model with an enum and Optional fields
+    "$defs": {"Weather": {"enum": ["sun", "rain"], "title": "Weather", "type": "string"}},
+    "properties": {
+        "people": {"title": "People", "type": "integer"},
+        "weather": {"$ref": "#/$defs/Weather"},
+        "note": {"anyOf": [{"type": "string", "maxLength": 5}, {"type": "null"}], "default": None},
+        "score": {"anyOf": [{"type": "number", "maximum": 1}, {"type": "null"}]},
+        "any": {"title": "Any"},
+    },
+    "title": "Frame",
+    "type": "object",
+}
+
+
+def test_pydantic_optional_fields_and_refs_load_as_typed_columns(tmp_path: Path) -> None:
+    out = tmp_path / "out"
+    entry = {"text": "Pydantic?", "schema": PYDANTIC}
+    values = [{"people": 2, "weather": "sun", "note": None, "score": 0.5, "any": [1]},
+              {"people": 3, "weather": "rain", "note": "hi", "score": None, "any": "x"}]
+    write_run(out, "a", [schema_row("a", f, entry, v) for f, v in enumerate(values)], [entry])
+
+    df = load_results(out)
+
+    assert {c: str(df[c].dtype) for c in ("people", "weather", "note", "score")} == {
+        "people": "Int64", "weather": "string", "note": "string", "score": "Float64"}
+    assert "any" not in df.columns and df.note.tolist() == [pd.NA, "hi"] and df.score.tolist() == [0.5, pd.NA]
+    counted = schema_summary(df, load_schemas(out)).counts
+    assert list(zip(counted.property, counted.value, counted["count"])) == [
+        ("weather", "sun", 1), ("weather", "rain", 1)]
+    plain = {"type": "object", "properties": {"weather": {"enum": ["sun"]}, "note": {"type": ["string", "null"]}}}
+    check_schemas([("Pydantic?", PYDANTIC), ("Plain?", plain)], reserved=())  # typed alike: accepted
+    typed = {"type": "object", "properties": {"any": {"type": "string"}}}
+    with pytest.raises(ConfigError, match="property 'any' is untyped in the schema of prompt 'Pydantic"):
+        check_schemas([("Pydantic?", PYDANTIC), ("Plain?", typed)], reserved=())

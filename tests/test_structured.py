@@ -27,6 +27,7 @@ import pytest
 from hydra.core.override_parser.overrides_parser import OverridesParser
 
 from pipeline.caption import make_questions
+from pipeline.errors import ConfigError
 from pipeline.export import export
 from pipeline.listfile import read_structured_list
 from pipeline.report import write_report
@@ -234,6 +235,8 @@ BAD_SCHEMAS = [
     ("prompts=[{text: Count?, schema: {type: object, properties: {people: {type: integer}}}},"
      "{text: Who?, schema: {type: object, properties: {people: {type: string}}}}]",
      "property 'people' is integer in the schema of prompt 'Count?' but string in that of 'Who?'"),
+    ("prompts=[{text: Count?, schema: {type: object, properties: {people: {type: number, maximum: inf}}}}]",
+     "at properties/people/maximum"),
     ("prompts=[{text: Count?, scheme: {type: object}}]", "unknown keys: scheme"),
     ("prompts=[{schema: {type: object}}]", "its text is missing"),
 ]
@@ -405,8 +408,8 @@ def test_the_report_shows_each_schema_prompt(mixed: Path, tmp_path: Path) -> Non
         "outdoor", "True", "2", "", "False", "1",
         "weather", "sun", "1", "", "rain", "1", "", "snow", "0",
     ]
-    # Answers with a value, min, median, max (properties in the order of the canonical schema).
-    assert cells[15:25] == ["light", "1", "0.5", "0.5", "0.5", "people", "3", "1", "3", "5"]
+    # Answers with a value, min, median, max (properties in the order the schema gives them).
+    assert cells[15:25] == ["people", "3", "1", "3", "5", "light", "1", "0.5", "0.5", "0.5"]
     assert "Structured answers" not in write_report(plain).read_text(encoding="utf-8")
 
 
@@ -463,8 +466,28 @@ def test_a_schema_has_one_prompt_id_however_its_numbers_are_written(tmp_path: Pa
     assert len({(q.prompt_id, q.schema_json) for q in questions}) == 1  # one question, asked once
     assert json.loads(questions[0].schema_json or "null")["properties"]["light"]["maximum"] == 100
     # A schema with no number written so keeps the id older runs wrote.
-    assert (question_id(PEOPLE_ENTRY), question_id(CROWD_ENTRY)) == ("23edcf9defff", "f1aa6304fd68")
     quarters = {"type": "number", "minimum": 0, "maximum": 1, "multipleOf": 0.25}
     assert question_id({"text": "Light?", "schema": {"type": "object", "properties": {"light": quarters}}}) == (
         "6f21a53416d3"
     )
+
+
+def test_a_schema_keeps_its_prompt_id_unless_its_properties_change_order() -> None:
+    properties = {"decision": {"type": "boolean"}, "reason": {"type": "string"}}
+    alphabetical: dict[str, Any] = {"type": "object", "properties": properties, "required": ["decision", "reason"]}
+    entry = {"text": "Think, then decide.", "schema": alphabetical}
+    assert question_id(entry) == "e31ebbb01307"  # the id older runs wrote
+    other_keys_moved = {key: alphabetical[key] for key in ("required", "properties", "type")}
+    assert question_id({**entry, "schema": other_keys_moved}) == "e31ebbb01307"
+    reason_first = {**alphabetical, "properties": dict(reversed(properties.items()))}
+    (question,) = make_questions([{**entry, "schema": reason_first}])
+    assert question.prompt_id != "e31ebbb01307"  # the answers come in another order
+    assert list(json.loads(question.schema_json or "null")["properties"]) == ["reason", "decision"]
+
+
+@pytest.mark.parametrize("bound", [".inf", "-.inf", ".nan"])
+def test_a_bound_that_is_no_finite_number_is_refused_naming_it(tmp_path: Path, bound: str) -> None:
+    schema = f"{{type: object, properties: {{x: {{maximum: {bound}}}}}}}"
+    (tmp_path / "q.yaml").write_text(f"- {{text: A, schema: {schema}}}\n")
+    with pytest.raises(ConfigError, match="^the schema of prompt 'A' has .* at properties/x/maximum[^\n]*$"):
+        make_questions(read_structured_list(tmp_path / "q.yaml", "prompts_file", "prompt"))

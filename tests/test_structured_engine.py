@@ -77,7 +77,7 @@ def test_every_stop_answer_is_json_of_the_schema(tiny_model_dir: Path, variant: 
         value = json.loads(answer.text)
         jsonschema.validate(value, SCHEMA)
         assert answer.value == value
-        assert answer.value_json == json.dumps(value, separators=(",", ":"), ensure_ascii=False)
+        assert json.loads(answer.value_json or "null", parse_constant=refuse_constant) == value
         assert 2 <= value["people"] <= 4 and -1 <= value["light"] <= 1
         assert value["mood"] in ("calm", "busy") and len(value["note"]) <= 5
         assert set(value) == set(SCHEMA["properties"])
@@ -253,3 +253,31 @@ def test_decimal_multiples_and_bounds_are_checked_on_the_number_as_written() -> 
     assert not valid({"type": "number", "exclusiveMinimum": 0.1}, "0.1")
     assert valid({"type": "number", "exclusiveMaximum": 0.3}, "0.29999999999999999999")
     assert valid({"type": "integer", "minimum": 0, "maximum": 20, "multipleOf": 0.5}, "7")
+
+
+def refuse_constant(name: str) -> None:
+    raise ValueError(f"{name} is not JSON")
+
+
+def test_a_value_is_strict_json_with_each_number_as_written() -> None:
+    (question,) = make_questions([{"text": "How much?", "schema": number_schema({"type": "number"})}])
+    schema = answer_schema(question)
+    for written in ("628E6126", "-1e400", "815e-06681", "0.50", "1.0", "-7", "123456789012345678901234567890.5"):
+        value_json = schema.value_json(f'{{"x": {written}}}')
+        assert value_json == f'{{"x":{written}}}'
+        json.loads(value_json, parse_constant=refuse_constant)
+
+
+REASONED = {"text": "Think step by step, then decide whether it is outdoors.", "schema": {
+    "type": "object",
+    "properties": {"reasoning": {"type": "string", "maxLength": 30}, "decision": {"type": "boolean"}},
+    "required": ["reasoning", "decision"],
+    "additionalProperties": False,
+}}
+
+
+def test_properties_are_generated_in_the_order_the_schema_gives_them(tiny_model_dir: Path) -> None:
+    answers = schema_answers(run(settings(tiny_model_dir, max_questions=1), [REASONED], n_frames=2))
+    assert len(answers) == 2
+    assert all(a.text.startswith('{"reasoning": ') for a in answers), [a.text for a in answers]
+    assert all(list(a.value) == ["reasoning", "decision"] for a in answers if a.value is not None)

@@ -10,23 +10,38 @@ from typing import Any
 
 import pandas as pd
 
-from pipeline.structured import json_value
-
 # A spreadsheet reads a cell that starts with one of these as a formula (OWASP, "CSV Injection").
 FORMULA_STARTS = ("=", "+", "-", "@", "\t", "\r")
 
 
 def jsonl(flat: pd.DataFrame) -> bytes:
     """Each row as one JSON object per line, every text exactly as stored; ``answer_json`` as
-    the parsed value itself, not its text."""
+    the JSON value itself, not a string of it, each number as the model wrote it (a float would
+    turn ``628E6126`` into ``Infinity``, which is no JSON)."""
     lines = (
-        json.dumps(
-            {k: json_value(v) if k == "answer_json" else plain(v) for k, v in record.items()},
-            ensure_ascii=False,
-        )
+        "{" + ", ".join(
+            f"{json.dumps(str(k), ensure_ascii=False)}: "
+            + (_strict_json(v) if k == "answer_json" else json.dumps(plain(v), ensure_ascii=False))
+            for k, v in record.items()
+        ) + "}"
         for record in flat.to_dict("records")
     )
     return "".join(f"{line}\n" for line in lines).encode("utf-8")
+
+
+def _strict_json(text: Any) -> str:
+    """An ``answer_json`` cell as JSON text on one line: as stored where that is strict JSON
+    (a raw line break can only be space between tokens there), else ``null`` (no answer, or a
+    value an older version stored as ``Infinity``)."""
+    try:
+        json.loads(text, parse_constant=_refuse)
+    except (TypeError, ValueError):
+        return "null"
+    return str(text).replace("\r", " ").replace("\n", " ")
+
+
+def _refuse(constant: str) -> Any:
+    raise ValueError(f"{constant} is no JSON")
 
 
 def csv_bytes(records: Iterable[Mapping[Any, Any]], columns: list[str]) -> bytes:

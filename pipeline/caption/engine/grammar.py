@@ -45,14 +45,15 @@ class AnswerSchema:
     validator: Any  # a jsonschema validator
 
     def value_json(self, text: str) -> str | None:
-        """``text`` as compact JSON when it parses and validates, else ``None``."""
+        """``text`` as compact JSON when it parses and validates, else ``None``; each number as
+        written (``1e400`` stays ``1e400``, where a float would make it infinite)."""
         try:
             value = json.loads(text, parse_float=_Written)
         except ValueError:
             return None
         if not self.validator.is_valid(value):
             return None
-        return json.dumps(value, separators=(",", ":"), ensure_ascii=False)
+        return _compact(value)
 
 
 def answer_schema(question: Question) -> AnswerSchema:
@@ -98,6 +99,18 @@ class _Written(float):
         number = super().__new__(cls, text)
         number.text = text
         return number
+
+
+def _compact(value: Any) -> str:
+    """A value of ``json.loads(..., parse_float=_Written)`` as compact JSON, each number with a
+    fraction or an exponent as it was written."""
+    if isinstance(value, _Written):
+        return value.text
+    if isinstance(value, dict):
+        return "{" + ",".join(f"{_compact(key)}:{_compact(item)}" for key, item in value.items()) + "}"
+    if isinstance(value, list):
+        return "[" + ",".join(_compact(item) for item in value) + "]"
+    return json.dumps(value, ensure_ascii=False, allow_nan=False)  # a string, an integer, true, false or null
 
 
 def _decimal(number: Any) -> Decimal:
