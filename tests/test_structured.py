@@ -237,6 +237,10 @@ BAD_SCHEMAS = [
      "property 'people' is integer in the schema of prompt 'Count?' but string in that of 'Who?'"),
     ("prompts=[{text: Count?, schema: {type: object, properties: {people: {type: number, maximum: inf}}}}]",
      "at properties/people/maximum"),
+    ("prompts=[{text: Count?, schema: {type: object, properties: {tags: {type: array, uniqueItems: true}}}}]",
+     "cannot constrain an answer"),
+    ("prompts=[{text: Count?, schema: {type: object, properties: {n: {type: integer, minimum: 5, maximum: 2}},"
+     " required: [n]}}]", "cannot constrain an answer: Unsatisfiable schema"),
     ("prompts=[{text: Count?, scheme: {type: object}}]", "unknown keys: scheme"),
     ("prompts=[{schema: {type: object}}]", "its text is missing"),
 ]
@@ -250,6 +254,8 @@ def test_a_schema_that_cannot_work_is_refused_before_any_frame(
 
     assert_one_line_error(result, 1, needle)
     assert not (tmp_path / "out").exists()
+    if "cannot constrain" in needle:  # the grammar's verdict, which a dry run gives too
+        assert_one_line_error(run_cli(f"video={SAMPLE_VIDEO}", *cli_base, override, "dry_run=true"), 1, needle)
 
 
 @pytest.mark.parametrize(

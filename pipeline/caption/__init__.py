@@ -35,6 +35,7 @@ from pipeline.caption.engine import (
     LoadSettings,
     Question,
 )
+from pipeline.caption.engine.grammar import answer_schema
 from pipeline.caption.engine.native import runs_on_gpu
 from pipeline.caption.formats import get_chat_format
 from pipeline.caption.gpu_fit import TEXT_TYPES, frames_in_flight, pick_text_weights
@@ -72,12 +73,14 @@ def make_questions(prompts: Iterable[PromptEntry]) -> list[Question]:
     a plain prompt keeps the id it always had.
 
     Each schema is checked as a run checks it (:func:`pipeline.structured.check_schemas`: an
-    object, valid JSON Schema); what a run checks across its prompts (property names and types,
-    which become result columns) is the run's, and what the grammar cannot do, the engine's.
+    object, valid JSON Schema) and compiled to its grammar, so that what the grammar cannot do
+    (``uniqueItems``, bounds no number meets) is refused here, by a dry run too, not when the
+    model has loaded; what a run checks across its prompts (property names and types, which
+    become result columns) is the run's.
 
     Raises:
         ConfigError: A prompt is empty, an entry has another shape, or a schema does not
-            describe an object or is not valid JSON Schema.
+            describe an object, is not valid JSON Schema or cannot constrain an answer.
     """
     parts = [entry_parts(entry) for entry in prompts]
     for text, schema in parts:
@@ -89,6 +92,8 @@ def make_questions(prompts: Iterable[PromptEntry]) -> list[Question]:
         key = text if schema_json is None else canonical_json({"text": text, "schema": schema})
         digest = hashlib.sha256(key.encode()).hexdigest()[:12]
         questions.append(Question(prompt_id=digest, text=text, schema_json=schema_json))
+        if schema_json is not None:
+            answer_schema(questions[-1])  # compiled once a process: the engine's call finds it made
     return questions
 
 
