@@ -49,7 +49,7 @@ from pipeline.inputs import check_shard, find_videos, names_one_file
 from pipeline.lock import RunLock
 from pipeline.owed import EXPORT_DUE, REPORT_DUE, owe_export, owe_report, owed_export, paid
 from pipeline.presets import caption_spec
-from pipeline.run import Pipeline, unique_prompts
+from pipeline.run import CHANGED_NOTE, Pipeline, unique_prompts
 from pipeline.runlog import log_folder, record_crash, run_log, run_stamp, say_error
 from pipeline.sampling import Sampler
 from pipeline.signals import Stopped, end_quietly_when_the_reader_stops, say_stopped, stop_on_signals
@@ -249,7 +249,8 @@ def _log_outcome(summary: RunSummary, output_dir: Path, cfg: DictConfig) -> None
     """One line for the run, one for the videos left waiting, and one for what earlier runs
     left failed. "Already done" counts only videos done before: not those that failed before,
     nor a second path to the content of another."""
-    waiting = summary.count("waiting")
+    changed = sum(1 for v in summary.videos if v.status == "waiting" and v.note == CHANGED_NOTE)
+    waiting = summary.count("waiting") - changed
     failed_before = sum(1 for v in summary.videos if v.status == "skipped" and v.error)
     done_before = sum(1 for v in summary.videos if v.status == "skipped" and v.note == "done")
     if not summary.videos:
@@ -273,6 +274,9 @@ def _log_outcome(summary: RunSummary, output_dir: Path, cfg: DictConfig) -> None
             "takes %s once %s been, min_age_s=0 takes %s now",
             plural(waiting, "video"), cfg.min_age_s, them, they_have, them,
         )
+    if changed:
+        log.info("%s changed while the night ran (a copy under way?); the next run takes them as they are then",
+                 plural(changed, "video"))
     if failed_before:
         log.info("%s failed in earlier runs; retry_failed=true tries %s again",
                  plural(failed_before, "video"), "it" if failed_before == 1 else "them")

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import logging
 import os
+from collections.abc import Collection
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -18,6 +19,7 @@ import pyarrow.parquet as pq
 from pipeline.errors import StoreError
 from pipeline.files import read_json, write_json_atomic
 from pipeline.store import QUARANTINE, ChunkName
+from pipeline.words import plural
 
 log = logging.getLogger(__name__)
 
@@ -31,12 +33,25 @@ class Committed:
     Attributes:
         answered: frame_index → prompt_ids with a committed answer or frame error.
         failed: ``(frame_index, prompt_id)`` → the reason, for each committed frame error.
-        video_error: The reason of a committed video-level error record, if any.
+        video_error: The reason of a committed error record of the whole video, if any (the
+            video could not be read; or, written before records named prompts, answers failed).
+        prompt_errors: prompt_id → the reason of a committed error record of the video for
+            the answers to that prompt that failed (:func:`answers_failed_by_prompt`).
     """
 
     answered: dict[int, set[str]] = field(default_factory=dict)
     failed: dict[tuple[int, str], str] = field(default_factory=dict)
     video_error: str | None = None
+    prompt_errors: dict[str, str] = field(default_factory=dict)
+
+    def holding_error(self, prompt_ids: Collection[str]) -> str | None:
+        """The reason of an error record that keeps the video from a run asking ``prompt_ids``
+        (``None``: none does): one of the whole video, or one of a prompt asked. A record of
+        a prompt no longer asked holds nothing back: that prompt's failures are not this
+        run's work."""
+        if self.video_error is not None:
+            return self.video_error
+        return next((why for prompt_id, why in sorted(self.prompt_errors.items()) if prompt_id in prompt_ids), None)
 
 
 def chunk_files(output_dir: Path, video_id: str, config_id: str) -> list[Path]:
@@ -61,8 +76,10 @@ def read_committed(output_dir: Path, video_id: str, config_id: str, move_damaged
                 quarantine(output_dir, path, damage)
             continue
         for frame_index, prompt_id, reason in zip(*(c.to_pylist() for c in table.columns)):
-            if frame_index is None:
+            if frame_index is None and prompt_id is None:
                 committed.video_error = reason
+            elif frame_index is None:
+                committed.prompt_errors[prompt_id] = reason
             else:
                 committed.answered.setdefault(frame_index, set()).add(prompt_id)
                 if reason is not None:
@@ -168,6 +185,22 @@ def video_failures_by_path(output_dir: Path, config_id: str) -> dict[str, list[s
             if row["frame_index"] is None and path.parent.name not in failed.get(row["video_path"], []):
                 failed.setdefault(row["video_path"], []).append(path.parent.name)
     return failed
+
+
+def answers_failed(failed: dict[tuple[int, str], str]) -> str:
+    """The words of a video's error record for its answers that failed (``(frame_index,
+    prompt_id)`` → reason): how many frames, and the first failure."""
+    (frame_index, _), reason = min(failed.items())
+    frames = {frame for frame, _ in failed}
+    return f"{plural(len(frames), 'frame')} failed, the first (frame {frame_index}): {reason}"
+
+
+def answers_failed_by_prompt(failed: dict[tuple[int, str], str]) -> dict[str, str]:
+    """prompt_id → the words of the video's error record for that prompt (:func:`answers_failed`
+    of its answers): one record per prompt, so that a night that no longer asks a prompt is not
+    held back by its failures (:meth:`Committed.holding_error`)."""
+    prompts = sorted({prompt_id for _, prompt_id in failed})
+    return {p: answers_failed({key: why for key, why in failed.items() if key[1] == p}) for p in prompts}
 
 
 def done_marker(output_dir: Path, video_id: str, work_id: str) -> Path:

@@ -25,7 +25,7 @@ from collections import Counter
 from collections.abc import Callable, Iterator
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import BinaryIO
+from typing import Any, BinaryIO
 
 from pipeline.errors import ConfigError, InputError, UserError
 from pipeline.files import read_json, write_json_atomic
@@ -57,7 +57,7 @@ def find_videos(spec: str, extensions: list[str]) -> list[Path]:
             "video= is empty (an unset variable?); pass a video file, a folder, a glob or a manifest"
         )
     path = Path(spec).expanduser()
-    wanted = {e.lower() if e.startswith(".") else f".{e.lower()}" for e in extensions}
+    wanted = _suffixes(extensions)
     if is_manifest(path):
         return read_manifest(path)
     if path.exists() and not path.is_dir():  # a FIFO named alone, too: it becomes an error record
@@ -70,6 +70,47 @@ def find_videos(spec: str, extensions: list[str]) -> list[Path]:
     raise InputError(
         f"video={spec} does not exist; pass a video file, a folder, a glob or a manifest"
     )
+
+
+def searched_by(specs: list[str], extensions: list[str]) -> Callable[[Path], bool]:
+    """Whether a path lies where the ``video=`` entries ``specs`` search (:func:`find_videos`):
+    in a folder named (at any depth), with one of ``extensions``, or matched by a glob. A file
+    named alone and a manifest search nothing: what they name is listed, there or not."""
+    wanted = _suffixes(extensions)
+    folders, patterns = [], []
+    for spec in specs:
+        path = Path(spec).expanduser()
+        if path.is_dir():
+            folders.append(os.path.abspath(path))
+        elif glob.has_magic(spec) and not path.exists():
+            parts = Path(os.path.abspath(path)).parts
+            fixed = next(i for i, part in enumerate(parts) if glob.has_magic(part))
+            patterns.append((parts[:fixed], parts[fixed:]))
+
+    def searched(path: Path) -> bool:
+        where = os.path.abspath(path)
+        parts = Path(where).parts
+        return (
+            path.suffix.lower() in wanted and any(os.path.commonpath([where, folder]) == folder for folder in folders)
+        ) or any(
+            parts[: len(root)] == root and _matches(parts[len(root) :], wild, prefix=False) for root, wild in patterns
+        )
+
+    return searched
+
+
+def searched_by_config(config: dict[str, Any]) -> Callable[[Path], bool] | None:
+    """:func:`searched_by` the ``video`` and ``video_extensions`` of a run's config (as a plain
+    dict); ``None`` for a config without ``video``."""
+    video = config.get("video")
+    if not video:
+        return None
+    specs = [str(spec) for spec in video] if isinstance(video, list) else [str(video)]
+    return searched_by(specs, [str(e) for e in config.get("video_extensions") or []])
+
+
+def _suffixes(extensions: list[str]) -> set[str]:
+    return {e.lower() if e.startswith(".") else f".{e.lower()}" for e in extensions}
 
 
 def read_manifest(path: Path) -> list[Path]:
@@ -350,6 +391,19 @@ def video_id_of(path: Path) -> str:
             handle.seek(offset)
             digest.update(handle.read(block))
     return digest.hexdigest()[:16]
+
+
+def holds_other_content(path: Path, video_id: str) -> bool:
+    """Whether ``path`` now holds content other than the one ``video_id`` names (replaced, or
+    rewritten in place as ``cp`` does, since the id was taken).
+
+    A path that cannot be read holds no other content: its failure is a fact about the path
+    (:func:`path_id`), not a change.
+    """
+    try:
+        return video_id_of(path) != video_id
+    except OSError:
+        return False
 
 
 def path_id(path: Path) -> str:

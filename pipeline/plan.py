@@ -12,6 +12,7 @@ be read gets one error record, once (filed by the run loop, :mod:`pipeline.run`)
 from __future__ import annotations
 
 import logging
+import os
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -51,7 +52,7 @@ class VideoTask:
     decoded_all: bool = False
     in_model_since: float | None = None  # when its first frame entered the model (epoch s)
     record_id: str | None = None  # where its error record goes, if not under its video_id
-    failed: dict[int, str] = field(default_factory=dict)  # frame → why, for this run's frame errors
+    failed: dict[tuple[int, str], str] = field(default_factory=dict)  # (frame, prompt_id) → this run's error
 
 
 class Planner:
@@ -61,23 +62,38 @@ class Planner:
         output_dir: The run's ``output_dir``.
         config_id: Id of the settings that shape answers.
         work_id: What a done marker vouches for (:class:`~pipeline.run.Pipeline`'s ``work_id``).
+        prompt_ids: The prompts the run asks: an error record of the answers to another prompt
+            does not hold a video back (:meth:`~pipeline.committed.Committed.holding_error`).
         retry_failed: Retry videos and frames that failed before.
         min_age_s: A found video not seen unchanged for this many seconds is left for the next run.
         read_only: Plan without touching ``output_dir`` (a dry run): no error record removed,
             no damaged chunk moved aside, no done marker dropped (``retry_failed`` must be off).
+        searched: Whether a path lies where this night's folders and globs search
+            (:func:`~pipeline.inputs.searched_by`); a path that failed there before and is found
+            no more loses its error record. ``None``: no path is judged so.
     """
 
     def __init__(
-        self, output_dir: Path, config_id: str, work_id: str, retry_failed: bool, min_age_s: float, read_only: bool
+        self,
+        output_dir: Path,
+        config_id: str,
+        work_id: str,
+        prompt_ids: frozenset[str],
+        retry_failed: bool,
+        min_age_s: float,
+        read_only: bool,
+        searched: Callable[[Path], bool] | None = None,
     ) -> None:
         if read_only and retry_failed:
             raise ValueError("a read-only plan cannot retry failed videos (it would remove their records)")
         self.output_dir = output_dir
         self.config_id = config_id
         self.work_id = work_id
+        self.prompt_ids = prompt_ids
         self.retry_failed = retry_failed
         self.min_age_s = min_age_s
         self.read_only = read_only
+        self.searched = searched
         self._failed_at: dict[str, list[str]] | None = None  # video_failures_by_path, once a plan
 
     def plan(
@@ -88,9 +104,10 @@ class Planner:
 
         A second path with the content (or, unreadable, the path) of an earlier one is
         skipped: both would write the same keys. A path whose earlier content failed and that
-        now holds other content loses that content's error record. A damaged chunk is moved aside and its keys
-        are done again, also for a video that was done, as are those of a chunk that a done
-        video's marker lists and that is gone.
+        now holds other content loses that content's error record, and so does a path that failed
+        (filed under the path) where this night searches and that it finds no more. A damaged
+        chunk is moved aside and its keys are done again, also for a video that was done, as are
+        those of a chunk that a done video's marker lists and that is gone.
 
         Raises:
             ConfigError: ``shard`` is not in ``0..num_shards-1``.
@@ -106,6 +123,8 @@ class Planner:
                 tasks.append(self._plan_one(path, readiness, first_path_of))
         if not self.read_only:
             readiness.save()
+            if shard == 0:  # once for all shards, which find the same videos
+                self._forget_gone_paths(videos)
         return tasks
 
     def _plan_one(self, path: Path, readiness: Readiness, first_path_of: dict[str, str]) -> VideoTask:
@@ -151,9 +170,10 @@ class Planner:
                 )
             marker.unlink()
         task.committed = read_committed(self.output_dir, outcome.video_id, self.config_id, not self.read_only)
-        if task.committed.video_error is not None:
+        held = task.committed.holding_error(self.prompt_ids)
+        if held is not None:
             outcome.status = "skipped"
-            outcome.error = f"failed before: {task.committed.video_error}"
+            outcome.error = f"failed before: {held}"
         return task
 
     def _forget_path_failure(self, task: VideoTask) -> None:
@@ -170,11 +190,30 @@ class Planner:
         at the path, and no ``retry_failed`` would reach it."""
         if self.read_only:
             return
-        if self._failed_at is None:  # once a plan, and only where a path reads
-            self._failed_at = video_failures_by_path(self.output_dir, self.config_id)
-        for old in self._failed_at.pop(task.outcome.path, []):
+        for old in self._failures_by_path().pop(task.outcome.path, []):
             if old != task.outcome.video_id and remove_error_records(self.output_dir, old, self.config_id):
                 log.info("%s changed since it failed: its earlier error record is removed", task.outcome.path)
+
+    def _forget_gone_paths(self, videos: list[Path]) -> None:
+        """A path that failed before (filed under the path: it vanished) where this night's
+        folders and globs search, and that they no longer find (renamed, moved away, deleted):
+        its record describes nothing there, and no path would read again to remove it. Another
+        night's inputs are not this night's to judge."""
+        if self.searched is None:
+            return
+        found = {os.path.abspath(video) for video in videos}
+        for where, failed in self._failures_by_path().items():
+            path = Path(where)
+            if os.path.abspath(path) in found or os.path.lexists(path) or not self.searched(path):
+                continue
+            if path_id(path) in failed and remove_error_records(self.output_dir, path_id(path), self.config_id):
+                log.info("%s is no longer there: its earlier error record is removed", where)
+
+    def _failures_by_path(self) -> dict[str, list[str]]:
+        """:func:`~pipeline.committed.video_failures_by_path`, read once a plan (where needed)."""
+        if self._failed_at is None:
+            self._failed_at = video_failures_by_path(self.output_dir, self.config_id)
+        return self._failed_at
 
     def _plan_failure(self, task: VideoTask, reason: str) -> None:
         """An entry that cannot be read: one error record per entry and reason, not one a night

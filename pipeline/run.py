@@ -32,13 +32,13 @@ import numpy as np
 
 from pipeline.caption import Answer, Question, make_questions
 from pipeline.checksums import model_sha256
-from pipeline.committed import mark_done
+from pipeline.committed import answers_failed, answers_failed_by_prompt, mark_done
 from pipeline.config import settings_id
 from pipeline.decode import format_timecode
 from pipeline.errors import StoreError
 from pipeline.executors.base import Captioned, Decoded, DecodeJob, Executor, FrameJob, Work
 from pipeline.executors.frames import VideoDecoder
-from pipeline.inputs import path_id
+from pipeline.inputs import path_id, searched_by_config
 from pipeline.plan import Planner, VideoTask
 from pipeline.progress import Progress
 from pipeline.sampling import Sampler
@@ -55,6 +55,9 @@ from pipeline.summary import RunSummary, VideoOutcome, WorkerStats
 from pipeline.words import plural
 
 log = logging.getLogger(__name__)
+
+# Why a video found changed by its decoder (:attr:`Decoded.changed`) waits for the next run.
+CHANGED_NOTE = "changed since the night was planned (a copy under way?); left for the next run"
 
 
 def unique_prompts(prompts: Sequence[PromptEntry]) -> list[PromptEntry]:
@@ -94,7 +97,9 @@ class Pipeline:
         checkpoint_frames: Frames per committed chunk (``checkpoint_frames`` of the config).
         retry_failed: Retry videos and frames that failed before.
         metadata: Stored in every Parquet file's schema metadata, beside ``prompts``: each
-            question's ``prompt_id``, ``text`` and ``schema`` (null for a plain prompt).
+            question's ``prompt_id``, ``text`` and ``schema`` (null for a plain prompt). Its
+            ``config`` (the run's, as the command line passes it) says where the night searches
+            (:func:`~pipeline.inputs.searched_by_config`).
         thumbnail: Makes a frame's ``thumbnail`` bytes (``None``: rows have none).
         min_age_s: A found video not seen unchanged for this many seconds is left for the next
             run (:class:`~pipeline.inputs.Readiness`).
@@ -146,7 +151,10 @@ class Pipeline:
         self.before_write = before_write
         self.on_commit = on_commit
         self.progress_interval_s = progress_interval_s
-        self.planner = Planner(output_dir, config_id, self.work_id, retry_failed, min_age_s, read_only)
+        self.planner = Planner(
+            output_dir, config_id, self.work_id, self._prompt_ids, retry_failed, min_age_s, read_only,
+            searched_by_config((metadata or {}).get("config") or {}),
+        )
         prompts_asked = [
             {"prompt_id": q.prompt_id, "text": q.text, "schema": q.schema_json and json.loads(q.schema_json)}
             for q in self.questions
@@ -289,7 +297,7 @@ class Pipeline:
             for frame, prompts in task.committed.answered.items()
             if frame not in done and self._prompt_ids & prompts
         }
-        return DecodeJob(index, task.path, done, partial)
+        return DecodeJob(index, task.path, task.outcome.video_id, done, partial)
 
     def _answered_frames(self, task: VideoTask) -> frozenset[int]:
         """The video's frames whose every question of this run earlier runs answered."""
@@ -299,6 +307,10 @@ class Pipeline:
         task.decoded_all = True
         task.sent = event.sent
         task.outcome.frames_already_done = event.already_done
+        if event.changed:
+            task.outcome.status = "waiting"
+            task.outcome.note = CHANGED_NOTE
+            log.info("waiting %s: %s", task.outcome.path, CHANGED_NOTE)
         if event.facts is not None:
             self._submit_write(
                 write_video_facts, self.output_dir, task.outcome.video_id, task.outcome.path, asdict(event.facts)
@@ -321,9 +333,9 @@ class Pipeline:
         frame_index = event.job.sample.frame.index
         already = task.committed.answered.get(frame_index, set())
         new = [a for a in event.answers if a.question.prompt_id not in already]
-        failure = next((a.error for a in new if a.error), None)
-        if failure is not None:
-            task.failed.setdefault(frame_index, failure)
+        for answer in new:
+            if answer.error:
+                task.failed[(frame_index, answer.question.prompt_id)] = answer.error
         task.pending_rows.extend(self._row(task, event.job, a) for a in new)
         # A video's own time runs from its first frame entering the model (answers carry how
         # long ago that was) to its last answer, whatever ran before or beside it.
@@ -335,12 +347,10 @@ class Pipeline:
             self._submit_chunk(task)
         self._finish_if_complete(task)
 
-    def _failed_frames(self, task: VideoTask) -> dict[int, str]:
-        """The video's frames with an error answer to a question of this run: from this run
-        and committed by earlier ones."""
-        failed = {
-            frame: why for (frame, prompt_id), why in task.committed.failed.items() if prompt_id in self._prompt_ids
-        }
+    def _failed_answers(self, task: VideoTask) -> dict[tuple[int, str], str]:
+        """The video's error answers to questions of this run, by frame and prompt: from this
+        run and committed by earlier ones."""
+        failed = {key: why for key, why in task.committed.failed.items() if key[1] in self._prompt_ids}
         return {**failed, **task.failed}
 
     @staticmethod
@@ -357,24 +367,31 @@ class Pipeline:
         self._submit_chunk(task)
         if task.in_model_since is not None:
             task.outcome.wall_s = time.time() - task.in_model_since
-        failed_frames = self._failed_frames(task)
-        if task.outcome.status != "error" and failed_frames:
-            frame_index, reason = min(failed_frames.items())
-            self._fail(task, f"{plural(len(failed_frames), 'frame')} failed, the first (frame {frame_index}): {reason}")
-        if task.outcome.status == "error":
+        failed = self._failed_answers(task)
+        if task.outcome.status == "todo" and failed:
+            self._fail(task, answers_failed(failed))
+            self._submit_error_record(task, answers_failed_by_prompt(failed))
+        elif task.outcome.status == "error":
             self._submit_error_record(task)
-        else:
+        elif task.outcome.status == "todo":
             self._submit_write(self._mark_done, task)
         self._progress.video_finished()
 
     def _submit_chunk(self, task: VideoTask) -> None:
         rows, task.pending_rows, frames, task.pending_frames = task.pending_rows, [], task.pending_frames, 0
+        if task.outcome.status == "waiting":  # changed under the run: its rows may describe other content
+            return
         if rows or frames:
             self._submit_write(self._commit, task.outcome, rows, frames)
 
-    def _submit_error_record(self, task: VideoTask) -> None:
-        row = self._error_row(task, task.outcome.error or "unknown error")
-        self._submit_write(self._commit, task.outcome, [row], 0)
+    def _submit_error_record(self, task: VideoTask, by_prompt: dict[str, str] | None = None) -> None:
+        """Commit the video's error record: one for the whole video, or, where its answers
+        failed, one for each prompt of ``by_prompt`` (prompt_id → reason)."""
+        if by_prompt:
+            rows = [self._error_row(task, reason, prompt_id) for prompt_id, reason in by_prompt.items()]
+        else:
+            rows = [self._error_row(task, task.outcome.error or "unknown error")]
+        self._submit_write(self._commit, task.outcome, rows, 0)
         log.warning("failed %s: %s", task.outcome.path, task.outcome.error)
 
     def _commit(self, outcome: VideoOutcome, rows: list[ResultRow], frames: int) -> None:
@@ -443,10 +460,11 @@ class Pipeline:
             answer_json=answer.value_json,
         )
 
-    def _error_row(self, task: VideoTask, reason: str) -> ResultRow:
+    def _error_row(self, task: VideoTask, reason: str, prompt_id: str | None = None) -> ResultRow:
         return ResultRow(
             video_path=task.outcome.path,
             video_id=task.record_id or task.outcome.video_id,
+            prompt_id=prompt_id,
             model=self.model_name,
             status="error",
             error=reason,

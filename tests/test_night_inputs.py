@@ -441,7 +441,7 @@ def test_a_file_that_failed_and_was_replaced_by_a_good_copy_is_failing_no_more(
     assert night.returncode == 0, night.stderr
     assert "clip.mp4 changed since it failed: its earlier error record is removed" in night.stderr
     shown = run_cli("status", f"output_dir={out}").stdout
-    assert "Videos: 1 done, 0 failing" in shown, shown
+    assert "1 done, 0 failing" in shown, shown
     rows = pd.read_parquet(out)
     assert (rows.status == "error").sum() == 0 and rows.video_id.nunique() == 1
     exported = run_cli("export", f"output_dir={out}", "format=vtt", f"video={clip}")

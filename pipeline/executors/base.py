@@ -46,6 +46,8 @@ class DecodeJob:
     Attributes:
         video_index: The video's position in the run (events name videos by it).
         path: The video file.
+        video_id: The id of the content planned (:func:`~pipeline.inputs.video_id_of`): what
+            the decoder finds at ``path`` must still be that.
         done_frames: Frames that already have every answer: decoded, but not captioned.
         partial: Frames that have some of the answers: the indices (into the run's questions)
             of those still to ask. Frames in neither get every question.
@@ -53,6 +55,7 @@ class DecodeJob:
 
     video_index: int
     path: Path
+    video_id: str
     done_frames: frozenset[int] = frozenset()
     partial: dict[int, tuple[int, ...]] = field(default_factory=dict)
 
@@ -93,7 +96,10 @@ class Decoded:
         sent: Frames sent to the model.
         already_done: Sampled frames left out because they had every answer.
         error: Why the video could not be read to its end, or ``None``.
-        facts: What the decode learnt of the video (``None``: it could not be opened).
+        facts: What the decode learnt of the video (``None``: it could not be opened, or changed).
+        changed: The file was not the planned content (:attr:`DecodeJob.video_id`) when the
+            decoder opened it, or no longer when decoding ended (a copy under way): nothing of
+            it may be filed under that id; ``error`` and ``facts`` are then ``None``.
     """
 
     video_index: int
@@ -101,6 +107,7 @@ class Decoded:
     already_done: int
     error: str | None = None
     facts: VideoFacts | None = None
+    changed: bool = False
 
 
 @dataclass(frozen=True)

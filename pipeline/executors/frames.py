@@ -16,7 +16,7 @@ from pipeline.caption import Answer, Captioner, Question
 from pipeline.decode import VideoError, VideoReader
 from pipeline.errors import ConfigError
 from pipeline.executors.base import Decoded, DecodeJob, FrameJob
-from pipeline.inputs import os_reason
+from pipeline.inputs import holds_other_content, os_reason
 from pipeline.sampling import Sampler, expected_samples
 
 
@@ -63,37 +63,45 @@ class VideoDecoder:
         """Yield a :class:`FrameJob` for each frame to caption, then one :class:`Decoded`.
 
         A video that cannot be read (or stops decoding) ends with ``Decoded.error`` set;
-        anything else raised is a bug and propagates.
+        one that is not the planned content (:func:`~pipeline.inputs.holds_other_content`)
+        once the file is open, or once decoding ends, with ``Decoded.changed``: a copy cut
+        short by ``cp`` fails to decode, and that failure is the change, not a bad file.
+        Anything else raised is a bug and propagates.
         """
         sent = already_done = 0
         error = None
         reader: VideoReader | None = None
+        changed = False
         try:
             with VideoReader(job.path) as reader:
-                taken = 0
-                for sample in self.sampler.sample(reader):
-                    if self.end_s is not None and sample.frame.timestamp_s >= self.end_s:
-                        break
-                    if sample.frame.timestamp_s < self.start_s:
-                        continue
-                    if self.max_frames is not None and taken >= self.max_frames:
-                        break
-                    taken += 1
-                    if sample.frame.index in job.done_frames:
-                        already_done += 1
-                        continue
-                    sent += 1
-                    # One JPEG per frame, shared by its rows, made here, off the model's thread.
-                    thumbnail = self.thumbnail(sample.frame.rgb) if self.thumbnail else None
-                    yield FrameJob(job.video_index, sample, thumbnail, job.partial.get(sample.frame.index))
-                else:
-                    reader.check_complete()
+                changed = holds_other_content(job.path, job.video_id)
+                if not changed:
+                    taken = 0
+                    for sample in self.sampler.sample(reader):
+                        if self.end_s is not None and sample.frame.timestamp_s >= self.end_s:
+                            break
+                        if sample.frame.timestamp_s < self.start_s:
+                            continue
+                        if self.max_frames is not None and taken >= self.max_frames:
+                            break
+                        taken += 1
+                        if sample.frame.index in job.done_frames:
+                            already_done += 1
+                            continue
+                        sent += 1
+                        # One JPEG per frame, shared by its rows, made here, off the model's thread.
+                        thumbnail = self.thumbnail(sample.frame.rgb) if self.thumbnail else None
+                        yield FrameJob(job.video_index, sample, thumbnail, job.partial.get(sample.frame.index))
+                    else:
+                        reader.check_complete()
         except VideoError as failure:
             error = str(failure)
         except OSError as failure:
             error = os_reason(job.path, failure)
-        facts = reader.facts() if reader is not None else None
-        yield Decoded(job.video_index, sent, already_done, error, facts)
+        if changed or holds_other_content(job.path, job.video_id):
+            yield Decoded(job.video_index, sent, already_done, changed=True)
+        else:
+            yield Decoded(job.video_index, sent, already_done, error, reader.facts() if reader is not None else None)
 
 
 def answer_frames(
