@@ -30,7 +30,8 @@ def test_service_waits_for_the_network_logs_to_the_journal_and_fails_on_a_failed
     assert unit["Unit"]["Wants"] == "network-online.target" and unit["Unit"]["After"] == "network-online.target"
     assert unit["Service"]["StandardOutput"] == "journal" and unit["Service"]["StandardError"] == "journal"
     assert unit["Service"]["Environment"] == "HF_HUB_OFFLINE=1"
-    assert unit["Service"]["SuccessExitStatus"].split() == ["2", "75"]  # 1 and 3 fail the unit
+    # 1 and 3 fail the unit; a deliberate stop (SIGTERM: 143) does not page anyone.
+    assert unit["Service"]["SuccessExitStatus"].split() == ["2", "75", "143"]
 
 
 def test_the_shipped_command_lines_are_valid_runs() -> None:
