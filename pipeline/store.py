@@ -7,6 +7,7 @@ Results live in ``output_dir`` as Parquet chunk files under one folder per video
     output_dir/<video_id>/_done-<work_id>                              the video is complete
     output_dir/<video_id>/_verified.json                               chunks read in full, unchanged since
     output_dir/_quarantine/<video_id>/...                               damaged chunks, moved aside
+    output_dir/_runs/<start>.json                                       each run's record (pipeline.summary)
 
 (:class:`ChunkName` formats, globs and parses the chunk names; :mod:`pipeline.committed` reads
 back what a video has committed, verifies its chunks, moves damaged ones aside and writes the
@@ -44,12 +45,14 @@ import pyarrow.parquet as pq
 
 from pipeline.errors import StoreError
 from pipeline.files import read_json, write_atomic, write_json_atomic
-from pipeline.summary import RUNS_DIR
 
 if TYPE_CHECKING:  # pandas loads only where results are read back, not on a run's start
     import pandas as pd
 
 log = logging.getLogger(__name__)
+
+# The folder of the runs' records (written by pipeline.summary): a folder holding it is one a run wrote to.
+RUNS_DIR = "_runs"
 
 QUARANTINE = "_quarantine"  # damaged chunks, moved aside by pipeline.committed
 

@@ -35,11 +35,11 @@ from typing import Any
 from pipeline.errors import StoreError
 from pipeline.files import write_json_atomic
 from pipeline.runlog import run_stamp
+from pipeline.store import RUNS_DIR
 from pipeline.words import plural
 
 log = logging.getLogger(__name__)
 
-RUNS_DIR = "_runs"
 LAST_RUN = "_last_run"
 RUNNING = "running"
 FINISHED = "finished"

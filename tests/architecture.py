@@ -46,7 +46,6 @@ PARTS: tuple[Part, ...] = (
         "pipeline/dry_run.py": "`dry_run=true`: what a run would do, from its plan",
         "pipeline/download.py": "`python -m pipeline.download`: fetch a preset's weights ahead of a run",
         "pipeline/status.py": "`python -m pipeline.status`: where a night stands, from its record",
-        "pipeline/owed.py": "the report and exports a night owes (`_report-due`, `_export-due`) until written",
         "pipeline/report/__main__.py": "`python -m pipeline.report`",
         "pipeline/export/__main__.py": "`python -m pipeline.export`",
     }),
@@ -62,6 +61,7 @@ PARTS: tuple[Part, ...] = (
         "pipeline/export/cues.py": "when each answer shows: a cue from its frame until the next",
         "pipeline/export/flat.py": "JSON Lines with the exact text, CSV safe in a spreadsheet",
         "pipeline/export/names.py": "where a subtitle track goes: names players load, the two layouts",
+        "pipeline/owed.py": "the report and exports a night owes (`_report-due`, `_export-due`) until written",
     }),
     Part("Loop", "one run: what to do, doing it, and its record",
          ("Exec", "Stages", "Caption", "Store", "Settings", "Base"), {

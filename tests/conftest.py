@@ -42,8 +42,7 @@ from pipeline.caption.tiny import ensure_tiny_model
 from pipeline.config import compose_config
 from pipeline.decode import format_timecode
 from pipeline.presets import captioner_from_config
-from pipeline.store import ResultRow, read_results, write_chunk
-from pipeline.summary import RUNS_DIR
+from pipeline.store import RUNS_DIR, ResultRow, read_results, write_chunk
 from pipeline.thumbnails import thumbnailer
 
 ROOT = Path(__file__).resolve().parent.parent

@@ -24,7 +24,6 @@ the video's end when the video was decoded to its end, so any player (VLC, a bro
 from __future__ import annotations
 
 import contextlib
-import csv
 import io
 import sys
 from collections.abc import Iterable, Sequence
@@ -36,11 +35,12 @@ import pandas as pd
 
 from pipeline.decode import format_timecode
 from pipeline.export.cues import LAST_CUE_S, cue_ends, with_cue_ends
-from pipeline.export.flat import csv_bytes, jsonl, uninert
+from pipeline.export.flat import csv_bytes, jsonl
 from pipeline.export.names import (
     LAYOUTS,
     beside_places,
     fit_name,
+    indexed_files,
     select_video,
     video_folders,
 )
@@ -369,7 +369,7 @@ def write_tracks(
         files.append(path)
     written = set(files)
     ids = {str(v) for v in video_ids}
-    stale = [folder / name for name in _indexed(index, fmt, ids)]
+    stale = [folder / name for name in indexed_files(index, fmt, ids)]
     if layout == "by_video":
         stale += [p for t in tracks if t.video_id in ids for p in (folder / t.folder).glob(f"*.{fmt}")]
     for path in stale:
@@ -475,21 +475,6 @@ def _tracks_index(tracks: list[Track], formats: Sequence[str], layout: str) -> b
         for t in tracks
     ]
     return csv_bytes(records, columns)
-
-
-def _indexed(index: Path | None, fmt: str, video_ids: set[str]) -> list[str]:
-    """The ``fmt`` files of ``video_ids`` that the index at ``index`` lists (none without one)."""
-    try:
-        text = index.read_text(encoding="utf-8") if index is not None else ""
-    except (OSError, UnicodeDecodeError):
-        return []
-    rows = csv.DictReader(io.StringIO(text))
-    # A listed path is one this export wrote (its cells made inert for spreadsheets): relative,
-    # inside the folder, of the format asked.
-    return [
-        name for row in rows if row.get("video_id") in video_ids and (name := uninert(row.get(fmt) or ""))
-        and name.endswith(f".{fmt}") and not name.startswith("/") and ".." not in name.split("/")
-    ]
 
 
 def _write(path: Path, data: bytes) -> Path:

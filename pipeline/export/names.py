@@ -16,13 +16,17 @@ video has answers under several settings). Two videos never share a file:
 
 from __future__ import annotations
 
+import csv
+import io
 import os
 import re
 from collections import Counter
 from collections.abc import Iterable
-from pathlib import PurePosixPath
+from pathlib import Path, PurePosixPath
 
 import pandas as pd
+
+from pipeline.export.flat import uninert
 
 LAYOUTS = ("by_video", "beside")
 # 255 bytes, a file name's limit on ext4, XFS and Btrfs, less what the atomic writer's temporary
@@ -112,3 +116,18 @@ def _repeated(items: Iterable[object]) -> set[object]:
 
 def _bytes(text: str) -> int:
     return len(text.encode("utf-8", "surrogateescape"))
+
+
+def indexed_files(index: Path | None, fmt: str, video_ids: set[str]) -> list[str]:
+    """The ``fmt`` files of ``video_ids`` that the index at ``index`` lists (none without one)."""
+    try:
+        text = index.read_text(encoding="utf-8") if index is not None else ""
+    except (OSError, UnicodeDecodeError):
+        return []
+    rows = csv.DictReader(io.StringIO(text))
+    # A listed path is one this export wrote (its cells made inert for spreadsheets): relative,
+    # inside the folder, of the format asked.
+    return [
+        name for row in rows if row.get("video_id") in video_ids and (name := uninert(row.get(fmt) or ""))
+        and name.endswith(f".{fmt}") and not name.startswith("/") and ".." not in name.split("/")
+    ]
