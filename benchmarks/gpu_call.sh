@@ -6,6 +6,20 @@ set -uo pipefail
 plan=${1:?plan}
 started=$(date +%s)
 left() { echo $(( ${CALL_SECONDS:-570} - ($(date +%s) - started) )); }
+# PATCH=NAME builds llama.cpp with benchmarks/patches/NAME.patch applied (to the carried sdist).
+if [ -n "${PATCH:-}" ]; then
+  rm -rf /tmp/sdist && mkdir -p /tmp/sdist && tar xzf .gpu/llama_cpp_python-*.tar.gz -C /tmp/sdist || exit 1
+  patch -d /tmp/sdist/llama_cpp_python-*/vendor/llama.cpp -p1 < "benchmarks/patches/$PATCH.patch" || exit 1
+  tarball=$(basename .gpu/llama_cpp_python-*.tar.gz)
+  tar czf ".gpu/$tarball" -C /tmp/sdist "$(basename /tmp/sdist/llama_cpp_python-*)" || exit 1
+  echo "patched llama.cpp with $PATCH"
+fi
+# ENGINE_PATCH=NAME applies benchmarks/patches/NAME.diff to this copy of the project (code measured here
+# before it lands).
+if [ -n "${ENGINE_PATCH:-}" ]; then
+  git apply "benchmarks/patches/$ENGINE_PATCH.diff" || patch -p1 < "benchmarks/patches/$ENGINE_PATCH.diff" || exit 1
+  echo "applied $ENGINE_PATCH"
+fi
 source .gpu/gpu_build.sh || exit 1
 export PYTHONUNBUFFERED=1 VIDEO_CAPTION_CACHE=/tmp/vcache HF_HUB_OFFLINE=1
 mkdir -p "$OUT"
@@ -182,6 +196,15 @@ case "$plan" in
   call27)  # session 16, second call: issue 27 point 3, one frame's pieces against their limits again (probe: CLIP per
            # tile, prefill by piece), then one prompt with 4 CLIP encoders against the default 2 (one per lane), interleaved
     bench mistral7b --seed "" --probe --frames 48 --cases "p=1;p=1,clipt=4;p=1;p=1,clipt=4"
+    ;;
+  call28)  # session 16 (not run: no machine): a frame's tiles of one arrangement in one CLIP graph (llama.cpp's LLaVA
+           # graph batched: PATCH=llava-clip-batch ENGINE_PATCH=clip-batch-engine) against one graph a tile (clipb=0),
+           # interleaved, one prompt and three
+    bench mistral7b --seed "" --frames 32 --cases "p=1,clipb=0;p=1;p=1,clipb=0;p=1;p=3,clipb=0;p=3"
+    ;;
+  call29)  # session 16 (not run: no machine), with ~320 s of device time left: call28's comparison at its smallest (the Q5_K_M file as it
+           # is: no F16 copy to make), one pair, 16 frames a case
+    bench mistral7b --seed "" --frames 16 --cases "p=1,w=keep,clipb=0;p=1,w=keep"
     ;;
   *) echo "unknown plan $plan"; exit 2 ;;
 esac
