@@ -442,6 +442,14 @@ def test_a_bad_export_format_fails_before_the_model_loads(cli_base: list[str], t
     assert not list((tmp_path / "out").glob("*/*.parquet"))
 
 
+def test_cue_ends_read_as_written_not_as_float_sums() -> None:
+    # Frames every 0.1 s: 0.1 + 0.2 sums to 0.30000000000000004 in floats; a cue end is the
+    # next frame's time or the last one's plus the usual gap, to the microsecond.
+    frames = pd.DataFrame({"timestamp_s": [0.1, 0.2, 0.30000000000000004], "shot_index": [0, 0, 0],
+                           "shot_start_s": [0.0, 0.0, 0.0]})
+    assert cue_ends(frames, None).tolist() == [0.2, 0.3, 0.4]
+
+
 def test_cue_end_of_a_row_without_frame_is_null(output_dir: Path) -> None:
     done = export(output_dir, ["jsonl"])
     records = [json.loads(x) for x in (done.folder / "captions.jsonl").read_text(encoding="utf-8").splitlines()]

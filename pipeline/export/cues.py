@@ -47,8 +47,9 @@ def cue_ends(frames: pd.DataFrame, video_end_s: float | None) -> pd.Series:
         else:
             gaps = [b - a for a, b in itertools.pairwise(starts) if b > a]
             ends[-1] = last + (float(pd.Series(gaps).median()) if gaps else LAST_CUE_S)
-    # A cue needs a length a player can show: at least a millisecond.
-    return pd.Series([max(end, start + 0.001) for start, end in zip(starts, ends)], index=frames.index)
+    # A cue needs a length a player can show: at least a millisecond. Rounded to the microsecond,
+    # so that sums of float seconds read as written (3.0, not 3.0000000000000004).
+    return pd.Series([round(max(end, start + 0.001), 6) for start, end in zip(starts, ends)], index=frames.index)
 
 
 def with_cue_ends(df: pd.DataFrame, videos: pd.DataFrame | None = None) -> pd.DataFrame:
