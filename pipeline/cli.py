@@ -45,7 +45,7 @@ from pipeline.config import check_values, config_dir, config_id, prompts_of
 from pipeline.dry_run import plan_lines
 from pipeline.errors import ConfigError, InputError, LockHeld, StoreError, UserError
 from pipeline.executors.base import Executor
-from pipeline.inputs import check_shard, find_videos, names_one_file
+from pipeline.inputs import check_shard, find_videos, names_one_file, searched_by
 from pipeline.lock import RunLock
 from pipeline.owed import EXPORT_DUE, REPORT_DUE, owe_export, owe_report, owed_export, paid
 from pipeline.presets import caption_spec
@@ -341,6 +341,7 @@ def _pipeline(
         read_only=read_only,
         before_write=before_write,
         progress_interval_s=cfg.progress_interval_s,
+        searched=searched_by(video_specs(cfg.video), list(cfg.video_extensions)),
     )
 
 

@@ -25,7 +25,7 @@ from collections import Counter
 from collections.abc import Callable, Iterator
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Any, BinaryIO
+from typing import BinaryIO
 
 from pipeline.errors import ConfigError, InputError, UserError
 from pipeline.files import read_json, write_json_atomic
@@ -97,16 +97,6 @@ def searched_by(specs: list[str], extensions: list[str]) -> Callable[[Path], boo
         )
 
     return searched
-
-
-def searched_by_config(config: dict[str, Any]) -> Callable[[Path], bool] | None:
-    """:func:`searched_by` the ``video`` and ``video_extensions`` of a run's config (as a plain
-    dict); ``None`` for a config without ``video``."""
-    video = config.get("video")
-    if not video:
-        return None
-    specs = [str(spec) for spec in video] if isinstance(video, list) else [str(video)]
-    return searched_by(specs, [str(e) for e in config.get("video_extensions") or []])
 
 
 def _suffixes(extensions: list[str]) -> set[str]:

@@ -38,7 +38,7 @@ from pipeline.decode import format_timecode
 from pipeline.errors import StoreError
 from pipeline.executors.base import Captioned, Decoded, DecodeJob, Executor, FrameJob, Work
 from pipeline.executors.frames import VideoDecoder
-from pipeline.inputs import path_id, searched_by_config
+from pipeline.inputs import path_id
 from pipeline.plan import Planner, VideoTask
 from pipeline.progress import Progress
 from pipeline.sampling import Sampler
@@ -97,9 +97,7 @@ class Pipeline:
         checkpoint_frames: Frames per committed chunk (``checkpoint_frames`` of the config).
         retry_failed: Retry videos and frames that failed before.
         metadata: Stored in every Parquet file's schema metadata, beside ``prompts``: each
-            question's ``prompt_id``, ``text`` and ``schema`` (null for a plain prompt). Its
-            ``config`` (the run's, as the command line passes it) says where the night searches
-            (:func:`~pipeline.inputs.searched_by_config`).
+            question's ``prompt_id``, ``text`` and ``schema`` (null for a plain prompt).
         thumbnail: Makes a frame's ``thumbnail`` bytes (``None``: rows have none).
         min_age_s: A found video not seen unchanged for this many seconds is left for the next
             run (:class:`~pipeline.inputs.Readiness`).
@@ -111,6 +109,8 @@ class Pipeline:
         on_commit: Called on the writer thread after each commit of rows, once the videos'
             counts include them (the command line's :meth:`~pipeline.summary.RunRecord.progress`).
         progress_interval_s: Off a terminal, a progress line this often (``None``: none).
+        searched: Whether a path lies where the night's ``video=`` folders and globs search
+            (:func:`~pipeline.inputs.searched_by`; ``None``: no path is judged so).
     """
 
     def __init__(
@@ -133,6 +133,7 @@ class Pipeline:
         before_write: Callable[[], None] | None = None,
         on_commit: Callable[[], None] | None = None,
         progress_interval_s: float | None = None,
+        searched: Callable[[Path], bool] | None = None,
     ) -> None:
         self.decoder = VideoDecoder(sampler, max_frames, thumbnail, start_s, end_s)
         self.questions: list[Question] = make_questions(unique_prompts(prompts))
@@ -153,7 +154,7 @@ class Pipeline:
         self.progress_interval_s = progress_interval_s
         self.planner = Planner(
             output_dir, config_id, self.work_id, self._prompt_ids, retry_failed, min_age_s, read_only,
-            searched_by_config((metadata or {}).get("config") or {}),
+            searched,
         )
         prompts_asked = [
             {"prompt_id": q.prompt_id, "text": q.text, "schema": q.schema_json and json.loads(q.schema_json)}
