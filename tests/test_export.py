@@ -561,3 +561,15 @@ def test_every_csv_cell_reads_back_as_the_text_it_was() -> None:
         "'-dash/-dash.prompt1.vtt", "'=1+1", "''-quoted", "'''=twice", "'tis", "'", "plain", "", "'\t", "''\r",
     ]
     assert [uninert(cell) for cell in cells] == texts
+
+
+def test_a_header_cell_a_spreadsheet_would_run_is_inert() -> None:
+    """A typed column is named by an answer schema's property, which can be any text."""
+    columns = ["answer", "=HYPERLINK(\"http://evil.example\")", "@SUM(A1)", "people"]
+
+    lines = csv_bytes([{c: 1 for c in columns}], columns).decode().splitlines()
+
+    header = next(csv.reader([lines[0]]))
+    assert header == ["answer", "'=HYPERLINK(\"http://evil.example\")", "'@SUM(A1)", "people"]
+    assert [uninert(cell) for cell in header] == columns
+    assert lines[1] == "1,1,1,1"

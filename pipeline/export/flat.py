@@ -46,14 +46,15 @@ def _refuse(constant: str) -> Any:
 
 def csv_bytes(records: Iterable[Mapping[Any, Any]], columns: list[str]) -> bytes:
     """The records as CSV with a header, text that a spreadsheet would run as a formula made
-    inert (:func:`inert`)."""
+    inert (:func:`inert`) in the header too: a column can be named by an answer schema's
+    property."""
     out = io.StringIO()
     # RFC 4180's CRLF: the writer quotes a field holding a character of the line terminator, so
     # with "\n" alone an answer's bare CR went out unquoted and split the row for readers.
-    writer = csv.DictWriter(out, fieldnames=columns, lineterminator="\r\n")
-    writer.writeheader()
+    writer = csv.writer(out, lineterminator="\r\n")
+    writer.writerow([inert(column) for column in columns])
     for record in records:
-        writer.writerow({k: inert(plain(record.get(k))) for k in columns})
+        writer.writerow([inert(plain(record.get(k))) for k in columns])
     return out.getvalue().encode("utf-8")
 
 
