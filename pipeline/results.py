@@ -145,7 +145,8 @@ def typed_answers(df: pd.DataFrame, schemas: Mapping[str, Mapping[str, Any]]) ->
                 name, unfit, "value that does" if unfit == 1 else "values that do", dtype,
             )
         typed[name] = pd.array(cells, dtype=dtype)
-    return df.assign(**typed) if typed else df
+    # Not df.assign(**typed): a property named "self" is that method's own first parameter.
+    return pd.concat([df, pd.DataFrame(typed, index=df.index)], axis=1) if typed else df
 
 
 @dataclass(frozen=True)

@@ -340,3 +340,19 @@ def test_pydantic_optional_fields_and_refs_load_as_typed_columns(tmp_path: Path)
     typed = {"type": "object", "properties": {"any": {"type": "string"}}}
     with pytest.raises(ConfigError, match="property 'any' is untyped in the schema of prompt 'Pydantic"):
         check_schemas([("Pydantic?", PYDANTIC), ("Plain?", typed)], reserved=())
+
+
+def test_a_property_named_like_a_pandas_parameter_is_a_typed_column(tmp_path: Path) -> None:
+    """``self`` is DataFrame.assign's own first parameter; ``other`` and ``axis`` are others'."""
+    out = tmp_path / "out"
+    properties = {"self": {"type": "boolean"}, "other": {"type": "integer"}, "axis": {"type": "string"}}
+    entry = {"text": "Filming themselves?", "schema": {"type": "object", "properties": properties}}
+    values = [{"self": True, "other": 2, "axis": "x"}, {"self": False, "other": 3, "axis": "y"}]
+    write_run(out, "a", [schema_row("a", f, entry, v) for f, v in enumerate(values)], [entry])
+
+    df = load_results(out)
+
+    assert df["self"].tolist() == [True, False] and str(df["self"].dtype) == "boolean"
+    assert df["other"].tolist() == [2, 3] and df["axis"].tolist() == ["x", "y"]
+    counted = schema_summary(df, load_schemas(out)).counts
+    assert list(zip(counted.property, counted.value, counted["count"])) == [("self", True, 1), ("self", False, 1)]
