@@ -24,7 +24,7 @@ import numpy as np
 import pandas as pd
 
 from pipeline.store import read_prompt_schemas, read_results, read_videos, results_folder
-from pipeline.structured import column_dtypes, json_value, property_choices, typed_value
+from pipeline.structured import COLUMN_DTYPES, column_dtypes, column_kinds, json_value, property_choices, typed_value
 from pipeline.thumbnails import decode_thumbnail
 from pipeline.words import visible
 
@@ -107,22 +107,24 @@ def typed_answers(df: pd.DataFrame, schemas: Mapping[str, Mapping[str, Any]]) ->
     boolean → ``boolean``, string or an enum of strings → ``string``), read from
     ``answer_json``; null on the rows of other prompts and where an answer has no value.
 
-    A property that schemas of different nights type apart, or that is named like a column
-    ``df`` has, gets no column (one WARNING log line per call names them all): its values stay
+    A property that schemas of different nights type apart (:func:`pipeline.structured.column_kinds`:
+    an integer in one, an array, a mix of types or no type in another), or that is named like a
+    column ``df`` has, gets no column (one WARNING log line per call names them all): its values stay
     in ``answer_json``.
 
     Args:
         df: Result rows (:func:`pipeline.store.read_results`).
         schemas: ``prompt_id`` → its schema.
     """
-    columns: dict[str, tuple[str, set[str]]] = {}  # property → (dtype, prompt_ids)
+    columns: dict[str, tuple[str, set[str]]] = {}  # property → (what it loads as, prompt_ids)
     clashes = set()
     for prompt_id, schema in schemas.items():
-        for name, dtype in column_dtypes(schema).items():
-            known = columns.setdefault(name, (dtype, set()))
-            if known[0] != dtype or name in df.columns:
+        for name, kind in column_kinds(schema).items():
+            known = columns.setdefault(name, (kind, set()))
+            if {known[0], kind} & COLUMN_DTYPES and (known[0] != kind or name in df.columns):
                 clashes.add(name)
             known[1].add(prompt_id)
+    columns = {name: known for name, known in columns.items() if known[0] in COLUMN_DTYPES}
     if clashes:
         log.warning(
             "no column for %s %s of the answers' schemas (typed apart by different prompts, or named like a result "

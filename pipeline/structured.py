@@ -38,6 +38,7 @@ PromptEntry = str | Mapping[str, Any]
 
 ENTRY_KEYS = ("text", "schema")
 _DTYPES = {"integer": "Int64", "number": "Float64", "boolean": "boolean", "string": "string"}
+COLUMN_DTYPES = frozenset(_DTYPES.values())  # the dtypes of a property's own column
 
 
 def canonical_json(value: Any) -> str:
@@ -106,15 +107,13 @@ def check_schemas(schemas: Iterable[tuple[str, Any]], reserved: Collection[str])
         _check_schema(text, schema)
     typed: dict[str, tuple[str, str, str]] = {}  # property → (its column, its type, the first prompt giving it)
     for text, schema in schemas:
-        dtypes = column_dtypes(schema)
+        columns = column_kinds(schema)
         for name, words in property_types(schema).items():
             if name in reserved:
                 raise ConfigError(
                     f"the schema of prompt {text!r} has a property {name!r}, the name of a result column; rename it"
                 )
-            # Types that load as one column agree ([integer, "null"] and integer); others must match.
-            # An untyped property stays in answer_json as an object does: they agree too.
-            column = dtypes.get(name, "object" if words == "untyped" else words)
+            column = columns[name]
             first = typed.setdefault(name, (column, words, text))
             if first[0] != column:
                 raise ConfigError(
@@ -144,6 +143,18 @@ def column_dtypes(schema: Mapping[str, Any]) -> dict[str, str]:
         if len(kinds) == 1 and (kind := kinds.pop()) in _DTYPES:
             dtypes[name] = _DTYPES[kind]
     return dtypes
+
+
+def column_kinds(schema: Mapping[str, Any]) -> dict[str, str]:
+    """What each top-level property loads as: its pandas dtype where it has a column
+    (:func:`column_dtypes`), else the words of its type. Two schemas can share a property's
+    column only where these agree: ``[integer, "null"]`` and ``integer`` do; an untyped
+    property stays in ``answer_json`` as an object does, so those two agree as well."""
+    dtypes = column_dtypes(schema)
+    return {
+        name: dtypes.get(name, "object" if words == "untyped" else words)
+        for name, words in property_types(schema).items()
+    }
 
 
 def property_choices(schema: Mapping[str, Any]) -> dict[str, list[Any]]:

@@ -356,3 +356,38 @@ def test_a_property_named_like_a_pandas_parameter_is_a_typed_column(tmp_path: Pa
     assert df["other"].tolist() == [2, 3] and df["axis"].tolist() == ["x", "y"]
     counted = schema_summary(df, load_schemas(out)).counts
     assert list(zip(counted.property, counted.value, counted["count"])) == [("self", True, 1), ("self", False, 1)]
+
+
+@pytest.mark.parametrize("other", [
+    {"type": "array", "items": {"type": "integer"}}, {"type": ["integer", "string"]}, {}, {"type": "object"}])
+def test_a_property_one_night_types_and_another_leaves_in_answer_json_gets_no_column(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture, other: dict[str, Any]
+) -> None:
+    out = tmp_path / "out"
+    typed = {"text": "How many?", "schema": {"type": "object", "properties": {"people": {"type": "integer"}}}}
+    loose = {"text": "How many?", "schema": {"type": "object", "properties": {"people": other}}}
+    write_run(out, "a", [schema_row("a", 0, typed, {"people": 3})], [typed])
+    write_run(out, "b", [schema_row("b", 0, loose, {"people": [7, 8]})], [loose])
+
+    with caplog.at_level(logging.WARNING, logger="pipeline.results"):
+        df = load_results(out)
+
+    assert "people" not in df.columns
+    assert sorted(df.answer_json) == ['{"people":3}', '{"people":[7,8]}']
+    warned = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
+    assert len(warned) == 1 and "'people'" in warned[0], warned
+
+
+def test_a_property_no_night_gives_a_column_is_not_warned_about(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    out = tmp_path / "out"
+    listed = {"text": "Which?", "schema": {"type": "object", "properties": {"seen": {"type": "array"}}}}
+    nested = {"text": "Which?", "schema": {"type": "object", "properties": {"seen": {"type": "object"}}}}
+    write_run(out, "a", [schema_row("a", 0, listed, {"seen": ["car"]})], [listed])
+    write_run(out, "b", [schema_row("b", 0, nested, {"seen": {"car": 1}})], [nested])
+
+    with caplog.at_level(logging.WARNING, logger="pipeline.results"):
+        df = load_results(out)
+
+    assert "seen" not in df.columns and not [r for r in caplog.records if r.levelno >= logging.WARNING]
