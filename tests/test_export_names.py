@@ -275,3 +275,17 @@ def test_a_prompt_keeps_its_number_whatever_later_nights_ask(tiny_model_dir: Pat
     assert [item.strip() for item in re.findall(r'<li value="\d">([^<]*)', page)] == [
         "Xray?", "Yellow?", "Zebra?"
     ]
+
+
+@pytest.mark.parametrize("name", ["tracks.csv", "captions.csv", "captions.jsonl"])
+def test_a_video_named_like_a_file_the_export_writes_gets_a_folder_of_its_own(tmp_path: Path, name: str) -> None:
+    out = tmp_path / "out"
+    write_results(out, [*rows_of("v1", f"/srv/in/{name}.mp4"), *rows_of("v2", "/srv/in/other.mp4")])
+
+    files = export_files(out, "format=vtt,csv,jsonl")
+    again = export_files(out, "format=vtt,csv,jsonl")  # the next night's export too
+
+    assert files == again == sorted([
+        "captions.csv", "captions.jsonl", "tracks.csv",
+        f"{name}.v1/{name}.v1.prompt1.vtt", "other/other.prompt1.vtt",
+    ])

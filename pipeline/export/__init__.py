@@ -37,7 +37,10 @@ from pipeline.decode import format_timecode
 from pipeline.export.cues import LAST_CUE_S, cue_ends, with_cue_ends
 from pipeline.export.flat import csv_bytes, jsonl
 from pipeline.export.names import (
+    CAPTIONS_CSV,
+    CAPTIONS_JSONL,
     LAYOUTS,
+    TRACKS_INDEX,
     beside_places,
     fit_name,
     indexed_files,
@@ -75,7 +78,6 @@ _KEYS = ("output_dir", "format", "video", "video_id", "layout", "out")
 FORMATS = ("vtt", "srt", "jsonl", "csv")
 TRACK_FORMATS = ("vtt", "srt")
 EXPORT_DIR = "_export"
-TRACKS_INDEX = "tracks.csv"
 CUT_MARK = " …"
 
 # Rows as the flat files carry them: every column but the thumbnail, plus the cue's end (and,
@@ -336,9 +338,9 @@ def export(
         files.append(_write(index, _tracks_index(tracks, track_formats, layout)))
     flat = df[FLAT_COLUMNS + [c for c in df.columns if c not in _READ_COLUMNS and c != "end_s"]]
     if "jsonl" in formats:
-        files.append(_write(index_folder / "captions.jsonl", jsonl(flat)))
+        files.append(_write(index_folder / CAPTIONS_JSONL, jsonl(flat)))
     if "csv" in formats:
-        files.append(_write(index_folder / "captions.csv", csv_bytes(flat.to_dict("records"), list(flat.columns))))
+        files.append(_write(index_folder / CAPTIONS_CSV, csv_bytes(flat.to_dict("records"), list(flat.columns))))
     rows = len(flat) if {"jsonl", "csv"} & set(formats) else 0
     return Exported(folder=folder, files=files, tracks=tracks, rows=rows)
 

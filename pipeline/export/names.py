@@ -29,6 +29,10 @@ import pandas as pd
 from pipeline.export.flat import uninert
 
 LAYOUTS = ("by_video", "beside")
+# The files an export writes beside the videos' folders: no video's folder takes one of their names.
+TRACKS_INDEX = "tracks.csv"
+CAPTIONS_JSONL = "captions.jsonl"
+CAPTIONS_CSV = "captions.csv"
 # 255 bytes, a file name's limit on ext4, XFS and Btrfs, less what the atomic writer's temporary
 # name adds (".<name>.<8 hex>.tmp").
 MAX_NAME_BYTES = 255 - 14
@@ -52,10 +56,11 @@ def fit_name(stem: str, suffix: str) -> str:
 
 
 def video_folders(video_paths: dict[str, str]) -> dict[str, str]:
-    """``by_video``: each video's folder name (its stem; ``<stem>.<video_id>`` where stems repeat)."""
+    """``by_video``: each video's folder name (its stem; ``<stem>.<video_id>`` where stems repeat
+    or the stem is the name of a file the export writes beside the folders, ``tracks.csv``...)."""
     stems = {v: stem_of(p) for v, p in video_paths.items()}
-    repeated = _repeated(stems.values())
-    return {v: fit_name(s, f".{v}") if s in repeated else fit_name(s, "") for v, s in stems.items()}
+    taken = _repeated(stems.values()) | {TRACKS_INDEX, CAPTIONS_JSONL, CAPTIONS_CSV}
+    return {v: fit_name(s, f".{v}") if s in taken else fit_name(s, "") for v, s in stems.items()}
 
 
 def beside_places(video_paths: dict[str, str]) -> dict[str, tuple[str, str]]:
