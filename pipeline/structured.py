@@ -54,6 +54,34 @@ def canonical_json(value: Any) -> str:
     return json.dumps(_canonical(value), separators=(",", ":"), ensure_ascii=False, allow_nan=False)
 
 
+# Keywords that document a schema and constrain no answer (JSON Schema 2020-12, "meta-data").
+_ANNOTATIONS = frozenset({"title", "description", "$comment", "examples", "default", "deprecated", "readOnly",
+                          "writeOnly"})
+# Where a keyword's value is a schema, a list of schemas, or a map of names to schemas.
+_SUBSCHEMA = frozenset({"items", "additionalItems", "additionalProperties", "not", "if", "then", "else", "contains",
+                        "propertyNames", "unevaluatedItems", "unevaluatedProperties"})
+_SUBSCHEMA_LISTS = frozenset({"anyOf", "oneOf", "allOf", "prefixItems"})
+_SUBSCHEMA_MAPS = frozenset({"properties", "patternProperties", "$defs", "definitions", "dependentSchemas"})
+
+
+def answer_shape(schema: Any) -> Any:
+    """``schema`` without the keywords that only document it (``title``, ``description``,
+    ``examples``, ...), at any depth: what constrains an answer, and so what a schema prompt's
+    ``prompt_id`` is made from. A property or a value named like such a keyword is kept."""
+    if not isinstance(schema, dict):
+        return [answer_shape(item) for item in schema] if isinstance(schema, list) else schema
+    shaped = {}
+    for key, value in schema.items():
+        if key in _ANNOTATIONS:
+            continue
+        if key in _SUBSCHEMA or (key in _SUBSCHEMA_LISTS and isinstance(value, list)):
+            value = answer_shape(value)
+        elif key in _SUBSCHEMA_MAPS and isinstance(value, dict):
+            value = {name: answer_shape(spec) for name, spec in value.items()}
+        shaped[key] = value
+    return shaped
+
+
 def entry_parts(entry: Any) -> tuple[str, Any]:
     """The text and the schema (``None``: a plain prompt) of one prompt entry, its shape
     checked; whether the schema can work is :func:`check_schemas`' to say (and the engine's,

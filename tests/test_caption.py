@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import logging
 import re
 from pathlib import Path
@@ -178,3 +179,32 @@ def test_missing_weights_offline_names_files_and_place(tmp_path: Path) -> None:
     assert str(tmp_path) in message and "cjpais/llava-v1.6-34B-gguf" in message
     assert "\n" not in message
 
+
+
+def test_what_only_documents_a_schema_does_not_make_a_new_question() -> None:
+    """An edited title or description constrains no answer: the frames are not asked again."""
+    def entry(people: dict[str, Any], **top: Any) -> dict[str, Any]:
+        schema = {"type": "object", "properties": {"people": people}, "required": ["people"], **top}
+        return {"text": "How many?", "schema": schema}
+
+    bare = entry({"type": "integer", "maximum": 99})
+    documented = [
+        entry({"type": "integer", "maximum": 99, "description": "count every person", "examples": [3]}),
+        entry({"type": "integer", "maximum": 99, "title": "People", "default": 0}, title="Frame", description="x"),
+        entry({"anyOf": [{"type": "integer", "maximum": 99}]}, **{"$comment": "one branch"}),
+    ]
+    (bare_id, *ids) = [q.prompt_id for q in make_questions([bare, *documented])]
+    assert ids[:2] == [bare_id, bare_id] and ids[2] != bare_id  # an anyOf is another shape
+
+    # What constrains an answer still counts, however it is named.
+    named_like_keywords = [
+        entry({"type": "integer"}, properties={"title": {"type": "string"}}),
+        entry({"type": "integer"}, properties={"title": {"type": "integer"}}),
+        entry({"const": {"title": "a"}}),
+        entry({"const": {"title": "b"}}),
+        entry({"type": "integer", "maximum": 98}),
+    ]
+    distinct = {q.prompt_id for q in make_questions([bare, *named_like_keywords])}
+    assert len(distinct) == 1 + len(named_like_keywords)
+    (kept,) = make_questions([documented[1]])
+    assert json.loads(kept.schema_json or "null")["title"] == "Frame"  # recorded as written

@@ -43,7 +43,7 @@ from pipeline.caption.settings import EngineKnobs, GenerationSettings, ModelPres
 from pipeline.caption.weights import ModelFiles, ModelSource, check_pair
 from pipeline.errors import BuildError, ConfigError, WeightsError
 from pipeline.paths import user_cache_dir
-from pipeline.structured import PromptEntry, canonical_json, check_schemas, entry_parts
+from pipeline.structured import PromptEntry, answer_shape, canonical_json, check_schemas, entry_parts
 
 __all__ = [
     "Answer",
@@ -69,8 +69,9 @@ def make_questions(prompts: Iterable[PromptEntry]) -> list[Question]:
     :mod:`pipeline.structured`).
 
     The id is a hash of the text, so it survives reordering; a schema prompt's covers the
-    schema too (its canonical JSON), so adding or changing a schema makes a new question while
-    a plain prompt keeps the id it always had.
+    schema too (its canonical JSON, less what only documents it:
+    :func:`pipeline.structured.answer_shape`), so adding or changing a schema makes a new
+    question while a plain prompt keeps the id it always had.
 
     Each schema is checked as a run checks it (:func:`pipeline.structured.check_schemas`: an
     object, valid JSON Schema) and compiled to its grammar, so that what the grammar cannot do
@@ -89,7 +90,7 @@ def make_questions(prompts: Iterable[PromptEntry]) -> list[Question]:
     questions = []
     for text, schema in parts:
         schema_json = None if schema is None else canonical_json(schema)
-        key = text if schema_json is None else canonical_json({"text": text, "schema": schema})
+        key = text if schema_json is None else canonical_json({"text": text, "schema": answer_shape(schema)})
         digest = hashlib.sha256(key.encode()).hexdigest()[:12]
         questions.append(Question(prompt_id=digest, text=text, schema_json=schema_json))
         if schema_json is not None:
