@@ -26,7 +26,9 @@ from __future__ import annotations
 
 import json
 import math
-from collections.abc import Collection, Iterable, Mapping
+import re
+import warnings
+from collections.abc import Collection, Iterable, Iterator, Mapping
 from typing import Any
 
 import jsonschema
@@ -339,6 +341,13 @@ def _check_schema(text: str, schema: Any) -> None:
             f"the schema of prompt {text!r} does not describe an object (type: object at its top level); "
             "give {type: object, properties: {...}}"
         )
+    for where, pattern in _patterns(schema):
+        if _reads_apart(pattern):
+            raise ConfigError(
+                f"the schema of prompt {text!r} has a pattern at {where}, {pattern!r}, that the grammar (Rust "
+                "regex) and the answer check (Python re) read apart: a POSIX class or a set operation in brackets "
+                "([[:alpha:]], &&, --, ~~); write the set out ([A-Za-z] for [[:alpha:]])"
+            )
     validator = jsonschema.validators.validator_for(schema, default=jsonschema.Draft202012Validator)
     try:
         validator.check_schema(schema)
@@ -347,6 +356,44 @@ def _check_schema(text: str, schema: Any) -> None:
         raise ConfigError(
             f"the schema of prompt {text!r} is not a valid JSON Schema at {where}: {' '.join(error.message.split())}"
         ) from None
+
+
+def _patterns(schema: Any, where: str = "") -> Iterator[tuple[str, str]]:
+    """Each regular expression of ``schema`` (a ``pattern``, a name of ``patternProperties``),
+    with where it is (``properties/code/pattern``)."""
+    if isinstance(schema, list):
+        for i, item in enumerate(schema):
+            yield from _patterns(item, f"{where}/{i}")
+        return
+    if not isinstance(schema, dict):
+        return
+    for key, value in schema.items():
+        at = f"{where}/{key}".lstrip("/")
+        if key == "pattern" and isinstance(value, str):
+            yield at, value
+        elif key in _SUBSCHEMA or (key in _SUBSCHEMA_LISTS and isinstance(value, list)):
+            yield from _patterns(value, at)
+        elif key in _SUBSCHEMA_MAPS and isinstance(value, dict):
+            for name, spec in value.items():
+                if key == "patternProperties":
+                    yield at, name
+                yield from _patterns(spec, f"{at}/{name}")
+
+
+def _reads_apart(pattern: str) -> bool:
+    """Whether Python's ``re`` takes ``pattern`` literally where Rust's regex reads a POSIX class
+    or a set operation: ``re`` warns of exactly these (FutureWarning: a possible nested set,
+    set difference...). A pattern ``re`` cannot read at all is ``check_schema``'s to refuse."""
+    re.purge()  # a pattern compiled before is taken from re's cache without its warning
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", FutureWarning)
+        try:
+            re.compile(pattern)
+        except FutureWarning:
+            return True
+        except re.error:
+            return False
+    return False
 
 
 def _short(value: Any, limit: int = 80) -> str:

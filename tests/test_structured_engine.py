@@ -128,6 +128,13 @@ def test_stop_strings_never_cut_a_json_answer(tiny_model_dir: Path) -> None:
         ({"type": "object", "properties": {"n": {"type": "integer", "minimum": 5, "maximum": 2}}, "required": ["n"]},
          "unsatisfiable"),
         ({"type": "object", "properties": {"n": {"type": "wholenumber"}}}, "not a valid JSON Schema"),
+        # The grammar's Rust regex and the answer check's Python re read these apart: never a valid answer.
+        ({"type": "object", "properties": {"a": {"type": "string", "pattern": "^[[:alpha:]]+$"}}},
+         "at properties/a/pattern, '^[[:alpha:]]+$', that the grammar (Rust regex) and the answer check"),
+        ({"type": "object", "properties": {"a": {"anyOf": [{"type": "string", "pattern": "^[a-z&&[^x]]$"}]}}},
+         "at properties/a/anyOf/0/pattern"),
+        ({"type": "object", "patternProperties": {"^[a--b]$": {"type": "integer"}}},
+         "at patternProperties, '^[a--b]$'"),
     ],
 )
 def test_a_schema_that_cannot_constrain_an_answer_is_refused_before_any_frame(
