@@ -135,6 +135,14 @@ def test_stop_strings_never_cut_a_json_answer(tiny_model_dir: Path) -> None:
          "at properties/a/anyOf/0/pattern"),
         ({"type": "object", "patternProperties": {"^[a--b]$": {"type": "integer"}}},
          "at patternProperties, '^[a--b]$'"),
+        # llguidance's own words, and the pipeline's fix.
+        ({"type": "object", "properties": {"n": {"oneOf": [{"type": "integer"}, {"type": "number"}]}}},
+         "the pipeline has no such option: write anyOf"),
+        ({"type": "object", "properties": {"n": {"type": "integer", "not": {"const": 3}}}},
+         'Unimplemented keys: ["not"]; leave these keywords out'),
+        ({"type": "object", "properties": {"n": {"type": "integer", "minimum": -1e30}}},
+         "-1000000000000000019884624838656; give integers (bounds, enum and const values) from -2**63 to 2**64-1"),
+        ({"type": "object", "properties": {"x": {"type": "number", "minimum": -1e300}}}, "...; give integers"),
     ],
 )
 def test_a_schema_that_cannot_constrain_an_answer_is_refused_before_any_frame(

@@ -68,7 +68,19 @@ def answer_schema(question: Question) -> AnswerSchema:
         return _compile(question.schema_json)
     except ValueError as error:
         reason = " ".join(str(error).split())
-        raise ConfigError(f"the schema of prompt {question.text!r} cannot constrain an answer: {reason}") from None
+        fix = next((fix for needle, fix in _FIXES if needle in reason), "")
+        if len(reason) > 200:
+            reason = reason[:197] + "..."
+        raise ConfigError(f"the schema of prompt {question.text!r} cannot constrain an answer: {reason}{fix}") from None
+
+
+# What to do about llguidance's refusals that name no fix, or one of its own options, by a text in them.
+_FIXES = (
+    ("coerce_one_of", "; the pipeline has no such option: write anyOf, which the grammar enforces"),
+    ("Unimplemented keys", "; leave these keywords out, the grammar cannot enforce them"),
+    ("not JSON serializable", "; give integers (bounds, enum and const values) from -2**63 to 2**64-1, or leave the "
+                              "bound out"),
+)
 
 
 @lru_cache(maxsize=64)
