@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import itertools
 import logging
+from collections import Counter
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -24,7 +25,15 @@ import numpy as np
 import pandas as pd
 
 from pipeline.store import read_prompt_schemas, read_results, read_videos, results_folder
-from pipeline.structured import COLUMN_DTYPES, column_dtypes, column_kinds, json_value, property_choices, typed_value
+from pipeline.structured import (
+    COLUMN_DTYPES,
+    canonical_json,
+    column_dtypes,
+    column_kinds,
+    json_value,
+    property_choices,
+    typed_value,
+)
 from pipeline.thumbnails import decode_thumbnail
 from pipeline.words import visible
 
@@ -153,18 +162,23 @@ def typed_answers(df: pd.DataFrame, schemas: Mapping[str, Mapping[str, Any]]) ->
 
 @dataclass(frozen=True)
 class SchemaSummary:
-    """What the answers to schema prompts say, per prompt (:func:`schema_summary`).
+    """What the answers to schema prompts say, per prompt and settings (:func:`schema_summary`).
+
+    A prompt answered under several settings (``config_id``: another model, other generation
+    settings) gets a row per settings: their answers are never blended.
 
     Attributes:
-        outcomes: One row per schema prompt (index ``prompt_id``): ``prompt``, ``answers`` (ok
-            rows) and the share of them that ended ``stop`` (complete and valid), ``length``
-            (cut at ``generation.max_tokens``) and ``invalid`` (ended, not valid).
-        counts: How often each value came: ``prompt_id``, ``prompt``, ``property``, ``value``,
-            ``count``, for boolean properties (``True``, ``False``), enums and consts: every
-            value the schema allows, in its order, ``None`` among them where it allows null (an
-            answer that gives the property as null), 0 where none came.
-        ranges: ``prompt_id``, ``prompt``, ``property``, ``values`` (answers with one), ``min``,
-            ``median``, ``max``, for integer and number properties.
+        outcomes: One row per schema prompt and settings that answered it (index ``prompt_id``,
+            ``config_id``): ``prompt``, ``model`` (the rows' ``model``), ``answers`` (ok rows)
+            and the share of them that ended ``stop`` (complete and valid), ``length`` (cut at
+            ``generation.max_tokens``) and ``invalid`` (ended, not valid).
+        counts: How often each value came: ``prompt_id``, ``config_id``, ``prompt``,
+            ``property``, ``value``, ``count``, for boolean properties (``True``, ``False``),
+            enums and consts, of one type or mixed: every value the schema allows, in its order,
+            ``None`` among them where it allows null (an answer that gives the property as null),
+            0 where none came. Values match as JSON does: ``true`` is not ``1``, ``1.0`` is ``1``.
+        ranges: ``prompt_id``, ``config_id``, ``prompt``, ``property``, ``values`` (answers with
+            one), ``min``, ``median``, ``max``, for integer and number properties.
     """
 
     outcomes: pd.DataFrame
@@ -173,48 +187,56 @@ class SchemaSummary:
 
 
 def schema_summary(df: pd.DataFrame, schemas: Mapping[str, Mapping[str, Any]]) -> SchemaSummary:
-    """Per schema prompt: how its answers ended, counts for its booleans and enums, min, median
-    and max for its numbers.
+    """Per schema prompt and settings (``config_id``): how its answers ended, counts for its
+    booleans, enums and consts, min, median and max for its numbers.
 
     Args:
         df: Rows from :func:`load_results` (with the typed columns).
         schemas: ``prompt_id`` → schema (:func:`load_schemas`).
     """
     ok = df[df["status"].eq("ok")]
-    outcomes, counted, ranges = [], [], []
+    outcomes: list[dict[str, Any]] = []
+    counted: list[dict[str, Any]] = []
+    ranges: list[dict[str, Any]] = []
     for prompt_id, schema in schemas.items():
-        rows = ok[ok["prompt_id"].eq(prompt_id)]
-        if rows.empty:
-            continue
-        prompt = rows["prompt"].iloc[0]
-        finish = rows["finish_reason"].value_counts()
-        outcomes.append(
-            {"prompt_id": prompt_id, "prompt": prompt, "answers": len(rows),
-             **{reason: finish.get(reason, 0) / len(rows) for reason in FINISH_REASONS}}
-        )
-        answers = rows["answer_json"].map(json_value)
         choices = property_choices(schema)
-        for name, dtype in column_dtypes(schema).items():
-            if name not in rows.columns:
-                continue  # typed apart by another night's schema: see typed_answers
-            if name in choices:
-                found = rows[name].value_counts()
-                nulls = sum(isinstance(answer, dict) and name in answer and answer[name] is None for answer in answers)
-                for value in choices[name]:
-                    count = nulls if value is None else int(found.get(value, 0))
-                    counted.append({"prompt_id": prompt_id, "prompt": prompt, "property": name,
-                                    "value": value, "count": count})
-            elif dtype in ("Int64", "Float64"):
+        numeric = [name for name, dtype in column_dtypes(schema).items() if dtype in ("Int64", "Float64")]
+        for config_id, rows in ok[ok["prompt_id"].eq(prompt_id)].groupby("config_id", dropna=False):
+            key = {"prompt_id": prompt_id, "config_id": config_id, "prompt": rows["prompt"].iloc[0]}
+            finish = rows["finish_reason"].value_counts()
+            outcomes.append(
+                {**key, "model": ", ".join(sorted(rows["model"].dropna().unique())), "answers": len(rows),
+                 **{reason: finish.get(reason, 0) / len(rows) for reason in FINISH_REASONS}}
+            )
+            answers = rows["answer_json"].map(json_value)
+            for name, values in choices.items():
+                found = Counter(_json_key(answer[name]) for answer in answers
+                                if isinstance(answer, dict) and name in answer)
+                counted.extend({**key, "property": name, "value": value, "count": found.get(_json_key(value), 0)}
+                               for value in values)
+            for name in numeric:
+                if name in choices or name not in rows.columns:
+                    continue  # counted; or typed apart by another night's schema: see typed_answers
                 numbers = rows[name].dropna().astype(float)
-                ranges.append({"prompt_id": prompt_id, "prompt": prompt, "property": name, "values": len(numbers),
+                ranges.append({**key, "property": name, "values": len(numbers),
                                "min": numbers.min(), "median": numbers.median(), "max": numbers.max()})
+    keys = ["prompt_id", "config_id", "prompt"]
     return SchemaSummary(
-        outcomes=pd.DataFrame(outcomes, columns=["prompt_id", "prompt", "answers", *FINISH_REASONS]).set_index(
-            "prompt_id"
+        outcomes=pd.DataFrame(outcomes, columns=[*keys, "model", "answers", *FINISH_REASONS]).set_index(
+            ["prompt_id", "config_id"]
         ),
-        counts=pd.DataFrame(counted, columns=["prompt_id", "prompt", "property", "value", "count"]),
-        ranges=pd.DataFrame(ranges, columns=["prompt_id", "prompt", "property", "values", "min", "median", "max"]),
+        counts=pd.DataFrame(counted, columns=[*keys, "property", "value", "count"]),
+        ranges=pd.DataFrame(ranges, columns=[*keys, "property", "values", "min", "median", "max"]),
     )
+
+
+def _json_key(value: Any) -> str | None:
+    """``value`` as JSON text that two values share only where JSON holds them equal (``1`` and
+    ``1.0``, not ``1`` and ``true``); ``None`` for what JSON has not (a NaN an answer spelled)."""
+    try:
+        return canonical_json(value)
+    except (TypeError, ValueError):
+        return None
 
 
 def counts(df: pd.DataFrame) -> dict[str, int]:

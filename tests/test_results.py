@@ -3,17 +3,24 @@
 
 from __future__ import annotations
 
+import json
 import logging
 import math
+import os
+import re
 from pathlib import Path
 from typing import Any
 
+import nbformat
 import numpy as np
 import pandas as pd
+import papermill
 import pyarrow as pa
 import pytest
 
+from pipeline.caption import make_questions
 from pipeline.errors import ConfigError
+from pipeline.report import write_report
 from pipeline.results import (
     COVERAGE_COLUMNS,
     THUMBNAIL,
@@ -29,10 +36,10 @@ from pipeline.results import (
     thumbnail_image,
     video_summary,
 )
-from pipeline.store import SCHEMA
+from pipeline.store import SCHEMA, ResultRow, write_chunk
 from pipeline.structured import check_schemas
-from tests.conftest import default_thumbnail, result_row, run_without_results, write_results
-from tests.test_structured import schema_row, write_run
+from tests.conftest import ROOT, default_thumbnail, result_row, run_without_results, write_results
+from tests.test_structured import NOTEBOOK, schema_row, write_run
 
 
 @pytest.fixture
@@ -391,3 +398,101 @@ def test_a_property_no_night_gives_a_column_is_not_warned_about(
         df = load_results(out)
 
     assert "seen" not in df.columns and not [r for r in caplog.records if r.levelno >= logging.WARNING]
+
+
+COUNT = {"text": "How many people?", "schema": {"type": "object", "properties": {
+    "people": {"type": "integer"}, "outdoor": {"type": "boolean"}}}}
+SHOWN = {"text": "Anything shown?", "schema": {"type": "object", "properties": {"shown": {"type": "boolean"}}}}
+
+
+def write_settings(out: Path, config_id: str, rows: list[ResultRow], entries: list[dict[str, Any]]) -> None:
+    """Commit ``rows`` of video ``a`` as a run with settings ``config_id`` asking ``entries`` does."""
+    prompts = [{"prompt_id": q.prompt_id, "text": q.text, "schema": json.loads(q.schema_json or "null")}
+               for q in make_questions(entries)]
+    write_chunk(out, "a", "part", config_id, rows, {"prompts": prompts})
+
+
+@pytest.fixture
+def two_models(tmp_path: Path) -> Path:
+    """One frame answered by model ``A`` (settings ``cfg1``: 1 person, outdoors) and by model
+    ``B`` (``cfg2``: 9 people, indoors); ``SHOWN`` asked under ``cfg1`` only."""
+    out = tmp_path / "out"
+    one = [schema_row("a", 0, COUNT, {"people": 1, "outdoor": True}, model="A"),
+           schema_row("a", 0, SHOWN, {"shown": True}, model="A")]
+    write_settings(out, "cfg1", one, [COUNT, SHOWN])
+    nine = schema_row("a", 0, COUNT, {"people": 9, "outdoor": False}, model="B", config_id="cfg2")
+    write_settings(out, "cfg2", [nine], [COUNT])
+    return out
+
+
+def test_schema_summary_keeps_the_answers_of_each_settings_apart(two_models: Path) -> None:
+    summary = schema_summary(load_results(two_models), load_schemas(two_models))
+
+    count, shown = make_questions([COUNT, SHOWN])
+    pairs = [(count.prompt_id, "cfg1"), (count.prompt_id, "cfg2"), (shown.prompt_id, "cfg1")]
+    assert summary.outcomes.index.names == ["prompt_id", "config_id"]
+    assert sorted(summary.outcomes.index) == sorted(pairs)
+    assert summary.outcomes.loc[pairs, ["model", "answers", "stop"]].values.tolist() == [
+        ["A", 1, 1.0], ["B", 1, 1.0], ["A", 1, 1.0]]
+    assert list(summary.ranges.columns[:2]) == list(summary.counts.columns[:2]) == ["prompt_id", "config_id"]
+    ranges = summary.ranges.set_index(["config_id", "property"])[["values", "min", "median", "max"]]
+    assert ranges.loc[("cfg1", "people")].tolist() == [1, 1.0, 1.0, 1.0]  # not min 1, median 5, max 9
+    assert ranges.loc[("cfg2", "people")].tolist() == [1, 9.0, 9.0, 9.0]
+    counted = summary.counts[summary.counts.prompt_id == count.prompt_id]
+    assert list(zip(counted.config_id, counted.value, counted["count"])) == [
+        ("cfg1", True, 1), ("cfg1", False, 0), ("cfg2", True, 0), ("cfg2", False, 1)]
+
+
+def test_the_report_shows_a_section_per_settings_of_a_prompt(two_models: Path) -> None:
+    page = write_report(two_models).read_text(encoding="utf-8")
+
+    section = page[page.index("<h2>Structured answers</h2>") :]
+    titles = [re.sub(r"<[^>]+>", "", title) for title in re.findall(r"<h3>(.*?)</h3>", section)]
+    assert titles == ["1. How many people? A config cfg1", "1. How many people? B config cfg2", "2. Anything shown?"]
+    first, second = section.split("<h3>")[1:3]
+    cells = [re.findall(r"<td[^>]*>([^<]*)</td>", part) for part in (first, second)]
+    assert cells[0] == ["outdoor", "True", "1", "", "False", "0", "people", "1", "1", "1", "1"]
+    assert cells[1] == ["outdoor", "True", "0", "", "False", "1", "people", "1", "9", "9", "9"]
+
+
+def test_the_notebook_keeps_the_answers_of_each_settings_apart(
+    two_models: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    notebook = nbformat.read(NOTEBOOK, as_version=4)
+    probe = "print('PROBE', structured.ranges[['config_id', 'property', 'min', 'max']].values.tolist())"
+    notebook.cells.append(nbformat.v4.new_code_cell(probe))
+    nbformat.write(notebook, tmp_path / "probed.ipynb")
+    monkeypatch.setenv("PYTHONPATH", os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")])))
+
+    papermill.execute_notebook(
+        str(tmp_path / "probed.ipynb"), str(tmp_path / "executed.ipynb"), parameters={"output_dir": str(two_models)},
+        cwd=str(NOTEBOOK.parent), kernel_name="python3", progress_bar=False,
+    )
+
+    cells = [c for c in nbformat.read(tmp_path / "executed.ipynb", as_version=4).cells if c.cell_type == "code"]
+    printed = "".join(o.get("text", "") for c in cells for o in c.outputs if o.output_type == "stream")
+    assert "PROBE [['cfg1', 'people', 1.0, 1.0], ['cfg2', 'people', 9.0, 9.0]]" in printed
+    (figures,) = [c for c in cells if "structured.outcomes.iterrows" in c.source]
+    assert sum("image/png" in o.get("data", {}) for o in figures.outputs) == 3  # a figure per prompt and settings
+
+
+def test_an_enum_of_mixed_types_counts_each_value_as_json_holds_it(tmp_path: Path) -> None:
+    out = tmp_path / "out"
+    properties = {"speaking": {"enum": [True, False, "unsure"]}, "level": {"enum": [1, 2, "high"]},
+                  "odd": {"enum": [True, 1, "1", None]}, "on": {"type": "boolean"}}
+    entry = {"text": "Is anyone speaking?", "schema": {"type": "object", "properties": properties}}
+    values: list[Any] = [{"speaking": True, "level": 1, "odd": True, "on": True},
+                         {"speaking": "unsure", "level": "high", "odd": 1},
+                         {"speaking": False, "level": 1, "odd": "1"}, {"speaking": True, "odd": None}]
+    write_run(out, "a", [schema_row("a", f, entry, v) for f, v in enumerate(values)], [entry])
+
+    df = load_results(out)
+    counted = schema_summary(df, load_schemas(out)).counts
+
+    assert not {"speaking", "level", "odd"} & set(df.columns)  # no typed column: counted from answer_json
+    assert [(p, v, type(v), n) for p, v, n in zip(counted.property, counted.value, counted["count"])] == [
+        ("speaking", True, bool, 2), ("speaking", False, bool, 1), ("speaking", "unsure", str, 1),
+        ("level", 1, int, 2), ("level", 2, int, 0), ("level", "high", str, 1),
+        ("odd", True, bool, 1), ("odd", 1, int, 1), ("odd", "1", str, 1), ("odd", None, type(None), 1),
+        ("on", True, bool, 1), ("on", False, bool, 0),
+    ]

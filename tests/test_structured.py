@@ -359,9 +359,9 @@ def test_schema_summary_counts_booleans_and_enums_and_ranges_numbers(mixed: Path
     summary = schema_summary(load_results(mixed), load_schemas(mixed))
 
     people = question_id(PEOPLE_ENTRY)
-    outcomes = summary.outcomes.loc[people]
+    outcomes = summary.outcomes.loc[(people, "cfg1")]  # one row per prompt and settings
     assert (outcomes["answers"], outcomes["stop"], outcomes["length"], outcomes["invalid"]) == (4, 0.75, 0.0, 0.25)
-    assert set(summary.outcomes.index) == {people, question_id(CROWD_ENTRY)}  # plain prompts have no row
+    assert set(summary.outcomes.index) == {(people, "cfg1"), (question_id(CROWD_ENTRY), "cfg1")}  # no plain prompt
     counted = summary.counts[summary.counts.prompt_id == people]
     assert counted.set_index(["property", "value"])["count"].to_dict() == {
         ("outdoor", True): 2, ("outdoor", False): 1, ("weather", "sun"): 1, ("weather", "rain"): 1,
@@ -377,7 +377,7 @@ def test_the_notebook_shows_each_schema_prompt(mixed: Path, tmp_path: Path, monk
     notebook = nbformat.read(NOTEBOOK, as_version=4)
     probe = (
         "import json\n"
-        "print('PROBE ' + json.dumps({'outcomes': json.loads(structured.outcomes.to_json()), "
+        "print('PROBE ' + json.dumps({'outcomes': json.loads(structured.outcomes.droplevel(1).to_json()), "
         "'counts': json.loads(structured.counts.to_json(orient='records'))}))"
     )
     notebook.cells.append(nbformat.v4.new_code_cell(probe))

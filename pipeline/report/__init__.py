@@ -12,9 +12,9 @@ away. The pages have no script and load nothing from the network, so they open o
   one, so a "nothing to do" night never hides it (:mod:`pipeline.summary`).
 - **Overview**: a row per video: duration, frames, coverage, answers, errors, latency, its
   subtitle tracks and its pages.
-- **Structured answers**: per prompt with a JSON Schema, the share of its answers that ended
-  stop, length and invalid, the counts of each boolean and enum value and the min, median and
-  max of each number (:func:`pipeline.results.schema_summary`).
+- **Structured answers**: per prompt with a JSON Schema and settings (``config_id``), the
+  share of its answers that ended stop, length and invalid, the counts of each boolean and
+  enum value and the min, median and max of each number (:func:`pipeline.results.schema_summary`).
 - **A section per video**: its summary, errors, a player (the video with its answers as
   subtitles, a track per prompt labelled with the prompt's number in the header, when the file
   is there, was read and its codec plays in browsers), and a contact sheet: a

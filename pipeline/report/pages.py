@@ -132,23 +132,28 @@ class Pages:
         )
 
     def _structured(self) -> list[dict[str, Any]]:
-        """Per schema prompt (:func:`pipeline.results.schema_summary`): its number and text, how
-        its answers ended, the counts of each boolean and enum value, the range of each number."""
+        """Per schema prompt and settings (:func:`pipeline.results.schema_summary`): its number and
+        text (and its settings and model where several answered it), how its answers ended, the
+        counts of each boolean and enum value, the range of each number."""
         summary = schema_summary(self.df, self.data.schemas)
-        return [
-            {
-                "number": self.numbers.get(str(prompt_id)), "prompt": outcome["prompt"], "answers": outcome["answers"],
-                "ends": {reason: outcome[reason] for reason in FINISH_REASONS},
+        settings = summary.outcomes.index.get_level_values("prompt_id").value_counts()
+        sections = []
+        for (prompt_id, config_id), outcome in summary.outcomes.iterrows():
+            counted = summary.counts[(summary.counts["prompt_id"] == prompt_id)
+                                     & (summary.counts["config_id"] == config_id)]
+            ranges = summary.ranges[(summary.ranges["prompt_id"] == prompt_id)
+                                    & (summary.ranges["config_id"] == config_id)]
+            sections.append({
+                "number": self.numbers.get(str(prompt_id)), "prompt": outcome["prompt"],
+                "config_id": config_id if settings[prompt_id] > 1 else None, "model": outcome["model"],
+                "answers": outcome["answers"], "ends": {reason: outcome[reason] for reason in FINISH_REASONS},
                 "counts": [
                     {"property": name, "values": list(zip(values["value"], values["count"]))}
-                    for name, values in summary.counts[summary.counts["prompt_id"] == prompt_id].groupby(
-                        "property", sort=False
-                    )
+                    for name, values in counted.groupby("property", sort=False)
                 ],
-                "ranges": summary.ranges[summary.ranges["prompt_id"] == prompt_id].to_dict("records"),
-            }
-            for prompt_id, outcome in summary.outcomes.iterrows()
-        ]
+                "ranges": ranges.to_dict("records"),
+            })
+        return sections
 
     def video_page(self, video_id: str, number: int, index: Path) -> str:
         """Page ``number`` of one video's section, in the assets folder."""
