@@ -273,9 +273,14 @@ def shell_word(arg: str) -> str:
         return '"' + arg.replace('"', '\\"') + '"'
     return shlex.quote(arg)
 
+
 def _with_fix(key: str, value: str) -> str:
     """``; write it as KEY="VALUE"`` (checked to parse back to ``value``), plus the way around
     quoting that the key has."""
+    if key.lstrip("+~") == "prompts" and "{" in value:
+        # Quoted, the list would be one text; Hydra reads no key that is not a plain word.
+        return "; put the prompts in a file, a YAML or JSON list of texts and {text: ..., schema: ...}: " \
+            "prompts_file=FILE.yaml"
     quoted = _quoted_override(key, value)
     fix = f"; write it as {shell_word(quoted)}" if quoted else "; quote the value"
     if key.lstrip("+~") in ("prompt", "prompts"):

@@ -486,3 +486,9 @@ def test_ctrl_c_while_the_command_line_is_checked_is_one_line() -> None:
         text=True, timeout=RUN_TIMEOUT_S,
     )
     assert_one_line_error(result, 130, "stopped by SIGINT before the run began: nothing was written")
+
+
+def test_a_schema_prompt_hydra_cannot_read_points_to_a_prompts_file_not_to_a_quoted_list() -> None:
+    result = run_cli("video=x.mp4", "model=tiny", "prompts=[{text: Q, schema: {type: object, properties: {ü: {}}}}]")
+    assert_one_line_error(result, 1, "Hydra cannot read", "YAML or JSON list", "prompts_file=FILE.yaml")
+    assert "write it as" not in result.stderr  # quoted, the list would be one text
