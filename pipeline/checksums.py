@@ -19,7 +19,7 @@ from typing import Any
 
 from pipeline.errors import StoreError
 from pipeline.files import read_json, write_json_atomic
-from pipeline.paths import user_cache_dir
+from pipeline.paths import user_cache_dir, user_path
 
 log = logging.getLogger(__name__)
 
@@ -39,7 +39,7 @@ def file_sha256(path: str | Path) -> str:
     Raises:
         OSError: The file cannot be read.
     """
-    resolved = Path(path).expanduser().resolve()
+    resolved = user_path(path).resolve()
     stat = resolved.stat()
     key = str(resolved)
     with _lock:

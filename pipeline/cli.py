@@ -48,6 +48,7 @@ from pipeline.executors.base import Executor
 from pipeline.inputs import check_shard, find_videos, names_one_file, searched_by
 from pipeline.lock import RunLock
 from pipeline.owed import EXPORT_DUE, REPORT_DUE, owe_export, owe_report, owed_export, paid
+from pipeline.paths import user_path
 from pipeline.presets import caption_spec
 from pipeline.run import CHANGED_NOTE, Pipeline, unique_prompts
 from pipeline.runlog import log_folder, record_crash, run_log, run_stamp, say_error
@@ -357,7 +358,7 @@ def _dry_run(
     """``dry_run=true``: print what a run would do; no model, no lock, nothing written (nor
     fetched: without the model files here, no video can be known done with them)."""
     end_quietly_when_the_reader_stops()  # dry_run=true | head
-    output_dir = Path(cfg.output_dir).expanduser().resolve()
+    output_dir = user_path(cfg.output_dir).resolve()
     known = identity or {"text_model": "not here", "mmproj": "not here"}
     pipeline = _pipeline(cfg, prompts, sampler, output_dir, known, retry_failed=False, thumbnail=None, read_only=True)
     tasks = pipeline.plan(videos, cfg.shard, cfg.num_shards)

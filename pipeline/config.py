@@ -24,7 +24,7 @@ from omegaconf import MISSING, DictConfig, OmegaConf
 
 from pipeline.errors import ConfigError
 from pipeline.listfile import STRUCTURED_SUFFIXES, read_list_file, read_structured_list
-from pipeline.paths import not_a_folder, unwritable, user_cache_dir
+from pipeline.paths import not_a_folder, unwritable, user_cache_dir, user_path
 from pipeline.structured import PromptEntry
 
 
@@ -339,12 +339,12 @@ def _check_places(cfg: DictConfig) -> None:
     if cfg.model.dir is not None:
         folders.append((cfg.model.dir, "the model files (model.dir)"))
     for folder, what in folders:
-        if not_a_folder(Path(folder).expanduser().absolute()) is not None:
-            raise ConfigError(unwritable(Path(folder).expanduser(), None, what))
+        if not_a_folder(user_path(folder).absolute()) is not None:
+            raise ConfigError(unwritable(user_path(folder), None, what))
     for key in ("text", "mmproj"):
         value = cfg.model[key]
-        if value is not None and not Path(value).expanduser().is_file():
-            path = Path(value).expanduser().absolute()
+        if value is not None and not user_path(value).is_file():
+            path = user_path(value).absolute()
             raise ConfigError(f"model.{key}={path} is not a file; give the path of a GGUF file")
 
 
@@ -407,7 +407,7 @@ def prompts_of(cfg: DictConfig) -> list[PromptEntry]:
     if cfg.prompt is not None:
         return [cfg.prompt]
     if cfg.prompts_file is not None:
-        return _read_prompts_file(Path(cfg.prompts_file).expanduser())
+        return _read_prompts_file(user_path(cfg.prompts_file))
     return cast(list[PromptEntry], OmegaConf.to_container(cfg.prompts, resolve=True))
 
 

@@ -30,7 +30,8 @@ from typing import BinaryIO
 from pipeline.errors import ConfigError, InputError, UserError
 from pipeline.files import read_json, write_json_atomic
 from pipeline.listfile import read_list_file
-from pipeline.paths import printable
+from pipeline.paths import printable, user_path
+from pipeline.words import visible
 
 log = logging.getLogger(__name__)
 
@@ -56,17 +57,18 @@ def find_videos(spec: str, extensions: list[str]) -> list[Path]:
         raise InputError(
             "video= is empty (an unset variable?); pass a video file, a folder, a glob or a manifest"
         )
-    path = Path(spec).expanduser()
+    path = user_path(spec)
     wanted = _suffixes(extensions)
     if is_manifest(path):
         return read_manifest(path)
-    if path.exists() and not path.is_dir():  # a FIFO named alone, too: it becomes an error record
+    # os.path's tests, not Path's: they say False for a name no file can have (too long, a NUL).
+    if os.path.exists(path) and not os.path.isdir(path):  # a FIFO named alone, too: it becomes an error record
         return [path]
-    if path.is_dir():
+    if os.path.isdir(path):
         # A folder named like a video (x.mp4/) is kept: it becomes an error record.
         return sorted(p for p, _ in _walk(path, lambda names: True) if p.suffix.lower() in wanted)
     if glob.has_magic(spec):
-        return _glob(path)
+        return _glob(path, spec)
     raise InputError(
         f"video={spec} does not exist; pass a video file, a folder, a glob or a manifest"
     )
@@ -79,10 +81,10 @@ def searched_by(specs: list[str], extensions: list[str]) -> Callable[[Path], boo
     wanted = _suffixes(extensions)
     folders, patterns = [], []
     for spec in specs:
-        path = Path(spec).expanduser()
-        if path.is_dir():
+        path = user_path(spec)
+        if os.path.isdir(path):
             folders.append(os.path.abspath(path))
-        elif glob.has_magic(spec) and not path.exists():
+        elif glob.has_magic(spec) and not os.path.exists(path):
             parts = Path(os.path.abspath(path)).parts
             fixed = next(i for i, part in enumerate(parts) if glob.has_magic(part))
             patterns.append((parts[:fixed], parts[fixed:]))
@@ -108,13 +110,20 @@ def read_manifest(path: Path) -> list[Path]:
     allowed): one path per line, relative to the manifest's folder, exactly as written but for
     the line break (a name may begin or end with spaces); a blank line, or one whose first
     character that is not blank is ``#``, is skipped (a ``#`` elsewhere is part of the name;
-    ``./#name.mp4`` lists a name that starts with one). A path listed again (as written, or as
+    ``./#name.mp4`` lists a name that starts with one; a line with a NUL byte, which no name can
+    hold, is skipped with a warning). A path listed again (as written, or as
     ``./a.mp4`` for ``a.mp4``) is the same entry: it is taken once, with a log line.
 
     Raises:
         InputError: The manifest cannot be read as UTF-8.
     """
-    listed = [path.parent / Path(line).expanduser() for line in read_list_file(path, "video", "path", verbatim=True)]
+    listed = []
+    for line in read_list_file(path, "video", "path", verbatim=True):
+        if "\0" in line:  # no file name holds one, and the OS refuses to look one up
+            log.warning("%s lists %s, with a NUL byte no file name can hold: it is skipped", printable(path),
+                        visible(line))
+            continue
+        listed.append(path.parent / line)
     for video, times in Counter(listed).items():
         if times > 1:
             log.info("%s lists %s %d times: it is taken once", printable(path), printable(video), times)
@@ -123,14 +132,14 @@ def read_manifest(path: Path) -> list[Path]:
 
 def is_manifest(path: Path) -> bool:
     """Whether ``video=`` names a manifest (a list of videos) rather than a video."""
-    return path.is_file() and path.suffix.lower() in MANIFEST_SUFFIXES
+    return os.path.isfile(path) and path.suffix.lower() in MANIFEST_SUFFIXES
 
 
 def names_one_file(spec: str) -> bool:
     """Whether ``video=`` names one video file itself, not a folder, glob or manifest: such a
     file is taken as it is, however new (see :func:`unsettled`)."""
-    path = Path(spec).expanduser()
-    return path.is_file() and not is_manifest(path)
+    path = user_path(spec)
+    return os.path.isfile(path) and not is_manifest(path)
 
 
 def _walk(root: Path, enter: Callable[[tuple[str, ...]], bool]) -> Iterator[tuple[Path, tuple[str, ...]]]:
@@ -168,12 +177,22 @@ def _folder_identity(path: Path) -> tuple[int, int] | None:
     return (info.st_dev, info.st_ino) if stat.S_ISDIR(info.st_mode) else None
 
 
-def _glob(pattern: Path) -> list[Path]:
+def _glob(pattern: Path, spec: str) -> list[Path]:
     """The entries that ``pattern`` matches, as :func:`glob.glob` with ``recursive=True`` has
-    them (``**`` any number of folders, ``*`` no hidden name), found by :func:`_walk`."""
+    them (``**`` any number of folders, ``*`` no hidden name), found by :func:`_walk`.
+
+    Raises:
+        InputError: The folder the pattern starts from is not there (an unmounted share is
+            no empty inbox).
+    """
     parts = pattern.parts
     fixed = next(i for i, part in enumerate(parts) if glob.has_magic(part))
     root = Path(*parts[:fixed]) if fixed else Path(".")
+    if not os.path.isdir(root):
+        raise InputError(
+            f"video={spec}: its folder {printable(root)} does not exist or is no folder (a share not mounted?); "
+            "pass a glob whose folder exists"
+        )
     wild = parts[fixed:]
     return sorted(
         path for path, names in _walk(root, lambda names: _matches(names, wild, prefix=True))
@@ -413,7 +432,7 @@ def os_reason(path: Path, error: OSError) -> str:
     name = printable(path)
     if isinstance(error, FileNotFoundError):
         return f"vanished or missing: {name}{_blank_ends(path.name)}"
-    if isinstance(error, IsADirectoryError) or path.is_dir():
+    if isinstance(error, IsADirectoryError) or os.path.isdir(path):
         return f"is a directory, not a video: {name}"
     if isinstance(error, NotARegularFile):
         return f"{error.strerror}, not a video: {name}"

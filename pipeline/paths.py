@@ -8,6 +8,14 @@ import os
 from pathlib import Path
 
 
+def user_path(text: str | os.PathLike[str]) -> Path:
+    """A path the user typed, a leading ``~`` or ``~name`` made that home folder where there is
+    one; any other name as written: ``~clip.mp4`` names a file (``Path.expanduser`` would look
+    for a user ``clip.mp4``, and raise where there is none). A path a run recorded, or a
+    manifest's line, is taken as written, not through here."""
+    return Path(os.path.expanduser(os.fspath(text)))
+
+
 def user_cache_dir() -> Path:
     """The per-user cache folder (not created here).
 
@@ -16,9 +24,9 @@ def user_cache_dir() -> Path:
     """
     explicit = os.environ.get("VIDEO_CAPTION_CACHE")
     if explicit:
-        return Path(explicit).expanduser()
+        return user_path(explicit)
     base = os.environ.get("XDG_CACHE_HOME") or "~/.cache"
-    return Path(base).expanduser() / "video-caption-pipeline"
+    return user_path(base) / "video-caption-pipeline"
 
 
 def printable(path: str | os.PathLike[str]) -> str:
@@ -53,14 +61,14 @@ def unwritable(folder: Path, error: OSError | None, what: str) -> str:
     """One line for ``what`` that could not be written into ``folder`` (``error``: what
     writing it said; ``None``: a file stands in the way, found before trying): which folder
     must be writable, and (for the user cache) the variable that moves it."""
-    blocker = not_a_folder(folder.expanduser().absolute())
+    blocker = not_a_folder(user_path(folder).absolute())
     if blocker is not None:
         reason = f"{blocker} is a file, not a folder" if blocker.is_file() else f"{blocker} is not a folder"
     else:
         reason = str(error.strerror or error) if error is not None else "cannot be created"
     must = "that must be a writable folder" if blocker is not None else "that folder must be writable"
     line = f"cannot write {what} into {folder} ({reason}): {must}"
-    cache = user_cache_dir().expanduser().absolute()
-    if folder.expanduser().absolute().is_relative_to(cache):
+    cache = user_cache_dir().absolute()
+    if user_path(folder).absolute().is_relative_to(cache):
         line += f"; {'or' if blocker else f'make {cache} writable, or'} set VIDEO_CAPTION_CACHE to a writable folder"
     return line

@@ -13,7 +13,6 @@ The overrides are checked as the command line checks them (:mod:`pipeline.overri
 from __future__ import annotations
 
 import dataclasses
-from pathlib import Path
 from typing import Any, TypeVar
 
 from omegaconf import DictConfig, OmegaConf
@@ -22,6 +21,7 @@ from pipeline.caption import Captioner, CaptionSpec, EngineKnobs, GenerationSett
 from pipeline.config import check_caption_values, compose_config, prompts_of
 from pipeline.errors import ConfigError
 from pipeline.overrides import checked_overrides, unknown_choice
+from pipeline.paths import user_path
 
 Record = TypeVar("Record")
 
@@ -100,4 +100,4 @@ def _plain(record: type[Record], node: Any) -> Record:
 
 def _absolute(path: str | None) -> str | None:
     """A configured path made absolute; ``None`` stays."""
-    return None if path is None else str(Path(path).expanduser().absolute())
+    return None if path is None else str(user_path(path).absolute())

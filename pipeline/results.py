@@ -24,6 +24,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from pipeline.paths import user_path
 from pipeline.store import read_prompt_schemas, read_results, read_videos, results_folder
 from pipeline.structured import (
     COLUMN_DTYPES,
@@ -107,7 +108,7 @@ def load_results(output_dir: str | Path) -> pd.DataFrame:
 def load_schemas(output_dir: str | Path) -> dict[str, dict[str, Any]]:
     """The JSON Schema of each schema prompt answered in ``output_dir``, by ``prompt_id`` (for
     :func:`schema_summary`)."""
-    return read_prompt_schemas(Path(output_dir).expanduser())
+    return read_prompt_schemas(user_path(output_dir))
 
 
 def typed_answers(df: pd.DataFrame, schemas: Mapping[str, Mapping[str, Any]]) -> pd.DataFrame:
@@ -426,7 +427,7 @@ def coverage(df: pd.DataFrame, videos: pd.DataFrame) -> pd.DataFrame:
 def load_videos(output_dir: str | Path) -> pd.DataFrame:
     """Per-video facts of ``output_dir`` (one row per video decoded by a run that kept them):
     duration, fps, size, codec, frames decoded; see :func:`pipeline.store.read_videos`."""
-    return read_videos(Path(output_dir).expanduser())
+    return read_videos(user_path(output_dir))
 
 
 def thumbnail_bytes(row: Mapping[str, Any] | pd.Series) -> bytes | None:

@@ -23,6 +23,7 @@ from typing import Any
 from pipeline.errors import UserError
 from pipeline.options import asks_help, number, parse_options
 from pipeline.owed import owed
+from pipeline.paths import user_path
 from pipeline.runlog import console_logging, say_error
 from pipeline.signals import end_quietly_when_the_reader_stops
 from pipeline.store import QUARANTINE, StoreError, read_results
@@ -67,7 +68,7 @@ def main(argv: list[str] | None = None) -> int:
     end_quietly_when_the_reader_stops()
     try:
         options = parse_options(args, _KEYS, ("output_dir",))
-        lines = status_lines(Path(options["output_dir"]).expanduser().resolve(),
+        lines = status_lines(user_path(options["output_dir"]).resolve(),
                              number(options, "runs", RECENT_RUNS, minimum=1))
     except UserError as error:
         say_error(str(error))

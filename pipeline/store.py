@@ -45,6 +45,7 @@ import pyarrow.parquet as pq
 
 from pipeline.errors import StoreError
 from pipeline.files import read_json, write_atomic, write_json_atomic
+from pipeline.paths import user_path
 
 if TYPE_CHECKING:  # pandas loads only where results are read back, not on a run's start
     import pandas as pd
@@ -191,7 +192,7 @@ def prepare_output_dir(output_dir: str | Path) -> Path:
     Raises:
         StoreError: It cannot be created or written.
     """
-    path = Path(output_dir).expanduser().resolve()
+    path = user_path(output_dir).resolve()
     try:
         path.mkdir(parents=True, exist_ok=True)
         probe = path / f".write-test-{uuid.uuid4().hex}"
@@ -337,7 +338,7 @@ def results_folder(output_dir: str | Path) -> Path:
         FileNotFoundError: It is not a folder, or no run wrote to it (neither a run record nor
             a result chunk): a mistyped path reads as no results, not as an empty night.
     """
-    path = Path(output_dir).expanduser().resolve()
+    path = user_path(output_dir).resolve()
     if not path.is_dir():
         raise FileNotFoundError(f"output_dir {path} is not a folder; run the pipeline first or pass its output_dir")
     if not (path / RUNS_DIR).is_dir() and not result_files(path):

@@ -190,11 +190,11 @@ def cli_env(**extra: str) -> dict[str, str]:
 
 
 def run_cli(*args: str, cwd: Path = ROOT) -> subprocess.CompletedProcess[str]:
-    """Run ``python -m pipeline ARGS`` and capture its output."""
+    """Run ``python -m pipeline ARGS`` (this checkout's, from any ``cwd``) and capture its output."""
     return subprocess.run(
         [sys.executable, "-m", "pipeline", *args],
         cwd=cwd,
-        env=cli_env(),
+        env=cli_env(PYTHONPATH=str(ROOT)),
         capture_output=True,
         text=True,
         timeout=RUN_TIMEOUT_S,

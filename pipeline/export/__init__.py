@@ -50,6 +50,7 @@ from pipeline.export.names import (
 from pipeline.files import write_bytes_atomic
 from pipeline.options import OptionError, asks_help, parse_options
 from pipeline.owed import settle_export
+from pipeline.paths import user_path
 from pipeline.results import printable, prompt_numbers, typed_answers
 from pipeline.runlog import console_logging, say_error
 from pipeline.signals import end_quietly_when_the_reader_stops
@@ -317,7 +318,7 @@ def export(
     if layout not in LAYOUTS:
         raise ValueError(f"unknown layout={layout}; choose {' or '.join(LAYOUTS)}")
     root = results_folder(output_dir)
-    folder = Path(out).expanduser().resolve() if out else root / EXPORT_DIR
+    folder = user_path(out).resolve() if out else root / EXPORT_DIR
     prompts = read_prompts(root)  # their schemas type the answers, their order numbers them
     videos = read_videos(root)
     df = with_cue_ends(load_rows(root, prompt_schemas(prompts)), videos)

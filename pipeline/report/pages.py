@@ -234,7 +234,7 @@ class Pages:
         plays in browsers (``codec`` set: it does not play)."""
         if answers.empty or self.data.output_dir is None:
             return None  # nothing was read of it (an unreadable file): no empty player
-        path = Path(answers["video_path"].iloc[0]).expanduser().resolve()
+        path = Path(answers["video_path"].iloc[0]).resolve()
         if not path.is_file():
             return None
         codec = (self.data.facts(video_id) or {}).get("codec") or ""
@@ -274,7 +274,7 @@ class Pages:
             row["number"] = self.numbers.get(str(row["prompt_id"])) if len(self.numbers) > 1 else None
         first = rows[0]
         frame_index = int(first["frame_index"])
-        video_uri = Path(first["video_path"]).expanduser().resolve().as_uri()
+        video_uri = Path(first["video_path"]).resolve().as_uri()
         # Rows of one frame share one thumbnail; any row's will do.
         thumbnail = next(filter(None, (thumbnail_bytes(row) for row in rows)), None)
         end_s = self.ends.get((video_id, first["config_id"], first["frame_index"]))

@@ -13,6 +13,7 @@ import pandas as pd
 from pipeline.errors import UserError
 from pipeline.export import EXPORT_DIR, Track, tracks_of, with_cue_ends, write_tracks
 from pipeline.files import write_bytes_atomic
+from pipeline.paths import user_path
 from pipeline.report.data import ReportData, with_run
 from pipeline.report.pages import Pages
 from pipeline.results import load_results
@@ -73,7 +74,7 @@ def write_report(
     """
     if page_frames < 1:
         raise UserError(f"page_frames must be >= 1, got {page_frames}")
-    output_dir = Path(output_dir).expanduser().resolve()
+    output_dir = user_path(output_dir).resolve()
     df = load_results(output_dir)
     if video_id is not None:
         if not df["video_id"].eq(video_id).any():
@@ -81,7 +82,7 @@ def write_report(
             raise UserError(f"video_id={video_id} is not in {output_dir} (it has: {known})")
         df = df[df["video_id"] == video_id]
     default_name = "_report.html" if video_id is None else f"_report-{video_id}.html"
-    out = Path(out_path).expanduser().resolve() if out_path else output_dir / default_name
+    out = user_path(out_path).resolve() if out_path else output_dir / default_name
     assets = out.with_name(f"{out.stem}_files")
     videos = read_videos(output_dir)
     prompts = read_prompts(output_dir)  # their order numbers them; their schemas type the answers
