@@ -9,7 +9,8 @@ in two. :func:`argument_error` finds these and words the fix: the override quote
 the shell and Hydra read it as meant, or ``prompts_file=``; also a list setting given twice, of
 which Hydra would keep the last. :func:`config_error` finds an override that names no setting,
 adds or removes one, or gives one a value of the wrong type; :func:`as_written` quotes the text
-settings that Hydra would type (``video=true``).
+settings that Hydra would type (``video=true``) and keeps a ``${...}`` in them as text, where
+OmegaConf would read an interpolation (``prompt=Cost in ${USD}?``).
 """
 
 from __future__ import annotations
@@ -23,11 +24,11 @@ from typing import Any
 
 from hydra import compose, initialize_config_dir
 from hydra.core.override_parser.overrides_parser import OverridesParser
-from hydra.core.override_parser.types import Override, OverrideType
+from hydra.core.override_parser.types import ChoiceSweep, Override, OverrideType
 from hydra.errors import HydraException, OverrideParseException
 from omegaconf import DictConfig, ListConfig
 from omegaconf.errors import OmegaConfBaseException
-from omegaconf.nodes import BooleanNode, FloatNode, IntegerNode, StringNode
+from omegaconf.nodes import AnyNode, BooleanNode, FloatNode, IntegerNode, StringNode
 
 from pipeline.config import compose_config, config_dir
 from pipeline.errors import ConfigError
@@ -113,9 +114,15 @@ def _list_items(value: str) -> list[str]:
 
 
 def as_written(overrides: list[str]) -> list[str]:
-    """The overrides, those of a text setting (a path, a prompt) whose value Hydra would read as
-    a number, a boolean or null (``video=true``, ``output_dir=1.50``) quoted, so that the run
-    gets the text as typed. The overrides must have passed :func:`config_error`."""
+    """The overrides, so that the run gets a text setting (a path, a prompt, a list of them) as
+    typed: quoted where Hydra would read a number, a boolean or null (``video=true``,
+    ``output_dir=1.50``), and each ``${`` in it escaped (:func:`_kept_as_text`), where OmegaConf
+    would read an interpolation and put another value or a variable in its place. The overrides
+    must have passed :func:`config_error`.
+
+    Raises:
+        ConfigError: A text with ``${`` that Hydra's grammar cannot carry (not seen in practice).
+    """
     parser = OverridesParser.create()
     parsed = [(arg, parser.parse_overrides([arg])[0]) for arg in overrides]
     base = _base_config(tuple(arg for arg, override in parsed if _is_group(override)))
@@ -125,8 +132,88 @@ def as_written(overrides: list[str]) -> list[str]:
         text = isinstance(_node(base, key), StringNode) or key == "video"
         typed = isinstance(value, (bool, int, float)) or (value is None and key == "video")
         quoted = _quoted_override(key, arg.partition("=")[2]) if text and typed else None
-        written.append(quoted or arg)
+        kept = _kept_as_text(arg, override) if _takes_text(base, key) else None
+        written.append(quoted or kept or arg)
     return written
+
+
+# ``${`` with the backslashes before it: OmegaConf reads ``${...}`` in a text as an interpolation
+# (another setting, ``${oc.env:VAR}``), ``\${`` as the text ``${`` and ``\\`` before it as ``\``.
+_INTERPOLATION = re.compile(r"(\\*)\$\{")
+
+
+def _takes_text(cfg: DictConfig, key: str) -> bool:
+    """Whether ``key`` is a text setting, or a list or a setting of any form (``video``,
+    ``export``) whose texts are to be kept as typed; not Hydra's own ``hydra.*``."""
+    return isinstance(_node(cfg, key), (StringNode, AnyNode, ListConfig))
+
+
+def _has_interpolation(value: Any) -> bool:
+    """Whether a text of ``value`` (a text, or a list or mapping of them) holds ``${``."""
+    if isinstance(value, str):
+        return "${" in value
+    items = value.values() if isinstance(value, dict) else value if isinstance(value, list) else []
+    return any(_has_interpolation(item) for item in items)
+
+
+def _escaped(value: Any) -> Any:
+    """``value`` with every ``${`` of its texts escaped for OmegaConf, which then reads it as typed."""
+    if isinstance(value, str):
+        return _INTERPOLATION.sub(lambda found: 2 * found.group(1) + "\\${", value)
+    if isinstance(value, list):
+        return [_escaped(item) for item in value]
+    if isinstance(value, dict):
+        return {key: _escaped(item) for key, item in value.items()}
+    return value
+
+
+def _kept_as_text(arg: str, override: Override) -> str | None:
+    """The override of a text setting written so that OmegaConf reads each ``${`` in its value as
+    text (``prompt='Cost in \\${USD}?'``), ``None`` where there is none. Every text in the value
+    (a list's items, a sweep's choices under ``-m``) is written in quotes.
+
+    Raises:
+        ConfigError: Hydra would not read the override written so back as that value.
+    """
+    choices = _choices(override)
+    if choices is None or not _has_interpolation(choices):
+        return None
+    wanted = [_escaped(choice) for choice in choices]
+    written = f"{arg.partition('=')[0]}={','.join(_hydra_value(choice) for choice in wanted)}"
+    try:
+        (read,) = OverridesParser.create().parse_overrides([written])
+    except OverrideParseException:
+        read = None
+    if read is not None and _choices(read) == wanted:
+        return written
+    raise ConfigError(f"{shell_word(arg)}: Hydra cannot carry its text with ${{ as typed; leave out the $ or put "
+                      "the text in a file (prompts_file=FILE, a manifest video=FILE.txt)")
+
+
+def _choices(override: Override) -> list[Any] | None:
+    """The values an override gives its key: one, or a sweep's choices (``-m``); ``None`` for a
+    sweep of another kind (a range, an interval, a shuffled choice)."""
+    value = override.value()
+    if not override.is_sweep_override():
+        return [value]
+    if isinstance(value, ChoiceSweep) and not value.shuffle:
+        return [Override._convert_value(choice) for choice in value.list]
+    return None
+
+
+def _hydra_value(value: Any) -> str:
+    """``value`` (a text, number, boolean or null, or a list or mapping of them) in Hydra's
+    override grammar: a text in single quotes, escaping a quote and the backslashes before one."""
+    if isinstance(value, str):
+        return "'" + re.sub(r"(\\*)('|\Z)", lambda found: 2 * found.group(1) + "\\" * bool(found.group(2))
+                            + found.group(2), value) + "'"
+    if isinstance(value, list):
+        return "[" + ",".join(_hydra_value(item) for item in value) + "]"
+    if isinstance(value, dict):
+        return "{" + ",".join(f"{key}:{_hydra_value(item)}" for key, item in value.items()) + "}"
+    if value is None or isinstance(value, bool):
+        return {None: "null", True: "true", False: "false"}[value]
+    return repr(value)  # a number, as Hydra writes it (1.5, 1e-05, inf)
 
 
 @functools.lru_cache(maxsize=4)
@@ -165,10 +252,28 @@ def config_error(overrides: list[str]) -> str | None:
         if override.type != OverrideType.CHANGE:
             fixed = shell_word(f"{key}={arg.partition('=')[2]}")
             return f"{shell_word(arg)}: {key} is a setting already; set it without '+': {fixed}"
-    try:
-        compose_config([arg for arg, override in parsed if not override.is_sweep_override()])
+        if _has_interpolation(_choices(override)) and (problem := _interpolation_error(arg, key, base)):
+            return problem
+    try:  # as the run will have them: a text's ${ escaped, which OmegaConf checks otherwise
+        compose_config(as_written([arg for arg, override in parsed if not override.is_sweep_override()]))
+    except ConfigError as error:
+        return str(error)
     except (HydraException, OmegaConfBaseException) as error:
         return _composition_error(error, parsed, base)
+    return None
+
+
+def _interpolation_error(arg: str, key: str, cfg: DictConfig) -> str | None:
+    """The error for a ``${...}`` (text on the command line: :func:`as_written`) in a number or a
+    boolean, or in a setting of a node that Hydra builds an object of (``sampler``, ``executor``:
+    it resolves the node once more, reading the text as an interpolation after all)."""
+    if isinstance(_node(cfg, key), (BooleanNode, FloatNode, IntegerNode)):
+        value, form = arg.partition("=")[2], _value_form(cfg, key)
+        return f"{shell_word(arg)}: {key} takes {form}, not {value!r} (${{...}} is text here, not an interpolation)"
+    parts = key.split(".")
+    if any("_target_" in _node(cfg, ".".join(parts[:end])) for end in range(1, len(parts))):
+        return f"{shell_word(arg)}: {key} cannot hold ${{...}}, which building the {parts[0]} would read as an " \
+            "interpolation; give the value itself"
     return None
 
 
