@@ -150,20 +150,35 @@ def _failing(
 
 
 def _waiting(runs: list[dict[str, Any]]) -> list[tuple[str, str]]:
-    """The videos the last finished run of each shard left waiting, with why."""
-    last: dict[str, dict[str, Any]] = {}
-    for run in runs:
-        if run["state"] != RUNNING:
-            last[str(run.get("shard") or "")] = run
+    """The videos the current runs left waiting, with why. Current: the last ended run (finished
+    or killed) of each shard of the newest sharding; a shard's record older than a later run with
+    another ``num_shards`` is not (an unsharded night after sharded ones, or the other way round).
+    A video that a later run took (captioned, failed, skipped, or planned to caption: any state
+    but waiting) waits no more."""
+    ended = [(i, run) for i, run in enumerate(runs) if run["state"] != RUNNING]
+    current: dict[str, tuple[int, dict[str, Any]]] = {}
+    for i, run in reversed(ended):
+        if _num_shards(run) != _num_shards(ended[-1][1]):
+            break
+        current.setdefault(str(run.get("shard") or ""), (i, run))
     found = []
-    for run in last.values():
+    for i, run in sorted(current.values(), key=lambda entry: entry[0]):
+        taken = {
+            str(video.get("path")) for later in runs[i + 1:] for video in later.get("videos") or []
+            if video.get("status") != "waiting"
+        }
         for video in run.get("videos") or []:
-            if video.get("status") == "waiting":
+            if video.get("status") == "waiting" and str(video.get("path")) not in taken:
                 why = video.get("note") or "not settled"
                 if "min_age_s" not in why:
                     why += f" (min_age_s={run.get('min_age_s')})"
                 found.append((str(video.get("path")), why))
     return found
+
+
+def _num_shards(run: dict[str, Any]) -> str:
+    """The ``<n>`` of a shard's record (``shard<i>of<n>``), "" for an unsharded run."""
+    return str(run.get("shard") or "").partition("of")[2]
 
 
 def _owed_lines(output_dir: Path) -> list[str]:
