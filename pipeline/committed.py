@@ -60,8 +60,16 @@ def chunk_files(output_dir: Path, video_id: str, config_id: str) -> list[Path]:
     return [path for kind in ChunkName.KINDS for path in sorted(folder.glob(ChunkName.pattern(kind, config_id)))]
 
 
-def read_committed(output_dir: Path, video_id: str, config_id: str, move_damaged: bool = True) -> Committed:
-    """The keys already committed for a video under ``config_id``.
+def error_files(output_dir: Path, video_id: str, config_id: str) -> list[Path]:
+    """A video's error files (its error records and frame errors) for ``config_id``."""
+    return sorted((output_dir / video_id).glob(ChunkName.pattern("errors", config_id)))
+
+
+def read_committed(
+    output_dir: Path, video_id: str, config_id: str, move_damaged: bool = True, leave_out: Collection[Path] = ()
+) -> Committed:
+    """The keys already committed for a video under ``config_id``; the chunk files of
+    ``leave_out`` are not read (error files that a retry replaces: their keys are asked again).
 
     A chunk file that does not read (damaged on disk) is moved aside (:func:`quarantine`;
     left where it is with ``move_damaged=False``, for a dry run): its keys count as missing,
@@ -69,6 +77,8 @@ def read_committed(output_dir: Path, video_id: str, config_id: str, move_damaged
     """
     committed = Committed()
     for path in chunk_files(output_dir, video_id, config_id):
+        if path in leave_out:
+            continue
         try:
             table = pq.read_table(path, columns=["frame_index", "prompt_id", "error"])
         except (pa.ArrowException, OSError) as damage:
@@ -160,12 +170,10 @@ def quarantine(output_dir: Path, path: Path, error: Exception) -> Path:
 
 
 def remove_error_records(output_dir: Path, video_id: str, config_id: str) -> int:
-    """Delete a video's error files for ``config_id`` (before retrying it); returns how many.
-
-    Deleting first is safe: if the retry is killed, the work is simply missing and the next
-    run does it.
-    """
-    files = list((output_dir / video_id).glob(ChunkName.pattern("errors", config_id)))
+    """Delete a video's error files for ``config_id``, records that are no longer true (its path
+    reads again, holds other content, or is gone); returns how many. A retry's old records go
+    later, with its first write (:attr:`pipeline.plan.VideoTask.retired`)."""
+    files = error_files(output_dir, video_id, config_id)
     for path in files:
         path.unlink()
     return len(files)

@@ -3,8 +3,9 @@
 Each video of the shard gets its content id. A video whose work is already complete (a
 ``_done`` marker, whose chunks are all there and read whole: see
 :func:`~pipeline.store.verify_chunks`) or that failed before (an error record;
-``retry_failed=true`` retries it) is skipped without being opened, so re-running a finished
-night does nothing, quickly, and loads no model. A file that has not settled (still being
+``retry_failed=true`` retries it; its record goes with the retry's first write:
+:meth:`VideoTask.retire`) is skipped without being opened, so re-running a finished night does
+nothing, quickly, and loads no model. A file that has not settled (still being
 copied in: :class:`~pipeline.inputs.Readiness`) is left for the next run; an entry that cannot
 be read gets one error record, once (filed by the run loop, :mod:`pipeline.run`).
 """
@@ -20,6 +21,7 @@ from pathlib import Path
 from pipeline.committed import (
     Committed,
     done_marker,
+    error_files,
     missing_chunks,
     read_committed,
     remove_error_records,
@@ -53,6 +55,16 @@ class VideoTask:
     in_model_since: float | None = None  # when its first frame entered the model (epoch s)
     record_id: str | None = None  # where its error record goes, if not under its video_id
     failed: dict[tuple[int, str], str] = field(default_factory=dict)  # (frame, prompt_id) → this run's error
+    retired: list[Path] = field(default_factory=list)  # error files its new outcome replaces: see retire()
+
+    def retire(self) -> None:
+        """Remove the error files that the video's new outcome replaces (a retry's, or a record
+        of an earlier reason), as the run's first write for it begins (the run loop's writer
+        thread calls this before each write): a night that ends before then (a setting the
+        model refuses, a signal) leaves them, and none of their keys is written beside them."""
+        for path in self.retired:
+            path.unlink(missing_ok=True)
+        self.retired = []
 
 
 class Planner:
@@ -153,8 +165,10 @@ class Planner:
         self._forget_path_failure(task)
         self._forget_replaced_content(task)
         marker = done_marker(self.output_dir, outcome.video_id, self.work_id)
-        if self.retry_failed and remove_error_records(self.output_dir, outcome.video_id, self.config_id):
-            marker.unlink(missing_ok=True)  # done by an older version despite failed frames
+        if self.retry_failed:
+            task.retired = error_files(self.output_dir, outcome.video_id, self.config_id)
+            if task.retired:
+                marker.unlink(missing_ok=True)  # done by an older version despite failed frames
         damaged = [] if self.read_only else verify_chunks(self.output_dir, outcome.video_id, self.config_id)
         if marker.exists():
             moved = {chunk.name for chunk in damaged}
@@ -169,7 +183,9 @@ class Planner:
                     outcome.path, ", ".join(gone),
                 )
             marker.unlink()
-        task.committed = read_committed(self.output_dir, outcome.video_id, self.config_id, not self.read_only)
+        task.committed = read_committed(
+            self.output_dir, outcome.video_id, self.config_id, not self.read_only, leave_out=task.retired
+        )
         held = task.committed.holding_error(self.prompt_ids)
         if held is not None:
             outcome.status = "skipped"
@@ -217,16 +233,17 @@ class Planner:
 
     def _plan_failure(self, task: VideoTask, reason: str) -> None:
         """An entry that cannot be read: one error record per entry and reason, not one a night
-        (a new reason replaces the old record; ``retry_failed=true`` looks again)."""
+        (a new reason replaces the old record as the run writes it; ``retry_failed=true`` looks
+        again)."""
         video_id = task.outcome.video_id
-        if self.retry_failed:
-            remove_error_records(self.output_dir, video_id, self.config_id)
-        before = read_committed(self.output_dir, video_id, self.config_id, not self.read_only).video_error
+        before = None
+        if not self.retry_failed:
+            before = read_committed(self.output_dir, video_id, self.config_id, not self.read_only).video_error
         if before == reason:
             task.outcome.status = "skipped"
             task.outcome.error = f"failed before: {reason}"
             return
-        if before is not None and not self.read_only:
-            remove_error_records(self.output_dir, video_id, self.config_id)
+        if not self.read_only and (self.retry_failed or before is not None):
+            task.retired = error_files(self.output_dir, video_id, self.config_id)
         task.outcome.status = "error"
         task.outcome.error = reason

@@ -51,7 +51,7 @@ from pipeline.store import (
     write_videos_table,
 )
 from pipeline.structured import PromptEntry, check_schemas
-from pipeline.summary import RunSummary, VideoOutcome, WorkerStats
+from pipeline.summary import RunSummary, WorkerStats
 from pipeline.words import plural
 
 log = logging.getLogger(__name__)
@@ -383,7 +383,7 @@ class Pipeline:
         if task.outcome.status == "waiting":  # changed under the run: its rows may describe other content
             return
         if rows or frames:
-            self._submit_write(self._commit, task.outcome, rows, frames)
+            self._submit_write(self._commit, task, rows, frames)
 
     def _submit_error_record(self, task: VideoTask, by_prompt: dict[str, str] | None = None) -> None:
         """Commit the video's error record: one for the whole video, or, where its answers
@@ -392,12 +392,14 @@ class Pipeline:
             rows = [self._error_row(task, reason, prompt_id) for prompt_id, reason in by_prompt.items()]
         else:
             rows = [self._error_row(task, task.outcome.error or "unknown error")]
-        self._submit_write(self._commit, task.outcome, rows, 0)
+        self._submit_write(self._commit, task, rows, 0)
         log.warning("failed %s: %s", task.outcome.path, task.outcome.error)
 
-    def _commit(self, outcome: VideoOutcome, rows: list[ResultRow], frames: int) -> None:
+    def _commit(self, task: VideoTask, rows: list[ResultRow], frames: int) -> None:
         """Write rows of one video (answers and error rows each to a chunk of their kind); the
         video's counts grow by what was written, so a run that stops says only what it committed."""
+        task.retire()  # on the writer thread, before the video's first write of the run
+        outcome = task.outcome
         ok = [r for r in rows if r.status == "ok"]
         for kind, chunk in (("part", ok), ("errors", [r for r in rows if r.status != "ok"])):
             if chunk:
@@ -425,6 +427,7 @@ class Pipeline:
             raise
 
     def _mark_done(self, task: VideoTask) -> None:
+        task.retire()
         outcome = task.outcome
         outcome.status = "done"
         mark_done(self.output_dir, outcome.video_id, self.work_id, self.config_id, asdict(outcome))
