@@ -21,6 +21,23 @@ NOTEBOOK = ROOT / "notebooks" / "analyze_captions.ipynb"
 PROBE = 'import json\nprint("PROBE " + json.dumps({"headline": headline, "timeline_text": timeline_text}))'
 
 
+def run_notebook(
+    output_dir: Path, probe: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> tuple[list[nbformat.NotebookNode], str]:
+    """Run the notebook on ``output_dir`` (papermill, this checkout's pipeline), with the code
+    ``probe`` as a last cell: the executed code cells, and all they printed."""
+    notebook = nbformat.read(NOTEBOOK, as_version=4)
+    notebook.cells.append(nbformat.v4.new_code_cell(probe))
+    nbformat.write(notebook, tmp_path / "probed.ipynb")
+    monkeypatch.setenv("PYTHONPATH", os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")])))
+    papermill.execute_notebook(
+        str(tmp_path / "probed.ipynb"), str(tmp_path / "executed.ipynb"),
+        parameters={"output_dir": str(output_dir)}, cwd=str(NOTEBOOK.parent), kernel_name="python3", progress_bar=False,
+    )
+    cells = [c for c in nbformat.read(tmp_path / "executed.ipynb", as_version=4).cells if c.cell_type == "code"]
+    return cells, "".join(o.get("text", "") for c in cells for o in c.outputs if o.output_type == "stream")
+
+
 def parameters_index(notebook: nbformat.NotebookNode) -> int:
     """Index of the one cell tagged ``parameters``."""
     (index,) = [
@@ -57,28 +74,10 @@ def test_notebook_runs_on_a_tiny_run_and_counts_right(
     idle = run_cli(*cli_base, f"video={videos}", "max_frames=3")
     assert "nothing to do" in idle.stderr, idle.stderr
     idle_run = last_run(out)
-    notebook = nbformat.read(NOTEBOOK, as_version=4)
-    notebook.cells.append(nbformat.v4.new_code_cell(PROBE))
-    probed = tmp_path / "probed.ipynb"
-    nbformat.write(notebook, probed)
+    # Relative, as the README runs it; raises PapermillExecutionError, with the cell and its
+    # traceback, if any cell fails.
+    cells, printed = run_notebook(Path(os.path.relpath(out, NOTEBOOK.parent)), PROBE, tmp_path, monkeypatch)
 
-    # The kernel imports this checkout's pipeline, as the tests do, not an installed copy.
-    monkeypatch.setenv(
-        "PYTHONPATH", os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")]))
-    )
-    # Raises PapermillExecutionError, with the cell and its traceback, if any cell fails.
-    papermill.execute_notebook(
-        str(probed),
-        str(tmp_path / "executed.ipynb"),
-        parameters={"output_dir": os.path.relpath(out, NOTEBOOK.parent)},
-        cwd=str(NOTEBOOK.parent),
-        kernel_name="python3",
-        progress_bar=False,
-    )
-
-    executed = nbformat.read(tmp_path / "executed.ipynb", as_version=4)
-    outputs = [o for cell in executed.cells if cell.cell_type == "code" for o in cell.outputs]
-    printed = "".join(o.get("text", "") for o in outputs if o.output_type == "stream")
     probe = json.loads(printed.split("PROBE ", 1)[1].splitlines()[0])
     df = pd.read_parquet(out)
     frames = len(df[["video_id", "frame_index"]].dropna().drop_duplicates())
@@ -108,4 +107,4 @@ def test_notebook_runs_on_a_tiny_run_and_counts_right(
     for video_id, rows in ok.sort_values("timestamp_s").groupby("video_id"):
         expected = [textwrap.shorten(" ".join(a.split()), 70, placeholder=" …") for a in rows.answer]
         assert probe["timeline_text"][video_id] == expected
-    assert any("image/png" in o.get("data", {}) for o in outputs), "no figure was drawn"
+    assert any("image/png" in o.get("data", {}) for c in cells for o in c.outputs), "no figure was drawn"

@@ -6,15 +6,12 @@ from __future__ import annotations
 import json
 import logging
 import math
-import os
 import re
 from pathlib import Path
 from typing import Any
 
-import nbformat
 import numpy as np
 import pandas as pd
-import papermill
 import pyarrow as pa
 import pytest
 
@@ -38,8 +35,9 @@ from pipeline.results import (
 )
 from pipeline.store import SCHEMA, ResultRow, write_chunk
 from pipeline.structured import check_schemas
-from tests.conftest import ROOT, default_thumbnail, result_row, run_without_results, write_results
-from tests.test_structured import NOTEBOOK, schema_row, write_run
+from tests.conftest import default_thumbnail, result_row, run_without_results, write_results
+from tests.test_notebook import run_notebook
+from tests.test_structured import schema_row, write_run
 
 
 @pytest.fixture
@@ -458,19 +456,10 @@ def test_the_report_shows_a_section_per_settings_of_a_prompt(two_models: Path) -
 def test_the_notebook_keeps_the_answers_of_each_settings_apart(
     two_models: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    notebook = nbformat.read(NOTEBOOK, as_version=4)
     probe = "print('PROBE', structured.ranges[['config_id', 'property', 'min', 'max']].values.tolist())"
-    notebook.cells.append(nbformat.v4.new_code_cell(probe))
-    nbformat.write(notebook, tmp_path / "probed.ipynb")
-    monkeypatch.setenv("PYTHONPATH", os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")])))
 
-    papermill.execute_notebook(
-        str(tmp_path / "probed.ipynb"), str(tmp_path / "executed.ipynb"), parameters={"output_dir": str(two_models)},
-        cwd=str(NOTEBOOK.parent), kernel_name="python3", progress_bar=False,
-    )
+    cells, printed = run_notebook(two_models, probe, tmp_path, monkeypatch)
 
-    cells = [c for c in nbformat.read(tmp_path / "executed.ipynb", as_version=4).cells if c.cell_type == "code"]
-    printed = "".join(o.get("text", "") for c in cells for o in c.outputs if o.output_type == "stream")
     assert "PROBE [['cfg1', 'people', 1.0, 1.0], ['cfg2', 'people', 9.0, 9.0]]" in printed
     (figures,) = [c for c in cells if "structured.outcomes.iterrows" in c.source]
     assert sum("image/png" in o.get("data", {}) for o in figures.outputs) == 3  # a figure per prompt and settings

@@ -10,7 +10,6 @@ import csv
 import io
 import json
 import logging
-import os
 import re
 import subprocess
 import sys
@@ -18,9 +17,7 @@ from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
-import nbformat
 import pandas as pd
-import papermill
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
@@ -35,8 +32,7 @@ from pipeline.results import load_results, load_schemas, schema_summary
 from pipeline.store import SCHEMA, ResultRow, write_chunk
 from pipeline.structured import column_dtypes
 from tests.conftest import ROOT, RUN_TIMEOUT_S, SAMPLE_VIDEO, assert_one_line_error, cli_env, last_run, run_cli
-
-NOTEBOOK = ROOT / "notebooks" / "analyze_captions.ipynb"
+from tests.test_notebook import run_notebook
 
 PEOPLE = {
     "type": "object",
@@ -374,30 +370,20 @@ def test_schema_summary_counts_booleans_and_enums_and_ranges_numbers(mixed: Path
 
 
 def test_the_notebook_shows_each_schema_prompt(mixed: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    notebook = nbformat.read(NOTEBOOK, as_version=4)
     probe = (
         "import json\n"
         "print('PROBE ' + json.dumps({'outcomes': json.loads(structured.outcomes.droplevel(1).to_json()), "
         "'counts': json.loads(structured.counts.to_json(orient='records'))}))"
     )
-    notebook.cells.append(nbformat.v4.new_code_cell(probe))
-    nbformat.write(notebook, tmp_path / "probed.ipynb")
-    monkeypatch.setenv("PYTHONPATH", os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")])))
 
-    papermill.execute_notebook(
-        str(tmp_path / "probed.ipynb"), str(tmp_path / "executed.ipynb"), parameters={"output_dir": str(mixed)},
-        cwd=str(NOTEBOOK.parent), kernel_name="python3", progress_bar=False,
-    )
+    cells, printed = run_notebook(mixed, probe, tmp_path, monkeypatch)
 
-    executed = nbformat.read(tmp_path / "executed.ipynb", as_version=4)
-    outputs = [o for cell in executed.cells if cell.cell_type == "code" for o in cell.outputs]
-    printed = "".join(o.get("text", "") for o in outputs if o.output_type == "stream")
     shown = json.loads(printed.split("PROBE ", 1)[1].splitlines()[0])
     assert shown["outcomes"]["answers"] == {question_id(PEOPLE_ENTRY): 4, question_id(CROWD_ENTRY): 1}
     assert {"property": "outdoor", "value": True, "count": 2} in [
         {k: r[k] for k in ("property", "value", "count")} for r in shown["counts"]
     ]
-    (figures,) = [c for c in executed.cells if c.cell_type == "code" and "structured.outcomes.iterrows" in c.source]
+    (figures,) = [c for c in cells if "structured.outcomes.iterrows" in c.source]
     assert sum("image/png" in o.get("data", {}) for o in figures.outputs) == 2  # a figure per prompt
 
 
