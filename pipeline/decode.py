@@ -285,8 +285,11 @@ def _native_name(path: Path) -> tuple[str, tempfile.TemporaryDirectory[str] | No
     container's probe) in a folder of its own.
     """
     # Absolute: FFmpeg reads a relative "file:x.mp4" or "pipe:0.mp4" as a protocol and its
-    # argument (another file, stdin), never a name that starts with "/".
-    name = os.path.abspath(path)
+    # argument (another file, stdin), never a name that starts with "/". Not normalised
+    # (os.path.abspath): "link/../x.mp4" is where the link's target's parent has it, as the
+    # content id read it, not "x.mp4" here.
+    absolute = path.absolute()
+    name = str(absolute)
     try:
         name.encode("utf-8")
     except UnicodeEncodeError:
@@ -296,7 +299,7 @@ def _native_name(path: Path) -> tuple[str, tempfile.TemporaryDirectory[str] | No
     folder = tempfile.TemporaryDirectory(prefix="video-caption-")
     suffix = path.suffix if path.suffix.isascii() and path.suffix.isprintable() else ""
     link = Path(folder.name) / f"video{suffix}"
-    os.symlink(os.fsencode(path.absolute()), link)
+    os.symlink(os.fsencode(absolute), link)
     return str(link), folder
 
 

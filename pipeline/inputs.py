@@ -108,7 +108,8 @@ def _suffixes(extensions: list[str]) -> set[str]:
 def read_manifest(path: Path) -> list[Path]:
     """The videos a manifest lists (``.txt``/``.lst``/``.list``, UTF-8, a byte-order mark
     allowed): one path per line, relative to the manifest's folder, exactly as written but for
-    the line break (a name may begin or end with spaces); a blank line, or one whose first
+    the line break (a name may begin or end with spaces), but for a home folder (``~/``,
+    ``~user/``: :func:`~pipeline.paths.user_path`); a blank line, or one whose first
     character that is not blank is ``#``, is skipped (a ``#`` elsewhere is part of the name;
     ``./#name.mp4`` lists a name that starts with one; a line with a NUL byte, which no name can
     hold, is skipped with a warning). A path listed again (as written, or as
@@ -123,7 +124,7 @@ def read_manifest(path: Path) -> list[Path]:
             log.warning("%s lists %s, with a NUL byte no file name can hold: it is skipped", printable(path),
                         visible(line))
             continue
-        listed.append(path.parent / line)
+        listed.append(path.parent / user_path(line))
     for video, times in Counter(listed).items():
         if times > 1:
             log.info("%s lists %s %d times: it is taken once", printable(path), printable(video), times)

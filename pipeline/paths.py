@@ -11,8 +11,8 @@ from pathlib import Path
 def user_path(text: str | os.PathLike[str]) -> Path:
     """A path the user typed, a leading ``~`` or ``~name`` made that home folder where there is
     one; any other name as written: ``~clip.mp4`` names a file (``Path.expanduser`` would look
-    for a user ``clip.mp4``, and raise where there is none). A path a run recorded, or a
-    manifest's line, is taken as written, not through here."""
+    for a user ``clip.mp4``, and raise where there is none). A path a run recorded is taken as
+    written, not through here."""
     return Path(os.path.expanduser(os.fspath(text)))
 
 

@@ -69,17 +69,38 @@ _SUBSCHEMA_MAPS = frozenset({"properties", "patternProperties", "$defs", "defini
 def answer_shape(schema: Any) -> Any:
     """``schema`` without the keywords that only document it (``title``, ``description``,
     ``examples``, ...), at any depth: what constrains an answer, and so what a schema prompt's
-    ``prompt_id`` is made from. A property or a value named like such a keyword is kept."""
+    ``prompt_id`` is made from. A property or a value named like such a keyword is kept; so is
+    the whole schema where a ``$ref`` points into such a keyword (``#/$defs/a/default``), which
+    then constrains after all."""
+    if any(set(ref.split("/")) & _ANNOTATIONS for ref in _refs(schema)):
+        return schema
+    return _without_annotations(schema)
+
+
+def _refs(value: Any) -> Iterator[str]:
+    """Every ``$ref`` text anywhere in ``value``."""
+    if isinstance(value, dict):
+        for key, item in value.items():
+            if key == "$ref" and isinstance(item, str):
+                yield item
+            else:
+                yield from _refs(item)
+    elif isinstance(value, list):
+        for item in value:
+            yield from _refs(item)
+
+
+def _without_annotations(schema: Any) -> Any:
     if not isinstance(schema, dict):
-        return [answer_shape(item) for item in schema] if isinstance(schema, list) else schema
+        return [_without_annotations(item) for item in schema] if isinstance(schema, list) else schema
     shaped = {}
     for key, value in schema.items():
         if key in _ANNOTATIONS:
             continue
         if key in _SUBSCHEMA or (key in _SUBSCHEMA_LISTS and isinstance(value, list)):
-            value = answer_shape(value)
+            value = _without_annotations(value)
         elif key in _SUBSCHEMA_MAPS and isinstance(value, dict):
-            value = {name: answer_shape(spec) for name, spec in value.items()}
+            value = {name: _without_annotations(spec) for name, spec in value.items()}
         shaped[key] = value
     return shaped
 

@@ -203,6 +203,9 @@ def test_what_only_documents_a_schema_does_not_make_a_new_question() -> None:
         entry({"const": {"title": "a"}}),
         entry({"const": {"title": "b"}}),
         entry({"type": "integer", "maximum": 98}),
+        # A $ref into a documenting keyword makes it constrain: kept.
+        entry({"$ref": "#/$defs/h/examples/0"}, **{"$defs": {"h": {"examples": [{"type": "integer"}]}}}),
+        entry({"$ref": "#/$defs/h/examples/0"}, **{"$defs": {"h": {"examples": [{"type": "string"}]}}}),
     ]
     distinct = {q.prompt_id for q in make_questions([bare, *named_like_keywords])}
     assert len(distinct) == 1 + len(named_like_keywords)
