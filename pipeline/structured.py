@@ -362,6 +362,11 @@ def _check_schema(text: str, schema: Any) -> None:
             f"the schema of prompt {text!r} does not describe an object (type: object at its top level); "
             "give {type: object, properties: {...}}"
         )
+    if (chain := _required_cycle(schema)) is not None:
+        raise ConfigError(
+            f"the schema of prompt {text!r} requires {chain} to hold an object that requires it again, for ever "
+            "(a $ref back to where it started): no finite answer has it; make a property on the way optional"
+        )
     for where, pattern in _patterns(schema):
         if _reads_apart(pattern):
             raise ConfigError(
@@ -399,6 +404,32 @@ def _patterns(schema: Any, where: str = "") -> Iterator[tuple[str, str]]:
                 if key == "patternProperties":
                     yield at, name
                 yield from _patterns(spec, f"{at}/{name}")
+
+
+def _required_cycle(schema: Mapping[str, Any]) -> str | None:
+    """A chain of required properties, each a local ``$ref`` to an object schema, that comes back
+    to an object on the chain (``{required: [child], properties: {child: {$ref: "#"}}}``), as
+    ``child/child``; ``None`` where there is none."""
+    acyclic: set[int] = set()
+
+    def visit(node: Any, names: tuple[str, ...], chain: frozenset[int]) -> str | None:
+        if id(node) in chain:
+            return "/".join(names)
+        if id(node) in acyclic or not isinstance(node, Mapping) or node.get("type") != "object":
+            return None
+        properties, required = node.get("properties"), node.get("required")
+        if not isinstance(properties, Mapping) or not isinstance(required, list):
+            return None
+        for name in required:
+            spec = properties.get(name)
+            if isinstance(spec, Mapping) and set(spec) - _ANNOTATIONS == {"$ref"} and isinstance(spec["$ref"], str):
+                target = schema if spec["$ref"] == "#" else _local_target(spec["$ref"], schema)
+                if (found := visit(target, (*names, str(name)), chain | {id(node)})) is not None:
+                    return found
+        acyclic.add(id(node))
+        return None
+
+    return visit(schema, (), frozenset())
 
 
 def _reads_apart(pattern: str) -> bool:

@@ -135,6 +135,13 @@ def test_stop_strings_never_cut_a_json_answer(tiny_model_dir: Path) -> None:
          "at properties/a/anyOf/0/pattern"),
         ({"type": "object", "patternProperties": {"^[a--b]$": {"type": "integer"}}},
          "at patternProperties, '^[a--b]$'"),
+        # Required all the way down: no finite answer.
+        ({"type": "object", "properties": {"child": {"$ref": "#"}}, "required": ["child"]},
+         "requires child to hold an object that requires it again"),
+        ({"type": "object", "properties": {"a": {"$ref": "#/$defs/A"}}, "required": ["a"],
+          "$defs": {"A": {"type": "object", "properties": {"b": {"$ref": "#/$defs/B"}}, "required": ["b"]},
+                    "B": {"type": "object", "properties": {"a": {"$ref": "#/$defs/A"}}, "required": ["a"]}}},
+         "requires a/b/a to hold"),
         # llguidance's own words, and the pipeline's fix.
         ({"type": "object", "properties": {"n": {"oneOf": [{"type": "integer"}, {"type": "number"}]}}},
          "the pipeline has no such option: write anyOf"),
