@@ -279,10 +279,10 @@ class VideoReader:
 def _native_name(path: Path) -> tuple[str, tempfile.TemporaryDirectory[str] | None]:
     """The name OpenCV is given for ``path``, and the temporary folder to remove after.
 
-    The name is absolute. OpenCV converts a name to UTF-8 and crashes (a segfault, the whole night lost) on one that
-    is not (a Latin-1 name such as ``caf\xe9.mp4``, which Python keeps as surrogate escapes).
-    Such a file is opened through a symlink with an ASCII name (its suffix kept, for the
-    container's probe) in a folder of its own.
+    The name is absolute. OpenCV converts a name to UTF-8 and crashes (a segfault, the whole
+    night lost) on one that is not (a Latin-1 name such as ``caf\xe9.mp4``, which Python keeps
+    as surrogate escapes). Such a file is opened through a symlink with an ASCII name (its
+    suffix kept, for the container's probe) in a folder of its own.
     """
     # Absolute: FFmpeg reads a relative "file:x.mp4" or "pipe:0.mp4" as a protocol and its
     # argument (another file, stdin), never a name that starts with "/". Not normalised

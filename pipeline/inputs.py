@@ -85,9 +85,7 @@ def searched_by(specs: list[str], extensions: list[str]) -> Callable[[Path], boo
         if os.path.isdir(path):
             folders.append(os.path.abspath(path))
         elif glob.has_magic(spec) and not os.path.exists(path):
-            parts = Path(os.path.abspath(path)).parts
-            fixed = next(i for i, part in enumerate(parts) if glob.has_magic(part))
-            patterns.append((parts[:fixed], parts[fixed:]))
+            patterns.append(_split_glob(Path(os.path.abspath(path))))
 
     def searched(path: Path) -> bool:
         where = os.path.abspath(path)
@@ -186,19 +184,24 @@ def _glob(pattern: Path, spec: str) -> list[Path]:
         InputError: The folder the pattern starts from is not there (an unmounted share is
             no empty inbox).
     """
-    parts = pattern.parts
-    fixed = next(i for i, part in enumerate(parts) if glob.has_magic(part))
-    root = Path(*parts[:fixed]) if fixed else Path(".")
+    fixed, wild = _split_glob(pattern)
+    root = Path(*fixed) if fixed else Path(".")
     if not os.path.isdir(root):
         raise InputError(
             f"video={spec}: its folder {printable(root)} does not exist or is no folder (a share not mounted?); "
             "pass a glob whose folder exists"
         )
-    wild = parts[fixed:]
     return sorted(
         path for path, names in _walk(root, lambda names: _matches(names, wild, prefix=True))
         if _matches(names, wild, prefix=False)
     )
+
+
+def _split_glob(pattern: Path) -> tuple[tuple[str, ...], tuple[str, ...]]:
+    """A glob's names before its first wildcard (the folder it starts from) and from there on."""
+    parts = pattern.parts
+    fixed = next(i for i, part in enumerate(parts) if glob.has_magic(part))
+    return parts[:fixed], parts[fixed:]
 
 
 def _matches(names: tuple[str, ...], pattern: tuple[str, ...], prefix: bool) -> bool:
