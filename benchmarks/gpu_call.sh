@@ -206,6 +206,17 @@ case "$plan" in
            # is: no F16 copy to make), one pair, 16 frames a case
     bench mistral7b --seed "" --frames 16 --cases "p=1,w=keep,clipb=0;p=1,w=keep"
     ;;
+  call30)  # session 18: issue 27 point 3 on the card the issue names: the engine's pieces (probe) and its runs, one and
+           # three prompts, twice each; the pieces' isolated limits on the same card (piece_limits.py); the peer's best batches
+    bench mistral7b --seed "" --probe --frames 48 --cases "p=1;p=3;p=1;p=3"
+    timeout "$(left)" python3 benchmarks/piece_limits.py --shape mistral7b --out "$OUT" 2>&1 | tee -a "$OUT/bench.log"
+    if [ "$(left)" -gt 60 ]; then
+      T=$(( $(left) - 40 )) bench mistral7b --seed "" --cases "" --peer-batches 64,128 --peer-prompts 1 --peer-frames 128
+    fi
+    if [ "$(left)" -gt 40 ]; then
+      bench mistral7b --seed "" --cases "" --peer-batches 32,64 --peer-prompts 3 --peer-frames 64
+    fi
+    ;;
   *) echo "unknown plan $plan"; exit 2 ;;
 esac
 echo "call done after $(( $(date +%s) - started )) s"
