@@ -38,25 +38,20 @@ from pipeline.decode import format_timecode
 from pipeline.errors import StoreError
 from pipeline.executors.base import Captioned, Decoded, DecodeJob, Executor, FrameJob, Work
 from pipeline.executors.frames import VideoDecoder
-from pipeline.inputs import path_id
+from pipeline.inputs import holds_other_content, path_id
 from pipeline.plan import Planner, VideoTask
 from pipeline.progress import Progress
 from pipeline.sampling import Sampler
 from pipeline.signals import Stopped, check_stopped
-from pipeline.store import (
-    RESERVED_NAMES,
-    ResultRow,
-    write_chunk,
-    write_video_facts,
-    write_videos_table,
-)
+from pipeline.store import RESERVED_NAMES, ResultRow, write_chunk, write_video_facts, write_videos_table
 from pipeline.structured import PromptEntry, check_schemas
 from pipeline.summary import RunSummary, WorkerStats
 from pipeline.words import plural
 
 log = logging.getLogger(__name__)
 
-# Why a video found changed by its decoder (:attr:`Decoded.changed`) waits for the next run.
+# Why a video found changed by its decoder (:attr:`Decoded.changed`) or before a chunk is filed
+# waits for the next run.
 CHANGED_NOTE = "changed since the night was planned (a copy under way?); left for the next run"
 
 
@@ -309,9 +304,7 @@ class Pipeline:
         task.sent = event.sent
         task.outcome.frames_already_done = event.already_done
         if event.changed:
-            task.outcome.status = "waiting"
-            task.outcome.note = CHANGED_NOTE
-            log.info("waiting %s: %s", task.outcome.path, CHANGED_NOTE)
+            self._leave_changed(task)
         if event.facts is not None:
             self._submit_write(
                 write_video_facts, self.output_dir, task.outcome.video_id, task.outcome.path, asdict(event.facts)
@@ -378,8 +371,18 @@ class Pipeline:
             self._submit_write(self._mark_done, task)
         self._progress.video_finished()
 
+    def _leave_changed(self, task: VideoTask) -> None:
+        task.outcome.status, task.outcome.note = "waiting", CHANGED_NOTE
+        log.info("waiting %s: %s", task.outcome.path, CHANGED_NOTE)
+
     def _submit_chunk(self, task: VideoTask) -> None:
         rows, task.pending_rows, frames, task.pending_frames = task.pending_rows, [], task.pending_frames, 0
+        # Frames decoded before the decoder's last look (it looks again when it ends) may come
+        # from content written over the planned file since: each chunk is filed only while the
+        # path still holds the content its id names.
+        status, planned = task.outcome.status, task.outcome.video_id
+        if status == "todo" and not task.decoded_all and holds_other_content(task.path, planned):
+            self._leave_changed(task)
         if task.outcome.status == "waiting":  # changed under the run: its rows may describe other content
             return
         if rows or frames:

@@ -32,11 +32,13 @@ from tests.conftest import (
 CHANGED = "changed since the night was planned (a copy under way?); left for the next run"
 
 
-def changed_while_paused(args: list[str], tmp_path: Path, change: Path, to: bytes) -> subprocess.CompletedProcess[str]:
-    """Run a night that is paused once its plan is made, write ``to`` over ``change`` (as
-    ``cp`` does: truncate, then write), then let it go on to its end."""
+def changed_while_paused(
+    args: list[str], tmp_path: Path, change: Path, to: bytes, at: str = "run"
+) -> subprocess.CompletedProcess[str]:
+    """Run a night that is paused at ``at`` (by default once its plan is made), write ``to``
+    over ``change`` (as ``cp`` does: truncate, then write), then let it go on to its end."""
     marker, release = tmp_path / "planned", tmp_path / "go"
-    run = start_paused_run(args, "run", marker, release)
+    run = start_paused_run(args, at, marker, release)
     try:
         wait_for_pause(run, marker)
         change.write_bytes(to)
@@ -84,6 +86,27 @@ def test_a_video_replaced_after_the_plan_waits_and_nothing_is_filed_under_the_pl
     assert last_run(out)["videos_done"] == 1
     frames_of = answers(out).groupby("video_id").frame_index.nunique().to_dict()
     assert frames_of[planned_id] == 4 and frames_of[video_id_of(original)] == 5
+
+
+def test_a_video_rewritten_while_it_is_decoded_files_no_later_chunk_under_the_planned_id(
+    tiny_model_dir: Path, tmp_path: Path
+) -> None:
+    folder = make_night(tmp_path / "videos", n_videos=1, n_frames=40)
+    clip = folder / "v0.mp4"
+    planned_id = video_id_of(clip)
+    other = write_video(tmp_path / "other.mp4", n_frames=40, colour_of=tinted(200))
+    out = tmp_path / "out"
+    args = [*night_args(folder, out, tiny_model_dir, tmp_path), "engine.prefetch_frames=2"]
+    # Paused after its 4th frame's answers (the first chunk of 3 frames is filed): the decoder,
+    # two frames ahead and the model's two in flight, is far from the clip's end.
+    night = changed_while_paused(args, tmp_path, clip, other.read_bytes(), at="answer:local:4")
+    assert night.returncode == 0, night.stderr
+    assert f"waiting {clip}: {CHANGED}" in night.stderr
+    filed = pd.read_parquet(out / planned_id)
+    assert sorted(set(filed.frame_index)) == [0, 1, 2]  # the chunk filed before the change, no other
+    assert "_done" not in " ".join(filed_under(out, planned_id))
+    record = last_run(out)
+    assert (record["videos_done"], record["videos_waiting"]) == (0, 1)
 
 
 @pytest.mark.allow_error_logs
