@@ -24,8 +24,9 @@ from typing import Any
 
 from hydra import compose, initialize_config_dir
 from hydra.core.override_parser.overrides_parser import OverridesParser
-from hydra.core.override_parser.types import ChoiceSweep, Override, OverrideType
+from hydra.core.override_parser.types import ChoiceSweep, Override, OverrideType, Quote, QuotedString
 from hydra.errors import HydraException, OverrideParseException
+from hydra.grammar.gen.OverrideLexer import InputStream, OverrideLexer  # type: ignore[attr-defined]
 from omegaconf import DictConfig, ListConfig
 from omegaconf.errors import OmegaConfBaseException
 from omegaconf.nodes import AnyNode, BooleanNode, FloatNode, IntegerNode, StringNode
@@ -131,8 +132,8 @@ def as_written(overrides: list[str]) -> list[str]:
         key, value = override.key_or_group, override.value() if not override.is_sweep_override() else ""
         text = isinstance(_node(base, key), StringNode) or key == "video"
         typed = isinstance(value, (bool, int, float)) or (value is None and key == "video")
-        quoted = _quoted_override(key, arg.partition("=")[2]) if text and typed else None
-        kept = _kept_as_text(arg, override) if _takes_text(base, key) else None
+        quoted = f"{key}={_hydra_value(arg.partition('=')[2])}" if text and typed else None
+        kept = _kept_as_text(arg) if _takes_text(base, key) else None
         written.append(quoted or kept or arg)
     return written
 
@@ -167,15 +168,15 @@ def _escaped(value: Any) -> Any:
     return value
 
 
-def _kept_as_text(arg: str, override: Override) -> str | None:
+def _kept_as_text(arg: str) -> str | None:
     """The override of a text setting written so that OmegaConf reads each ``${`` in its value as
-    text (``prompt='Cost in \\${USD}?'``), ``None`` where there is none. Every text in the value
-    (a list's items, a sweep's choices under ``-m``) is written in quotes.
+    text, as are the backslashes typed before one (:func:`_as_typed`); ``None`` where there is none.
+    Every text in the value (a list's items, a sweep's choices under ``-m``) is written in quotes.
 
     Raises:
         ConfigError: Hydra would not read the override written so back as that value.
     """
-    choices = _choices(override)
+    choices = _choices(OverridesParser.create().parse_overrides([_as_typed(arg)])[0])
     if choices is None or not _has_interpolation(choices):
         return None
     wanted = [_escaped(choice) for choice in choices]
@@ -190,6 +191,16 @@ def _kept_as_text(arg: str, override: Override) -> str | None:
                       "the text in a file (prompts_file=FILE, a manifest video=FILE.txt)")
 
 
+def _as_typed(arg: str) -> str:
+    r"""``arg`` with each run of backslashes before a ``${`` outside quotes doubled, which Hydra halves
+    (``\\${`` is ``\${`` to it): a ``${``, and so the backslashes typed before one, are text as typed."""
+    key, _, value = arg.partition("=")
+    lexer = OverrideLexer(InputStream(value))
+    lexer.mode(OverrideLexer.VALUE_MODE)
+    starts = {token.start for token in lexer.getAllTokens() if token.type == OverrideLexer.INTERPOLATION}
+    return key + "=" + re.sub(r"\\+(?=\$\{)", lambda run: run[0] * (1 + (run.end() in starts)), value)
+
+
 def _choices(override: Override) -> list[Any] | None:
     """The values an override gives its key: one, or a sweep's choices (``-m``); ``None`` for a
     sweep of another kind (a range, an interval, a shuffled choice)."""
@@ -201,16 +212,16 @@ def _choices(override: Override) -> list[Any] | None:
     return None
 
 
-def _hydra_value(value: Any) -> str:
-    """``value`` (a text, number, boolean or null, or a list or mapping of them) in Hydra's
-    override grammar: a text in single quotes, escaping a quote and the backslashes before one."""
+def _hydra_value(value: Any, quote: str = "'") -> str:
+    """``value`` (a text, number, boolean or null, or a list or mapping of them) as Hydra reads it back,
+    the one way to quote: a text in ``quote`` (the other where it holds only that), escaped by Hydra."""
     if isinstance(value, str):
-        return "'" + re.sub(r"(\\*)('|\Z)", lambda found: 2 * found.group(1) + "\\" * bool(found.group(2))
-                            + found.group(2), value) + "'"
+        chosen = quote if quote not in value or {"'", '"'} <= set(value) else "'\"".replace(quote, "")
+        return QuotedString(text=value, quote=Quote.single if chosen == "'" else Quote.double).with_quotes()
     if isinstance(value, list):
-        return "[" + ",".join(_hydra_value(item) for item in value) + "]"
+        return "[" + ",".join(_hydra_value(item, quote) for item in value) + "]"
     if isinstance(value, dict):
-        return "{" + ",".join(f"{key}:{_hydra_value(item)}" for key, item in value.items()) + "}"
+        return "{" + ",".join(f"{key}:{_hydra_value(item, quote)}" for key, item in value.items()) + "}"
     if value is None or isinstance(value, bool):
         return {None: "null", True: "true", False: "false"}[value]
     return repr(value)  # a number, as Hydra writes it (1.5, 1e-05, inf)
@@ -247,7 +258,7 @@ def config_error(overrides: list[str]) -> str | None:
             return f"{shell_word(arg)} would remove a setting, which a run cannot do; set it instead: {key}=VALUE"
         if _is_group(override):
             continue
-        if not _has_key(base, key):
+        if _node(base, key) is None:
             return _of_another_choice(arg, key, groups) or _unknown_key(arg, key, base)
         if override.type != OverrideType.CHANGE:
             fixed = shell_word(f"{key}={arg.partition('=')[2]}")
@@ -282,10 +293,6 @@ def _is_group(override: Override) -> bool:
     return override.key_or_group in GROUPS or "/" in override.key_or_group
 
 
-def _has_key(cfg: DictConfig, key: str) -> bool:
-    return _node(cfg, key) is not None
-
-
 def _node(cfg: DictConfig, key: str) -> Any:
     """The node of a dotted key (its type and whether it takes null), ``None`` if there is none."""
     node: Any = cfg
@@ -316,7 +323,7 @@ def _of_another_choice(arg: str, key: str, group_overrides: list[str]) -> str | 
     group = key.split(".", 1)[0]
     if group not in GROUPS:
         return None
-    owners = [f"{group}={c}" for c in group_choices(group) if _has_key(compose_config([f"{group}={c}"]), key)]
+    owners = [f"{group}={c}" for c in group_choices(group) if _node(compose_config([f"{group}={c}"]), key) is not None]
     if not owners:
         return None
     with initialize_config_dir(config_dir=str(config_dir()), version_base="1.3"):
@@ -347,7 +354,7 @@ def _composition_error(
     cause = error.__cause__ if isinstance(error.__cause__, OmegaConfBaseException) else error
     key = getattr(cause, "full_key", None)
     arg = next((arg for arg, override in reversed(parsed) if override.key_or_group == key), None)
-    if key is None or arg is None or not _has_key(cfg, key):
+    if key is None or arg is None or _node(cfg, key) is None:
         return _first_line(error)
     value = arg.partition("=")[2]
     return f"{shell_word(arg)}: {key} takes {_value_form(cfg, key)}, not {value!r}"
@@ -386,19 +393,12 @@ def _with_fix(key: str, value: str) -> str:
         # Quoted, the list would be one text; Hydra reads no key that is not a plain word.
         return "; put the prompts in a file, a YAML or JSON list of texts and {text: ..., schema: ...}: " \
             "prompts_file=FILE.yaml"
-    quoted = _quoted_override(key, value)
-    fix = f"; write it as {shell_word(quoted)}" if quoted else "; quote the value"
+    fix = f"; write it as {shell_word(f'{key}={_hydra_value(value)}')}"
     if key.lstrip("+~") in ("prompt", "prompts"):
         return f"{fix}, or put the prompts in a file, one per line: prompts_file=FILE"
     if key.lstrip("+~") == "video":
         return f"{fix}, or list the videos in a manifest, one path per line: video=FILE.txt"
     return fix
-
-
-def _quoted_override(key: str, value: str) -> str | None:
-    """``key=<value quoted for Hydra>`` that Hydra reads back as ``value``, if there is one."""
-    candidates = [f"'{value}'", f'"{value}"', "'" + value.replace("'", "\\'") + "'"]
-    return next((f"{key}={c}" for c in candidates if _reads_as(f"{key}={c}", value)), None)
 
 
 def _reads_as(arg: str, value: Any) -> bool:
@@ -448,7 +448,7 @@ def _ambiguous_prompts(key: str, value: str) -> str:
     separate = [value[start + 1 : end].strip() for start, end in zip([0, *commas], [*commas, len(value) - 1])]
     cuts = [p for p in commas if not value[p + 1 : p + 2].isspace()]
     joined = [value[start + 1 : end].strip() for start, end in zip([0, *cuts], [*cuts, len(value) - 1])]
-    joined = [f'"{item}"' if ", " in item and item[:1] not in "'\"" else item for item in joined]
+    joined = [_hydra_value(item, '"') if ", " in item and item[:1] not in "'\"" else item for item in joined]
     as_separate, as_joined = (shell_word(key + "=[" + ",".join(items) + "]") for items in (separate, joined))
     return (
         f"{shell_word(f'{key}={value}')} is ambiguous: Hydra splits prompts at every comma, also at one in a "
