@@ -186,6 +186,21 @@ class SchemaSummary:
     counts: pd.DataFrame
     ranges: pd.DataFrame
 
+    def of(self, prompt_id: str, config_id: Any) -> tuple[pd.DataFrame, pd.DataFrame]:
+        """The ``counts`` and ``ranges`` rows of one row of ``outcomes``: a null ``config_id``
+        (rows of a file that holds none) is a settings of its own, matched as null."""
+        counts, ranges = (
+            table[table["prompt_id"].eq(prompt_id) & _same_key(table["config_id"], config_id)]
+            for table in (self.counts, self.ranges)
+        )
+        return counts, ranges
+
+
+def _same_key(column: pd.Series, key: Any) -> pd.Series:
+    """Where ``column`` holds ``key``, a null ``key`` matching the nulls (``==`` matches none):
+    what a ``groupby(..., dropna=False)`` puts in one group."""
+    return column.isna() if pd.isna(key) else column.eq(key).fillna(False).astype(bool)
+
 
 def schema_summary(df: pd.DataFrame, schemas: Mapping[str, Mapping[str, Any]]) -> SchemaSummary:
     """Per schema prompt and settings (``config_id``): how its answers ended, counts for its
@@ -308,7 +323,7 @@ def video_summary(df: pd.DataFrame) -> pd.DataFrame:
         cut=ok & finish.eq("length").fillna(False).astype(bool),
         ok_latency_ms=df["latency_ms"].where(ok),
     )
-    summary = rows.groupby("video_id", sort=False).agg(
+    summary = rows.groupby("video_id", sort=False, dropna=False).agg(
         video_path=("video_path", "first"),
         frames=("frame_index", "nunique"),
         prompts=("prompt_id", "nunique"),
@@ -367,7 +382,8 @@ def slowest_frames(df: pd.DataFrame, n: int = 10) -> pd.DataFrame:
         return pd.DataFrame(columns=FRAME_COLUMNS)
     thumbnails = framed[THUMBNAIL] if THUMBNAIL in framed.columns else pd.Series(None, index=framed.index)
     framed = framed.assign(ok=framed["status"].eq("ok"), **{THUMBNAIL: thumbnails})
-    frames = framed.groupby(["video_id", "config_id", "frame_index"], sort=False).agg(
+    # dropna=False: rows of files that hold no config_id (null) are frames too.
+    frames = framed.groupby(["video_id", "config_id", "frame_index"], sort=False, dropna=False).agg(
         video_path=("video_path", "first"),
         timecode=("timecode", "first"),
         timestamp_s=("timestamp_s", "first"),

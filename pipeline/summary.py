@@ -34,6 +34,7 @@ from typing import Any
 
 from pipeline.errors import StoreError
 from pipeline.files import write_json_atomic
+from pipeline.paths import printable
 from pipeline.runlog import run_stamp
 from pipeline.store import RUNS_DIR
 from pipeline.words import plural
@@ -151,7 +152,10 @@ class RunRecord:
         self._finished = False
         self._said_unwritten = False
         self._lock = threading.Lock()
-        self.facts = {"pid": os.getpid(), "host": socket.gethostname(), "shard": suffix.lstrip("-") or None, **facts}
+        self.facts = {
+            "pid": os.getpid(), "host": socket.gethostname(), "cwd": _cwd(), "shard": suffix.lstrip("-") or None,
+            **facts,
+        }
 
     @property
     def path(self) -> Path:
@@ -287,6 +291,14 @@ def engine_lines(record: dict[str, Any]) -> list[str]:
         where = " on ".join(str(engine[key]) for key in ("worker", "host") if engine.get(key))
         lines.setdefault(text, []).append(where or "?")
     return [f"{', '.join(workers)}: {text}" for text, workers in lines.items()]
+
+
+def _cwd() -> str | None:
+    """The folder the run works in, which places the relative paths it records (``None``: gone)."""
+    try:
+        return printable(os.getcwd())
+    except OSError:
+        return None
 
 
 def _alive(pid: int, started: float) -> bool:

@@ -157,10 +157,7 @@ def test_frames_have_anchors_and_links_to_their_time(output_dir: Path) -> None:
 
 
 def test_answers_name_their_settings_when_a_video_has_several(tmp_path: Path) -> None:
-    write_results(
-        tmp_path,
-        [result_row(config_id="cfgA"), result_row(config_id="cfgB", model="llava16_34b")],
-    )
+    write_results(tmp_path, [result_row(config_id="cfgA"), result_row(config_id="cfgB", model="llava16_34b")])
 
     page = render_report(load_results(tmp_path), "t")
 

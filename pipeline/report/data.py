@@ -1,9 +1,11 @@
 """What the report's pages are made from, beyond the rows: the run records, the settings of each
-``config_id``, the videos' facts, the subtitle tracks and the thumbnails the pages reference;
-and the header's figures, as plain values for the templates (:mod:`pipeline.report.pages`)."""
+``config_id``, the videos' facts and files, the subtitle tracks and the thumbnails the pages
+reference; and the header's figures, as plain values for the templates (:mod:`pipeline.report.pages`)."""
 
 from __future__ import annotations
 
+import os
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -11,6 +13,7 @@ from typing import Any
 import pandas as pd
 
 from pipeline.export import Track
+from pipeline.inputs import holds_other_content
 from pipeline.results import counts, prompt_numbers
 from pipeline.summary import FINISHED, engine_lines, worked
 
@@ -32,6 +35,9 @@ class ReportData:
             (:func:`pipeline.results.load_schemas`).
         asked: Every prompt's ``prompt_id`` in the order first asked, which numbers them
             (:func:`pipeline.store.prompt_order`).
+        files: Each answered ``(video_id, video_path)``'s file on this machine and whether it
+            is known to hold that video (:func:`video_files`); a path not in it is taken as
+            it resolves from the current folder.
     """
 
     output_dir: Path | None = None
@@ -43,6 +49,16 @@ class ReportData:
     thumbnails: dict[str, bytes] = field(default_factory=dict)
     schemas: dict[str, dict[str, Any]] = field(default_factory=dict)
     asked: list[str] = field(default_factory=list)
+    files: dict[tuple[str, str], tuple[Path, bool]] = field(default_factory=dict)
+
+    def video_file(self, video_id: str, video_path: str) -> tuple[Path, bool]:
+        """The file a row's recorded ``video_path`` names here, and whether it may be played
+        (it is there and, where the path had to be placed, holds the video's content)."""
+        found = self.files.get((str(video_id), str(video_path)))
+        if found is not None:
+            return found
+        path = resolved(Path(video_path))
+        return path, path.is_file()
 
     def facts(self, video_id: str) -> dict[str, Any] | None:
         """The video's facts, if it was decoded."""
@@ -50,6 +66,64 @@ class ReportData:
             return None
         found = self.videos[self.videos["video_id"] == video_id]
         return None if found.empty else {str(k): v for k, v in found.iloc[0].items()}
+
+
+def video_files(
+    df: pd.DataFrame, runs: Sequence[Mapping[str, Any]], here: Path | None = None
+) -> dict[tuple[str, str], tuple[Path, bool]]:
+    """Where the videos of the answered rows are on this machine, for the links and players.
+
+    A row's ``video_path`` is kept as the night was given it, so a relative one is relative to
+    the folder the night ran in (the ``cwd`` of the run records that list it, newest first), not
+    to the folder the report is written from (``here``, the process's by default; the only
+    place left for a night that recorded no folder). The first of these places where the file
+    is and holds the video's content (:func:`pipeline.inputs.holds_other_content`) is it; where
+    none does, the night's folder (the file has moved or gone), with no player.
+
+    Returns:
+        ``(video_id, video_path)`` → (the file, whether it may be played).
+    """
+    here = Path.cwd() if here is None else here
+    pairs = df.loc[df["frame_index"].notna(), ["video_id", "video_path"]].dropna().drop_duplicates()
+    recorded = _run_folders(runs)
+    found: dict[tuple[str, str], tuple[Path, bool]] = {}
+    for key in zip(pairs["video_id"].astype(str), pairs["video_path"].astype(str)):
+        video_id, video_path = key
+        if os.path.isabs(video_path):
+            path = resolved(Path(video_path))
+            found[key] = (path, path.is_file())
+        else:
+            found[key] = _placed(video_id, video_path, recorded.get(key, []), here)
+    return found
+
+
+def _placed(video_id: str, video_path: str, folders: list[Path], here: Path) -> tuple[Path, bool]:
+    for folder in [*folders, here]:
+        path = resolved(folder / video_path)
+        if path.is_file() and not holds_other_content(path, video_id):
+            return path, True
+    return resolved((folders[0] if folders else here) / video_path), False
+
+
+def resolved(path: Path) -> Path:
+    """``path`` made absolute, its links followed where they can be (not in a loop)."""
+    try:
+        return path.resolve()
+    except (OSError, RuntimeError):  # RuntimeError: a symlink loop (Python < 3.13)
+        return Path(os.path.abspath(path))
+
+
+def _run_folders(runs: Sequence[Mapping[str, Any]]) -> dict[tuple[str, str], list[Path]]:
+    """``(video_id, path)`` → the ``cwd`` of each run record that lists it, newest first."""
+    folders: dict[tuple[str, str], list[Path]] = {}
+    for record in reversed(runs):
+        cwd = record.get("cwd")
+        if not isinstance(cwd, str) or not os.path.isabs(cwd):
+            continue
+        for video in record.get("videos") or []:
+            if isinstance(video, dict):
+                folders.setdefault((str(video.get("video_id")), str(video.get("path"))), []).append(Path(cwd))
+    return folders
 
 
 def with_run(runs: list[dict[str, Any]], run: dict[str, Any]) -> list[dict[str, Any]]:
@@ -64,10 +138,10 @@ def header(df: pd.DataFrame, data: ReportData) -> dict[str, Any]:
     something where that is an earlier one, and the totals of all runs."""
     answered = df[df["frame_index"].notna()]
     numbers = prompt_numbers(df, data.asked)
-    prompts = [
-        {"number": numbers[str(prompt_id)], "id": prompt_id, "text": rows["prompt"].iloc[0],
+    prompts = [  # dropna=False: an answer without a prompt_id is listed too, last
+        {"number": numbers.get(str(prompt_id), len(numbers) + 1), "id": prompt_id, "text": rows["prompt"].iloc[0],
          "answers": int(rows["status"].eq("ok").sum())}
-        for prompt_id, rows in answered.groupby("prompt_id", sort=False)
+        for prompt_id, rows in answered.groupby("prompt_id", sort=False, dropna=False)
     ]
     settings = [
         {"config_id": config_id, **_settings(metadata)}

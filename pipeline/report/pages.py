@@ -37,6 +37,8 @@ from pipeline.results import (
 BROWSER_CODECS = frozenset({"h264", "vp8", "vp9", "av1"})
 # A track larger than this is linked from the player, not embedded in the page.
 EMBED_TRACK_BYTES = 2 << 20
+# What the page calls the settings of rows whose file holds no config_id (written before it was kept).
+NO_CONFIG_ID = "not recorded"
 
 
 def _shown(value: Any) -> Any:
@@ -93,7 +95,7 @@ class Pages:
         self.data = data
         self.summary = video_summary(df)
         self.stats_of: dict[str, pd.Series] = {str(k): row for k, row in self.summary.iterrows()}
-        self.rows_of = dict(tuple(df.groupby("video_id", sort=False)))
+        self.rows_of = {str(k): rows for k, rows in df.groupby("video_id", sort=False, dropna=False)}
         ends = with_cue_ends(df, data.videos)
         self.ends = dict(zip(zip(ends["video_id"], ends["config_id"], ends["frame_index"]), ends["end_s"]))
         self.numbers = prompt_numbers(df, data.asked)
@@ -139,13 +141,10 @@ class Pages:
         settings = summary.outcomes.index.get_level_values("prompt_id").value_counts()
         sections = []
         for (prompt_id, config_id), outcome in summary.outcomes.iterrows():
-            counted = summary.counts[(summary.counts["prompt_id"] == prompt_id)
-                                     & (summary.counts["config_id"] == config_id)]
-            ranges = summary.ranges[(summary.ranges["prompt_id"] == prompt_id)
-                                    & (summary.ranges["config_id"] == config_id)]
+            counted, ranges = summary.of(prompt_id, config_id)
             sections.append({
                 "number": self.numbers.get(str(prompt_id)), "prompt": outcome["prompt"],
-                "config_id": config_id if settings[prompt_id] > 1 else None, "model": outcome["model"],
+                "config_id": _config_label(config_id) if settings[prompt_id] > 1 else None, "model": outcome["model"],
                 "answers": outcome["answers"], "ends": {reason: outcome[reason] for reason in FINISH_REASONS},
                 "counts": [
                     {"property": name, "values": list(zip(values["value"], values["count"]))}
@@ -182,7 +181,7 @@ class Pages:
             "models": ", ".join(sorted(rows["model"].dropna().unique())),
             "errors": list(rows.loc[rows["frame_index"].isna(), "error"]),
             # With rows of several settings (config_id) for one video, each answer names its own.
-            "several_configs": rows["config_id"].nunique() > 1,
+            "several_configs": rows["config_id"].nunique(dropna=False) > 1,
             "frames": [self._card(video_id, frame_rows, base) for frame_rows in frames],
             "player": self._player(video_id, answers, base) if number == 1 else None,
             "tracks": self._track_links(video_id, base),
@@ -230,12 +229,13 @@ class Pages:
         return links
 
     def _player(self, video_id: str, answers: pd.DataFrame, base: Path) -> dict[str, Any] | None:
-        """The video with its answers as subtitle tracks, when the file is here, was read and
-        plays in browsers (``codec`` set: it does not play)."""
+        """The video with its answers as subtitle tracks, when the file is here (found where the
+        night read it: :func:`~pipeline.report.data.video_files`), was read and plays in
+        browsers (``codec`` set: it does not play)."""
         if answers.empty or self.data.output_dir is None:
             return None  # nothing was read of it (an unreadable file): no empty player
-        path = Path(answers["video_path"].iloc[0]).resolve()
-        if not path.is_file():
+        path, playable = self.data.video_file(video_id, answers["video_path"].iloc[0])
+        if not playable:
             return None
         codec = (self.data.facts(video_id) or {}).get("codec") or ""
         if codec and codec not in BROWSER_CODECS:
@@ -269,15 +269,19 @@ class Pages:
     def _card(self, video_id: str, rows: list[dict[str, Any]], base: Path) -> dict[str, Any]:
         # Answers in the order of the header's numbered prompts, each with its number where
         # there are several: two prompts of one text (different schemas) stay apart.
-        rows = sorted(rows, key=lambda row: (self.numbers.get(str(row["prompt_id"]), 0), str(row["config_id"])))
+        rows = sorted(
+            rows, key=lambda row: (self.numbers.get(str(row["prompt_id"]), 0), _config_label(row["config_id"]))
+        )
         for row in rows:
             row["number"] = self.numbers.get(str(row["prompt_id"])) if len(self.numbers) > 1 else None
         first = rows[0]
         frame_index = int(first["frame_index"])
-        video_uri = Path(first["video_path"]).resolve().as_uri()
+        video_uri = self.data.video_file(video_id, first["video_path"])[0].as_uri()
         # Rows of one frame share one thumbnail; any row's will do.
         thumbnail = next(filter(None, (thumbnail_bytes(row) for row in rows)), None)
         end_s = self.ends.get((video_id, first["config_id"], first["frame_index"]))
+        for row in rows:
+            row["config_id"] = _config_label(row["config_id"])
         return {
             "anchor": f"{_video_anchor(video_id)}-f{frame_index}",
             "frame_index": frame_index,
@@ -300,6 +304,11 @@ class Pages:
 def _href(target: Path, base: Path) -> str:
     """A relative URL from a page in ``base`` to ``target``."""
     return quote(Path(os.path.relpath(target, base)).as_posix())
+
+
+def _config_label(config_id: Any) -> str:
+    """A ``config_id`` as the page names it; rows of a file that holds none have their own."""
+    return NO_CONFIG_ID if pd.isna(config_id) else str(config_id)
 
 
 def _video_anchor(video_id: str) -> str:

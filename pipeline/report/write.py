@@ -14,7 +14,7 @@ from pipeline.errors import UserError
 from pipeline.export import EXPORT_DIR, Track, tracks_of, with_cue_ends, write_tracks
 from pipeline.files import write_bytes_atomic
 from pipeline.paths import user_path
-from pipeline.report.data import ReportData, with_run
+from pipeline.report.data import ReportData, video_files, with_run
 from pipeline.report.pages import Pages
 from pipeline.results import load_results
 from pipeline.store import StoreError, prompt_order, prompt_schemas, read_configs, read_prompts, read_videos
@@ -48,8 +48,9 @@ def write_report(
 ) -> Path:
     """Write the report of the results in ``output_dir`` (and each video's VTT tracks).
 
-    Relative ``video_path`` values are resolved against the current folder for the links that
-    open the video, so call this from where the run was started.
+    A relative ``video_path`` (as the night was given it) is placed in the folder the night ran
+    in, for the links and the player, wherever this is called from
+    (:func:`pipeline.report.data.video_files`).
 
     Args:
         output_dir: A run's ``output_dir``.
@@ -93,16 +94,17 @@ def write_report(
             write_tracks(output_dir / EXPORT_DIR, tracks, "vtt", df["video_id"].dropna().unique())
         except (OSError, StoreError) as error:
             log.warning("subtitle tracks not written, so not linked: %s", error)
-    runs = read_runs(output_dir)
+    runs = read_runs(output_dir) if run is None else with_run(read_runs(output_dir), run)
     data = ReportData(
         output_dir=output_dir,
         assets=None if inline else assets,
         configs=read_configs(output_dir),
-        runs=runs if run is None else with_run(runs, run),
+        runs=runs,
         videos=videos,
         tracks=_by_video(tracks),
         schemas=prompt_schemas(prompts),
         asked=asked,
+        files=video_files(df, runs),
     )
     pages = Pages(df, f"Captions in {output_dir}", data, page_frames=None if inline else page_frames)
     written: set[Path] = set()

@@ -1,0 +1,116 @@
+"""The report reads what a night recorded as the night meant it, wherever it is written from:
+a relative ``video_path`` is placed in the folder the night ran in (not the report's current
+folder), and rows whose file holds no ``config_id`` (null) are counted like every other row."""
+
+from __future__ import annotations
+
+import json
+import re
+import shutil
+from pathlib import Path
+
+import pyarrow as pa
+import pytest
+
+from pipeline.report import write_report
+from pipeline.results import counts, load_results, slowest_frames, video_summary
+from pipeline.store import RUNS_DIR, SCHEMA
+from tests.conftest import result_row, run_cli, tinted, write_results, write_video
+from tests.test_results import COUNT, write_settings
+from tests.test_structured import schema_row
+
+FILE_LINK = re.compile(r'(?:href|src)="(file:[^"#]*)')
+
+
+def test_a_report_written_from_another_folder_links_the_videos_the_night_read(
+    cli_base: list[str], tmp_path: Path
+) -> None:
+    night, elsewhere = tmp_path / "night", tmp_path / "elsewhere"
+    for folder, red in ((night, 200), (elsewhere, 20)):  # the same relative name, other content
+        (folder / "clips").mkdir(parents=True)
+        write_video(folder / "clips" / "clip.webm", fourcc="VP80", colour_of=tinted(red))
+    args = [a for a in cli_base if not a.startswith("output_dir=")]
+    done = run_cli(*args, "video=clips/clip.webm", "output_dir=out", "report=false", cwd=night)
+    assert done.returncode == 0, done.stderr
+    clip = (night / "clips" / "clip.webm").as_uri()
+
+    written = run_cli("report", f"output_dir={night / 'out'}", cwd=elsewhere)
+
+    assert written.returncode == 0, written.stderr
+    page = (night / "out" / "_report.html").read_text(encoding="utf-8")
+    assert set(FILE_LINK.findall(page)) == {clip}, FILE_LINK.findall(page)
+    assert f'<video controls preload="none" src="{clip}">' in page  # VP8: it plays
+
+    # Moved away since: the links still say where the night read it; no player plays the other
+    # clip of that name here.
+    shutil.move(night / "clips", tmp_path / "moved")
+    assert run_cli("report", f"output_dir={night / 'out'}", cwd=elsewhere).returncode == 0
+    page = (night / "out" / "_report.html").read_text(encoding="utf-8")
+    assert set(FILE_LINK.findall(page)) == {clip} and "<video" not in page
+
+
+def test_a_run_record_that_names_its_folder_places_its_relative_paths(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A record's ``cwd`` (the folder the run ran in) places the paths it lists, however its
+    ``output_dir`` was given (here absolute, which says nothing of that folder)."""
+    night, elsewhere, out = tmp_path / "night", tmp_path / "elsewhere", tmp_path / "out"
+    write_results(out, [result_row("a", 0, video_path="clips/a.mp4")])
+    (out / RUNS_DIR).mkdir()
+    (out / RUNS_DIR / "1.json").write_text(json.dumps({
+        "state": "finished", "started": "2026-01-01T00:00:00+00:00", "exit_code": 0, "cwd": str(night),
+        "videos": [{"path": "clips/a.mp4", "video_id": "a", "status": "done"}],
+    }))
+    (elsewhere / "clips").mkdir(parents=True)
+    write_video(elsewhere / "clips" / "a.mp4")  # not video a's content
+    monkeypatch.chdir(elsewhere)
+
+    page = write_report(out).read_text(encoding="utf-8")
+
+    assert set(FILE_LINK.findall(page)) == {(night / "clips" / "a.mp4").as_uri()}
+
+
+# -- rows whose file holds no config_id ------------------------------------------------------
+
+
+@pytest.fixture
+def without_config_id(tmp_path: Path) -> Path:
+    """Video ``a``: frames 0 and 25 in a file of a schema without ``config_id`` (null when
+    read), frame 50 under ``cfg1``; video ``b``: frame 0 under ``cfg1``."""
+    out = tmp_path / "out"
+    older = pa.schema([f for f in SCHEMA if f.name != "config_id"])
+    write_results(out, [result_row("a", 0), result_row("a", 25)], schema=older)
+    write_results(out, [result_row("a", 50), result_row("b", 0)])
+    return out
+
+
+def test_every_row_is_counted_once_where_some_have_no_config_id(without_config_id: Path) -> None:
+    df = load_results(without_config_id)
+    assert df["config_id"].isna().sum() == 2
+
+    summary = video_summary(df)
+    frames = slowest_frames(df, n=100)
+
+    assert counts(df)["frames"] == 4 and counts(df)["answers"] == 4
+    assert int(summary["ok_rows"].sum()) == 4 and int(summary["frames"].sum()) == 4
+    assert len(frames) == 4 and int(frames["answers"].sum()) == 4
+    assert sorted(frames["frame_index"]) == [0, 0, 25, 50]
+
+
+def test_answers_without_config_id_are_named_apart_from_those_with_one(without_config_id: Path) -> None:
+    page = write_report(without_config_id).read_text(encoding="utf-8")
+
+    assert page.count("tiny config not recorded · ") == 2 and page.count("tiny config cfg1 · ") == 1
+
+
+def test_the_structured_section_counts_answers_without_config_id(tmp_path: Path) -> None:
+    out = tmp_path / "out"
+    rows = [schema_row("a", 0, COUNT, {"people": 1, "outdoor": True}, config_id=None),
+            schema_row("a", 25, COUNT, {"people": 3, "outdoor": False}, config_id=None)]
+    write_settings(out, "cfg0", rows, [COUNT])
+
+    page = write_report(out).read_text(encoding="utf-8")
+
+    section = page[page.index("<h2>Structured answers</h2>"):].split("<h3>")[1]
+    cells = re.findall(r"<td[^>]*>([^<]*)</td>", section)
+    assert cells == ["outdoor", "True", "1", "", "False", "1", "people", "2", "1", "2", "3"]
