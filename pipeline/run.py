@@ -216,7 +216,7 @@ class Pipeline:
     ) -> None:
         todo = [t for t in tasks if t.outcome.status == "todo"]
         failed_at_plan = [t for t in tasks if t.outcome.status == "error"]
-        show = sys.stderr.isatty()
+        show = sys.stderr is not None and sys.stderr.isatty()  # None: started with stderr closed (2>&-)
         counted = show or self.progress_interval_s is not None
         expected: list[int | None] = [self.expected_frames(t) if counted else None for t in todo]
         with ThreadPoolExecutor(max_workers=1, thread_name_prefix="write") as writer, Progress(

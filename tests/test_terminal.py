@@ -4,6 +4,7 @@ with totals and an ETA that log lines do not overwrite, each video's own time.""
 from __future__ import annotations
 
 import fcntl
+import json
 import os
 import pty
 import re
@@ -221,3 +222,18 @@ def test_ctrl_c_inside_llama_cpps_log_callback_prints_nothing_and_still_stops() 
     assert result.returncode == 0, result.stderr[-3000:]
     assert result.stdout.strip() == "100"  # every signal stopped its round, none was lost
     assert "Exception ignored" not in result.stderr and "Traceback" not in result.stderr
+
+
+def test_a_night_started_with_stderr_closed_captions_its_videos(cli_base: list[str], tmp_path: Path) -> None:
+    """``2>&-`` (a daemon's way to detach): nothing to say it on, but the night runs whole."""
+    video = write_video(tmp_path / "clip.mp4", n_frames=4)
+    out = tmp_path / "out"
+    args = [a for a in cli_base if not a.startswith("output_dir=")]
+    done = subprocess.run(
+        [sys.executable, "-m", "pipeline", *args, f"video={video}", f"output_dir={out}", "report=false"],
+        cwd=ROOT, env=cli_env(PYTHONPATH=str(ROOT)), stdout=subprocess.DEVNULL, timeout=RUN_TIMEOUT_S,
+        preexec_fn=lambda: os.close(2),
+    )
+    record = json.loads((out / "_last_run.json").read_text())
+    assert done.returncode == 0, record
+    assert (record["state"], record["exit_code"], record["videos_done"]) == ("finished", 0, 1)
