@@ -217,6 +217,10 @@ case "$plan" in
       bench mistral7b --seed "" --cases "" --peer-batches 32,64 --peer-prompts 3 --peer-frames 64
     fi
     ;;
+  call31)  # session 18, second machine: one frame's CLIP and prefill on the F16 text weights, timed alone and kernel by
+           # kernel under torch.profiler (kernel_profile.py)
+    timeout "$(left)" python3 benchmarks/kernel_profile.py --model-dir /tmp/models --out "$OUT" 2>&1 | tee -a "$OUT/bench.log"
+    ;;
   *) echo "unknown plan $plan"; exit 2 ;;
 esac
 echo "call done after $(( $(date +%s) - started )) s"
