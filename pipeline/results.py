@@ -57,6 +57,17 @@ SUMMARY_COLUMNS = [
     "latency_p95_ms",
 ]
 
+# What the report and the exports call the settings of rows whose file holds no config_id
+# (written before it was kept).
+NO_CONFIG_ID = "not recorded"
+
+
+def config_label(config_id: Any) -> str:
+    """A row's ``config_id`` as pages and tracks name it; rows of a file that holds none have
+    :data:`NO_CONFIG_ID`."""
+    return NO_CONFIG_ID if pd.isna(config_id) else str(config_id)
+
+
 COVERAGE_COLUMNS = [
     "video_path",
     "duration_s",

@@ -61,6 +61,7 @@ PARTS: tuple[Part, ...] = (
         "pipeline/export/cues.py": "when each answer shows: a cue from its frame until the next",
         "pipeline/export/flat.py": "JSON Lines with the exact text, CSV safe in a spreadsheet",
         "pipeline/export/names.py": "where a subtitle track goes: names players load, the two layouts",
+        "pipeline/video_files.py": "where a result's video file is here: the night's folder, its content checked",
         "pipeline/owed.py": "the report and exports a night owes (`_report-due`, `_export-due`) until written",
     }),
     Part("Loop", "one run: what to do, doing it, and its record",

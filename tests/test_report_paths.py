@@ -1,6 +1,7 @@
-"""The report reads what a night recorded as the night meant it, wherever it is written from:
-a relative ``video_path`` is placed in the folder the night ran in (not the report's current
-folder), and rows whose file holds no ``config_id`` (null) are counted like every other row."""
+"""The report and the export read what a night recorded as the night meant it, wherever they
+run from: a relative ``video_path`` is placed in the folder the night ran in (not the current
+folder), and rows whose file holds no ``config_id`` (null) are counted, shown and exported like
+every other row."""
 
 from __future__ import annotations
 
@@ -9,9 +10,11 @@ import re
 import shutil
 from pathlib import Path
 
+import pandas as pd
 import pyarrow as pa
 import pytest
 
+from pipeline.export import export, tracks_of
 from pipeline.report import write_report
 from pipeline.results import counts, load_results, slowest_frames, video_summary
 from pipeline.store import RUNS_DIR, SCHEMA
@@ -70,6 +73,30 @@ def test_a_run_record_that_names_its_folder_places_its_relative_paths(
     assert set(FILE_LINK.findall(page)) == {(night / "clips" / "a.mp4").as_uri()}
 
 
+def test_the_export_finds_a_video_named_by_its_path_where_the_night_ran(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """``video=<path>`` names the file the night read, given as a path from here; the file of
+    that relative name here (another video's content) is not it."""
+    night, elsewhere, out = tmp_path / "night", tmp_path / "elsewhere", tmp_path / "out"
+    rows = [result_row("a", 0, video_path="clips/a.mp4"), result_row("b", 0, video_path="clips/b.mp4")]
+    write_results(out, rows)
+    (out / RUNS_DIR).mkdir()
+    (out / RUNS_DIR / "1.json").write_text(json.dumps({
+        "state": "finished", "started": "2026-01-01T00:00:00+00:00", "exit_code": 0, "cwd": str(night),
+        "videos": [{"path": f"clips/{v}.mp4", "video_id": v, "status": "done"} for v in "ab"],
+    }))
+    (elsewhere / "clips").mkdir(parents=True)
+    write_video(elsewhere / "clips" / "a.mp4")
+    monkeypatch.chdir(elsewhere)
+
+    written = export(out, ["vtt"], video=str(night / "clips" / "b.mp4"))
+
+    assert [path.name for path in written.files if path.suffix == ".vtt"] == ["b.prompt1.vtt"]
+    with pytest.raises(ValueError, match="is not in the results"):
+        export(out, ["vtt"], video=str(elsewhere / "clips" / "a.mp4"))
+
+
 # -- rows whose file holds no config_id ------------------------------------------------------
 
 
@@ -101,6 +128,21 @@ def test_answers_without_config_id_are_named_apart_from_those_with_one(without_c
     page = write_report(without_config_id).read_text(encoding="utf-8")
 
     assert page.count("tiny config not recorded · ") == 2 and page.count("tiny config cfg1 · ") == 1
+
+
+def test_answers_without_config_id_are_exported_in_tracks_of_their_own(without_config_id: Path) -> None:
+    written = export(without_config_id, ["vtt", "jsonl"])
+
+    tracks = {(t.video_id, t.config_id, t.label): [c.frame_index for c in t.cues] for t in tracks_of(
+        pd.read_json(without_config_id / "_export" / "captions.jsonl", lines=True, dtype={"config_id": object})
+    )}
+    assert tracks == {
+        ("a", "not recorded", "prompt1-no-config-id"): [0, 25], ("a", "cfg1", "prompt1-cfg1"): [50],
+        ("b", "cfg1", "prompt1"): [0],
+    }
+    vtt = sorted(path.name for path in written.files if path.suffix == ".vtt")
+    assert vtt == ["a.prompt1-cfg1.vtt", "a.prompt1-no-config-id.vtt", "b.prompt1.vtt"]
+    assert "config_id: not recorded" in (without_config_id / "_export" / "a" / "a.prompt1-no-config-id.vtt").read_text()
 
 
 def test_the_structured_section_counts_answers_without_config_id(tmp_path: Path) -> None:

@@ -51,7 +51,7 @@ from pipeline.files import write_bytes_atomic
 from pipeline.options import OptionError, asks_help, parse_options
 from pipeline.owed import settle_export
 from pipeline.paths import user_path
-from pipeline.results import printable, prompt_numbers, typed_answers
+from pipeline.results import config_label, printable, prompt_numbers, typed_answers
 from pipeline.runlog import console_logging, say_error
 from pipeline.signals import end_quietly_when_the_reader_stops
 from pipeline.store import (
@@ -63,6 +63,8 @@ from pipeline.store import (
     read_videos,
     results_folder,
 )
+from pipeline.summary import read_runs
+from pipeline.video_files import row_videos, video_files
 from pipeline.words import plural, visible
 
 __all__ = [
@@ -213,10 +215,10 @@ def tracks_of(df: pd.DataFrame, videos: pd.DataFrame | None = None, asked: Seque
     numbers = prompt_numbers(ends.sort_values(["video_path", "timestamp_s", "frame_index"], kind="stable"), asked)
     paths = _video_paths(ends)
     folders, places = video_folders(paths), beside_places(paths)
-    settings = answered.groupby("video_id")["config_id"].nunique()
+    settings = answered.groupby("video_id")["config_id"].nunique(dropna=False)
     tracks = []
     for (video_id, config_id, prompt_id), rows in answered.groupby(
-        ["video_id", "config_id", "prompt_id"], sort=True
+        ["video_id", "config_id", "prompt_id"], sort=True, dropna=False
     ):
         rows = rows.sort_values("timestamp_s", kind="stable")
         cues = [
@@ -232,13 +234,13 @@ def tracks_of(df: pd.DataFrame, videos: pd.DataFrame | None = None, asked: Seque
             Track(
                 video_id=str(video_id),
                 video_path=paths[str(video_id)],
-                config_id=str(config_id),
+                config_id=config_label(config_id),
                 model=str(first["model"]),
                 prompt_id=str(prompt_id),
                 prompt=str(first["prompt"]),
                 cues=cues,
                 number=number,
-                label=f"prompt{number}" + (f"-{config_id}" if settings[video_id] > 1 else ""),
+                label=f"prompt{number}" + (f"-{_label_part(config_id)}" if settings[video_id] > 1 else ""),
                 folder=folders[str(video_id)],
                 beside=places[str(video_id)],
             )
@@ -325,7 +327,7 @@ def export(
     tracks = tracks_of(df, videos, prompt_order(prompts))  # named from every video, whichever is exported
     index_folder = folder
     if video is not None:
-        video_id = select_video(df, video)
+        video_id = select_video(df, video, video_files(row_videos(df), read_runs(root)))
         index_folder = folder / video_folders(_video_paths(df))[video_id]
         df = df[df["video_id"] == video_id]
         tracks = [t for t in tracks if t.video_id == video_id]
@@ -435,6 +437,11 @@ def _video_paths(df: pd.DataFrame) -> dict[str, str]:
     """Each video's path (the first by name where its rows name several; its id where none)."""
     paths = df.dropna(subset=["video_id"]).groupby("video_id")["video_path"].min()
     return {str(v): str(p) if isinstance(p, str) else str(v) for v, p in paths.items()}
+
+
+def _label_part(config_id: Any) -> str:
+    """A track's ``config_id`` as its file name holds it (no space where none was recorded)."""
+    return "no-config-id" if pd.isna(config_id) else str(config_id)
 
 
 def _cue_text(row: Any) -> str:

@@ -53,13 +53,13 @@ def cue_ends(frames: pd.DataFrame, video_end_s: float | None) -> pd.Series:
 
 
 def with_cue_ends(df: pd.DataFrame, videos: pd.DataFrame | None = None) -> pd.DataFrame:
-    """``df`` with an ``end_s`` column: when each answer's cue ends (see :func:`cue_ends`); null
-    for video-level error records."""
+    """``df`` with an ``end_s`` column: when each answer's cue ends (see :func:`cue_ends`, per
+    video and ``config_id``, a missing one included); null for video-level error records."""
     out = df.copy()
     out["end_s"] = math.nan
     answered = out[out["frame_index"].notna()]
     video_end = _video_ends(videos)
-    for (video_id, _config_id), rows in answered.groupby(["video_id", "config_id"], sort=False):
+    for (video_id, _config_id), rows in answered.groupby(["video_id", "config_id"], sort=False, dropna=False):
         frames = (
             rows.sort_values(["timestamp_s", "frame_index"], kind="stable")
             .drop_duplicates("frame_index")

@@ -21,7 +21,7 @@ import io
 import os
 import re
 from collections import Counter
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from pathlib import Path, PurePosixPath
 
 import pandas as pd
@@ -75,9 +75,10 @@ def beside_places(video_paths: dict[str, str]) -> dict[str, tuple[str, str]]:
     }
 
 
-def select_video(df: pd.DataFrame, value: str) -> str:
-    """The ``video_id`` that ``value`` names: a video_id, the video's path as recorded or as it
-    resolves from here, its file name, or its stem.
+def select_video(df: pd.DataFrame, value: str, files: Mapping[tuple[str, str], tuple[Path, bool]]) -> str:
+    """The ``video_id`` that ``value`` names: a video_id, the video's path as recorded or as
+    given here to its file (``files``: each ``(video_id, video_path)``'s file on this machine,
+    :func:`pipeline.video_files.video_files`), its file name, or its stem.
 
     Raises:
         ValueError: ``value`` names no video, or several (one line listing them).
@@ -87,10 +88,13 @@ def select_video(df: pd.DataFrame, value: str) -> str:
         return value
     wanted = os.path.realpath(os.path.expanduser(value))
 
-    def names(path: str) -> bool:
-        return value in (path, PurePosixPath(path).name, stem_of(path)) or os.path.realpath(path) == wanted
+    def names(video_id: str, path: str) -> bool:
+        here = files.get((video_id, path))
+        return value in (path, PurePosixPath(path).name, stem_of(path)) or (
+            here is not None and str(here[0]) == wanted
+        )
 
-    found = videos[videos["video_path"].map(names)]
+    found = videos[[names(str(v), str(p)) for v, p in zip(videos["video_id"], videos["video_path"])]]
     ids = sorted(found["video_id"].unique())
     if len(ids) == 1:
         return str(ids[0])

@@ -4,8 +4,6 @@ reference; and the header's figures, as plain values for the templates (:mod:`pi
 
 from __future__ import annotations
 
-import os
-from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -13,9 +11,9 @@ from typing import Any
 import pandas as pd
 
 from pipeline.export import Track
-from pipeline.inputs import holds_other_content
 from pipeline.results import counts, prompt_numbers
 from pipeline.summary import FINISHED, engine_lines, worked
+from pipeline.video_files import resolved
 
 
 @dataclass
@@ -36,7 +34,7 @@ class ReportData:
         asked: Every prompt's ``prompt_id`` in the order first asked, which numbers them
             (:func:`pipeline.store.prompt_order`).
         files: Each answered ``(video_id, video_path)``'s file on this machine and whether it
-            is known to hold that video (:func:`video_files`); a path not in it is taken as
+            is known to hold that video (:func:`pipeline.video_files.video_files`); a path not in it is taken as
             it resolves from the current folder.
     """
 
@@ -66,64 +64,6 @@ class ReportData:
             return None
         found = self.videos[self.videos["video_id"] == video_id]
         return None if found.empty else {str(k): v for k, v in found.iloc[0].items()}
-
-
-def video_files(
-    df: pd.DataFrame, runs: Sequence[Mapping[str, Any]], here: Path | None = None
-) -> dict[tuple[str, str], tuple[Path, bool]]:
-    """Where the videos of the answered rows are on this machine, for the links and players.
-
-    A row's ``video_path`` is kept as the night was given it, so a relative one is relative to
-    the folder the night ran in (the ``cwd`` of the run records that list it, newest first), not
-    to the folder the report is written from (``here``, the process's by default; the only
-    place left for a night that recorded no folder). The first of these places where the file
-    is and holds the video's content (:func:`pipeline.inputs.holds_other_content`) is it; where
-    none does, the night's folder (the file has moved or gone), with no player.
-
-    Returns:
-        ``(video_id, video_path)`` → (the file, whether it may be played).
-    """
-    here = Path.cwd() if here is None else here
-    pairs = df.loc[df["frame_index"].notna(), ["video_id", "video_path"]].dropna().drop_duplicates()
-    recorded = _run_folders(runs)
-    found: dict[tuple[str, str], tuple[Path, bool]] = {}
-    for key in zip(pairs["video_id"].astype(str), pairs["video_path"].astype(str)):
-        video_id, video_path = key
-        if os.path.isabs(video_path):
-            path = resolved(Path(video_path))
-            found[key] = (path, path.is_file())
-        else:
-            found[key] = _placed(video_id, video_path, recorded.get(key, []), here)
-    return found
-
-
-def _placed(video_id: str, video_path: str, folders: list[Path], here: Path) -> tuple[Path, bool]:
-    for folder in [*folders, here]:
-        path = resolved(folder / video_path)
-        if path.is_file() and not holds_other_content(path, video_id):
-            return path, True
-    return resolved((folders[0] if folders else here) / video_path), False
-
-
-def resolved(path: Path) -> Path:
-    """``path`` made absolute, its links followed where they can be (not in a loop)."""
-    try:
-        return path.resolve()
-    except (OSError, RuntimeError):  # RuntimeError: a symlink loop (Python < 3.13)
-        return Path(os.path.abspath(path))
-
-
-def _run_folders(runs: Sequence[Mapping[str, Any]]) -> dict[tuple[str, str], list[Path]]:
-    """``(video_id, path)`` → the ``cwd`` of each run record that lists it, newest first."""
-    folders: dict[tuple[str, str], list[Path]] = {}
-    for record in reversed(runs):
-        cwd = record.get("cwd")
-        if not isinstance(cwd, str) or not os.path.isabs(cwd):
-            continue
-        for video in record.get("videos") or []:
-            if isinstance(video, dict):
-                folders.setdefault((str(video.get("video_id")), str(video.get("path"))), []).append(Path(cwd))
-    return folders
 
 
 def with_run(runs: list[dict[str, Any]], run: dict[str, Any]) -> list[dict[str, Any]]:

@@ -24,6 +24,7 @@ from pipeline.export import render_vtt, with_cue_ends
 from pipeline.report.data import ReportData, header
 from pipeline.results import (
     FINISH_REASONS,
+    config_label,
     counts,
     coverage,
     printable,
@@ -37,8 +38,6 @@ from pipeline.results import (
 BROWSER_CODECS = frozenset({"h264", "vp8", "vp9", "av1"})
 # A track larger than this is linked from the player, not embedded in the page.
 EMBED_TRACK_BYTES = 2 << 20
-# What the page calls the settings of rows whose file holds no config_id (written before it was kept).
-NO_CONFIG_ID = "not recorded"
 
 
 def _shown(value: Any) -> Any:
@@ -97,7 +96,8 @@ class Pages:
         self.stats_of: dict[str, pd.Series] = {str(k): row for k, row in self.summary.iterrows()}
         self.rows_of = {str(k): rows for k, rows in df.groupby("video_id", sort=False, dropna=False)}
         ends = with_cue_ends(df, data.videos)
-        self.ends = dict(zip(zip(ends["video_id"], ends["config_id"], ends["frame_index"]), ends["end_s"]))
+        keys = zip(ends["video_id"], ends["config_id"].map(config_label), ends["frame_index"])
+        self.ends = dict(zip(keys, ends["end_s"]))
         self.numbers = prompt_numbers(df, data.asked)
         frames = int(counts(df)["frames"])
         self.paged = page_frames is not None and data.assets is not None and frames > page_frames
@@ -144,7 +144,7 @@ class Pages:
             counted, ranges = summary.of(prompt_id, config_id)
             sections.append({
                 "number": self.numbers.get(str(prompt_id)), "prompt": outcome["prompt"],
-                "config_id": _config_label(config_id) if settings[prompt_id] > 1 else None, "model": outcome["model"],
+                "config_id": config_label(config_id) if settings[prompt_id] > 1 else None, "model": outcome["model"],
                 "answers": outcome["answers"], "ends": {reason: outcome[reason] for reason in FINISH_REASONS},
                 "counts": [
                     {"property": name, "values": list(zip(values["value"], values["count"]))}
@@ -230,7 +230,7 @@ class Pages:
 
     def _player(self, video_id: str, answers: pd.DataFrame, base: Path) -> dict[str, Any] | None:
         """The video with its answers as subtitle tracks, when the file is here (found where the
-        night read it: :func:`~pipeline.report.data.video_files`), was read and plays in
+        night read it: :func:`~pipeline.video_files.video_files`), was read and plays in
         browsers (``codec`` set: it does not play)."""
         if answers.empty or self.data.output_dir is None:
             return None  # nothing was read of it (an unreadable file): no empty player
@@ -270,7 +270,7 @@ class Pages:
         # Answers in the order of the header's numbered prompts, each with its number where
         # there are several: two prompts of one text (different schemas) stay apart.
         rows = sorted(
-            rows, key=lambda row: (self.numbers.get(str(row["prompt_id"]), 0), _config_label(row["config_id"]))
+            rows, key=lambda row: (self.numbers.get(str(row["prompt_id"]), 0), config_label(row["config_id"]))
         )
         for row in rows:
             row["number"] = self.numbers.get(str(row["prompt_id"])) if len(self.numbers) > 1 else None
@@ -279,9 +279,9 @@ class Pages:
         video_uri = self.data.video_file(video_id, first["video_path"])[0].as_uri()
         # Rows of one frame share one thumbnail; any row's will do.
         thumbnail = next(filter(None, (thumbnail_bytes(row) for row in rows)), None)
-        end_s = self.ends.get((video_id, first["config_id"], first["frame_index"]))
+        end_s = self.ends.get((video_id, config_label(first["config_id"]), first["frame_index"]))
         for row in rows:
-            row["config_id"] = _config_label(row["config_id"])
+            row["config_id"] = config_label(row["config_id"])
         return {
             "anchor": f"{_video_anchor(video_id)}-f{frame_index}",
             "frame_index": frame_index,
@@ -306,9 +306,6 @@ def _href(target: Path, base: Path) -> str:
     return quote(Path(os.path.relpath(target, base)).as_posix())
 
 
-def _config_label(config_id: Any) -> str:
-    """A ``config_id`` as the page names it; rows of a file that holds none have their own."""
-    return NO_CONFIG_ID if pd.isna(config_id) else str(config_id)
 
 
 def _video_anchor(video_id: str) -> str:

@@ -14,11 +14,12 @@ from pipeline.errors import UserError
 from pipeline.export import EXPORT_DIR, Track, tracks_of, with_cue_ends, write_tracks
 from pipeline.files import write_bytes_atomic
 from pipeline.paths import user_path
-from pipeline.report.data import ReportData, video_files, with_run
+from pipeline.report.data import ReportData, with_run
 from pipeline.report.pages import Pages
 from pipeline.results import load_results
 from pipeline.store import StoreError, prompt_order, prompt_schemas, read_configs, read_prompts, read_videos
 from pipeline.summary import read_runs
+from pipeline.video_files import row_videos, video_files
 
 log = logging.getLogger(__name__)
 
@@ -50,7 +51,7 @@ def write_report(
 
     A relative ``video_path`` (as the night was given it) is placed in the folder the night ran
     in, for the links and the player, wherever this is called from
-    (:func:`pipeline.report.data.video_files`).
+    (:func:`pipeline.video_files.video_files`).
 
     Args:
         output_dir: A run's ``output_dir``.
@@ -104,7 +105,7 @@ def write_report(
         tracks=_by_video(tracks),
         schemas=prompt_schemas(prompts),
         asked=asked,
-        files=video_files(df, runs),
+        files=video_files(row_videos(df[df["frame_index"].notna()]), runs),
     )
     pages = Pages(df, f"Captions in {output_dir}", data, page_frames=None if inline else page_frames)
     written: set[Path] = set()
