@@ -43,11 +43,11 @@ from pipeline.arguments import command_line, help_text, version
 from pipeline.caption import CaptionSpec, EngineError
 from pipeline.config import check_values, config_dir, config_id, prompts_of
 from pipeline.dry_run import plan_lines
-from pipeline.errors import ConfigError, InputError, LockHeld, StoreError, UserError
+from pipeline.errors import ConfigError, InputError, LockHeld, UserError
 from pipeline.executors.base import Executor
 from pipeline.inputs import check_shard, find_videos, names_one_file, searched_by
 from pipeline.lock import RunLock
-from pipeline.owed import EXPORT_DUE, REPORT_DUE, owe_export, owe_report, owed_export, paid
+from pipeline.owed import last_to_finish, owe_export, owe_report, pay_export, pay_report
 from pipeline.paths import user_path
 from pipeline.presets import caption_spec
 from pipeline.run import CHANGED_NOTE, Pipeline, unique_prompts
@@ -194,10 +194,12 @@ def _run_locked(
         _log_outcome(summary, output_dir, cfg)
         failed = summary.count("error")
         outcome = (EXIT_ALL_FAILED if not summary.count("done") else EXIT_SOME_FAILED) if failed else EXIT_OK
-        if not _export_owed(output_dir):
-            outcome = EXIT_CRASH
-        if cfg.report and (output_dir / REPORT_DUE).exists():
-            _write_report(output_dir, record.record(summary, outcome))
+        # What is owed, written by the last shard to finish (every shard's videos in it).
+        if (looked := last_to_finish(output_dir, record, summary, cfg.shard, cfg.num_shards, cfg.report)) is not None:
+            if not pay_export(output_dir, looked, partial(_export, output_dir)):
+                outcome = EXIT_CRASH
+            if cfg.report:
+                pay_report(output_dir, looked, partial(_report, output_dir, record.record(summary, outcome)))
         code = outcome  # only now: a crash in the export or the report is recorded as exit 1
     except Stopped as stop:
         code = stop.exit_code
@@ -248,8 +250,10 @@ def _end_stalled_run(
 
 def _log_outcome(summary: RunSummary, output_dir: Path, cfg: DictConfig) -> None:
     """One line for the run, one for the videos left waiting, and one for what earlier runs
-    left failed. "Already done" counts only videos done before: not those that failed before,
-    nor a second path to the content of another."""
+    left failed. "Nothing to do" only where the run had none: no video done, failed or found
+    changed under it, no frame committed; else "finished", with what it did. "Already done"
+    counts only videos done before: not those that failed before, nor a second path to the
+    content of another."""
     changed = sum(1 for v in summary.videos if v.status == "waiting" and v.note == CHANGED_NOTE)
     waiting = summary.count("waiting") - changed
     failed_before = sum(1 for v in summary.videos if v.status == "skipped" and v.error)
@@ -257,15 +261,16 @@ def _log_outcome(summary: RunSummary, output_dir: Path, cfg: DictConfig) -> None
     if not summary.videos:
         where = f"shard {cfg.shard} of {cfg.num_shards} of video=" if cfg.num_shards > 1 else "video="
         log.info("nothing to do: no videos in %s%s", where, ", ".join(video_specs(cfg.video)))
-    elif not summary.count("done") and not summary.count("error"):
+    elif not (summary.count("done") or summary.count("error") or changed or summary.frames):
         parts = [f"{plural(done_before, 'video')} already done"]
         parts += [f"{failed_before} failed before"] if failed_before else []
         parts += [f"{waiting} waiting"] if waiting else []
         log.info("nothing to do: %s in %s", ", ".join(parts), output_dir)
     else:
         log.info(
-            "finished: %d done, %d skipped, %d failed; %s in %.1f s -> %s",
+            "finished: %d done, %d skipped, %d failed%s; %s in %.1f s -> %s",
             summary.count("done"), summary.count("skipped"), summary.count("error"),
+            f", {waiting + changed} waiting" if waiting + changed else "",
             plural(summary.frames, "frame"), summary.wall_s, output_dir,
         )
     if waiting:
@@ -276,40 +281,25 @@ def _log_outcome(summary: RunSummary, output_dir: Path, cfg: DictConfig) -> None
             plural(waiting, "video"), cfg.min_age_s, them, they_have, them,
         )
     if changed:
-        log.info("%s changed while the night ran (a copy under way?); the next run takes them as they are then",
-                 plural(changed, "video"))
+        log.info("%s changed while the night ran (a copy under way?); the next run takes %s",
+                 plural(changed, "video"), "it as it is then" if changed == 1 else "them as they are then")
     if failed_before:
         log.info("%s failed in earlier runs; retry_failed=true tries %s again",
                  plural(failed_before, "video"), "it" if failed_before == 1 else "them")
 
 
-def _write_report(output_dir: Path, run: dict[str, Any]) -> None:
-    """Write the HTML report, showing ``run`` (this run's record), then drop the marker that said
-    it was due; a failure is a warning and the report stays owed."""
+def _report(output_dir: Path, run: dict[str, Any]) -> Path:
+    """Write the HTML report, showing ``run`` (this run's record); its page."""
     from pipeline.report import write_report  # pandas: loaded only when a report is due
 
-    try:
-        log.info("report: %s", write_report(output_dir, run=run))
-        paid(output_dir, REPORT_DUE)
-    except (OSError, StoreError) as error:
-        log.warning("report not written: %s; the next run writes it", error)
+    return write_report(output_dir, run=run)
 
 
-def _export_owed(output_dir: Path) -> bool:
-    """Write the exports owed (this night's and earlier ones', :mod:`pipeline.owed`); False,
-    after one line, where they cannot be written: they stay owed and the night exits 1."""
-    formats = owed_export(output_dir)
-    if not formats:
-        return True
-    from pipeline.export import export
+def _export(output_dir: Path, formats: list[str]) -> Path:
+    """Write the exports of ``formats``; their folder."""
+    from pipeline.export import export  # pandas: loaded only when an export is owed
 
-    try:
-        log.info("export: %s", export(output_dir, formats).folder)
-    except (OSError, StoreError) as error:
-        log.error("export not written: %s; the captions are committed, and the next run writes the export", error)
-        return False
-    paid(output_dir, EXPORT_DUE)
-    return True
+    return export(output_dir, formats).folder
 
 
 def _pipeline(

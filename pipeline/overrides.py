@@ -1,16 +1,15 @@
-"""Hydra-style ``key=value`` overrides checked before Hydra sees them, the same for the command
-line (:mod:`pipeline.arguments`) and for library use (:func:`pipeline.presets.captioner_from_preset`),
-so that a mistake ends in one line that shows the fix (a :class:`~pipeline.errors.ConfigError`).
+"""Hydra-style ``key=value`` overrides checked before Hydra sees them, the same for the command line
+(:mod:`pipeline.arguments`) and for library use (:func:`pipeline.presets.captioner_from_preset`), so that a mistake
+ends in one line that shows the fix (a :class:`~pipeline.errors.ConfigError`).
 
-Hydra's override grammar gives quotes, commas, brackets, parentheses and spaces a meaning and
-takes only ASCII letters unquoted, so everyday prompts (``What's shown?``) and file names
-(``clip (1).mp4``, ``café.mp4``) fail in its lexer, and an unquoted comma quietly splits a prompt
-in two. :func:`argument_error` finds these and words the fix: the override quoted so that both
-the shell and Hydra read it as meant, or ``prompts_file=``; also a list setting given twice, of
-which Hydra would keep the last. :func:`config_error` finds an override that names no setting,
-adds or removes one, or gives one a value of the wrong type; :func:`as_written` quotes the text
-settings that Hydra would type (``video=true``) and keeps a ``${...}`` in them as text, where
-OmegaConf would read an interpolation (``prompt=Cost in ${USD}?``).
+Hydra's override grammar gives quotes, commas, brackets, parentheses and spaces a meaning and takes only ASCII letters
+unquoted, so everyday prompts (``What's shown?``) and file names (``clip (1).mp4``, ``café.mp4``) fail in its lexer,
+and an unquoted comma quietly splits a prompt in two. :func:`argument_error` finds these and words the fix: the
+override quoted so that both the shell and Hydra read it as meant, or ``prompts_file=``; also a list setting given
+twice, of which Hydra would keep the last, and a config group's choice it has not (``model=``: with the choices).
+:func:`config_error` finds an override that names no setting, adds or removes one, or gives one a value of the wrong
+type; :func:`as_written` quotes the text settings that Hydra would type (``video=true``) and keeps a ``${...}`` in
+them as text, where OmegaConf would read an interpolation (``prompt=Cost in ${USD}?``).
 """
 
 from __future__ import annotations
@@ -23,6 +22,7 @@ from pathlib import Path
 from typing import Any
 
 from hydra import compose, initialize_config_dir
+from hydra.core.global_hydra import GlobalHydra
 from hydra.core.override_parser.overrides_parser import OverridesParser
 from hydra.core.override_parser.types import ChoiceSweep, Override, OverrideType, Quote, QuotedString
 from hydra.errors import HydraException, OverrideParseException
@@ -47,26 +47,43 @@ def checked_overrides(overrides: list[str], multirun: bool = False) -> list[str]
     Raises:
         ConfigError: One line for the first mistake, with its fix.
     """
-    problem = argument_error(overrides, multirun) or config_error(overrides)
-    if problem is not None:
+    if (problem := argument_error(overrides, multirun) or config_error(overrides)) is not None:
         raise ConfigError(problem)
     return as_written(overrides)
 
 
 def group_choices(group: str) -> list[str]:
-    """The options of a config group: its YAML files in ``conf/``."""
+    """The options of a config group: its YAML files in ``conf/``, or Hydra's (``hydra/launcher``)."""
+    if group.startswith("hydra/"):
+        with initialize_config_dir(config_dir=str(config_dir()), version_base="1.3"):
+            return sorted(GlobalHydra.instance().config_loader().get_group_options(group))
     return sorted(path.stem for path in (config_dir() / group).glob("*.yaml"))
 
 
-def unknown_choice(group: str, value: str) -> str | None:
-    """``unknown GROUP=VALUE; choose one of: ...`` where ``value`` is none of the group's options."""
-    choices = group_choices(group)
-    return None if value in choices else f"unknown {group}={value}; choose one of: {', '.join(choices)}"
+def unknown_choice(group: str, value: Any) -> str | None:
+    """``unknown GROUP=VALUE; choose one of: ...`` where ``value`` is none of the group's options
+    (``GROUP= is empty (an unset variable?); ...`` where it is empty), ``None`` where it is one."""
+    text, choices = "null" if value is None else str(value), group_choices(group)
+    wrong = f"{group}= is empty (an unset variable?)" if not text.strip() else f"unknown {group}={text}"
+    return None if text in choices else f"{wrong}; choose one of: {', '.join(choices)}"
+
+
+def _group_error(arg: str, override: Override, multirun: bool) -> str | None:
+    """The error for a group's choice (``model=``, ``sampler/dedup=``, ``hydra/launcher=``): no such group, a
+    removal or a second (``~model``, ``+model=``), an empty or unknown choice (a sweep's each), several without -m."""
+    group, picked, choices = override.key_or_group, _choices(override) or [], group_choices(override.key_or_group)
+    if not choices:
+        return f"{shell_word(arg)}: there is no config group {group}; python -m pipeline --help lists them"
+    if override.type != OverrideType.CHANGE:  # ~model: none; +model=tiny: a second
+        return f"{shell_word(arg)}: a run has one {group}, chosen as {group}=NAME; choose one of: {', '.join(choices)}"
+    several = f"{shell_word(arg)} reads as a sweep over {group} choices (-m, a run each); a run takes one"
+    unknown = next(filter(None, (unknown_choice(group, choice) for choice in picked)), None)
+    return unknown or (several if override.is_sweep_override() and not multirun else None)  # quoted: no such choice
 
 
 def argument_error(overrides: list[str], multirun: bool = False) -> str | None:
-    """One line naming the first override Hydra would reject or misread, and its fix; ``None``
-    when all are fine (``multirun``: under ``-m``, where a sweep is meant)."""
+    """One line naming the first override Hydra would reject or misread (a config group's choice: one it has not),
+    and its fix; ``None`` when all are fine (``multirun``: under ``-m``, where a sweep is meant)."""
     parser = OverridesParser.create()
     parsed = []
     for index, arg in enumerate(overrides):
@@ -77,10 +94,10 @@ def argument_error(overrides: list[str], multirun: bool = False) -> str | None:
             (override,) = parser.parse_overrides([arg])
         except OverrideParseException:
             return f"Hydra cannot read {shell_word(arg)}{_with_fix(key, value)}"
+        if _is_group(override) and (problem := _group_error(arg, override, multirun)):
+            return problem
         if override.is_sweep_override() and not multirun:
             return f"{shell_word(arg)} reads as a sweep over values (-m){_with_fix(key, value)}"
-        if key.lstrip("+~") in GROUPS and value and (unknown := unknown_choice(key.lstrip("+~"), value)):
-            return unknown
         if key.lstrip("+~") == "prompts" and _ambiguous_comma(value):
             return _ambiguous_prompts(key, value)
         parsed.append((arg, override))
@@ -88,8 +105,7 @@ def argument_error(overrides: list[str], multirun: bool = False) -> str | None:
 
 
 def _given_twice(parsed: list[tuple[str, Override]]) -> str | None:
-    """The error for a list setting given twice with different values (``video=a.mp4
-    video=b.mp4``: Hydra would take b alone), with the one list that holds them all."""
+    """The error for a list setting given twice (``video=a.mp4 video=b.mp4``: Hydra keeps b alone), with one list."""
     given: dict[str, list[tuple[str, Override]]] = {}
     for arg, override in parsed:
         given.setdefault(override.key_or_group, []).append((arg, override))
@@ -115,18 +131,17 @@ def _list_items(value: str) -> list[str]:
 
 
 def as_written(overrides: list[str]) -> list[str]:
-    """The overrides, so that the run gets a text setting (a path, a prompt, a list of them) as
-    typed: quoted where Hydra would read a number, a boolean or null (``video=true``,
-    ``output_dir=1.50``), and each ``${`` in it escaped (:func:`_kept_as_text`), where OmegaConf
-    would read an interpolation and put another value or a variable in its place. The overrides
-    must have passed :func:`config_error`.
+    """The overrides, so that the run gets a text setting (a path, a prompt, a list of them) as typed: quoted
+    where Hydra would read a number, a boolean or null (``video=true``, ``output_dir=1.50``), and each ``${`` in it
+    escaped (:func:`_kept_as_text`), where OmegaConf would read an interpolation and put another value or a
+    variable in its place. The overrides must have passed :func:`config_error`.
 
     Raises:
         ConfigError: A text with ``${`` that Hydra's grammar cannot carry (not seen in practice).
     """
     parser = OverridesParser.create()
     parsed = [(arg, parser.parse_overrides([arg])[0]) for arg in overrides]
-    base = _base_config(tuple(arg for arg, override in parsed if _is_group(override)))
+    base = _base_config(_group_args(parsed))
     written = []
     for arg, override in parsed:
         key, value = override.key_or_group, override.value() if not override.is_sweep_override() else ""
@@ -169,9 +184,9 @@ def _escaped(value: Any) -> Any:
 
 
 def _kept_as_text(arg: str) -> str | None:
-    """The override of a text setting written so that OmegaConf reads each ``${`` in its value as
-    text, as are the backslashes typed before one (:func:`_as_typed`); ``None`` where there is none.
-    Every text in the value (a list's items, a sweep's choices under ``-m``) is written in quotes.
+    """The override of a text setting written so that OmegaConf reads each ``${`` in its value as text, as are
+    the backslashes typed before one (:func:`_as_typed`); ``None`` where there is none. Every text in the value
+    (a list's items, a sweep's choices under ``-m``) is written in quotes.
 
     Raises:
         ConfigError: Hydra would not read the override written so back as that value.
@@ -234,20 +249,16 @@ def _base_config(groups: tuple[str, ...]) -> DictConfig:
 
 
 def config_error(overrides: list[str]) -> str | None:
-    """One line for the first override that names no setting, adds or removes one (``+key=``,
-    ``++key=``, ``~key``), or gives a setting a value of the wrong type, with the fix; ``None``
-    when the config composes. (Hydra prints several lines for these, and its advice, a ``+``
-    form, adds a key that no part of the run reads, or that a sampler rejects as a crash.)
-
-    Keys under ``hydra`` are Hydra's own and left to it; the overrides must have passed
-    :func:`argument_error`.
+    """One line for the first override that names no setting, adds or removes one (``+key=``, ``++key=``,
+    ``~key``), or gives a setting a value of the wrong type (or none: ``shard=``), with the fix; ``None`` when the
+    config composes. (Hydra prints several lines for these, and its advice, a ``+`` form, adds a key that no part
+    of the run reads, or that a sampler rejects as a crash.) Keys under ``hydra`` are Hydra's own and left to it;
+    the overrides must have passed :func:`argument_error`.
     """
     parser = OverridesParser.create()
     parsed = [(arg, parser.parse_overrides([arg])[0]) for arg in overrides]
-    try:
-        # The keys that exist depend on the groups chosen (sampler=scene has its own).
-        groups = [arg for arg, override in parsed if _is_group(override)]
-        base = _base_config(tuple(groups))
+    try:  # the keys that exist depend on the groups chosen (sampler=scene has its own)
+        base = _base_config(groups := _group_args(parsed))
     except (HydraException, OmegaConfBaseException) as error:
         return _first_line(error)
     for arg, override in parsed:
@@ -259,7 +270,7 @@ def config_error(overrides: list[str]) -> str | None:
         if _is_group(override):
             continue
         if _node(base, key) is None:
-            return _of_another_choice(arg, key, groups) or _unknown_key(arg, key, base)
+            return _of_another_choice(arg, key, list(groups)) or _unknown_key(arg, key, base)
         if override.type != OverrideType.CHANGE:
             fixed = shell_word(f"{key}={arg.partition('=')[2]}")
             return f"{shell_word(arg)}: {key} is a setting already; set it without '+': {fixed}"
@@ -275,9 +286,9 @@ def config_error(overrides: list[str]) -> str | None:
 
 
 def _interpolation_error(arg: str, key: str, cfg: DictConfig) -> str | None:
-    """The error for a ``${...}`` (text on the command line: :func:`as_written`) in a number or a
-    boolean, or in a setting of a node that Hydra builds an object of (``sampler``, ``executor``:
-    it resolves the node once more, reading the text as an interpolation after all)."""
+    """The error for a ``${...}`` (text on the command line: :func:`as_written`) in a number or a boolean, or in a
+    setting of a node that Hydra builds an object of (``sampler``, ``executor``: it resolves the node once more,
+    reading the text as an interpolation after all)."""
     if isinstance(_node(cfg, key), (BooleanNode, FloatNode, IntegerNode)):
         value, form = arg.partition("=")[2], _value_form(cfg, key)
         return f"{shell_word(arg)}: {key} takes {form}, not {value!r} (${{...}} is text here, not an interpolation)"
@@ -293,6 +304,12 @@ def _is_group(override: Override) -> bool:
     return override.key_or_group in GROUPS or "/" in override.key_or_group
 
 
+def _group_args(parsed: list[tuple[str, Override]]) -> tuple[str, ...]:
+    """The group choices (they say which settings exist), a sweep's (``-m model=a,b``) as its first."""
+    return tuple(f"{o.key_or_group}={(_choices(o) or [''])[0]}" if o.is_sweep_override() else a for a, o in parsed
+                 if _is_group(o))
+
+
 def _node(cfg: DictConfig, key: str) -> Any:
     """The node of a dotted key (its type and whether it takes null), ``None`` if there is none."""
     node: Any = cfg
@@ -306,20 +323,16 @@ def _node(cfg: DictConfig, key: str) -> Any:
 def setting_names(cfg: DictConfig, prefix: str = "") -> list[str]:
     """Every key of a composed config, dotted (``sampler.interval_s``), nodes and leaves."""
     names = []
-    for key in map(str, cfg.keys()):
-        if key.startswith("_"):  # _target_: how Hydra builds the object, not a setting
-            continue
-        name = f"{prefix}{key}"
-        names.append(name)
-        node = cfg._get_node(key)
-        if isinstance(node, DictConfig):
-            names += setting_names(node, f"{name}.")
+    for key in (key for key in map(str, cfg.keys()) if not key.startswith("_")):  # _target_: not a setting
+        names.append(f"{prefix}{key}")
+        if isinstance(node := cfg._get_node(key), DictConfig):
+            names += setting_names(node, f"{prefix}{key}.")
     return names
 
 
 def _of_another_choice(arg: str, key: str, group_overrides: list[str]) -> str | None:
-    """``KEY is a setting of sampler=interval, not of sampler=scene`` where the key belongs to
-    other choices of its group than the one this run has, else ``None``."""
+    """``KEY is a setting of sampler=interval, not of sampler=scene`` where the key belongs to other choices of
+    its group than the one this run has, else ``None``."""
     group = key.split(".", 1)[0]
     if group not in GROUPS:
         return None
@@ -333,8 +346,8 @@ def _of_another_choice(arg: str, key: str, group_overrides: list[str]) -> str | 
 
 
 def _unknown_key(arg: str, key: str, cfg: DictConfig) -> str:
-    """``unknown setting KEY; did you mean CLOSEST?`` (difflib over the config's keys, then
-    over their last parts, so that ``interval_s=2`` finds ``sampler.interval_s``)."""
+    """``unknown setting KEY; did you mean CLOSEST?`` (difflib over the config's keys, then over their last parts,
+    so that ``interval_s=2`` finds ``sampler.interval_s``)."""
     names = setting_names(cfg) + list(GROUPS)
     closest = difflib.get_close_matches(key, names, n=1, cutoff=0.6)
     if not closest:
@@ -349,14 +362,15 @@ def _unknown_key(arg: str, key: str, cfg: DictConfig) -> str:
 def _composition_error(
     error: HydraException | OmegaConfBaseException, parsed: list[tuple[str, Override]], cfg: DictConfig
 ) -> str:
-    """A wrong type as ``KEY=VALUE: KEY takes <type>, not 'VALUE'``; anything else as the
-    first line of Hydra's message."""
+    """A wrong type as ``KEY=VALUE: KEY takes <type>, not 'VALUE'`` (none: ``KEY= is empty``); anything else as
+    the first line of Hydra's message."""
     cause = error.__cause__ if isinstance(error.__cause__, OmegaConfBaseException) else error
     key = getattr(cause, "full_key", None)
     arg = next((arg for arg, override in reversed(parsed) if override.key_or_group == key), None)
     if key is None or arg is None or _node(cfg, key) is None:
         return _first_line(error)
-    value = arg.partition("=")[2]
+    if not (value := arg.partition("=")[2]).strip():  # shard=$SHARD, the variable unset
+        return f"{key}= is empty (an unset variable?); {key} takes {_value_form(cfg, key)}"
     return f"{shell_word(arg)}: {key} takes {_value_form(cfg, key)}, not {value!r}"
 
 
@@ -365,9 +379,8 @@ def _value_form(cfg: DictConfig, key: str) -> str:
     node = _node(cfg, key)
     words = {FloatNode: "a number", IntegerNode: "a whole number", BooleanNode: "true or false",
              StringNode: "text", ListConfig: "a list ([a,b])", DictConfig: "a group of settings"}
-    form = next((word for kind, word in words.items() if isinstance(node, kind)), None)
-    if form is None:  # video, export, ...: any form of value
-        return "a value of another form"
+    if (form := next((word for kind, word in words.items() if isinstance(node, kind)), None)) is None:
+        return "a value of another form"  # video, export, ...: any form of value
     return f"{form} or null" if node._is_optional() else form
 
 
@@ -429,9 +442,8 @@ def _top_level_commas(value: str) -> list[int]:
 
 
 def _ambiguous_comma(value: str) -> bool:
-    """Whether an unquoted comma followed by a space sits between two unquoted words of a list
-    (``[What is shown?,Any text, e.g. signs?]``): a separator to Hydra, maybe part of a prompt
-    to the person who wrote it."""
+    """Whether an unquoted comma followed by a space sits between two unquoted words of a list (``[What is
+    shown?,Any text, e.g. signs?]``): a separator to Hydra, maybe part of a prompt to the person who wrote it."""
     if not (value.startswith("[") and value.endswith("]")):
         return False
     for position in _top_level_commas(value):

@@ -6,20 +6,37 @@ makes ``_export-due`` (the formats owed, merged with any already owed); each mar
 its files are written. A run killed before then, or whose export failed (a full disk), leaves
 the marker, and the next run writes what is owed, whether or not it captions anything.
 ``python -m pipeline.report`` and ``python -m pipeline.export``, writing to the night's place,
-settle it too, unless a run is under way (its later captions would be missing from them).
-``python -m pipeline.status`` shows what is owed.
+settle it too, unless a run is under way (:func:`under_way`: its later captions would be
+missing from them). ``python -m pipeline.status`` shows what is owed.
+
+Shards of one night (``shard=i num_shards=n``) run at once on one ``output_dir``: what is owed
+is written by the last of them to finish captioning (:func:`last_to_finish`), so that it holds
+every shard's videos; one that ends while a sibling still captions leaves it owed, for that
+sibling to write. A sibling killed on this host (its record says running, its process is gone)
+is not waited for. A marker is dropped only if it is still the file that was there when the
+run looked (:class:`Looked`), before it wrote: one that a run owed again meanwhile stays.
 """
 
 from __future__ import annotations
 
+import logging
+import os
+import re
+from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from pipeline.errors import StoreError
 from pipeline.files import read_json, write_json_atomic
-from pipeline.summary import RUNNING, read_runs, run_state
+from pipeline.summary import RUNNING, RunRecord, RunSummary, read_runs
+
+log = logging.getLogger(__name__)
 
 REPORT_DUE = "_report-due"
 EXPORT_DUE = "_export-due"
+# A shard's record says this (true) once it commits no more captions: only what is owed is left.
+CAPTIONING_ENDED = "captioning_ended"
 
 
 def owe_report(output_dir: Path, since: float) -> None:
@@ -28,7 +45,8 @@ def owe_report(output_dir: Path, since: float) -> None:
     Raises:
         StoreError: The marker cannot be written.
     """
-    write_json_atomic(output_dir / REPORT_DUE, {"since": since})
+    before = read_json(output_dir / REPORT_DUE) or {}
+    write_json_atomic(output_dir / REPORT_DUE, {"since": before.get("since", since)})
 
 
 def owe_export(output_dir: Path, formats: list[str], since: float) -> None:
@@ -75,7 +93,7 @@ def settle_report(output_dir: Path) -> None:
     Raises:
         OSError: The marker cannot be removed.
     """
-    if not _run_under_way(output_dir):
+    if not under_way(output_dir):
         paid(output_dir, REPORT_DUE)
 
 
@@ -89,7 +107,7 @@ def settle_export(output_dir: Path, written: list[str], every: list[str]) -> Non
         OSError: It cannot be removed.
     """
     owed_now = owed_export(output_dir)
-    if not owed_now or _run_under_way(output_dir):
+    if not owed_now or under_way(output_dir):
         return
     left = [f for f in (every if "all" in owed_now else owed_now) if f not in written]
     if not left:
@@ -99,5 +117,118 @@ def settle_export(output_dir: Path, written: list[str], every: list[str]) -> Non
     write_json_atomic(output_dir / EXPORT_DUE, {"formats": left, "since": before.get("since")})
 
 
-def _run_under_way(output_dir: Path) -> bool:
-    return any(run_state(record) == RUNNING for record in read_runs(output_dir))
+def under_way(output_dir: Path) -> list[dict[str, Any]]:
+    """The records of the runs that may still be under way on ``output_dir``: those that say
+    ``running`` (:func:`~pipeline.summary.run_state`: one of this host whose process is gone did
+    not finish) and after which no run started that could not have run beside them (the lock
+    lets only shards of one ``num_shards`` run at once), so that a record left ``running`` on
+    another host by a killed run stops counting at the next run of its shard, or of another
+    sharding."""
+    runs = read_runs(output_dir)  # oldest first
+    return [
+        run for at, run in enumerate(runs)
+        if run["state"] == RUNNING and all(_beside(run, later) for later in runs[at + 1 :])
+    ]
+
+
+def still_captioning(output_dir: Path, shard: int, num_shards: int) -> list[str]:
+    """The other shards of ``num_shards`` with a run under way (:func:`under_way`) that has not
+    ended its captioning (``shard 1 of 2``)."""
+    shards = (_shard_of(run) for run in under_way(output_dir) if not run.get(CAPTIONING_ENDED))
+    return [f"shard {other} of {n}" for other, n in shards if n == num_shards and other != shard]
+
+
+@dataclass(frozen=True)
+class Looked:
+    """Which markers were there when a run looked, before it wrote what they owe: ``(inode,
+    mtime_ns)`` of ``_report-due`` and ``_export-due``, ``None`` where there was none. A run that
+    owes again in the meantime rewrites its marker, which makes another file."""
+
+    report: tuple[int, int] | None
+    export: tuple[int, int] | None
+
+
+def last_to_finish(
+    output_dir: Path, record: RunRecord, summary: RunSummary, shard: int, num_shards: int, report: bool
+) -> Looked | None:
+    """The markers this run pays now (:class:`Looked`), or ``None`` where a sibling shard still
+    captions and will. A run without shards pays at once. A shard first records that it
+    captions no more (:data:`CAPTIONING_ENDED`), then looks at the markers, then at its
+    siblings: so of two shards that end at the same moment at least one sees the other ended
+    (both may write: each file is written atomically), and a marker that a sibling makes after
+    the look is not taken for one this run pays. One that leaves something owed says so in one
+    line (``report``: whether this run would write the report)."""
+    if num_shards > 1:
+        record.facts[CAPTIONING_ENDED] = True
+        record.update(summary)
+    looked = Looked(_marker_id(output_dir / REPORT_DUE), _marker_id(output_dir / EXPORT_DUE))
+    captioning = still_captioning(output_dir, shard, num_shards) if num_shards > 1 else []
+    if not captioning:
+        return looked
+    left = (["the report"] if report and looked.report else []) + [
+        f"the export {','.join(formats)}" for formats in [owed_export(output_dir)] if looked.export and formats
+    ]
+    if left:
+        log.info(
+            "%s %s owed: %s still captioning; the last shard to finish writes %s",
+            " and ".join(left), "stays" if len(left) == 1 else "stay",
+            " and ".join(captioning) + (" is" if len(captioning) == 1 else " are"),
+            "it" if len(left) == 1 else "them",
+        )
+    return None
+
+
+def pay_export(output_dir: Path, looked: Looked, write: Callable[[list[str]], Path]) -> bool:
+    """Write the exports owed when the run looked (this night's and earlier ones') with
+    ``write(formats)``, which returns their folder, then drop the marker unless it was owed again
+    since; False, after one line, where they cannot be written: they stay owed (the night exits 1)."""
+    formats = owed_export(output_dir)
+    if looked.export is None or not formats:
+        return True
+    try:
+        log.info("export: %s", write(formats))
+    except (OSError, StoreError) as error:
+        log.error("export not written: %s; the captions are committed, and the next run writes the export", error)
+        return False
+    _paid_if_same(output_dir / EXPORT_DUE, looked.export)
+    return True
+
+
+def pay_report(output_dir: Path, looked: Looked, write: Callable[[], Path]) -> None:
+    """Write the report where one was owed when the run looked, with ``write()`` (which returns
+    its page), then drop the marker unless it was owed again since; a failure is a warning and
+    the report stays owed."""
+    if looked.report is None:
+        return
+    try:
+        log.info("report: %s", write())
+        _paid_if_same(output_dir / REPORT_DUE, looked.report)
+    except (OSError, StoreError) as error:
+        log.warning("report not written: %s; the next run writes it", error)
+
+
+def _shard_of(record: dict[str, Any]) -> tuple[int, int]:
+    """``(shard, num_shards)`` of a run's record; ``(0, 1)`` for a run without shards."""
+    found = re.fullmatch(r"shard(\d+)of(\d+)", str(record.get("shard") or ""))
+    return (int(found[1]), int(found[2])) if found else (0, 1)
+
+
+def _beside(one: dict[str, Any], other: dict[str, Any]) -> bool:
+    """Whether two runs may hold the lock at once: shards of one ``num_shards``, not the same."""
+    (shard, num_shards), (other_shard, other_num) = _shard_of(one), _shard_of(other)
+    return num_shards == other_num > 1 and shard != other_shard
+
+
+def _marker_id(path: Path) -> tuple[int, int] | None:
+    """Which marker file is at ``path`` (a rewrite makes another), ``None`` where none reads."""
+    try:
+        found = os.stat(path)
+    except OSError:
+        return None
+    return found.st_ino, found.st_mtime_ns
+
+
+def _paid_if_same(path: Path, seen: tuple[int, int]) -> None:
+    """Drop the marker once what it owed is written, unless a run owed it again since ``seen``."""
+    if _marker_id(path) == seen:
+        path.unlink(missing_ok=True)
