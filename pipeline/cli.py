@@ -47,7 +47,7 @@ from pipeline.errors import ConfigError, InputError, LockHeld, UserError
 from pipeline.executors.base import Executor
 from pipeline.inputs import check_shard, find_videos, names_one_file, searched_by
 from pipeline.lock import RunLock
-from pipeline.owed import last_to_finish, owe_export, owe_report, pay_export, pay_report
+from pipeline.owed import last_to_finish, owe_export, owe_report, owed, pay_export, pay_report
 from pipeline.paths import user_path
 from pipeline.presets import caption_spec
 from pipeline.run import CHANGED_NOTE, Pipeline, unique_prompts
@@ -156,6 +156,7 @@ def _run_locked(
     record.start(summary)
     code = EXIT_CRASH
     try:
+        owed(output_dir)  # a marker that cannot be kept (a folder at its name) stops the night before it starts
         # The model is its content: its files are found (fetched when missing) before the plan,
         # which needs config_id; the workers then check that they load the same content.
         identity = spec.source.resolve().fingerprints()
@@ -461,11 +462,9 @@ def main() -> None:
         with stop_on_signals():
             if not stopped:
                 sys.exit(importlib.import_module(SUBCOMMANDS[args[0]]).main(args[1:]))
-            if "-h" in args or "--help" in args:
-                print(help_text())
-                sys.exit(EXIT_OK)
-            if "--version" in args:
-                print(version())
+            if "-h" in args or "--help" in args or "--version" in args:
+                end_quietly_when_the_reader_stops()  # --help | head, >/dev/full: as a sub-command's output
+                print(help_text() if "-h" in args or "--help" in args else version())
                 sys.exit(EXIT_OK)
             command = command_line(args)
             _command, sys.argv[1:] = list(sys.argv), command

@@ -8,7 +8,8 @@ Face cache, or ``model.dir``). The arguments are the run's own overrides, so the
 machine would load the text model's F16 copy (``model.text_type``: ``f16``, or ``auto`` on a GPU
 with room for it), this writes the copy too. Prints the two paths a run loads once the pair is
 there and checked to fit; exits 1 with one line when it cannot be fetched (or an argument or
-setting is wrong: the run's own checks), 130 after one line on Ctrl-C.
+setting is wrong: the run's own checks, or the two paths cannot be written: ``>/dev/full``), 130
+after one line on Ctrl-C, and without a word when their reader stopped early (``| head``, 141).
 """
 
 from __future__ import annotations
@@ -27,15 +28,17 @@ from pipeline.options import asks_help, unknown_option
 from pipeline.overrides import checked_overrides
 from pipeline.presets import caption_spec
 from pipeline.runlog import console_logging
-from pipeline.signals import say_stopped
+from pipeline.signals import printing_command, say_stopped, show
 
 log = logging.getLogger(__name__)
 
 USAGE = "usage: python -m pipeline.download [model=PRESET] [model.dir=DIR] [key=value ...]"
 
 
+@printing_command
 def main(argv: list[str] | None = None) -> int:
-    """Fetch (or generate) the model files the overrides name; returns the exit code."""
+    """Fetch (or generate) the model files the overrides name; returns the exit code (1 with
+    one line also where its output cannot be written: the files stay fetched)."""
     args = sys.argv[1:] if argv is None else argv
     if asks_help(args, f"{USAGE}\n\n{__doc__}"):
         return 0
@@ -60,9 +63,8 @@ def main(argv: list[str] | None = None) -> int:
         return 1
     except KeyboardInterrupt:
         return say_stopped(signal.SIGINT, "; run it again to fetch the rest")
-    print(files.loaded_text)
-    print(files.mmproj)
-    return 0
+    paths = f"{files.loaded_text}\n{files.mmproj}"
+    return show(paths, f"the model files are there: {files.loaded_text}, {files.mmproj}")
 
 
 def _as_download_advice(message: str) -> str:

@@ -49,3 +49,8 @@ class LockHeld(UserError):
 class LockLost(UserError):
     """The lock file of ``output_dir`` was removed or replaced while this run held it; the run
     stops before its next write (exit 1)."""
+
+
+class OutputError(UserError):
+    """Standard output cannot be written (``>/dev/full``, an I/O error, a closed descriptor):
+    what a command had to show is lost, though the work it did stays done (exit 1)."""

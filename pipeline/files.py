@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from pipeline.errors import StoreError
+from pipeline.paths import cannot_write
 
 
 def write_atomic(
@@ -48,12 +49,13 @@ def write_bytes_atomic(path: Path, data: bytes) -> None:
     player loading a track: they see the old file or the new one, never half of one.
 
     Raises:
-        StoreError: It cannot be written.
+        StoreError: It cannot be written; its line says why and the fix
+            (:func:`pipeline.paths.cannot_write`).
     """
     try:
         write_atomic(path, lambda temporary: temporary.write_bytes(data))
     except OSError as error:
-        raise StoreError(f"cannot write {path}: {error.strerror or error}") from error
+        raise StoreError(cannot_write(path, error)) from error
 
 
 def write_json_atomic(path: Path, value: Any) -> None:

@@ -27,10 +27,12 @@ stops with one line if not, before it writes anything that the new holder also w
 
 from __future__ import annotations
 
+import errno
 import fcntl
 import json
 import os
 import socket
+import stat
 import sys
 import time
 from collections.abc import Callable
@@ -38,6 +40,7 @@ from pathlib import Path
 from typing import Any
 
 from pipeline.errors import LockHeld, LockLost, StoreError
+from pipeline.paths import room_or_rights, what_stands_at
 
 _ENTRY = 0
 _SHARD_BASE = 1 << 40  # sharding bytes lie below, shard bytes above
@@ -76,6 +79,9 @@ class RunLock:
             fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
         except OSError as error:
             raise self._store_error(error) from error
+        if not stat.S_ISREG(os.fstat(fd).st_mode):  # a named pipe, a device: not a file to lock
+            os.close(fd)
+            raise self._store_error(None)
         try:
             fcntl.lockf(fd, fcntl.LOCK_EX, 1, _ENTRY)
             try:
@@ -172,11 +178,21 @@ class RunLock:
             f"another run holds {self.path} ({holder}){why}; wait for it to finish, or use another output_dir"
         )
 
-    def _store_error(self, error: OSError) -> StoreError:
-        return StoreError(
-            f"cannot write the lock file {self.path}: {error.strerror or error}; "
-            "free space on the disk or fix the folder's permissions, then run again"
-        )
+    def _store_error(self, error: OSError | None) -> StoreError:
+        """The line for a lock file that cannot be written (``error``), or for something
+        other than a file standing at its name (``None``, or found now)."""
+        kind = what_stands_at(self.path)
+        if kind is not None:
+            return StoreError(
+                f"cannot use the lock file {self.path}: {kind} stands there, where the runs keep their lock file; "
+                "move or rename it, then run again"
+            )
+        assert error is not None
+        fix = room_or_rights(error, self.path.parent)
+        if fix is None and error.errno == errno.ENOLCK:
+            fix = "put output_dir on a file system that has file locks (on NFS, its lock service must run)"
+        line = f"cannot write the lock file {self.path}: {error.strerror or error}"
+        return StoreError(f"{line}; {fix}, then run again" if fix else line)
 
 
 def _shard_byte(shard: int, num_shards: int) -> int:

@@ -29,6 +29,7 @@ from typing import Any
 
 from pipeline.errors import StoreError
 from pipeline.files import read_json, write_json_atomic
+from pipeline.paths import what_stands_at
 from pipeline.summary import RUNNING, RunRecord, RunSummary, read_runs
 
 log = logging.getLogger(__name__)
@@ -45,7 +46,7 @@ def owe_report(output_dir: Path, since: float) -> None:
     Raises:
         StoreError: The marker cannot be written.
     """
-    before = read_json(output_dir / REPORT_DUE) or {}
+    before = _read_marker(output_dir / REPORT_DUE) or {}
     write_json_atomic(output_dir / REPORT_DUE, {"since": before.get("since", since)})
 
 
@@ -55,27 +56,34 @@ def owe_export(output_dir: Path, formats: list[str], since: float) -> None:
     Raises:
         StoreError: The marker cannot be written.
     """
-    before = read_json(output_dir / EXPORT_DUE) or {}
+    before = _read_marker(output_dir / EXPORT_DUE) or {}
     merged = list(dict.fromkeys([*owed_export(output_dir), *formats]))
     write_json_atomic(output_dir / EXPORT_DUE, {"formats": merged, "since": before.get("since", since)})
 
 
 def owed_export(output_dir: Path) -> list[str]:
-    """The export formats owed (none: ``[]``; a marker that does not read owes them all)."""
-    path = output_dir / EXPORT_DUE
-    if not path.exists():
+    """The export formats owed (none: ``[]``; a marker that does not read owes them all).
+
+    Raises:
+        StoreError: Something other than a file stands at the marker's name.
+    """
+    marker = _read_marker(output_dir / EXPORT_DUE)
+    if marker is None:
         return []
-    formats = (read_json(path) or {}).get("formats")
+    formats = marker.get("formats")
     return [str(f) for f in formats] if isinstance(formats, list) and formats else ["all"]
 
 
 def owed(output_dir: Path) -> dict[str, dict[str, Any] | None]:
-    """What is owed, for ``status``: ``report`` and ``export``, each ``None`` when nothing is,
-    else its marker (``since``: the start of the run that first owed it; ``formats``)."""
-    found: dict[str, dict[str, Any] | None] = {}
-    for kind, marker in (("report", REPORT_DUE), ("export", EXPORT_DUE)):
-        path = output_dir / marker
-        found[kind] = (read_json(path) or {}) if path.exists() else None
+    """What is owed, for ``status``, and a run's check before it captions: ``report`` and
+    ``export``, each ``None`` when nothing is, else its marker (``since``: the start of the run
+    that first owed it; ``formats``).
+
+    Raises:
+        StoreError: Something other than a file stands at a marker's name (a folder
+            ``_export-due``): one line, with the fix.
+    """
+    found = {kind: _read_marker(output_dir / name) for kind, name in (("report", REPORT_DUE), ("export", EXPORT_DUE))}
     if found["export"] is not None:
         found["export"]["formats"] = owed_export(output_dir)
     return found
@@ -91,9 +99,10 @@ def settle_report(output_dir: Path) -> None:
     no longer owed, unless a run is under way.
 
     Raises:
+        StoreError: Something other than a file stands at the marker's name.
         OSError: The marker cannot be removed.
     """
-    if not under_way(output_dir):
+    if _read_marker(output_dir / REPORT_DUE) is not None and not under_way(output_dir):
         paid(output_dir, REPORT_DUE)
 
 
@@ -113,7 +122,7 @@ def settle_export(output_dir: Path, written: list[str], every: list[str]) -> Non
     if not left:
         paid(output_dir, EXPORT_DUE)
         return
-    before = read_json(output_dir / EXPORT_DUE) or {}
+    before = _read_marker(output_dir / EXPORT_DUE) or {}
     write_json_atomic(output_dir / EXPORT_DUE, {"formats": left, "since": before.get("since")})
 
 
@@ -217,6 +226,18 @@ def _beside(one: dict[str, Any], other: dict[str, Any]) -> bool:
     """Whether two runs may hold the lock at once: shards of one ``num_shards``, not the same."""
     (shard, num_shards), (other_shard, other_num) = _shard_of(one), _shard_of(other)
     return num_shards == other_num > 1 and shard != other_shard
+
+
+def _read_marker(path: Path) -> dict[str, Any] | None:
+    """The marker at ``path`` (``{}`` where it does not read), ``None`` where there is none.
+
+    Raises:
+        StoreError: Something other than a file stands at its name.
+    """
+    kind = what_stands_at(path)
+    if kind is not None and kind != "a link to nowhere":  # a marker is written over a link
+        raise StoreError(f"cannot use {path}: {kind} stands there, where a night keeps what it owes; move or rename it")
+    return (read_json(path) or {}) if path.is_file() else None
 
 
 def _marker_id(path: Path) -> tuple[int, int] | None:

@@ -1,10 +1,14 @@
-"""Paths: where the pipeline keeps files of its own that are not results (the user's cache), and
-how a path is written where only text goes."""
+"""Paths: where the pipeline keeps files of its own that are not results (the user's cache), how
+a path is written where only text goes, and how a folder that cannot be written is said: one
+line with what stands in the way or what the folder lacks (permissions, space) and the fix."""
 
 from __future__ import annotations
 
 import errno
 import os
+import stat
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 
@@ -49,26 +53,127 @@ def not_a_folder(folder: Path) -> Path | None:
     return None
 
 
+_FULL = (errno.ENOSPC, errno.EDQUOT)
+_NO_RIGHTS = (errno.EACCES, errno.EPERM, errno.EROFS)
+# A disk with less free than this is full for anything the pipeline writes there.
+_ROOM_BYTES = 1 << 20
+
+
+def disk_full(error: OSError) -> bool:
+    """Whether ``error`` says the disk, or the user's quota on it, is full."""
+    return error.errno in _FULL
+
+
+def no_room(folder: Path) -> bool:
+    """Whether the disk of ``folder`` has (next to) no space left for a user's files, for a
+    writer that does not say why it failed (llama.cpp's quantize)."""
+    try:
+        found = os.statvfs(folder)
+    except OSError:
+        return False
+    return found.f_bavail * found.f_frsize < _ROOM_BYTES
+
+
 def not_writable(error: OSError) -> bool:
-    """Whether ``error`` says a folder cannot be written (permissions, a read-only mount, or
-    a file where the folder or one of its parents must be)."""
+    """Whether ``error`` says a folder cannot be written: permissions, a read-only mount, a
+    full disk or quota (:func:`disk_full`), or a file where the folder or one of its parents
+    must be. Every write into the user cache tells these apart from a bug with this, and says
+    them with :func:`unwritable`."""
     if error.errno in (errno.EEXIST, errno.ENOTDIR):
         return error.filename is not None and not_a_folder(Path(os.fsdecode(error.filename))) is not None
-    return error.errno in (errno.EACCES, errno.EPERM, errno.EROFS)
+    return error.errno in (*_NO_RIGHTS, *_FULL)
+
+
+def what_stands_at(path: Path) -> str | None:
+    """What stands at ``path`` where a file must be and is not a regular file (``a folder``,
+    ``a named pipe``, ``a socket``, ``a device``, ``a link to nowhere``), following links as
+    ``open`` does; ``None`` for a file or nothing."""
+    try:
+        mode = os.stat(path).st_mode
+    except OSError:
+        return "a link to nowhere" if os.path.islink(path) else None
+    kinds = {stat.S_ISDIR: "a folder", stat.S_ISFIFO: "a named pipe", stat.S_ISSOCK: "a socket",
+             stat.S_ISCHR: "a device", stat.S_ISBLK: "a device"}
+    return next((kind for test, kind in kinds.items() if test(mode)), None)
+
+
+def room_or_rights(error: OSError, folder: Path) -> str | None:
+    """The fix for a write into ``folder`` that failed with ``error``: free space (a full disk
+    or quota), or make the folder writable (permissions, a read-only mount: the nearest of
+    ``folder`` and its parents that is there); ``None`` where ``error`` says neither."""
+    if error.errno == errno.EDQUOT:
+        return "free space within your disk quota"
+    if error.errno == errno.ENOSPC:
+        return "free space on its disk"
+    if error.errno in _NO_RIGHTS:
+        there = next((path for path in (folder, *folder.parents) if path.is_dir()), folder)  # the one to fix
+        return f"make {there} writable (its permissions, or a read-only mount)"
+    return None
+
+
+def cannot_write(path: Path, error: OSError) -> str:
+    """One line for the file ``path`` that could not be written (``error``): what stands in
+    the way (something other than a file at its name, a file where its folder must be) or what
+    its folder lacks (space, permissions), and the fix; else what ``error`` says.
+
+    ``cannot write out/_report.html: a folder stands there; move or rename it``,
+    ``cannot write out/_runs/x.json: out/_runs is a file, not a folder; move or rename it``,
+    ``cannot write out/v/_done-x: No space left on device; free space on its disk``.
+    """
+    fix = room_or_rights(error, path.parent)
+    if fix is not None:
+        return f"cannot write {path}: {error.strerror or error}; {fix}"
+    kind = what_stands_at(path)
+    if kind is not None and kind != "a link to nowhere":  # a file is written over a link
+        return f"cannot write {path}: {kind} stands there; move or rename it"
+    blocked = in_the_way(path.parent)
+    if blocked is not None:
+        return f"cannot write {path}: {blocked}; move or rename it"
+    return f"cannot write {path}: {error.strerror or error}"
+
+
+def in_the_way(folder: Path) -> str | None:
+    """``X is a file, not a folder`` (or ``X is not a folder``) where X stands where ``folder``
+    or one of its parents must be (:func:`not_a_folder`); ``None`` where nothing does."""
+    blocker = not_a_folder(user_path(folder).absolute())
+    if blocker is None:
+        return None
+    return f"{blocker} is a file, not a folder" if blocker.is_file() else f"{blocker} is not a folder"
 
 
 def unwritable(folder: Path, error: OSError | None, what: str) -> str:
     """One line for ``what`` that could not be written into ``folder`` (``error``: what
-    writing it said; ``None``: a file stands in the way, found before trying): which folder
-    must be writable, and (for the user cache) the variable that moves it."""
-    blocker = not_a_folder(user_path(folder).absolute())
+    writing it said; ``None``: a file stands in the way, found before trying): what stands
+    in the way or what the folder lacks (permissions, space), the fix, and (for the user
+    cache) the variable that moves it."""
+    blocker, blocked = not_a_folder(user_path(folder).absolute()), in_the_way(folder)
+    in_cache = user_path(folder).absolute().is_relative_to(user_cache_dir().absolute())
     if blocker is not None:
-        reason = f"{blocker} is a file, not a folder" if blocker.is_file() else f"{blocker} is not a folder"
-    else:
-        reason = str(error.strerror or error) if error is not None else "cannot be created"
-    must = "that must be a writable folder" if blocker is not None else "that folder must be writable"
-    line = f"cannot write {what} into {folder} ({reason}): {must}"
-    cache = user_cache_dir().absolute()
-    if user_path(folder).absolute().is_relative_to(cache):
-        line += f"; {'or' if blocker else f'make {cache} writable, or'} set VIDEO_CAPTION_CACHE to a writable folder"
+        line = f"cannot write {what} into {folder} ({blocked}): that must be a writable folder"
+        line += f"; move or rename {blocker}"
+        return line + ("; or set VIDEO_CAPTION_CACHE to a writable folder" if in_cache else "")
+    reason = str(error.strerror or error) if error is not None else "cannot be created"
+    if error is not None and disk_full(error):
+        line = f"cannot write {what} into {folder} ({reason}): {room_or_rights(error, folder)}"
+        return line + (", or set VIDEO_CAPTION_CACHE to a folder on another disk" if in_cache else "")
+    line = f"cannot write {what} into {folder} ({reason}): that folder must be writable"
+    if in_cache:
+        line += f"; make {user_cache_dir().absolute()} writable, or set VIDEO_CAPTION_CACHE to a writable folder"
     return line
+
+
+@contextmanager
+def writing_into(folder: Path, what: str, error_type: type[Exception]) -> Iterator[None]:
+    """Write ``what`` into ``folder`` in the ``with`` block: a folder that cannot be written
+    (:func:`not_writable`) raises ``error_type`` (a :class:`~pipeline.errors.UserError`) with
+    the line of :func:`unwritable`; any other ``OSError`` is a bug and goes on as it is.
+
+    Raises:
+        Exception: ``folder`` cannot be written (an ``error_type``).
+    """
+    try:
+        yield
+    except OSError as error:
+        if not_writable(error):
+            raise error_type(unwritable(folder, error, what)) from error
+        raise

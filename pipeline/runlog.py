@@ -12,7 +12,9 @@ names the file either way.
 
 from __future__ import annotations
 
+import contextlib
 import logging
+import os
 import sys
 import time
 import traceback
@@ -20,8 +22,10 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from datetime import datetime, timezone
 from pathlib import Path
+from typing import TextIO
 
-from pipeline.paths import user_cache_dir
+from pipeline.errors import StoreError
+from pipeline.paths import user_cache_dir, writing_into
 from pipeline.words import visible
 
 _FORMAT = "[%(asctime)s][%(name)s][%(levelname)s] %(message)s"
@@ -53,9 +57,28 @@ def say_error(message: str) -> None:
 
 def say(level: int, message: str) -> None:
     """Print one line at ``level`` on stderr in :func:`console_formatter`'s style, without going
-    through logging."""
+    through logging. Where stderr is closed (``2>&-``) or cannot be written, the line is lost:
+    nothing else may take its place (``print`` to a closed stderr would write on stdout)."""
+    if sys.stderr is None:
+        return
     record = logging.LogRecord("pipeline", level, "", 0, message, None, None)
-    print(console_formatter().format(record), file=sys.stderr)
+    try:
+        print(console_formatter().format(record), file=sys.stderr, flush=True)
+    except OSError:  # 2>/dev/full: nowhere to say it
+        discard(sys.stderr)
+
+
+def discard(stream: TextIO | None) -> None:
+    """Send what is still written to ``stream`` (stdout or stderr, found unwritable) nowhere:
+    its descriptor is pointed at ``/dev/null``, so that the bytes left in its buffer do not
+    fail again when Python flushes it at exit (``Exception ignored ...``, exit 120)."""
+    with contextlib.suppress(AttributeError, OSError, ValueError):  # no descriptor: nothing to do
+        descriptor = stream.fileno()  # type: ignore[union-attr]
+        null = os.open(os.devnull, os.O_WRONLY)
+        try:
+            os.dup2(null, descriptor)
+        finally:
+            os.close(null)
 
 
 def console_logging() -> None:
@@ -133,10 +156,12 @@ def run_log(path: Path) -> Iterator[Path]:
     """Copy everything logged into ``path`` for the ``with`` block.
 
     Raises:
-        OSError: The file cannot be created.
+        StoreError: The file cannot be created: its folder cannot be written (permissions, a
+            full disk) or is not a folder (a file named ``_logs``); the line names it and the fix.
     """
-    path.parent.mkdir(parents=True, exist_ok=True)
-    handler = LogFile(path)
+    with writing_into(path.parent, "the run's log file", StoreError):
+        path.parent.mkdir(parents=True, exist_ok=True)
+        handler = LogFile(path)
     handler.setFormatter(OneLineFormatter(_FORMAT))
     root = logging.getLogger()
     root.addHandler(handler)

@@ -16,11 +16,15 @@ callback, so ctypes would print "Exception ignored on calling ctypes callback" w
 traceback. :func:`quiet_callbacks` drops such an exception without a word instead, and loses
 no signal: a :class:`Stopped` is remembered as above, and a ``KeyboardInterrupt`` (outside
 :func:`stop_on_signals`) is raised again at the main thread's next instruction outside it.
+
+The ends of a command's output live here too: SIGPIPE from a reader that stopped, and an output
+that cannot be written (:func:`end_quietly_when_the_reader_stops`, :func:`printing_command`).
 """
 
 from __future__ import annotations
 
 import _thread
+import functools
 import os
 import signal
 import sys
@@ -28,8 +32,11 @@ import threading
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from types import CodeType, FrameType
-from typing import Any
+from typing import Any, ParamSpec, TextIO
 
+from pipeline.errors import OutputError
+
+P = ParamSpec("P")
 _SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
 _received: int | None = None
 
@@ -128,8 +135,107 @@ def _unraisable(unraisable: Any) -> None:
 
 
 def end_quietly_when_the_reader_stops() -> None:
-    """Let SIGPIPE end the process without a word, as it ends ``cat``: a sub-command whose
-    output goes to a reader that stops early (``python -m pipeline.status ... | head``) then
-    ends there (exit 141 in the shell) instead of with a ``BrokenPipeError`` traceback. For
-    commands that print and change nothing after printing."""
+    """Make standard output safe for a command whose output is what it is for (a sub-command,
+    a dry run), for commands that print and change nothing after printing:
+
+    - SIGPIPE ends the process without a word, as it ends ``cat``: output that goes to a
+      reader that stops early (``python -m pipeline.status ... | head``) ends there (exit 141
+      in the shell) instead of with a ``BrokenPipeError`` traceback.
+    - Any other output that cannot be written (``>/dev/full``, an I/O error, ``>&-``) raises
+      :class:`~pipeline.errors.OutputError` (a ``UserError``: one line, exit 1) at the print
+      that met it: each print is flushed at once, so nothing is left to fail unseen when
+      Python flushes at exit (``Exception ignored ...``, exit 120), and a closed output is
+      not taken for a written one.
+    """
     signal.signal(signal.SIGPIPE, signal.SIG_DFL)
+    if not isinstance(sys.stdout, CheckedOutput):
+        sys.stdout = CheckedOutput(sys.stdout)  # print() needs only write and flush
+
+
+def printing_command(main: Callable[P, int]) -> Callable[P, int]:
+    """Make ``main`` a sub-command's main whose output is what it is for: standard output made
+    safe first (:func:`end_quietly_when_the_reader_stops`), and an output that cannot be
+    written (its help, its lines) one ERROR line on stderr and exit 1, not a traceback."""
+
+    @functools.wraps(main)
+    def guarded(*args: P.args, **kwargs: P.kwargs) -> int:
+        end_quietly_when_the_reader_stops()
+        try:
+            return main(*args, **kwargs)
+        except OutputError as error:
+            _say_error(str(error))
+            return 1
+
+    return guarded
+
+
+def show(text: str, done: str) -> int:
+    """Print ``text``, the line a command ends with after its work: 0; where it cannot be
+    written, one ERROR line on stderr that says so and that the work is ``done`` (``the
+    report is written: PATH``): 1."""
+    try:
+        print(text)
+    except OutputError as error:
+        _say_error(f"{error}; {done}")
+        return 1
+    return 0
+
+
+def _say_error(message: str) -> None:
+    from pipeline.runlog import say_error  # only now: nothing more to load on the way in
+
+    say_error(message)
+
+
+class CheckedOutput:
+    """A text stream (standard output) whose every write is flushed at once and whose failure
+    is an :class:`~pipeline.errors.OutputError` (see :func:`end_quietly_when_the_reader_stops`).
+    After one failure, what is still printed is dropped: ``flush`` does nothing more, so that
+    Python's flush at exit adds no second message.
+
+    Args:
+        stream: The stream written through; ``None`` where the output is closed (Python's
+            ``sys.stdout`` when the command started with ``>&-``).
+    """
+
+    def __init__(self, stream: TextIO | None) -> None:
+        self.stream = stream
+        self.failed: str | None = None
+
+    def write(self, text: str) -> int:
+        """Write and flush ``text``.
+
+        Raises:
+            OutputError: It cannot be written (or an earlier write could not).
+        """
+        if self.failed is None and self.stream is None:
+            self.failed = "it is closed"
+        if self.failed is not None:
+            raise OutputError(f"cannot write to standard output: {self.failed}")
+        assert self.stream is not None
+        try:
+            written = self.stream.write(text)
+            self.stream.flush()
+        except OSError as error:
+            self._drop(error)
+            raise OutputError(f"cannot write to standard output: {self.failed}") from error
+        return written
+
+    def flush(self) -> None:
+        """Flush what is written (nothing once a write failed: it is dropped)."""
+        if self.failed is None and self.stream is not None:
+            try:
+                self.stream.flush()
+            except OSError as error:
+                self._drop(error)
+                raise OutputError(f"cannot write to standard output: {self.failed}") from error
+
+    def _drop(self, error: OSError) -> None:
+        from pipeline.runlog import discard  # only now: nothing more to load on the way in
+
+        self.failed = error.strerror or str(error)
+        discard(self.stream)
+
+    def __getattr__(self, name: str) -> Any:
+        """Everything else (``isatty``, ``encoding``, ``fileno``, ...) is the stream's."""
+        return getattr(self.stream, name)

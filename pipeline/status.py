@@ -25,7 +25,7 @@ from pipeline.options import asks_help, number, parse_options
 from pipeline.owed import owed
 from pipeline.paths import user_path
 from pipeline.runlog import console_logging, say_error
-from pipeline.signals import end_quietly_when_the_reader_stops
+from pipeline.signals import printing_command
 from pipeline.store import QUARANTINE, StoreError, read_results
 from pipeline.summary import DID_NOT_FINISH, FINISHED, RUNNING, engine_lines, read_runs
 from pipeline.words import visible
@@ -55,17 +55,18 @@ def status_lines(output_dir: Path, recent: int = RECENT_RUNS) -> list[str]:
     return lines
 
 
+@printing_command
 def main(argv: list[str] | None = None) -> int:
     """Print the status of an ``output_dir``.
 
     Returns:
-        0; 1 on bad arguments or an ``output_dir`` that is not a folder (one line on stderr).
+        0; 1 on bad arguments, an ``output_dir`` that is not a folder, or an output that cannot
+        be written (``>/dev/full``, ``>&-``): one line on stderr.
     """
     args = sys.argv[1:] if argv is None else argv
     if asks_help(args, f"{USAGE}\n\n{__doc__}"):
         return 0
     console_logging()
-    end_quietly_when_the_reader_stops()
     try:
         options = parse_options(args, _KEYS, ("output_dir",))
         lines = status_lines(user_path(options["output_dir"]).resolve(),

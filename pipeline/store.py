@@ -45,7 +45,7 @@ import pyarrow.parquet as pq
 
 from pipeline.errors import StoreError
 from pipeline.files import read_json, write_atomic, write_json_atomic
-from pipeline.paths import user_path
+from pipeline.paths import cannot_write, in_the_way, room_or_rights, user_path
 
 if TYPE_CHECKING:  # pandas loads only where results are read back, not on a run's start
     import pandas as pd
@@ -190,7 +190,8 @@ def prepare_output_dir(output_dir: str | Path) -> Path:
     """Create ``output_dir`` and check that it can be written.
 
     Raises:
-        StoreError: It cannot be created or written.
+        StoreError: It cannot be created or written: one line with what stands in the way (a
+            file at its name or a parent's), or what it lacks (permissions, space), and the fix.
     """
     path = user_path(output_dir).resolve()
     try:
@@ -199,9 +200,11 @@ def prepare_output_dir(output_dir: str | Path) -> Path:
         probe.write_bytes(b"")
         probe.unlink()
     except OSError as error:
+        blocked, fix = in_the_way(path), room_or_rights(error, path)
+        reason = blocked or error.strerror or str(error)
+        fix = "move or rename it" if blocked else fix
         raise StoreError(
-            f"output_dir {path} is not writable ({error.strerror or error}); "
-            "choose another output_dir or fix its permissions"
+            f"output_dir {path} is not writable ({reason}); {f'{fix}, or ' if fix else ''}choose another output_dir"
         ) from error
     return path
 
@@ -236,10 +239,8 @@ def write_chunk(
             final, lambda temporary: pq.write_table(table, temporary, write_page_checksum=True), before_commit
         )
     except OSError as error:
-        raise StoreError(
-            f"cannot write {final}: {error.strerror or error}; committed results are intact, "
-            "free space or fix the folder and run again to finish"
-        ) from error
+        line = cannot_write(final, error)
+        raise StoreError(f"{line} (committed results are intact: the next run does the rest)") from error
     return final
 
 
@@ -316,7 +317,7 @@ def write_videos_table(output_dir: Path) -> Path | None:
         finally:
             os.close(descriptor)  # closing drops the flock
     except OSError as error:
-        log.warning("%s not written: %s", path, error.strerror or error)
+        log.warning("the table of videos is not written: %s", cannot_write(path, error))
         return None
     return path
 

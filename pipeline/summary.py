@@ -181,8 +181,9 @@ class RunRecord:
     def start(self, summary: RunSummary) -> None:
         """Write the ``running`` record. Where it cannot be written, the previous run's
         ``_last_run.json`` is removed (that needs no free space), so it does not speak for this
-        run; a warning says so."""
-        if not self._write(self.record(summary, None)):
+        run; a warning says so. A folder there is no record, and is left as it is: the warning
+        that it could not be written names it."""
+        if not self._write(self.record(summary, None)) and not self.last_path.is_dir():
             try:
                 self.last_path.unlink(missing_ok=True)
             except OSError as error:

@@ -35,9 +35,10 @@ import gguf
 import numpy as np
 
 from pipeline.caption.layout import AnyresGeometry
+from pipeline.caption.tiny import write_gguf
 from pipeline.caption.weights import WeightsError, model_fingerprint, read_gguf
 from pipeline.files import write_atomic
-from pipeline.paths import not_writable, unwritable
+from pipeline.paths import writing_into
 
 log = logging.getLogger(__name__)
 
@@ -120,7 +121,8 @@ def reference_copies(projector: Projector, cache_dir: Path) -> dict[str, Path]:
         ``{NATURAL: path, REVERSED: path}``.
 
     Raises:
-        WeightsError: A copy is missing and ``cache_dir`` cannot be written.
+        WeightsError: A copy is missing and ``cache_dir`` cannot be written (permissions, a
+            full disk or quota: :func:`pipeline.paths.writing_into`).
     """
     source = projector.path.resolve()
     key = hashlib.sha256(f"{_COPY_VERSION}:{model_fingerprint(source)}".encode()).hexdigest()[:12]
@@ -130,15 +132,10 @@ def reference_copies(projector: Projector, cache_dir: Path) -> dict[str, Path]:
     if missing:
         log.info("writing the reference-layout copies of %s into %s (once per file)", source.name, folder)
         reader = read_gguf(source)
-        try:
+        with writing_into(folder, f"the reference-layout copies of {source.name}", WeightsError):
             folder.mkdir(parents=True, exist_ok=True)
             for arrangement in missing:
                 _write_copy(reader, copies[arrangement], arrangement, projector.geometry.tile_tokens)
-        except OSError as error:
-            if not_writable(error):
-                what = f"the reference-layout copies of {source.name}"
-                raise WeightsError(unwritable(folder, error, what)) from error
-            raise
     return copies
 
 
@@ -191,10 +188,7 @@ def _write_copy(reader: gguf.GGUFReader, path: Path, arrangement: str, n_patches
             if tensor.name == "v.position_embd.weight":
                 data = _graph_positions(np.array(data), arrangement, n_patches)
             writer.add_tensor(tensor.name, data, raw_dtype=tensor.tensor_type)
-        writer.write_header_to_file()
-        writer.write_kv_data_to_file()
-        writer.write_tensors_to_file()
-        writer.close()
+        write_gguf(writer)  # a full disk says so (gguf's own tensor writes lose the errno)
 
     write_atomic(path, write)
 

@@ -22,6 +22,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import gguf
 import numpy as np
@@ -204,7 +205,7 @@ def write_text_model(path: Path, shape: TextShape, weight_type: str, name: str, 
 
     for tensor_name, tensor_shape, layer in text_layout(shape, len(tokens)):
         add_weight(writer, tensor_name, tensor_shape, layer, shape.n_layer)
-    _write_gguf(path, writer)
+    write_gguf(writer, path)
 
 
 def write_mmproj(path: Path, shape: VisionShape, text_embd: int, weight_type: str, name: str, draw: Draw) -> None:
@@ -238,7 +239,7 @@ def write_mmproj(path: Path, shape: VisionShape, text_embd: int, weight_type: st
         if weight_type == "F16" and tensor.ndim >= 2 and tensor_name != "v.position_embd.weight":
             tensor = tensor.astype(np.float16)
         writer.add_tensor(tensor_name, tensor)
-    _write_gguf(path, writer)
+    write_gguf(writer, path)
 
 
 def mmproj_tensors(shape: VisionShape, text_embd: int, draw: Draw) -> list[tuple[str, np.ndarray]]:
@@ -351,12 +352,31 @@ def _ensure_file(path: Path, write: Callable[[Path], None]) -> Path:
     return path
 
 
-def _write_gguf(path: Path, writer: gguf.GGUFWriter) -> None:
-    """Write a filled-in writer's header, metadata and tensors to ``path`` and close it."""
+def write_gguf(writer: gguf.GGUFWriter, path: Path | None = None) -> None:
+    """Write a filled-in writer's header, metadata and tensors to ``path`` (default: the path
+    it was made with) and close it.
+
+    The tensors go through Python's file writes, so that a full disk raises ``OSError``
+    ``[Errno 28] No space left on device`` (or ``EDQUOT``), which
+    :func:`pipeline.paths.not_writable` knows: gguf writes them with numpy's ``tofile``, whose
+    short write says only ``4096 requested and 904 written``, without the reason.
+    """
+    for tensors in writer.tensors:
+        for info in tensors.values():
+            if isinstance(info.tensor, np.ndarray):
+                info.tensor = info.tensor.view(_PythonWrites)
     writer.write_header_to_file(path)
     writer.write_kv_data_to_file()
     writer.write_tensors_to_file()
     writer.close()
+
+
+class _PythonWrites(np.ndarray):
+    """An array whose ``tofile`` writes through the file object (see :func:`write_gguf`)."""
+
+    def tofile(self, fid: Any, sep: str = "", format: str = "%s") -> None:
+        """Write the array's bytes in C order to the open binary file ``fid``."""
+        fid.write(np.ascontiguousarray(self.view(np.ndarray)).reshape(-1).view(np.uint8).data)
 
 
 def _random(rng: np.random.Generator, *shape: int) -> np.ndarray:

@@ -30,7 +30,7 @@ import gguf
 
 from pipeline.caption.tiny import TINY_MMPROJ_FILE, TINY_TEXT_FILE, TINY_TEXT_Q8_FILE, ensure_tiny_model
 from pipeline.errors import WeightsError
-from pipeline.paths import not_writable, unwritable, user_cache_dir
+from pipeline.paths import user_cache_dir, writing_into
 
 log = logging.getLogger(__name__)
 
@@ -122,19 +122,16 @@ class ModelSource:
         """The files, the preset's generated or downloaded when missing.
 
         Raises:
-            WeightsError: A file is missing and cannot be fetched.
+            WeightsError: A file is missing and cannot be fetched, or the generated model cannot
+                be written (:func:`pipeline.paths.writing_into`: permissions, a full disk).
         """
         for key, path in (("text", self.text_path), ("mmproj", self.mmproj_path)):
             if path is not None and not path.is_file():
                 raise WeightsError(f"model.{key}={path} is not a file; give the path of a GGUF file")
         if self.generated:
             folder = self.model_dir or user_cache_dir() / "tiny"
-            try:
+            with writing_into(folder, "the generated tiny model", WeightsError):  # a full disk too
                 text, mmproj = ensure_tiny_model(folder, quantized=self.quantized)
-            except OSError as error:
-                if not_writable(error):
-                    raise WeightsError(unwritable(folder, error, "the generated tiny model")) from error
-                raise
             return ModelFiles(self.text_path or text, self.mmproj_path or mmproj)
         roles = ((self.text_file, self.text_path), (self.mmproj_file, self.mmproj_path))
         found = self._fetch([name for name, given in roles if given is None])

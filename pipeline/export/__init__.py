@@ -53,7 +53,7 @@ from pipeline.owed import settle_export
 from pipeline.paths import user_path
 from pipeline.results import config_label, printable, prompt_numbers, typed_answers
 from pipeline.runlog import console_logging, say_error
-from pipeline.signals import end_quietly_when_the_reader_stops
+from pipeline.signals import printing_command, show
 from pipeline.store import (
     StoreError,
     prompt_order,
@@ -395,17 +395,18 @@ def load_rows(output_dir: Path, schemas: dict[str, dict[str, Any]]) -> pd.DataFr
     return df.sort_values(order, kind="stable", na_position="last").reset_index(drop=True)
 
 
+@printing_command
 def main(argv: list[str] | None = None) -> int:
     """``python -m pipeline.export``: parse ``key=value`` arguments and export.
 
     Returns:
-        0 when written, 1 on bad arguments or a failure (one line on stderr says which).
+        0 when written, 1 on bad arguments or a failure (one line on stderr says which; an
+        output that cannot be written is one: the export stays written).
     """
     args = sys.argv[1:] if argv is None else argv
     if asks_help(args, USAGE):
         return 0
     console_logging()  # a warning while reading (a property with no column) is a [hh:mm:ss WARNING] line
-    end_quietly_when_the_reader_stops()
     try:
         options = parse_options(args, _KEYS, ("output_dir", "format"))
         formats = parse_formats(options["format"])
@@ -426,8 +427,7 @@ def main(argv: list[str] | None = None) -> int:
         return 1
     tracks = len(done.tracks) if set(formats) & set(TRACK_FORMATS) else 0
     counts = f"{plural(len(done.files), 'file')} ({plural(tracks, 'track')}, {plural(done.rows, 'row')})"
-    print(visible(f"wrote {counts} to {done.folder}"))
-    return 0
+    return show(visible(f"wrote {counts} to {done.folder}"), visible(f"the export is written: {done.folder}"))
 
 
 # -- helpers --------------------------------------------------------------------------------

@@ -9,7 +9,7 @@ from pipeline.options import asks_help, flag, number, parse_options
 from pipeline.owed import settle_report
 from pipeline.report.write import PAGE_FRAMES, write_report
 from pipeline.runlog import console_logging, say_error
-from pipeline.signals import end_quietly_when_the_reader_stops
+from pipeline.signals import printing_command, show
 from pipeline.words import visible
 
 USAGE = (
@@ -19,17 +19,18 @@ USAGE = (
 _KEYS = ("output_dir", "video_id", "out", "page_frames", "inline")
 
 
+@printing_command
 def main(argv: list[str] | None = None) -> int:
     """Parse ``key=value`` arguments and write the report.
 
     Returns:
-        0 when written, 1 on bad arguments or a failure (one line on stderr says which).
+        0 when written, 1 on bad arguments or a failure (one line on stderr says which), the
+        report's own or its line's (an output that cannot be written: the report stays written).
     """
     args = sys.argv[1:] if argv is None else argv
     if asks_help(args, USAGE):
         return 0
     console_logging()
-    end_quietly_when_the_reader_stops()
     try:
         options = parse_options(args, _KEYS, ("output_dir",))
         page_frames = number(options, "page_frames", PAGE_FRAMES, minimum=1)
@@ -44,5 +45,4 @@ def main(argv: list[str] | None = None) -> int:
     except (UserError, OSError) as error:
         say_error(str(error))
         return 1
-    print(visible(f"wrote {path}"))
-    return 0
+    return show(visible(f"wrote {path}"), visible(f"the report is written: {path}"))
