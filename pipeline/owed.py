@@ -30,12 +30,18 @@ from typing import Any
 from pipeline.errors import StoreError
 from pipeline.files import read_json, write_json_atomic
 from pipeline.paths import what_stands_at
+from pipeline.store import ChunkName, result_files
 from pipeline.summary import RUNNING, RunRecord, RunSummary, read_runs
 
 log = logging.getLogger(__name__)
 
 REPORT_DUE = "_report-due"
 EXPORT_DUE = "_export-due"
+# Where a night writes them: the report's page and the exports' folder in ``output_dir``.
+REPORT_PAGE = "_report.html"
+EXPORT_DIR = "_export"
+# The files every export of all videos writes at the top of its folder (its index, flat files).
+_EXPORT_TOPS = ("tracks.csv", "captions.jsonl", "captions.csv")
 # A shard's record says this (true) once it commits no more captions: only what is owed is left.
 CAPTIONING_ENDED = "captioning_ended"
 
@@ -87,6 +93,27 @@ def owed(output_dir: Path) -> dict[str, dict[str, Any] | None]:
     if found["export"] is not None:
         found["export"]["formats"] = owed_export(output_dir)
     return found
+
+
+def behind(output_dir: Path) -> dict[str, float]:
+    """The report and exports in the night's place that miss captions committed since they were
+    written (nights with ``report=false`` or without ``export=`` owe none, so they stay as they
+    were): ``report`` and ``export``, each when it was written (seconds since the epoch), where
+    a result chunk is newer. What is owed is not listed: it is written anyway."""
+    newest_ns = max(
+        (name.written_ns for path in result_files(output_dir) if (name := ChunkName.parse(path.name)) is not None),
+        default=None,
+    )
+    if newest_ns is None:
+        return {}
+    due = owed(output_dir)
+    places = {"report": [output_dir / REPORT_PAGE], "export": [output_dir / EXPORT_DIR / top for top in _EXPORT_TOPS]}
+    late = {}
+    for kind, paths in places.items():
+        written_ns = max((path.stat().st_mtime_ns for path in paths if path.is_file()), default=None)
+        if written_ns is not None and written_ns < newest_ns and due[kind] is None:
+            late[kind] = written_ns / 1e9
+    return late
 
 
 def paid(output_dir: Path, marker: str) -> None:

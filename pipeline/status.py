@@ -21,8 +21,9 @@ from pathlib import Path
 from typing import Any
 
 from pipeline.errors import UserError
+from pipeline.export import FORMATS, TRACKS_INDEX
 from pipeline.options import asks_help, number, parse_options
-from pipeline.owed import owed
+from pipeline.owed import EXPORT_DIR, behind, owed
 from pipeline.paths import user_path
 from pipeline.runlog import console_logging, say_error
 from pipeline.signals import printing_command
@@ -192,7 +193,31 @@ def _owed_lines(output_dir: Path) -> list[str]:
         formats = ",".join(due["export"]["formats"])
         lines.append(f"  the export {formats} (owed since the run of {_since(due['export'])}): the next run "
                      f"writes it, or python -m pipeline.export output_dir={output_dir} format={formats}")
-    return ["Owed:", *lines] if lines else ["Owed: nothing (report and exports are up to date)"]
+    late = _late_lines(output_dir)
+    head = ["Owed:", *lines] if lines else ["Owed: nothing" + ("" if late else " (report and exports are up to date)")]
+    return head + (["Out of date:", *late] if late else [])
+
+
+def _late_lines(output_dir: Path) -> list[str]:
+    """A line for the report and the export that miss captions committed since they were
+    written (:func:`pipeline.owed.behind`), with the command that writes each again."""
+    lines = []
+    for kind, written in behind(output_dir).items():
+        if kind == "report":
+            what, asked, again = "the report", "report=true", f"python -m pipeline.report output_dir={output_dir}"
+        else:
+            formats = ",".join(_export_formats(output_dir / EXPORT_DIR)) or "all"
+            again = f"python -m pipeline.export output_dir={output_dir} format={formats}"
+            what, asked = "the export", "export="
+        lines.append(f"  {what} (written {_since({'since': written})}) lacks captions committed since "
+                     f"(nights without {asked}): {again} writes it again")
+    return lines
+
+
+def _export_formats(folder: Path) -> list[str]:
+    """The formats an export folder holds, by its files' suffixes (its index aside)."""
+    held = {path.suffix[1:] for path in folder.rglob("*") if path.name != TRACKS_INDEX and path.is_file()}
+    return [fmt for fmt in FORMATS if fmt in held]
 
 
 def _since(marker: dict[str, Any]) -> str:

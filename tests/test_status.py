@@ -187,3 +187,31 @@ def test_a_night_killed_after_its_plan_records_what_it_left_waiting(tiny_model_d
     (killed,) = [line for line in shown.splitlines() if "did not finish" in line]
     assert "videos: 0+ done, 1+ skipped, 0+ failed, 1+ waiting" in killed, shown
     assert f"    {fresh}: " in shown and "1 waiting" in shown
+
+
+def test_a_report_and_export_that_miss_later_captions_are_said_out_of_date(tiny_model_dir: Path, tmp_path: Path) -> None:
+    """A night without ``report=true`` or ``export=`` owes neither, so the ones written before
+    stay as they were: status says they miss its captions, and how to write them again, instead
+    of calling them up to date."""
+    videos = make_night(tmp_path / "videos", n_videos=1, n_frames=3)
+    out = tmp_path / "out"
+    args = [a for a in night_args(videos, out, tiny_model_dir, tmp_path) if a != "report=false"]
+    first = run_cli(*args, "report=true", "export=[vtt,jsonl]")
+    assert first.returncode == 0, first.stderr
+    assert "Owed: nothing (report and exports are up to date)" in status(f"output_dir={out}").stdout
+    write_video(videos / "later.mp4", n_frames=3)
+
+    second = run_cli(*args, "report=false")
+
+    assert second.returncode == 0, second.stderr
+    said = status(f"output_dir={out}").stdout
+    assert "up to date" not in said
+    tail = said[said.index("Owed: nothing\nOut of date:\n"):].splitlines()[2:]
+    assert [line.split(" (written ")[0] for line in tail] == ["  the report", "  the export"], said
+    assert tail[0].endswith(f"(nights without report=true): python -m pipeline.report output_dir={out} writes it again")
+    assert tail[1].endswith(f"python -m pipeline.export output_dir={out} format=vtt,jsonl writes it again")
+    for command in (["pipeline.report"], ["pipeline.export", "format=vtt,jsonl"]):
+        done = subprocess.run([sys.executable, "-m", command[0], f"output_dir={out}", *command[1:]], cwd=ROOT,
+                              env=cli_env(), capture_output=True, text=True, timeout=120)
+        assert done.returncode == 0, done.stderr
+    assert "Owed: nothing (report and exports are up to date)" in status(f"output_dir={out}").stdout

@@ -49,7 +49,7 @@ from pipeline.export.names import (
 )
 from pipeline.files import write_bytes_atomic
 from pipeline.options import OptionError, asks_help, parse_options
-from pipeline.owed import settle_export
+from pipeline.owed import EXPORT_DIR, settle_export
 from pipeline.paths import user_path
 from pipeline.results import config_label, printable, prompt_numbers, typed_answers
 from pipeline.runlog import console_logging, say_error
@@ -80,7 +80,6 @@ USAGE = (
 _KEYS = ("output_dir", "format", "video", "video_id", "layout", "out")
 FORMATS = ("vtt", "srt", "jsonl", "csv")
 TRACK_FORMATS = ("vtt", "srt")
-EXPORT_DIR = "_export"
 CUT_MARK = " …"
 
 # Rows as the flat files carry them: every column but the thumbnail, plus the cue's end (and,

@@ -13,6 +13,7 @@ import pandas as pd
 from pipeline.errors import UserError
 from pipeline.export import EXPORT_DIR, Track, tracks_of, with_cue_ends, write_tracks
 from pipeline.files import write_bytes_atomic
+from pipeline.owed import REPORT_PAGE
 from pipeline.paths import user_path
 from pipeline.report.data import ReportData, with_run
 from pipeline.report.pages import Pages
@@ -83,7 +84,7 @@ def write_report(
             known = ", ".join(sorted(df["video_id"].dropna().unique())) or "none"
             raise UserError(f"video_id={video_id} is not in {output_dir} (it has: {known})")
         df = df[df["video_id"] == video_id]
-    default_name = "_report.html" if video_id is None else f"_report-{video_id}.html"
+    default_name = REPORT_PAGE if video_id is None else f"_report-{video_id}.html"
     out = user_path(out_path).resolve() if out_path else output_dir / default_name
     assets = out.with_name(f"{out.stem}_files")
     videos = read_videos(output_dir)
