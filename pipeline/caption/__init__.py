@@ -36,6 +36,7 @@ from pipeline.caption.engine import (
     Question,
 )
 from pipeline.caption.engine.grammar import answer_schema
+from pipeline.caption.engine.lanes import lane_count, too_much_for_a_lane
 from pipeline.caption.engine.native import runs_on_gpu
 from pipeline.caption.formats import get_chat_format
 from pipeline.caption.gpu_fit import TEXT_TYPES, frames_in_flight, pick_text_weights
@@ -433,3 +434,30 @@ def _check(spec: CaptionSpec) -> None:
         if not ok:
             raise ConfigError(message)
     get_chat_format(spec.model.chat_format)
+    _check_lanes(spec)
+
+
+def _check_lanes(spec: CaptionSpec) -> None:
+    """Raise :class:`ConfigError` where the frames in flight, as a worker would take them, are
+    more than a llama.cpp context holds (:func:`~pipeline.caption.engine.lanes.too_much_for_a_lane`):
+    refused here, before anything is written, rather than where the model loads.
+
+    A worker's lanes run on a GPU exactly when ``model.n_gpu_layers`` is not 0 (a llama.cpp
+    without GPU offload refuses that: :func:`check_gpu_build`); a null ``engine.parallel`` is
+    ``engine.parallel_gpu`` there, as set (the fit to the GPU's memory only lowers it), else
+    ``engine.parallel_cpu``.
+    """
+    eng = spec.engine
+    on_gpu = spec.model.n_gpu_layers != 0
+    if eng.parallel is not None:
+        parallel, setting = eng.parallel, "engine.parallel"
+    elif on_gpu:
+        parallel, setting = eng.parallel_gpu, "engine.parallel_gpu"
+    else:
+        parallel, setting = eng.parallel_cpu, "engine.parallel_cpu"
+    n_lanes = lane_count(eng.lanes, eng.lanes_gpu, on_gpu, spec.max_questions, parallel)
+    why = too_much_for_a_lane(
+        parallel, n_lanes, spec.max_questions, spec.model.n_ctx, eng.kv_unified, eng.n_batch, setting
+    )
+    if why is not None:
+        raise ConfigError(why)

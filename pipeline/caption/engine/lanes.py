@@ -51,22 +51,72 @@ def decode_group(setting: int | None, grouped_auto: bool, n_active: int) -> int:
     return setting or n_active
 
 
+# llama.cpp counts a context's KV cells in 32 bits (uint32_t), after rounding each stream up to
+# a multiple of this many cells.
+MAX_CONTEXT_CELLS = 2**32 - 1
+_CELL_ROUNDING = 256
+
+
+def context_cells(n_ctx_seq: int, streams: int) -> int:
+    """The KV cells llama.cpp makes of a context of ``streams`` streams of ``n_ctx_seq`` cells."""
+    return -(-n_ctx_seq // _CELL_ROUNDING) * _CELL_ROUNDING * streams
+
+
+def too_much_for_a_lane(
+    parallel: int, n_lanes: int, max_questions: int, n_ctx: int, kv_unified: bool, n_batch: int,
+    setting: str = "engine.parallel",
+) -> str | None:
+    """Why ``parallel`` frames in flight over ``n_lanes`` lanes are more than one llama.cpp
+    context takes, in one line with the fix; ``None`` where they are not. The first lane has
+    the most (:func:`open_lanes`). Its ``frames x max_questions`` sequences must be within
+    llama.cpp's limit, and within ``n_batch``: llama.cpp keeps room for ``n_batch`` outputs, one
+    a sequence in a decode step, and aborts the process (``GGML_ASSERT``) on a context with more
+    sequences. Its KV cells (``n_ctx`` for every sequence, or with ``kv_unified`` for every
+    frame) must be within llama.cpp's 32-bit count and hold ``n_batch``: llama.cpp takes no
+    more tokens a call than the cells asked for, where the engine's batch would put
+    ``n_batch``. ``setting`` names the setting that gave ``parallel``, for the fix.
+    """
+    frames = -(-parallel // n_lanes)
+    n_seq = frames * max_questions
+    if n_seq > max_parallel_sequences():
+        return (
+            f"{setting} x prompts = {n_seq} sequences per lane, more than llama.cpp's "
+            f"{max_parallel_sequences()}; lower {setting}"
+        )
+    if n_seq > n_batch:
+        return (
+            f"engine.n_batch={n_batch} is less than the {n_seq} sequences a lane decodes at once ({setting} x "
+            f"prompts); raise engine.n_batch to at least {n_seq}, or lower {setting}"
+        )
+    each, per = (frames, "frames per lane (engine.kv_unified)") if kv_unified else (n_seq, "sequences per lane")
+    cells = context_cells(n_ctx * each, 1) if kv_unified else context_cells(n_ctx, each)
+    if cells > MAX_CONTEXT_CELLS:
+        return (
+            f"model.n_ctx={n_ctx} x {each} {per} = {cells} KV cells, more than llama.cpp's "
+            f"{MAX_CONTEXT_CELLS}; lower model.n_ctx or {setting}"
+        )
+    if n_ctx * each < n_batch:
+        return (
+            f"engine.n_batch={n_batch} is more than a lane's KV cells, model.n_ctx={n_ctx} x {each} {per} = "
+            f"{n_ctx * each}; lower engine.n_batch to at most {n_ctx * each}, or raise model.n_ctx"
+        )
+    return None
+
+
 def open_lanes(model: TextModel, s: EngineSettings, n_threads: int, flash_attn: int, lanes: list[Lane]) -> None:
     """Open the engine's :func:`lane_count` lanes on ``model``, frames in flight split over
     them as evenly as it goes; each is appended to ``lanes`` as it opens, so that the caller
     can free those already open when a later one fails.
 
     Raises:
-        EngineError: A lane would hold more sequences than llama.cpp allows, or a context does
-            not start.
+        EngineError: A lane would hold more than llama.cpp allows (:func:`too_much_for_a_lane`),
+            or a context does not start.
     """
     n_lanes = lane_count(s.lanes, s.lanes_gpu, model.on_gpu, s.max_questions, s.parallel)
+    why = too_much_for_a_lane(s.parallel, n_lanes, s.max_questions, s.n_ctx, s.kv_unified, s.n_batch)
+    if why is not None:
+        raise EngineError(why)
     split = [s.parallel // n_lanes + (i < s.parallel % n_lanes) for i in range(n_lanes)]
-    if split[0] * s.max_questions > max_parallel_sequences():
-        raise EngineError(
-            f"engine.parallel x prompts = {split[0] * s.max_questions} sequences per lane, "
-            f"more than llama.cpp's {max_parallel_sequences()}; lower engine.parallel"
-        )
     for parallel in split:
         n_ctx_seq = s.n_ctx * (parallel if s.kv_unified else 1)
         lanes.append(
