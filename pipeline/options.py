@@ -35,7 +35,8 @@ def parse_options(args: Sequence[str], keys: Sequence[str], required: Sequence[s
     ``required`` ones given.
 
     Raises:
-        OptionError: An argument is not of that form, or a required one is missing.
+        OptionError: An argument is not of that form or repeats a key, or a required one is
+            missing.
     """
     options = {}
     expected = ", ".join(f"{k}=..." for k in keys)
@@ -48,6 +49,8 @@ def parse_options(args: Sequence[str], keys: Sequence[str], required: Sequence[s
             closest = difflib.get_close_matches(key.lstrip("+~"), keys, n=1, cutoff=0.6)
             hint = f"did you mean {closest[0]}=...? " if closest and sep else ""
             raise OptionError(f"bad argument {arg!r}; {hint}expected one of {expected}")
+        if key in options:  # the last would win unseen: video=a video=b exports b alone
+            raise OptionError(f"{key}= is given twice ({key}={options[key]}, {arg}); give it once")
         options[key] = value
     for key in required:
         if key not in options:

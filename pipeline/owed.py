@@ -30,7 +30,7 @@ from typing import Any
 from pipeline.errors import StoreError
 from pipeline.files import read_json, write_json_atomic
 from pipeline.paths import what_stands_at
-from pipeline.store import ChunkName, result_files
+from pipeline.store import result_files
 from pipeline.summary import RUNNING, RunRecord, RunSummary, read_runs
 
 log = logging.getLogger(__name__)
@@ -40,8 +40,6 @@ EXPORT_DUE = "_export-due"
 # Where a night writes them: the report's page and the exports' folder in ``output_dir``.
 REPORT_PAGE = "_report.html"
 EXPORT_DIR = "_export"
-# The files every export of all videos writes at the top of its folder (its index, flat files).
-_EXPORT_TOPS = ("tracks.csv", "captions.jsonl", "captions.csv")
 # A shard's record says this (true) once it commits no more captions: only what is owed is left.
 CAPTIONING_ENDED = "captioning_ended"
 
@@ -96,24 +94,27 @@ def owed(output_dir: Path) -> dict[str, dict[str, Any] | None]:
 
 
 def behind(output_dir: Path) -> dict[str, float]:
-    """The report and exports in the night's place that miss captions committed since they were
-    written (nights with ``report=false`` or without ``export=`` owe none, so they stay as they
-    were): ``report`` and ``export``, each when it was written (seconds since the epoch), where
-    a result chunk is newer. What is owed is not listed: it is written anyway."""
-    newest_ns = max(
-        (name.written_ns for path in result_files(output_dir) if (name := ChunkName.parse(path.name)) is not None),
-        default=None,
-    )
+    """The report and the export in the night's place that may miss captions committed after
+    they were written (nights with ``report=false`` or without ``export=`` owe none, so they stay
+    as they were): ``report`` and ``export``, each when its oldest file was written (seconds
+    since the epoch), where a result chunk is newer. Times are the files' own (one clock, the
+    file system's). What is owed is not listed: it is written anyway."""
+    newest_ns = max((path.stat().st_mtime_ns for path in result_files(output_dir)), default=None)
     if newest_ns is None:
         return {}
     due = owed(output_dir)
-    places = {"report": [output_dir / REPORT_PAGE], "export": [output_dir / EXPORT_DIR / top for top in _EXPORT_TOPS]}
+    places = {"report": [output_dir / REPORT_PAGE], "export": _files_under(output_dir / EXPORT_DIR)}
     late = {}
     for kind, paths in places.items():
-        written_ns = max((path.stat().st_mtime_ns for path in paths if path.is_file()), default=None)
+        written_ns = min((path.stat().st_mtime_ns for path in paths if path.is_file()), default=None)
         if written_ns is not None and written_ns < newest_ns and due[kind] is None:
             late[kind] = written_ns / 1e9
     return late
+
+
+def _files_under(folder: Path) -> list[Path]:
+    """Every file of an export folder (its tracks in the videos' folders too)."""
+    return [path for path in folder.rglob("*") if path.is_file()] if folder.is_dir() else []
 
 
 def paid(output_dir: Path, marker: str) -> None:
@@ -123,27 +124,34 @@ def paid(output_dir: Path, marker: str) -> None:
 
 def settle_report(output_dir: Path) -> None:
     """The report was written where a night writes it, by ``python -m pipeline.report``: it is
-    no longer owed, unless a run is under way.
+    no longer owed, unless a run is under way (one line says so: that run writes it).
 
     Raises:
         StoreError: Something other than a file stands at the marker's name.
         OSError: The marker cannot be removed.
     """
-    if _read_marker(output_dir / REPORT_DUE) is not None and not under_way(output_dir):
-        paid(output_dir, REPORT_DUE)
+    if _read_marker(output_dir / REPORT_DUE) is None:
+        return
+    if runs := under_way(output_dir):
+        log.warning("the report stays owed: %s", runs_under_way(runs))
+        return
+    paid(output_dir, REPORT_DUE)
 
 
 def settle_export(output_dir: Path, written: list[str], every: list[str]) -> None:
     """Exports of ``written`` formats were written where a night writes them, by
     ``python -m pipeline.export``: only the other formats owed stay owed (``every``: what
-    ``all`` stands for), unless a run is under way.
+    ``all`` stands for), unless a run is under way (one line says so: that run writes them).
 
     Raises:
         StoreError: The marker cannot be rewritten.
         OSError: It cannot be removed.
     """
     owed_now = owed_export(output_dir)
-    if not owed_now or under_way(output_dir):
+    if not owed_now:
+        return
+    if runs := under_way(output_dir):
+        log.warning("the export %s stays owed: %s", ",".join(owed_now), runs_under_way(runs))
         return
     left = [f for f in (every if "all" in owed_now else owed_now) if f not in written]
     if not left:
@@ -165,6 +173,19 @@ def under_way(output_dir: Path) -> list[dict[str, Any]]:
         run for at, run in enumerate(runs)
         if run["state"] == RUNNING and all(_beside(run, later) for later in runs[at + 1 :])
     ]
+
+
+def runs_under_way(runs: list[dict[str, Any]]) -> str:
+    """Words for the runs :func:`under_way` found, and who writes what is owed: ``the run started
+    2026-12-05T01:00:02+00:00 (pid 4242 on gpu-1) is under way and writes it when it ends; if
+    that run is gone (a machine that went down), the next run writes it``."""
+    named = "; ".join(f"{r.get('started', '?')} (pid {r.get('pid', '?')} on {r.get('host', '?')})" for r in runs)
+    one = len(runs) == 1
+    return (
+        f"the run{'' if one else 's'} started {named} {'is' if one else 'are'} under way and "
+        f"write{'s' if one else ''} it when {'it ends' if one else 'the last ends'}; if "
+        f"{'that run is' if one else 'they are'} gone (a machine that went down), the next run writes it"
+    )
 
 
 def still_captioning(output_dir: Path, shard: int, num_shards: int) -> list[str]:
@@ -206,10 +227,11 @@ def last_to_finish(
     ]
     if left:
         log.info(
-            "%s %s owed: %s still captioning; the last shard to finish writes %s",
+            "%s %s owed: %s still captioning; the last shard to finish writes %s%s",
             " and ".join(left), "stays" if len(left) == 1 else "stay",
             " and ".join(captioning) + (" is" if len(captioning) == 1 else " are"),
             "it" if len(left) == 1 else "them",
+            " (the report if it runs with report=true, else the next run with it)" if "the report" in left else "",
         )
     return None
 

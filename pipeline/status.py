@@ -23,7 +23,7 @@ from typing import Any
 from pipeline.errors import UserError
 from pipeline.export import FORMATS, TRACKS_INDEX
 from pipeline.options import asks_help, number, parse_options
-from pipeline.owed import EXPORT_DIR, behind, owed
+from pipeline.owed import EXPORT_DIR, behind, owed, runs_under_way, under_way
 from pipeline.paths import user_path
 from pipeline.runlog import console_logging, say_error
 from pipeline.signals import printing_command
@@ -185,14 +185,17 @@ def _num_shards(run: dict[str, Any]) -> str:
 
 def _owed_lines(output_dir: Path) -> list[str]:
     due = owed(output_dir)
+    runs = under_way(output_dir)  # their later captions would be missing from a report written now
     lines = []
     if due["report"] is not None:
-        lines.append(f"  the report (owed since the run of {_since(due['report'])}): the next run with "
-                     f"report=true writes it, or python -m pipeline.report output_dir={output_dir}")
+        now = f", or python -m pipeline.report output_dir={output_dir}"
+        lines.append(f"  the report (owed since the run of {_since(due['report'])}): "
+                     + (runs_under_way(runs) if runs else f"the next run with report=true writes it{now}"))
     if due["export"] is not None:
         formats = ",".join(due["export"]["formats"])
-        lines.append(f"  the export {formats} (owed since the run of {_since(due['export'])}): the next run "
-                     f"writes it, or python -m pipeline.export output_dir={output_dir} format={formats}")
+        now = f", or python -m pipeline.export output_dir={output_dir} format={formats}"
+        lines.append(f"  the export {formats} (owed since the run of {_since(due['export'])}): "
+                     + (runs_under_way(runs) if runs else f"the next run writes it{now}"))
     late = _late_lines(output_dir)
     head = ["Owed:", *lines] if lines else ["Owed: nothing" + ("" if late else " (report and exports are up to date)")]
     return head + (["Out of date:", *late] if late else [])

@@ -15,8 +15,10 @@ from typing import Any
 import pytest
 
 from pipeline.export import main
+from pipeline.export.names import select_video
 from pipeline.report import write_report
-from tests.conftest import result_row, run_cli, tinted, write_results, write_video
+from pipeline.store import read_results
+from tests.conftest import result_row, run_cli, run_without_results, tinted, write_results, write_video
 from tests.subtitles import parse_vtt
 
 
@@ -191,6 +193,43 @@ def test_a_video_that_names_several_or_none_is_one_line(tmp_path: Path, capsys: 
     assert STAMP.sub("", capsys.readouterr().err).startswith("video=nope.mp4 is not in the results (they have: ")
     assert main([f"output_dir={out}", "format=vtt", "layout=flat"]) == 1
     assert STAMP.sub("", capsys.readouterr().err) == "unknown layout=flat; choose by_video or beside\n"
+
+
+def test_video_in_a_folder_without_results_is_one_line(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    out = run_without_results(tmp_path / "out")
+
+    for given in ("video=clip.mp4", "video_id=abc"):
+        assert main([f"output_dir={out}", "format=vtt", given]) == 1
+        value = given.partition("=")[2]
+        assert STAMP.sub("", capsys.readouterr().err) == f"video={value} is not in the results (they have: none)\n"
+
+
+@pytest.mark.parametrize("repeated", [["video=clip", "video=other"], ["format=vtt", "format=srt"]])
+def test_a_key_given_twice_is_one_line(tmp_path: Path, capsys: pytest.CaptureFixture[str], repeated: list[str]) -> None:
+    """``video=a video=b`` would export ``b`` alone, unseen."""
+    out = tmp_path / "out"
+    write_results(out, [*rows_of("v2", "clips/clip.mp4"), *rows_of("v9", "clips/other.mp4")])
+    args = [f"output_dir={out}", *repeated] + ([] if repeated[0].startswith("format") else ["format=vtt"])
+
+    assert main(args) == 1
+
+    assert STAMP.sub("", capsys.readouterr().err).startswith(
+        f"{repeated[0].partition('=')[0]}= is given twice ({repeated[0]}, {repeated[1]}); give it once; usage:")
+    assert not (out / "_export").exists()
+
+
+def test_a_name_is_matched_without_reading_any_video(tmp_path: Path) -> None:
+    """A video_id, recorded path, file name or stem names the video before any file is placed
+    (placing one reads its content: slow on a large share, stuck on a dead mount)."""
+    out = tmp_path / "out"
+    write_results(out, [*rows_of("v2", "clips/clip.mp4"), *rows_of("v9", "clips/other.mp4")])
+    df = read_results(out)
+
+    def unread() -> dict[tuple[str, str], tuple[Path, bool]]:
+        raise AssertionError("placed the videos")
+
+    assert [select_video(df, given, unread) for given in ("v9", "clips/clip.mp4", "clip.mp4", "other")] == [
+        "v9", "v2", "v2", "v9"]
 
 
 def test_a_video_whose_folder_is_renamed_leaves_no_old_tracks(tmp_path: Path) -> None:

@@ -130,6 +130,44 @@ def test_answers_without_config_id_are_named_apart_from_those_with_one(without_c
     assert page.count("tiny config not recorded · ") == 2 and page.count("tiny config cfg1 · ") == 1
 
 
+def test_a_relative_path_two_nights_recorded_names_the_one_it_names_from_here(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Nights run in two folders both recorded ``clips/a.mp4``, other videos: from one of
+    those folders, the name is that folder's video."""
+    one, two, out = tmp_path / "one", tmp_path / "two", tmp_path / "out"
+    write_results(out, [result_row("a", 0, video_path="clips/a.mp4"), result_row("b", 0, video_path="clips/a.mp4")])
+    (out / RUNS_DIR).mkdir()
+    for name, (cwd, video_id) in {"1": (one, "a"), "2": (two, "b")}.items():
+        (out / RUNS_DIR / f"{name}.json").write_text(json.dumps({
+            "state": "finished", "started": f"2026-01-0{name}T00:00:00+00:00", "exit_code": 0, "cwd": str(cwd),
+            "videos": [{"path": "clips/a.mp4", "video_id": video_id, "status": "done"}],
+        }))
+    (two / "clips").mkdir(parents=True)
+    monkeypatch.chdir(two)
+
+    written = export(out, ["csv"], video="clips/a.mp4")
+
+    assert {p.parent.name for p in written.files} == {"a.b"}
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(ValueError, match="matches 2 videos"):
+        export(out, ["csv"], video="clips/a.mp4")
+
+
+def test_rows_without_a_prompt_id_make_no_track_and_stop_nothing(tmp_path: Path) -> None:
+    """Rows of a file written without ``prompt_id`` or ``config_id`` (foreign or hand-made data)."""
+    out = tmp_path / "out"
+    older = pa.schema([f for f in SCHEMA if f.name not in ("config_id", "prompt_id")])
+    write_results(out, [result_row("a", 0), result_row("a", 25)], schema=older)
+    write_results(out, [result_row("b", 0)])
+
+    written = export(out, ["vtt", "jsonl"])
+
+    assert sorted(p.name for p in written.files if p.suffix == ".vtt") == ["b.prompt1.vtt"]
+    assert len(pd.read_json(out / "_export" / "captions.jsonl", lines=True)) == 3
+    assert write_report(out).is_file()
+
+
 def test_answers_without_config_id_are_exported_in_tracks_of_their_own(without_config_id: Path) -> None:
     written = export(without_config_id, ["vtt", "jsonl"])
 

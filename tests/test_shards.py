@@ -137,7 +137,8 @@ def finish_paused_shard(first: subprocess.Popen[str], release: Path) -> str:
 
 
 STAYS_OWED = ("the report and the export vtt stay owed: shard 0 of 2 is still captioning; "
-              "the last shard to finish writes them")
+              "the last shard to finish writes them "
+              "(the report if it runs with report=true, else the next run with it)")
 
 
 def test_concurrent_shards_the_last_to_finish_writes_the_report_and_exports_of_both(

@@ -4,6 +4,7 @@ nights. (Runs that did not finish: tests/test_night_record.py.)"""
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
@@ -12,6 +13,8 @@ from pathlib import Path
 
 import pytest
 
+from pipeline.owed import owe_export, owe_report
+from pipeline.store import RUNS_DIR
 from tests.conftest import (
     ROOT,
     cli_env,
@@ -19,9 +22,11 @@ from tests.conftest import (
     last_run,
     make_night,
     night_args,
+    result_row,
     run_cli,
     start_paused_run,
     wait_for_pause,
+    write_results,
     write_video,
 )
 
@@ -189,7 +194,9 @@ def test_a_night_killed_after_its_plan_records_what_it_left_waiting(tiny_model_d
     assert f"    {fresh}: " in shown and "1 waiting" in shown
 
 
-def test_a_report_and_export_that_miss_later_captions_are_said_out_of_date(tiny_model_dir: Path, tmp_path: Path) -> None:
+def test_a_report_and_export_that_miss_later_captions_are_said_out_of_date(
+    tiny_model_dir: Path, tmp_path: Path
+) -> None:
     """A night without ``report=true`` or ``export=`` owes neither, so the ones written before
     stay as they were: status says they miss its captions, and how to write them again, instead
     of calling them up to date."""
@@ -215,3 +222,32 @@ def test_a_report_and_export_that_miss_later_captions_are_said_out_of_date(tiny_
                               env=cli_env(), capture_output=True, text=True, timeout=120)
         assert done.returncode == 0, done.stderr
     assert "Owed: nothing (report and exports are up to date)" in status(f"output_dir={out}").stdout
+
+
+def test_while_a_run_is_under_way_what_is_owed_is_left_to_it_and_said_so(tmp_path: Path) -> None:
+    """A record says a run is under way (here on another host: a node that may have gone down):
+    the report and export commands write, leave what is owed owed and say why in one line;
+    status names that run instead of offering a command that could not pay it."""
+    out = tmp_path / "out"
+    write_results(out, [result_row("a", 0)])
+    (out / RUNS_DIR).mkdir()
+    (out / RUNS_DIR / "20261207T130500.000000Z.json").write_text(json.dumps(
+        {"state": "running", "started": "2026-12-07T13:05:00+00:00", "pid": 4242, "host": "gpu-2", "videos": []}
+    ))
+    owe_report(out, AN_HOUR_AGO)
+    owe_export(out, ["vtt"], AN_HOUR_AGO)
+    by_run = "the run started 2026-12-07T13:05:00+00:00 (pid 4242 on gpu-2) is under way and writes it when it ends"
+
+    for command in (["pipeline.report"], ["pipeline.export", "format=vtt"]):
+        done = subprocess.run([sys.executable, "-m", command[0], f"output_dir={out}", *command[1:]], cwd=ROOT,
+                              env=cli_env(), capture_output=True, text=True, timeout=120)
+        assert done.returncode == 0, done.stderr
+        what = "the report" if command[0] == "pipeline.report" else "the export vtt"
+        said = f"WARNING] {what} stays owed: {by_run}; if that run is gone (a machine that went down), the next run"
+        assert [line for line in done.stderr.splitlines() if "owed" in line] == [
+            line for line in done.stderr.splitlines() if said in line
+        ] and said in done.stderr, done.stderr
+
+    said = status(f"output_dir={out}").stdout
+    assert (out / "_report-due").is_file() and (out / "_export-due").is_file()
+    assert said.count(by_run) == 2 and "python -m pipeline.report" not in said, said

@@ -208,7 +208,9 @@ def tracks_of(df: pd.DataFrame, videos: pd.DataFrame | None = None, asked: Seque
             order they first appear in the rows.
     """
     ends = df if "end_s" in df.columns else with_cue_ends(df, videos)
-    answered = ends[ends["frame_index"].notna()]
+    # A missing config_id (a file written before it was kept) makes tracks of its own; a row
+    # without a video or prompt makes none.
+    answered = ends[ends["frame_index"].notna() & ends["video_id"].notna() & ends["prompt_id"].notna()]
     # Numbered as the report numbers its prompts and their tracks; rows in load_results' order
     # (videos by path, frames by time, a frame's prompts as asked) for prompts not in ``asked``.
     numbers = prompt_numbers(ends.sort_values(["video_path", "timestamp_s", "frame_index"], kind="stable"), asked)
@@ -326,7 +328,7 @@ def export(
     tracks = tracks_of(df, videos, prompt_order(prompts))  # named from every video, whichever is exported
     index_folder = folder
     if video is not None:
-        video_id = select_video(df, video, video_files(row_videos(df), read_runs(root)))
+        video_id = select_video(df, video, lambda: video_files(row_videos(df), read_runs(root)))
         index_folder = folder / video_folders(_video_paths(df))[video_id]
         df = df[df["video_id"] == video_id]
         tracks = [t for t in tracks if t.video_id == video_id]

@@ -21,7 +21,7 @@ import io
 import os
 import re
 from collections import Counter
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from pathlib import Path, PurePosixPath
 
 import pandas as pd
@@ -75,10 +75,13 @@ def beside_places(video_paths: dict[str, str]) -> dict[str, tuple[str, str]]:
     }
 
 
-def select_video(df: pd.DataFrame, value: str, files: Mapping[tuple[str, str], tuple[Path, bool]]) -> str:
-    """The ``video_id`` that ``value`` names: a video_id, the video's path as recorded or as
-    given here to its file (``files``: each ``(video_id, video_path)``'s file on this machine,
-    :func:`pipeline.video_files.video_files`), its file name, or its stem.
+def select_video(
+    df: pd.DataFrame, value: str, files: Callable[[], Mapping[tuple[str, str], tuple[Path, bool]]]
+) -> str:
+    """The ``video_id`` that ``value`` names: a video_id, the video's path as recorded, its file
+    name or its stem, or else a path from here to the file the night read (``files()``: each
+    ``(video_id, video_path)``'s file on this machine, :func:`pipeline.video_files.video_files`,
+    which reads the videos: asked for only where nothing else names one).
 
     Raises:
         ValueError: ``value`` names no video, or several (one line listing them).
@@ -86,20 +89,21 @@ def select_video(df: pd.DataFrame, value: str, files: Mapping[tuple[str, str], t
     videos = df[["video_id", "video_path"]].dropna().drop_duplicates()
     if videos["video_id"].eq(value).any():
         return value
-    wanted = os.path.realpath(os.path.expanduser(value))
+    pairs = list(zip(videos["video_id"].astype(str), videos["video_path"].astype(str)))
 
-    def names(video_id: str, path: str) -> bool:
-        here = files.get((video_id, path))
-        return value in (path, PurePosixPath(path).name, stem_of(path)) or (
-            here is not None and str(here[0]) == wanted
-        )
+    def the_file(among: list[tuple[str, str]]) -> list[str]:
+        wanted, placed = os.path.realpath(os.path.expanduser(value)), files()
+        return sorted({v for v, p in among if (here := placed.get((v, p))) is not None and str(here[0]) == wanted})
 
-    found = videos[[names(str(v), str(p)) for v, p in zip(videos["video_id"], videos["video_path"])]]
-    ids = sorted(found["video_id"].unique())
+    ids = sorted({v for v, p in pairs if value in (p, PurePosixPath(p).name, stem_of(p))})
+    if len(ids) > 1:  # one name for several videos (nights in other folders): the one it is from here, if any
+        ids = the_file([(v, p) for v, p in pairs if v in ids]) or ids
+    elif not ids:
+        ids = the_file(pairs)
     if len(ids) == 1:
-        return str(ids[0])
-    listed = found if ids else videos
-    known = "; ".join(f"{p} ({v})" for v, p in sorted(zip(listed["video_id"], listed["video_path"]))) or "none"
+        return ids[0]
+    listed = [(v, p) for v, p in pairs if v in ids] if ids else pairs
+    known = "; ".join(f"{p} ({v})" for v, p in sorted(listed)) or "none"
     if ids:
         raise ValueError(f"video={value} matches {len(ids)} videos: {known}; give its path or video_id")
     raise ValueError(f"video={value} is not in the results (they have: {known})")
