@@ -38,7 +38,7 @@ def parse_options(args: Sequence[str], keys: Sequence[str], required: Sequence[s
         OptionError: An argument is not of that form or repeats a key, or a required one is
             missing.
     """
-    options = {}
+    options: dict[str, str] = {}
     expected = ", ".join(f"{k}=..." for k in keys)
     for arg in args:
         key, sep, value = arg.partition("=")

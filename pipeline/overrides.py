@@ -17,14 +17,13 @@ from __future__ import annotations
 import difflib
 import functools
 import re
-import shlex
 from pathlib import Path
 from typing import Any
 
 from hydra import compose, initialize_config_dir
 from hydra.core.global_hydra import GlobalHydra
 from hydra.core.override_parser.overrides_parser import OverridesParser
-from hydra.core.override_parser.types import ChoiceSweep, Override, OverrideType, Quote, QuotedString
+from hydra.core.override_parser.types import ChoiceSweep, Override, OverrideType
 from hydra.errors import HydraException, OverrideParseException
 from hydra.grammar.gen.OverrideLexer import InputStream, OverrideLexer  # type: ignore[attr-defined]
 from omegaconf import DictConfig, ListConfig
@@ -33,6 +32,7 @@ from omegaconf.nodes import AnyNode, BooleanNode, FloatNode, IntegerNode, String
 
 from pipeline.config import compose_config, config_dir
 from pipeline.errors import ConfigError
+from pipeline.override_words import ambiguous_comma, hydra_value, reads_as, shell_word, top_level_commas
 
 GROUPS = ("model", "sampler", "executor")
 # Settings whose repetition reads as "these too" (video=a.mp4 video=b.mp4), where Hydra keeps the
@@ -98,7 +98,7 @@ def argument_error(overrides: list[str], multirun: bool = False) -> str | None:
             return problem
         if override.is_sweep_override() and not multirun:
             return f"{shell_word(arg)} reads as a sweep over values (-m){_with_fix(key, value)}"
-        if key.lstrip("+~") == "prompts" and _ambiguous_comma(value):
+        if key.lstrip("+~") == "prompts" and ambiguous_comma(value):
             return _ambiguous_prompts(key, value)
         parsed.append((arg, override))
     return _given_twice(parsed)
@@ -117,7 +117,7 @@ def _given_twice(parsed: list[tuple[str, Override]]) -> str | None:
         values = [override.value() for _, override in pairs]
         wanted = [item for value in values for item in (value if isinstance(value, list) else [value])]
         merged = f"{_LISTS[key]}=[{','.join(dict.fromkeys(items))}]"
-        fix = shell_word(merged) if _reads_as(merged, list(dict.fromkeys(wanted))) else f"one list: {_LISTS[key]}=[...]"
+        fix = shell_word(merged) if reads_as(merged, list(dict.fromkeys(wanted))) else f"one list: {_LISTS[key]}=[...]"
         times = "twice" if len(pairs) == 2 else f"{len(pairs)} times"
         shown = " ".join(shell_word(arg) for arg, _ in pairs)
         return f"{shown}: {key} is given {times} and only the last would count; for all of them write {fix}"
@@ -126,7 +126,7 @@ def _given_twice(parsed: list[tuple[str, Override]]) -> str | None:
 
 def _list_items(value: str) -> list[str]:
     """The items of a ``[...]`` value as written, split at its top-level commas."""
-    commas = _top_level_commas(value)
+    commas = top_level_commas(value)
     return [value[start + 1 : end].strip() for start, end in zip([0, *commas], [*commas, len(value) - 1])]
 
 
@@ -147,7 +147,7 @@ def as_written(overrides: list[str]) -> list[str]:
         key, value = override.key_or_group, override.value() if not override.is_sweep_override() else ""
         text = isinstance(_node(base, key), StringNode) or key == "video"
         typed = isinstance(value, (bool, int, float)) or (value is None and key == "video")
-        quoted = f"{key}={_hydra_value(arg.partition('=')[2])}" if text and typed else None
+        quoted = f"{key}={hydra_value(arg.partition('=')[2])}" if text and typed else None
         kept = _kept_as_text(arg) if _takes_text(base, key) else None
         written.append(quoted or kept or arg)
     return written
@@ -195,7 +195,7 @@ def _kept_as_text(arg: str) -> str | None:
     if choices is None or not _has_interpolation(choices):
         return None
     wanted = [_escaped(choice) for choice in choices]
-    written = f"{arg.partition('=')[0]}={','.join(_hydra_value(choice) for choice in wanted)}"
+    written = f"{arg.partition('=')[0]}={','.join(hydra_value(choice) for choice in wanted)}"
     try:
         (read,) = OverridesParser.create().parse_overrides([written])
     except OverrideParseException:
@@ -225,21 +225,6 @@ def _choices(override: Override) -> list[Any] | None:
     if isinstance(value, ChoiceSweep) and not value.shuffle:
         return [Override._convert_value(choice) for choice in value.list]
     return None
-
-
-def _hydra_value(value: Any, quote: str = "'") -> str:
-    """``value`` (a text, number, boolean or null, or a list or mapping of them) as Hydra reads it back,
-    the one way to quote: a text in ``quote`` (the other where it holds only that), escaped by Hydra."""
-    if isinstance(value, str):
-        chosen = quote if quote not in value or {"'", '"'} <= set(value) else "'\"".replace(quote, "")
-        return QuotedString(text=value, quote=Quote.single if chosen == "'" else Quote.double).with_quotes()
-    if isinstance(value, list):
-        return "[" + ",".join(_hydra_value(item, quote) for item in value) + "]"
-    if isinstance(value, dict):
-        return "{" + ",".join(f"{key}:{_hydra_value(item, quote)}" for key, item in value.items()) + "}"
-    if value is None or isinstance(value, bool):
-        return {None: "null", True: "true", False: "false"}[value]
-    return repr(value)  # a number, as Hydra writes it (1.5, 1e-05, inf)
 
 
 @functools.lru_cache(maxsize=4)
@@ -305,9 +290,10 @@ def _is_group(override: Override) -> bool:
 
 
 def _group_args(parsed: list[tuple[str, Override]]) -> tuple[str, ...]:
-    """The group choices (they say which settings exist), a sweep's (``-m model=a,b``) as its first."""
-    return tuple(f"{o.key_or_group}={(_choices(o) or [''])[0]}" if o.is_sweep_override() else a for a, o in parsed
-                 if _is_group(o))
+    """The group choices (they say which settings exist), a sweep's (``-m model=a,b``) as its
+    first (the group's first for ``glob(*)``: each job is checked as it runs)."""
+    return tuple(f"{o.key_or_group}={(_choices(o) or group_choices(o.key_or_group))[0]}" if o.is_sweep_override()
+                 else a for a, o in parsed if _is_group(o))
 
 
 def _node(cfg: DictConfig, key: str) -> Any:
@@ -388,25 +374,18 @@ def _first_line(error: Exception) -> str:
     return str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
 
 
-def shell_word(arg: str) -> str:
-    """``arg`` as one word for a POSIX shell, quoted the way people write it."""
-    if re.fullmatch(r"[\w@%+=:,./~-]+", arg, re.ASCII):
-        return arg
-    if "'" not in arg:
-        return f"'{arg}'"
-    if not any(c in arg for c in "$`\\!"):
-        return '"' + arg.replace('"', '\\"') + '"'
-    return shlex.quote(arg)
-
-
 def _with_fix(key: str, value: str) -> str:
     """``; write it as KEY="VALUE"`` (checked to parse back to ``value``), plus the way around
     quoting that the key has."""
+    if key != key.strip():  # ' model=tiny': a space the shell kept in the word
+        return f"; write it without the space: {shell_word(f'{key.strip()}={value}')}"
+    if key in GROUPS or "/" in key:  # quoted, a choice is no choice either (model='a,')
+        return f"; {key} takes one of: {', '.join(group_choices(key))}"
     if key.lstrip("+~") == "prompts" and "{" in value:
         # Quoted, the list would be one text; Hydra reads no key that is not a plain word.
         return "; put the prompts in a file, a YAML or JSON list of texts and {text: ..., schema: ...}: " \
             "prompts_file=FILE.yaml"
-    fix = f"; write it as {shell_word(f'{key}={_hydra_value(value)}')}"
+    fix = f"; write it as {shell_word(f'{key}={hydra_value(value)}')}"
     if key.lstrip("+~") in ("prompt", "prompts"):
         return f"{fix}, or put the prompts in a file, one per line: prompts_file=FILE"
     if key.lstrip("+~") == "video":
@@ -414,53 +393,14 @@ def _with_fix(key: str, value: str) -> str:
     return fix
 
 
-def _reads_as(arg: str, value: Any) -> bool:
-    """Whether Hydra reads the override ``arg`` as ``value``."""
-    try:
-        (override,) = OverridesParser.create().parse_overrides([arg])
-    except OverrideParseException:
-        return False
-    return bool(override.value() == value)
-
-
-def _top_level_commas(value: str) -> list[int]:
-    """Positions of the commas of a ``[...]`` list value that are outside quotes and outside
-    the ``{...}`` or ``[...]`` of an item (a prompt with a schema: ``{text: ..., schema: {...}}``)."""
-    positions, quote, depth = [], "", 0
-    for position, char in enumerate(value):
-        if quote:
-            quote = "" if char == quote and value[position - 1] != "\\" else quote
-        elif char in "'\"":
-            quote = char
-        elif char in "[{":
-            depth += 1
-        elif char in "]}":
-            depth -= 1
-        elif char == "," and depth <= 1:
-            positions.append(position)
-    return positions
-
-
-def _ambiguous_comma(value: str) -> bool:
-    """Whether an unquoted comma followed by a space sits between two unquoted words of a list (``[What is
-    shown?,Any text, e.g. signs?]``): a separator to Hydra, maybe part of a prompt to the person who wrote it."""
-    if not (value.startswith("[") and value.endswith("]")):
-        return False
-    for position in _top_level_commas(value):
-        before, after = value[:position].rstrip(), value[position + 1 :]
-        if after[:1].isspace() and before[-1:] not in "[\"'" and after.lstrip()[:1] not in "]\"'":
-            return True
-    return False
-
-
 def _ambiguous_prompts(key: str, value: str) -> str:
     """The error for :func:`_ambiguous_comma`, with both readings written out: every comma a
     separator, or a comma followed by a space part of its prompt (that prompt quoted)."""
-    commas = _top_level_commas(value)
+    commas = top_level_commas(value)
     separate = [value[start + 1 : end].strip() for start, end in zip([0, *commas], [*commas, len(value) - 1])]
     cuts = [p for p in commas if not value[p + 1 : p + 2].isspace()]
     joined = [value[start + 1 : end].strip() for start, end in zip([0, *cuts], [*cuts, len(value) - 1])]
-    joined = [_hydra_value(item, '"') if ", " in item and item[:1] not in "'\"" else item for item in joined]
+    joined = [hydra_value(item, '"') if ", " in item and item[:1] not in "'\"" else item for item in joined]
     as_separate, as_joined = (shell_word(key + "=[" + ",".join(items) + "]") for items in (separate, joined))
     return (
         f"{shell_word(f'{key}={value}')} is ambiguous: Hydra splits prompts at every comma, also at one in a "

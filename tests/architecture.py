@@ -85,6 +85,7 @@ PARTS: tuple[Part, ...] = (
         ),
         "pipeline/presets.py": "a composed config or preset made into a CaptionSpec or Captioner",
         "pipeline/overrides.py": "`key=value` overrides checked before Hydra, for the command line and the library",
+        "pipeline/override_words.py": "a value as an override Hydra reads back as meant, and as one shell word",
     }),
     Part("Stages", "videos in, sampled frames out", ("Base",), {
         "pipeline/inputs.py": "finding videos (file, folder, glob, manifest), ids, shards, readiness",

@@ -55,3 +55,23 @@ def test_a_sweep_over_a_groups_choices_is_checked_choice_by_choice() -> None:
     assert checked_overrides(["model=tiny,llava16_34b", "shard=range(0,2)"], multirun=True)
     with pytest.raises(ConfigError, match=r"^unknown model=llava99; choose one of: llava16_34b, "):
         checked_overrides(["model=tiny,llava99"], multirun=True)
+
+
+@pytest.mark.parametrize(("arg", "said"), [
+    ("model=tiny,", f"Hydra cannot read model=tiny,; model takes one of: {CHOICES['model']}"),
+    ("sampler=all, ", f"Hydra cannot read 'sampler=all, '; sampler takes one of: {CHOICES['sampler']}"),
+    (" model=tiny", "Hydra cannot read ' model=tiny'; write it without the space: model=tiny"),
+])
+def test_an_unreadable_choice_names_the_choices_not_a_quoting_that_would_fail(
+    arg: str, said: str, tmp_path: Path
+) -> None:
+    """``model=$A,$B`` with ``B`` unset: quoted (``model='tiny,'``) it would be no choice either."""
+    result = run_cli("video=clip.mp4", arg, f"output_dir={tmp_path / 'out'}", cwd=tmp_path)
+    assert_one_line_error(result, 1, said)
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_a_sweep_hydra_expands_itself_is_left_to_each_job() -> None:
+    """``glob(...)`` and ``range(...)`` over a group's choices: Hydra picks them; each job's own
+    config is checked as it runs."""
+    assert checked_overrides(["model=glob(ti*)", "sampler=glob(*)"], multirun=True)

@@ -17,7 +17,8 @@ from omegaconf import OmegaConf
 
 from pipeline.config import compose_config
 from pipeline.errors import ConfigError
-from pipeline.overrides import _hydra_value, checked_overrides
+from pipeline.override_words import hydra_value
+from pipeline.overrides import checked_overrides
 
 # Pieces a text typed bare is made of: a backslash stands before ${ (text, as typed, like the
 # ${...}), a letter or the end, where Hydra reads none as an escape; quotes, a comma, brackets
@@ -77,5 +78,5 @@ def test_bare_list_items_and_sweep_choices_keep_the_backslashes_before_each_inte
 @pytest.mark.parametrize("quote", ["'", '"'])
 @pytest.mark.parametrize("value", [*texts(QUOTED, 300, seed=3, end="\\"), ["a", "b'\\"], {"k": "\\${x}'"}, 1.5, None])
 def test_the_one_quoting_reads_back_as_the_value(value: Any, quote: str) -> None:
-    (override,) = OverridesParser.create().parse_overrides([f"prompt={_hydra_value(value, quote)}"])
+    (override,) = OverridesParser.create().parse_overrides([f"prompt={hydra_value(value, quote)}"])
     assert override.value() == value
