@@ -217,9 +217,15 @@ case "$plan" in
       bench mistral7b --seed "" --cases "" --peer-batches 32,64 --peer-prompts 3 --peer-frames 64
     fi
     ;;
-  call31)  # session 18, second machine: one frame's CLIP and prefill on the F16 text weights, timed alone and kernel by
-           # kernel under torch.profiler (kernel_profile.py)
-    timeout "$(left)" python3 benchmarks/kernel_profile.py --model-dir /tmp/models --out "$OUT" 2>&1 | tee -a "$OUT/bench.log"
+  call31)  # session 19: one frame's CLIP and prefill on the F16 text weights, timed alone and kernel by kernel under
+           # torch.profiler (kernel_profile.py); then the engine, one and three prompts, for the answers' hashes of the
+           # checkout (lanes' batch limits and the conversion's quiet output changed on the GPU path)
+    timeout "$(( $(left) - 150 ))" python3 benchmarks/kernel_profile.py --model-dir /tmp/models --out "$OUT" 2>&1 | tee -a "$OUT/bench.log"
+    bench mistral7b --seed "" --frames 48 --cases "p=1;p=3"
+    ;;
+  call31b)  # session 19, with the device time left after call31 could not start: the engine only, one and three
+            # prompts, for the answers' hashes of the checkout (lanes' batch limits; the conversion's quiet output)
+    bench mistral7b --seed "" --frames 48 --cases "p=1;p=3"
     ;;
   *) echo "unknown plan $plan"; exit 2 ;;
 esac
