@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import csv
 import io
+import os
 import re
 import shutil
 from pathlib import Path
@@ -16,6 +17,7 @@ import pytest
 
 from pipeline.export import main
 from pipeline.export.names import select_video
+from pipeline.paths import printable
 from pipeline.report import write_report
 from pipeline.store import read_results
 from tests.conftest import result_row, run_cli, run_without_results, tinted, write_results, write_video
@@ -216,6 +218,19 @@ def test_a_key_given_twice_is_one_line(tmp_path: Path, capsys: pytest.CaptureFix
     assert STAMP.sub("", capsys.readouterr().err).startswith(
         f"{repeated[0].partition('=')[0]}= is given twice ({repeated[0]}, {repeated[1]}); give it once; usage:")
     assert not (out / "_export").exists()
+
+
+def test_a_name_that_is_not_utf8_names_its_video(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """A Latin-1 name from an old share: the results keep it as ``caf\\xe9.mp4``; the shell
+    passes its bytes."""
+    out = tmp_path / "out"
+    name = os.fsdecode(b"caf\xe9.mp4")
+    write_results(out, [*rows_of("v2", printable(f"/srv/{name}")), *rows_of("v9", "/srv/other.mp4")])
+
+    assert main([f"output_dir={out}", "format=csv", f"video={name}"]) == 0
+    other = os.fsdecode(b"n\xe9e.mp4")
+    assert main([f"output_dir={out}", "format=csv", f"video={other}"]) == 1
+    assert STAMP.sub("", capsys.readouterr().err).startswith("video=n\\xe9e.mp4 is not in the results")
 
 
 def test_a_name_is_matched_without_reading_any_video(tmp_path: Path) -> None:

@@ -6,6 +6,7 @@ every other row."""
 from __future__ import annotations
 
 import json
+import os
 import re
 import shutil
 from pathlib import Path
@@ -14,6 +15,7 @@ import pandas as pd
 import pyarrow as pa
 import pytest
 
+from pipeline.errors import UserError
 from pipeline.export import export, tracks_of
 from pipeline.report import write_report
 from pipeline.results import counts, load_results, slowest_frames, video_summary
@@ -194,3 +196,11 @@ def test_the_structured_section_counts_answers_without_config_id(tmp_path: Path)
     section = page[page.index("<h2>Structured answers</h2>"):].split("<h3>")[1]
     cells = re.findall(r"<td[^>]*>([^<]*)</td>", section)
     assert cells == ["outdoor", "True", "1", "", "False", "1", "people", "2", "1", "2", "3"]
+
+
+def test_a_video_id_that_is_not_utf8_is_one_line(tmp_path: Path) -> None:
+    out = tmp_path / "out"
+    write_results(out, [result_row("a", 0)])
+
+    with pytest.raises(UserError, match=r"^video_id=\\xe9 is not in .* \(it has: a\)$"):
+        write_report(out, video_id=os.fsdecode(b"\xe9"))

@@ -27,6 +27,7 @@ from pathlib import Path, PurePosixPath
 import pandas as pd
 
 from pipeline.export.flat import uninert
+from pipeline.paths import printable
 
 LAYOUTS = ("by_video", "beside")
 # The files an export writes beside the videos' folders: no video's folder takes one of their names.
@@ -87,15 +88,16 @@ def select_video(
         ValueError: ``value`` names no video, or several (one line listing them).
     """
     videos = df[["video_id", "video_path"]].dropna().drop_duplicates()
-    if videos["video_id"].eq(value).any():
-        return value
+    text = printable(value)  # a name that is not UTF-8 as the results keep it (\xNN)
+    if videos["video_id"].eq(text).any():
+        return text
     pairs = list(zip(videos["video_id"].astype(str), videos["video_path"].astype(str)))
 
     def the_file(among: list[tuple[str, str]]) -> list[str]:
-        wanted, placed = os.path.realpath(os.path.expanduser(value)), files()
+        wanted, placed = printable(os.path.realpath(os.path.expanduser(value))), files()
         return sorted({v for v, p in among if (here := placed.get((v, p))) is not None and str(here[0]) == wanted})
 
-    ids = sorted({v for v, p in pairs if value in (p, PurePosixPath(p).name, stem_of(p))})
+    ids = sorted({v for v, p in pairs if text in (p, PurePosixPath(p).name, stem_of(p))})
     if len(ids) > 1:  # one name for several videos (nights in other folders): the one it is from here, if any
         ids = the_file([(v, p) for v, p in pairs if v in ids]) or ids
     elif not ids:
@@ -105,8 +107,8 @@ def select_video(
     listed = [(v, p) for v, p in pairs if v in ids] if ids else pairs
     known = "; ".join(f"{p} ({v})" for v, p in sorted(listed)) or "none"
     if ids:
-        raise ValueError(f"video={value} matches {len(ids)} videos: {known}; give its path or video_id")
-    raise ValueError(f"video={value} is not in the results (they have: {known})")
+        raise ValueError(f"video={text} matches {len(ids)} videos: {known}; give its path or video_id")
+    raise ValueError(f"video={text} is not in the results (they have: {known})")
 
 
 def _relative_dirs(video_paths: dict[str, str]) -> dict[str, str]:

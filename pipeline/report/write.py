@@ -14,7 +14,7 @@ from pipeline.errors import UserError
 from pipeline.export import EXPORT_DIR, Track, tracks_of, with_cue_ends, write_tracks
 from pipeline.files import write_bytes_atomic
 from pipeline.owed import REPORT_PAGE
-from pipeline.paths import user_path
+from pipeline.paths import printable, user_path
 from pipeline.report.data import ReportData, with_run
 from pipeline.report.pages import Pages
 from pipeline.results import load_results
@@ -80,6 +80,7 @@ def write_report(
     output_dir = user_path(output_dir).resolve()
     df = load_results(output_dir)
     if video_id is not None:
+        video_id = printable(video_id)  # a word that is not UTF-8 as the results would keep it
         if not df["video_id"].eq(video_id).any():
             known = ", ".join(sorted(df["video_id"].dropna().unique())) or "none"
             raise UserError(f"video_id={video_id} is not in {output_dir} (it has: {known})")
