@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from pipeline.errors import StoreError
-from pipeline.files import read_json, write_json_atomic
+from pipeline.files import open_file, read_json, write_json_atomic
 from pipeline.paths import user_cache_dir, user_path
 
 log = logging.getLogger(__name__)
@@ -52,7 +52,7 @@ def file_sha256(path: str | Path) -> str:
     ):
         return str(cached["sha256"])
     digest = hashlib.sha256()
-    with open(resolved, "rb") as handle:
+    with open_file(resolved) as handle:
         while block := handle.read(_BLOCK):
             digest.update(block)
     value = digest.hexdigest()

@@ -17,7 +17,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from pipeline.errors import StoreError
-from pipeline.files import read_json, write_json_atomic
+from pipeline.files import check_file, read_json, write_json_atomic
 from pipeline.store import QUARANTINE, ChunkName
 from pipeline.words import plural
 
@@ -71,15 +71,16 @@ def read_committed(
     """The keys already committed for a video under ``config_id``; the chunk files of
     ``leave_out`` are not read (error files that a retry replaces: their keys are asked again).
 
-    A chunk file that does not read (damaged on disk) is moved aside (:func:`quarantine`;
-    left where it is with ``move_damaged=False``, for a dry run): its keys count as missing,
-    so the run does them again.
+    A chunk file that does not read (damaged on disk, or no file: a named pipe) is moved aside
+    (:func:`quarantine`; left where it is with ``move_damaged=False``, for a dry run): its keys
+    count as missing, so the run does them again.
     """
     committed = Committed()
     for path in chunk_files(output_dir, video_id, config_id):
         if path in leave_out:
             continue
         try:
+            check_file(path)
             table = pq.read_table(path, columns=["frame_index", "prompt_id", "error"])
         except (pa.ArrowException, OSError) as damage:
             if move_damaged:
@@ -133,8 +134,9 @@ def _read_whole(path: Path) -> None:
     """Decode every page of a Parquet file (checking page checksums where it has them).
 
     Raises:
-        pyarrow.ArrowException, OSError: It does not read.
+        pyarrow.ArrowException, OSError: It does not read, or is no file (a named pipe).
     """
+    check_file(path)
     parquet = pq.ParquetFile(path, page_checksum_verification=True)
     for group in range(parquet.num_row_groups):
         parquet.read_row_group(group)
@@ -186,6 +188,7 @@ def video_failures_by_path(output_dir: Path, config_id: str) -> dict[str, list[s
     failed: dict[str, list[str]] = {}
     for path in output_dir.glob(f"*/{ChunkName.pattern('errors', config_id)}"):
         try:
+            check_file(path)
             rows = pq.read_table(path, columns=["video_path", "frame_index"]).to_pylist()
         except (pa.ArrowException, OSError):
             continue

@@ -24,7 +24,7 @@ from omegaconf import MISSING, DictConfig, OmegaConf
 
 from pipeline.errors import ConfigError
 from pipeline.listfile import STRUCTURED_SUFFIXES, read_list_file, read_structured_list
-from pipeline.paths import not_a_folder, unwritable, user_cache_dir, user_path
+from pipeline.paths import Chosen, not_a_folder, unwritable, user_cache_dir, user_path
 from pipeline.structured import PromptEntry
 
 
@@ -335,12 +335,14 @@ def _check_settings(cfg: DictConfig, ranges: Mapping[str, _Range], paths: Mappin
 def _check_places(cfg: DictConfig) -> None:
     """The folders a run writes into must be (or become) folders, the model files named must be
     files: found now, not after the night's record is written or the model is fetched."""
-    folders = [(cfg.output_dir, "the results"), (user_cache_dir(), "the pipeline's cache")]
+    folders = [(cfg.output_dir, "the results", "output_dir"), (user_cache_dir(), "the pipeline's cache", None)]
     if cfg.model.dir is not None:
-        folders.append((cfg.model.dir, "the model files (model.dir)"))
-    for folder, what in folders:
-        if not_a_folder(user_path(folder).absolute()) is not None:
-            raise ConfigError(unwritable(user_path(folder), None, what))
+        folders.append((cfg.model.dir, "the model files (model.dir)", "model.dir"))
+    for folder, what, key in folders:  # the cache's fix is its variable (paths.unwritable)
+        path = user_path(folder).absolute()
+        if not_a_folder(path) is not None:
+            chosen = Chosen(path, f"choose another {key}") if key is not None else None
+            raise ConfigError(unwritable(user_path(folder), None, what, chosen))
     for key in ("text", "mmproj"):
         value = cfg.model[key]
         if value is not None and not user_path(value).is_file():

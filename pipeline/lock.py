@@ -40,7 +40,7 @@ from pathlib import Path
 from typing import Any
 
 from pipeline.errors import LockHeld, LockLost, StoreError
-from pipeline.paths import room_or_rights, what_stands_at
+from pipeline.paths import LINK_TO_NOWHERE, room_or_rights, what_stands_at
 
 _ENTRY = 0
 _SHARD_BASE = 1 << 40  # sharding bytes lie below, shard bytes above
@@ -75,13 +75,16 @@ class RunLock:
         return f"{self.shard}of{self.num_shards}"
 
     def __enter__(self) -> RunLock:
-        try:
-            fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
+        if what_stands_at(self.path) not in (None, LINK_TO_NOWHERE):  # never opened: a device may act on it
+            raise self._store_error(None)
+        try:  # without blocking: a named pipe put there meanwhile would block the open for ever
+            fd = os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_NONBLOCK | os.O_NOCTTY, 0o644)
         except OSError as error:
             raise self._store_error(error) from error
         if not stat.S_ISREG(os.fstat(fd).st_mode):  # a named pipe, a device: not a file to lock
             os.close(fd)
             raise self._store_error(None)
+        os.set_blocking(fd, True)
         try:
             fcntl.lockf(fd, fcntl.LOCK_EX, 1, _ENTRY)
             try:

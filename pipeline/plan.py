@@ -167,10 +167,10 @@ class Planner:
         marker = done_marker(self.output_dir, outcome.video_id, self.work_id)
         if self.retry_failed:
             task.retired = error_files(self.output_dir, outcome.video_id, self.config_id)
-            if task.retired:
-                marker.unlink(missing_ok=True)  # done by an older version despite failed frames
+            if task.retired and marker.is_file():
+                marker.unlink()  # done by an older version despite failed frames
         damaged = [] if self.read_only else verify_chunks(self.output_dir, outcome.video_id, self.config_id)
-        if marker.exists():
+        if marker.is_file():  # something else there is no marker: writing one says what it is
             moved = {chunk.name for chunk in damaged}
             gone = [name for name in missing_chunks(marker) if name not in moved]
             if self.read_only or not (damaged or gone):

@@ -25,7 +25,7 @@ from pathlib import Path
 from typing import TextIO
 
 from pipeline.errors import StoreError
-from pipeline.paths import user_cache_dir, writing_into
+from pipeline.paths import check_file_or_nothing, user_cache_dir, writing_into
 from pipeline.words import visible
 
 _FORMAT = "[%(asctime)s][%(name)s][%(levelname)s] %(message)s"
@@ -157,9 +157,12 @@ def run_log(path: Path) -> Iterator[Path]:
 
     Raises:
         StoreError: The file cannot be created: its folder cannot be written (permissions, a
-            full disk) or is not a folder (a file named ``_logs``); the line names it and the fix.
+            full disk) or is not a folder (a file named ``_logs``), or something other than a
+            file stands at its name (never opened: a named pipe would block); the line names it
+            and the fix.
     """
     with writing_into(path.parent, "the run's log file", StoreError):
+        check_file_or_nothing(path)
         path.parent.mkdir(parents=True, exist_ok=True)
         handler = LogFile(path)
     handler.setFormatter(OneLineFormatter(_FORMAT))
@@ -177,9 +180,10 @@ def record_crash(error: BaseException, log_file: Path | None) -> str:
     to a file of its own in the user cache; returns where it went, in words."""
     path = log_file or user_cache_dir() / "logs" / f"crash-{run_stamp(time.time())}.log"
     try:
+        check_file_or_nothing(path)  # never opened: a named pipe there would block for ever
         path.parent.mkdir(parents=True, exist_ok=True)
         with open(path, "a", encoding="utf-8") as handle:
             handle.write("".join(traceback.format_exception(type(error), error, error.__traceback__)))
     except OSError as failure:
-        return f"traceback not written: {failure}"
+        return f"traceback not written to {path}: {failure}"
     return f"traceback in {path}"

@@ -44,7 +44,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from pipeline.errors import StoreError
-from pipeline.files import read_json, write_atomic, write_json_atomic
+from pipeline.files import check_file, read_json, write_atomic, write_json_atomic
 from pipeline.paths import cannot_write, in_the_way, room_or_rights, user_path
 
 if TYPE_CHECKING:  # pandas loads only where results are read back, not on a run's start
@@ -199,10 +199,9 @@ def prepare_output_dir(output_dir: str | Path) -> Path:
         probe = path / f".write-test-{uuid.uuid4().hex}"
         probe.write_bytes(b"")
         probe.unlink()
-    except OSError as error:
-        blocked, fix = in_the_way(path), room_or_rights(error, path)
-        reason = blocked or error.strerror or str(error)
-        fix = "move or rename it" if blocked else fix
+    except OSError as error:  # what stands in the way is output_dir or above it: the user's to choose
+        blocked = in_the_way(path)
+        fix, reason = (None, blocked) if blocked else (room_or_rights(error, path), error.strerror or str(error))
         raise StoreError(
             f"output_dir {path} is not writable ({reason}); {f'{fix}, or ' if fix else ''}choose another output_dir"
         ) from error
@@ -400,6 +399,8 @@ def _read_chunks(files: list[Path], columns: list[str] | None) -> pa.Table:
     if not files:
         table = SCHEMA.empty_table()
         return table.select(columns) if columns is not None else table
+    for path in files:  # a named pipe named like a chunk would block pyarrow's open for ever
+        check_file(path)
     # schema=: files written before a column existed read it as null instead of dropping it.
     return pq.ParquetDataset(files, schema=SCHEMA).read(columns=columns)
 
@@ -415,7 +416,9 @@ def table_to_pandas(table: pa.Table) -> pd.DataFrame:
 
 
 def read_metadata(parquet_file: str | Path) -> dict[str, Any]:
-    """The ``pipeline.*`` schema metadata of one result file, decoded."""
+    """The ``pipeline.*`` schema metadata of one result file, decoded (``OSError``: it cannot be
+    read, or is no file: :func:`pipeline.files.check_file`)."""
+    check_file(Path(parquet_file))
     raw = pq.read_schema(parquet_file).metadata or {}
     return {
         key.decode().removeprefix("pipeline."): json.loads(value)
@@ -451,6 +454,7 @@ def read_prompts(output_dir: str | Path) -> list[dict[str, Any]]:
     asked: dict[str, dict[str, Any]] = {}
     for path in sorted(result_files(Path(output_dir)), key=_written_ns):
         try:
+            check_file(path)
             recorded = (pq.read_schema(path).metadata or {}).get(b"pipeline.prompts")
             prompts = json.loads(recorded) if recorded else []
         except (OSError, ValueError, pa.ArrowException):

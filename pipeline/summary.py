@@ -20,7 +20,6 @@ with :func:`read_runs`.
 
 from __future__ import annotations
 
-import json
 import logging
 import os
 import socket
@@ -33,8 +32,8 @@ from pathlib import Path
 from typing import Any
 
 from pipeline.errors import StoreError
-from pipeline.files import write_json_atomic
-from pipeline.paths import printable
+from pipeline.files import read_json, write_json_atomic
+from pipeline.paths import LINK_TO_NOWHERE, printable, what_stands_at
 from pipeline.runlog import run_stamp
 from pipeline.store import RUNS_DIR
 from pipeline.words import plural
@@ -181,9 +180,9 @@ class RunRecord:
     def start(self, summary: RunSummary) -> None:
         """Write the ``running`` record. Where it cannot be written, the previous run's
         ``_last_run.json`` is removed (that needs no free space), so it does not speak for this
-        run; a warning says so. A folder there is no record, and is left as it is: the warning
-        that it could not be written names it."""
-        if not self._write(self.record(summary, None)) and not self.last_path.is_dir():
+        run; a warning says so. Anything else there (a folder, a named pipe) is no record, and
+        is left as it is: the warning that it could not be written names it."""
+        if not self._write(self.record(summary, None)) and what_stands_at(self.last_path) in (None, LINK_TO_NOWHERE):
             try:
                 self.last_path.unlink(missing_ok=True)
             except OSError as error:
@@ -238,21 +237,34 @@ class RunRecord:
         return written
 
 
+# The names of run records found to be no file, said once a process (status, the report and a
+# night's owed work each read the records).
+_SKIPPED: set[Path] = set()
+
+
 def read_runs(output_dir: Path) -> list[dict[str, Any]]:
     """Every recorded run of ``output_dir`` (``_runs/*.json``, and ``_last_run*.json`` for folders
-    of older versions), oldest first; each with ``state`` filled in by :func:`run_state`."""
+    of older versions), oldest first; each with ``state`` filled in by :func:`run_state`.
+    Something other than a file at such a name (a named pipe) is never opened: it is skipped,
+    in ``_runs/`` with one warning naming it (once a process; a ``_last_run*.json`` repeats a
+    record there, and a run that cannot write it says so itself)."""
     runs: dict[str, dict[str, Any]] = {}
+    skipped = []
     for path in [*output_dir.glob(f"{RUNS_DIR}/*.json"), *output_dir.glob(f"{LAST_RUN}*.json")]:
-        try:
-            record = json.loads(path.read_text())
-        except (OSError, ValueError):
-            continue
-        if isinstance(record, dict):
+        kind = what_stands_at(path)
+        if kind not in (None, LINK_TO_NOWHERE) and path.parent.name == RUNS_DIR and path not in _SKIPPED:
+            skipped.append(f"{path} ({kind})")
+            _SKIPPED.add(path)
+        record = read_json(path)
+        if record is not None:
             shard = path.stem.partition("-")[2]
             # A _last_run.json repeats a _runs/ record; keep the newest state of a run.
             key = f"{record.get('started')}|{shard}"
             if key not in runs or runs[key].get("state") == RUNNING:
                 runs[key] = record
+    if skipped:
+        log.warning("not a run record, skipped: %s; move or rename %s", ", ".join(skipped),
+                    "it" if len(skipped) == 1 else "them")
     for record in runs.values():
         record["state"] = run_state(record)
     return sorted(runs.values(), key=lambda r: str(r.get("started", "")))

@@ -125,7 +125,7 @@ PARTS: tuple[Part, ...] = (
     }),
     Part("Base", "what every part may use; imports nothing of ours but Base", (), {
         "pipeline/__init__.py": "the package",
-        "pipeline/files.py": "the one atomic writer (and reading a JSON record back)",
+        "pipeline/files.py": "the one atomic writer, and the one opener of what it keeps (never blocking)",
         "pipeline/errors.py": "UserError and its kinds: one line for the user",
         "pipeline/paths.py": "paths as given, the user cache, why a path cannot be written (one line, the fix)",
         "pipeline/signals.py": "SIGINT/SIGTERM/SIGHUP as a clean stop; an unwritable stdout as one line",

@@ -11,6 +11,7 @@ from __future__ import annotations
 import errno
 import os
 import shutil
+import stat
 import subprocess
 import sys
 from pathlib import Path
@@ -26,6 +27,7 @@ from pipeline.errors import StoreError, WeightsError
 from pipeline.export import main as export_main
 from pipeline.lock import RunLock
 from pipeline.paths import cannot_write, not_writable, unwritable
+from pipeline.presets import captioner_from_preset
 from pipeline.report.command import main as report_main
 from pipeline.runlog import run_log
 from pipeline.status import main as status_main
@@ -372,6 +374,79 @@ def test_a_read_only_output_dir_is_one_line_with_the_fix(cli_base: list[str], tm
         subprocess.run(["umount", "-l", str(out)], capture_output=True)
     assert_one_line_error(result, 1, f"output_dir {out} is not writable ({os.strerror(errno.EROFS)}); "
                           f"make {out} writable (its permissions, or a read-only mount), or choose another output_dir")
+
+
+# -- a path the user gave, or a file above it, in the way: choose another ------------------------
+
+
+@pytest.mark.parametrize("where", ["output_dir", "output_dir a device", "model.dir", "VIDEO_CAPTION_CACHE"])
+def test_a_file_at_or_above_a_path_the_user_gave_is_to_choose_another_never_to_move(
+    cli_base: list[str], tmp_path: Path, where: str
+) -> None:
+    """Where the file in the way is the user's (a video, a system file, a device), the line
+    never tells to move or rename it: the fix is another path (the option that names it)."""
+    video = tmp_path / "vids" / "v0.mp4"  # the user's own video, where a folder would have to be
+    video.parent.mkdir()
+    shutil.copy(SAMPLE_VIDEO, video)
+    given, blocked = video / "out", f"{video} is a file, not a folder"
+    if where == "output_dir a device":
+        given = tmp_path / "null"
+        os.mknod(given, stat.S_IFCHR | 0o666, os.makedev(1, 3))
+        blocked = f"{given} is not a folder"
+    key = where.removesuffix(" a device")
+    what, fix = {
+        "output_dir": ("the results", "choose another output_dir"),
+        "model.dir": ("the model files (model.dir)", "choose another model.dir"),
+        "VIDEO_CAPTION_CACHE": ("the pipeline's cache", "set VIDEO_CAPTION_CACHE to a writable folder"),
+    }[key]
+    env = {key: str(given)} if key == "VIDEO_CAPTION_CACHE" else {}
+    args = [a for a in cli_base if not a.startswith(f"{key}=")] + ([] if env else [f"{key}={given}"])
+    result = subprocess.run([sys.executable, "-m", "pipeline", f"video={SAMPLE_VIDEO}", *args], cwd=ROOT,
+                            env=cli_env(PYTHONPATH=str(ROOT), **env), capture_output=True, text=True,
+                            timeout=RUN_TIMEOUT_S)
+
+    said = f"cannot write {what} into {given} ({blocked}): that must be a writable folder; {fix}"
+    assert_one_line_error(result, 1, said)
+    assert "move or rename" not in result.stderr
+    assert video.read_bytes() == SAMPLE_VIDEO.read_bytes()
+    if where == "output_dir a device":
+        assert stat.S_ISCHR(os.lstat(given).st_mode)
+
+
+def test_the_library_says_to_choose_another_model_dir(tmp_path: Path) -> None:
+    blocker = tmp_path / "a-file"
+    blocker.write_text("the user's")
+    with pytest.raises(WeightsError) as raised:
+        captioner_from_preset("tiny", f"model.dir={blocker / 'tiny'}")
+    assert str(raised.value).endswith(f"({blocker} is a file, not a folder): that must be a writable folder; "
+                                      "choose another model.dir"), raised.value
+
+
+@pytest.mark.allow_error_logs
+@pytest.mark.parametrize("case", ["a file above it", "a folder at it", "the report's own name given"])
+def test_the_reports_out_in_the_way_is_to_choose_another_out(
+    output_dir: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str], case: str
+) -> None:
+    """``out=`` is the user's: a file above it, or a folder at it, calls for another ``out=``;
+    ``output_dir/_report.html`` is a name the report keeps only where ``out=`` does not give it
+    (a folder there without ``out=``: move or rename it, above)."""
+    mine = tmp_path / "mine"
+    if case == "a file above it":
+        mine.write_text("the user's")
+        out, said = mine / "r.html", f"{mine} is a file, not a folder"
+    elif case == "a folder at it":
+        mine.mkdir()
+        out, said = mine, "a folder stands there"
+    else:
+        out, said = output_dir / "_report.html", "a folder stands there"
+        out.mkdir()
+
+    assert report_main([f"output_dir={output_dir}", f"out={out}"]) == 1
+
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1, err
+    assert err.rstrip().endswith(f"ERROR] cannot write {out}: {said}; choose another out="), err
+    assert not (tmp_path / "mine_files").exists() and not (output_dir / "_report_files").exists()
 
 
 # -- llama.cpp's conversions (the generated Q8_0 model, F16 copies) ------------------------------

@@ -128,7 +128,7 @@ def reference_copies(projector: Projector, cache_dir: Path) -> dict[str, Path]:
     key = hashlib.sha256(f"{_COPY_VERSION}:{model_fingerprint(source)}".encode()).hexdigest()[:12]
     folder = cache_dir / "projectors"
     copies = {a: folder / f"{source.stem}-{key}-{a}.gguf" for a in ARRANGEMENTS}
-    missing = [a for a, p in copies.items() if not p.exists()]
+    missing = [a for a, p in copies.items() if not p.is_file()]  # a named pipe there is not read: writing says so
     if missing:
         log.info("writing the reference-layout copies of %s into %s (once per file)", source.name, folder)
         reader = read_gguf(source)

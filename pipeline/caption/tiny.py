@@ -345,9 +345,13 @@ def text_layout(shape: TextShape, n_vocab: int) -> list[tuple[str, tuple[int, ..
 
 
 def _ensure_file(path: Path, write: Callable[[Path], None]) -> Path:
-    """Make ``path`` with ``write`` unless it exists, atomically (a concurrent reader sees
-    either no file or the whole file)."""
-    if not path.exists():
+    """Make ``path`` with ``write`` unless it is there, atomically (a concurrent reader sees
+    either no file or the whole file).
+
+    Raises:
+        NotAFile: Something other than a file stands there (:func:`pipeline.files.write_atomic`).
+    """
+    if not path.is_file():
         write_atomic(path, write)
     return path
 

@@ -30,7 +30,8 @@ import gguf
 
 from pipeline.caption.tiny import TINY_MMPROJ_FILE, TINY_TEXT_FILE, TINY_TEXT_Q8_FILE, ensure_tiny_model
 from pipeline.errors import WeightsError
-from pipeline.paths import user_cache_dir, writing_into
+from pipeline.files import check_file, open_file
+from pipeline.paths import Chosen, user_cache_dir, writing_into
 
 log = logging.getLogger(__name__)
 
@@ -130,7 +131,8 @@ class ModelSource:
                 raise WeightsError(f"model.{key}={path} is not a file; give the path of a GGUF file")
         if self.generated:
             folder = self.model_dir or user_cache_dir() / "tiny"
-            with writing_into(folder, "the generated tiny model", WeightsError):  # a full disk too
+            chosen = Chosen(self.model_dir, "choose another model.dir") if self.model_dir else None
+            with writing_into(folder, "the generated tiny model", WeightsError, chosen):  # a full disk too
                 text, mmproj = ensure_tiny_model(folder, quantized=self.quantized)
             return ModelFiles(self.text_path or text, self.mmproj_path or mmproj)
         roles = ((self.text_file, self.text_path), (self.mmproj_file, self.mmproj_path))
@@ -284,7 +286,7 @@ def _fingerprint(path: Path, size: int, mtime_ns: int) -> str:
     reader = read_gguf(path)
     digest = hashlib.sha256(f"gguf-fingerprint-1 {size}\n".encode())
     try:
-        with open(path, "rb") as handle:
+        with open_file(path) as handle:
             digest.update(handle.read(reader.data_offset))
             for tensor in reader.tensors:
                 n = int(tensor.n_bytes)
@@ -327,6 +329,7 @@ def read_gguf(path: str | Path) -> gguf.GGUFReader:
     """
     path = Path(path).resolve()
     try:
+        check_file(path)  # memory-mapping a named pipe would block for ever
         stat = path.stat()
         return _parsed_gguf(path, stat.st_size, stat.st_mtime_ns)
     except Exception as error:

@@ -50,7 +50,7 @@ from pipeline.export.names import (
 from pipeline.files import write_bytes_atomic
 from pipeline.options import OptionError, asks_help, parse_options
 from pipeline.owed import EXPORT_DIR, settle_export
-from pipeline.paths import user_path
+from pipeline.paths import Chosen, user_path
 from pipeline.results import config_label, printable, prompt_numbers, typed_answers
 from pipeline.runlog import console_logging, say_error
 from pipeline.signals import printing_command, show
@@ -322,6 +322,7 @@ def export(
         raise ValueError(f"unknown layout={layout}; choose {' or '.join(LAYOUTS)}")
     root = results_folder(output_dir)
     folder = user_path(out).resolve() if out else root / EXPORT_DIR
+    chosen = Chosen(folder, "choose another out=") if out else None  # else a name the export keeps
     prompts = read_prompts(root)  # their schemas type the answers, their order numbers them
     videos = read_videos(root)
     df = with_cue_ends(load_rows(root, prompt_schemas(prompts)), videos)
@@ -337,14 +338,15 @@ def export(
     files: list[Path] = []
     track_formats = [f for f in formats if f in TRACK_FORMATS]
     for fmt in track_formats:
-        files += write_tracks(folder, tracks, fmt, video_ids, layout, index)
+        files += write_tracks(folder, tracks, fmt, video_ids, layout, index, chosen)
     if track_formats:
-        files.append(_write(index, _tracks_index(tracks, track_formats, layout)))
+        files.append(_write(index, _tracks_index(tracks, track_formats, layout), chosen))
     flat = df[FLAT_COLUMNS + [c for c in df.columns if c not in _READ_COLUMNS and c != "end_s"]]
     if "jsonl" in formats:
-        files.append(_write(index_folder / CAPTIONS_JSONL, jsonl(flat)))
+        files.append(_write(index_folder / CAPTIONS_JSONL, jsonl(flat), chosen))
     if "csv" in formats:
-        files.append(_write(index_folder / CAPTIONS_CSV, csv_bytes(flat.to_dict("records"), list(flat.columns))))
+        rows_csv = csv_bytes(flat.to_dict("records"), list(flat.columns))
+        files.append(_write(index_folder / CAPTIONS_CSV, rows_csv, chosen))
     rows = len(flat) if {"jsonl", "csv"} & set(formats) else 0
     return Exported(folder=folder, files=files, tracks=tracks, rows=rows)
 
@@ -356,6 +358,7 @@ def write_tracks(
     video_ids: Iterable[str],
     layout: str = "by_video",
     index: Path | None = None,
+    chosen: Chosen | None = None,
 ) -> list[Path]:
     """Write each track as a ``fmt`` file under ``folder`` in ``layout``, and remove the
     ``fmt`` files of ``video_ids`` that no longer belong to a track: those the previous
@@ -371,7 +374,7 @@ def write_tracks(
     files = []
     for track in tracks:
         path = folder / track.path(fmt, layout)
-        write_bytes_atomic(path, render(track).encode("utf-8"))
+        write_bytes_atomic(path, render(track).encode("utf-8"), chosen)
         files.append(path)
     written = set(files)
     ids = {str(v) for v in video_ids}
@@ -488,8 +491,8 @@ def _tracks_index(tracks: list[Track], formats: Sequence[str], layout: str) -> b
     return csv_bytes(records, columns)
 
 
-def _write(path: Path, data: bytes) -> Path:
-    write_bytes_atomic(path, data)
+def _write(path: Path, data: bytes, chosen: Chosen | None) -> Path:
+    write_bytes_atomic(path, data, chosen)
     return path
 
 

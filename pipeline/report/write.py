@@ -12,9 +12,9 @@ import pandas as pd
 
 from pipeline.errors import UserError
 from pipeline.export import EXPORT_DIR, Track, tracks_of, with_cue_ends, write_tracks
-from pipeline.files import write_bytes_atomic
+from pipeline.files import check_writable, write_bytes_atomic
 from pipeline.owed import REPORT_PAGE
-from pipeline.paths import printable, user_path
+from pipeline.paths import Chosen, printable, user_path
 from pipeline.report.data import ReportData, with_run
 from pipeline.report.pages import Pages
 from pipeline.results import load_results
@@ -72,7 +72,8 @@ def write_report(
     Raises:
         FileNotFoundError: ``output_dir`` is not a folder a run wrote to.
         UserError: ``video_id`` is not in ``output_dir``, ``page_frames`` < 1, or a file cannot
-            be written (:class:`~pipeline.errors.StoreError`).
+            be written (:class:`~pipeline.errors.StoreError`; where something other than a file
+            stands at the page's name, before anything is written).
         OSError: A file cannot be read.
     """
     if page_frames < 1:
@@ -87,6 +88,8 @@ def write_report(
         df = df[df["video_id"] == video_id]
     default_name = REPORT_PAGE if video_id is None else f"_report-{video_id}.html"
     out = user_path(out_path).resolve() if out_path else output_dir / default_name
+    chosen = Chosen(out, "choose another out=") if out_path else None  # else a name the report keeps
+    check_writable(out, chosen)  # before anything is made: a device at out= stays as it is
     assets = out.with_name(f"{out.stem}_files")
     videos = read_videos(output_dir)
     prompts = read_prompts(output_dir)  # their order numbers them; their schemas type the answers
@@ -112,7 +115,7 @@ def write_report(
     pages = Pages(df, f"Captions in {output_dir}", data, page_frames=None if inline else page_frames)
     written: set[Path] = set()
     for path, page in pages.all(out):
-        write_bytes_atomic(path, page.encode("utf-8"))
+        write_bytes_atomic(path, page.encode("utf-8"), chosen)
         written.add(path)
     for name, jpeg in data.thumbnails.items():
         path = assets / "thumbs" / name
