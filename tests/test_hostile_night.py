@@ -449,17 +449,19 @@ def test_a_disk_that_fills_under_the_log_file_is_one_warning_then_the_runs_one_l
 
 
 def test_a_log_file_that_cannot_be_written_says_so_once_and_is_written_no_more(
-    capsys: pytest.CaptureFixture[str]
+    capsys: pytest.CaptureFixture[str], tmp_path: Path
 ) -> None:
     log = logging.getLogger("test.log_file")
-    with run_log(Path("/dev/full")):  # every write: No space left on device
-        for i in range(50):
-            log.warning("record %d", i)
+    with small_disk(tmp_path / "disk", "64k") as disk:
+        fill(disk)  # every write: No space left on device
+        with run_log(disk / "run.log"):
+            for i in range(50):
+                log.warning("record %d", i)
     err = capsys.readouterr().err
     assert err.count("\n") == 1, err
     assert re.match(
-        r"\[\d\d:\d\d:\d\d WARNING\] cannot write the run's log file /dev/full: No space left on device; "
-        r"the rest of this run's log is on the console only", err,
+        rf"\[\d\d:\d\d:\d\d WARNING\] cannot write the run's log file {re.escape(str(disk / 'run.log'))}: "
+        r"No space left on device; the rest of this run's log is on the console only", err,
     ), err
 
 
