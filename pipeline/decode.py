@@ -27,7 +27,7 @@ os.environ.setdefault("OPENCV_FFMPEG_LOGLEVEL", "-8")
 import cv2
 import numpy as np
 
-from pipeline.paths import printable
+from pipeline.paths import kind_of, printable
 from pipeline.probe import ffmpeg_says, why_unreadable
 
 
@@ -139,7 +139,7 @@ class VideoReader:
         if stat.S_ISDIR(info.st_mode):
             raise VideoError(f"is a directory, not a video: {self.name}")
         if not stat.S_ISREG(info.st_mode):
-            raise VideoError(f"not a regular file, not a video: {self.name}")
+            raise VideoError(f"{kind_of(info.st_mode)}, not a video: {self.name}")
         if info.st_size == 0:
             raise VideoError(f"empty file (0 bytes): {self.name}")
         native_name, self._link_folder = _native_name(self.path)

@@ -110,7 +110,7 @@ def check_file(path: Path) -> None:
     """
     kind = kind_of(os.stat(path).st_mode)
     if kind is not None:
-        raise NotAFile(errno.EINVAL, f"{kind} stands there", str(path))
+        raise NotAFile(errno.EINVAL, kind, path)
 
 
 def open_file(path: Path) -> BinaryIO:
@@ -127,7 +127,7 @@ def open_file(path: Path) -> BinaryIO:
     try:
         kind = kind_of(os.fstat(descriptor).st_mode)
         if kind is not None:
-            raise NotAFile(errno.EINVAL, f"{kind} stands there", str(path))
+            raise NotAFile(errno.EINVAL, kind, path)
         os.set_blocking(descriptor, True)
         return os.fdopen(descriptor, "rb")
     except BaseException:

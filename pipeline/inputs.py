@@ -5,8 +5,8 @@ taken as given (an entry that turns out unusable becomes an error record, and th
 on). A video is known by its content (:func:`video_id_of`), not its path, so a renamed or
 moved file is not done twice.
 
-Only regular files are opened (:func:`open_video`): a FIFO named ``x.mp4`` would block the
-open, and the night, for ever. A name that is not UTF-8 is kept as it is for opening and
+Only regular files are opened (:func:`pipeline.files.open_file`): a named pipe called ``x.mp4``
+would block the open, and the night, for ever. A name that is not UTF-8 is kept as it is for opening and
 shown as :func:`pipeline.paths.printable` text everywhere a path is written.
 """
 
@@ -25,12 +25,11 @@ from collections import Counter
 from collections.abc import Callable, Iterator
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import BinaryIO
 
 from pipeline.errors import ConfigError, InputError, UserError
-from pipeline.files import read_json, write_json_atomic
+from pipeline.files import open_file, read_json, write_json_atomic
 from pipeline.listfile import read_list_file
-from pipeline.paths import printable, user_path
+from pipeline.paths import NotAFile, printable, user_path
 from pipeline.words import visible
 
 log = logging.getLogger(__name__)
@@ -332,7 +331,7 @@ def in_shard(path: Path, shard: int, num_shards: int) -> bool:
         return True
     digest = hashlib.sha256()
     try:
-        with open_video(path) as handle:
+        with open_file(path) as handle:
             digest.update(f"{os.fstat(handle.fileno()).st_size}:".encode())
             digest.update(handle.read(1 << 16))
     except OSError:
@@ -350,54 +349,16 @@ def shard_videos(videos: list[Path], shard: int, num_shards: int) -> list[Path]:
     return [p for p in videos if in_shard(p, shard, num_shards)]
 
 
-class NotARegularFile(OSError):
-    """A video entry that is a FIFO, a socket or a device: never opened."""
-
-
-_KINDS = {
-    stat.S_IFIFO: "a FIFO", stat.S_IFSOCK: "a socket",
-    stat.S_IFCHR: "a character device", stat.S_IFBLK: "a block device",
-}
-
-
-def open_video(path: Path) -> BinaryIO:
-    """Open a video entry to read its bytes, if it is a regular file (through symlinks).
-
-    It is looked at before it is opened (opening a device may act on it) and opened without
-    blocking (a FIFO put in its place meanwhile would block the open for ever), then looked at
-    again.
-
-    Raises:
-        OSError: It cannot be opened; :class:`NotARegularFile`: it is a FIFO, socket or device.
-    """
-    _check_regular(path, os.stat(path).st_mode)
-    descriptor = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_NOCTTY | os.O_CLOEXEC)
-    try:
-        _check_regular(path, os.fstat(descriptor).st_mode)
-        os.set_blocking(descriptor, True)
-        return os.fdopen(descriptor, "rb")
-    except BaseException:
-        os.close(descriptor)
-        raise
-
-
-def _check_regular(path: Path, mode: int) -> None:
-    if stat.S_ISDIR(mode):
-        raise IsADirectoryError(errno.EISDIR, "Is a directory", str(path))
-    if not stat.S_ISREG(mode):
-        raise NotARegularFile(errno.EINVAL, f"not a regular file ({_KINDS.get(stat.S_IFMT(mode), 'not a file')})")
-
-
 def video_id_of(path: Path) -> str:
     """A stable id from the file's content: its size plus its first, middle and last MiB.
 
     Renaming a file keeps its id; changing its content changes it.
 
     Raises:
-        OSError: The file cannot be read, or is no regular file (:func:`open_video`).
+        OSError: The file cannot be read, or is no regular file (:func:`pipeline.files.open_file`).
     """
     block = 1 << 20
-    with open_video(path) as handle:
+    with open_file(path) as handle:
         size = os.fstat(handle.fileno()).st_size
         digest = hashlib.sha256(str(size).encode())
         for offset in sorted({0, max(size // 2 - block // 2, 0), max(size - block, 0)}):
@@ -438,8 +399,8 @@ def os_reason(path: Path, error: OSError) -> str:
         return f"vanished or missing: {name}{_blank_ends(path.name)}"
     if isinstance(error, IsADirectoryError) or os.path.isdir(path):
         return f"is a directory, not a video: {name}"
-    if isinstance(error, NotARegularFile):
-        return f"{error.strerror}, not a video: {name}"
+    if isinstance(error, NotAFile):
+        return f"{error.kind}, not a video: {name}"
     if isinstance(error, PermissionError):
         return f"permission denied: {name}"
     if error.errno == errno.ELOOP:

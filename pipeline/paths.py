@@ -97,8 +97,13 @@ LINK_TO_NOWHERE = "a link to nowhere"
 
 class NotAFile(OSError):
     """Something other than a regular file stands where the pipeline reads or writes a file (a
-    folder, a named pipe, a socket, a device): it is never opened, nor replaced. Its
-    ``strerror``, and its text, say what (``a named pipe stands there``)."""
+    folder, a named pipe, a socket, a device): it is never opened, nor replaced. ``kind`` is
+    what (``a named pipe``); its ``strerror``, and its text, say so (``a named pipe stands
+    there``)."""
+
+    def __init__(self, code: int, kind: str, path: Path) -> None:
+        super().__init__(code, f"{kind} stands there", str(path))
+        self.kind = kind
 
     def __str__(self) -> str:
         return str(self.strerror)
@@ -124,7 +129,7 @@ def check_file_or_nothing(path: Path) -> None:
     """
     kind = what_stands_at(path)
     if kind is not None and kind != LINK_TO_NOWHERE:
-        raise NotAFile(errno.EEXIST, f"{kind} stands there", str(path))
+        raise NotAFile(errno.EEXIST, kind, path)
 
 
 def kind_of(mode: int) -> str | None:

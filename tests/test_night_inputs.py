@@ -116,17 +116,17 @@ def test_a_fifo_or_a_socket_in_the_inbox_is_an_error_record(tiny_model_dir: Path
     args = night_args(folder, out, tiny_model_dir, tmp_path)
     plan = run_bounded(*args, "dry_run=true")
     assert plan.returncode == 0, plan.stderr
-    assert f"fail     {pipe}: not a regular file (a FIFO), not a video: {pipe}" in plan.stdout
+    assert f"fail     {pipe}: a named pipe, not a video: {pipe}" in plan.stdout
     night = run_bounded(*args)
     assert night.returncode == 2, night.stderr
     assert sorted(error_records(out).error) == [
-        f"not a regular file (a FIFO), not a video: {pipe}",
-        f"not a regular file (a socket), not a video: {sock}",
+        f"a named pipe, not a video: {pipe}",
+        f"a socket, not a video: {sock}",
     ]
     assert last_run(out)["videos_done"] == 2
     alone = run_bounded(*with_video(night_args(folder, tmp_path / "alone", tiny_model_dir, tmp_path), pipe))
     assert alone.returncode == 3, alone.stderr
-    assert list(error_records(tmp_path / "alone").error) == [f"not a regular file (a FIFO), not a video: {pipe}"]
+    assert list(error_records(tmp_path / "alone").error) == [f"a named pipe, not a video: {pipe}"]
 
 
 @pytest.mark.allow_error_logs

@@ -252,3 +252,20 @@ def test_an_export_track_that_is_a_named_pipe_is_left_as_it_is(night: dict[str, 
 
     assert_one_line_error(result, 1, f"ERROR] cannot write {pipe}: a named pipe stands there; move or rename it")
     assert still(pipe, "fifo")
+
+
+# -- what the user names: a prompts file ----------------------------------------------------------
+
+
+@pytest.mark.parametrize(("kind", "name"), [("fifo", "prompts.txt"), ("fifo", "prompts.yaml"), ("device", "p.txt")])
+def test_a_prompts_file_that_is_no_file_stops_the_run_with_one_line(
+    night: dict[str, Any], tmp_path: Path, kind: str, name: str
+) -> None:
+    node = made(tmp_path / name, kind)
+    chunks = sorted(night["out"].rglob("*.parquet"))
+
+    result = run_guarded(*night["args"], f"prompts_file={node}")
+
+    assert_one_line_error(result, 1, f"ERROR] prompts_file={node} cannot be read ({words(kind)} stands there); give")
+    assert still(node, kind)
+    assert sorted(night["out"].rglob("*.parquet")) == chunks
