@@ -245,7 +245,7 @@ def config_error(overrides: list[str]) -> str | None:
     try:  # the keys that exist depend on the groups chosen (sampler=scene has its own)
         base = _base_config(groups := _group_args(parsed))
     except (HydraException, OmegaConfBaseException) as error:
-        return _first_line(error)
+        return _of_another_group_choice(parsed, groups) or _first_line(error)
     for arg, override in parsed:
         key = override.key_or_group
         if key.startswith("hydra"):
@@ -325,10 +325,39 @@ def _of_another_choice(arg: str, key: str, group_overrides: list[str]) -> str | 
     owners = [f"{group}={c}" for c in group_choices(group) if _node(compose_config([f"{group}={c}"]), key) is not None]
     if not owners:
         return None
+    this_run = _choices_of(group_overrides)[group]
+    return f"{shell_word(arg)}: {key} is a setting of {' and '.join(owners)}, not of {this_run}"
+
+
+def _of_another_group_choice(parsed: list[tuple[str, Override]], group_overrides: tuple[str, ...]) -> str | None:
+    """``sampler/dedup=default: sampler/dedup is a part of sampler=interval and sampler=scene, not of sampler=all``
+    where a choice of a group inside a group (``sampler/dedup``) is given with a choice of the outer one that has no
+    such part (Hydra says only ``No match in the defaults list``), else ``None``."""
+    for arg, override in parsed:
+        outer, _, _ = (group := override.key_or_group).rpartition("/")
+        if outer not in GROUPS:
+            continue
+        others = [other for other in group_overrides if other != arg]
+        try:
+            this_run = _choices_of(others)[outer]
+        except (HydraException, OmegaConfBaseException):
+            continue  # the outer choice is wrong itself: Hydra's line says so
+        owners = [f"{outer}={c}" for c in group_choices(outer) if group in _choices_of([f"{outer}={c}"])]
+        if this_run not in owners:
+            return f"{shell_word(arg)}: {group} is a part of {' and '.join(owners)}, not of {this_run}"
+    return None
+
+
+def _choices_of(group_overrides: list[str]) -> dict[str, str]:
+    """The group choices a run with these overrides has, as ``{"sampler": "sampler=interval", "sampler/dedup":
+    "sampler/dedup=default", ...}``.
+
+    Raises:
+        hydra.errors.HydraException: An override names no choice its group has.
+    """
     with initialize_config_dir(config_dir=str(config_dir()), version_base="1.3"):
         chosen = compose(config_name="config", overrides=group_overrides, return_hydra_config=True)
-    this_run = f"{group}={chosen.hydra.runtime.choices[group]}"
-    return f"{shell_word(arg)}: {key} is a setting of {' and '.join(owners)}, not of {this_run}"
+    return {group: f"{group}={choice}" for group, choice in chosen.hydra.runtime.choices.items()}
 
 
 def _unknown_key(arg: str, key: str, cfg: DictConfig) -> str:
