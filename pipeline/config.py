@@ -250,9 +250,21 @@ class _Range:
         return above and (self.high is None or value <= self.high)
 
     def words(self) -> str:
-        low = f"{'>' if self.strict else '>='} {self.low:g}"
-        words = low if self.high is None else f"{low} and <= {self.high:g}"
+        low = f"{'>' if self.strict else '>='} {_number(self.low)}"
+        words = low if self.high is None else f"{low} and <= {_number(self.high)}"
         return f"{words}, or null {self.null}" if self.null else words
+
+
+def _number(value: float) -> str:
+    """A number as written: a whole one in all its digits (a limit of 4294967294, not 4.29497e+09)."""
+    return str(int(value)) if float(value).is_integer() else f"{value:g}"
+
+
+# llama.cpp takes these as C integers: a larger value would wrap round to another (top_k 2^32 + 5
+# is 5) and change the answers under a config_id that names the value given. A seed of 2^32 - 1
+# is llama.cpp's "a random seed each time": answers that no run could repeat.
+_INT32_MAX = 2**31 - 1
+_SEED_MAX = 2**32 - 2
 
 
 # The numeric settings the run reads itself; a sampler's, an executor's, the engine's and the
@@ -266,9 +278,10 @@ _RANGES = {
     "checkpoint_frames": _Range(1),
     "stall_timeout_s": _Range(0, strict=True, null="to wait for ever"),
     "progress_interval_s": _Range(0, strict=True, null="for no progress lines"),
-    "generation.top_k": _Range(0),
+    "generation.top_k": _Range(0, high=_INT32_MAX),
     "generation.top_p": _Range(0, strict=True, high=1),
-    "model.n_gpu_layers": _Range(-1),
+    "generation.seed": _Range(0, high=_SEED_MAX),
+    "model.n_gpu_layers": _Range(-1, high=_INT32_MAX),
 }
 
 
@@ -324,7 +337,7 @@ def _check_settings(cfg: DictConfig, ranges: Mapping[str, _Range], paths: Mappin
     for key, allowed in ranges.items():
         value = OmegaConf.select(cfg, key)
         if value is not None and not allowed.holds(value):
-            raise ConfigError(f"{key}={value:g} is out of range: {key} must be {allowed.words()}")
+            raise ConfigError(f"{key}={_number(value)} is out of range: {key} must be {allowed.words()}")
     for key, (names, null) in paths.items():
         value = OmegaConf.select(cfg, key)
         if isinstance(value, str) and not value.strip():

@@ -103,6 +103,12 @@ def test_version_names_the_package_llama_cpp_and_its_build() -> None:
         (["max_frames=many"], ["max_frames takes a whole number or null, not 'many'"]),
         (["dry_run=perhaps"], ["dry_run takes true or false, not 'perhaps'"]),
         (["prompts=5"], ["prompts takes a list"]),
+        # what llama.cpp would take as another value (a C integer wrapped round), or as a random seed
+        (["generation.seed=-1"], ["generation.seed=-1 is out of range", "must be >= 0 and <= 4294967294"]),
+        (["generation.seed=4294967295"], ["generation.seed=4294967295 is out of range"]),
+        (["generation.top_k=4294967301"], ["generation.top_k=4294967301 is out of range", "<= 2147483647"]),
+        (["engine.n_threads=4294967297"], ["engine.n_threads must be 1 to 512 (llama.cpp's most) or null"]),
+        (["engine.n_ubatch=4294967296"], ["engine.n_ubatch must be 1 to 4294967295, got 4294967296"]),
     ],
 )
 def test_a_setting_mistake_is_one_line_naming_the_fix(args: list[str], needles: list[str]) -> None:
@@ -192,7 +198,9 @@ def test_the_library_names_a_word_without_a_value_alone() -> None:
 
 
 @pytest.mark.parametrize(
-    "override", ["generation.top_p=1.5", "generation.top_k=-1", "model.n_gpu_layers=-3", "model.dir=", "model.text="]
+    "override",
+    ["generation.top_p=1.5", "generation.top_k=-1", "generation.seed=-1", "model.n_gpu_layers=-3", "model.dir=",
+     "model.text="],
 )
 def test_the_library_refuses_a_model_setting_that_a_run_refuses(
     tiny_model_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, override: str

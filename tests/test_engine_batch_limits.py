@@ -98,7 +98,7 @@ def test_a_batch_down_to_the_sequences_gives_the_answers_of_a_large_batch(
           "lower engine.n_batch to at most 1030, or raise model.n_ctx"]),
         (["engine.n_batch=0"], ["engine.n_batch must be >= 1, got 0"]),
         (["engine.n_batch=-1"], ["engine.n_batch must be >= 1, got -1"]),
-        (["engine.n_ubatch=0"], ["engine.n_ubatch must be >= 1, got 0"]),
+        (["engine.n_ubatch=0"], ["engine.n_ubatch must be 1 to 4294967295, got 0"]),
         (["engine.parallel=0"], ["engine.parallel must be >= 1 or null, got 0"]),
     ],
     ids=["sequences", "sequences-null-parallel", "cells", "cells-unified", "cells-dry-run", "n_batch<sequences",

@@ -392,6 +392,12 @@ def _path(path: str | None) -> Path | None:
     return None if path is None else Path(path)
 
 
+# llama.cpp's most CPU threads (GGML_MAX_N_THREADS), and its n_ubatch is a uint32_t: a larger
+# value would wrap round to another.
+_MAX_THREADS = 512
+_UINT32_MAX = 2**32 - 1
+
+
 def _check(spec: CaptionSpec) -> None:
     """Raise :class:`ConfigError` for the first value out of range."""
     eng, gen = spec.engine, spec.generation
@@ -405,14 +411,17 @@ def _check(spec: CaptionSpec) -> None:
             eng.clip_threads is None or eng.clip_threads >= 1,
             f"engine.clip_threads must be >= 1 or null, got {eng.clip_threads}",
         ),
-        (eng.n_threads is None or eng.n_threads >= 1, f"engine.n_threads must be >= 1 or null, got {eng.n_threads}"),
+        (
+            eng.n_threads is None or 1 <= eng.n_threads <= _MAX_THREADS,
+            f"engine.n_threads must be 1 to {_MAX_THREADS} (llama.cpp's most) or null, got {eng.n_threads}",
+        ),
         (eng.prepare_ahead >= 0, f"engine.prepare_ahead must be >= 0, got {eng.prepare_ahead}"),
         (
             eng.max_decode_seqs is None or eng.max_decode_seqs >= 0,
             f"engine.max_decode_seqs must be >= 0 or null, got {eng.max_decode_seqs}",
         ),
         (eng.n_batch >= 1, f"engine.n_batch must be >= 1, got {eng.n_batch}"),
-        (eng.n_ubatch >= 1, f"engine.n_ubatch must be >= 1, got {eng.n_ubatch}"),
+        (1 <= eng.n_ubatch <= _UINT32_MAX, f"engine.n_ubatch must be 1 to {_UINT32_MAX}, got {eng.n_ubatch}"),
         (
             eng.flash_attn in ("auto", "on", "off"),
             f"engine.flash_attn must be auto, on or off, got {eng.flash_attn!r}",
