@@ -8,9 +8,12 @@ is on the page) into a ``<pre id="result">``, and reads it back with ``--dump-do
 from __future__ import annotations
 
 import html
+import os
 import re
+import shutil
 import subprocess
 import sys
+import time
 from pathlib import Path
 from typing import Any
 from urllib.parse import unquote
@@ -34,6 +37,7 @@ from tests.conftest import (
     run_cli,
     run_without_results,
     write_results,
+    write_video,
 )
 
 TRICKY = '<script>alert(1)</script> & \x18<|im_start|>\ufffd "quoted"\r\nline two'
@@ -334,6 +338,25 @@ def run_shown(run: dict[str, Any]) -> str:
         f"{run['started'][:19].replace('T', ' ')} UTC · videos: {run['videos_done']} done, "
         f"{run['videos_skipped']} skipped, {run['videos_failed']} failed · {run['frames']} frame"
     )
+
+
+def test_the_run_line_counts_the_videos_a_night_left_waiting(cli_base: list[str], tmp_path: Path) -> None:
+    out = tmp_path / "out"
+    inbox = tmp_path / "inbox"
+    inbox.mkdir()
+    shutil.copy(SAMPLE_VIDEO, inbox / "old.mp4")
+    os.utime(inbox / "old.mp4", (time.time() - 7200, time.time() - 7200))
+    write_video(inbox / "fresh.mp4", n_frames=3)  # just written: a copy under way, for all a night knows
+
+    night = run_cli(*cli_base, f"video={inbox}", "max_frames=1", "min_age_s=3600", "report=true")
+
+    assert night.returncode == 0, night.stderr
+    record = last_run(out)
+    assert (record["videos_done"], record["videos_waiting"]) == (1, 1)
+    started = record["started"][:19].replace("T", " ")
+    counts = "1 done, 0 skipped, 0 failed, 1 waiting (left for the next run) · 1 frame in "
+    shown = f"last run\n{started} UTC · videos: {counts}"
+    assert shown in header_text(out / "_report.html")
 
 
 def test_the_report_shows_the_run_that_wrote_it_and_an_idle_night_does_not_hide_it(

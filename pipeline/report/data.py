@@ -113,6 +113,7 @@ def _run(record: dict[str, Any]) -> dict[str, Any]:
         "done": int(record.get("videos_done") or 0),
         "skipped": int(record.get("videos_skipped") or 0),
         "failed": int(record.get("videos_failed") or 0),
+        "waiting": int(record.get("videos_waiting") or 0),
         "frames": int(record.get("frames") or 0),
         "wall_s": float(record.get("wall_s") or 0.0),
         "frames_per_s": float(record.get("frames_per_s") or 0.0),
