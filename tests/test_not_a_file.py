@@ -269,3 +269,15 @@ def test_a_prompts_file_that_is_no_file_stops_the_run_with_one_line(
     assert_one_line_error(result, 1, f"ERROR] prompts_file={node} cannot be read ({words(kind)} stands there); give")
     assert still(node, kind)
     assert sorted(night["out"].rglob("*.parquet")) == chunks
+
+
+def test_a_named_pipe_among_an_exports_old_tracks_is_not_removed(night: dict[str, Any]) -> None:
+    out = night["out"]
+    assert run_guarded("export", f"output_dir={out}", "format=vtt").returncode == 0
+    track = sorted((out / "_export").rglob("*.vtt"))[0]
+    pipe = made(track.parent / "an old prompt.vtt", "fifo")  # not a track this export writes: stale
+
+    result = run_guarded("export", f"output_dir={out}", "format=vtt")
+
+    assert result.returncode == 0, result.stderr
+    assert still(pipe, "fifo") and track.is_file()

@@ -50,7 +50,7 @@ from pipeline.export.names import (
 from pipeline.files import write_bytes_atomic
 from pipeline.options import OptionError, asks_help, parse_options
 from pipeline.owed import EXPORT_DIR, settle_export
-from pipeline.paths import Chosen, user_path
+from pipeline.paths import Chosen, user_path, what_stands_at
 from pipeline.results import config_label, printable, prompt_numbers, typed_answers
 from pipeline.runlog import console_logging, say_error
 from pipeline.signals import printing_command, show
@@ -382,7 +382,7 @@ def write_tracks(
     if layout == "by_video":
         stale += [p for t in tracks if t.video_id in ids for p in (folder / t.folder).glob(f"*.{fmt}")]
     for path in stale:
-        if path not in written:
+        if path not in written and what_stands_at(path) is None:  # a file of ours: no pipe, folder or device
             path.unlink(missing_ok=True)
             if layout == "by_video" and path.parent != folder:
                 with contextlib.suppress(OSError):  # a folder of ours left empty (a renamed video's)
