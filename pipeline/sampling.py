@@ -27,6 +27,8 @@ from pipeline.scenes import AnalysedFrame, Features, ShotDetector, shrink
 
 # Container times are rounded to the time base; half a millisecond absorbs that.
 _SLACK_S = 5e-4
+# The shortest sampler.interval_s: below it the grid is finer than the slack, every frame is taken.
+MIN_INTERVAL_S = 1e-3
 # The hash ignores colour and brightness: frames whose 8x8 thumbnails differ by more than this
 # (mean, 0-255) are not duplicates whatever their hashes (two flat colours hash alike).
 DUPLICATE_COLOUR_TOLERANCE = 16.0
@@ -176,8 +178,11 @@ class IntervalSampler:
     dedup: Dedup | None
 
     def __post_init__(self) -> None:
-        if not self.interval_s > 0:
-            raise ConfigError(f"sampler.interval_s must be > 0, got {self.interval_s}")
+        if not MIN_INTERVAL_S <= self.interval_s < math.inf:
+            raise ConfigError(
+                f"sampler.interval_s must be at least {MIN_INTERVAL_S:g} s (a millisecond) and finite, got "
+                f"{self.interval_s} (for every frame: sampler=all)"
+            )
 
     def sample(self, reader: VideoReader) -> Iterator[Sample]:
         """Yield the first frame at or after each multiple of ``interval_s``."""
@@ -193,8 +198,7 @@ class IntervalSampler:
             if elapsed_s + _SLACK_S < next_due_s:
                 continue
             yield Sample(reader.retrieve(), "interval")
-            while next_due_s <= elapsed_s + _SLACK_S:
-                next_due_s += self.interval_s
+            next_due_s = (math.floor((elapsed_s + _SLACK_S) / self.interval_s) + 1) * self.interval_s
 
 
 def expected_samples(sampler: Sampler, info: VideoInfo, start_s: float = 0.0, end_s: float | None = None) -> int | None:
@@ -211,11 +215,20 @@ def expected_samples(sampler: Sampler, info: VideoInfo, start_s: float = 0.0, en
     if isinstance(sampler, AllSampler):
         step_s = 1 / info.fps
     elif isinstance(sampler, IntervalSampler):
-        step_s = sampler.interval_s
+        step_s = max(sampler.interval_s, 1 / info.fps)  # a shorter interval takes each frame once
     else:
         return None
-    # Points 0, step, 2 step, ... (the first frame sits at 0) in [start_s, end).
-    return math.ceil(end / step_s - _SLACK_S) - math.ceil(start_s / step_s - _SLACK_S)
+    # The sampler's rule on the container's frames (frame i at i / fps): each point of the grid
+    # 0, step, 2 step, ... takes the first frame at or after it, a frame no more than once
+    # (step >= a frame); the frames in [start_s, end) count.
+    return _points_before(end, step_s, info) - _points_before(start_s, step_s, info)
+
+
+def _points_before(time_s: float, step_s: float, info: VideoInfo) -> int:
+    """How many points of the grid ``0, step_s, 2 step_s, ...`` take a frame before ``time_s``:
+    those up to the last frame before it (``i / fps < time_s``, the container's last at most)."""
+    last = min(math.ceil((time_s - _SLACK_S) * info.fps) - 1, info.frame_count - 1)
+    return 0 if last < 0 else math.floor((last / info.fps + _SLACK_S) / step_s) + 1
 
 
 PICKS = ("first", "first_settled", "middle")

@@ -88,7 +88,7 @@ def test_cfg_job_works(tmp_path: Path) -> None:
     [
         (["model=llava99"], "unknown model=llava99; choose one of"),
         (["sampler=sometimes"], "unknown sampler=sometimes"),
-        (["sampler.interval_s=-1"], "sampler.interval_s must be > 0"),
+        (["sampler.interval_s=-1"], "sampler.interval_s must be at least 0.001 s (a millisecond) and finite, got -1.0"),
         (["video=/nonexistent/clip.mp4"], "does not exist"),
         (["engine.parallel=0"], "engine.parallel must be >= 1"),
     ],

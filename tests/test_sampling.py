@@ -21,7 +21,7 @@ from hydra.utils import instantiate
 from pipeline.config import compose_config
 from pipeline.decode import VideoReader
 from pipeline.errors import ConfigError
-from pipeline.sampling import AllSampler, Dedup, IntervalSampler, Sample, Sampler, SceneSampler
+from pipeline.sampling import AllSampler, Dedup, IntervalSampler, Sample, Sampler, SceneSampler, expected_samples
 from tests.conftest import ROOT, RUN_TIMEOUT_S, run_cli, write_video
 
 SIZE = (160, 90)
@@ -105,6 +105,20 @@ def test_interval_first_frame_and_exact_grid(tmp_path: Path) -> None:
     assert run(interval(interval_s=60.0), path)[0].frame.index == 0
 
 
+@pytest.mark.parametrize("interval_s", [0.001, 0.05, 0.1, 0.3, 0.7, 1.0, 2.05, 7.0, 1e308])
+@pytest.mark.parametrize(("start_s", "end_s"), [(0.0, None), (0.45, 1.6), (1.0, 2.0)])
+def test_the_frames_counted_ahead_are_the_frames_taken(
+    tmp_path: Path, interval_s: float, start_s: float, end_s: float | None
+) -> None:
+    path = write_video(tmp_path / "clip.mp4", n_frames=21, fps=10.0)  # 2.1 s: an interval shorter than a frame too
+    sampler = interval(interval_s=interval_s)
+    with VideoReader(path) as reader:
+        counted = expected_samples(sampler, reader.info, start_s, end_s)
+        taken = [s for s in sampler.sample(reader) if start_s <= s.frame.timestamp_s < (end_s or 1e9)]
+    assert counted == len(taken)
+    assert len({s.frame.index for s in taken}) == len(taken)
+
+
 def test_all_sampler_takes_every_frame(tmp_path: Path) -> None:
     path = write_video(tmp_path / "clip.mp4", n_frames=7)
     samples = run(AllSampler(), path)
@@ -117,6 +131,8 @@ def test_all_sampler_takes_every_frame(tmp_path: Path) -> None:
     [
         (lambda: interval(interval_s=0), "sampler.interval_s"),
         (lambda: interval(interval_s=-1), "sampler.interval_s"),
+        (lambda: interval(interval_s=1e-300), "sampler.interval_s"),  # stepping its grid never ended
+        (lambda: interval(interval_s=float("inf")), "sampler.interval_s"),
         (lambda: replace(SCENE, threshold=-1), "sampler.threshold"),
         (lambda: replace(SCENE, threshold=300), "sampler.threshold"),
         (lambda: replace(SCENE, pick="last"), "sampler.pick"),
