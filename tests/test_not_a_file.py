@@ -281,3 +281,20 @@ def test_a_named_pipe_among_an_exports_old_tracks_is_not_removed(night: dict[str
 
     assert result.returncode == 0, result.stderr
     assert still(pipe, "fifo") and track.is_file()
+
+
+@pytest.mark.parametrize("command", ["night", "download"])
+def test_a_named_pipe_in_place_of_a_model_file_is_said_not_missing(
+    night: dict[str, Any], tmp_path: Path, command: str
+) -> None:
+    weights = tmp_path / "weights"
+    weights.mkdir()
+    (weights / "mmproj-model-f16.gguf").write_bytes(b"")
+    pipe = made(weights / "llava-v1.6-mistral-7b.Q5_K_M.gguf", "fifo")
+    preset = ["model=llava16_mistral_7b", f"model.dir={weights}"]
+    args = {"night": [*night["args"], *preset], "download": ["download", *preset]}[command]
+
+    result = run_guarded(*args, HF_HUB_OFFLINE="1")
+
+    assert_one_line_error(result, 1, f"{pipe.name} in {weights} is a named pipe, not a file; move it aside")
+    assert still(pipe, "fifo")
