@@ -277,7 +277,7 @@ _RANGES = {
     "end_s": _Range(0, strict=True, null="for the end of each video"),
     "checkpoint_frames": _Range(1),
     "stall_timeout_s": _Range(0, strict=True, null="to wait for ever"),
-    "progress_interval_s": _Range(0, strict=True, null="for no progress lines"),
+    "progress_interval_s": _Range(1, null="for no progress lines"),  # a second at least: lines, not a flood
     "generation.top_k": _Range(0, high=_INT32_MAX),
     "generation.top_p": _Range(0, strict=True, high=1),
     "generation.seed": _Range(0, high=_SEED_MAX),
