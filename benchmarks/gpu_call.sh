@@ -217,7 +217,9 @@ case "$plan" in
       bench mistral7b --seed "" --cases "" --peer-batches 32,64 --peer-prompts 3 --peer-frames 64
     fi
     ;;
-  call31)  # session 19: one frame's CLIP and prefill on the F16 text weights, timed alone and kernel by kernel under
+  call31)  # run in session 20: a 383 s build left the profile 27 s, so it ran again alone on the warm machine
+           # (BENCHMARKS.md, session 20).
+           # session 19: one frame's CLIP and prefill on the F16 text weights, timed alone and kernel by kernel under
            # torch.profiler (kernel_profile.py); then the engine, one and three prompts, for the answers' hashes of the
            # checkout (lanes' batch limits and the conversion's quiet output changed on the GPU path)
     timeout "$(( $(left) - 150 ))" python3 benchmarks/kernel_profile.py --model-dir /tmp/models --out "$OUT" 2>&1 | tee -a "$OUT/bench.log"
