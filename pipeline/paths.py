@@ -105,6 +105,9 @@ class NotAFile(OSError):
         super().__init__(code, f"{kind} stands there", str(path))
         self.kind = kind
 
+    def __reduce__(self) -> tuple[type[NotAFile], tuple[int | None, str, Path]]:  # raised in a Ray worker too
+        return type(self), (self.errno, self.kind, Path(self.filename))
+
     def __str__(self) -> str:
         return str(self.strerror)
 

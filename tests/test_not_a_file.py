@@ -298,3 +298,15 @@ def test_a_named_pipe_in_place_of_a_model_file_is_said_not_missing(
 
     assert_one_line_error(result, 1, f"{pipe.name} in {weights} is a named pipe, not a file; move it aside")
     assert still(pipe, "fifo")
+
+
+def test_the_error_reads_the_same_after_crossing_to_another_process(tmp_path: Path) -> None:
+    import pickle
+
+    from pipeline.files import open_file
+    from pipeline.paths import NotAFile
+
+    with pytest.raises(NotAFile) as raised:
+        open_file(made(tmp_path / "x.mp4", "fifo"))
+    back = pickle.loads(pickle.dumps(raised.value))  # as a Ray worker's error reaches the driver
+    assert (str(back), back.kind, back.filename) == ("a named pipe stands there", "a named pipe", str(tmp_path / "x.mp4"))
