@@ -10,6 +10,7 @@ blocked for ever."""
 from __future__ import annotations
 
 import os
+import pickle
 import shutil
 import stat
 import subprocess
@@ -20,6 +21,8 @@ from typing import Any
 import pytest
 
 from pipeline.caption.tiny import TINY_TEXT_FILE
+from pipeline.files import open_file
+from pipeline.paths import NotAFile
 from tests.conftest import ROOT, assert_one_line_error, cli_env, make_night, night_args, run_cli
 
 # A guard, not a timing: each command here ends within seconds, or never (a blocked open).
@@ -301,12 +304,8 @@ def test_a_named_pipe_in_place_of_a_model_file_is_said_not_missing(
 
 
 def test_the_error_reads_the_same_after_crossing_to_another_process(tmp_path: Path) -> None:
-    import pickle
-
-    from pipeline.files import open_file
-    from pipeline.paths import NotAFile
-
     with pytest.raises(NotAFile) as raised:
         open_file(made(tmp_path / "x.mp4", "fifo"))
     back = pickle.loads(pickle.dumps(raised.value))  # as a Ray worker's error reaches the driver
-    assert (str(back), back.kind, back.filename) == ("a named pipe stands there", "a named pipe", str(tmp_path / "x.mp4"))
+    pipe = str(tmp_path / "x.mp4")
+    assert (str(back), back.kind, back.filename) == ("a named pipe stands there", "a named pipe", pipe)
