@@ -91,6 +91,7 @@ PARTS: tuple[Part, ...] = (
         "pipeline/inputs.py": "finding videos (file, folder, glob, manifest), ids, shards, readiness",
         "pipeline/decode.py": "OpenCV decoding: VideoInfo, Frame, timestamps, VideoFacts",
         "pipeline/sampling.py": "samplers (all, interval, scene) and dedup: Sample",
+        "pipeline/fingerprint.py": "a frame's fingerprint (hash and colours), which dedup compares",
         "pipeline/scenes.py": "shot detection and frame features for the scene sampler",
         "pipeline/thumbnails.py": "a frame's JPEG thumbnail, made and read back",
         "pipeline/probe.py": "what a file OpenCV cannot open is, from its first bytes",
