@@ -40,7 +40,7 @@ from pathlib import Path
 from typing import Any
 
 from pipeline.errors import LockHeld, LockLost, StoreError
-from pipeline.paths import LINK_TO_NOWHERE, room_or_rights, what_stands_at
+from pipeline.paths import in_place_of_a_file, room_or_rights, what_stands_at
 
 _ENTRY = 0
 _SHARD_BASE = 1 << 40  # sharding bytes lie below, shard bytes above
@@ -75,7 +75,7 @@ class RunLock:
         return f"{self.shard}of{self.num_shards}"
 
     def __enter__(self) -> RunLock:
-        if what_stands_at(self.path) not in (None, LINK_TO_NOWHERE):  # never opened: a device may act on it
+        if in_place_of_a_file(self.path) is not None:  # never opened: a device may act on it
             raise self._store_error(None)
         try:  # without blocking: a named pipe put there meanwhile would block the open for ever
             fd = os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_NONBLOCK | os.O_NOCTTY, 0o644)

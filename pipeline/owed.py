@@ -29,7 +29,7 @@ from typing import Any
 
 from pipeline.errors import StoreError
 from pipeline.files import read_json, write_json_atomic
-from pipeline.paths import what_stands_at
+from pipeline.paths import in_place_of_a_file
 from pipeline.store import result_files
 from pipeline.summary import RUNNING, RunRecord, RunSummary, read_runs
 
@@ -283,8 +283,8 @@ def _read_marker(path: Path) -> dict[str, Any] | None:
     Raises:
         StoreError: Something other than a file stands at its name.
     """
-    kind = what_stands_at(path)
-    if kind is not None and kind != "a link to nowhere":  # a marker is written over a link
+    kind = in_place_of_a_file(path)
+    if kind is not None:
         raise StoreError(f"cannot use {path}: {kind} stands there, where a night keeps what it owes; move or rename it")
     return (read_json(path) or {}) if path.is_file() else None
 

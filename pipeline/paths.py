@@ -123,6 +123,14 @@ def what_stands_at(path: Path) -> str | None:
     return kind_of(mode)
 
 
+def in_place_of_a_file(path: Path) -> str | None:
+    """What stands at ``path`` in place of a file (:func:`what_stands_at`: a folder, a named pipe,
+    a socket, a device, through links); ``None`` for a file, nothing, or a link to nowhere (a
+    file is written over the link)."""
+    kind = what_stands_at(path)
+    return None if kind == LINK_TO_NOWHERE else kind
+
+
 def check_file_or_nothing(path: Path) -> None:
     """Make sure a file may be written at ``path``: nothing stands there, or a file, or a link
     (a file is written over the link).
@@ -130,8 +138,8 @@ def check_file_or_nothing(path: Path) -> None:
     Raises:
         NotAFile: A folder, a named pipe, a socket or a device stands there (through a link).
     """
-    kind = what_stands_at(path)
-    if kind is not None and kind != LINK_TO_NOWHERE:
+    kind = in_place_of_a_file(path)
+    if kind is not None:
         raise NotAFile(errno.EEXIST, kind, path)
 
 
@@ -193,8 +201,8 @@ def cannot_write(path: Path, error: OSError, chosen: Chosen | None = None) -> st
     fix = room_or_rights(error, path.parent)
     if fix is not None:
         return f"cannot write {path}: {error.strerror or error}; {fix}"
-    kind = what_stands_at(path)
-    if kind is not None and kind != LINK_TO_NOWHERE:  # a file is written over a link
+    kind = in_place_of_a_file(path)
+    if kind is not None:
         return f"cannot write {path}: {kind} stands there; {_fix(path, chosen)}"
     blocker = not_a_folder(user_path(path.parent).absolute())
     if blocker is not None:

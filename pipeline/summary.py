@@ -33,7 +33,7 @@ from typing import Any
 
 from pipeline.errors import StoreError
 from pipeline.files import read_json, write_json_atomic
-from pipeline.paths import LINK_TO_NOWHERE, printable, what_stands_at
+from pipeline.paths import in_place_of_a_file, printable
 from pipeline.runlog import run_stamp
 from pipeline.store import RUNS_DIR
 from pipeline.words import plural
@@ -182,7 +182,7 @@ class RunRecord:
         ``_last_run.json`` is removed (that needs no free space), so it does not speak for this
         run; a warning says so. Anything else there (a folder, a named pipe) is no record, and
         is left as it is: the warning that it could not be written names it."""
-        if not self._write(self.record(summary, None)) and what_stands_at(self.last_path) in (None, LINK_TO_NOWHERE):
+        if not self._write(self.record(summary, None)) and in_place_of_a_file(self.last_path) is None:
             try:
                 self.last_path.unlink(missing_ok=True)
             except OSError as error:
@@ -251,8 +251,8 @@ def read_runs(output_dir: Path) -> list[dict[str, Any]]:
     runs: dict[str, dict[str, Any]] = {}
     skipped = []
     for path in [*output_dir.glob(f"{RUNS_DIR}/*.json"), *output_dir.glob(f"{LAST_RUN}*.json")]:
-        kind = what_stands_at(path)
-        if kind not in (None, LINK_TO_NOWHERE) and path.parent.name == RUNS_DIR and path not in _SKIPPED:
+        kind = in_place_of_a_file(path)
+        if kind is not None and path.parent.name == RUNS_DIR and path not in _SKIPPED:
             skipped.append(f"{path} ({kind})")
             _SKIPPED.add(path)
         record = read_json(path)

@@ -31,7 +31,7 @@ import gguf
 from pipeline.caption.tiny import TINY_MMPROJ_FILE, TINY_TEXT_FILE, TINY_TEXT_Q8_FILE, ensure_tiny_model
 from pipeline.errors import WeightsError
 from pipeline.files import check_file, open_file
-from pipeline.paths import LINK_TO_NOWHERE, Chosen, user_cache_dir, what_stands_at, writing_into
+from pipeline.paths import Chosen, in_place_of_a_file, user_cache_dir, writing_into
 
 log = logging.getLogger(__name__)
 
@@ -165,8 +165,8 @@ class ModelSource:
         """``name`` where it is kept (``model.dir`` or the Hugging Face cache), if it is there."""
         if self.model_dir is not None:
             path = self.model_dir / name
-            kind = what_stands_at(path)
-            if kind not in (None, LINK_TO_NOWHERE):  # a download would replace it; reading it would block
+            kind = in_place_of_a_file(path)
+            if kind is not None:  # a download would replace it; reading it would block
                 raise WeightsError(
                     f"model {self.name!r}: {name} in {self.model_dir} is {kind}, not a file; move it aside, "
                     "or set model.dir to the folder where the files are"
