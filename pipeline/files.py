@@ -15,6 +15,7 @@ name (pyarrow): a named pipe at such a name would block the reader, and the nigh
 from __future__ import annotations
 
 import errno
+import io
 import json
 import os
 import uuid
@@ -133,6 +134,20 @@ def open_file(path: Path) -> BinaryIO:
     except BaseException:
         os.close(descriptor)
         raise
+
+
+def read_text(path: Path) -> str:
+    """The text of the UTF-8 file at ``path``, opened with :func:`open_file` (never blocking
+    on what is no file), as ``Path.read_text`` reads it: a byte-order mark dropped, lines
+    ending in LF, CR LF or CR all ending in LF.
+
+    Raises:
+        NotAFile: A folder, a named pipe, a socket or a device stands there.
+        OSError: It cannot be read.
+        UnicodeDecodeError: It is not UTF-8.
+    """
+    with io.TextIOWrapper(open_file(path), encoding="utf-8-sig") as text:
+        return text.read()
 
 
 def read_json(path: Path) -> dict[str, Any] | None:

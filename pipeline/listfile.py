@@ -10,7 +10,7 @@ from typing import Any
 import yaml
 
 from pipeline.errors import InputError
-from pipeline.files import open_file
+from pipeline.files import read_text
 
 # A list file with one of these endings is a YAML or JSON list (its entries may be mappings).
 STRUCTURED_SUFFIXES = (".yaml", ".yml", ".json")
@@ -64,18 +64,6 @@ def _set_up_yaml12_loader() -> None:
 _set_up_yaml12_loader()
 
 
-def _read_text(path: Path) -> str:
-    """A list file's text, opened as :func:`pipeline.files.open_file` opens a file: a named pipe
-    or a device given as the file is refused, not waited on for ever.
-
-    Raises:
-        OSError: It cannot be read, or is no regular file (``a named pipe stands there``).
-        UnicodeDecodeError: It is not UTF-8.
-    """
-    with open_file(path) as handle:
-        return handle.read().decode("utf-8-sig").replace("\r\n", "\n").replace("\r", "\n")
-
-
 def read_list_file(path: Path, setting: str, entry: str, verbatim: bool = False) -> list[str]:
     """The entries of a list file (a manifest, a prompts file): its UTF-8 lines (a byte-order
     mark allowed; a line ends at LF, CR LF or CR, nothing else), without blank lines and lines
@@ -94,7 +82,7 @@ def read_list_file(path: Path, setting: str, entry: str, verbatim: bool = False)
     try:
         # Universal newlines: LF, CR LF and CR end a line; str.splitlines would also end one at
         # characters a file name may hold (U+0085, U+2028, form feed...).
-        lines = _read_text(path).split("\n")
+        lines = read_text(path).split("\n")
     except (OSError, UnicodeDecodeError) as error:
         reason = error.strerror if isinstance(error, OSError) and error.strerror else str(error)
         raise InputError(
@@ -118,7 +106,7 @@ def read_structured_list(path: Path, setting: str, entry: str) -> list[Any]:
             holds something other than a list (one line naming ``setting=path``).
     """
     try:
-        text = _read_text(path)
+        text = read_text(path)
         value = json.loads(text) if path.suffix.lower() == ".json" else yaml.load(text, Loader=_Yaml12Loader)
     except _Yaml11Number as error:
         raise InputError(

@@ -27,7 +27,7 @@ from pathlib import Path, PurePosixPath
 import pandas as pd
 
 from pipeline.export.flat import uninert
-from pipeline.files import open_file
+from pipeline.files import read_text
 from pipeline.paths import printable
 
 LAYOUTS = ("by_video", "beside")
@@ -137,10 +137,7 @@ def _bytes(text: str) -> int:
 def indexed_files(index: Path | None, fmt: str, video_ids: set[str]) -> list[str]:
     """The ``fmt`` files of ``video_ids`` that the index at ``index`` lists (none without one)."""
     try:
-        if index is None:
-            return []
-        with open_file(index) as handle:  # never a named pipe there: it would block for ever
-            text = handle.read().decode("utf-8")
+        text = read_text(index) if index is not None else ""  # never opens a named pipe
     except (OSError, UnicodeDecodeError):
         return []
     rows = csv.DictReader(io.StringIO(text))
