@@ -124,10 +124,11 @@ def _given_twice(parsed: list[tuple[str, Override]]) -> str | None:
     return None
 
 
-def _list_items(value: str) -> list[str]:
-    """The items of a ``[...]`` value as written, split at its top-level commas."""
-    commas = top_level_commas(value)
-    return [value[start + 1 : end].strip() for start, end in zip([0, *commas], [*commas, len(value) - 1])]
+def _list_items(value: str, commas: list[int] | None = None) -> list[str]:
+    """The items of a ``[...]`` value as written, split at ``commas`` (positions; by default its
+    top-level commas)."""
+    cuts = top_level_commas(value) if commas is None else commas
+    return [value[start + 1 : end].strip() for start, end in zip([0, *cuts], [*cuts, len(value) - 1])]
 
 
 def as_written(overrides: list[str]) -> list[str]:
@@ -423,12 +424,11 @@ def _with_fix(key: str, value: str) -> str:
 
 
 def _ambiguous_prompts(key: str, value: str) -> str:
-    """The error for :func:`_ambiguous_comma`, with both readings written out: every comma a
-    separator, or a comma followed by a space part of its prompt (that prompt quoted)."""
+    """The error for :func:`pipeline.override_words.ambiguous_comma`, with both readings written
+    out: every comma a separator, or a comma followed by a space part of its prompt (that prompt quoted)."""
     commas = top_level_commas(value)
-    separate = [value[start + 1 : end].strip() for start, end in zip([0, *commas], [*commas, len(value) - 1])]
-    cuts = [p for p in commas if not value[p + 1 : p + 2].isspace()]
-    joined = [value[start + 1 : end].strip() for start, end in zip([0, *cuts], [*cuts, len(value) - 1])]
+    separate = _list_items(value, commas)
+    joined = _list_items(value, [p for p in commas if not value[p + 1 : p + 2].isspace()])
     joined = [hydra_value(item, '"') if ", " in item and item[:1] not in "'\"" else item for item in joined]
     as_separate, as_joined = (shell_word(key + "=[" + ",".join(items) + "]") for items in (separate, joined))
     return (
