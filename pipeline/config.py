@@ -15,6 +15,7 @@ import hashlib
 import json
 from collections.abc import Mapping
 from dataclasses import dataclass, field
+from functools import partial
 from pathlib import Path
 from typing import Any, cast
 
@@ -25,6 +26,7 @@ from omegaconf import MISSING, DictConfig, OmegaConf
 from pipeline.errors import ConfigError
 from pipeline.listfile import STRUCTURED_SUFFIXES, read_list_file, read_structured_list
 from pipeline.paths import Chosen, not_a_folder, unwritable, user_cache_dir, user_path
+from pipeline.ranges import Range, check_ranges
 from pipeline.structured import PromptEntry
 
 
@@ -235,53 +237,20 @@ OTHER_SETTINGS: dict[str, dict[str, str]] = {
 _SAMPLING_ONLY = ("top_k", "top_p", "seed")
 
 
-@dataclass(frozen=True)
-class _Range:
-    """The numbers a setting takes: above ``low`` (``strict``) or from it, up to ``high``; and
-    what null means where the schema takes it."""
-
-    low: float
-    strict: bool = False
-    high: float | None = None
-    null: str = ""  # what null means, for a setting that takes it
-
-    def holds(self, value: float) -> bool:
-        above = value > self.low if self.strict else value >= self.low
-        return above and (self.high is None or value <= self.high)
-
-    def words(self) -> str:
-        low = f"{'>' if self.strict else '>='} {_number(self.low)}"
-        words = low if self.high is None else f"{low} and <= {_number(self.high)}"
-        return f"{words}, or null {self.null}" if self.null else words
-
-
-def _number(value: float) -> str:
-    """A number as written: a whole one in all its digits (a limit of 4294967294, not 4.29497e+09)."""
-    return str(int(value)) if float(value).is_integer() else f"{value:g}"
-
-
-# llama.cpp takes these as C integers: a larger value would wrap round to another (top_k 2^32 + 5
-# is 5) and change the answers under a config_id that names the value given. A seed of 2^32 - 1
-# is llama.cpp's "a random seed each time": answers that no run could repeat.
-_INT32_MAX = 2**31 - 1
-_SEED_MAX = 2**32 - 2
-
-
-# The numeric settings the run reads itself; a sampler's, an executor's, the engine's and the
-# thumbnails' settings are checked by what is built from them. null, where the schema allows
-# it, means "none" (no cap, no end, never) and is always taken.
+# The numeric settings the run reads itself; a sampler's, an executor's, the captioner's
+# (``model.*``, ``generation.*``, ``engine.*`` but ``prefetch_frames``) and the thumbnails'
+# settings are checked by what is built from them. null, where the schema allows it, means
+# "none" (no cap, no end, never) and is always taken.
 _RANGES = {
-    "max_frames": _Range(1, null="for no cap"),
-    "min_age_s": _Range(0),
-    "start_s": _Range(0),
-    "end_s": _Range(0, strict=True, null="for the end of each video"),
-    "checkpoint_frames": _Range(1),
-    "stall_timeout_s": _Range(0, strict=True, null="to wait for ever"),
-    "progress_interval_s": _Range(1, null="for no progress lines"),  # a second at least: lines, not a flood
-    "generation.top_k": _Range(0, high=_INT32_MAX),
-    "generation.top_p": _Range(0, strict=True, high=1),
-    "generation.seed": _Range(0, high=_SEED_MAX),
-    "model.n_gpu_layers": _Range(-1, high=_INT32_MAX),
+    "max_frames": Range(1, null="for no cap"),
+    "min_age_s": Range(0),
+    "start_s": Range(0),
+    "end_s": Range(0, strict=True, null="for the end of each video"),
+    "checkpoint_frames": Range(1),
+    "stall_timeout_s": Range(0, strict=True, null="to wait for ever"),
+    "progress_interval_s": Range(1, null="for no progress lines"),  # a second at least: lines, not a flood
+    # Each queued frame is a decoded frame in host memory (6 MB at 1080p): a night's memory stays flat.
+    "engine.prefetch_frames": Range(1, high=256),
 }
 
 
@@ -307,37 +276,30 @@ def check_values(cfg: DictConfig) -> None:
         ConfigError: The first setting out of its range, an empty window, an empty path, a
             folder that a file stands in the way of, or a model file that is not there.
     """
-    _check_settings(cfg, _RANGES, {})
+    check_ranges(_RANGES, partial(OmegaConf.select, cfg))
     if cfg.end_s is not None and cfg.start_s >= cfg.end_s:
         raise ConfigError(
             f"start_s={cfg.start_s:g} end_s={cfg.end_s:g} is an empty window: start_s must be below end_s "
             "(end_s=null: to the end of each video)"
         )
-    _check_settings(cfg, {}, _PATHS)
+    _check_paths(cfg, _PATHS)
     _check_places(cfg)
 
 
 def check_caption_values(cfg: DictConfig) -> None:
-    """The part of :func:`check_values` that a captioner's own settings (``model.*``,
-    ``generation.*``) take: their ranges, and no empty model path (``model.dir=`` would be the
-    working folder). :func:`pipeline.presets.caption_spec` runs it, for library use too, where
-    no run calls :func:`check_values`.
+    """The part of :func:`check_values` that a captioner's paths take: no empty model path
+    (``model.dir=`` would be the working folder). :func:`pipeline.presets.caption_spec` runs
+    it, for library use too, where no run calls :func:`check_values`; the captioner's numbers
+    are its own to check (:class:`~pipeline.caption.CaptionSpec`).
 
     Raises:
-        ConfigError: The first such setting out of its range or empty.
+        ConfigError: The first such path that is empty.
     """
-    mine = ("model.", "generation.")
-    ranges = {key: allowed for key, allowed in _RANGES.items() if key.startswith(mine)}
-    _check_settings(cfg, ranges, {key: words for key, words in _PATHS.items() if key.startswith(mine)})
+    _check_paths(cfg, {key: words for key, words in _PATHS.items() if key.startswith("model.")})
 
 
-def _check_settings(cfg: DictConfig, ranges: Mapping[str, _Range], paths: Mapping[str, tuple[str, str]]) -> None:
-    """Raise :class:`ConfigError` for the first of ``ranges`` out of its range, then for the
-    first of ``paths`` that is empty."""
-    for key, allowed in ranges.items():
-        value = OmegaConf.select(cfg, key)
-        if value is not None and not allowed.holds(value):
-            raise ConfigError(f"{key}={_number(value)} is out of range: {key} must be {allowed.words()}")
+def _check_paths(cfg: DictConfig, paths: Mapping[str, tuple[str, str]]) -> None:
+    """Raise :class:`ConfigError` for the first of ``paths`` that is empty."""
     for key, (names, null) in paths.items():
         value = OmegaConf.select(cfg, key)
         if isinstance(value, str) and not value.strip():

@@ -26,10 +26,11 @@ from collections.abc import Callable, Iterator
 from datetime import datetime, timezone
 from pathlib import Path
 
-from pipeline.errors import ConfigError, InputError, UserError
+from pipeline.errors import InputError, UserError
 from pipeline.files import open_file, read_json, write_json_atomic
 from pipeline.listfile import read_list_file
 from pipeline.paths import NotAFile, printable, user_path
+from pipeline.ranges import Range
 from pipeline.words import visible
 
 log = logging.getLogger(__name__)
@@ -309,12 +310,12 @@ def _utc(epoch_s: float) -> str:
 
 
 def check_shard(shard: int, num_shards: int) -> None:
-    """Raise :class:`ConfigError` unless ``shard`` is in ``0..num_shards-1``."""
-    if num_shards < 1 or not 0 <= shard < num_shards:
-        raise ConfigError(
-            "shard must be in 0..num_shards-1 and num_shards >= 1, "
-            f"got shard={shard} num_shards={num_shards}"
-        )
+    """Raise :class:`ConfigError` unless ``num_shards`` is at least 1 and ``shard`` is in
+    ``0..num_shards-1``."""
+    Range(1).check("num_shards", num_shards)
+    Range(0, high=num_shards - 1, hint=f"the shards of num_shards={num_shards} are 0 to {num_shards - 1}").check(
+        "shard", shard
+    )
 
 
 def in_shard(path: Path, shard: int, num_shards: int) -> bool:

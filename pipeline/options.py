@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import NoReturn
 
 from pipeline.errors import UserError
+from pipeline.ranges import Range
 
 
 def asks_help(args: Sequence[str], text: str) -> bool:
@@ -141,6 +142,5 @@ def number(options: dict[str, str], key: str, default: int, minimum: int) -> int
         result = int(value)
     except ValueError:
         raise OptionError(f"{key} must be a whole number, got {value!r}") from None
-    if result < minimum:
-        raise OptionError(f"{key} must be >= {minimum}, got {result}")
+    Range(minimum).check(key, result, OptionError)
     return result

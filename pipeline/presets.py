@@ -39,8 +39,6 @@ def caption_spec(cfg: DictConfig, max_questions: int | None = None) -> CaptionSp
             (:func:`pipeline.config.check_caption_values`).
     """
     check_caption_values(cfg)
-    if cfg.engine.prefetch_frames < 1:
-        raise ConfigError(f"engine.prefetch_frames must be >= 1, got {cfg.engine.prefetch_frames}")
     model = _plain(ModelPreset, cfg.model)
     model = dataclasses.replace(
         model, dir=_absolute(model.dir), text=_absolute(model.text), mmproj=_absolute(model.mmproj),

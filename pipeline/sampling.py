@@ -21,12 +21,20 @@ from typing import Protocol
 from pipeline.decode import BgrFrame, Frame, FrameTime, VideoInfo, VideoReader
 from pipeline.errors import ConfigError
 from pipeline.fingerprint import Fingerprint
+from pipeline.ranges import Range, check_ranges
 from pipeline.scenes import AnalysedFrame, Features, ShotDetector, shrink
 
 # Container times are rounded to the time base; half a millisecond absorbs that.
 _SLACK_S = 5e-4
 # The shortest sampler.interval_s: below it the grid is finer than the slack, every frame is taken.
 MIN_INTERVAL_S = 1e-3
+_SCENE_RANGES = {
+    "sampler.threshold": Range(0, strict=True, high=255),
+    "sampler.min_shot_s": Range(0),
+    "sampler.fallback_interval_s": Range(0, strict=True, null="for none"),
+    "sampler.analysis_width": Range(16, high=1024),
+    "sampler.analysis_stride": Range(1, high=100),
+}
 
 
 @dataclass(frozen=True)
@@ -80,8 +88,7 @@ class Dedup:
     keep_duplicates: bool
 
     def __post_init__(self) -> None:
-        if not 0 <= self.threshold <= 64:
-            raise ConfigError(f"sampler.dedup.threshold must be in 0..64, got {self.threshold}")
+        Range(0, high=64).check("sampler.dedup.threshold", self.threshold)
 
     def apply(self, samples: Iterator[Sample]) -> Iterator[Sample]:
         """Filter ``samples`` of one video, in order."""
@@ -143,11 +150,7 @@ class IntervalSampler:
     dedup: Dedup | None
 
     def __post_init__(self) -> None:
-        if not MIN_INTERVAL_S <= self.interval_s < math.inf:
-            raise ConfigError(
-                f"sampler.interval_s must be at least {MIN_INTERVAL_S:g} s (a millisecond) and finite, got "
-                f"{self.interval_s} (for every frame: sampler=all)"
-            )
+        Range(MIN_INTERVAL_S, hint="for every frame: sampler=all").check("sampler.interval_s", self.interval_s)
 
     def sample(self, reader: VideoReader) -> Iterator[Sample]:
         """Yield the first frame at or after each multiple of ``interval_s``."""
@@ -411,18 +414,7 @@ class SceneSampler:
     def __post_init__(self) -> None:
         if self.pick not in PICKS:
             raise ConfigError(f"sampler.pick must be one of {', '.join(PICKS)}, got {self.pick!r}")
-        if not 0 < self.threshold <= 255:
-            raise ConfigError(f"sampler.threshold must be in (0, 255], got {self.threshold}")
-        if not self.min_shot_s >= 0:
-            raise ConfigError(f"sampler.min_shot_s must be >= 0, got {self.min_shot_s}")
-        if self.fallback_interval_s is not None and not self.fallback_interval_s > 0:
-            raise ConfigError(
-                f"sampler.fallback_interval_s must be > 0 or null, got {self.fallback_interval_s}"
-            )
-        if not 16 <= self.analysis_width <= 1024:
-            raise ConfigError(f"sampler.analysis_width must be in 16..1024, got {self.analysis_width}")
-        if not 1 <= self.analysis_stride <= 100:
-            raise ConfigError(f"sampler.analysis_stride must be in 1..100, got {self.analysis_stride}")
+        check_ranges(_SCENE_RANGES, lambda key: getattr(self, key.removeprefix("sampler.")))
 
     def sample(self, reader: VideoReader) -> Iterator[Sample]:
         """Yield one sample per shot and fallback interval, in stream order."""

@@ -12,7 +12,7 @@ from functools import partial
 import cv2
 import numpy as np
 
-from pipeline.errors import ConfigError
+from pipeline.ranges import Range
 
 
 def thumbnailer(*, enabled: bool, long_side_px: int, quality: int) -> Callable[[np.ndarray], bytes] | None:
@@ -67,10 +67,8 @@ def check_thumbnail_settings(long_side_px: int, quality: int) -> None:
     Raises:
         ConfigError: A setting is out of range.
     """
-    if long_side_px < 1:
-        raise ConfigError(f"thumbnails.long_side_px must be >= 1, got {long_side_px}")
-    if not 1 <= quality <= 100:
-        raise ConfigError(f"thumbnails.quality must be 1-100, got {quality}")
+    Range(1).check("thumbnails.long_side_px", long_side_px)
+    Range(1, high=100).check("thumbnails.quality", quality)
 
 
 def decode_thumbnail(data: bytes) -> np.ndarray:

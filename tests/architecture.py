@@ -128,6 +128,7 @@ PARTS: tuple[Part, ...] = (
         "pipeline/__init__.py": "the package",
         "pipeline/files.py": "the one atomic writer, and the one opener of what it keeps (never blocking)",
         "pipeline/errors.py": "UserError and its kinds: one line for the user",
+        "pipeline/ranges.py": "the numbers a setting takes (Range), and the one way a number outside them is said",
         "pipeline/paths.py": "paths as given, the user cache, why a path cannot be written (one line, the fix)",
         "pipeline/signals.py": "SIGINT/SIGTERM/SIGHUP as a clean stop; an unwritable stdout as one line",
         "pipeline/watchdog.py": "the stall watch",

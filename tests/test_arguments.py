@@ -20,7 +20,7 @@ from omegaconf import OmegaConf
 from pipeline.arguments import KEYS, command_line
 from pipeline.config import check_values, compose_config
 from pipeline.errors import ConfigError
-from pipeline.presets import captioner_from_preset
+from pipeline.presets import caption_spec, captioner_from_preset
 from pipeline.results import load_results
 from tests.conftest import ROOT, RUN_TIMEOUT_S, SAMPLE_VIDEO, assert_one_line_error, cli_env, run_cli
 
@@ -107,8 +107,8 @@ def test_version_names_the_package_llama_cpp_and_its_build() -> None:
         (["generation.seed=-1"], ["generation.seed=-1 is out of range", "must be >= 0 and <= 4294967294"]),
         (["generation.seed=4294967295"], ["generation.seed=4294967295 is out of range"]),
         (["generation.top_k=4294967301"], ["generation.top_k=4294967301 is out of range", "<= 2147483647"]),
-        (["engine.n_threads=4294967297"], ["engine.n_threads must be 1 to 512 (llama.cpp's most) or null"]),
-        (["engine.n_ubatch=4294967296"], ["engine.n_ubatch must be 1 to 4294967295, got 4294967296"]),
+        (["engine.n_threads=4294967297"], ["engine.n_threads=4294967297 is out of range", ">= 1 and <= 512, or null"]),
+        (["engine.n_ubatch=4294967296"], ["engine.n_ubatch=4294967296 is out of range", ">= 1 and <= 4294967295"]),
     ],
 )
 def test_a_setting_mistake_is_one_line_naming_the_fix(args: list[str], needles: list[str]) -> None:
@@ -128,7 +128,7 @@ def test_a_setting_mistake_is_one_line_naming_the_fix(args: list[str], needles: 
         ("pipeline.report", ["+output_dir=/x"], ["did you mean output_dir=...?"]),
         ("pipeline.status", ["outdir=x"], ["did you mean output_dir=...?"]),
         ("pipeline.status", ["output_dir=/no/such/folder"], ["output_dir /no/such/folder is not a folder"]),
-        ("pipeline", ["status", "runs=0", "output_dir=/x"], ["runs must be >= 1, got 0"]),
+        ("pipeline", ["status", "runs=0", "output_dir=/x"], ["runs=0 is out of range: runs must be >= 1"]),
         ("pipeline", ["export", "outptu_dir=/x", "format=vtt"], ["did you mean output_dir=...?"]),
     ],
 )
@@ -208,8 +208,10 @@ def test_the_library_refuses_a_model_setting_that_a_run_refuses(
     monkeypatch.chdir(tmp_path)  # where an empty model path would point
     with pytest.raises(ConfigError) as library:
         captioner_from_preset("tiny", f"model.dir={tiny_model_dir}", override)
-    with pytest.raises(ConfigError) as run:
-        check_values(compose_config(["video=x.mp4", "model=tiny", f"model.dir={tiny_model_dir}", override]))
+    cfg = compose_config(["video=x.mp4", "model=tiny", f"model.dir={tiny_model_dir}", override])
+    with pytest.raises(ConfigError) as run:  # the run's two checks (pipeline.cli), in its order
+        check_values(cfg)
+        caption_spec(cfg)
     assert str(library.value) == str(run.value)
     assert list(tmp_path.iterdir()) == []
 

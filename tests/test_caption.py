@@ -67,11 +67,11 @@ def test_engine_knobs_reach_the_engine_and_parallel_defaults_to_4_on_cpu(tiny_mo
     assert (knobs.lanes, knobs.prepare_ahead, knobs.kv_unified, knobs.max_decode_seqs, knobs.parallel) == (
         2, 0, True, 0, 3,
     )
-    with pytest.raises(ConfigError, match="engine.lanes must be >= 1 or null"):
+    with pytest.raises(ConfigError, match="engine.lanes=0 is out of range: engine.lanes must be >= 1, or null"):
         captioner(tiny_model_dir, "engine.lanes=0")
-    with pytest.raises(ConfigError, match="engine.lanes_gpu must be >= 1"):
+    with pytest.raises(ConfigError, match="engine.lanes_gpu=0 is out of range: engine.lanes_gpu must be >= 1"):
         captioner(tiny_model_dir, "engine.lanes_gpu=0")
-    with pytest.raises(ConfigError, match="engine.clip_threads must be >= 1 or null"):
+    with pytest.raises(ConfigError, match="engine.clip_threads=0 is out of range: .* must be >= 1, or null"):
         captioner(tiny_model_dir, "engine.clip_threads=0")
 
 

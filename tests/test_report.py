@@ -303,7 +303,7 @@ def test_command_line(output_dir: Path, tmp_path: Path, capsys: pytest.CaptureFi
     assert main(["out=x.html"]) == 1
     assert "output_dir=... is required" in capsys.readouterr().err
     assert main([f"output_dir={output_dir}", "page_frames=0"]) == 1
-    assert "page_frames must be >= 1" in capsys.readouterr().err
+    assert "page_frames=0 is out of range: page_frames must be >= 1" in capsys.readouterr().err
     assert main([f"output_dir={output_dir}", "inline=maybe"]) == 1
     assert "inline must be true or false" in capsys.readouterr().err
     assert main([f"output_dir={tmp_path / 'missing'}"]) == 1

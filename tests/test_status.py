@@ -116,7 +116,7 @@ def test_status_of_a_folder_without_runs_and_bad_arguments(tmp_path: Path) -> No
     hint = "bad argument 'outdir=x'; did you mean output_dir=...? expected one of output_dir=..., runs=..."
     assert hint in wrong.stderr
     few = status(f"output_dir={tmp_path}", "runs=0")
-    assert few.returncode == 1 and "runs must be >= 1, got 0" in few.stderr
+    assert few.returncode == 1 and "runs=0 is out of range: runs must be >= 1" in few.stderr
 
 
 @pytest.mark.parametrize("command", [

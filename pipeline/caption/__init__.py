@@ -18,6 +18,7 @@ import hashlib
 import socket
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, replace
+from operator import attrgetter
 from pathlib import Path
 from typing import Any, TypeVar, overload
 
@@ -44,6 +45,7 @@ from pipeline.caption.settings import EngineKnobs, GenerationSettings, ModelPres
 from pipeline.caption.weights import ModelFiles, ModelSource, check_pair
 from pipeline.errors import BuildError, ConfigError, WeightsError
 from pipeline.paths import user_cache_dir
+from pipeline.ranges import Range, check_ranges
 from pipeline.structured import PromptEntry, answer_shape, canonical_json, check_schemas, entry_parts
 
 __all__ = [
@@ -392,56 +394,45 @@ def _path(path: str | None) -> Path | None:
     return None if path is None else Path(path)
 
 
-# llama.cpp's most CPU threads (GGML_MAX_N_THREADS), and its n_ubatch is a uint32_t: a larger
-# value would wrap round to another.
-_MAX_THREADS = 512
-_UINT32_MAX = 2**32 - 1
+# The captioner's numbers. llama.cpp takes several as C integers, where a larger value would wrap
+# round to another (top_k 2^32 + 5 is 5) and change the answers under a config_id that names the
+# value given; a seed of 2^32 - 1 is its "a random seed each time": answers no run could repeat.
+_INT32_MAX = 2**31 - 1
+_RANGES = {
+    "model.n_ctx": Range(512),
+    "model.n_gpu_layers": Range(-1, high=_INT32_MAX),
+    "generation.max_tokens": Range(1),
+    "generation.temperature": Range(0),
+    "generation.top_k": Range(0, high=_INT32_MAX),
+    "generation.top_p": Range(0, strict=True, high=1),
+    "generation.seed": Range(0, high=2**32 - 2),
+    "engine.parallel": Range(1, null="for parallel_gpu or parallel_cpu"),
+    "engine.parallel_gpu": Range(1),
+    "engine.parallel_cpu": Range(1),
+    "engine.lanes": Range(1, null="for lanes_gpu on a GPU with one prompt, else 1"),
+    "engine.lanes_gpu": Range(1),
+    "engine.clip_threads": Range(1, null="for one per lane"),
+    "engine.n_threads": Range(1, high=512, null="for the physical cores less one"),  # GGML_MAX_N_THREADS
+    "engine.prepare_ahead": Range(0),
+    "engine.max_decode_seqs": Range(0, null="for auto"),
+    "engine.n_batch": Range(1),
+    "engine.n_ubatch": Range(1, high=2**32 - 1),  # a uint32_t
+}
 
 
 def _check(spec: CaptionSpec) -> None:
     """Raise :class:`ConfigError` for the first value out of range."""
-    eng, gen = spec.engine, spec.generation
-    checks = [
-        (eng.parallel is None or eng.parallel >= 1, f"engine.parallel must be >= 1 or null, got {eng.parallel}"),
-        (eng.parallel_gpu >= 1, f"engine.parallel_gpu must be >= 1, got {eng.parallel_gpu}"),
-        (eng.parallel_cpu >= 1, f"engine.parallel_cpu must be >= 1, got {eng.parallel_cpu}"),
-        (eng.lanes is None or eng.lanes >= 1, f"engine.lanes must be >= 1 or null, got {eng.lanes}"),
-        (eng.lanes_gpu >= 1, f"engine.lanes_gpu must be >= 1, got {eng.lanes_gpu}"),
-        (
-            eng.clip_threads is None or eng.clip_threads >= 1,
-            f"engine.clip_threads must be >= 1 or null, got {eng.clip_threads}",
-        ),
-        (
-            eng.n_threads is None or 1 <= eng.n_threads <= _MAX_THREADS,
-            f"engine.n_threads must be 1 to {_MAX_THREADS} (llama.cpp's most) or null, got {eng.n_threads}",
-        ),
-        (eng.prepare_ahead >= 0, f"engine.prepare_ahead must be >= 0, got {eng.prepare_ahead}"),
-        (
-            eng.max_decode_seqs is None or eng.max_decode_seqs >= 0,
-            f"engine.max_decode_seqs must be >= 0 or null, got {eng.max_decode_seqs}",
-        ),
-        (eng.n_batch >= 1, f"engine.n_batch must be >= 1, got {eng.n_batch}"),
-        (1 <= eng.n_ubatch <= _UINT32_MAX, f"engine.n_ubatch must be 1 to {_UINT32_MAX}, got {eng.n_ubatch}"),
-        (
-            eng.flash_attn in ("auto", "on", "off"),
-            f"engine.flash_attn must be auto, on or off, got {eng.flash_attn!r}",
-        ),
-        (spec.model.n_ctx >= 512, f"model.n_ctx must be >= 512, got {spec.model.n_ctx}"),
-        (
-            spec.model.text_type in TEXT_TYPES,
-            f"model.text_type must be one of {', '.join(TEXT_TYPES)}, got {spec.model.text_type!r}",
-        ),
-        (
-            spec.model.image_layout in IMAGE_LAYOUTS,
-            f"model.image_layout must be one of {', '.join(IMAGE_LAYOUTS)}, got {spec.model.image_layout!r}",
-        ),
-        (gen.max_tokens >= 1, f"generation.max_tokens must be >= 1, got {gen.max_tokens}"),
-        (gen.temperature >= 0, f"generation.temperature must be >= 0, got {gen.temperature}"),
-        (spec.max_questions >= 1, f"at least one prompt is needed, got {spec.max_questions}"),
+    check_ranges(_RANGES, lambda key: attrgetter(key)(spec))
+    choices = [
+        ("engine.flash_attn", spec.engine.flash_attn, ("auto", "on", "off")),
+        ("model.text_type", spec.model.text_type, TEXT_TYPES),
+        ("model.image_layout", spec.model.image_layout, IMAGE_LAYOUTS),
     ]
-    for ok, message in checks:
-        if not ok:
-            raise ConfigError(message)
+    for key, value, allowed in choices:
+        if value not in allowed:
+            raise ConfigError(f"{key} must be one of {', '.join(allowed)}, got {value!r}")
+    if spec.max_questions < 1:
+        raise ConfigError(f"at least one prompt is needed, got {spec.max_questions}")
     get_chat_format(spec.model.chat_format)
     _check_lanes(spec)
 

@@ -41,12 +41,25 @@ from pathlib import Path
 from typing import Any
 
 from pipeline.caption import Answer, Captioner, CaptionSpec, EngineError, Question
-from pipeline.errors import ConfigError, ExecutorError, UserError
+from pipeline.errors import ExecutorError, UserError
 from pipeline.executors.base import Captioned, Decoded, DecodeJob, Decoder, FrameJob, Work
 from pipeline.executors.frames import answer_frames, this_process
 from pipeline.executors.ray_cluster import connect, import_ray
+from pipeline.ranges import Range, check_ranges
 
 log = logging.getLogger(__name__)
+
+_RANGES = {
+    "executor.num_actors": Range(1, null="for one per GPU"),
+    "executor.gpus_per_actor": Range(0, null="for 1 where the cluster has GPUs, else 0"),
+    "executor.cpus_per_actor": Range(0, strict=True),
+    "executor.frames_per_actor": Range(1, null="for twice an actor's frames in flight plus 2"),
+    "executor.decode_tasks": Range(1, null="for num_actors + 1"),
+    "executor.cpus_per_decode": Range(0, strict=True),
+    "executor.retries": Range(0),
+    "executor.connect_timeout_s": Range(0, strict=True),
+}
+
 
 class RayExecutor:
     """Decode tasks and captioner actors on a Ray cluster (see the module's docstring).
@@ -85,19 +98,12 @@ class RayExecutor:
         retries: int,
         connect_timeout_s: float,
     ) -> None:
-        at_least = {
-            "num_actors": (num_actors, 1), "gpus_per_actor": (gpus_per_actor, 0),
-            "frames_per_actor": (frames_per_actor, 1), "decode_tasks": (decode_tasks, 1),
-            "retries": (retries, 0),
+        values = {
+            "num_actors": num_actors, "gpus_per_actor": gpus_per_actor, "frames_per_actor": frames_per_actor,
+            "decode_tasks": decode_tasks, "retries": retries, "cpus_per_actor": cpus_per_actor,
+            "cpus_per_decode": cpus_per_decode, "connect_timeout_s": connect_timeout_s,
         }
-        for key, (value, low) in at_least.items():
-            if value is not None and value < low:
-                raise ConfigError(f"executor.{key} must be >= {low}, got {value}")
-        positive = {"cpus_per_actor": cpus_per_actor, "cpus_per_decode": cpus_per_decode,
-                    "connect_timeout_s": connect_timeout_s}
-        for key, value in positive.items():
-            if not value > 0:
-                raise ConfigError(f"executor.{key} must be > 0, got {value}")
+        check_ranges(_RANGES, lambda key: values[key.removeprefix("executor.")])
         self._ray = import_ray()
         self.address = address
         self.num_actors = num_actors

@@ -15,6 +15,7 @@ from pipeline.export import EXPORT_DIR, Track, tracks_of, with_cue_ends, write_t
 from pipeline.files import check_writable, write_bytes_atomic
 from pipeline.owed import REPORT_PAGE
 from pipeline.paths import Chosen, printable, user_path
+from pipeline.ranges import Range
 from pipeline.report.data import ReportData, with_run
 from pipeline.report.pages import Pages
 from pipeline.results import load_results
@@ -76,8 +77,7 @@ def write_report(
             stands at the page's name, before anything is written).
         OSError: A file cannot be read.
     """
-    if page_frames < 1:
-        raise UserError(f"page_frames must be >= 1, got {page_frames}")
+    Range(1).check("page_frames", page_frames, UserError)
     output_dir = user_path(output_dir).resolve()
     df = load_results(output_dir)
     if video_id is not None:
