@@ -4,6 +4,7 @@ generator."""
 
 from __future__ import annotations
 
+import logging
 import threading
 from collections.abc import Generator, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
@@ -17,9 +18,16 @@ import pytest
 
 from benchmarks.random_llava import write_random_llava
 from pipeline.caption import make_questions
-from pipeline.caption.engine import Engine, EngineSettings
+from pipeline.caption.engine import Engine, EngineError, EngineSettings
 from pipeline.caption.engine.lanes import clip_thread_count, decode_group, lane_count
-from pipeline.caption.engine.native import TextModel, flash_attn_type, usable_cores
+from pipeline.caption.engine.native import (
+    TextModel,
+    flash_attn_type,
+    held_errors,
+    route_native_logs,
+    said_by_llama_cpp,
+    usable_cores,
+)
 from pipeline.caption.engine.records import EngineStats
 from pipeline.caption.engine.source import END, FrameSource
 from pipeline.caption.engine.vision import Vision
@@ -350,3 +358,26 @@ def test_one_prefill_pass_per_frame(tiny_model_dir: Path) -> None:
     assert stats.frames == 3
     assert stats.prefill_calls == 3
     assert stats.decode_calls == 3 * (max_tokens - 1)
+
+
+def test_a_native_failure_is_one_error_that_says_what_llama_cpp_said(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    not_a_model = tmp_path / "notes.gguf"
+    not_a_model.write_text("shopping list: milk\n")
+    route_native_logs()
+    with caplog.at_level(logging.DEBUG, "pipeline.llama_cpp"), pytest.raises(EngineError) as failed:
+        TextModel(str(not_a_model), 0)
+    said = str(failed.value)
+    assert said.startswith(f"text model failed to load: {not_a_model}; llama.cpp said: ")
+    assert "invalid magic characters: 'shop', expected 'GGUF'" in said and "\n" not in said
+    assert [r.getMessage() for r in caplog.records if r.levelno >= logging.ERROR] == []  # not a second error
+
+
+@pytest.mark.allow_error_logs
+def test_error_lines_held_for_a_block_that_ends_well_are_logged_as_they_came(caplog: pytest.LogCaptureFixture) -> None:
+    with caplog.at_level(logging.DEBUG, "pipeline.llama_cpp"):
+        with held_errors() as said:
+            said.append("ggml_cuda_init: failed")
+        assert [(r.levelno, r.getMessage()) for r in caplog.records] == [(logging.ERROR, "ggml_cuda_init: failed")]
+        assert said_by_llama_cpp([]) == ""

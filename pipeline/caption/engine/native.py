@@ -11,7 +11,9 @@ from __future__ import annotations
 import ctypes
 import logging
 import os
-from collections.abc import Iterable
+import threading
+from collections.abc import Iterable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -29,6 +31,7 @@ _NATIVE_LOG = logging.getLogger("pipeline.llama_cpp")
 # ggml's levels: 1 debug, 2 info, 3 warn, 4 error, 5 continues the previous line's level.
 _LEVELS = {1: logging.DEBUG, 2: logging.DEBUG, 3: logging.WARNING, 4: logging.ERROR}
 _last_level = logging.DEBUG
+_held = threading.local()  # .lines: this thread's llama.cpp error lines held by held_errors()
 
 
 class Batch:
@@ -149,9 +152,10 @@ class TextModel:
     def __init__(self, path: str, n_gpu_layers: int) -> None:
         params = llama_cpp.llama_model_default_params()
         params.n_gpu_layers = n_gpu_layers
-        self.handle = llama_cpp.llama_model_load_from_file(path.encode(), params)
-        if not self.handle:
-            raise EngineError(f"text model failed to load: {path}")
+        with held_errors() as said:
+            self.handle = llama_cpp.llama_model_load_from_file(path.encode(), params)
+            if not self.handle:
+                raise EngineError(f"text model failed to load: {path}{said_by_llama_cpp(said)}")
         self.vocab = llama_cpp.llama_model_get_vocab(self.handle)
         self.n_vocab = llama_cpp.llama_vocab_n_tokens(self.vocab)
         self.n_embd = llama_cpp.llama_model_n_embd_inp(self.handle)
@@ -233,11 +237,13 @@ class TextModel:
         params.n_threads_batch = n_threads
         params.flash_attn_type = flash_attn
         params.no_perf = True
-        ctx = llama_cpp.llama_init_from_model(self.handle, params)
-        if not ctx:
-            raise EngineError(
-                f"llama context failed to start (n_ctx={params.n_ctx}); lower engine.parallel or model.n_ctx"
-            )
+        with held_errors() as said:
+            ctx = llama_cpp.llama_init_from_model(self.handle, params)
+            if not ctx:
+                raise EngineError(
+                    f"llama context failed to start (n_ctx={params.n_ctx}{said_by_llama_cpp(said)}); "
+                    "lower engine.parallel or model.n_ctx"
+                )
         # Unified: cells for all frames in flight; per-sequence streams: cells of one stream.
         capacity = llama_cpp.llama_n_ctx(ctx) if kv_unified else llama_cpp.llama_n_ctx_seq(ctx)
         return Lane(ctx, llama_cpp.llama_get_memory(ctx), Batch(n_batch), list(range(n_seq)), capacity)
@@ -396,14 +402,38 @@ def _forward_log(level: int, text: bytes, user_data: ctypes.c_void_p) -> None:
             _last_level = _LEVELS.get(level, logging.DEBUG)
         if not _NATIVE_LOG.isEnabledFor(_last_level):
             return
-        message = text.decode("utf-8", errors="replace").rstrip()
-        if message:
+        message = text.decode("utf-8", errors="replace").strip()
+        held = getattr(_held, "lines", None)
+        if message and held is not None and _last_level >= logging.ERROR:
+            held.append(message)
+        elif message:
             _NATIVE_LOG.log(_last_level, message)
     except Exception:  # noqa: BLE001  (see above)
         pass
 
 
 _log_callback = llama_cpp.llama_log_callback(_forward_log)
+
+
+@contextmanager
+def held_errors() -> Iterator[list[str]]:
+    """Hold the error lines llama.cpp and mtmd log on this thread while the block runs, for the
+    block's own error to say (:func:`said_by_llama_cpp`): a context that does not start would
+    otherwise print llama.cpp's line and then ours, two errors for one problem. A block that
+    ends without an exception logs them as they came."""
+    lines: list[str] = []
+    _held.lines = lines
+    try:
+        yield lines
+    finally:
+        _held.lines = None
+    for line in lines:
+        _NATIVE_LOG.error(line)
+
+
+def said_by_llama_cpp(lines: list[str]) -> str:
+    """``lines`` held by :func:`held_errors`, as a clause of one error line (empty if none)."""
+    return f"; llama.cpp said: {' / '.join(lines)}" if lines else ""
 
 
 def route_native_logs() -> None:

@@ -18,7 +18,7 @@ from dataclasses import dataclass, field
 import llama_cpp.mtmd_cpp as mtmd
 import numpy as np
 
-from pipeline.caption.engine.native import TextModel
+from pipeline.caption.engine.native import TextModel, held_errors, said_by_llama_cpp
 from pipeline.caption.engine.records import EngineError, EngineStats
 from pipeline.caption.layout import FrameLayout, FramePlan, Placement
 from pipeline.caption.projector import (
@@ -325,9 +325,10 @@ def _load(path: str, model: TextModel, n_threads: int, flash_attn: int) -> objec
     params.n_threads = n_threads
     params.flash_attn_type = flash_attn
     params.warmup = False
-    context = mtmd.mtmd_init_from_file(path.encode(), model.handle, params)
-    if not context:
-        raise EngineError(f"mmproj failed to load: {path}")
+    with held_errors() as said:
+        context = mtmd.mtmd_init_from_file(path.encode(), model.handle, params)
+        if not context:
+            raise EngineError(f"mmproj failed to load: {path}{said_by_llama_cpp(said)}")
     if not mtmd.mtmd_support_vision(context) or mtmd.mtmd_decode_use_mrope(context):
         mtmd.mtmd_free(context)
         raise EngineError(f"mmproj is not a LLaVA-style vision projector: {path}")
