@@ -326,8 +326,17 @@ def _check_places(cfg: DictConfig) -> None:
 
 
 def settings_id(settings: Mapping[str, Any]) -> str:
-    """A short hash of JSON-able settings."""
-    return hashlib.sha256(json.dumps(settings, sort_keys=True, default=str).encode()).hexdigest()[:12]
+    """A short hash of JSON-able settings, each number by its value: ``-0.0`` is ``0.0``
+    (``generation.temperature=-0.0`` decodes greedily as 0 does, and must not redo a night)."""
+    return hashlib.sha256(json.dumps(_signless_zeros(settings), sort_keys=True, default=str).encode()).hexdigest()[:12]
+
+
+def _signless_zeros(value: Any) -> Any:
+    if isinstance(value, Mapping):
+        return {key: _signless_zeros(item) for key, item in value.items()}
+    if isinstance(value, list | tuple):
+        return [_signless_zeros(item) for item in value]
+    return 0.0 if isinstance(value, float) and value == 0 else value
 
 
 def answer_settings(config: Mapping[str, Any], model_identity: Mapping[str, str]) -> dict[str, Any]:

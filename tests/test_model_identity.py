@@ -87,7 +87,8 @@ def test_settings_that_cannot_change_an_answer_do_not_redo_a_night(cli_base: lis
     # with greedy decoding (temperature 0) the sampling settings it never reads.
     same = ["model.n_ctx=2048", "engine.n_batch=512", "engine.n_ubatch=256", "engine.parallel=2",
             "engine.n_threads=1", "engine.lanes=2", "engine.lanes_gpu=3", "engine.clip_threads=2",
-            "generation.top_k=5", "generation.seed=7"]
+            "generation.top_k=5", "generation.seed=7",
+            "generation.temperature=-0.0", "start_s=-0.0"]  # a zero with a sign is zero
     again = run_cli(*run, *same)
     assert again.returncode == 0, again.stderr
     assert frames_captioned(out) == 0 and last_run(out)["videos_skipped"] == 1
