@@ -359,6 +359,17 @@ def test_the_run_line_counts_the_videos_a_night_left_waiting(cli_base: list[str]
     assert shown in header_text(out / "_report.html")
 
 
+def test_two_sampled_configs_show_what_tells_them_apart(cli_base: list[str], tmp_path: Path) -> None:
+    out = tmp_path / "out"
+    for seed in (1, 2):  # top_k, top_p and seed are in the config_id of a sampled answer
+        night = run_cli(*cli_base, f"video={SAMPLE_VIDEO}", "max_frames=1", "generation.temperature=0.7",
+                        f"generation.seed={seed}", "report=true")
+        assert night.returncode == 0, night.stderr
+    header = header_text(out / "_report.html")
+    for seed in (1, 2):
+        assert f"max_tokens 8, temperature 0.7, top_k 40, top_p 0.95, seed {seed}, max_frames 1" in header
+
+
 def test_the_report_shows_the_run_that_wrote_it_and_an_idle_night_does_not_hide_it(
     cli_base: list[str], tmp_path: Path
 ) -> None:

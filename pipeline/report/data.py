@@ -135,7 +135,8 @@ def _settings(metadata: dict[str, Any]) -> dict[str, Any]:
         sampler_settings.append(f"dedup threshold {dedup.get('threshold')}")
     generation = config.get("generation") or {}
     generation_settings = [
-        f"max_tokens {generation.get('max_tokens', '?')}", f"temperature {generation.get('temperature', '?')}"
+        f"{key} {generation.get(key, '?')}" for key in ("max_tokens", "temperature", "top_k", "top_p", "seed")
+        if key in ("max_tokens", "temperature") or _samples(generation)
     ]
     if config.get("max_frames") is not None:
         generation_settings.append(f"max_frames {config['max_frames']}")
@@ -147,3 +148,10 @@ def _settings(metadata: dict[str, Any]) -> dict[str, Any]:
         "sampler": kind + (f" ({', '.join(sampler_settings)})" if sampler_settings else ""),
         "generation": ", ".join(generation_settings),
     }
+
+
+def _samples(generation: dict[str, Any]) -> bool:
+    """Whether answers were sampled (temperature above 0), so that top_k, top_p and seed, in
+    their config_id, tell two such configs apart; greedy decoding never reads them."""
+    temperature = generation.get("temperature")
+    return isinstance(temperature, int | float) and temperature > 0
