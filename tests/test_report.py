@@ -308,6 +308,10 @@ def test_command_line(output_dir: Path, tmp_path: Path, capsys: pytest.CaptureFi
     assert "inline must be true or false" in capsys.readouterr().err
     assert main([f"output_dir={tmp_path / 'missing'}"]) == 1
     assert "is not a folder" in capsys.readouterr().err
+    folder = tmp_path / "not yet"
+    assert main([f"output_dir={output_dir}", f"out={folder}/"]) == 1  # a folder to be, not a page
+    assert f"out={folder}/ names a folder (it ends in /); give the page's file name" in capsys.readouterr().err
+    assert not folder.exists()
 
 
 def test_python_dash_m(output_dir: Path) -> None:

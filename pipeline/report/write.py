@@ -5,6 +5,7 @@ written with their files, files of an earlier report that are no longer used rem
 from __future__ import annotations
 
 import logging
+import os
 from pathlib import Path
 from typing import Any
 
@@ -72,12 +73,17 @@ def write_report(
 
     Raises:
         FileNotFoundError: ``output_dir`` is not a folder a run wrote to.
-        UserError: ``video_id`` is not in ``output_dir``, ``page_frames`` < 1, or a file cannot
+        UserError: ``video_id`` is not in ``output_dir``, ``page_frames`` < 1, ``out_path`` ends
+            in a slash (a folder), or a file cannot
             be written (:class:`~pipeline.errors.StoreError`; where something other than a file
             stands at the page's name, before anything is written).
         OSError: A file cannot be read.
     """
     Range(1).check("page_frames", page_frames, UserError)
+    if isinstance(out_path, str) and out_path.endswith(("/", os.sep)):  # Path() would drop the slash
+        raise UserError(
+            f"out={out_path} names a folder (it ends in /); give the page's file name, as out={out_path}report.html"
+        )
     output_dir = user_path(output_dir).resolve()
     df = load_results(output_dir)
     if video_id is not None:
