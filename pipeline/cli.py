@@ -51,7 +51,7 @@ from pipeline.owed import last_to_finish, owe_export, owe_report, owed, pay_expo
 from pipeline.paths import user_path
 from pipeline.presets import caption_spec
 from pipeline.run import CHANGED_NOTE, Pipeline, unique_prompts
-from pipeline.runlog import log_folder, record_crash, run_log, run_stamp, say_error
+from pipeline.runlog import EarlyRecords, log_folder, record_crash, run_log, run_stamp, say_error
 from pipeline.sampling import Sampler
 from pipeline.signals import Stopped, end_quietly_when_the_reader_stops, say_stopped, stop_on_signals
 from pipeline.store import prepare_output_dir, remove_temporaries
@@ -81,6 +81,8 @@ def run_from_config(cfg: DictConfig) -> int:
     started = time.time()
     log_file: Path | None = None
     with ExitStack() as stack:
+        early = EarlyRecords()
+        stack.callback(early.stop)
         try:
             check_values(cfg)
             prompts = unique_prompts(prompts_of(cfg))
@@ -107,7 +109,7 @@ def run_from_config(cfg: DictConfig) -> int:
                 RunLock(output_dir, cfg.shard, cfg.num_shards, when_alone=partial(remove_temporaries, output_dir))
             )
             log_name = f"{run_stamp(started)}{_shard_suffix(cfg)}.log"
-            log_file = stack.enter_context(run_log(log_folder(output_dir) / log_name))
+            log_file = stack.enter_context(run_log(log_folder(output_dir) / log_name, early.stop()))
             return _run_locked(
                 cfg, prompts, spec, sampler, executor, videos, export_formats, thumbnail, output_dir, started,
                 log_file, lock,

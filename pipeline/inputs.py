@@ -62,16 +62,52 @@ def find_videos(spec: str, extensions: list[str]) -> list[Path]:
     if is_manifest(path):
         return read_manifest(path)
     # os.path's tests, not Path's: they say False for a name no file can have (too long, a NUL).
-    if os.path.exists(path) and not os.path.isdir(path):  # a FIFO named alone, too: it becomes an error record
+    if os.path.exists(path) and not os.path.isdir(path):
+        if stat.S_ISFIFO(os.stat(path).st_mode):  # <(ls *.mp4): a new pipe each night, never a video
+            raise InputError(
+                f"video={printable(path)} is a named pipe (a list made by <(...)?), not a video nor a list of them; "
+                "write the list to a file and pass that: ls /videos/*.mp4 > videos.txt; video=videos.txt"
+            )
         return [path]
     if os.path.isdir(path):
         # A folder named like a video (x.mp4/) is kept: it becomes an error record.
-        return sorted(p for p, _ in _walk(path, lambda names: True) if p.suffix.lower() in wanted)
+        walked = _walk(path, _not_hidden)
+        return sorted(p for p, names in walked if _not_hidden(names) and p.suffix.lower() in wanted)
     if glob.has_magic(spec):
-        return _glob(path, spec)
-    raise InputError(
-        f"video={spec} does not exist; pass a video file, a folder, a glob or a manifest"
-    )
+        found = _glob(path, spec)
+        as_written = spec.replace("[", "[[]")  # in/[2024] talks/*.mp4: a folder's brackets are its name
+        if not found and "[" in spec:
+            found = _glob(user_path(as_written), spec)
+        if found or any(char in spec for char in "*?"):  # a wildcard matching nothing: an empty inbox
+            return found
+        # only [...]: a name with brackets that is not there, or a list quoted into one text
+    raise InputError(f"video={printable(path)} {_not_there(path)}")
+
+
+def _not_there(path: Path) -> str:
+    """Why ``video=`` names nothing, and the fix: not there, or not to be looked at."""
+    try:
+        os.stat(path)
+    except (FileNotFoundError, NotADirectoryError):
+        pass
+    except OSError as error:  # a folder above it that this user cannot search, a name too long
+        fix = _access_fix() if error.errno in (errno.EACCES, errno.EPERM) else "pass another video="
+        return f"cannot be looked at ({error.strerror}); {fix}"
+    listed = path.name.startswith("[") and path.name.endswith("]") and "," in path.name
+    quoted = " (a list quoted into one name? write video=[a.mp4,b.mp4], quoting an item that needs it)"
+    return f"does not exist{quoted if listed else ''}; pass a video file, a folder, a glob or a manifest"
+
+
+def _access_fix() -> str:
+    """The fix for an inbox, or a folder in it, that the night's user may not read."""
+    user = os.environ.get("USER") or f"uid {os.getuid()}"
+    return f"give the user this night runs as ({user}) read and search permission on it, or pass another video="
+
+
+def _not_hidden(names: tuple[str, ...]) -> bool:
+    """Whether no name on a path is hidden (``.sync/``, a Mac's ``._clip.mp4``): a folder search
+    leaves them out, as a glob's ``*`` and ``**`` do."""
+    return not any(name.startswith(".") for name in names)
 
 
 def searched_by(specs: list[str], extensions: list[str]) -> Callable[[Path], bool]:
@@ -146,7 +182,11 @@ def _walk(root: Path, enter: Callable[[tuple[str, ...]], bool]) -> Iterator[tupl
 
     A folder (``enter(names)`` allowing) is entered once, known by its device and inode, also
     through a symlink: a link back up leads to a folder already entered, so the walk ends on
-    any tree and finds each file once. An entry that cannot be looked at is yielded as it is.
+    any tree and finds each file once. An entry that cannot be looked at is yielded as it is; a
+    folder below ``root`` that cannot be listed is left out with a warning.
+
+    Raises:
+        InputError: ``root`` itself cannot be listed (no empty inbox: a night that cannot look).
     """
     entered = {_folder_identity(root)}
     stack: list[tuple[Path, tuple[str, ...]]] = [(root, ())]
@@ -156,7 +196,13 @@ def _walk(root: Path, enter: Callable[[tuple[str, ...]], bool]) -> Iterator[tupl
             with os.scandir(folder) as listing:
                 entries = sorted(entry.name for entry in listing)
         except OSError as error:
-            log.warning("cannot list %s: %s; its videos are not found", printable(folder), error.strerror or error)
+            if folder == root:  # the inbox itself: no empty inbox, a night that cannot look
+                reason = f"cannot list {printable(root)} ({error.strerror or error})"
+                raise InputError(f"{reason}: its videos cannot be found; {_access_fix()}") from None
+            log.warning(
+                "cannot list %s (%s): its videos are not found; %s", printable(folder), error.strerror or error,
+                _access_fix(),
+            )
             continue
         for name in entries:
             path, relative = folder / name, (*names, name)

@@ -416,6 +416,9 @@ def _with_fix(key: str, value: str) -> str:
         return "; put the prompts in a file, a YAML or JSON list of texts and {text: ..., schema: ...}: " \
             "prompts_file=FILE.yaml"
     fix = f"; write it as {shell_word(f'{key}={hydra_value(value)}')}"
+    if value.startswith("[") and value.endswith("]"):  # quoted whole, a list would be one text, one name
+        items = [item if item[:1] in "'\"" else hydra_value(item) for item in _list_items(value)]
+        fix = f"; write it as {shell_word(key + '=[' + ','.join(items) + ']')}"
     if key.lstrip("+~") in ("prompt", "prompts"):
         return f"{fix}, or put the prompts in a file, one per line: prompts_file=FILE"
     if key.lstrip("+~") == "video":

@@ -151,9 +151,30 @@ class LogFile(logging.FileHandler):
         )
 
 
+class EarlyRecords(logging.Handler):
+    """What a run logs before its log file can open (the videos found, a folder it cannot list),
+    kept for that file (:func:`run_log`'s ``earlier``): the file holds the whole night, not what
+    came after ``output_dir`` was ready. Installed on the root logger until :meth:`stop`."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.records: list[logging.LogRecord] = []
+        logging.getLogger().addHandler(self)
+
+    def emit(self, record: logging.LogRecord) -> None:
+        """Keep ``record``."""
+        self.records.append(record)
+
+    def stop(self) -> list[logging.LogRecord]:
+        """Keep no more; the records kept (once stopped, again: the same)."""
+        logging.getLogger().removeHandler(self)
+        return self.records
+
+
 @contextmanager
-def run_log(path: Path) -> Iterator[Path]:
-    """Copy everything logged into ``path`` for the ``with`` block.
+def run_log(path: Path, earlier: list[logging.LogRecord] | None = None) -> Iterator[Path]:
+    """Copy everything logged into ``path`` for the ``with`` block, after the ``earlier``
+    records (:class:`EarlyRecords`).
 
     Raises:
         StoreError: The file cannot be created: its folder cannot be written (permissions, a
@@ -166,6 +187,8 @@ def run_log(path: Path) -> Iterator[Path]:
         path.parent.mkdir(parents=True, exist_ok=True)
         handler = LogFile(path)
     handler.setFormatter(OneLineFormatter(_FORMAT))
+    for record in earlier or []:
+        handler.handle(record)
     root = logging.getLogger()
     root.addHandler(handler)
     try:
