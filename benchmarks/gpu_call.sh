@@ -229,6 +229,17 @@ case "$plan" in
             # prompts, for the answers' hashes of the checkout (lanes' batch limits; the conversion's quiet output)
     bench mistral7b --seed "" --frames 48 --cases "p=1;p=3"
     ;;
+  call32)  # session 21: the checkout's answers (hashes) and speed, one and three prompts (a model, mmproj or context
+           # that does not start now holds llama.cpp's error lines for its own: native.held_errors, on the GPU path),
+           # then the peer's best batch (64) on the same machine: issue 27's ratio measured side by side in one run
+    bench mistral7b --seed "" --frames 48 --cases "p=1;p=3"
+    if [ "$(left)" -gt 60 ]; then
+      T=$(( $(left) - 20 )) bench mistral7b --seed "" --cases "" --peer-batches 64 --peer-prompts 1 --peer-frames 128
+    fi
+    ;;
+  call32b)  # session 21, on the warm machine if call32 ran out of time before the peer
+    bench mistral7b --seed "" --cases "" --peer-batches 64 --peer-prompts 1 --peer-frames 128
+    ;;
   *) echo "unknown plan $plan"; exit 2 ;;
 esac
 echo "call done after $(( $(date +%s) - started )) s"
