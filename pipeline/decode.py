@@ -29,6 +29,7 @@ import numpy as np
 
 from pipeline.paths import kind_of, printable
 from pipeline.probe import ffmpeg_says, why_unreadable
+from pipeline.words import plural
 
 
 class VideoError(Exception):
@@ -79,6 +80,18 @@ class VideoFacts:
     frame_count: int
     frames_decoded: int | None
     last_frame_s: float | None
+
+
+@dataclass(frozen=True)
+class DamagedSpan:
+    """Frames that did not decode mid-stream, where frames after them did: the frames from
+    ``first_index`` (its time ``first_s``, the frame after the last one that decoded) up to,
+    not including, ``next_index`` (``next_s``), the first to decode again."""
+
+    first_index: int
+    first_s: float
+    next_index: int
+    next_s: float
 
 
 @dataclass(frozen=True)
@@ -175,6 +188,7 @@ class VideoReader:
         self.frames_read = 0
         self.last_frame_s: float | None = None
         self.reached_end = False
+        self.damaged: list[DamagedSpan] = []
 
     def __enter__(self) -> VideoReader:
         return self
@@ -191,16 +205,55 @@ class VideoReader:
     def __iter__(self) -> Iterator[FrameTime]:
         index = 0
         last_s = -1.0
-        while self._capture.grab():
-            timestamp_s = self._presentation_time_s(index, last_s)
+        while True:
+            if self._capture.grab():
+                timestamp_s = self._presentation_time_s(index, last_s)
+            else:
+                failed = self._grab_past_failure(index)
+                if failed is None:
+                    break
+                index, timestamp_s = self._resume_after(index, last_s, failed)
             self._current = FrameTime(index, timestamp_s)
             self.last_frame_s = timestamp_s
             yield self._current
             last_s = timestamp_s
             index += 1
-            self.frames_read = index
+            self.frames_read += 1
         self._current = None
         self.reached_end = True
+
+    def _grab_past_failure(self, index: int) -> int | None:
+        """After a ``grab()`` that failed with frame ``index``: grab on, and return how many
+        grabs failed before one gave a frame (the failure was mid-stream: damage), or ``None``
+        where none does (the stream ended there).
+
+        Each failed grab takes at least one packet off the stream, so the frames the container
+        still announces (a few more, for a count estimated short) bound the attempts; at the
+        end of a stream a grab fails at once (tens of microseconds).
+        """
+        attempts = min(max(self.info.frame_count - index, 0) + _GRABS_PAST_ANNOUNCED, _MOST_GRABS_PAST_FAILURE)
+        for failed in range(1, attempts + 1):
+            if self._capture.grab():
+                return failed
+        return None
+
+    def _resume_after(self, index: int, last_s: float, failed: int) -> tuple[int, float]:
+        """The index and time of the frame that decoded after ``failed`` grabs failed from
+        frame ``index`` on; the frames between are a :class:`DamagedSpan`. The index is where
+        the frame sits in the stream: from its time where the container gives one, else one
+        frame lost per failed grab (each took at least one packet)."""
+        position_ms = self._capture.get(cv2.CAP_PROP_POS_MSEC)
+        position_s = position_ms / 1000.0 if math.isfinite(position_ms) else -1.0
+        resumed = index + failed
+        if self.info.fps and position_s > max(last_s, 0.0):
+            if last_s < 0:
+                resumed = max(index + 1, round(position_s * self.info.fps))
+            else:
+                resumed = max(index + 1, index - 1 + round((position_s - last_s) * self.info.fps))
+        timestamp_s = self._presentation_time_s(resumed, last_s)
+        first_s = last_s + 1.0 / self.info.fps if last_s >= 0 and self.info.fps else max(last_s, 0.0)
+        self.damaged.append(DamagedSpan(index, min(first_s, timestamp_s), resumed, timestamp_s))
+        return resumed, timestamp_s
 
     def retrieve(self) -> Frame:
         """Decode the pixels of the frame the iterator stands on.
@@ -224,18 +277,23 @@ class VideoReader:
         return BgrFrame(self._current.index, self._current.timestamp_s, bgr)
 
     def check_complete(self) -> None:
-        """After reading to the end: fail if not one frame decoded.
+        """After reading to the end: fail if not one frame decoded, or if frames failed to
+        decode mid-stream (:attr:`damaged`; the frames after them were read all the same).
 
-        A stream ends where decoding ends. The frame count a container announces is no measure:
-        an MP4 cut with an edit list counts the frames it hides, and for a stream with a
-        timestamp jump the count is estimated from the jump. A frame that cannot be decoded
-        mid-stream fails in :meth:`retrieve`.
+        A stream ends where decoding ends: a ``grab()`` that fails, and after which none gives
+        a frame again. The frame count a container announces is no measure of that end: an MP4
+        cut with an edit list counts the frames it hides (at its start or end), for a stream
+        with a timestamp jump the count is estimated from the jump, and an MPEG-TS or a short
+        WMV overstates it. A failed grab after which frames decode again is damage: that is
+        told apart from an end by grabbing on (:meth:`_grab_past_failure`).
 
         Raises:
-            VideoError: No frame decoded.
+            VideoError: No frame decoded, or frames in the middle of the stream did not.
         """
         if self.frames_read == 0:
             raise VideoError(f"no frame decodes (truncated or corrupt): {self.name}")
+        if self.damaged:
+            raise VideoError(f"{damage_reason(self.damaged, self.info)}: {self.name}")
 
     def facts(self) -> VideoFacts:
         """What is known of the video after this reader's decode (see :class:`VideoFacts`)."""
@@ -274,6 +332,41 @@ class VideoReader:
         if self.info.fps:
             return max(index / self.info.fps, last_s + 1e-6) if index else 0.0
         raise VideoError(f"frame {index} has no timestamp and the video no frame rate: {self.name}")
+
+
+# Grabs tried past the frames a container announces, for a count estimated a little short
+# (an MPEG program stream's, by up to 5 frames in the measurements of :func:`damage_reason`),
+# and a ceiling for a count that is no count at all.
+_GRABS_PAST_ANNOUNCED = 16
+_MOST_GRABS_PAST_FAILURE = 100_000
+
+
+def damage_reason(damaged: list[DamagedSpan], info: VideoInfo) -> str:
+    """Why a video whose frames failed to decode mid-stream fails, and what to do: where the
+    damage is (frames and times, of the container's count and duration) and that the frames
+    around it were captioned.
+
+    Measured with OpenCV 5.1 (FFmpeg 7): 5 KB to 150 KB of random bytes written over the
+    middle of an MP4/MOV (mp4v) file make ``grab()`` fail once per damaged frame and then
+    decode on; in AVI, Matroska, WebM and FLV the same damage is skipped inside one
+    ``grab()`` and never seen here.
+    """
+    lost = sum(span.next_index - span.first_index for span in damaged)
+    first = damaged[0]
+    of = f" of {info.frame_count}" if info.frame_count else ""
+    of_s = f" of {info.duration_s:.1f} s" if info.duration_s else ""
+    where = (
+        f"frame {first.first_index}{of} ({first.first_s:.1f} s{of_s})"
+        if first.next_index - first.first_index == 1
+        else f"frames {first.first_index} to {first.next_index - 1}{of} "
+        f"({first.first_s:.1f} s to {first.next_s:.1f} s{of_s})"
+    )
+    more = f", and {len(damaged) - 1} more place{'s' if len(damaged) > 2 else ''} after it" if len(damaged) > 1 else ""
+    return (
+        f"{plural(lost, 'frame')} {'does' if lost == 1 else 'do'} not decode, {where}{more}: the file is "
+        "damaged there; the frames before and after are captioned. Replace it with a sound copy (a night "
+        "captions that afresh); retry_failed=true only decodes this one again"
+    )
 
 
 def _native_name(path: Path) -> tuple[str, tempfile.TemporaryDirectory[str] | None]:
