@@ -334,9 +334,9 @@ class VideoReader:
         raise VideoError(f"frame {index} has no timestamp and the video no frame rate: {self.name}")
 
 
-# Grabs tried past the frames a container announces, for a count estimated a little short
-# (an MPEG program stream's, by up to 5 frames in the measurements of :func:`damage_reason`),
-# and a ceiling for a count that is no count at all.
+# Grabs tried past the frames a container announces, for a count estimated a little short (an
+# MPEG program stream written by OpenCV decodes up to 5 frames more than it announces), and a
+# ceiling for a count that is no count at all.
 _GRABS_PAST_ANNOUNCED = 16
 _MOST_GRABS_PAST_FAILURE = 100_000
 
@@ -346,7 +346,7 @@ def damage_reason(damaged: list[DamagedSpan], info: VideoInfo) -> str:
     damage is (frames and times, of the container's count and duration) and that the frames
     around it were captioned.
 
-    Measured with OpenCV 5.1 (FFmpeg 7): 5 KB to 150 KB of random bytes written over the
+    Measured with OpenCV 5.1 (libavformat 63): 5 KB to 150 KB of random bytes written over the
     middle of an MP4/MOV (mp4v) file make ``grab()`` fail once per damaged frame and then
     decode on; in AVI, Matroska, WebM and FLV the same damage is skipped inside one
     ``grab()`` and never seen here.
