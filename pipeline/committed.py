@@ -1,7 +1,8 @@
 """What a video has committed under a ``config_id``, and whether it is still intact: the keys
-read back, chunks read in full once (``<video_id>/_verified.json``), damaged chunks moved aside
-(``output_dir/_quarantine/<video_id>/``), and the done markers that list the chunks they vouch
-for. The files themselves are written and named by :mod:`pipeline.store`.
+read back, chunks read in full once (``<video_id>/_verified.json``), damaged chunks, twins and
+strays (:mod:`pipeline.chunks`) moved aside (``output_dir/_quarantine/<video_id>/``), and the
+done markers that list the chunks they vouch for. The files themselves are written by
+:mod:`pipeline.store`, and read as every reader reads them (:func:`pipeline.store.read_chunk`).
 """
 
 from __future__ import annotations
@@ -13,18 +14,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import pyarrow as pa
-import pyarrow.parquet as pq
-
+from pipeline.chunks import VERIFIED_FILE, chunk_files, file_stamp, strays, twins, verified_stamps, video_folders
 from pipeline.errors import StoreError
-from pipeline.files import check_file, read_json, write_json_atomic
-from pipeline.store import QUARANTINE, ChunkName
+from pipeline.files import read_json, write_json_atomic
+from pipeline.store import QUARANTINE, DamagedChunk, chunk_keys, read_chunk
 from pipeline.words import plural
 
 log = logging.getLogger(__name__)
-
-VERIFIED_FILE = "_verified.json"
-
 
 @dataclass
 class Committed:
@@ -54,15 +50,9 @@ class Committed:
         return next((why for prompt_id, why in sorted(self.prompt_errors.items()) if prompt_id in prompt_ids), None)
 
 
-def chunk_files(output_dir: Path, video_id: str, config_id: str) -> list[Path]:
-    """A video's committed chunk files (answers, then error records) for ``config_id``."""
-    folder = output_dir / video_id
-    return [path for kind in ChunkName.KINDS for path in sorted(folder.glob(ChunkName.pattern(kind, config_id)))]
-
-
 def error_files(output_dir: Path, video_id: str, config_id: str) -> list[Path]:
     """A video's error files (its error records and frame errors) for ``config_id``."""
-    return sorted((output_dir / video_id).glob(ChunkName.pattern("errors", config_id)))
+    return chunk_files(output_dir / video_id, config_id, kinds=("errors",))
 
 
 def read_committed(
@@ -71,18 +61,17 @@ def read_committed(
     """The keys already committed for a video under ``config_id``; the chunk files of
     ``leave_out`` are not read (error files that a retry replaces: their keys are asked again).
 
-    A chunk file that does not read (damaged on disk, or no file: a named pipe) is moved aside
-    (:func:`quarantine`; left where it is with ``move_damaged=False``, for a dry run): its keys
-    count as missing, so the run does them again.
+    A chunk file that is not whole (:func:`~pipeline.store.read_chunk`: damaged on disk, no
+    file, or rows of another video) is moved aside (:func:`quarantine`; left where it is with
+    ``move_damaged=False``, for a dry run): its keys count as missing, so the run does them again.
     """
     committed = Committed()
-    for path in chunk_files(output_dir, video_id, config_id):
+    for path in chunk_files(output_dir / video_id, config_id):
         if path in leave_out:
             continue
         try:
-            check_file(path)
-            table = pq.read_table(path, columns=["frame_index", "prompt_id", "error"])
-        except (pa.ArrowException, OSError) as damage:
+            table = read_chunk(path, ["frame_index", "prompt_id", "error"])
+        except DamagedChunk as damage:
             if move_damaged:
                 quarantine(output_dir, path, damage)
             continue
@@ -99,75 +88,110 @@ def read_committed(
 
 
 def verify_chunks(output_dir: Path, video_id: str, config_id: str) -> list[Path]:
-    """Read in full each of the video's chunk files for ``config_id`` that has not been read so
-    since it last changed, page checksums checked (a chunk written before they were has none:
-    it is checked by decoding every page); move aside (:func:`quarantine`) those that do not
-    read, and return them.
+    """Read in full (:func:`~pipeline.store.read_chunk`, page checksums checked) each of the
+    video's chunk files for ``config_id`` that has not been read so since it last changed; move
+    aside (:func:`quarantine`) those that are not whole, and, when a chunk was read anew, the
+    twins (:func:`pipeline.chunks.twins`: a chunk holding keys that another holds, so that no
+    key is read twice); return the chunks moved. The video's strays (a backup, a conflict
+    copy) are moved aside too, each with a warning.
 
     A footer that reads says nothing of the pages before it: a chunk damaged inside would fail
     every later reader (``pd.read_parquet``, the report, the export). What was read whole is
     remembered in ``<video_id>/_verified.json`` by name, size, modification and change time,
-    so each chunk is read once, and again only when it changes.
+    so each chunk is read once, and again only when it changes (a copy over it included).
     """
-    record = output_dir / video_id / VERIFIED_FILE
-    verified = read_json(record) or {}
+    folder = output_dir / video_id
+    for stray in strays(folder):
+        target = _move_aside(output_dir, stray)
+        log.warning(
+            "%s is not a chunk (no name a run writes: a copy or a backup?): moved to %s, out of the results; "
+            "keep what you want of it outside output_dir", stray, target,
+        )
+    verified = verified_stamps(folder)
     current = {}
-    damaged = []
-    for path in chunk_files(output_dir, video_id, config_id):
+    moved = []
+    for path in chunk_files(folder, config_id):
         try:
-            info = path.stat()
-            stamp = [info.st_size, info.st_mtime_ns, info.st_ctime_ns]
+            stamp = file_stamp(path)
             if verified.get(path.name) != stamp:
-                _read_whole(path)
-        except (pa.ArrowException, OSError) as error:
+                read_chunk(path)
+        except (DamagedChunk, OSError) as error:
             quarantine(output_dir, path, error)
-            damaged.append(path)
+            moved.append(path)
             continue
         current[path.name] = stamp
-    still_there = {name: stamp for name, stamp in verified.items() if (record.parent / name).exists()}
-    if {**still_there, **current} != verified:
-        write_json_atomic(record, {**still_there, **current})
-    return damaged
+    if any(verified.get(name) != stamp for name, stamp in current.items()):
+        moved += _move_twins(output_dir, folder, config_id)
+    still_there = {name: stamp for name, stamp in {**verified, **current}.items() if (folder / name).exists()}
+    if still_there != verified:
+        write_json_atomic(folder / VERIFIED_FILE, still_there)
+    return moved
 
 
-def _read_whole(path: Path) -> None:
-    """Decode every page of a Parquet file (checking page checksums where it has them).
+def _move_twins(output_dir: Path, folder: Path, config_id: str) -> list[Path]:
+    """Move aside each chunk of ``folder`` under ``config_id`` that holds keys another holds
+    (:func:`pipeline.chunks.twins`), with a log line naming both; return those moved."""
+    keys = {}
+    moved = []
+    for path in chunk_files(folder, config_id):
+        try:
+            keys[path] = chunk_keys(read_chunk(path, ["frame_index", "prompt_id", "config_id"]))
+        except DamagedChunk as error:  # changed since it was read whole a moment ago
+            quarantine(output_dir, path, error)
+            moved.append(path)
+    for twin, kept in twins(keys).items():
+        target = _move_aside(output_dir, twin)
+        log.warning(
+            "chunk %s holds answers that %s also holds (a copy of it?): moved to %s, so that no answer is "
+            "read twice; what it alone held counts as missing", twin, kept, target,
+        )
+        moved.append(twin)
+    return moved
 
-    Raises:
-        pyarrow.ArrowException, OSError: It does not read, or is no file (a named pipe).
-    """
-    check_file(path)
-    parquet = pq.ParquetFile(path, page_checksum_verification=True)
-    for group in range(parquet.num_row_groups):
-        parquet.read_row_group(group)
 
-
-def missing_chunks(marker: Path) -> list[str]:
+def missing_chunks(marker: Path) -> list[str] | None:
     """The chunk files a video's done marker (:func:`mark_done`) lists that are no longer in
-    its folder (deleted by hand, or moved aside as damaged); none for a marker that lists none
+    its folder (deleted by hand, or moved aside); ``None`` for a marker that lists none
     (written before markers did)."""
-    listed = (read_json(marker) or {}).get("chunks") or []
+    listed = (read_json(marker) or {}).get("chunks")
+    if not listed:
+        return None
     return [name for name in listed if isinstance(name, str) and not (marker.parent / name).exists()]
 
 
 def quarantine(output_dir: Path, path: Path, error: Exception) -> Path:
-    """Move a damaged chunk file to ``output_dir/_quarantine/<video_id>/`` (out of the data:
-    readers skip folders that start with ``_``), with a log line naming it.
+    """Move a damaged chunk file aside (:func:`_move_aside`), with a log line naming it.
+
+    Raises:
+        StoreError: It cannot be moved.
+    """
+    target = _move_aside(output_dir, path)
+    reason = str(error).splitlines()[0] if str(error) else type(error).__name__
+    log.warning("damaged chunk %s (%s) moved to %s; its rows will be made again", path, reason, target)
+    return target
+
+
+def _move_aside(output_dir: Path, path: Path) -> Path:
+    """Move a file of a video's folder to ``output_dir/_quarantine/<video_id>/`` (out of the
+    data: readers skip folders that start with ``_``), under a name nothing there has yet
+    (``<name>.2``, ...: nothing moved aside is ever replaced); return where it went.
 
     Raises:
         StoreError: It cannot be moved.
     """
     target = output_dir / QUARANTINE / path.parent.name / path.name
+    copies = 1
+    while os.path.lexists(target):
+        copies += 1
+        target = target.with_name(f"{path.name}.{copies}")
     try:
         target.parent.mkdir(parents=True, exist_ok=True)
         os.replace(path, target)
     except OSError as move_error:
         raise StoreError(
-            f"cannot move the damaged chunk {path} to {target}: {move_error.strerror or move_error}; "
-            "move or delete it by hand and run again"
+            f"cannot move {path} aside to {target}: {move_error.strerror or move_error}; "
+            "move it out of output_dir by hand and run again"
         ) from move_error
-    reason = str(error).splitlines()[0] if str(error) else type(error).__name__
-    log.warning("damaged chunk %s (%s) moved to %s; its rows will be made again", path, reason, target)
     return target
 
 
@@ -186,11 +210,11 @@ def video_failures_by_path(output_dir: Path, config_id: str) -> dict[str, list[s
     path their record names: ``video_path`` → the ``video_id`` of each. Error files that do not read
     are left out (:func:`verify_chunks` deals with them when their video comes up)."""
     failed: dict[str, list[str]] = {}
-    for path in output_dir.glob(f"*/{ChunkName.pattern('errors', config_id)}"):
+    paths = [path for folder in video_folders(output_dir) for path in error_files(output_dir, folder.name, config_id)]
+    for path in paths:
         try:
-            check_file(path)
-            rows = pq.read_table(path, columns=["video_path", "frame_index"]).to_pylist()
-        except (pa.ArrowException, OSError):
+            rows = read_chunk(path, ["video_path", "frame_index"]).to_pylist()
+        except DamagedChunk:
             continue
         for row in rows:
             if row["frame_index"] is None and path.parent.name not in failed.get(row["video_path"], []):
@@ -227,5 +251,5 @@ def mark_done(output_dir: Path, video_id: str, work_id: str, config_id: str, sum
     Raises:
         StoreError: It cannot be written.
     """
-    chunks = [path.name for path in chunk_files(output_dir, video_id, config_id)]
+    chunks = [path.name for path in chunk_files(output_dir / video_id, config_id)]
     write_json_atomic(done_marker(output_dir, video_id, work_id), {**summary, "chunks": chunks})

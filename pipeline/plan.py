@@ -2,7 +2,7 @@
 
 Each video of the shard gets its content id. A video whose work is already complete (a
 ``_done`` marker, whose chunks are all there and read whole: see
-:func:`~pipeline.store.verify_chunks`) or that failed before (an error record;
+:func:`~pipeline.committed.verify_chunks`) or that failed before (an error record;
 ``retry_failed=true`` retries it; its record goes with the retry's first write:
 :meth:`VideoTask.retire`) is skipped without being opened, so re-running a finished night does
 nothing, quickly, and loads no model. A file that has not settled (still being
@@ -172,8 +172,9 @@ class Planner:
         damaged = [] if self.read_only else verify_chunks(self.output_dir, outcome.video_id, self.config_id)
         if marker.is_file():  # something else there is no marker: writing one says what it is
             moved = {chunk.name for chunk in damaged}
-            gone = [name for name in missing_chunks(marker) if name not in moved]
-            if self.read_only or not (damaged or gone):
+            missing = missing_chunks(marker)  # a chunk moved aside that it does not list takes nothing of its work
+            gone = [name for name in missing or [] if name not in moved]
+            if self.read_only or not (missing if missing is not None else moved):
                 outcome.status = "skipped"
                 outcome.note = "done"
                 return task

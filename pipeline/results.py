@@ -94,7 +94,9 @@ FRAME_COLUMNS = [
 
 
 def load_results(output_dir: str | Path) -> pd.DataFrame:
-    """Every result row in ``output_dir``, by video and time (a video's error records last).
+    """Every result row in ``output_dir``, by video and time (a video's error records last):
+    each key once, read from whole chunks only, as a night reads them
+    (:func:`pipeline.store.read_results`: a WARNING names each file left out).
 
     Args:
         output_dir: A run's ``output_dir``.

@@ -6,12 +6,12 @@ Results live in ``output_dir`` as Parquet chunk files under one folder per video
     output_dir/<video_id>/errors-<config_id>-<time>-<random>.parquet   error records
     output_dir/<video_id>/_done-<work_id>                              the video is complete
     output_dir/<video_id>/_verified.json                               chunks read in full, unchanged since
-    output_dir/_quarantine/<video_id>/...                               damaged chunks, moved aside
+    output_dir/_quarantine/<video_id>/...                               damaged chunks and strays, moved aside
     output_dir/_runs/<start>.json                                       each run's record (pipeline.summary)
 
-(:class:`ChunkName` formats, globs and parses the chunk names; :mod:`pipeline.committed` reads
-back what a video has committed, verifies its chunks, moves damaged ones aside and writes the
-done markers.)
+(:mod:`pipeline.chunks` names the chunk files and says which files are chunks;
+:mod:`pipeline.committed` reads back what a video has committed, verifies its chunks, moves
+damaged ones and strays aside and writes the done markers.)
 
 Per-video facts (duration, frame rate, size, codec, frames decoded) go to
 ``output_dir/<video_id>/_video.json`` when a video is decoded, and every run that decoded
@@ -32,17 +32,26 @@ import fcntl
 import json
 import logging
 import os
-import time
 import uuid
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, fields
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, ClassVar
+from typing import TYPE_CHECKING, Any
 
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from pipeline.chunks import (
+    ChunkName,
+    chunk_files,
+    read_whole_since,
+    result_files,
+    strays,
+    twins,
+    verified_stamps,
+    video_folders,
+)
 from pipeline.errors import StoreError
 from pipeline.files import check_file, read_json, write_atomic, write_json_atomic
 from pipeline.paths import cannot_write, in_the_way, room_or_rights, user_path
@@ -55,50 +64,7 @@ log = logging.getLogger(__name__)
 # The folder of the runs' records (written by pipeline.summary): a folder holding it is one a run wrote to.
 RUNS_DIR = "_runs"
 
-QUARANTINE = "_quarantine"  # damaged chunks, moved aside by pipeline.committed
-
-
-@dataclass(frozen=True)
-class ChunkName:
-    """The name of a chunk file, ``<kind>-<config_id>-<written_ns>-<nonce>.parquet``: the one
-    place that writes, globs and reads it.
-
-    Attributes:
-        kind: ``part`` (answers) or ``errors`` (error records).
-        config_id: The settings its rows were made with.
-        written_ns: When it was written (``time.time_ns()``).
-        nonce: Random hex, so that two chunks written in one nanosecond differ.
-    """
-
-    kind: str
-    config_id: str
-    written_ns: int
-    nonce: str
-
-    KINDS: ClassVar[tuple[str, ...]] = ("part", "errors")
-
-    @classmethod
-    def new(cls, kind: str, config_id: str) -> ChunkName:
-        """A fresh name for a chunk written now."""
-        return cls(kind, config_id, time.time_ns(), uuid.uuid4().hex[:8])
-
-    @property
-    def file_name(self) -> str:
-        """The file's name."""
-        return f"{self.kind}-{self.config_id}-{self.written_ns}-{self.nonce}.parquet"
-
-    @staticmethod
-    def pattern(kind: str = "*", config_id: str = "*") -> str:
-        """A glob for the chunk files of ``kind`` and ``config_id`` (``*``: any)."""
-        return f"{kind}-{config_id}-*.parquet"
-
-    @classmethod
-    def parse(cls, file_name: str) -> ChunkName | None:
-        """The name's parts, or ``None`` when ``file_name`` is no chunk's name."""
-        parts = file_name.removesuffix(".parquet").split("-")
-        if not file_name.endswith(".parquet") or len(parts) != 4 or parts[0] not in cls.KINDS or not parts[2].isdigit():
-            return None
-        return cls(parts[0], parts[1], int(parts[2]), parts[3])
+QUARANTINE = "_quarantine"  # damaged chunks and strays, moved aside by pipeline.committed
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -349,60 +315,103 @@ def results_folder(output_dir: str | Path) -> Path:
     return path
 
 
-def result_files(output_dir: Path) -> list[Path]:
-    """The chunk files of ``output_dir`` (answers and error records of every video), sorted;
-    other Parquet files in its folders are no results (a copy someone left there is not read)."""
-    return sorted(p for p in output_dir.glob("*/*.parquet") if ChunkName.parse(p.name) is not None)
+class DamagedChunk(Exception):
+    """A chunk file that is not whole (:func:`read_chunk`); the message says why."""
+
+
+_OWNERS = ("video_id", "config_id")  # whose rows a chunk holds: its folder's and its name's
+_KEY = ("frame_index", "prompt_id", "config_id")  # a row's key within its video's folder
+_STRAY = "not a chunk (no name a run writes: a copy or a backup?)"
+_STRAY_FIX = "(keep what you want of it outside output_dir: a plain pd.read_parquet(output_dir) reads every file)"
+
+
+def read_chunk(path: Path, columns: list[str] | None = None) -> pa.Table:
+    """One chunk file read back whole, as the night and every reader read it: its page
+    checksums checked (a chunk written before it had them: every page read decoded), and
+    every row of its folder's video and of its name's ``config_id`` (a chunk copied in from
+    another video's folder holds none of this video's keys). A column the file predates reads
+    as null.
+
+    Args:
+        path: A chunk file (:func:`pipeline.chunks.chunk_files`).
+        columns: Read only these (default all).
+
+    Raises:
+        DamagedChunk: It does not read so, or is no file (a named pipe).
+    """
+    wanted = None if columns is None else list(dict.fromkeys([*columns, *_OWNERS]))
+    try:
+        check_file(path)  # a named pipe named like a chunk would block pyarrow's open for ever
+        table = pq.read_table(path, columns=wanted, schema=SCHEMA, page_checksum_verification=True)
+    except (pa.ArrowException, OSError) as error:
+        why = (str(error).splitlines() or [type(error).__name__])[0].split(f"'{path}': ")[-1]
+        raise DamagedChunk(why) from error
+    name = ChunkName.parse(path.name)
+    for column, owner in zip(_OWNERS, (path.parent.name, name.config_id if name else None)):
+        others = sorted(str(value) for value in set(table.column(column).to_pylist()) - {owner})
+        if others:
+            raise DamagedChunk(f"it holds rows of {column} {others[0]}, not {owner}: copied in from elsewhere?")
+    return table if columns is None else table.select(columns)
+
+
+def chunk_keys(table: pa.Table) -> set[tuple[Any, ...]]:
+    """The keys of a chunk's rows within its video (:func:`read_chunk` of at least the
+    ``frame_index``, ``prompt_id`` and ``config_id`` columns)."""
+    return set(zip(*(table.column(column).to_pylist() for column in _KEY)))
 
 
 def read_results(
     output_dir: str | Path, columns: list[str] | None = None, damaged: list[tuple[Path, str]] | None = None
 ) -> pd.DataFrame:
-    """All result rows in ``output_dir`` as a DataFrame (empty, with the columns, if none).
+    """All result rows in ``output_dir`` as a DataFrame (empty, with the columns, if none),
+    each key once.
 
     Integer columns load as pandas' nullable ``Int64``, so ``frame_index``, ``shot_index`` and
     ``duplicate_of`` stay integers where some rows are null (a plain ``pd.read_parquet`` turns
     them into floats).
 
-    A chunk file that does not read (damaged on disk) is left out and the rest is read; a run
-    over its video moves it aside and captions its frames again (:mod:`pipeline.committed`), a
-    reader changes nothing.
+    Only chunks are read (:mod:`pipeline.chunks`), each whole (:func:`read_chunk`), as the
+    night reads them: all of it, unless the night read it whole and it has not changed since
+    (:func:`pipeline.chunks.verified_stamps`). Left out, and the rest read: a chunk that is not whole (damaged on disk),
+    a chunk holding keys that another holds (:func:`pipeline.chunks.twins`) and anything else
+    in a video's folder (a stray). A run over the video moves each aside and does its frames
+    again (:mod:`pipeline.committed`); a reader changes nothing.
 
     Args:
         output_dir: A run's ``output_dir``.
         columns: Read only these columns (e.g. leave out ``thumbnail``); default all.
-        damaged: Where to add each damaged chunk as ``(path, why)``; without it, each is a
+        damaged: Where to add each file left out as ``(path, why)``; without it, each is a
             WARNING that names it and the fix.
     """
-    files = result_files(Path(output_dir))
-    try:
-        return table_to_pandas(_read_chunks(files, columns))
-    except (pa.ArrowException, OSError):
-        pass
-    readable = []
-    for path in files:  # one by one, to find the damaged ones
-        try:
-            readable.append(_read_chunks([path], columns))
-        except (pa.ArrowException, OSError) as error:
-            why = (str(error).splitlines() or [type(error).__name__])[0].split(f"'{path}': ")[-1]
-            if damaged is not None:
-                damaged.append((path, why))
-                continue
-            log.warning(
-                "%s: damaged (%s), left out of what is read; a run over its video (video_id %s) moves it "
-                "to %s/ and captions those frames again", path, why, path.parent.name, QUARANTINE,
-            )
-    return table_to_pandas(pa.concat_tables(readable) if readable else _read_chunks([], columns))
-
-
-def _read_chunks(files: list[Path], columns: list[str] | None) -> pa.Table:
-    if not files:
-        table = SCHEMA.empty_table()
-        return table.select(columns) if columns is not None else table
-    for path in files:  # a named pipe named like a chunk would block pyarrow's open for ever
-        check_file(path)
-    # schema=: files written before a column existed read it as null instead of dropping it.
-    return pq.ParquetDataset(files, schema=SCHEMA).read(columns=columns)
+    wanted = None if columns is None else list(dict.fromkeys([*columns, *_KEY]))
+    tables = []
+    left_out: list[tuple[Path, str, str]] = []  # path, why, what a run over its video does
+    for folder in video_folders(Path(output_dir)):
+        left_out += [(path, _STRAY, _STRAY_FIX) for path in strays(folder)]
+        read = {}
+        verified = verified_stamps(folder)
+        for path in chunk_files(folder):
+            try:
+                table = read_chunk(path, wanted if read_whole_since(path, verified) else None)
+                read[path] = table if wanted is None else table.select(wanted)
+            except DamagedChunk as error:
+                left_out.append((path, f"damaged ({error})", "and captions those frames again"))
+        for twin, kept in twins({path: chunk_keys(table) for path, table in read.items()}).items():
+            del read[twin]
+            why = f"holds answers that {kept} also holds (a copy of it?)"
+            left_out.append((twin, why, "and captions again what it alone holds"))
+        tables += [table.select(columns) if columns is not None else table for table in read.values()]
+    for path, why, fix in left_out:
+        if damaged is not None:
+            damaged.append((path, why))
+            continue
+        log.warning(
+            "%s: %s, left out of what is read; a run over its video (video_id %s) moves it to %s/ %s",
+            path, why, path.parent.name, QUARANTINE, fix,
+        )
+    if not tables:
+        tables = [SCHEMA.empty_table() if columns is None else SCHEMA.empty_table().select(columns)]
+    return table_to_pandas(pa.concat_tables(tables))
 
 
 def table_to_pandas(table: pa.Table) -> pd.DataFrame:
@@ -432,7 +441,7 @@ def read_configs(output_dir: str | Path) -> dict[str, dict[str, Any]]:
     newest result file: the composed ``config``, ``model_files``, ``model_sha256`` and the
     package ``versions``."""
     newest: dict[str, tuple[int, Path]] = {}
-    for path in Path(output_dir).glob(f"*/{ChunkName.pattern()}"):
+    for path in result_files(Path(output_dir)):
         name = ChunkName.parse(path.name)
         if name is None:
             continue

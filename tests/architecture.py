@@ -119,8 +119,9 @@ PARTS: tuple[Part, ...] = (
         "pipeline/caption/engine/source.py": "frames prepared ahead on background threads",
     }),
     Part("Store", "results on disk: Parquet chunks, markers, locks, digests", ("Base",), {
-        "pipeline/store.py": "the Parquet schema, chunk names, writing chunks, per-video facts, reading back",
-        "pipeline/committed.py": "committed keys, chunks verified whole, damaged ones moved aside, done markers",
+        "pipeline/chunks.py": "what a chunk file is: its name, strays, twins, the record of chunks read whole",
+        "pipeline/store.py": "the Parquet schema, writing chunks, per-video facts, reading back (a chunk read whole)",
+        "pipeline/committed.py": "committed keys, chunks checked (damaged, twins, strays set aside), done markers",
         "pipeline/checksums.py": "SHA-256 of model files, cached by size and time",
         "pipeline/lock.py": "one run at a time per output_dir",
     }),

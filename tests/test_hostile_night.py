@@ -27,9 +27,9 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
+from pipeline.chunks import chunk_files
 from pipeline.inputs import shard_videos
 from pipeline.runlog import record_crash, run_log
-from pipeline.store import ChunkName
 from tests.conftest import (
     KEY,
     ROOT,
@@ -207,7 +207,7 @@ def test_a_damaged_chunk_is_moved_aside_and_its_work_redone(tiny_model_dir: Path
     ids = {Path(p).name: v for p, v in zip(whole.video_path, whole.video_id)}
     damaged = []
     for name in ("v0.mp4", "v1.mp4"):
-        chunk = sorted((out / ids[name]).glob(ChunkName.pattern("part")))[0]
+        chunk = chunk_files(out / ids[name], kinds=("part",))[0]
         chunk.write_bytes(chunk.read_bytes()[: chunk.stat().st_size // 2])
         damaged.append(chunk)
     for marker in (out / ids["v1.mp4"]).glob("_done-*"):

@@ -21,7 +21,7 @@ import pandas as pd
 import pyarrow.parquet as pq
 import pytest
 
-from pipeline.store import ChunkName
+from pipeline.chunks import chunk_files
 from pipeline.summary import read_runs
 from tests.conftest import (
     KEY,
@@ -266,7 +266,7 @@ def test_a_chunk_damaged_inside_is_moved_aside_and_its_frames_redone(
     assert run_cli(*args).returncode == 0
     whole = answers(out)
     (video_id,) = whole.video_id.unique()
-    chunk = sorted((out / video_id).glob(ChunkName.pattern("part")))[1]
+    chunk = chunk_files(out / video_id, kinds=("part",))[1]
     _damage(chunk, how)
     night = run_cli(*args)
     assert night.returncode == 0, night.stderr
@@ -284,7 +284,7 @@ def test_a_deleted_chunk_of_a_done_video_is_redone(tiny_model_dir: Path, tmp_pat
     assert run_cli(*args).returncode == 0
     whole = answers(out)
     video_id = whole.video_id.iloc[0]
-    chunk = sorted((out / video_id).glob(ChunkName.pattern("part")))[1]
+    chunk = chunk_files(out / video_id, kinds=("part",))[1]
     chunk.unlink()
     night = run_cli(*args)
     assert night.returncode == 0, night.stderr
