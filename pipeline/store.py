@@ -348,7 +348,8 @@ def read_chunk(path: Path, columns: list[str] | None = None) -> pa.Table:
         raise DamagedChunk(why) from error
     name = ChunkName.parse(path.name)
     for column, owner in zip(_OWNERS, (path.parent.name, name.config_id if name else None)):
-        others = sorted(str(value) for value in set(table.column(column).to_pylist()) - {owner})
+        # null: a file written before the column existed (an older version's rows without config_id)
+        others = sorted(str(value) for value in set(table.column(column).to_pylist()) - {owner, None})
         if others:
             raise DamagedChunk(f"it holds rows of {column} {others[0]}, not {owner}: copied in from elsewhere?")
     return table if columns is None else table.select(columns)
