@@ -247,8 +247,10 @@ _RANGES = {
     "start_s": Range(0),
     "end_s": Range(0, strict=True, null="for the end of each video"),
     "checkpoint_frames": Range(1),
-    "stall_timeout_s": Range(0, strict=True, null="to wait for ever"),
-    "progress_interval_s": Range(1, null="for no progress lines"),  # a second at least: lines, not a flood
+    # A day at most between progress lines, a week for a stall: longer is null's "never" (and
+    # beyond the longest wait a thread takes, 1e10 s, was a traceback).
+    "stall_timeout_s": Range(0, strict=True, high=7 * 86400, null="to wait for ever"),
+    "progress_interval_s": Range(1, high=86400, null="for no progress lines"),  # a second at least: lines, not a flood
     # Each queued frame is a decoded frame in host memory (6 MB at 1080p): a night's memory stays flat.
     "engine.prefetch_frames": Range(1, high=256),
 }

@@ -20,6 +20,7 @@ import logging
 import os
 import sys
 import time
+from collections import Counter
 from collections.abc import Callable, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from contextlib import closing
@@ -68,10 +69,10 @@ def unique_prompts(prompts: Sequence[PromptEntry]) -> list[PromptEntry]:
     first: dict[str, tuple[PromptEntry, Question]] = {}
     for entry, question in zip(prompts, questions):
         first.setdefault(question.prompt_id, (entry, question))
-    ids = [q.prompt_id for q in questions]
+    times = Counter(q.prompt_id for q in questions)
     for prompt_id, (_, question) in first.items():
-        if ids.count(prompt_id) > 1:
-            log.info("prompt %r is given %d times; it is asked once", question.text, ids.count(prompt_id))
+        if times[prompt_id] > 1:
+            log.info("prompt %r is given %d times; it is asked once", question.text, times[prompt_id])
     schemas = [(q.text, json.loads(q.schema_json)) for _, q in first.values() if q.schema_json is not None]
     check_schemas(schemas, RESERVED_NAMES)
     return [entry for entry, _ in first.values()]

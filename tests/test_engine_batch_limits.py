@@ -77,9 +77,12 @@ def test_a_batch_down_to_the_sequences_gives_the_answers_of_a_large_batch(
     ("settings", "needles"),
     [
         (["engine.parallel=86"],
-         ["engine.parallel x prompts = 258 sequences per lane", "llama.cpp's 256", "lower engine.parallel"]),
+         ["engine.parallel x prompts = 86 x 3 = 258 sequences per lane", "llama.cpp's 256",
+          "lower engine.parallel to at most 85"]),
         (["engine.parallel=null", "engine.parallel_cpu=86"],
-         ["engine.parallel_cpu x prompts = 258 sequences per lane", "lower engine.parallel_cpu"]),
+         ["engine.parallel_cpu x prompts = 86 x 3 = 258 sequences", "lower engine.parallel_cpu to at most 85"]),
+        (["engine.parallel=1", "prompts_file={many}"],  # one frame's prompts alone are too many
+         ["engine.parallel x prompts = 1 x 257 = 257 sequences per lane", "ask at most 256 prompts a run"]),
         (["engine.parallel=4", "model.n_ctx=5000000000"],
          ["model.n_ctx=5000000000 x 12 sequences per lane = 60000000000 KV cells", "lower model.n_ctx"]),
         (["engine.parallel=4", "engine.kv_unified=true", "model.n_ctx=1073741825"],
@@ -101,7 +104,8 @@ def test_a_batch_down_to_the_sequences_gives_the_answers_of_a_large_batch(
         (["engine.n_ubatch=0"], ["engine.n_ubatch=0 is out of range: engine.n_ubatch must be >= 1 and <= 4294967295"]),
         (["engine.parallel=0"], ["engine.parallel=0 is out of range: engine.parallel must be >= 1, or null"]),
     ],
-    ids=["sequences", "sequences-null-parallel", "cells", "cells-unified", "cells-dry-run", "n_batch<sequences",
+    ids=["sequences", "sequences-null-parallel", "prompts", "cells", "cells-unified", "cells-dry-run",
+         "n_batch<sequences",
          "n_batch=1", "n_batch<sequences-unified", "n_batch=2^32", "n_batch>cells", "n_batch=0",
          "n_batch<0", "n_ubatch=0", "parallel=0"],
 )
@@ -114,6 +118,9 @@ def test_a_value_no_engine_can_take_is_one_line_before_anything_is_written(
     one line naming the setting and the fix, exit 1, and no ``output_dir`` (no lock, no run
     record), in a dry run too."""
     out = tmp_path / "out"
+    many = tmp_path / "many.txt"
+    many.write_text("".join(f"Question {n}?\n" for n in range(257)))
+    settings = [setting.format(many=many) for setting in settings]
     result = run_cli(*run_args(tmp_path / "clip.mp4", out, tiny_model_dir, tmp_path, THREE_PROMPTS, *settings))
     assert_one_line_error(result, 1, *needles)
     assert not out.exists()
@@ -122,7 +129,7 @@ def test_a_value_no_engine_can_take_is_one_line_before_anything_is_written(
 @pytest.mark.parametrize(
     ("fields", "said"),
     [
-        (dict(parallel=86, max_questions=3), "engine.parallel x prompts = 258 sequences per lane"),
+        (dict(parallel=86, max_questions=3), "engine.parallel x prompts = 86 x 3 = 258 sequences per lane"),
         # 4 streams of 2^30 + 256 cells: 2^32 + 1024, which a 32-bit count takes for 1024
         (dict(parallel=4, max_questions=1, n_ctx=2**30 + 256), "KV cells, more than llama.cpp's 4294967295"),
         # 4 streams of 2^30 - 1 cells: 2^32 - 4, but 2^32 once llama.cpp rounds each up to 256

@@ -57,7 +57,7 @@ _RANGES = {
     "executor.decode_tasks": Range(1, null="for num_actors + 1"),
     "executor.cpus_per_decode": Range(0, strict=True),
     "executor.retries": Range(0),
-    "executor.connect_timeout_s": Range(0, strict=True),
+    "executor.connect_timeout_s": Range(0, strict=True, high=86400),
 }
 
 

@@ -78,11 +78,14 @@ def too_much_for_a_lane(
     """
     frames = -(-parallel // n_lanes)
     n_seq = frames * max_questions
-    if n_seq > max_parallel_sequences():
-        return (
-            f"{setting} x prompts = {n_seq} sequences per lane, more than llama.cpp's "
-            f"{max_parallel_sequences()}; lower {setting}"
+    most = max_parallel_sequences()
+    if n_seq > most:
+        fix = (
+            f"lower {setting} to at most {most // max_questions}" if max_questions <= most
+            else f"ask at most {most} prompts a run (a later run with the others adds their answers)"
         )
+        sequences = f"{frames} x {max_questions} = {n_seq} sequences per lane"
+        return f"{setting} x prompts = {sequences}, more than llama.cpp's {most}; {fix}"
     if n_seq > n_batch:
         return (
             f"engine.n_batch={n_batch} is less than the {n_seq} sequences a lane decodes at once ({setting} x "
