@@ -106,6 +106,8 @@ def test_the_house_rule_sees_a_range_said_by_hand() -> None:
         (["sampler.dedup.threshold=65"], "sampler.dedup.threshold=65", ">= 0 and <= 64"),
         (["thumbnails.quality=101"], "thumbnails.quality=101", ">= 1 and <= 100"),
         (["shard=2", "num_shards=2"], "shard=2", ">= 0 and <= 1 (the shards of num_shards=2 are 0 to 1)"),
+        (["progress_interval_s=1e10"], "progress_interval_s=10000000000", ">= 1 and <= 86400, or null for no"),
+        (["stall_timeout_s=1e10"], "stall_timeout_s=10000000000", "> 0 and <= 604800, or null to wait for ever"),
         (["executor=ray", "executor.retries=-1"], "executor.retries=-1", ">= 0"),
         (["executor=ray", "executor.num_actors=0"], "executor.num_actors=0", ">= 1, or null for one per GPU"),
     ],
