@@ -129,6 +129,11 @@ def entry_parts(entry: Any) -> tuple[str, Any]:
         raise ConfigError(f"prompt entry {_short(entry)} is neither text nor {{text: ..., schema: {{...}}}}")
     if not text.strip():
         raise ConfigError("a prompt is empty; give every prompt some text")
+    if _depth(schema) > MAX_SCHEMA_DEPTH:
+        raise ConfigError(
+            f"the schema of prompt {text!r} nests objects and lists deeper than {MAX_SCHEMA_DEPTH}; flatten it "
+            "(an answer's columns are its top-level properties)"
+        )
     if (where := _not_finite(schema)) is not None:
         raise ConfigError(
             f"the schema of prompt {text!r} has a number that is not finite at {where}; give a finite number"
@@ -331,6 +336,23 @@ def _canonical(value: Any, in_order: bool = False) -> Any:
     if isinstance(value, (list, tuple)):
         return [_canonical(item) for item in value]
     return value
+
+
+# Objects and lists within one another in a schema: deeper, the checks (recursive, as
+# jsonschema's are) would end in a RecursionError.
+MAX_SCHEMA_DEPTH = 64
+
+
+def _depth(value: Any) -> int:
+    """How deep objects and lists nest in ``value`` (a scalar: 0), counted without recursion."""
+    deepest, stack = 0, [(value, 1)]
+    while stack:
+        item, depth = stack.pop()
+        children = item.values() if isinstance(item, Mapping) else item if isinstance(item, list | tuple) else None
+        if children is not None:
+            deepest = max(deepest, depth)
+            stack.extend((child, depth + 1) for child in children)
+    return deepest
 
 
 def _not_finite(value: Any, where: str = "") -> str | None:

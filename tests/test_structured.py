@@ -483,3 +483,23 @@ def test_a_bound_that_is_no_finite_number_is_refused_naming_it(tmp_path: Path, b
     (tmp_path / "q.yaml").write_text(f"- {{text: A, schema: {schema}}}\n")
     with pytest.raises(ConfigError, match="^the schema of prompt 'A' has .* at properties/x/maximum[^\n]*$"):
         make_questions(read_structured_list(tmp_path / "q.yaml", "prompts_file", "prompt"))
+
+
+def test_a_schema_nested_past_what_the_checks_take_is_refused_and_one_within_runs(
+    cli_base: list[str], tmp_path: Path
+) -> None:
+    def nested(levels: int) -> dict[str, Any]:
+        schema: dict[str, Any] = {"type": "string", "maxLength": 4}
+        for _ in range(levels):
+            schema = {"type": "object", "properties": {"a": schema}, "required": ["a"]}
+        return schema
+
+    for levels, code in ((31, 0), (32, 1), (200, 1)):  # 200 levels ended in a RecursionError
+        prompts = tmp_path / f"deep{levels}.json"
+        prompts.write_text(json.dumps([{"text": "Deep?", "schema": nested(levels)}]))
+        run = run_cli(f"video={SAMPLE_VIDEO}", *cli_base, f"prompts_file={prompts}", "max_frames=1",
+                      "generation.max_tokens=200", "report=false")
+        if code:
+            assert_one_line_error(run, code, "the schema of prompt 'Deep?' nests objects and lists deeper than 64")
+        else:
+            assert run.returncode == 0, run.stderr
