@@ -25,7 +25,7 @@ import numpy as np
 import pandas as pd
 
 from pipeline.paths import user_path
-from pipeline.store import read_prompt_schemas, read_results, read_videos, results_folder
+from pipeline.store import read_prompt_schemas, read_results, results_folder
 from pipeline.structured import (
     COLUMN_DTYPES,
     canonical_json,
@@ -36,6 +36,7 @@ from pipeline.structured import (
     typed_value,
 )
 from pipeline.thumbnails import decode_thumbnail
+from pipeline.video_facts import read_videos
 from pipeline.words import visible
 
 log = logging.getLogger(__name__)
@@ -455,7 +456,7 @@ def coverage(df: pd.DataFrame, videos: pd.DataFrame) -> pd.DataFrame:
 
 def load_videos(output_dir: str | Path) -> pd.DataFrame:
     """Per-video facts of ``output_dir`` (one row per video decoded by a run that kept them):
-    duration, fps, size, codec, frames decoded; see :func:`pipeline.store.read_videos`."""
+    duration, fps, size, codec, frames decoded; see :func:`pipeline.video_facts.read_videos`."""
     return read_videos(user_path(output_dir))
 
 

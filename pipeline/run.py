@@ -44,9 +44,10 @@ from pipeline.plan import Planner, VideoTask
 from pipeline.progress import Progress
 from pipeline.sampling import Sampler
 from pipeline.signals import Stopped, check_stopped
-from pipeline.store import RESERVED_NAMES, ResultRow, write_chunk, write_video_facts, write_videos_table
+from pipeline.store import RESERVED_NAMES, ResultRow, write_chunk
 from pipeline.structured import PromptEntry, check_schemas
 from pipeline.summary import RunSummary, WorkerStats
+from pipeline.video_facts import write_video_facts, write_videos_table
 from pipeline.words import plural
 
 log = logging.getLogger(__name__)

@@ -120,7 +120,8 @@ PARTS: tuple[Part, ...] = (
     }),
     Part("Store", "results on disk: Parquet chunks, markers, locks, digests", ("Base",), {
         "pipeline/chunks.py": "what a chunk file is: its name, strays, twins, the record of chunks read whole",
-        "pipeline/store.py": "the Parquet schema, writing chunks, per-video facts, reading back (a chunk read whole)",
+        "pipeline/store.py": "the Parquet schema, writing chunks, reading back (a chunk read whole)",
+        "pipeline/video_facts.py": "per-video facts: each decode's `_video.json`, gathered in `_videos.parquet`",
         "pipeline/committed.py": "committed keys, chunks checked (damaged, twins, strays set aside), done markers",
         "pipeline/checksums.py": "SHA-256 of model files, cached by size and time",
         "pipeline/lock.py": "one run at a time per output_dir",

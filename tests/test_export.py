@@ -42,7 +42,8 @@ from pipeline.export import (
 from pipeline.export.flat import csv_bytes, uninert
 from pipeline.report import write_report
 from pipeline.results import printable
-from pipeline.store import read_results, read_videos
+from pipeline.store import read_results
+from pipeline.video_facts import read_videos
 from tests.conftest import (
     ROOT,
     SAMPLE_VIDEO,

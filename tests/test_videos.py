@@ -1,4 +1,4 @@
-"""Per-video facts: ``output_dir/_videos.parquet`` (and :func:`pipeline.store.read_videos`) has
+"""Per-video facts: ``output_dir/_videos.parquet`` (and :func:`pipeline.video_facts.read_videos`) has
 one row per video with its duration, frame rate, size, codec and frames as decoded, so a
 notebook can compute coverage without opening the videos."""
 
@@ -13,7 +13,7 @@ import pytest
 
 from pipeline.decode import VideoFacts, VideoReader, codec_name
 from pipeline.inputs import video_id_of
-from pipeline.store import VIDEOS_SCHEMA, read_videos
+from pipeline.video_facts import VIDEOS_SCHEMA, read_videos
 from tests.conftest import SAMPLE_VIDEO, run_cli, write_video
 
 

@@ -60,10 +60,10 @@ from pipeline.store import (
     prompt_schemas,
     read_prompts,
     read_results,
-    read_videos,
     results_folder,
 )
 from pipeline.summary import read_runs
+from pipeline.video_facts import read_videos
 from pipeline.video_files import row_videos, video_files
 from pipeline.words import plural, visible
 
@@ -200,7 +200,7 @@ def tracks_of(df: pd.DataFrame, videos: pd.DataFrame | None = None, asked: Seque
 
     Args:
         df: Rows from :func:`pipeline.results.load_results` or :func:`pipeline.store.read_results`.
-        videos: Per-video facts (:func:`pipeline.store.read_videos`); without them the last cue
+        videos: Per-video facts (:func:`pipeline.video_facts.read_videos`); without them the last cue
             of each track gets the median gap. Unused where ``df`` already has ``end_s``
             (:func:`with_cue_ends`).
         asked: The output folder's prompts in the order first asked

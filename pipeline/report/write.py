@@ -20,8 +20,9 @@ from pipeline.ranges import Range
 from pipeline.report.data import ReportData, with_run
 from pipeline.report.pages import Pages
 from pipeline.results import load_results
-from pipeline.store import StoreError, prompt_order, prompt_schemas, read_configs, read_prompts, read_videos
+from pipeline.store import StoreError, prompt_order, prompt_schemas, read_configs, read_prompts
 from pipeline.summary import read_runs
+from pipeline.video_facts import read_videos
 from pipeline.video_files import row_videos, video_files
 
 log = logging.getLogger(__name__)
