@@ -51,7 +51,7 @@ from pipeline.owed import last_to_finish, owe_export, owe_report, owed, pay_expo
 from pipeline.paths import user_path
 from pipeline.presets import caption_spec
 from pipeline.run import CHANGED_NOTE, Pipeline, unique_prompts
-from pipeline.runlog import EarlyRecords, log_folder, record_crash, run_log, run_stamp, say_error
+from pipeline.runlog import EarlyRecords, crash_line, log_folder, run_log, run_stamp, say_error
 from pipeline.sampling import Sampler
 from pipeline.signals import Stopped, end_quietly_when_the_reader_stops, say_stopped, stop_on_signals
 from pipeline.store import prepare_output_dir, remove_temporaries
@@ -130,7 +130,7 @@ def run_from_config(cfg: DictConfig) -> int:
             log.error("bad config: %s", str(error).splitlines()[0])
             return EXIT_CRASH
         except Exception as error:  # noqa: BLE001  (a bug: one line here, the traceback in the run's log file)
-            log.error("crashed: %s: %s (%s)", type(error).__name__, error, record_crash(error, log_file))
+            log.error("%s", crash_line(error, log_file))
             return EXIT_CRASH
 
 
@@ -485,5 +485,5 @@ def main() -> None:
     except (Stopped, KeyboardInterrupt) as stop:
         sys.exit(say_stopped(getattr(stop, "signum", signal.SIGINT), stopped))
     except Exception as error:  # noqa: BLE001  (a bug in Hydra or a launcher: one line, its traceback in a file)
-        say_error(f"crashed: {type(error).__name__}: {error} ({record_crash(error, None)})")
+        say_error(crash_line(error, None))
         sys.exit(EXIT_CRASH)

@@ -198,6 +198,13 @@ def run_log(path: Path, earlier: list[logging.LogRecord] | None = None) -> Itera
         handler.close()
 
 
+def crash_line(error: BaseException, log_file: Path | None) -> str:
+    """The one line a crash (a bug: anything but a ``UserError``) ends a run or a sub-command
+    with, ``crashed: <type>: <message> (traceback in <file>)``, its traceback written there
+    (:func:`record_crash`)."""
+    return f"crashed: {type(error).__name__}: {error} ({record_crash(error, log_file)})"
+
+
 def record_crash(error: BaseException, log_file: Path | None) -> str:
     """Append ``error``'s traceback to the run's log file, or, before there is one, write it
     to a file of its own in the user cache; returns where it went, in words."""

@@ -155,7 +155,8 @@ def end_quietly_when_the_reader_stops() -> None:
 def printing_command(main: Callable[P, int]) -> Callable[P, int]:
     """Make ``main`` a sub-command's main whose output is what it is for: standard output made
     safe first (:func:`end_quietly_when_the_reader_stops`), and an output that cannot be
-    written (its help, its lines) one ERROR line on stderr and exit 1, not a traceback."""
+    written (its help, its lines) one ERROR line on stderr and exit 1, not a traceback; a crash
+    (a bug) too, as a run's: ``crashed: <type>: <message> (traceback in <file>)``."""
 
     @functools.wraps(main)
     def guarded(*args: P.args, **kwargs: P.kwargs) -> int:
@@ -164,6 +165,11 @@ def printing_command(main: Callable[P, int]) -> Callable[P, int]:
             return main(*args, **kwargs)
         except OutputError as error:
             _say_error(str(error))
+            return 1
+        except Exception as error:  # noqa: BLE001  (a bug: one line, its traceback in a file)
+            from pipeline.runlog import crash_line  # only now: nothing more to load on the way in
+
+            _say_error(crash_line(error, None))
             return 1
 
     return guarded
