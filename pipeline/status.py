@@ -80,12 +80,10 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def _run_line(run: dict[str, Any]) -> str:
-    started = _time(run.get("started"))
-    if started is None:
-        return f"a run whose record does not read: {run.get('started')!r}"
+    started = _time(run["started"])
     state = run["state"]
     pid = run.get("pid")
-    frames, rows = run.get("frames", 0), run.get("rows", 0)
+    frames, rows = run.get("frames") or 0, run.get("rows") or 0
     if state == RUNNING:
         ending = f"running (pid {pid})"
         length = f"{_length(started, datetime.now(timezone.utc))} so far"
@@ -96,13 +94,13 @@ def _run_line(run: dict[str, Any]) -> str:
         work = f"frames {frames}+  rows {rows}+ committed (as last recorded)"
     else:
         ending = f"exit {run.get('exit_code')}"
-        finished = _time(run.get("finished"))
+        finished = _time(run["finished"]) if run.get("finished") else None
         length = _length(started, finished) if finished else f"{float(run.get('wall_s') or 0):.1f} s"
         work = f"frames {frames}  rows {rows}  {float(run.get('frames_per_s') or 0):.2f} frames/s"
     shard = f" {run['shard']}" if run.get("shard") else ""
     more = "" if state == FINISHED else "+"  # a run under way or killed: as last recorded
     counts = ", ".join(
-        f"{run.get(f'videos_{key}', 0)}{more} {key}" for key in ("done", "skipped", "failed", "waiting")
+        f"{run.get(f'videos_{key}') or 0}{more} {key}" for key in ("done", "skipped", "failed", "waiting")
     )
     return f"{started:%Y-%m-%d %H:%M:%S} UTC{shard}  {length}  {ending}  videos: {counts}  {work}"
 
@@ -230,11 +228,9 @@ def _since(marker: dict[str, Any]) -> str:
     return f"{datetime.fromtimestamp(since, timezone.utc):%Y-%m-%d %H:%M:%S} UTC"
 
 
-def _time(iso: Any) -> datetime | None:
-    try:
-        return datetime.fromisoformat(str(iso))
-    except ValueError:
-        return None
+def _time(iso: str) -> datetime:
+    """A time of a run record (:data:`~pipeline.summary.RUN_FIELDS`: with its offset) in UTC."""
+    return datetime.fromisoformat(iso).astimezone(timezone.utc)
 
 
 def _length(started: datetime, ended: datetime) -> str:

@@ -35,6 +35,20 @@ from pipeline.errors import StoreError
 from pipeline.files import read_json, write_json_atomic
 from pipeline.paths import in_place_of_a_file, printable
 from pipeline.runlog import run_stamp
+from pipeline.shapes import (
+    Fields,
+    between,
+    count,
+    flag,
+    identifier,
+    list_of,
+    misfit,
+    moment,
+    number,
+    optional,
+    record_of,
+    text,
+)
 from pipeline.store import RUNS_DIR
 from pipeline.words import plural
 
@@ -237,25 +251,61 @@ class RunRecord:
         return written
 
 
-# The names of run records found to be no file, said once a process (status, the report and a
-# night's owed work each read the records).
+# The names of run records skipped (no file, or not a record), said once a process (status, the
+# report and a night's owed work each read the records).
 _SKIPPED: set[Path] = set()
+
+# What a reader takes from a run record (:meth:`RunRecord.record`), and what each must be: a
+# record that does not fit is skipped as one that does not read (:func:`read_runs`).
+ENGINE_FIELDS: Fields = {
+    **dict.fromkeys(("worker", "host", "text_weights", "text_loaded"), optional(text)),
+    **dict.fromkeys(("frames_in_flight", "lanes", "clip_threads"), optional(count)),
+}
+VIDEO_FIELDS: Fields = {
+    **dict.fromkeys(("path", "video_id", "status"), text),
+    **dict.fromkeys(("error", "note"), optional(text)),
+    **dict.fromkeys(("frames", "frames_already_done", "rows"), optional(count)),
+    "wall_s": optional(number),
+}
+RUN_FIELDS: Fields = {
+    "started": moment,
+    "finished": optional(moment),
+    "state": optional(text),
+    "exit_code": optional(between(0, 255)),
+    "pid": optional(between(1, 2**31 - 1)),  # 0 and -1 are no process: os.kill(0, 0) signals a group
+    "captioning_ended": optional(flag),
+    **dict.fromkeys(("host", "cwd", "shard", "log_file"), optional(text)),
+    **dict.fromkeys(("config_id", "work_id"), optional(identifier)),
+    **dict.fromkeys(
+        ("frames", "rows", "videos_done", "videos_skipped", "videos_failed", "videos_waiting"), optional(count)
+    ),
+    **dict.fromkeys(("wall_s", "frames_per_s", "min_age_s"), optional(number)),
+    "engines": optional(list_of(record_of(ENGINE_FIELDS))),
+    "videos": optional(list_of(record_of(VIDEO_FIELDS))),
+}
 
 
 def read_runs(output_dir: Path) -> list[dict[str, Any]]:
     """Every recorded run of ``output_dir`` (``_runs/*.json``, and ``_last_run*.json`` for folders
-    of older versions), oldest first; each with ``state`` filled in by :func:`run_state`.
-    Something other than a file at such a name (a named pipe) is never opened: it is skipped,
-    in ``_runs/`` with one warning naming it (once a process; a ``_last_run*.json`` repeats a
-    record there, and a run that cannot write it says so itself)."""
+    of older versions), oldest first (by ``started``); each with ``state`` filled in by
+    :func:`run_state`. A record that does not read, or whose fields do not fit
+    :data:`RUN_FIELDS` (``frames: "abc"``, a start without its UTC offset, a pid of 0), is
+    skipped, with one warning naming it and why (once a process); so is something other than a
+    file at such a name (a named pipe), which is never opened: in ``_runs/`` only (a
+    ``_last_run*.json`` repeats a record there, and a run that cannot write it says so itself)."""
     runs: dict[str, dict[str, Any]] = {}
     skipped = []
     for path in [*output_dir.glob(f"{RUNS_DIR}/*.json"), *output_dir.glob(f"{LAST_RUN}*.json")]:
         kind = in_place_of_a_file(path)
-        if kind is not None and path.parent.name == RUNS_DIR and path not in _SKIPPED:
-            skipped.append(f"{path} ({kind})")
-            _SKIPPED.add(path)
         record = read_json(path)
+        why = kind if path.parent.name == RUNS_DIR else None
+        if kind is None and path.is_file():
+            why = "not a JSON object" if record is None else misfit(record, RUN_FIELDS)
+        if why is not None:
+            if path not in _SKIPPED:
+                skipped.append(f"{path} ({why})")
+                _SKIPPED.add(path)
+            continue
         if record is not None:
             shard = path.stem.partition("-")[2]
             # A _last_run.json repeats a _runs/ record; keep the newest state of a run.
@@ -267,25 +317,30 @@ def read_runs(output_dir: Path) -> list[dict[str, Any]]:
                     "it" if len(skipped) == 1 else "them")
     for record in runs.values():
         record["state"] = run_state(record)
-    return sorted(runs.values(), key=lambda r: str(r.get("started", "")))
+    return sorted(runs.values(), key=started_s)
+
+
+def started_s(record: dict[str, Any]) -> float:
+    """When a run started (seconds since the epoch), from its record (:data:`RUN_FIELDS`)."""
+    return datetime.fromisoformat(record["started"]).timestamp()
 
 
 def run_state(record: dict[str, Any]) -> str:
     """``finished``; ``running`` while its process lives; else ``did not finish`` (killed, or its
     end could not be written). A record of another host that says running is taken at its word.
-    Records of versions before the state was kept are finished."""
+    Records of versions before the state was kept are finished. ``record`` fits
+    :data:`RUN_FIELDS`."""
     if record.get("state") not in (RUNNING, DID_NOT_FINISH):
         return FINISHED
     if record.get("host") not in (None, socket.gethostname()):
         return RUNNING
     pid = record.get("pid")
-    started = _epoch(record.get("started"))
-    return RUNNING if isinstance(pid, int) and started is not None and _alive(pid, started) else DID_NOT_FINISH
+    return RUNNING if pid is not None and _alive(pid, started_s(record)) else DID_NOT_FINISH
 
 
 def worked(record: dict[str, Any]) -> bool:
     """Whether a run captioned something, or had videos fail (not a "nothing to do" night)."""
-    return any(int(record.get(key) or 0) for key in ("frames", "videos_done", "videos_failed"))
+    return any(record.get(key) for key in ("frames", "videos_done", "videos_failed"))
 
 
 def engine_lines(record: dict[str, Any]) -> list[str]:
@@ -336,10 +391,3 @@ def _alive(pid: int, started: float) -> bool:
 
 def _iso(epoch_s: float) -> str:
     return datetime.fromtimestamp(epoch_s, timezone.utc).isoformat()
-
-
-def _epoch(iso: Any) -> float | None:
-    try:
-        return datetime.fromisoformat(str(iso)).timestamp()
-    except ValueError:
-        return None

@@ -139,6 +139,7 @@ PARTS: tuple[Part, ...] = (
         "pipeline/listfile.py": "reading a list file: one item a line, or a YAML or JSON list",
         "pipeline/options.py": "the one `key=value` parser of the sub-commands, and the reading of Hydra's options",
         "pipeline/words.py": "counts and durations in the words every message uses, and text made safe to print",
+        "pipeline/shapes.py": "what a record the pipeline keeps in output_dir must hold, checked before it is read",
         "pipeline/structured.py": "structured answers: prompt entries with a JSON Schema, their checks, column types",
     }),
 )

@@ -5,11 +5,122 @@ ever and no sub-command prints a traceback; a night's record says only what happ
 
 from __future__ import annotations
 
+import json
+import shutil
+import socket
 import subprocess
 import sys
 from pathlib import Path
+from typing import Any
 
-from tests.conftest import ROOT, assert_one_line_error, cli_env
+import pytest
+
+from tests.conftest import ROOT, assert_one_line_error, cli_env, make_night, night_args, run_cli
+
+# Values that stand in a field as raw JSON text (json.dumps would not write them so).
+RAW = {"@INF@": "1e400", "@NAN@": "NaN", "@HUGE@": "9" * 400}
+
+
+@pytest.fixture(scope="module")
+def finished(tiny_model_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
+    """A finished night of one small video (copied by each test: :func:`night`)."""
+    tmp = tmp_path_factory.mktemp("finished")
+    videos = make_night(tmp / "videos", n_videos=1, n_frames=4)
+    result = run_cli(*night_args(videos, tmp / "out", tiny_model_dir, tmp))
+    assert result.returncode == 0, result.stderr
+    return {"videos": videos, "out": tmp / "out"}
+
+
+@pytest.fixture
+def night(finished: dict[str, Any], tiny_model_dir: Path, tmp_path: Path) -> dict[str, Any]:
+    """A copy of the finished night, with the arguments that run it again (``args``)."""
+    out = tmp_path / "out"
+    shutil.copytree(finished["out"], out)
+    return {"out": out, "args": night_args(finished["videos"], out, tiny_model_dir, tmp_path)}
+
+
+def write_raw(path: Path, record: dict[str, Any]) -> None:
+    """Write ``record`` as JSON, its :data:`RAW` stand-ins as the raw text they stand for."""
+    text = json.dumps(record)
+    for stand_in, raw in RAW.items():
+        text = text.replace(f'"{stand_in}"', raw)
+    path.write_text(text)
+
+
+def changed_run_record(out: Path, change: dict[str, Any]) -> list[Path]:
+    """The night's run records (``_runs/`` and ``_last_run.json``) with ``change`` made to each."""
+    paths = [*out.glob("_runs/*.json"), out / "_last_run.json"]
+    for path in paths:
+        write_raw(path, {**json.loads(path.read_text()), **change})
+    return paths
+
+
+# -- the run records -------------------------------------------------------------------------
+
+RUN_CHANGES = [
+    {"frames": "abc"}, {"wall_s": "abc"}, {"videos_done": "two"}, {"frames": "@INF@"}, {"rows": "@NAN@"},
+    {"frames": "@HUGE@"}, {"frames_per_s": "fast"}, {"frames": True}, {"videos_failed": -1},
+    {"engines": 5}, {"engines": [5]}, {"engines": [{"lanes": "two"}]}, {"engines": {"a": 1}},
+    {"videos": 5}, {"videos": ["str"]}, {"videos": [{"path": "v.mp4", "video_id": "x", "status": "waiting",
+                                                   "note": {"a": 1}}]},
+    {"started": "2026-12-07T18:17:36"}, {"started": None}, {"started": 5}, {"finished": [1]},
+    {"pid": 99999999999, "state": "running"}, {"pid": 0, "state": "running"}, {"pid": -1, "state": "running"},
+    {"exit_code": "0"}, {"shard": ["x"]}, {"cwd": 5}, {"work_id": "../*"}, {"min_age_s": "@NAN@"},
+]
+
+
+@pytest.mark.parametrize("change", RUN_CHANGES, ids=lambda change: json.dumps(change)[:40])
+def test_a_run_record_that_does_not_fit_is_skipped_by_status_with_one_warning(
+    night: dict[str, Any], change: dict[str, Any]
+) -> None:
+    out = night["out"]
+    runs, last = changed_run_record(out, {**change, "host": socket.gethostname()})
+
+    result = run_cli("status", f"output_dir={out}")
+
+    field = next(iter(change))  # the one that does not fit
+    assert_one_line_error(result, 0, f"WARNING] not a run record, skipped: {runs} ({field}", f"{last} ({field}")
+    assert "No runs recorded yet." in result.stdout
+
+
+def test_a_night_pays_the_owed_report_past_run_records_that_do_not_fit(night: dict[str, Any]) -> None:
+    """A record that does not fit once made every later night crash paying the report it owed
+    (``int('abc')``), and leave it owed, so that the next crashed too."""
+    out = night["out"]
+    changed_run_record(out, {"frames": "abc"})
+    (out / "_report-due").write_text('{"since": 1}')
+
+    again = run_cli(*[arg.replace("report=false", "report=true") for arg in night["args"]])
+    status = run_cli("status", f"output_dir={out}")
+
+    assert_one_line_error(again, 0, "WARNING] not a run record, skipped:", "(frames is 'abc')")
+    assert not (out / "_report-due").exists()
+    assert "Owed: nothing" in status.stdout
+    assert "exit 0  videos: 0 done, 1 skipped" in status.stdout  # the night read back: its own record
+
+
+def test_the_report_skips_a_run_record_that_does_not_fit(night: dict[str, Any]) -> None:
+    out = night["out"]
+    changed_run_record(out, {"engines": [5], "videos": ["str"]})
+
+    result = run_cli("report", f"output_dir={out}")
+
+    assert_one_line_error(result, 0, "WARNING] not a run record, skipped:", "(engines[0] is 5)")
+    assert (out / "_report.html").is_file()
+
+
+def test_a_running_record_of_pid_0_does_not_hold_the_owed_report(night: dict[str, Any]) -> None:
+    """``os.kill(0, 0)`` signals the process group, so it always succeeded: a record of pid 0
+    (or -1) said running counted as a night under way for ever, and the report stayed owed."""
+    out = night["out"]
+    changed_run_record(out, {"state": "running", "pid": 0, "host": socket.gethostname(), "exit_code": None})
+    (out / "_report-due").write_text('{"since": 1}')
+
+    result = run_cli("report", f"output_dir={out}")
+
+    assert_one_line_error(result, 0, "WARNING] not a run record, skipped:", "(pid is 0)")
+    assert not (out / "_report-due").exists()
+
 
 # -- a sub-command's crash ---------------------------------------------------------------------
 
@@ -25,3 +136,4 @@ def test_a_sub_commands_crash_is_one_line_as_a_runs(tmp_path: Path) -> None:
                             timeout=120)
 
     assert_one_line_error(result, 1, "ERROR] crashed: ZeroDivisionError: division by zero (traceback in ")
+

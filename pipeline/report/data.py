@@ -100,21 +100,22 @@ def header(df: pd.DataFrame, data: ReportData) -> dict[str, Any]:
         "last_work": None if with_work is None or with_work is last else _run(with_work),
         "all_runs": {
             "runs": len(data.runs),
-            "frames": sum(int(r.get("frames") or 0) for r in data.runs),
+            "frames": sum(r.get("frames") or 0 for r in data.runs),
             "wall_s": sum(float(r.get("wall_s") or 0.0) for r in data.runs),
         },
     }
 
 
 def _run(record: dict[str, Any]) -> dict[str, Any]:
+    """A run's line (``record`` fits :data:`pipeline.summary.RUN_FIELDS`)."""
     state = str(record.get("state") or FINISHED)
     return {
-        "started": str(record.get("started", "?"))[:19].replace("T", " "),
-        "done": int(record.get("videos_done") or 0),
-        "skipped": int(record.get("videos_skipped") or 0),
-        "failed": int(record.get("videos_failed") or 0),
-        "waiting": int(record.get("videos_waiting") or 0),
-        "frames": int(record.get("frames") or 0),
+        "started": record["started"][:19].replace("T", " "),
+        "done": record.get("videos_done") or 0,
+        "skipped": record.get("videos_skipped") or 0,
+        "failed": record.get("videos_failed") or 0,
+        "waiting": record.get("videos_waiting") or 0,
+        "frames": record.get("frames") or 0,
         "wall_s": float(record.get("wall_s") or 0.0),
         "frames_per_s": float(record.get("frames_per_s") or 0.0),
         "ending": f"exit {record.get('exit_code', '?')}" if state == FINISHED else state,
