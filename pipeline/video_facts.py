@@ -17,6 +17,7 @@ import pyarrow.parquet as pq
 
 from pipeline.files import read_json, write_atomic, write_json_atomic
 from pipeline.paths import cannot_write
+from pipeline.shapes import Check, Fields, count, misfit, number, optional, text
 from pipeline.store import table_to_pandas
 
 log = logging.getLogger(__name__)
@@ -42,6 +43,17 @@ VIDEOS_SCHEMA = pa.schema(
 VIDEO_FACTS_FILE = "_video.json"
 VIDEOS_TABLE = "_videos.parquet"
 
+# What a ``_video.json`` must hold to be read (:func:`_facts_of`): each column's type, a count or
+# a time >= 0; the video's id and path (and the id its folder's name).
+_CHECKS: dict[pa.DataType, Check] = {pa.string(): text, pa.int64(): count, pa.float64(): number}
+FACTS_FIELDS: Fields = {
+    **{column.name: optional(_CHECKS[column.type]) for column in VIDEOS_SCHEMA},
+    "video_id": text,
+    "video_path": text,
+}
+# The records found not to fit, said once a process.
+_SKIPPED: set[Path] = set()
+
 
 def write_video_facts(output_dir: Path, video_id: str, video_path: str, facts: dict[str, Any]) -> None:
     """Record what a decode learnt about a video in ``output_dir/<video_id>/_video.json``.
@@ -64,7 +76,7 @@ def write_video_facts(output_dir: Path, video_id: str, video_path: str, facts: d
         "decoded_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
     }
     if facts.get("frames_decoded") is None:
-        old = read_json(path)
+        old, _ = _facts_of(path)
         if old is not None and old.get("frames_decoded") is not None:
             return
     write_json_atomic(path, record)
@@ -105,10 +117,30 @@ def write_videos_table(output_dir: Path) -> Path | None:
 
 
 def _videos_table(output_dir: Path) -> pa.Table:
-    records = [
-        record
-        for path in sorted(output_dir.glob(f"*/{VIDEO_FACTS_FILE}"))
-        if (record := read_json(path)) is not None
-    ]
+    """Every video's facts, one row each. A ``_video.json`` that does not read, or does not fit
+    :data:`FACTS_FIELDS`, is left out, with one warning naming it (once a process)."""
+    records, skipped = [], []
+    for path in sorted(output_dir.glob(f"*/{VIDEO_FACTS_FILE}")):
+        record, why = _facts_of(path)
+        if record is not None:
+            records.append(record)
+        elif why is not None and path not in _SKIPPED:
+            skipped.append(f"{path} ({why})")
+            _SKIPPED.add(path)
+    if skipped:
+        log.warning("not a video's record, skipped: %s; move or rename %s (the next decode of the video "
+                    "writes it again)", ", ".join(skipped), "it" if len(skipped) == 1 else "them")
     rows = [{name: record.get(name) for name in VIDEOS_SCHEMA.names} for record in records]
     return pa.Table.from_pylist(rows, schema=VIDEOS_SCHEMA)
+
+
+def _facts_of(path: Path) -> tuple[dict[str, Any] | None, str | None]:
+    """The record of ``path`` where it fits :data:`FACTS_FIELDS`, else ``None`` and why (``None``
+    too where there is no file to read)."""
+    record = read_json(path)
+    if record is None:
+        return None, "not a JSON object" if path.is_file() else None
+    why = misfit(record, FACTS_FIELDS)
+    if why is None and record["video_id"] != path.parent.name:
+        why = f"video_id is {record['video_id']!r}, not its folder's"
+    return (record, None) if why is None else (None, why)

@@ -13,9 +13,11 @@ import sys
 from pathlib import Path
 from typing import Any
 
+import pyarrow.parquet as pq
 import pytest
 
-from tests.conftest import ROOT, assert_one_line_error, cli_env, make_night, night_args, run_cli
+from pipeline.results import load_videos
+from tests.conftest import ROOT, assert_one_line_error, cli_env, last_run, make_night, night_args, run_cli
 
 # Values that stand in a field as raw JSON text (json.dumps would not write them so).
 RAW = {"@INF@": "1e400", "@NAN@": "NaN", "@HUGE@": "9" * 400}
@@ -137,3 +139,58 @@ def test_a_sub_commands_crash_is_one_line_as_a_runs(tmp_path: Path) -> None:
 
     assert_one_line_error(result, 1, "ERROR] crashed: ZeroDivisionError: division by zero (traceback in ")
 
+
+# -- a video's facts (_video.json) -------------------------------------------------------------
+
+FACTS_CHANGES = [
+    {"size_bytes": "big"}, {"video_id": 7}, {"video_path": ["x"]}, {"video_id": "0123456789abcdef"},
+    {"fps": "@NAN@"}, {"duration_s": "@INF@"}, {"frames_decoded": -5}, {"width": 1.5}, {"codec": {}},
+    {"frame_count": "@HUGE@"}, {"last_frame_s": False},
+]
+
+
+def changed_facts(out: Path, change: dict[str, Any]) -> Path:
+    """The night's video's ``_video.json``, with ``change`` made to it."""
+    path = next(out.glob("*/_video.json"))
+    write_raw(path, {**json.loads(path.read_text()), **change})
+    return path
+
+
+@pytest.mark.parametrize("change", FACTS_CHANGES, ids=lambda change: json.dumps(change)[:40])
+def test_a_videos_facts_that_do_not_fit_are_left_out_of_the_report_with_one_warning(
+    night: dict[str, Any], change: dict[str, Any]
+) -> None:
+    out = night["out"]
+    facts = changed_facts(out, change)
+
+    result = run_cli("report", f"output_dir={out}")
+
+    assert_one_line_error(result, 0, f"WARNING] not a video's record, skipped: {facts} ({next(iter(change))} is ")
+    assert (out / "_report.html").is_file()
+
+
+def test_a_night_that_decodes_a_video_gathers_the_facts_past_one_that_does_not_fit(
+    night: dict[str, Any], tiny_model_dir: Path, tmp_path: Path
+) -> None:
+    """Every night that decoded a video crashed gathering ``_videos.parquet`` (ArrowInvalid)."""
+    out = night["out"]
+    facts = changed_facts(out, {"size_bytes": "big"})
+    more = make_night(tmp_path / "more", n_videos=1, n_frames=3)
+
+    result = run_cli(*night_args(more, out, tiny_model_dir, tmp_path))
+    export = run_cli("export", f"output_dir={out}", "format=csv")
+
+    assert_one_line_error(result, 0, f"WARNING] not a video's record, skipped: {facts} (size_bytes is 'big')")
+    assert last_run(out)["exit_code"] == 0
+    assert len(pq.read_table(out / "_videos.parquet")) == 1  # the new video's
+    assert_one_line_error(export, 0, f"WARNING] not a video's record, skipped: {facts}")
+
+
+def test_load_videos_leaves_out_facts_that_do_not_fit(night: dict[str, Any], caplog: pytest.LogCaptureFixture) -> None:
+    out = night["out"]
+    facts = changed_facts(out, {"video_path": ["x"]})
+
+    videos = load_videos(out)
+
+    assert videos.empty
+    assert f"not a video's record, skipped: {facts} (video_path is ['x'])" in caplog.text
