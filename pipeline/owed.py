@@ -30,6 +30,7 @@ from typing import Any
 from pipeline.errors import StoreError
 from pipeline.files import read_json, write_json_atomic
 from pipeline.paths import in_place_of_a_file
+from pipeline.shapes import Fields, epoch_s, list_of, misfit, one_of, optional
 from pipeline.store import result_files
 from pipeline.summary import RUNNING, RunRecord, RunSummary, read_runs
 
@@ -42,6 +43,14 @@ REPORT_PAGE = "_report.html"
 EXPORT_DIR = "_export"
 # A shard's record says this (true) once it commits no more captions: only what is owed is left.
 CAPTIONING_ENDED = "captioning_ended"
+# Every export format (pipeline.export writes them); a night owes any of them, or ``all``.
+FORMATS = ("vtt", "srt", "jsonl", "csv")
+# What a marker must hold to be read (:func:`_read_marker`); one that does not fit reads as one
+# that does not read: the report owed since an unknown time, every export format owed.
+MARKER_FIELDS: dict[str, Fields] = {
+    REPORT_DUE: {"since": optional(epoch_s)},
+    EXPORT_DUE: {"since": optional(epoch_s), "formats": optional(list_of(one_of(*FORMATS, "all")))},
+}
 
 
 def owe_report(output_dir: Path, since: float) -> None:
@@ -51,7 +60,7 @@ def owe_report(output_dir: Path, since: float) -> None:
         StoreError: The marker cannot be written.
     """
     before = _read_marker(output_dir / REPORT_DUE) or {}
-    write_json_atomic(output_dir / REPORT_DUE, {"since": before.get("since", since)})
+    write_json_atomic(output_dir / REPORT_DUE, {"since": before.get("since") or since})
 
 
 def owe_export(output_dir: Path, formats: list[str], since: float) -> None:
@@ -62,7 +71,7 @@ def owe_export(output_dir: Path, formats: list[str], since: float) -> None:
     """
     before = _read_marker(output_dir / EXPORT_DUE) or {}
     merged = list(dict.fromkeys([*owed_export(output_dir), *formats]))
-    write_json_atomic(output_dir / EXPORT_DUE, {"formats": merged, "since": before.get("since", since)})
+    write_json_atomic(output_dir / EXPORT_DUE, {"formats": merged, "since": before.get("since") or since})
 
 
 def owed_export(output_dir: Path) -> list[str]:
@@ -74,8 +83,7 @@ def owed_export(output_dir: Path) -> list[str]:
     marker = _read_marker(output_dir / EXPORT_DUE)
     if marker is None:
         return []
-    formats = marker.get("formats")
-    return [str(f) for f in formats] if isinstance(formats, list) and formats else ["all"]
+    return marker.get("formats") or ["all"]
 
 
 def owed(output_dir: Path) -> dict[str, dict[str, Any] | None]:
@@ -278,7 +286,8 @@ def _beside(one: dict[str, Any], other: dict[str, Any]) -> bool:
 
 
 def _read_marker(path: Path) -> dict[str, Any] | None:
-    """The marker at ``path`` (``{}`` where it does not read), ``None`` where there is none.
+    """The marker at ``path`` (``{}`` where it does not read or does not fit
+    :data:`MARKER_FIELDS`), ``None`` where there is none.
 
     Raises:
         StoreError: Something other than a file stands at its name.
@@ -286,7 +295,10 @@ def _read_marker(path: Path) -> dict[str, Any] | None:
     kind = in_place_of_a_file(path)
     if kind is not None:
         raise StoreError(f"cannot use {path}: {kind} stands there, where a night keeps what it owes; move or rename it")
-    return (read_json(path) or {}) if path.is_file() else None
+    if not path.is_file():
+        return None
+    marker = read_json(path) or {}
+    return {} if misfit(marker, MARKER_FIELDS[path.name]) else marker
 
 
 def _marker_id(path: Path) -> tuple[int, int] | None:

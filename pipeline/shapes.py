@@ -11,7 +11,6 @@ fallback).
 
 from __future__ import annotations
 
-import math
 import re
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
@@ -22,6 +21,7 @@ Check = Callable[[Any], bool]
 Fields = Mapping[str, Check]
 
 LARGEST = 2**53  # no count or time the pipeline keeps comes near it; JSON readers lose digits above
+LAST_EPOCH_S = 253402214400  # 9999-12-31 UTC: datetime goes no further
 
 
 def count(value: Any) -> bool:
@@ -30,9 +30,9 @@ def count(value: Any) -> bool:
 
 
 def number(value: Any) -> bool:
-    """A finite number >= 0 (seconds, a rate)."""
-    numeric = isinstance(value, (int, float)) and not isinstance(value, bool)
-    return numeric and math.isfinite(value) and 0 <= value <= LARGEST
+    """A finite number >= 0 (seconds, a rate): ``NaN`` and infinity fail the comparison, and
+    an integer too large for a float is never turned into one."""
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and 0 <= value <= LARGEST
 
 
 def text(value: Any) -> bool:
@@ -61,6 +61,16 @@ def moment(value: Any) -> bool:
     except (ValueError, OverflowError):
         return False
     return when.tzinfo is not None
+
+
+def epoch_s(value: Any) -> bool:
+    """A time as seconds since the epoch (``time.time()``), before the year 9999."""
+    return number(value) and value < LAST_EPOCH_S
+
+
+def one_of(*choices: str) -> Check:
+    """One of the strings ``choices``."""
+    return lambda value: isinstance(value, str) and value in choices
 
 
 def between(low: int, high: int) -> Check:

@@ -222,8 +222,8 @@ def _export_formats(folder: Path) -> list[str]:
 
 
 def _since(marker: dict[str, Any]) -> str:
-    since = marker.get("since")
-    if not isinstance(since, (int, float)):
+    since = marker.get("since")  # a marker that fits (pipeline.owed.MARKER_FIELDS), or a file's time
+    if since is None:
         return "?"
     return f"{datetime.fromtimestamp(since, timezone.utc):%Y-%m-%d %H:%M:%S} UTC"
 

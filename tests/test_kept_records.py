@@ -194,3 +194,34 @@ def test_load_videos_leaves_out_facts_that_do_not_fit(night: dict[str, Any], cap
 
     assert videos.empty
     assert f"not a video's record, skipped: {facts} (video_path is ['x'])" in caplog.text
+
+
+# -- what a night owes (_report-due, _export-due) ----------------------------------------------
+
+MARKER_CHANGES = [
+    ("_export-due", {"formats": ["tsv"], "since": 1}), ("_export-due", {"formats": [["vtt"]], "since": 1}),
+    ("_export-due", {"formats": "vtt", "since": 1}), ("_export-due", {"formats": ["vtt"], "since": "@HUGE@"}),
+    ("_export-due", {"formats": ["vtt"], "since": 1e300}), ("_report-due", {"since": 1e300}),
+    ("_report-due", {"since": "@NAN@"}), ("_report-due", {"since": "@HUGE@"}), ("_report-due", {"since": -5}),
+]
+
+
+@pytest.mark.parametrize(("name", "marker"), MARKER_CHANGES, ids=lambda value: json.dumps(value)[:40])
+def test_a_marker_of_owed_work_that_does_not_fit_owes_it_all_and_a_night_pays_it(
+    night: dict[str, Any], name: str, marker: dict[str, Any]
+) -> None:
+    """As one that does not read: the report owed since an unknown time, every export format
+    owed. An unknown format once crashed every night (``ValueError: unknown export format``) and
+    status offered a command that failed; a huge ``since`` gave status a traceback."""
+    out = night["out"]
+    write_raw(out / name, marker)
+
+    status = run_cli("status", f"output_dir={out}")
+    again = run_cli(*[arg.replace("report=false", "report=true") for arg in night["args"]])
+
+    assert status.returncode == 0 and "Traceback" not in status.stderr, status.stderr
+    what = "the report" if name == "_report-due" else "the export all"
+    assert f"  {what} (owed since the run of ?): the next run" in status.stdout
+    assert again.returncode == 0 and "Traceback" not in again.stderr, again.stderr
+    assert not (out / name).exists()
+    assert name == "_report-due" or {path.suffix for path in (out / "_export").rglob("*.*")} >= {".csv", ".jsonl"}

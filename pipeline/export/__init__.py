@@ -49,7 +49,7 @@ from pipeline.export.names import (
 )
 from pipeline.files import write_bytes_atomic
 from pipeline.options import OptionError, asks_help, parse_options
-from pipeline.owed import EXPORT_DIR, settle_export
+from pipeline.owed import EXPORT_DIR, FORMATS, settle_export
 from pipeline.paths import Chosen, user_path, what_stands_at
 from pipeline.results import config_label, printable, prompt_numbers, typed_answers
 from pipeline.runlog import console_logging, say_error
@@ -78,7 +78,6 @@ USAGE = (
     "[video=PATH|NAME|ID] [layout=by_video|beside] [out=DIR]"
 )
 _KEYS = ("output_dir", "format", "video", "video_id", "layout", "out")
-FORMATS = ("vtt", "srt", "jsonl", "csv")
 TRACK_FORMATS = ("vtt", "srt")
 CUT_MARK = " …"
 
