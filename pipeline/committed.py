@@ -14,13 +14,29 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from pipeline.chunks import VERIFIED_FILE, chunk_files, file_stamp, strays, twins, verified_stamps, video_folders
+from pipeline.chunks import (
+    VERIFIED_FILE,
+    ChunkName,
+    chunk_files,
+    file_stamp,
+    strays,
+    twins,
+    verified_stamps,
+    video_folders,
+)
 from pipeline.errors import StoreError
 from pipeline.files import read_json, write_json_atomic
+from pipeline.shapes import Fields, list_of, misfit, optional
 from pipeline.store import QUARANTINE, DamagedChunk, chunk_keys, read_chunk
 from pipeline.words import plural
 
 log = logging.getLogger(__name__)
+
+# What a done marker must hold to be read (:func:`missing_chunks`): the names of its chunks.
+DONE_FIELDS: Fields = {
+    "chunks": optional(list_of(lambda name: isinstance(name, str) and ChunkName.parse(name) is not None)),
+}
+
 
 @dataclass
 class Committed:
@@ -152,11 +168,13 @@ def _move_twins(output_dir: Path, folder: Path, config_id: str) -> list[Path]:
 def missing_chunks(marker: Path) -> list[str] | None:
     """The chunk files a video's done marker (:func:`mark_done`) lists that are no longer in
     its folder (deleted by hand, or moved aside); ``None`` for a marker that lists none
-    (written before markers did)."""
-    listed = (read_json(marker) or {}).get("chunks")
+    (written before markers did), or that does not read or fit :data:`DONE_FIELDS` (as one that
+    lists none: a chunk name that is none, ``{"chunks": 5}``)."""
+    done = read_json(marker) or {}
+    listed = None if misfit(done, DONE_FIELDS) else done.get("chunks")
     if not listed:
         return None
-    return [name for name in listed if isinstance(name, str) and not (marker.parent / name).exists()]
+    return [name for name in listed if not (marker.parent / name).exists()]
 
 
 def quarantine(output_dir: Path, path: Path, error: Exception) -> Path:

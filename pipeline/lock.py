@@ -41,9 +41,16 @@ from typing import Any
 
 from pipeline.errors import LockHeld, LockLost, StoreError
 from pipeline.paths import in_place_of_a_file, room_or_rights, what_stands_at
+from pipeline.shapes import Fields, between, misfit, optional, text
 
 _ENTRY = 0
 _SHARD_BASE = 1 << 40  # sharding bytes lie below, shard bytes above
+_MOST_SHARDS = 1 << 31  # a shard byte of more lies beyond what a lock can name (off_t)
+# A holder's entry in the file's text (:meth:`RunLock.__enter__` writes it).
+HOLDER_FIELDS: Fields = {
+    "shard": between(0, _MOST_SHARDS - 1), "num_shards": between(1, _MOST_SHARDS),
+    **dict.fromkeys(("host", "started", "command"), optional(text)), "pid": optional(between(1, 2**31 - 1)),
+}
 
 
 class RunLock:
@@ -157,7 +164,7 @@ class RunLock:
         """The holders the file names whose shard lock is still held (killed runs dropped)."""
         live = {}
         for name, holder in _read_holders(fd).items():
-            shard_byte = _shard_byte(int(holder.get("shard", 0)), int(holder.get("num_shards", 1)))
+            shard_byte = _shard_byte(holder["shard"], holder["num_shards"])
             if not _free(fd, shard_byte, 1):
                 live[name] = holder
         return live
@@ -173,9 +180,9 @@ class RunLock:
             others = {k: v for k, v in holders.items() if k == self._name}
             why = ""
         else:
-            others = {k: v for k, v in holders.items() if int(v.get("num_shards", 1)) != n}
+            others = {k: v for k, v in holders.items() if v["num_shards"] != n}
             why = f"; a run {_sharding(self.shard, n)} beside it would write the same keys twice"
-        holder = "; ".join(f"{_sharding(int(h.get('shard', 0)), int(h.get('num_shards', 1)))}: {json.dumps(h)}"
+        holder = "; ".join(f"{_sharding(h['shard'], h['num_shards'])}: {json.dumps(h)}"
                            for h in others.values()) or "unknown process"
         raise LockHeld(
             f"another run holds {self.path} ({holder}){why}; wait for it to finish, or use another output_dir"
@@ -221,13 +228,22 @@ def _sharding(shard: int, num_shards: int) -> str:
 
 
 def _read_holders(fd: int) -> dict[str, dict[str, Any]]:
-    """The holders the file's text names (none if it is empty or not ours)."""
+    """The holders the file's text names (none if it is empty or not ours: not JSON, or not of
+    :data:`HOLDER_FIELDS`). The text is only for messages: the locks themselves are the bytes."""
     size = os.fstat(fd).st_size
     try:
-        holders = json.loads(os.pread(fd, size, 0) or b"{}").get("holders", {})
-    except (ValueError, AttributeError):
+        said = json.loads(os.pread(fd, size, 0) or b"{}")
+    except ValueError:
         return {}
-    return holders if isinstance(holders, dict) else {}
+    holders = said.get("holders") if isinstance(said, dict) else None
+    if not isinstance(holders, dict) or not all(isinstance(h, dict) and _holder(h) for h in holders.values()):
+        return {}
+    return holders
+
+
+def _holder(holder: dict[str, Any]) -> bool:
+    """Whether a holder's entry fits :data:`HOLDER_FIELDS`, its shard one of its sharding."""
+    return misfit(holder, HOLDER_FIELDS) is None and holder["shard"] < holder["num_shards"]
 
 
 def _write_holders(fd: int, holders: dict[str, dict[str, Any]]) -> None:

@@ -225,3 +225,44 @@ def test_a_marker_of_owed_work_that_does_not_fit_owes_it_all_and_a_night_pays_it
     assert again.returncode == 0 and "Traceback" not in again.stderr, again.stderr
     assert not (out / name).exists()
     assert name == "_report-due" or {path.suffix for path in (out / "_export").rglob("*.*")} >= {".csv", ".jsonl"}
+
+
+# -- a video's done marker, the lock's text ----------------------------------------------------
+
+DONE_CHANGES = [{"chunks": 5}, {"chunks": "abc"}, {"chunks": {"a": 1}}, {"chunks": ["a\u0000b"]}]
+
+
+@pytest.mark.parametrize("change", DONE_CHANGES, ids=lambda change: json.dumps(change)[:40])
+def test_a_done_marker_that_does_not_fit_reads_as_one_that_lists_no_chunks(
+    night: dict[str, Any], change: dict[str, Any]
+) -> None:
+    """``{"chunks": 5}`` crashed every night (TypeError); ``"abc"`` read as three chunks gone, and
+    the done video was captioned again."""
+    out = night["out"]
+    marker = next(out.glob("*/_done-*"))
+    write_raw(marker, {**json.loads(marker.read_text()), **change})
+
+    again = run_cli(*night["args"])
+
+    assert again.returncode == 0 and "Traceback" not in again.stderr, again.stderr
+    assert last_run(out)["videos_skipped"] == 1 and last_run(out)["frames"] == 0, again.stderr
+
+
+LOCK_TEXTS = [
+    {"holders": {"a": 5}}, {"holders": {"a": None}}, {"holders": {"a": {"shard": "x"}}},
+    {"holders": {"a": {"shard": 0, "num_shards": 1e400}}}, {"holders": {"0of1": {"shard": 0, "num_shards": 10**30}}},
+]
+
+
+@pytest.mark.parametrize("said", LOCK_TEXTS, ids=lambda said: json.dumps(said)[:40])
+def test_a_lock_whose_text_does_not_fit_is_taken_as_a_garbage_one(night: dict[str, Any], said: dict[str, Any]) -> None:
+    """The text only says who holds the lock, for a refused run's message: one that does not
+    fit names nobody, as one that is not JSON (no run holds the lock here)."""
+    out = night["out"]
+    (out / "_lock").write_text(json.dumps(said))
+
+    again = run_cli(*night["args"])
+
+    assert again.returncode == 0 and "Traceback" not in again.stderr, again.stderr
+    assert json.loads((out / "_lock").read_text()) == {"holders": {}}
+
