@@ -32,7 +32,7 @@ from pipeline.files import read_json, write_json_atomic
 from pipeline.paths import in_place_of_a_file
 from pipeline.shapes import Fields, epoch_s, list_of, misfit, one_of, optional
 from pipeline.store import result_files
-from pipeline.summary import RUNNING, RunRecord, RunSummary, read_runs
+from pipeline.summary import RUNNING, RunRecord, RunSummary, ahead_of_the_clock, read_runs
 
 log = logging.getLogger(__name__)
 
@@ -175,11 +175,14 @@ def under_way(output_dir: Path) -> list[dict[str, Any]]:
     not finish) and after which no run started that could not have run beside them (the lock
     lets only shards of one ``num_shards`` run at once), so that a record left ``running`` on
     another host by a killed run stops counting at the next run of its shard, or of another
-    sharding."""
+    sharding. A record dated ahead of this machine's clock
+    (:func:`~pipeline.summary.ahead_of_the_clock`) is not waited for: no later run could be
+    placed after it until the clock passes its date, so it would hold what is owed until then."""
     runs = read_runs(output_dir)  # oldest first
     return [
         run for at, run in enumerate(runs)
-        if run["state"] == RUNNING and all(_beside(run, later) for later in runs[at + 1 :])
+        if run["state"] == RUNNING and not ahead_of_the_clock(run)
+        and all(_beside(run, later) for later in runs[at + 1 :])
     ]
 
 

@@ -28,7 +28,7 @@ from pipeline.paths import user_path
 from pipeline.runlog import console_logging, say_error
 from pipeline.signals import printing_command
 from pipeline.store import QUARANTINE, StoreError, read_results
-from pipeline.summary import DID_NOT_FINISH, FINISHED, RUNNING, engine_lines, read_runs
+from pipeline.summary import DID_NOT_FINISH, FINISHED, RUNNING, ahead_of_the_clock, engine_lines, read_runs
 from pipeline.words import visible
 
 USAGE = "usage: python -m pipeline.status output_dir=DIR [runs=N]"
@@ -85,7 +85,8 @@ def _run_line(run: dict[str, Any]) -> str:
     pid = run.get("pid")
     frames, rows = run.get("frames") or 0, run.get("rows") or 0
     if state == RUNNING:
-        ending = f"running (pid {pid})"
+        ahead = " (dated ahead of this machine's clock: its host's clock runs fast; not waited for)"
+        ending = f"running (pid {pid}){ahead if ahead_of_the_clock(run) else ''}"
         length = f"{_length(started, datetime.now(timezone.utc))} so far"
         work = f"frames {frames}+  rows {rows}+ committed so far"
     elif state == DID_NOT_FINISH:

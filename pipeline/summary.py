@@ -59,6 +59,7 @@ RUNNING = "running"
 FINISHED = "finished"
 DID_NOT_FINISH = "did not finish"
 PROGRESS_EVERY_S = 30.0  # how often a running record is rewritten with what is committed
+CLOCK_SLACK_S = 60.0  # how far ahead of this machine's clock a record's start may be before it is not believed
 
 
 @dataclass
@@ -323,6 +324,13 @@ def read_runs(output_dir: Path) -> list[dict[str, Any]]:
 def started_s(record: dict[str, Any]) -> float:
     """When a run started (seconds since the epoch), from its record (:data:`RUN_FIELDS`)."""
     return datetime.fromisoformat(record["started"]).timestamp()
+
+
+def ahead_of_the_clock(record: dict[str, Any]) -> bool:
+    """Whether a run's record says it started later than now by this machine's clock (by more
+    than :data:`CLOCK_SLACK_S`): a record of a host whose clock runs fast, on a shared
+    ``output_dir``, which cannot be placed among the others by its start."""
+    return started_s(record) > time.time() + CLOCK_SLACK_S
 
 
 def run_state(record: dict[str, Any]) -> str:

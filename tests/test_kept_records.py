@@ -10,6 +10,7 @@ import shutil
 import socket
 import subprocess
 import sys
+from datetime import datetime, timedelta, timezone
 from pathlib import Path
 from typing import Any
 
@@ -266,3 +267,48 @@ def test_a_lock_whose_text_does_not_fit_is_taken_as_a_garbage_one(night: dict[st
     assert again.returncode == 0 and "Traceback" not in again.stderr, again.stderr
     assert json.loads((out / "_lock").read_text()) == {"holders": {}}
 
+
+# -- a record from the future (a host whose clock runs fast, on a shared output_dir) ----------
+
+
+def future_record(out: Path) -> Path:
+    """A record of a run on another host whose clock runs a day fast, said running (it may run
+    still, or have been killed: nothing here can tell)."""
+    ahead = datetime.now(timezone.utc) + timedelta(days=1)
+    record = {**last_run(out), "state": "running", "started": ahead.isoformat(), "finished": None, "exit_code": None,
+              "host": "otherhost", "pid": 4242}
+    path = out / "_runs" / f"{ahead:%Y%m%dT%H%M%S.%fZ}.json"
+    path.write_text(json.dumps(record))
+    return path
+
+
+def test_the_report_a_night_writes_shows_that_night_not_a_record_from_the_future(
+    night: dict[str, Any], tiny_model_dir: Path, tmp_path: Path
+) -> None:
+    """The header's last run was the newest record by date: the other host's, not the night's."""
+    out = night["out"]
+    future_record(out)
+    more = make_night(tmp_path / "more", n_videos=1, n_frames=3)
+
+    result = run_cli(*[arg.replace("report=false", "report=true") for arg in night_args(more, out, tiny_model_dir,
+                                                                                        tmp_path)])
+
+    assert result.returncode == 0, result.stderr
+    shown = (out / "_report.html").read_text().split("<dt>last run</dt><dd>", 1)[1].split("</dd>", 1)[0]
+    assert last_run(out)["started"][:19].replace("T", " ") in shown
+
+
+def test_a_record_from_the_future_does_not_hold_what_is_owed(night: dict[str, Any]) -> None:
+    """It was taken as a run under way until this machine's clock passed its date: status said
+    so, and the report stayed owed."""
+    out = night["out"]
+    future_record(out)
+    (out / "_report-due").write_text('{"since": 1}')
+
+    status = run_cli("status", f"output_dir={out}")
+    report = run_cli("report", f"output_dir={out}")
+
+    assert "running (pid 4242) (dated ahead of this machine's clock: its host's clock runs fast" in status.stdout
+    assert f"the next run with report=true writes it, or python -m pipeline.report output_dir={out}" in status.stdout
+    assert report.returncode == 0, report.stderr
+    assert not (out / "_report-due").exists()

@@ -12,7 +12,7 @@ import pandas as pd
 
 from pipeline.export import Track
 from pipeline.results import counts, prompt_numbers
-from pipeline.summary import FINISHED, engine_lines, worked
+from pipeline.summary import FINISHED, engine_lines, started_s, worked
 from pipeline.video_files import resolved
 
 
@@ -26,6 +26,9 @@ class ReportData:
         configs: Each ``config_id``'s Parquet metadata (config, model files, SHA-256).
         runs: The recorded runs, oldest first (:func:`pipeline.summary.read_runs`), the run
             that writes the report among them as it stands then.
+        run: The record of the run that writes the report (the header's last run, whatever
+            the dates of the others: a host whose clock runs fast records a start in the
+            future); ``None``: the newest recorded run is the last.
         videos: Per-video facts (duration, size, codec).
         tracks: Each video's subtitle tracks whose files were written.
         thumbnails: File name → JPEG, filled in as the pages reference them.
@@ -42,6 +45,7 @@ class ReportData:
     assets: Path | None = None
     configs: dict[str, dict[str, Any]] = field(default_factory=dict)
     runs: list[dict[str, Any]] = field(default_factory=list)
+    run: dict[str, Any] | None = None
     videos: pd.DataFrame | None = None
     tracks: dict[str, list[Track]] = field(default_factory=dict)
     thumbnails: dict[str, bytes] = field(default_factory=dict)
@@ -69,7 +73,7 @@ class ReportData:
 def with_run(runs: list[dict[str, Any]], run: dict[str, Any]) -> list[dict[str, Any]]:
     """``runs`` with ``run`` (a record as it stands now) in place of its recorded state."""
     others = [r for r in runs if (r.get("started"), r.get("pid")) != (run.get("started"), run.get("pid"))]
-    return sorted([*others, run], key=lambda r: str(r.get("started", "")))
+    return sorted([*others, run], key=started_s)
 
 
 def header(df: pd.DataFrame, data: ReportData) -> dict[str, Any]:
@@ -88,8 +92,8 @@ def header(df: pd.DataFrame, data: ReportData) -> dict[str, Any]:
         for config_id, metadata in data.configs.items()
         if df["config_id"].eq(config_id).any()
     ]
-    last = data.runs[-1] if data.runs else None
-    with_work = next((r for r in reversed(data.runs) if worked(r)), None)
+    last = data.run or (data.runs[-1] if data.runs else None)
+    with_work = next((r for r in reversed(data.runs) if worked(r)), None) if last and not worked(last) else None
     return {
         "settings": settings,
         "several_settings": len(data.configs) > 1,
@@ -97,7 +101,7 @@ def header(df: pd.DataFrame, data: ReportData) -> dict[str, Any]:
         "prompts": sorted(prompts, key=lambda p: p["number"]),
         "counts": counts(df),
         "last_run": None if last is None else _run(last),
-        "last_work": None if with_work is None or with_work is last else _run(with_work),
+        "last_work": None if with_work is None else _run(with_work),
         "all_runs": {
             "runs": len(data.runs),
             "frames": sum(r.get("frames") or 0 for r in data.runs),

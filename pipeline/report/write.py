@@ -113,6 +113,7 @@ def write_report(
         assets=None if inline else assets,
         configs=read_configs(output_dir),
         runs=runs,
+        run=run,
         videos=videos,
         tracks=_by_video(tracks),
         schemas=prompt_schemas(prompts),
