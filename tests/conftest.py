@@ -329,6 +329,25 @@ def make_night(folder: Path, n_videos: int = 4, n_frames: int = 18) -> Path:
     return folder
 
 
+@pytest.fixture(scope="module")
+def finished(tiny_model_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
+    """A finished night of two small videos, once a module (copied by each test: :func:`night`)."""
+    tmp = tmp_path_factory.mktemp("finished")
+    videos = make_night(tmp / "videos", n_videos=2, n_frames=4)
+    result = run_cli(*night_args(videos, tmp / "out", tiny_model_dir, tmp))
+    assert result.returncode == 0, result.stderr
+    return {"videos": videos, "out": tmp / "out"}
+
+
+@pytest.fixture
+def night(finished: dict[str, Any], tiny_model_dir: Path, tmp_path: Path) -> dict[str, Any]:
+    """A copy of the finished night, with the arguments that run it again (``args``)."""
+    out = tmp_path / "out"
+    shutil.copytree(finished["out"], out)
+    videos = finished["videos"]
+    return {"out": out, "videos": videos, "args": night_args(videos, out, tiny_model_dir, tmp_path)}
+
+
 def answers(out: Path) -> pd.DataFrame:
     """The answer rows of an output folder, in key order."""
     df = pd.read_parquet(out)

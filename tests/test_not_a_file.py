@@ -23,7 +23,7 @@ import pytest
 from pipeline.caption.tiny import TINY_TEXT_FILE
 from pipeline.files import open_file
 from pipeline.paths import NotAFile
-from tests.conftest import ROOT, assert_one_line_error, cli_env, make_night, night_args, run_cli
+from tests.conftest import ROOT, assert_one_line_error, cli_env, make_night
 
 # A guard, not a timing: each command here ends within seconds, or never (a blocked open).
 GUARD_S = 600
@@ -38,25 +38,6 @@ def run_guarded(*args: str, **env: str) -> subprocess.CompletedProcess[str]:
                               capture_output=True, text=True, timeout=GUARD_S)
     except subprocess.TimeoutExpired:
         pytest.fail(f"{' '.join(args[:1])} blocked: it had not ended after {GUARD_S} s")
-
-
-@pytest.fixture(scope="module")
-def finished(tiny_model_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
-    """A finished night of two small videos (copied by each test: :func:`night`)."""
-    tmp = tmp_path_factory.mktemp("finished")
-    videos = make_night(tmp / "videos", n_videos=2, n_frames=4)
-    result = run_cli(*night_args(videos, tmp / "out", tiny_model_dir, tmp))
-    assert result.returncode == 0, result.stderr
-    return {"videos": videos, "out": tmp / "out"}
-
-
-@pytest.fixture
-def night(finished: dict[str, Any], tiny_model_dir: Path, tmp_path: Path) -> dict[str, Any]:
-    """A copy of the finished night, with the arguments that run it again (``args``)."""
-    out = tmp_path / "out"
-    shutil.copytree(finished["out"], out)
-    videos = finished["videos"]
-    return {"out": out, "videos": videos, "args": night_args(videos, out, tiny_model_dir, tmp_path)}
 
 
 def a_video_folder(out: Path) -> Path:
