@@ -11,8 +11,10 @@ them, so a misspelt key or a wrong type fails before any work starts.
 
 from __future__ import annotations
 
+import errno
 import hashlib
 import json
+import os
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from functools import partial
@@ -25,7 +27,7 @@ from omegaconf import MISSING, DictConfig, OmegaConf
 
 from pipeline.errors import ConfigError
 from pipeline.listfile import STRUCTURED_SUFFIXES, read_list_file, read_structured_list
-from pipeline.paths import Chosen, not_a_folder, unwritable, user_cache_dir, user_path
+from pipeline.paths import Chosen, not_a_folder, printable, unwritable, user_cache_dir, user_path
 from pipeline.ranges import Range, check_ranges
 from pipeline.structured import PromptEntry
 
@@ -310,8 +312,13 @@ def _check_paths(cfg: DictConfig, paths: Mapping[str, tuple[str, str]]) -> None:
 
 
 def _check_places(cfg: DictConfig) -> None:
-    """The folders a run writes into must be (or become) folders, the model files named must be
-    files: found now, not after the night's record is written or the model is fetched."""
+    """No path named is longer than the system takes; the folders a run writes into must be (or
+    become) folders, the model files named must be files: found now, not after the night's
+    record is written or the model is fetched."""
+    named = {setting: value for setting in _PATHS if isinstance(value := OmegaConf.select(cfg, setting), str)}
+    for setting, value in named.items():
+        if (too_long := _longer_than_names_go(user_path(value))) is not None:
+            raise ConfigError(f"{setting}={printable(value)}: {too_long}; choose another {setting}")
     folders = [(cfg.output_dir, "the results", "output_dir"), (user_cache_dir(), "the pipeline's cache", None)]
     if cfg.model.dir is not None:
         folders.append((cfg.model.dir, "the model files (model.dir)", "model.dir"))
@@ -325,6 +332,16 @@ def _check_places(cfg: DictConfig) -> None:
         if value is not None and not user_path(value).is_file():
             path = user_path(value).absolute()
             raise ConfigError(f"model.{key}={path} is not a file; give the path of a GGUF file")
+
+
+def _longer_than_names_go(path: Path) -> str | None:
+    """What the system says of ``path`` where a name in it, or the whole, is longer than it
+    takes (``File name too long``); ``None`` otherwise."""
+    try:
+        os.lstat(path)
+    except OSError as error:
+        return error.strerror if error.errno == errno.ENAMETOOLONG else None
+    return None
 
 
 def settings_id(settings: Mapping[str, Any]) -> str:

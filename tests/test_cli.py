@@ -324,6 +324,8 @@ def test_an_empty_path_is_refused_and_nothing_lands_in_the_working_folder(
         (["thumbnails.quality=0"], "thumbnails.quality=0 is out of range: thumbnails.quality must be >= 1 and <= 100"),
         (["thumbnails.long_side_px=0"], "thumbnails.long_side_px=0 is out of range: thumbnails.long_side_px must be"),
         (["model.text={tmp}/nope.gguf"], "model.text={tmp}/nope.gguf is not a file; give the path of a GGUF file"),
+        *[([f"{key}={{tmp}}/{'d' * 300}/x"], f"{key}={{tmp}}/{'d' * 300}/x: File name too long; choose another {key}")
+          for key in ("output_dir", "model.dir", "model.text", "prompts_file")],  # a dry run crashed on them
     ],
 )
 def test_a_bad_setting_is_refused_alike_by_a_dry_run_and_before_the_night_is_recorded(
