@@ -22,6 +22,7 @@ import logging
 import os
 import signal
 import sys
+import tempfile
 import threading
 import time
 from collections.abc import Callable
@@ -469,12 +470,15 @@ def main() -> None:
                 print(help_text() if "-h" in args or "--help" in args else version())
                 sys.exit(EXIT_OK)
             command = command_line(args)
-            _command, sys.argv[1:] = list(sys.argv), command
-            if "--multirun" in command:
-                _sweeps[os.getpid()] = []
-                os.environ["HYDRA_FULL_ERROR"] = "1"  # a launcher's JobFailed comes here, not as Hydra's traceback
-                stopped = "; the jobs done are kept, the next run does the rest"
-            _hydra_main()
+            with tempfile.TemporaryDirectory(prefix="video-caption-dry-sweep-") as elsewhere:
+                if "--multirun" in command:
+                    _sweeps[os.getpid()] = []
+                    os.environ["HYDRA_FULL_ERROR"] = "1"  # a launcher's JobFailed comes here, not as Hydra's traceback
+                    stopped = "; the jobs done are kept, the next run does the rest"
+                    if "dry_run=true" in map(str.lower, command):  # a dry run writes nothing: not the sweep's files
+                        command.append(f"hydra.sweep.dir={elsewhere}")
+                _command, sys.argv[1:] = list(sys.argv), command
+                _hydra_main()
             sys.exit(_sweep_code(_sweeps.get(os.getpid(), [])))
     except UserError as error:
         say_error(str(error))

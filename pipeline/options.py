@@ -109,7 +109,22 @@ def hydra_options(args: list[str]) -> tuple[list[str], list[str]]:
         raise OptionError(f"{' and '.join(commands)} do not go together; give one of them")
     if "--resolve" in options and "--cfg" not in options:
         raise OptionError("--resolve goes with --cfg: python -m pipeline --cfg job --resolve video=PATH")
+    if "--package" in options and "--cfg" not in options:
+        raise OptionError("--package (-p) goes with --cfg: python -m pipeline --cfg job -p model video=PATH")
+    if (theirs := next((option for option in options if option in _HYDRAS_ALONE), None)) is not None:
+        raise OptionError(f"{theirs} is Hydra's and not this tool's: {_HYDRAS_ALONE[theirs]}")
     return options, parsed.overrides
+
+
+# Hydra's options that a run of this tool does not take (Hydra would crash, print several
+# lines or read another config), and what to do instead.
+_SETTINGS = "the config is conf/ (python -m pipeline --cfg job shows it); choose its groups and settings as key=value"
+_HYDRAS_ALONE = {
+    "--config-path": _SETTINGS, "--config-name": _SETTINGS, "--config-dir": _SETTINGS,
+    "--experimental-rerun": "run again with the same key=value settings (_last_run.json records each run's)",
+    "--shell-completion": "python -m pipeline --help lists the options and settings",
+    "--hydra-help": "python -m pipeline --help lists the options and settings",
+}
 
 
 def flag(options: dict[str, str], key: str, default: bool) -> bool:

@@ -76,6 +76,8 @@ def _group_error(arg: str, override: Override, multirun: bool) -> str | None:
         return f"{shell_word(arg)}: there is no config group {group}; python -m pipeline --help lists them"
     if override.type != OverrideType.CHANGE:  # ~model: none; +model=tiny: a second
         return f"{shell_word(arg)}: a run has one {group}, chosen as {group}=NAME; choose one of: {', '.join(choices)}"
+    if override.is_sweep_override() and _choices(override) is None:  # glob(*): Hydra's list holds the schema
+        return f"{shell_word(arg)}: sweep {group} over choices named, as -m {group}={','.join(choices[:2])}"
     several = f"{shell_word(arg)} reads as a sweep over {group} choices (-m, a run each); a run takes one"
     unknown = next(filter(None, (unknown_choice(group, choice) for choice in picked)), None)
     return unknown or (several if override.is_sweep_override() and not multirun else None)  # quoted: no such choice

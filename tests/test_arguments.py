@@ -367,6 +367,13 @@ def test_the_documented_quoting_table_means_what_it_says() -> None:
         ("pipeline", ["--cfg", "yaml", "video=x.mp4"], "invalid choice: 'yaml'"),
         ("pipeline", ["--cfg", "job", "-m", "video=x.mp4"], "--cfg and --multirun do not go together"),
         ("pipeline", ["--resolve", "video=x.mp4"], "--resolve goes with --cfg"),
+        ("pipeline", ["-p", "model", "video=x.mp4"], "--package (-p) goes with --cfg"),
+        *[("pipeline", [*given, "video=x.mp4"], f"{said} is Hydra's and not this tool's") for given, said in (
+            (["--config-name", "x"], "--config-name"), (["-cn", "x"], "--config-name"),
+            (["--config-path", "/x"], "--config-path"), (["--config-dir", "/x"], "--config-dir"),
+            (["--experimental-rerun", "x"], "--experimental-rerun"), (["-sc", "install=bash"], "--shell-completion"),
+            (["--hydra-help"], "--hydra-help"))],
+        ("pipeline", ["-m", "video=x.mp4", "model=glob(*)"], "'model=glob(*)': sweep model over choices named, as -m"),
         ("pipeline", ["status", "--foo"], "unknown option --foo"),
         ("pipeline.status", ["--output_dir=/x"], "unknown option --output_dir=/x; settings take no dashes"),
         ("pipeline.report", ["-x", "output_dir=/x"], "unknown option -x"),

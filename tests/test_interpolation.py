@@ -198,9 +198,12 @@ def test_the_conf_and_hydras_own_keys_keep_their_interpolations(tmp_path: Path) 
     assert as_written(["hydra.run.dir=${output_dir}/run"]) == ["hydra.run.dir=${output_dir}/run"]
     # conf/config.yaml: hydra.sweep.dir: ${output_dir}/_logs/sweeps/${now:%Y%m%dT%H%M%S}
     out = tmp_path / "out${missing}"
-    result = run_cli("-m", f"video={SAMPLE_VIDEO}", "model=tiny", "dry_run=true", f"output_dir={out}", "shard=0,1",
-                     "num_shards=2")
+    shards = ["-m", f"video={SAMPLE_VIDEO}", "model=tiny", f"output_dir={out}", "shard=0,1", "num_shards=2"]
+    planned = run_cli(*shards, "dry_run=true")
+    assert planned.returncode == 0, planned.stderr
+    assert planned.stdout.count(f"-> {out}") == 2
+    assert not out.exists()  # a dry run writes nothing, not the sweep's own files either
+    result = run_cli(*shards, "max_frames=1", "generation.max_tokens=4", "report=false")
     assert result.returncode == 0, result.stderr
-    assert result.stdout.count(f"-> {out}") == 2
     (sweep,) = (out / "_logs" / "sweeps").iterdir()
     assert sweep.name.startswith("2") and (sweep / "multirun.yaml").is_file()
