@@ -374,8 +374,9 @@ class Pipeline:
         self._progress.video_finished()
 
     def _leave_changed(self, task: VideoTask) -> None:
-        task.outcome.status, task.outcome.note = "waiting", CHANGED_NOTE
-        log.info("waiting %s: %s", task.outcome.path, CHANGED_NOTE)
+        if task.outcome.status != "waiting":  # a write and the decoder's last look may both see it: one line
+            task.outcome.status, task.outcome.note = "waiting", CHANGED_NOTE
+            log.info("waiting %s: %s", task.outcome.path, CHANGED_NOTE)
 
     def _submit_chunk(self, task: VideoTask) -> None:
         rows, task.pending_rows, frames, task.pending_frames = task.pending_rows, [], task.pending_frames, 0

@@ -101,7 +101,7 @@ def test_a_video_rewritten_while_it_is_decoded_files_no_later_chunk_under_the_pl
     # two frames ahead and the model's two in flight, is far from the clip's end.
     night = changed_while_paused(args, tmp_path, clip, other.read_bytes(), at="answer:local:4")
     assert night.returncode == 0, night.stderr
-    assert f"waiting {clip}: {CHANGED}" in night.stderr
+    assert night.stderr.count(f"waiting {clip}: {CHANGED}") == 1, night.stderr  # one line, however often seen
     filed = pd.read_parquet(out / planned_id)
     assert sorted(set(filed.frame_index)) == [0, 1, 2]  # the chunk filed before the change, no other
     assert "_done" not in " ".join(filed_under(out, planned_id))
