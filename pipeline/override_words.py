@@ -28,14 +28,28 @@ def hydra_value(value: Any, quote: str = "'") -> str:
 
 
 def shell_word(arg: str) -> str:
-    """``arg`` as one word for a POSIX shell, quoted the way people write it."""
+    """``arg`` as one word for a POSIX shell, quoted the way people write it; one holding a byte
+    that is not UTF-8 (a name's, kept by Python as a surrogate) or a control character as bash's
+    ``$'...'``, each such byte ``\\xNN``, so that the fix can be typed as shown."""
     if re.fullmatch(r"[\w@%+=:,./~-]+", arg, re.ASCII):
         return arg
+    if any(not char.isprintable() for char in arg):  # a surrogate is not printable either
+        return "$'" + "".join(_ansi_c(char) for char in arg) + "'"
     if "'" not in arg:
         return f"'{arg}'"
     if not any(c in arg for c in "$`\\!"):
         return '"' + arg.replace('"', '\\"') + '"'
     return shlex.quote(arg)
+
+
+def _ansi_c(char: str) -> str:
+    """One character inside bash's ``$'...'``: a byte kept as a surrogate, or a control
+    character, as ``\\xNN``; a quote or backslash escaped; any other as it is."""
+    if "\udc80" <= char <= "\udcff":
+        return f"\\x{ord(char) - 0xDC00:02x}"
+    if not char.isprintable():
+        return "".join(f"\\x{byte:02x}" for byte in char.encode("utf-8", "surrogateescape"))
+    return "\\" + char if char in "\\'" else char
 
 
 def reads_as(arg: str, value: Any) -> bool:

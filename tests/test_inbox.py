@@ -9,6 +9,7 @@ from __future__ import annotations
 import logging
 import os
 import shutil
+import subprocess
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -120,3 +121,15 @@ def test_a_named_pipe_given_as_video_is_refused_with_the_fix(cli_base: list[str]
         refused = run_cli(f"video={pipe}", *cli_base, f"dry_run={dry_run}")
         assert_one_line_error(refused, 1, f"video={pipe} is a named pipe", "write the list to a file")
     assert not (tmp_path / "out").exists()
+
+
+def test_a_name_that_is_not_utf8_is_shown_in_a_fix_that_bash_takes_as_it_is(
+    cli_base: list[str], tmp_path: Path
+) -> None:
+    name = os.fsdecode(b"caf\xe9.mp4")  # Latin-1: a byte no UTF-8 has, which Python keeps as a surrogate
+    shutil.copy(SAMPLE_VIDEO, tmp_path / name)
+    unread = run_cli(f"video={name},x", *cli_base, "dry_run=true", cwd=tmp_path)
+    assert_one_line_error(unread, 1, r"""write it as $'video=\'caf\xe9.mp4,x\''""")
+    fix = unread.stderr.split("write it as ", 1)[1].split(", or list")[0]
+    typed = subprocess.run(["bash", "-c", f"printf '%s' {fix}"], capture_output=True, check=True).stdout
+    assert typed == os.fsencode(f"video='{name},x'")  # what bash hands over is the name's own bytes
