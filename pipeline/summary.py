@@ -347,8 +347,9 @@ def run_state(record: dict[str, Any]) -> str:
 
 
 def worked(record: dict[str, Any]) -> bool:
-    """Whether a run captioned something, or had videos fail (not a "nothing to do" night)."""
-    return any(record.get(key) for key in ("frames", "videos_done", "videos_failed"))
+    """Whether a run captioned a frame: a night whose videos all failed, or that found every
+    answer there (done, with no frame captioned), made none of the results."""
+    return bool(record.get("frames"))
 
 
 def engine_lines(record: dict[str, Any]) -> list[str]:

@@ -402,6 +402,14 @@ def test_the_report_shows_the_run_that_wrote_it_and_an_idle_night_does_not_hide_
     assert f"last run that captioned\n{run_shown(writer)}" in header
     assert "all runs\n2 runs recorded: 2 frames in" in header
 
+    # A night whose every video failed captioned nothing either: it is not the one shown as captioning.
+    notes = tmp_path / "notes.mp4"
+    notes.write_text("not a video\n")
+    assert run_cli(*cli_base, f"video={notes}").returncode == 3
+    assert run_cli(*cli_base, f"video={notes}").returncode == 0  # failed before: nothing to do
+    assert run_cli("report", f"output_dir={out}").returncode == 0
+    assert f"last run that captioned\n{run_shown(writer)}" in header_text(out / "_report.html")
+
 
 def test_track_labels_follow_the_numbered_prompts(tmp_path: Path) -> None:
     # Prompt ids sort unlike the prompts' order: the tracks are numbered as the list is.
