@@ -54,10 +54,18 @@ from pipeline.presets import caption_spec
 from pipeline.run import CHANGED_NOTE, Pipeline, unique_prompts
 from pipeline.runlog import EarlyRecords, crash_line, log_folder, run_log, run_stamp, say_error
 from pipeline.sampling import Sampler
-from pipeline.signals import Stopped, end_quietly_when_the_reader_stops, say_stopped, stop_on_signals
+from pipeline.signals import (
+    Stopped,
+    end_quietly_when_the_reader_stops,
+    resume_stops,
+    say_stopped,
+    stop_on_signals,
+    stops_deferred,
+)
 from pipeline.store import prepare_output_dir, remove_temporaries
 from pipeline.structured import PromptEntry
 from pipeline.summary import RunRecord, RunSummary
+from pipeline.sweeps import JobFailed
 from pipeline.thumbnails import thumbnailer
 from pipeline.watchdog import StallWatch
 from pipeline.words import plural
@@ -396,19 +404,6 @@ def _instantiate(node: DictConfig) -> Any:
         raise
 
 
-class JobFailed(Exception):
-    """A job of a sweep (``-m``) that a launcher ran in a process of its own exited 1, 3 or 75
-    (or was stopped); raised so that the launcher hands it back to the sweep, which exits with
-    its code (:func:`main`)."""
-
-    def __init__(self, code: int, job: str) -> None:
-        super().__init__(code, job)  # the arguments it is made again from, unpickled
-        self.code, self.job = code, job
-
-    def __str__(self) -> str:
-        return f"the sweep failed: {self.job} exited {self.code}; its log says why"
-
-
 # The failed jobs of the sweep that main() started in this process (Hydra's basic launcher),
 # by its pid: a launcher's process of its own, which may get a copy, is not it. And the command
 # line as typed (Hydra gets it rewritten), for the run's record.
@@ -418,8 +413,10 @@ _command: list[str] | None = None
 
 @hydra.main(config_path=str(config_dir()), config_name="config", version_base="1.3")
 def _hydra_main(cfg: DictConfig) -> int:
+    resume_stops()  # Hydra has composed the config: a stop noted meanwhile is said now
     with stop_on_signals():
         code = run_from_config(cfg)
+    resume_stops(defer=True)  # a sweep's next job is composed next
     if HydraConfig.get().mode != RunMode.MULTIRUN:
         sys.exit(code)
     if code in (EXIT_OK, EXIT_SOME_FAILED):
@@ -478,7 +475,8 @@ def main() -> None:
                     if "dry_run=true" in map(str.lower, command):  # a dry run writes nothing: not the sweep's files
                         command.append(f"hydra.sweep.dir={elsewhere}")
                 _command, sys.argv[1:] = list(sys.argv), command
-                _hydra_main()
+                with stops_deferred():
+                    _hydra_main()
             sys.exit(_sweep_code(_sweeps.get(os.getpid(), [])))
     except UserError as error:
         say_error(str(error))

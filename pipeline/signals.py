@@ -39,6 +39,7 @@ from pipeline.errors import OutputError
 P = ParamSpec("P")
 _SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
 _received: int | None = None
+_deferred = False  # a signal is noted, not raised (stops_deferred)
 
 
 class Stopped(BaseException):
@@ -63,13 +64,37 @@ def _handle(signum: int, frame: FrameType | None) -> None:
         os.kill(os.getpid(), signum)
         return
     _received = signum
-    raise Stopped(signum)
+    if not _deferred:
+        raise Stopped(signum)
 
 
 def check_stopped() -> None:
     """Raise :class:`Stopped` if a signal arrived (and its exception was swallowed)."""
     if _received is not None:
         raise Stopped(_received)
+
+
+@contextmanager
+def stops_deferred() -> Iterator[None]:
+    """Within the block, a signal (under :func:`stop_on_signals`) is noted, not raised, until
+    :func:`resume_stops`, and raised as :class:`Stopped` at the block's end: Hydra composing
+    the config, where an exception raised inside OmegaConf is replaced by another in its
+    cleanup (``AttributeError``, Hydra's several lines) and a stop would read as a crash."""
+    global _deferred
+    _deferred = True
+    try:
+        yield
+    finally:
+        _deferred = False
+    check_stopped()
+
+
+def resume_stops(defer: bool = False) -> None:
+    """Within :func:`stops_deferred`: raise a signal noted so far as :class:`Stopped`, and raise
+    the next ones at once (``defer``: note them again, as Hydra composes a sweep's next job)."""
+    global _deferred
+    _deferred = defer
+    check_stopped()
 
 
 @contextmanager

@@ -42,6 +42,7 @@ PARTS: tuple[Part, ...] = (
     Part("Face", "what a person runs: the command line and the sub-commands' mains", (BELOW,), {
         "pipeline/__main__.py": "`python -m pipeline`: hands over to the command line",
         "pipeline/cli.py": "the run's command line: config, videos, lock, executor, exit code",
+        "pipeline/sweeps.py": "a sweep's job that failed in a launcher's process of its own (JobFailed)",
         "pipeline/arguments.py": "the command line before Hydra: `--help`, `--version`, options and overrides",
         "pipeline/dry_run.py": "`dry_run=true`: what a run would do, from its plan",
         "pipeline/download.py": "`python -m pipeline.download`: fetch a preset's weights ahead of a run",

@@ -237,3 +237,36 @@ def test_a_night_started_with_stderr_closed_captions_its_videos(cli_base: list[s
     record = json.loads((out / "_last_run.json").read_text())
     assert done.returncode == 0, record
     assert (record["state"], record["exit_code"], record["videos_done"]) == ("finished", 0, 1)
+
+
+SIGNAL_WHILE_COMPOSING = """
+import os, signal, threading
+from pipeline.config import compose_config
+from pipeline.signals import Stopped, stop_on_signals, stops_deferred
+
+ends = []
+for delay in range(60):
+    composed = 0
+    with stop_on_signals():
+        try:
+            with stops_deferred():  # as python -m pipeline while Hydra composes the config
+                threading.Timer(delay / 2000, os.kill, (os.getpid(), signal.SIGINT)).start()
+                for _ in range(3):
+                    compose_config(["video=x.mp4", "model=tiny", "sampler=scene"])
+                    composed += 1
+        except Stopped:
+            ends.append(composed)
+print(sorted(set(ends)), len(ends))
+"""
+
+
+def test_ctrl_c_while_the_config_is_composed_stops_the_command_once_it_is_composed() -> None:
+    """A signal raised inside OmegaConf can be replaced by another exception in its cleanup
+    (AttributeError: a stop read as a crash): while the config is composed it is noted, and
+    raised when composing ends."""
+    result = subprocess.run(
+        [sys.executable, "-c", SIGNAL_WHILE_COMPOSING], cwd=ROOT, env=cli_env(), capture_output=True, text=True,
+        timeout=RUN_TIMEOUT_S,
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert result.stdout.split() == ["[3]", "60"], result.stdout  # every stop, each after the whole composition
