@@ -268,6 +268,10 @@ def test_a_running_and_a_killed_night_show_what_they_committed(tiny_model_dir: P
     assert "frames 3+  rows 6+ committed (as last recorded)" in shown
     assert run_cli("report", f"output_dir={out}").returncode == 0
     assert "at least 3 frames committed · did not finish" in (out / "_report.html").read_text()
+    assert run_cli(*args, "report=true").returncode == 0  # the next night does the rest
+    page = (out / "_report.html").read_text()
+    assert "2 runs recorded: at least " in page and " frames in at least " in page  # the killed one's figures
+    assert "(1 did not finish: their records say what they had done when last written)" in page
 
 
 @pytest.mark.allow_error_logs

@@ -12,7 +12,7 @@ import pandas as pd
 
 from pipeline.export import Track
 from pipeline.results import counts, prompt_numbers
-from pipeline.summary import FINISHED, engine_lines, started_s, worked
+from pipeline.summary import DID_NOT_FINISH, FINISHED, engine_lines, started_s, worked
 from pipeline.video_files import resolved
 
 
@@ -104,6 +104,7 @@ def header(df: pd.DataFrame, data: ReportData) -> dict[str, Any]:
         "last_work": None if with_work is None else _run(with_work),
         "all_runs": {
             "runs": len(data.runs),
+            "unfinished": sum(r.get("state") == DID_NOT_FINISH for r in data.runs),  # their figures: at least
             "frames": sum(r.get("frames") or 0 for r in data.runs),
             "wall_s": sum(float(r.get("wall_s") or 0.0) for r in data.runs),
         },
