@@ -57,6 +57,7 @@ from pipeline.sampling import Sampler
 from pipeline.signals import (
     Stopped,
     end_quietly_when_the_reader_stops,
+    exit_with,
     resume_stops,
     say_stopped,
     stop_on_signals,
@@ -418,7 +419,7 @@ def _hydra_main(cfg: DictConfig) -> int:
         code = run_from_config(cfg)
     resume_stops(defer=True)  # a sweep's next job is composed next
     if HydraConfig.get().mode != RunMode.MULTIRUN:
-        sys.exit(code)
+        exit_with(code)  # the run's record holds this code: no signal may end it with another
     if code in (EXIT_OK, EXIT_SOME_FAILED):
         return code
     job, failed = f"job {HydraConfig.get().job.num}", _sweeps.get(os.getpid())
@@ -477,7 +478,7 @@ def main() -> None:
                 _command, sys.argv[1:] = list(sys.argv), command
                 with stops_deferred():
                     _hydra_main()
-            sys.exit(_sweep_code(_sweeps.get(os.getpid(), [])))
+            exit_with(_sweep_code(_sweeps.get(os.getpid(), [])))
     except UserError as error:
         say_error(str(error))
         sys.exit(EXIT_CRASH)

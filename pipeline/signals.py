@@ -32,7 +32,7 @@ import threading
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from types import CodeType, FrameType
-from typing import Any, ParamSpec, TextIO
+from typing import Any, NoReturn, ParamSpec, TextIO
 
 from pipeline.errors import OutputError
 
@@ -40,6 +40,7 @@ P = ParamSpec("P")
 _SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
 _received: int | None = None
 _deferred = False  # a signal is noted, not raised (stops_deferred)
+_ended = False  # the exit code is chosen: signals are ignored from here on (exit_with)
 
 
 class Stopped(BaseException):
@@ -59,6 +60,8 @@ class Stopped(BaseException):
 
 def _handle(signum: int, frame: FrameType | None) -> None:
     global _received
+    if _ended:
+        return
     if _received is not None:  # the second one: stop now
         signal.signal(signum, signal.SIG_DFL)
         os.kill(os.getpid(), signum)
@@ -113,7 +116,16 @@ def stop_on_signals() -> Iterator[None]:
         yield
     finally:
         for signum, handler in previous.items():
-            signal.signal(signum, handler)
+            signal.signal(signum, signal.SIG_IGN if _ended else handler)
+
+
+def exit_with(code: int) -> NoReturn:
+    """End the command with ``code``, which its record (a run's summary) already holds: a
+    signal from here on is ignored, as Python shuts down, where the default action would end
+    the process with another code (143) and no line."""
+    global _ended
+    _ended = True
+    sys.exit(code)
 
 
 def say_stopped(signum: int, after: str = "") -> int:

@@ -270,3 +270,21 @@ def test_ctrl_c_while_the_config_is_composed_stops_the_command_once_it_is_compos
     )
     assert result.returncode == 0, result.stderr[-3000:]
     assert result.stdout.split() == ["[3]", "60"], result.stdout  # every stop, each after the whole composition
+
+
+SIGNAL_AS_PYTHON_ENDS = """
+import atexit, os, signal
+from pipeline.signals import exit_with, stop_on_signals
+
+atexit.register(os.kill, os.getpid(), signal.SIGTERM)  # a service manager's stop, as Python shuts down
+with stop_on_signals():
+    exit_with(2)  # the code the run's record holds
+"""
+
+
+def test_a_signal_once_the_exit_code_is_chosen_leaves_that_code() -> None:
+    result = subprocess.run(
+        [sys.executable, "-c", SIGNAL_AS_PYTHON_ENDS], cwd=ROOT, env=cli_env(), capture_output=True, text=True,
+        timeout=RUN_TIMEOUT_S,
+    )
+    assert (result.returncode, result.stderr) == (2, "")  # not 143 without a line, against the record's 2
