@@ -203,8 +203,8 @@ def test_a_list_of_videos(cli_base: list[str], tmp_path: Path) -> None:
         ("start_s=-1", "start_s must be >= 0"),
         ("generation.top_p=1.5", "generation.top_p must be > 0 and <= 1"),
         ("model.n_gpu_layers=-2", "model.n_gpu_layers must be >= -1"),
-        ("progress_interval_s=0", "progress_interval_s must be >= 1, or null for no progress lines"),
-        ("progress_interval_s=0.001", "progress_interval_s must be >= 1, or null for no progress lines"),
+        ("progress_interval_s=0", "progress_interval_s must be >= 1 and <= 86400, or null for no progress lines"),
+        ("progress_interval_s=0.001", "progress_interval_s must be >= 1 and <= 86400, or null for no"),
     ],
 )
 def test_a_number_out_of_range_is_refused_before_anything_runs(
