@@ -20,6 +20,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
+from pipeline.committed import missing_chunks
 from pipeline.errors import UserError
 from pipeline.export import FORMATS, TRACKS_INDEX
 from pipeline.options import asks_help, number, parse_options
@@ -110,7 +111,10 @@ def _video_lines(output_dir: Path, runs: list[dict[str, Any]]) -> list[str]:
     # Done and failing as the last run that told its settings sees them: a video done under
     # other settings or prompts is not done for these (its next run captions it).
     last: dict[str, Any] = next((run for run in reversed(runs) if run.get("work_id")), {})
-    done = {path.parent.name for path in output_dir.glob(f"*/_done-{last.get('work_id') or '*'}")}
+    markers = list(output_dir.glob(f"*/_done-{last.get('work_id') or '*'}"))
+    # A done video whose marker lists chunks that are gone is done no more: its next run captions them.
+    reopened = {marker.parent.name: gone for marker in markers if (gone := missing_chunks(marker))}
+    done = {marker.parent.name for marker in markers} - set(reopened)
     damaged: list[tuple[Path, str]] = []
     failing = {
         video_id: why for video_id, why in _failing(output_dir, damaged, last.get("config_id")).items()
@@ -119,13 +123,16 @@ def _video_lines(output_dir: Path, runs: list[dict[str, Any]]) -> list[str]:
     waiting = _waiting(runs)
     under = " (under the last run's settings and prompts)" if last else ""
     lines = [f"Videos{under}: {len(done)} done, {len(failing)} failing, {len(waiting)} waiting"]
+    if reopened:
+        lines.append("  reopened (chunks their done marker lists are gone; the next run captions those frames again):")
+        lines += [f"    {video_id}: {', '.join(gone)}" for video_id, gone in sorted(reopened.items())]
     if failing:
         lines.append("  failing (retry_failed=true tries them again):")
         lines += [f"    {path}: {why}" for path, why in sorted(failing.values())]
     if damaged:
         lines.append(
-            f"  damaged chunks, left out of the results (a run over the video moves each to {QUARANTINE}/ "
-            "and captions its frames again):"
+            f"  chunks left out of the results, damaged, copies or strays (a run over the video moves each to "
+            f"{QUARANTINE}/ and captions again what only it held):"
         )
         lines += [f"    {path}: {why}" for path, why in damaged]
     if waiting:

@@ -286,6 +286,9 @@ def test_a_deleted_chunk_of_a_done_video_is_redone(tiny_model_dir: Path, tmp_pat
     video_id = whole.video_id.iloc[0]
     chunk = chunk_files(out / video_id, kinds=("part",))[1]
     chunk.unlink()
+    shown = run_cli("status", f"output_dir={out}").stdout  # before the next night: done no more
+    assert "1 done, 0 failing" in shown and "  reopened (chunks their done marker lists are gone" in shown
+    assert f"    {video_id}: {chunk.name}" in shown
     night = run_cli(*args)
     assert night.returncode == 0, night.stderr
     assert "chunks its done marker lists are gone" in night.stderr and chunk.name in night.stderr

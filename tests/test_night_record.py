@@ -233,7 +233,7 @@ def test_a_damaged_chunk_is_shown_left_out_and_redone_never_a_crash(
     assert len(warnings) == 1 and f"{chunk}: damaged (" in warnings[0] and "captions those frames again" in warnings[0]
     assert last_run(out)["exit_code"] == 0 and (out / "_report.html").is_file()
     shown = status(out)
-    assert "damaged chunks, left out of the results" in shown and f"    {chunk}: " in shown
+    assert "chunks left out of the results, damaged, copies or strays" in shown and f"    {chunk}: " in shown
     with caplog.at_level("WARNING", logger="pipeline.store"):
         read = load_results(out)
     assert [r.getMessage().split(": damaged")[0] for r in caplog.records] == [str(chunk)]
