@@ -41,12 +41,11 @@ from omegaconf import DictConfig, ListConfig, OmegaConf
 from omegaconf.errors import MissingMandatoryValue, OmegaConfBaseException
 
 from pipeline.arguments import command_line, help_text, version
-from pipeline.caption import CaptionSpec, EngineError, check_gpu_build
+from pipeline.caption import CaptionSpec, EngineError
 from pipeline.config import check_values, config_dir, config_id, prompts_of
 from pipeline.dry_run import plan_lines
 from pipeline.errors import ConfigError, InputError, LockHeld, UserError
 from pipeline.executors.base import Executor
-from pipeline.executors.local import LocalExecutor
 from pipeline.inputs import check_shard, find_videos, names_one_file, searched_by
 from pipeline.lock import RunLock
 from pipeline.owed import last_to_finish, owe_export, owe_report, owed, pay_export, pay_report
@@ -100,8 +99,6 @@ def run_from_config(cfg: DictConfig) -> int:
             spec = caption_spec(cfg, max_questions=len(prompts))
             sampler: Sampler = _instantiate(cfg.sampler)
             executor: Executor = _instantiate(cfg.executor)
-            if isinstance(executor, LocalExecutor):  # the model loads here: its build is known now
-                check_gpu_build(spec.model.n_gpu_layers)
             check_shard(cfg.shard, cfg.num_shards)
             # Built now, as the dry run would not need them, so that both refuse the same settings.
             export_formats = _export_formats(cfg)
