@@ -18,6 +18,7 @@ import fnmatch
 import glob
 import hashlib
 import logging
+import math
 import os
 import stat
 import time
@@ -25,6 +26,7 @@ from collections import Counter
 from collections.abc import Callable, Iterator
 from datetime import datetime, timezone
 from pathlib import Path
+from typing import Any
 
 from pipeline.errors import InputError, UserError
 from pipeline.files import open_file, read_json, write_json_atomic
@@ -287,7 +289,7 @@ class Readiness:
     def __init__(self, state_file: Path | None, min_age_s: float) -> None:
         self.state_file = state_file
         self.min_age_s = min_age_s
-        self._earlier = (read_json(state_file) or {}) if state_file is not None and min_age_s > 0 else {}
+        self._earlier = _looks(read_json(state_file) or {}) if state_file is not None and min_age_s > 0 else {}
         self._looked: dict[str, list[float] | None] = {}  # key → [size, mtime_ns, first seen so]; None: taken
 
     def unsettled(self, path: Path, now: float | None = None) -> str | None:
@@ -338,7 +340,7 @@ class Readiness:
             descriptor = os.open(self.state_file.parent, os.O_RDONLY)
             try:
                 fcntl.flock(descriptor, fcntl.LOCK_EX)
-                state = read_json(self.state_file) or {}
+                state = _looks(read_json(self.state_file) or {})
                 kept = {
                     key: look for key, look in {**state, **self._looked}.items()
                     if look is not None and os.path.lexists(key)
@@ -349,6 +351,19 @@ class Readiness:
                 os.close(descriptor)
         except (OSError, UserError) as error:
             log.warning("%s not written (%s): files left waiting wait one run longer", self.state_file, error)
+
+
+def _looks(state: dict[str, Any]) -> dict[str, list[float]]:
+    """The looks of a ``_waiting.json`` that have the shape a run writes, ``[size, mtime_ns,
+    first seen so]``, each a finite number; another (edited by hand, another version's) is
+    forgotten: that file waits one run longer, where it crashed every night."""
+    def a_number(value: Any) -> bool:
+        return isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value)
+
+    return {
+        key: look for key, look in state.items()
+        if isinstance(look, list) and len(look) == 3 and all(map(a_number, look))
+    }
 
 
 def _utc(epoch_s: float) -> str:

@@ -6,6 +6,7 @@ a glob does."""
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 import shutil
@@ -133,3 +134,19 @@ def test_a_name_that_is_not_utf8_is_shown_in_a_fix_that_bash_takes_as_it_is(
     fix = unread.stderr.split("write it as ", 1)[1].split(", or list")[0]
     typed = subprocess.run(["bash", "-c", f"printf '%s' {fix}"], capture_output=True, check=True).stdout
     assert typed == os.fsencode(f"video='{name},x'")  # what bash hands over is the name's own bytes
+
+
+@pytest.mark.parametrize("look", [[1, 2], [1, 2, "x"], [1, 2, None], {"size": 1}])
+def test_a_waiting_record_edited_by_hand_costs_one_more_wait_not_a_crash(
+    cli_base: list[str], tmp_path: Path, look: object
+) -> None:
+    inbox = tmp_path / "inbox"
+    inbox.mkdir()
+    shutil.copy(SAMPLE_VIDEO, inbox / "a.mp4")  # just copied in: it waits for min_age_s
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / "_waiting.json").write_text(json.dumps({str(inbox / "a.mp4"): look}))
+    night = run_cli(f"video={inbox}", *cli_base, "min_age_s=3600")
+    assert night.returncode == 0, night.stderr
+    assert f"waiting {inbox / 'a.mp4'}: modified " in night.stderr  # its look written again, whole:
+    assert json.loads((out / "_waiting.json").read_text())[str(inbox / "a.mp4")][0] == (inbox / "a.mp4").stat().st_size
