@@ -37,7 +37,8 @@ class ChunkName:
         kind: ``part`` (answers) or ``errors`` (error records).
         config_id: The settings its rows were made with (letters, digits, ``_``).
         written_ns: When it was written (``time.time_ns()``).
-        nonce: Random hex, so that two chunks written in one nanosecond differ.
+        nonce: Letters and digits (random hex as written now), so that two chunks written in one
+            nanosecond differ.
     """
 
     kind: str
@@ -46,7 +47,7 @@ class ChunkName:
     nonce: str
 
     KINDS: ClassVar[tuple[str, ...]] = ("part", "errors")
-    _FORM: ClassVar[re.Pattern[str]] = re.compile(r"(part|errors)-(\w+)-([0-9]+)-([0-9a-f]+)\.parquet", re.ASCII)
+    _FORM: ClassVar[re.Pattern[str]] = re.compile(r"(part|errors)-(\w+)-([0-9]+)-([0-9A-Za-z]+)\.parquet", re.ASCII)
 
     @classmethod
     def new(cls, kind: str, config_id: str) -> ChunkName:

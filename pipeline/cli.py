@@ -56,6 +56,7 @@ from pipeline.runlog import EarlyRecords, crash_line, log_folder, run_log, run_s
 from pipeline.sampling import Sampler
 from pipeline.signals import (
     Stopped,
+    defer_stops,
     end_quietly_when_the_reader_stops,
     exit_with,
     resume_stops,
@@ -417,7 +418,7 @@ def _hydra_main(cfg: DictConfig) -> int:
     resume_stops()  # Hydra has composed the config: a stop noted meanwhile is said now
     with stop_on_signals():
         code = run_from_config(cfg)
-    resume_stops(defer=True)  # a sweep's next job is composed next
+    defer_stops()  # the run said its stop, if any; a sweep's next job is composed next
     if HydraConfig.get().mode != RunMode.MULTIRUN:
         exit_with(code)  # the run's record holds this code: no signal may end it with another
     if code in (EXIT_OK, EXIT_SOME_FAILED):

@@ -23,7 +23,7 @@ from typing import Any
 from hydra import compose, initialize_config_dir
 from hydra.core.global_hydra import GlobalHydra
 from hydra.core.override_parser.overrides_parser import OverridesParser
-from hydra.core.override_parser.types import ChoiceSweep, Override, OverrideType
+from hydra.core.override_parser.types import ChoiceSweep, Glob, Override, OverrideType
 from hydra.errors import HydraException, OverrideParseException
 from hydra.grammar.gen.OverrideLexer import InputStream, OverrideLexer  # type: ignore[attr-defined]
 from omegaconf import DictConfig, ListConfig
@@ -60,6 +60,13 @@ def group_choices(group: str) -> list[str]:
     return sorted(path.stem for path in (config_dir() / group).glob("*.yaml"))
 
 
+def _not_choices(group: str) -> list[str]:
+    """What Hydra lists in a group besides its choices (``model_schema``: the schema stored for it)."""
+    with initialize_config_dir(config_dir=str(config_dir()), version_base="1.3"):
+        listed = GlobalHydra.instance().config_loader().get_group_options(group)
+    return sorted(set(listed) - set(group_choices(group)))
+
+
 def unknown_choice(group: str, value: Any) -> str | None:
     """``unknown GROUP=VALUE; choose one of: ...`` where ``value`` is none of the group's options
     (``GROUP= is empty (an unset variable?); ...`` where it is empty), ``None`` where it is one."""
@@ -76,8 +83,10 @@ def _group_error(arg: str, override: Override, multirun: bool) -> str | None:
         return f"{shell_word(arg)}: there is no config group {group}; python -m pipeline --help lists them"
     if override.type != OverrideType.CHANGE:  # ~model: none; +model=tiny: a second
         return f"{shell_word(arg)}: a run has one {group}, chosen as {group}=NAME; choose one of: {', '.join(choices)}"
-    if override.is_sweep_override() and _choices(override) is None:  # glob(*): Hydra's list holds the schema
-        return f"{shell_word(arg)}: sweep {group} over choices named, as -m {group}={','.join(choices[:2])}"
+    if isinstance(glob := override.value(), Glob) and (hidden := glob.filter(_not_choices(group))):
+        # Hydra globs its own list of the group, which holds the schema too: a run of no choice
+        return f"{shell_word(arg)} would also run {hidden[0]}, no choice of {group}; name them: -m {group}=" \
+            + ",".join(glob.filter(choices) or choices[:2])
     several = f"{shell_word(arg)} reads as a sweep over {group} choices (-m, a run each); a run takes one"
     unknown = next(filter(None, (unknown_choice(group, choice) for choice in picked)), None)
     return unknown or (several if override.is_sweep_override() and not multirun else None)  # quoted: no such choice

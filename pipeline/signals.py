@@ -92,12 +92,19 @@ def stops_deferred() -> Iterator[None]:
     check_stopped()
 
 
-def resume_stops(defer: bool = False) -> None:
+def resume_stops() -> None:
     """Within :func:`stops_deferred`: raise a signal noted so far as :class:`Stopped`, and raise
-    the next ones at once (``defer``: note them again, as Hydra composes a sweep's next job)."""
+    the next ones at once."""
     global _deferred
-    _deferred = defer
+    _deferred = False
     check_stopped()
+
+
+def defer_stops() -> None:
+    """Within :func:`stops_deferred`, after a run that said its own stop, if any: note the next
+    signals again (Hydra composes a sweep's next job), that one said."""
+    global _deferred, _received
+    _deferred, _received = True, None
 
 
 @contextmanager

@@ -373,7 +373,7 @@ def test_the_documented_quoting_table_means_what_it_says() -> None:
             (["--config-path", "/x"], "--config-path"), (["--config-dir", "/x"], "--config-dir"),
             (["--experimental-rerun", "x"], "--experimental-rerun"), (["-sc", "install=bash"], "--shell-completion"),
             (["--hydra-help"], "--hydra-help"))],
-        ("pipeline", ["-m", "video=x.mp4", "model=glob(*)"], "'model=glob(*)': sweep model over choices named, as -m"),
+        ("pipeline", ["-m", "video=x.mp4", "model=glob(*)"], "'model=glob(*)' would also run model_schema, no choice"),
         ("pipeline", ["status", "--foo"], "unknown option --foo"),
         ("pipeline.status", ["--output_dir=/x"], "unknown option --output_dir=/x; settings take no dashes"),
         ("pipeline.report", ["-x", "output_dir=/x"], "unknown option -x"),

@@ -72,6 +72,10 @@ def test_an_unreadable_choice_names_the_choices_not_a_quoting_that_would_fail(
 
 
 def test_a_sweep_hydra_expands_itself_is_left_to_each_job() -> None:
-    """``glob(...)`` and ``range(...)`` over a group's choices: Hydra picks them; each job's own
-    config is checked as it runs."""
-    assert checked_overrides(["model=glob(ti*)", "sampler=glob(*)"], multirun=True)
+    """``glob(...)`` over a group's choices: Hydra picks them; each job's own config is checked
+    as it runs. A glob that takes what Hydra lists besides the choices (the schema stored for the
+    group: ``sampler=glob(*)`` ran ``all_schema``, ``model=glob(*)`` crashed) is refused."""
+    assert checked_overrides(["model=glob(ti*)", "sampler=glob(*,exclude=*_schema)"], multirun=True)
+    with pytest.raises(ConfigError, match=r"^'sampler=glob\(\*\)' would also run all_schema, no choice of sampler; "
+                                          r"name them: -m sampler=all,interval,scene$"):
+        checked_overrides(["sampler=glob(*)"], multirun=True)

@@ -72,7 +72,7 @@ def test_a_manifest_line_no_file_can_match_fails_alone(
 
 def test_a_name_no_file_can_have_or_a_glob_without_its_folder_is_one_line(cli_base: list[str], tmp_path: Path) -> None:
     too_long = tmp_path / ("x" * 300 + ".mp4")
-    assert_one_line_error(run_cli(f"video={too_long}", *cli_base), 1, "does not exist")
+    assert_one_line_error(run_cli(f"video={too_long}", *cli_base), 1, "cannot be looked at (File name too long)")
     unmounted = run_cli(f"video={tmp_path / 'share' / '*.mp4'}", *cli_base)
     assert_one_line_error(unmounted, 1, f"its folder {tmp_path / 'share'} does not exist", "share not mounted")
     (tmp_path / "share").mkdir()

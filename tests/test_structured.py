@@ -83,7 +83,8 @@ def write_old_chunk(output_dir: Path, video_id: str) -> None:
     row.update(answer="A street.", finish_reason="stop")
     del row["answer_json"]
     (output_dir / video_id).mkdir(parents=True)
-    pq.write_table(pa.Table.from_pylist([row], schema=old), output_dir / video_id / "part-cfg0-1-old.parquet")
+    chunk = output_dir / video_id / "part-cfg1-1-old.parquet"  # named for its rows' config_id, as a run names it
+    pq.write_table(pa.Table.from_pylist([row], schema=old), chunk)
 
 
 PEOPLE_ENTRY = {"text": "How many people, outdoors?", "schema": PEOPLE}
