@@ -469,12 +469,13 @@ def main() -> None:
                 print(help_text() if "-h" in args or "--help" in args else version())
                 sys.exit(EXIT_OK)
             command = command_line(args)
-            with tempfile.TemporaryDirectory(prefix="video-caption-dry-sweep-") as elsewhere:
+            with ExitStack() as stack:
                 if "--multirun" in command:
                     _sweeps[os.getpid()] = []
                     os.environ["HYDRA_FULL_ERROR"] = "1"  # a launcher's JobFailed comes here, not as Hydra's traceback
                     stopped = "; the jobs done are kept, the next run does the rest"
                     if "dry_run=true" in map(str.lower, command):  # a dry run writes nothing: not the sweep's files
+                        elsewhere = stack.enter_context(tempfile.TemporaryDirectory(prefix="video-caption-dry-sweep-"))
                         command.append(f"hydra.sweep.dir={elsewhere}")
                 _command, sys.argv[1:] = list(sys.argv), command
                 with stops_deferred():
